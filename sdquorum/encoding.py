@@ -1,0 +1,55 @@
+"""Byte encodings shared by every format: base64url without padding and canonical JSON.
+
+Canonical JSON (sorted keys, no whitespace, UTF-8) is what gets signed; a signed object is always
+carried as the exact bytes that were signed, so no verifier ever has to re-canonicalise.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from sdquorum.errors import MalformedError
+
+__all__ = ["b64d", "b64e", "canonical_json", "parse_json_object"]
+
+
+def b64e(data: bytes) -> str:
+    """Base64url without padding."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64d(text: object, what: str = "value") -> bytes:
+    """Decode base64url with or without padding; raise MalformedError naming ``what``."""
+    if not isinstance(text, str):
+        raise MalformedError(f"{what} must be a base64url string")
+    if not text.isascii():
+        raise MalformedError(f"{what} is not base64url")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as e:
+        raise MalformedError(f"{what} is not base64url") from e
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Deterministic JSON bytes of ``obj``: sorted keys, compact, UTF-8, no NaN."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+        "utf-8"
+    )
+
+
+def parse_json_object(data: bytes, what: str) -> dict[str, Any]:
+    """Parse ``data`` as a JSON object; anything else is a MalformedError naming ``what``."""
+    try:
+        obj = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise MalformedError(f"{what} is not valid JSON") from e
+    if not isinstance(obj, dict):
+        raise MalformedError(f"{what} must be a JSON object")
+    return obj
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")

@@ -1,0 +1,408 @@
+"""Envelopes of the recovery protocol: the exchange-key attestation and the share release.
+
+Order of a recovery, and what binds each step to the one before:
+
+1. The node makes a session and an ephemeral X25519 exchange key, and signs an
+   :class:`ExchangeStatement` with its attestation key (certificate chaining to the attestation
+   root the agents trust). The statement binds session id, node id and address, domain id, epoch,
+   SHA-256 of the SD header, the exchange public key, issue and expiry times, the initiating admin
+   and the stated reason.
+2. An agent checks, before any decryption (:func:`check_request`): the attestation chain, root and
+   expiry; the signature; that the statement names the SD header it was sent; that the header
+   signature verifies (and matches a pinned domain key, if any); that the domain is allowed; and
+   that the requested slot's thumbprint is its own certificate's.
+3. The agent decrypts its share, checks it against the Feldman commitments, seals
+   ``{session, domain, epoch, x, share}`` to the exchange key (libsodium sealed box) and signs a
+   :class:`ReleaseStatement` (session, domain, epoch, x, thumbprint, SHA-256 of the attestation,
+   sealed share) with its wrapping key (RSA-PSS-SHA256) (:func:`make_release`).
+4. The coordinator (:func:`open_release`) checks the signature against the slot's certificate from
+   the SD header, every binding field of the outer statement, opens the sealed box, checks the inner
+   fields equal the outer ones, and returns the share for VSS verification.
+
+Nothing here does I/O or reads a clock: ``now`` is passed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import nacl.exceptions
+import nacl.public
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from sdquorum import pki, shamir
+from sdquorum.encoding import b64d, b64e, canonical_json, parse_json_object
+from sdquorum.errors import MalformedError, SdquorumError, VerificationError
+from sdquorum.keys import WrappingKey, verify_pss
+from sdquorum.sdfile import Header, SignedHeader, share_label
+
+__all__ = [
+    "Attestation",
+    "CustodianPolicy",
+    "ExchangeStatement",
+    "Release",
+    "ReleaseStatement",
+    "check_request",
+    "make_release",
+    "open_release",
+    "sign_attestation",
+    "verify_attestation",
+]
+
+ATTESTATION_TYPE = "sdquorum-exchange-attestation-v1"
+ATTESTATION_CONTEXT = b"sdquorum exchange attestation v1\x00"
+RELEASE_TYPE = "sdquorum-share-release-v1"
+SHARE_TYPE = "sdquorum-sealed-share-v1"
+MAX_ENVELOPE_BYTES = 64 * 1024
+CLOCK_SKEW_SECONDS = 120
+
+
+@dataclass(frozen=True)
+class ExchangeStatement:
+    session_id: str
+    purpose: str
+    node_id: str
+    node_address: str
+    domain_id: bytes
+    epoch: int
+    sd_header_sha256: bytes
+    exchange_public_key: bytes
+    issued_at: int
+    expires_at: int
+    initiator: str
+    reason: str
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(
+            {
+                "type": ATTESTATION_TYPE,
+                "session_id": self.session_id,
+                "purpose": self.purpose,
+                "node_id": self.node_id,
+                "node_address": self.node_address,
+                "domain_id": self.domain_id.hex(),
+                "epoch": self.epoch,
+                "sd_header_sha256": b64e(self.sd_header_sha256),
+                "exchange_public_key": b64e(self.exchange_public_key),
+                "issued_at": self.issued_at,
+                "expires_at": self.expires_at,
+                "initiator": self.initiator,
+                "reason": self.reason,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ExchangeStatement:
+        obj = parse_json_object(data, "attestation statement")
+        if obj.get("type") != ATTESTATION_TYPE:
+            raise MalformedError("attestation statement: unknown type")
+        st = cls(
+            session_id=_str(obj, "session_id"),
+            purpose=_str(obj, "purpose"),
+            node_id=_str(obj, "node_id"),
+            node_address=_str(obj, "node_address"),
+            domain_id=_bytes_hex(obj, "domain_id", 16),
+            epoch=_int(obj, "epoch"),
+            sd_header_sha256=_b64(obj, "sd_header_sha256", 32),
+            exchange_public_key=_b64(obj, "exchange_public_key", 32),
+            issued_at=_int(obj, "issued_at"),
+            expires_at=_int(obj, "expires_at"),
+            initiator=_str(obj, "initiator"),
+            reason=_str(obj, "reason"),
+        )
+        return st
+
+
+@dataclass(frozen=True)
+class Attestation:
+    """A signed :class:`ExchangeStatement` with the node's attestation certificate."""
+
+    statement_bytes: bytes
+    signature: bytes
+    certificate_der: bytes
+    statement: ExchangeStatement = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "statement", ExchangeStatement.from_bytes(self.statement_bytes))
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(
+            {
+                "statement": b64e(self.statement_bytes),
+                "signature": b64e(self.signature),
+                "certificate": b64e(self.certificate_der),
+            }
+        )
+
+    @property
+    def sha256(self) -> bytes:
+        return hashlib.sha256(self.to_bytes()).digest()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Attestation:
+        _limit(data, "attestation")
+        obj = parse_json_object(data, "attestation")
+        return cls(
+            b64d(obj.get("statement"), "attestation statement"),
+            b64d(obj.get("signature"), "attestation signature"),
+            b64d(obj.get("certificate"), "attestation certificate"),
+        )
+
+
+def sign_attestation(
+    statement: ExchangeStatement, key: Ed25519PrivateKey, certificate_der: bytes
+) -> Attestation:
+    data = statement.to_bytes()
+    return Attestation(data, key.sign(ATTESTATION_CONTEXT + data), certificate_der)
+
+
+def verify_attestation(att: Attestation, root_pem: bytes, now: datetime) -> ExchangeStatement:
+    """Chain to ``root_pem``, signature, and time window; returns the statement."""
+    public = pki.verify_attestation_chain(att.certificate_der, root_pem, now)
+    try:
+        public.verify(att.signature, ATTESTATION_CONTEXT + att.statement_bytes)
+    except InvalidSignature as e:
+        raise VerificationError("the exchange-key attestation signature does not verify") from e
+    st = att.statement
+    t = int(now.timestamp())
+    if t >= st.expires_at:
+        raise VerificationError("the request has expired (its attestation deadline has passed)")
+    if st.issued_at > t + CLOCK_SKEW_SECONDS:
+        raise VerificationError("the attestation is issued in the future: check the clocks")
+    return st
+
+
+@dataclass(frozen=True)
+class CustodianPolicy:
+    """What an agent accepts, from its configuration."""
+
+    attestation_root_pem: bytes
+    allowed_domains: frozenset[bytes] = frozenset()  # empty = any domain signed by a pinned key
+    pinned_signing_keys: frozenset[bytes] = frozenset()
+
+
+@dataclass(frozen=True)
+class CheckedRequest:
+    """A request that passed every check an agent makes before decrypting anything."""
+
+    statement: ExchangeStatement
+    attestation_sha256: bytes
+    header: Header
+    x: int
+
+
+def check_request(
+    attestation: Attestation,
+    signed_header: SignedHeader,
+    x: int,
+    my_thumbprint: bytes,
+    policy: CustodianPolicy,
+    now: datetime,
+) -> CheckedRequest:
+    """Every check an agent makes before it touches its private key (DESIGN.md, Recovery)."""
+    st = verify_attestation(attestation, policy.attestation_root_pem, now)
+    if st.purpose != "recovery":
+        raise VerificationError(f"the request is for {st.purpose!r}, not a recovery")
+    if not hmac.compare_digest(st.sd_header_sha256, signed_header.sha256):
+        raise VerificationError("the attestation names a different SD file than the one sent")
+    header = signed_header.verify()
+    if policy.pinned_signing_keys and header.signing_public_key not in policy.pinned_signing_keys:
+        raise VerificationError("the SD file is signed by a domain key this agent has not pinned")
+    if policy.allowed_domains and header.domain_id not in policy.allowed_domains:
+        raise VerificationError(
+            f"domain {header.domain_id.hex()} is not allowed by this agent's configuration"
+        )
+    if st.domain_id != header.domain_id or st.epoch != header.epoch:
+        raise VerificationError("the attestation names another domain or epoch than the SD file")
+    slot = header.slot(x)
+    if not hmac.compare_digest(slot.thumbprint, my_thumbprint):
+        raise VerificationError(f"slot {x} belongs to another custodian's certificate, not this agent's")
+    return CheckedRequest(st, attestation.sha256, header, x)
+
+
+@dataclass(frozen=True)
+class ReleaseStatement:
+    session_id: str
+    domain_id: bytes
+    epoch: int
+    x: int
+    thumbprint: bytes
+    attestation_sha256: bytes
+    sealed_share: bytes
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(
+            {
+                "type": RELEASE_TYPE,
+                "session_id": self.session_id,
+                "domain_id": self.domain_id.hex(),
+                "epoch": self.epoch,
+                "x": self.x,
+                "x5t_256": b64e(self.thumbprint),
+                "attestation_sha256": b64e(self.attestation_sha256),
+                "sealed_share": b64e(self.sealed_share),
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ReleaseStatement:
+        obj = parse_json_object(data, "release statement")
+        if obj.get("type") != RELEASE_TYPE:
+            raise MalformedError("release statement: unknown type")
+        return cls(
+            session_id=_str(obj, "session_id"),
+            domain_id=_bytes_hex(obj, "domain_id", 16),
+            epoch=_int(obj, "epoch"),
+            x=_int(obj, "x"),
+            thumbprint=_b64(obj, "x5t_256", 32),
+            attestation_sha256=_b64(obj, "attestation_sha256", 32),
+            sealed_share=_b64(obj, "sealed_share", None),
+        )
+
+
+@dataclass(frozen=True)
+class Release:
+    statement_bytes: bytes
+    signature: bytes
+    statement: ReleaseStatement = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "statement", ReleaseStatement.from_bytes(self.statement_bytes))
+
+    def to_bytes(self) -> bytes:
+        return canonical_json({"statement": b64e(self.statement_bytes), "signature": b64e(self.signature)})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Release:
+        _limit(data, "release")
+        obj = parse_json_object(data, "release")
+        return cls(
+            b64d(obj.get("statement"), "release statement"), b64d(obj.get("signature"), "release signature")
+        )
+
+
+def decrypt_share(checked: CheckedRequest, key: WrappingKey) -> shamir.Share:
+    """Decrypt this agent's share and check it against the commitments before it goes anywhere."""
+    header = checked.header
+    slot = header.slot(checked.x)
+    raw = key.decrypt(slot.encrypted_share, share_label(header.domain_id, header.epoch, slot.x))
+    share = shamir.Share.from_bytes(slot.x, raw)
+    if not shamir.verify_share(share, header.commitments, header.n):
+        raise VerificationError(f"the decrypted share for slot {slot.x} does not match the SD commitments")
+    return share
+
+
+def make_release(checked: CheckedRequest, share: shamir.Share, key: WrappingKey) -> Release:
+    """Seal ``share`` to the attested exchange key and sign the release with the wrapping key."""
+    st = checked.statement
+    inner = canonical_json(
+        {
+            "type": SHARE_TYPE,
+            "session_id": st.session_id,
+            "domain_id": st.domain_id.hex(),
+            "epoch": st.epoch,
+            "x": share.x,
+            "share": b64e(share.to_bytes()),
+        }
+    )
+    sealed = nacl.public.SealedBox(nacl.public.PublicKey(st.exchange_public_key)).encrypt(inner)
+    statement = ReleaseStatement(
+        session_id=st.session_id,
+        domain_id=st.domain_id,
+        epoch=st.epoch,
+        x=share.x,
+        thumbprint=checked.header.slot(share.x).thumbprint,
+        attestation_sha256=checked.attestation_sha256,
+        sealed_share=bytes(sealed),
+    )
+    data = statement.to_bytes()
+    return Release(data, key.sign(data))
+
+
+def open_release(
+    release: Release,
+    *,
+    session_id: str,
+    header: Header,
+    expected_x: int,
+    attestation_sha256: bytes,
+    exchange_key: nacl.public.PrivateKey,
+) -> shamir.Share:
+    """Verify a release for slot ``expected_x`` of this session and return its share (VSS not yet checked)."""
+    st = release.statement
+    slot = header.slot(expected_x)
+    if st.x != expected_x:
+        raise VerificationError(f"the release claims slot {st.x} on a request for slot {expected_x}")
+    if not verify_pss(slot.certificate_der, release.statement_bytes, release.signature):
+        raise VerificationError(f"the release is not signed by slot {expected_x}'s wrapping key")
+    if not hmac.compare_digest(st.session_id.encode(), session_id.encode()):
+        raise VerificationError("the release belongs to another session (replay)")
+    if st.domain_id != header.domain_id or st.epoch != header.epoch:
+        raise VerificationError("the release is for another domain or epoch")
+    if not hmac.compare_digest(st.thumbprint, slot.thumbprint):
+        raise VerificationError("the release names another wrapping certificate than the slot's")
+    if not hmac.compare_digest(st.attestation_sha256, attestation_sha256):
+        raise VerificationError("the release answers another attestation than this session's")
+    try:
+        inner = nacl.public.SealedBox(exchange_key).decrypt(st.sealed_share)
+    except nacl.exceptions.CryptoError as e:
+        raise VerificationError("the share is not sealed to this session's exchange key") from e
+    obj = parse_json_object(inner, "sealed share")
+    if (
+        obj.get("type") != SHARE_TYPE
+        or obj.get("session_id") != session_id
+        or obj.get("domain_id") != header.domain_id.hex()
+        or obj.get("epoch") != header.epoch
+        or obj.get("x") != expected_x
+    ):
+        raise VerificationError("the sealed share's bindings differ from its signed release")
+    return shamir.Share.from_bytes(expected_x, b64d(obj.get("share"), "share"))
+
+
+def utc_from_unix(t: int) -> datetime:
+    return datetime.fromtimestamp(t, tz=UTC)
+
+
+def _limit(data: bytes, what: str) -> None:
+    if len(data) > MAX_ENVELOPE_BYTES:
+        raise MalformedError(f"{what} is larger than {MAX_ENVELOPE_BYTES} bytes")
+
+
+def _str(obj: dict[str, Any], key: str) -> str:
+    v = obj.get(key)
+    if not isinstance(v, str) or len(v) > 1024:
+        raise MalformedError(f"{key} must be a string of at most 1024 characters")
+    return v
+
+
+def _int(obj: dict[str, Any], key: str) -> int:
+    v = obj.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 2**63:
+        raise MalformedError(f"{key} must be a non-negative integer")
+    return v
+
+
+def _b64(obj: dict[str, Any], key: str, length: int | None) -> bytes:
+    v = b64d(obj.get(key), key)
+    if length is not None and len(v) != length:
+        raise MalformedError(f"{key} must be {length} bytes")
+    return v
+
+
+def _bytes_hex(obj: dict[str, Any], key: str, length: int) -> bytes:
+    v = obj.get(key)
+    if not isinstance(v, str) or len(v) != 2 * length:
+        raise MalformedError(f"{key} must be {length} bytes of hex")
+    try:
+        return bytes.fromhex(v)
+    except ValueError as e:
+        raise MalformedError(f"{key} must be hex") from e
+
+
+def is_project_error(e: BaseException) -> bool:
+    return isinstance(e, SdquorumError)

@@ -1,0 +1,53 @@
+"""Errors of the sdquorum core.
+
+One root, three kinds (STYLE.md):
+
+* :class:`PeerError`: a remote party misbehaved or sent something that failed a check (bad share,
+  bad signature, replayed or expired message). Towards that peer, only "a check failed" is said;
+  the local log and CLI get ``str(err)``, which names the check.
+* :class:`TransportError`: the network or a remote process failed.
+* :class:`UsageError`: the caller (a person or local code) asked for something invalid; the message
+  says what to do instead.
+
+Every message is one line a person can act on.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "MalformedError",
+    "PeerError",
+    "SdquorumError",
+    "StateError",
+    "TransportError",
+    "UsageError",
+    "VerificationError",
+]
+
+
+class SdquorumError(Exception):
+    """Root of every error the project raises on purpose."""
+
+
+class PeerError(SdquorumError):
+    """A remote party sent something that failed a check."""
+
+
+class VerificationError(PeerError):
+    """A cryptographic or binding check failed (signature, VSS, session, expiry)."""
+
+
+class MalformedError(PeerError):
+    """Bytes that do not parse as the expected format."""
+
+
+class TransportError(SdquorumError):
+    """The network or a remote process failed."""
+
+
+class UsageError(SdquorumError):
+    """The caller asked for something invalid."""
+
+
+class StateError(UsageError):
+    """The request is valid but not in the current state (for example: node not activated)."""

@@ -1,0 +1,446 @@
+"""The security domain (SD) file, native format version 1.
+
+Layout (JSON, UTF-8)::
+
+    {"format": "sdquorum-security-domain", "version": 1,
+     "header": b64url(header bytes), "header_signature": b64url(Ed25519 signature),
+     "payload": {"alg": "A256GCM", "nonce": b64url(12 bytes), "ciphertext": b64url(...)}}
+
+Invariants:
+
+* The header is canonical JSON carried as the exact bytes that were signed. It names the domain,
+  epoch, quorum m, the n custodian slots (wrapping certificate, its SHA-256 thumbprint, and the
+  RSA-OAEP-SHA256 encrypted share whose OAEP label binds domain, epoch and x), the Feldman
+  commitments, the domain signing public key and the creating node. The signature is Ed25519 by the
+  domain signing key over ``HEADER_CONTEXT || header``.
+* The shares split a uniformly random scalar s (Shamir over Z_l, see :mod:`sdquorum.shamir`);
+  KEK = HKDF-SHA256(s, salt = domain_id || epoch, info = "sdquorum kek v1").
+* The payload is AES-256-GCM under the KEK with AAD = SHA-256(header bytes): a payload cannot be
+  moved under another header, and a header cannot be edited without the signature failing.
+* After reconstruction the opener checks s*B == A_0 before using s, and that the payload names the
+  same domain and signing key as the header.
+
+Parsing is strict: unknown versions, missing or mistyped fields, x outside 1..n, duplicate x or
+thumbprints, and wrong lengths are all :class:`~sdquorum.errors.MalformedError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.x509.oid import NameOID
+from nacl.bindings import crypto_scalarmult_ed25519_base_noclamp
+
+from sdquorum import shamir
+from sdquorum.encoding import b64d, b64e, canonical_json, parse_json_object
+from sdquorum.errors import MalformedError, UsageError, VerificationError
+from sdquorum.keys import encrypt_oaep
+
+__all__ = [
+    "FORMAT",
+    "MAX_SD_FILE_BYTES",
+    "VERSION",
+    "DomainSecrets",
+    "Header",
+    "SecurityDomainFile",
+    "SignedHeader",
+    "Slot",
+    "derive_kek",
+    "new_domain_secrets",
+    "open_domain",
+    "seal_domain",
+    "share_label",
+]
+
+FORMAT = "sdquorum-security-domain"
+VERSION = 1
+HEADER_TYPE = "sdquorum-sd-header"
+PAYLOAD_TYPE = "sdquorum-sd-payload"
+HEADER_CONTEXT = b"sdquorum sd header v1\x00"
+KEK_INFO = b"sdquorum kek v1"
+MAX_SD_FILE_BYTES = 256 * 1024 * 1024
+MIN_CUSTODIANS, MAX_CUSTODIANS = 3, 10
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}$")
+
+
+def share_label(domain_id: bytes, epoch: int, x: int) -> bytes:
+    """OAEP label of slot x's encrypted share: binds it to one domain, epoch and slot."""
+    return b"sdquorum share v1|" + domain_id.hex().encode() + f"|{epoch}|{x}".encode()
+
+
+def derive_kek(secret: int, domain_id: bytes, epoch: int) -> bytes:
+    hkdf = HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=domain_id + epoch.to_bytes(4, "big"),
+        info=KEK_INFO,
+    )
+    return hkdf.derive(secret.to_bytes(32, "little"))
+
+
+@dataclass(frozen=True)
+class Slot:
+    x: int
+    name: str
+    certificate_der: bytes
+    thumbprint: bytes
+    encrypted_share: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "x": self.x,
+            "name": self.name,
+            "certificate": b64e(self.certificate_der),
+            "x5t_256": b64e(self.thumbprint),
+            "encrypted_share": b64e(self.encrypted_share),
+        }
+
+    @classmethod
+    def from_json(cls, obj: object) -> Slot:
+        if not isinstance(obj, dict):
+            raise MalformedError("SD header: a slot is not an object")
+        x = _int(obj.get("x"), "slot x")
+        name = obj.get("name")
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise MalformedError(f"SD header: slot {x} has an invalid name")
+        cert = b64d(obj.get("certificate"), f"slot {x} certificate")
+        thumb = b64d(obj.get("x5t_256"), f"slot {x} x5t_256")
+        if hashlib.sha256(cert).digest() != thumb:
+            raise MalformedError(f"SD header: slot {x} thumbprint does not match its certificate")
+        enc = b64d(obj.get("encrypted_share"), f"slot {x} encrypted_share")
+        if not 256 <= len(enc) <= 1024:
+            raise MalformedError(f"SD header: slot {x} encrypted share has an impossible length")
+        return cls(x=x, name=name, certificate_der=cert, thumbprint=thumb, encrypted_share=enc)
+
+
+@dataclass(frozen=True)
+class Header:
+    domain_id: bytes
+    epoch: int
+    quorum: int
+    slots: tuple[Slot, ...]
+    commitments: shamir.Commitments
+    signing_public_key: bytes
+    created_by: str
+    created_at: int
+
+    @property
+    def n(self) -> int:
+        return len(self.slots)
+
+    def slot(self, x: int) -> Slot:
+        for s in self.slots:
+            if s.x == x:
+                return s
+        raise VerificationError(f"the security domain has no slot x={x}")
+
+    def slot_by_thumbprint(self, thumbprint: bytes) -> Slot | None:
+        for s in self.slots:
+            if s.thumbprint == thumbprint:
+                return s
+        return None
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(
+            {
+                "type": HEADER_TYPE,
+                "version": VERSION,
+                "domain_id": self.domain_id.hex(),
+                "epoch": self.epoch,
+                "quorum": self.quorum,
+                "slots": [s.to_json() for s in self.slots],
+                "commitments": [b64e(p) for p in self.commitments.points],
+                "signing_public_key": b64e(self.signing_public_key),
+                "created_by": self.created_by,
+                "created_at": self.created_at,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Header:
+        obj = parse_json_object(data, "SD header")
+        if obj.get("type") != HEADER_TYPE or obj.get("version") != VERSION:
+            raise MalformedError("SD header: unknown type or version (this build reads version 1)")
+        domain_id = _hex(obj.get("domain_id"), "domain_id", 16)
+        epoch = _int(obj.get("epoch"), "epoch", lo=0, hi=2**32 - 1)
+        raw_slots = obj.get("slots")
+        if not isinstance(raw_slots, list) or not MIN_CUSTODIANS <= len(raw_slots) <= MAX_CUSTODIANS:
+            raise MalformedError(f"SD header: needs {MIN_CUSTODIANS}..{MAX_CUSTODIANS} slots")
+        slots = tuple(Slot.from_json(s) for s in raw_slots)
+        n = len(slots)
+        if sorted(s.x for s in slots) != list(range(1, n + 1)):
+            raise MalformedError("SD header: slot x values must be exactly 1..n")
+        if len({s.thumbprint for s in slots}) != n:
+            raise MalformedError("SD header: two slots share one wrapping certificate")
+        quorum = _int(obj.get("quorum"), "quorum", lo=2, hi=n)
+        raw_comm = obj.get("commitments")
+        if not isinstance(raw_comm, list) or len(raw_comm) != quorum:
+            raise MalformedError("SD header: the number of commitments must equal the quorum")
+        commitments = shamir.Commitments.from_points([b64d(p, "commitment") for p in raw_comm])
+        spk = b64d(obj.get("signing_public_key"), "signing_public_key")
+        if len(spk) != 32:
+            raise MalformedError("SD header: signing_public_key must be 32 bytes")
+        created_by = obj.get("created_by")
+        if not isinstance(created_by, str) or len(created_by) > 256:
+            raise MalformedError("SD header: created_by must be a short string")
+        created_at = _int(obj.get("created_at"), "created_at", lo=0, hi=2**63 - 1)
+        return cls(domain_id, epoch, quorum, slots, commitments, spk, created_by, created_at)
+
+
+@dataclass(frozen=True)
+class SignedHeader:
+    """Header bytes exactly as signed, with the signature. ``header`` is parsed on construction."""
+
+    header_bytes: bytes
+    signature: bytes
+    header: Header = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "header", Header.from_bytes(self.header_bytes))
+
+    @property
+    def sha256(self) -> bytes:
+        return hashlib.sha256(self.header_bytes).digest()
+
+    def verify(self, pinned_signing_key: bytes | None = None) -> Header:
+        """Check the Ed25519 signature (and the pinned key, if any); return the header."""
+        spk = self.header.signing_public_key
+        if pinned_signing_key is not None and spk != pinned_signing_key:
+            raise VerificationError("the SD header is signed by a domain key other than the pinned one")
+        try:
+            Ed25519PublicKey.from_public_bytes(spk).verify(self.signature, HEADER_CONTEXT + self.header_bytes)
+        except (InvalidSignature, ValueError) as e:
+            raise VerificationError("the SD header signature does not verify: the file was altered") from e
+        return self.header
+
+
+@dataclass(frozen=True)
+class SecurityDomainFile:
+    signed_header: SignedHeader
+    nonce: bytes
+    ciphertext: bytes
+
+    @property
+    def header(self) -> Header:
+        return self.signed_header.header
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(
+            {
+                "format": FORMAT,
+                "version": VERSION,
+                "header": b64e(self.signed_header.header_bytes),
+                "header_signature": b64e(self.signed_header.signature),
+                "payload": {"alg": "A256GCM", "nonce": b64e(self.nonce), "ciphertext": b64e(self.ciphertext)},
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, max_bytes: int = MAX_SD_FILE_BYTES) -> SecurityDomainFile:
+        """Parse and verify the header signature; raises before anything else is asked."""
+        if len(data) > max_bytes:
+            raise MalformedError(f"SD file is larger than the {max_bytes}-byte limit")
+        obj = parse_json_object(data, "SD file")
+        if obj.get("format") != FORMAT:
+            raise MalformedError("not an sdquorum security domain file (missing format marker)")
+        if obj.get("version") != VERSION:
+            raise MalformedError(
+                f"SD file version {obj.get('version')!r} is not supported (this build reads 1)"
+            )
+        payload = obj.get("payload")
+        if not isinstance(payload, dict) or payload.get("alg") != "A256GCM":
+            raise MalformedError("SD file: payload must be an A256GCM object")
+        nonce = b64d(payload.get("nonce"), "payload nonce")
+        if len(nonce) != 12:
+            raise MalformedError("SD file: payload nonce must be 12 bytes")
+        ciphertext = b64d(payload.get("ciphertext"), "payload ciphertext")
+        if len(ciphertext) < 16:
+            raise MalformedError("SD file: payload ciphertext is truncated")
+        signed = SignedHeader(
+            b64d(obj.get("header"), "header"), b64d(obj.get("header_signature"), "header_signature")
+        )
+        signed.verify()
+        return cls(signed, nonce, ciphertext)
+
+
+@dataclass(frozen=True, repr=False)
+class DomainSecrets:
+    """The SD payload: what only a reconstructed quorum (or the node holding the domain) may see."""
+
+    domain_id: bytes
+    data_encryption_key: bytes
+    signing_key: bytes  # Ed25519 seed of the domain signing key
+    backup_key: bytes
+    admins: tuple[str, ...] = ()
+    keystore: bytes = b""  # key store snapshot at the time of sealing (node-defined encoding)
+
+    def __repr__(self) -> str:  # never print key material
+        return f"DomainSecrets(domain_id={self.domain_id.hex()})"
+
+    @property
+    def signing_public_key(self) -> bytes:
+        return (
+            Ed25519PrivateKey.from_private_bytes(self.signing_key)
+            .public_key()
+            .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        )
+
+    def sign(self, message: bytes) -> bytes:
+        return Ed25519PrivateKey.from_private_bytes(self.signing_key).sign(message)
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(
+            {
+                "type": PAYLOAD_TYPE,
+                "version": VERSION,
+                "domain_id": self.domain_id.hex(),
+                "data_encryption_key": b64e(self.data_encryption_key),
+                "signing_key": b64e(self.signing_key),
+                "backup_key": b64e(self.backup_key),
+                "admins": list(self.admins),
+                "keystore": b64e(self.keystore),
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> DomainSecrets:
+        obj = parse_json_object(data, "SD payload")
+        if obj.get("type") != PAYLOAD_TYPE or obj.get("version") != VERSION:
+            raise MalformedError("SD payload: unknown type or version")
+        admins = obj.get("admins")
+        if not isinstance(admins, list) or not all(isinstance(a, str) for a in admins):
+            raise MalformedError("SD payload: admins must be a list of strings")
+        secrets = cls(
+            domain_id=_hex(obj.get("domain_id"), "domain_id", 16),
+            data_encryption_key=b64d(obj.get("data_encryption_key"), "data_encryption_key"),
+            signing_key=b64d(obj.get("signing_key"), "signing_key"),
+            backup_key=b64d(obj.get("backup_key"), "backup_key"),
+            admins=tuple(admins),
+            keystore=b64d(obj.get("keystore"), "keystore"),
+        )
+        if not (
+            len(secrets.data_encryption_key) == len(secrets.signing_key) == len(secrets.backup_key) == 32
+        ):
+            raise MalformedError("SD payload: every key must be 32 bytes")
+        return secrets
+
+
+def new_domain_secrets(rng: shamir.Rng, admins: Sequence[str] = ()) -> DomainSecrets:
+    return DomainSecrets(
+        domain_id=rng(16),
+        data_encryption_key=rng(32),
+        signing_key=rng(32),
+        backup_key=rng(32),
+        admins=tuple(admins),
+    )
+
+
+def seal_domain(
+    secrets: DomainSecrets,
+    certificates_der: Sequence[bytes],
+    quorum: int,
+    *,
+    epoch: int,
+    created_by: str,
+    created_at: int,
+    rng: shamir.Rng,
+) -> SecurityDomainFile:
+    """Split a fresh secret among the certificates' holders and seal ``secrets`` under its KEK.
+
+    The caller validates the certificates first (:func:`sdquorum.policy.validate_download`).
+    """
+    n = len(certificates_der)
+    if not MIN_CUSTODIANS <= n <= MAX_CUSTODIANS:
+        raise UsageError(f"a security domain needs {MIN_CUSTODIANS}..{MAX_CUSTODIANS} custodians, got {n}")
+    secret = shamir.random_scalar(rng)
+    shares, commitments = shamir.split(secret, quorum, n, rng)
+    slots = []
+    for share, cert in zip(shares, certificates_der, strict=True):
+        label = share_label(secrets.domain_id, epoch, share.x)
+        slots.append(
+            Slot(
+                x=share.x,
+                name=_slot_name(cert, share.x),
+                certificate_der=cert,
+                thumbprint=hashlib.sha256(cert).digest(),
+                encrypted_share=encrypt_oaep(cert, share.to_bytes(), label),
+            )
+        )
+    header = Header(
+        domain_id=secrets.domain_id,
+        epoch=epoch,
+        quorum=quorum,
+        slots=tuple(slots),
+        commitments=commitments,
+        signing_public_key=secrets.signing_public_key,
+        created_by=created_by,
+        created_at=created_at,
+    )
+    header_bytes = header.to_bytes()
+    signed = SignedHeader(header_bytes, secrets.sign(HEADER_CONTEXT + header_bytes))
+    nonce = rng(12)
+    kek = derive_kek(secret, secrets.domain_id, epoch)
+    ciphertext = AESGCM(kek).encrypt(nonce, secrets.to_bytes(), signed.sha256)
+    return SecurityDomainFile(signed, nonce, ciphertext)
+
+
+def open_domain(sd: SecurityDomainFile, secret: int) -> DomainSecrets:
+    """Decrypt the payload with the reconstructed secret; every binding is checked."""
+    header = sd.header
+    if not _matches_commitment(secret, header.commitments.public_secret()):
+        raise VerificationError("the reconstructed secret does not match the commitments")
+    kek = derive_kek(secret, header.domain_id, header.epoch)
+    try:
+        plaintext = AESGCM(kek).decrypt(sd.nonce, sd.ciphertext, sd.signed_header.sha256)
+    except InvalidTag as e:
+        raise VerificationError("the SD payload does not decrypt: the file was altered") from e
+    secrets = DomainSecrets.from_bytes(plaintext)
+    if secrets.domain_id != header.domain_id or secrets.signing_public_key != header.signing_public_key:
+        raise VerificationError("the SD payload belongs to another domain than its header")
+    return secrets
+
+
+def _matches_commitment(secret: int, a0: bytes) -> bool:
+    """s*B == A_0, in constant time; a zero or out-of-range secret never matches."""
+    if not 0 < secret < shamir.L:
+        return False
+    try:
+        point = crypto_scalarmult_ed25519_base_noclamp(secret.to_bytes(32, "little"))
+    except RuntimeError:
+        return False
+    return hmac.compare_digest(point, a0)
+
+
+def _slot_name(cert_der: bytes, x: int) -> str:
+    try:
+        cns = x509.load_der_x509_certificate(cert_der).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    except ValueError:
+        cns = []
+    name = str(cns[0].value) if cns else ""
+    return name if _NAME_RE.match(name) else f"custodian-{x}"
+
+
+def _int(value: object, what: str, lo: int = 1, hi: int = 255) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise MalformedError(f"SD file: {what} must be an integer in {lo}..{hi}")
+    return value
+
+
+def _hex(value: object, what: str, length: int) -> bytes:
+    if not isinstance(value, str) or len(value) != 2 * length:
+        raise MalformedError(f"SD file: {what} must be {length} bytes of hex")
+    try:
+        return bytes.fromhex(value)
+    except ValueError as e:
+        raise MalformedError(f"SD file: {what} must be hex") from e
