@@ -51,3 +51,15 @@ class UsageError(SdquorumError):
 
 class StateError(UsageError):
     """The request is valid but not in the current state (for example: node not activated)."""
+
+
+class NotFoundError(UsageError):
+    """The named object (key, session, file) does not exist."""
+
+
+class AlreadyExistsError(UsageError):
+    """The object to create exists already."""
+
+
+class PermissionDeniedError(SdquorumError):
+    """The caller's role may not do this."""

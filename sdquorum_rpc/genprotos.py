@@ -21,7 +21,7 @@ def proto_files() -> list[Path]:
 
 def generate(out: Path) -> list[Path]:
     """Run protoc (grpcio-tools) into ``out`` and return the files written."""
-    from grpc_tools import protoc  # dev dependency only
+    from grpc_tools import protoc  # type: ignore[import-untyped]  # dev dependency; ships no type hints
 
     out.mkdir(parents=True, exist_ok=True)
     args = [
@@ -40,7 +40,9 @@ def generate(out: Path) -> list[Path]:
             continue
         text = path.read_text()
         # protoc writes absolute imports rooted at the proto package; root them at _proto instead.
-        text = re.sub(r"^from sdquorum\.v1 import", "from sdquorum_rpc._proto.sdquorum.v1 import", text, flags=re.M)
+        text = re.sub(
+            r"^from sdquorum\.v1 import", "from sdquorum_rpc._proto.sdquorum.v1 import", text, flags=re.M
+        )
         path.write_text(text)
         written.append(path)
     for pkg in {p.parent for p in written} | {out}:

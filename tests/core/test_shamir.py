@@ -13,8 +13,8 @@ from nacl.bindings import crypto_scalarmult_ed25519_base_noclamp
 
 from sdquorum.errors import MalformedError, UsageError, VerificationError
 from sdquorum.shamir import (
-    L,
     Commitments,
+    L,
     SchnorrProof,
     Share,
     check_xs,
@@ -173,7 +173,9 @@ def test_bad_indices_are_refused_and_named(
 ) -> None:
     _, m, n, shares, _ = dealing
     good = list(shares[: m - 1])
-    bad_x = data.draw(st.sampled_from([0, -data.draw(st.integers(1, 300)), n + data.draw(st.integers(1, 300))]))
+    bad_x = data.draw(
+        st.sampled_from([0, -data.draw(st.integers(1, 300)), n + data.draw(st.integers(1, 300))])
+    )
     for candidate in (
         [*good, Share(x=bad_x, y=shares[-1].y)],  # x = 0, negative, or > n
         [*good, Share(x=good[-1].x, y=shares[-1].y)],  # duplicate of the last good x
@@ -242,9 +244,11 @@ def test_commitments_reject_bad_points() -> None:
         with pytest.raises(MalformedError):
             Commitments.from_points(points)  # type: ignore[arg-type]  # str point is the point of the test
     with pytest.raises(MalformedError):
-        Commitments.from_points(good)
+        Commitments.from_points(good)  # type: ignore[arg-type]  # one bytes string, not a list of points
+    with pytest.raises(MalformedError):  # direct construction validates too: (sqrt(-1), 0) has order 4
+        Commitments(points=(good, bytes(32)))
     with pytest.raises(MalformedError):
-        Commitments(points=(good, good[::-1]))
+        Commitments(points=[good, base(6)])  # type: ignore[arg-type]  # a list where a tuple is required
 
 
 # --- caller errors --------------------------------------------------------------------------------
@@ -285,6 +289,14 @@ def test_split_coefficients_are_never_zero() -> None:
     shares, commitments = split(3, 2, 3, lambda k: stream.pop(0))
     assert commitments.points[1] == base(5)
     assert [s.y for s in shares] == [8, 13, 18]
+
+
+def test_split_redraws_a_polynomial_that_would_deal_a_zero_share() -> None:
+    # a_1 = L - 3 makes f(1) = 3 + (L - 3) = 0 mod L: that polynomial is dropped, a_1 = 5 is used.
+    stream = [(L - 3).to_bytes(64, "little"), (5).to_bytes(64, "little")]
+    shares, commitments = split(3, 2, 3, lambda k: stream.pop(0))
+    assert [s.y for s in shares] == [8, 13, 18]
+    assert verify_all(shares, commitments, 3) == ()
 
 
 # --- Schnorr proof of possession ------------------------------------------------------------------

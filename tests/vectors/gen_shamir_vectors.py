@@ -124,13 +124,19 @@ def tampered_cases(cases: dict[str, dict[str, object]]) -> list[dict[str, object
     out: list[dict[str, object]] = []
     shares = shares_of(cases["3-of-5"])
     shares[3]["y"] = bump(str(shares[3]["y"]))
-    out.append({"name": "3-of-5, custodian x=4 returns y+1", "case": "3-of-5", "shares": shares, "fails": [4]})
+    out.append(
+        {"name": "3-of-5, custodian x=4 returns y+1", "case": "3-of-5", "shares": shares, "fails": [4]}
+    )
     shares = shares_of(cases["2-of-3"])
     shares[0]["y"], shares[2]["y"] = shares[2]["y"], shares[0]["y"]
-    out.append({"name": "2-of-3, x=1 and x=3 swap shares", "case": "2-of-3", "shares": shares, "fails": [1, 3]})
+    out.append(
+        {"name": "2-of-3, x=1 and x=3 swap shares", "case": "2-of-3", "shares": shares, "fails": [1, 3]}
+    )
     shares = shares_of(cases["5-of-10"])
     shares[6]["y"] = scalar_hex(0)
-    out.append({"name": "5-of-10, custodian x=7 returns y=0", "case": "5-of-10", "shares": shares, "fails": [7]})
+    out.append(
+        {"name": "5-of-10, custodian x=7 returns y=0", "case": "5-of-10", "shares": shares, "fails": [7]}
+    )
     return out
 
 

@@ -1,0 +1,196 @@
+"""The running custodian agent: dials the node, checks each request, asks its human, releases.
+
+Order for every request (nothing is decrypted before step 2 passes):
+
+1. Parse the attestation and the SD header.
+2. :func:`sdquorum.envelopes.check_request`: attestation chain to this agent's root and expiry,
+   signature, header hash, header signature (and pinned domain key), allowed domain, slot
+   thumbprint is this agent's certificate.
+3. Approval: ``auto`` (explicit in configuration) or ``manual`` through :mod:`approvals`.
+4. Decrypt the share, check it against the commitments, seal it to the attested exchange key and
+   sign the release (:mod:`sdquorum.envelopes`). Submit it.
+
+A failed check is denied towards the node with "a check failed"; the specific check goes only to the
+local log. The agent dials out (no inbound port) and reconnects with capped exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from custodian_agent.approvals import ApprovalBox
+from sdquorum import envelopes, pki
+from sdquorum.errors import SdquorumError, TransportError, VerificationError
+from sdquorum.keys import WrappingKey
+from sdquorum.sdfile import SignedHeader
+from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
+from sdquorum_rpc.client import NodeClient
+from sdquorum_rpc.tls import TlsFiles
+
+__all__ = ["Agent", "AgentConfig"]
+
+log = logging.getLogger("sdquorum.agent")
+CHECK_FAILED = "the agent refused the request: a check failed"
+BACKOFF_START, BACKOFF_MAX = 0.2, 5.0
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    node: str
+    tls: TlsFiles
+    policy: envelopes.CustodianPolicy
+    state_dir: Path
+    approval: str = "manual"  # or "auto"
+
+    def __post_init__(self) -> None:
+        if self.approval not in ("manual", "auto"):
+            from sdquorum.errors import UsageError
+
+            raise UsageError("approval must be 'manual' or 'auto'")
+
+
+class Agent:
+    def __init__(
+        self, config: AgentConfig, key: WrappingKey, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.config = config
+        self.key = key
+        self.thumbprint = pki.thumbprint_sha256(key.certificate_der())
+        self.approvals = ApprovalBox(config.state_dir)
+        self._clock = clock
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.released: list[str] = []  # request ids released (for status and tests)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = BACKOFF_START
+        while not stop.is_set():
+            try:
+                await self._connect_once(stop)
+                backoff = BACKOFF_START
+            except SdquorumError as e:
+                log.warning("connection to %s lost: %s; retrying in %.1fs", self.config.node, e, backoff)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+        for t in list(self._tasks):
+            t.cancel()
+
+    async def _connect_once(self, stop: asyncio.Event) -> None:
+        async with NodeClient(self.config.node, self.config.tls) as client:
+            call = client.custodian.WatchRequests(
+                pb.AgentHello(wrapping_cert_sha256=self.thumbprint, agent_version="1")
+            )
+
+            seen: set[str] = set()  # per connection: the node resends only unsettled requests
+
+            async def consume() -> None:
+                async for msg in call:
+                    if msg.request_id in seen:
+                        continue
+                    seen.add(msg.request_id)
+                    task = asyncio.create_task(self._handle_logged(client, msg))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                raise TransportError("the node closed the request stream")
+
+            log.info("dialling %s; waiting for requests", self.config.node)
+            consumer = asyncio.create_task(consume())
+            stopper = asyncio.create_task(stop.wait())
+            try:
+                with client.errors():
+                    done, _ = await asyncio.wait({consumer, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                    if consumer in done:
+                        consumer.result()
+            finally:
+                call.cancel()
+                for t in (consumer, stopper, *self._tasks):
+                    t.cancel()
+                await asyncio.gather(consumer, stopper, *self._tasks, return_exceptions=True)
+
+    async def _handle_logged(self, client: NodeClient, req: pb.CustodianRequest) -> None:
+        try:
+            await self.handle(client, req)
+        except SdquorumError as e:
+            log.warning("request %s: %s", req.request_id, e)
+
+    async def handle(self, client: NodeClient, req: pb.CustodianRequest) -> str:
+        """Process one request; returns "released", "denied" or "refused"."""
+        now = datetime.fromtimestamp(self._clock(), tz=UTC)
+        try:
+            attestation = envelopes.Attestation.from_bytes(bytes(req.attestation))
+            signed = SignedHeader(bytes(req.sd_header), bytes(req.sd_header_signature))
+            checked = envelopes.check_request(
+                attestation, signed, req.x, self.thumbprint, self.config.policy, now
+            )
+            if checked.statement.session_id != req.session_id:
+                raise VerificationError("the request's session differs from its attestation's")
+        except SdquorumError as e:
+            log.warning("request %s refused before decryption: %s", req.request_id, e)
+            await self._deny(client, req.request_id, CHECK_FAILED)
+            return "refused"
+        st = checked.statement
+        log.info(
+            "request %s: node %s (%s) asks for slot %d of domain %s epoch %d; initiator %s; reason: %s",
+            req.request_id,
+            st.node_id,
+            st.node_address,
+            req.x,
+            st.domain_id.hex(),
+            st.epoch,
+            st.initiator,
+            st.reason,
+        )
+        if self.config.approval == "manual":
+            self.approvals.post(
+                req.request_id,
+                {
+                    "request_id": req.request_id,
+                    "session_id": st.session_id,
+                    "node_id": st.node_id,
+                    "node_address": st.node_address,
+                    "domain_id": st.domain_id.hex(),
+                    "epoch": st.epoch,
+                    "slot": req.x,
+                    "initiator": st.initiator,
+                    "reason": st.reason,
+                    "expires_at": datetime.fromtimestamp(st.expires_at, tz=UTC).isoformat(),
+                },
+            )
+            print(
+                f"approval needed: request {req.request_id} from {st.initiator} on node {st.node_id}: {st.reason!r}. "
+                f"Run 'custodian-agent approve {req.request_id}' or 'custodian-agent deny {req.request_id}'.",
+                flush=True,
+            )
+            decision = await self.approvals.wait(req.request_id, deadline=st.expires_at)
+            if not decision.approved:
+                log.info("request %s denied by the custodian: %s", req.request_id, decision.reason)
+                await self._deny(client, req.request_id, f"denied by the custodian: {decision.reason}"[:200])
+                return "denied"
+        try:
+            share = envelopes.decrypt_share(checked, self.key)
+            release = envelopes.make_release(checked, share, self.key)
+        except SdquorumError as e:
+            log.error("request %s: cannot release the share: %s", req.request_id, e)
+            await self._deny(client, req.request_id, CHECK_FAILED)
+            return "refused"
+        with client.errors():
+            await client.custodian.SubmitRelease(
+                pb.ShareRelease(request_id=req.request_id, release=release.to_bytes())
+            )
+        self.released.append(req.request_id)
+        log.info("request %s: share for slot %d released to node %s", req.request_id, req.x, st.node_id)
+        return "released"
+
+    async def _deny(self, client: NodeClient, request_id: str, reason: str) -> None:
+        try:
+            with client.errors():
+                await client.custodian.Deny(pb.Denial(request_id=request_id, reason=reason))
+        except SdquorumError as e:
+            log.info("request %s: the node did not take the denial: %s", request_id, e)

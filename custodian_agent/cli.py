@@ -1,0 +1,181 @@
+"""``custodian-agent``: the custodian's side of every ceremony.
+
+Examples::
+
+    custodian-agent keygen --name alice --key alice.wrap.key --cert alice.wrap.pem
+    custodian-agent run --node node-b.example:7443 --tls-cert alice.tls.pem --tls-key alice.tls.key \\
+        --ca transport-ca.pem --attestation-root attestation-root.pem \\
+        --wrapping-key alice.wrap.key --wrapping-cert alice.wrap.pem --state-dir ~/.sdquorum
+    custodian-agent pending --state-dir ~/.sdquorum
+    custodian-agent approve 3f2a9c1b0d4e5f60 --state-dir ~/.sdquorum
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+from datetime import UTC, datetime
+from pathlib import Path
+
+from custodian_agent.agent import Agent, AgentConfig
+from custodian_agent.approvals import ApprovalBox
+from custodian_agent.keyfile import keygen, load_wrapping_key, read_passphrase
+from sdquorum.envelopes import CustodianPolicy
+from sdquorum.errors import UsageError
+from sdquorum_rpc.cli import run_main, setup_logging
+from sdquorum_rpc.tls import TlsFiles
+
+__all__ = ["main"]
+
+DEFAULT_STATE_DIR = Path.home() / ".sdquorum-agent"
+
+
+def _parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(
+        prog="custodian-agent", description=__doc__.split("\n")[0], epilog=__doc__, formatter_class=fmt
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    k = sub.add_parser(
+        "keygen",
+        help="make a wrapping key (passphrase-encrypted, 0600) and its certificate",
+        epilog="example: custodian-agent keygen --name alice --key alice.wrap.key --cert alice.wrap.pem",
+        formatter_class=fmt,
+    )
+    k.add_argument("--name", required=True, help="custodian name (the certificate's CN)")
+    k.add_argument("--key", type=Path, required=True, help="where to write the encrypted private key")
+    k.add_argument(
+        "--cert", type=Path, required=True, help="where to write the certificate to hand to the admin"
+    )
+    k.add_argument("--bits", type=int, default=3072, help="RSA key size (default 3072; at least 2048)")
+
+    r = sub.add_parser("run", help="dial the node and serve requests", epilog=__doc__, formatter_class=fmt)
+    r.add_argument("--node", required=True, help="host:port of the node running the ceremony")
+    r.add_argument("--tls-cert", type=Path, required=True, help="this agent's mTLS client certificate")
+    r.add_argument("--tls-key", type=Path, required=True)
+    r.add_argument("--ca", type=Path, required=True, help="transport CA of the node's certificate")
+    r.add_argument(
+        "--attestation-root", type=Path, required=True, help="root that must sign the node's exchange key"
+    )
+    r.add_argument("--wrapping-key", type=Path, required=True)
+    r.add_argument("--wrapping-cert", type=Path, required=True)
+    r.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    r.add_argument(
+        "--approval",
+        choices=["manual", "auto"],
+        default="manual",
+        help="manual: a person approves each request (default); auto: drills and tests only",
+    )
+    r.add_argument(
+        "--allow-domain", action="append", default=[], metavar="HEX", help="only serve these domain ids"
+    )
+    r.add_argument(
+        "--pin-domain-key",
+        action="append",
+        default=[],
+        metavar="HEX",
+        help="only serve SD files signed by this domain signing key (32-byte hex)",
+    )
+    r.add_argument("--log-level", default="INFO")
+
+    for name, help_ in (("pending", "list requests waiting for your approval"),):
+        q = sub.add_parser(
+            name,
+            help=help_,
+            epilog="example: custodian-agent pending --state-dir ~/.sdquorum",
+            formatter_class=fmt,
+        )
+        q.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    for name, help_ in (
+        ("approve", "release your share for a pending request"),
+        ("deny", "refuse a pending request"),
+    ):
+        q = sub.add_parser(
+            name, help=help_, epilog=f"example: custodian-agent {name} 3f2a9c1b0d4e5f60", formatter_class=fmt
+        )
+        q.add_argument("request_id")
+        q.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+        q.add_argument("--reason", default="")
+    return p
+
+
+def _hexes(values: list[str], what: str, length: int) -> frozenset[bytes]:
+    out = set()
+    for v in values:
+        try:
+            b = bytes.fromhex(v)
+        except ValueError as e:
+            raise UsageError(f"{what} {v!r} is not hex") from e
+        if len(b) != length:
+            raise UsageError(f"{what} {v!r} must be {length} bytes of hex")
+        out.add(b)
+    return frozenset(out)
+
+
+async def _run(args: argparse.Namespace) -> int:
+    try:
+        root = args.attestation_root.read_bytes()
+    except OSError as e:
+        raise UsageError(f"cannot read the attestation root {args.attestation_root}: {e.strerror}") from e
+    key = load_wrapping_key(args.wrapping_key, args.wrapping_cert, read_passphrase())
+    config = AgentConfig(
+        node=args.node,
+        tls=TlsFiles(args.tls_cert, args.tls_key, args.ca),
+        policy=CustodianPolicy(
+            attestation_root_pem=root,
+            allowed_domains=_hexes(args.allow_domain, "--allow-domain", 16),
+            pinned_signing_keys=_hexes(args.pin_domain_key, "--pin-domain-key", 32),
+        ),
+        state_dir=args.state_dir,
+        approval=args.approval,
+    )
+    agent = Agent(config, key)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(
+        f"custodian-agent: serving wrapping certificate {agent.thumbprint.hex()[:16]} via {args.node} ({args.approval} approval)",
+        flush=True,
+    )
+    await agent.run(stop)
+    print("custodian-agent: stopped", flush=True)
+    return 0
+
+
+def _body(args: argparse.Namespace) -> int:
+    if args.command == "keygen":
+        if args.bits < 2048:
+            raise UsageError("--bits must be at least 2048 (3072 recommended)")
+        keygen(
+            args.name, args.key, args.cert, read_passphrase(confirm=True), datetime.now(UTC), bits=args.bits
+        )
+        print(f"wrote {args.key} (encrypted, 0600) and {args.cert}: give {args.cert} to the HSM admin")
+        return 0
+    if args.command == "run":
+        return asyncio.run(_run(args))
+    box = ApprovalBox(args.state_dir)
+    if args.command == "pending":
+        items = box.pending()
+        for it in items:
+            print(json.dumps(it, sort_keys=True))
+        if not items:
+            print("no pending requests")
+        return 0
+    box.decide(args.request_id, approved=args.command == "approve", reason=args.reason)
+    print(f"request {args.request_id}: {'approved' if args.command == 'approve' else 'denied'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(getattr(args, "log_level", "WARNING") if args.command == "run" else "WARNING")
+    return run_main("custodian-agent", lambda: _body(args), args.debug)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

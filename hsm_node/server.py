@@ -1,0 +1,299 @@
+"""gRPC servicers of ``hsm-node``: thin adapters from the wire contract to :class:`hsm_node.node.Node`.
+
+Roles: ``Node`` any authenticated role; ``NodeAdmin`` admin; ``Keys`` app and admin; ``Custodian``
+custodian. Every method goes through :func:`sdquorum_rpc.errors.rpc` (role check, error mapping).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+import grpc.aio
+
+from coordinator import CeremonyStatus, CustodianStatus, SessionState
+from hsm_node.keyops import KeyType
+from hsm_node.node import Node
+from hsm_node.store import StoredKey
+from sdquorum.errors import MalformedError, UsageError
+from sdquorum.pki import Role
+from sdquorum.sdfile import MAX_SD_FILE_BYTES
+from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
+from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2_grpc as pbg
+from sdquorum_rpc.errors import rpc
+from sdquorum_rpc.tls import Ctx, TlsFiles, channel_options, server_credentials
+
+__all__ = ["CHUNK_BYTES", "NodeServer", "serve", "status_to_proto"]
+
+log = logging.getLogger("sdquorum.node.server")
+CHUNK_BYTES = 1024 * 1024
+MAX_BACKUP_BYTES = 1024 * 1024 * 1024
+
+_STATE = {"PROVISIONED": pb.PROVISIONED, "RECOVERY_PENDING": pb.RECOVERY_PENDING, "ACTIVATED": pb.ACTIVATED}
+_SESSION = {
+    SessionState.AWAITING_SD_FILE: pb.AWAITING_SD_FILE,
+    SessionState.COLLECTING: pb.COLLECTING,
+    SessionState.COMPLETED: pb.COMPLETED,
+    SessionState.FAILED: pb.FAILED,
+}
+_CUSTODIAN = {
+    CustodianStatus.NOT_CONNECTED: pb.NOT_CONNECTED,
+    CustodianStatus.REQUESTED: pb.REQUESTED,
+    CustodianStatus.ACCEPTED: pb.ACCEPTED,
+    CustodianStatus.REJECTED: pb.REJECTED,
+    CustodianStatus.DENIED: pb.DENIED,
+    CustodianStatus.NOT_NEEDED: pb.NOT_NEEDED,
+}
+
+
+def status_to_proto(st: CeremonyStatus) -> pb.RecoveryProgress:
+    return pb.RecoveryProgress(
+        session_id=st.session_id,
+        state=_SESSION[st.state],
+        required=st.required,
+        accepted=st.accepted,
+        custodians=[
+            pb.CustodianProgress(x=c.x, name=c.name, status=_CUSTODIAN[c.status], detail=c.detail)
+            for c in st.custodians
+        ],
+        expires_at_unix=st.expires_at,
+        message=st.message,
+        domain_id=st.domain_id.hex(),
+        epoch=st.epoch,
+    )
+
+
+def _key_info(k: StoredKey) -> pb.KeyInfo:
+    return pb.KeyInfo(
+        name=k.name,
+        type=pb.KeyType.Name(k.key_type),
+        public_key_der=k.public_der,
+        created_at_unix=k.created_at,
+    )
+
+
+async def _collect(chunks: AsyncIterator[bytes], limit: int, what: str) -> bytes:
+    buf = bytearray()
+    async for data in chunks:
+        buf += data
+        if len(buf) > limit:
+            raise MalformedError(f"{what} is larger than the {limit}-byte limit")
+    return bytes(buf)
+
+
+class NodeServicer:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    @rpc("admin", "app", "custodian", "node")
+    async def GetStatus(self, request: pb.GetStatusRequest, context: Ctx, role: Role) -> pb.NodeStatus:
+        n = self.node
+        info = n.domain_info
+        s = n.session
+        return pb.NodeStatus(
+            state=_STATE[n.state],
+            node_id=n.config.node_id,
+            domain_id=info.domain_id.hex() if info else "",
+            epoch=info.epoch if info else 0,
+            quorum=info.quorum if info else 0,
+            custodians=info.custodians if info else 0,
+            active_session_id=s.session_id if s is not None and not s.finished else "",
+            key_count=n.key_count(),
+        )
+
+
+class AdminServicer:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    @rpc("admin")
+    async def DownloadSecurityDomain(
+        self, request: pb.DownloadRequest, context: Ctx, role: Role
+    ) -> AsyncIterator[pb.DownloadChunk]:
+        data, warnings = await self.node.download(list(request.custodian_certificates), request.quorum, role)
+        for i in range(0, len(data), CHUNK_BYTES):
+            yield pb.DownloadChunk(data=data[i : i + CHUNK_BYTES], warnings=warnings if i == 0 else [])
+
+    @rpc("admin")
+    async def InitRecovery(
+        self, request: pb.InitRecoveryRequest, context: Ctx, role: Role
+    ) -> pb.InitRecoveryResponse:
+        s = await self.node.init_recovery(request.reason, request.ttl_seconds, role)
+        return pb.InitRecoveryResponse(session_id=s.session_id, expires_at_unix=s.expires_at)
+
+    @rpc("admin")
+    async def UploadSecurityDomain(
+        self, request_iterator: AsyncIterator[pb.SdFileChunk], context: Ctx, role: Role
+    ) -> pb.RecoveryProgress:
+        session_id = ""
+
+        async def data() -> AsyncIterator[bytes]:
+            nonlocal session_id
+            async for chunk in request_iterator:
+                if not session_id:
+                    session_id = chunk.session_id
+                elif chunk.session_id and chunk.session_id != session_id:
+                    raise UsageError("every chunk of an upload must name the same session")
+                yield chunk.data
+
+        blob = await _collect(data(), MAX_SD_FILE_BYTES, "the SD file")
+        if not session_id:
+            raise UsageError("the upload named no session: start one with InitRecovery first")
+        return status_to_proto(await self.node.upload_sd_file(session_id, blob))
+
+    @rpc("admin")
+    async def WatchRecovery(
+        self, request: pb.WatchRecoveryRequest, context: Ctx, role: Role
+    ) -> AsyncIterator[pb.RecoveryProgress]:
+        async for st in self.node.watch(request.session_id):
+            yield status_to_proto(st)
+
+    @rpc("admin")
+    async def Backup(
+        self, request: pb.BackupRequest, context: Ctx, role: Role
+    ) -> AsyncIterator[pb.BackupChunk]:
+        data = self.node.backup()
+        log.info("backup of %d bytes taken by %s", len(data), role)
+        for i in range(0, len(data), CHUNK_BYTES):
+            yield pb.BackupChunk(data=data[i : i + CHUNK_BYTES])
+
+    @rpc("admin")
+    async def Restore(
+        self, request_iterator: AsyncIterator[pb.BackupChunk], context: Ctx, role: Role
+    ) -> pb.RestoreResponse:
+        async def data() -> AsyncIterator[bytes]:
+            async for chunk in request_iterator:
+                yield chunk.data
+
+        blob = await _collect(data(), MAX_BACKUP_BYTES, "the backup")
+        return pb.RestoreResponse(keys_restored=self.node.restore(blob))
+
+
+class KeysServicer:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    @rpc("app", "admin")
+    async def CreateKey(self, request: pb.CreateKeyRequest, context: Ctx, role: Role) -> pb.KeyInfo:
+        try:
+            kind = KeyType(request.type)
+        except ValueError as e:
+            raise UsageError("choose a key type: AES256_GCM, ED25519 or RSA3072") from e
+        return _key_info(await asyncio.to_thread(self.node.create_key, request.name, kind))
+
+    @rpc("app", "admin")
+    async def ListKeys(self, request: pb.ListKeysRequest, context: Ctx, role: Role) -> pb.ListKeysResponse:
+        return pb.ListKeysResponse(keys=[_key_info(k) for k in self.node.list_keys()])
+
+    @rpc("app", "admin")
+    async def DeleteKey(self, request: pb.DeleteKeyRequest, context: Ctx, role: Role) -> pb.DeleteKeyResponse:
+        self.node.delete_key(request.name)
+        return pb.DeleteKeyResponse()
+
+    @rpc("app", "admin")
+    async def Encrypt(self, request: pb.EncryptRequest, context: Ctx, role: Role) -> pb.EncryptResponse:
+        return pb.EncryptResponse(ciphertext=self.node.encrypt(request.name, request.plaintext, request.aad))
+
+    @rpc("app", "admin")
+    async def Decrypt(self, request: pb.DecryptRequest, context: Ctx, role: Role) -> pb.DecryptResponse:
+        return pb.DecryptResponse(plaintext=self.node.decrypt(request.name, request.ciphertext, request.aad))
+
+    @rpc("app", "admin")
+    async def Sign(self, request: pb.SignRequest, context: Ctx, role: Role) -> pb.SignResponse:
+        return pb.SignResponse(signature=self.node.sign(request.name, request.message))
+
+    @rpc("app", "admin")
+    async def Verify(self, request: pb.VerifyRequest, context: Ctx, role: Role) -> pb.VerifyResponse:
+        return pb.VerifyResponse(valid=self.node.verify(request.name, request.message, request.signature))
+
+
+class CustodianServicer:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    @rpc("custodian")
+    async def WatchRequests(
+        self, request: pb.AgentHello, context: Ctx, role: Role
+    ) -> AsyncIterator[pb.CustodianRequest]:
+        thumb = bytes(request.wrapping_cert_sha256)
+        if len(thumb) != 32:
+            raise UsageError(
+                "the hello must carry the 32-byte SHA-256 thumbprint of the wrapping certificate"
+            )
+        log.info("agent %s connected (wrapping certificate %s)", role, thumb.hex()[:16])
+        sent: set[str] = set()
+        try:
+            while True:
+                for req in self.node.pending_requests(thumb):
+                    if req.request_id in sent:
+                        continue
+                    sent.add(req.request_id)
+                    yield pb.CustodianRequest(
+                        request_id=req.request_id,
+                        session_id=req.session_id,
+                        kind=pb.RECOVERY,
+                        attestation=req.attestation,
+                        sd_header=req.header_bytes,
+                        sd_header_signature=req.header_signature,
+                        x=req.x,
+                    )
+                    self.node.mark_delivered(req)
+                await self.node.wait_change(timeout=5.0)
+        finally:
+            log.info("agent %s disconnected", role)
+
+    @rpc("custodian")
+    async def SubmitRelease(self, request: pb.ShareRelease, context: Ctx, role: Role) -> pb.Ack:
+        await self.node.submit_release(request.request_id, bytes(request.release), role)
+        return pb.Ack()
+
+    @rpc("custodian")
+    async def Deny(self, request: pb.Denial, context: Ctx, role: Role) -> pb.Ack:
+        await self.node.deny(request.request_id, request.reason, role)
+        return pb.Ack()
+
+
+class NodeServer:
+    """A running node: the gRPC server plus the deadline ticker."""
+
+    def __init__(self, node: Node, server: grpc.aio.Server, port: int) -> None:
+        self.node = node
+        self.server = server
+        self.port = port
+        self._ticker: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.server.start()
+        self._ticker = asyncio.create_task(self._tick())
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            await self.node.tick()
+
+    async def stop(self, grace: float = 2.0) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        await self.server.stop(grace)
+
+
+async def serve(
+    node: Node, listen: str, tls: TlsFiles, max_message_bytes: int = 4 * 1024 * 1024
+) -> NodeServer:
+    """Bind ``listen`` (host:port, port 0 picks one) with mTLS and start serving."""
+    server = grpc.aio.server(options=channel_options(max_message_bytes))
+    pbg.add_NodeServicer_to_server(NodeServicer(node), server)  # type: ignore[no-untyped-call]  # generated, untyped
+    pbg.add_NodeAdminServicer_to_server(AdminServicer(node), server)  # type: ignore[no-untyped-call]  # generated, untyped
+    pbg.add_KeysServicer_to_server(KeysServicer(node), server)  # type: ignore[no-untyped-call]  # generated, untyped
+    pbg.add_CustodianServicer_to_server(CustodianServicer(node), server)  # type: ignore[no-untyped-call]  # generated, untyped
+    port = server.add_secure_port(listen, server_credentials(tls))
+    if port == 0:
+        raise UsageError(f"cannot listen on {listen}: the address is in use or not local")
+    ns = NodeServer(node, server, port)
+    await ns.start()
+    return ns

@@ -1,0 +1,252 @@
+"""The node's persistent state: one SQLite database under the data directory.
+
+What is on disk, and under which key:
+
+* ``meta.state``: the node state name (not secret).
+* ``meta.domain``: the domain secrets (SD payload), AES-256-GCM under the **node sealing key**
+  (DESIGN.md, "Node storage": the emulation boundary, kept in a 0600 file outside the data
+  directory), AAD binding the node id.
+* ``meta.domain_info``: domain id, epoch, quorum, n (not secret).
+* ``keys``: one row per key; private material AES-256-GCM under the domain's **data encryption
+  key**, AAD binding the key's name and type, so rows cannot be swapped.
+
+Writes are transactions with ``synchronous=FULL``: a key whose creation was acknowledged survives a
+crash. Activation (domain + state) is one transaction; a backup restore replaces the key table in
+one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from sdquorum.backup import BackupKey
+from sdquorum.errors import AlreadyExistsError, NotFoundError, UsageError, VerificationError
+from sdquorum.sdfile import DomainSecrets
+
+__all__ = ["DomainInfo", "NodeStore", "StoredKey", "load_or_create_sealing_key"]
+
+SEALING_KEY_ENV = "SDQUORUM_NODE_SEALING_KEY"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS keys (
+    name TEXT PRIMARY KEY,
+    type INTEGER NOT NULL,
+    public_der BLOB NOT NULL,
+    sealed BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+);
+"""
+
+
+def load_or_create_sealing_key(path: Path) -> bytes:
+    """The node sealing key: from $SDQUORUM_NODE_SEALING_KEY (hex), else the 0600 file, made on first start."""
+    env = os.environ.get(SEALING_KEY_ENV)
+    if env:
+        try:
+            key = bytes.fromhex(env)
+        except ValueError as e:
+            raise UsageError(f"${SEALING_KEY_ENV} must be 64 hex digits") from e
+        if len(key) != 32:
+            raise UsageError(f"${SEALING_KEY_ENV} must be 64 hex digits")
+        return key
+    try:
+        key = path.read_bytes()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = os.urandom(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, key)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return key
+    except OSError as e:
+        raise UsageError(f"cannot read the node sealing key {path}: {e.strerror}") from e
+    if len(key) != 32:
+        raise UsageError(f"the node sealing key {path} is not 32 bytes: restore it or start a new node")
+    if path.stat().st_mode & 0o077:
+        raise UsageError(f"the node sealing key {path} is readable by others: chmod 600 {path}")
+    return key
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    domain_id: bytes
+    epoch: int
+    quorum: int
+    custodians: int
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "domain_id": self.domain_id.hex(),
+                "epoch": self.epoch,
+                "quorum": self.quorum,
+                "n": self.custodians,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> DomainInfo:
+        o = json.loads(text)
+        return cls(bytes.fromhex(o["domain_id"]), int(o["epoch"]), int(o["quorum"]), int(o["n"]))
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    name: str
+    key_type: int
+    public_der: bytes
+    created_at: int
+
+
+class NodeStore:
+    def __init__(self, data_dir: Path, sealing_key: bytes, node_id: str) -> None:
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._db = sqlite3.connect(data_dir / "node.db", isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as e:
+            raise UsageError(f"cannot open the node database in {data_dir}: {e}") from e
+        self._seal = AESGCM(sealing_key)
+        self._aad = b"sdquorum node domain v1|" + node_id.encode()
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.OperationalError as e:
+            raise UsageError(
+                f"the node database refused a write ({e}): check disk space and permissions"
+            ) from e
+
+    def _get(self, k: str) -> bytes | None:
+        row = self._db.execute("SELECT v FROM meta WHERE k = ?", (k,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    # ------------------------------------------------------------ state and domain
+
+    def state(self) -> str | None:
+        v = self._get("state")
+        return v.decode() if v else None
+
+    def set_state(self, state: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('state', ?)", (state.encode(),))
+
+    def activate(self, secrets: DomainSecrets, info: DomainInfo, state: str) -> None:
+        nonce = os.urandom(12)
+        sealed = nonce + self._seal.encrypt(nonce, secrets.to_bytes(), self._aad)
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('domain', ?)", (sealed,))
+            db.execute(
+                "INSERT OR REPLACE INTO meta (k, v) VALUES ('domain_info', ?)", (info.to_json().encode(),)
+            )
+            db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('state', ?)", (state.encode(),))
+
+    def load_domain(self) -> tuple[DomainSecrets, DomainInfo] | None:
+        sealed, info = self._get("domain"), self._get("domain_info")
+        if sealed is None or info is None:
+            return None
+        try:
+            plain = self._seal.decrypt(sealed[:12], sealed[12:], self._aad)
+        except InvalidTag as e:
+            raise VerificationError(
+                "the node's sealed domain does not open with this sealing key: wrong key file or another node's data"
+            ) from e
+        return DomainSecrets.from_bytes(plain), DomainInfo.from_json(info.decode())
+
+    # ------------------------------------------------------------ keys
+
+    def _seal_key(self, dek: bytes, name: str, key_type: int, private: bytes) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + AESGCM(dek).encrypt(nonce, private, f"{key_type}|{name}".encode())
+
+    def _open_key(self, dek: bytes, name: str, key_type: int, sealed: bytes) -> bytes:
+        try:
+            return AESGCM(dek).decrypt(sealed[:12], sealed[12:], f"{key_type}|{name}".encode())
+        except InvalidTag as e:
+            raise VerificationError(f"stored key {name!r} failed its integrity check") from e
+
+    def put_key(
+        self, dek: bytes, name: str, key_type: int, public_der: bytes, private: bytes, created_at: int
+    ) -> None:
+        sealed = self._seal_key(dek, name, key_type, private)
+        try:
+            with self._tx() as db:
+                db.execute(
+                    "INSERT INTO keys (name, type, public_der, sealed, created_at) VALUES (?, ?, ?, ?, ?)",
+                    (name, key_type, public_der, sealed, created_at),
+                )
+        except sqlite3.IntegrityError as e:
+            raise AlreadyExistsError(f"a key named {name!r} exists already: pick another name") from e
+
+    def get_key(self, dek: bytes, name: str) -> tuple[StoredKey, bytes]:
+        row = self._db.execute(
+            "SELECT name, type, public_der, sealed, created_at FROM keys WHERE name = ?", (name,)
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"no key named {name!r}: list keys with 'sdctl keys list'")
+        info = StoredKey(row[0], row[1], bytes(row[2]), row[4])
+        return info, self._open_key(dek, row[0], row[1], bytes(row[3]))
+
+    def list_keys(self) -> list[StoredKey]:
+        rows = self._db.execute(
+            "SELECT name, type, public_der, created_at FROM keys ORDER BY name"
+        ).fetchall()
+        return [StoredKey(r[0], r[1], bytes(r[2]), r[3]) for r in rows]
+
+    def count_keys(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM keys").fetchone()[0])
+
+    def delete_key(self, name: str) -> None:
+        with self._tx() as db:
+            if db.execute("DELETE FROM keys WHERE name = ?", (name,)).rowcount == 0:
+                raise NotFoundError(f"no key named {name!r}")
+
+    def export_keys(self, dek: bytes) -> list[BackupKey]:
+        rows = self._db.execute(
+            "SELECT name, type, public_der, sealed, created_at FROM keys ORDER BY name"
+        ).fetchall()
+        return [
+            BackupKey(r[0], r[1], bytes(r[2]), self._open_key(dek, r[0], r[1], bytes(r[3])), r[4])
+            for r in rows
+        ]
+
+    def replace_keys(self, dek: bytes, keys: Sequence[BackupKey]) -> None:
+        rows = [
+            (
+                k.name,
+                k.key_type,
+                k.public_der,
+                self._seal_key(dek, k.name, k.key_type, k.private),
+                k.created_at,
+            )
+            for k in keys
+        ]
+        with self._tx() as db:
+            db.execute("DELETE FROM keys")
+            db.executemany(
+                "INSERT INTO keys (name, type, public_der, sealed, created_at) VALUES (?, ?, ?, ?, ?)", rows
+            )

@@ -1,0 +1,52 @@
+"""Client side: one mTLS channel to a node, its stubs, and the error translation boundary.
+
+Use ``async with NodeClient(target, tls) as c:`` and make calls inside ``with c.errors():`` so any
+``grpc.RpcError`` leaves as a project error with one actionable line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import TracebackType
+
+import grpc
+import grpc.aio
+
+from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2_grpc as pbg
+from sdquorum_rpc.errors import translate_rpc_error
+from sdquorum_rpc.tls import DEFAULT_MAX_MESSAGE_BYTES, TlsFiles, channel_credentials, channel_options
+
+__all__ = ["NodeClient"]
+
+
+class NodeClient:
+    def __init__(
+        self, target: str, tls: TlsFiles, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    ) -> None:
+        self.target = target
+        self.channel = grpc.aio.secure_channel(
+            target, channel_credentials(tls), options=channel_options(max_message_bytes)
+        )
+        self.node = pbg.NodeStub(self.channel)  # type: ignore[no-untyped-call]  # generated, untyped
+        self.admin = pbg.NodeAdminStub(self.channel)  # type: ignore[no-untyped-call]  # generated, untyped
+        self.keys = pbg.KeysStub(self.channel)  # type: ignore[no-untyped-call]  # generated, untyped
+        self.custodian = pbg.CustodianStub(self.channel)  # type: ignore[no-untyped-call]  # generated, untyped
+
+    @contextmanager
+    def errors(self) -> Iterator[None]:
+        try:
+            yield
+        except grpc.RpcError as e:
+            raise translate_rpc_error(e, self.target) from e
+
+    async def close(self) -> None:
+        await self.channel.close(None)
+
+    async def __aenter__(self) -> NodeClient:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()

@@ -1,0 +1,84 @@
+"""mTLS credentials and caller roles.
+
+Every server requires a client certificate from the transport CA; the caller's role is read from the
+certificate's ``sdquorum://role/...`` URI SAN (see :mod:`sdquorum.pki`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from sdquorum import pki
+from sdquorum.errors import PermissionDeniedError, SdquorumError, UsageError
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "Ctx",
+    "TlsFiles",
+    "caller_role",
+    "channel_credentials",
+    "server_credentials",
+]
+
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# The servicer context; generic only in the type stubs, so spelled once here.
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of one endpoint: its certificate, its private key, and the CA that signs peers."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+    def read(self) -> tuple[bytes, bytes, bytes]:
+        out = []
+        for what, path in (
+            ("certificate", self.cert),
+            ("private key", self.key),
+            ("CA certificate", self.ca),
+        ):
+            try:
+                out.append(Path(path).read_bytes())
+            except OSError as e:
+                raise UsageError(f"cannot read the TLS {what} {path}: {e.strerror}") from e
+        return out[0], out[1], out[2]
+
+
+def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
+    cert, key, ca = files.read()
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
+
+
+def channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
+    cert, key, ca = files.read()
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+
+def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+def caller_role(context: Ctx) -> pki.Role:
+    """The verified peer certificate's role; PermissionDeniedError if it has none."""
+    auth = context.auth_context()
+    certs = list(auth.get("x509_pem_cert") or [])
+    if len(certs) != 1:
+        raise PermissionDeniedError("the peer presented no client certificate")
+    try:
+        return pki.role_from_cert(certs[0])
+    except SdquorumError as e:
+        raise PermissionDeniedError("the client certificate carries no sdquorum role") from e
