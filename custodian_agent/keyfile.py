@@ -18,26 +18,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from sdquorum import pki
 from sdquorum.errors import UsageError, VerificationError
 from sdquorum.keys import SoftwareWrappingKey
+from sdquorum_rpc.files import write_private_file
 
-__all__ = ["PASSPHRASE_ENV", "keygen", "load_wrapping_key", "read_passphrase", "write_private_file"]
+__all__ = ["PASSPHRASE_ENV", "keygen", "load_wrapping_key", "read_passphrase"]
 
 PASSPHRASE_ENV = "SDQUORUM_PASSPHRASE"  # noqa: S105  # the name of a variable, not a secret
 MIN_PASSPHRASE = 12
-
-
-def write_private_file(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Create ``path`` exclusively with ``mode`` and write ``data`` durably."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    except FileExistsError as e:
-        raise UsageError(f"{path} exists already: move it away or choose another path") from e
-    except OSError as e:
-        raise UsageError(f"cannot create {path}: {e.strerror}") from e
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_passphrase(confirm: bool = False) -> bytes:

@@ -91,6 +91,8 @@ async def _run(args: argparse.Namespace) -> int:
     )
     node = Node(config, store)
     server = await serve(node, args.listen, TlsFiles(args.tls_cert, args.tls_key, args.ca))
+    if not args.address:
+        node.address = f"{args.listen.rsplit(':', 1)[0]}:{server.port}"
     if args.port_file:
         tmp = Path(str(args.port_file) + ".tmp")
         tmp.write_text(str(server.port))

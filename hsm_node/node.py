@@ -62,6 +62,7 @@ class Node:
         rng: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.config = config
+        self.address = config.address
         self._store = store
         self._clock = clock
         self._rng = rng
@@ -165,7 +166,7 @@ class Node:
             self._session = RecoverySession(
                 session_id=self._rng(16).hex(),
                 node_id=self.config.node_id,
-                node_address=self.config.address,
+                node_address=self.address,
                 initiator=str(caller),
                 reason=reason.strip(),
                 created_at=now,

@@ -115,8 +115,10 @@ def rpc(*roles: str) -> Callable[[F], F]:
 
 def translate_rpc_error(e: grpc.RpcError, target: str) -> SdquorumError:
     """A project error for a failed call to ``target``, with one actionable line."""
-    code = e.code() if isinstance(e, grpc.Call) else grpc.StatusCode.UNKNOWN
-    details = (e.details() if isinstance(e, grpc.Call) else None) or ""
+    # grpc.aio's AioRpcError is not a grpc.Call, but both carry code() and details().
+    code_fn, details_fn = getattr(e, "code", None), getattr(e, "details", None)
+    code = code_fn() if callable(code_fn) else grpc.StatusCode.UNKNOWN
+    details = (details_fn() if callable(details_fn) else None) or ""
     if code is grpc.StatusCode.UNAVAILABLE:
         low = details.lower()
         if "ssl" in low or "handshake" in low or "certificate" in low or "tls" in low:

@@ -118,6 +118,13 @@ def node_attestation(attestation_root: pki.IssuedCert, now: datetime) -> NodeAtt
     return load_node_attestation(pki.issue_attestation_cert(attestation_root, "node-b", now))
 
 
+@pytest.fixture(scope="session")
+def foreign_node_attestation(now: datetime) -> NodeAttestation:
+    """A node called node-b too, but attested under another root than ``attestation_root``."""
+    root = pki.make_attestation_root("another vendor's root", now)
+    return load_node_attestation(pki.issue_attestation_cert(root, "node-b", now))
+
+
 # ---------------------------------------------------------------------------------------- SD files
 
 
