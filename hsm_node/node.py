@@ -106,10 +106,13 @@ class Node:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def wait_change(self, timeout: float) -> None:
-        ev = self._changed
+    def change_token(self) -> asyncio.Event:
+        """Take this before reading state; ``wait_change`` with it then misses no change."""
+        return self._changed
+
+    async def wait_change(self, token: asyncio.Event, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ev.wait(), timeout)
+            await asyncio.wait_for(token.wait(), timeout)
 
     # ------------------------------------------------------------------ activation
 
@@ -292,14 +295,15 @@ class Node:
         session = self._session_by_id(session_id)
         last: CeremonyStatus | None = None
         while True:
+            token = self.change_token()
             session.tick(self.now())
             st = session.status()
             if st != last:
                 yield st
                 last = st
-            if session.finished:
-                return
-            await self.wait_change(timeout=1.0)
+            if st.state in (SessionState.COMPLETED, SessionState.FAILED):
+                return  # decided on the status just sent, so the final state is always sent
+            await self.wait_change(token, timeout=1.0)
 
     # ------------------------------------------------------------------ data plane
 

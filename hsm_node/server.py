@@ -227,6 +227,7 @@ class CustodianServicer:
         sent: set[str] = set()
         try:
             while True:
+                token = self.node.change_token()
                 for req in self.node.pending_requests(thumb):
                     if req.request_id in sent:
                         continue
@@ -241,7 +242,7 @@ class CustodianServicer:
                         x=req.x,
                     )
                     self.node.mark_delivered(req)
-                await self.node.wait_change(timeout=5.0)
+                await self.node.wait_change(token, timeout=5.0)
         finally:
             log.info("agent %s disconnected", role)
 

@@ -6,8 +6,6 @@ Use ``async with NodeClient(target, tls) as c:`` and make calls inside ``with c.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from types import TracebackType
 
 import grpc
@@ -18,6 +16,24 @@ from sdquorum_rpc.errors import translate_rpc_error
 from sdquorum_rpc.tls import DEFAULT_MAX_MESSAGE_BYTES, TlsFiles, channel_credentials, channel_options
 
 __all__ = ["NodeClient"]
+
+
+class _Translate:
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        if isinstance(e, grpc.RpcError):
+            raise translate_rpc_error(e, self.target) from e
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.__exit__(t, e, tb)
 
 
 class NodeClient:
@@ -33,12 +49,9 @@ class NodeClient:
         self.keys = pbg.KeysStub(self.channel)  # type: ignore[no-untyped-call]  # generated, untyped
         self.custodian = pbg.CustodianStub(self.channel)  # type: ignore[no-untyped-call]  # generated, untyped
 
-    @contextmanager
-    def errors(self) -> Iterator[None]:
-        try:
-            yield
-        except grpc.RpcError as e:
-            raise translate_rpc_error(e, self.target) from e
+    def errors(self) -> _Translate:
+        """Context manager (sync or async) that turns ``grpc.RpcError`` into project errors."""
+        return _Translate(self.target)
 
     async def close(self) -> None:
         await self.channel.close(None)

@@ -1,8 +1,10 @@
-"""Fixtures shared by the core and coordinator tests.
+"""Fixtures shared by the tests.
 
 Everything slow (RSA key generation) is made once per test session: six RSA-2048 wrapping keys,
-one attestation root and one node attestation key. Time is pinned (``now``); the ceremony state
-machines take unix seconds, :data:`T0` is ``now`` in those.
+one attestation root and one node attestation key. Time is pinned once per session (``now``, the
+wall clock at start, whole seconds, so that certificates made from it also work where a real clock
+is read, as in TLS); code under test gets it passed in. The ceremony state machines take unix
+seconds: ``t0`` is ``now`` in those.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from sdquorum.sdfile import (
     share_label,
 )
 
-NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+NOW = datetime.now(UTC).replace(microsecond=0)
 T0 = int(NOW.timestamp())
 CUSTODIAN_NAMES = ("alice", "bob", "carol", "dave", "erin", "frank")
 SESSION_SECONDS = 600

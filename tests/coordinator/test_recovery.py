@@ -167,13 +167,15 @@ def test_completion_needs_only_m_and_reports_progress(ceremony: Ceremony) -> Non
     assert ceremony.answer(5)
     progress = ceremony.session.progress()
     assert (progress.accepted, progress.missing) == ((5,), (1, 2, 3, 4))
-    with pytest.raises(StateError, match=r"only 1 of the 3 required shares arrived; missing slots \[1, 2, 3, 4\]"):
+    with pytest.raises(
+        StateError, match=r"only 1 of the 3 required shares arrived; missing slots \[1, 2, 3, 4\]"
+    ):
         progress.require_quorum()
     assert ceremony.answer(3)
-    assert ceremony.session.state is SessionState.COLLECTING
+    assert ceremony.session.status().state is SessionState.COLLECTING
     assert ceremony.session.result is None
     assert ceremony.answer(1)
-    assert ceremony.session.state is SessionState.COMPLETED
+    assert ceremony.session.status().state is SessionState.COMPLETED
 
 
 def test_corrupted_share_is_rejected_and_its_custodian_named(ceremony: Ceremony) -> None:

@@ -68,7 +68,7 @@ class Ctx:
         return pki.thumbprint_sha256(key.certificate_der())
 
     def attest(self, node: NodeAttestation | None = None, **changes: object) -> Attestation:
-        return (node or self.node).sign(dataclasses.replace(self.statement, **changes))  # type: ignore[arg-type]
+        return (node or self.node).sign(dataclasses.replace(self.statement, **changes))  # type: ignore[arg-type]  # field values vary by case
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,9 @@ class Req:
     now: datetime
 
     def check(self) -> CheckedRequest:
-        return check_request(self.attestation, self.signed_header, self.x, self.my_thumbprint, self.policy, self.now)
+        return check_request(
+            self.attestation, self.signed_header, self.x, self.my_thumbprint, self.policy, self.now
+        )
 
 
 def _base_request(c: Ctx) -> Req:
@@ -145,7 +147,9 @@ def _forged_header(c: Ctx) -> SignedHeader:
 
 def _forged_request(c: Ctx) -> Req:
     forged = _forged_header(c)
-    pinned = dataclasses.replace(c.policy, pinned_signing_keys=frozenset({c.sealed.secrets.signing_public_key}))
+    pinned = dataclasses.replace(
+        c.policy, pinned_signing_keys=frozenset({c.sealed.secrets.signing_public_key})
+    )
     att = c.attest(sd_header_sha256=forged.sha256)
     return dataclasses.replace(_base_request(c), attestation=att, signed_header=forged, policy=pinned)
 
@@ -164,7 +168,7 @@ class RequestCase:
 
 
 def _r(**changes: object) -> Callable[[Ctx, Req], Req]:
-    return lambda c, r: dataclasses.replace(r, **changes)  # type: ignore[arg-type]
+    return lambda c, r: dataclasses.replace(r, **changes)  # type: ignore[arg-type]  # field values vary by case
 
 
 REQUEST_REFUSALS = [
@@ -191,7 +195,10 @@ REQUEST_REFUSALS = [
     RequestCase(
         "attestation issued in the future",
         lambda c, r: dataclasses.replace(
-            r, attestation=c.attest(issued_at=c.statement.issued_at + 3600, expires_at=c.statement.expires_at + 3600)
+            r,
+            attestation=c.attest(
+                issued_at=c.statement.issued_at + 3600, expires_at=c.statement.expires_at + 3600
+            ),
         ),
         "issued in the future",
     ),
@@ -324,7 +331,7 @@ def _release_with(c: Ctx, x: int = 1, **statement: object) -> Release:
     """An honest agent's release, made under an exchange statement with ``statement`` changed."""
     key = c.sealed.keys[x - 1]
     checked = CheckedRequest(
-        dataclasses.replace(c.statement, **statement),  # type: ignore[arg-type]
+        dataclasses.replace(c.statement, **statement),  # type: ignore[arg-type]  # field values vary by case
         c.attestation.sha256,
         c.sealed.sd.header,
         x,

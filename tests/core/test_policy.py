@@ -58,7 +58,8 @@ def kit(wrapping_private_keys: list[tuple[rsa.RSAPrivateKey, bytes]], now: datet
         good=tuple(der for _, der in wrapping_private_keys[:5]),
         same_key_as_1=_cert(wrapping_private_keys[0][0], now, "alice-again"),
         ec_p256=_cert(ec.generate_private_key(ec.SECP256R1()), now, "eve-ec"),
-        rsa_1024=_cert(rsa.generate_private_key(public_exponent=65537, key_size=1024), now, "eve-1024"),
+        # A deliberately weak key: the policy must refuse it.
+        rsa_1024=_cert(rsa.generate_private_key(public_exponent=65537, key_size=1024), now, "eve-1024"),  # noqa: S505
         expired=_cert(spare, now, "frank-expired", not_before=-timedelta(days=400), days=365),
         not_yet_valid=_cert(spare, now, "frank-future", not_before=timedelta(days=2)),
     )

@@ -40,6 +40,11 @@ if TYPE_CHECKING:
 _B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
+def _named(rows: list[tuple[Any, ...]]) -> list[Any]:
+    """A case table whose first column is the case's name, used as its test id."""
+    return [pytest.param(*row, id=row[0]) for row in rows]
+
+
 def _file_json(data: bytes) -> dict[str, Any]:
     return parse_json_object(data, "test SD file")
 
@@ -292,14 +297,16 @@ def test_payload_of_another_domain_fails(sealed: Sealed, make_sealed: SealFactor
 
 @pytest.mark.parametrize(
     "name, wrong",
-    [
-        ("secret + 1", lambda s, other: (s + 1) % shamir.L),
-        ("secret - 1", lambda s, other: (s - 1) % shamir.L),
-        ("another domain's secret", lambda s, other: other),
-        ("zero", lambda s, other: 0),
-        ("secret + L (not reduced)", lambda s, other: s + shamir.L),
-        ("negative", lambda s, other: -s),
-    ],
+    _named(
+        [
+            ("secret + 1", lambda s, other: (s + 1) % shamir.L),
+            ("secret - 1", lambda s, other: (s - 1) % shamir.L),
+            ("another domain's secret", lambda s, other: other),
+            ("zero", lambda s, other: 0),
+            ("secret + L (not reduced)", lambda s, other: s + shamir.L),
+            ("negative", lambda s, other: -s),
+        ]
+    ),
 )
 def test_wrong_secret_fails_open_domain(
     sealed: Sealed, make_sealed: SealFactory, name: str, wrong: Callable[[int, int], int]
@@ -313,12 +320,14 @@ def test_wrong_secret_fails_open_domain(
 
 @pytest.mark.parametrize(
     "name, domain_id, epoch, x",
-    [
-        ("label for slot 2", None, 1, 2),
-        ("label for epoch 2", None, 2, 1),
-        ("label for another domain", bytes(16), 1, 1),
-        ("label for x=0", None, 1, 0),
-    ],
+    _named(
+        [
+            ("label for slot 2", None, 1, 2),
+            ("label for epoch 2", None, 2, 1),
+            ("label for another domain", bytes(16), 1, 1),
+            ("label for x=0", None, 1, 0),
+        ]
+    ),
 )
 def test_share_label_binds_domain_epoch_and_x(
     sealed: Sealed, name: str, domain_id: bytes | None, epoch: int, x: int
@@ -362,15 +371,17 @@ def test_file_over_the_size_limit_is_refused(sealed: Sealed) -> None:
 
 @pytest.mark.parametrize(
     "name, edit, match",
-    [
-        ("unknown version", lambda o: o.update(version=2), "version 2 is not supported"),
-        ("no format marker", lambda o: o.pop("format"), "format marker"),
-        ("payload alg other than A256GCM", lambda o: o["payload"].update(alg="A128GCM"), "A256GCM"),
-        ("short nonce", lambda o: o["payload"].update(nonce=b64e(bytes(11))), "12 bytes"),
-        ("truncated ciphertext", lambda o: o["payload"].update(ciphertext=b64e(bytes(15))), "truncated"),
-        ("header missing", lambda o: o.pop("header"), "header"),
-        ("header not a string", lambda o: o.update(header=1), "header"),
-    ],
+    _named(
+        [
+            ("unknown version", lambda o: o.update(version=2), "version 2 is not supported"),
+            ("no format marker", lambda o: o.pop("format"), "format marker"),
+            ("payload alg other than A256GCM", lambda o: o["payload"].update(alg="A128GCM"), "A256GCM"),
+            ("short nonce", lambda o: o["payload"].update(nonce=b64e(bytes(11))), "12 bytes"),
+            ("truncated ciphertext", lambda o: o["payload"].update(ciphertext=b64e(bytes(15))), "truncated"),
+            ("header missing", lambda o: o.pop("header"), "header"),
+            ("header not a string", lambda o: o.update(header=1), "header"),
+        ]
+    ),
 )
 def test_malformed_files_are_refused(
     sealed: Sealed, name: str, edit: Callable[[dict[str, Any]], None], match: str
