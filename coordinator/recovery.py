@@ -194,7 +194,9 @@ class RecoverySession:
         header = self._require_sd().header
         return QuorumProgress(
             required=header.quorum,
-            accepted=tuple(sorted(self._shares)),
+            accepted=tuple(
+                x for x, p in sorted(self._status.items()) if p.status is CustodianStatus.ACCEPTED
+            ),
             rejected=tuple(
                 (p.x, p.detail) for p in self._status.values() if p.status is CustodianStatus.REJECTED
             ),

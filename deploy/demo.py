@@ -31,7 +31,9 @@ class Demo:
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.step_no = 0
         self.t0 = time.monotonic()
-        self.passphrases = {n: secrets.token_urlsafe(18) for n in CUSTODIANS}
+        # Tests set SDQUORUM_DEMO_PASSPHRASE_SEED to know the passphrases (and so the secrets to scan for).
+        seed = os.environ.get("SDQUORUM_DEMO_PASSPHRASE_SEED")
+        self.passphrases = {n: f"{seed}-{n}" if seed else secrets.token_urlsafe(18) for n in CUSTODIANS}
 
     def step(self, text: str) -> None:
         self.step_no += 1
@@ -304,8 +306,15 @@ class Demo:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
+    parser.add_argument(
+        "--workdir", type=Path, help="work here (a new directory; kept) instead of a temporary one"
+    )
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="sdquorum-demo-"))
+    if args.workdir:
+        args.workdir.mkdir(parents=True)
+        root, args.keep = args.workdir, True
+    else:
+        root = Path(tempfile.mkdtemp(prefix="sdquorum-demo-"))
     demo = Demo(root)
     print(f"sdquorum demo; working directory {root}")
     try:

@@ -9,11 +9,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from typing import Any
 
 from sdquorum.errors import MalformedError
 
 __all__ = ["b64d", "b64e", "canonical_json", "parse_json_object"]
+
+_B64URL = re.compile(r"[A-Za-z0-9_-]*={0,2}")
 
 
 def b64e(data: bytes) -> str:
@@ -25,12 +28,15 @@ def b64d(text: object, what: str = "value") -> bytes:
     """Decode base64url with or without padding; raise MalformedError naming ``what``."""
     if not isinstance(text, str):
         raise MalformedError(f"{what} must be a base64url string")
-    if not text.isascii():
+    if not _B64URL.fullmatch(text):
         raise MalformedError(f"{what} is not base64url")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError) as e:
         raise MalformedError(f"{what} is not base64url") from e
+    if b64e(data) != text.rstrip("="):  # one encoding per value: no stray trailing bits
+        raise MalformedError(f"{what} is not canonical base64url")
+    return data
 
 
 def canonical_json(obj: Any) -> bytes:

@@ -40,6 +40,8 @@ class DownloadPlan:
 
 def validate_download(certificates: Sequence[bytes], quorum: int, now: datetime) -> DownloadPlan:
     """Check a download request; raise UsageError naming the first problem and its fix."""
+    if now.tzinfo is None:
+        raise UsageError("validate_download needs a timezone-aware time (datetime.now(UTC))")
     n = len(certificates)
     if not MIN_CUSTODIANS <= n <= MAX_CUSTODIANS:
         raise UsageError(

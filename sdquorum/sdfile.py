@@ -112,7 +112,7 @@ class Slot:
             raise MalformedError("SD header: a slot is not an object")
         x = _int(obj.get("x"), "slot x")
         name = obj.get("name")
-        if not isinstance(name, str) or not _NAME_RE.match(name):
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
             raise MalformedError(f"SD header: slot {x} has an invalid name")
         cert = b64d(obj.get("certificate"), f"slot {x} certificate")
         thumb = b64d(obj.get("x5t_256"), f"slot {x} x5t_256")
@@ -428,7 +428,7 @@ def _slot_name(cert_der: bytes, x: int) -> str:
     except ValueError:
         cns = []
     name = str(cns[0].value) if cns else ""
-    return name if _NAME_RE.match(name) else f"custodian-{x}"
+    return name if _NAME_RE.fullmatch(name) else f"custodian-{x}"
 
 
 def _int(value: object, what: str, lo: int = 1, hi: int = 255) -> int:

@@ -25,14 +25,18 @@ class _Translate:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if isinstance(e, grpc.RpcError):
             raise translate_rpc_error(e, self.target) from e
 
     async def __aenter__(self) -> None:
         return None
 
-    async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.__exit__(t, e, tb)
 
 

@@ -221,10 +221,6 @@ def test_ten_custodians_and_quorum_ten_are_accepted(kit: Kit, now: datetime) -> 
     assert plan.quorum == 10
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: policy.validate_download compares a naive `now` with aware datetimes: TypeError, not UsageError",
-)
 def test_naive_now_is_a_usage_error(kit: Kit, now: datetime) -> None:
     with pytest.raises(UsageError):
         validate_download(list(kit.good[:3]), 3, now.replace(tzinfo=None))
