@@ -41,14 +41,14 @@ def negotiated(out: str) -> tuple[str, str] | None:
 
 
 async def test_tls13_is_accepted(cluster: Cluster) -> None:
-    rc, out = await s_client(cluster, "-tls1_3")
+    _rc, out = await s_client(cluster, "-tls1_3")
     got = negotiated(out)
     assert got is not None and got[0] == "TLSv1.3", out[-1500:]
 
 
 @pytest.mark.parametrize("cipher", ["ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-CHACHA20-POLY1305"])
 async def test_tls12_forward_secret_aead_is_accepted(cluster: Cluster, cipher: str) -> None:
-    rc, out = await s_client(cluster, "-tls1_2", "-cipher", cipher)
+    _rc, out = await s_client(cluster, "-tls1_2", "-cipher", cipher)
     assert negotiated(out) == ("TLSv1.2", cipher), out[-1500:]
 
 
@@ -61,10 +61,10 @@ async def test_tls12_forward_secret_aead_is_accepted(cluster: Cluster, cipher: s
     ],
 )
 async def test_tls12_other_suites_are_refused(cluster: Cluster, cipher: str) -> None:
-    rc, out = await s_client(cluster, "-tls1_2", "-cipher", cipher)
+    _rc, out = await s_client(cluster, "-tls1_2", "-cipher", cipher)
     assert negotiated(out) is None, out[-1500:]
 
 
 async def test_tls11_is_refused(cluster: Cluster) -> None:
-    rc, out = await s_client(cluster, "-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0")
+    _rc, out = await s_client(cluster, "-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0")
     assert negotiated(out) is None, out[-1500:]
