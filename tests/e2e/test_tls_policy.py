@@ -16,11 +16,23 @@ pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl
 
 async def s_client(cluster: Cluster, *args: str, client_cert: bool = True) -> tuple[int, str]:
     pki: Path = cluster.pki
-    cmd = ["openssl", "s_client", "-connect", cluster.target, "-CAfile", str(pki / "ca.pem"), "-verify_return_error"]
+    cmd = [
+        "openssl",
+        "s_client",
+        "-connect",
+        cluster.target,
+        "-CAfile",
+        str(pki / "ca.pem"),
+        "-verify_return_error",
+    ]
     if client_cert:
         cmd += ["-cert", str(pki / "admin.pem"), "-key", str(pki / "admin.key")]
     proc = await asyncio.create_subprocess_exec(
-        *cmd, *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        *cmd,
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     out, _ = await asyncio.wait_for(proc.communicate(b""), timeout=20)
     return proc.returncode or 0, out.decode(errors="replace")
