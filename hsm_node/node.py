@@ -315,11 +315,14 @@ class Node:
             )
         return self._domain.data_encryption_key
 
-    def create_key(self, name: str, kind: KeyType) -> StoredKey:
-        dek = self._dek()
+    async def create_key(self, name: str, kind: KeyType) -> StoredKey:
+        self._dek()
         if not name or len(name) > MAX_KEY_NAME or not name.isprintable():
             raise UsageError(f"key names are 1..{MAX_KEY_NAME} printable characters")
-        public, private = keyops.generate(kind)
+        # Generation (RSA-3072 takes ~0.1 s) runs off the event loop; the database is only ever
+        # touched from the loop's thread, so writes never interleave on the one connection.
+        public, private = await asyncio.to_thread(keyops.generate, kind)
+        dek = self._dek()
         created = self.now()
         self._store.put_key(dek, name, int(kind), public, private, created)
         return StoredKey(name, int(kind), public, created)

@@ -182,7 +182,7 @@ class KeysServicer:
             kind = KeyType(request.type)
         except ValueError as e:
             raise UsageError("choose a key type: AES256_GCM, ED25519 or RSA3072") from e
-        return _key_info(await asyncio.to_thread(self.node.create_key, request.name, kind))
+        return _key_info(await self.node.create_key(request.name, kind))
 
     @rpc("app", "admin")
     async def ListKeys(self, request: pb.ListKeysRequest, context: Ctx, role: Role) -> pb.ListKeysResponse:
