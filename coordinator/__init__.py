@@ -1,28 +1,37 @@
-"""Ceremonies as I/O-free state machines, hosted by ``hsm-node``.
+"""Ceremonies as I/O-free state machines, hosted by ``hsm-node``: recovery, possession drill, rotation.
 
 No grpc, no disk, no clock: the host passes ``now`` (unix seconds) and delivers messages.
 """
 
-from coordinator.recovery import (
+from coordinator.ceremony import (
+    Ceremony,
     CeremonyStatus,
     CustodianProgress,
+    CustodianRequest,
     CustodianStatus,
     QuorumError,
     QuorumProgress,
-    RecoveryRequest,
-    RecoverySession,
     ReleaseOutcome,
     SessionState,
 )
+from coordinator.drill import DRILL_OUTCOMES, DrillSession
+from coordinator.recovery import RecoveryRequest, RecoverySession
+from coordinator.rotation import RotationProposal, RotationSession
 
 __all__ = [
+    "DRILL_OUTCOMES",
+    "Ceremony",
     "CeremonyStatus",
     "CustodianProgress",
+    "CustodianRequest",
     "CustodianStatus",
+    "DrillSession",
     "QuorumError",
     "QuorumProgress",
     "RecoveryRequest",
     "RecoverySession",
     "ReleaseOutcome",
+    "RotationProposal",
+    "RotationSession",
     "SessionState",
 ]

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import nacl.exceptions
@@ -37,21 +37,29 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sdquorum import pki, shamir
 from sdquorum.encoding import b64d, b64e, canonical_json, parse_json_object
-from sdquorum.errors import MalformedError, SdquorumError, VerificationError
+from sdquorum.errors import MalformedError, VerificationError
 from sdquorum.keys import WrappingKey, verify_pss
 from sdquorum.sdfile import Header, SignedHeader, share_label
 
 __all__ = [
+    "PURPOSES",
     "Attestation",
+    "CheckedRequest",
     "CustodianPolicy",
     "ExchangeStatement",
+    "Proof",
+    "ProofStatement",
     "Release",
     "ReleaseStatement",
     "check_request",
+    "decrypt_share",
+    "make_proof",
     "make_release",
     "open_release",
+    "proof_context",
     "sign_attestation",
     "verify_attestation",
+    "verify_proof",
 ]
 
 ATTESTATION_TYPE = "sdquorum-exchange-attestation-v1"
@@ -60,6 +68,8 @@ RELEASE_TYPE = "sdquorum-share-release-v1"
 SHARE_TYPE = "sdquorum-sealed-share-v1"
 MAX_ENVELOPE_BYTES = 64 * 1024
 CLOCK_SKEW_SECONDS = 120
+PURPOSES = ("recovery", "drill", "rotation")
+PROOF_TYPE = "sdquorum-possession-proof-v1"
 
 
 @dataclass(frozen=True)
@@ -76,11 +86,15 @@ class ExchangeStatement:
     expires_at: int
     initiator: str
     reason: str
+    challenge: bytes = b""  # fresh 32 random bytes: what a possession proof answers
+    proposal_sha256: bytes = b""  # rotation only: SHA-256 of the proposal the custodian approves
 
     def to_bytes(self) -> bytes:
         return canonical_json(
             {
                 "type": ATTESTATION_TYPE,
+                "challenge": b64e(self.challenge),
+                "proposal_sha256": b64e(self.proposal_sha256),
                 "session_id": self.session_id,
                 "purpose": self.purpose,
                 "node_id": self.node_id,
@@ -114,7 +128,19 @@ class ExchangeStatement:
             expires_at=_int(obj, "expires_at"),
             initiator=_str(obj, "initiator"),
             reason=_str(obj, "reason"),
+            challenge=_b64(obj, "challenge", None),
+            proposal_sha256=_b64(obj, "proposal_sha256", None),
         )
+        if st.purpose not in PURPOSES:
+            raise MalformedError(f"attestation statement: unknown purpose {st.purpose!r}")
+        if len(st.challenge) not in (0, 32) or len(st.proposal_sha256) not in (0, 32):
+            raise MalformedError("attestation statement: challenge and proposal hash must be 32 bytes")
+        if st.purpose != "recovery" and len(st.challenge) != 32:
+            raise MalformedError("attestation statement: a drill or rotation needs a 32-byte challenge")
+        if (st.purpose == "rotation") != (len(st.proposal_sha256) == 32):
+            raise MalformedError(
+                "attestation statement: a proposal hash goes with a rotation, and only there"
+            )
         return st
 
 
@@ -203,11 +229,22 @@ def check_request(
     my_thumbprint: bytes,
     policy: CustodianPolicy,
     now: datetime,
+    *,
+    purpose: str = "recovery",
+    proposal: bytes = b"",
 ) -> CheckedRequest:
-    """Every check an agent makes before it touches its private key (DESIGN.md, Recovery)."""
+    """Every check an agent makes before it touches its private key (DESIGN.md, Recovery).
+
+    ``purpose`` is what the request says it is; the signed statement must say the same. For a
+    rotation, ``proposal`` is the roster shown to the custodian and must hash to the attested value.
+    """
     st = verify_attestation(attestation, policy.attestation_root_pem, now)
-    if st.purpose != "recovery":
-        raise VerificationError(f"the request is for {st.purpose!r}, not a recovery")
+    if st.purpose != purpose:
+        raise VerificationError(f"the request says {purpose!r} but its attestation says {st.purpose!r}")
+    if purpose == "rotation" and not hmac.compare_digest(
+        hashlib.sha256(proposal).digest(), st.proposal_sha256
+    ):
+        raise VerificationError("the rotation proposal shown differs from the one the node attested")
     if not hmac.compare_digest(st.sd_header_sha256, signed_header.sha256):
         raise VerificationError("the attestation names a different SD file than the one sent")
     header = signed_header.verify()
@@ -364,8 +401,133 @@ def open_release(
     return shamir.Share.from_bytes(expected_x, b64d(obj.get("share"), "share"))
 
 
-def utc_from_unix(t: int) -> datetime:
-    return datetime.fromtimestamp(t, tz=UTC)
+@dataclass(frozen=True)
+class ProofStatement:
+    """A custodian's signed proof that it can open its share (drill) or approval of a proposal (rotation)."""
+
+    purpose: str
+    session_id: str
+    domain_id: bytes
+    epoch: int
+    x: int
+    thumbprint: bytes
+    attestation_sha256: bytes
+    proposal_sha256: bytes
+    proof: bytes  # Schnorr proof of knowledge of s_x (64 bytes)
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(
+            {
+                "type": PROOF_TYPE,
+                "purpose": self.purpose,
+                "session_id": self.session_id,
+                "domain_id": self.domain_id.hex(),
+                "epoch": self.epoch,
+                "x": self.x,
+                "x5t_256": b64e(self.thumbprint),
+                "attestation_sha256": b64e(self.attestation_sha256),
+                "proposal_sha256": b64e(self.proposal_sha256),
+                "proof": b64e(self.proof),
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ProofStatement:
+        obj = parse_json_object(data, "proof statement")
+        if obj.get("type") != PROOF_TYPE:
+            raise MalformedError("proof statement: unknown type")
+        return cls(
+            purpose=_str(obj, "purpose"),
+            session_id=_str(obj, "session_id"),
+            domain_id=_bytes_hex(obj, "domain_id", 16),
+            epoch=_int(obj, "epoch"),
+            x=_int(obj, "x"),
+            thumbprint=_b64(obj, "x5t_256", 32),
+            attestation_sha256=_b64(obj, "attestation_sha256", 32),
+            proposal_sha256=_b64(obj, "proposal_sha256", None),
+            proof=_b64(obj, "proof", 64),
+        )
+
+
+@dataclass(frozen=True)
+class Proof:
+    statement_bytes: bytes
+    signature: bytes
+    statement: ProofStatement = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "statement", ProofStatement.from_bytes(self.statement_bytes))
+
+    def to_bytes(self) -> bytes:
+        return canonical_json({"statement": b64e(self.statement_bytes), "signature": b64e(self.signature)})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Proof:
+        _limit(data, "proof")
+        obj = parse_json_object(data, "proof")
+        return cls(
+            b64d(obj.get("statement"), "proof statement"), b64d(obj.get("signature"), "proof signature")
+        )
+
+
+def proof_context(st: ExchangeStatement, x: int, attestation_sha256: bytes) -> bytes:
+    """What a Schnorr proof is bound to: purpose, session, node, domain, epoch, slot, challenge, proposal."""
+    return canonical_json(
+        {
+            "purpose": st.purpose,
+            "session_id": st.session_id,
+            "node_id": st.node_id,
+            "domain_id": st.domain_id.hex(),
+            "epoch": st.epoch,
+            "x": x,
+            "challenge": b64e(st.challenge),
+            "proposal_sha256": b64e(st.proposal_sha256),
+            "attestation_sha256": b64e(attestation_sha256),
+        }
+    )
+
+
+def make_proof(checked: CheckedRequest, share: shamir.Share, key: WrappingKey, rng: shamir.Rng) -> Proof:
+    """Prove possession of ``share`` for a drill or a rotation approval; the share never leaves."""
+    st = checked.statement
+    proof = shamir.prove_share(share, proof_context(st, share.x, checked.attestation_sha256), rng)
+    statement = ProofStatement(
+        purpose=st.purpose,
+        session_id=st.session_id,
+        domain_id=st.domain_id,
+        epoch=st.epoch,
+        x=share.x,
+        thumbprint=checked.header.slot(share.x).thumbprint,
+        attestation_sha256=checked.attestation_sha256,
+        proposal_sha256=st.proposal_sha256,
+        proof=proof.to_bytes(),
+    )
+    data = statement.to_bytes()
+    return Proof(data, key.sign(data))
+
+
+def verify_proof(proof: Proof, *, attestation: Attestation, header: Header, expected_x: int) -> None:
+    """Check a proof for slot ``expected_x`` answers this attestation; VerificationError names the check."""
+    st, att = proof.statement, attestation.statement
+    slot = header.slot(expected_x)
+    if st.x != expected_x:
+        raise VerificationError(f"the proof claims slot {st.x} on a request for slot {expected_x}")
+    if not verify_pss(slot.certificate_der, proof.statement_bytes, proof.signature):
+        raise VerificationError(f"the proof is not signed by slot {expected_x}'s wrapping key")
+    if st.purpose != att.purpose or not hmac.compare_digest(st.session_id.encode(), att.session_id.encode()):
+        raise VerificationError("the proof belongs to another session or ceremony (replay)")
+    if st.domain_id != header.domain_id or st.epoch != header.epoch:
+        raise VerificationError("the proof is for another domain or epoch")
+    if not hmac.compare_digest(st.thumbprint, slot.thumbprint):
+        raise VerificationError("the proof names another wrapping certificate than the slot's")
+    if not hmac.compare_digest(st.attestation_sha256, attestation.sha256):
+        raise VerificationError("the proof answers another attestation than this session's")
+    if not hmac.compare_digest(st.proposal_sha256, att.proposal_sha256):
+        raise VerificationError("the proof approves another proposal than this one")
+    schnorr = shamir.SchnorrProof.from_bytes(st.proof)
+    public = header.commitments.public_share(expected_x)
+    if not shamir.verify_share_proof(schnorr, public, proof_context(att, expected_x, attestation.sha256)):
+        raise VerificationError(f"slot {expected_x}'s proof of possession of its share does not verify")
 
 
 def _limit(data: bytes, what: str) -> None:
@@ -402,7 +564,3 @@ def _bytes_hex(obj: dict[str, Any], key: str, length: int) -> bytes:
         return bytes.fromhex(v)
     except ValueError as e:
         raise MalformedError(f"{key} must be hex") from e
-
-
-def is_project_error(e: BaseException) -> bool:
-    return isinstance(e, SdquorumError)

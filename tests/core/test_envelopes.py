@@ -204,8 +204,10 @@ REQUEST_REFUSALS = [
     ),
     RequestCase(
         "purpose is a drill, not a recovery",
-        lambda c, r: dataclasses.replace(r, attestation=c.attest(purpose="drill")),
-        "not a recovery",
+        lambda c, r: dataclasses.replace(
+            r, attestation=c.attest(purpose="drill", challenge=bytes(range(32)))
+        ),
+        "its attestation says 'drill'",
     ),
     RequestCase(
         "header hash mismatch: another SD file sent with the attestation",

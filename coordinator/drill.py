@@ -1,0 +1,61 @@
+"""The possession drill: every custodian (all n, not only m) proves it can still open its share.
+
+Each agent answers the attested challenge with a Schnorr proof of knowledge of s_x (public value
+s_x * B from the Feldman commitments), bound to the challenge, the session, the domain, epoch, slot
+and node, and signed with its wrapping key. No share leaves the agent.
+
+Outcome per slot: ACCEPTED (proved), REJECTED (a check failed: named), DENIED (the custodian or its
+agent declined), UNREACHABLE (no answer by the deadline). The drill COMPLETES when every slot has
+settled or the deadline passes; a drill never fails as a session, its report is the result.
+"""
+
+from __future__ import annotations
+
+from coordinator.ceremony import AttestationSigner, Ceremony, CustodianRequest, CustodianStatus
+from sdquorum.envelopes import Attestation, Proof, verify_proof
+from sdquorum.errors import StateError
+from sdquorum.sdfile import SignedHeader
+
+__all__ = ["DRILL_OUTCOMES", "DrillSession"]
+
+DRILL_OUTCOMES = {
+    CustodianStatus.ACCEPTED: "proved",
+    CustodianStatus.REJECTED: "failed",
+    CustodianStatus.DENIED: "denied",
+    CustodianStatus.UNREACHABLE: "unreachable",
+}
+
+
+class DrillSession(Ceremony):
+    kind = "drill"
+
+    def start(self, signed: SignedHeader, now: int, sign: AttestationSigner) -> Attestation:
+        return self._open(signed, now, sign)
+
+    def required(self) -> int:
+        return self.header.n
+
+    def _collecting_message(self) -> str:
+        return f"drill: waiting for all {self.header.n} custodians to prove possession"
+
+    def _accept(self, req: CustodianRequest, answer: bytes) -> str:
+        if self._attestation is None:  # pragma: no cover - set when open
+            raise StateError("the session has ended")
+        verify_proof(
+            Proof.from_bytes(answer), attestation=self._attestation, header=self.header, expected_x=req.x
+        )
+        return "proved possession of its share"
+
+    def _after_answer(self) -> None:
+        if not self.finished and not self.progress().missing:
+            self._finish()
+
+    def _at_deadline(self) -> None:
+        self._settle_open(CustodianStatus.UNREACHABLE, "no answer before the deadline")
+        self._finish()
+
+    def _finish(self) -> None:
+        counts = {word: 0 for word in DRILL_OUTCOMES.values()}
+        for p in self.status().custodians:
+            counts[DRILL_OUTCOMES.get(p.status, "unreachable")] += 1
+        self._complete("drill finished: " + ", ".join(f"{n} {w}" for w, n in counts.items() if n))
