@@ -124,7 +124,7 @@ async def _run(args: argparse.Namespace) -> int:
     key = load_wrapping_key(args.wrapping_key, args.wrapping_cert, read_passphrase())
     config = AgentConfig(
         node=args.node,
-        tls=TlsFiles(args.tls_cert, args.tls_key, args.ca),
+        tls=TlsFiles(args.tls_cert, args.tls_key, args.ca, ("--tls-cert", "--tls-key", "--ca")),
         policy=CustodianPolicy(
             attestation_root_pem=root,
             allowed_domains=_hexes(args.allow_domain, "--allow-domain", 16),

@@ -46,6 +46,8 @@ def keygen(
     for p in (key_path, cert_path):
         if p.exists():
             raise UsageError(f"{p} exists already: move it away or choose another path")
+        if not p.parent.is_dir():
+            raise UsageError(f"the folder {p.parent} does not exist: create it or choose another path")
     key, cert_pem = pki.make_wrapping_key(name, now, bits=bits)
     encrypted = key.private_bytes(
         serialization.Encoding.PEM,
@@ -53,7 +55,11 @@ def keygen(
         serialization.BestAvailableEncryption(passphrase),
     )
     write_private_file(key_path, encrypted)
-    write_private_file(cert_path, cert_pem, mode=0o644)
+    try:
+        write_private_file(cert_path, cert_pem, mode=0o644)
+    except UsageError:
+        key_path.unlink(missing_ok=True)  # both files or neither, so a rerun can succeed
+        raise
     return cert_pem
 
 

@@ -90,7 +90,9 @@ async def _run(args: argparse.Namespace) -> int:
         default_session_seconds=args.session_seconds,
     )
     node = Node(config, store)
-    server = await serve(node, args.listen, TlsFiles(args.tls_cert, args.tls_key, args.ca))
+    server = await serve(
+        node, args.listen, TlsFiles(args.tls_cert, args.tls_key, args.ca, ("--tls-cert", "--tls-key", "--ca"))
+    )
     if not args.address:
         node.address = f"{args.listen.rsplit(':', 1)[0]}:{server.port}"
     if args.port_file:

@@ -28,7 +28,7 @@ from hsm_node import keyops
 from hsm_node.keyops import KeyType
 from hsm_node.store import DomainInfo, NodeStore, StoredKey
 from sdquorum import backup, envelopes, policy, sdfile
-from sdquorum.errors import StateError, UsageError, VerificationError
+from sdquorum.errors import SdquorumError, StateError, UsageError, VerificationError
 from sdquorum.pki import Role
 
 __all__ = ["Node", "NodeConfig", "NodeState"]
@@ -192,8 +192,13 @@ class Node:
     async def upload_sd_file(self, session_id: str, data: bytes) -> CeremonyStatus:
         async with self._lock:
             session = self._session_by_id(session_id)
-            sd = sdfile.SecurityDomainFile.from_bytes(data)  # verifies the header signature first
-            session.load_sd_file(sd, self.now(), self._sign_attestation)
+            try:
+                sd = sdfile.SecurityDomainFile.from_bytes(data)  # verifies the header signature first
+                session.load_sd_file(sd, self.now(), self._sign_attestation)
+            except SdquorumError as e:
+                session.abort(f"the SD file was refused: {e}")  # a retry with the right file need not wait
+                self._notify()
+                raise
             h = sd.header
             log.info(
                 "session %s: SD file for domain %s epoch %d accepted; asking %d custodians for %d shares",

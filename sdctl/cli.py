@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from sdctl import pkifiles
-from sdquorum.errors import StateError, UsageError, VerificationError
+from sdquorum.errors import MalformedError, StateError, UsageError, VerificationError
+from sdquorum.sdfile import SecurityDomainFile
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc.cli import run_main
 from sdquorum_rpc.client import NodeClient
-from sdquorum_rpc.files import read_input_file, write_private_file
+from sdquorum_rpc.files import PendingFile, read_input_file, write_private_file
 from sdquorum_rpc.tls import TlsFiles
 
 __all__ = ["main"]
@@ -208,18 +209,21 @@ class Ctl:
         if a.out.exists():
             raise UsageError(f"{a.out} exists already: an SD file is never overwritten; choose another --out")
         certs = [read_input_file(p, "custodian certificate") for p in a.custodian_certs]
-        async with self.client() as c:
-            data = bytearray()
-            warnings: list[str] = []
-            with c.errors():
-                async for chunk in c.admin.DownloadSecurityDomain(
-                    pb.DownloadRequest(custodian_certificates=certs, quorum=a.quorum)
-                ):
-                    data += chunk.data
-                    warnings.extend(chunk.warnings)
+        client = self.client()  # TLS files checked before anything is created or asked
+        # The node is activated only once: make sure the SD file can be written before asking.
+        with PendingFile(a.out) as out:
+            async with client as c:
+                data = bytearray()
+                warnings: list[str] = []
+                with c.errors():
+                    async for chunk in c.admin.DownloadSecurityDomain(
+                        pb.DownloadRequest(custodian_certificates=certs, quorum=a.quorum)
+                    ):
+                        data += chunk.data
+                        warnings.extend(chunk.warnings)
+            out.write(bytes(data))
         for w in warnings:
             print(f"sdctl: warning: {w}", file=sys.stderr)
-        write_private_file(a.out, bytes(data), mode=0o600)
         self.emit(
             f"node activated; security domain written to {a.out} ({len(data)} bytes). Store it at each custodian's site.",
             {"sd_file": str(a.out), "bytes": len(data), "warnings": warnings},
@@ -229,6 +233,10 @@ class Ctl:
     async def recover(self) -> int:
         a = self.args
         sd = read_input_file(a.sd_file, "SD file")
+        try:  # a wrong or altered file is refused before a session opens
+            SecurityDomainFile.from_bytes(sd)
+        except MalformedError as e:
+            raise UsageError(f"{a.sd_file} is not a usable SD file: {e}") from e
         async with self.client() as c:
             with c.errors():
                 init = await c.admin.InitRecovery(pb.InitRecoveryRequest(reason=a.reason, ttl_seconds=a.ttl))

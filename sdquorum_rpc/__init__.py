@@ -19,5 +19,8 @@ FORWARD_SECRET_AEAD_SUITES = ":".join(
     ]
 )
 os.environ["GRPC_SSL_CIPHER_SUITES"] = FORWARD_SECRET_AEAD_SUITES
+# grpc's own log lines would break the one-line error a person gets; our code logs what matters.
+# GRPC_VERBOSITY=DEBUG (or ERROR) in the environment brings them back.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 __all__ = ["FORWARD_SECRET_AEAD_SUITES"]

@@ -23,6 +23,7 @@ import grpc.aio
 from sdquorum import pki
 from sdquorum.errors import (
     AlreadyExistsError,
+    MalformedError,
     NotFoundError,
     PeerError,
     PermissionDeniedError,
@@ -30,6 +31,7 @@ from sdquorum.errors import (
     StateError,
     TransportError,
     UsageError,
+    VerificationError,
 )
 from sdquorum_rpc.tls import Ctx, caller_role
 
@@ -38,6 +40,7 @@ __all__ = ["rpc", "status_for", "translate_rpc_error"]
 log = logging.getLogger("sdquorum.rpc")
 F = TypeVar("F", bound=Callable[..., Any])
 CHECK_FAILED = "a check failed"
+ERROR_KIND_KEY = "sdquorum-error-kind"  # trailing metadata: lets clients tell a failed check from bad usage
 
 
 def status_for(e: SdquorumError) -> grpc.StatusCode:
@@ -55,7 +58,9 @@ def status_for(e: SdquorumError) -> grpc.StatusCode:
 
 
 def _public_message(e: SdquorumError, role: pki.Role | None) -> str:
-    if isinstance(e, PeerError) and (role is None or role.kind not in ("admin",)):
+    """A custodian (or unknown) peer whose message failed a check learns only that; operators and
+    applications get the one-line reason, since it is about their own input."""
+    if isinstance(e, PeerError) and (role is None or role.kind == "custodian"):
         return CHECK_FAILED
     return str(e)
 
@@ -77,7 +82,18 @@ def rpc(*roles: str) -> Callable[[F], F]:
             if isinstance(e, SdquorumError):
                 code = status_for(e)
                 log.warning("%s by %s refused (%s): %s", name, role or "unknown peer", code.name, e)
-                await context.abort(code, _public_message(e, role))
+                kind = (
+                    "verification"
+                    if isinstance(e, VerificationError)
+                    else "malformed"
+                    if isinstance(e, PeerError)
+                    else ""
+                )
+                await context.abort(
+                    code,
+                    _public_message(e, role),
+                    trailing_metadata=(((ERROR_KIND_KEY, kind),) if kind else ()),
+                )
             log.exception("%s by %s failed unexpectedly", name, role or "unknown peer")
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the node log")
 
@@ -125,6 +141,12 @@ def translate_rpc_error(e: grpc.RpcError, target: str) -> SdquorumError:
             return TransportError(
                 f"TLS handshake with {target} failed: check --ca, --cert and --key belong to this deployment's CA"
             )
+        if "socket closed" in low or "connection reset" in low:
+            # Under TLS 1.3 a server that refuses the client certificate just closes the connection.
+            return TransportError(
+                f"{target} closed the connection: it may have refused your client certificate; "
+                "check --cert and --key come from this deployment's CA"
+            )
         return TransportError(
             f"cannot reach {target} ({details or 'unavailable'}): check the address and that the node runs"
         )
@@ -139,6 +161,12 @@ def translate_rpc_error(e: grpc.RpcError, target: str) -> SdquorumError:
     if code is grpc.StatusCode.FAILED_PRECONDITION:
         return StateError(details)
     if code is grpc.StatusCode.INVALID_ARGUMENT:
+        meta_fn = getattr(e, "trailing_metadata", None)
+        meta = dict(meta_fn() or ()) if callable(meta_fn) else {}
+        if meta.get(ERROR_KIND_KEY) == "verification":
+            return VerificationError(details)
+        if meta.get(ERROR_KIND_KEY) == "malformed":
+            return MalformedError(details)
         return UsageError(details)
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
         return UsageError(f"{target} refused a message over its size limit: {details}")

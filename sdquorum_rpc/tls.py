@@ -12,6 +12,8 @@ from typing import Any
 
 import grpc
 import grpc.aio
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from sdquorum import pki
 from sdquorum.errors import PermissionDeniedError, SdquorumError, UsageError
@@ -37,19 +39,42 @@ class TlsFiles:
     cert: Path
     key: Path
     ca: Path
+    flags: tuple[str, str, str] = ("--cert", "--key", "--ca")  # how the person named them, for errors
 
     def read(self) -> tuple[bytes, bytes, bytes]:
+        """The three PEM files, checked here so a wrong file is named instead of failing in grpc."""
+        fc, fk, fa = self.flags
         out = []
-        for what, path in (
-            ("certificate", self.cert),
-            ("private key", self.key),
-            ("CA certificate", self.ca),
+        for what, path, flag in (
+            ("certificate", self.cert, fc),
+            ("private key", self.key, fk),
+            ("CA certificate", self.ca, fa),
         ):
             try:
                 out.append(Path(path).read_bytes())
             except OSError as e:
-                raise UsageError(f"cannot read the TLS {what} {path}: {e.strerror}") from e
-        return out[0], out[1], out[2]
+                raise UsageError(f"cannot read the TLS {what} {path} ({flag}): {e.strerror}") from e
+        cert, key, ca = out
+        try:
+            leaf = x509.load_pem_x509_certificate(cert)
+        except ValueError as e:
+            raise UsageError(f"the TLS certificate {self.cert} ({fc}) is not a PEM certificate") from e
+        try:
+            x509.load_pem_x509_certificates(ca)
+        except ValueError as e:
+            raise UsageError(f"the CA certificate {self.ca} ({fa}) is not a PEM certificate") from e
+        try:
+            private = serialization.load_pem_private_key(key, password=None)
+        except (ValueError, TypeError) as e:
+            raise UsageError(
+                f"the TLS private key {self.key} ({fk}) is not an unencrypted PEM private key"
+            ) from e
+        spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        if private.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
+            raise UsageError(
+                f"the TLS private key {self.key} ({fk}) does not belong to the certificate {self.cert} ({fc})"
+            )
+        return cert, key, ca
 
 
 def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:

@@ -127,13 +127,6 @@ def test_keygen_refuses(
             assert not path.exists(), f"{what} file written although keygen was refused"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: keygen writes the key file before the certificate; when the certificate cannot be "
-    "created (missing directory) the key stays behind and the corrected rerun is refused 'exists "
-    "already' (custodian_agent/keyfile.py keygen: check both parents first, or unlink the key when the "
-    "certificate write fails)",
-)
 def test_keygen_that_cannot_write_the_certificate_leaves_nothing_behind(
     agent_cli: AgentCli, passphrase: str, tmp_path: Path
 ) -> None:

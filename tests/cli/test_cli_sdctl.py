@@ -92,20 +92,11 @@ MISTAKES = {
 
 # Under TLS 1.3 the client's handshake ends before the node checks the client certificate; the node
 # then closes the connection and the client only sees "Socket closed".
-BAD_CLIENT_CERT_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a client certificate the node refuses is reported as 'cannot reach ... (Socket closed): "
-    "check the address and that the node runs', which sends the person to the wrong fix "
-    "(sdquorum_rpc/errors.py translate_rpc_error, UNAVAILABLE branch)",
-)
 
 
 @pytest.mark.parametrize(
     "case",
-    [
-        pytest.param(c, id=k, marks=BAD_CLIENT_CERT_BUG if c.foreign_identity else ())
-        for k, c in MISTAKES.items()
-    ],
+    [pytest.param(c, id=k) for k, c in MISTAKES.items()],
 )
 async def test_common_mistake_gives_one_line_and_its_exit_code(
     case: Mistake, node: Cluster, sdctl: SdctlRunner, pki_dir: Path, foreign_pki_dir: Path, tmp_path: Path
@@ -144,21 +135,11 @@ async def test_status_is_allowed_for_every_role(node: Cluster, sdctl: SdctlRunne
     assert r.out == ["node node-a: PROVISIONED"]
 
 
-GRPC_LOG_LINE_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="BUG: grpc's C core prints its own 'I... ssl_transport_security.cc] Handshake failed ...' line "
-    "on stderr above sdctl's one-line error; GRPC_VERBOSITY is never lowered for the CLIs "
-    "(sdquorum_rpc/__init__.py: setdefault GRPC_VERBOSITY=ERROR before grpc is imported)",
-)
-
-
 @pytest.mark.parametrize(
     ("foreign", "flag"),
     [
-        pytest.param(
-            "identity", "--cert", id="client certificate from another CA", marks=BAD_CLIENT_CERT_BUG
-        ),
-        pytest.param("ca", "--ca", id="--ca of another deployment", marks=GRPC_LOG_LINE_BUG),
+        pytest.param("identity", "--cert", id="client certificate from another CA"),
+        pytest.param("ca", "--ca", id="--ca of another deployment"),
     ],
 )
 async def test_tls_failure_shows_one_line_on_the_terminal(
@@ -188,14 +169,6 @@ async def test_tls_failure_shows_one_line_on_the_terminal(
     assert flag in lines[0]
 
 
-BAD_TLS_FILES_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="BUG: TLS files that do not parse or do not match are handed to grpc unchecked: exit 5, a "
-    "flood of grpc 'E... Invalid private key / Handshaker factory creation failed' lines, and a message "
-    "that does not say which file is wrong (sdquorum_rpc/tls.py TlsFiles.read/channel_credentials: "
-    "load them with cryptography first and raise UsageError naming the flag)",
-)
-
 BAD_TLS_FILES = {
     "--key of another identity": ("admin.pem", "app.key", "ca.pem", "--key"),
     "--key is not a PEM key": ("admin.pem", "junk", "ca.pem", "--key"),
@@ -204,7 +177,6 @@ BAD_TLS_FILES = {
 }
 
 
-@BAD_TLS_FILES_BUG
 @pytest.mark.parametrize(("cert", "key", "ca", "flag"), BAD_TLS_FILES.values(), ids=BAD_TLS_FILES.keys())
 async def test_unusable_tls_files_are_named_in_one_line(
     node: Cluster, pki_dir: Path, tmp_path: Path, cert: str, key: str, ca: str, flag: str
@@ -284,12 +256,6 @@ async def test_bad_download_is_refused_and_the_node_stays_provisioned(
     assert json.loads(status.out[0])["state"] == "PROVISIONED"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: sdctl download asks the node to activate before it can create --out; when --out cannot "
-    "be created (missing directory) the node is ACTIVATED and the only SD file is lost (sdctl/cli.py, "
-    "Ctl.download)",
-)
 async def test_download_to_an_unwritable_out_leaves_the_node_provisioned(
     node: Cluster, sdctl: SdctlRunner, wrap_certs: list[Path], tmp_path: Path
 ) -> None:
@@ -398,13 +364,6 @@ async def test_full_operator_flow_through_the_cli_only(
     assert again.code == 2 and "exists already" in assert_one_line_error(again)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a ciphertext that fails authentication exits 2 with 'a check failed' instead of 4 "
-    "naming the check: the server maps every PeerError to INVALID_ARGUMENT and hides its message from "
-    "non-admin roles (sdquorum_rpc/errors.py status_for/_public_message); the client maps "
-    "INVALID_ARGUMENT to UsageError (translate_rpc_error)",
-)
 async def test_decrypting_a_tampered_ciphertext_is_a_verification_failure(
     node: Cluster, sdctl: SdctlRunner, wrap_certs: list[Path], tmp_path: Path
 ) -> None:
@@ -459,14 +418,6 @@ async def test_recover_through_auto_agents_prints_progress_and_activates(
         assert again.code == 3 and "already activated" in assert_one_line_error(again)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: 'sdctl recover' with a wrong SD file starts a session (InitRecovery) before the upload is "
-    "refused; the session stays open until its deadline (600 s by default) and every retry with the right "
-    "file fails 'recovery session ... is still running' (sdctl/cli.py Ctl.recover: parse the SD file with "
-    "SecurityDomainFile.from_bytes before InitRecovery; hsm_node/node.py upload_sd_file: end the session "
-    "when its upload is refused)",
-)
 async def test_recover_with_a_wrong_sd_file_can_be_retried_at_once(
     pki_dir: Path,
     tmp_path: Path,

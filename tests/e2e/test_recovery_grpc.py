@@ -14,7 +14,7 @@ from conftest import NAMES, Cluster, certs_of, running_cluster, tls
 from sdquorum import envelopes, pki, shamir
 from sdquorum.encoding import b64d, b64e
 from sdquorum.envelopes import CustodianPolicy
-from sdquorum.errors import StateError, UsageError
+from sdquorum.errors import StateError, UsageError, VerificationError
 from sdquorum.keys import SoftwareWrappingKey
 from sdquorum.sdfile import SignedHeader
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
@@ -320,11 +320,11 @@ async def test_restore_refuses_another_domains_backup_and_an_altered_one(
         ct = bytearray(b64d(obj["ciphertext"]))
         ct[len(ct) // 2] ^= 0x01
         obj["ciphertext"] = b64e(bytes(ct))
-        with pytest.raises(UsageError, match="altered"):
+        with pytest.raises(VerificationError, match="altered"):
             await _restore(a, json.dumps(obj).encode())
     async with running_cluster(pki_dir, tmp_path / "c") as other:
         await other.download(certs_of(wrapping_keys[:3]), quorum=2)
-        with pytest.raises(UsageError, match="belongs to domain"):
+        with pytest.raises(VerificationError, match="belongs to domain"):
             await _restore(other, backup)
         assert other.node.key_count() == 0
 
