@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import NAMES, Cluster, certs_of, running_cluster, tls
+from harness import NAMES, Cluster, certs_of, running_cluster, tls
 
 from sdquorum import envelopes, pki, shamir
 from sdquorum.encoding import b64d, b64e

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import Cluster
+from harness import Cluster
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl command line not installed")
 

@@ -1,0 +1,192 @@
+"""Test harness (imported as ``harness``; ``tests/`` is on sys.path): in-process clusters over real
+mTLS on port 0 (a node server, agents, an admin client) and the PKI fixtures they use.
+
+Each certificate comes from a PKI the fixtures make (``sdctl pki init``'s code); a second, foreign
+PKI (other transport CA, other attestation root) plays the attacker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+import sdquorum_rpc  # noqa: F401  # pins cipher suites before grpc initialises
+from custodian_agent.agent import Agent, AgentConfig
+from hsm_node.node import Node, NodeConfig
+from hsm_node.server import NodeServer, serve
+from hsm_node.store import NodeStore
+from sdctl.pkifiles import init_pki
+from sdquorum.envelopes import CustodianPolicy
+from sdquorum.keys import SoftwareWrappingKey
+from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
+from sdquorum_rpc.client import NodeClient
+from sdquorum_rpc.tls import TlsFiles
+
+NAMES = ["alice", "bob", "carol", "dave", "erin", "frank"]
+
+
+@pytest.fixture(scope="session")
+def pki_dir(tmp_path_factory: pytest.TempPathFactory, now: datetime) -> Path:
+    d = tmp_path_factory.mktemp("pki") / "pki"
+    init_pki(d, ["node-a", "node-b"], NAMES, now)
+    return d
+
+
+@pytest.fixture(scope="session")
+def foreign_pki_dir(tmp_path_factory: pytest.TempPathFactory, now: datetime) -> Path:
+    d = tmp_path_factory.mktemp("foreign") / "pki"
+    init_pki(d, ["node-a", "rogue"], NAMES, now)
+    return d
+
+
+def tls(pki: Path, stem: str) -> TlsFiles:
+    return TlsFiles(pki / f"{stem}.pem", pki / f"{stem}.key", pki / "ca.pem")
+
+
+def load_attestation(pki: Path, node_id: str) -> tuple[Ed25519PrivateKey, bytes]:
+    key = serialization.load_pem_private_key((pki / f"attestation-{node_id}.key").read_bytes(), None)
+    assert isinstance(key, Ed25519PrivateKey)
+    cert = (pki / f"attestation-{node_id}.pem").read_bytes()
+    return key, x509.load_pem_x509_certificate(cert).public_bytes(serialization.Encoding.DER)
+
+
+class Clock:
+    """A clock the test moves by hand; starts at the real time."""
+
+    def __init__(self) -> None:
+        self.t = time.time()
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+@dataclass
+class Cluster:
+    pki: Path
+    data_dir: Path
+    node: Node
+    server: NodeServer
+    clock: Clock
+    agents: list[tuple[Agent, asyncio.Event, asyncio.Task[None]]] = field(default_factory=list)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+    def client(self, stem: str = "admin", pki: Path | None = None) -> NodeClient:
+        return NodeClient(self.target, tls(pki or self.pki, stem))
+
+    def start_agent(
+        self,
+        name: str,
+        key: SoftwareWrappingKey,
+        tmp: Path,
+        *,
+        root_pki: Path | None = None,
+        approval: str = "auto",
+        policy: CustodianPolicy | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> Agent:
+        config = AgentConfig(
+            node=self.target,
+            tls=tls(self.pki, f"custodian-{name}"),
+            policy=policy
+            or CustodianPolicy((root_pki or self.pki).joinpath("attestation-root.pem").read_bytes()),
+            state_dir=tmp / f"agent-{name}",
+            approval=approval,
+        )
+        agent = Agent(config, key, clock=clock or self.clock)
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        self.agents.append((agent, stop, task))
+        return agent
+
+    async def stop_agents(self) -> None:
+        for _, stop, _ in self.agents:
+            stop.set()
+        await asyncio.gather(*(t for _, _, t in self.agents), return_exceptions=True)
+        self.agents.clear()
+
+    async def download(self, certs: list[bytes], quorum: int = 3) -> bytes:
+        async with self.client() as c, c.errors():
+            data = b""
+            async for chunk in c.admin.DownloadSecurityDomain(
+                pb.DownloadRequest(custodian_certificates=certs, quorum=quorum)
+            ):
+                data += chunk.data
+        return data
+
+    async def start_recovery(self, sd: bytes, reason: str = "test", ttl: int = 60) -> str:
+        async with self.client() as c, c.errors():
+            init = await c.admin.InitRecovery(pb.InitRecoveryRequest(reason=reason, ttl_seconds=ttl))
+
+            async def chunks() -> AsyncIterator[pb.SdFileChunk]:
+                yield pb.SdFileChunk(session_id=init.session_id, data=sd)
+
+            await c.admin.UploadSecurityDomain(chunks())
+        return str(init.session_id)
+
+    async def wait_session(self, timeout: float = 20.0) -> pb.RecoveryProgress:
+        """Watch the running session until it ends; returns its last progress."""
+        session = self.node.session
+        assert session is not None
+        async with self.client() as c, c.errors():
+            last = None
+            async with asyncio.timeout(timeout):
+                async for p in c.admin.WatchRecovery(pb.WatchRecoveryRequest(session_id=session.session_id)):
+                    last = p
+        assert last is not None
+        return last
+
+
+@contextlib.asynccontextmanager
+async def running_cluster(
+    pki: Path,
+    data_dir: Path,
+    node_id: str = "node-a",
+    attestation_pki: Path | None = None,
+    sealing_key: bytes | None = None,
+) -> AsyncIterator[Cluster]:
+    clock = Clock()
+    key, cert_der = load_attestation(attestation_pki or pki, node_id)
+    store = NodeStore(data_dir, sealing_key or os.urandom(32), node_id)
+    config = NodeConfig(
+        node_id=node_id,
+        address="127.0.0.1:0",
+        data_dir=data_dir,
+        attestation_key=key,
+        attestation_cert_der=cert_der,
+    )
+    node = Node(config, store, clock=clock)
+    server = await serve(node, "127.0.0.1:0", tls(pki, "node"))
+    cluster = Cluster(pki, data_dir, node, server, clock)
+    try:
+        yield cluster
+    finally:
+        await cluster.stop_agents()
+        await server.stop(grace=0.1)
+        store.close()
+
+
+@pytest.fixture
+async def cluster(pki_dir: Path, tmp_path: Path) -> AsyncIterator[Cluster]:
+    async with running_cluster(pki_dir, tmp_path / "node-a") as c:
+        yield c
+
+
+def certs_of(keys: list[SoftwareWrappingKey]) -> list[bytes]:
+    return [k.certificate_der() for k in keys]
