@@ -28,7 +28,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import nacl.exceptions
 import nacl.public
@@ -302,25 +302,42 @@ class ReleaseStatement:
         )
 
 
-@dataclass(frozen=True)
-class Release:
+class _SignedEnvelope:
+    """A statement carried as the exact bytes a custodian signed (RSA-PSS), with the signature."""
+
+    what = "envelope"
     statement_bytes: bytes
     signature: bytes
-    statement: ReleaseStatement = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "statement", ReleaseStatement.from_bytes(self.statement_bytes))
+    def __init__(self, statement_bytes: bytes, signature: bytes) -> None:
+        self.statement_bytes = statement_bytes
+        self.signature = signature
+        self._parse()  # a malformed statement is refused on construction
+
+    def _parse(self) -> None:
+        raise NotImplementedError
 
     def to_bytes(self) -> bytes:
         return canonical_json({"statement": b64e(self.statement_bytes), "signature": b64e(self.signature)})
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> Release:
-        _limit(data, "release")
-        obj = parse_json_object(data, "release")
+    def from_bytes(cls: type[E], data: bytes) -> E:
+        _limit(data, cls.what)
+        obj = parse_json_object(data, cls.what)
         return cls(
-            b64d(obj.get("statement"), "release statement"), b64d(obj.get("signature"), "release signature")
+            b64d(obj.get("statement"), f"{cls.what} statement"),
+            b64d(obj.get("signature"), f"{cls.what} signature"),
         )
+
+
+E = TypeVar("E", bound=_SignedEnvelope)
+
+
+class Release(_SignedEnvelope):
+    what = "release"
+
+    def _parse(self) -> None:
+        self.statement = ReleaseStatement.from_bytes(self.statement_bytes)
 
 
 def decrypt_share(checked: CheckedRequest, key: WrappingKey) -> shamir.Share:
@@ -372,19 +389,14 @@ def open_release(
 ) -> shamir.Share:
     """Verify a release for slot ``expected_x`` of this session and return its share (VSS not yet checked)."""
     st = release.statement
-    slot = header.slot(expected_x)
-    if st.x != expected_x:
-        raise VerificationError(f"the release claims slot {st.x} on a request for slot {expected_x}")
-    if not verify_pss(slot.certificate_der, release.statement_bytes, release.signature):
-        raise VerificationError(f"the release is not signed by slot {expected_x}'s wrapping key")
-    if not hmac.compare_digest(st.session_id.encode(), session_id.encode()):
-        raise VerificationError("the release belongs to another session (replay)")
-    if st.domain_id != header.domain_id or st.epoch != header.epoch:
-        raise VerificationError("the release is for another domain or epoch")
-    if not hmac.compare_digest(st.thumbprint, slot.thumbprint):
-        raise VerificationError("the release names another wrapping certificate than the slot's")
-    if not hmac.compare_digest(st.attestation_sha256, attestation_sha256):
-        raise VerificationError("the release answers another attestation than this session's")
+    _check_binding(
+        release,
+        st,
+        header=header,
+        expected_x=expected_x,
+        session_id=session_id,
+        attestation_sha256=attestation_sha256,
+    )
     try:
         inner = nacl.public.SealedBox(exchange_key).decrypt(st.sealed_share)
     except nacl.exceptions.CryptoError as e:
@@ -449,25 +461,11 @@ class ProofStatement:
         )
 
 
-@dataclass(frozen=True)
-class Proof:
-    statement_bytes: bytes
-    signature: bytes
-    statement: ProofStatement = field(init=False, repr=False, compare=False)
+class Proof(_SignedEnvelope):
+    what = "proof"
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "statement", ProofStatement.from_bytes(self.statement_bytes))
-
-    def to_bytes(self) -> bytes:
-        return canonical_json({"statement": b64e(self.statement_bytes), "signature": b64e(self.signature)})
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Proof:
-        _limit(data, "proof")
-        obj = parse_json_object(data, "proof")
-        return cls(
-            b64d(obj.get("statement"), "proof statement"), b64d(obj.get("signature"), "proof signature")
-        )
+    def _parse(self) -> None:
+        self.statement = ProofStatement.from_bytes(self.statement_bytes)
 
 
 def proof_context(st: ExchangeStatement, x: int, attestation_sha256: bytes) -> bytes:
@@ -509,25 +507,48 @@ def make_proof(checked: CheckedRequest, share: shamir.Share, key: WrappingKey, r
 def verify_proof(proof: Proof, *, attestation: Attestation, header: Header, expected_x: int) -> None:
     """Check a proof for slot ``expected_x`` answers this attestation; VerificationError names the check."""
     st, att = proof.statement, attestation.statement
-    slot = header.slot(expected_x)
-    if st.x != expected_x:
-        raise VerificationError(f"the proof claims slot {st.x} on a request for slot {expected_x}")
-    if not verify_pss(slot.certificate_der, proof.statement_bytes, proof.signature):
-        raise VerificationError(f"the proof is not signed by slot {expected_x}'s wrapping key")
-    if st.purpose != att.purpose or not hmac.compare_digest(st.session_id.encode(), att.session_id.encode()):
-        raise VerificationError("the proof belongs to another session or ceremony (replay)")
-    if st.domain_id != header.domain_id or st.epoch != header.epoch:
-        raise VerificationError("the proof is for another domain or epoch")
-    if not hmac.compare_digest(st.thumbprint, slot.thumbprint):
-        raise VerificationError("the proof names another wrapping certificate than the slot's")
-    if not hmac.compare_digest(st.attestation_sha256, attestation.sha256):
-        raise VerificationError("the proof answers another attestation than this session's")
+    _check_binding(
+        proof,
+        st,
+        header=header,
+        expected_x=expected_x,
+        session_id=att.session_id,
+        attestation_sha256=attestation.sha256,
+    )
+    if st.purpose != att.purpose:
+        raise VerificationError("the proof belongs to another ceremony (replay)")
     if not hmac.compare_digest(st.proposal_sha256, att.proposal_sha256):
         raise VerificationError("the proof approves another proposal than this one")
     schnorr = shamir.SchnorrProof.from_bytes(st.proof)
     public = header.commitments.public_share(expected_x)
     if not shamir.verify_share_proof(schnorr, public, proof_context(att, expected_x, attestation.sha256)):
         raise VerificationError(f"slot {expected_x}'s proof of possession of its share does not verify")
+
+
+def _check_binding(
+    env: Release | Proof,
+    st: ReleaseStatement | ProofStatement,
+    *,
+    header: Header,
+    expected_x: int,
+    session_id: str,
+    attestation_sha256: bytes,
+) -> None:
+    """What every custodian answer must bind: its slot and signer, session, domain, epoch, attestation."""
+    what = env.what
+    slot = header.slot(expected_x)
+    if st.x != expected_x:
+        raise VerificationError(f"the {what} claims slot {st.x} on a request for slot {expected_x}")
+    if not verify_pss(slot.certificate_der, env.statement_bytes, env.signature):
+        raise VerificationError(f"the {what} is not signed by slot {expected_x}'s wrapping key")
+    if not hmac.compare_digest(st.session_id.encode(), session_id.encode()):
+        raise VerificationError(f"the {what} belongs to another session (replay)")
+    if st.domain_id != header.domain_id or st.epoch != header.epoch:
+        raise VerificationError(f"the {what} is for another domain or epoch")
+    if not hmac.compare_digest(st.thumbprint, slot.thumbprint):
+        raise VerificationError(f"the {what} names another wrapping certificate than the slot's")
+    if not hmac.compare_digest(st.attestation_sha256, attestation_sha256):
+        raise VerificationError(f"the {what} answers another attestation than this session's")
 
 
 def _limit(data: bytes, what: str) -> None:
