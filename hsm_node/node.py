@@ -1,9 +1,16 @@
 """The emulated HSM node: state machine, key store, data plane, and host of the coordinator.
 
 States: PROVISIONED -> ACTIVATED (download), or PROVISIONED -> RECOVERY_PENDING -> ACTIVATED (a
-recovery ceremony completes). The data plane is open only in ACTIVATED. At most one ceremony runs
-at a time; a node restart drops a running session (its exchange key lived only in memory) and the
-node stays RECOVERY_PENDING until a new session completes.
+recovery ceremony completes). The data plane is open only in ACTIVATED. At most one ceremony
+(recovery, drill, rotation) runs at a time; a node restart drops a running session (its exchange
+key lived only in memory) and the node stays RECOVERY_PENDING until a new session completes.
+COMPROMISED is a flag an admin sets on an ACTIVATED node: drills and rotation stop.
+
+Every ceremony step, every answer accepted or rejected (with the custodian), every refusal and every
+custody event goes into the audit log (:mod:`sdquorum.audit`), signed with the node's attestation
+key. There are two chains: ``provisioning`` until the node is activated, then ``domain``, whose first
+entry names the domain, epoch and SD file the node was activated or recovered with, and the ceremony
+that did it (linking the provisioning chain's head).
 
 This class does no network I/O: the gRPC servicers in :mod:`hsm_node.server` call it. It owns the
 clock and randomness it was given.
@@ -13,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import time
@@ -20,18 +29,32 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from coordinator import CeremonyStatus, RecoveryRequest, RecoverySession, SessionState
+from coordinator import (
+    DRILL_OUTCOMES,
+    Ceremony,
+    CeremonyStatus,
+    CustodianRequest,
+    DrillSession,
+    RecoverySession,
+    RotationProposal,
+    RotationSession,
+    SessionState,
+)
 from hsm_node import keyops
 from hsm_node.keyops import KeyType
 from hsm_node.store import DomainInfo, NodeStore, StoredKey
-from sdquorum import backup, envelopes, policy, sdfile
+from sdquorum import audit, backup, envelopes, policy, sdfile
 from sdquorum.errors import SdquorumError, StateError, UsageError, VerificationError
 from sdquorum.pki import Role
+from sdquorum.review import CustodyRecord, DrillResult, RetiredEpoch
 
 __all__ = ["Node", "NodeConfig", "NodeState"]
+
+C = TypeVar("C", bound=Ceremony)
 
 log = logging.getLogger("sdquorum.node")
 
@@ -68,7 +91,10 @@ class Node:
         self._rng = rng
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
-        self._session: RecoverySession | None = None
+        self._session: Ceremony | None = None
+        self._applied: set[str] = set()  # sessions whose end has been applied and audited
+        self._recovery_file: bytes | None = None
+        self._agents: dict[str, bytes] = {}  # custodian name -> thumbprint of its connected agent
         self._domain: sdfile.DomainSecrets | None = None
         self._info: DomainInfo | None = None
         loaded = store.load_domain()
@@ -77,6 +103,7 @@ class Node:
             self._domain, self._info = loaded
         if state is None:
             store.set_state(PROVISIONED)
+            self.audit("node-provisioned", "node", {"node_id": config.node_id})
         elif state == ACTIVATED and loaded is None:
             raise StateError(
                 "the node database says ACTIVATED but holds no domain: restore the data directory"
@@ -96,8 +123,51 @@ class Node:
         return self._info
 
     @property
-    def session(self) -> RecoverySession | None:
+    def session(self) -> Ceremony | None:
         return self._session
+
+    @property
+    def compromised(self) -> bool:
+        return self._store.flag("compromised") is not None
+
+    # ------------------------------------------------------------------ audit
+
+    def audit_chain(self) -> str:
+        return "domain" if self._domain is not None else "provisioning"
+
+    def audit(self, event: str, actor: str | Role, details: dict[str, Any], chain: str | None = None) -> None:
+        chain = chain or self.audit_chain()
+        last = self._store.last_audit(chain)
+        prev = audit.AuditEntry.from_json(json.loads(last)) if last else None
+        entry = audit.make_entry(
+            prev,
+            time=self.now(),
+            event=event,
+            actor=str(actor),
+            details=details,
+            key=self.config.attestation_key,
+        )
+        self._store.append_audit(chain, entry.seq, json.dumps(entry.to_json(), sort_keys=True))
+
+    def audit_refusal(self, method: str, role: Role | None, code: str, reason: str) -> None:
+        self.audit("refused", role or "unknown peer", {"method": method, "code": code, "reason": reason})
+
+    def export_audit(self, chain: str) -> list[str]:
+        if chain not in ("domain", "provisioning"):
+            raise UsageError("the audit chain is 'domain' or 'provisioning'")
+        entries = [audit.AuditEntry.from_json(json.loads(e)) for e in self._store.audit_entries(chain)]
+        return audit.export_lines(
+            entries,
+            node_id=self.config.node_id,
+            certificate_der=self.config.attestation_cert_der,
+            key=self.config.attestation_key,
+            time=self.now(),
+        )
+
+    def _start_domain_chain(self, event: str, details: dict[str, Any]) -> None:
+        head = self._store.last_audit("provisioning")
+        details = {**details, "provisioning_head": json.loads(head)["hash"] if head else audit.GENESIS.hex()}
+        self.audit(event, "node", details, chain="domain")
 
     def key_count(self) -> int:
         return self._store.count_keys()
@@ -138,8 +208,22 @@ class Node:
                 rng=self._rng,
             )
             info = DomainInfo(secrets.domain_id, 1, plan.quorum, len(plan.certificates_der))
-            self._store.activate(secrets, info, ACTIVATED)
+            data = sd.to_bytes()
+            self._store.activate(secrets, info, ACTIVATED, data)
             self._domain, self._info = secrets, info
+            self._start_domain_chain(
+                "activated",
+                {
+                    "domain_id": secrets.domain_id.hex(),
+                    "epoch": 1,
+                    "quorum": plan.quorum,
+                    "custodians": [s.name for s in sd.header.slots],
+                    "sd_file_sha256": hashlib.sha256(data).hexdigest(),
+                    "sd_header_sha256": sd.signed_header.sha256.hex(),
+                    "ceremony": "download",
+                    "by": str(caller),
+                },
+            )
             log.info(
                 "activated: domain %s, quorum %d of %d, by %s",
                 secrets.domain_id.hex(),
@@ -148,7 +232,7 @@ class Node:
                 caller,
             )
             self._notify()
-            return sd.to_bytes(), list(plan.warnings)
+            return data, list(plan.warnings)
 
     # ------------------------------------------------------------------ recovery
 
@@ -156,49 +240,77 @@ class Node:
         async with self._lock:
             if self.state == ACTIVATED:
                 raise StateError("this node is already activated: recovery runs on a new, provisioned node")
-            if self._session is not None and not self._session.tick(self.now()):
-                raise StateError(
-                    f"recovery session {self._session.session_id} is still running: wait for it to end or for its deadline"
-                )
-            if not reason.strip() or len(reason) > 500:
-                raise UsageError("give a reason of 1..500 characters: custodians see it before approving")
-            ttl = ttl_seconds or self.config.default_session_seconds
-            if not 10 <= ttl <= MAX_SESSION_SECONDS:
-                raise UsageError(f"the session deadline must be 10..{MAX_SESSION_SECONDS} seconds")
-            now = self.now()
-            self._session = RecoverySession(
-                session_id=self._rng(16).hex(),
-                node_id=self.config.node_id,
-                node_address=self.address,
-                initiator=str(caller),
-                reason=reason.strip(),
-                created_at=now,
-                expires_at=now + ttl,
-                rng=self._rng,
-            )
+            session = self._new_session(RecoverySession, reason, ttl_seconds, caller)
             self._store.set_state(RECOVERY_PENDING)
-            log.info("recovery session %s started by %s: %s", self._session.session_id, caller, reason)
             self._notify()
-            return self._session
+            return session
 
-    def _session_by_id(self, session_id: str) -> RecoverySession:
+    def _new_session(self, cls: type[C], reason: str, ttl_seconds: int, caller: Role) -> C:
+        """Make a session of ``cls`` (checks: no other running, reason, deadline) and audit it."""
+        if self._session is not None and not self._session.tick(self.now()):
+            raise StateError(
+                f"{self._session.kind} session {self._session.session_id} is still running: "
+                "wait for it to end or for its deadline"
+            )
+        if not reason.strip() or len(reason) > 500 or not reason.isprintable():
+            raise UsageError(
+                "give a reason of 1..500 printable characters: custodians see it before approving"
+            )
+        ttl = ttl_seconds or self.config.default_session_seconds
+        if not 10 <= ttl <= MAX_SESSION_SECONDS:
+            raise UsageError(f"the session deadline must be 10..{MAX_SESSION_SECONDS} seconds")
+        now = self.now()
+        session = cls(
+            session_id=self._rng(16).hex(),
+            node_id=self.config.node_id,
+            node_address=self.address,
+            initiator=str(caller),
+            reason=reason.strip(),
+            created_at=now,
+            expires_at=now + ttl,
+            rng=self._rng,
+        )
+        self._session = session
+        log.info("%s session %s started by %s: %s", session.kind, session.session_id, caller, reason)
+        self.audit(
+            f"{session.kind}-started",
+            caller,
+            {"session_id": session.session_id, "reason": session.reason, "expires_at": session.expires_at},
+        )
+        return session
+
+    def _session_by_id(self, session_id: str) -> Ceremony:
         s = self._session
         if s is None or s.session_id != session_id:
             raise StateError(
-                f"no recovery session {session_id!r} on this node: start one with 'sdctl recover'"
+                f"no session {session_id!r} on this node: start one with sdctl recover, drill or rotate"
             )
         return s
 
     async def upload_sd_file(self, session_id: str, data: bytes) -> CeremonyStatus:
         async with self._lock:
             session = self._session_by_id(session_id)
+            if not isinstance(session, RecoverySession):
+                raise StateError(f"session {session_id} is a {session.kind}, not a recovery")
             try:
                 sd = sdfile.SecurityDomainFile.from_bytes(data)  # verifies the header signature first
                 session.load_sd_file(sd, self.now(), self._sign_attestation)
             except SdquorumError as e:
                 session.abort(f"the SD file was refused: {e}")  # a retry with the right file need not wait
+                self.audit("sd-file-refused", "admin", {"session_id": session_id, "reason": str(e)})
                 self._notify()
                 raise
+            self.audit(
+                "sd-file-accepted",
+                "admin",
+                {
+                    "session_id": session_id,
+                    "domain_id": sd.header.domain_id.hex(),
+                    "epoch": sd.header.epoch,
+                    "sd_file_sha256": hashlib.sha256(data).hexdigest(),
+                },
+            )
+            self._recovery_file = data
             h = sd.header
             log.info(
                 "session %s: SD file for domain %s epoch %d accepted; asking %d custodians for %d shares",
@@ -216,42 +328,84 @@ class Node:
             statement, self.config.attestation_key, self.config.attestation_cert_der
         )
 
-    def pending_requests(self, thumbprint: bytes) -> list[RecoveryRequest]:
+    def pending_requests(self, thumbprint: bytes) -> list[CustodianRequest]:
         s = self._session
         if s is None or s.tick(self.now()):
             return []
         return s.requests_for(thumbprint)
 
-    def mark_delivered(self, request: RecoveryRequest) -> None:
+    def agent_connected(self, role: Role, thumbprint: bytes) -> None:
+        """Remember which key each custodian's agent holds; a drill fails a slot whose key changed."""
+        if role.name:
+            self._agents[role.name] = thumbprint
+            self._check_agent_keys()
+
+    def agent_disconnected(self, role: Role, thumbprint: bytes) -> None:
+        if role.name and self._agents.get(role.name) == thumbprint:
+            del self._agents[role.name]
+
+    def _check_agent_keys(self) -> None:
+        s = self._session
+        if not isinstance(s, DrillSession) or s.state is not SessionState.COLLECTING:
+            return
+        for slot in s.header.slots:
+            held = self._agents.get(slot.name)
+            if held is not None and held != slot.thumbprint:
+                s.reject_slot(
+                    slot.x,
+                    f"{slot.name}'s agent holds a wrapping key that no longer matches slot {slot.x}",
+                    self.now(),
+                )
+        self._after_change(s)
+
+    def export_requests(self, session_id: str) -> list[tuple[str, CustodianRequest]]:
+        """Every open request with its custodian's name, for offline request files."""
+        s = self._session_by_id(session_id)
+        names = {p.x: p.name for p in s.status().custodians}
+        self.audit("offline-requests-exported", "admin", {"session_id": session_id})
+        return [(names[r.x], r) for r in s.requests()]
+
+    def mark_delivered(self, request: CustodianRequest) -> None:
         s = self._session
         if s is not None and s.session_id == request.session_id:
             s.mark_delivered(request.request_id)
             self._notify()
 
-    async def submit_release(self, request_id: str, release: bytes, caller: Role) -> None:
+    async def submit_answer(
+        self, request_id: str, answer: bytes, caller: Role, *, kind: str | None = None
+    ) -> None:
+        """A custodian's release (recovery) or proof (drill, rotation), online or carried offline."""
         async with self._lock:
             session = self._require_session()
-            outcome = session.submit(request_id, release, self.now())
+            if kind is not None and session.kind != kind:
+                raise VerificationError(f"a {kind} answer was sent to a {session.kind} session")
+            outcome = session.submit(request_id, answer, self.now())
+            details = {
+                "session_id": session.session_id,
+                "custodian": outcome.name,
+                "x": outcome.x,
+                "via": str(caller),
+            }
             if outcome.accepted:
                 log.info(
-                    "session %s: share of %s (x=%d) accepted from %s",
+                    "session %s: %s (x=%d) answered via %s: accepted",
                     session.session_id,
                     outcome.name,
                     outcome.x,
                     caller,
                 )
+                self.audit(f"{session.kind}-answer-accepted", caller, details)
             else:
                 log.warning(
-                    "session %s: share of %s (x=%d) REJECTED from %s: %s",
+                    "session %s: answer of %s (x=%d) REJECTED via %s: %s",
                     session.session_id,
                     outcome.name,
                     outcome.x,
                     caller,
                     outcome.reason,
                 )
-            if session.state is SessionState.COMPLETED:
-                self._apply_recovery(session)
-            self._notify()
+                self.audit(f"{session.kind}-answer-rejected", caller, {**details, "reason": outcome.reason})
+            self._after_change(session)
             if not outcome.accepted:
                 raise VerificationError(outcome.reason)
 
@@ -269,10 +423,29 @@ class Node:
             )
             self._notify()
 
-    def _require_session(self) -> RecoverySession:
+    def _require_session(self) -> Ceremony:
         if self._session is None:
             raise StateError("no recovery session is running")
         return self._session
+
+    def _after_change(self, session: Ceremony) -> None:
+        """Apply a session that has just finished (once), then wake every watcher."""
+        if session.finished and session.session_id not in self._applied:
+            self._applied.add(session.session_id)
+            if session.state is SessionState.COMPLETED:
+                if isinstance(session, RecoverySession):
+                    self._apply_recovery(session)
+                elif isinstance(session, DrillSession):
+                    self._apply_drill(session)
+                elif isinstance(session, RotationSession):
+                    self._apply_rotation(session)
+            if not (isinstance(session, RecoverySession) and session.state is SessionState.COMPLETED):
+                self.audit(
+                    f"{session.kind}-{session.state.name.lower()}",
+                    "node",
+                    {"session_id": session.session_id, "message": session.message},
+                )
+        self._notify()
 
     def _apply_recovery(self, session: RecoverySession) -> None:
         secrets, sd = session.result, session.sd_file
@@ -280,8 +453,27 @@ class Node:
             raise StateError("the session completed without a result")
         h = sd.header
         info = DomainInfo(h.domain_id, h.epoch, h.quorum, h.n)
-        self._store.activate(secrets, info, ACTIVATED)
+        data = self._recovery_file or sd.to_bytes()
+        self.audit(
+            "recovery-completed", "node", {"session_id": session.session_id, "message": session.message}
+        )
+        self._store.activate(secrets, info, ACTIVATED, data)
         self._domain, self._info = secrets, info
+        released = [c.name for c in session.status().custodians if c.status.name == "ACCEPTED"]
+        self._start_domain_chain(
+            "recovered",
+            {
+                "domain_id": h.domain_id.hex(),
+                "epoch": h.epoch,
+                "sd_file_sha256": hashlib.sha256(data).hexdigest(),
+                "sd_header_sha256": sd.signed_header.sha256.hex(),
+                "ceremony": "recovery",
+                "session_id": session.session_id,
+                "initiator": session.initiator,
+                "reason": session.reason,
+                "shares_from": released,
+            },
+        )
         log.info(
             "session %s completed: node activated with domain %s epoch %d",
             session.session_id,
@@ -289,19 +481,71 @@ class Node:
             h.epoch,
         )
 
+    def _apply_drill(self, session: DrillSession) -> None:
+        now = self.now()
+        results = [
+            DrillResult(now, p.name, p.x, DRILL_OUTCOMES.get(p.status, "unreachable"), p.detail[:200])
+            for p in session.status().custodians
+        ]
+        self._store.add_rows("drills", "result", [json.dumps(r.to_json(), sort_keys=True) for r in results])
+        self.audit(
+            "drill-results",
+            "node",
+            {"session_id": session.session_id, "results": {r.custodian: r.outcome for r in results}},
+        )
+
+    def _apply_rotation(self, session: RotationSession) -> None:
+        proposal, old = session.proposal, self._domain
+        if proposal is None or old is None or self._info is None:  # pragma: no cover - set when it started
+            raise StateError("the rotation has no proposal or the node no domain")
+        old_sd = self._store.sd_file()
+        old_header_hash = (
+            sdfile.SecurityDomainFile.from_bytes(old_sd).signed_header.sha256 if old_sd else bytes(32)
+        )
+        new_epoch = self._info.epoch + 1
+        sd = sdfile.seal_domain(
+            old,  # the same payload: data encryption key, signing and backup keys are unchanged
+            proposal.certificates_der,
+            proposal.quorum,
+            epoch=new_epoch,
+            created_by=self.config.node_id,
+            created_at=self.now(),
+            rng=self._rng,
+        )
+        data = sd.to_bytes()
+        info = DomainInfo(old.domain_id, new_epoch, proposal.quorum, len(proposal.certificates_der))
+        retired = RetiredEpoch(self._info.epoch, old_header_hash, self.now())
+        self._store.rotate(old, info, data, retired.epoch, json.dumps(retired.to_json(), sort_keys=True))
+        self._info = info
+        session.new_sd_file = data
+        self.audit(
+            "rotated",
+            "node",
+            {
+                "session_id": session.session_id,
+                "domain_id": old.domain_id.hex(),
+                "retired_epoch": retired.epoch,
+                "epoch": new_epoch,
+                "quorum": proposal.quorum,
+                "custodians": [s.name for s in sd.header.slots],
+                "sd_file_sha256": hashlib.sha256(data).hexdigest(),
+                "retired_sd_header_sha256": old_header_hash.hex(),
+            },
+        )
+
     async def tick(self) -> None:
         """Apply session deadlines (called periodically by the server)."""
         s = self._session
         if s is not None and not s.finished and s.tick(self.now()):
-            log.warning("session %s failed: %s", s.session_id, s.message)
-            self._notify()
+            log.warning("%s session %s ended at its deadline: %s", s.kind, s.session_id, s.message)
+            self._after_change(s)
 
     async def watch(self, session_id: str) -> AsyncIterator[CeremonyStatus]:
         session = self._session_by_id(session_id)
         last: CeremonyStatus | None = None
         while True:
             token = self.change_token()
-            session.tick(self.now())
+            await self.tick()
             st = session.status()
             if st != last:
                 yield st
@@ -309,6 +553,118 @@ class Node:
             if st.state in (SessionState.COMPLETED, SessionState.FAILED):
                 return  # decided on the status just sent, so the final state is always sent
             await self.wait_change(token, timeout=1.0)
+
+    # ------------------------------------------------------------------ custody lifecycle
+
+    def _require_healthy_domain(self, what: str) -> tuple[sdfile.SignedHeader, sdfile.DomainSecrets]:
+        self._dek()
+        if self.compromised:
+            raise StateError(
+                f"the domain is marked compromised: no {what}; provision a new domain (docs/runbooks/compromise.md)"
+            )
+        data = self._store.sd_file()
+        if data is None or self._domain is None:
+            raise StateError("this node holds no SD file: it was activated by an older version")
+        return sdfile.SecurityDomainFile.from_bytes(data).signed_header, self._domain
+
+    async def start_drill(self, reason: str, ttl_seconds: int, caller: Role) -> DrillSession:
+        async with self._lock:
+            signed, _ = self._require_healthy_domain("drills")
+            session = self._new_session(DrillSession, reason, ttl_seconds, caller)
+            session.start(signed, self.now(), self._sign_attestation)
+            self._check_agent_keys()
+            self._notify()
+            return session
+
+    async def propose_rotation(
+        self, certificates: Sequence[bytes], quorum: int, reason: str, ttl_seconds: int, caller: Role
+    ) -> RotationSession:
+        async with self._lock:
+            signed, secrets = self._require_healthy_domain("rotation")
+            now = self.now()
+            plan = policy.validate_download(certificates, quorum, datetime.fromtimestamp(now, tz=UTC))
+            session = self._new_session(RotationSession, reason, ttl_seconds, caller)
+            proposal = RotationProposal(
+                domain_id=secrets.domain_id,
+                from_epoch=signed.header.epoch,
+                quorum=plan.quorum,
+                certificates_der=plan.certificates_der,
+                proposer=str(caller),
+                reason=session.reason,
+                expires_at=session.expires_at,
+            )
+            session.start(signed, proposal, now, self._sign_attestation)
+            self.audit(
+                "rotation-proposed",
+                caller,
+                {"session_id": session.session_id, "proposal": proposal.summary()},
+            )
+            self._notify()
+            return session
+
+    def security_domain_file(self) -> bytes:
+        self._dek()
+        data = self._store.sd_file()
+        if data is None:
+            raise StateError("this node holds no SD file")
+        return data
+
+    def add_custody_record(self, record: CustodyRecord, caller: Role) -> CustodyRecord:
+        self._dek()
+        stamped = CustodyRecord(
+            time=self.now(),
+            kind=record.kind,
+            custodian=record.custodian,
+            holder=record.holder,
+            location=record.location,
+            note=record.note,
+            actor=str(caller),
+        )
+        names = {s.name for s in self._current_header().slots}
+        if (
+            stamped.custodian is not None
+            and stamped.custodian not in names
+            and stamped.kind not in ("lost", "compromised")
+        ):
+            raise UsageError(
+                f"{stamped.custodian!r} is not a custodian of this epoch: use one of {', '.join(sorted(names))}"
+            )
+        self._store.add_rows("custody", "record", [json.dumps(stamped.to_json(), sort_keys=True)])
+        self.audit(f"custody-{stamped.kind}", caller, stamped.to_json())
+        return stamped
+
+    def mark_compromised(self, reason: str, caller: Role) -> None:
+        self._dek()
+        if not reason.strip():
+            raise UsageError("say why the domain is compromised (--reason)")
+        if self._session is not None and not self._session.finished:
+            self._session.abort("the domain was marked compromised")
+            self._after_change(self._session)
+        self._store.set_flag("compromised", reason.strip()[:500])
+        self.audit("domain-compromised", caller, {"reason": reason.strip()[:500]})
+        self._notify()
+
+    def custody_state(self) -> dict[str, Any]:
+        self._dek()
+        signed = self._current_signed()
+        return {
+            "node_id": self.config.node_id,
+            "header": signed.header_bytes,
+            "signature": signed.signature,
+            "records": [json.loads(r) for r in self._store.rows("custody", "record")],
+            "drills": [json.loads(r) for r in self._store.rows("drills", "result")],
+            "retired": [json.loads(r) for r in self._store.rows("retired", "record")],
+            "compromised": self.compromised,
+        }
+
+    def _current_signed(self) -> sdfile.SignedHeader:
+        data = self._store.sd_file()
+        if data is None:
+            raise StateError("this node holds no SD file")
+        return sdfile.SecurityDomainFile.from_bytes(data).signed_header
+
+    def _current_header(self) -> sdfile.Header:
+        return self._current_signed().header
 
     # ------------------------------------------------------------------ data plane
 

@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 
 import grpc
 import grpc.aio
 
-from coordinator import CeremonyStatus, CustodianStatus, SessionState
+from coordinator import CeremonyStatus, CustodianRequest, CustodianStatus, SessionState
 from hsm_node.keyops import KeyType
 from hsm_node.node import Node
 from hsm_node.store import StoredKey
 from sdquorum.errors import MalformedError, UsageError
 from sdquorum.pki import Role
+from sdquorum.review import CustodyRecord
 from sdquorum.sdfile import MAX_SD_FILE_BYTES
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2_grpc as pbg
@@ -46,7 +48,22 @@ _CUSTODIAN = {
     CustodianStatus.REJECTED: pb.REJECTED,
     CustodianStatus.DENIED: pb.DENIED,
     CustodianStatus.NOT_NEEDED: pb.NOT_NEEDED,
+    CustodianStatus.UNREACHABLE: pb.UNREACHABLE,
 }
+_KIND = {"recovery": pb.RECOVERY, "drill": pb.DRILL, "rotation": pb.ROTATION}
+
+
+def request_to_proto(req: CustodianRequest) -> pb.CustodianRequest:
+    return pb.CustodianRequest(
+        request_id=req.request_id,
+        session_id=req.session_id,
+        kind=_KIND[req.kind],
+        attestation=req.attestation,
+        sd_header=req.header_bytes,
+        sd_header_signature=req.header_signature,
+        x=req.x,
+        proposal=req.proposal,
+    )
 
 
 def status_to_proto(st: CeremonyStatus) -> pb.RecoveryProgress:
@@ -63,6 +80,7 @@ def status_to_proto(st: CeremonyStatus) -> pb.RecoveryProgress:
         message=st.message,
         domain_id=st.domain_id.hex(),
         epoch=st.epoch,
+        kind=st.kind,
     )
 
 
@@ -145,8 +163,8 @@ class AdminServicer:
         return status_to_proto(await self.node.upload_sd_file(session_id, blob))
 
     @rpc("admin")
-    async def WatchRecovery(
-        self, request: pb.WatchRecoveryRequest, context: Ctx, role: Role
+    async def WatchSession(
+        self, request: pb.WatchSessionRequest, context: Ctx, role: Role
     ) -> AsyncIterator[pb.RecoveryProgress]:
         async for st in self.node.watch(request.session_id):
             yield status_to_proto(st)
@@ -170,6 +188,88 @@ class AdminServicer:
 
         blob = await _collect(data(), MAX_BACKUP_BYTES, "the backup")
         return pb.RestoreResponse(keys_restored=self.node.restore(blob))
+
+    @rpc("admin")
+    async def StartDrill(self, request: pb.StartDrillRequest, context: Ctx, role: Role) -> pb.SessionStarted:
+        s = await self.node.start_drill(request.reason or "possession drill", request.ttl_seconds, role)
+        return pb.SessionStarted(session_id=s.session_id, expires_at_unix=s.expires_at)
+
+    @rpc("admin")
+    async def ProposeRotation(
+        self, request: pb.RotationRequest, context: Ctx, role: Role
+    ) -> pb.SessionStarted:
+        s = await self.node.propose_rotation(
+            list(request.custodian_certificates), request.quorum, request.reason, request.ttl_seconds, role
+        )
+        return pb.SessionStarted(session_id=s.session_id, expires_at_unix=s.expires_at)
+
+    @rpc("admin")
+    async def GetSecurityDomain(
+        self, request: pb.GetSecurityDomainRequest, context: Ctx, role: Role
+    ) -> AsyncIterator[pb.DownloadChunk]:
+        data = self.node.security_domain_file()
+        for i in range(0, len(data), CHUNK_BYTES):
+            yield pb.DownloadChunk(data=data[i : i + CHUNK_BYTES])
+
+    @rpc("admin")
+    async def ExportRequests(
+        self, request: pb.ExportRequestsRequest, context: Ctx, role: Role
+    ) -> pb.ExportRequestsResponse:
+        return pb.ExportRequestsResponse(
+            requests=[
+                pb.OfflineRequest(custodian=name, request=request_to_proto(req))
+                for name, req in self.node.export_requests(request.session_id)
+            ]
+        )
+
+    @rpc("admin")
+    async def SubmitOfflineResponse(self, request: pb.OfflineResponse, context: Ctx, role: Role) -> pb.Ack:
+        if request.denied:
+            await self.node.deny(request.request_id, request.reason or "denied offline", role)
+        else:
+            await self.node.submit_answer(request.request_id, bytes(request.answer), role)
+        return pb.Ack()
+
+    @rpc("admin")
+    async def AddCustodyRecord(self, request: pb.CustodyRecordRequest, context: Ctx, role: Role) -> pb.Ack:
+        try:
+            obj = json.loads(bytes(request.record))
+        except ValueError as e:
+            raise UsageError("the custody record is not JSON") from e
+        if not isinstance(obj, dict):
+            raise UsageError("the custody record must be a JSON object")
+        obj.setdefault("time", self.node.now())
+        self.node.add_custody_record(CustodyRecord.from_json(obj), role)
+        return pb.Ack()
+
+    @rpc("admin")
+    async def MarkCompromised(self, request: pb.CompromiseRequest, context: Ctx, role: Role) -> pb.Ack:
+        self.node.mark_compromised(request.reason, role)
+        return pb.Ack()
+
+    @rpc("admin")
+    async def GetCustodyState(
+        self, request: pb.GetCustodyStateRequest, context: Ctx, role: Role
+    ) -> pb.CustodyState:
+        st = self.node.custody_state()
+        return pb.CustodyState(
+            node_id=st["node_id"],
+            sd_header=st["header"],
+            sd_header_signature=st["signature"],
+            records=json.dumps(st["records"]).encode(),
+            drills=json.dumps(st["drills"]).encode(),
+            retired=json.dumps(st["retired"]).encode(),
+            compromised=st["compromised"],
+        )
+
+    @rpc("admin")
+    async def ExportAudit(
+        self, request: pb.ExportAuditRequest, context: Ctx, role: Role
+    ) -> AsyncIterator[pb.AuditChunk]:
+        lines = self.node.export_audit(request.chain or "domain")
+        data = ("\n".join(lines) + "\n").encode()
+        for i in range(0, len(data), CHUNK_BYTES):
+            yield pb.AuditChunk(data=data[i : i + CHUNK_BYTES])
 
 
 class KeysServicer:
@@ -224,6 +324,7 @@ class CustodianServicer:
                 "the hello must carry the 32-byte SHA-256 thumbprint of the wrapping certificate"
             )
         log.info("agent %s connected (wrapping certificate %s)", role, thumb.hex()[:16])
+        self.node.agent_connected(role, thumb)
         sent: set[str] = set()
         try:
             while True:
@@ -232,23 +333,21 @@ class CustodianServicer:
                     if req.request_id in sent:
                         continue
                     sent.add(req.request_id)
-                    yield pb.CustodianRequest(
-                        request_id=req.request_id,
-                        session_id=req.session_id,
-                        kind=pb.RECOVERY,
-                        attestation=req.attestation,
-                        sd_header=req.header_bytes,
-                        sd_header_signature=req.header_signature,
-                        x=req.x,
-                    )
+                    yield request_to_proto(req)
                     self.node.mark_delivered(req)
                 await self.node.wait_change(token, timeout=5.0)
         finally:
+            self.node.agent_disconnected(role, thumb)
             log.info("agent %s disconnected", role)
 
     @rpc("custodian")
     async def SubmitRelease(self, request: pb.ShareRelease, context: Ctx, role: Role) -> pb.Ack:
-        await self.node.submit_release(request.request_id, bytes(request.release), role)
+        await self.node.submit_answer(request.request_id, bytes(request.release), role, kind="recovery")
+        return pb.Ack()
+
+    @rpc("custodian")
+    async def SubmitProof(self, request: pb.ProofSubmission, context: Ctx, role: Role) -> pb.Ack:
+        await self.node.submit_answer(request.request_id, bytes(request.proof), role)
         return pb.Ack()
 
     @rpc("custodian")

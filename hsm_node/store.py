@@ -6,7 +6,11 @@ What is on disk, and under which key:
 * ``meta.domain``: the domain secrets (SD payload), AES-256-GCM under the **node sealing key**
   (DESIGN.md, "Node storage": the emulation boundary, kept in a 0600 file outside the data
   directory), AAD binding the node id.
-* ``meta.domain_info``: domain id, epoch, quorum, n (not secret).
+* ``meta.domain_info``: domain id, epoch, quorum, n (not secret); ``meta.sd_file``: the current
+  epoch's SD file (encrypted to the custodians; not secret to the node's disk).
+* ``audit``: the hash-chained audit log (:mod:`sdquorum.audit`), one chain for the node's
+  provisioning and one for its domain, begun at activation. ``custody``, ``drills``, ``retired``:
+  custody records, drill results and retired epochs (JSON; no secret).
 * ``keys``: one row per key; private material AES-256-GCM under the domain's **data encryption
   key**, AAD binding the key's name and type, so rows cannot be swapped.
 
@@ -37,6 +41,15 @@ __all__ = ["DomainInfo", "NodeStore", "StoredKey", "load_or_create_sealing_key"]
 SEALING_KEY_ENV = "SDQUORUM_NODE_SEALING_KEY"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (
+    chain TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    entry TEXT NOT NULL,
+    PRIMARY KEY (chain, seq)
+);
+CREATE TABLE IF NOT EXISTS custody (id INTEGER PRIMARY KEY AUTOINCREMENT, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS drills (id INTEGER PRIMARY KEY AUTOINCREMENT, result TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS retired (epoch INTEGER PRIMARY KEY, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS keys (
     name TEXT PRIMARY KEY,
     type INTEGER NOT NULL,
@@ -155,10 +168,11 @@ class NodeStore:
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('state', ?)", (state.encode(),))
 
-    def activate(self, secrets: DomainSecrets, info: DomainInfo, state: str) -> None:
+    def activate(self, secrets: DomainSecrets, info: DomainInfo, state: str, sd_file: bytes) -> None:
         nonce = os.urandom(12)
         sealed = nonce + self._seal.encrypt(nonce, secrets.to_bytes(), self._aad)
         with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('sd_file', ?)", (sd_file,))
             db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('domain', ?)", (sealed,))
             db.execute(
                 "INSERT OR REPLACE INTO meta (k, v) VALUES ('domain_info', ?)", (info.to_json().encode(),)
@@ -176,6 +190,58 @@ class NodeStore:
                 "the node's sealed domain does not open with this sealing key: wrong key file or another node's data"
             ) from e
         return DomainSecrets.from_bytes(plain), DomainInfo.from_json(info.decode())
+
+    def sd_file(self) -> bytes | None:
+        return self._get("sd_file")
+
+    def set_flag(self, name: str, value: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", (f"flag:{name}", value.encode()))
+
+    def flag(self, name: str) -> str | None:
+        v = self._get(f"flag:{name}")
+        return v.decode() if v is not None else None
+
+    # ------------------------------------------------------------ audit and custody
+
+    def append_audit(self, chain: str, seq: int, entry_json: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO audit (chain, seq, entry) VALUES (?, ?, ?)", (chain, seq, entry_json))
+
+    def audit_entries(self, chain: str) -> list[str]:
+        rows = self._db.execute("SELECT entry FROM audit WHERE chain = ? ORDER BY seq", (chain,)).fetchall()
+        return [r[0] for r in rows]
+
+    def last_audit(self, chain: str) -> str | None:
+        row = self._db.execute(
+            "SELECT entry FROM audit WHERE chain = ? ORDER BY seq DESC LIMIT 1", (chain,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def add_rows(self, table: str, column: str, values: Sequence[str]) -> None:
+        if (table, column) not in (("custody", "record"), ("drills", "result")):
+            raise UsageError(f"no table {table}.{column}")
+        with self._tx() as db:
+            db.executemany(f"INSERT INTO {table} ({column}) VALUES (?)", [(v,) for v in values])  # noqa: S608  # names checked above
+
+    def rows(self, table: str, column: str) -> list[str]:
+        if (table, column) not in (("custody", "record"), ("drills", "result"), ("retired", "record")):
+            raise UsageError(f"no table {table}.{column}")
+        return [r[0] for r in self._db.execute(f"SELECT {column} FROM {table} ORDER BY rowid")]  # noqa: S608  # names checked above
+
+    def rotate(
+        self, secrets: DomainSecrets, info: DomainInfo, sd_file: bytes, retired_epoch: int, retired_json: str
+    ) -> None:
+        """Move to a new epoch in one transaction: new SD file and info, the old epoch retired."""
+        nonce = os.urandom(12)
+        sealed = nonce + self._seal.encrypt(nonce, secrets.to_bytes(), self._aad)
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('domain', ?)", (sealed,))
+            db.execute(
+                "INSERT OR REPLACE INTO meta (k, v) VALUES ('domain_info', ?)", (info.to_json().encode(),)
+            )
+            db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('sd_file', ?)", (sd_file,))
+            db.execute("INSERT INTO retired (epoch, record) VALUES (?, ?)", (retired_epoch, retired_json))
 
     # ------------------------------------------------------------ keys
 

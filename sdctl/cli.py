@@ -252,7 +252,7 @@ class Ctl:
                         f"{first.required} of {len(first.custodians)} custodians needed"
                     )
                 final = first
-                async for prog in c.admin.WatchRecovery(pb.WatchRecoveryRequest(session_id=init.session_id)):
+                async for prog in c.admin.WatchSession(pb.WatchSessionRequest(session_id=init.session_id)):
                     final = prog
                     self._progress(prog)
         if final.state == pb.COMPLETED:

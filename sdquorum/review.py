@@ -85,6 +85,7 @@ __all__ = [
     "MAX_TEXT",
     "RECORD_KINDS",
     "SEVERITIES",
+    "STATUSES",
     "CustodianReview",
     "CustodyRecord",
     "DrillResult",
@@ -530,7 +531,7 @@ def _holder_rules(custodians: Sequence[CustodianReview], labels: dict[int, str],
             )
         else:
             message = (
-                f"{names} are all held by {holder}: one person must hold at most one share; "
+                f"{names} are held by one person, {holder}: each share needs a holder of its own; "
                 "hand the extra shares off to separate people"
             )
         out.append(_critical("one-holder-per-share", message))
@@ -686,7 +687,7 @@ def render_markdown(review: Review) -> str:
     lines = [f"# Security domain review: {e(review.domain_id)}", ""]
     if review.at_risk:
         lines += [
-            f"> **AT RISK**: {_count(review.count('critical'), 'critical finding')}; act on them first.",
+            f"> **AT RISK**: {_at_risk_line(review)}",
             "",
         ]
     lines += ["## Summary", "", "| | |", "|---|---|"]
@@ -756,7 +757,7 @@ def render_html(review: Review) -> str:
     if review.at_risk:
         parts.append(
             '<div id="banner" class="banner at-risk" role="alert"><strong>AT RISK</strong>: '
-            f"{e(_count(review.count('critical'), 'critical finding'))}; act on them first.</div>"
+            f"{e(_at_risk_line(review))}</div>"
         )
     else:
         parts.append('<div id="banner" class="banner calm">No critical findings.</div>')
@@ -771,7 +772,7 @@ def render_html(review: Review) -> str:
             parts.append(
                 f'<tr class="finding {e(f.severity)}" data-rule="{e(f.rule)}">'
                 f'<td><span class="badge {e(f.severity)}">{e(f.severity)}</span></td>'
-                f'<td class="mono">{e(f.rule)}</td><td>{e(f.message)}</td></tr>'
+                f'<td class="mono nowrap">{e(f.rule)}</td><td>{e(f.message)}</td></tr>'
             )
         parts.append("</tbody></table>")
     else:
@@ -797,7 +798,8 @@ def render_html(review: Review) -> str:
         parts.append(f"<h3>{c.x}. {e(c.name)}</h3>")
         if c.history:
             parts.append(
-                "<table><thead><tr><th>Time</th><th>Event</th><th>Holder</th><th>Location</th><th>Note</th>"
+                '<table class="history"><thead><tr><th>Time</th><th>Event</th><th>Holder</th><th>Location</th>'
+                "<th>Note</th>"
                 "<th>Recorded by</th></tr></thead><tbody>"
             )
             parts += [
@@ -834,14 +836,17 @@ _CSS = (
     "h1{font-size:1.5rem;margin:0 0 1rem}h2{font-size:1.2rem;margin:2rem 0 .5rem;border-bottom:1px solid #d5d9e0;"
     "padding-bottom:.25rem}h3{font-size:1rem;margin:1.2rem 0 .4rem}"
     "table{border-collapse:collapse;width:100%;margin:.25rem 0}th,td{text-align:left;vertical-align:top;"
-    "padding:.35rem .6rem;border-bottom:1px solid #e4e7ec;overflow-wrap:anywhere}"
+    "padding:.35rem .6rem;border-bottom:1px solid #e4e7ec;overflow-wrap:break-word}"
+    "th,td.nowrap{white-space:nowrap}"
+    "table.history{table-layout:fixed}table.history th:nth-child(1){width:11rem}"
+    "table.history th:nth-child(2){width:6rem}table.history th:nth-child(6){width:8rem}"
     "thead th{background:#f3f5f8;font-weight:600}table.kv{width:auto}table.kv th{font-weight:600;padding-right:2rem}"
     ".mono{font-family:ui-monospace,'DejaVu Sans Mono',monospace;font-size:.9em}"
     ".muted{color:#6b7280}"
     ".banner{padding:.8rem 1rem;border-radius:6px;font-size:1.1rem;margin:0 0 1rem}"
     ".banner.at-risk{background:#b91c1c;color:#fff}.banner.calm{background:#e7f6ec;color:#14532d}"
     ".badge,.status{display:inline-block;padding:.05rem .5rem;border-radius:999px;font-size:.8rem;font-weight:600;"
-    "text-transform:uppercase;letter-spacing:.03em}"
+    "text-transform:uppercase;letter-spacing:.03em;white-space:nowrap}"
     ".badge.critical,.status.lost,.status.compromised{background:#fde2e2;color:#991b1b}"
     ".badge.warning{background:#fef3c7;color:#92400e}.badge.info{background:#e0ecff;color:#1e40af}"
     ".status.ok{background:#e7f6ec;color:#166534}"
@@ -872,6 +877,11 @@ def _summary(review: Review) -> list[tuple[str, str]]:
     ]
 
 
+def _at_risk_line(review: Review) -> str:
+    k = review.count("critical")
+    return f"{_count(k, 'critical finding')}; act on {'it' if k == 1 else 'them'} first."
+
+
 def _key(c: CustodianReview) -> str:
     return f"RSA-{c.key_bits}" if c.key_bits else "not RSA"
 
@@ -885,7 +895,7 @@ def _history_cells(r: CustodyRecord) -> tuple[str, ...]:
     return (_datetime(r.time), r.kind, r.holder, r.location, r.note, r.actor)
 
 
-_MD_SPECIAL = frozenset("\\`*_[]<>|&#!~")
+_MD_SPECIAL = frozenset("\\`*_[]<|&~")  # ">" quotes only at a line start, never in a cell
 
 
 def _md(text: str) -> str:

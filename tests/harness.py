@@ -147,7 +147,7 @@ class Cluster:
         async with self.client() as c, c.errors():
             last = None
             async with asyncio.timeout(timeout):
-                async for p in c.admin.WatchRecovery(pb.WatchRecoveryRequest(session_id=session.session_id)):
+                async for p in c.admin.WatchSession(pb.WatchSessionRequest(session_id=session.session_id)):
                     last = p
         assert last is not None
         return last

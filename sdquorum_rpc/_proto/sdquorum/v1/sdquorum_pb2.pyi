@@ -31,6 +31,7 @@ class CustodianStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REJECTED: _ClassVar[CustodianStatus]
     DENIED: _ClassVar[CustodianStatus]
     NOT_NEEDED: _ClassVar[CustodianStatus]
+    UNREACHABLE: _ClassVar[CustodianStatus]
 
 class KeyType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -43,6 +44,8 @@ class RequestKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     REQUEST_KIND_UNSPECIFIED: _ClassVar[RequestKind]
     RECOVERY: _ClassVar[RequestKind]
+    DRILL: _ClassVar[RequestKind]
+    ROTATION: _ClassVar[RequestKind]
 NODE_STATE_UNSPECIFIED: NodeState
 PROVISIONED: NodeState
 RECOVERY_PENDING: NodeState
@@ -59,12 +62,15 @@ ACCEPTED: CustodianStatus
 REJECTED: CustodianStatus
 DENIED: CustodianStatus
 NOT_NEEDED: CustodianStatus
+UNREACHABLE: CustodianStatus
 KEY_TYPE_UNSPECIFIED: KeyType
 AES256_GCM: KeyType
 ED25519: KeyType
 RSA3072: KeyType
 REQUEST_KIND_UNSPECIFIED: RequestKind
 RECOVERY: RequestKind
+DRILL: RequestKind
+ROTATION: RequestKind
 
 class GetStatusRequest(_message.Message):
     __slots__ = ()
@@ -143,7 +149,7 @@ class CustodianProgress(_message.Message):
     def __init__(self, x: _Optional[int] = ..., name: _Optional[str] = ..., status: _Optional[_Union[CustodianStatus, str]] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class RecoveryProgress(_message.Message):
-    __slots__ = ("session_id", "state", "required", "accepted", "custodians", "expires_at_unix", "message", "domain_id", "epoch")
+    __slots__ = ("session_id", "state", "required", "accepted", "custodians", "expires_at_unix", "message", "domain_id", "epoch", "kind")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REQUIRED_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +159,7 @@ class RecoveryProgress(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     DOMAIN_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     state: SessionState
     required: int
@@ -162,13 +169,124 @@ class RecoveryProgress(_message.Message):
     message: str
     domain_id: str
     epoch: int
-    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[_Union[SessionState, str]] = ..., required: _Optional[int] = ..., accepted: _Optional[int] = ..., custodians: _Optional[_Iterable[_Union[CustodianProgress, _Mapping]]] = ..., expires_at_unix: _Optional[int] = ..., message: _Optional[str] = ..., domain_id: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
+    kind: str
+    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[_Union[SessionState, str]] = ..., required: _Optional[int] = ..., accepted: _Optional[int] = ..., custodians: _Optional[_Iterable[_Union[CustodianProgress, _Mapping]]] = ..., expires_at_unix: _Optional[int] = ..., message: _Optional[str] = ..., domain_id: _Optional[str] = ..., epoch: _Optional[int] = ..., kind: _Optional[str] = ...) -> None: ...
 
-class WatchRecoveryRequest(_message.Message):
+class WatchSessionRequest(_message.Message):
     __slots__ = ("session_id",)
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class SessionStarted(_message.Message):
+    __slots__ = ("session_id", "expires_at_unix")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_UNIX_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    expires_at_unix: int
+    def __init__(self, session_id: _Optional[str] = ..., expires_at_unix: _Optional[int] = ...) -> None: ...
+
+class StartDrillRequest(_message.Message):
+    __slots__ = ("reason", "ttl_seconds")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    ttl_seconds: int
+    def __init__(self, reason: _Optional[str] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+
+class RotationRequest(_message.Message):
+    __slots__ = ("custodian_certificates", "quorum", "reason", "ttl_seconds")
+    CUSTODIAN_CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
+    QUORUM_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    custodian_certificates: _containers.RepeatedScalarFieldContainer[bytes]
+    quorum: int
+    reason: str
+    ttl_seconds: int
+    def __init__(self, custodian_certificates: _Optional[_Iterable[bytes]] = ..., quorum: _Optional[int] = ..., reason: _Optional[str] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+
+class GetSecurityDomainRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ExportRequestsRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class OfflineRequest(_message.Message):
+    __slots__ = ("custodian", "request")
+    CUSTODIAN_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    custodian: str
+    request: CustodianRequest
+    def __init__(self, custodian: _Optional[str] = ..., request: _Optional[_Union[CustodianRequest, _Mapping]] = ...) -> None: ...
+
+class ExportRequestsResponse(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[OfflineRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[OfflineRequest, _Mapping]]] = ...) -> None: ...
+
+class OfflineResponse(_message.Message):
+    __slots__ = ("request_id", "answer", "denied", "reason")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    DENIED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    answer: bytes
+    denied: bool
+    reason: str
+    def __init__(self, request_id: _Optional[str] = ..., answer: _Optional[bytes] = ..., denied: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CustodyRecordRequest(_message.Message):
+    __slots__ = ("record",)
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    record: bytes
+    def __init__(self, record: _Optional[bytes] = ...) -> None: ...
+
+class CompromiseRequest(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class GetCustodyStateRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CustodyState(_message.Message):
+    __slots__ = ("node_id", "sd_header", "sd_header_signature", "records", "drills", "retired", "compromised")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SD_HEADER_FIELD_NUMBER: _ClassVar[int]
+    SD_HEADER_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    DRILLS_FIELD_NUMBER: _ClassVar[int]
+    RETIRED_FIELD_NUMBER: _ClassVar[int]
+    COMPROMISED_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    sd_header: bytes
+    sd_header_signature: bytes
+    records: bytes
+    drills: bytes
+    retired: bytes
+    compromised: bool
+    def __init__(self, node_id: _Optional[str] = ..., sd_header: _Optional[bytes] = ..., sd_header_signature: _Optional[bytes] = ..., records: _Optional[bytes] = ..., drills: _Optional[bytes] = ..., retired: _Optional[bytes] = ..., compromised: _Optional[bool] = ...) -> None: ...
+
+class ExportAuditRequest(_message.Message):
+    __slots__ = ("chain",)
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
+    chain: str
+    def __init__(self, chain: _Optional[str] = ...) -> None: ...
+
+class AuditChunk(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class BackupRequest(_message.Message):
     __slots__ = ()
@@ -297,7 +415,7 @@ class AgentHello(_message.Message):
     def __init__(self, wrapping_cert_sha256: _Optional[bytes] = ..., agent_version: _Optional[str] = ...) -> None: ...
 
 class CustodianRequest(_message.Message):
-    __slots__ = ("request_id", "session_id", "kind", "attestation", "sd_header", "sd_header_signature", "x")
+    __slots__ = ("request_id", "session_id", "kind", "attestation", "sd_header", "sd_header_signature", "x", "proposal")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -305,6 +423,7 @@ class CustodianRequest(_message.Message):
     SD_HEADER_FIELD_NUMBER: _ClassVar[int]
     SD_HEADER_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     X_FIELD_NUMBER: _ClassVar[int]
+    PROPOSAL_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     session_id: str
     kind: RequestKind
@@ -312,7 +431,8 @@ class CustodianRequest(_message.Message):
     sd_header: bytes
     sd_header_signature: bytes
     x: int
-    def __init__(self, request_id: _Optional[str] = ..., session_id: _Optional[str] = ..., kind: _Optional[_Union[RequestKind, str]] = ..., attestation: _Optional[bytes] = ..., sd_header: _Optional[bytes] = ..., sd_header_signature: _Optional[bytes] = ..., x: _Optional[int] = ...) -> None: ...
+    proposal: bytes
+    def __init__(self, request_id: _Optional[str] = ..., session_id: _Optional[str] = ..., kind: _Optional[_Union[RequestKind, str]] = ..., attestation: _Optional[bytes] = ..., sd_header: _Optional[bytes] = ..., sd_header_signature: _Optional[bytes] = ..., x: _Optional[int] = ..., proposal: _Optional[bytes] = ...) -> None: ...
 
 class ShareRelease(_message.Message):
     __slots__ = ("request_id", "release")
@@ -321,6 +441,14 @@ class ShareRelease(_message.Message):
     request_id: str
     release: bytes
     def __init__(self, request_id: _Optional[str] = ..., release: _Optional[bytes] = ...) -> None: ...
+
+class ProofSubmission(_message.Message):
+    __slots__ = ("request_id", "proof")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    proof: bytes
+    def __init__(self, request_id: _Optional[str] = ..., proof: _Optional[bytes] = ...) -> None: ...
 
 class Denial(_message.Message):
     __slots__ = ("request_id", "reason")

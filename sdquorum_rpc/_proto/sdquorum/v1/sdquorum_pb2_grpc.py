@@ -121,9 +121,9 @@ class NodeAdminStub:
                 request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.SdFileChunk.SerializeToString,
                 response_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.RecoveryProgress.FromString,
                 _registered_method=True)
-        self.WatchRecovery = channel.unary_stream(
-                '/sdquorum.v1.NodeAdmin/WatchRecovery',
-                request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.WatchRecoveryRequest.SerializeToString,
+        self.WatchSession = channel.unary_stream(
+                '/sdquorum.v1.NodeAdmin/WatchSession',
+                request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.WatchSessionRequest.SerializeToString,
                 response_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.RecoveryProgress.FromString,
                 _registered_method=True)
         self.Backup = channel.unary_stream(
@@ -135,6 +135,51 @@ class NodeAdminStub:
                 '/sdquorum.v1.NodeAdmin/Restore',
                 request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.BackupChunk.SerializeToString,
                 response_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.RestoreResponse.FromString,
+                _registered_method=True)
+        self.StartDrill = channel.unary_unary(
+                '/sdquorum.v1.NodeAdmin/StartDrill',
+                request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.StartDrillRequest.SerializeToString,
+                response_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.SessionStarted.FromString,
+                _registered_method=True)
+        self.ProposeRotation = channel.unary_unary(
+                '/sdquorum.v1.NodeAdmin/ProposeRotation',
+                request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.RotationRequest.SerializeToString,
+                response_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.SessionStarted.FromString,
+                _registered_method=True)
+        self.GetSecurityDomain = channel.unary_stream(
+                '/sdquorum.v1.NodeAdmin/GetSecurityDomain',
+                request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.GetSecurityDomainRequest.SerializeToString,
+                response_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.DownloadChunk.FromString,
+                _registered_method=True)
+        self.ExportRequests = channel.unary_unary(
+                '/sdquorum.v1.NodeAdmin/ExportRequests',
+                request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.ExportRequestsRequest.SerializeToString,
+                response_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.ExportRequestsResponse.FromString,
+                _registered_method=True)
+        self.SubmitOfflineResponse = channel.unary_unary(
+                '/sdquorum.v1.NodeAdmin/SubmitOfflineResponse',
+                request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.OfflineResponse.SerializeToString,
+                response_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.Ack.FromString,
+                _registered_method=True)
+        self.AddCustodyRecord = channel.unary_unary(
+                '/sdquorum.v1.NodeAdmin/AddCustodyRecord',
+                request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.CustodyRecordRequest.SerializeToString,
+                response_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.Ack.FromString,
+                _registered_method=True)
+        self.MarkCompromised = channel.unary_unary(
+                '/sdquorum.v1.NodeAdmin/MarkCompromised',
+                request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.CompromiseRequest.SerializeToString,
+                response_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.Ack.FromString,
+                _registered_method=True)
+        self.GetCustodyState = channel.unary_unary(
+                '/sdquorum.v1.NodeAdmin/GetCustodyState',
+                request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.GetCustodyStateRequest.SerializeToString,
+                response_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.CustodyState.FromString,
+                _registered_method=True)
+        self.ExportAudit = channel.unary_stream(
+                '/sdquorum.v1.NodeAdmin/ExportAudit',
+                request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.ExportAuditRequest.SerializeToString,
+                response_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.AuditChunk.FromString,
                 _registered_method=True)
 
 
@@ -160,7 +205,7 @@ class NodeAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def WatchRecovery(self, request, context):
+    def WatchSession(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -173,6 +218,62 @@ class NodeAdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Restore(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartDrill(self, request, context):
+        """Custody lifecycle (ACTIVATED nodes).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ProposeRotation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSecurityDomain(self, request, context):
+        """the current epoch's SD file
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportRequests(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitOfflineResponse(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddCustodyRecord(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MarkCompromised(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCustodyState(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportAudit(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -196,9 +297,9 @@ def add_NodeAdminServicer_to_server(servicer, server):
                     request_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.SdFileChunk.FromString,
                     response_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.RecoveryProgress.SerializeToString,
             ),
-            'WatchRecovery': grpc.unary_stream_rpc_method_handler(
-                    servicer.WatchRecovery,
-                    request_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.WatchRecoveryRequest.FromString,
+            'WatchSession': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSession,
+                    request_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.WatchSessionRequest.FromString,
                     response_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.RecoveryProgress.SerializeToString,
             ),
             'Backup': grpc.unary_stream_rpc_method_handler(
@@ -210,6 +311,51 @@ def add_NodeAdminServicer_to_server(servicer, server):
                     servicer.Restore,
                     request_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.BackupChunk.FromString,
                     response_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.RestoreResponse.SerializeToString,
+            ),
+            'StartDrill': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartDrill,
+                    request_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.StartDrillRequest.FromString,
+                    response_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.SessionStarted.SerializeToString,
+            ),
+            'ProposeRotation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProposeRotation,
+                    request_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.RotationRequest.FromString,
+                    response_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.SessionStarted.SerializeToString,
+            ),
+            'GetSecurityDomain': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetSecurityDomain,
+                    request_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.GetSecurityDomainRequest.FromString,
+                    response_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.DownloadChunk.SerializeToString,
+            ),
+            'ExportRequests': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportRequests,
+                    request_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.ExportRequestsRequest.FromString,
+                    response_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.ExportRequestsResponse.SerializeToString,
+            ),
+            'SubmitOfflineResponse': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitOfflineResponse,
+                    request_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.OfflineResponse.FromString,
+                    response_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.Ack.SerializeToString,
+            ),
+            'AddCustodyRecord': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddCustodyRecord,
+                    request_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.CustodyRecordRequest.FromString,
+                    response_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.Ack.SerializeToString,
+            ),
+            'MarkCompromised': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkCompromised,
+                    request_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.CompromiseRequest.FromString,
+                    response_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.Ack.SerializeToString,
+            ),
+            'GetCustodyState': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCustodyState,
+                    request_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.GetCustodyStateRequest.FromString,
+                    response_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.CustodyState.SerializeToString,
+            ),
+            'ExportAudit': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportAudit,
+                    request_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.ExportAuditRequest.FromString,
+                    response_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.AuditChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -304,7 +450,7 @@ class NodeAdmin:
             _registered_method=True)
 
     @staticmethod
-    def WatchRecovery(request,
+    def WatchSession(request,
             target,
             options=(),
             channel_credentials=None,
@@ -317,8 +463,8 @@ class NodeAdmin:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/sdquorum.v1.NodeAdmin/WatchRecovery',
-            sdquorum_dot_v1_dot_sdquorum__pb2.WatchRecoveryRequest.SerializeToString,
+            '/sdquorum.v1.NodeAdmin/WatchSession',
+            sdquorum_dot_v1_dot_sdquorum__pb2.WatchSessionRequest.SerializeToString,
             sdquorum_dot_v1_dot_sdquorum__pb2.RecoveryProgress.FromString,
             options,
             channel_credentials,
@@ -374,6 +520,249 @@ class NodeAdmin:
             '/sdquorum.v1.NodeAdmin/Restore',
             sdquorum_dot_v1_dot_sdquorum__pb2.BackupChunk.SerializeToString,
             sdquorum_dot_v1_dot_sdquorum__pb2.RestoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartDrill(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdquorum.v1.NodeAdmin/StartDrill',
+            sdquorum_dot_v1_dot_sdquorum__pb2.StartDrillRequest.SerializeToString,
+            sdquorum_dot_v1_dot_sdquorum__pb2.SessionStarted.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProposeRotation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdquorum.v1.NodeAdmin/ProposeRotation',
+            sdquorum_dot_v1_dot_sdquorum__pb2.RotationRequest.SerializeToString,
+            sdquorum_dot_v1_dot_sdquorum__pb2.SessionStarted.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSecurityDomain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sdquorum.v1.NodeAdmin/GetSecurityDomain',
+            sdquorum_dot_v1_dot_sdquorum__pb2.GetSecurityDomainRequest.SerializeToString,
+            sdquorum_dot_v1_dot_sdquorum__pb2.DownloadChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdquorum.v1.NodeAdmin/ExportRequests',
+            sdquorum_dot_v1_dot_sdquorum__pb2.ExportRequestsRequest.SerializeToString,
+            sdquorum_dot_v1_dot_sdquorum__pb2.ExportRequestsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitOfflineResponse(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdquorum.v1.NodeAdmin/SubmitOfflineResponse',
+            sdquorum_dot_v1_dot_sdquorum__pb2.OfflineResponse.SerializeToString,
+            sdquorum_dot_v1_dot_sdquorum__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddCustodyRecord(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdquorum.v1.NodeAdmin/AddCustodyRecord',
+            sdquorum_dot_v1_dot_sdquorum__pb2.CustodyRecordRequest.SerializeToString,
+            sdquorum_dot_v1_dot_sdquorum__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkCompromised(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdquorum.v1.NodeAdmin/MarkCompromised',
+            sdquorum_dot_v1_dot_sdquorum__pb2.CompromiseRequest.SerializeToString,
+            sdquorum_dot_v1_dot_sdquorum__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCustodyState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdquorum.v1.NodeAdmin/GetCustodyState',
+            sdquorum_dot_v1_dot_sdquorum__pb2.GetCustodyStateRequest.SerializeToString,
+            sdquorum_dot_v1_dot_sdquorum__pb2.CustodyState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sdquorum.v1.NodeAdmin/ExportAudit',
+            sdquorum_dot_v1_dot_sdquorum__pb2.ExportAuditRequest.SerializeToString,
+            sdquorum_dot_v1_dot_sdquorum__pb2.AuditChunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -734,6 +1123,11 @@ class CustodianStub:
                 request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.ShareRelease.SerializeToString,
                 response_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.Ack.FromString,
                 _registered_method=True)
+        self.SubmitProof = channel.unary_unary(
+                '/sdquorum.v1.Custodian/SubmitProof',
+                request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.ProofSubmission.SerializeToString,
+                response_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.Ack.FromString,
+                _registered_method=True)
         self.Deny = channel.unary_unary(
                 '/sdquorum.v1.Custodian/Deny',
                 request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.Denial.SerializeToString,
@@ -756,6 +1150,12 @@ class CustodianServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitProof(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Deny(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -773,6 +1173,11 @@ def add_CustodianServicer_to_server(servicer, server):
             'SubmitRelease': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitRelease,
                     request_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.ShareRelease.FromString,
+                    response_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.Ack.SerializeToString,
+            ),
+            'SubmitProof': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitProof,
+                    request_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.ProofSubmission.FromString,
                     response_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.Ack.SerializeToString,
             ),
             'Deny': grpc.unary_unary_rpc_method_handler(
@@ -834,6 +1239,33 @@ class Custodian:
             target,
             '/sdquorum.v1.Custodian/SubmitRelease',
             sdquorum_dot_v1_dot_sdquorum__pb2.ShareRelease.SerializeToString,
+            sdquorum_dot_v1_dot_sdquorum__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitProof(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdquorum.v1.Custodian/SubmitProof',
+            sdquorum_dot_v1_dot_sdquorum__pb2.ProofSubmission.SerializeToString,
             sdquorum_dot_v1_dot_sdquorum__pb2.Ack.FromString,
             options,
             channel_credentials,
