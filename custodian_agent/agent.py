@@ -18,23 +18,46 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from custodian_agent import responder
 from custodian_agent.approvals import ApprovalBox
 from sdquorum import envelopes, pki
 from sdquorum.errors import SdquorumError, TransportError, VerificationError
 from sdquorum.keys import WrappingKey
-from sdquorum.sdfile import SignedHeader
+from sdquorum.offline import CeremonyRequest
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc.client import NodeClient
 from sdquorum_rpc.tls import TlsFiles
 
-__all__ = ["Agent", "AgentConfig"]
+__all__ = ["Agent", "AgentConfig", "request_from_proto"]
+
+KINDS = {pb.RECOVERY: "recovery", pb.DRILL: "drill", pb.ROTATION: "rotation"}
+
+
+def request_from_proto(msg: pb.CustodianRequest, custodian: str = "") -> CeremonyRequest:
+    kind = KINDS.get(msg.kind)
+    if kind is None:
+        raise VerificationError("the request is of an unknown kind")
+    return CeremonyRequest(
+        request_id=msg.request_id,
+        session_id=msg.session_id,
+        kind=kind,
+        x=msg.x,
+        custodian=custodian,
+        attestation=bytes(msg.attestation),
+        header=bytes(msg.sd_header),
+        header_signature=bytes(msg.sd_header_signature),
+        proposal=bytes(msg.proposal),
+    )
+
 
 log = logging.getLogger("sdquorum.agent")
 CHECK_FAILED = "the agent refused the request: a check failed"
@@ -120,73 +143,55 @@ class Agent:
         except SdquorumError as e:
             log.warning("request %s: %s", req.request_id, e)
 
-    async def handle(self, client: NodeClient, req: pb.CustodianRequest) -> str:
-        """Process one request; returns "released", "denied" or "refused"."""
+    async def handle(self, client: NodeClient, msg: pb.CustodianRequest) -> str:
+        """Process one request; returns "released" (or "proved"/"approved"), "denied" or "refused"."""
         now = datetime.fromtimestamp(self._clock(), tz=UTC)
         try:
-            attestation = envelopes.Attestation.from_bytes(bytes(req.attestation))
-            signed = SignedHeader(bytes(req.sd_header), bytes(req.sd_header_signature))
-            checked = envelopes.check_request(
-                attestation, signed, req.x, self.thumbprint, self.config.policy, now
-            )
-            if checked.statement.session_id != req.session_id:
-                raise VerificationError("the request's session differs from its attestation's")
+            req = request_from_proto(msg)
+            checked = responder.check(req, self.thumbprint, self.config.policy, now)
         except SdquorumError as e:
-            log.warning("request %s refused before decryption: %s", req.request_id, e)
-            await self._deny(client, req.request_id, CHECK_FAILED)
+            log.warning("request %s refused before decryption: %s", msg.request_id, e)
+            await self._deny(client, msg.request_id, CHECK_FAILED)
             return "refused"
-        st = checked.statement
-        log.info(
-            "request %s: node %s (%s) asks for slot %d of domain %s epoch %d; initiator %s; reason: %s",
-            req.request_id,
-            st.node_id,
-            st.node_address,
-            req.x,
-            st.domain_id.hex(),
-            st.epoch,
-            st.initiator,
-            st.reason,
-        )
+        details = responder.describe(req, checked)
+        log.info("request %s: %s", req.request_id, json.dumps(details, sort_keys=True))
         if self.config.approval == "manual":
-            self.approvals.post(
-                req.request_id,
-                {
-                    "request_id": req.request_id,
-                    "session_id": st.session_id,
-                    "node_id": st.node_id,
-                    "node_address": st.node_address,
-                    "domain_id": st.domain_id.hex(),
-                    "epoch": st.epoch,
-                    "slot": req.x,
-                    "initiator": st.initiator,
-                    "reason": st.reason,
-                    "expires_at": datetime.fromtimestamp(st.expires_at, tz=UTC).isoformat(),
-                },
-            )
+            self.approvals.post(req.request_id, details)
             print(
-                f"approval needed: request {req.request_id} from {st.initiator} on node {st.node_id}: {st.reason!r}. "
-                f"Run 'custodian-agent approve {req.request_id}' or 'custodian-agent deny {req.request_id}'.",
+                f"approval needed: {req.kind} request {req.request_id} from {details['initiator']} on node "
+                f"{details['node_id']}: {details['reason']!r}. Run 'custodian-agent approve {req.request_id}' "
+                f"or 'custodian-agent deny {req.request_id}'.",
                 flush=True,
             )
-            decision = await self.approvals.wait(req.request_id, deadline=st.expires_at)
+            decision = await self.approvals.wait(req.request_id, deadline=checked.statement.expires_at)
             if not decision.approved:
                 log.info("request %s denied by the custodian: %s", req.request_id, decision.reason)
                 await self._deny(client, req.request_id, f"denied by the custodian: {decision.reason}"[:200])
                 return "denied"
         try:
-            share = envelopes.decrypt_share(checked, self.key)
-            release = envelopes.make_release(checked, share, self.key)
+            answer = responder.answer(req, checked, self.key, os.urandom)
         except SdquorumError as e:
-            log.error("request %s: cannot release the share: %s", req.request_id, e)
+            log.error("request %s: cannot answer: %s", req.request_id, e)
             await self._deny(client, req.request_id, CHECK_FAILED)
             return "refused"
         with client.errors():
-            await client.custodian.SubmitRelease(
-                pb.ShareRelease(request_id=req.request_id, release=release.to_bytes())
-            )
+            if req.kind == "recovery":
+                await client.custodian.SubmitRelease(
+                    pb.ShareRelease(request_id=req.request_id, release=answer)
+                )
+            else:
+                await client.custodian.SubmitProof(
+                    pb.ProofSubmission(request_id=req.request_id, proof=answer)
+                )
         self.released.append(req.request_id)
-        log.info("request %s: share for slot %d released to node %s", req.request_id, req.x, st.node_id)
-        return "released"
+        log.info(
+            "request %s: %s answer for slot %d sent to node %s",
+            req.request_id,
+            req.kind,
+            req.x,
+            details["node_id"],
+        )
+        return {"recovery": "released", "drill": "proved", "rotation": "approved"}[req.kind]
 
     async def _deny(self, client: NodeClient, request_id: str, reason: str) -> None:
         try:

@@ -78,10 +78,11 @@ def rpc(*roles: str) -> Callable[[F], F]:
                 raise PermissionDeniedError(f"role {role} may not call {name}")
             return role
 
-        async def fail(context: Ctx, e: BaseException, role: pki.Role | None) -> None:
+        async def fail(servicer: Any, context: Ctx, e: BaseException, role: pki.Role | None) -> None:
             if isinstance(e, SdquorumError):
                 code = status_for(e)
                 log.warning("%s by %s refused (%s): %s", name, role or "unknown peer", code.name, e)
+                _audit_refusal(servicer, name, role, code.name, str(e))
                 kind = (
                     "verification"
                     if isinstance(e, VerificationError)
@@ -109,7 +110,7 @@ def rpc(*roles: str) -> Callable[[F], F]:
                 except grpc.aio.AbortError:
                     raise
                 except Exception as e:
-                    await fail(context, e, role)
+                    await fail(self, context, e, role)
 
             return cast(F, stream_wrapper)
 
@@ -122,11 +123,21 @@ def rpc(*roles: str) -> Callable[[F], F]:
             except grpc.aio.AbortError:
                 raise
             except Exception as e:
-                await fail(context, e, role)
+                await fail(self, context, e, role)
 
         return cast(F, unary_wrapper)
 
     return decorate
+
+
+def _audit_refusal(servicer: Any, method: str, role: pki.Role | None, code: str, reason: str) -> None:
+    """Every refusal is audited where the servicer offers a hook (``servicer.node.audit_refusal``)."""
+    hook = getattr(getattr(servicer, "node", None), "audit_refusal", None)
+    if callable(hook):
+        try:
+            hook(method, role, code, reason)
+        except Exception:  # the refusal itself must still reach the caller
+            log.exception("could not audit the refusal of %s", method)
 
 
 def translate_rpc_error(e: grpc.RpcError, target: str) -> SdquorumError:

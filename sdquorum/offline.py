@@ -1,0 +1,130 @@
+"""Ceremony requests and answers as files, for custodians whose key lives on an air-gapped machine.
+
+``sdctl ... --offline-request DIR`` writes one request file per custodian; the custodian runs
+``custodian-agent respond --request FILE --out FILE`` on the offline machine, which makes exactly
+the checks and the crypto of the online agent; the admin uploads the answer file. The answer is
+signed by the custodian's wrapping key (and, for a recovery, sealed to the node's exchange key), so
+the person carrying it can neither read a share nor forge an answer.
+
+Both files are JSON with every binary field base64url. Nothing here is secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from sdquorum.encoding import b64d, b64e, canonical_json, parse_json_object
+from sdquorum.envelopes import PURPOSES
+from sdquorum.errors import MalformedError
+
+__all__ = ["MAX_OFFLINE_FILE_BYTES", "CeremonyRequest", "OfflineAnswer"]
+
+REQUEST_TYPE = "sdquorum-ceremony-request-v1"
+ANSWER_TYPE = "sdquorum-ceremony-answer-v1"
+MAX_OFFLINE_FILE_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CeremonyRequest:
+    """What a custodian is asked, online (from the request stream) or offline (from a file)."""
+
+    request_id: str
+    session_id: str
+    kind: str  # "recovery" | "drill" | "rotation"
+    x: int
+    custodian: str
+    attestation: bytes
+    header: bytes
+    header_signature: bytes
+    proposal: bytes = b""
+
+    def __post_init__(self) -> None:
+        if self.kind not in PURPOSES:
+            raise MalformedError(f"unknown request kind {self.kind!r}")
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(
+            {
+                "type": REQUEST_TYPE,
+                "request_id": self.request_id,
+                "session_id": self.session_id,
+                "kind": self.kind,
+                "x": self.x,
+                "custodian": self.custodian,
+                "attestation": b64e(self.attestation),
+                "sd_header": b64e(self.header),
+                "sd_header_signature": b64e(self.header_signature),
+                "proposal": b64e(self.proposal),
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CeremonyRequest:
+        if len(data) > MAX_OFFLINE_FILE_BYTES:
+            raise MalformedError("the request file is too large")
+        obj = parse_json_object(data, "request file")
+        if obj.get("type") != REQUEST_TYPE:
+            raise MalformedError("not an sdquorum ceremony request file")
+        x = obj.get("x")
+        strings = [obj.get(k) for k in ("request_id", "session_id", "kind", "custodian")]
+        if not isinstance(x, int) or isinstance(x, bool) or not all(isinstance(v, str) for v in strings):
+            raise MalformedError("the request file has a missing or mistyped field")
+        return cls(
+            request_id=str(obj["request_id"]),
+            session_id=str(obj["session_id"]),
+            kind=str(obj["kind"]),
+            x=x,
+            custodian=str(obj["custodian"]),
+            attestation=b64d(obj.get("attestation"), "attestation"),
+            header=b64d(obj.get("sd_header"), "sd_header"),
+            header_signature=b64d(obj.get("sd_header_signature"), "sd_header_signature"),
+            proposal=b64d(obj.get("proposal"), "proposal"),
+        )
+
+    @property
+    def fingerprint(self) -> str:
+        """A short value the custodian can read out to the admin to confirm the file (no secret)."""
+        return hashlib.sha256(self.to_bytes()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class OfflineAnswer:
+    request_id: str
+    session_id: str
+    kind: str
+    answer: bytes  # release or proof envelope; empty when denied
+    denied: bool = False
+    reason: str = ""
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(
+            {
+                "type": ANSWER_TYPE,
+                "request_id": self.request_id,
+                "session_id": self.session_id,
+                "kind": self.kind,
+                "answer": b64e(self.answer),
+                "denied": self.denied,
+                "reason": self.reason,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> OfflineAnswer:
+        if len(data) > MAX_OFFLINE_FILE_BYTES:
+            raise MalformedError("the answer file is too large")
+        obj = parse_json_object(data, "answer file")
+        if obj.get("type") != ANSWER_TYPE:
+            raise MalformedError("not an sdquorum ceremony answer file")
+        fields = [obj.get(k) for k in ("request_id", "session_id", "kind", "reason")]
+        if not all(isinstance(v, str) for v in fields) or not isinstance(obj.get("denied"), bool):
+            raise MalformedError("the answer file has a missing or mistyped field")
+        return cls(
+            request_id=str(obj["request_id"]),
+            session_id=str(obj["session_id"]),
+            kind=str(obj["kind"]),
+            answer=b64d(obj.get("answer"), "answer"),
+            denied=bool(obj["denied"]),
+            reason=str(obj["reason"]),
+        )
