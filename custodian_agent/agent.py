@@ -30,7 +30,7 @@ from pathlib import Path
 from custodian_agent import responder
 from custodian_agent.approvals import ApprovalBox
 from sdquorum import envelopes, pki
-from sdquorum.errors import SdquorumError, TransportError, VerificationError
+from sdquorum.errors import SdquorumError, TransportError, UsageError, VerificationError
 from sdquorum.keys import WrappingKey
 from sdquorum.offline import CeremonyRequest
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
@@ -74,8 +74,6 @@ class AgentConfig:
 
     def __post_init__(self) -> None:
         if self.approval not in ("manual", "auto"):
-            from sdquorum.errors import UsageError
-
             raise UsageError("approval must be 'manual' or 'auto'")
 
 

@@ -15,16 +15,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 from datetime import UTC, datetime
 from pathlib import Path
 
+from custodian_agent import responder
 from custodian_agent.agent import Agent, AgentConfig
 from custodian_agent.approvals import ApprovalBox
 from custodian_agent.keyfile import keygen, load_wrapping_key, read_passphrase
+from sdquorum import pki
 from sdquorum.envelopes import CustodianPolicy
 from sdquorum.errors import UsageError
+from sdquorum.offline import CeremonyRequest, OfflineAnswer
 from sdquorum_rpc.cli import run_main, setup_logging
+from sdquorum_rpc.files import read_input_file, write_private_file
 from sdquorum_rpc.tls import TlsFiles
 
 __all__ = ["main"]
@@ -82,6 +87,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--log-level", default="INFO")
 
+    o = sub.add_parser(
+        "respond",
+        help="answer a request file on an offline machine (same checks and crypto as 'run')",
+        epilog="example: custodian-agent respond --request alice-x1.request.json --out alice-x1.answer.json \\\n"
+        "    --attestation-root attestation-root.pem --wrapping-key alice.wrap.key --wrapping-cert alice.wrap.pem",
+        formatter_class=fmt,
+    )
+    o.add_argument("--request", type=Path, required=True, help="the request file the admin gave you")
+    o.add_argument("--out", type=Path, required=True, help="where to write the answer file (must not exist)")
+    o.add_argument("--attestation-root", type=Path, required=True)
+    o.add_argument("--wrapping-key", type=Path, required=True)
+    o.add_argument("--wrapping-cert", type=Path, required=True)
+    o.add_argument("--allow-domain", action="append", default=[], metavar="HEX")
+    o.add_argument("--pin-domain-key", action="append", default=[], metavar="HEX")
+    o.add_argument(
+        "--yes", action="store_true", help="approve without asking (after reading the request yourself)"
+    )
+    o.add_argument("--deny", action="store_true", help="write a denial instead of an answer")
+
     for name, help_ in (("pending", "list requests waiting for your approval"),):
         q = sub.add_parser(
             name,
@@ -116,20 +140,69 @@ def _hexes(values: list[str], what: str, length: int) -> frozenset[bytes]:
     return frozenset(out)
 
 
+def _policy(args: argparse.Namespace) -> CustodianPolicy:
+    return CustodianPolicy(
+        attestation_root_pem=read_input_file(args.attestation_root, "attestation root"),
+        allowed_domains=_hexes(args.allow_domain, "--allow-domain", 16),
+        pinned_signing_keys=_hexes(args.pin_domain_key, "--pin-domain-key", 32),
+    )
+
+
+def _respond(args: argparse.Namespace) -> int:
+    """The offline agent: one request file in, one answer file out, nothing else touched."""
+    req = CeremonyRequest.from_bytes(read_input_file(args.request, "request file"))
+    policy = _policy(args)
+    if args.out.exists():
+        raise UsageError(f"{args.out} exists already: choose another --out")
+    key = load_wrapping_key(args.wrapping_key, args.wrapping_cert, read_passphrase())
+    thumbprint = pki.thumbprint_sha256(key.certificate_der())
+    checked = responder.check(req, thumbprint, policy, datetime.now(UTC))  # raises, naming the check
+    details = responder.describe(req, checked)
+    print(f"request file fingerprint {req.fingerprint} (compare with what the admin read out):")
+    for k in (
+        "kind",
+        "initiator",
+        "reason",
+        "node_id",
+        "node_address",
+        "domain_id",
+        "epoch",
+        "slot",
+        "expires_at",
+        "proposal",
+    ):
+        if k in details:
+            print(f"  {k:<13} {details[k]}")
+    if args.deny:
+        approved = False
+    elif args.yes:
+        approved = True
+    else:
+        approved = (
+            input(f"Release your answer for this {req.kind}? Type 'yes' to approve: ").strip().lower()
+            == "yes"
+        )
+    if approved:
+        answer = OfflineAnswer(
+            req.request_id, req.session_id, req.kind, responder.answer(req, checked, key, os.urandom)
+        )
+    else:
+        answer = OfflineAnswer(
+            req.request_id, req.session_id, req.kind, b"", denied=True, reason="denied by the custodian"
+        )
+    write_private_file(args.out, answer.to_bytes(), mode=0o644)
+    print(
+        f"wrote {args.out}: {'answer' if approved else 'denial'}; give it to the admin ('sdctl upload-answer {args.out.name}')"
+    )
+    return 0
+
+
 async def _run(args: argparse.Namespace) -> int:
-    try:
-        root = args.attestation_root.read_bytes()
-    except OSError as e:
-        raise UsageError(f"cannot read the attestation root {args.attestation_root}: {e.strerror}") from e
     key = load_wrapping_key(args.wrapping_key, args.wrapping_cert, read_passphrase())
     config = AgentConfig(
         node=args.node,
         tls=TlsFiles(args.tls_cert, args.tls_key, args.ca, ("--tls-cert", "--tls-key", "--ca")),
-        policy=CustodianPolicy(
-            attestation_root_pem=root,
-            allowed_domains=_hexes(args.allow_domain, "--allow-domain", 16),
-            pinned_signing_keys=_hexes(args.pin_domain_key, "--pin-domain-key", 32),
-        ),
+        policy=_policy(args),
         state_dir=args.state_dir,
         approval=args.approval,
     )
@@ -158,6 +231,8 @@ def _body(args: argparse.Namespace) -> int:
         return 0
     if args.command == "run":
         return asyncio.run(_run(args))
+    if args.command == "respond":
+        return _respond(args)
     box = ApprovalBox(args.state_dir)
     if args.command == "pending":
         items = box.pending()

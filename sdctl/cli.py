@@ -27,9 +27,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from custodian_agent.agent import request_from_proto
 from sdctl import pkifiles
+from sdquorum.audit import verify_export
 from sdquorum.errors import MalformedError, StateError, UsageError, VerificationError
-from sdquorum.sdfile import SecurityDomainFile
+from sdquorum.offline import OfflineAnswer
+from sdquorum.review import (
+    CustodyRecord,
+    DrillResult,
+    RetiredEpoch,
+    build_review,
+    render_html,
+    render_markdown,
+    review_to_json,
+)
+from sdquorum.sdfile import SecurityDomainFile, SignedHeader
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc.cli import run_main
 from sdquorum_rpc.client import NodeClient
@@ -47,7 +59,9 @@ STATUS_WORD = {
     pb.REJECTED: "REJECTED",
     pb.DENIED: "denied",
     pb.NOT_NEEDED: "not needed",
+    pb.UNREACHABLE: "unreachable",
 }
+DRILL_WORD = {**STATUS_WORD, pb.ACCEPTED: "proved", pb.REJECTED: "failed"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -93,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--sd-file", type=Path, required=True)
     r.add_argument("--reason", required=True, help="shown to every custodian before approving")
     r.add_argument("--ttl", type=int, default=0, help="session deadline in seconds (default: node's, 600)")
+    r.add_argument(
+        "--offline-request", type=Path, metavar="DIR", help="also write a request file per custodian here"
+    )
     b = cmd(
         "backup", "export the key store, sealed under the security domain", "sdctl backup --out keys.backup"
     )
@@ -237,6 +254,7 @@ class Ctl:
             SecurityDomainFile.from_bytes(sd)
         except MalformedError as e:
             raise UsageError(f"{a.sd_file} is not a usable SD file: {e}") from e
+        _check_offline_dir(a.offline_request)
         async with self.client() as c:
             with c.errors():
                 init = await c.admin.InitRecovery(pb.InitRecoveryRequest(reason=a.reason, ttl_seconds=a.ttl))
@@ -251,26 +269,210 @@ class Ctl:
                         f"session {init.session_id}: domain {first.domain_id} epoch {first.epoch}, "
                         f"{first.required} of {len(first.custodians)} custodians needed"
                     )
-                final = first
-                async for prog in c.admin.WatchSession(pb.WatchSessionRequest(session_id=init.session_id)):
-                    final = prog
-                    self._progress(prog)
+                final = await self._follow(c, init.session_id, a.offline_request)
         if final.state == pb.COMPLETED:
             self.emit(f"recovered: {final.message}", _progress_json(final))
             return 0
-        if self.json:
-            self.out(json.dumps(_progress_json(final), sort_keys=True))
         raise StateError(
             f"recovery failed: {final.message}; start a new session with 'sdctl recover' when the custodians are ready"
         )
+
+    async def _follow(self, c: NodeClient, session_id: str, offline_dir: Path | None) -> pb.RecoveryProgress:
+        """Write offline request files if asked, then show live progress until the session ends."""
+        if offline_dir is not None:
+            exported = await c.admin.ExportRequests(pb.ExportRequestsRequest(session_id=session_id))
+            for item in exported.requests:
+                req = request_from_proto(item.request, custodian=item.custodian)
+                path = offline_dir / f"{item.custodian}-x{req.x}.request.json"
+                write_private_file(path, req.to_bytes(), mode=0o644)
+                if not self.json:
+                    self.out(f"  wrote {path} (fingerprint {req.fingerprint}) for {item.custodian}")
+            if not self.json:
+                self.out("  carry each file to its custodian; upload answers with 'sdctl upload-answer FILE'")
+        final: pb.RecoveryProgress | None = None
+        async for prog in c.admin.WatchSession(pb.WatchSessionRequest(session_id=session_id)):
+            final = prog
+            self._progress(prog)
+        if final is None:  # pragma: no cover - the node always sends the current state first
+            raise StateError("the node sent no progress for the session")
+        return final
 
     def _progress(self, p: pb.RecoveryProgress) -> None:
         if self.json:
             self.out(json.dumps(_progress_json(p), sort_keys=True))
             return
         left = max(0, p.expires_at_unix - int(time.time()))
-        parts = [f"{c.name}: {STATUS_WORD.get(c.status, '?')}" for c in p.custodians]
-        self.out(f"  [{p.accepted}/{p.required} shares, {left}s left] " + " | ".join(parts))
+        words = DRILL_WORD if p.kind == "drill" else STATUS_WORD
+        noun = {"recovery": "shares", "drill": "proofs", "rotation": "approvals"}.get(p.kind, "answers")
+        parts = [f"{c.name}: {words.get(c.status, '?')}" for c in p.custodians]
+        self.out(f"  [{p.accepted}/{p.required} {noun}, {left}s left] " + " | ".join(parts))
+
+    async def drill(self) -> int:
+        a = self.args
+        _check_offline_dir(a.offline_request)
+        async with self.client() as c, c.errors():
+            started = await c.admin.StartDrill(pb.StartDrillRequest(reason=a.reason, ttl_seconds=a.ttl))
+            final = await self._follow(c, started.session_id, a.offline_request)
+        report = {c.name: DRILL_WORD.get(c.status, "?") for c in final.custodians}
+        if not self.json:
+            for cp in final.custodians:
+                detail = f": {cp.detail}" if cp.status != pb.ACCEPTED and cp.detail else ""
+                self.out(f"  {cp.name} (x={cp.x}): {DRILL_WORD.get(cp.status, '?')}{detail}")
+        self.emit(final.message, {"drill": report, "message": final.message})
+        if any(word != "proved" for word in report.values()):
+            raise VerificationError(
+                f"not every custodian proved possession: {final.message}; see the report above"
+            )
+        return 0
+
+    async def rotate(self) -> int:
+        a = self.args
+        certs = [read_input_file(p, "custodian certificate") for p in a.custodian_certs]
+        _check_offline_dir(a.offline_request)
+        client = self.client()
+        with PendingFile(a.out) as out:
+            async with client as c, c.errors():
+                started = await c.admin.ProposeRotation(
+                    pb.RotationRequest(
+                        custodian_certificates=certs, quorum=a.quorum, reason=a.reason, ttl_seconds=a.ttl
+                    )
+                )
+                final = await self._follow(c, started.session_id, a.offline_request)
+                if final.state != pb.COMPLETED:
+                    raise StateError(f"rotation not approved: {final.message}")
+                data = b"".join(
+                    [ch.data async for ch in c.admin.GetSecurityDomain(pb.GetSecurityDomainRequest())]
+                )
+            out.write(data)
+        epoch = SecurityDomainFile.from_bytes(data).header.epoch
+        self.emit(
+            f"rotated to epoch {epoch}; new SD file written to {a.out}. Destroy every copy of the old SD file.",
+            {"sd_file": str(a.out), "epoch": epoch},
+        )
+        return 0
+
+    async def upload_answer(self) -> int:
+        answers = [OfflineAnswer.from_bytes(read_input_file(p, "answer file")) for p in self.args.files]
+        async with self.client() as c, c.errors():
+            for path, ans in zip(self.args.files, answers, strict=True):
+                await c.admin.SubmitOfflineResponse(
+                    pb.OfflineResponse(
+                        request_id=ans.request_id, answer=ans.answer, denied=ans.denied, reason=ans.reason
+                    )
+                )
+                self.emit(
+                    f"uploaded {path}: {'denial' if ans.denied else ans.kind + ' answer'} accepted by the node",
+                    {"file": str(path), "request_id": ans.request_id, "denied": ans.denied},
+                )
+        return 0
+
+    async def sd_file(self) -> int:
+        with PendingFile(self.args.out) as out:
+            async with self.client() as c, c.errors():
+                data = b"".join(
+                    [ch.data async for ch in c.admin.GetSecurityDomain(pb.GetSecurityDomainRequest())]
+                )
+            out.write(data)
+        self.emit(f"wrote the current SD file to {self.args.out}", {"sd_file": str(self.args.out)})
+        return 0
+
+    async def custody(self) -> int:
+        a = self.args
+        async with self.client() as c, c.errors():
+            if a.custody_command == "record":
+                record = {
+                    "kind": a.event,
+                    "custodian": a.custodian,
+                    "holder": a.holder,
+                    "location": a.location,
+                    "note": a.note,
+                    "time": int(time.time()),
+                }
+                if a.event != "review" and not a.custodian:
+                    raise UsageError(f"a {a.event} record needs --custodian NAME")
+                CustodyRecord.from_json({**record, "actor": ""})  # check locally: one clear line
+                await c.admin.AddCustodyRecord(pb.CustodyRecordRequest(record=json.dumps(record).encode()))
+                self.emit(
+                    f"recorded {a.event}" + (f" for {a.custodian}" if a.custodian else ""),
+                    {"recorded": record},
+                )
+            else:
+                st = await c.admin.GetCustodyState(pb.GetCustodyStateRequest())
+                records = json.loads(st.records)
+                if self.json:
+                    self.out(json.dumps(records))
+                for r in [] if self.json else records:
+                    when = datetime.fromtimestamp(r["time"], tz=UTC).strftime("%Y-%m-%d %H:%M")
+                    extra = ", ".join(f"{k}={r[k]}" for k in ("holder", "location", "note") if r.get(k))
+                    self.out(
+                        f"{when}  {r['kind']:<11} {r.get('custodian') or '-':<12} {extra}  (by {r.get('actor')})"
+                    )
+        return 0
+
+    async def compromise(self) -> int:
+        async with self.client() as c, c.errors():
+            await c.admin.MarkCompromised(pb.CompromiseRequest(reason=self.args.reason))
+        self.emit(
+            "domain marked COMPROMISED: drills and rotation are stopped. Follow docs/runbooks/compromise.md: "
+            "provision a new domain on a new HSM and re-encrypt your data under new keys.",
+            {"compromised": True},
+        )
+        return 0
+
+    async def review(self) -> int:
+        a = self.args
+        async with self.client() as c, c.errors():
+            st = await c.admin.GetCustodyState(pb.GetCustodyStateRequest())
+        header = SignedHeader(bytes(st.sd_header), bytes(st.sd_header_signature)).verify()
+        rev = build_review(
+            header,
+            [CustodyRecord.from_json(r) for r in json.loads(st.records)],
+            [DrillResult.from_json(d) for d in json.loads(st.drills)],
+            [RetiredEpoch.from_json(r) for r in json.loads(st.retired)],
+            compromised=st.compromised,
+            node_id=st.node_id,
+            now=int(time.time()),
+        )
+        fmt = a.format
+        text = (
+            render_html(rev)
+            if fmt == "html"
+            else render_markdown(rev)
+            if fmt == "md"
+            else json.dumps(review_to_json(rev), indent=2, sort_keys=True)
+        )
+        if a.out:
+            write_private_file(a.out, text.encode(), mode=0o644)
+            self.out(
+                f"wrote the {fmt} review to {a.out}: {len(rev.findings)} findings, {rev.count('critical')} critical"
+            )
+        else:
+            self.out(text)
+        return 0
+
+    async def audit(self) -> int:
+        a = self.args
+        if a.audit_command == "verify":
+            lines = read_input_file(a.file, "audit export").decode(errors="replace").splitlines()
+            root = read_input_file(a.attestation_root, "attestation root") if a.attestation_root else None
+            log = verify_export(lines, root_pem=root, now=datetime.now(UTC))
+            self.emit(
+                f"audit export verified: {len(log.entries)} entries from node {log.node_id}, chain intact"
+                + ("" if root else " (node certificate not checked against a root: give --attestation-root)"),
+                {"verified": True, "entries": len(log.entries), "node_id": log.node_id},
+            )
+            return 0
+        async with self.client() as c, c.errors():
+            data = b"".join(
+                [ch.data async for ch in c.admin.ExportAudit(pb.ExportAuditRequest(chain=a.chain))]
+            )
+        if a.out:
+            write_private_file(a.out, data, mode=0o644)
+            count = data.count(b"\n")
+            self.emit(f"wrote {count} lines to {a.out}", {"out": str(a.out), "lines": count})
+        else:
+            sys.stdout.write(data.decode())
+        return 0
 
     async def backup(self) -> int:
         a = self.args
@@ -394,13 +596,27 @@ class Ctl:
             "decrypt": self.crypt,
             "sign": self.crypt,
             "verify": self.verify,
+            "drill": self.drill,
+            "rotate": self.rotate,
+            "upload-answer": self.upload_answer,
+            "sd-file": self.sd_file,
+            "custody": self.custody,
+            "compromise": self.compromise,
+            "review": self.review,
+            "audit": self.audit,
         }
         return asyncio.run(handlers[cmd]())
+
+
+def _check_offline_dir(path: Path | None) -> None:
+    if path is not None and not path.is_dir():
+        raise UsageError(f"--offline-request {path} is not a folder: create it first")
 
 
 def _progress_json(p: pb.RecoveryProgress) -> dict[str, Any]:
     return {
         "session_id": p.session_id,
+        "kind": p.kind,
         "state": pb.SessionState.Name(p.state),
         "required": p.required,
         "accepted": p.accepted,
