@@ -147,6 +147,98 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--in", dest="infile", type=Path, required=True)
     v.add_argument("--signature", type=Path, required=True)
 
+    dr = cmd(
+        "drill",
+        "every custodian proves it can still open its share (no share leaves)",
+        "sdctl drill --reason 'Q3 drill'",
+    )
+    dr.add_argument("--reason", default="quarterly possession drill", help="shown to every custodian")
+    dr.add_argument("--ttl", type=int, default=0, help="deadline in seconds (default: node's, 600)")
+    dr.add_argument(
+        "--offline-request", type=Path, metavar="DIR", help="also write a request file per custodian here"
+    )
+    ro = cmd(
+        "rotate",
+        "new custodians and/or quorum, approved by m current custodians",
+        "sdctl rotate --cert a.pem --cert b.pem --cert f.pem --quorum 2 --reason 'carol left' --out sd-epoch2.json",
+    )
+    ro.add_argument(
+        "--cert",
+        dest="custodian_certs",
+        action="append",
+        type=Path,
+        required=True,
+        help="a new roster's wrapping certificate (3..10)",
+    )
+    ro.add_argument("--quorum", type=int, required=True, help="the new quorum (2..n, 3+ recommended)")
+    ro.add_argument("--reason", required=True, help="shown to every approving custodian")
+    ro.add_argument("--ttl", type=int, default=0, help="approval deadline in seconds (default: node's, 600)")
+    ro.add_argument("--out", type=Path, required=True, help="where to write the new SD file (must not exist)")
+    ro.add_argument(
+        "--offline-request", type=Path, metavar="DIR", help="also write a request file per custodian here"
+    )
+    up = cmd(
+        "upload-answer",
+        "upload answer files made offline by 'custodian-agent respond'",
+        "sdctl upload-answer alice-x1.answer.json",
+    )
+    up.add_argument("files", type=Path, nargs="+")
+    sf = cmd("sd-file", "fetch the current epoch's SD file", "sdctl sd-file --out sd-current.json")
+    sf.add_argument("--out", type=Path, required=True)
+    cu = cmd(
+        "custody",
+        "record or list custody events (hand-offs, locations, losses, reviews)",
+        "sdctl custody record --custodian alice --event handoff --holder 'Bob Smith' --location 'Safe 2, Zurich'",
+    )
+    cus = cu.add_subparsers(dest="custody_command", required=True)
+    cr = cus.add_parser(
+        "record",
+        help="record one custody event",
+        formatter_class=fmt,
+        epilog="example: sdctl custody record --custodian carol --event lost --note 'USB token lost in transit'",
+    )
+    cr.add_argument(
+        "--event", choices=["handoff", "location", "lost", "compromised", "review"], required=True
+    )
+    cr.add_argument("--custodian", help="the custodian (slot name); not for 'review'")
+    cr.add_argument("--holder", default="", help="the person now holding the key (handoff)")
+    cr.add_argument("--location", default="", help="where the key is now kept")
+    cr.add_argument("--note", default="")
+    cus.add_parser("list", help="list custody records", epilog="example: sdctl custody list")
+    co = cmd(
+        "compromise",
+        "mark the domain compromised (stops drills and rotation)",
+        "sdctl compromise --reason 'two keys lost'",
+    )
+    co.add_argument("--reason", required=True)
+    rv = cmd(
+        "review",
+        "the quarterly review: custodians, drills, hand-offs, findings",
+        "sdctl review --format html --out review.html",
+    )
+    rv.add_argument("--format", choices=["md", "html", "json"], default="md")
+    rv.add_argument("--out", type=Path, help="write here instead of standard output")
+    au = cmd(
+        "audit",
+        "export or verify the node's signed, hash-chained audit log",
+        "sdctl audit export --out audit.jsonl && sdctl audit verify audit.jsonl",
+    )
+    aus = au.add_subparsers(dest="audit_command", required=True)
+    ae = aus.add_parser(
+        "export",
+        help="export the audit log as JSON lines",
+        epilog="example: sdctl audit export --out audit.jsonl",
+    )
+    ae.add_argument("--chain", choices=["domain", "provisioning"], default="domain")
+    ae.add_argument("--out", type=Path)
+    av = aus.add_parser(
+        "verify",
+        help="verify an exported audit log (offline)",
+        epilog="example: sdctl audit verify audit.jsonl --attestation-root attestation-root.pem",
+    )
+    av.add_argument("file", type=Path)
+    av.add_argument("--attestation-root", type=Path, help="check the node's certificate against this root")
+
     pk = cmd(
         "pki",
         "make certificates for a test or throw-away deployment",
@@ -471,7 +563,7 @@ class Ctl:
             count = data.count(b"\n")
             self.emit(f"wrote {count} lines to {a.out}", {"out": str(a.out), "lines": count})
         else:
-            sys.stdout.write(data.decode())
+            self.out(data.decode().rstrip("\n"))
         return 0
 
     async def backup(self) -> int:

@@ -140,6 +140,21 @@ class Cluster:
             await c.admin.UploadSecurityDomain(chunks())
         return str(init.session_id)
 
+    async def node_status(self) -> pb.NodeStatus:
+        async with self.client() as c, c.errors():
+            return await c.node.GetStatus(pb.GetStatusRequest())
+
+    async def backup(self) -> bytes:
+        async with self.client() as c, c.errors():
+            return b"".join([ch.data async for ch in c.admin.Backup(pb.BackupRequest())])
+
+    async def restore(self, data: bytes) -> int:
+        async def chunks() -> AsyncIterator[pb.BackupChunk]:
+            yield pb.BackupChunk(data=data)
+
+        async with self.client() as c, c.errors():
+            return int((await c.admin.Restore(chunks())).keys_restored)
+
     async def wait_session(self, timeout: float = 20.0) -> pb.RecoveryProgress:
         """Watch the running session until it ends; returns its last progress."""
         session = self.node.session
