@@ -105,9 +105,16 @@ async def test_rotation_reseals_the_same_payload_for_a_new_roster(
             a.start_agent(NAMES[i], wrapping_keys[i], tmp_path)
         out = tmp_path / "sd-epoch2.json"
         r = await sdctl(
-            "rotate", *[x for p in new_certs for x in ("--cert", str(p))], "--quorum", "2",
-            "--reason", "carol, dave and erin leave", "--out", str(out), node=a.target,
-        )  # fmt: skip
+            "rotate",
+            *[x for p in new_certs for x in ("--cert", str(p))],
+            "--quorum",
+            "2",
+            "--reason",
+            "carol, dave and erin leave",
+            "--out",
+            str(out),
+            node=a.target,
+        )
         assert r.code == 0, r
         new_sd = SecurityDomainFile.from_bytes(out.read_bytes())
         assert (new_sd.header.epoch, new_sd.header.quorum, new_sd.header.n) == (2, 2, 3)
@@ -163,7 +170,7 @@ async def test_rotation_without_m_approvals_by_the_deadline_changes_nothing(
                 "--out",
                 str(out),
                 node=a.target,
-            )  # fmt: skip
+            )
         )
         await wait_for(lambda: a.node.session is not None and a.node.session.status().accepted == 2)
         a.clock.advance(31)
@@ -198,10 +205,19 @@ async def respond_offline(
     os.environ["SDQUORUM_PASSPHRASE"] = PASS
     try:
         return agent_cli(
-            "respond", "--request", str(request), "--out", str(out), "--yes",
-            "--attestation-root", str(pki_dir / "attestation-root.pem"),
-            "--wrapping-key", str(key), "--wrapping-cert", str(cert),
-        )  # fmt: skip
+            "respond",
+            "--request",
+            str(request),
+            "--out",
+            str(out),
+            "--yes",
+            "--attestation-root",
+            str(pki_dir / "attestation-root.pem"),
+            "--wrapping-key",
+            str(key),
+            "--wrapping-cert",
+            str(cert),
+        )
     finally:
         del os.environ["SDQUORUM_PASSPHRASE"]
 
@@ -388,9 +404,16 @@ async def test_lost_key_puts_the_domain_at_risk_and_compromise_stops_drills_and_
         assert drill.code == 3 and "compromised" in assert_one_line_error(drill)
         certs = pem_files(tmp_path, wrapping_keys[:3], ["alice", "bob", "frank"])
         rot = await sdctl(
-            "rotate", *[x for p in certs for x in ("--cert", str(p))], "--quorum", "2",
-            "--reason", "x", "--out", str(tmp_path / "r.json"), node=a.target,
-        )  # fmt: skip
+            "rotate",
+            *[x for p in certs for x in ("--cert", str(p))],
+            "--quorum",
+            "2",
+            "--reason",
+            "x",
+            "--out",
+            str(tmp_path / "r.json"),
+            node=a.target,
+        )
         assert rot.code == 3 and "compromised" in assert_one_line_error(rot)
         js = json.loads("\n".join((await sdctl("review", "--format", "json", node=a.target)).out))
         assert any(f["rule"] == "compromised" for f in js["findings"])
