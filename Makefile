@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint protos clean
+.PHONY: demo test lint tools protos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+# Debian tools the tests drive (headless Chromium); installed when missing and run as root.
+tools:
+	bash scripts/ensure-test-tools.sh
+
+test: lint tools
 	$(BIN)/python -m pytest
 
 protos: $(STAMP)
