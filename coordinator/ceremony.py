@@ -25,7 +25,14 @@ import nacl.public
 
 from sdquorum import shamir
 from sdquorum.envelopes import Attestation, ExchangeStatement
-from sdquorum.errors import SdquorumError, StateError, UsageError, VerificationError
+from sdquorum.errors import (
+    MalformedError,
+    SdquorumError,
+    StateError,
+    UnauthenticatedError,
+    UsageError,
+    VerificationError,
+)
 from sdquorum.sdfile import Header, SignedHeader
 
 __all__ = [
@@ -323,12 +330,16 @@ class Ceremony:
         return self._status[req.x]
 
     def submit(self, request_id: str, answer: bytes, now: int) -> ReleaseOutcome:
-        """Verify one answer. Raises StateError for a request that is not open; an answer that
-        fails a check returns ``accepted=False`` with the check named (and the custodian REJECTED)."""
+        """Verify one answer. Raises StateError for a request that is not open, and MalformedError or
+        UnauthenticatedError for an answer that does not parse or is not signed by the slot's key
+        (the slot stays open). A signed answer that fails a check returns ``accepted=False`` with the
+        check named, and its custodian is REJECTED."""
         req = self._open_request(request_id, now)
         p = self._status[req.x]
         try:
             detail = self._accept(req, answer)
+        except (UnauthenticatedError, MalformedError):
+            raise  # not attributable to the slot's custodian: refused, the slot stays open
         except SdquorumError as e:
             self._status[req.x] = CustodianProgress(p.x, p.name, CustodianStatus.REJECTED, str(e))
             self._after_answer()

@@ -379,7 +379,15 @@ class Node:
             session = self._require_session()
             if kind is not None and session.kind != kind:
                 raise VerificationError(f"a {kind} answer was sent to a {session.kind} session")
-            outcome = session.submit(request_id, answer, self.now())
+            try:
+                outcome = session.submit(request_id, answer, self.now())
+            except SdquorumError as e:
+                self.audit(
+                    f"{session.kind}-answer-refused",
+                    caller,
+                    {"session_id": session.session_id, "request_id": request_id[:64], "reason": str(e)},
+                )
+                raise
             details = {
                 "session_id": session.session_id,
                 "custodian": outcome.name,

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sdquorum import pki, shamir
 from sdquorum.encoding import b64d, b64e, canonical_json, parse_json_object
-from sdquorum.errors import MalformedError, VerificationError
+from sdquorum.errors import MalformedError, UnauthenticatedError, VerificationError
 from sdquorum.keys import WrappingKey, verify_pss
 from sdquorum.sdfile import Header, SignedHeader, share_label
 
@@ -537,10 +537,12 @@ def _check_binding(
     """What every custodian answer must bind: its slot and signer, session, domain, epoch, attestation."""
     what = env.what
     slot = header.slot(expected_x)
+    # The signature first: an answer not signed by the slot's key is nobody's, and must not count
+    # against the slot's custodian (else anyone could knock an honest custodian out of a session).
+    if not verify_pss(slot.certificate_der, env.statement_bytes, env.signature):
+        raise UnauthenticatedError(f"the {what} is not signed by slot {expected_x}'s wrapping key")
     if st.x != expected_x:
         raise VerificationError(f"the {what} claims slot {st.x} on a request for slot {expected_x}")
-    if not verify_pss(slot.certificate_der, env.statement_bytes, env.signature):
-        raise VerificationError(f"the {what} is not signed by slot {expected_x}'s wrapping key")
     if not hmac.compare_digest(st.session_id.encode(), session_id.encode()):
         raise VerificationError(f"the {what} belongs to another session (replay)")
     if st.domain_id != header.domain_id or st.epoch != header.epoch:

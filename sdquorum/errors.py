@@ -20,6 +20,7 @@ __all__ = [
     "SdquorumError",
     "StateError",
     "TransportError",
+    "UnauthenticatedError",
     "UsageError",
     "VerificationError",
 ]
@@ -35,6 +36,10 @@ class PeerError(SdquorumError):
 
 class VerificationError(PeerError):
     """A cryptographic or binding check failed (signature, VSS, session, expiry)."""
+
+
+class UnauthenticatedError(VerificationError):
+    """A message is not signed by the key it must come from: nobody can be blamed for it."""
 
 
 class MalformedError(PeerError):

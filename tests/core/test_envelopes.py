@@ -412,7 +412,7 @@ RELEASE_REFUSALS = [
         "bob's own release (x=2) sent on alice's request",
         lambda c: _honest_release(c, 2),
         _opening,
-        "claims slot 2 on a request for slot 1",
+        "not signed by slot 1.s wrapping key",
     ),
     ReleaseCase(
         "bob claims alice's slot: x=1, alice's thumbprint, signed by bob",
