@@ -429,7 +429,12 @@ class Node:
                 caller,
                 reason,
             )
-            self._notify()
+            self.audit(
+                f"{session.kind}-denied",
+                caller,
+                {"session_id": session.session_id, "custodian": p.name, "x": p.x, "reason": p.detail},
+            )
+            self._after_change(session)
 
     def _require_session(self) -> Ceremony:
         if self._session is None:

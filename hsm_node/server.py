@@ -25,7 +25,7 @@ from sdquorum.review import CustodyRecord
 from sdquorum.sdfile import MAX_SD_FILE_BYTES
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2_grpc as pbg
-from sdquorum_rpc.errors import rpc
+from sdquorum_rpc.errors import RequestGuard, rpc
 from sdquorum_rpc.tls import Ctx, TlsFiles, channel_options, server_credentials
 
 __all__ = ["CHUNK_BYTES", "NodeServer", "serve", "status_to_proto"]
@@ -386,7 +386,9 @@ async def serve(
     node: Node, listen: str, tls: TlsFiles, max_message_bytes: int = 4 * 1024 * 1024
 ) -> NodeServer:
     """Bind ``listen`` (host:port, port 0 picks one) with mTLS and start serving."""
-    server = grpc.aio.server(options=channel_options(max_message_bytes))
+    server = grpc.aio.server(
+        options=channel_options(max_message_bytes), interceptors=[RequestGuard(node.audit_refusal)]
+    )
     pbg.add_NodeServicer_to_server(NodeServicer(node), server)  # type: ignore[no-untyped-call]  # generated, untyped
     pbg.add_NodeAdminServicer_to_server(AdminServicer(node), server)  # type: ignore[no-untyped-call]  # generated, untyped
     pbg.add_KeysServicer_to_server(KeysServicer(node), server)  # type: ignore[no-untyped-call]  # generated, untyped

@@ -35,7 +35,7 @@ from sdquorum.errors import (
 )
 from sdquorum_rpc.tls import Ctx, caller_role
 
-__all__ = ["rpc", "status_for", "translate_rpc_error"]
+__all__ = ["RequestGuard", "rpc", "status_for", "translate_rpc_error"]
 
 log = logging.getLogger("sdquorum.rpc")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -182,3 +182,98 @@ def translate_rpc_error(e: grpc.RpcError, target: str) -> SdquorumError:
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
         return UsageError(f"{target} refused a message over its size limit: {details}")
     return TransportError(f"{target} failed ({code.name}): {details or 'no detail'}")
+
+
+class _Malformed:
+    """Stands in for a request whose bytes did not parse as its protobuf message."""
+
+
+MALFORMED = _Malformed()
+MALFORMED_DETAILS = "malformed request"
+RefusalHook = Callable[[str, "pki.Role | None", str, str], None]
+
+
+class RequestGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # generic only in the stubs
+    """Refuse requests whose bytes are not the method's protobuf message.
+
+    grpc would answer UNKNOWN with the parser's exception text; this answers INVALID_ARGUMENT
+    "malformed request", tells nothing more, and audits the refusal (``on_refusal``).
+    """
+
+    def __init__(self, on_refusal: RefusalHook | None = None) -> None:
+        self._on_refusal = on_refusal
+
+    def _refused(self, method: str, context: Ctx | None) -> None:
+        role: pki.Role | None = None
+        if context is not None:
+            try:
+                role = caller_role(context)
+            except SdquorumError:
+                role = None
+        log.warning("%s by %s refused: %s", method, role or "unknown peer", MALFORMED_DETAILS)
+        if self._on_refusal is not None:
+            try:
+                self._on_refusal(method, role, "INVALID_ARGUMENT", MALFORMED_DETAILS)
+            except Exception:
+                log.exception("could not audit the refusal of %s", method)
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Any], details: grpc.HandlerCallDetails
+    ) -> Any:
+        handler = await continuation(details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        method = details.method
+        parse = handler.request_deserializer
+
+        def safe(data: bytes) -> Any:
+            try:
+                return parse(data)
+            except Exception:  # any parser failure: the peer sent bytes that are not the message
+                return MALFORMED
+
+        def guarded_stream(requests: AsyncIterator[Any], context: Ctx) -> AsyncIterator[Any]:
+            async def gen() -> AsyncIterator[Any]:
+                async for r in requests:
+                    if r is MALFORMED:
+                        self._refused(method, context)
+                        raise MalformedError("a message of the request stream is malformed")
+                    yield r
+
+            return gen()
+
+        if handler.unary_unary is not None:
+            inner_uu = handler.unary_unary
+
+            async def uu(request: Any, context: Ctx) -> Any:
+                if request is MALFORMED:
+                    self._refused(method, context)
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED_DETAILS)
+                return await inner_uu(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(uu, safe, handler.response_serializer)
+        if handler.unary_stream is not None:
+            inner_us = handler.unary_stream
+
+            async def us(request: Any, context: Ctx) -> AsyncIterator[Any]:
+                if request is MALFORMED:
+                    self._refused(method, context)
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED_DETAILS)
+                async for item in inner_us(request, context):
+                    yield item
+
+            return grpc.unary_stream_rpc_method_handler(us, safe, handler.response_serializer)
+        if handler.stream_unary is not None:
+            inner_su = handler.stream_unary
+
+            async def su(requests: AsyncIterator[Any], context: Ctx) -> Any:
+                return await inner_su(guarded_stream(requests, context), context)
+
+            return grpc.stream_unary_rpc_method_handler(su, safe, handler.response_serializer)
+        inner_ss = handler.stream_stream
+
+        async def ss(requests: AsyncIterator[Any], context: Ctx) -> AsyncIterator[Any]:
+            async for item in inner_ss(guarded_stream(requests, context), context):
+                yield item
+
+        return grpc.stream_stream_rpc_method_handler(ss, safe, handler.response_serializer)
