@@ -29,9 +29,9 @@ class RotationSession(Ceremony):
     def start(
         self, signed: SignedHeader, proposal: RotationProposal, now: int, sign: AttestationSigner
     ) -> Attestation:
-        self.proposal = proposal
         if signed.header.domain_id != proposal.domain_id or signed.header.epoch != proposal.from_epoch:
             raise StateError("the proposal names another domain or epoch than the node holds")
+        self.proposal = proposal
         return self._open(signed, now, sign, proposal=proposal.to_bytes())
 
     def _collecting_message(self) -> str:

@@ -25,7 +25,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from sdquorum import pki
-from sdquorum.encoding import b64d, b64e, canonical_json
+from sdquorum.encoding import b64d, b64e, canonical_json, parse_json
 from sdquorum.errors import MalformedError, VerificationError
 
 __all__ = ["GENESIS", "AuditEntry", "VerifiedLog", "export_lines", "make_entry", "verify_export"]
@@ -88,7 +88,8 @@ class AuditEntry:
                 prev=bytes.fromhex(_str(obj["prev"])),
                 signature=b64d(obj["sig"], "audit signature"),
             )
-        except (KeyError, ValueError) as e:
+            entry.body()  # every field must encode back canonically
+        except (KeyError, ValueError, RecursionError) as e:
             raise MalformedError(f"audit entry is malformed: {e}") from e
         return entry
 
@@ -153,10 +154,7 @@ def verify_export(
     rows = [line for line in (raw.strip() for raw in lines) if line]
     if len(rows) < 2:
         raise VerificationError("the audit export has no header or no head line: it is truncated")
-    try:
-        objs = [json.loads(r) for r in rows]
-    except ValueError as e:
-        raise MalformedError("the audit export has a line that is not JSON") from e
+    objs = [parse_json(r, f"audit export line {i + 1}") for i, r in enumerate(rows)]
     header, head, body = objs[0], objs[-1], objs[1:-1]
     if not isinstance(header, dict) or header.get("type") != EXPORT_TYPE:
         raise VerificationError("the first line is not an sdquorum audit export header")

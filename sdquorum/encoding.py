@@ -9,12 +9,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from typing import Any
 
 from sdquorum.errors import MalformedError
 
-__all__ = ["b64d", "b64e", "canonical_json", "parse_json_object"]
+__all__ = ["b64d", "b64e", "canonical_json", "parse_json", "parse_json_object"]
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]*={0,2}")
 
@@ -46,12 +47,22 @@ def canonical_json(obj: Any) -> bytes:
     )
 
 
+def parse_json(text: str | bytes, what: str) -> Any:
+    """Strict JSON: UTF-8, no NaN/Infinity, no number that overflows to infinity, no lone
+    surrogate (everything parsed can be written back as canonical JSON). MalformedError otherwise."""
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        obj = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        canonical_json(obj)  # refuses lone surrogates, which would break every later encode
+    except (UnicodeError, ValueError, RecursionError) as e:
+        raise MalformedError(f"{what} is not valid JSON") from e
+    return obj
+
+
 def parse_json_object(data: bytes, what: str) -> dict[str, Any]:
     """Parse ``data`` as a JSON object; anything else is a MalformedError naming ``what``."""
-    try:
-        obj = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise MalformedError(f"{what} is not valid JSON") from e
+    obj = parse_json(data, what)
     if not isinstance(obj, dict):
         raise MalformedError(f"{what} must be a JSON object")
     return obj
@@ -59,3 +70,10 @@ def parse_json_object(data: bytes, what: str) -> dict[str, Any]:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"non-standard JSON constant {name}")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value

@@ -97,6 +97,10 @@ class OfflineAnswer:
     denied: bool = False
     reason: str = ""
 
+    def __post_init__(self) -> None:
+        if self.kind not in PURPOSES:
+            raise MalformedError(f"unknown answer kind {self.kind!r}")
+
     def to_bytes(self) -> bytes:
         return canonical_json(
             {

@@ -63,21 +63,33 @@ class RotationProposal:
         custodians = obj.get("custodians")
         if obj.get("type") != PROPOSAL_TYPE or not isinstance(custodians, list):
             raise MalformedError("not a rotation proposal")
+        if not all(isinstance(c, dict) for c in custodians):
+            raise MalformedError("rotation proposal: every custodian must be an object")
+        domain, proposer, reason = obj.get("domain_id"), obj.get("proposer"), obj.get("reason")
+        if not isinstance(domain, str) or not isinstance(proposer, str) or not isinstance(reason, str):
+            raise MalformedError("rotation proposal: domain_id, proposer and reason must be strings")
         try:
-            return cls(
-                domain_id=bytes.fromhex(str(obj["domain_id"])),
-                from_epoch=int(obj["from_epoch"]),
-                quorum=int(obj["quorum"]),
-                certificates_der=tuple(b64d(c.get("certificate"), "certificate") for c in custodians),
-                proposer=str(obj["proposer"]),
-                reason=str(obj["reason"]),
-                expires_at=int(obj["expires_at"]),
-            )
-        except (KeyError, ValueError, TypeError, AttributeError) as e:
-            raise MalformedError(f"rotation proposal is malformed: {e}") from e
+            domain_id = bytes.fromhex(domain)
+        except ValueError as e:
+            raise MalformedError("rotation proposal: domain_id must be hex") from e
+        return cls(
+            domain_id=domain_id,
+            from_epoch=_int(obj.get("from_epoch"), "from_epoch"),
+            quorum=_int(obj.get("quorum"), "quorum"),
+            certificates_der=tuple(b64d(c.get("certificate"), "certificate") for c in custodians),
+            proposer=proposer,
+            reason=reason,
+            expires_at=_int(obj.get("expires_at"), "expires_at"),
+        )
 
     def summary(self) -> str:
         return (
             f"rotate domain {self.domain_id.hex()} from epoch {self.from_epoch} to {self.to_epoch}: "
             f"quorum {self.quorum} of {len(self.certificates_der)} ({'; '.join(self.names())})"
         )
+
+
+def _int(value: object, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+        raise MalformedError(f"rotation proposal: {what} must be a non-negative integer")
+    return value
