@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import nacl.public
 
 from sdquorum import shamir
-from sdquorum.envelopes import Attestation, ExchangeStatement
+from sdquorum.envelopes import Attestation, Denial, ExchangeStatement, verify_denial
 from sdquorum.errors import (
     MalformedError,
     SdquorumError,
@@ -322,7 +322,20 @@ class Ceremony:
         self._status[x] = CustodianProgress(p.x, p.name, CustodianStatus.REJECTED, reason)
         self._after_answer()
 
+    def deny_signed(self, request_id: str, denial: bytes, now: int) -> CustodianProgress:
+        """A denial signed by the slot's own key (UnauthenticatedError otherwise: the slot stays open)."""
+        req = self._open_request(request_id, now)
+        reason = verify_denial(
+            Denial.from_bytes(denial),
+            header=self.header,
+            expected_x=req.x,
+            session_id=self.session_id,
+            request_id=request_id,
+        )
+        return self.deny(request_id, reason, now)
+
     def deny(self, request_id: str, reason: str, now: int) -> CustodianProgress:
+        """Settle a request as DENIED (the host calls :meth:`deny_signed` for what a peer sends)."""
         req = self._open_request(request_id, now)
         p = self._status[req.x]
         self._status[req.x] = CustodianProgress(p.x, p.name, CustodianStatus.DENIED, reason[:200])

@@ -149,7 +149,7 @@ class Agent:
             checked = responder.check(req, self.thumbprint, self.config.policy, now)
         except SdquorumError as e:
             log.warning("request %s refused before decryption: %s", msg.request_id, e)
-            await self._deny(client, msg.request_id, CHECK_FAILED)
+            await self._deny(client, msg, CHECK_FAILED)
             return "refused"
         details = responder.describe(req, checked)
         log.info("request %s: %s", req.request_id, json.dumps(details, sort_keys=True))
@@ -164,13 +164,13 @@ class Agent:
             decision = await self.approvals.wait(req.request_id, deadline=checked.statement.expires_at)
             if not decision.approved:
                 log.info("request %s denied by the custodian: %s", req.request_id, decision.reason)
-                await self._deny(client, req.request_id, f"denied by the custodian: {decision.reason}"[:200])
+                await self._deny(client, msg, f"denied by the custodian: {decision.reason}"[:200])
                 return "denied"
         try:
             answer = responder.answer(req, checked, self.key, os.urandom)
         except SdquorumError as e:
             log.error("request %s: cannot answer: %s", req.request_id, e)
-            await self._deny(client, req.request_id, CHECK_FAILED)
+            await self._deny(client, msg, CHECK_FAILED)
             return "refused"
         with client.errors():
             if req.kind == "recovery":
@@ -191,9 +191,13 @@ class Agent:
         )
         return {"recovery": "released", "drill": "proved", "rotation": "approved"}[req.kind]
 
-    async def _deny(self, client: NodeClient, request_id: str, reason: str) -> None:
+    async def _deny(self, client: NodeClient, msg: pb.CustodianRequest, reason: str) -> None:
+        """A denial signed with the wrapping key, so nobody else can deny in this custodian's name."""
+        denial = envelopes.make_denial(
+            self.key, session_id=msg.session_id, request_id=msg.request_id, x=msg.x, reason=reason
+        )
         try:
             with client.errors():
-                await client.custodian.Deny(pb.Denial(request_id=request_id, reason=reason))
+                await client.custodian.Deny(pb.Denial(request_id=msg.request_id, signed=denial.to_bytes()))
         except SdquorumError as e:
-            log.info("request %s: the node did not take the denial: %s", request_id, e)
+            log.info("request %s: the node did not take the denial: %s", msg.request_id, e)

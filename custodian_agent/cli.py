@@ -24,7 +24,7 @@ from custodian_agent import responder
 from custodian_agent.agent import Agent, AgentConfig
 from custodian_agent.approvals import ApprovalBox
 from custodian_agent.keyfile import keygen, load_wrapping_key, read_passphrase
-from sdquorum import pki
+from sdquorum import envelopes, pki
 from sdquorum.envelopes import CustodianPolicy
 from sdquorum.errors import UsageError
 from sdquorum.offline import CeremonyRequest, OfflineAnswer
@@ -188,7 +188,18 @@ def _respond(args: argparse.Namespace) -> int:
         )
     else:
         answer = OfflineAnswer(
-            req.request_id, req.session_id, req.kind, b"", denied=True, reason="denied by the custodian"
+            req.request_id,
+            req.session_id,
+            req.kind,
+            envelopes.make_denial(
+                key,
+                session_id=req.session_id,
+                request_id=req.request_id,
+                x=req.x,
+                reason="denied by the custodian",
+            ).to_bytes(),
+            denied=True,
+            reason="denied by the custodian",
         )
     write_private_file(args.out, answer.to_bytes(), mode=0o644)
     print(

@@ -417,10 +417,19 @@ class Node:
             if not outcome.accepted:
                 raise VerificationError(outcome.reason)
 
-    async def deny(self, request_id: str, reason: str, caller: Role) -> None:
+    async def deny(self, request_id: str, signed_denial: bytes, caller: Role) -> None:
         async with self._lock:
             session = self._require_session()
-            p = session.deny(request_id, reason, self.now())
+            try:
+                p = session.deny_signed(request_id, signed_denial, self.now())
+            except SdquorumError as e:
+                self.audit(
+                    f"{session.kind}-denial-refused",
+                    caller,
+                    {"session_id": session.session_id, "request_id": request_id[:64], "reason": str(e)},
+                )
+                raise
+            reason = p.detail
             log.warning(
                 "session %s: %s (x=%d) denied the request via %s: %s",
                 session.session_id,

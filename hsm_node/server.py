@@ -225,7 +225,7 @@ class AdminServicer:
     @rpc("admin")
     async def SubmitOfflineResponse(self, request: pb.OfflineResponse, context: Ctx, role: Role) -> pb.Ack:
         if request.denied:
-            await self.node.deny(request.request_id, request.reason or "denied offline", role)
+            await self.node.deny(request.request_id, bytes(request.answer), role)
         else:
             await self.node.submit_answer(request.request_id, bytes(request.answer), role)
         return pb.Ack()
@@ -352,7 +352,7 @@ class CustodianServicer:
 
     @rpc("custodian")
     async def Deny(self, request: pb.Denial, context: Ctx, role: Role) -> pb.Ack:
-        await self.node.deny(request.request_id, request.reason, role)
+        await self.node.deny(request.request_id, bytes(request.signed), role)
         return pb.Ack()
 
 

@@ -448,9 +448,7 @@ class Ctl:
         async with self.client() as c, c.errors():
             for path, ans in zip(self.args.files, answers, strict=True):
                 await c.admin.SubmitOfflineResponse(
-                    pb.OfflineResponse(
-                        request_id=ans.request_id, answer=ans.answer, denied=ans.denied, reason=ans.reason
-                    )
+                    pb.OfflineResponse(request_id=ans.request_id, answer=ans.answer, denied=ans.denied)
                 )
                 self.emit(
                     f"uploaded {path}: {'denial' if ans.denied else ans.kind + ' answer'} accepted by the node",

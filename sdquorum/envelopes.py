@@ -46,6 +46,8 @@ __all__ = [
     "Attestation",
     "CheckedRequest",
     "CustodianPolicy",
+    "Denial",
+    "DenialStatement",
     "ExchangeStatement",
     "Proof",
     "ProofStatement",
@@ -53,12 +55,14 @@ __all__ = [
     "ReleaseStatement",
     "check_request",
     "decrypt_share",
+    "make_denial",
     "make_proof",
     "make_release",
     "open_release",
     "proof_context",
     "sign_attestation",
     "verify_attestation",
+    "verify_denial",
     "verify_proof",
 ]
 
@@ -70,6 +74,7 @@ MAX_ENVELOPE_BYTES = 64 * 1024
 CLOCK_SKEW_SECONDS = 120
 PURPOSES = ("recovery", "drill", "rotation")
 PROOF_TYPE = "sdquorum-possession-proof-v1"
+DENIAL_TYPE = "sdquorum-denial-v1"
 
 
 @dataclass(frozen=True)
@@ -468,6 +473,78 @@ class Proof(_SignedEnvelope):
         self.statement = ProofStatement.from_bytes(self.statement_bytes)
 
 
+@dataclass(frozen=True)
+class DenialStatement:
+    """A custodian's signed refusal of one request: only the slot's own key can take its slot out."""
+
+    session_id: str
+    request_id: str
+    x: int
+    thumbprint: bytes
+    reason: str
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(
+            {
+                "type": DENIAL_TYPE,
+                "session_id": self.session_id,
+                "request_id": self.request_id,
+                "x": self.x,
+                "x5t_256": b64e(self.thumbprint),
+                "reason": self.reason,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> DenialStatement:
+        obj = parse_json_object(data, "denial statement")
+        if obj.get("type") != DENIAL_TYPE:
+            raise MalformedError("denial statement: unknown type")
+        return cls(
+            session_id=_str(obj, "session_id"),
+            request_id=_str(obj, "request_id"),
+            x=_int(obj, "x"),
+            thumbprint=_b64(obj, "x5t_256", 32),
+            reason=_str(obj, "reason"),
+        )
+
+
+class Denial(_SignedEnvelope):
+    what = "denial"
+
+    def _parse(self) -> None:
+        self.statement = DenialStatement.from_bytes(self.statement_bytes)
+
+
+def make_denial(key: WrappingKey, *, session_id: str, request_id: str, x: int, reason: str) -> Denial:
+    statement = DenialStatement(
+        session_id=session_id,
+        request_id=request_id,
+        x=x,
+        thumbprint=hashlib.sha256(key.certificate_der()).digest(),
+        reason=reason[:200],
+    )
+    data = statement.to_bytes()
+    return Denial(data, key.sign(data))
+
+
+def verify_denial(
+    denial: Denial, *, header: Header, expected_x: int, session_id: str, request_id: str
+) -> str:
+    """The reason of a denial signed by slot ``expected_x``'s key for exactly this request."""
+    st, slot = denial.statement, header.slot(expected_x)
+    if not verify_pss(slot.certificate_der, denial.statement_bytes, denial.signature):
+        raise UnauthenticatedError(f"the denial is not signed by slot {expected_x}'s wrapping key")
+    if (
+        st.x != expected_x
+        or not hmac.compare_digest(st.session_id.encode(), session_id.encode())
+        or not hmac.compare_digest(st.request_id.encode(), request_id.encode())
+        or not hmac.compare_digest(st.thumbprint, slot.thumbprint)
+    ):
+        raise UnauthenticatedError("the denial was made for another request (replay)")
+    return st.reason
+
+
 def proof_context(st: ExchangeStatement, x: int, attestation_sha256: bytes) -> bytes:
     """What a Schnorr proof is bound to: purpose, session, node, domain, epoch, slot, challenge, proposal."""
     return canonical_json(
@@ -541,16 +618,17 @@ def _check_binding(
     # against the slot's custodian (else anyone could knock an honest custodian out of a session).
     if not verify_pss(slot.certificate_der, env.statement_bytes, env.signature):
         raise UnauthenticatedError(f"the {what} is not signed by slot {expected_x}'s wrapping key")
+    # A signed answer of another session is a replay by whoever kept it, not this custodian's doing.
+    if not hmac.compare_digest(st.session_id.encode(), session_id.encode()):
+        raise UnauthenticatedError(f"the {what} belongs to another session (replay)")
+    if not hmac.compare_digest(st.attestation_sha256, attestation_sha256):
+        raise UnauthenticatedError(f"the {what} answers another attestation than this session's (replay)")
     if st.x != expected_x:
         raise VerificationError(f"the {what} claims slot {st.x} on a request for slot {expected_x}")
-    if not hmac.compare_digest(st.session_id.encode(), session_id.encode()):
-        raise VerificationError(f"the {what} belongs to another session (replay)")
     if st.domain_id != header.domain_id or st.epoch != header.epoch:
         raise VerificationError(f"the {what} is for another domain or epoch")
     if not hmac.compare_digest(st.thumbprint, slot.thumbprint):
         raise VerificationError(f"the {what} names another wrapping certificate than the slot's")
-    if not hmac.compare_digest(st.attestation_sha256, attestation_sha256):
-        raise VerificationError(f"the {what} answers another attestation than this session's")
 
 
 def _limit(data: bytes, what: str) -> None:

@@ -360,9 +360,11 @@ def test_drill_proof_replayed_from_an_earlier_drill_is_rejected(
     old = Run(earlier, sealed, drill.keys, drill.policy, drill.now, drill.t0)
     req, checked = old.checked(5)
     stale = responder.answer(req, checked, drill.keys[4], rng(5))
-    assert not drill.submit(5, stale)
-    assert drill.statuses()[5] is REJECTED
-    assert "belongs to another session (replay)" in drill.detail(5)
+    # A replay is whoever kept it, not erin: refused, and her slot stays open for her real answer.
+    with pytest.raises(UnauthenticatedError, match=r"belongs to another session \(replay\)"):
+        drill.submit(5, stale)
+    assert drill.statuses()[5] is not REJECTED
+    assert drill.prove(5)
 
 
 def test_drill_at_the_deadline_refuses_late_answers(drill: Run) -> None:
@@ -449,17 +451,17 @@ def test_rotation_approval_for_another_proposal_is_rejected(
     elsewhere = Run(other, sealed, rotation.keys, rotation.policy, rotation.now, rotation.t0)
     req, checked = elsewhere.checked(2)
     approval = responder.answer(req, checked, rotation.keys[1], rng(2))
-    assert not rotation.submit(2, approval)
-    assert rotation.statuses()[2] is REJECTED
-    assert "answers another attestation" in rotation.detail(2)
+    with pytest.raises(UnauthenticatedError, match=r"answers another attestation|another session"):
+        rotation.submit(2, approval)
+    assert rotation.statuses()[2] is not REJECTED
 
 
 def test_drill_proof_is_not_a_rotation_approval(rotation: Run, drill: Run) -> None:
     req, checked = drill.checked(3)
     proof = responder.answer(req, checked, drill.keys[2], rng(3))
-    assert not rotation.submit(3, proof)
-    assert rotation.statuses()[3] is REJECTED
-    assert "the proof belongs to another session (replay)" in rotation.detail(3)
+    with pytest.raises(UnauthenticatedError, match=r"the proof belongs to another session \(replay\)"):
+        rotation.submit(3, proof)
+    assert rotation.statuses()[3] is not REJECTED
 
 
 @pytest.mark.parametrize(

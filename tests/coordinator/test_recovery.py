@@ -304,14 +304,17 @@ def test_load_sd_file_twice_is_refused(ceremony: Ceremony) -> None:
     assert ceremony.session.status() == before
 
 
-def test_release_from_another_session_is_rejected(ceremony: Ceremony, start_session: SessionFactory) -> None:
+def test_release_from_another_session_is_refused_and_the_slot_stays_open(
+    ceremony: Ceremony, start_session: SessionFactory
+) -> None:
     other = start_session(ceremony.sealed.sd, session_id="session-2")
     agent = ceremony.agents[1]
     stale = agent.answer(other)  # a release answering session-2, replayed into session-1
     req = agent.request(ceremony.session)
-    outcome = ceremony.session.submit(req.request_id, stale, ceremony.t0)
-    assert not outcome.accepted
-    assert "another session" in outcome.reason
+    with pytest.raises(UnauthenticatedError, match="another session"):
+        ceremony.session.submit(req.request_id, stale, ceremony.t0)
+    assert ceremony.statuses()[1] is not REJECTED
+    assert ceremony.answer(1)
 
 
 def test_progress_after_completion_still_counts_the_accepted(ceremony: Ceremony) -> None:

@@ -310,11 +310,13 @@ REFUSALS = [
         "drill proof replayed into another session",
         _replayed_into_another_session,
         r"the proof belongs to another session \(replay\)",
+        UnauthenticatedError,
     ),
     Refusal(
         "drill proof replayed into a re-issued attestation of the same session (new challenge)",
         _replayed_into_a_reissued_attestation,
         "the proof answers another attestation than this session's",
+        UnauthenticatedError,
     ),
     Refusal(
         "bob's proof submitted for alice's slot",
@@ -354,11 +356,17 @@ REFUSALS = [
         _wrong_share,
         "slot 1's proof of possession of its share does not verify",
     ),
-    Refusal("drill proof for another domain", _another_domain, "the proof is for another domain or epoch"),
+    Refusal(
+        "drill proof for another domain",
+        _another_domain,
+        "the proof answers another attestation than this session's",
+        UnauthenticatedError,
+    ),
     Refusal(
         "rotation approval of another proposal",
         _approval_of_another_proposal,
         "the proof answers another attestation than this session's",
+        UnauthenticatedError,
     ),
     Refusal(
         "rotation approval carrying another proposal's hash under this attestation",
@@ -369,6 +377,7 @@ REFUSALS = [
         "drill proof submitted as a rotation approval",
         _drill_proof_as_rotation_approval,
         "the proof answers another attestation than this session's",
+        UnauthenticatedError,
     ),
     Refusal(
         "proof saying drill under the rotation's attestation",
@@ -379,6 +388,7 @@ REFUSALS = [
         "rotation approval submitted as a drill proof",
         _rotation_approval_as_drill_proof,
         "the proof answers another attestation than this session's",
+        UnauthenticatedError,
     ),
     Refusal(
         "proof saying rotation under the drill's attestation",

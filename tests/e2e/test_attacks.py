@@ -107,7 +107,9 @@ async def test_attack_release_replayed_from_an_earlier_session(
         await b.start_recovery(domain, ttl=60)
         rid2, _ = checked_for(b, dave, pki_dir)
         err = await submit(b, "dave", rid2, old)
-        refused_and_audited(b, err, "recovery-answer-rejected", "another session")
+        refused_and_audited(b, err, "recovery-answer-refused", "another session")
+        # The replay is not dave's doing: his slot stays open for his real answer.
+        assert {c.name: c.status.name for c in b.node.session.status().custodians}["dave"] != "REJECTED"
         assert b.node.session is not None and b.node.session.state.name == "COLLECTING"
 
 
@@ -380,3 +382,28 @@ def test_attack_table_is_documented() -> None:
     ]
     missing = [n for n in names if n not in text]
     assert missing == []
+
+
+async def test_attack_denial_in_another_custodians_name(
+    recovering: Cluster, pki_dir: Path, wrapping_keys: list[SoftwareWrappingKey], tmp_path: Path
+) -> None:
+    """Bob learns alice's request id (requests carry nothing secret) and denies in her name."""
+    alice, bob = wrapping_keys[0], wrapping_keys[1]
+    alice_rid, checked = checked_for(recovering, alice, pki_dir)
+    x = checked.x
+    for forged in (
+        envelopes.make_denial(
+            bob, session_id=recovering.node.session.session_id, request_id=alice_rid, x=x, reason="no"
+        ),  # type: ignore[union-attr]
+        envelopes.make_denial(alice, session_id="an-earlier-session", request_id=alice_rid, x=x, reason="no"),
+    ):
+        async with recovering.client("custodian-bob") as c:
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await c.custodian.Deny(pb.Denial(request_id=alice_rid, signed=forged.to_bytes()))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and e.value.details() == "a check failed"
+    assert any(ev["event"] == "recovery-denial-refused" for ev in audit_events(recovering))
+    for i in (0, 1, 2):
+        recovering.start_agent(NAMES[i], wrapping_keys[i], tmp_path)
+    last = await recovering.wait_session()
+    assert last.state == pb.COMPLETED
+    assert {c.name: c.status for c in last.custodians}["alice"] == pb.ACCEPTED

@@ -113,7 +113,7 @@ async def test_role_calling_another_roles_api_is_permission_denied(
             elif call == "keys":
                 await c.keys.ListKeys(pb.ListKeysRequest())
             else:
-                await c.custodian.Deny(pb.Denial(request_id="00" * 8, reason="x"))
+                await c.custodian.Deny(pb.Denial(request_id="00" * 8, signed=b"{}"))
     assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert cluster.node.session is None
 

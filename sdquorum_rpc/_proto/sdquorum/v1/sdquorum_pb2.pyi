@@ -231,16 +231,14 @@ class ExportRequestsResponse(_message.Message):
     def __init__(self, requests: _Optional[_Iterable[_Union[OfflineRequest, _Mapping]]] = ...) -> None: ...
 
 class OfflineResponse(_message.Message):
-    __slots__ = ("request_id", "answer", "denied", "reason")
+    __slots__ = ("request_id", "answer", "denied")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     DENIED_FIELD_NUMBER: _ClassVar[int]
-    REASON_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     answer: bytes
     denied: bool
-    reason: str
-    def __init__(self, request_id: _Optional[str] = ..., answer: _Optional[bytes] = ..., denied: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., answer: _Optional[bytes] = ..., denied: _Optional[bool] = ...) -> None: ...
 
 class CustodyRecordRequest(_message.Message):
     __slots__ = ("record",)
@@ -451,12 +449,12 @@ class ProofSubmission(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., proof: _Optional[bytes] = ...) -> None: ...
 
 class Denial(_message.Message):
-    __slots__ = ("request_id", "reason")
+    __slots__ = ("request_id", "signed")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
-    REASON_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_FIELD_NUMBER: _ClassVar[int]
     request_id: str
-    reason: str
-    def __init__(self, request_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    signed: bytes
+    def __init__(self, request_id: _Optional[str] = ..., signed: _Optional[bytes] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ()
