@@ -313,6 +313,15 @@ class Ceremony:
                 p.x, p.name, CustodianStatus.REQUESTED, "awaiting approval"
             )
 
+    def mark_disconnected(self, thumbprint: bytes) -> None:
+        """The agent holding ``thumbprint`` went away: its open request is no longer 'requested'."""
+        for req in self.requests_for(thumbprint):
+            p = self._status[req.x]
+            if p.status is CustodianStatus.REQUESTED:
+                self._status[req.x] = CustodianProgress(
+                    p.x, p.name, CustodianStatus.NOT_CONNECTED, "agent disconnected"
+                )
+
     def reject_slot(self, x: int, reason: str, now: int) -> None:
         """The host found a slot's custodian unable to answer (for example: its key no longer matches)."""
         self._check_deadline(now)

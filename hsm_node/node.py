@@ -343,6 +343,9 @@ class Node:
     def agent_disconnected(self, role: Role, thumbprint: bytes) -> None:
         if role.name and self._agents.get(role.name) == thumbprint:
             del self._agents[role.name]
+        if self._session is not None and thumbprint not in self._agents.values():
+            self._session.mark_disconnected(thumbprint)
+            self._notify()
 
     def _check_agent_keys(self) -> None:
         s = self._session

@@ -33,7 +33,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sdquorum.backup import BackupKey
-from sdquorum.errors import AlreadyExistsError, NotFoundError, UsageError, VerificationError
+from sdquorum.errors import AlreadyExistsError, NotFoundError, StorageError, UsageError, VerificationError
 from sdquorum.sdfile import DomainSecrets
 
 __all__ = ["DomainInfo", "NodeStore", "StoredKey", "load_or_create_sealing_key"]
@@ -150,8 +150,9 @@ class NodeStore:
                 raise
             self._db.execute("COMMIT")
         except sqlite3.OperationalError as e:
-            raise UsageError(
-                f"the node database refused a write ({e}): check disk space and permissions"
+            raise StorageError(
+                f"the node cannot write its database ({e}): free space on its data volume or make it "
+                "writable; nothing was changed"
             ) from e
 
     def _get(self, k: str) -> bytes | None:

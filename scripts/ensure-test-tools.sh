@@ -1,21 +1,31 @@
 #!/usr/bin/env bash
-# Make sure the tools the test suite drives are installed: today, headless Chromium for
-# tests/review/test_review_html.py. As root, a missing Chromium is installed from Debian's
-# packages; as anyone else, a one-line note says how, and the script still succeeds (the test then
-# skips, unless SDQUORUM_REQUIRE_TOOLS=1 makes a missing tool a failure).
+# Make sure the Debian tools the test suite drives are installed:
+#   chromium  - tests/review/test_review_html.py renders the quarterly review headless
+#   iproute2  - tests/multihost/ puts the node and each agent in a network namespace (`ip netns`)
+#   openssl   - tests/e2e/test_tls_policy.py probes the node's TLS policy with `openssl s_client`
+# As root, missing ones are installed from Debian's packages; as anyone else, a one-line note says
+# how, and the script still succeeds (those tests then skip, unless SDQUORUM_REQUIRE_TOOLS=1 makes a
+# missing tool a failure).
 set -euo pipefail
 
-if command -v chromium >/dev/null 2>&1; then
-    echo "ensure-test-tools: chromium present ($(command -v chromium))"
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+    echo "ensure-test-tools: chromium, ip and openssl present"
     exit 0
 fi
 
 if [[ "$(id -u)" -ne 0 ]]; then
-    echo "ensure-test-tools: chromium missing; run this script as root (or: sudo apt-get install chromium) for the headless HTML test"
+    echo "ensure-test-tools: missing ${missing[*]}; run as root (or: sudo apt-get install ${missing[*]}) for the tests that need them"
     exit 0
 fi
 
-echo "ensure-test-tools: installing Debian's chromium with apt-get (for the headless HTML rendering test)"
+echo "ensure-test-tools: installing Debian's ${missing[*]} with apt-get (for the tests that drive them)"
 apt-get update -qq
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
-command -v chromium >/dev/null 2>&1 || { echo "ensure-test-tools: chromium still missing after apt-get install" >&2; exit 1; }
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+for tool in chromium ip openssl; do
+    command -v "$tool" >/dev/null 2>&1 || { echo "ensure-test-tools: $tool still missing after apt-get install" >&2; exit 1; }
+done

@@ -58,6 +58,10 @@ class StateError(UsageError):
     """The request is valid but not in the current state (for example: node not activated)."""
 
 
+class StorageError(StateError):
+    """The node cannot write its own storage (disk full, read-only): nothing was changed."""
+
+
 class NotFoundError(UsageError):
     """The named object (key, session, file) does not exist."""
 

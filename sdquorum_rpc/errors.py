@@ -153,10 +153,11 @@ def translate_rpc_error(e: grpc.RpcError, target: str) -> SdquorumError:
                 f"TLS handshake with {target} failed: check --ca, --cert and --key belong to this deployment's CA"
             )
         if "socket closed" in low or "connection reset" in low:
-            # Under TLS 1.3 a server that refuses the client certificate just closes the connection.
+            # Under TLS 1.3 a server that refuses the client certificate just closes the connection,
+            # which looks the same as a network cut or a node restart.
             return TransportError(
-                f"{target} closed the connection: it may have refused your client certificate; "
-                "check --cert and --key come from this deployment's CA"
+                f"{target} closed the connection: the network was cut, the node restarted, or it refused "
+                "your client certificate (check --cert and --key come from this deployment's CA)"
             )
         return TransportError(
             f"cannot reach {target} ({details or 'unavailable'}): check the address and that the node runs"

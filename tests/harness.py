@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -34,6 +37,7 @@ from sdquorum_rpc.client import NodeClient
 from sdquorum_rpc.tls import TlsFiles
 
 NAMES = ["alice", "bob", "carol", "dave", "erin", "frank"]
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
@@ -205,3 +209,59 @@ async def cluster(pki_dir: Path, tmp_path: Path) -> AsyncIterator[Cluster]:
 
 def certs_of(keys: list[SoftwareWrappingKey]) -> list[bytes]:
     return [k.certificate_der() for k in keys]
+
+
+class NodeProcess:
+    """``hsm-node run`` as a real process (for kill -9 and restart tests), on 127.0.0.1, port 0."""
+
+    def __init__(self, pki: Path, data_dir: Path, node_id: str = "node-b", log_level: str = "INFO") -> None:
+        self.pki, self.data_dir, self.node_id, self.log_level = pki, data_dir, node_id, log_level
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.log = data_dir.parent / f"{node_id}.log"
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0, listen: str = "127.0.0.1:0") -> None:
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        port_file = self.data_dir.parent / f"{self.node_id}.port"
+        port_file.unlink(missing_ok=True)
+        argv = [
+            sys.executable, "-m", "hsm_node.cli", "run",
+            "--node-id", self.node_id, "--listen", listen, "--data-dir", str(self.data_dir),
+            "--tls-cert", str(self.pki / "node.pem"), "--tls-key", str(self.pki / "node.key"),
+            "--ca", str(self.pki / "ca.pem"),
+            "--attestation-cert", str(self.pki / f"attestation-{self.node_id}.pem"),
+            "--attestation-key", str(self.pki / f"attestation-{self.node_id}.key"),
+            "--port-file", str(port_file), "--log-level", self.log_level,
+        ]  # fmt: skip
+        log = open(self.log, "ab")  # noqa: SIM115  # handed to the child; closed with it
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while not port_file.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.node_id} did not start: {self.log.read_text()[-2000:]}")
+            time.sleep(0.05)
+        self.port = int(port_file.read_text())
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=20)
+        self.proc = None
+
+    def client(self, stem: str = "admin") -> NodeClient:
+        return NodeClient(self.target, tls(self.pki, stem))
+
+
+def agent_config(pki: Path, target: str, name: str, state_dir: Path, approval: str = "auto") -> AgentConfig:
+    return AgentConfig(
+        node=target,
+        tls=tls(pki, f"custodian-{name}"),
+        policy=CustodianPolicy((pki / "attestation-root.pem").read_bytes()),
+        state_dir=state_dir,
+        approval=approval,
+    )
