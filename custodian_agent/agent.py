@@ -151,6 +151,7 @@ class Agent:
             log.warning("request %s refused before decryption: %s", msg.request_id, e)
             await self._deny(client, msg, CHECK_FAILED)
             return "refused"
+        log.debug("request %s passed every check before decryption", req.request_id)
         details = responder.describe(req, checked)
         log.info("request %s: %s", req.request_id, json.dumps(details, sort_keys=True))
         if self.config.approval == "manual":

@@ -335,6 +335,7 @@ class CustodianServicer:
                     sent.add(req.request_id)
                     yield request_to_proto(req)
                     self.node.mark_delivered(req)
+                    log.debug("delivered %s request %s (slot %d) to %s", req.kind, req.request_id, req.x, role)
                 await self.node.wait_change(token, timeout=5.0)
         finally:
             self.node.agent_disconnected(role, thumb)

@@ -216,7 +216,7 @@ class SignedHeader:
     def verify(self, pinned_signing_key: bytes | None = None) -> Header:
         """Check the Ed25519 signature (and the pinned key, if any); return the header."""
         spk = self.header.signing_public_key
-        if pinned_signing_key is not None and spk != pinned_signing_key:
+        if pinned_signing_key is not None and not hmac.compare_digest(spk, pinned_signing_key):
             raise VerificationError("the SD header is signed by a domain key other than the pinned one")
         try:
             Ed25519PublicKey.from_public_bytes(spk).verify(self.signature, HEADER_CONTEXT + self.header_bytes)

@@ -45,7 +45,8 @@ def forms(secret: bytes) -> list[bytes]:
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     work = tmp_path_factory.mktemp("demo") / "run"
-    env = {**os.environ, "SDQUORUM_DEMO_PASSPHRASE_SEED": SEED, "PYTHONPATH": str(ROOT)}
+    # Every process at debug level: the secret scan below covers the most talkative logs.
+    env = {**os.environ, "SDQUORUM_DEMO_PASSPHRASE_SEED": SEED, "PYTHONPATH": str(ROOT), "SDQUORUM_LOG_LEVEL": "DEBUG"}
     r = subprocess.run(
         [sys.executable, str(ROOT / "deploy" / "demo.py"), "--workdir", str(work)],
         capture_output=True,
@@ -119,6 +120,12 @@ def test_no_plaintext_secret_in_any_file_or_log(demo_run: tuple[Path, str]) -> N
                 if form in blob and not (what.endswith("passphrase") and where == "demo output"):
                     found.append(f"{what} in {where}")
     assert found == []
+
+
+def test_processes_really_logged_at_debug_level(demo_run: tuple[Path, str]) -> None:
+    work, _ = demo_run
+    logs = "".join(p.read_text(errors="replace") for p in work.glob("*.log"))
+    assert " DEBUG " in logs  # else the scan above proved less than it says
 
 
 def test_key_files_are_private(demo_run: tuple[Path, str]) -> None:
