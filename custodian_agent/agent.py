@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from custodian_agent import responder
 from custodian_agent.approvals import ApprovalBox
@@ -37,7 +38,19 @@ from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc.client import NodeClient
 from sdquorum_rpc.tls import TlsFiles
 
-__all__ = ["Agent", "AgentConfig", "request_from_proto"]
+__all__ = ["Agent", "AgentConfig", "read_heartbeat", "request_from_proto"]
+
+HEARTBEAT_FILE = "heartbeat.json"
+HEARTBEAT_SECONDS = 5.0
+
+
+def read_heartbeat(state_dir: Path) -> dict[str, Any] | None:
+    try:
+        obj = json.loads((state_dir / HEARTBEAT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) and isinstance(obj.get("time"), (int, float)) else None
+
 
 KINDS = {pb.RECOVERY: "recovery", pb.DRILL: "drill", pb.ROTATION: "rotation"}
 
@@ -88,14 +101,54 @@ class Agent:
         self._clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
         self.released: list[str] = []  # request ids released (for status and tests)
+        self.connected = False
+        self.detail = "starting"
+
+    def _beat(self) -> None:
+        """Write the heartbeat that ``custodian-agent health`` reads (no secret in it)."""
+        try:
+            self.config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path = self.config.state_dir / HEARTBEAT_FILE
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(
+                json.dumps(
+                    {
+                        "time": self._clock(),
+                        "node": self.config.node,
+                        "connected": self.connected,
+                        "detail": self.detail,
+                    }
+                )
+            )
+            tmp.replace(path)
+        except OSError as e:
+            log.warning("cannot write the heartbeat in %s: %s", self.config.state_dir, e.strerror)
+
+    async def _heartbeat(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self._beat()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), HEARTBEAT_SECONDS)
 
     async def run(self, stop: asyncio.Event) -> None:
+        beats = asyncio.create_task(self._heartbeat(stop))
+        try:
+            await self._run(stop)
+        finally:
+            beats.cancel()
+            self.connected = False
+            self.detail = "stopped"
+            self._beat()
+
+    async def _run(self, stop: asyncio.Event) -> None:
         backoff = BACKOFF_START
         while not stop.is_set():
             try:
                 await self._connect_once(stop)
                 backoff = BACKOFF_START
             except SdquorumError as e:
+                self.connected, self.detail = False, str(e)
+                self._beat()
                 log.warning("connection to %s lost: %s; retrying in %.1fs", self.config.node, e, backoff)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), backoff)
@@ -121,8 +174,16 @@ class Agent:
                     task.add_done_callback(self._tasks.discard)
                 raise TransportError("the node closed the request stream")
 
-            log.info("dialling %s; waiting for requests", self.config.node)
-            consumer = asyncio.create_task(consume())
+            log.info("dialling %s", self.config.node)
+
+            async def connected_then_consume() -> None:
+                await call.initial_metadata()  # the node answers at once: the stream is up
+                self.connected, self.detail = True, ""
+                self._beat()
+                log.info("connected to %s; waiting for requests", self.config.node)
+                await consume()
+
+            consumer = asyncio.create_task(connected_then_consume())
             stopper = asyncio.create_task(stop.wait())
             try:
                 with client.errors():

@@ -17,19 +17,23 @@ import asyncio
 import json
 import os
 import signal
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 from custodian_agent import responder
-from custodian_agent.agent import Agent, AgentConfig
+from custodian_agent.agent import Agent, AgentConfig, read_heartbeat
 from custodian_agent.approvals import ApprovalBox
+from custodian_agent.config import SETTINGS, AgentSettings
 from custodian_agent.keyfile import keygen, load_wrapping_key, read_passphrase
 from sdquorum import envelopes, pki
 from sdquorum.envelopes import CustodianPolicy
-from sdquorum.errors import UsageError
+from sdquorum.errors import StateError, UsageError
 from sdquorum.offline import CeremonyRequest, OfflineAnswer
-from sdquorum_rpc.cli import run_main, setup_logging
+from sdquorum_rpc.cli import run_main
+from sdquorum_rpc.config import add_flags
 from sdquorum_rpc.files import read_input_file, write_private_file
+from sdquorum_rpc.observability import setup_logging
 from sdquorum_rpc.tls import TlsFiles
 
 __all__ = ["main"]
@@ -59,33 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--bits", type=int, default=3072, help="RSA key size (default 3072; at least 2048)")
 
     r = sub.add_parser("run", help="dial the node and serve requests", epilog=__doc__, formatter_class=fmt)
-    r.add_argument("--node", required=True, help="host:port of the node running the ceremony")
-    r.add_argument("--tls-cert", type=Path, required=True, help="this agent's mTLS client certificate")
-    r.add_argument("--tls-key", type=Path, required=True)
-    r.add_argument("--ca", type=Path, required=True, help="transport CA of the node's certificate")
-    r.add_argument(
-        "--attestation-root", type=Path, required=True, help="root that must sign the node's exchange key"
-    )
-    r.add_argument("--wrapping-key", type=Path, required=True)
-    r.add_argument("--wrapping-cert", type=Path, required=True)
-    r.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
-    r.add_argument(
-        "--approval",
-        choices=["manual", "auto"],
-        default="manual",
-        help="manual: a person approves each request (default); auto: drills and tests only",
-    )
-    r.add_argument(
-        "--allow-domain", action="append", default=[], metavar="HEX", help="only serve these domain ids"
-    )
-    r.add_argument(
-        "--pin-domain-key",
-        action="append",
-        default=[],
-        metavar="HEX",
-        help="only serve SD files signed by this domain signing key (32-byte hex)",
-    )
-    r.add_argument("--log-level", default="INFO")
+    add_flags(r, SETTINGS)
 
     o = sub.add_parser(
         "respond",
@@ -105,6 +83,15 @@ def _parser() -> argparse.ArgumentParser:
         "--yes", action="store_true", help="approve without asking (after reading the request yourself)"
     )
     o.add_argument("--deny", action="store_true", help="write a denial instead of an answer")
+
+    h = sub.add_parser(
+        "health",
+        help="exit 0 if the running agent is connected to its node (for probes and watchdogs)",
+        epilog="example: custodian-agent health --state-dir ~/.sdquorum-agent",
+        formatter_class=fmt,
+    )
+    h.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    h.add_argument("--max-age", type=int, default=30, help="seconds after which a heartbeat is stale")
 
     for name, help_ in (("pending", "list requests waiting for your approval"),):
         q = sub.add_parser(
@@ -140,7 +127,7 @@ def _hexes(values: list[str], what: str, length: int) -> frozenset[bytes]:
     return frozenset(out)
 
 
-def _policy(args: argparse.Namespace) -> CustodianPolicy:
+def _policy(args: argparse.Namespace | AgentSettings) -> CustodianPolicy:
     return CustodianPolicy(
         attestation_root_pem=read_input_file(args.attestation_root, "attestation root"),
         allowed_domains=_hexes(args.allow_domain, "--allow-domain", 16),
@@ -208,7 +195,7 @@ def _respond(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _run(args: argparse.Namespace) -> int:
+async def _run(args: AgentSettings) -> int:
     key = load_wrapping_key(args.wrapping_key, args.wrapping_cert, read_passphrase())
     config = AgentConfig(
         node=args.node,
@@ -231,6 +218,24 @@ async def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _health(state_dir: Path, max_age: int) -> int:
+    """Agents take no inbound connections (DESIGN.md), so their health is a local heartbeat file."""
+    beat = read_heartbeat(state_dir)
+    if beat is None:
+        raise StateError(
+            f"no heartbeat in {state_dir}: is 'custodian-agent run --state-dir {state_dir}' running?"
+        )
+    age = time.time() - beat["time"]
+    if age > max_age:
+        raise StateError(f"the agent's last heartbeat is {age:.0f} s old: it is stuck or stopped")
+    if not beat["connected"]:
+        raise StateError(
+            f"the agent runs but is not connected to {beat['node']}: {beat.get('detail', '')}".rstrip(": ")
+        )
+    print(f"healthy: connected to {beat['node']} ({age:.0f} s ago)")
+    return 0
+
+
 def _body(args: argparse.Namespace) -> int:
     if args.command == "keygen":
         if args.bits < 2048:
@@ -241,7 +246,11 @@ def _body(args: argparse.Namespace) -> int:
         print(f"wrote {args.key} (encrypted, 0600) and {args.cert}: give {args.cert} to the HSM admin")
         return 0
     if args.command == "run":
-        return asyncio.run(_run(args))
+        cfg = AgentSettings.load(args)
+        setup_logging(cfg.log_level, cfg.log_format)
+        return asyncio.run(_run(cfg))
+    if args.command == "health":
+        return _health(args.state_dir, args.max_age)
     if args.command == "respond":
         return _respond(args)
     box = ApprovalBox(args.state_dir)
@@ -259,7 +268,7 @@ def _body(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    setup_logging(getattr(args, "log_level", "WARNING") if args.command == "run" else "WARNING")
+    setup_logging("WARNING")
     return run_main("custodian-agent", lambda: _body(args), args.debug)
 
 

@@ -295,6 +295,7 @@ class Demo:
         )
 
         self.step("Stop every process")
+        self.stop("agent-")  # agents first, so the node's drain has no open streams to wait for
         self.stop()
         print(
             f"\nDemo complete in {time.monotonic() - self.t0:.1f}s: node A was rebuilt as node B without any "

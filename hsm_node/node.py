@@ -51,6 +51,7 @@ from sdquorum import audit, backup, envelopes, policy, sdfile
 from sdquorum.errors import SdquorumError, StateError, UsageError, VerificationError
 from sdquorum.pki import Role
 from sdquorum.review import CustodyRecord, DrillResult, RetiredEpoch
+from sdquorum_rpc.observability import SESSION_ID, NodeMetrics
 
 __all__ = ["Node", "NodeConfig", "NodeState"]
 
@@ -83,8 +84,10 @@ class Node:
         *,
         clock: Callable[[], float] = time.time,
         rng: Callable[[int], bytes] = os.urandom,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics
         self.address = config.address
         self._store = store
         self._clock = clock
@@ -271,6 +274,7 @@ class Node:
             rng=self._rng,
         )
         self._session = session
+        SESSION_ID.set(session.session_id)
         log.info("%s session %s started by %s: %s", session.kind, session.session_id, caller, reason)
         self.audit(
             f"{session.kind}-started",
@@ -281,6 +285,7 @@ class Node:
 
     def _session_by_id(self, session_id: str) -> Ceremony:
         s = self._session
+        SESSION_ID.set(session_id[:64])
         if s is None or s.session_id != session_id:
             raise StateError(
                 f"no session {session_id!r} on this node: start one with sdctl recover, drill or rotate"
@@ -450,13 +455,18 @@ class Node:
 
     def _require_session(self) -> Ceremony:
         if self._session is None:
-            raise StateError("no recovery session is running")
+            raise StateError("no ceremony is running")
+        SESSION_ID.set(self._session.session_id)
         return self._session
 
     def _after_change(self, session: Ceremony) -> None:
         """Apply a session that has just finished (once), then wake every watcher."""
         if session.finished and session.session_id not in self._applied:
             self._applied.add(session.session_id)
+            if self.metrics is not None:
+                self.metrics.ceremony_ended(
+                    session.kind, session.state.name.lower(), self.now() - session.created_at
+                )
             if session.state is SessionState.COMPLETED:
                 if isinstance(session, RecoverySession):
                     self._apply_recovery(session)

@@ -11,9 +11,12 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import grpc.aio
+from grpc_health.v1 import health as grpc_health
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coordinator import CeremonyStatus, CustodianRequest, CustodianStatus, SessionState
 from hsm_node.keyops import KeyType
@@ -324,6 +327,7 @@ class CustodianServicer:
                 "the hello must carry the 32-byte SHA-256 thumbprint of the wrapping certificate"
             )
         log.info("agent %s connected (wrapping certificate %s)", role, thumb.hex()[:16])
+        await context.send_initial_metadata(())  # lets the agent know it is connected before any request
         self.node.agent_connected(role, thumb)
         sent: set[str] = set()
         try:
@@ -335,7 +339,9 @@ class CustodianServicer:
                     sent.add(req.request_id)
                     yield request_to_proto(req)
                     self.node.mark_delivered(req)
-                    log.debug("delivered %s request %s (slot %d) to %s", req.kind, req.request_id, req.x, role)
+                    log.debug(
+                        "delivered %s request %s (slot %d) to %s", req.kind, req.request_id, req.x, role
+                    )
                 await self.node.wait_change(token, timeout=5.0)
         finally:
             self.node.agent_disconnected(role, thumb)
@@ -358,16 +364,18 @@ class CustodianServicer:
 
 
 class NodeServer:
-    """A running node: the gRPC server plus the deadline ticker."""
+    """A running node: the gRPC server, its health service and the deadline ticker."""
 
-    def __init__(self, node: Node, server: grpc.aio.Server, port: int) -> None:
+    def __init__(self, node: Node, server: grpc.aio.Server, port: int, health: Any) -> None:
         self.node = node
         self.server = server
         self.port = port
+        self.health = health
         self._ticker: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.server.start()
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._ticker = asyncio.create_task(self._tick())
 
     async def _tick(self) -> None:
@@ -376,6 +384,8 @@ class NodeServer:
             await self.node.tick()
 
     async def stop(self, grace: float = 2.0) -> None:
+        """Drain: report NOT_SERVING, refuse new calls, give calls in flight ``grace`` seconds."""
+        await self.health.enter_graceful_shutdown()
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -394,9 +404,11 @@ async def serve(
     pbg.add_NodeAdminServicer_to_server(AdminServicer(node), server)  # type: ignore[no-untyped-call]  # generated, untyped
     pbg.add_KeysServicer_to_server(KeysServicer(node), server)  # type: ignore[no-untyped-call]  # generated, untyped
     pbg.add_CustodianServicer_to_server(CustodianServicer(node), server)  # type: ignore[no-untyped-call]  # generated, untyped
+    health = grpc_health.aio.HealthServicer()  # type: ignore[attr-defined]  # set at import time; no stub
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
     port = server.add_secure_port(listen, server_credentials(tls))
     if port == 0:
         raise UsageError(f"cannot listen on {listen}: the address is in use or not local")
-    ns = NodeServer(node, server, port)
+    ns = NodeServer(node, server, port, health)
     await ns.start()
     return ns

@@ -1,7 +1,8 @@
 """``sdctl``: the operator's command line for an sdquorum HSM node.
 
-Connection flags (or environment): --node (SDCTL_NODE), --cert (SDCTL_CERT), --key (SDCTL_KEY),
---ca (SDCTL_CA). Exit codes: 0 ok, 1 unexpected, 2 bad usage or input, 3 wrong node state,
+Connection settings: --config FILE (or SDCTL_CONFIG; sample deploy/config/sdctl.toml), then
+SDCTL_NODE, SDCTL_CERT, SDCTL_KEY, SDCTL_CA, SDCTL_OUTPUT, then the flags --node, --cert, --key,
+--ca, --output. Exit codes: 0 ok, 1 unexpected, 2 bad usage or input, 3 wrong node state,
 4 a verification failed (also: signature invalid), 5 network or TLS, 6 permission denied.
 
 Examples::
@@ -29,6 +30,7 @@ from typing import Any
 
 from custodian_agent.agent import request_from_proto
 from sdctl import pkifiles
+from sdctl.config import SETTINGS
 from sdquorum.audit import verify_export
 from sdquorum.errors import MalformedError, StateError, UsageError, VerificationError
 from sdquorum.offline import OfflineAnswer
@@ -45,6 +47,7 @@ from sdquorum.sdfile import SecurityDomainFile, SignedHeader
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc.cli import run_main
 from sdquorum_rpc.client import NodeClient
+from sdquorum_rpc.config import add_flags, load_settings
 from sdquorum_rpc.files import PendingFile, read_input_file, write_private_file
 from sdquorum_rpc.tls import TlsFiles
 
@@ -69,12 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sdctl", description=__doc__.split("\n")[0], epilog=__doc__, formatter_class=fmt
     )
-    env = os.environ.get
-    p.add_argument("--node", default=env("SDCTL_NODE", "127.0.0.1:7443"), help="node host:port")
-    p.add_argument("--cert", type=Path, default=env("SDCTL_CERT"), help="your mTLS client certificate")
-    p.add_argument("--key", type=Path, default=env("SDCTL_KEY"), help="its private key")
-    p.add_argument("--ca", type=Path, default=env("SDCTL_CA"), help="the transport CA")
-    p.add_argument("--output", choices=["text", "json"], default="text")
+    add_flags(p, SETTINGS)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -721,7 +719,17 @@ def _progress_json(p: pb.RecoveryProgress) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None, out: Callable[[str], None] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return run_main("sdctl", lambda: Ctl(args, out or (lambda s: print(s, flush=True))).run(), args.debug)
+
+    def body() -> int:
+        if args.config is None and os.environ.get("SDCTL_CONFIG"):
+            args.config = Path(os.environ["SDCTL_CONFIG"])
+        for dest, value in load_settings(SETTINGS, args).items():
+            setattr(args, dest, value)
+        if args.output not in ("text", "json"):
+            raise UsageError(f"sdctl.output = {args.output!r}: use text or json")
+        return Ctl(args, out or (lambda s: print(s, flush=True))).run()
+
+    return run_main("sdctl", body, args.debug)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,6 @@ node is not activated); 4 a verification failed; 5 network or TLS failure; 6 per
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -22,7 +20,7 @@ from sdquorum.errors import (
     UsageError,
 )
 
-__all__ = ["EXIT_CODES", "exit_code_for", "run_main", "setup_logging"]
+__all__ = ["EXIT_CODES", "exit_code_for", "run_main"]
 
 EXIT_CODES = {
     "ok": 0,
@@ -70,16 +68,3 @@ def run_main(prog: str, body: Callable[[], int], debug: bool) -> int:
             file=sys.stderr,
         )
         return EXIT_CODES["unexpected"]
-
-
-LOG_LEVEL_ENV = "SDQUORUM_LOG_LEVEL"
-
-
-def setup_logging(level: str) -> None:
-    """Log to stderr; $SDQUORUM_LOG_LEVEL (e.g. DEBUG) overrides the flag for every process at once."""
-    level = os.environ.get(LOG_LEVEL_ENV) or level
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )

@@ -14,6 +14,8 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import os
+import time
 from collections.abc import AsyncIterator, Callable, Collection
 from typing import Any, TypeVar, cast
 
@@ -33,6 +35,7 @@ from sdquorum.errors import (
     UsageError,
     VerificationError,
 )
+from sdquorum_rpc.observability import REQUEST_ID
 from sdquorum_rpc.tls import Ctx, caller_role
 
 __all__ = ["RequestGuard", "rpc", "status_for", "translate_rpc_error"]
@@ -103,31 +106,68 @@ def rpc(*roles: str) -> Callable[[F], F]:
             @functools.wraps(fn)
             async def stream_wrapper(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
                 role: pki.Role | None = None
+                started, code = _begin(context), "OK"
                 try:
                     role = await authorise(context)
                     async for item in fn(self, request, context, role):
                         yield item
                 except grpc.aio.AbortError:
+                    code = _code_of(context)
                     raise
                 except Exception as e:
+                    code = _code_for(e)
                     await fail(self, context, e, role)
+                finally:
+                    _observe(self, name, code, started)
 
             return cast(F, stream_wrapper)
 
         @functools.wraps(fn)
         async def unary_wrapper(self: Any, request: Any, context: Any) -> Any:
             role: pki.Role | None = None
+            started, code = _begin(context), "OK"
             try:
                 role = await authorise(context)
                 return await fn(self, request, context, role)
             except grpc.aio.AbortError:
+                code = _code_of(context)
                 raise
             except Exception as e:
+                code = _code_for(e)
                 await fail(self, context, e, role)
+            finally:
+                _observe(self, name, code, started)
 
         return cast(F, unary_wrapper)
 
     return decorate
+
+
+def _begin(context: Ctx) -> float:
+    """Per call: a request id (the caller's x-request-id, or a new one) for every log line."""
+    given = dict(context.invocation_metadata() or ()).get("x-request-id")
+    rid = (
+        given
+        if isinstance(given, str) and 0 < len(given) <= 64 and given.isprintable()
+        else os.urandom(8).hex()
+    )
+    REQUEST_ID.set(rid)
+    return time.perf_counter()
+
+
+def _code_for(e: BaseException) -> str:
+    return status_for(e).name if isinstance(e, SdquorumError) else "INTERNAL"
+
+
+def _code_of(context: Ctx) -> str:
+    code = context.code() if hasattr(context, "code") else None
+    return code.name if isinstance(code, grpc.StatusCode) else "ABORTED"
+
+
+def _observe(servicer: Any, method: str, code: str, started: float) -> None:
+    metrics = getattr(getattr(servicer, "node", None), "metrics", None)
+    if metrics is not None:
+        metrics.rpc(method, code, started)
 
 
 def _audit_refusal(servicer: Any, method: str, role: pki.Role | None, code: str, reason: str) -> None:

@@ -1,0 +1,183 @@
+"""``hsm-node`` settings: ``[node]``, ``[tls]``, ``[attestation]``, ``[observability]`` in TOML;
+``SDQUORUM_NODE_*`` in the environment; flags of ``hsm-node run``. Sample: deploy/config/node.toml."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdquorum.errors import UsageError
+from sdquorum_rpc.config import Setting, check_host_port, load_settings
+
+__all__ = ["SETTINGS", "NodeSettings"]
+
+E = "SDQUORUM_NODE_"
+SETTINGS = [
+    Setting(
+        "node.id",
+        "--node-id",
+        E + "ID",
+        required=True,
+        help="this node's name, as in its attestation certificate",
+    ),
+    Setting(
+        "node.listen",
+        "--listen",
+        E + "LISTEN",
+        default="127.0.0.1:7443",
+        help="host:port to bind (port 0: any free port)",
+    ),
+    Setting(
+        "node.address",
+        "--address",
+        E + "ADDRESS",
+        help="address agents are told in the attestation (default: --listen)",
+    ),
+    Setting(
+        "node.data_dir",
+        "--data-dir",
+        E + "DATA_DIR",
+        Path,
+        required=True,
+        help="where the node keeps its database",
+    ),
+    Setting(
+        "node.sealing_key_file",
+        "--sealing-key-file",
+        E + "SEALING_KEY_FILE",
+        Path,
+        help="node sealing key file (default: DATA_DIR.sealing-key)",
+    ),
+    Setting(
+        "node.session_seconds",
+        "--session-seconds",
+        E + "SESSION_SECONDS",
+        int,
+        600,
+        help="default ceremony deadline in seconds",
+    ),
+    Setting(
+        "node.max_message_bytes",
+        "--max-message-bytes",
+        E + "MAX_MESSAGE_BYTES",
+        int,
+        4 * 1024 * 1024,
+        help="largest gRPC message accepted",
+    ),
+    Setting(
+        "node.port_file", "--port-file", E + "PORT_FILE", Path, help="write the bound port here once serving"
+    ),
+    Setting(
+        "tls.cert", "--tls-cert", E + "TLS_CERT", Path, required=True, help="the node's TLS certificate (PEM)"
+    ),
+    Setting("tls.key", "--tls-key", E + "TLS_KEY", Path, required=True, help="its private key (PEM, 0600)"),
+    Setting(
+        "tls.ca",
+        "--ca",
+        E + "TLS_CA",
+        Path,
+        required=True,
+        help="transport CA that signs every client certificate",
+    ),
+    Setting(
+        "attestation.cert",
+        "--attestation-cert",
+        E + "ATTESTATION_CERT",
+        Path,
+        required=True,
+        help="the node's attestation certificate",
+    ),
+    Setting(
+        "attestation.key",
+        "--attestation-key",
+        E + "ATTESTATION_KEY",
+        Path,
+        required=True,
+        help="its Ed25519 private key",
+    ),
+    Setting(
+        "observability.log_level",
+        "--log-level",
+        E + "LOG_LEVEL",
+        default="INFO",
+        help="DEBUG, INFO, WARNING or ERROR",
+    ),
+    Setting(
+        "observability.log_format",
+        "--log-format",
+        E + "LOG_FORMAT",
+        default="text",
+        help="text or json (one event a line)",
+    ),
+    Setting(
+        "observability.metrics_listen",
+        "--metrics-listen",
+        E + "METRICS_LISTEN",
+        help="host:port for Prometheus /metrics (off if unset)",
+    ),
+    Setting(
+        "observability.drain_seconds",
+        "--drain-seconds",
+        E + "DRAIN_SECONDS",
+        int,
+        5,
+        help="on SIGTERM, time given to calls in flight",
+    ),
+]
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    node_id: str
+    listen: str
+    address: str | None
+    data_dir: Path
+    sealing_key_file: Path | None
+    session_seconds: int
+    max_message_bytes: int
+    port_file: Path | None
+    tls_cert: Path
+    tls_key: Path
+    ca: Path
+    attestation_cert: Path
+    attestation_key: Path
+    log_level: str
+    log_format: str
+    metrics_listen: str | None
+    drain_seconds: int
+
+    def __post_init__(self) -> None:
+        if (
+            not self.node_id
+            or len(self.node_id) > 64
+            or not self.node_id.replace("-", "").replace("_", "").isalnum()
+        ):
+            raise UsageError(f"node.id = {self.node_id!r}: use 1..64 letters, digits, - or _ (e.g. node-a)")
+        check_host_port(self.listen, "node.listen")
+        if self.address is not None:
+            check_host_port(self.address, "node.address")
+        if self.metrics_listen is not None:
+            check_host_port(self.metrics_listen, "observability.metrics_listen")
+        if not 10 <= self.session_seconds <= 24 * 3600:
+            raise UsageError(f"node.session_seconds = {self.session_seconds}: use 10..86400")
+        if not 64 * 1024 <= self.max_message_bytes <= 64 * 1024 * 1024:
+            raise UsageError(f"node.max_message_bytes = {self.max_message_bytes}: use 65536..67108864")
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise UsageError(
+                f"observability.log_level = {self.log_level!r}: use one of {', '.join(LOG_LEVELS)}"
+            )
+        if self.log_format not in ("text", "json"):
+            raise UsageError(f"observability.log_format = {self.log_format!r}: use text or json")
+        if not 0 <= self.drain_seconds <= 300:
+            raise UsageError(f"observability.drain_seconds = {self.drain_seconds}: use 0..300")
+
+    @property
+    def sealing_key_path(self) -> Path:
+        return self.sealing_key_file or self.data_dir.with_name(self.data_dir.name + ".sealing-key")
+
+    @classmethod
+    def load(cls, args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> NodeSettings:
+        return cls(**load_settings(SETTINGS, args, environ))

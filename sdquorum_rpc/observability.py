@@ -1,0 +1,136 @@
+"""Logs, metrics and health for the long-running processes.
+
+* Logs: ``text`` for people, ``json`` for machines: one event a line with ``ts``, ``level``,
+  ``logger``, ``msg`` and, when known, ``session_id`` and ``request_id`` (context variables set
+  per RPC and per ceremony operation). No secret is ever passed to a log call.
+* Metrics (node): Prometheus counters and histograms on their own registry, served over HTTPS with
+  client certificates required (the same transport CA as gRPC): ceremonies by kind and outcome
+  and their durations; every RPC by method and status code and its latency (the data-plane
+  methods ``Encrypt``, ``Sign`` and so on among them).
+* Health: the standard ``grpc.health.v1`` service on the node's mTLS port; SERVING while up,
+  NOT_SERVING once a drain has begun.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import os
+import ssl
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+from sdquorum_rpc.config import check_host_port
+
+__all__ = ["REQUEST_ID", "SESSION_ID", "JsonFormatter", "NodeMetrics", "setup_logging"]
+
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+SESSION_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("session_id", default=None)
+LOG_LEVEL_ENV = "SDQUORUM_LOG_LEVEL"
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        event: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, var in (("session_id", SESSION_ID), ("request_id", REQUEST_ID)):
+            value = getattr(record, key, None) or var.get()
+            if value:
+                event[key] = value
+        if record.exc_info:
+            event["exc"] = self.formatException(record.exc_info)
+        return json.dumps(event, ensure_ascii=False)
+
+
+class _ContextText(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        ids = [f"{k}={v}" for k, v in (("session", SESSION_ID.get()), ("request", REQUEST_ID.get())) if v]
+        return f"{text} [{' '.join(ids)}]" if ids else text
+
+
+def setup_logging(level: str, fmt: str = "text") -> None:
+    """Log to stderr; $SDQUORUM_LOG_LEVEL (e.g. DEBUG) overrides the level for every process at once."""
+    level = os.environ.get(LOG_LEVEL_ENV) or level
+    root = logging.getLogger()
+    if root.handlers:  # like logging.basicConfig: a host (a test runner, an embedding app) has its own
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter() if fmt == "json" else _ContextText("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+
+
+class NodeMetrics:
+    """The node's Prometheus metrics, on a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.ceremonies = Counter(
+            "sdquorum_ceremonies_total",
+            "Ceremonies ended, by kind and outcome",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.ceremony_seconds = Histogram(
+            "sdquorum_ceremony_duration_seconds",
+            "Time from a ceremony's start to its end",
+            ["kind"],
+            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600),
+            registry=self.registry,
+        )
+        self.rpcs = Counter(
+            "sdquorum_rpc_total",
+            "RPCs handled, by method and status code",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self.rpc_seconds = Histogram(
+            "sdquorum_rpc_duration_seconds",
+            "RPC latency by method (data-plane methods: Encrypt, Decrypt, Sign, Verify, CreateKey, ...)",
+            ["method"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+            registry=self.registry,
+        )
+
+    def ceremony_ended(self, kind: str, outcome: str, seconds: float) -> None:
+        self.ceremonies.labels(kind, outcome).inc()
+        self.ceremony_seconds.labels(kind).observe(max(0.0, seconds))
+
+    def rpc(self, method: str, code: str, started: float) -> None:
+        self.rpcs.labels(method, code).inc()
+        self.rpc_seconds.labels(method).observe(time.perf_counter() - started)
+
+    def serve(self, listen: str, cert: Path, key: Path, ca: Path) -> int:
+        """HTTPS /metrics with client certificates required; returns the bound port."""
+        host, _, port = check_host_port(listen, "observability.metrics_listen").rpartition(":")
+        server, _thread = start_http_server(
+            int(port),
+            addr=host.strip("[]"),
+            registry=self.registry,
+            certfile=str(cert),
+            keyfile=str(key),
+            client_cafile=str(ca),
+            client_auth_required=True,
+            tls_min_version=ssl.TLSVersion.TLSv1_2,
+        )
+        self._server = server
+        return int(server.server_port)
+
+    def close(self) -> None:
+        server = getattr(self, "_server", None)
+        if server is not None:
+            server.shutdown()
+            server.server_close()
