@@ -46,7 +46,12 @@ def forms(secret: bytes) -> list[bytes]:
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     work = tmp_path_factory.mktemp("demo") / "run"
     # Every process at debug level: the secret scan below covers the most talkative logs.
-    env = {**os.environ, "SDQUORUM_DEMO_PASSPHRASE_SEED": SEED, "PYTHONPATH": str(ROOT), "SDQUORUM_LOG_LEVEL": "DEBUG"}
+    env = {
+        **os.environ,
+        "SDQUORUM_DEMO_PASSPHRASE_SEED": SEED,
+        "PYTHONPATH": str(ROOT),
+        "SDQUORUM_LOG_LEVEL": "DEBUG",
+    }
     r = subprocess.run(
         [sys.executable, str(ROOT / "deploy" / "demo.py"), "--workdir", str(work)],
         capture_output=True,

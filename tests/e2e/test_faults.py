@@ -306,13 +306,12 @@ async def test_disk_full_and_read_only_data_dir_give_a_clear_error_and_lose_noth
         subprocess.run(["mount", "-o", "remount,rw", str(vol)], check=True)
         async with (
             running_cluster(pki_dir, vol / "data", sealing_key=seal) as again,
-            again.client("app") as c,c.errors()
+            again.client("app") as c,
+            c.errors(),
         ):
             names = {k.name for k in (await c.keys.ListKeys(pb.ListKeysRequest())).keys}
             assert set(made) <= names  # nothing stored was lost
             name, ct_bytes = next(iter(made.items()))
-            assert (
-                await c.keys.Decrypt(pb.DecryptRequest(name=name, ciphertext=ct_bytes))
-            ).plaintext == b"p"
+            assert (await c.keys.Decrypt(pb.DecryptRequest(name=name, ciphertext=ct_bytes))).plaintext == b"p"
     finally:
         subprocess.run(["umount", "-l", str(vol)], check=False)
