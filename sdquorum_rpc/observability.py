@@ -35,6 +35,20 @@ SESSION_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("session
 LOG_LEVEL_ENV = "SDQUORUM_LOG_LEVEL"
 
 
+_base_factory = logging.getLogRecordFactory()
+
+
+def _record_with_ids(*args: Any, **kwargs: Any) -> logging.LogRecord:
+    """Stamp the current session and request ids on each record when it is made (in its context)."""
+    record = _base_factory(*args, **kwargs)
+    record.session_id = SESSION_ID.get()
+    record.request_id = REQUEST_ID.get()
+    return record
+
+
+logging.setLogRecordFactory(_record_with_ids)
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         event: dict[str, Any] = {
@@ -43,8 +57,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key, var in (("session_id", SESSION_ID), ("request_id", REQUEST_ID)):
-            value = getattr(record, key, None) or var.get()
+        for key in ("session_id", "request_id"):
+            value = getattr(record, key, None)
             if value:
                 event[key] = value
         if record.exc_info:
@@ -55,7 +69,7 @@ class JsonFormatter(logging.Formatter):
 class _ContextText(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        ids = [f"{k}={v}" for k, v in (("session", SESSION_ID.get()), ("request", REQUEST_ID.get())) if v]
+        ids = [f"{k}={v}" for k in ("session", "request") if (v := getattr(record, f"{k}_id", None))]
         return f"{text} [{' '.join(ids)}]" if ids else text
 
 
