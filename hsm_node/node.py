@@ -747,6 +747,32 @@ class Node:
         _, private, kind = self._key(name)
         return keyops.sign(kind, private, message)
 
+    def encrypt_many(self, items: Sequence[tuple[str, bytes, bytes]]) -> list[bytes]:
+        keys = self._keys_for({name for name, _, _ in items})
+        out = []
+        for i, (name, plaintext, aad) in enumerate(items):
+            _, private, kind = keys[name]
+            try:
+                out.append(keyops.encrypt(kind, private, plaintext, aad))
+            except SdquorumError as e:
+                raise type(e)(f"item {i}: {e}") from e
+        return out
+
+    def sign_many(self, items: Sequence[tuple[str, bytes]]) -> list[bytes]:
+        keys = self._keys_for({name for name, _ in items})
+        out = []
+        for i, (name, message) in enumerate(items):
+            _, private, kind = keys[name]
+            try:
+                out.append(keyops.sign(kind, private, message))
+            except SdquorumError as e:
+                raise type(e)(f"item {i}: {e}") from e
+        return out
+
+    def _keys_for(self, names: set[str]) -> dict[str, tuple[StoredKey, bytes, KeyType]]:
+        """Each named key opened once per batch."""
+        return {name: self._key(name) for name in names}
+
     def verify(self, name: str, message: bytes, signature: bytes) -> bool:
         info, _, kind = self._key(name)
         return keyops.verify(kind, info.public_der, message, signature)

@@ -309,8 +309,30 @@ class KeysServicer:
         return pb.SignResponse(signature=self.node.sign(request.name, request.message))
 
     @rpc("app", "admin")
+    async def EncryptBatch(
+        self, request: pb.EncryptBatchRequest, context: Ctx, role: Role
+    ) -> pb.EncryptBatchResponse:
+        _check_batch(len(request.items))
+        out = self.node.encrypt_many([(i.name, i.plaintext, i.aad) for i in request.items])
+        return pb.EncryptBatchResponse(items=[pb.EncryptResponse(ciphertext=c) for c in out])
+
+    @rpc("app", "admin")
+    async def SignBatch(self, request: pb.SignBatchRequest, context: Ctx, role: Role) -> pb.SignBatchResponse:
+        _check_batch(len(request.items))
+        out = self.node.sign_many([(i.name, i.message) for i in request.items])
+        return pb.SignBatchResponse(items=[pb.SignResponse(signature=sig) for sig in out])
+
+    @rpc("app", "admin")
     async def Verify(self, request: pb.VerifyRequest, context: Ctx, role: Role) -> pb.VerifyResponse:
         return pb.VerifyResponse(valid=self.node.verify(request.name, request.message, request.signature))
+
+
+MAX_BATCH = 1000
+
+
+def _check_batch(n: int) -> None:
+    if not 1 <= n <= MAX_BATCH:
+        raise UsageError(f"a batch holds 1..{MAX_BATCH} items, not {n}: split it")
 
 
 class CustodianServicer:

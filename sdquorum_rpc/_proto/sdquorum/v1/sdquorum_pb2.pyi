@@ -404,6 +404,30 @@ class VerifyResponse(_message.Message):
     valid: bool
     def __init__(self, valid: _Optional[bool] = ...) -> None: ...
 
+class EncryptBatchRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[EncryptRequest]
+    def __init__(self, items: _Optional[_Iterable[_Union[EncryptRequest, _Mapping]]] = ...) -> None: ...
+
+class EncryptBatchResponse(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[EncryptResponse]
+    def __init__(self, items: _Optional[_Iterable[_Union[EncryptResponse, _Mapping]]] = ...) -> None: ...
+
+class SignBatchRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[SignRequest]
+    def __init__(self, items: _Optional[_Iterable[_Union[SignRequest, _Mapping]]] = ...) -> None: ...
+
+class SignBatchResponse(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[SignResponse]
+    def __init__(self, items: _Optional[_Iterable[_Union[SignResponse, _Mapping]]] = ...) -> None: ...
+
 class AgentHello(_message.Message):
     __slots__ = ("wrapping_cert_sha256", "agent_version")
     WRAPPING_CERT_SHA256_FIELD_NUMBER: _ClassVar[int]

@@ -818,6 +818,16 @@ class KeysStub:
                 request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.VerifyRequest.SerializeToString,
                 response_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.VerifyResponse.FromString,
                 _registered_method=True)
+        self.EncryptBatch = channel.unary_unary(
+                '/sdquorum.v1.Keys/EncryptBatch',
+                request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.EncryptBatchRequest.SerializeToString,
+                response_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.EncryptBatchResponse.FromString,
+                _registered_method=True)
+        self.SignBatch = channel.unary_unary(
+                '/sdquorum.v1.Keys/SignBatch',
+                request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.SignBatchRequest.SerializeToString,
+                response_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.SignBatchResponse.FromString,
+                _registered_method=True)
 
 
 class KeysServicer:
@@ -865,6 +875,18 @@ class KeysServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EncryptBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeysServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -902,6 +924,16 @@ def add_KeysServicer_to_server(servicer, server):
                     servicer.Verify,
                     request_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.VerifyRequest.FromString,
                     response_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.VerifyResponse.SerializeToString,
+            ),
+            'EncryptBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.EncryptBatch,
+                    request_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.EncryptBatchRequest.FromString,
+                    response_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.EncryptBatchResponse.SerializeToString,
+            ),
+            'SignBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignBatch,
+                    request_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.SignBatchRequest.FromString,
+                    response_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.SignBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1093,6 +1125,60 @@ class Keys:
             '/sdquorum.v1.Keys/Verify',
             sdquorum_dot_v1_dot_sdquorum__pb2.VerifyRequest.SerializeToString,
             sdquorum_dot_v1_dot_sdquorum__pb2.VerifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EncryptBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdquorum.v1.Keys/EncryptBatch',
+            sdquorum_dot_v1_dot_sdquorum__pb2.EncryptBatchRequest.SerializeToString,
+            sdquorum_dot_v1_dot_sdquorum__pb2.EncryptBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdquorum.v1.Keys/SignBatch',
+            sdquorum_dot_v1_dot_sdquorum__pb2.SignBatchRequest.SerializeToString,
+            sdquorum_dot_v1_dot_sdquorum__pb2.SignBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
