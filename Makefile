@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint tools protos clean
+.PHONY: demo test lint tools protos bench fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,14 @@ tools:
 
 test: lint tools
 	$(BIN)/python -m pytest
+
+# Benchmarks: ratios against baselines measured in the same run; writes bench/results.json.
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+# Coverage-guided fuzzing of every parser (atheris), 60 s per target.
+fuzz: $(STAMP)
+	$(BIN)/python fuzz/run.py --seconds 60
 
 protos: $(STAMP)
 	$(BIN)/python -m sdquorum_rpc.genprotos
