@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from sdquorum import pki
@@ -167,7 +167,10 @@ def verify_export(
             raise VerificationError("checking the certificate chain needs the current time")
         public = pki.verify_attestation_chain(cert_der, root_pem, now)
     else:
-        key = pki.load_cert(cert_der).public_key()
+        try:
+            key = pki.load_cert(cert_der).public_key()
+        except (ValueError, UnsupportedAlgorithm) as e:
+            raise VerificationError("the audit certificate's public key does not parse") from e
         if not isinstance(key, Ed25519PublicKey):
             raise VerificationError("the audit certificate does not hold an Ed25519 key")
         public = key

@@ -15,7 +15,6 @@ is refused before anything is decrypted.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sdquorum import shamir
-from sdquorum.encoding import b64d, b64e, canonical_json, parse_json_object
+from sdquorum.encoding import b64d, b64e, canonical_json, parse_json, parse_json_object
 from sdquorum.errors import MalformedError, VerificationError
 from sdquorum.sdfile import DomainSecrets
 
@@ -125,7 +124,7 @@ def open_backup(data: bytes, secrets: DomainSecrets) -> list[BackupKey]:
         body = AESGCM(secrets.backup_key).decrypt(nonce, ciphertext, hashlib.sha256(header).digest())
     except InvalidTag as e:
         raise VerificationError("the backup does not decrypt: the file was altered") from e
-    items = json.loads(body)
+    items = parse_json(body, "backup body")
     if not isinstance(items, list):
         raise MalformedError("backup body must be a list")
     keys = []

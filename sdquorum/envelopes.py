@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -40,6 +41,8 @@ from sdquorum.encoding import b64d, b64e, canonical_json, parse_json_object
 from sdquorum.errors import MalformedError, UnauthenticatedError, VerificationError
 from sdquorum.keys import WrappingKey, verify_pss
 from sdquorum.sdfile import Header, SignedHeader, share_label
+
+_HEX = re.compile(r"[0-9a-f]*")
 
 __all__ = [
     "PURPOSES",
@@ -661,7 +664,6 @@ def _bytes_hex(obj: dict[str, Any], key: str, length: int) -> bytes:
     v = obj.get(key)
     if not isinstance(v, str) or len(v) != 2 * length:
         raise MalformedError(f"{key} must be {length} bytes of hex")
-    try:
-        return bytes.fromhex(v)
-    except ValueError as e:
-        raise MalformedError(f"{key} must be hex") from e
+    if not _HEX.fullmatch(v):
+        raise MalformedError(f"{key} must be lowercase hex")
+    return bytes.fromhex(v)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from sdquorum.errors import MalformedError, UsageError, VerificationError
+from sdquorum.pki import load_cert
 
 __all__ = [
     "SoftwareWrappingKey",
@@ -78,14 +78,11 @@ class SoftwareWrappingKey:
 
 def rsa_public_key_of(cert_der_or_pem: bytes) -> rsa.RSAPublicKey:
     """The RSA public key of a certificate; MalformedError if it is not an RSA certificate."""
+    cert = load_cert(cert_der_or_pem)
     try:
-        if cert_der_or_pem.lstrip().startswith(b"-----BEGIN"):
-            cert = x509.load_pem_x509_certificate(cert_der_or_pem)
-        else:
-            cert = x509.load_der_x509_certificate(cert_der_or_pem)
         key = cert.public_key()
-    except ValueError as e:
-        raise MalformedError("not an X.509 certificate") from e
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise MalformedError("the certificate's public key does not parse") from e
     if not isinstance(key, rsa.RSAPublicKey):
         raise MalformedError("the certificate's key is not RSA")
     return key

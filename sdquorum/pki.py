@@ -139,10 +139,14 @@ def load_cert(cert_pem_or_der: bytes) -> x509.Certificate:
         if data.lstrip().startswith(b"-----BEGIN"):
             if data.count(b"-----BEGIN") != 1:
                 raise MalformedError("expected exactly one PEM certificate, found several blocks")
-            return x509.load_pem_x509_certificate(data)
-        return x509.load_der_x509_certificate(data)
-    except ValueError as e:
+            cert = x509.load_pem_x509_certificate(data)
+        else:
+            cert = x509.load_der_x509_certificate(data)
+        # cryptography parses these lazily; parse them now so a bad one is refused here, once.
+        _ = (cert.subject.rfc4514_string(), cert.issuer.rfc4514_string(), list(cert.extensions))
+    except (ValueError, TypeError, x509.InvalidVersion, x509.DuplicateExtension) as e:
         raise MalformedError(f"not an X.509 certificate in PEM or DER: {e}") from e
+    return cert
 
 
 def thumbprint_sha256(cert_pem_or_der: bytes) -> bytes:

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from sdquorum.errors import UsageError
+from sdquorum.errors import MalformedError, UsageError
+from sdquorum.pki import load_cert
 
 __all__ = ["MAX_CUSTODIANS", "MIN_CUSTODIANS", "MIN_RSA_BITS", "DownloadPlan", "validate_download"]
 
@@ -60,7 +62,12 @@ def validate_download(certificates: Sequence[bytes], quorum: int, now: datetime)
     seen: dict[bytes, int] = {}
     for i, data in enumerate(certificates, start=1):
         cert = _load(data, i)
-        key = cert.public_key()
+        try:
+            key = cert.public_key()
+        except (ValueError, UnsupportedAlgorithm) as e:
+            raise UsageError(
+                f"certificate #{i} holds a public key that does not parse: ask the custodian for a new one"
+            ) from e
         if not isinstance(key, rsa.RSAPublicKey):
             raise UsageError(
                 f"certificate #{i} does not hold an RSA key: custodian keys must be RSA >= {MIN_RSA_BITS} bits"
@@ -95,11 +102,9 @@ def validate_download(certificates: Sequence[bytes], quorum: int, now: datetime)
 
 def _load(data: bytes, i: int) -> x509.Certificate:
     try:
-        if data.lstrip().startswith(b"-----BEGIN"):
-            return x509.load_pem_x509_certificate(data)
-        return x509.load_der_x509_certificate(data)
-    except ValueError as e:
-        raise UsageError(f"certificate #{i} is not a PEM or DER X.509 certificate") from e
+        return load_cert(data)
+    except MalformedError as e:
+        raise UsageError(f"certificate #{i} is not a PEM or DER X.509 certificate: {e}") from e
 
 
 def _cn(cert: x509.Certificate) -> str:

@@ -943,7 +943,7 @@ def _check_text(value: object, what: str, *, required: bool = False) -> None:
         raise UsageError(f"{what} must not be empty")
     if len(value) > MAX_TEXT:
         raise UsageError(f"{what} is {len(value)} characters long: keep it to {MAX_TEXT}")
-    if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in value):
+    if any(unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") for ch in value):
         raise UsageError(f"{what} must be one line without control characters")
 
 

@@ -47,6 +47,8 @@ from sdquorum.encoding import b64d, b64e, canonical_json, parse_json_object
 from sdquorum.errors import MalformedError, UsageError, VerificationError
 from sdquorum.keys import encrypt_oaep
 
+_HEX = re.compile(r"[0-9a-f]*")
+
 __all__ = [
     "FORMAT",
     "MAX_SD_FILE_BYTES",
@@ -440,7 +442,6 @@ def _int(value: object, what: str, lo: int = 1, hi: int = 255) -> int:
 def _hex(value: object, what: str, length: int) -> bytes:
     if not isinstance(value, str) or len(value) != 2 * length:
         raise MalformedError(f"SD file: {what} must be {length} bytes of hex")
-    try:
-        return bytes.fromhex(value)
-    except ValueError as e:
-        raise MalformedError(f"SD file: {what} must be hex") from e
+    if not _HEX.fullmatch(value):
+        raise MalformedError(f"SD file: {what} must be lowercase hex")
+    return bytes.fromhex(value)

@@ -1,0 +1,20 @@
+"""Atheris target: key store backups (open_backup under fixed-seed domain secrets, which the seeds are
+sealed with, and backup_domain_id).
+
+Every input goes to each decoder of the family (see ``_harness.DECODERS``); project errors are
+expected, anything else is a crash. Run by ``fuzz/run.py`` (``make fuzz``), or alone:
+``python fuzz/fuzz_backup.py fuzz/corpus/backup -max_total_time=60``.
+"""
+
+import sys
+
+import atheris
+
+with atheris.instrument_imports(include=["sdquorum"]):
+    import _harness
+
+TestOneInput = _harness.target("backup")
+
+if __name__ == "__main__":
+    atheris.Setup(sys.argv, TestOneInput)
+    atheris.Fuzz()

@@ -1,0 +1,20 @@
+"""Atheris target: certificates (load_cert, role_from_cert, verify_attestation_chain against a fresh root,
+policy.validate_download).
+
+Every input goes to each decoder of the family (see ``_harness.DECODERS``); project errors are
+expected, anything else is a crash. Run by ``fuzz/run.py`` (``make fuzz``), or alone:
+``python fuzz/fuzz_pki.py fuzz/corpus/pki -max_total_time=60``.
+"""
+
+import sys
+
+import atheris
+
+with atheris.instrument_imports(include=["sdquorum"]):
+    import _harness
+
+TestOneInput = _harness.target("pki")
+
+if __name__ == "__main__":
+    atheris.Setup(sys.argv, TestOneInput)
+    atheris.Fuzz()
