@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import os
 import signal
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
 
 from custodian_agent import responder
 from custodian_agent.agent import Agent, AgentConfig, read_heartbeat
@@ -29,14 +32,17 @@ from custodian_agent.keyfile import keygen, load_wrapping_key, read_passphrase
 from sdquorum import envelopes, pki
 from sdquorum.envelopes import CustodianPolicy
 from sdquorum.errors import StateError, UsageError
+from sdquorum.keys import WrappingKey
 from sdquorum.offline import CeremonyRequest, OfflineAnswer
 from sdquorum_rpc.cli import run_main
 from sdquorum_rpc.config import add_flags
-from sdquorum_rpc.files import read_input_file, write_private_file
+from sdquorum_rpc.files import PendingFile, read_input_file, write_private_file
 from sdquorum_rpc.observability import setup_logging
 from sdquorum_rpc.tls import TlsFiles
 
 __all__ = ["main"]
+
+PIN_ENV = "SDQUORUM_PKCS11_PIN"  # the name of a variable, not a secret
 
 DEFAULT_STATE_DIR = Path.home() / ".sdquorum-agent"
 
@@ -52,15 +58,18 @@ def _parser() -> argparse.ArgumentParser:
     k = sub.add_parser(
         "keygen",
         help="make a wrapping key (passphrase-encrypted, 0600) and its certificate",
-        epilog="example: custodian-agent keygen --name alice --key alice.wrap.key --cert alice.wrap.pem",
+        epilog="examples:\n  custodian-agent keygen --name alice --key alice.wrap.key --cert alice.wrap.pem\n"
+        "  custodian-agent keygen --name alice --cert alice.wrap.pem --pkcs11-module /usr/lib/softhsm/libsofthsm2.so \\\n"
+        "      --pkcs11-token alice --pkcs11-key-label alice-wrap      # the key is made inside the token",
         formatter_class=fmt,
     )
     k.add_argument("--name", required=True, help="custodian name (the certificate's CN)")
-    k.add_argument("--key", type=Path, required=True, help="where to write the encrypted private key")
+    k.add_argument("--key", type=Path, help="where to write the encrypted private key (not with --pkcs11-*)")
     k.add_argument(
         "--cert", type=Path, required=True, help="where to write the certificate to hand to the admin"
     )
     k.add_argument("--bits", type=int, default=3072, help="RSA key size (default 3072; at least 2048)")
+    _token_flags(k)
 
     r = sub.add_parser("run", help="dial the node and serve requests", epilog=__doc__, formatter_class=fmt)
     add_flags(r, SETTINGS)
@@ -75,8 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--request", type=Path, required=True, help="the request file the admin gave you")
     o.add_argument("--out", type=Path, required=True, help="where to write the answer file (must not exist)")
     o.add_argument("--attestation-root", type=Path, required=True)
-    o.add_argument("--wrapping-key", type=Path, required=True)
+    o.add_argument("--wrapping-key", type=Path, help="passphrase-encrypted key file (or --pkcs11-*)")
     o.add_argument("--wrapping-cert", type=Path, required=True)
+    _token_flags(o)
     o.add_argument("--allow-domain", action="append", default=[], metavar="HEX")
     o.add_argument("--pin-domain-key", action="append", default=[], metavar="HEX")
     o.add_argument(
@@ -114,6 +124,37 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _token_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pkcs11-module", type=Path, help="PKCS#11 module of the token holding the key")
+    p.add_argument("--pkcs11-token", help="the token's label")
+    p.add_argument("--pkcs11-key-label", help="the key pair's label in the token")
+
+
+def _pin() -> str:
+    pin = os.environ.get(PIN_ENV)
+    return pin if pin is not None else getpass.getpass("Token PIN: ")
+
+
+def _load_key(args: argparse.Namespace | AgentSettings) -> WrappingKey:
+    """The custodian's key: a passphrase-protected file, or a token object that never leaves it."""
+    if args.pkcs11_module is not None:
+        if not args.pkcs11_token or not args.pkcs11_key_label:
+            raise UsageError("a token key needs --pkcs11-module, --pkcs11-token and --pkcs11-key-label")
+        from custodian_agent.pkcs11key import open_token_key  # python-pkcs11 only where a token is used
+
+        cert = pki.load_cert(read_input_file(args.wrapping_cert, "wrapping certificate"))
+        return open_token_key(
+            args.pkcs11_module,
+            args.pkcs11_token,
+            _pin(),
+            args.pkcs11_key_label,
+            cert.public_bytes(serialization.Encoding.DER),
+        )
+    if args.wrapping_key is None:
+        raise UsageError("give --wrapping-key FILE, or --pkcs11-module/--pkcs11-token/--pkcs11-key-label")
+    return load_wrapping_key(args.wrapping_key, args.wrapping_cert, read_passphrase())
+
+
 def _hexes(values: list[str], what: str, length: int) -> frozenset[bytes]:
     out = set()
     for v in values:
@@ -141,7 +182,7 @@ def _respond(args: argparse.Namespace) -> int:
     policy = _policy(args)
     if args.out.exists():
         raise UsageError(f"{args.out} exists already: choose another --out")
-    key = load_wrapping_key(args.wrapping_key, args.wrapping_cert, read_passphrase())
+    key = _load_key(args)
     thumbprint = pki.thumbprint_sha256(key.certificate_der())
     checked = responder.check(req, thumbprint, policy, datetime.now(UTC))  # raises, naming the check
     details = responder.describe(req, checked)
@@ -196,7 +237,7 @@ def _respond(args: argparse.Namespace) -> int:
 
 
 async def _run(args: AgentSettings) -> int:
-    key = load_wrapping_key(args.wrapping_key, args.wrapping_cert, read_passphrase())
+    key = _load_key(args)
     config = AgentConfig(
         node=args.node,
         tls=TlsFiles(args.tls_cert, args.tls_key, args.ca, ("--tls-cert", "--tls-key", "--ca")),
@@ -240,6 +281,31 @@ def _body(args: argparse.Namespace) -> int:
     if args.command == "keygen":
         if args.bits < 2048:
             raise UsageError("--bits must be at least 2048 (3072 recommended)")
+        if args.pkcs11_module is not None:
+            if args.key is not None or not args.pkcs11_token or not args.pkcs11_key_label:
+                raise UsageError(
+                    "for a token key give --pkcs11-module, --pkcs11-token and --pkcs11-key-label, not --key"
+                )
+            from custodian_agent.pkcs11key import token_keygen
+
+            with PendingFile(args.cert, mode=0o644) as out:
+                out.write(
+                    token_keygen(
+                        args.pkcs11_module,
+                        args.pkcs11_token,
+                        _pin(),
+                        args.pkcs11_key_label,
+                        args.name,
+                        datetime.now(UTC),
+                        args.bits,
+                    )
+                )
+            print(
+                f"made the key pair inside token {args.pkcs11_token!r}; wrote {args.cert}: give it to the HSM admin"
+            )
+            return 0
+        if args.key is None:
+            raise UsageError("give --key FILE for a key file, or --pkcs11-* for a key made inside a token")
         keygen(
             args.name, args.key, args.cert, read_passphrase(confirm=True), datetime.now(UTC), bits=args.bits
         )

@@ -72,12 +72,25 @@ SETTINGS = [
         help="root that must sign the node's exchange key",
     ),
     Setting(
+        "wrapping.pkcs11_module",
+        "--pkcs11-module",
+        E + "PKCS11_MODULE",
+        Path,
+        help="PKCS#11 module holding the wrapping key (instead of --wrapping-key); PIN from $SDQUORUM_PKCS11_PIN or a prompt",
+    ),
+    Setting("wrapping.pkcs11_token", "--pkcs11-token", E + "PKCS11_TOKEN", help="the token's label"),
+    Setting(
+        "wrapping.pkcs11_key_label",
+        "--pkcs11-key-label",
+        E + "PKCS11_KEY_LABEL",
+        help="the key pair's label in the token",
+    ),
+    Setting(
         "wrapping.key",
         "--wrapping-key",
         E + "WRAPPING_KEY",
         Path,
-        required=True,
-        help="passphrase-encrypted PKCS#8 wrapping key",
+        help="passphrase-encrypted PKCS#8 wrapping key (or the key in a token: --pkcs11-*)",
     ),
     Setting(
         "wrapping.cert", "--wrapping-cert", E + "WRAPPING_CERT", Path, required=True, help="its certificate"
@@ -106,11 +119,14 @@ class AgentSettings:
     approval: str
     allow_domain: list[str]
     pin_domain_key: list[str]
+    pkcs11_module: Path | None
+    pkcs11_token: str | None
+    pkcs11_key_label: str | None
     tls_cert: Path
     tls_key: Path
     ca: Path
     attestation_root: Path
-    wrapping_key: Path
+    wrapping_key: Path | None
     wrapping_cert: Path
     log_level: str
     log_format: str
@@ -120,6 +136,15 @@ class AgentSettings:
         if self.approval not in ("manual", "auto"):
             raise UsageError(
                 f"agent.approval = {self.approval!r}: use manual (default) or auto (drills and tests only)"
+            )
+        token = (self.pkcs11_module, self.pkcs11_token, self.pkcs11_key_label)
+        if any(v is not None for v in token) and not all(v is not None for v in token):
+            raise UsageError(
+                "a token key needs all of wrapping.pkcs11_module, pkcs11_token and pkcs11_key_label"
+            )
+        if (self.wrapping_key is None) == (self.pkcs11_module is None):
+            raise UsageError(
+                "give exactly one wrapping key: wrapping.key (a file) or wrapping.pkcs11_* (a token)"
             )
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise UsageError(

@@ -3,6 +3,7 @@
 #   chromium  - tests/review/test_review_html.py renders the quarterly review headless
 #   iproute2  - tests/multihost/ puts the node and each agent in a network namespace (`ip netns`)
 #   openssl   - tests/e2e/test_tls_policy.py probes the node's TLS policy with `openssl s_client`
+#   softhsm2  - tests/pkcs11/ keeps a custodian's wrapping key in a PKCS#11 token
 # As root, missing ones are installed from Debian's packages; as anyone else, a one-line note says
 # how, and the script still succeeds (those tests then skip, unless SDQUORUM_REQUIRE_TOOLS=1 makes a
 # missing tool a failure).
@@ -12,9 +13,10 @@ missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v softhsm2-util >/dev/null 2>&1 || missing+=(softhsm2)
 
 if [[ ${#missing[@]} -eq 0 ]]; then
-    echo "ensure-test-tools: chromium, ip and openssl present"
+    echo "ensure-test-tools: chromium, ip, openssl and softhsm2 present"
     exit 0
 fi
 
@@ -26,6 +28,6 @@ fi
 echo "ensure-test-tools: installing Debian's ${missing[*]} with apt-get (for the tests that drive them)"
 apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
-for tool in chromium ip openssl; do
+for tool in chromium ip openssl softhsm2-util; do
     command -v "$tool" >/dev/null 2>&1 || { echo "ensure-test-tools: $tool still missing after apt-get install" >&2; exit 1; }
 done

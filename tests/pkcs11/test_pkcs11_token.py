@@ -1,0 +1,91 @@
+"""Custodian keys in a PKCS#11 token (SoftHSM2): raw RSA in the token, OAEP-SHA256 on the host."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from harness import NAMES, certs_of, running_cluster
+from softhsm import Token
+
+from custodian_agent.pkcs11key import open_token_key, token_keygen
+from sdquorum import pki
+from sdquorum.errors import UsageError, VerificationError
+from sdquorum.keys import SoftwareWrappingKey, encrypt_oaep, verify_pss
+from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
+
+
+@pytest.fixture(scope="module")
+def token_cert(softhsm: Token, now: datetime) -> bytes:
+    pem = token_keygen(softhsm.module, softhsm.label, softhsm.pin, "olga-wrap", "olga", now, bits=2048)
+    return pki.load_cert(pem).public_bytes(serialization.Encoding.DER)
+
+
+@pytest.mark.parametrize("label", [b"", b"sdquorum share v1|domain|1|5", os.urandom(40)])
+def test_token_key_decrypts_oaep_sha256_with_and_without_labels(
+    softhsm: Token, token_cert: bytes, label: bytes
+) -> None:
+    key = open_token_key(softhsm.module, softhsm.label, softhsm.pin, "olga-wrap", token_cert)
+    try:
+        secret = os.urandom(32)
+        assert key.decrypt(encrypt_oaep(token_cert, secret, label), label) == secret
+        with pytest.raises(VerificationError, match="^decryption failed$"):
+            key.decrypt(encrypt_oaep(token_cert, secret, label + b"x"), label)
+        assert verify_pss(token_cert, b"release", key.sign(b"release"))
+    finally:
+        key.close()
+
+
+def test_token_refuses_a_wrong_pin_and_a_mismatched_certificate(
+    softhsm: Token, token_cert: bytes, wrapping_keys: list[SoftwareWrappingKey]
+) -> None:
+    with pytest.raises(VerificationError, match="refused the PIN"):
+        open_token_key(softhsm.module, softhsm.label, "not-the-pin", "olga-wrap", token_cert)
+    with pytest.raises(UsageError, match="does not match"):
+        open_token_key(
+            softhsm.module, softhsm.label, softhsm.pin, "olga-wrap", wrapping_keys[0].certificate_der()
+        )
+    with pytest.raises(UsageError, match="no single RSA key pair"):
+        open_token_key(softhsm.module, softhsm.label, softhsm.pin, "nobody", token_cert)
+
+
+@pytest.mark.asyncio
+async def test_native_recovery_completes_with_one_custodian_key_in_the_token(
+    softhsm: Token, token_cert: bytes, pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey]
+) -> None:
+    key = open_token_key(softhsm.module, softhsm.label, softhsm.pin, "olga-wrap", token_cert)
+    try:
+        async with running_cluster(pki_dir, tmp_path / "a") as a:
+            sd = await a.download([*certs_of(wrapping_keys[:4]), token_cert], quorum=3)
+        async with running_cluster(pki_dir, tmp_path / "b", node_id="node-b") as b:
+            b.start_agent(NAMES[0], wrapping_keys[0], tmp_path)
+            b.start_agent(NAMES[1], wrapping_keys[1], tmp_path)
+            b.start_agent("erin", key, tmp_path)  # slot 5: olga's key, in the token
+            await b.start_recovery(sd)
+            last = await b.wait_session()
+            assert last.state == pb.COMPLETED, last.message
+            assert {c.name: c.status for c in last.custodians}["olga"] == pb.ACCEPTED
+    finally:
+        key.close()
+
+
+def test_keygen_in_the_token_through_the_cli(
+    softhsm: Token, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from custodian_agent.cli import main
+
+    monkeypatch.setenv("SDQUORUM_PKCS11_PIN", softhsm.pin)
+    cert = tmp_path / "paula.wrap.pem"
+    argv = [
+        "keygen", "--name", "paula", "--cert", str(cert), "--bits", "2048",
+        "--pkcs11-module", str(softhsm.module), "--pkcs11-token", softhsm.label, "--pkcs11-key-label", "paula-wrap",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    der = pki.load_cert(cert.read_bytes()).public_bytes(serialization.Encoding.DER)
+    key = open_token_key(softhsm.module, softhsm.label, softhsm.pin, "paula-wrap", der)
+    key.close()
+    assert main([*argv[:4], str(tmp_path / "again.pem"), *argv[5:]]) == 2  # the label is taken: refused
+    assert not (tmp_path / "again.pem").exists()
