@@ -32,7 +32,7 @@ def test_token_key_decrypts_oaep_sha256_with_and_without_labels(
     try:
         secret = os.urandom(32)
         assert key.decrypt(encrypt_oaep(token_cert, secret, label), label) == secret
-        with pytest.raises(VerificationError, match="^decryption failed$"):
+        with pytest.raises(VerificationError, match=r"^decryption failed$"):
             key.decrypt(encrypt_oaep(token_cert, secret, label + b"x"), label)
         assert verify_pss(token_cert, b"release", key.sign(b"release"))
     finally:
