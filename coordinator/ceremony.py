@@ -184,6 +184,7 @@ class Ceremony:
         self._attestation: Attestation | None = None
         self._requests: dict[str, CustodianRequest] = {}
         self._status: dict[int, CustodianProgress] = {}
+        self._domain_id, self._epoch, self._required, self._n = b"", 0, 0, 0
         self._setup()
 
     def _setup(self) -> None:
@@ -206,20 +207,23 @@ class Ceremony:
         return self._attestation
 
     def required(self) -> int:
-        return self.header.quorum
+        return self._required
+
+    @property
+    def opened(self) -> bool:
+        return self._attestation is not None
 
     def status(self) -> CeremonyStatus:
-        header = self._signed.header if self._signed else None
         return CeremonyStatus(
             session_id=self.session_id,
             kind=self.kind,
             state=self.state,
-            required=self.required() if header else 0,
+            required=self.required() if self.opened else 0,
             custodians=tuple(self._status[x] for x in sorted(self._status)),
             expires_at=self.expires_at,
             message=self.message,
-            domain_id=header.domain_id if header else b"",
-            epoch=header.epoch if header else 0,
+            domain_id=self._domain_id,
+            epoch=self._epoch,
         )
 
     def progress(self) -> QuorumProgress:
@@ -256,52 +260,82 @@ class Ceremony:
     def _open(
         self, signed: SignedHeader, now: int, sign: AttestationSigner, *, proposal: bytes = b""
     ) -> Attestation:
+        header = signed.header
+        attestation = self._open_slots(
+            [(slot.x, slot.name, slot.thumbprint) for slot in header.slots],
+            domain_id=header.domain_id,
+            epoch=header.epoch,
+            required=header.quorum,
+            file_sha256=signed.sha256,
+            file_bytes=signed.header_bytes,
+            file_signature=signed.signature,
+            now=now,
+            sign=sign,
+            proposal=proposal,
+        )
+        self._signed = signed
+        return attestation
+
+    def _open_slots(
+        self,
+        slots: list[tuple[int, str, bytes]],
+        *,
+        domain_id: bytes,
+        epoch: int,
+        required: int,
+        file_sha256: bytes,
+        file_bytes: bytes,
+        file_signature: bytes,
+        now: int,
+        sign: AttestationSigner,
+        proposal: bytes = b"",
+    ) -> Attestation:
+        """Attest the session and make one request per slot ``(x, name, wrapping-cert thumbprint)``."""
         if self.state is not SessionState.AWAITING_SD_FILE:
             raise StateError(f"session {self.session_id} already has its SD file")
         self._check_deadline(now)
         if self._exchange_key is None:  # pragma: no cover - only None once finished
             raise StateError("the session has ended")
-        header = signed.header
         statement = ExchangeStatement(
             session_id=self.session_id,
             purpose=self.kind,
             node_id=self.node_id,
             node_address=self.node_address,
-            domain_id=header.domain_id,
-            epoch=header.epoch,
-            sd_header_sha256=signed.sha256,
+            domain_id=domain_id,
+            epoch=epoch,
+            sd_header_sha256=file_sha256,
             exchange_public_key=bytes(self._exchange_key.public_key),
             issued_at=now,
             expires_at=self.expires_at,
             initiator=self.initiator,
             reason=self.reason,
-            challenge=self._rng(32) if self.kind != "recovery" else b"",
+            challenge=self._rng(32) if self.kind in ("drill", "rotation") else b"",
             proposal_sha256=hashlib.sha256(proposal).digest() if proposal else b"",
         )
         attestation = sign(statement)
-        self._signed = signed
         self._attestation = attestation
+        self._domain_id, self._epoch, self._required, self._n = domain_id, epoch, required, len(slots)
         att_bytes = attestation.to_bytes()
-        for slot in header.slots:
+        for x, name, thumbprint in slots:
             rid = self._rng(8).hex()
             self._requests[rid] = CustodianRequest(
                 request_id=rid,
                 session_id=self.session_id,
                 kind=self.kind,
-                x=slot.x,
-                thumbprint=slot.thumbprint,
+                x=x,
+                thumbprint=thumbprint,
                 attestation=att_bytes,
-                header_bytes=signed.header_bytes,
-                header_signature=signed.signature,
+                header_bytes=file_bytes,
+                header_signature=file_signature,
                 proposal=proposal,
             )
-            self._status[slot.x] = CustodianProgress(slot.x, slot.name, CustodianStatus.NOT_CONNECTED)
+            self._status[x] = CustodianProgress(x, name, CustodianStatus.NOT_CONNECTED)
         self.state = SessionState.COLLECTING
         self.message = self._collecting_message()
         return attestation
 
     def _collecting_message(self) -> str:
-        return f"collecting {self.required()} of {self.header.n} answers"
+        return f"collecting {self.required()} of {self._n} answers"
 
     def mark_delivered(self, request_id: str) -> None:
         req = self._requests.get(request_id)
@@ -334,9 +368,10 @@ class Ceremony:
     def deny_signed(self, request_id: str, denial: bytes, now: int) -> CustodianProgress:
         """A denial signed by the slot's own key (UnauthenticatedError otherwise: the slot stays open)."""
         req = self._open_request(request_id, now)
+        envelope = Denial.from_bytes(denial)
         reason = verify_denial(
-            Denial.from_bytes(denial),
-            header=self.header,
+            envelope,
+            slot_certificate=self._slot_certificate(req, envelope.statement.certificate),
             expected_x=req.x,
             session_id=self.session_id,
             request_id=request_id,
@@ -373,7 +408,7 @@ class Ceremony:
     def tick(self, now: int) -> bool:
         """Apply the deadline; True if the session has finished."""
         if not self.finished and now >= self.expires_at:
-            if self._signed is None:
+            if not self.opened:
                 self._fail("deadline passed before the SD file was uploaded")
             else:
                 self._at_deadline()
@@ -384,6 +419,11 @@ class Ceremony:
             self._fail(reason)
 
     # ------------------------------------------------------------------ for subclasses
+
+    def _slot_certificate(self, req: CustodianRequest, offered: bytes) -> bytes:
+        """The wrapping certificate answers for ``req`` must verify under: the SD header's (native
+        files carry the certificates); a file that holds only thumbprints overrides this."""
+        return self.header.slot(req.x).certificate_der
 
     def _accept(self, req: CustodianRequest, answer: bytes) -> str:
         raise NotImplementedError

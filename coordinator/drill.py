@@ -33,10 +33,10 @@ class DrillSession(Ceremony):
         return self._open(signed, now, sign)
 
     def required(self) -> int:
-        return self.header.n
+        return self._n
 
     def _collecting_message(self) -> str:
-        return f"drill: waiting for all {self.header.n} custodians to prove possession"
+        return f"drill: waiting for all {self._n} custodians to prove possession"
 
     def _accept(self, req: CustodianRequest, answer: bytes) -> str:
         if self._attestation is None:  # pragma: no cover - set when open

@@ -67,7 +67,7 @@ class RecoverySession(Ceremony):
         return attestation
 
     def _collecting_message(self) -> str:
-        return f"collecting {self.required()} of {self.header.n} shares"
+        return f"collecting {self.required()} of {self._n} shares"
 
     def _accept(self, req: CustodianRequest, answer: bytes) -> str:
         if self._attestation is None or self._exchange_key is None:  # pragma: no cover - set when open

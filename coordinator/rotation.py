@@ -35,7 +35,7 @@ class RotationSession(Ceremony):
         return self._open(signed, now, sign, proposal=proposal.to_bytes())
 
     def _collecting_message(self) -> str:
-        return f"rotation: waiting for {self.required()} of {self.header.n} custodians to approve"
+        return f"rotation: waiting for {self.required()} of {self._n} custodians to approve"
 
     def _accept(self, req: CustodianRequest, answer: bytes) -> str:
         if self._attestation is None:  # pragma: no cover - set when open

@@ -75,7 +75,7 @@ RELEASE_TYPE = "sdquorum-share-release-v1"
 SHARE_TYPE = "sdquorum-sealed-share-v1"
 MAX_ENVELOPE_BYTES = 64 * 1024
 CLOCK_SKEW_SECONDS = 120
-PURPOSES = ("recovery", "drill", "rotation")
+PURPOSES = ("recovery", "drill", "rotation", "azure-recovery")
 PROOF_TYPE = "sdquorum-possession-proof-v1"
 DENIAL_TYPE = "sdquorum-denial-v1"
 
@@ -143,7 +143,7 @@ class ExchangeStatement:
             raise MalformedError(f"attestation statement: unknown purpose {st.purpose!r}")
         if len(st.challenge) not in (0, 32) or len(st.proposal_sha256) not in (0, 32):
             raise MalformedError("attestation statement: challenge and proposal hash must be 32 bytes")
-        if st.purpose != "recovery" and len(st.challenge) != 32:
+        if st.purpose in ("drill", "rotation") and len(st.challenge) != 32:
             raise MalformedError("attestation statement: a drill or rotation needs a 32-byte challenge")
         if (st.purpose == "rotation") != (len(st.proposal_sha256) == 32):
             raise MalformedError(
@@ -485,11 +485,13 @@ class DenialStatement:
     x: int
     thumbprint: bytes
     reason: str
+    certificate: bytes = b""  # the signer's certificate (DER), for SD files that carry only thumbprints
 
     def to_bytes(self) -> bytes:
         return canonical_json(
             {
                 "type": DENIAL_TYPE,
+                "certificate": b64e(self.certificate),
                 "session_id": self.session_id,
                 "request_id": self.request_id,
                 "x": self.x,
@@ -509,6 +511,7 @@ class DenialStatement:
             x=_int(obj, "x"),
             thumbprint=_b64(obj, "x5t_256", 32),
             reason=_str(obj, "reason"),
+            certificate=_b64(obj, "certificate", None),
         )
 
 
@@ -526,23 +529,24 @@ def make_denial(key: WrappingKey, *, session_id: str, request_id: str, x: int, r
         x=x,
         thumbprint=hashlib.sha256(key.certificate_der()).digest(),
         reason=reason[:200],
+        certificate=key.certificate_der(),
     )
     data = statement.to_bytes()
     return Denial(data, key.sign(data))
 
 
 def verify_denial(
-    denial: Denial, *, header: Header, expected_x: int, session_id: str, request_id: str
+    denial: Denial, *, slot_certificate: bytes, expected_x: int, session_id: str, request_id: str
 ) -> str:
     """The reason of a denial signed by slot ``expected_x``'s key for exactly this request."""
-    st, slot = denial.statement, header.slot(expected_x)
-    if not verify_pss(slot.certificate_der, denial.statement_bytes, denial.signature):
+    st = denial.statement
+    if not verify_pss(slot_certificate, denial.statement_bytes, denial.signature):
         raise UnauthenticatedError(f"the denial is not signed by slot {expected_x}'s wrapping key")
     if (
         st.x != expected_x
         or not hmac.compare_digest(st.session_id.encode(), session_id.encode())
         or not hmac.compare_digest(st.request_id.encode(), request_id.encode())
-        or not hmac.compare_digest(st.thumbprint, slot.thumbprint)
+        or not hmac.compare_digest(st.thumbprint, hashlib.sha256(slot_certificate).digest())
     ):
         raise UnauthenticatedError("the denial was made for another request (replay)")
     return st.reason

@@ -19,7 +19,7 @@ Strict where the Azure CLI is lenient; :func:`parse_compact` refuses, as :class:
   as a prefix), a ciphertext that is not a non-empty whole number of AES blocks, a non-empty
   encrypted key with dir or an empty one with RSA-OAEP-256.
 
-Decryption failures are :class:`VerificationError` with one message per shape ("the JWE does not
+Decryption failures are :class:`VerificationError` with a single message ("the JWE does not
 decrypt with this key"), whether the RSA step, the content-key length or the tag failed. The AAD is
 the protected header exactly as received (ASCII), which equals our own encoding because only
 canonical base64url is accepted.

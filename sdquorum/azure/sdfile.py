@@ -228,14 +228,14 @@ class AzureSecurityDomain:
         if not isinstance(version, int) or isinstance(version, bool) or version != VERSION:
             raise MalformedError(f"Azure security-domain file version must be {VERSION}, got {version!r}")
         items = _parse_enc_data(obj["EncData"])
-        shared = _object(obj["SharedKeys"], "SharedKeys")
-        _members(shared, {"enc_shares", "key_algorithm", "required"}, "SharedKeys")
-        if shared["key_algorithm"] != KEY_ALGORITHM:
+        key_block = _object(obj["SharedKeys"], "SharedKeys")
+        _members(key_block, {"enc_shares", "key_algorithm", "required"}, "SharedKeys")
+        if key_block["key_algorithm"] != KEY_ALGORITHM:
             raise MalformedError(f"SharedKeys key_algorithm must be {KEY_ALGORITHM!r}")
         shares = tuple(
-            EncShare.from_json(s, i) for i, s in enumerate(_list(shared["enc_shares"], "enc_shares"))
+            EncShare.from_json(s, i) for i, s in enumerate(_list(key_block["enc_shares"], "enc_shares"))
         )
-        required = shared["required"]
+        required = key_block["required"]
         if not isinstance(required, int) or isinstance(required, bool):
             raise MalformedError("SharedKeys required must be an integer")
         if not 2 <= required <= len(shares) <= gf257.MAX_SHARES:
@@ -345,13 +345,14 @@ def _master_key(rng: Rng) -> bytes:
     return key
 
 
-def make_transfer_file(items: Sequence[Item], exchange_cert: bytes, rng: Rng) -> TransferFile:
-    """Every item re-encrypted under a fresh random master key wrapped to the exchange certificate."""
+def make_transfer_file(items: Sequence[Item], exchange_cert_der: bytes, rng: Rng) -> TransferFile:
+    """Every item re-encrypted under a fresh random master key wrapped to the exchange certificate
+    (DER; PEM is accepted too), with that certificate's x5t_256."""
     master_key = _master_key(rng)
     return TransferFile(
         data=encrypt_items(items, master_key, rng),
-        wrapped_key=jwe.encrypt_to_certificate(master_key, exchange_cert, rng, kid=WRAPPED_KEY_KID),
-        x5t_256=x5t_256(exchange_cert),
+        wrapped_key=jwe.encrypt_to_certificate(master_key, exchange_cert_der, rng, kid=WRAPPED_KEY_KID),
+        x5t_256=x5t_256(exchange_cert_der),
     )
 
 
