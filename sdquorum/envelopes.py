@@ -56,13 +56,16 @@ __all__ = [
     "ProofStatement",
     "Release",
     "ReleaseStatement",
+    "SlotKey",
     "check_request",
     "decrypt_share",
     "make_denial",
     "make_proof",
     "make_release",
     "open_release",
+    "open_sealed_share",
     "proof_context",
+    "seal_release",
     "sign_attestation",
     "verify_attestation",
     "verify_denial",
@@ -361,15 +364,21 @@ def decrypt_share(checked: CheckedRequest, key: WrappingKey) -> shamir.Share:
 
 def make_release(checked: CheckedRequest, share: shamir.Share, key: WrappingKey) -> Release:
     """Seal ``share`` to the attested exchange key and sign the release with the wrapping key."""
-    st = checked.statement
+    return seal_release(checked.statement, checked.attestation_sha256, share.x, share.to_bytes(), key)
+
+
+def seal_release(
+    st: ExchangeStatement, attestation_sha256: bytes, x: int, share_bytes: bytes, key: WrappingKey
+) -> Release:
+    """The release of slot ``x``'s share bytes (native scalar or Azure GF(257) words) to ``st``'s key."""
     inner = canonical_json(
         {
             "type": SHARE_TYPE,
             "session_id": st.session_id,
             "domain_id": st.domain_id.hex(),
             "epoch": st.epoch,
-            "x": share.x,
-            "share": b64e(share.to_bytes()),
+            "x": x,
+            "share": b64e(share_bytes),
         }
     )
     sealed = nacl.public.SealedBox(nacl.public.PublicKey(st.exchange_public_key)).encrypt(inner)
@@ -377,9 +386,9 @@ def make_release(checked: CheckedRequest, share: shamir.Share, key: WrappingKey)
         session_id=st.session_id,
         domain_id=st.domain_id,
         epoch=st.epoch,
-        x=share.x,
-        thumbprint=checked.header.slot(share.x).thumbprint,
-        attestation_sha256=checked.attestation_sha256,
+        x=x,
+        thumbprint=hashlib.sha256(key.certificate_der()).digest(),
+        attestation_sha256=attestation_sha256,
         sealed_share=bytes(sealed),
     )
     data = statement.to_bytes()
@@ -396,15 +405,42 @@ def open_release(
     exchange_key: nacl.public.PrivateKey,
 ) -> shamir.Share:
     """Verify a release for slot ``expected_x`` of this session and return its share (VSS not yet checked)."""
-    st = release.statement
-    _check_binding(
+    slot = header.slot(expected_x)
+    raw = open_sealed_share(
         release,
-        st,
-        header=header,
-        expected_x=expected_x,
+        slot=SlotKey(expected_x, slot.certificate_der, header.domain_id, header.epoch),
         session_id=session_id,
         attestation_sha256=attestation_sha256,
+        exchange_key=exchange_key,
     )
+    return shamir.Share.from_bytes(expected_x, raw)
+
+
+@dataclass(frozen=True)
+class SlotKey:
+    """What an answer for a slot is checked against: the slot, its certificate, domain and epoch."""
+
+    x: int
+    certificate_der: bytes
+    domain_id: bytes
+    epoch: int
+
+    @property
+    def thumbprint(self) -> bytes:
+        return hashlib.sha256(self.certificate_der).digest()
+
+
+def open_sealed_share(
+    release: Release,
+    *,
+    slot: SlotKey,
+    session_id: str,
+    attestation_sha256: bytes,
+    exchange_key: nacl.public.PrivateKey,
+) -> bytes:
+    """Every check of a release, then the share bytes it sealed to this session's exchange key."""
+    st = release.statement
+    _check_binding(release, st, slot=slot, session_id=session_id, attestation_sha256=attestation_sha256)
     try:
         inner = nacl.public.SealedBox(exchange_key).decrypt(st.sealed_share)
     except nacl.exceptions.CryptoError as e:
@@ -413,12 +449,12 @@ def open_release(
     if (
         obj.get("type") != SHARE_TYPE
         or obj.get("session_id") != session_id
-        or obj.get("domain_id") != header.domain_id.hex()
-        or obj.get("epoch") != header.epoch
-        or obj.get("x") != expected_x
+        or obj.get("domain_id") != slot.domain_id.hex()
+        or obj.get("epoch") != slot.epoch
+        or obj.get("x") != slot.x
     ):
         raise VerificationError("the sealed share's bindings differ from its signed release")
-    return shamir.Share.from_bytes(expected_x, b64d(obj.get("share"), "share"))
+    return b64d(obj.get("share"), "share")
 
 
 @dataclass(frozen=True)
@@ -591,11 +627,11 @@ def make_proof(checked: CheckedRequest, share: shamir.Share, key: WrappingKey, r
 def verify_proof(proof: Proof, *, attestation: Attestation, header: Header, expected_x: int) -> None:
     """Check a proof for slot ``expected_x`` answers this attestation; VerificationError names the check."""
     st, att = proof.statement, attestation.statement
+    slot_info = header.slot(expected_x)
     _check_binding(
         proof,
         st,
-        header=header,
-        expected_x=expected_x,
+        slot=SlotKey(expected_x, slot_info.certificate_der, header.domain_id, header.epoch),
         session_id=att.session_id,
         attestation_sha256=attestation.sha256,
     )
@@ -613,26 +649,24 @@ def _check_binding(
     env: Release | Proof,
     st: ReleaseStatement | ProofStatement,
     *,
-    header: Header,
-    expected_x: int,
+    slot: SlotKey,
     session_id: str,
     attestation_sha256: bytes,
 ) -> None:
     """What every custodian answer must bind: its slot and signer, session, domain, epoch, attestation."""
     what = env.what
-    slot = header.slot(expected_x)
     # The signature first: an answer not signed by the slot's key is nobody's, and must not count
     # against the slot's custodian (else anyone could knock an honest custodian out of a session).
     if not verify_pss(slot.certificate_der, env.statement_bytes, env.signature):
-        raise UnauthenticatedError(f"the {what} is not signed by slot {expected_x}'s wrapping key")
+        raise UnauthenticatedError(f"the {what} is not signed by slot {slot.x}'s wrapping key")
     # A signed answer of another session is a replay by whoever kept it, not this custodian's doing.
     if not hmac.compare_digest(st.session_id.encode(), session_id.encode()):
         raise UnauthenticatedError(f"the {what} belongs to another session (replay)")
     if not hmac.compare_digest(st.attestation_sha256, attestation_sha256):
         raise UnauthenticatedError(f"the {what} answers another attestation than this session's (replay)")
-    if st.x != expected_x:
-        raise VerificationError(f"the {what} claims slot {st.x} on a request for slot {expected_x}")
-    if st.domain_id != header.domain_id or st.epoch != header.epoch:
+    if st.x != slot.x:
+        raise VerificationError(f"the {what} claims slot {st.x} on a request for slot {slot.x}")
+    if st.domain_id != slot.domain_id or st.epoch != slot.epoch:
         raise VerificationError(f"the {what} is for another domain or epoch")
     if not hmac.compare_digest(st.thumbprint, slot.thumbprint):
         raise VerificationError(f"the {what} names another wrapping certificate than the slot's")
