@@ -3,6 +3,7 @@
 No grpc, no disk, no clock: the host passes ``now`` (unix seconds) and delivers messages.
 """
 
+from coordinator.azure import AzureRestoreSession
 from coordinator.ceremony import (
     Ceremony,
     CeremonyStatus,
@@ -20,6 +21,7 @@ from coordinator.rotation import RotationProposal, RotationSession
 
 __all__ = [
     "DRILL_OUTCOMES",
+    "AzureRestoreSession",
     "Ceremony",
     "CeremonyStatus",
     "CustodianProgress",

@@ -27,7 +27,19 @@ MIN_PASSPHRASE = 12
 
 
 def read_passphrase(confirm: bool = False) -> bytes:
+    """$SDQUORUM_PASSPHRASE, else a file named by $SDQUORUM_PASSPHRASE_FILE or systemd's
+    $CREDENTIALS_DIRECTORY/passphrase (LoadCredential=), else a prompt that does not echo."""
     env = os.environ.get(PASSPHRASE_ENV)
+    file = os.environ.get(PASSPHRASE_ENV + "_FILE") or (
+        str(Path(os.environ["CREDENTIALS_DIRECTORY"]) / "passphrase")
+        if os.environ.get("CREDENTIALS_DIRECTORY")
+        else None
+    )
+    if env is None and file is not None:
+        try:
+            env = Path(file).read_text().rstrip("\r\n")
+        except OSError as e:
+            raise UsageError(f"cannot read the passphrase file {file}: {e.strerror}") from e
     if env is not None:
         phrase = env
     else:
