@@ -52,7 +52,12 @@ def read_heartbeat(state_dir: Path) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) and isinstance(obj.get("time"), (int, float)) else None
 
 
-KINDS = {pb.RECOVERY: "recovery", pb.DRILL: "drill", pb.ROTATION: "rotation"}
+KINDS = {
+    pb.RECOVERY: "recovery",
+    pb.DRILL: "drill",
+    pb.ROTATION: "rotation",
+    pb.AZURE_RECOVERY: "azure-recovery",
+}
 
 
 def request_from_proto(msg: pb.CustodianRequest, custodian: str = "") -> CeremonyRequest:
@@ -235,7 +240,7 @@ class Agent:
             await self._deny(client, msg, CHECK_FAILED)
             return "refused"
         with client.errors():
-            if req.kind == "recovery":
+            if req.kind in ("recovery", "azure-recovery"):
                 await client.custodian.SubmitRelease(
                     pb.ShareRelease(request_id=req.request_id, release=answer)
                 )
@@ -251,7 +256,7 @@ class Agent:
             req.x,
             details["node_id"],
         )
-        return {"recovery": "released", "drill": "proved", "rotation": "approved"}[req.kind]
+        return {"drill": "proved", "rotation": "approved"}.get(req.kind, "released")
 
     async def _deny(self, client: NodeClient, msg: pb.CustodianRequest, reason: str) -> None:
         """A denial signed with the wrapping key, so nobody else can deny in this custodian's name."""

@@ -12,6 +12,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sdquorum import envelopes, shamir
+from sdquorum.azure.ceremony import (
+    AZURE_PURPOSE,
+    CheckedAzureRequest,
+    check_azure_request,
+    release_azure_share,
+)
 from sdquorum.errors import VerificationError
 from sdquorum.keys import WrappingKey
 from sdquorum.offline import CeremonyRequest
@@ -21,10 +27,18 @@ from sdquorum.sdfile import SignedHeader
 __all__ = ["answer", "check", "describe"]
 
 
+Checked = envelopes.CheckedRequest | CheckedAzureRequest
+
+
 def check(
     req: CeremonyRequest, thumbprint: bytes, policy: envelopes.CustodianPolicy, now: datetime
-) -> envelopes.CheckedRequest:
+) -> Checked:
     attestation = envelopes.Attestation.from_bytes(req.attestation)
+    if req.kind == AZURE_PURPOSE:
+        azure = check_azure_request(attestation, req.header, req.x, thumbprint, policy, now)
+        if azure.statement.session_id != req.session_id:
+            raise VerificationError("the request's session differs from its attestation's")
+        return azure
     signed = SignedHeader(req.header, req.header_signature)
     checked = envelopes.check_request(
         attestation, signed, req.x, thumbprint, policy, now, purpose=req.kind, proposal=req.proposal
@@ -38,7 +52,7 @@ def check(
     return checked
 
 
-def describe(req: CeremonyRequest, checked: envelopes.CheckedRequest) -> dict[str, Any]:
+def describe(req: CeremonyRequest, checked: Checked) -> dict[str, Any]:
     st = checked.statement
     out: dict[str, Any] = {
         "request_id": req.request_id,
@@ -58,9 +72,9 @@ def describe(req: CeremonyRequest, checked: envelopes.CheckedRequest) -> dict[st
     return out
 
 
-def answer(
-    req: CeremonyRequest, checked: envelopes.CheckedRequest, key: WrappingKey, rng: shamir.Rng
-) -> bytes:
+def answer(req: CeremonyRequest, checked: Checked, key: WrappingKey, rng: shamir.Rng) -> bytes:
+    if isinstance(checked, CheckedAzureRequest):
+        return release_azure_share(checked, key).to_bytes()
     share = envelopes.decrypt_share(checked, key)
     if req.kind == "recovery":
         return envelopes.make_release(checked, share, key).to_bytes()

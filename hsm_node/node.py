@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coordinator import (
     DRILL_OUTCOMES,
+    AzureRestoreSession,
     Ceremony,
     CeremonyStatus,
     CustodianRequest,
@@ -48,6 +49,7 @@ from hsm_node import keyops
 from hsm_node.keyops import KeyType
 from hsm_node.store import DomainInfo, NodeStore, StoredKey
 from sdquorum import audit, backup, envelopes, policy, sdfile
+from sdquorum.azure.sdfile import seal_azure_domain
 from sdquorum.errors import SdquorumError, StateError, UsageError, VerificationError
 from sdquorum.pki import Role
 from sdquorum.review import CustodyRecord, DrillResult, RetiredEpoch
@@ -56,6 +58,7 @@ from sdquorum_rpc.observability import SESSION_ID, NodeMetrics
 __all__ = ["Node", "NodeConfig", "NodeState"]
 
 C = TypeVar("C", bound=Ceremony)
+AZURE_PAYLOAD_TAG = "sdquorum-payload-v1"  # the one EncData item of a native domain exported for Azure
 
 log = logging.getLogger("sdquorum.node")
 
@@ -637,12 +640,52 @@ class Node:
             self._notify()
             return session
 
-    def security_domain_file(self) -> bytes:
+    async def start_azure_restore(
+        self, sd_file: bytes, exchange_cert: bytes, reason: str, ttl_seconds: int, caller: Role
+    ) -> AzureRestoreSession:
+        """Coordinate an Azure restore: the node's own state and domain are not touched."""
+        async with self._lock:
+            session = self._new_session(AzureRestoreSession, reason, ttl_seconds, caller)
+            try:
+                session.start(sd_file, exchange_cert, self.now(), self._sign_attestation)
+            except SdquorumError as e:
+                session.abort(f"the Azure file or exchange certificate was refused: {e}")
+                self._after_change(session)
+                raise
+            self.audit(
+                "azure-restore-file-accepted",
+                caller,
+                {"session_id": session.session_id, "sd_file_sha256": hashlib.sha256(sd_file).hexdigest()},
+            )
+            self._notify()
+            return session
+
+    def azure_transfer_file(self, session_id: str) -> bytes:
+        session = self._session_by_id(session_id)
+        if not isinstance(session, AzureRestoreSession) or session.transfer_file is None:
+            raise StateError(f"session {session_id} has no Azure transfer file (it has not completed)")
+        return session.transfer_file
+
+    def security_domain_file(self, fmt: str = "native") -> bytes:
+        """The current epoch's SD file; ``azure``: the same payload as an Azure version-2 file, split
+        anew to the same custodians and quorum (their keys open it with Azure's own tools too)."""
         self._dek()
         data = self._store.sd_file()
-        if data is None:
+        if data is None or self._domain is None:
             raise StateError("this node holds no SD file")
-        return data
+        if fmt in ("", "native"):
+            return data
+        if fmt != "azure":
+            raise UsageError(f"SD file format {fmt!r}: use native or azure")
+        header = sdfile.SecurityDomainFile.from_bytes(data).header
+        azure = seal_azure_domain(
+            [(AZURE_PAYLOAD_TAG, self._domain.to_bytes())],
+            [slot.certificate_der for slot in header.slots],
+            header.quorum,
+            self._rng,
+        )
+        self.audit("sd-file-exported", "admin", {"format": "azure", "epoch": header.epoch})
+        return azure.to_bytes()
 
     def add_custody_record(self, record: CustodyRecord, caller: Role) -> CustodyRecord:
         self._dek()

@@ -53,7 +53,12 @@ _CUSTODIAN = {
     CustodianStatus.NOT_NEEDED: pb.NOT_NEEDED,
     CustodianStatus.UNREACHABLE: pb.UNREACHABLE,
 }
-_KIND = {"recovery": pb.RECOVERY, "drill": pb.DRILL, "rotation": pb.ROTATION}
+_KIND = {
+    "recovery": pb.RECOVERY,
+    "drill": pb.DRILL,
+    "rotation": pb.ROTATION,
+    "azure-recovery": pb.AZURE_RECOVERY,
+}
 
 
 def request_to_proto(req: CustodianRequest) -> pb.CustodianRequest:
@@ -210,7 +215,7 @@ class AdminServicer:
     async def GetSecurityDomain(
         self, request: pb.GetSecurityDomainRequest, context: Ctx, role: Role
     ) -> AsyncIterator[pb.DownloadChunk]:
-        data = self.node.security_domain_file()
+        data = self.node.security_domain_file(request.format)
         for i in range(0, len(data), CHUNK_BYTES):
             yield pb.DownloadChunk(data=data[i : i + CHUNK_BYTES])
 
@@ -232,6 +237,27 @@ class AdminServicer:
         else:
             await self.node.submit_answer(request.request_id, bytes(request.answer), role)
         return pb.Ack()
+
+    @rpc("admin")
+    async def StartAzureRestore(
+        self, request: pb.AzureRestoreRequest, context: Ctx, role: Role
+    ) -> pb.SessionStarted:
+        s = await self.node.start_azure_restore(
+            bytes(request.sd_file),
+            bytes(request.exchange_certificate),
+            request.reason,
+            request.ttl_seconds,
+            role,
+        )
+        return pb.SessionStarted(session_id=s.session_id, expires_at_unix=s.expires_at)
+
+    @rpc("admin")
+    async def GetAzureTransferFile(
+        self, request: pb.WatchSessionRequest, context: Ctx, role: Role
+    ) -> AsyncIterator[pb.DownloadChunk]:
+        data = self.node.azure_transfer_file(request.session_id)
+        for i in range(0, len(data), CHUNK_BYTES):
+            yield pb.DownloadChunk(data=data[i : i + CHUNK_BYTES])
 
     @rpc("admin")
     async def AddCustodyRecord(self, request: pb.CustodyRecordRequest, context: Ctx, role: Role) -> pb.Ack:
@@ -371,7 +397,7 @@ class CustodianServicer:
 
     @rpc("custodian")
     async def SubmitRelease(self, request: pb.ShareRelease, context: Ctx, role: Role) -> pb.Ack:
-        await self.node.submit_answer(request.request_id, bytes(request.release), role, kind="recovery")
+        await self.node.submit_answer(request.request_id, bytes(request.release), role)
         return pb.Ack()
 
     @rpc("custodian")

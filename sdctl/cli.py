@@ -32,6 +32,7 @@ from custodian_agent.agent import request_from_proto
 from sdctl import pkifiles
 from sdctl.config import SETTINGS
 from sdquorum.audit import verify_export
+from sdquorum.azure.sdfile import AzureSecurityDomain
 from sdquorum.errors import MalformedError, StateError, UsageError, VerificationError
 from sdquorum.offline import OfflineAnswer
 from sdquorum.review import (
@@ -181,8 +182,39 @@ def _parser() -> argparse.ArgumentParser:
         "sdctl upload-answer alice-x1.answer.json",
     )
     up.add_argument("files", type=Path, nargs="+")
-    sf = cmd("sd-file", "fetch the current epoch's SD file", "sdctl sd-file --out sd-current.json")
+    sf = cmd(
+        "sd-file",
+        "fetch the current epoch's SD file (or the same domain as an Azure v2 file)",
+        "sdctl sd-file --out sd-current.json\n  sdctl sd-file --format azure --out sd-azure.json",
+    )
     sf.add_argument("--out", type=Path, required=True)
+    sf.add_argument("--format", dest="sd_format", choices=["native", "azure"], default="native")
+    az = cmd(
+        "azure",
+        "Azure Managed HSM security domains, restored without gathering the custodians' keys",
+        "sdctl azure restore-blob --sd-file azure-sd.json --exchange-cert exchange.cer --out transfer.json",
+    )
+    azs = az.add_subparsers(dest="azure_command", required=True)
+    rb = azs.add_parser(
+        "restore-blob",
+        help="run the custodians' ceremony for an Azure v2 SD file and write Azure's transfer file",
+        formatter_class=fmt,
+        epilog="example: sdctl azure restore-blob --sd-file azure-sd.json --exchange-cert exchange.cer --out transfer.json",
+    )
+    rb.add_argument("--sd-file", type=Path, required=True, help="the Azure security-domain file (version 2)")
+    rb.add_argument(
+        "--exchange-cert", type=Path, required=True, help="from 'az keyvault security-domain init-recovery'"
+    )
+    rb.add_argument(
+        "--out", type=Path, required=True, help="where to write the transfer file (must not exist)"
+    )
+    rb.add_argument(
+        "--reason", default="Azure Managed HSM security-domain restore", help="shown to every custodian"
+    )
+    rb.add_argument("--ttl", type=int, default=0)
+    rb.add_argument(
+        "--offline-request", type=Path, metavar="DIR", help="also write a request file per custodian here"
+    )
     cu = cmd(
         "custody",
         "record or list custody events (hand-offs, locations, losses, reviews)",
@@ -455,13 +487,52 @@ class Ctl:
         return 0
 
     async def sd_file(self) -> int:
+        fmt = self.args.sd_format
         with PendingFile(self.args.out) as out:
             async with self.client() as c, c.errors():
+                req = pb.GetSecurityDomainRequest(format=fmt)
+                data = b"".join([ch.data async for ch in c.admin.GetSecurityDomain(req)])
+            out.write(data)
+        self.emit(
+            f"wrote the current SD file ({fmt} format) to {self.args.out}",
+            {"sd_file": str(self.args.out), "format": fmt},
+        )
+        return 0
+
+    async def azure(self) -> int:
+        a = self.args
+        sd = read_input_file(a.sd_file, "Azure SD file")
+        try:
+            AzureSecurityDomain.from_bytes(sd)  # refused here, before a session opens
+        except MalformedError as e:
+            raise UsageError(f"{a.sd_file} is not an Azure version-2 SD file: {e}") from e
+        cert = read_input_file(a.exchange_cert, "exchange certificate")
+        _check_offline_dir(a.offline_request)
+        client = self.client()
+        with PendingFile(a.out) as out:
+            async with client as c, c.errors():
+                started = await c.admin.StartAzureRestore(
+                    pb.AzureRestoreRequest(
+                        sd_file=sd, exchange_certificate=cert, reason=a.reason, ttl_seconds=a.ttl
+                    )
+                )
+                final = await self._follow(c, started.session_id, a.offline_request)
+                if final.state != pb.COMPLETED:
+                    raise StateError(f"the Azure restore failed: {final.message}")
                 data = b"".join(
-                    [ch.data async for ch in c.admin.GetSecurityDomain(pb.GetSecurityDomainRequest())]
+                    [
+                        ch.data
+                        async for ch in c.admin.GetAzureTransferFile(
+                            pb.WatchSessionRequest(session_id=started.session_id)
+                        )
+                    ]
                 )
             out.write(data)
-        self.emit(f"wrote the current SD file to {self.args.out}", {"sd_file": str(self.args.out)})
+        self.emit(
+            f"transfer file written to {a.out}: upload it with 'az keyvault security-domain upload --restore-blob "
+            f"--sd-file {a.out}'; no private key left any custodian's machine",
+            {"transfer_file": str(a.out)},
+        )
         return 0
 
     async def custody(self) -> int:
@@ -692,6 +763,7 @@ class Ctl:
             "compromise": self.compromise,
             "review": self.review,
             "audit": self.audit,
+            "azure": self.azure,
         }
         return asyncio.run(handlers[cmd]())
 

@@ -89,3 +89,51 @@ def test_keygen_in_the_token_through_the_cli(
     key.close()
     assert main([*argv[:4], str(tmp_path / "again.pem"), *argv[5:]]) == 2  # the label is taken: refused
     assert not (tmp_path / "again.pem").exists()
+
+
+@pytest.mark.asyncio
+async def test_azure_restore_completes_with_one_custodian_key_in_the_token(
+    softhsm: Token,
+    token_cert: bytes,
+    pki_dir: Path,
+    tmp_path: Path,
+    wrapping_keys: list[SoftwareWrappingKey],
+    now: datetime,
+) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "azure"))
+    from azure_sd_generator import make_sd_file, open_transfer_file
+
+    exchange_key, exchange_pem = pki.make_wrapping_key("exchange", now, bits=2048)
+    exchange_der = pki.load_cert(exchange_pem).public_bytes(serialization.Encoding.DER)
+    items = [("blob", os.urandom(300))]
+    generated = make_sd_file([*certs_of(wrapping_keys[:2]), token_cert], 2, items)
+    key = open_token_key(softhsm.module, softhsm.label, softhsm.pin, "olga-wrap", token_cert)
+    try:
+        async with running_cluster(pki_dir, tmp_path / "c") as c:
+            c.start_agent(NAMES[0], wrapping_keys[0], tmp_path)
+            c.start_agent("erin", key, tmp_path)  # the token-held key answers slot 3
+            async with c.client() as cl, cl.errors():
+                started = await cl.admin.StartAzureRestore(
+                    pb.AzureRestoreRequest(
+                        sd_file=generated.data,
+                        exchange_certificate=exchange_der,
+                        reason="test",
+                        ttl_seconds=60,
+                    )
+                )
+            last = await c.wait_session()
+            assert last.state == pb.COMPLETED, last.message
+            async with c.client() as cl, cl.errors():
+                data = b"".join(
+                    [
+                        ch.data
+                        async for ch in cl.admin.GetAzureTransferFile(
+                            pb.WatchSessionRequest(session_id=started.session_id)
+                        )
+                    ]
+                )
+        assert open_transfer_file(data, exchange_key, exchange_der) == items
+    finally:
+        key.close()

@@ -46,6 +46,7 @@ class RequestKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RECOVERY: _ClassVar[RequestKind]
     DRILL: _ClassVar[RequestKind]
     ROTATION: _ClassVar[RequestKind]
+    AZURE_RECOVERY: _ClassVar[RequestKind]
 NODE_STATE_UNSPECIFIED: NodeState
 PROVISIONED: NodeState
 RECOVERY_PENDING: NodeState
@@ -71,6 +72,7 @@ REQUEST_KIND_UNSPECIFIED: RequestKind
 RECOVERY: RequestKind
 DRILL: RequestKind
 ROTATION: RequestKind
+AZURE_RECOVERY: RequestKind
 
 class GetStatusRequest(_message.Message):
     __slots__ = ()
@@ -207,8 +209,10 @@ class RotationRequest(_message.Message):
     def __init__(self, custodian_certificates: _Optional[_Iterable[bytes]] = ..., quorum: _Optional[int] = ..., reason: _Optional[str] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
 
 class GetSecurityDomainRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("format",)
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    format: str
+    def __init__(self, format: _Optional[str] = ...) -> None: ...
 
 class ExportRequestsRequest(_message.Message):
     __slots__ = ("session_id",)
@@ -239,6 +243,18 @@ class OfflineResponse(_message.Message):
     answer: bytes
     denied: bool
     def __init__(self, request_id: _Optional[str] = ..., answer: _Optional[bytes] = ..., denied: _Optional[bool] = ...) -> None: ...
+
+class AzureRestoreRequest(_message.Message):
+    __slots__ = ("sd_file", "exchange_certificate", "reason", "ttl_seconds")
+    SD_FILE_FIELD_NUMBER: _ClassVar[int]
+    EXCHANGE_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    sd_file: bytes
+    exchange_certificate: bytes
+    reason: str
+    ttl_seconds: int
+    def __init__(self, sd_file: _Optional[bytes] = ..., exchange_certificate: _Optional[bytes] = ..., reason: _Optional[str] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
 
 class CustodyRecordRequest(_message.Message):
     __slots__ = ("record",)

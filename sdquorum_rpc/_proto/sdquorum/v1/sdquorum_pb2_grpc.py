@@ -181,6 +181,16 @@ class NodeAdminStub:
                 request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.ExportAuditRequest.SerializeToString,
                 response_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.AuditChunk.FromString,
                 _registered_method=True)
+        self.StartAzureRestore = channel.unary_unary(
+                '/sdquorum.v1.NodeAdmin/StartAzureRestore',
+                request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.AzureRestoreRequest.SerializeToString,
+                response_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.SessionStarted.FromString,
+                _registered_method=True)
+        self.GetAzureTransferFile = channel.unary_stream(
+                '/sdquorum.v1.NodeAdmin/GetAzureTransferFile',
+                request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.WatchSessionRequest.SerializeToString,
+                response_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.DownloadChunk.FromString,
+                _registered_method=True)
 
 
 class NodeAdminServicer:
@@ -279,6 +289,18 @@ class NodeAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartAzureRestore(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAzureTransferFile(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -356,6 +378,16 @@ def add_NodeAdminServicer_to_server(servicer, server):
                     servicer.ExportAudit,
                     request_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.ExportAuditRequest.FromString,
                     response_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.AuditChunk.SerializeToString,
+            ),
+            'StartAzureRestore': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartAzureRestore,
+                    request_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.AzureRestoreRequest.FromString,
+                    response_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.SessionStarted.SerializeToString,
+            ),
+            'GetAzureTransferFile': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetAzureTransferFile,
+                    request_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.WatchSessionRequest.FromString,
+                    response_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.DownloadChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -763,6 +795,60 @@ class NodeAdmin:
             '/sdquorum.v1.NodeAdmin/ExportAudit',
             sdquorum_dot_v1_dot_sdquorum__pb2.ExportAuditRequest.SerializeToString,
             sdquorum_dot_v1_dot_sdquorum__pb2.AuditChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartAzureRestore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdquorum.v1.NodeAdmin/StartAzureRestore',
+            sdquorum_dot_v1_dot_sdquorum__pb2.AzureRestoreRequest.SerializeToString,
+            sdquorum_dot_v1_dot_sdquorum__pb2.SessionStarted.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAzureTransferFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sdquorum.v1.NodeAdmin/GetAzureTransferFile',
+            sdquorum_dot_v1_dot_sdquorum__pb2.WatchSessionRequest.SerializeToString,
+            sdquorum_dot_v1_dot_sdquorum__pb2.DownloadChunk.FromString,
             options,
             channel_credentials,
             insecure,

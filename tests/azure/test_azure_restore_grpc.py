@@ -1,0 +1,128 @@
+"""The distributed Azure restore end to end over mTLS, with files from the independent generator:
+each agent releases only its own share; the coordinator writes Azure's transfer file."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from azure_sd_generator import make_sd_file, open_sd_file, open_transfer_file
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from harness import NAMES, running_cluster
+
+from sdquorum import pki
+from sdquorum.keys import SoftwareWrappingKey
+
+ITEMS = [("EncData-1", os.urandom(700)), ("EncData-2", b"key backup " * 50)]
+
+
+@pytest.fixture(scope="module")
+def exchange(now: datetime) -> tuple[rsa.RSAPrivateKey, bytes]:
+    key, cert_pem = pki.make_wrapping_key("azure exchange", now, bits=2048)
+    return key, pki.load_cert(cert_pem).public_bytes(serialization.Encoding.DER)
+
+
+async def run_sdctl(pki_dir: Path, target: str, *argv: str) -> tuple[int, list[str]]:
+    from sdctl.cli import main
+
+    lines: list[str] = []
+    flags = [
+        "--node",
+        target,
+        "--cert",
+        str(pki_dir / "admin.pem"),
+        "--key",
+        str(pki_dir / "admin.key"),
+        "--ca",
+        str(pki_dir / "ca.pem"),
+    ]
+    code = await asyncio.to_thread(main, [*flags, *argv], out=lines.append)
+    return code, lines
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.asyncio
+async def test_restore_blob_with_three_of_five_agents_writes_a_transfer_file_azure_accepts(
+    pki_dir: Path,
+    tmp_path: Path,
+    wrapping_keys: list[SoftwareWrappingKey],
+    wrapping_private_keys: list[tuple[rsa.RSAPrivateKey, bytes]],
+    exchange: tuple[rsa.RSAPrivateKey, bytes],
+) -> None:
+    generated = make_sd_file([k.certificate_der() for k in wrapping_keys[:5]], 3, ITEMS)
+    sd = tmp_path / "azure-sd.json"
+    sd.write_bytes(generated.data)
+    cert = tmp_path / "exchange.cer"
+    cert.write_bytes(exchange[1])
+    out = tmp_path / "transfer.json"
+    async with running_cluster(pki_dir, tmp_path / "coordinator") as c:
+        agents = [c.start_agent(NAMES[i], wrapping_keys[i], tmp_path) for i in (0, 2, 4)]
+        code, lines = await run_sdctl(
+            pki_dir,
+            c.target,
+            "azure",
+            "restore-blob",
+            "--sd-file",
+            str(sd),
+            "--exchange-cert",
+            str(cert),
+            "--out",
+            str(out),
+        )
+        assert code == 0, lines
+        assert all(len(a.released) == 1 for a in agents)
+        assert c.node.state == "PROVISIONED"  # the coordinating node's own state is untouched
+    # What the Azure HSM does with the transfer file: unwrap the new master key, open every item.
+    assert open_transfer_file(out.read_bytes(), *exchange) == ITEMS
+    assert open_sd_file(generated.data, wrapping_private_keys[:3]) == ITEMS  # the generator agrees
+
+
+@pytest.mark.asyncio
+async def test_restore_blob_refuses_a_flipped_file_before_asking_anyone(
+    pki_dir: Path,
+    tmp_path: Path,
+    wrapping_keys: list[SoftwareWrappingKey],
+    exchange: tuple[rsa.RSAPrivateKey, bytes],
+) -> None:
+    data = bytearray(make_sd_file([k.certificate_der() for k in wrapping_keys[:3]], 2, ITEMS).data)
+    data[len(data) // 2] ^= 0x01
+    (tmp_path / "sd.json").write_bytes(bytes(data))
+    (tmp_path / "x.cer").write_bytes(exchange[1])
+    async with running_cluster(pki_dir, tmp_path / "coordinator") as c:
+        code, _ = await run_sdctl(
+            pki_dir, c.target, "azure", "restore-blob", "--sd-file", str(tmp_path / "sd.json"),
+            "--exchange-cert", str(tmp_path / "x.cer"), "--out", str(tmp_path / "t.json"),
+        )  # fmt: skip
+        assert code in (2, 4)
+        assert c.node.session is None
+    assert not (tmp_path / "t.json").exists()
+
+
+@pytest.mark.asyncio
+async def test_native_domain_exported_as_an_azure_file_opens_with_azure_restore_code(
+    pki_dir: Path,
+    tmp_path: Path,
+    wrapping_keys: list[SoftwareWrappingKey],
+    wrapping_private_keys: list[tuple[rsa.RSAPrivateKey, bytes]],
+) -> None:
+    async with running_cluster(pki_dir, tmp_path / "a") as a:
+        await a.download([k.certificate_der() for k in wrapping_keys[:3]], quorum=2)
+        out = tmp_path / "azure.json"
+        code, lines = await run_sdctl(pki_dir, a.target, "sd-file", "--format", "azure", "--out", str(out))
+        assert code == 0, lines
+        domain = a.node._domain
+    assert domain is not None
+    # The generator's open_sd_file stands for Azure's restore-blob: every wrapping private key on one machine.
+    items = open_sd_file(out.read_bytes(), wrapping_private_keys[:2])
+    assert items == [("sdquorum-payload-v1", domain.to_bytes())]
+    _ = datetime.now(UTC)
