@@ -35,8 +35,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from sdquorum import (
@@ -53,7 +51,7 @@ from sdquorum import (
     sdfile,
     shamir,
 )
-from sdquorum.errors import MalformedError, SdquorumError
+from sdquorum.errors import SdquorumError
 
 __all__ = [
     "DECODERS",
