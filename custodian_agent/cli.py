@@ -278,6 +278,8 @@ def _health(state_dir: Path, max_age: int) -> int:
 
 
 def _body(args: argparse.Namespace) -> int:
+    if args.command != "run":  # run sets up logging from its own settings
+        setup_logging("WARNING")
     if args.command == "keygen":
         if args.bits < 2048:
             raise UsageError("--bits must be at least 2048 (3072 recommended)")
@@ -334,7 +336,6 @@ def _body(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    setup_logging("WARNING")
     return run_main("custodian-agent", lambda: _body(args), args.debug)
 
 
