@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import os
+from collections.abc import Callable
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
@@ -44,6 +45,29 @@ def generate(kind: KeyType) -> tuple[bytes, bytes]:
             serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
     raise UsageError(f"unsupported key type {kind}")
+
+
+def encryptor(kind: KeyType, private: bytes) -> Callable[[bytes, bytes], bytes]:
+    """encrypt(plaintext, aad) with the key set up once: what a batch uses for its many items."""
+    if kind is KeyType.AES256_GCM:
+        aes = AESGCM(private)
+
+        def aes_encrypt(plaintext: bytes, aad: bytes) -> bytes:
+            nonce = os.urandom(12)
+            return nonce + aes.encrypt(nonce, plaintext, aad or None)
+
+        return aes_encrypt
+    return lambda plaintext, aad: encrypt(kind, private, plaintext, aad)
+
+
+def signer(kind: KeyType, private: bytes) -> Callable[[bytes], bytes]:
+    """sign(message) with the key loaded once: what a batch uses for its many items."""
+    if kind is KeyType.ED25519:
+        return ed25519.Ed25519PrivateKey.from_private_bytes(private).sign
+    if kind is KeyType.RSA3072:
+        key = _rsa(private)
+        return lambda message: key.sign(message, pss_sha256(), hashes.SHA256())
+    return lambda message: sign(kind, private, message)
 
 
 def encrypt(kind: KeyType, private: bytes, plaintext: bytes, aad: bytes) -> bytes:

@@ -792,22 +792,22 @@ class Node:
 
     def encrypt_many(self, items: Sequence[tuple[str, bytes, bytes]]) -> list[bytes]:
         keys = self._keys_for({name for name, _, _ in items})
+        encrypt = {name: keyops.encryptor(kind, private) for name, (_, private, kind) in keys.items()}
         out = []
         for i, (name, plaintext, aad) in enumerate(items):
-            _, private, kind = keys[name]
             try:
-                out.append(keyops.encrypt(kind, private, plaintext, aad))
+                out.append(encrypt[name](plaintext, aad))
             except SdquorumError as e:
                 raise type(e)(f"item {i}: {e}") from e
         return out
 
     def sign_many(self, items: Sequence[tuple[str, bytes]]) -> list[bytes]:
         keys = self._keys_for({name for name, _ in items})
+        sign = {name: keyops.signer(kind, private) for name, (_, private, kind) in keys.items()}
         out = []
         for i, (name, message) in enumerate(items):
-            _, private, kind = keys[name]
             try:
-                out.append(keyops.sign(kind, private, message))
+                out.append(sign[name](message))
             except SdquorumError as e:
                 raise type(e)(f"item {i}: {e}") from e
         return out
