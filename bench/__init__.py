@@ -1,0 +1,1 @@
+"""Benchmarks of sdquorum against their physical floors (issue 6): ``python -m bench``."""
