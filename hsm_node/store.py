@@ -134,6 +134,8 @@ class NodeStore:
         except (OSError, sqlite3.Error) as e:
             raise UsageError(f"cannot open the node database in {data_dir}: {e}") from e
         self._seal = AESGCM(sealing_key)
+        self._aead_key = b""
+        self._aead_obj = AESGCM(bytes(32))
         self._aad = b"sdquorum node domain v1|" + node_id.encode()
 
     def close(self) -> None:
@@ -246,13 +248,19 @@ class NodeStore:
 
     # ------------------------------------------------------------ keys
 
+    def _aead(self, dek: bytes) -> AESGCM:
+        """One AESGCM per data encryption key (set up once, not per row)."""
+        if self._aead_key != dek:
+            self._aead_obj, self._aead_key = AESGCM(dek), dek
+        return self._aead_obj
+
     def _seal_key(self, dek: bytes, name: str, key_type: int, private: bytes) -> bytes:
         nonce = os.urandom(12)
-        return nonce + AESGCM(dek).encrypt(nonce, private, f"{key_type}|{name}".encode())
+        return nonce + self._aead(dek).encrypt(nonce, private, f"{key_type}|{name}".encode())
 
     def _open_key(self, dek: bytes, name: str, key_type: int, sealed: bytes) -> bytes:
         try:
-            return AESGCM(dek).decrypt(sealed[:12], sealed[12:], f"{key_type}|{name}".encode())
+            return self._aead(dek).decrypt(sealed[:12], sealed[12:], f"{key_type}|{name}".encode())
         except InvalidTag as e:
             raise VerificationError(f"stored key {name!r} failed its integrity check") from e
 

@@ -65,6 +65,7 @@ __all__ = [
     "Share",
     "check_xs",
     "combine",
+    "matches_public_share",
     "prove_share",
     "random_scalar",
     "split",
@@ -277,6 +278,19 @@ def verify_share(share: Share, commitments: Commitments, n: int) -> bool:
     except SdquorumError:
         return False
     return hmac.compare_digest(actual, expected)
+
+
+def matches_public_share(share: Share, public_share: bytes) -> bool:
+    """y*B == ``public_share`` (precomputed with :meth:`Commitments.public_share`): one base-point
+    multiplication instead of m - 1 variable-base ones. Never raises on a bad share."""
+    y = share.y
+    if not _is_int(y) or not 0 < y < L:
+        return False
+    try:
+        actual = _base_mul(y)
+    except SdquorumError:
+        return False
+    return hmac.compare_digest(actual, public_share)
 
 
 def check_xs(xs: Sequence[int], n: int) -> None:
