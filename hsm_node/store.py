@@ -21,6 +21,7 @@ one transaction.
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import sqlite3
@@ -250,7 +251,7 @@ class NodeStore:
 
     def _aead(self, dek: bytes) -> AESGCM:
         """One AESGCM per data encryption key (set up once, not per row)."""
-        if self._aead_key != dek:
+        if not hmac.compare_digest(self._aead_key, dek):
             self._aead_obj, self._aead_key = AESGCM(dek), dek
         return self._aead_obj
 
