@@ -100,9 +100,17 @@ async def test_restore_blob_refuses_a_flipped_file_before_asking_anyone(
     (tmp_path / "x.cer").write_bytes(exchange[1])
     async with running_cluster(pki_dir, tmp_path / "coordinator") as c:
         code, _ = await run_sdctl(
-            pki_dir, c.target, "azure", "restore-blob", "--sd-file", str(tmp_path / "sd.json"),
-            "--exchange-cert", str(tmp_path / "x.cer"), "--out", str(tmp_path / "t.json"),
-        )  # fmt: skip
+            pki_dir,
+            c.target,
+            "azure",
+            "restore-blob",
+            "--sd-file",
+            str(tmp_path / "sd.json"),
+            "--exchange-cert",
+            str(tmp_path / "x.cer"),
+            "--out",
+            str(tmp_path / "t.json"),
+        )
         assert code in (2, 4)
         assert c.node.session is None
     assert not (tmp_path / "t.json").exists()
@@ -126,3 +134,78 @@ async def test_native_domain_exported_as_an_azure_file_opens_with_azure_restore_
     items = open_sd_file(out.read_bytes(), wrapping_private_keys[:2])
     assert items == [("sdquorum-payload-v1", domain.to_bytes())]
     _ = datetime.now(UTC)
+
+
+@pytest.mark.asyncio
+async def test_restore_blob_with_an_offline_custodian_answer_file(
+    pki_dir: Path,
+    tmp_path: Path,
+    wrapping_keys: list[SoftwareWrappingKey],
+    exchange: tuple[rsa.RSAPrivateKey, bytes],
+    now: datetime,
+) -> None:
+    from custodian_agent.cli import main as agent_main
+    from custodian_agent.keyfile import keygen, load_wrapping_key
+
+    home = tmp_path / "airgap"
+    home.mkdir()
+    keygen("olga", home / "olga.key", home / "olga.pem", b"offline passphrase", now, bits=2048)
+    olga = load_wrapping_key(home / "olga.key", home / "olga.pem", b"offline passphrase")
+    generated = make_sd_file(
+        [wrapping_keys[0].certificate_der(), olga.certificate_der(), wrapping_keys[1].certificate_der()],
+        2,
+        ITEMS,
+    )
+    (tmp_path / "sd.json").write_bytes(generated.data)
+    (tmp_path / "x.cer").write_bytes(exchange[1])
+    requests = tmp_path / "requests"
+    requests.mkdir()
+    out = tmp_path / "transfer.json"
+    async with running_cluster(pki_dir, tmp_path / "coordinator") as c:
+        c.start_agent(NAMES[0], wrapping_keys[0], tmp_path)  # one custodian online, one offline
+        task = asyncio.create_task(
+            run_sdctl(
+                pki_dir,
+                c.target,
+                "azure",
+                "restore-blob",
+                "--sd-file",
+                str(tmp_path / "sd.json"),
+                "--exchange-cert",
+                str(tmp_path / "x.cer"),
+                "--out",
+                str(out),
+                "--offline-request",
+                str(requests),
+            )
+        )
+        await wait_for(lambda: any(requests.glob("*-x2.request.json")))
+        (request,) = list(requests.glob("*-x2.request.json"))
+        answer = tmp_path / "olga.answer.json"
+        os.environ["SDQUORUM_PASSPHRASE"] = "offline passphrase"
+        try:
+            code = await asyncio.to_thread(
+                agent_main,
+                [
+                    "respond",
+                    "--request",
+                    str(request),
+                    "--out",
+                    str(answer),
+                    "--yes",
+                    "--attestation-root",
+                    str(pki_dir / "attestation-root.pem"),
+                    "--wrapping-key",
+                    str(home / "olga.key"),
+                    "--wrapping-cert",
+                    str(home / "olga.pem"),
+                ],
+            )
+        finally:
+            del os.environ["SDQUORUM_PASSPHRASE"]
+        assert code == 0
+        up_code, up_lines = await run_sdctl(pki_dir, c.target, "upload-answer", str(answer))
+        assert up_code == 0, up_lines
+        code, lines = await task
+        assert code == 0, lines
+    assert open_transfer_file(out.read_bytes(), *exchange) == ITEMS
