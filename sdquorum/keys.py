@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from sdquorum.errors import MalformedError, UsageError, VerificationError
@@ -98,7 +98,3 @@ def verify_pss(cert_der: bytes, message: bytes, signature: bytes) -> bool:
     except (InvalidSignature, MalformedError):
         return False
     return True
-
-
-def public_key_der(key: rsa.RSAPublicKey) -> bytes:
-    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)

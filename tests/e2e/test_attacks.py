@@ -116,18 +116,16 @@ async def test_attack_release_replayed_from_an_earlier_session(
 async def test_attack_release_for_another_domain_or_epoch(
     recovering: Cluster, pki_dir: Path, wrapping_keys: list[SoftwareWrappingKey]
 ) -> None:
-    dave = wrapping_keys[3]
-    rid, checked = checked_for(recovering, dave, pki_dir)
-    honest = envelopes.make_release(checked, envelopes.decrypt_share(checked, dave), dave).statement
-    for forged in (
-        dataclasses.replace(honest, epoch=honest.epoch + 1),
-        dataclasses.replace(honest, domain_id=bytes(16)),
-    ):
-        err = await submit(recovering, "dave", rid, signed_release(dave, forged))
+    # Each forgery comes from another custodian: a signed, rejected answer settles its signer's slot.
+    variants = [("dave", 3, {"epoch": 2}), ("erin", 4, {"domain_id": bytes(16)})]
+    for name, i, change in variants:
+        key = wrapping_keys[i]
+        rid, checked = checked_for(recovering, key, pki_dir)
+        honest = envelopes.make_release(checked, envelopes.decrypt_share(checked, key), key).statement
+        err = await submit(recovering, name, rid, signed_release(key, dataclasses.replace(honest, **change)))
         refused_and_audited(recovering, err, "recovery-answer-rejected", "another domain or epoch")
-        # dave signed it, so he is named and his slot settled: the next forgery is refused as a repeat
-        rid = ""  # (the loop checks the epoch variant; the domain variant is pinned in tests/core)
-        break
+    rejected = [e for e in audit_events(recovering) if e["event"] == "recovery-answer-rejected"]
+    assert {e["details"]["custodian"] for e in rejected} == {"dave", "erin"}
 
 
 async def test_attack_release_sealed_to_the_wrong_exchange_key(
