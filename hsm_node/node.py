@@ -107,6 +107,7 @@ class Node:
         state = store.state()
         if loaded is not None:
             self._domain, self._info = loaded
+        self._state: NodeState = state or PROVISIONED  # mirrors the database; read on every data-plane call
         if state is None:
             store.set_state(PROVISIONED)
             self.audit("node-provisioned", "node", {"node_id": config.node_id})
@@ -122,7 +123,7 @@ class Node:
 
     @property
     def state(self) -> NodeState:
-        return self._store.state() or PROVISIONED
+        return self._state
 
     @property
     def domain_info(self) -> DomainInfo | None:
@@ -216,7 +217,7 @@ class Node:
             info = DomainInfo(secrets.domain_id, 1, plan.quorum, len(plan.certificates_der))
             data = sd.to_bytes()
             self._store.activate(secrets, info, ACTIVATED, data)
-            self._domain, self._info = secrets, info
+            self._state, self._domain, self._info = ACTIVATED, secrets, info
             self._start_domain_chain(
                 "activated",
                 {
@@ -248,6 +249,7 @@ class Node:
                 raise StateError("this node is already activated: recovery runs on a new, provisioned node")
             session = self._new_session(RecoverySession, reason, ttl_seconds, caller)
             self._store.set_state(RECOVERY_PENDING)
+            self._state = RECOVERY_PENDING
             self._notify()
             return session
 
@@ -496,7 +498,7 @@ class Node:
             "recovery-completed", "node", {"session_id": session.session_id, "message": session.message}
         )
         self._store.activate(secrets, info, ACTIVATED, data)
-        self._domain, self._info = secrets, info
+        self._state, self._domain, self._info = ACTIVATED, secrets, info
         released = [c.name for c in session.status().custodians if c.status.name == "ACCEPTED"]
         self._start_domain_chain(
             "recovered",
