@@ -223,6 +223,7 @@ def _decoders() -> tuple[Decoder, ...]:
             "SchnorrProof.from_bytes", "shamir", lambda c, d: shamir.SchnorrProof.from_bytes(d), _to_bytes
         ),
         Decoder("open_backup", "backup", lambda c, d: backup.open_backup(d, c.backup_secrets)),
+        Decoder("open_backup(v1)", "backup", lambda c, d: backup.open_backup(d, c.backup_secrets)),
         Decoder("backup_domain_id", "backup", lambda c, d: backup.backup_domain_id(d)),
         Decoder("verify_export", "audit", lambda c, d: audit.verify_export(_lines(d))),
         Decoder(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -22,8 +23,10 @@ import nacl.public
 from _harness import Context, backup_secrets
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sdquorum import audit, backup, pki, shamir
+from sdquorum.encoding import b64e, canonical_json
 from sdquorum.envelopes import (
     CheckedRequest,
     ExchangeStatement,
@@ -36,7 +39,7 @@ from sdquorum.keys import SoftwareWrappingKey
 from sdquorum.offline import CeremonyRequest, OfflineAnswer
 from sdquorum.proposal import RotationProposal
 from sdquorum.review import CustodyRecord, DrillResult, RetiredEpoch
-from sdquorum.sdfile import new_domain_secrets, seal_domain, share_label
+from sdquorum.sdfile import DomainSecrets, new_domain_secrets, seal_domain, share_label
 
 __all__ = ["Samples", "build_samples"]
 
@@ -138,14 +141,21 @@ def build_samples(now: datetime | None = None) -> Samples:
 
     bsecrets = backup_secrets()
     backup_file = backup.seal_backup(
+        bsecrets, _key_rows_image(t0), key_count=2, node_id="node-b", created_at=t0, rng=os.urandom
+    )
+    backup_v1 = _seal_backup_v1(
         bsecrets,
         [
-            backup.BackupKey("db-key", 1, os.urandom(44), os.urandom(32), t0),
-            backup.BackupKey("signing", 2, os.urandom(91), os.urandom(48), t0 + 1),
+            {
+                "name": "db-key",
+                "type": 1,
+                "public": b64e(b""),
+                "private": b64e(os.urandom(32)),
+                "created_at": t0,
+            },
+            {"name": "signing", "type": 2, "public": b64e(os.urandom(44)), "private": b64e(os.urandom(32))},
         ],
-        node_id="node-b",
-        created_at=t0,
-        rng=os.urandom,
+        t0,
     )
 
     entries: list[audit.AuditEntry] = []
@@ -190,6 +200,7 @@ def build_samples(now: datetime | None = None) -> Samples:
         "Commitments.from_points": (b"".join(header.commitments.points),),
         "SchnorrProof.from_bytes": (proof.statement.proof,),
         "open_backup": (backup_file,),
+        "open_backup(v1)": (backup_v1,),
         "backup_domain_id": (backup_file,),
         "verify_export": ("\n".join(export).encode(),),
         "verify_export(root)": ("\n".join(export).encode(),),
@@ -223,3 +234,43 @@ def proposal_hash(proposal: RotationProposal) -> bytes:
 
 def _json(obj: object) -> bytes:
     return json.dumps(obj, sort_keys=True).encode()
+
+
+def _key_rows_image(t0: int) -> bytes:
+    """A small SQLite image of a key table, as a version 2 backup's body holds (its rows are random
+    bytes standing for keys sealed under a data encryption key: open_backup does not open them)."""
+    db = sqlite3.connect(":memory:")
+    db.execute(
+        "CREATE TABLE keys (name TEXT PRIMARY KEY NOT NULL, type INTEGER NOT NULL, public_der BLOB NOT NULL, "
+        "sealed BLOB NOT NULL, created_at INTEGER NOT NULL) WITHOUT ROWID, STRICT"
+    )
+    db.executemany(
+        "INSERT INTO keys VALUES (?, ?, ?, ?, ?)",
+        [("db-key", 1, b"", os.urandom(60), t0), ("signing", 2, os.urandom(44), os.urandom(60), t0 + 1)],
+    )
+    image = db.serialize()
+    db.close()
+    return image
+
+
+def _seal_backup_v1(secrets: DomainSecrets, items: list[dict[str, object]], t0: int) -> bytes:
+    """A version 1 backup (JSON, keys in the clear inside the ciphertext), which sdquorum still reads
+    but no longer writes: its layout, written out here from the version 1 description."""
+    header = canonical_json(
+        {"domain_id": secrets.domain_id.hex(), "node_id": "node-b", "created_at": t0, "key_count": len(items)}
+    )
+    nonce = os.urandom(12)
+    ciphertext = AESGCM(secrets.backup_key).encrypt(
+        nonce, canonical_json(items), hashlib.sha256(header).digest()
+    )
+    signature = secrets.sign(backup.BACKUP_CONTEXT + header + hashlib.sha256(nonce + ciphertext).digest())
+    return canonical_json(
+        {
+            "format": "sdquorum-backup",
+            "version": 1,
+            "header": b64e(header),
+            "nonce": b64e(nonce),
+            "ciphertext": b64e(ciphertext),
+            "signature": b64e(signature),
+        }
+    )

@@ -825,22 +825,32 @@ class Node:
     # ------------------------------------------------------------------ backup and restore
 
     def backup(self) -> bytes:
+        """The key store as a version 2 backup: its rows (keys still sealed under the data
+        encryption key) in an SQLite image, sealed under the domain's backup key and signed."""
         dek = self._dek()
         if self._domain is None:  # pragma: no cover - _dek checked it
             raise StateError("no domain")
+        image, count = self._store.export_key_rows(dek)
         return backup.seal_backup(
             self._domain,
-            self._store.export_keys(dek),
+            image,
+            key_count=count,
             node_id=self.config.node_id,
             created_at=self.now(),
             rng=self._rng,
         )
 
     def restore(self, data: bytes) -> int:
+        """Replace the key store with a backup of this node's domain (version 2 or 1), in one
+        transaction; a refused backup changes nothing."""
         dek = self._dek()
         if self._domain is None:  # pragma: no cover - _dek checked it
             raise StateError("no domain")
-        keys = backup.open_backup(data, self._domain)
-        self._store.replace_keys(dek, keys)
-        log.info("restored %d keys from a backup of domain %s", len(keys), self._domain.domain_id.hex())
-        return len(keys)
+        opened = backup.open_backup(data, self._domain)
+        if opened.key_rows is not None:
+            self._store.import_key_rows(opened.key_rows, opened.header.key_count)
+        else:
+            self._store.replace_keys(dek, opened.keys)
+        count = opened.header.key_count
+        log.info("restored %d keys from a backup of domain %s", count, self._domain.domain_id.hex())
+        return count

@@ -33,8 +33,16 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from hsm_node.keyops import KeyType
 from sdquorum.backup import BackupKey
-from sdquorum.errors import AlreadyExistsError, NotFoundError, StorageError, UsageError, VerificationError
+from sdquorum.errors import (
+    AlreadyExistsError,
+    MalformedError,
+    NotFoundError,
+    StorageError,
+    UsageError,
+    VerificationError,
+)
 from sdquorum.sdfile import DomainSecrets
 
 __all__ = ["DomainInfo", "NodeStore", "StoredKey", "load_or_create_sealing_key"]
@@ -59,6 +67,30 @@ CREATE TABLE IF NOT EXISTS keys (
     created_at INTEGER NOT NULL
 );
 """
+_EXPORT, _IMPORT = "backup_out", "backup_in"  # the scratch databases a backup and a restore attach
+_COPY_OUT = (
+    "INSERT INTO backup_out.keys (name, type, public_der, sealed, created_at) "
+    "SELECT name, type, public_der, sealed, created_at FROM main.keys ORDER BY name"
+)
+_COPY_IN = (
+    "INSERT INTO main.keys (name, type, public_der, sealed, created_at) "
+    "SELECT name, type, public_der, sealed, created_at FROM backup_in.keys"
+)
+# Counts the rows and the rows unlike what put_key writes (a sealed key is nonce(12) || ct || tag(16)).
+# The parameter is the JSON list of the key types.
+_CHECK_IN = (
+    "SELECT COUNT(*), TOTAL(length(name) = 0 OR type NOT IN (SELECT value FROM json_each(?)) "
+    "OR length(sealed) < 28) FROM backup_in.keys"
+)
+
+
+def _image_schema(schema: str) -> str:
+    """The key table of a backup image (STRICT: SQLite itself refuses a value of another type)."""
+    prefix = f"{schema}." if schema else ""
+    return (
+        f"CREATE TABLE {prefix}keys (name TEXT PRIMARY KEY NOT NULL, type INTEGER NOT NULL, "
+        "public_der BLOB NOT NULL, sealed BLOB NOT NULL, created_at INTEGER NOT NULL) WITHOUT ROWID, STRICT"
+    )
 
 
 def load_or_create_sealing_key(path: Path) -> bytes:
@@ -131,6 +163,7 @@ class NodeStore:
             self._db = sqlite3.connect(data_dir / "node.db", isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA trusted_schema=OFF")  # a restored image's schema runs no function
             self._db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as e:
             raise UsageError(f"cannot open the node database in {data_dir}: {e}") from e
@@ -301,16 +334,68 @@ class NodeStore:
             if db.execute("DELETE FROM keys WHERE name = ?", (name,)).rowcount == 0:
                 raise NotFoundError(f"no key named {name!r}")
 
-    def export_keys(self, dek: bytes) -> list[BackupKey]:
-        rows = self._db.execute(
-            "SELECT name, type, public_der, sealed, created_at FROM keys ORDER BY name"
-        ).fetchall()
-        return [
-            BackupKey(r[0], r[1], bytes(r[2]), self._open_key(dek, r[0], r[1], bytes(r[3])), r[4])
-            for r in rows
-        ]
+    def export_key_rows(self, dek: bytes) -> tuple[bytes, int]:
+        """(an SQLite image of the ``keys`` table, its row count) for a backup.
+
+        The rows are copied as they are (private material still sealed under ``dek``) into an
+        in-memory database, inside SQLite; the copy is then checked row by row (every sealed key
+        must open under ``dek``), so a backup never carries a key that could not be restored.
+        """
+        self._attach_scratch(_EXPORT)
+        try:
+            self._db.execute(_image_schema(_EXPORT))
+            self._db.execute(_COPY_OUT)
+            count = 0
+            aead = self._aead(dek)
+            for name, kind, sealed in self._db.execute("SELECT name, type, sealed FROM backup_out.keys"):
+                try:
+                    aead.decrypt(sealed[:12], sealed[12:], f"{kind}|{name}".encode())
+                except InvalidTag as e:
+                    raise VerificationError(
+                        f"stored key {name!r} failed its integrity check: no backup was written; "
+                        "delete that key or restore the data directory, then back up again"
+                    ) from e
+                count += 1
+            image = self._db.serialize(name=_EXPORT)
+        finally:
+            self._db.execute(f"DETACH DATABASE {_EXPORT}")
+        return image, count
+
+    def import_key_rows(self, image: bytes, key_count: int) -> None:
+        """Replace the ``keys`` table with the rows of an authenticated backup image, in one
+        transaction. The image must hold exactly the backup schema and ``key_count`` well-formed
+        rows; anything else is refused and the table is left as it was."""
+        self._attach_scratch(_IMPORT)
+        try:
+            try:
+                self._db.deserialize(image, name=_IMPORT)
+                schema = self._db.execute(
+                    "SELECT type, name, tbl_name, sql FROM backup_in.sqlite_schema"
+                ).fetchall()
+                if schema != [("table", "keys", "keys", _image_schema(""))]:
+                    raise MalformedError("the backup's key table has another schema")
+                count, bad = self._db.execute(_CHECK_IN, (json.dumps([int(t) for t in KeyType]),)).fetchone()
+            except sqlite3.DatabaseError as e:
+                raise MalformedError(f"the backup's key table is not readable: {e}") from e
+            if bad or count != key_count:
+                raise MalformedError(
+                    f"the backup's key table holds {count} rows ({int(bad)} malformed), its header says {key_count}"
+                )
+            with self._tx() as db:
+                db.execute("DELETE FROM main.keys")
+                db.execute(_COPY_IN)
+        finally:
+            self._db.execute(f"DETACH DATABASE {_IMPORT}")
+
+    def _attach_scratch(self, schema: str) -> None:
+        """An empty in-memory database attached as ``schema`` (detached by the caller)."""
+        try:
+            self._db.execute(f"ATTACH DATABASE ':memory:' AS {schema}")
+        except sqlite3.OperationalError as e:
+            raise StorageError(f"the node cannot open a scratch database ({e}): try again") from e
 
     def replace_keys(self, dek: bytes, keys: Sequence[BackupKey]) -> None:
+        """Replace the ``keys`` table with keys in the clear (a version 1 backup), sealing each."""
         rows = [
             (
                 k.name,

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -23,6 +25,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 import sdquorum_rpc  # noqa: F401  # pins cipher suites before grpc initialises
 from custodian_agent.agent import Agent, AgentConfig
@@ -30,8 +33,11 @@ from hsm_node.node import Node, NodeConfig
 from hsm_node.server import NodeServer, serve
 from hsm_node.store import NodeStore
 from sdctl.pkifiles import init_pki
+from sdquorum import backup
+from sdquorum.encoding import b64e, canonical_json
 from sdquorum.envelopes import CustodianPolicy
 from sdquorum.keys import SoftwareWrappingKey
+from sdquorum.sdfile import DomainSecrets
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc.client import NodeClient
 from sdquorum_rpc.tls import TlsFiles
@@ -264,4 +270,44 @@ def agent_config(pki: Path, target: str, name: str, state_dir: Path, approval: s
         policy=CustodianPolicy((pki / "attestation-root.pem").read_bytes()),
         state_dir=state_dir,
         approval=approval,
+    )
+
+
+def keys_in_backup(data: bytes, domain: DomainSecrets) -> dict[str, bytes]:
+    """Every key's private material in a backup, by name. The store image of a version 2 backup is
+    read here with ``sqlite3`` and each row opened with the data encryption key (AAD ``"type|name"``),
+    not with the node's code."""
+    opened = backup.open_backup(data, domain)
+    if opened.key_rows is None:
+        return {k.name: k.private for k in opened.keys}
+    db = sqlite3.connect(":memory:")
+    try:
+        db.deserialize(opened.key_rows)
+        aead = AESGCM(domain.data_encryption_key)
+        return {
+            name: aead.decrypt(sealed[:12], sealed[12:], f"{kind}|{name}".encode())
+            for name, kind, sealed in db.execute("SELECT name, type, sealed FROM keys")
+        }
+    finally:
+        db.close()
+
+
+def backup_v1(domain: DomainSecrets, body: bytes, key_count: int, node_id: str = "node-old") -> bytes:
+    """A version 1 backup (JSON; its body the JSON list of keys in the clear), which the node still
+    reads but no longer writes, written here from the version 1 layout with any ``body``."""
+    header = canonical_json(
+        {"domain_id": domain.domain_id.hex(), "node_id": node_id, "created_at": 5, "key_count": key_count}
+    )
+    nonce = os.urandom(12)
+    ct = AESGCM(domain.backup_key).encrypt(nonce, body, hashlib.sha256(header).digest())
+    sig = domain.sign(backup.BACKUP_CONTEXT + header + hashlib.sha256(nonce + ct).digest())
+    return canonical_json(
+        {
+            "format": "sdquorum-backup",
+            "version": 1,
+            "header": b64e(header),
+            "nonce": b64e(nonce),
+            "ciphertext": b64e(ct),
+            "signature": b64e(sig),
+        }
     )

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from harness import keys_in_backup
 
 from custodian_agent.keyfile import load_wrapping_key
-from sdquorum import backup, shamir
+from sdquorum import shamir
 from sdquorum.sdfile import SecurityDomainFile, open_domain, share_label
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,8 +109,10 @@ def test_no_plaintext_secret_in_any_file_or_log(demo_run: tuple[Path, str]) -> N
     secrets["data encryption key"] = domain.data_encryption_key
     secrets["domain signing key"] = domain.signing_key
     secrets["backup key"] = domain.backup_key
-    for k in backup.open_backup((work / "keys.backup").read_bytes(), domain):
-        secrets[f"node key {k.name}"] = k.private
+    node_keys = keys_in_backup((work / "keys.backup").read_bytes(), domain)
+    assert node_keys, "the demo's backup should hold the keys it created"
+    for name, private in node_keys.items():
+        secrets[f"node key {name}"] = private
     for name in NAMES:
         secrets[f"{name} passphrase"] = f"{SEED}-{name}".encode()
 
