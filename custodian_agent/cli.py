@@ -35,7 +35,7 @@ from sdquorum.errors import StateError, UsageError
 from sdquorum.keys import WrappingKey
 from sdquorum.offline import CeremonyRequest, OfflineAnswer
 from sdquorum_rpc.cli import run_main
-from sdquorum_rpc.config import add_flags
+from sdquorum_rpc.config import add_flags, load_settings
 from sdquorum_rpc.files import PendingFile, read_input_file, write_private_file
 from sdquorum_rpc.observability import setup_logging
 from sdquorum_rpc.tls import TlsFiles
@@ -97,10 +97,10 @@ def _parser() -> argparse.ArgumentParser:
     h = sub.add_parser(
         "health",
         help="exit 0 if the running agent is connected to its node (for probes and watchdogs)",
-        epilog="example: custodian-agent health --state-dir ~/.sdquorum-agent",
+        epilog="examples:\n  custodian-agent health --state-dir ~/.sdquorum-agent\n  custodian-agent health --config /etc/sdquorum/agent.toml   # the state_dir of the agent's config",
         formatter_class=fmt,
     )
-    h.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    _state_dir_flags(h)
     h.add_argument("--max-age", type=int, default=30, help="seconds after which a heartbeat is stale")
 
     for name, help_ in (("pending", "list requests waiting for your approval"),):
@@ -110,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
             epilog="example: custodian-agent pending --state-dir ~/.sdquorum",
             formatter_class=fmt,
         )
-        q.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+        _state_dir_flags(q)
     for name, help_ in (
         ("approve", "release your share for a pending request"),
         ("deny", "refuse a pending request"),
@@ -119,9 +119,21 @@ def _parser() -> argparse.ArgumentParser:
             name, help=help_, epilog=f"example: custodian-agent {name} 3f2a9c1b0d4e5f60", formatter_class=fmt
         )
         q.add_argument("request_id")
-        q.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+        _state_dir_flags(q)
         q.add_argument("--reason", default="")
     return p
+
+
+def _state_dir_flags(p: argparse.ArgumentParser) -> None:
+    """--state-dir, or the agent's own config file (the one 'run --config' reads) and environment."""
+    p.add_argument("--config", type=Path, help="the agent's TOML configuration file (for agent.state_dir)")
+    p.add_argument("--state-dir", type=Path, default=None, help=f"default: {DEFAULT_STATE_DIR}")
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    setting = next(s for s in SETTINGS if s.key == "agent.state_dir")
+    value: Path = load_settings([setting], args, file_may_hold=SETTINGS)[setting.dest]
+    return value
 
 
 def _token_flags(p: argparse.ArgumentParser) -> None:
@@ -318,10 +330,10 @@ def _body(args: argparse.Namespace) -> int:
         setup_logging(cfg.log_level, cfg.log_format)
         return asyncio.run(_run(cfg))
     if args.command == "health":
-        return _health(args.state_dir, args.max_age)
+        return _health(_state_dir(args), args.max_age)
     if args.command == "respond":
         return _respond(args)
-    box = ApprovalBox(args.state_dir)
+    box = ApprovalBox(_state_dir(args))
     if args.command == "pending":
         items = box.pending()
         for it in items:

@@ -61,12 +61,18 @@ def _default_note(s: Setting) -> str:
 
 
 def load_settings(
-    settings: Sequence[Setting], args: argparse.Namespace, environ: Mapping[str, str] | None = None
+    settings: Sequence[Setting],
+    args: argparse.Namespace,
+    environ: Mapping[str, str] | None = None,
+    *,
+    file_may_hold: Sequence[Setting] = (),
 ) -> dict[str, Any]:
-    """Merge file < environment < flags; convert and check each value; return {dest: value}."""
+    """Merge file < environment < flags; convert and check each value; return {dest: value}.
+    ``file_may_hold``: further settings the file may set without an error (a command that needs
+    only some of a process's settings reads the same file as the process)."""
     environ = os.environ if environ is None else environ
     file_values = _read_toml(getattr(args, "config", None))
-    known = {s.key for s in settings}
+    known = {s.key for s in (*settings, *file_may_hold)}
     unknown = sorted(k for k in file_values if k not in known)
     if unknown:
         raise UsageError(

@@ -127,6 +127,16 @@ async def test_agent_heartbeat_reports_connected_and_disconnected(
                 await asyncio.sleep(0.05)
         state = tmp_path / "agent-alice"
         assert await asyncio.to_thread(agent_main, ["health", "--state-dir", str(state)]) == 0
+        # The same agent's config file (every [agent] and [tls] setting 'run' reads) names the state dir.
+        config = tmp_path / "agent.toml"
+        config.write_text(
+            f'[agent]\nnode = "{a.target}"\nstate_dir = "{state}"\napproval = "auto"\n'
+            f'[tls]\ncert = "{pki_dir}/custodian-alice.pem"\n'
+        )
+        assert await asyncio.to_thread(agent_main, ["health", "--config", str(config)]) == 0
+        assert await asyncio.to_thread(agent_main, ["pending", "--config", str(config)]) == 0
+        wrong = ["health", "--config", str(config), "--state-dir", str(tmp_path / "nowhere")]
+        assert await asyncio.to_thread(agent_main, wrong) == 3  # the flag wins over the file
         await a.stop_agents()
     assert await asyncio.to_thread(agent_main, ["health", "--state-dir", str(state)]) == 3
     assert await asyncio.to_thread(agent_main, ["health", "--state-dir", str(tmp_path / "nowhere")]) == 3
