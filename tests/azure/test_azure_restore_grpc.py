@@ -112,7 +112,8 @@ async def test_native_domain_exported_as_an_azure_file_opens_with_azure_restore_
         assert code == 0, lines
         domain = a.node._domain
     assert domain is not None
-    # The generator's open_sd_file stands for Azure's restore-blob: every wrapping private key on one machine.
+    # The generator's open_sd_file reads it as Azure's restore-blob does (every wrapping private key on one
+    # machine); test_azure_cli_restore.py runs Microsoft's own `az keyvault security-domain restore-blob`.
     items = open_sd_file(out.read_bytes(), wrapping_private_keys[:2])
     assert items == [("sdquorum-payload-v1", domain.to_bytes())]
     _ = datetime.now(UTC)
