@@ -20,9 +20,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# Debian tools the tests drive (headless Chromium); installed when missing and run as root.
+# Tools the tests drive: Debian's (headless Chromium, ...; installed when missing and run as root)
+# and a pinned Azure CLI in .tools/azure-cli (its own venv; the Azure restore-blob interop test).
 tools:
 	bash scripts/ensure-test-tools.sh
+	PYTHON=$(PYTHON) bash scripts/ensure-azure-cli.sh
 
 test: lint tools
 	$(BIN)/python -m pytest
@@ -39,4 +41,4 @@ protos: $(STAMP)
 	$(BIN)/python -m sdquorum_rpc.genprotos
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .tools .mypy_cache .pytest_cache .ruff_cache .hypothesis

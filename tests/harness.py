@@ -207,6 +207,16 @@ async def running_cluster(
         store.close()
 
 
+async def run_sdctl(pki: Path, target: str, *argv: str) -> tuple[int, list[str]]:
+    """``sdctl --node target <admin mTLS flags> *argv`` in-process (in a thread): exit code, lines."""
+    from sdctl.cli import main
+
+    lines: list[str] = []
+    flags = ["--node", target, "--cert", str(pki / "admin.pem"), "--key", str(pki / "admin.key")]
+    code = await asyncio.to_thread(main, [*flags, "--ca", str(pki / "ca.pem"), *argv], out=lines.append)
+    return code, lines
+
+
 @pytest.fixture
 async def cluster(pki_dir: Path, tmp_path: Path) -> AsyncIterator[Cluster]:
     async with running_cluster(pki_dir, tmp_path / "node-a") as c:

@@ -13,7 +13,7 @@ import pytest
 from azure_sd_generator import make_sd_file, open_sd_file, open_transfer_file
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from harness import NAMES, running_cluster
+from harness import NAMES, run_sdctl, running_cluster
 
 from sdquorum import pki
 from sdquorum.keys import SoftwareWrappingKey
@@ -25,24 +25,6 @@ ITEMS = [("EncData-1", os.urandom(700)), ("EncData-2", b"key backup " * 50)]
 def exchange(now: datetime) -> tuple[rsa.RSAPrivateKey, bytes]:
     key, cert_pem = pki.make_wrapping_key("azure exchange", now, bits=2048)
     return key, pki.load_cert(cert_pem).public_bytes(serialization.Encoding.DER)
-
-
-async def run_sdctl(pki_dir: Path, target: str, *argv: str) -> tuple[int, list[str]]:
-    from sdctl.cli import main
-
-    lines: list[str] = []
-    flags = [
-        "--node",
-        target,
-        "--cert",
-        str(pki_dir / "admin.pem"),
-        "--key",
-        str(pki_dir / "admin.key"),
-        "--ca",
-        str(pki_dir / "ca.pem"),
-    ]
-    code = await asyncio.to_thread(main, [*flags, *argv], out=lines.append)
-    return code, lines
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -130,7 +112,8 @@ async def test_native_domain_exported_as_an_azure_file_opens_with_azure_restore_
         assert code == 0, lines
         domain = a.node._domain
     assert domain is not None
-    # The generator's open_sd_file stands for Azure's restore-blob: every wrapping private key on one machine.
+    # The generator's open_sd_file reads it as Azure's restore-blob does (every wrapping private key on one
+    # machine); test_azure_cli_restore.py runs Microsoft's own `az keyvault security-domain restore-blob`.
     items = open_sd_file(out.read_bytes(), wrapping_private_keys[:2])
     assert items == [("sdquorum-payload-v1", domain.to_bytes())]
     _ = datetime.now(UTC)
