@@ -27,6 +27,7 @@ import contextlib
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import _harness
@@ -36,6 +37,7 @@ from _samples import Samples, build_samples
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from harness import backup_v1
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -555,6 +557,29 @@ def test_bug_audit_export_with_an_unknown_key_algorithm(samples: Samples) -> Non
     )  # the SPKI's OID; the first is the signature's
     with only_project_errors():
         audit.verify_export(export_with_certificate(samples, unknown))
+
+
+@pinned(
+    "load-cert-x400-name",
+    x509.UnsupportedGeneralNameType,
+    "pki.load_cert (sdquorum/pki.py:133) did not catch x509.UnsupportedGeneralNameType, which "
+    "cryptography raises for an x400Address [3] or EDIPartyName [5] general name in an extension; "
+    "atheris found it in a subject alternative name. Fix: add it to the caught exceptions.",
+)
+@pytest.mark.parametrize("tag", [0xA3, 0xA5], ids=["x400Address", "EDIPartyName"])
+def test_bug_load_cert_with_an_x400_or_edi_party_name(tag: int) -> None:
+    key = Ed25519PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "x400")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder(name, name, key.public_key(), 1, now, now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("abc.example")]), critical=False)
+        .sign(key, None)
+        .public_bytes(serialization.Encoding.DER)
+    )
+    assert pki.load_cert(cert)  # the control: with the DNS name [2] it loads
+    with only_project_errors(), pytest.raises(MalformedError):
+        pki.load_cert(patched(cert, b"\x82\x0babc.example", 0, tag))
 
 
 @pinned(
