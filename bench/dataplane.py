@@ -12,7 +12,7 @@ operations per second (a batch of 100 counts 100). Messages and plaintexts are 2
 
 Baseline, same run, this process, one thread: the same operation with ``cryptography`` on a key
 object loaded once: ``Ed25519PrivateKey.sign(message)``; ``AESGCM.encrypt(urandom(12), plaintext,
-aad)``. Diagnostics (no target): ``Node.sign_many`` / ``Node.encrypt_many`` called in process
+aad)``. Diagnostics (no target): ``Node.sign_batch`` / ``Node.encrypt_batch`` called in process
 (no gRPC), which separates the node's per-item cost from the transport's; and the server's and
 clients' CPU use during each gRPC run (from /proc), which says which side was the bottleneck.
 """
@@ -38,6 +38,7 @@ from hsm_node.keyops import KeyType
 from hsm_node.node import Node, NodeConfig
 from hsm_node.store import NodeStore
 from sdquorum.pki import Role
+from sdquorum_rpc import packed
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2_grpc as pbg
 from sdquorum_rpc.client import NodeClient
@@ -82,7 +83,7 @@ def baselines(seconds: float) -> dict[str, float]:
 
 
 async def node_inprocess_rates(ctx: BenchContext, seconds: float) -> dict[str, float]:
-    """``Node.sign_many`` / ``encrypt_many`` of 100 items, in process: the node's own per-item cost."""
+    """``Node.sign_batch`` / ``encrypt_batch`` of packed items, in process: the node's own per-item cost."""
     h = harness()
     data_dir = ctx.tmp / "dataplane" / "inproc"
     att_key, att_der = h.load_attestation(ctx.pki_dir, "node-a")
@@ -92,11 +93,19 @@ async def node_inprocess_rates(ctx: BenchContext, seconds: float) -> dict[str, f
         await node.download(ctx.certs(5), 3, Role("admin", None))
         await node.create_key(AES, KeyType.AES256_GCM)
         await node.create_key(ED, KeyType.ED25519)
-        sign_items = [(ED, PAYLOAD)] * BATCH
-        enc_items = [(AES, PAYLOAD, AAD)] * BATCH
+        messages = packed.sign_batch_request(ED, [PAYLOAD] * BATCH)
+        plaintexts = packed.encrypt_batch_request(AES, [PAYLOAD] * BATCH, AAD)
+
+        def sign_batch() -> object:
+            return node.sign_batch(ED, packed.split(messages.messages, messages.message_lengths, "message"))
+
+        def encrypt_batch() -> object:
+            items = packed.split(plaintexts.plaintexts, plaintexts.plaintext_lengths, "plaintext")
+            return node.encrypt_batch(AES, items, AAD)
+
         return {
-            "sign_many": BATCH * in_process_rate(lambda: node.sign_many(sign_items), seconds / 2),
-            "encrypt_many": BATCH * in_process_rate(lambda: node.encrypt_many(enc_items), seconds / 2),
+            "sign_batch": BATCH * in_process_rate(sign_batch, seconds / 2),
+            "encrypt_batch": BATCH * in_process_rate(encrypt_batch, seconds / 2),
             "sign_single": in_process_rate(lambda: node.sign(ED, PAYLOAD), seconds / 2),
             "encrypt_single": in_process_rate(lambda: node.encrypt(AES, PAYLOAD, AAD), seconds / 2),
         }
@@ -155,15 +164,23 @@ async def _drive(ctx: BenchContext, target: str, pid: int, seconds: float) -> di
         await asyncio.gather(*(ch.channel_ready() for ch in channels))
         sign = pb.SignRequest(name=ED, message=PAYLOAD)
         enc = pb.EncryptRequest(name=AES, plaintext=PAYLOAD, aad=AAD)
-        sign_batch = pb.SignBatchRequest(items=[sign] * BATCH)
-        enc_batch = pb.EncryptBatchRequest(items=[enc] * BATCH)
+        items = [PAYLOAD] * BATCH
+
+        async def sign_batch(stub: Any) -> list[bytes]:  # a new packed request per call, as a client
+            response = await stub.SignBatch(packed.sign_batch_request(ED, items))
+            return packed.signatures_of(response, BATCH)
+
+        async def encrypt_batch(stub: Any) -> list[bytes]:
+            response = await stub.EncryptBatch(packed.encrypt_batch_request(AES, items, AAD))
+            return packed.ciphertexts_of(response, BATCH)
+
         warm = 0.3 if ctx.quick else 0.7
         out: dict[str, dict[str, float]] = {}
         for label, call, per in (
             ("sign", lambda s: s.Sign(sign), 1),
-            ("sign_batch", lambda s: s.SignBatch(sign_batch), BATCH),
+            ("sign_batch", sign_batch, BATCH),
             ("encrypt", lambda s: s.Encrypt(enc), 1),
-            ("encrypt_batch", lambda s: s.EncryptBatch(enc_batch), BATCH),
+            ("encrypt_batch", encrypt_batch, BATCH),
         ):
             out[label] = await _load(channels, call, per, seconds, warm, pid)
         return out
@@ -268,8 +285,8 @@ def run_dataplane(ctx: BenchContext) -> list[Row]:
         rows.append(
             Row(
                 "dataplane",
-                f"  Node.{op}_many x{BATCH} in process (no gRPC) vs in-process",
-                node_rates[f"{op}_many"],
+                f"  Node.{op}_batch x{BATCH} in process (no gRPC) vs in-process",
+                node_rates[f"{op}_batch"],
                 base[op],
                 "ops/s",
                 lower_is_better=False,
