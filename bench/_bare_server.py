@@ -3,7 +3,7 @@
 ``python -m bench._bare_server --pki DIR --port-file FILE`` serves Sign, Encrypt, SignBatch and
 EncryptBatch over the same mTLS credentials and channel options as ``hsm-node`` (grpc.aio, one
 process), on keys loaded once, with no role check, interceptor, metrics, key store or node state.
-The batch calls unpack, run and pack their items with the node's own loop (``packed.split`` and
+The batch calls unpack, run and pack their items with the node's own loop (``packed.checked`` and
 ``keyops.encrypt_batch`` / ``sign_batch``: the least Python work an item allows), checking no
 limits. What the node does per call beyond this is the product's own overhead.
 """
@@ -50,14 +50,14 @@ class BareKeys(pbg.KeysServicer):
         return pb.EncryptResponse(ciphertext=self._encrypt(request.plaintext, request.aad))
 
     async def SignBatch(self, request: Any, context: Any) -> pb.SignBatchResponse:
-        messages = packed.split(request.messages, request.message_lengths, "message")
-        data, lengths = keyops.sign_batch(KeyType.ED25519, self.ed_seed, messages)
-        return pb.SignBatchResponse(signatures=data, signature_lengths=lengths)
+        messages = packed.checked(request.messages, request.message_lengths, "message")
+        out = keyops.sign_batch(KeyType.ED25519, self.ed_seed, messages)
+        return pb.SignBatchResponse(signatures=out.data, signature_lengths=out.lengths)
 
     async def EncryptBatch(self, request: Any, context: Any) -> pb.EncryptBatchResponse:
-        plaintexts = packed.split(request.plaintexts, request.plaintext_lengths, "plaintext")
-        data, lengths = keyops.encrypt_batch(KeyType.AES256_GCM, self.aes_key, plaintexts, request.aad)
-        return pb.EncryptBatchResponse(ciphertexts=data, ciphertext_lengths=lengths)
+        plaintexts = packed.checked(request.plaintexts, request.plaintext_lengths, "plaintext")
+        out = keyops.encrypt_batch(KeyType.AES256_GCM, self.aes_key, plaintexts, request.aad)
+        return pb.EncryptBatchResponse(ciphertexts=out.data, ciphertext_lengths=out.lengths)
 
 
 async def _serve(pki: Path, port_file: Path) -> None:

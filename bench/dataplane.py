@@ -97,10 +97,10 @@ async def node_inprocess_rates(ctx: BenchContext, seconds: float) -> dict[str, f
         plaintexts = packed.encrypt_batch_request(AES, [PAYLOAD] * BATCH, AAD)
 
         def sign_batch() -> object:
-            return node.sign_batch(ED, packed.split(messages.messages, messages.message_lengths, "message"))
+            return node.sign_batch(ED, packed.checked(messages.messages, messages.message_lengths, "message"))
 
         def encrypt_batch() -> object:
-            items = packed.split(plaintexts.plaintexts, plaintexts.plaintext_lengths, "plaintext")
+            items = packed.checked(plaintexts.plaintexts, plaintexts.plaintext_lengths, "plaintext")
             return node.encrypt_batch(AES, items, AAD)
 
         return {

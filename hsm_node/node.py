@@ -54,6 +54,7 @@ from sdquorum.errors import SdquorumError, StateError, UsageError, VerificationE
 from sdquorum.pki import Role
 from sdquorum.review import CustodyRecord, DrillResult, RetiredEpoch
 from sdquorum_rpc.observability import SESSION_ID, NodeMetrics
+from sdquorum_rpc.packed import Packed
 
 __all__ = ["Node", "NodeConfig", "NodeState"]
 
@@ -792,15 +793,13 @@ class Node:
         _, private, kind = self._key(name)
         return keyops.sign(kind, private, message)
 
-    def encrypt_batch(
-        self, name: str, plaintexts: Sequence[keyops.Bytes], aads: keyops.Bytes | Sequence[keyops.Bytes]
-    ) -> tuple[bytes, list[int]]:
-        """Many plaintexts under one key opened once: (the ciphertexts back to back, their lengths)."""
+    def encrypt_batch(self, name: str, plaintexts: Packed, aad: bytes | Packed) -> Packed:
+        """Many plaintexts under one key opened once; ``aad`` for every item, or one per item."""
         _, private, kind = self._key(name)
-        return keyops.encrypt_batch(kind, private, plaintexts, aads)
+        return keyops.encrypt_batch(kind, private, plaintexts, aad)
 
-    def sign_batch(self, name: str, messages: Sequence[keyops.Bytes]) -> tuple[bytes, list[int]]:
-        """Many messages signed by one key opened once: (the signatures back to back, their lengths)."""
+    def sign_batch(self, name: str, messages: Packed) -> Packed:
+        """Many messages signed by one key opened once."""
         _, private, kind = self._key(name)
         return keyops.sign_batch(kind, private, messages)
 

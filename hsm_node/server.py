@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -38,7 +38,6 @@ log = logging.getLogger("sdquorum.node.server")
 CHUNK_BYTES = 1024 * 1024
 MAX_BACKUP_BYTES = 1024 * 1024 * 1024
 MAX_BATCH_ITEMS = 1000  # default of node.max_batch_items
-R = TypeVar("R", pb.EncryptBatchResponse, pb.SignBatchResponse)
 
 _STATE = {"PROVISIONED": pb.PROVISIONED, "RECOVERY_PENDING": pb.RECOVERY_PENDING, "ACTIVATED": pb.ACTIVATED}
 _SESSION = {
@@ -353,39 +352,42 @@ class KeysServicer:
     async def EncryptBatch(
         self, request: pb.EncryptBatchRequest, context: Ctx, role: Role
     ) -> pb.EncryptBatchResponse:
-        plaintexts = self._items(request.plaintexts, request.plaintext_lengths, "plaintext")
-        aads = _aads(request, len(plaintexts))
-        data, lengths = self.node.encrypt_batch(request.name, plaintexts, aads)
-        return self._fits(pb.EncryptBatchResponse(ciphertexts=data, ciphertext_lengths=lengths))
+        plaintexts = self._batch(request.plaintexts, request.plaintext_lengths, "plaintext")
+        out = self.node.encrypt_batch(request.name, plaintexts, _aad(request, len(plaintexts)))
+        self._fits(out)
+        return pb.EncryptBatchResponse(ciphertexts=out.data, ciphertext_lengths=out.lengths)
 
     @rpc("app", "admin")
     async def SignBatch(self, request: pb.SignBatchRequest, context: Ctx, role: Role) -> pb.SignBatchResponse:
-        messages = self._items(request.messages, request.message_lengths, "message")
-        data, lengths = self.node.sign_batch(request.name, messages)
-        return self._fits(pb.SignBatchResponse(signatures=data, signature_lengths=lengths))
+        out = self.node.sign_batch(
+            request.name, self._batch(request.messages, request.message_lengths, "message")
+        )
+        self._fits(out)
+        return pb.SignBatchResponse(signatures=out.data, signature_lengths=out.lengths)
 
     @rpc("app", "admin")
     async def Verify(self, request: pb.VerifyRequest, context: Ctx, role: Role) -> pb.VerifyResponse:
         return pb.VerifyResponse(valid=self.node.verify(request.name, request.message, request.signature))
 
-    def _items(self, data: bytes, lengths: Sequence[int], what: str) -> list[memoryview]:
+    def _batch(self, data: bytes, lengths: Sequence[int], what: str) -> packed.Packed:
         if not 1 <= len(lengths) <= self.max_batch_items:
             raise UsageError(
                 f"a batch holds 1..{self.max_batch_items} items ({what}_lengths), not {len(lengths)}: split it"
             )
-        return packed.split(data, lengths, what)
+        return packed.checked(data, lengths, what)
 
-    def _fits(self, response: R) -> R:
-        size = response.ByteSize()
+    def _fits(self, results: packed.Packed) -> None:
+        """Refuse results that could not be sent. The bound is the encoded response's most: the data,
+        up to 5 bytes a length (varints), and the two fields' tags and sizes (2 x 11 bytes)."""
+        size = len(results.data) + 5 * len(results) + 22
         if size > self.max_message_bytes:
             raise UsageError(
-                f"the results would take {size} bytes, more than the {self.max_message_bytes}-byte "
+                f"the results would take up to {size} bytes, more than the {self.max_message_bytes}-byte "
                 "message limit: split the batch"
             )
-        return response
 
 
-def _aads(request: pb.EncryptBatchRequest, n: int) -> bytes | list[memoryview]:
+def _aad(request: pb.EncryptBatchRequest, n: int) -> bytes | packed.Packed:
     """The AAD for every item (``aad``), or one per item (``aads`` cut by ``aad_lengths``)."""
     if not request.aad_lengths:
         if request.aads:
@@ -399,7 +401,7 @@ def _aads(request: pb.EncryptBatchRequest, n: int) -> bytes | list[memoryview]:
         raise UsageError(
             f"aad_lengths has {len(request.aad_lengths)} entries for {n} items: give one per item"
         )
-    return packed.split(request.aads, request.aad_lengths, "aad")
+    return packed.checked(request.aads, request.aad_lengths, "aad")
 
 
 class CustodianServicer:

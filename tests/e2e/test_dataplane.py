@@ -63,6 +63,7 @@ async def test_encrypt_batch_with_per_item_aads_binds_each_item_to_its_own(
     aads = [b"record-%d" % i if i % 5 else b"" for i in range(len(PLAINTEXTS))]
     async with cluster.client("app") as c, c.errors():
         cts = await c.encrypt_batch("aes", PLAINTEXTS, aads)
+        assert len({ct[:12] for ct in cts}) == len(cts), "every item has its own nonce"
         for pt, ct, aad in zip(PLAINTEXTS, cts, aads, strict=True):
             assert await _decrypts(c, "aes", ct, aad) == pt
         assert await _decrypts(c, "aes", cts[1], aads[2]) is None, "a neighbour's AAD does not open it"
@@ -212,17 +213,18 @@ async def test_a_batch_before_activation_says_to_download(cluster: Cluster) -> N
 
 
 @given(st.lists(st.binary(max_size=40), max_size=30))
-def test_split_returns_what_pack_packed(items: list[bytes]) -> None:
-    data, lengths = packed.pack(items)
-    assert [bytes(v) for v in packed.split(data, lengths, "item")] == items
+def test_checked_items_are_the_items_packed(items: list[bytes]) -> None:
+    p = packed.Packed.of(items)
+    assert len(p) == len(items)
+    assert packed.checked(p.data, p.lengths, "item").items() == items
 
 
 @given(st.lists(st.integers(0, 50), max_size=20), st.integers(1, 3))
-def test_split_refuses_lengths_that_do_not_add_up(lengths: list[int], off_by: int) -> None:
+def test_checked_refuses_lengths_that_do_not_add_up(lengths: list[int], off_by: int) -> None:
     sizes = [sum(lengths) + off_by] + ([sum(lengths) - off_by] if sum(lengths) >= off_by else [])
     for size in sizes:  # a buffer longer, and one shorter when it can be, than the lengths say
         with pytest.raises(UsageError, match=f"item_lengths add up to {sum(lengths)} bytes but"):
-            packed.split(bytes(size), lengths, "item")
+            packed.checked(bytes(size), lengths, "item")
 
 
 def test_a_client_refuses_a_response_that_does_not_match_its_request() -> None:
