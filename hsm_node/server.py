@@ -378,8 +378,8 @@ class KeysServicer:
 
     def _fits(self, results: packed.Packed) -> None:
         """Refuse results that could not be sent. The bound is the encoded response's most: the data,
-        up to 5 bytes a length (varints), and the two fields' tags and sizes (2 x 11 bytes)."""
-        size = len(results.data) + 5 * len(results) + 22
+        up to 5 bytes a length (uint32 varints), each field's tag and size (at most 6 bytes each)."""
+        size = len(results.data) + 5 * len(results) + 12
         if size > self.max_message_bytes:
             raise UsageError(
                 f"the results would take up to {size} bytes, more than the {self.max_message_bytes}-byte "
