@@ -3,7 +3,9 @@
 ``python -m bench._bare_server --pki DIR --port-file FILE`` serves Sign, Encrypt, SignBatch and
 EncryptBatch over the same mTLS credentials and channel options as ``hsm-node`` (grpc.aio, one
 process), on keys loaded once, with no role check, interceptor, metrics, key store or node state.
-What the node does per call or per item beyond this is the product's own overhead.
+The batch calls unpack, run and pack their items with the node's own loop (``packed.checked`` and
+``keyops.encrypt_batch`` / ``sign_batch``: the least Python work an item allows), checking no
+limits. What the node does per call beyond this is the product's own overhead.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 import sdquorum_rpc  # noqa: F401  # pins the TLS cipher suites before grpc initialises, as the node does
+from hsm_node import keyops
+from hsm_node.keyops import KeyType
+from sdquorum_rpc import packed
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2_grpc as pbg
 from sdquorum_rpc.tls import TlsFiles, channel_options, server_credentials
@@ -29,8 +34,10 @@ __all__ = ["BareKeys", "main"]
 
 class BareKeys(pbg.KeysServicer):
     def __init__(self) -> None:
-        self.ed = Ed25519PrivateKey.generate()
-        self.aes = AESGCM(AESGCM.generate_key(bit_length=256))
+        _, self.ed_seed = keyops.generate(KeyType.ED25519)
+        self.aes_key = AESGCM.generate_key(bit_length=256)
+        self.ed = Ed25519PrivateKey.from_private_bytes(self.ed_seed)
+        self.aes = AESGCM(self.aes_key)
 
     def _encrypt(self, plaintext: bytes, aad: bytes) -> bytes:
         nonce = os.urandom(12)
@@ -43,14 +50,14 @@ class BareKeys(pbg.KeysServicer):
         return pb.EncryptResponse(ciphertext=self._encrypt(request.plaintext, request.aad))
 
     async def SignBatch(self, request: Any, context: Any) -> pb.SignBatchResponse:
-        return pb.SignBatchResponse(
-            items=[pb.SignResponse(signature=self.ed.sign(i.message)) for i in request.items]
-        )
+        messages = packed.checked(request.messages, request.message_lengths, "message")
+        out = keyops.sign_batch(KeyType.ED25519, self.ed_seed, messages)
+        return pb.SignBatchResponse(signatures=out.data, signature_lengths=out.lengths)
 
     async def EncryptBatch(self, request: Any, context: Any) -> pb.EncryptBatchResponse:
-        return pb.EncryptBatchResponse(
-            items=[pb.EncryptResponse(ciphertext=self._encrypt(i.plaintext, i.aad)) for i in request.items]
-        )
+        plaintexts = packed.checked(request.plaintexts, request.plaintext_lengths, "plaintext")
+        out = keyops.encrypt_batch(KeyType.AES256_GCM, self.aes_key, plaintexts, request.aad)
+        return pb.EncryptBatchResponse(ciphertexts=out.data, ciphertext_lengths=out.lengths)
 
 
 async def _serve(pki: Path, port_file: Path) -> None:

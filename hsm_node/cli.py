@@ -85,7 +85,7 @@ async def _run(cfg: NodeSettings) -> int:
     tls = TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.ca, ("--tls-cert", "--tls-key", "--ca"))
     metrics = NodeMetrics()
     node = Node(config, store, metrics=metrics)
-    server = await serve(node, cfg.listen, tls, cfg.max_message_bytes)
+    server = await serve(node, cfg.listen, tls, cfg.max_message_bytes, cfg.max_batch_items)
     if not cfg.address:
         node.address = f"{cfg.listen.rsplit(':', 1)[0]}:{server.port}"
     if cfg.metrics_listen:

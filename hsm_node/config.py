@@ -67,6 +67,14 @@ SETTINGS = [
         help="largest gRPC message accepted",
     ),
     Setting(
+        "node.max_batch_items",
+        "--max-batch-items",
+        E + "MAX_BATCH_ITEMS",
+        int,
+        1000,
+        help="most items in one EncryptBatch or SignBatch call",
+    ),
+    Setting(
         "node.port_file", "--port-file", E + "PORT_FILE", Path, help="write the bound port here once serving"
     ),
     Setting(
@@ -138,6 +146,7 @@ class NodeSettings:
     sealing_key_file: Path | None
     session_seconds: int
     max_message_bytes: int
+    max_batch_items: int
     port_file: Path | None
     tls_cert: Path
     tls_key: Path
@@ -165,6 +174,8 @@ class NodeSettings:
             raise UsageError(f"node.session_seconds = {self.session_seconds}: use 10..86400")
         if not 64 * 1024 <= self.max_message_bytes <= 64 * 1024 * 1024:
             raise UsageError(f"node.max_message_bytes = {self.max_message_bytes}: use 65536..67108864")
+        if not 1 <= self.max_batch_items <= 100_000:
+            raise UsageError(f"node.max_batch_items = {self.max_batch_items}: use 1..100000")
         if self.log_level.upper() not in LOG_LEVELS:
             raise UsageError(
                 f"observability.log_level = {self.log_level!r}: use one of {', '.join(LOG_LEVELS)}"

@@ -54,6 +54,7 @@ from sdquorum.errors import SdquorumError, StateError, UsageError, VerificationE
 from sdquorum.pki import Role
 from sdquorum.review import CustodyRecord, DrillResult, RetiredEpoch
 from sdquorum_rpc.observability import SESSION_ID, NodeMetrics
+from sdquorum_rpc.packed import Packed
 
 __all__ = ["Node", "NodeConfig", "NodeState"]
 
@@ -792,31 +793,15 @@ class Node:
         _, private, kind = self._key(name)
         return keyops.sign(kind, private, message)
 
-    def encrypt_many(self, items: Sequence[tuple[str, bytes, bytes]]) -> list[bytes]:
-        keys = self._keys_for({name for name, _, _ in items})
-        encrypt = {name: keyops.encryptor(kind, private) for name, (_, private, kind) in keys.items()}
-        out = []
-        for i, (name, plaintext, aad) in enumerate(items):
-            try:
-                out.append(encrypt[name](plaintext, aad))
-            except SdquorumError as e:
-                raise type(e)(f"item {i}: {e}") from e
-        return out
+    def encrypt_batch(self, name: str, plaintexts: Packed, aad: bytes | Packed) -> Packed:
+        """Many plaintexts under one key opened once; ``aad`` for every item, or one per item."""
+        _, private, kind = self._key(name)
+        return keyops.encrypt_batch(kind, private, plaintexts, aad)
 
-    def sign_many(self, items: Sequence[tuple[str, bytes]]) -> list[bytes]:
-        keys = self._keys_for({name for name, _ in items})
-        sign = {name: keyops.signer(kind, private) for name, (_, private, kind) in keys.items()}
-        out = []
-        for i, (name, message) in enumerate(items):
-            try:
-                out.append(sign[name](message))
-            except SdquorumError as e:
-                raise type(e)(f"item {i}: {e}") from e
-        return out
-
-    def _keys_for(self, names: set[str]) -> dict[str, tuple[StoredKey, bytes, KeyType]]:
-        """Each named key opened once per batch."""
-        return {name: self._key(name) for name in names}
+    def sign_batch(self, name: str, messages: Packed) -> Packed:
+        """Many messages signed by one key opened once."""
+        _, private, kind = self._key(name)
+        return keyops.sign_batch(kind, private, messages)
 
     def verify(self, name: str, message: bytes, signature: bytes) -> bool:
         info, _, kind = self._key(name)

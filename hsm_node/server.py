@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
@@ -26,16 +26,18 @@ from sdquorum.errors import MalformedError, UsageError
 from sdquorum.pki import Role
 from sdquorum.review import CustodyRecord
 from sdquorum.sdfile import MAX_SD_FILE_BYTES
+from sdquorum_rpc import packed
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2_grpc as pbg
 from sdquorum_rpc.errors import RequestGuard, rpc
-from sdquorum_rpc.tls import Ctx, TlsFiles, channel_options, server_credentials
+from sdquorum_rpc.tls import DEFAULT_MAX_MESSAGE_BYTES, Ctx, TlsFiles, channel_options, server_credentials
 
-__all__ = ["CHUNK_BYTES", "NodeServer", "serve", "status_to_proto"]
+__all__ = ["CHUNK_BYTES", "MAX_BATCH_ITEMS", "NodeServer", "serve", "status_to_proto"]
 
 log = logging.getLogger("sdquorum.node.server")
 CHUNK_BYTES = 1024 * 1024
 MAX_BACKUP_BYTES = 1024 * 1024 * 1024
+MAX_BATCH_ITEMS = 1000  # default of node.max_batch_items
 
 _STATE = {"PROVISIONED": pb.PROVISIONED, "RECOVERY_PENDING": pb.RECOVERY_PENDING, "ACTIVATED": pb.ACTIVATED}
 _SESSION = {
@@ -302,8 +304,20 @@ class AdminServicer:
 
 
 class KeysServicer:
-    def __init__(self, node: Node) -> None:
+    """The data plane. Batch calls carry their items packed (:mod:`sdquorum_rpc.packed`): the
+    request is checked whole (item count, lengths that add up, AADs) before any key is used, and a
+    response that would exceed the message limit is refused rather than sent to fail in transport.
+    """
+
+    def __init__(
+        self,
+        node: Node,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_batch_items: int = MAX_BATCH_ITEMS,
+    ) -> None:
         self.node = node
+        self.max_message_bytes = max_message_bytes
+        self.max_batch_items = max_batch_items
 
     @rpc("app", "admin")
     async def CreateKey(self, request: pb.CreateKeyRequest, context: Ctx, role: Role) -> pb.KeyInfo:
@@ -338,27 +352,56 @@ class KeysServicer:
     async def EncryptBatch(
         self, request: pb.EncryptBatchRequest, context: Ctx, role: Role
     ) -> pb.EncryptBatchResponse:
-        _check_batch(len(request.items))
-        out = self.node.encrypt_many([(i.name, i.plaintext, i.aad) for i in request.items])
-        return pb.EncryptBatchResponse(items=[pb.EncryptResponse(ciphertext=c) for c in out])
+        plaintexts = self._batch(request.plaintexts, request.plaintext_lengths, "plaintext")
+        out = self.node.encrypt_batch(request.name, plaintexts, _aad(request, len(plaintexts)))
+        self._fits(out)
+        return pb.EncryptBatchResponse(ciphertexts=out.data, ciphertext_lengths=out.lengths)
 
     @rpc("app", "admin")
     async def SignBatch(self, request: pb.SignBatchRequest, context: Ctx, role: Role) -> pb.SignBatchResponse:
-        _check_batch(len(request.items))
-        out = self.node.sign_many([(i.name, i.message) for i in request.items])
-        return pb.SignBatchResponse(items=[pb.SignResponse(signature=sig) for sig in out])
+        out = self.node.sign_batch(
+            request.name, self._batch(request.messages, request.message_lengths, "message")
+        )
+        self._fits(out)
+        return pb.SignBatchResponse(signatures=out.data, signature_lengths=out.lengths)
 
     @rpc("app", "admin")
     async def Verify(self, request: pb.VerifyRequest, context: Ctx, role: Role) -> pb.VerifyResponse:
         return pb.VerifyResponse(valid=self.node.verify(request.name, request.message, request.signature))
 
+    def _batch(self, data: bytes, lengths: Sequence[int], what: str) -> packed.Packed:
+        if not 1 <= len(lengths) <= self.max_batch_items:
+            raise UsageError(
+                f"a batch holds 1..{self.max_batch_items} items ({what}_lengths), not {len(lengths)}: split it"
+            )
+        return packed.checked(data, lengths, what)
 
-MAX_BATCH = 1000
+    def _fits(self, results: packed.Packed) -> None:
+        """Refuse results that could not be sent. The bound is the encoded response's most: the data,
+        up to 5 bytes a length (uint32 varints), each field's tag and size (at most 6 bytes each)."""
+        size = len(results.data) + 5 * len(results) + 12
+        if size > self.max_message_bytes:
+            raise UsageError(
+                f"the results would take up to {size} bytes, more than the {self.max_message_bytes}-byte "
+                "message limit: split the batch"
+            )
 
 
-def _check_batch(n: int) -> None:
-    if not 1 <= n <= MAX_BATCH:
-        raise UsageError(f"a batch holds 1..{MAX_BATCH} items, not {n}: split it")
+def _aad(request: pb.EncryptBatchRequest, n: int) -> bytes | packed.Packed:
+    """The AAD for every item (``aad``), or one per item (``aads`` cut by ``aad_lengths``)."""
+    if not request.aad_lengths:
+        if request.aads:
+            raise UsageError("aads needs aad_lengths, one per item (or give one aad for all items)")
+        return request.aad
+    if request.aad:
+        raise UsageError(
+            "give aad (the same for every item) or aads with aad_lengths (one per item), not both"
+        )
+    if len(request.aad_lengths) != n:
+        raise UsageError(
+            f"aad_lengths has {len(request.aad_lengths)} entries for {n} items: give one per item"
+        )
+    return packed.checked(request.aads, request.aad_lengths, "aad")
 
 
 class CustodianServicer:
@@ -442,7 +485,11 @@ class NodeServer:
 
 
 async def serve(
-    node: Node, listen: str, tls: TlsFiles, max_message_bytes: int = 4 * 1024 * 1024
+    node: Node,
+    listen: str,
+    tls: TlsFiles,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    max_batch_items: int = MAX_BATCH_ITEMS,
 ) -> NodeServer:
     """Bind ``listen`` (host:port, port 0 picks one) with mTLS and start serving."""
     server = grpc.aio.server(
@@ -450,7 +497,7 @@ async def serve(
     )
     pbg.add_NodeServicer_to_server(NodeServicer(node), server)  # type: ignore[no-untyped-call]  # generated, untyped
     pbg.add_NodeAdminServicer_to_server(AdminServicer(node), server)  # type: ignore[no-untyped-call]  # generated, untyped
-    pbg.add_KeysServicer_to_server(KeysServicer(node), server)  # type: ignore[no-untyped-call]  # generated, untyped
+    pbg.add_KeysServicer_to_server(KeysServicer(node, max_message_bytes, max_batch_items), server)  # type: ignore[no-untyped-call]  # generated, untyped
     pbg.add_CustodianServicer_to_server(CustodianServicer(node), server)  # type: ignore[no-untyped-call]  # generated, untyped
     health = grpc_health.aio.HealthServicer()  # type: ignore[attr-defined]  # set at import time; no stub
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -1,16 +1,20 @@
 """Client side: one mTLS channel to a node, its stubs, and the error translation boundary.
 
 Use ``async with NodeClient(target, tls) as c:`` and make calls inside ``with c.errors():`` so any
-``grpc.RpcError`` leaves as a project error with one actionable line.
+``grpc.RpcError`` leaves as a project error with one actionable line. The batch calls, whose items
+travel packed (:mod:`sdquorum_rpc.packed`), have methods that pack and unpack: ``encrypt_batch``
+and ``sign_batch``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import TracebackType
 
 import grpc
 import grpc.aio
 
+from sdquorum_rpc import packed
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2_grpc as pbg
 from sdquorum_rpc.errors import translate_rpc_error
 from sdquorum_rpc.tls import DEFAULT_MAX_MESSAGE_BYTES, TlsFiles, channel_credentials, channel_options
@@ -52,6 +56,21 @@ class NodeClient:
         self.admin = pbg.NodeAdminStub(self.channel)  # type: ignore[no-untyped-call]  # generated, untyped
         self.keys = pbg.KeysStub(self.channel)  # type: ignore[no-untyped-call]  # generated, untyped
         self.custodian = pbg.CustodianStub(self.channel)  # type: ignore[no-untyped-call]  # generated, untyped
+
+    async def encrypt_batch(
+        self, name: str, plaintexts: Sequence[bytes], aad: bytes | Sequence[bytes] = b""
+    ) -> list[bytes]:
+        """One ciphertext per plaintext, in order, all under key ``name`` in one call.
+
+        ``aad``: the same for every item (bytes), or one per item (a sequence of bytes).
+        """
+        request = packed.encrypt_batch_request(name, plaintexts, aad)
+        return packed.ciphertexts_of(await self.keys.EncryptBatch(request), len(plaintexts))
+
+    async def sign_batch(self, name: str, messages: Sequence[bytes]) -> list[bytes]:
+        """One signature per message, in order, all by key ``name`` in one call."""
+        request = packed.sign_batch_request(name, messages)
+        return packed.signatures_of(await self.keys.SignBatch(request), len(messages))
 
     def errors(self) -> _Translate:
         """Context manager (sync or async) that turns ``grpc.RpcError`` into project errors."""

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 import sdquorum_rpc  # noqa: F401  # pins cipher suites before grpc initialises
 from custodian_agent.agent import Agent, AgentConfig
 from hsm_node.node import Node, NodeConfig
-from hsm_node.server import NodeServer, serve
+from hsm_node.server import MAX_BATCH_ITEMS, NodeServer, serve
 from hsm_node.store import NodeStore
 from sdctl.pkifiles import init_pki
 from sdquorum import backup
@@ -40,7 +40,7 @@ from sdquorum.keys import SoftwareWrappingKey
 from sdquorum.sdfile import DomainSecrets
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc.client import NodeClient
-from sdquorum_rpc.tls import TlsFiles
+from sdquorum_rpc.tls import DEFAULT_MAX_MESSAGE_BYTES, TlsFiles
 
 NAMES = ["alice", "bob", "carol", "dave", "erin", "frank"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -185,6 +185,8 @@ async def running_cluster(
     node_id: str = "node-a",
     attestation_pki: Path | None = None,
     sealing_key: bytes | None = None,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    max_batch_items: int = MAX_BATCH_ITEMS,
 ) -> AsyncIterator[Cluster]:
     clock = Clock()
     key, cert_der = load_attestation(attestation_pki or pki, node_id)
@@ -197,7 +199,7 @@ async def running_cluster(
         attestation_cert_der=cert_der,
     )
     node = Node(config, store, clock=clock)
-    server = await serve(node, "127.0.0.1:0", tls(pki, "node"))
+    server = await serve(node, "127.0.0.1:0", tls(pki, "node"), max_message_bytes, max_batch_items)
     cluster = Cluster(pki, data_dir, node, server, clock)
     try:
         yield cluster

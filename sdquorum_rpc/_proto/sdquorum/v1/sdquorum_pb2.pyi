@@ -421,28 +421,46 @@ class VerifyResponse(_message.Message):
     def __init__(self, valid: _Optional[bool] = ...) -> None: ...
 
 class EncryptBatchRequest(_message.Message):
-    __slots__ = ("items",)
-    ITEMS_FIELD_NUMBER: _ClassVar[int]
-    items: _containers.RepeatedCompositeFieldContainer[EncryptRequest]
-    def __init__(self, items: _Optional[_Iterable[_Union[EncryptRequest, _Mapping]]] = ...) -> None: ...
+    __slots__ = ("name", "plaintexts", "plaintext_lengths", "aad", "aads", "aad_lengths")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PLAINTEXTS_FIELD_NUMBER: _ClassVar[int]
+    PLAINTEXT_LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    AAD_FIELD_NUMBER: _ClassVar[int]
+    AADS_FIELD_NUMBER: _ClassVar[int]
+    AAD_LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    plaintexts: bytes
+    plaintext_lengths: _containers.RepeatedScalarFieldContainer[int]
+    aad: bytes
+    aads: bytes
+    aad_lengths: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., plaintexts: _Optional[bytes] = ..., plaintext_lengths: _Optional[_Iterable[int]] = ..., aad: _Optional[bytes] = ..., aads: _Optional[bytes] = ..., aad_lengths: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class EncryptBatchResponse(_message.Message):
-    __slots__ = ("items",)
-    ITEMS_FIELD_NUMBER: _ClassVar[int]
-    items: _containers.RepeatedCompositeFieldContainer[EncryptResponse]
-    def __init__(self, items: _Optional[_Iterable[_Union[EncryptResponse, _Mapping]]] = ...) -> None: ...
+    __slots__ = ("ciphertexts", "ciphertext_lengths")
+    CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    ciphertexts: bytes
+    ciphertext_lengths: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, ciphertexts: _Optional[bytes] = ..., ciphertext_lengths: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SignBatchRequest(_message.Message):
-    __slots__ = ("items",)
-    ITEMS_FIELD_NUMBER: _ClassVar[int]
-    items: _containers.RepeatedCompositeFieldContainer[SignRequest]
-    def __init__(self, items: _Optional[_Iterable[_Union[SignRequest, _Mapping]]] = ...) -> None: ...
+    __slots__ = ("name", "messages", "message_lengths")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    messages: bytes
+    message_lengths: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., messages: _Optional[bytes] = ..., message_lengths: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SignBatchResponse(_message.Message):
-    __slots__ = ("items",)
-    ITEMS_FIELD_NUMBER: _ClassVar[int]
-    items: _containers.RepeatedCompositeFieldContainer[SignResponse]
-    def __init__(self, items: _Optional[_Iterable[_Union[SignResponse, _Mapping]]] = ...) -> None: ...
+    __slots__ = ("signatures", "signature_lengths")
+    SIGNATURES_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    signatures: bytes
+    signature_lengths: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, signatures: _Optional[bytes] = ..., signature_lengths: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class AgentHello(_message.Message):
     __slots__ = ("wrapping_cert_sha256", "agent_version")
