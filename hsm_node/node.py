@@ -803,6 +803,15 @@ class Node:
         _, private, kind = self._key(name)
         return keyops.sign_batch(kind, private, messages)
 
+    async def sign_batch_async(self, name: str, messages: Packed) -> Packed:
+        """:meth:`sign_batch` for the server: an RSA batch (~1.3 ms a signature; cryptography releases
+        the GIL while it signs) runs in a worker thread so the node's other calls go on meanwhile.
+        The key is read from the database here, on the event loop's thread, as every read is."""
+        _, private, kind = self._key(name)
+        if kind is KeyType.RSA3072:
+            return await asyncio.to_thread(keyops.sign_batch, kind, private, messages)
+        return keyops.sign_batch(kind, private, messages)
+
     def verify(self, name: str, message: bytes, signature: bytes) -> bool:
         info, _, kind = self._key(name)
         return keyops.verify(kind, info.public_der, message, signature)

@@ -359,7 +359,7 @@ class KeysServicer:
 
     @rpc("app", "admin")
     async def SignBatch(self, request: pb.SignBatchRequest, context: Ctx, role: Role) -> pb.SignBatchResponse:
-        out = self.node.sign_batch(
+        out = await self.node.sign_batch_async(
             request.name, self._batch(request.messages, request.message_lengths, "message")
         )
         self._fits(out)

@@ -7,6 +7,7 @@ INVALID_ARGUMENT and a message naming the field; limits come from the node's set
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -83,6 +84,27 @@ async def test_sign_batch_signatures_verify_each_for_its_own_message(
                 assert ok.valid
             other = await c.keys.Verify(pb.VerifyRequest(name=name, message=items[1], signature=sigs[0]))
             assert not other.valid
+
+
+async def test_an_rsa_sign_batch_does_not_hold_up_other_calls(
+    cluster: Cluster, wrapping_keys: list[SoftwareWrappingKey]
+) -> None:
+    """An RSA batch signs in a worker thread: a unary call sent while it runs answers before it."""
+    await _activated(cluster, wrapping_keys, ("ed", pb.ED25519), ("rsa", pb.RSA3072))
+    finished: list[str] = []
+    async with cluster.client("app") as c, c.errors():
+
+        async def batch() -> None:
+            assert len(await c.sign_batch("rsa", [b"m"] * 300)) == 300
+            finished.append("rsa batch")
+
+        async def unary() -> None:
+            await asyncio.sleep(0.05)  # the batch has arrived and is being signed
+            await c.keys.Sign(pb.SignRequest(name="ed", message=b"m"))
+            finished.append("ed unary")
+
+        await asyncio.gather(batch(), unary())
+    assert finished == ["ed unary", "rsa batch"]
 
 
 async def test_rsa_encrypt_batch_round_trips_and_names_an_item_too_long_for_oaep(
