@@ -97,6 +97,8 @@ class Node:
         self._rng = rng
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
+        self._new_requests = asyncio.Event()
+        self._announced: frozenset[str] = frozenset()  # ids of the open requests at the last change
         self._session: Ceremony | None = None
         self._applied: set[str] = set()  # sessions whose end has been applied and audited
         self._recovery_file: bytes | None = None
@@ -182,10 +184,22 @@ class Node:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+        s = self._session
+        open_ids = frozenset(r.request_id for r in s.requests()) if s is not None else frozenset()
+        if not open_ids <= self._announced:
+            self._new_requests.set()
+            self._new_requests = asyncio.Event()
+        self._announced = open_ids
 
     def change_token(self) -> asyncio.Event:
         """Take this before reading state; ``wait_change`` with it then misses no change."""
         return self._changed
+
+    def request_token(self) -> asyncio.Event:
+        """Like :meth:`change_token`, but set only when a request opens that was not open at the
+        previous change: an agent's request stream wakes once per ceremony, not once per answer or
+        delivery of every other custodian (n streams x n changes)."""
+        return self._new_requests
 
     async def wait_change(self, token: asyncio.Event, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
