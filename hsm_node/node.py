@@ -10,7 +10,9 @@ Every ceremony step, every answer accepted or rejected (with the custodian), eve
 custody event goes into the audit log (:mod:`sdquorum.audit`), signed with the node's attestation
 key. There are two chains: ``provisioning`` until the node is activated, then ``domain``, whose first
 entry names the domain, epoch and SD file the node was activated or recovered with, and the ceremony
-that did it (linking the provisioning chain's head).
+that did it (linking the provisioning chain's head). Answers that arrive together are taken as one
+batch whose audit entries (and the completion the batch may cause) are committed in one transaction;
+no answer is acknowledged, and no watcher sees its effect, before that commit.
 
 This class does no network I/O: the gRPC servicers in :mod:`hsm_node.server` call it. It owns the
 clock and randomness it was given.
@@ -70,6 +72,15 @@ MAX_SESSION_SECONDS = 24 * 3600
 
 
 @dataclass(frozen=True)
+class _Answer:
+    request_id: str
+    answer: bytes
+    caller: Role
+    kind: str | None
+    done: asyncio.Future[None]
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     node_id: str
     address: str
@@ -100,6 +111,8 @@ class Node:
         self._new_requests = asyncio.Event()
         self._announced: frozenset[str] = frozenset()  # ids of the open requests at the last change
         self._session: Ceremony | None = None
+        self._inbox: list[_Answer] = []  # answers waiting for the next batch
+        self._taker: asyncio.Task[None] | None = None
         self._applied: set[str] = set()  # sessions whose end has been applied and audited
         self._recovery_file: bytes | None = None
         self._agents: dict[str, bytes] = {}  # custodian name -> thumbprint of its connected agent
@@ -401,48 +414,100 @@ class Node:
     async def submit_answer(
         self, request_id: str, answer: bytes, caller: Role, *, kind: str | None = None
     ) -> None:
-        """A custodian's release (recovery) or proof (drill, rotation), online or carried offline."""
-        async with self._lock:
-            session = self._require_session()
-            if kind is not None and session.kind != kind:
-                raise VerificationError(f"a {kind} answer was sent to a {session.kind} session")
-            try:
-                outcome = session.submit(request_id, answer, self.now())
-            except SdquorumError as e:
-                self.audit(
-                    f"{session.kind}-answer-refused",
-                    caller,
-                    {"session_id": session.session_id, "request_id": request_id[:64], "reason": str(e)},
-                )
-                raise
-            details = {
-                "session_id": session.session_id,
-                "custodian": outcome.name,
-                "x": outcome.x,
-                "via": str(caller),
-            }
-            if outcome.accepted:
-                log.info(
-                    "session %s: %s (x=%d) answered via %s: accepted",
-                    session.session_id,
-                    outcome.name,
-                    outcome.x,
-                    caller,
-                )
-                self.audit(f"{session.kind}-answer-accepted", caller, details)
-            else:
-                log.warning(
-                    "session %s: answer of %s (x=%d) REJECTED via %s: %s",
-                    session.session_id,
-                    outcome.name,
-                    outcome.x,
-                    caller,
-                    outcome.reason,
-                )
-                self.audit(f"{session.kind}-answer-rejected", caller, {**details, "reason": outcome.reason})
-            self._after_change(session)
-            if not outcome.accepted:
-                raise VerificationError(outcome.reason)
+        """A custodian's release (recovery) or proof (drill, rotation), online or carried offline.
+
+        Answers that arrive together are taken as one batch (:meth:`_take_answers`): their audit
+        entries, and the completion the last of them may cause, are committed in one transaction.
+        This returns, or raises the answer's own error, only once that transaction has committed:
+        no answer is acknowledged, and no watcher sees its effect, before its audit entry is on disk.
+        """
+        item = _Answer(request_id, answer, caller, kind, asyncio.get_running_loop().create_future())
+        self._inbox.append(item)
+        if self._taker is None or self._taker.done():
+            self._taker = asyncio.create_task(self._take_answers())
+        await item.done  # cancelled before its batch is taken: the answer is not taken at all
+
+    async def _take_answers(self) -> None:
+        batch: list[_Answer] = []
+        try:
+            while self._inbox:
+                async with self._lock:
+                    batch = [a for a in self._inbox if not a.done.done()]
+                    self._inbox.clear()
+                    errors = self._take_batch(batch)
+                for a, e in zip(batch, errors, strict=True):
+                    if a.done.done():
+                        continue
+                    if e is None:
+                        a.done.set_result(None)
+                    else:
+                        a.done.set_exception(e)
+                batch = []
+        except BaseException as e:  # the batch did not commit: its answers, and any waiting, fail
+            for a in (*batch, *self._inbox):
+                if a.done.done():
+                    continue
+                if isinstance(e, Exception):
+                    a.done.set_exception(e)
+                else:
+                    a.done.cancel()
+            self._inbox.clear()
+            if not isinstance(e, Exception):
+                raise  # cancelled: let it end the task; an error went to every caller above
+
+    def _take_batch(self, batch: list[_Answer]) -> list[SdquorumError | None]:
+        """Take every answer of ``batch`` in one store transaction; each one's own error, or None."""
+        errors: list[SdquorumError | None] = []
+        with self._store.batch():
+            for a in batch:
+                try:
+                    self._take_answer(a.request_id, a.answer, a.caller, a.kind)
+                    errors.append(None)
+                except SdquorumError as e:
+                    errors.append(e)
+        return errors
+
+    def _take_answer(self, request_id: str, answer: bytes, caller: Role, kind: str | None) -> None:
+        session = self._require_session()
+        if kind is not None and session.kind != kind:
+            raise VerificationError(f"a {kind} answer was sent to a {session.kind} session")
+        try:
+            outcome = session.submit(request_id, answer, self.now())
+        except SdquorumError as e:
+            self.audit(
+                f"{session.kind}-answer-refused",
+                caller,
+                {"session_id": session.session_id, "request_id": request_id[:64], "reason": str(e)},
+            )
+            raise
+        details = {
+            "session_id": session.session_id,
+            "custodian": outcome.name,
+            "x": outcome.x,
+            "via": str(caller),
+        }
+        if outcome.accepted:
+            log.info(
+                "session %s: %s (x=%d) answered via %s: accepted",
+                session.session_id,
+                outcome.name,
+                outcome.x,
+                caller,
+            )
+            self.audit(f"{session.kind}-answer-accepted", caller, details)
+        else:
+            log.warning(
+                "session %s: answer of %s (x=%d) REJECTED via %s: %s",
+                session.session_id,
+                outcome.name,
+                outcome.x,
+                caller,
+                outcome.reason,
+            )
+            self.audit(f"{session.kind}-answer-rejected", caller, {**details, "reason": outcome.reason})
+        self._after_change(session)
+        if not outcome.accepted:
+            raise VerificationError(outcome.reason)
 
     async def deny(self, request_id: str, signed_denial: bytes, caller: Role) -> None:
         async with self._lock:

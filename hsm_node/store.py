@@ -16,7 +16,9 @@ What is on disk, and under which key:
 
 Writes are transactions with ``synchronous=FULL``: a key whose creation was acknowledged survives a
 crash. Activation (domain + state) is one transaction; a backup restore replaces the key table in
-one transaction.
+one transaction. :meth:`NodeStore.batch` groups several writes into one transaction (the node's
+answers that arrive together, with the completion they cause): the caller acknowledges none of them
+before the batch has committed.
 """
 
 from __future__ import annotations
@@ -134,6 +136,7 @@ class NodeStore:
             self._db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as e:
             raise UsageError(f"cannot open the node database in {data_dir}: {e}") from e
+        self._depth = 0  # transactions open: 0, or 1 + the savepoints inside a batch
         self._seal = AESGCM(sealing_key)
         self._aead_key = b""
         self._aead_obj = AESGCM(bytes(32))
@@ -143,14 +146,38 @@ class NodeStore:
         self._db.close()
 
     @contextmanager
+    def batch(self) -> Iterator[None]:
+        """One transaction, one commit (one fsync), for every write made inside: none of it is
+        durable before the block ends, all of it is after. A write inside that fails undoes only
+        itself (a savepoint); an exception out of the block undoes the whole batch."""
+        with self._tx():
+            yield
+
+    @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         try:
+            if self._depth:  # inside a batch: a savepoint, committed with the batch
+                self._db.execute("SAVEPOINT w")
+                self._depth += 1
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK TO w")
+                    self._db.execute("RELEASE w")
+                    raise
+                finally:
+                    self._depth -= 1
+                self._db.execute("RELEASE w")
+                return
             self._db.execute("BEGIN IMMEDIATE")
+            self._depth = 1
             try:
                 yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            finally:
+                self._depth = 0
             self._db.execute("COMMIT")
         except sqlite3.OperationalError as e:
             raise StorageError(
