@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -113,6 +113,7 @@ class Node:
         self._session: Ceremony | None = None
         self._inbox: list[_Answer] = []  # answers waiting for the next batch
         self._taker: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self._applied: set[str] = set()  # sessions whose end has been applied and audited
         self._recovery_file: bytes | None = None
         self._agents: dict[str, bytes] = {}  # custodian name -> thumbprint of its connected agent
@@ -358,7 +359,21 @@ class Node:
                 h.quorum,
             )
             self._notify()
+            # The requests are out: each slot's public share is computed while they travel, off the
+            # event loop (libsodium releases the GIL), so checking an answer is one multiplication.
+            self._in_background(asyncio.to_thread(session.prepare), "computing the public shares")
             return session.status()
+
+    def _in_background(self, work: Coroutine[Any, Any, None], what: str) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._background.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("%s failed: %s", what, t.exception())
+
+        task.add_done_callback(done)
 
     def _sign_attestation(self, statement: envelopes.ExchangeStatement) -> envelopes.Attestation:
         return envelopes.sign_attestation(
