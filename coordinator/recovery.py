@@ -6,9 +6,9 @@ Order and invariants (see :mod:`coordinator.ceremony` for what every ceremony sh
    parser) and opens the session: one request per slot, bound by the node's attestation.
 2. Each release is checked: signature by the slot's wrapping key, session/domain/epoch/attestation
    binding, sealed-box opening with this session's exchange key, inner-outer binding, then the
-   Feldman check of the share (y*B against the slot's public share sum_j x^j A_j, which
-   :meth:`RecoverySession.prepare` computes for every slot while the requests travel, or the check
-   computes itself if the share comes first). A failing release marks its custodian REJECTED with
+   Feldman check of the share (y*B against the slot's public share sum_j x^j A_j, which the host
+   has :meth:`RecoverySession.prepare` compute while the requests travel, or the check computes
+   itself if the share comes first). A failing release marks its custodian REJECTED with
    the check named.
 3. The first m valid shares reconstruct s; the payload is opened and the session COMPLETES with the
    domain secrets in ``result``; every slot not heard from becomes NOT_NEEDED.
@@ -19,6 +19,8 @@ The exchange key and the collected shares are dropped as soon as the session end
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from coordinator.ceremony import (
     AttestationSigner,
@@ -70,22 +72,22 @@ class RecoverySession(Ceremony):
         self._sd = sd
         return attestation
 
-    def prepare(self) -> None:
-        """Compute every slot's public share s_x*B from the commitments of the signed header, so that
-        checking a share is then one base-point multiplication and a constant-time compare.
+    def prepare(self, xs: Iterable[int] | None = None) -> None:
+        """Compute the public share s_x*B of the slots ``xs`` (default: every slot) from the
+        commitments of the signed header, so that checking a share is then one base-point
+        multiplication and a constant-time compare.
 
-        The host calls this once the requests are out, while they travel (it may run on another
-        thread than :meth:`submit`: it only adds entries to a table, each computed from the
-        immutable header, and a share that arrives first has its own computed on demand). It
-        checks nothing by itself and can be skipped: every share is still checked.
+        The host calls this once the requests are out, while they travel (a slot at a time, so its
+        event loop stays responsive). It checks nothing by itself and may be skipped: a share that
+        arrives before its slot is prepared has its public share computed on demand.
         """
         if self._sd is None:
             raise StateError("no SD file has been given to this session yet")
-        commitments = self._sd.header.commitments
-        for slot in self._sd.header.slots:
-            if slot.x not in self._public:
+        header = self._sd.header
+        for x in [s.x for s in header.slots] if xs is None else xs:
+            if x not in self._public:
                 try:
-                    self._public[slot.x] = commitments.public_share(slot.x)
+                    self._public[x] = header.commitments.public_share(x)
                 except SdquorumError:  # no share can match: its check fails and names the slot
                     continue
 
