@@ -145,7 +145,13 @@ def load_cert(cert_pem_or_der: bytes) -> x509.Certificate:
             cert = x509.load_der_x509_certificate(data)
         # cryptography parses these lazily; parse them now so a bad one is refused here, once.
         _ = (cert.subject.rfc4514_string(), cert.issuer.rfc4514_string(), list(cert.extensions))
-    except (ValueError, TypeError, x509.InvalidVersion, x509.DuplicateExtension) as e:
+    except (
+        ValueError,
+        TypeError,
+        x509.InvalidVersion,
+        x509.DuplicateExtension,
+        x509.UnsupportedGeneralNameType,
+    ) as e:
         raise MalformedError(f"not an X.509 certificate in PEM or DER: {e}") from e
     return cert
 

@@ -564,6 +564,20 @@ def test_bug_load_cert_with_version_10(samples: Samples) -> None:
 
 
 @pinned(
+    "load-cert-unsupported-general-name",
+    x509.UnsupportedGeneralNameType,
+    "pki.load_cert (sdquorum/pki.py:147) parses the extensions eagerly; a subjectAltName holding an "
+    "x400Address (tag [3]; here the TLS certificate's IP address re-tagged) raises "
+    "x509.UnsupportedGeneralNameType, which is not a ValueError. Found by the atheris pki target. "
+    "Fix: catch it with the others.",
+)
+def test_bug_load_cert_with_an_x400_address(samples: Samples) -> None:
+    tls = der_of(samples.of("role_from_cert")[0])
+    with only_project_errors():
+        pki.load_cert(patched(tls, bytes.fromhex("8710"), 0, 0xA3))  # IP (16 bytes) -> x400Address
+
+
+@pinned(
     "load-cert-invalid-version",
     x509.InvalidVersion,
     "policy._load (sdquorum/policy.py:96-102), which validate_download uses on custodian certificates, "
