@@ -177,6 +177,9 @@ async def measure_node_host(ctx: BenchContext, sd_bytes: bytes, m: int, n: int, 
             node = Node(NodeConfig("node-b", "127.0.0.1:0", data_dir, att_key, att_der), store)
             session = await node.init_recovery("bench: node host cost", 600, Role("admin"))
             await node.upload_sd_file(session.session_id, sd_bytes)
+            # Answers come one round trip after the requests at the earliest: the node prepares the
+            # public shares meanwhile (in its event loop), so give it that time here too.
+            await asyncio.sleep(0.05)
             now = datetime.fromtimestamp(node.now(), tz=UTC)
             answers: list[tuple[str, bytes, Role]] = []
             for name, key in zip(NAMES[:n], ctx.keys[:n], strict=True):
