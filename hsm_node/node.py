@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import json
 import logging
@@ -77,6 +78,7 @@ class _Answer:
     answer: bytes
     caller: Role
     kind: str | None
+    context: contextvars.Context  # the caller's (its request and session ids), for the log lines
     done: asyncio.Future[None]
 
 
@@ -445,7 +447,10 @@ class Node:
         This returns, or raises the answer's own error, only once that transaction has committed:
         no answer is acknowledged, and no watcher sees its effect, before its audit entry is on disk.
         """
-        item = _Answer(request_id, answer, caller, kind, asyncio.get_running_loop().create_future())
+        if self._session is not None:
+            SESSION_ID.set(self._session.session_id)
+        done = asyncio.get_running_loop().create_future()
+        item = _Answer(request_id, answer, caller, kind, contextvars.copy_context(), done)
         self._inbox.append(item)
         if self._taker is None or self._taker.done():
             self._taker = asyncio.create_task(self._take_answers())
@@ -485,7 +490,7 @@ class Node:
         with self._store.batch():
             for a in batch:
                 try:
-                    self._take_answer(a.request_id, a.answer, a.caller, a.kind)
+                    a.context.run(self._take_answer, a.request_id, a.answer, a.caller, a.kind)
                     errors.append(None)
                 except SdquorumError as e:
                     errors.append(e)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
+import re
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -29,6 +31,7 @@ from sdquorum.errors import AlreadyExistsError, StorageError, VerificationError
 from sdquorum.keys import SoftwareWrappingKey
 from sdquorum.offline import CeremonyRequest
 from sdquorum.pki import Role
+from sdquorum_rpc.observability import REQUEST_ID
 
 
 def _answers(
@@ -79,7 +82,7 @@ def _durable_events(data_dir: Path) -> list[tuple[str, str]]:
 
 
 async def test_answers_arriving_together_commit_once_and_each_returns_after_its_commit(
-    pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey]
+    pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey], caplog: pytest.LogCaptureFixture
 ) -> None:
     async with running_cluster(pki_dir, tmp_path / "a") as a:
         sd = await a.download(certs_of(wrapping_keys[:5]), quorum=3)
@@ -92,13 +95,15 @@ async def test_answers_arriving_together_commit_once_and_each_returns_after_its_
         errors: dict[str, BaseException] = {}
 
         async def submit(request_id: str, answer: bytes, role: Role) -> None:
+            REQUEST_ID.set(f"call-of-{role.name}")  # as the RPC layer does for each call
             try:
                 await b.node.submit_answer(request_id, answer, role, kind="recovery")
             except VerificationError as e:
                 errors[role.name] = e
             seen_at_return[role.name] = _durable_events(b.data_dir)
 
-        await asyncio.gather(*(submit(*a) for a in answers))
+        with caplog.at_level(logging.INFO, logger="sdquorum.node"):
+            await asyncio.gather(*(submit(*a) for a in answers))
         assert commits == ["COMMIT"]  # four answers, the completion and activation: one transaction
         assert b.node.state == "ACTIVATED"
         assert set(errors) == {"bob"} and "VSS" in str(errors["bob"])  # the bad share fails alone
@@ -106,6 +111,11 @@ async def test_answers_arriving_together_commit_once_and_each_returns_after_its_
             verdict = "rejected" if name == "bob" else "accepted"
             assert (f"recovery-answer-{verdict}", name) in events, name
         assert ("recovered", "") in seen_at_return["alice"]
+        # taken in one batch, each answer is still logged under its own call's request id
+        via = [(re.search(r"via custodian/(\w+)", r.getMessage()), r) for r in caplog.records]
+        assert {m.group(1): getattr(r, "request_id", None) for m, r in via if m} == {
+            name: f"call-of-{name}" for name in ("alice", "bob", "carol", "dave")
+        }
 
 
 async def test_an_answer_alone_is_committed_before_it_returns(
