@@ -484,15 +484,17 @@ class Node:
             if not isinstance(e, Exception):
                 raise  # cancelled: let it end the task; an error went to every caller above
 
-    def _take_batch(self, batch: list[_Answer]) -> list[SdquorumError | None]:
-        """Take every answer of ``batch`` in one store transaction; each one's own error, or None."""
-        errors: list[SdquorumError | None] = []
+    def _take_batch(self, batch: list[_Answer]) -> list[Exception | None]:
+        """Take every answer of ``batch`` in one store transaction; each one's own error, or None.
+        An answer that fails, even unexpectedly, fails alone (what it wrote before failing, such as
+        its refusal's audit entry, is committed with the batch, as it was committed on its own)."""
+        errors: list[Exception | None] = []
         with self._store.batch():
             for a in batch:
                 try:
                     a.context.run(self._take_answer, a.request_id, a.answer, a.caller, a.kind)
                     errors.append(None)
-                except SdquorumError as e:
+                except Exception as e:  # handed to that answer's caller, which raises it
                     errors.append(e)
         return errors
 

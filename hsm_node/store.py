@@ -157,6 +157,7 @@ class NodeStore:
     def _tx(self) -> Iterator[sqlite3.Connection]:
         try:
             if self._depth:  # inside a batch: a savepoint, committed with the batch
+                self._require_open_batch()
                 self._db.execute("SAVEPOINT w")
                 self._depth += 1
                 try:
@@ -178,12 +179,20 @@ class NodeStore:
                 raise
             finally:
                 self._depth = 0
+            self._require_open_batch()
             self._db.execute("COMMIT")
         except sqlite3.OperationalError as e:
             raise StorageError(
                 f"the node cannot write its database ({e}): free space on its data volume or make it "
                 "writable; nothing was changed"
             ) from e
+
+    def _require_open_batch(self) -> None:
+        """SQLite rolls a transaction back by itself on some errors (a full disk, an I/O error): the
+        writes of a batch made before are gone then, and the batch must fail, not carry on in a
+        new transaction (a savepoint outside a transaction starts one) and report success."""
+        if not self._db.in_transaction:
+            raise sqlite3.OperationalError("the transaction was rolled back by an earlier error")
 
     def _get(self, k: str) -> bytes | None:
         row = self._db.execute("SELECT v FROM meta WHERE k = ?", (k,)).fetchone()

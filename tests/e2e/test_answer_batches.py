@@ -184,3 +184,23 @@ def test_store_batch_is_one_commit_a_failed_write_undoes_itself_an_exception_und
         assert commits == ["COMMIT"]
     finally:
         store.close()
+
+
+def test_a_batch_whose_transaction_sqlite_rolled_back_fails_instead_of_committing_the_rest(
+    tmp_path: Path,
+) -> None:
+    # On a full disk or an I/O error SQLite may roll the whole transaction back by itself; the node
+    # carries on with the batch's other answers after one answer's error, so the store must notice.
+    store = NodeStore(tmp_path / "d", bytes(32), "node-x")
+    try:
+        with pytest.raises(StorageError), store.batch():
+            store.append_audit("provisioning", 1, '{"n": 1}')
+            store._db.execute("ROLLBACK")  # what SQLite does by itself on SQLITE_FULL, say
+            with pytest.raises(StorageError, match="rolled back"):
+                store.append_audit("provisioning", 2, '{"n": 2}')
+            # the caller goes on, as the node does with the next answer of the batch
+        assert store.audit_entries("provisioning") == []  # nothing was half-committed
+        store.append_audit("provisioning", 1, '{"n": 1}')  # and the store works afterwards
+        assert store.audit_entries("provisioning") == ['{"n": 1}']
+    finally:
+        store.close()
