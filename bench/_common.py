@@ -23,6 +23,7 @@ from types import ModuleType
 from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from sdquorum import pki
 from sdquorum.keys import SoftwareWrappingKey
@@ -230,6 +231,8 @@ class BenchContext:
     pki_dir: Path
     keys: list[SoftwareWrappingKey]
     setup_seconds: float
+    # the same keys as (private key, certificate DER), for agents in processes of their own
+    key_pairs: list[tuple[RSAPrivateKey, bytes]] = field(default_factory=list, repr=False)
 
     @classmethod
     def create(cls, tmp: Path, quick: bool) -> BenchContext:
@@ -239,12 +242,13 @@ class BenchContext:
         now = datetime.now(UTC).replace(microsecond=0)
         pki_dir = tmp / "pki"
         init_pki(pki_dir, ["node-a", "node-b"], list(NAMES), now)
-        keys = []
+        keys, pairs = [], []
         for name in NAMES:
             key, cert_pem = pki.make_wrapping_key(name, now, bits=3072)
             der = pki.load_cert(cert_pem).public_bytes(serialization.Encoding.DER)
             keys.append(SoftwareWrappingKey(key, der))
-        return cls(tmp, quick, now, pki_dir, keys, time.perf_counter() - started)
+            pairs.append((key, der))
+        return cls(tmp, quick, now, pki_dir, keys, time.perf_counter() - started, pairs)
 
     def certs(self, n: int) -> list[bytes]:
         return [k.certificate_der() for k in self.keys[:n]]

@@ -6,7 +6,10 @@ Order and invariants (see :mod:`coordinator.ceremony` for what every ceremony sh
    parser) and opens the session: one request per slot, bound by the node's attestation.
 2. Each release is checked: signature by the slot's wrapping key, session/domain/epoch/attestation
    binding, sealed-box opening with this session's exchange key, inner-outer binding, then the
-   Feldman check of the share. A failing release marks its custodian REJECTED with the check named.
+   Feldman check of the share (y*B against the slot's public share sum_j x^j A_j, which the host
+   has :meth:`RecoverySession.prepare` compute while the requests travel, or the check computes
+   itself if the share comes first). A failing release marks its custodian REJECTED with
+   the check named.
 3. The first m valid shares reconstruct s; the payload is opened and the session COMPLETES with the
    domain secrets in ``result``; every slot not heard from becomes NOT_NEEDED.
 4. At the deadline with fewer than m valid shares the session FAILS, naming the missing custodians;
@@ -16,6 +19,8 @@ The exchange key and the collected shares are dropped as soon as the session end
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from coordinator.ceremony import (
     AttestationSigner,
@@ -65,10 +70,32 @@ class RecoverySession(Ceremony):
     def load_sd_file(self, sd: SecurityDomainFile, now: int, sign: AttestationSigner) -> Attestation:
         attestation = self._open(sd.signed_header, now, sign)
         self._sd = sd
-        # Each slot's public share s_x*B, computed once while the requests travel: checking a
-        # share is then one base-point multiplication, so the node's cost stays flat in n.
-        self._public = {s.x: sd.header.commitments.public_share(s.x) for s in sd.header.slots}
         return attestation
+
+    def prepare(self, xs: Iterable[int] | None = None) -> None:
+        """Compute the public share s_x*B of the slots ``xs`` (default: every slot) from the
+        commitments of the signed header, so that checking a share is then one base-point
+        multiplication and a constant-time compare.
+
+        The host calls this once the requests are out, while they travel (a slot at a time, so its
+        event loop stays responsive). It checks nothing by itself and may be skipped: a share that
+        arrives before its slot is prepared has its public share computed on demand.
+        """
+        if self._sd is None:
+            raise StateError("no SD file has been given to this session yet")
+        header = self._sd.header
+        for x in [s.x for s in header.slots] if xs is None else xs:
+            if x not in self._public:
+                try:
+                    self._public[x] = header.commitments.public_share(x)
+                except SdquorumError:  # no share can match: its check fails and names the slot
+                    continue
+
+    def _public_share(self, x: int) -> bytes:
+        expected = self._public.get(x)
+        if expected is None:
+            expected = self._public[x] = self.header.commitments.public_share(x)
+        return expected
 
     def _collecting_message(self) -> str:
         return f"collecting {self.required()} of {self._n} shares"
@@ -85,8 +112,13 @@ class RecoverySession(Ceremony):
             attestation_sha256=self._attestation.sha256,
             exchange_key=self._exchange_key,
         )
-        expected = self._public.get(req.x)
-        if expected is None or not shamir.matches_public_share(share, expected):
+        try:
+            expected = self._public_share(req.x)
+        except SdquorumError as e:  # commitments whose sum at x is the identity: no share matches
+            raise VerificationError(
+                f"the share of slot {req.x} does not match the SD commitments (VSS)"
+            ) from e
+        if not shamir.matches_public_share(share, expected):
             raise VerificationError(f"the share of slot {req.x} does not match the SD commitments (VSS)")
         self._shares[req.x] = share
         return "share verified"

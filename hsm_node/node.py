@@ -10,7 +10,9 @@ Every ceremony step, every answer accepted or rejected (with the custodian), eve
 custody event goes into the audit log (:mod:`sdquorum.audit`), signed with the node's attestation
 key. There are two chains: ``provisioning`` until the node is activated, then ``domain``, whose first
 entry names the domain, epoch and SD file the node was activated or recovered with, and the ceremony
-that did it (linking the provisioning chain's head).
+that did it (linking the provisioning chain's head). Answers that arrive together are taken as one
+batch whose audit entries (and the completion the batch may cause) are committed in one transaction;
+no answer is acknowledged, and no watcher sees its effect, before that commit.
 
 This class does no network I/O: the gRPC servicers in :mod:`hsm_node.server` call it. It owns the
 clock and randomness it was given.
@@ -20,12 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,6 +74,16 @@ MAX_SESSION_SECONDS = 24 * 3600
 
 
 @dataclass(frozen=True)
+class _Answer:
+    request_id: str
+    answer: bytes
+    caller: Role
+    kind: str | None
+    context: contextvars.Context  # the caller's (its request and session ids), for the log lines
+    done: asyncio.Future[None]
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     node_id: str
     address: str
@@ -98,7 +111,12 @@ class Node:
         self._rng = rng
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
+        self._new_requests = asyncio.Event()
+        self._announced: frozenset[str] = frozenset()  # ids of the open requests at the last change
         self._session: Ceremony | None = None
+        self._inbox: list[_Answer] = []  # answers waiting for the next batch
+        self._taker: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self._applied: set[str] = set()  # sessions whose end has been applied and audited
         self._recovery_file: bytes | None = None
         self._agents: dict[str, bytes] = {}  # custodian name -> thumbprint of its connected agent
@@ -183,10 +201,22 @@ class Node:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+        s = self._session
+        open_ids = frozenset(r.request_id for r in s.requests()) if s is not None else frozenset()
+        if not open_ids <= self._announced:
+            self._new_requests.set()
+            self._new_requests = asyncio.Event()
+        self._announced = open_ids
 
     def change_token(self) -> asyncio.Event:
         """Take this before reading state; ``wait_change`` with it then misses no change."""
         return self._changed
+
+    def request_token(self) -> asyncio.Event:
+        """Like :meth:`change_token`, but set only when a request opens that was not open at the
+        previous change: an agent's request stream wakes once per ceremony, not once per answer or
+        delivery of every other custodian (n streams x n changes)."""
+        return self._new_requests
 
     async def wait_change(self, token: asyncio.Event, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -332,7 +362,30 @@ class Node:
                 h.quorum,
             )
             self._notify()
+            self._in_background(self._prepare(session), "computing the public shares")
             return session.status()
+
+    async def _prepare(self, session: RecoverySession) -> None:
+        """Each slot's public share, computed after the request streams have run and while the
+        requests travel, one slot per turn of the event loop (~0.5 ms at m = 10), so that checking
+        an answer is then one multiplication. Not a thread: PyNaCl holds the GIL in libsodium,
+        and a thread would make the event loop wait for the GIL."""
+        for slot in session.header.slots:
+            await asyncio.sleep(0)
+            if session.finished:
+                return
+            session.prepare([slot.x])
+
+    def _in_background(self, work: Coroutine[Any, Any, None], what: str) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._background.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("%s failed: %s", what, t.exception())
+
+        task.add_done_callback(done)
 
     def _sign_attestation(self, statement: envelopes.ExchangeStatement) -> envelopes.Attestation:
         return envelopes.sign_attestation(
@@ -388,48 +441,105 @@ class Node:
     async def submit_answer(
         self, request_id: str, answer: bytes, caller: Role, *, kind: str | None = None
     ) -> None:
-        """A custodian's release (recovery) or proof (drill, rotation), online or carried offline."""
-        async with self._lock:
-            session = self._require_session()
-            if kind is not None and session.kind != kind:
-                raise VerificationError(f"a {kind} answer was sent to a {session.kind} session")
-            try:
-                outcome = session.submit(request_id, answer, self.now())
-            except SdquorumError as e:
-                self.audit(
-                    f"{session.kind}-answer-refused",
-                    caller,
-                    {"session_id": session.session_id, "request_id": request_id[:64], "reason": str(e)},
-                )
-                raise
-            details = {
-                "session_id": session.session_id,
-                "custodian": outcome.name,
-                "x": outcome.x,
-                "via": str(caller),
-            }
-            if outcome.accepted:
-                log.info(
-                    "session %s: %s (x=%d) answered via %s: accepted",
-                    session.session_id,
-                    outcome.name,
-                    outcome.x,
-                    caller,
-                )
-                self.audit(f"{session.kind}-answer-accepted", caller, details)
-            else:
-                log.warning(
-                    "session %s: answer of %s (x=%d) REJECTED via %s: %s",
-                    session.session_id,
-                    outcome.name,
-                    outcome.x,
-                    caller,
-                    outcome.reason,
-                )
-                self.audit(f"{session.kind}-answer-rejected", caller, {**details, "reason": outcome.reason})
-            self._after_change(session)
-            if not outcome.accepted:
-                raise VerificationError(outcome.reason)
+        """A custodian's release (recovery) or proof (drill, rotation), online or carried offline.
+
+        Answers that arrive together are taken as one batch (:meth:`_take_answers`): their audit
+        entries, and the completion the last of them may cause, are committed in one transaction.
+        This returns, or raises the answer's own error, only once that transaction has committed:
+        no answer is acknowledged, and no watcher sees its effect, before its audit entry is on disk.
+        """
+        if self._session is not None:
+            SESSION_ID.set(self._session.session_id)
+        done = asyncio.get_running_loop().create_future()
+        item = _Answer(request_id, answer, caller, kind, contextvars.copy_context(), done)
+        self._inbox.append(item)
+        if self._taker is None or self._taker.done():
+            self._taker = asyncio.create_task(self._take_answers())
+        await item.done  # cancelled before its batch is taken: the answer is not taken at all
+
+    async def _take_answers(self) -> None:
+        batch: list[_Answer] = []
+        try:
+            while self._inbox:
+                async with self._lock:
+                    batch = [a for a in self._inbox if not a.done.done()]
+                    self._inbox.clear()
+                    errors = self._take_batch(batch)
+                for a, e in zip(batch, errors, strict=True):
+                    if a.done.done():
+                        continue
+                    if e is None:
+                        a.done.set_result(None)
+                    else:
+                        a.done.set_exception(e)
+                batch = []
+        except BaseException as e:  # the batch did not commit: its answers, and any waiting, fail
+            for a in (*batch, *self._inbox):
+                if a.done.done():
+                    continue
+                if isinstance(e, Exception):
+                    a.done.set_exception(e)
+                else:
+                    a.done.cancel()
+            self._inbox.clear()
+            if not isinstance(e, Exception):
+                raise  # cancelled: let it end the task; an error went to every caller above
+
+    def _take_batch(self, batch: list[_Answer]) -> list[Exception | None]:
+        """Take every answer of ``batch`` in one store transaction; each one's own error, or None.
+        An answer that fails, even unexpectedly, fails alone (what it wrote before failing, such as
+        its refusal's audit entry, is committed with the batch, as it was committed on its own)."""
+        errors: list[Exception | None] = []
+        with self._store.batch():
+            for a in batch:
+                try:
+                    a.context.run(self._take_answer, a.request_id, a.answer, a.caller, a.kind)
+                    errors.append(None)
+                except Exception as e:  # handed to that answer's caller, which raises it
+                    errors.append(e)
+        return errors
+
+    def _take_answer(self, request_id: str, answer: bytes, caller: Role, kind: str | None) -> None:
+        session = self._require_session()
+        if kind is not None and session.kind != kind:
+            raise VerificationError(f"a {kind} answer was sent to a {session.kind} session")
+        try:
+            outcome = session.submit(request_id, answer, self.now())
+        except SdquorumError as e:
+            self.audit(
+                f"{session.kind}-answer-refused",
+                caller,
+                {"session_id": session.session_id, "request_id": request_id[:64], "reason": str(e)},
+            )
+            raise
+        details = {
+            "session_id": session.session_id,
+            "custodian": outcome.name,
+            "x": outcome.x,
+            "via": str(caller),
+        }
+        if outcome.accepted:
+            log.info(
+                "session %s: %s (x=%d) answered via %s: accepted",
+                session.session_id,
+                outcome.name,
+                outcome.x,
+                caller,
+            )
+            self.audit(f"{session.kind}-answer-accepted", caller, details)
+        else:
+            log.warning(
+                "session %s: answer of %s (x=%d) REJECTED via %s: %s",
+                session.session_id,
+                outcome.name,
+                outcome.x,
+                caller,
+                outcome.reason,
+            )
+            self.audit(f"{session.kind}-answer-rejected", caller, {**details, "reason": outcome.reason})
+        self._after_change(session)
+        if not outcome.accepted:
+            raise VerificationError(outcome.reason)
 
     async def deny(self, request_id: str, signed_denial: bytes, caller: Role) -> None:
         async with self._lock:

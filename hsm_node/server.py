@@ -423,7 +423,7 @@ class CustodianServicer:
         sent: set[str] = set()
         try:
             while True:
-                token = self.node.change_token()
+                token = self.node.request_token()
                 for req in self.node.pending_requests(thumb):
                     if req.request_id in sent:
                         continue

@@ -16,7 +16,9 @@ What is on disk, and under which key:
 
 Writes are transactions with ``synchronous=FULL``: a key whose creation was acknowledged survives a
 crash. Activation (domain + state) is one transaction; a backup restore replaces the key table in
-one transaction.
+one transaction. :meth:`NodeStore.batch` groups several writes into one transaction (the node's
+answers that arrive together, with the completion they cause): the caller acknowledges none of them
+before the batch has committed.
 """
 
 from __future__ import annotations
@@ -167,6 +169,7 @@ class NodeStore:
             self._db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as e:
             raise UsageError(f"cannot open the node database in {data_dir}: {e}") from e
+        self._depth = 0  # transactions open: 0, or 1 + the savepoints inside a batch
         self._seal = AESGCM(sealing_key)
         self._aead_key = b""
         self._aead_obj = AESGCM(bytes(32))
@@ -176,20 +179,53 @@ class NodeStore:
         self._db.close()
 
     @contextmanager
+    def batch(self) -> Iterator[None]:
+        """One transaction, one commit (one fsync), for every write made inside: none of it is
+        durable before the block ends, all of it is after. A write inside that fails undoes only
+        itself (a savepoint); an exception out of the block undoes the whole batch."""
+        with self._tx():
+            yield
+
+    @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         try:
+            if self._depth:  # inside a batch: a savepoint, committed with the batch
+                self._require_open_batch()
+                self._db.execute("SAVEPOINT w")
+                self._depth += 1
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK TO w")
+                    self._db.execute("RELEASE w")
+                    raise
+                finally:
+                    self._depth -= 1
+                self._db.execute("RELEASE w")
+                return
             self._db.execute("BEGIN IMMEDIATE")
+            self._depth = 1
             try:
                 yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            finally:
+                self._depth = 0
+            self._require_open_batch()
             self._db.execute("COMMIT")
         except sqlite3.OperationalError as e:
             raise StorageError(
                 f"the node cannot write its database ({e}): free space on its data volume or make it "
                 "writable; nothing was changed"
             ) from e
+
+    def _require_open_batch(self) -> None:
+        """SQLite rolls a transaction back by itself on some errors (a full disk, an I/O error): the
+        writes of a batch made before are gone then, and the batch must fail, not carry on in a
+        new transaction (a savepoint outside a transaction starts one) and report success."""
+        if not self._db.in_transaction:
+            raise sqlite3.OperationalError("the transaction was rolled back by an earlier error")
 
     def _get(self, k: str) -> bytes | None:
         row = self._db.execute("SELECT v FROM meta WHERE k = ?", (k,)).fetchone()

@@ -8,6 +8,7 @@ its release. Exporting a private key is never part of the handle.
 
 from __future__ import annotations
 
+import functools
 from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -77,7 +78,21 @@ class SoftwareWrappingKey:
 
 
 def rsa_public_key_of(cert_der_or_pem: bytes) -> rsa.RSAPublicKey:
-    """The RSA public key of a certificate; MalformedError if it is not an RSA certificate."""
+    """The RSA public key of a certificate; MalformedError if it is not an RSA certificate.
+
+    Parsed once per distinct certificate (the node checks every answer of a slot against the same
+    one); the key object is immutable, and every signature and encryption still uses it anew."""
+    if isinstance(cert_der_or_pem, bytes):
+        return _rsa_public_key_cached(cert_der_or_pem)
+    return _rsa_public_key(cert_der_or_pem)
+
+
+@functools.lru_cache(maxsize=64)
+def _rsa_public_key_cached(cert_der_or_pem: bytes) -> rsa.RSAPublicKey:
+    return _rsa_public_key(cert_der_or_pem)
+
+
+def _rsa_public_key(cert_der_or_pem: bytes) -> rsa.RSAPublicKey:
     cert = load_cert(cert_der_or_pem)
     try:
         key = cert.public_key()

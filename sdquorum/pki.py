@@ -27,6 +27,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import re
@@ -260,6 +261,13 @@ def issue_attestation_cert(root: IssuedCert, node_id: str, now: datetime, days: 
     return IssuedCert(cert.public_bytes(serialization.Encoding.PEM), _pkcs8(key))
 
 
+@functools.lru_cache(maxsize=8)
+def _load_trusted(cert_pem_or_der: bytes) -> x509.Certificate:
+    """A trust anchor from configuration, parsed once per distinct bytes (an agent checks every
+    request against the same root); every check on it still runs at each use."""
+    return load_cert(cert_pem_or_der)
+
+
 def verify_attestation_chain(leaf_pem: bytes, root_pem: bytes, now: datetime) -> Ed25519PublicKey:
     """Check a node's attestation certificate against the attestation root; return its Ed25519 key.
 
@@ -269,7 +277,7 @@ def verify_attestation_chain(leaf_pem: bytes, root_pem: bytes, now: datetime) ->
     """
     _require_aware(now, "now")
     leaf = load_cert(leaf_pem)
-    root = load_cert(root_pem)
+    root = _load_trusted(root_pem) if isinstance(root_pem, bytes) else load_cert(root_pem)
 
     root_bc = _extension(root, x509.BasicConstraints)
     if root_bc is None or not root_bc.ca:

@@ -127,6 +127,22 @@ def _mul(k: int, point: bytes) -> bytes:
         raise VerificationError("scalar multiplication reached the identity or an invalid point") from e
 
 
+_DOUBLE_AND_ADD_BELOW = 16  # below this, k*P by additions beats one scalar multiplication
+
+
+def _times_public(k: int, point: bytes) -> bytes:
+    """k*point for a *public* k in 1..L-1 and a valid point or the identity. Small k by double and
+    add with point additions: variable time in k, so never for a secret scalar."""
+    if k >= _DOUBLE_AND_ADD_BELOW:
+        return _mul(k, point)
+    acc = point
+    for bit in bin(k)[3:]:
+        acc = _add(acc, acc)
+        if bit == "1":
+            acc = _add(acc, point)
+    return acc
+
+
 def _add(p: bytes, q: bytes) -> bytes:
     try:
         return crypto_core_ed25519_add(p, q)
@@ -195,16 +211,18 @@ class Commitments:
     def public_share(self, x: int) -> bytes:
         """sum_j x^j * A_j, which equals s_x * B for an honest share s_x.
 
+        Evaluated by Horner's rule, acc = x*acc + A_j from j = m-1 down: x and the commitments are
+        public, and for a share index (x < 16) x*acc is a few point additions (double and add)
+        instead of a full scalar multiplication, so this costs about half of m - 1 of them.
+
         UsageError for x outside 1..L-1; VerificationError if the sum is the identity (no valid
         non-zero share can exist for that x).
         """
         if not _is_int(x) or not 1 <= x < L:
             raise UsageError(f"public share asked for x={x!r}; x must be a positive share index")
-        acc = _IDENTITY
-        power = 1
-        for a in self.points:
-            acc = _add(acc, a if power == 1 else _mul(power, a))
-            power = power * x % L
+        acc = self.points[-1]
+        for a in reversed(self.points[:-1]):
+            acc = _add(_times_public(x, acc), a)
         if acc == _IDENTITY:
             raise VerificationError(f"public share for x={x} is the identity point; the commitments are bad")
         return acc

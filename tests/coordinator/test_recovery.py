@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -178,7 +179,10 @@ def test_completion_needs_only_m_and_reports_progress(ceremony: Ceremony) -> Non
     assert ceremony.session.status().state is SessionState.COMPLETED
 
 
-def test_corrupted_share_is_rejected_and_its_custodian_named(ceremony: Ceremony) -> None:
+@pytest.mark.parametrize("prepared", [True, False], ids=["public shares prepared", "computed on demand"])
+def test_corrupted_share_is_rejected_and_its_custodian_named(ceremony: Ceremony, prepared: bool) -> None:
+    if prepared:  # as the node does while the requests travel
+        ceremony.session.prepare()
     assert not ceremony.corrupt(3)
     carol = next(c for c in ceremony.session.status().custodians if c.x == 3)
     assert (carol.name, carol.status) == ("carol", REJECTED)
@@ -188,6 +192,21 @@ def test_corrupted_share_is_rejected_and_its_custodian_named(ceremony: Ceremony)
     for x in (1, 2, 4):
         assert ceremony.answer(x)
     assert ceremony.session.result == ceremony.sealed.secrets
+
+
+def test_prepare_needs_the_sd_file() -> None:
+    session = RecoverySession(
+        session_id="s",
+        node_id="node-b",
+        node_address="node-b:1",
+        initiator="admin",
+        reason="r",
+        created_at=1,
+        expires_at=2,
+        rng=os.urandom,
+    )
+    with pytest.raises(StateError, match="no SD file"):
+        session.prepare()
 
 
 def test_corrupted_share_outcome_names_the_check(ceremony: Ceremony) -> None:

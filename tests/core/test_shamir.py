@@ -145,6 +145,23 @@ def test_verify_share_is_false_outside_range_and_never_raises() -> None:
     assert not verify_share(Share(x=L + 1, y=shares[0].y), commitments, L + 5)
 
 
+@FAST
+@given(
+    st.lists(st.integers(1, L - 1), min_size=2, max_size=10),
+    st.one_of(st.integers(1, 40), st.integers(1, L - 1)),
+)
+def test_public_share_is_the_polynomial_at_x_times_b(coefficients: list[int], x: int) -> None:
+    # Horner with double-and-add for small x, scalar multiplications from x = 16 up: both must give
+    # f(x)*B, computed here independently as one base-point multiplication of f(x) mod L.
+    commitments = Commitments.from_points([base(a) for a in coefficients])
+    fx = sum(a * pow(x, j, L) for j, a in enumerate(coefficients)) % L
+    if fx == 0:
+        with pytest.raises(VerificationError):
+            commitments.public_share(x)
+    else:
+        assert commitments.public_share(x) == base(fx)
+
+
 def test_identity_public_share_is_a_failed_check_not_a_crash() -> None:
     # A_0 = B, A_1 = -B: at x = 1 the public share is the identity, which libsodium refuses to produce.
     commitments = Commitments.from_points([base(1), base(L - 1)])

@@ -220,6 +220,24 @@ async def test_agent_refuses_a_slot_that_is_not_its_own(
         assert alice.released == []
 
 
+async def test_request_streams_wake_when_requests_open_not_on_every_delivery_or_answer(
+    pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey]
+) -> None:
+    async with running_cluster(pki_dir, tmp_path / "a") as a:
+        sd = await a.download(certs_of(wrapping_keys[:5]), quorum=3)
+    async with running_cluster(pki_dir, tmp_path / "b", node_id="node-b") as b:
+        before_upload = b.node.request_token()
+        await b.start_recovery(sd)
+        assert before_upload.is_set()  # the five requests opened: every agent's stream wakes
+        after_upload, any_change = b.node.request_token(), b.node.change_token()
+        for name, key in zip(NAMES[:5], wrapping_keys[:5], strict=True):
+            b.start_agent(name, key, tmp_path)
+        last = await b.wait_session()
+        assert last.state == pb.COMPLETED, last.message
+        assert any_change.is_set()  # deliveries and answers did change the session
+        assert not after_upload.is_set()  # but opened no request: no stream was woken for them
+
+
 async def test_corrupted_share_is_named_and_the_honest_quorum_still_completes(
     pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey]
 ) -> None:

@@ -1,0 +1,206 @@
+"""Answers that arrive together are committed together, and none is acknowledged before its commit.
+
+The node takes the answers waiting for it as one batch: their audit entries and the completion the
+last one causes go into one SQLite transaction (one fsync instead of one per answer plus four for
+the completion). The promise kept: an answer is acknowledged (``submit_answer`` returns, or raises
+its own error) only once its audit entry is on disk, which a second connection to the database
+checks here at the moment each caller returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from harness import NAMES, Cluster, certs_of, running_cluster
+
+from custodian_agent import responder
+from hsm_node.store import NodeStore
+from sdquorum import envelopes, pki, shamir
+from sdquorum.envelopes import CustodianPolicy
+from sdquorum.errors import AlreadyExistsError, StorageError, VerificationError
+from sdquorum.keys import SoftwareWrappingKey
+from sdquorum.offline import CeremonyRequest
+from sdquorum.pki import Role
+from sdquorum_rpc.observability import REQUEST_ID
+
+
+def _answers(
+    b: Cluster, pki_dir: Path, keys: list[SoftwareWrappingKey], corrupt: str = ""
+) -> list[tuple[str, bytes, Role]]:
+    """Each custodian's release for its open request (``corrupt``'s share is off by one)."""
+    policy = CustodianPolicy((pki_dir / "attestation-root.pem").read_bytes())
+    now = datetime.fromtimestamp(b.node.now(), tz=UTC)
+    out = []
+    for name, key in zip(NAMES, keys, strict=False):
+        thumb = pki.thumbprint_sha256(key.certificate_der())
+        (req,) = b.node.pending_requests(thumb)
+        creq = CeremonyRequest(
+            request_id=req.request_id,
+            session_id=req.session_id,
+            kind="recovery",
+            x=req.x,
+            custodian=name,
+            attestation=req.attestation,
+            header=req.header_bytes,
+            header_signature=req.header_signature,
+        )
+        checked = responder.check(creq, thumb, policy, now)
+        if name == corrupt:
+            assert isinstance(checked, envelopes.CheckedRequest)
+            good = envelopes.decrypt_share(checked, key)
+            answer = envelopes.make_release(checked, shamir.Share(good.x, (good.y + 1) % shamir.L), key)
+            out.append((req.request_id, answer.to_bytes(), Role("custodian", name)))
+        else:
+            out.append(
+                (
+                    req.request_id,
+                    responder.answer(creq, checked, key, os.urandom),
+                    Role("custodian", name),
+                )
+            )
+    return out
+
+
+def _durable_events(data_dir: Path) -> list[tuple[str, str]]:
+    """(event, custodian) of every committed audit entry, read through a connection of its own."""
+    db = sqlite3.connect(data_dir / "node.db")
+    try:
+        rows = db.execute("SELECT entry FROM audit ORDER BY chain, seq").fetchall()
+    finally:
+        db.close()
+    return [(e["event"], e["details"].get("custodian", "")) for e in (json.loads(r[0]) for r in rows)]
+
+
+async def test_answers_arriving_together_commit_once_and_each_returns_after_its_commit(
+    pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey], caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running_cluster(pki_dir, tmp_path / "a") as a:
+        sd = await a.download(certs_of(wrapping_keys[:5]), quorum=3)
+    async with running_cluster(pki_dir, tmp_path / "b", node_id="node-b") as b:
+        await b.start_recovery(sd)
+        answers = _answers(b, pki_dir, wrapping_keys[:4], corrupt="bob")
+        commits: list[str] = []
+        b.node._store._db.set_trace_callback(lambda q: commits.append(q) if q == "COMMIT" else None)
+        seen_at_return: dict[str, list[tuple[str, str]]] = {}
+        errors: dict[str, BaseException] = {}
+
+        async def submit(request_id: str, answer: bytes, role: Role) -> None:
+            REQUEST_ID.set(f"call-of-{role.name}")  # as the RPC layer does for each call
+            try:
+                await b.node.submit_answer(request_id, answer, role, kind="recovery")
+            except VerificationError as e:
+                errors[role.name] = e
+            seen_at_return[role.name] = _durable_events(b.data_dir)
+
+        with caplog.at_level(logging.INFO, logger="sdquorum.node"):
+            await asyncio.gather(*(submit(*a) for a in answers))
+        assert commits == ["COMMIT"]  # four answers, the completion and activation: one transaction
+        assert b.node.state == "ACTIVATED"
+        assert set(errors) == {"bob"} and "VSS" in str(errors["bob"])  # the bad share fails alone
+        for name, events in seen_at_return.items():
+            verdict = "rejected" if name == "bob" else "accepted"
+            assert (f"recovery-answer-{verdict}", name) in events, name
+        assert ("recovered", "") in seen_at_return["alice"]
+        # taken in one batch, each answer is still logged under its own call's request id
+        via = [(re.search(r"via custodian/(\w+)", r.getMessage()), r) for r in caplog.records]
+        assert {m.group(1): getattr(r, "request_id", None) for m, r in via if m} == {
+            name: f"call-of-{name}" for name in ("alice", "bob", "carol", "dave")
+        }
+
+
+async def test_an_answer_alone_is_committed_before_it_returns(
+    pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey]
+) -> None:
+    async with running_cluster(pki_dir, tmp_path / "a") as a:
+        sd = await a.download(certs_of(wrapping_keys[:5]), quorum=3)
+    async with running_cluster(pki_dir, tmp_path / "b", node_id="node-b") as b:
+        await b.start_recovery(sd)
+        answers = _answers(b, pki_dir, wrapping_keys[:3])
+        for i, (request_id, answer, role) in enumerate(answers):
+            await b.node.submit_answer(request_id, answer, role, kind="recovery")
+            events = _durable_events(b.data_dir)
+            assert ("recovery-answer-accepted", role.name) in events
+            assert (("recovered", "") in events) == (i == 2)
+        assert b.node.state == "ACTIVATED"
+
+
+async def test_a_batch_that_does_not_commit_fails_every_answer_in_it(
+    pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_cluster(pki_dir, tmp_path / "a") as a:
+        sd = await a.download(certs_of(wrapping_keys[:5]), quorum=3)
+    async with running_cluster(pki_dir, tmp_path / "b", node_id="node-b") as b:
+        await b.start_recovery(sd)
+        answers = _answers(b, pki_dir, wrapping_keys[:2])
+        real_batch = b.node._store.batch
+
+        @contextlib.contextmanager
+        def failing_batch() -> Iterator[None]:
+            with real_batch():
+                yield
+                raise StorageError("the node cannot write its database (disk full): nothing was changed")
+
+        monkeypatch.setattr(b.node._store, "batch", failing_batch)
+        results = await asyncio.gather(
+            *(b.node.submit_answer(*a, kind="recovery") for a in answers), return_exceptions=True
+        )
+        assert [type(r) for r in results] == [StorageError, StorageError]
+        assert not any(e.startswith("recovery-answer") for e, _ in _durable_events(b.data_dir))
+
+
+def test_store_batch_is_one_commit_a_failed_write_undoes_itself_an_exception_undoes_all(
+    tmp_path: Path,
+) -> None:
+    store = NodeStore(tmp_path / "d", bytes(32), "node-x")
+    try:
+        commits: list[str] = []
+        store._db.set_trace_callback(lambda q: commits.append(q) if q == "COMMIT" else None)
+        dek = bytes(range(32))
+        with store.batch():
+            store.put_key(dek, "k1", 1, b"pub", b"secret-1", 1)
+            store.append_audit("provisioning", 1, '{"n": 1}')
+            with pytest.raises(AlreadyExistsError):
+                store.put_key(dek, "k1", 1, b"pub", b"other", 2)  # refused: only this write is undone
+            store.put_key(dek, "k2", 1, b"pub", b"secret-2", 3)
+        assert commits == ["COMMIT"]
+        assert [k.name for k in store.list_keys()] == ["k1", "k2"]
+        assert store.get_key(dek, "k1")[1] == b"secret-1"
+        with pytest.raises(RuntimeError), store.batch():
+            store.put_key(dek, "k3", 1, b"pub", b"secret-3", 4)
+            store.append_audit("provisioning", 2, '{"n": 2}')
+            raise RuntimeError("the caller failed half-way")
+        assert [k.name for k in store.list_keys()] == ["k1", "k2"]
+        assert store.audit_entries("provisioning") == ['{"n": 1}']
+        assert commits == ["COMMIT"]
+    finally:
+        store.close()
+
+
+def test_a_batch_whose_transaction_sqlite_rolled_back_fails_instead_of_committing_the_rest(
+    tmp_path: Path,
+) -> None:
+    # On a full disk or an I/O error SQLite may roll the whole transaction back by itself; the node
+    # carries on with the batch's other answers after one answer's error, so the store must notice.
+    store = NodeStore(tmp_path / "d", bytes(32), "node-x")
+    try:
+        with pytest.raises(StorageError), store.batch():
+            store.append_audit("provisioning", 1, '{"n": 1}')
+            store._db.execute("ROLLBACK")  # what SQLite does by itself on SQLITE_FULL, say
+            with pytest.raises(StorageError, match="rolled back"):
+                store.append_audit("provisioning", 2, '{"n": 2}')
+            # the caller goes on, as the node does with the next answer of the batch
+        assert store.audit_entries("provisioning") == []  # nothing was half-committed
+        store.append_audit("provisioning", 1, '{"n": 1}')  # and the store works afterwards
+        assert store.audit_entries("provisioning") == ['{"n": 1}']
+    finally:
+        store.close()
