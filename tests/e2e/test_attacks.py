@@ -32,8 +32,6 @@ from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc.client import NodeClient
 from sdquorum_rpc.tls import TlsFiles
 
-pytestmark = pytest.mark.asyncio
-
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
     async with asyncio.timeout(timeout):
