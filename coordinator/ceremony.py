@@ -418,6 +418,11 @@ class Ceremony:
         if not self.finished:
             self._fail(reason)
 
+    def revoke(self, reason: str) -> None:
+        """FAILED whatever the session reached: its host could not make the outcome durable (a
+        completion the node could not commit must not read as COMPLETED)."""
+        self._fail(reason)
+
     # ------------------------------------------------------------------ for subclasses
 
     def _slot_certificate(self, req: CustodianRequest, offered: bytes) -> bytes:

@@ -474,6 +474,8 @@ class Node:
                         a.done.set_exception(e)
                 batch = []
         except BaseException as e:  # the batch did not commit: its answers, and any waiting, fail
+            if isinstance(e, Exception):
+                self._after_failed_commit(e)
             for a in (*batch, *self._inbox):
                 if a.done.done():
                     continue
@@ -484,6 +486,21 @@ class Node:
             self._inbox.clear()
             if not isinstance(e, Exception):
                 raise  # cancelled: let it end the task; an error went to every caller above
+
+    def _after_failed_commit(self, error: Exception) -> None:
+        """A batch that did not commit left nothing on disk, but its answers ran: make the node's
+        memory say what its database says (a completion's activation or rotation is undone), and end
+        the session, so that no share whose acceptance is not in the audit log can count. Fail closed:
+        the admin starts a new session once the node can write again."""
+        loaded = self._store.load_domain()
+        self._domain, self._info = loaded if loaded is not None else (None, None)
+        self._state = self._store.state() or PROVISIONED
+        session = self._session
+        if session is not None:
+            session.revoke(f"the node could not write its audit log ({error}): start a new session")
+            self._applied.add(session.session_id)  # nothing more to apply: the disk refused it
+        log.error("a batch of answers did not commit (%s): the session ended, nothing was applied", error)
+        self._notify()
 
     def _take_batch(self, batch: list[_Answer]) -> list[Exception | None]:
         """Take every answer of ``batch`` in one store transaction; each one's own error, or None.

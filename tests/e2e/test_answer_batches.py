@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from harness import NAMES, Cluster, certs_of, running_cluster
 
+from coordinator.ceremony import SessionState
 from custodian_agent import responder
 from hsm_node.store import NodeStore
 from sdquorum import envelopes, pki, shamir
@@ -156,6 +157,40 @@ async def test_a_batch_that_does_not_commit_fails_every_answer_in_it(
         )
         assert [type(r) for r in results] == [StorageError, StorageError]
         assert not any(e.startswith("recovery-answer") for e, _ in _durable_events(b.data_dir))
+
+
+async def test_a_completion_that_does_not_commit_is_undone_in_memory_and_the_session_fails(
+    pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The m-th answer completes the ceremony inside a batch whose commit fails: the node must not
+    act ACTIVATED on a domain its disk does not hold, and the session must not read COMPLETED."""
+    async with running_cluster(pki_dir, tmp_path / "a") as a:
+        sd = await a.download(certs_of(wrapping_keys[:5]), quorum=3)
+    async with running_cluster(pki_dir, tmp_path / "b", node_id="node-b") as b:
+        await b.start_recovery(sd)
+        answers = _answers(b, pki_dir, wrapping_keys[:3])
+        real_batch = b.node._store.batch
+
+        @contextlib.contextmanager
+        def failing_batch() -> Iterator[None]:
+            with real_batch():
+                yield
+                raise StorageError("the node cannot write its database (disk full): nothing was changed")
+
+        monkeypatch.setattr(b.node._store, "batch", failing_batch)
+        results = await asyncio.gather(
+            *(b.node.submit_answer(*a, kind="recovery") for a in answers), return_exceptions=True
+        )
+        assert [type(r) for r in results] == [StorageError] * 3
+        assert b.node.state == "RECOVERY_PENDING" and b.node.domain_info is None
+        session = b.node.session
+        assert session is not None and session.state is SessionState.FAILED
+        assert "could not write its audit log" in session.message
+        monkeypatch.setattr(b.node._store, "batch", real_batch)  # the disk is fixed: a new session
+        await b.start_recovery(sd)
+        for answer in _answers(b, pki_dir, wrapping_keys[:3]):
+            await b.node.submit_answer(*answer, kind="recovery")
+        assert b.node.state == "ACTIVATED"
 
 
 def test_store_batch_is_one_commit_a_failed_write_undoes_itself_an_exception_undoes_all(
