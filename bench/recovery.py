@@ -185,16 +185,7 @@ async def measure_node_host(ctx: BenchContext, sd_bytes: bytes, m: int, n: int, 
             for name, key in zip(NAMES[:n], ctx.keys[:n], strict=True):
                 thumb = hashlib.sha256(key.certificate_der()).digest()
                 (req,) = node.pending_requests(thumb)
-                creq = CeremonyRequest(
-                    request_id=req.request_id,
-                    session_id=req.session_id,
-                    kind="recovery",
-                    x=req.x,
-                    custodian=name,
-                    attestation=req.attestation,
-                    header=req.header_bytes,
-                    header_signature=req.header_signature,
-                )
+                creq = req.for_custodian(name)
                 answer = responder.answer(creq, responder.check(creq, thumb, policy, now), key, os.urandom)
                 answers.append((req.request_id, answer, Role("custodian", name)))
             started = time.perf_counter()

@@ -33,6 +33,7 @@ from sdquorum.errors import (
     UsageError,
     VerificationError,
 )
+from sdquorum.offline import CeremonyRequest
 from sdquorum.sdfile import Header, SignedHeader
 
 __all__ = [
@@ -136,6 +137,21 @@ class CustodianRequest:
     header_bytes: bytes
     header_signature: bytes
     proposal: bytes = b""
+
+    def for_custodian(self, name: str) -> CeremonyRequest:
+        """What the custodian ``name`` receives: the same request as an agent or an offline request
+        file carries it (:class:`sdquorum.offline.CeremonyRequest`)."""
+        return CeremonyRequest(
+            request_id=self.request_id,
+            session_id=self.session_id,
+            kind=self.kind,
+            x=self.x,
+            custodian=name,
+            attestation=self.attestation,
+            header=self.header_bytes,
+            header_signature=self.header_signature,
+            proposal=self.proposal,
+        )
 
 
 # Kept for the recovery API's callers.

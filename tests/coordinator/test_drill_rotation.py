@@ -69,17 +69,7 @@ class Run:
     def checked(self, x: int) -> tuple[CeremonyRequest, CheckedRequest]:
         """What slot x's agent receives, after the agent's checks (responder.check)."""
         r = self.request(x)
-        req = CeremonyRequest(
-            r.request_id,
-            r.session_id,
-            r.kind,
-            r.x,
-            NAMES[x],
-            r.attestation,
-            r.header_bytes,
-            r.header_signature,
-            r.proposal,
-        )
+        req = r.for_custodian(NAMES[x])
         return req, responder.check(req, r.thumbprint, self.policy, self.now)
 
     def submit(self, x: int, answer: bytes) -> bool:

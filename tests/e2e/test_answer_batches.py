@@ -30,7 +30,6 @@ from sdquorum import envelopes, pki, shamir
 from sdquorum.envelopes import CustodianPolicy
 from sdquorum.errors import AlreadyExistsError, StorageError, VerificationError
 from sdquorum.keys import SoftwareWrappingKey
-from sdquorum.offline import CeremonyRequest
 from sdquorum.pki import Role
 from sdquorum_rpc.observability import REQUEST_ID
 
@@ -45,16 +44,7 @@ def _answers(
     for name, key in zip(NAMES, keys, strict=False):
         thumb = pki.thumbprint_sha256(key.certificate_der())
         (req,) = b.node.pending_requests(thumb)
-        creq = CeremonyRequest(
-            request_id=req.request_id,
-            session_id=req.session_id,
-            kind="recovery",
-            x=req.x,
-            custodian=name,
-            attestation=req.attestation,
-            header=req.header_bytes,
-            header_signature=req.header_signature,
-        )
+        creq = req.for_custodian(name)
         checked = responder.check(creq, thumb, policy, now)
         if name == corrupt:
             assert isinstance(checked, envelopes.CheckedRequest)
