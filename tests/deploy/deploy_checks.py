@@ -29,6 +29,7 @@ import argparse
 import json
 import re
 import shlex
+import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -618,6 +619,19 @@ def _mount_for(w: Workload, path: PurePosixPath) -> Mount | None:
     return best
 
 
+def _health_state_dir(w: Workload, args: argparse.Namespace) -> PurePosixPath | None:
+    """The state dir ``custodian-agent health`` reads: --state-dir, else its --config's agent.state_dir."""
+    if args.state_dir is not None:
+        return PurePosixPath(args.state_dir)
+    if args.config is None:
+        return None
+    sample, problems = _sample_of(w, str(args.config))
+    if problems or sample is None:
+        return None
+    value = tomllib.loads(sample.read_text()).get("agent", {}).get("state_dir")
+    return PurePosixPath(value) if isinstance(value, str) else None
+
+
 def _sample_of(w: Workload, config: str) -> tuple[Path | None, list[str]]:
     """The deploy/config sample that --config CONFIG is in this workload, or problems."""
     where = w.where(f"--config {config}")
@@ -694,9 +708,10 @@ def workload_problems(w: Workload, loaded: list[Loaded] | None = None) -> list[s
         for cmd in console_commands(argv):
             args = parse_console_command(cmd)
             is_health = PurePosixPath(cmd[0]).name == "custodian-agent" and args.command == "health"
-            if is_health and state_dirs and PurePosixPath(args.state_dir) not in state_dirs:
+            health_dir = _health_state_dir(w, args) if is_health else None
+            if is_health and state_dirs and health_dir not in state_dirs:
                 problems.append(
-                    f"{w.where(what)}: health --state-dir {args.state_dir} is not the agent's "
+                    f"{w.where(what)}: health's state dir {health_dir} is not the agent's "
                     f"state_dir {', '.join(map(str, state_dirs))}: the probe would never see a heartbeat"
                 )
     if loaded is not None:
@@ -727,9 +742,13 @@ def _paths_of_command(w: Workload, what: str, cmd: list[str], loaded: list[Loade
         return problems
     if not runs:
         if prog == "custodian-agent" and getattr(args, "command", "") == "health":
-            problems += _check_path(
-                w, where, PathUse("--state-dir", PurePosixPath(args.state_dir), False, True)
-            )
+            health_dir = _health_state_dir(w, args)
+            if health_dir is None:
+                return [
+                    *problems,
+                    f"{where}: health names no state dir (--state-dir, or agent.state_dir in --config)",
+                ]
+            problems += _check_path(w, where, PathUse("--state-dir", health_dir, False, True))
         return problems
     try:
         program, settings, uses = load_workload_settings(cmd, sample, env)

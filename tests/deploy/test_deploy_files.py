@@ -586,6 +586,30 @@ def test_a_health_probe_on_another_state_dir_is_found() -> None:
     assert "would never see a heartbeat" in p
 
 
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        (["custodian-agent", "health", "--config", "/etc/sdquorum/agent.toml"], None),
+        (
+            ["custodian-agent", "health", "--config", "/etc/sdquorum/agent.toml", "--state-dir", "/tmp"],
+            "would never see a heartbeat",
+        ),
+    ],
+    ids=["the config's state_dir", "a flag that overrides it"],
+)
+def test_a_health_probe_reading_the_agents_config_is_checked_against_its_state_dir(
+    command: list[str], expected: str | None
+) -> None:
+    docs = k8s_docs()
+    agent = next(d for d in docs if d["kind"] == "Deployment")
+    agent["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["exec"]["command"] = command
+    problems = problems_of([d for d in docs if d["kind"] == "ConfigMap"] + [agent])
+    if expected is None:
+        assert problems == []
+    else:
+        assert any(expected in p for p in problems), problems
+
+
 def test_a_compose_config_from_outside_deploy_config_is_found() -> None:
     doc = compose_doc(COMPOSE.read_text())
     doc["configs"]["node-config"]["file"] = "../../pyproject.toml"
