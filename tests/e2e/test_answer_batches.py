@@ -125,6 +125,25 @@ async def test_an_answer_alone_is_committed_before_it_returns(
         assert b.node.state == "ACTIVATED"
 
 
+async def _submit_in_a_batch_that_does_not_commit(
+    b: Cluster, answers: list[tuple[str, bytes, Role]], monkeypatch: pytest.MonkeyPatch
+) -> list[object]:
+    """Submit ``answers`` together while every batch's commit fails (a full disk at COMMIT): each
+    caller's result, an exception or None. ``monkeypatch.undo()`` gives the store back."""
+    real_batch = b.node._store.batch
+
+    @contextlib.contextmanager
+    def failing_batch() -> Iterator[None]:
+        with real_batch():
+            yield
+            raise StorageError("the node cannot write its database (disk full): nothing was changed")
+
+    monkeypatch.setattr(b.node._store, "batch", failing_batch)
+    return await asyncio.gather(
+        *(b.node.submit_answer(*a, kind="recovery") for a in answers), return_exceptions=True
+    )
+
+
 async def test_a_batch_that_does_not_commit_fails_every_answer_in_it(
     pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -133,18 +152,7 @@ async def test_a_batch_that_does_not_commit_fails_every_answer_in_it(
     async with running_cluster(pki_dir, tmp_path / "b", node_id="node-b") as b:
         await b.start_recovery(sd)
         answers = _answers(b, pki_dir, wrapping_keys[:2])
-        real_batch = b.node._store.batch
-
-        @contextlib.contextmanager
-        def failing_batch() -> Iterator[None]:
-            with real_batch():
-                yield
-                raise StorageError("the node cannot write its database (disk full): nothing was changed")
-
-        monkeypatch.setattr(b.node._store, "batch", failing_batch)
-        results = await asyncio.gather(
-            *(b.node.submit_answer(*a, kind="recovery") for a in answers), return_exceptions=True
-        )
+        results = await _submit_in_a_batch_that_does_not_commit(b, answers, monkeypatch)
         assert [type(r) for r in results] == [StorageError, StorageError]
         assert not any(e.startswith("recovery-answer") for e, _ in _durable_events(b.data_dir))
 
@@ -159,24 +167,13 @@ async def test_a_completion_that_does_not_commit_is_undone_in_memory_and_the_ses
     async with running_cluster(pki_dir, tmp_path / "b", node_id="node-b") as b:
         await b.start_recovery(sd)
         answers = _answers(b, pki_dir, wrapping_keys[:3])
-        real_batch = b.node._store.batch
-
-        @contextlib.contextmanager
-        def failing_batch() -> Iterator[None]:
-            with real_batch():
-                yield
-                raise StorageError("the node cannot write its database (disk full): nothing was changed")
-
-        monkeypatch.setattr(b.node._store, "batch", failing_batch)
-        results = await asyncio.gather(
-            *(b.node.submit_answer(*a, kind="recovery") for a in answers), return_exceptions=True
-        )
+        results = await _submit_in_a_batch_that_does_not_commit(b, answers, monkeypatch)
         assert [type(r) for r in results] == [StorageError] * 3
         assert b.node.state == "RECOVERY_PENDING" and b.node.domain_info is None
         session = b.node.session
         assert session is not None and session.state is SessionState.FAILED
         assert "could not write its audit log" in session.message
-        monkeypatch.setattr(b.node._store, "batch", real_batch)  # the disk is fixed: a new session
+        monkeypatch.undo()  # the disk is fixed: a new session
         await b.start_recovery(sd)
         for answer in _answers(b, pki_dir, wrapping_keys[:3]):
             await b.node.submit_answer(*answer, kind="recovery")
