@@ -108,6 +108,21 @@ def test_the_openssl_attestation_certificate_passes_the_agents_check(byo: Path) 
     _load_attestation(byo / "attestation-node-a.pem", byo / "attestation-node-a.key")
 
 
+@pytest.fixture
+def node_pki(byo: Path, pki_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The node's TLS files from the openssl PKI (the harness's attestation key beside them), and
+    no SDCTL_* variable left to override the flags these tests give sdctl."""
+    for var in ("SDCTL_NODE", "SDCTL_CERT", "SDCTL_KEY", "SDCTL_CA", "SDCTL_CONFIG", "SDCTL_OUTPUT"):
+        monkeypatch.delenv(var, raising=False)
+    d = tmp_path / "node-pki"
+    d.mkdir()
+    for name in ("node.pem", "node.key", "ca.pem"):
+        shutil.copy(byo / name, d / name)
+    for name in ("attestation-node-a.pem", "attestation-node-a.key"):
+        shutil.copy(pki_dir / name, d / name)
+    return d
+
+
 async def sdctl(
     target: str, byo: Path, identity: str, capsys: pytest.CaptureFixture[str]
 ) -> tuple[int, list[str], str]:
@@ -123,20 +138,8 @@ async def sdctl(
 
 
 async def test_a_node_serves_openssl_certificates_and_refuses_a_certificate_without_a_role(
-    byo: Path,
-    pki_dir: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    byo: Path, node_pki: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for var in ("SDCTL_NODE", "SDCTL_CERT", "SDCTL_KEY", "SDCTL_CA", "SDCTL_CONFIG", "SDCTL_OUTPUT"):
-        monkeypatch.delenv(var, raising=False)
-    node_pki = tmp_path / "node-pki"
-    node_pki.mkdir()
-    for name in ("node.pem", "node.key", "ca.pem"):
-        shutil.copy(byo / name, node_pki / name)
-    for name in ("attestation-node-a.pem", "attestation-node-a.key"):
-        shutil.copy(pki_dir / name, node_pki / name)
 
     async with running_cluster(node_pki, tmp_path / "node-a") as cluster:
         code, out, err = await sdctl(cluster.target, byo, "admin", capsys)
@@ -154,21 +157,9 @@ async def test_a_node_serves_openssl_certificates_and_refuses_a_certificate_with
 
 
 async def test_a_certificate_from_another_ca_is_refused_by_tls(
-    byo: Path,
-    pki_dir: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    byo: Path, node_pki: Path, pki_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The node trusts only its --ca: the harness's admin certificate (another CA) cannot connect."""
-    for var in ("SDCTL_NODE", "SDCTL_CERT", "SDCTL_KEY", "SDCTL_CA", "SDCTL_CONFIG", "SDCTL_OUTPUT"):
-        monkeypatch.delenv(var, raising=False)
-    node_pki = tmp_path / "node-pki"
-    node_pki.mkdir()
-    for name in ("node.pem", "node.key", "ca.pem"):
-        shutil.copy(byo / name, node_pki / name)
-    for name in ("attestation-node-a.pem", "attestation-node-a.key"):
-        shutil.copy(pki_dir / name, node_pki / name)
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     shutil.copy(pki_dir / "admin.pem", foreign / "admin.pem")
