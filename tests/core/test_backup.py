@@ -133,7 +133,7 @@ def test_the_good_header_through_the_same_writer_opens(domain: DomainSecrets) ->
     assert opened.key_rows == BODY and opened.header.key_count == 1
 
 
-def test_an_oversized_header_length_is_refused_before_parsing(sealed: bytes, domain: DomainSecrets) -> None:
+def test_an_oversized_header_length_is_refused_before_parsing(domain: DomainSecrets) -> None:
     data = backup.MAGIC + struct.pack(">I", backup.MAX_HEADER_BYTES + 1) + b"{" * 5000 + bytes(200)
     with pytest.raises(MalformedError, match="header length"):
         backup.open_backup(data, domain)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -23,8 +23,6 @@ from sdquorum.encoding import b64e, canonical_json
 from sdquorum.errors import MalformedError, VerificationError
 from sdquorum.keys import SoftwareWrappingKey
 from sdquorum.sdfile import DomainSecrets
-
-pytestmark = pytest.mark.asyncio
 
 KEYS = [
     ("aes-1", KeyType.AES256_GCM),
@@ -135,10 +133,9 @@ def _rows_of(c: Cluster) -> list[tuple[object, ...]]:
     ],
 )
 async def test_an_authentic_backup_with_a_wrong_key_table_is_refused_and_changes_nothing(
-    node: Cluster, case: str, make: object, count_delta: int
+    node: Cluster, case: str, make: Callable[[list[tuple[object, ...]]], bytes], count_delta: int
 ) -> None:
     rows = _rows_of(node)
-    assert callable(make)
     image = make(rows)
     data = backup.seal_backup(
         _domain(node),
