@@ -1,9 +1,11 @@
 """Data-plane throughput over gRPC against the same operation in process (issue 6, part 5).
 
 The node runs as its own process (``hsm-node run`` started by ``tests/harness.py``'s
-``NodeProcess``), so the load generator and the server do not share one interpreter: on a 2-core
-machine the server gets one core, the clients the other. The node is activated (3-of-5), then an
-AES-256-GCM key and an Ed25519 key are created.
+``NodeProcess``), so the load generator and the server do not share one interpreter. It runs with
+its default settings, so batches of 64 items or more go to its two crypto worker processes
+(:mod:`hsm_node.cryptopool`); the server's CPU figures include them. All of it, and the clients,
+share the machine's cores. The node is activated (3-of-5), then an AES-256-GCM key and an Ed25519
+key are created.
 
 Load: 32 asyncio tasks in this process, each with its own gRPC channel (its own HTTP/2 connection
 over mTLS, role ``app``; ``grpc.use_local_subchannel_pool`` stops the channels sharing one
@@ -30,8 +32,10 @@ object loaded once: ``Ed25519PrivateKey.sign(message)``; ``AESGCM.encrypt(urando
 aad)``; measured before, between and after the gRPC runs, the median taken. Diagnostics (no
 target): ``Node.sign_batch`` / ``Node.encrypt_batch`` called in process on packed items (no gRPC),
 which separates the node's per-item cost from the transport's; the same loads against a bare gRPC
-server (``bench/_bare_server.py``); and the server's and clients' CPU use during each gRPC run (from
-/proc), which says which side was the bottleneck.
+server (``bench/_bare_server.py``, everything on its one thread); the 1000-item loads against a
+second node started with ``--crypto-workers 0`` (batches on the server's thread, as the bare server
+does them), which shows what the workers bring; and the server's and clients' CPU use during each
+gRPC run (from /proc), which says which side was the bottleneck.
 """
 
 from __future__ import annotations
@@ -72,8 +76,14 @@ AES, ED = "bench-aes", "bench-ed"
 
 
 def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    """CPU used by ``pid`` and its running children (the node's crypto workers)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:  # it has just exited
+        return 0.0
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    return total + sum(_cpu_seconds(int(c)) for c in children)
 
 
 def in_process_rate(op: Callable[[], object], seconds: float) -> float:
@@ -197,8 +207,11 @@ def _encrypt_batch(n: int) -> Callable[[Any], Awaitable[list[bytes]]]:
     return call
 
 
-async def _drive(ctx: BenchContext, target: str, pid: int, seconds: float) -> dict[str, dict[str, float]]:
-    """Every load (unary, batches of 100 and of 1000) against one server, one after another."""
+async def _drive(
+    ctx: BenchContext, target: str, pid: int, seconds: float, batches_only: bool = False
+) -> dict[str, dict[str, float]]:
+    """Every load (unary, batches of 100 and of 1000; or only the latter) against one server, one
+    after another."""
     h = harness()
     creds = channel_credentials(h.tls(ctx.pki_dir, "app"))
     options = [*channel_options(), ("grpc.use_local_subchannel_pool", 1)]
@@ -209,11 +222,10 @@ async def _drive(ctx: BenchContext, target: str, pid: int, seconds: float) -> di
         enc = pb.EncryptRequest(name=AES, plaintext=PAYLOAD, aad=AAD)
         warm = 0.3 if ctx.quick else 0.7
         out: dict[str, dict[str, float]] = {}
-        loads: list[tuple[str, Callable[[Any], Awaitable[Any]], int]] = [
-            ("sign", lambda s: s.Sign(sign), 1),
-            ("encrypt", lambda s: s.Encrypt(enc), 1),
-        ]
-        for n in (SMALL_BATCH, BATCH):
+        loads: list[tuple[str, Callable[[Any], Awaitable[Any]], int]] = []
+        if not batches_only:
+            loads += [("sign", lambda s: s.Sign(sign), 1), ("encrypt", lambda s: s.Encrypt(enc), 1)]
+        for n in (BATCH,) if batches_only else (SMALL_BATCH, BATCH):
             loads += [(f"sign_batch_{n}", _sign_batch(n), n), (f"encrypt_batch_{n}", _encrypt_batch(n), n)]
         for label, call, per in loads:
             out[label] = await _load(channels, call, per, seconds, warm, pid)
@@ -223,10 +235,20 @@ async def _drive(ctx: BenchContext, target: str, pid: int, seconds: float) -> di
             await ch.close(None)
 
 
-async def _node_runs(ctx: BenchContext, seconds: float) -> dict[str, dict[str, float]]:
-    """``hsm-node run`` in its own process, activated, with one AES and one Ed25519 key."""
+async def _node_runs(
+    ctx: BenchContext, seconds: float, crypto_workers: int | None = None
+) -> dict[str, dict[str, float]]:
+    """``hsm-node run`` in its own process, activated, with one AES and one Ed25519 key: every load
+    with the node's default crypto workers, or only the 1000-item batches with ``crypto_workers``."""
     h = harness()
-    np = h.NodeProcess(ctx.pki_dir, ctx.tmp / "dataplane" / "node-a", node_id="node-a", log_level="WARNING")
+    extra = () if crypto_workers is None else ("--crypto-workers", str(crypto_workers))
+    np = h.NodeProcess(
+        ctx.pki_dir,
+        ctx.tmp / "dataplane" / f"node-a-{crypto_workers}",
+        node_id="node-a",
+        log_level="WARNING",
+        extra_args=extra,
+    )
     np.start(timeout=60)
     try:
         if np.proc is None:
@@ -238,7 +260,7 @@ async def _node_runs(ctx: BenchContext, seconds: float) -> dict[str, dict[str, f
                 pass
             await admin.keys.CreateKey(pb.CreateKeyRequest(name=AES, type=pb.AES256_GCM))
             await admin.keys.CreateKey(pb.CreateKeyRequest(name=ED, type=pb.ED25519))
-        return await _drive(ctx, np.target, np.proc.pid, seconds)
+        return await _drive(ctx, np.target, np.proc.pid, seconds, batches_only=crypto_workers is not None)
     finally:
         np.kill(15)
 
@@ -279,6 +301,7 @@ def run_dataplane(ctx: BenchContext) -> list[Row]:
     node_rates = run_async(node_inprocess_rates(ctx, seconds))
     runs = run_async(_node_runs(ctx, seconds))
     samples.append(baselines(seconds / 2))
+    on_loop = run_async(_node_runs(ctx, seconds, crypto_workers=0))
     bare = run_async(_bare_runs(ctx, seconds))
     samples.append(baselines(seconds / 2))
     base = {op: median([s[op] for s in samples]) for op in samples[0]}
@@ -290,63 +313,56 @@ def run_dataplane(ctx: BenchContext) -> list[Row]:
         "baseline_samples_ops_per_second": samples,
     }
     node_mode = "node in its own process (tests/harness.py NodeProcess: hsm-node run)"
+
+    def row(
+        name: str, measured: float, baseline: float, details: dict[str, Any], target: float | None = None
+    ) -> Row:
+        """A throughput row: higher is better, ``target`` a floor on the ratio."""
+        return Row(
+            "dataplane", name, measured, baseline, "ops/s", target, lower_is_better=False, details=details
+        )
+
     rows = []
     for op, algo in (("sign", "Ed25519 Sign"), ("encrypt", "AES-256-GCM Encrypt")):
         unary, batch, small = runs[op], runs[f"{op}_batch_{BATCH}"], runs[f"{op}_batch_{SMALL_BATCH}"]
-        rows.append(
-            Row(
-                "dataplane",
+        bare_batch, no_workers = bare[f"{op}_batch_{BATCH}"], on_loop[f"{op}_batch_{BATCH}"]
+        rows += [
+            row(
                 f"{algo}, unary, {CLIENTS} clients, gRPC vs in-process",
                 unary["ops_per_second"],
                 base[op],
-                "ops/s",
-                lower_is_better=False,
-                details={**common, **unary, "node": node_mode, "bare": bare[op]},
-            )
-        )
-        rows.append(
-            Row(
-                "dataplane",
+                {**common, **unary, "node": node_mode, "bare": bare[op]},
+            ),
+            row(
                 f"{algo}Batch x{BATCH}, {CLIENTS} clients, gRPC vs in-process",
                 batch["ops_per_second"],
                 base[op],
-                "ops/s",
+                {**common, **batch, "node": node_mode},
                 target=0.5,
-                lower_is_better=False,
-                details={**common, **batch, "node": node_mode},
-            )
-        )
-        rows.append(
-            Row(
-                "dataplane",
+            ),
+            row(
                 f"  {algo}Batch x{SMALL_BATCH} (per-call cost over fewer items) vs in-process",
                 small["ops_per_second"],
                 base[op],
-                "ops/s",
-                lower_is_better=False,
-                details={**common, **small, "batch": SMALL_BATCH, "bare": bare[f"{op}_batch_{SMALL_BATCH}"]},
-            )
-        )
-        rows.append(
-            Row(
-                "dataplane",
+                {**common, **small, "batch": SMALL_BATCH, "bare": bare[f"{op}_batch_{SMALL_BATCH}"]},
+            ),
+            row(
                 f"  {algo}Batch x{BATCH}: node vs bare gRPC server (same TLS, crypto only)",
                 batch["ops_per_second"],
-                bare[f"{op}_batch_{BATCH}"]["ops_per_second"],
-                "ops/s",
-                lower_is_better=False,
-                details={"bare": bare[f"{op}_batch_{BATCH}"], "bare_unary": bare[op]},
-            )
-        )
-        rows.append(
-            Row(
-                "dataplane",
+                bare_batch["ops_per_second"],
+                {"bare": bare_batch, "bare_unary": bare[op]},
+            ),
+            row(
+                f"  {algo}Batch x{BATCH}: crypto workers (default 2) vs none (on the server's thread)",
+                batch["ops_per_second"],
+                no_workers["ops_per_second"],
+                {"crypto_workers_0": no_workers},
+            ),
+            row(
                 f"  Node.{op}_batch x{BATCH} in process (no gRPC) vs in-process",
                 node_rates[f"{op}_batch"],
                 base[op],
-                "ops/s",
-                lower_is_better=False,
-                details={f"node_{op}_single_ops_per_second": node_rates[f"{op}_single"]},
-            )
-        )
+                {f"node_{op}_single_ops_per_second": node_rates[f"{op}_single"]},
+            ),
+        ]
     return rows

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hsm_node.config import SETTINGS, NodeSettings
+from hsm_node.cryptopool import CryptoPool
 from hsm_node.node import Node, NodeConfig
 from hsm_node.server import serve
 from hsm_node.store import NodeStore, load_or_create_sealing_key
@@ -84,7 +85,12 @@ async def _run(cfg: NodeSettings) -> int:
     )
     tls = TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.ca, ("--tls-cert", "--tls-key", "--ca"))
     metrics = NodeMetrics()
-    node = Node(config, store, metrics=metrics)
+    pool = (
+        CryptoPool(cfg.crypto_workers, cfg.max_message_bytes, cfg.max_batch_items)
+        if cfg.crypto_workers
+        else None
+    )
+    node = Node(config, store, metrics=metrics, crypto_pool=pool)
     server = await serve(node, cfg.listen, tls, cfg.max_message_bytes, cfg.max_batch_items)
     if not cfg.address:
         node.address = f"{cfg.listen.rsplit(':', 1)[0]}:{server.port}"
@@ -107,6 +113,8 @@ async def _run(cfg: NodeSettings) -> int:
     await stop.wait()
     log.info("draining: no new calls; %d s for calls in flight", cfg.drain_seconds)
     await server.stop(grace=cfg.drain_seconds)
+    if pool is not None:
+        await pool.close()
     metrics.close()
     store.close()
     print(f"hsm-node {cfg.node_id}: stopped", flush=True)

@@ -75,6 +75,14 @@ SETTINGS = [
         help="most items in one EncryptBatch or SignBatch call",
     ),
     Setting(
+        "node.crypto_workers",
+        "--crypto-workers",
+        E + "CRYPTO_WORKERS",
+        int,
+        2,
+        help="worker processes for large EncryptBatch/SignBatch calls (0: on the server's thread)",
+    ),
+    Setting(
         "node.port_file", "--port-file", E + "PORT_FILE", Path, help="write the bound port here once serving"
     ),
     Setting(
@@ -147,6 +155,7 @@ class NodeSettings:
     session_seconds: int
     max_message_bytes: int
     max_batch_items: int
+    crypto_workers: int
     port_file: Path | None
     tls_cert: Path
     tls_key: Path
@@ -176,6 +185,8 @@ class NodeSettings:
             raise UsageError(f"node.max_message_bytes = {self.max_message_bytes}: use 65536..67108864")
         if not 1 <= self.max_batch_items <= 100_000:
             raise UsageError(f"node.max_batch_items = {self.max_batch_items}: use 1..100000")
+        if not 0 <= self.crypto_workers <= 64:
+            raise UsageError(f"node.crypto_workers = {self.crypto_workers}: use 0 (off) or 1..64")
         if self.log_level.upper() not in LOG_LEVELS:
             raise UsageError(
                 f"observability.log_level = {self.log_level!r}: use one of {', '.join(LOG_LEVELS)}"

@@ -353,7 +353,7 @@ class KeysServicer:
         self, request: pb.EncryptBatchRequest, context: Ctx, role: Role
     ) -> pb.EncryptBatchResponse:
         plaintexts = self._batch(request.plaintexts, request.plaintext_lengths, "plaintext")
-        out = self.node.encrypt_batch(request.name, plaintexts, _aad(request, len(plaintexts)))
+        out = await self.node.encrypt_batch_async(request.name, plaintexts, _aad(request, len(plaintexts)))
         self._fits(out)
         return pb.EncryptBatchResponse(ciphertexts=out.data, ciphertext_lengths=out.lengths)
 

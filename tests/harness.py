@@ -16,7 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 import sdquorum_rpc  # noqa: F401  # pins cipher suites before grpc initialises
 from custodian_agent.agent import Agent, AgentConfig
+from hsm_node.cryptopool import CryptoPool
 from hsm_node.node import Node, NodeConfig
 from hsm_node.server import MAX_BATCH_ITEMS, NodeServer, serve
 from hsm_node.store import NodeStore
@@ -187,7 +188,9 @@ async def running_cluster(
     sealing_key: bytes | None = None,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     max_batch_items: int = MAX_BATCH_ITEMS,
+    crypto_pool: CryptoPool | None = None,
 ) -> AsyncIterator[Cluster]:
+    """A node served in this process; ``crypto_pool`` (closed on exit) runs its large batches."""
     clock = Clock()
     key, cert_der = load_attestation(attestation_pki or pki, node_id)
     store = NodeStore(data_dir, sealing_key or os.urandom(32), node_id)
@@ -198,7 +201,7 @@ async def running_cluster(
         attestation_key=key,
         attestation_cert_der=cert_der,
     )
-    node = Node(config, store, clock=clock)
+    node = Node(config, store, clock=clock, crypto_pool=crypto_pool)
     server = await serve(node, "127.0.0.1:0", tls(pki, "node"), max_message_bytes, max_batch_items)
     cluster = Cluster(pki, data_dir, node, server, clock)
     try:
@@ -206,6 +209,8 @@ async def running_cluster(
     finally:
         await cluster.stop_agents()
         await server.stop(grace=0.1)
+        if crypto_pool is not None:
+            await crypto_pool.close()
         store.close()
 
 
@@ -232,8 +237,17 @@ def certs_of(keys: list[SoftwareWrappingKey]) -> list[bytes]:
 class NodeProcess:
     """``hsm-node run`` as a real process (for kill -9 and restart tests), on 127.0.0.1, port 0."""
 
-    def __init__(self, pki: Path, data_dir: Path, node_id: str = "node-b", log_level: str = "INFO") -> None:
+    def __init__(
+        self,
+        pki: Path,
+        data_dir: Path,
+        node_id: str = "node-b",
+        log_level: str = "INFO",
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        """``extra_args``: more ``hsm-node run`` flags (``--crypto-workers 0``, say)."""
         self.pki, self.data_dir, self.node_id, self.log_level = pki, data_dir, node_id, log_level
+        self.extra_args = list(extra_args)
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.log = data_dir.parent / f"{node_id}.log"
@@ -253,7 +267,7 @@ class NodeProcess:
             "--ca", str(self.pki / "ca.pem"),
             "--attestation-cert", str(self.pki / f"attestation-{self.node_id}.pem"),
             "--attestation-key", str(self.pki / f"attestation-{self.node_id}.key"),
-            "--port-file", str(port_file), "--log-level", self.log_level,
+            "--port-file", str(port_file), "--log-level", self.log_level, *self.extra_args,
         ]  # fmt: skip
         log = open(self.log, "ab")  # noqa: SIM115  # handed to the child; closed with it
         self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)

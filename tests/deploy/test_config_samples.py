@@ -222,6 +222,8 @@ def test_an_unknown_section_is_refused_naming_it(tmp_path: Path) -> None:
         (NODE, "log_format", 'log_format = "xml"', "observability.log_format", load_node),
         (NODE, "drain_seconds", "drain_seconds = 3600", "observability.drain_seconds", load_node),
         (NODE, "max_batch_items", "max_batch_items = 0", "node.max_batch_items", load_node),
+        (NODE, "crypto_workers", "crypto_workers = 65", "node.crypto_workers", load_node),
+        (NODE, "crypto_workers", "crypto_workers = -1", "node.crypto_workers", load_node),
         (NODE, "id", 'id = "node a!"', "node.id", load_node),
         (AGENT, "approval", 'approval = "sometimes"', "agent.approval", load_agent),
         (AGENT, "node", 'node = "nohostport"', "agent.node", load_agent),

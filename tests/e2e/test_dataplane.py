@@ -2,7 +2,9 @@
 
 Round trips go through the node's own Decrypt and Verify (the key never leaves the node). Malformed
 batches are sent as raw requests, past the client's packing, and must be refused whole with
-INVALID_ARGUMENT and a message naming the field; limits come from the node's settings.
+INVALID_ARGUMENT and a message naming the field; limits come from the node's settings. Every test
+with a node runs twice: batches on the server's thread, and every batch in crypto worker processes
+(:mod:`hsm_node.cryptopool`, with no minimum size), which must behave the same.
 """
 
 from __future__ import annotations
@@ -17,13 +19,28 @@ from harness import Cluster, certs_of, running_cluster
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hsm_node.cryptopool import CryptoPool
 from sdquorum.errors import MalformedError, UsageError
 from sdquorum.keys import SoftwareWrappingKey
 from sdquorum_rpc import packed
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc.client import NodeClient
+from sdquorum_rpc.tls import DEFAULT_MAX_MESSAGE_BYTES
 
 PLAINTEXTS = [bytes([i]) * (i * 7 % 300) for i in range(50)]  # 0..294 bytes, one empty
+WHERE = ["server-thread", "crypto-workers"]
+
+
+def _pool(
+    where: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, items: int = 1000
+) -> CryptoPool | None:
+    return CryptoPool(2, max_message_bytes, items, min_items=1) if where == "crypto-workers" else None
+
+
+@pytest.fixture(params=WHERE)
+async def cluster(request: pytest.FixtureRequest, pki_dir: Path, tmp_path: Path) -> AsyncIterator[Cluster]:
+    async with running_cluster(pki_dir, tmp_path / "node-a", crypto_pool=_pool(request.param)) as c:
+        yield c
 
 
 async def _activated(
@@ -180,9 +197,13 @@ async def test_a_batch_under_an_unknown_key_is_not_found(
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-@pytest.fixture
-async def small_limits(pki_dir: Path, tmp_path: Path) -> AsyncIterator[Cluster]:
-    async with running_cluster(pki_dir, tmp_path / "node-a", max_message_bytes=64 * 1024) as c:
+@pytest.fixture(params=WHERE)
+async def small_limits(
+    request: pytest.FixtureRequest, pki_dir: Path, tmp_path: Path
+) -> AsyncIterator[Cluster]:
+    limit = 64 * 1024
+    pool = _pool(request.param, max_message_bytes=limit)
+    async with running_cluster(pki_dir, tmp_path / "node-a", max_message_bytes=limit, crypto_pool=pool) as c:
         yield c
 
 

@@ -1,0 +1,284 @@
+"""The crypto worker processes (``hsm_node.cryptopool``): same results as in process, each job its
+own, key material wiped, a lost worker fails only its call and is replaced, nothing left running.
+
+Through gRPC, the data-plane tests (``test_dataplane.py``) run every batch both ways; these tests
+drive the pool directly, and a real ``hsm-node run`` for what only a process shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from harness import NodeProcess, certs_of, tls
+
+from hsm_node import keyops
+from hsm_node.cryptopool import _KEY_AT, _RESULT, _RESULT_AT, MIN_POOLED_ITEMS, OK, CryptoPool
+from hsm_node.keyops import KeyType
+from sdquorum.errors import StateError, TransportError, UsageError
+from sdquorum.keys import SoftwareWrappingKey
+from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
+from sdquorum_rpc.client import NodeClient
+from sdquorum_rpc.packed import Packed
+from sdquorum_rpc.tls import DEFAULT_MAX_MESSAGE_BYTES
+
+AES = KeyType.AES256_GCM
+ITEMS = Packed.of([bytes([i % 251]) * (i % 300) for i in range(200)])  # 0..299 bytes, some empty
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[CryptoPool]:
+    p = CryptoPool(2, DEFAULT_MAX_MESSAGE_BYTES, 1000)
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _gone(pids: list[int], seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while any(_alive(p) for p in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+async def test_pooled_batches_give_what_the_same_batches_give_in_process(pool: CryptoPool) -> None:
+    _, aes = keyops.generate(AES)
+    ed_public, ed = keyops.generate(KeyType.ED25519)
+    rsa_public, rsa = keyops.generate(KeyType.RSA3072)
+    aads = Packed.of([b"aad-%d" % i if i % 3 else b"" for i in range(len(ITEMS))])
+    for aad in (b"shared", aads):
+        sealed = await pool.encrypt_batch(AES, aes, ITEMS, aad)
+        assert sealed.lengths == [n + 28 for n in ITEMS.lengths]
+        aad_of = aad.items() if isinstance(aad, Packed) else [aad] * len(ITEMS)
+        for pt, ct, a in zip(ITEMS.items(), sealed.items(), aad_of, strict=True):
+            assert keyops.decrypt(AES, aes, ct, a) == pt
+        assert len({ct[:12] for ct in sealed.items()}) == len(ITEMS), "every item has its own nonce"
+    signed = await pool.sign_batch(KeyType.ED25519, ed, ITEMS)
+    assert signed == keyops.sign_batch(KeyType.ED25519, ed, ITEMS), "Ed25519 is deterministic"
+    few = Packed.of([b"m1", b"", b"m3"])
+    for m, sig in zip(few.items(), (await pool.sign_batch(KeyType.RSA3072, rsa, few)).items(), strict=True):
+        assert keyops.verify(KeyType.RSA3072, rsa_public, m, sig)
+    wrapped = await pool.encrypt_batch(KeyType.RSA3072, rsa, few, b"")
+    assert [keyops.decrypt(KeyType.RSA3072, rsa, ct, b"") for ct in wrapped.items()] == few.items()
+    assert keyops.verify(KeyType.ED25519, ed_public, b"x", keyops.sign(KeyType.ED25519, ed, b"x"))
+    assert len(pool.pids) >= 1, "the jobs ran in worker processes"
+    assert os.getpid() not in pool.pids
+
+
+async def test_a_job_s_error_is_the_in_process_error(pool: CryptoPool) -> None:
+    _, rsa = keyops.generate(KeyType.RSA3072)
+    _, ed = keyops.generate(KeyType.ED25519)
+    too_long = Packed.of([b"k", b"x" * 319])
+    for kind, key, items, says in (
+        (KeyType.RSA3072, rsa, too_long, "item 1: the plaintext is 319 bytes"),
+        (KeyType.ED25519, ed, ITEMS, "a ED25519 key cannot encrypt"),
+    ):
+        with pytest.raises(UsageError) as in_process:
+            keyops.encrypt_batch(kind, key, items, b"")
+        with pytest.raises(UsageError) as from_worker:
+            await pool.encrypt_batch(kind, key, items, b"")
+        assert str(from_worker.value) == str(in_process.value)
+        assert str(from_worker.value).startswith(says)
+    # the worker that raised goes on serving
+    _, aes = keyops.generate(AES)
+    assert len(await pool.encrypt_batch(AES, aes, ITEMS, b"")) == len(ITEMS)
+
+
+async def test_concurrent_jobs_each_get_their_own_results() -> None:
+    """Twelve jobs, each under its own key with its own items, on two workers: none is mixed up."""
+    pool = CryptoPool(2, DEFAULT_MAX_MESSAGE_BYTES, 1000)
+    try:
+        keys = [keyops.generate(AES)[1] for _ in range(12)]
+        batches = [Packed.of([b"%d:%d" % (j, i) * 20 for i in range(100 + j)]) for j in range(12)]
+        results = await asyncio.gather(
+            *(
+                pool.encrypt_batch(AES, k, b, b"job-%d" % j)
+                for j, (k, b) in enumerate(zip(keys, batches, strict=True))
+            )
+        )
+        for j, (key, batch, sealed) in enumerate(zip(keys, batches, results, strict=True)):
+            opened = [keyops.decrypt(AES, key, ct, b"job-%d" % j) for ct in sealed.items()]
+            assert opened == batch.items()
+        assert len(pool.pids) == 2, "never more workers than configured"
+    finally:
+        await pool.close()
+
+
+async def test_the_key_is_wiped_from_the_shared_region_after_each_job(pool: CryptoPool) -> None:
+    _, rsa = keyops.generate(KeyType.RSA3072)
+    await pool.sign_batch(KeyType.RSA3072, rsa, Packed.of([b"m"]))
+    (worker,) = pool._workers
+    region = bytes(worker.region[_KEY_AT : _KEY_AT + len(rsa) + 64])
+    assert region == bytes(len(region)), "no key bytes left in the region"
+    assert rsa not in bytes(worker.region[: worker.layout.data_at])
+
+
+async def test_results_that_do_not_match_the_job_are_refused(pool: CryptoPool) -> None:
+    """A worker's answer is checked before it is used: one result per item, lengths that add up."""
+    _, aes = keyops.generate(AES)
+    sealed = await pool.encrypt_batch(AES, aes, ITEMS, b"")
+    (worker,) = pool._workers
+    assert worker.result(len(aes), len(ITEMS)) == sealed, "the check passes the real answer"
+    size = len(sealed.data)
+    for status in ((OK, size, len(ITEMS) - 1), (OK, size - 1, len(ITEMS)), (OK, size, 10**9), (99, 0, 0)):
+        _RESULT.pack_into(worker.region, _RESULT_AT, *status)
+        with pytest.raises(TransportError):
+            worker.result(len(aes), len(ITEMS))
+
+
+async def test_a_worker_killed_during_a_job_fails_that_call_and_is_replaced() -> None:
+    pool = CryptoPool(1, DEFAULT_MAX_MESSAGE_BYTES, 1000)
+    try:
+        _, rsa = keyops.generate(KeyType.RSA3072)
+        _, aes = keyops.generate(AES)
+        await pool.encrypt_batch(AES, aes, ITEMS, b"")  # the worker is up
+        (first,) = pool.pids
+        job = asyncio.create_task(pool.sign_batch(KeyType.RSA3072, rsa, Packed.of([b"m"] * 400)))
+        await asyncio.sleep(0.1)  # the worker is signing (~0.5 s of work)
+        os.kill(first, signal.SIGKILL)
+        with pytest.raises(TransportError) as e:
+            await job
+        assert "retry" in str(e.value)
+        sealed = await pool.encrypt_batch(AES, aes, ITEMS, b"")  # a new worker takes the next job
+        assert keyops.decrypt(AES, aes, sealed.items()[5], b"") == ITEMS.items()[5]
+        assert pool.pids and first not in pool.pids
+    finally:
+        await pool.close()
+    assert _gone([first])
+
+
+async def test_a_cancelled_call_keeps_its_worker_until_its_job_ends() -> None:
+    """With one worker, a job cancelled mid-way must not hand the worker to the next job early: the
+    next job would read the cancelled job's results as its own."""
+    pool = CryptoPool(1, DEFAULT_MAX_MESSAGE_BYTES, 1000)
+    try:
+        _, rsa = keyops.generate(KeyType.RSA3072)
+        _, aes = keyops.generate(AES)
+        slow = asyncio.create_task(pool.sign_batch(KeyType.RSA3072, rsa, Packed.of([b"m"] * 200)))
+        await asyncio.sleep(0.05)
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        sealed = await pool.encrypt_batch(AES, aes, ITEMS, b"next")
+        assert [keyops.decrypt(AES, aes, ct, b"next") for ct in sealed.items()] == ITEMS.items()
+        (worker,) = pool._workers
+        assert bytes(worker.region[_KEY_AT : _KEY_AT + len(rsa)]) == bytes(len(rsa))
+    finally:
+        await pool.close()
+
+
+async def test_close_ends_every_worker_and_refuses_later_jobs() -> None:
+    pool = CryptoPool(2, DEFAULT_MAX_MESSAGE_BYTES, 1000)
+    _, aes = keyops.generate(AES)
+    await asyncio.gather(*(pool.encrypt_batch(AES, aes, ITEMS, b"") for _ in range(4)))
+    pids = pool.pids
+    assert len(pids) == 2
+    for pid in pids:
+        limits = Path(f"/proc/{pid}/limits").read_text()
+        assert any(
+            line.startswith("Max core file size") and line.split()[4] == "0" for line in limits.splitlines()
+        )
+    await pool.close()
+    assert _gone(pids)
+    assert not pool.wants(AES, ITEMS, aes)
+    with pytest.raises(StateError):
+        await pool.encrypt_batch(AES, aes, ITEMS, b"")
+
+
+async def test_which_batches_go_to_a_worker() -> None:
+    pool = CryptoPool(1, 64 * 1024, 1000)
+    aes, rsa = b"k" * 32, b"r" * 1800
+    small = Packed.of([b"x"] * (MIN_POOLED_ITEMS - 1))
+    assert not pool.wants(AES, small, aes), "a small AES batch stays on the server's thread"
+    assert pool.wants(AES, Packed.of([b"x"] * MIN_POOLED_ITEMS), aes)
+    assert pool.wants(KeyType.RSA3072, Packed.of([b"x"]), rsa), "any RSA batch is worth a worker"
+    too_big = Packed.of([b"x" * 1000] * 70)  # 70 KB: more than this pool's 64 KiB messages
+    assert not pool.wants(AES, too_big, aes), "what does not fit the region is done in process"
+    with pytest.raises(UsageError):
+        CryptoPool(0, 64 * 1024, 1000)
+
+
+def test_a_worker_exits_when_its_node_dies(tmp_path: Path) -> None:
+    """The node is killed outright (no clean-up runs): its workers see their pipe close and exit."""
+    script = tmp_path / "owner.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import asyncio, os, sys
+            from hsm_node import keyops
+            from hsm_node.cryptopool import CryptoPool
+            from hsm_node.keyops import KeyType
+            from sdquorum_rpc.packed import Packed
+
+            async def main():
+                pool = CryptoPool(2, 1 << 20, 1000)
+                _, key = keyops.generate(KeyType.AES256_GCM)
+                items = Packed.of([b"x"] * 100)
+                await asyncio.gather(*(pool.encrypt_batch(KeyType.AES256_GCM, key, items, b"") for _ in range(4)))
+                print(" ".join(map(str, pool.pids)), flush=True)
+                await asyncio.sleep(60)
+
+            asyncio.run(main())
+            """
+        )
+    )
+    owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout is not None
+        pids = [int(p) for p in owner.stdout.readline().split()]
+        assert len(pids) == 2 and all(_alive(p) for p in pids)
+        owner.kill()
+        owner.wait()
+        assert _gone(pids), "workers outlived their node"
+    finally:
+        owner.kill()
+
+
+async def test_hsm_node_run_serves_large_batches_from_workers_and_ends_them_on_sigterm(
+    pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey]
+) -> None:
+    node = NodeProcess(pki_dir, tmp_path / "node", node_id="node-a", log_level="WARNING")
+    node.start(timeout=60)
+    try:
+        assert node.proc is not None
+        async with NodeClient(node.target, tls(pki_dir, "admin")) as admin, admin.errors():
+            async for _ in admin.admin.DownloadSecurityDomain(
+                pb.DownloadRequest(custodian_certificates=certs_of(wrapping_keys[:3]), quorum=2)
+            ):
+                pass
+            await admin.keys.CreateKey(pb.CreateKeyRequest(name="aes", type=pb.AES256_GCM))
+            assert _children(node.proc.pid) == [], "workers start on first use"
+            plaintexts = [b"%d" % i * 9 for i in range(300)]
+            cts = await admin.encrypt_batch("aes", plaintexts, b"ctx")
+            workers = _children(node.proc.pid)
+            assert len(workers) == 1
+            for i in (0, 150, 299):
+                got = await admin.keys.Decrypt(pb.DecryptRequest(name="aes", ciphertext=cts[i], aad=b"ctx"))
+                assert got.plaintext == plaintexts[i]
+        node.kill(signal.SIGTERM)
+        assert _gone(workers), "the workers outlived a drained node"
+    finally:
+        node.kill(signal.SIGKILL)
