@@ -265,11 +265,12 @@ class CryptoPool:
         self._workers: list[_Worker] = []
         self._idle: asyncio.Queue[_Worker] | None = None
         self._closed = False
+        self.unavailable = ""  # why no worker can be started (a sandbox refusing memfd_create, say)
 
     def wants(self, kind: KeyType, items: Packed, key: bytes, aad: bytes | Packed = b"") -> bool:
         """Whether a batch should go to a worker: big enough to pay for the trip, and fitting."""
         big = kind is KeyType.RSA3072 or len(items) >= self.min_items
-        return big and not self._closed and self.layout.fits(key, items, aad)
+        return big and not self._closed and not self.unavailable and self.layout.fits(key, items, aad)
 
     async def encrypt_batch(
         self, kind: KeyType, key: bytes, plaintexts: Packed, aad: bytes | Packed
@@ -289,14 +290,25 @@ class CryptoPool:
         if self._idle is None:
             self._idle = asyncio.Queue()
         if self._idle.empty() and len(self._workers) < self._capacity:
-            worker = _Worker(self.layout)
-            self._workers.append(worker)
-            return worker
+            return self._spawn()
         worker = await self._idle.get()
         if worker.lost or worker.proc.poll() is not None:  # it died while idle: replace it
             self._drop(worker)
+            return self._spawn()
+        return worker
+
+    def _spawn(self) -> _Worker:
+        try:
             worker = _Worker(self.layout)
-            self._workers.append(worker)
+        except OSError as e:
+            self.unavailable = f"{e.strerror or e}"
+            log.error(
+                "cannot start a crypto worker (%s): batches run on the server's thread from now on; "
+                "allow memfd_create and process creation, or set node.crypto_workers = 0",
+                self.unavailable,
+            )
+            raise
+        self._workers.append(worker)
         return worker
 
     def _give_back(self, worker: _Worker) -> None:
@@ -311,7 +323,12 @@ class CryptoPool:
         worker.close()
 
     async def _run(self, op: int, kind: KeyType, key: bytes, items: Packed, aad: bytes | Packed) -> Packed:
-        worker = await self._take()
+        try:
+            worker = await self._take()
+        except OSError:  # no worker could be started (logged): the batch runs here, as without a pool
+            if op == ENCRYPT:
+                return keyops.encrypt_batch(kind, key, items, aad)
+            return keyops.sign_batch(kind, key, items)
         try:
             answer = worker.start(op, kind, key, items, aad)
         except BaseException:
@@ -395,10 +412,19 @@ def _serve_jobs(region: mmap.mmap, jobs: int, done: int, layout: Layout) -> None
         os.write(done, b"\x01")
 
 
+def _no_core_dumps() -> None:
+    """A crash must not write key material to disk. The systemd unit (LimitCORE=0) does this for the
+    node and so for its workers already; its seccomp filter refuses the call (EPERM), hence the
+    suppress: the worker is then exactly as covered as the node itself."""
+    with contextlib.suppress(OSError, ValueError):
+        if resource.getrlimit(resource.RLIMIT_CORE) != (0, 0):
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
 def main(argv: list[str]) -> int:
     fd, jobs, done, max_message_bytes, max_items = (int(a) for a in argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C drains the node, which then ends the workers
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash must not write key material to disk
+    _no_core_dumps()
     layout = Layout(max_message_bytes, max_items)
     region = mmap.mmap(fd, layout.size)
     with contextlib.suppress(BrokenPipeError):

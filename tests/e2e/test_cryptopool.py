@@ -221,6 +221,26 @@ async def test_which_batches_go_to_a_worker() -> None:
         CryptoPool(0, 64 * 1024, 1000)
 
 
+async def test_a_sandbox_that_refuses_workers_leaves_batches_on_the_server_thread(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A seccomp filter without memfd_create (or a process limit) must not break the data plane:
+    the batch is done in process, the reason is logged once, and later batches stay in process."""
+
+    def refused(*_: object) -> int:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "memfd_create", refused)
+    pool = CryptoPool(2, DEFAULT_MAX_MESSAGE_BYTES, 1000)
+    _, aes = keyops.generate(AES)
+    sealed = await pool.encrypt_batch(AES, aes, ITEMS, b"x")
+    assert [keyops.decrypt(AES, aes, ct, b"x") for ct in sealed.items()] == ITEMS.items()
+    assert pool.pids == [] and pool.unavailable == "Operation not permitted"
+    assert not pool.wants(AES, ITEMS, aes), "the server stops offering batches to the pool"
+    assert "node.crypto_workers = 0" in caplog.text
+    await pool.close()
+
+
 def test_a_worker_exits_when_its_node_dies(tmp_path: Path) -> None:
     """The node is killed outright (no clean-up runs): its workers see their pipe close and exit."""
     script = tmp_path / "owner.py"
