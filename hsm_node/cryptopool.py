@@ -18,8 +18,9 @@ nothing but seal or sign these items with this key.
 
 Failure: a worker that dies (its doorbell pipe closes) fails the job in hand with
 :class:`~sdquorum.errors.TransportError` (UNAVAILABLE to the caller: nothing was returned, retry)
-and is replaced on the next job. A call cancelled while its job runs leaves the worker busy until
-the job ends, so no later job can read its results. When the node stops, closing the pipes ends the
+and is replaced on the next job; so does a job still running after :data:`JOB_SECONDS` (its worker
+is killed). A call cancelled while its job runs leaves the worker busy until the job ends, so no
+later job can read its results. When the node stops, closing the pipes ends the
 workers; a worker whose parent dies sees the same end of file and exits.
 
 Small batches stay on the server's thread (below :data:`MIN_POOLED_ITEMS` items the pipe round trip
@@ -52,6 +53,7 @@ __all__ = ["MIN_POOLED_ITEMS", "CryptoPool", "Layout"]
 log = logging.getLogger("sdquorum.node.cryptopool")
 
 MIN_POOLED_ITEMS = 64
+JOB_SECONDS = 60.0  # a job still running after this is stopped (1000 RSA-3072 signatures take ~1.5 s)
 ENCRYPT, SIGN = 1, 2
 AAD_ONE, AAD_PER_ITEM = 0, 1
 OK, USAGE, VERIFICATION, FAILED = 0, 1, 2, 3
@@ -119,8 +121,11 @@ def _from_u32(data: bytes) -> list[int]:
 class _Worker:
     """One worker process, its region and its two pipes; one job at a time."""
 
-    def __init__(self, layout: Layout) -> None:
+    def __init__(self, layout: Layout, job_seconds: float = JOB_SECONDS) -> None:
         self.layout = layout
+        self.job_seconds = job_seconds
+        self._watchdog: asyncio.TimerHandle | None = None
+        self.overdue = False
         self._fd = os.memfd_create("sdquorum-crypto", os.MFD_CLOEXEC)
         try:
             os.ftruncate(self._fd, layout.size)  # pages are allocated only when first written
@@ -163,6 +168,9 @@ class _Worker:
             return
         except OSError:
             got = b""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if not got:  # end of file: the worker has exited
             self.lost = True
             asyncio.get_running_loop().remove_reader(self._done)
@@ -170,12 +178,28 @@ class _Worker:
         if answer is not None and not answer.done():
             if got:
                 answer.set_result(None)
+            elif self.overdue:
+                answer.set_exception(
+                    TransportError(
+                        f"a crypto worker did not finish the batch in {self.job_seconds:g} s and was "
+                        "stopped: nothing was done, retry it"
+                    )
+                )
             else:
                 answer.set_exception(
                     TransportError(
                         "a crypto worker process stopped during the call: nothing was done, retry it"
                     )
                 )
+
+    def _stop_overdue(self) -> None:
+        """A job has run past its time (:data:`JOB_SECONDS`): the worker is hung or starved. Kill it;
+        its end of file fails the job, and a cancelled call's worker does not stay busy for ever."""
+        self._watchdog = None
+        self.overdue = True
+        log.error("a crypto worker ran one job for over %g s: stopping it", self.job_seconds)
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
 
     def start(
         self, op: int, kind: KeyType, key: bytes, items: Packed, aad: bytes | Packed
@@ -200,12 +224,15 @@ class _Worker:
         r[lay.data_at : lay.data_at + len(items.data)] = items.data
         at = lay.data_at + len(items.data)
         r[at : at + len(aad_data)] = aad_data
-        self._answer = answer = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._answer = answer = loop.create_future()
+        self._watchdog = loop.call_later(self.job_seconds, self._stop_overdue)
         try:
             os.write(self._jobs, b"\x01")
         except OSError:
             self.lost = True
             self._answer = None
+            self._watchdog.cancel()
             raise TransportError(
                 "a crypto worker process has stopped: nothing was done, retry the call"
             ) from None
@@ -233,6 +260,8 @@ class _Worker:
         raise error(data.decode("utf-8", "replace"))
 
     def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         with contextlib.suppress(Exception):
             asyncio.get_running_loop().remove_reader(self._done)
         self._close_fds()
@@ -255,12 +284,19 @@ class CryptoPool:
     """Up to ``workers`` worker processes, started when a batch first needs one."""
 
     def __init__(
-        self, workers: int, max_message_bytes: int, max_items: int, *, min_items: int = MIN_POOLED_ITEMS
+        self,
+        workers: int,
+        max_message_bytes: int,
+        max_items: int,
+        *,
+        min_items: int = MIN_POOLED_ITEMS,
+        job_seconds: float = JOB_SECONDS,
     ) -> None:
         if not 1 <= workers <= 64:
             raise UsageError(f"node.crypto_workers = {workers}: use 0 (off) or 1..64")
         self.layout = Layout(max_message_bytes, max_items)
         self.min_items = min_items
+        self.job_seconds = job_seconds
         self._capacity = workers
         self._workers: list[_Worker] = []
         self._idle: asyncio.Queue[_Worker] | None = None
@@ -299,7 +335,7 @@ class CryptoPool:
 
     def _spawn(self) -> _Worker:
         try:
-            worker = _Worker(self.layout)
+            worker = _Worker(self.layout, self.job_seconds)
         except OSError as e:
             self.unavailable = f"{e.strerror or e}"
             log.error(

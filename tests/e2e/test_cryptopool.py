@@ -170,6 +170,28 @@ async def test_a_worker_killed_during_a_job_fails_that_call_and_is_replaced() ->
     assert _gone([first])
 
 
+async def test_a_job_past_its_time_is_stopped_and_its_worker_replaced() -> None:
+    """A hung (or starved) worker must not hold a call, or a cancelled call's worker, for ever."""
+    pool = CryptoPool(1, DEFAULT_MAX_MESSAGE_BYTES, 1000, job_seconds=0.2)
+    try:
+        _, rsa = keyops.generate(KeyType.RSA3072)
+        _, aes = keyops.generate(AES)
+        started = time.monotonic()
+        job = asyncio.create_task(pool.sign_batch(KeyType.RSA3072, rsa, Packed.of([b"m"] * 1000)))
+        await asyncio.sleep(0.05)
+        (hung,) = pool.pids
+        with pytest.raises(TransportError) as e:
+            await job  # ~1.5 s of work
+        assert time.monotonic() - started < 1.0, "stopped at its time, not when the work ended"
+        assert "did not finish the batch in 0.2 s" in str(e.value)
+        assert _gone([hung])
+        sealed = await pool.encrypt_batch(AES, aes, ITEMS, b"")  # a fresh worker takes the next job
+        assert keyops.decrypt(AES, aes, sealed.items()[7], b"") == ITEMS.items()[7]
+        assert pool.pids and hung not in pool.pids
+    finally:
+        await pool.close()
+
+
 async def test_a_cancelled_call_keeps_its_worker_until_its_job_ends() -> None:
     """With one worker, a job cancelled mid-way must not hand the worker to the next job early: the
     next job would read the cancelled job's results as its own."""
