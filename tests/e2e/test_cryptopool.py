@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -20,8 +21,8 @@ from pathlib import Path
 import pytest
 from harness import NodeProcess, certs_of, tls
 
-from hsm_node import keyops
-from hsm_node.cryptopool import _KEY_AT, _RESULT, _RESULT_AT, MIN_POOLED_ITEMS, OK, CryptoPool
+from hsm_node import cryptopool, keyops
+from hsm_node.cryptopool import _RESULT, _RESULT_AT, MIN_POOLED_ITEMS, OK, CryptoPool, WorkerTimeout
 from hsm_node.keyops import KeyType
 from sdquorum.errors import StateError, TransportError, UsageError
 from sdquorum.keys import SoftwareWrappingKey
@@ -127,13 +128,43 @@ async def test_concurrent_jobs_each_get_their_own_results() -> None:
         await pool.close()
 
 
-async def test_the_key_is_wiped_from_the_shared_region_after_each_job(pool: CryptoPool) -> None:
-    _, rsa = keyops.generate(KeyType.RSA3072)
-    await pool.sign_batch(KeyType.RSA3072, rsa, Packed.of([b"m"]))
+def _region(pool: CryptoPool) -> bytes:
     (worker,) = pool._workers
-    region = bytes(worker.region[_KEY_AT : _KEY_AT + len(rsa) + 64])
-    assert region == bytes(len(region)), "no key bytes left in the region"
-    assert rsa not in bytes(worker.region[: worker.layout.data_at])
+    assert worker.region is not None
+    return bytes(worker.region)
+
+
+async def test_key_items_and_results_are_wiped_from_the_region_after_each_job(pool: CryptoPool) -> None:
+    _, rsa = keyops.generate(KeyType.RSA3072)
+    secret_items = Packed.of([b"secret-item-%d" % i for i in range(3)])
+    signed = await pool.sign_batch(KeyType.RSA3072, rsa, secret_items)
+    region = _region(pool)
+    assert rsa not in region and rsa[100:140] not in region, "no key bytes left in the region"
+    assert b"secret-item-" not in region, "no item left"
+    assert signed.items()[0][:40] not in region, "no result left"
+    # after an error too (the message is in the result area until wiped)
+    with pytest.raises(UsageError):
+        await pool.encrypt_batch(KeyType.RSA3072, rsa, Packed.of([b"x" * 400]), b"")
+    region = _region(pool)
+    assert rsa[100:140] not in region and b"xxxxxxxxxxxxxxxx" not in region and b"plaintext is" not in region
+
+
+def _rss_shmem_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssShmem:"):
+            return int(line.split()[1])
+    raise AssertionError("no RssShmem in /proc/self/status")
+
+
+async def test_a_large_job_s_pages_are_given_back(pool: CryptoPool) -> None:
+    """A 3 MiB batch touches 6 MiB of the region; once it has ended the node holds none of it."""
+    _, aes = keyops.generate(AES)
+    big = Packed.of([os.urandom(3000)] * 1000)
+    before = _rss_shmem_kb()
+    sealed = await pool.encrypt_batch(AES, aes, big, b"")
+    assert keyops.decrypt(AES, aes, sealed.items()[999], b"") == big.items()[999]
+    assert _rss_shmem_kb() - before < 1024, "the region's pages were released, not kept"
+    assert set(_region(pool)[pool.layout.data_at :]) <= {0}
 
 
 async def test_results_that_do_not_match_the_job_are_refused(pool: CryptoPool) -> None:
@@ -141,12 +172,18 @@ async def test_results_that_do_not_match_the_job_are_refused(pool: CryptoPool) -
     _, aes = keyops.generate(AES)
     sealed = await pool.encrypt_batch(AES, aes, ITEMS, b"")
     (worker,) = pool._workers
-    assert worker.result(len(aes), len(ITEMS)) == sealed, "the check passes the real answer"
+    assert worker.region is not None
     size = len(sealed.data)
     for status in ((OK, size, len(ITEMS) - 1), (OK, size - 1, len(ITEMS)), (OK, size, 10**9), (99, 0, 0)):
+        worker.region[worker.layout.result_at : worker.layout.result_at + size] = sealed.data
+        at = worker.layout.result_lengths_at
+        worker.region[at : at + 4 * len(ITEMS)] = cryptopool._u32(sealed.lengths)
         _RESULT.pack_into(worker.region, _RESULT_AT, *status)
         with pytest.raises(TransportError):
-            worker.result(len(aes), len(ITEMS))
+            worker.result(len(aes), len(ITEMS), 0)
+    _RESULT.pack_into(worker.region, _RESULT_AT, OK, size, len(ITEMS))
+    worker.region[worker.layout.result_at : worker.layout.result_at + size] = sealed.data
+    assert worker.result(len(aes), len(ITEMS), 0) == sealed, "the check passes the real answer"
 
 
 async def test_a_worker_killed_during_a_job_fails_that_call_and_is_replaced() -> None:
@@ -172,7 +209,9 @@ async def test_a_worker_killed_during_a_job_fails_that_call_and_is_replaced() ->
 
 async def test_a_job_past_its_time_is_stopped_and_its_worker_replaced() -> None:
     """A hung (or starved) worker must not hold a call, or a cancelled call's worker, for ever."""
-    pool = CryptoPool(1, DEFAULT_MAX_MESSAGE_BYTES, 1000, job_seconds=0.2)
+    pool = CryptoPool(
+        1, DEFAULT_MAX_MESSAGE_BYTES, 1000, job_seconds=0.2, item_seconds={KeyType.RSA3072: 0.0}
+    )
     try:
         _, rsa = keyops.generate(KeyType.RSA3072)
         _, aes = keyops.generate(AES)
@@ -180,16 +219,127 @@ async def test_a_job_past_its_time_is_stopped_and_its_worker_replaced() -> None:
         job = asyncio.create_task(pool.sign_batch(KeyType.RSA3072, rsa, Packed.of([b"m"] * 1000)))
         await asyncio.sleep(0.05)
         (hung,) = pool.pids
-        with pytest.raises(TransportError) as e:
+        with pytest.raises(WorkerTimeout) as e:
             await job  # ~1.5 s of work
         assert time.monotonic() - started < 1.0, "stopped at its time, not when the work ended"
-        assert "did not finish the batch in 0.2 s" in str(e.value)
+        assert "ran one batch for over 0.2 s" in str(e.value)
         assert _gone([hung])
         sealed = await pool.encrypt_batch(AES, aes, ITEMS, b"")  # a fresh worker takes the next job
         assert keyops.decrypt(AES, aes, sealed.items()[7], b"") == ITEMS.items()[7]
         assert pool.pids and hung not in pool.pids
     finally:
         await pool.close()
+
+
+async def test_the_allowance_grows_with_the_batch() -> None:
+    """A large RSA batch is not a hung worker: its allowance counts its items."""
+    pool = CryptoPool(
+        1, DEFAULT_MAX_MESSAGE_BYTES, 1000, job_seconds=0.1, item_seconds={KeyType.RSA3072: 0.01}
+    )
+    try:
+        assert pool.allowance(KeyType.RSA3072, 200) == pytest.approx(2.1)
+        assert cryptopool.CryptoPool(1, 1 << 20, 100_000).allowance(KeyType.RSA3072, 100_000) > 1000
+        rsa_public, rsa = keyops.generate(KeyType.RSA3072)
+        signed = await pool.sign_batch(KeyType.RSA3072, rsa, Packed.of([b"m"] * 200))  # ~0.3 s > 0.1 s
+        assert keyops.verify(KeyType.RSA3072, rsa_public, b"m", signed.items()[199])
+    finally:
+        await pool.close()
+
+
+async def test_a_caller_waiting_for_a_worker_gets_the_replacement_of_one_that_died() -> None:
+    pool = CryptoPool(1, DEFAULT_MAX_MESSAGE_BYTES, 1000)
+    try:
+        _, rsa = keyops.generate(KeyType.RSA3072)
+        _, aes = keyops.generate(AES)
+        first = asyncio.create_task(pool.sign_batch(KeyType.RSA3072, rsa, Packed.of([b"m"] * 400)))
+        await asyncio.sleep(0.1)
+        (pid,) = pool.pids
+        queued = asyncio.create_task(pool.encrypt_batch(AES, aes, ITEMS, b"q"))
+        await asyncio.sleep(0.05)
+        assert not queued.done(), "one worker, busy: the second call waits"
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(TransportError):
+            await first
+        async with asyncio.timeout(10):
+            sealed = await queued
+        assert keyops.decrypt(AES, aes, sealed.items()[3], b"q") == ITEMS.items()[3]
+        assert pool.pids and pid not in pool.pids
+    finally:
+        await pool.close()
+
+
+async def test_close_with_a_job_running_and_a_caller_waiting_ends_both_and_closes_each_fd_once(
+    tmp_path: Path,
+) -> None:
+    pool = CryptoPool(1, DEFAULT_MAX_MESSAGE_BYTES, 1000)
+    _, rsa = keyops.generate(KeyType.RSA3072)
+    _, aes = keyops.generate(AES)
+    running = asyncio.create_task(pool.sign_batch(KeyType.RSA3072, rsa, Packed.of([b"m"] * 400)))
+    await asyncio.sleep(0.1)
+    (pid,) = pool.pids
+    waiting = asyncio.create_task(pool.encrypt_batch(AES, aes, ITEMS, b""))
+    await asyncio.sleep(0.02)
+    await pool.close()
+    # descriptors freed by close() are reused at once; nothing may close them a second time
+    files = [open(tmp_path / f"f{i}", "wb") for i in range(6)]  # noqa: SIM115  # closed below
+    try:
+        async with asyncio.timeout(10):
+            results = await asyncio.gather(running, waiting, return_exceptions=True)
+        assert isinstance(results[0], TransportError)
+        assert isinstance(results[1], StateError)
+        for f in files:
+            os.fstat(f.fileno())  # raises if its descriptor was closed behind its back
+    finally:
+        for f in files:
+            f.close()
+    assert _gone([pid])
+
+
+def _open_fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+
+async def test_a_worker_that_cannot_be_created_leaks_nothing_and_the_batch_is_done_here(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Out of descriptors half-way through creating a worker: what was opened is closed, the batch
+    runs on the server's thread, and the pool stays on (the shortage passes)."""
+    real_pipe, calls = os.pipe, []
+
+    def second_pipe_fails() -> tuple[int, int]:
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(24, "Too many open files")
+        return real_pipe()
+
+    _, aes = keyops.generate(AES)
+    pool = CryptoPool(1, DEFAULT_MAX_MESSAGE_BYTES, 1000)
+    before = _open_fds()
+    monkeypatch.setattr(os, "pipe", second_pipe_fails)
+    sealed = await pool.encrypt_batch(AES, aes, ITEMS, b"")
+    monkeypatch.setattr(os, "pipe", real_pipe)
+    assert _open_fds() == before, "the memfd and the first pipe were closed"
+    assert keyops.decrypt(AES, aes, sealed.items()[1], b"") == ITEMS.items()[1]
+    assert pool.unavailable == "" and pool.pids == []
+    assert "this batch runs on the server's thread" in caplog.text
+    await pool.encrypt_batch(AES, aes, ITEMS, b"")
+    assert len(pool.pids) == 1, "the next batch starts a worker"
+    await pool.close()
+
+
+async def test_a_worker_that_exits_at_start_turns_the_pool_off(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker that cannot run here (an import error, a sandbox) would fail every batch: the first
+    failure turns the pool off and that batch, and all later ones, run on the server's thread."""
+    monkeypatch.setattr(cryptopool, "WORKER_COMMAND", (sys.executable, "-c", "raise SystemExit(3)"))
+    pool = CryptoPool(2, DEFAULT_MAX_MESSAGE_BYTES, 1000)
+    _, aes = keyops.generate(AES)
+    sealed = await pool.encrypt_batch(AES, aes, ITEMS, b"")
+    assert keyops.decrypt(AES, aes, sealed.items()[9], b"") == ITEMS.items()[9]
+    assert "status 3" in pool.unavailable and not pool.wants(AES, ITEMS, aes)
+    assert "node.crypto_workers = 0" in caplog.text
+    await pool.close()
 
 
 async def test_a_cancelled_call_keeps_its_worker_until_its_job_ends() -> None:
@@ -206,23 +356,30 @@ async def test_a_cancelled_call_keeps_its_worker_until_its_job_ends() -> None:
             await slow
         sealed = await pool.encrypt_batch(AES, aes, ITEMS, b"next")
         assert [keyops.decrypt(AES, aes, ct, b"next") for ct in sealed.items()] == ITEMS.items()
-        (worker,) = pool._workers
-        assert bytes(worker.region[_KEY_AT : _KEY_AT + len(rsa)]) == bytes(len(rsa))
+        assert rsa[100:140] not in _region(pool), "the cancelled job's key was wiped when it ended"
     finally:
         await pool.close()
 
 
 async def test_close_ends_every_worker_and_refuses_later_jobs() -> None:
+    # Core dumps allowed in this process, so the workers' own limit is what the check sees.
+    soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    if hard == 0:
+        pytest.skip("core dumps are already off for every process here: nothing to show")
+    resource.setrlimit(resource.RLIMIT_CORE, (hard, hard))
     pool = CryptoPool(2, DEFAULT_MAX_MESSAGE_BYTES, 1000)
-    _, aes = keyops.generate(AES)
-    await asyncio.gather(*(pool.encrypt_batch(AES, aes, ITEMS, b"") for _ in range(4)))
+    try:
+        _, aes = keyops.generate(AES)
+        await asyncio.gather(*(pool.encrypt_batch(AES, aes, ITEMS, b"") for _ in range(4)))
+    finally:
+        resource.setrlimit(resource.RLIMIT_CORE, (soft, hard))
     pids = pool.pids
     assert len(pids) == 2
     for pid in pids:
-        limits = Path(f"/proc/{pid}/limits").read_text()
-        assert any(
-            line.startswith("Max core file size") and line.split()[4] == "0" for line in limits.splitlines()
-        )
+        (line,) = [
+            x for x in Path(f"/proc/{pid}/limits").read_text().splitlines() if x.startswith("Max core")
+        ]
+        assert line.split()[4:6] == ["0", "0"], "soft and hard core limits are 0 in the worker"
     await pool.close()
     assert _gone(pids)
     assert not pool.wants(AES, ITEMS, aes)

@@ -10,6 +10,7 @@ with a node runs twice: batches on the server's thread, and every batch in crypt
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -39,8 +40,24 @@ def _pool(
 
 @pytest.fixture(params=WHERE)
 async def cluster(request: pytest.FixtureRequest, pki_dir: Path, tmp_path: Path) -> AsyncIterator[Cluster]:
-    async with running_cluster(pki_dir, tmp_path / "node-a", crypto_pool=_pool(request.param)) as c:
+    pool = _pool(request.param)
+    async with running_cluster(pki_dir, tmp_path / "node-a", crypto_pool=pool) as c:
         yield c
+        # the workers really ran: a pool that fell back to the server's thread proves nothing
+        assert pool is None or pool.unavailable == ""
+
+
+async def test_with_crypto_workers_a_batch_runs_in_a_worker_process(
+    pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey]
+) -> None:
+    pool = _pool("crypto-workers")
+    assert pool is not None
+    async with running_cluster(pki_dir, tmp_path / "node-a", crypto_pool=pool) as c:
+        await _activated(c, wrapping_keys, ("aes", pb.AES256_GCM))
+        async with c.client("app") as client, client.errors():
+            cts = await client.encrypt_batch("aes", PLAINTEXTS, b"w")
+            assert await _decrypts(client, "aes", cts[10], b"w") == PLAINTEXTS[10]
+        assert len(pool.pids) == 1 and os.getpid() not in pool.pids
 
 
 async def _activated(
