@@ -186,15 +186,21 @@ async def test_results_that_do_not_match_the_job_are_refused(pool: CryptoPool) -
     assert worker.result(len(aes), len(ITEMS), 0) == sealed, "the check passes the real answer"
 
 
+async def _busy(pool: CryptoPool) -> tuple[asyncio.Task[Packed], int]:
+    """``pool``'s one worker busy signing 400 RSA messages (~0.5 s): that job's task, the worker's pid."""
+    _, rsa = keyops.generate(KeyType.RSA3072)
+    job = asyncio.create_task(pool.sign_batch(KeyType.RSA3072, rsa, Packed.of([b"m"] * 400)))
+    await asyncio.sleep(0.1)
+    (pid,) = pool.pids
+    return job, pid
+
+
 async def test_a_worker_killed_during_a_job_fails_that_call_and_is_replaced() -> None:
     pool = CryptoPool(1, DEFAULT_MAX_MESSAGE_BYTES, 1000)
     try:
-        _, rsa = keyops.generate(KeyType.RSA3072)
         _, aes = keyops.generate(AES)
-        await pool.encrypt_batch(AES, aes, ITEMS, b"")  # the worker is up
-        (first,) = pool.pids
-        job = asyncio.create_task(pool.sign_batch(KeyType.RSA3072, rsa, Packed.of([b"m"] * 400)))
-        await asyncio.sleep(0.1)  # the worker is signing (~0.5 s of work)
+        await pool.encrypt_batch(AES, aes, ITEMS, b"")  # the worker is up and has done a job
+        job, first = await _busy(pool)
         os.kill(first, signal.SIGKILL)
         with pytest.raises(TransportError) as e:
             await job
@@ -249,11 +255,8 @@ async def test_the_allowance_grows_with_the_batch() -> None:
 async def test_a_caller_waiting_for_a_worker_gets_the_replacement_of_one_that_died() -> None:
     pool = CryptoPool(1, DEFAULT_MAX_MESSAGE_BYTES, 1000)
     try:
-        _, rsa = keyops.generate(KeyType.RSA3072)
         _, aes = keyops.generate(AES)
-        first = asyncio.create_task(pool.sign_batch(KeyType.RSA3072, rsa, Packed.of([b"m"] * 400)))
-        await asyncio.sleep(0.1)
-        (pid,) = pool.pids
+        first, pid = await _busy(pool)
         queued = asyncio.create_task(pool.encrypt_batch(AES, aes, ITEMS, b"q"))
         await asyncio.sleep(0.05)
         assert not queued.done(), "one worker, busy: the second call waits"
@@ -272,11 +275,8 @@ async def test_close_with_a_job_running_and_a_caller_waiting_ends_both_and_close
     tmp_path: Path,
 ) -> None:
     pool = CryptoPool(1, DEFAULT_MAX_MESSAGE_BYTES, 1000)
-    _, rsa = keyops.generate(KeyType.RSA3072)
     _, aes = keyops.generate(AES)
-    running = asyncio.create_task(pool.sign_batch(KeyType.RSA3072, rsa, Packed.of([b"m"] * 400)))
-    await asyncio.sleep(0.1)
-    (pid,) = pool.pids
+    running, pid = await _busy(pool)
     waiting = asyncio.create_task(pool.encrypt_batch(AES, aes, ITEMS, b""))
     await asyncio.sleep(0.02)
     await pool.close()
