@@ -2,7 +2,7 @@
 
 ``python -m bench._bare_server --pki DIR --port-file FILE`` serves Sign, Encrypt, SignBatch and
 EncryptBatch over the same mTLS credentials and channel options as ``hsm-node`` (grpc.aio, one
-process), on keys loaded once, with no role check, interceptor, metrics, key store or node state.
+process, the same malloc settings), on keys loaded once, with no role check, interceptor, metrics, key store or node state.
 The batch calls unpack, run and pack their items with the node's own loop (``packed.checked`` and
 ``keyops.encrypt_batch`` / ``sign_batch``: the least Python work an item allows), checking no
 limits. What the node does per call beyond this is the product's own overhead.
@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 import sdquorum_rpc  # noqa: F401  # pins the TLS cipher suites before grpc initialises, as the node does
 from hsm_node import keyops
+from hsm_node.cryptopool import reuse_large_buffers
 from hsm_node.keyops import KeyType
 from sdquorum_rpc import packed
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
@@ -61,6 +62,7 @@ class BareKeys(pbg.KeysServicer):
 
 
 async def _serve(pki: Path, port_file: Path) -> None:
+    reuse_large_buffers()  # as hsm-node does at start
     server = grpc.aio.server(options=channel_options())
     pbg.add_KeysServicer_to_server(BareKeys(), server)  # type: ignore[no-untyped-call]  # generated, untyped
     port = server.add_secure_port(

@@ -34,18 +34,21 @@ target): ``Node.sign_batch`` / ``Node.encrypt_batch`` called in process on packe
 which separates the node's per-item cost from the transport's; the same loads against a bare gRPC
 server (``bench/_bare_server.py``, everything on its one thread); the 1000-item loads against a
 second node started with ``--crypto-workers 0`` (batches on the server's thread, as the bare server
-does them), which shows what the workers bring; and the server's and clients' CPU use during each
+does them), the two nodes taking turns with a baseline sample before each turn, which shows what
+the workers bring; and the server's and clients' CPU use during each
 gRPC run (from /proc), which says which side was the bottleneck.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -207,39 +210,49 @@ def _encrypt_batch(n: int) -> Callable[[Any], Awaitable[list[bytes]]]:
     return call
 
 
-async def _drive(
-    ctx: BenchContext, target: str, pid: int, seconds: float, batches_only: bool = False
-) -> dict[str, dict[str, float]]:
-    """Every load (unary, batches of 100 and of 1000; or only the latter) against one server, one
-    after another."""
+@contextlib.asynccontextmanager
+async def _clients(ctx: BenchContext, target: str) -> AsyncIterator[list[grpc.aio.Channel]]:
+    """:data:`CLIENTS` channels to ``target``, each its own mTLS connection (role ``app``), ready."""
     h = harness()
     creds = channel_credentials(h.tls(ctx.pki_dir, "app"))
     options = [*channel_options(), ("grpc.use_local_subchannel_pool", 1)]
     channels = [grpc.aio.secure_channel(target, creds, options=options) for _ in range(CLIENTS)]
     try:
         await asyncio.gather(*(ch.channel_ready() for ch in channels))
-        sign = pb.SignRequest(name=ED, message=PAYLOAD)
-        enc = pb.EncryptRequest(name=AES, plaintext=PAYLOAD, aad=AAD)
-        warm = 0.3 if ctx.quick else 0.7
-        out: dict[str, dict[str, float]] = {}
-        loads: list[tuple[str, Callable[[Any], Awaitable[Any]], int]] = []
-        if not batches_only:
-            loads += [("sign", lambda s: s.Sign(sign), 1), ("encrypt", lambda s: s.Encrypt(enc), 1)]
-        for n in (BATCH,) if batches_only else (SMALL_BATCH, BATCH):
-            loads += [(f"sign_batch_{n}", _sign_batch(n), n), (f"encrypt_batch_{n}", _encrypt_batch(n), n)]
-        for label, call, per in loads:
-            out[label] = await _load(channels, call, per, seconds, warm, pid)
-        return out
+        yield channels
     finally:
         for ch in channels:
             await ch.close(None)
 
 
-async def _node_runs(
-    ctx: BenchContext, seconds: float, crypto_workers: int | None = None
+Load = tuple[str, Callable[[Any], Awaitable[Any]], int]
+
+
+def _loads(batch_sizes: Sequence[int], unary: bool) -> list[Load]:
+    """(label, call, operations per call): the unary calls if ``unary``, then SignBatch and
+    EncryptBatch of each size."""
+    sign = pb.SignRequest(name=ED, message=PAYLOAD)
+    enc = pb.EncryptRequest(name=AES, plaintext=PAYLOAD, aad=AAD)
+    loads: list[Load] = []
+    if unary:
+        loads += [("sign", lambda s: s.Sign(sign), 1), ("encrypt", lambda s: s.Encrypt(enc), 1)]
+    for n in batch_sizes:
+        loads += [(f"sign_batch_{n}", _sign_batch(n), n), (f"encrypt_batch_{n}", _encrypt_batch(n), n)]
+    return loads
+
+
+async def _drive(
+    ctx: BenchContext, channels: list[grpc.aio.Channel], pid: int, seconds: float, loads: list[Load]
 ) -> dict[str, dict[str, float]]:
-    """``hsm-node run`` in its own process, activated, with one AES and one Ed25519 key: every load
-    with the node's default crypto workers, or only the 1000-item batches with ``crypto_workers``."""
+    """Each load against one server (``pid``), one after another."""
+    warm = 0.3 if ctx.quick else 0.7
+    return {label: await _load(channels, call, per, seconds, warm, pid) for label, call, per in loads}
+
+
+@contextlib.asynccontextmanager
+async def _node(ctx: BenchContext, crypto_workers: int | None) -> AsyncIterator[tuple[str, int]]:
+    """``hsm-node run`` in its own process (its default crypto workers, or ``crypto_workers``),
+    activated, with one AES and one Ed25519 key: its target and pid."""
     h = harness()
     extra = () if crypto_workers is None else ("--crypto-workers", str(crypto_workers))
     np = h.NodeProcess(
@@ -260,9 +273,47 @@ async def _node_runs(
                 pass
             await admin.keys.CreateKey(pb.CreateKeyRequest(name=AES, type=pb.AES256_GCM))
             await admin.keys.CreateKey(pb.CreateKeyRequest(name=ED, type=pb.ED25519))
-        return await _drive(ctx, np.target, np.proc.pid, seconds, batches_only=crypto_workers is not None)
+        yield np.target, np.proc.pid
     finally:
         np.kill(15)
+
+
+@dataclass
+class NodeRuns:
+    once: dict[str, dict[str, float]]  # the default node: unary and 100-item loads
+    workers: dict[str, list[dict[str, float]]]  # 1000-item loads, default node, one per repetition
+    none: dict[str, list[dict[str, float]]]  # the same loads, node with --crypto-workers 0
+    baselines: list[dict[str, float]]  # one in-process sample before each repetition
+
+
+async def _node_runs(ctx: BenchContext, seconds: float, reps: int) -> NodeRuns:
+    """Two nodes up at once, the default and one without crypto workers. The unary and 100-item
+    loads run once against the default; the 1000-item loads alternate between the two, ``reps``
+    times, with an in-process baseline sample before each repetition: this machine's speed drifts
+    by a third within minutes, and alternating puts both nodes and the baseline in the same drift."""
+    async with (
+        _node(ctx, None) as (target, pid),
+        _node(ctx, 0) as (target0, pid0),
+        _clients(ctx, target) as channels,
+        _clients(ctx, target0) as channels0,
+    ):
+        runs = NodeRuns(await _drive(ctx, channels, pid, seconds, _loads((SMALL_BATCH,), True)), {}, {}, [])
+        batches = _loads((BATCH,), False)
+        for _ in range(reps):
+            runs.baselines.append(baselines(seconds / 2))
+            for into, chans, p in ((runs.workers, channels, pid), (runs.none, channels0, pid0)):
+                for label, out in (await _drive(ctx, chans, p, seconds, batches)).items():
+                    into.setdefault(label, []).append(out)
+    return runs
+
+
+def _median_run(runs: list[dict[str, float]]) -> dict[str, float]:
+    """The repetition with the median throughput (its own CPU figures with it), and every rate."""
+    ordered = sorted(runs, key=lambda r: r["ops_per_second"])
+    return {
+        **ordered[len(ordered) // 2],
+        "ops_per_second_each_repetition": [r["ops_per_second"] for r in runs],
+    }  # type: ignore[dict-item]
 
 
 async def _bare_runs(ctx: BenchContext, seconds: float) -> dict[str, dict[str, float]]:
@@ -287,7 +338,8 @@ async def _bare_runs(ctx: BenchContext, seconds: float) -> dict[str, dict[str, f
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the bare gRPC server did not start")
             await asyncio.sleep(0.05)
-        return await _drive(ctx, f"127.0.0.1:{int(port_file.read_text())}", proc.pid, seconds)
+        async with _clients(ctx, f"127.0.0.1:{int(port_file.read_text())}") as channels:
+            return await _drive(ctx, channels, proc.pid, seconds, _loads((SMALL_BATCH, BATCH), True))
     finally:
         proc.terminate()
         proc.wait(timeout=20)
@@ -295,13 +347,13 @@ async def _bare_runs(ctx: BenchContext, seconds: float) -> dict[str, dict[str, f
 
 def run_dataplane(ctx: BenchContext) -> list[Row]:
     seconds = 1.0 if ctx.quick else 3.0
-    # The baseline is measured three times, around the gRPC runs, and the median used: a machine
-    # whose load changes during the part moves it as much as the measured side.
+    # The baseline is sampled before and after everything and before each repetition of the
+    # 1000-item loads, and the median used: a machine whose speed changes during the part moves it
+    # as much as the measured side.
     samples = [baselines(seconds / 2)]
     node_rates = run_async(node_inprocess_rates(ctx, seconds))
-    runs = run_async(_node_runs(ctx, seconds))
-    samples.append(baselines(seconds / 2))
-    on_loop = run_async(_node_runs(ctx, seconds, crypto_workers=0))
+    nodes = run_async(_node_runs(ctx, seconds, reps=1 if ctx.quick else 3))
+    samples += nodes.baselines
     bare = run_async(_bare_runs(ctx, seconds))
     samples.append(baselines(seconds / 2))
     base = {op: median([s[op] for s in samples]) for op in samples[0]}
@@ -324,8 +376,10 @@ def run_dataplane(ctx: BenchContext) -> list[Row]:
 
     rows = []
     for op, algo in (("sign", "Ed25519 Sign"), ("encrypt", "AES-256-GCM Encrypt")):
-        unary, batch, small = runs[op], runs[f"{op}_batch_{BATCH}"], runs[f"{op}_batch_{SMALL_BATCH}"]
-        bare_batch, no_workers = bare[f"{op}_batch_{BATCH}"], on_loop[f"{op}_batch_{BATCH}"]
+        unary, small = nodes.once[op], nodes.once[f"{op}_batch_{SMALL_BATCH}"]
+        batch = _median_run(nodes.workers[f"{op}_batch_{BATCH}"])
+        no_workers = _median_run(nodes.none[f"{op}_batch_{BATCH}"])
+        bare_batch = bare[f"{op}_batch_{BATCH}"]
         rows += [
             row(
                 f"{algo}, unary, {CLIENTS} clients, gRPC vs in-process",

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hsm_node.config import SETTINGS, NodeSettings
-from hsm_node.cryptopool import CryptoPool
+from hsm_node.cryptopool import CryptoPool, reuse_large_buffers
 from hsm_node.node import Node, NodeConfig
 from hsm_node.server import serve
 from hsm_node.store import NodeStore, load_or_create_sealing_key
@@ -73,6 +73,7 @@ def _load_attestation(cert_path: Path, key_path: Path) -> tuple[Ed25519PrivateKe
 
 
 async def _run(cfg: NodeSettings) -> int:
+    reuse_large_buffers()  # data-plane batches: large buffers without page faults on every call
     att_key, att_der = _load_attestation(cfg.attestation_cert, cfg.attestation_key)
     store = NodeStore(cfg.data_dir, load_or_create_sealing_key(cfg.sealing_key_path), cfg.node_id)
     config = NodeConfig(
