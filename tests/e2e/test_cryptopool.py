@@ -502,3 +502,25 @@ def test_large_buffers_are_reused_where_glibc_allows_it(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(cryptopool.ctypes, "CDLL", no_libc)
     assert reuse_large_buffers() is False
+
+
+async def test_a_module_in_the_working_directory_cannot_stand_in_for_the_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker is given the keys: it must be the installed code, not an ``hsm_node`` package
+    that happens to sit in the node's working directory."""
+    fake = tmp_path / "hsm_node"
+    fake.mkdir()
+    marker = tmp_path / "impostor-ran"
+    (fake / "__init__.py").write_text("")
+    (fake / "cryptopool.py").write_text(f"open({str(marker)!r}, 'w').write('got the keys')\n")
+    monkeypatch.chdir(tmp_path)
+    pool = CryptoPool(1, DEFAULT_MAX_MESSAGE_BYTES, 1000)
+    try:
+        _, aes = keyops.generate(AES)
+        sealed = await pool.encrypt_batch(AES, aes, ITEMS, b"")
+        assert keyops.decrypt(AES, aes, sealed.items()[2], b"") == ITEMS.items()[2]
+        assert pool.pids, "a worker ran the job"
+    finally:
+        await pool.close()
+    assert not marker.exists()
