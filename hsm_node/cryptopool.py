@@ -25,6 +25,8 @@ Failure, all fail closed, none silent:
 * A job still running past its allowance (:data:`JOB_SECONDS` plus a per-item allowance many times
   the real cost) is a hung or starved worker: it is killed and the call fails with
   :class:`WorkerTimeout` (INTERNAL: retrying would hang again).
+* Results that do not match the job (not one per item, lengths that do not add up), or a job the
+  worker could not run, fail the call with :class:`WorkerFault` (INTERNAL), never with data.
 * A call cancelled while its job runs leaves the worker busy until the job ends, so no later job
   can read its results.
 * A worker that exits with an error before finishing its first job, or that cannot be created for
@@ -63,7 +65,15 @@ from hsm_node.keyops import KeyType
 from sdquorum.errors import SdquorumError, StateError, TransportError, UsageError, VerificationError
 from sdquorum_rpc.packed import Packed
 
-__all__ = ["JOB_SECONDS", "MIN_POOLED_ITEMS", "CryptoPool", "Layout", "WorkerTimeout", "reuse_large_buffers"]
+__all__ = [
+    "JOB_SECONDS",
+    "MIN_POOLED_ITEMS",
+    "CryptoPool",
+    "Layout",
+    "WorkerFault",
+    "WorkerTimeout",
+    "reuse_large_buffers",
+]
 
 log = logging.getLogger("sdquorum.node.cryptopool")
 
@@ -88,7 +98,11 @@ _MOST_RESULT_OVERHEAD = 512  # bytes a result item may exceed its input: RSA-307
 _PAGE = mmap.PAGESIZE
 
 
-class WorkerTimeout(Exception):  # a fault of the node, not an SdquorumError: INTERNAL to the caller
+class WorkerFault(Exception):  # a fault of the node, not an SdquorumError: INTERNAL to the caller
+    """A worker failed a job in a way the caller cannot fix, and retrying would fail again."""
+
+
+class WorkerTimeout(WorkerFault):
     """A job ran past its allowance; its worker was killed."""
 
 
@@ -219,10 +233,6 @@ class _Worker:
             for fd in child:
                 os.close(fd)
 
-    @property
-    def busy(self) -> bool:
-        return self._answer is not None and not self._answer.done()
-
     def _on_done(self) -> None:
         try:
             got = os.read(self._done, 1)
@@ -310,13 +320,13 @@ class _Worker:
         self.wipe(key_len, used, size)
         if status == OK:
             if count != items or sum(lengths) != len(data):
-                raise TransportError(
+                raise WorkerFault(
                     "a crypto worker's results do not match the job: the call was not completed"
                 )
             return Packed(data, lengths)
         error = _ERRORS.get(status)
         if error is None:
-            raise TransportError("a crypto worker failed the call: see the node log; retry it")
+            raise WorkerFault("a crypto worker could not run the batch: see the node log")
         raise error(data.decode("utf-8", "replace"))
 
     def wipe(self, key_len: int, used: int, result_bytes: int | None = None) -> None:

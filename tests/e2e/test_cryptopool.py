@@ -28,6 +28,7 @@ from hsm_node.cryptopool import (
     MIN_POOLED_ITEMS,
     OK,
     CryptoPool,
+    WorkerFault,
     WorkerTimeout,
     reuse_large_buffers,
 )
@@ -186,7 +187,7 @@ async def test_results_that_do_not_match_the_job_are_refused(pool: CryptoPool) -
         at = worker.layout.result_lengths_at
         worker.region[at : at + 4 * len(ITEMS)] = cryptopool._u32(sealed.lengths)
         _RESULT.pack_into(worker.region, _RESULT_AT, *status)
-        with pytest.raises(TransportError):
+        with pytest.raises(WorkerFault):
             worker.result(len(aes), len(ITEMS), 0)
     _RESULT.pack_into(worker.region, _RESULT_AT, OK, size, len(ITEMS))
     worker.region[worker.layout.result_at : worker.layout.result_at + size] = sealed.data
