@@ -234,6 +234,18 @@ def certs_of(keys: list[SoftwareWrappingKey]) -> list[bytes]:
     return [k.certificate_der() for k in keys]
 
 
+@contextlib.asynccontextmanager
+async def node_b_and_sd_file(
+    pki: Path, tmp_path: Path, keys: list[SoftwareWrappingKey], quorum: int = 3
+) -> AsyncIterator[tuple[Cluster, bytes]]:
+    """A domain made on node-a for ``keys`` (``quorum`` of them needed), then a fresh node-b to
+    recover it on (node-a is gone by then): node-b and the SD file."""
+    async with running_cluster(pki, tmp_path / "a") as a:
+        sd = await a.download(certs_of(keys), quorum=quorum)
+    async with running_cluster(pki, tmp_path / "b", node_id="node-b") as b:
+        yield b, sd
+
+
 class NodeProcess:
     """``hsm-node run`` as a real process (for kill -9 and restart tests), on 127.0.0.1, port 0."""
 

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from harness import NAMES, Cluster, certs_of, running_cluster
+from harness import NAMES, Cluster, node_b_and_sd_file
 
 from coordinator.ceremony import SessionState
 from custodian_agent import responder
@@ -75,9 +75,7 @@ def _durable_events(data_dir: Path) -> list[tuple[str, str]]:
 async def test_answers_arriving_together_commit_once_and_each_returns_after_its_commit(
     pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey], caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with running_cluster(pki_dir, tmp_path / "a") as a:
-        sd = await a.download(certs_of(wrapping_keys[:5]), quorum=3)
-    async with running_cluster(pki_dir, tmp_path / "b", node_id="node-b") as b:
+    async with node_b_and_sd_file(pki_dir, tmp_path, wrapping_keys[:5]) as (b, sd):
         await b.start_recovery(sd)
         answers = _answers(b, pki_dir, wrapping_keys[:4], corrupt="bob")
         commits: list[str] = []
@@ -112,9 +110,7 @@ async def test_answers_arriving_together_commit_once_and_each_returns_after_its_
 async def test_an_answer_alone_is_committed_before_it_returns(
     pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey]
 ) -> None:
-    async with running_cluster(pki_dir, tmp_path / "a") as a:
-        sd = await a.download(certs_of(wrapping_keys[:5]), quorum=3)
-    async with running_cluster(pki_dir, tmp_path / "b", node_id="node-b") as b:
+    async with node_b_and_sd_file(pki_dir, tmp_path, wrapping_keys[:5]) as (b, sd):
         await b.start_recovery(sd)
         answers = _answers(b, pki_dir, wrapping_keys[:3])
         for i, (request_id, answer, role) in enumerate(answers):
@@ -147,9 +143,7 @@ async def _submit_in_a_batch_that_does_not_commit(
 async def test_a_batch_that_does_not_commit_fails_every_answer_in_it(
     pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with running_cluster(pki_dir, tmp_path / "a") as a:
-        sd = await a.download(certs_of(wrapping_keys[:5]), quorum=3)
-    async with running_cluster(pki_dir, tmp_path / "b", node_id="node-b") as b:
+    async with node_b_and_sd_file(pki_dir, tmp_path, wrapping_keys[:5]) as (b, sd):
         await b.start_recovery(sd)
         answers = _answers(b, pki_dir, wrapping_keys[:2])
         results = await _submit_in_a_batch_that_does_not_commit(b, answers, monkeypatch)
@@ -162,9 +156,7 @@ async def test_a_completion_that_does_not_commit_is_undone_in_memory_and_the_ses
 ) -> None:
     """The m-th answer completes the ceremony inside a batch whose commit fails: the node must not
     act ACTIVATED on a domain its disk does not hold, and the session must not read COMPLETED."""
-    async with running_cluster(pki_dir, tmp_path / "a") as a:
-        sd = await a.download(certs_of(wrapping_keys[:5]), quorum=3)
-    async with running_cluster(pki_dir, tmp_path / "b", node_id="node-b") as b:
+    async with node_b_and_sd_file(pki_dir, tmp_path, wrapping_keys[:5]) as (b, sd):
         await b.start_recovery(sd)
         answers = _answers(b, pki_dir, wrapping_keys[:3])
         results = await _submit_in_a_batch_that_does_not_commit(b, answers, monkeypatch)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from harness import NAMES, Cluster, certs_of, running_cluster, tls
+from harness import NAMES, Cluster, certs_of, node_b_and_sd_file, running_cluster, tls
 
 from sdquorum import envelopes, pki, shamir
 from sdquorum.envelopes import CustodianPolicy
@@ -154,9 +154,7 @@ async def test_agents_refuse_an_exchange_key_attested_under_another_root(
 async def test_agent_refuses_an_expired_request(
     pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey]
 ) -> None:
-    async with running_cluster(pki_dir, tmp_path / "a") as a:
-        sd = await a.download(certs_of(wrapping_keys[:5]), quorum=3)
-    async with running_cluster(pki_dir, tmp_path / "b", node_id="node-b") as b:
+    async with node_b_and_sd_file(pki_dir, tmp_path, wrapping_keys[:5]) as (b, sd):
         late = b.clock() + 3600  # the agent's clock says the attestation has expired
         agent = b.start_agent("alice", wrapping_keys[0], tmp_path, clock=lambda: late)
         await b.start_recovery(sd, ttl=60)
@@ -171,9 +169,7 @@ async def test_agent_refuses_an_expired_request(
 async def test_agent_refuses_a_domain_it_does_not_serve(
     pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey]
 ) -> None:
-    async with running_cluster(pki_dir, tmp_path / "a") as a:
-        sd = await a.download(certs_of(wrapping_keys[:5]), quorum=3)
-    async with running_cluster(pki_dir, tmp_path / "b", node_id="node-b") as b:
+    async with node_b_and_sd_file(pki_dir, tmp_path, wrapping_keys[:5]) as (b, sd):
         policy = CustodianPolicy(
             (pki_dir / "attestation-root.pem").read_bytes(), allowed_domains=frozenset({b"\x01" * 16})
         )
@@ -190,9 +186,7 @@ async def test_agent_refuses_a_domain_it_does_not_serve(
 async def test_agent_refuses_a_slot_that_is_not_its_own(
     pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey]
 ) -> None:
-    async with running_cluster(pki_dir, tmp_path / "a") as a:
-        sd = await a.download(certs_of(wrapping_keys[:5]), quorum=3)
-    async with running_cluster(pki_dir, tmp_path / "b", node_id="node-b") as b:
+    async with node_b_and_sd_file(pki_dir, tmp_path, wrapping_keys[:5]) as (b, sd):
         await b.start_recovery(sd)
         (bobs,) = b.node.pending_requests(pki.thumbprint_sha256(wrapping_keys[1].certificate_der()))
         from custodian_agent.agent import Agent, AgentConfig
@@ -223,9 +217,7 @@ async def test_agent_refuses_a_slot_that_is_not_its_own(
 async def test_request_streams_wake_when_requests_open_not_on_every_delivery_or_answer(
     pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey]
 ) -> None:
-    async with running_cluster(pki_dir, tmp_path / "a") as a:
-        sd = await a.download(certs_of(wrapping_keys[:5]), quorum=3)
-    async with running_cluster(pki_dir, tmp_path / "b", node_id="node-b") as b:
+    async with node_b_and_sd_file(pki_dir, tmp_path, wrapping_keys[:5]) as (b, sd):
         before_upload = b.node.request_token()
         await b.start_recovery(sd)
         assert before_upload.is_set()  # the five requests opened: every agent's stream wakes
@@ -241,9 +233,7 @@ async def test_request_streams_wake_when_requests_open_not_on_every_delivery_or_
 async def test_corrupted_share_is_named_and_the_honest_quorum_still_completes(
     pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey]
 ) -> None:
-    async with running_cluster(pki_dir, tmp_path / "a") as a:
-        sd = await a.download(certs_of(wrapping_keys[:5]), quorum=3)
-    async with running_cluster(pki_dir, tmp_path / "b", node_id="node-b") as b:
+    async with node_b_and_sd_file(pki_dir, tmp_path, wrapping_keys[:5]) as (b, sd):
         await b.start_recovery(sd)
         # dave is dishonest: a correctly signed release whose sealed share is off by one.
         dave = wrapping_keys[3]
@@ -279,9 +269,7 @@ async def test_corrupted_share_is_named_and_the_honest_quorum_still_completes(
 async def test_fewer_than_quorum_fails_at_the_deadline_naming_the_missing(
     pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey]
 ) -> None:
-    async with running_cluster(pki_dir, tmp_path / "a") as a:
-        sd = await a.download(certs_of(wrapping_keys[:5]), quorum=3)
-    async with running_cluster(pki_dir, tmp_path / "b", node_id="node-b") as b:
+    async with node_b_and_sd_file(pki_dir, tmp_path, wrapping_keys[:5]) as (b, sd):
         for n, k in [(NAMES[i], wrapping_keys[i]) for i in (0, 1)]:
             b.start_agent(n, k, tmp_path)
         await b.start_recovery(sd, ttl=60)
@@ -301,9 +289,7 @@ async def test_fewer_than_quorum_fails_at_the_deadline_naming_the_missing(
 async def test_second_concurrent_ceremony_is_refused(
     pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey]
 ) -> None:
-    async with running_cluster(pki_dir, tmp_path / "a") as a:
-        sd = await a.download(certs_of(wrapping_keys[:5]), quorum=3)
-    async with running_cluster(pki_dir, tmp_path / "b", node_id="node-b") as b:
+    async with node_b_and_sd_file(pki_dir, tmp_path, wrapping_keys[:5]) as (b, sd):
         await b.start_recovery(sd)
         with pytest.raises(StateError, match="still running"):
             await b.start_recovery(sd)
