@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from azure_sd_generator import make_sd_file, open_sd_file, open_transfer_file
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from harness import NAMES, run_sdctl, running_cluster
+from harness import NAMES, Cluster, run_sdctl, running_cluster
 
 from sdquorum import pki
 from sdquorum.keys import SoftwareWrappingKey
@@ -33,6 +34,14 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None
             await asyncio.sleep(0.05)
 
 
+def restore_blob(
+    pki: Path, c: Cluster, sd: Path, cert: Path, out: Path, *more: str
+) -> Coroutine[Any, Any, tuple[int, list[str]]]:
+    """``sdctl azure restore-blob`` against ``c``: its exit code and output lines."""
+    args = ("--sd-file", str(sd), "--exchange-cert", str(cert), "--out", str(out), *more)
+    return run_sdctl(pki, c.target, "azure", "restore-blob", *args)
+
+
 @pytest.mark.asyncio
 async def test_restore_blob_with_three_of_five_agents_writes_a_transfer_file_azure_accepts(
     pki_dir: Path,
@@ -49,18 +58,7 @@ async def test_restore_blob_with_three_of_five_agents_writes_a_transfer_file_azu
     out = tmp_path / "transfer.json"
     async with running_cluster(pki_dir, tmp_path / "coordinator") as c:
         agents = [c.start_agent(NAMES[i], wrapping_keys[i], tmp_path) for i in (0, 2, 4)]
-        code, lines = await run_sdctl(
-            pki_dir,
-            c.target,
-            "azure",
-            "restore-blob",
-            "--sd-file",
-            str(sd),
-            "--exchange-cert",
-            str(cert),
-            "--out",
-            str(out),
-        )
+        code, lines = await restore_blob(pki_dir, c, sd, cert, out)
         assert code == 0, lines
         assert all(len(a.released) == 1 for a in agents)
         assert c.node.state == "PROVISIONED"  # the coordinating node's own state is untouched
@@ -81,17 +79,8 @@ async def test_restore_blob_refuses_a_flipped_file_before_asking_anyone(
     (tmp_path / "sd.json").write_bytes(bytes(data))
     (tmp_path / "x.cer").write_bytes(exchange[1])
     async with running_cluster(pki_dir, tmp_path / "coordinator") as c:
-        code, _ = await run_sdctl(
-            pki_dir,
-            c.target,
-            "azure",
-            "restore-blob",
-            "--sd-file",
-            str(tmp_path / "sd.json"),
-            "--exchange-cert",
-            str(tmp_path / "x.cer"),
-            "--out",
-            str(tmp_path / "t.json"),
+        code, _ = await restore_blob(
+            pki_dir, c, tmp_path / "sd.json", tmp_path / "x.cer", tmp_path / "t.json"
         )
         assert code in (2, 4)
         assert c.node.session is None
@@ -147,19 +136,8 @@ async def test_restore_blob_with_an_offline_custodian_answer_file(
     async with running_cluster(pki_dir, tmp_path / "coordinator") as c:
         c.start_agent(NAMES[0], wrapping_keys[0], tmp_path)  # one custodian online, one offline
         task = asyncio.create_task(
-            run_sdctl(
-                pki_dir,
-                c.target,
-                "azure",
-                "restore-blob",
-                "--sd-file",
-                str(tmp_path / "sd.json"),
-                "--exchange-cert",
-                str(tmp_path / "x.cer"),
-                "--out",
-                str(out),
-                "--offline-request",
-                str(requests),
+            restore_blob(
+                pki_dir, c, tmp_path / "sd.json", tmp_path / "x.cer", out, "--offline-request", str(requests)
             )
         )
         await wait_for(lambda: any(requests.glob("*-x2.request.json")))
