@@ -526,11 +526,7 @@ class Node:
         try:
             outcome = session.submit(request_id, answer, self.now())
         except SdquorumError as e:
-            self.audit(
-                f"{session.kind}-answer-refused",
-                caller,
-                {"session_id": session.session_id, "request_id": request_id[:64], "reason": str(e)},
-            )
+            self._audit_refused(session, "answer", caller, request_id, e)
             raise
         details = {
             "session_id": session.session_id,
@@ -561,17 +557,23 @@ class Node:
         if not outcome.accepted:
             raise VerificationError(outcome.reason)
 
+    def _audit_refused(
+        self, session: Ceremony, what: str, caller: Role, request_id: str, error: SdquorumError
+    ) -> None:
+        """``<kind>-answer-refused`` or ``<kind>-denial-refused``: what a custodian sent failed a check."""
+        self.audit(
+            f"{session.kind}-{what}-refused",
+            caller,
+            {"session_id": session.session_id, "request_id": request_id[:64], "reason": str(error)},
+        )
+
     async def deny(self, request_id: str, signed_denial: bytes, caller: Role) -> None:
         async with self._lock:
             session = self._require_session()
             try:
                 p = session.deny_signed(request_id, signed_denial, self.now())
             except SdquorumError as e:
-                self.audit(
-                    f"{session.kind}-denial-refused",
-                    caller,
-                    {"session_id": session.session_id, "request_id": request_id[:64], "reason": str(e)},
-                )
+                self._audit_refused(session, "denial", caller, request_id, e)
                 raise
             reason = p.detail
             log.warning(
