@@ -49,7 +49,7 @@ from coordinator import (
     SessionState,
 )
 from hsm_node import keyops
-from hsm_node.cryptopool import CryptoPool
+from hsm_node.cryptopool import CryptoPool, sign_batch_here
 from hsm_node.keyops import KeyType
 from hsm_node.store import DomainInfo, NodeStore, StoredKey
 from sdquorum import audit, backup, envelopes, policy, sdfile
@@ -948,15 +948,13 @@ class Node:
 
     async def sign_batch_async(self, name: str, messages: Packed) -> Packed:
         """:meth:`sign_batch` for the server: in a worker process of :attr:`crypto_pool` as
-        :meth:`encrypt_batch_async`; without a pool, an RSA batch (~1.3 ms a signature;
-        cryptography releases the GIL while it signs) runs in a worker thread instead."""
+        :meth:`encrypt_batch_async`; otherwise :func:`~hsm_node.cryptopool.sign_batch_here` (an RSA
+        batch in a thread)."""
         _, private, kind = self._key(name)
         pool = self.crypto_pool
         if pool is not None and pool.wants(kind, messages, private):
             return await pool.sign_batch(kind, private, messages)
-        if kind is KeyType.RSA3072:
-            return await asyncio.to_thread(keyops.sign_batch, kind, private, messages)
-        return keyops.sign_batch(kind, private, messages)
+        return await sign_batch_here(kind, private, messages)
 
     def verify(self, name: str, message: bytes, signature: bytes) -> bool:
         info, _, kind = self._key(name)

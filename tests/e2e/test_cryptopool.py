@@ -18,8 +18,9 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
-from harness import NodeProcess, certs_of, tls
+from harness import NodeProcess, certs_of, running_cluster, tls
 
 from hsm_node import cryptopool, keyops
 from hsm_node.cryptopool import (
@@ -525,3 +526,22 @@ async def test_a_module_in_the_working_directory_cannot_stand_in_for_the_worker(
     finally:
         await pool.close()
     assert not marker.exists()
+
+
+async def test_a_stopped_job_reaches_the_client_as_internal_with_nothing_of_the_cause(
+    pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey]
+) -> None:
+    """Over gRPC, a worker killed for overrunning is the node's fault: INTERNAL (a retry would hang
+    again), and the client learns nothing but that; the node logs the cause."""
+    pool = CryptoPool(
+        1, DEFAULT_MAX_MESSAGE_BYTES, 1000, job_seconds=0.05, item_seconds={KeyType.RSA3072: 0.0}
+    )
+    async with running_cluster(pki_dir, tmp_path / "node", crypto_pool=pool) as c:
+        await c.download(certs_of(wrapping_keys[:3]), quorum=2)
+        async with c.client("app") as client:
+            async with client.errors():
+                await client.keys.CreateKey(pb.CreateKeyRequest(name="rsa", type=pb.RSA3072))
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await client.sign_batch("rsa", [b"m"] * 300)  # ~0.4 s of work, 0.05 s allowed
+    assert e.value.code() == grpc.StatusCode.INTERNAL
+    assert e.value.details() == "internal error; see the node log"
