@@ -307,13 +307,13 @@ async def _node_runs(ctx: BenchContext, seconds: float, reps: int) -> NodeRuns:
     return runs
 
 
-def _median_run(runs: list[dict[str, float]]) -> dict[str, float]:
+def _median_run(runs: list[dict[str, float]]) -> dict[str, Any]:
     """The repetition with the median throughput (its own CPU figures with it), and every rate."""
     ordered = sorted(runs, key=lambda r: r["ops_per_second"])
     return {
         **ordered[len(ordered) // 2],
         "ops_per_second_each_repetition": [r["ops_per_second"] for r in runs],
-    }  # type: ignore[dict-item]
+    }
 
 
 async def _bare_runs(ctx: BenchContext, seconds: float) -> dict[str, dict[str, float]]:
