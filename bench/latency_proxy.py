@@ -9,25 +9,126 @@ Invariants:
 * Every chunk read in either direction is written to the other side no earlier than
   ``rtt / 2 + U(0, jitter)`` seconds after it was read: one round trip through the proxy costs
   ``rtt`` plus on average ``jitter`` (two directions, each ``jitter / 2`` on average).
-* Byte order per connection and direction is preserved: a chunk's due time is never earlier than
-  the previous chunk's, so jitter delays but never reorders.
-* Bandwidth is not limited; only latency is added. TLS passes through untouched (the proxy sees
-  ciphertext), so mTLS stays end to end between the agent and the node.
+* Byte order per connection and direction is preserved: each direction is one FIFO queue, and a
+  chunk's due time is never earlier than the previous chunk's, so jitter delays but never reorders.
+* End of stream travels like data: a half-close (EOF) reaches the other side after the bytes sent
+  before it, delayed the same way; the other direction keeps flowing until it closes too.
+* Bandwidth is not limited; only latency is added (a destination that cannot keep up pauses its
+  source, as TCP would). TLS passes through untouched (the proxy sees ciphertext), so mTLS stays end
+  to end between the agent and the node.
 * The TCP handshake to the proxy itself is local and not delayed: the first round trip the peers
   notice is their TLS handshake. Benchmarks connect agents before they measure anything.
+* The proxy stands in for a network, which costs the hosts at either end no CPU: so it is built
+  on protocols and timer callbacks (no task, queue or stream per chunk), to take as little of the
+  benchmark machine's cores from the node and the agents as it can.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import random
-from collections.abc import Coroutine
-from typing import Any
 
 __all__ = ["DelayProxy"]
 
-_READ_BYTES = 64 * 1024
+_EOF = b""  # the marker queued for an end of stream
+
+
+class _Side(asyncio.Protocol):
+    """One socket of a proxied connection; what it reads is delivered, delayed, to ``peer``."""
+
+    def __init__(self, proxy: DelayProxy, loop: asyncio.AbstractEventLoop, *, accepted: bool) -> None:
+        self.proxy = proxy
+        self.accepted = accepted  # the client's socket: its upstream is dialled once it is made
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.peer: _Side | None = None
+        self.queue: collections.deque[tuple[float, bytes]] = collections.deque()  # towards peer
+        self.timer: asyncio.TimerHandle | None = None
+        self.last_due = 0.0
+        self.read_done = False  # this side's input has ended (its EOF is queued)
+        self.write_done = False  # the peer's EOF has been delivered to this side
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not isinstance(transport, asyncio.Transport):  # pragma: no cover - TCP sockets only
+            raise TypeError("the delay proxy carries stream sockets only")
+        self.transport = transport
+        self.proxy._sides.add(self)
+        if self.accepted:  # hold the client's bytes until there is somewhere to send them
+            transport.pause_reading()
+            self.proxy._dial_for(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._queue(data)
+
+    def eof_received(self) -> bool:
+        self._queue(_EOF)
+        return True  # keep the socket half-open: the other direction may still be sending
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.proxy._sides.discard(self)
+        self.write_done = True  # nothing more can be written here
+        if not self.read_done:
+            self._queue(_EOF)
+
+    def pause_writing(self) -> None:  # this socket's buffer is full: stop reading what fills it
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.resume_reading()
+
+    def _queue(self, data: bytes) -> None:
+        if self.read_done:
+            return
+        if not data:
+            self.read_done = True
+        self.last_due = max(self.loop.time() + self.proxy.one_way_delay(), self.last_due)
+        self.queue.append((self.last_due, data))
+        if self.timer is None:
+            self.timer = self.loop.call_at(self.last_due, self._flush)
+
+    def _flush(self) -> None:
+        """Deliver every chunk now due, in order; re-arm for the next one."""
+        self.timer = None
+        now = self.loop.time()
+        peer = self.peer
+        if peer is None:  # the upstream is still being dialled: _connected flushes again
+            return
+        while self.queue and self.queue[0][0] <= now:
+            _, data = self.queue.popleft()
+            if peer.transport is None or peer.write_done:
+                continue
+            if data:
+                peer.transport.write(data)
+                self.proxy.bytes_forwarded += len(data)
+            else:
+                peer.write_done = True
+                if peer.transport.can_write_eof():
+                    with contextlib.suppress(OSError):
+                        peer.transport.write_eof()
+                else:
+                    peer.transport.close()
+            if peer.write_done and self.write_done:  # both directions have ended
+                self.close()
+                peer.close()
+        if self.queue:
+            self.timer = self.loop.call_at(self.queue[0][0], self._flush)
+
+    def connected(self, peer: _Side) -> None:
+        self.peer = peer
+        if self.queue and self.timer is None:
+            self.timer = self.loop.call_at(self.queue[0][0], self._flush)
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.queue.clear()
+        if self.transport is not None:
+            self.transport.close()
 
 
 class DelayProxy:
@@ -49,7 +150,8 @@ class DelayProxy:
         self.jitter = jitter
         self._rng = rng or random.Random()  # noqa: S311  # simulated network jitter, not a secret
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._sides: set[_Side] = set()
+        self._connecting: set[asyncio.Task[None]] = set()
         self.port = 0
         self.bytes_forwarded = 0
 
@@ -61,15 +163,35 @@ class DelayProxy:
         return self.rtt / 2 + (self._rng.uniform(0.0, self.jitter) if self.jitter else 0.0)
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Side(self, loop, accepted=True), "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
+
+    def _dial_for(self, client: _Side) -> None:
+        task = client.loop.create_task(self._dial_upstream(client))
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
+
+    async def _dial_upstream(self, client: _Side) -> None:
+        upstream = _Side(self, client.loop, accepted=False)
+        try:
+            await client.loop.create_connection(lambda: upstream, *self.upstream)
+        except OSError:
+            client.close()
+            return
+        upstream.connected(client)
+        client.connected(upstream)
+        if client.transport is not None and not client.transport.is_closing():
+            client.transport.resume_reading()
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-            for t in list(self._tasks):
+            for t in list(self._connecting):
                 t.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.gather(*self._connecting, return_exceptions=True)
+            for side in list(self._sides):
+                side.close()
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
             self._server = None
@@ -80,61 +202,3 @@ class DelayProxy:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        try:
-            up_r, up_w = await asyncio.open_connection(*self.upstream)
-        except OSError:
-            client_w.close()
-            return
-        pumps = [self._spawn(self._pump(client_r, up_w)), self._spawn(self._pump(up_r, client_w))]
-        try:
-            # wait, not gather: close() cancels the pumps, and this callback must end quietly
-            await asyncio.wait(pumps)
-        finally:
-            for w in (client_w, up_w):
-                w.close()
-
-    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        """Read from ``src`` as fast as it comes; write each chunk to ``dst`` when it is due."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
-
-        async def deliver() -> None:
-            while True:
-                due, data = await queue.get()
-                wait = due - loop.time()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                if not data:  # end of stream, delayed like data so a close never overtakes bytes
-                    if dst.can_write_eof():
-                        with contextlib.suppress(OSError):
-                            dst.write_eof()
-                    return
-                dst.write(data)
-                self.bytes_forwarded += len(data)
-                await dst.drain()
-
-        writer = self._spawn(deliver())
-        last_due = 0.0
-        try:
-            while True:
-                try:
-                    data = await src.read(_READ_BYTES)
-                except (ConnectionError, OSError):
-                    data = b""
-                last_due = max(loop.time() + self.one_way_delay(), last_due)
-                queue.put_nowait((last_due, data))
-                if not data or writer.done():  # end of stream, or the other side went away
-                    break
-            await writer
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            writer.cancel()
