@@ -13,9 +13,13 @@ Invariants:
   chunk's due time is never earlier than the previous chunk's, so jitter delays but never reorders.
 * End of stream travels like data: a half-close (EOF) reaches the other side after the bytes sent
   before it, delayed the same way; the other direction keeps flowing until it closes too.
-* Bandwidth is not limited; only latency is added (a destination that cannot keep up pauses its
-  source, as TCP would). TLS passes through untouched (the proxy sees ciphertext), so mTLS stays end
-  to end between the agent and the node.
+* Bandwidth is not limited; only latency is added. A destination whose socket buffer fills pauses
+  reading from its source until it drains; the bytes already in the delay line (up to one one-way
+  delay's worth) are held meanwhile, not bounded by a window as in TCP.
+* A socket that is lost (reset, or closed both ways) sends the other side what it had sent before,
+  then its end of stream; once neither direction can carry anything more, both sockets close.
+* TLS passes through untouched (the proxy sees ciphertext), so mTLS stays end to end between the
+  agent and the node.
 * The TCP handshake to the proxy itself is local and not delayed: the first round trip the peers
   notice is their TLS handshake. Benchmarks connect agents before they measure anything.
 * The proxy stands in for a network, which costs the hosts at either end no CPU: so it is built
@@ -70,7 +74,9 @@ class _Side(asyncio.Protocol):
         self.proxy._sides.discard(self)
         self.write_done = True  # nothing more can be written here
         if not self.read_done:
-            self._queue(_EOF)
+            self._queue(_EOF)  # the peer learns of it after the bytes read before
+        else:
+            self._end_if_done()
 
     def pause_writing(self) -> None:  # this socket's buffer is full: stop reading what fills it
         if self.peer is not None and self.peer.transport is not None:
@@ -111,11 +117,19 @@ class _Side(asyncio.Protocol):
                         peer.transport.write_eof()
                 else:
                     peer.transport.close()
-            if peer.write_done and self.write_done:  # both directions have ended
-                self.close()
-                peer.close()
+        if self._end_if_done():
+            return
         if self.queue:
             self.timer = self.loop.call_at(self.queue[0][0], self._flush)
+
+    def _end_if_done(self) -> bool:
+        """Close both sockets once neither direction can carry anything more."""
+        peer = self.peer
+        if peer is None or not (self.write_done and peer.write_done):
+            return False
+        self.close()
+        peer.close()
+        return True
 
     def connected(self, peer: _Side) -> None:
         self.peer = peer
@@ -123,6 +137,7 @@ class _Side(asyncio.Protocol):
             self.timer = self.loop.call_at(self.queue[0][0], self._flush)
 
     def close(self) -> None:
+        self.read_done = True  # nothing more is queued, not even the EOF of the coming connection_lost
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None

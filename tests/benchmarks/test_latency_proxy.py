@@ -139,21 +139,104 @@ async def test_a_refused_upstream_closes_the_client_connection() -> None:
         w.close()
 
 
-async def test_closing_the_proxy_ends_open_connections() -> None:
-    server, port = await _server(_echo)
+async def test_closing_the_proxy_ends_open_connections_and_drops_what_is_in_flight() -> None:
+    got: list[bytes] = []
+
+    async def upstream(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while data := await r.read(65536):
+            got.append(data)
+        w.close()
+
+    server, port = await _server(upstream)
     try:
-        proxy = DelayProxy("127.0.0.1", port, rtt=0.01)
+        proxy = DelayProxy("127.0.0.1", port, rtt=0.6)
         await proxy.start()
         r, w = await asyncio.open_connection("127.0.0.1", proxy.port)
-        assert await _round_trip(r, w) >= 0.01
-        w.write(b"in flight")  # queued inside the proxy when it closes: dropped, not delivered
+        w.write(b"in flight")
+        await asyncio.sleep(0.1)  # read by the proxy, due upstream only at 0.3 s
         await proxy.close()
-        try:
-            rest = await asyncio.wait_for(r.read(), 10)
-        except ConnectionResetError:
-            rest = b""
-        assert rest == b""
+        with contextlib.suppress(ConnectionResetError):
+            assert await asyncio.wait_for(r.read(), 10) == b""
+        await asyncio.sleep(0.4)  # past the chunk's due time
+        assert got == []
+        assert not proxy._sides  # every socket closed, no timer left holding one
         w.close()
         await proxy.close()  # a second close does nothing
     finally:
         server.close()
+
+
+async def test_a_client_lost_after_its_half_close_closes_the_upstream() -> None:
+    # The client sends its request and EOF, then goes away while the upstream is still answering:
+    # the upstream must learn it (its writes fail), not write into a socket nobody reads.
+    ended = asyncio.get_running_loop().create_future()
+
+    async def upstream(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.read()  # the request, up to the client's EOF
+        try:
+            for _ in range(500):  # 10 s at most
+                w.write(b"x" * 1000)
+                await w.drain()
+                await asyncio.sleep(0.02)
+            ended.set_result("the proxy kept the upstream socket open")
+        except ConnectionError:
+            ended.set_result("closed")
+
+    async with _proxied(upstream, rtt=0.02) as (proxy, r, w):
+        w.write(b"request")
+        w.write_eof()
+        assert (await r.readexactly(1000)) == b"x" * 1000  # answers flow after the half-close
+        transport = w.transport
+        assert isinstance(transport, asyncio.Transport)
+        transport.abort()  # gone, with a reset
+        assert await asyncio.wait_for(ended, 15) == "closed"
+    assert not proxy._sides
+
+
+async def test_a_client_found_lost_by_the_last_write_closes_the_upstream() -> None:
+    # The upstream writes twice more after the client went away, then has nothing more to say. As
+    # in TCP, the first write to a closed peer goes out and draws a reset, the second fails: that
+    # failure is enough for the proxy to close the upstream's socket too, without waiting for the
+    # upstream to write again. (A half-closed client that vanishes is noticed only by a write.)
+    async def upstream(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.read()
+        for _ in range(2):
+            await asyncio.sleep(0.15)
+            w.write(b"late answer")
+        await asyncio.sleep(30)
+
+    async with _proxied(upstream, rtt=0.02) as (proxy, _r, w):
+        w.write(b"request")
+        w.write_eof()
+        await asyncio.sleep(0.05)  # the EOF has reached the upstream
+        transport = w.transport
+        assert isinstance(transport, asyncio.Transport)
+        transport.abort()
+        for _ in range(100):
+            if not proxy._sides:
+                break
+            await asyncio.sleep(0.05)
+        assert not proxy._sides
+
+
+async def test_a_destination_that_does_not_read_stops_the_source() -> None:
+    # Backpressure: an upstream that never reads fills its socket buffer; the proxy then stops
+    # reading from the client, whose writes block, instead of buffering everything it is sent.
+    async def upstream(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(30)
+
+    chunk = bytes(1024 * 1024)
+    sent = 0
+    async with _proxied(upstream, rtt=0.01) as (_, _r, w):
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 2.0
+        with contextlib.suppress(TimeoutError):
+            while loop.time() < until:
+                w.write(chunk)
+                await asyncio.wait_for(w.drain(), until - loop.time())
+                sent += len(chunk)
+        transport = w.transport
+        assert isinstance(transport, asyncio.Transport)
+        transport.abort()
+    # socket buffers on the way plus one one-way delay's worth in the proxy: far below 64 MiB
+    assert sent < 64 * 1024 * 1024
