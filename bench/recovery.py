@@ -29,8 +29,15 @@ Caveat of the testbed: the processes share this machine's cores. n agents whose 
 together (equal RTTs, part 3) need n agents' CPU at once; on 2 cores that takes at least n/2 agents'
 time however parallel they are. At real sites each agent has its own machine. The table gives the
 CPU used in the window so the reader can see that bound; it is not subtracted from anything. A
-record row turns it into a time: the floor with the n agents' crypto (measured in process) sharing
-this machine's cores, the least any run of this code could take here.
+record row turns it into a time: a lower bound of each n's time here (each agent's fastest
+in-process crypto on the machine's cores, nothing else), and the room it leaves under the growth
+that the target allows.
+
+Each part starts with one untimed 10-of-10 recovery, so that every agent process has answered once
+before anything is timed: an agent's first request pays one-time costs (first calls into its
+libraries and their caches), which would otherwise fall on whichever timed run first uses that
+agent (the 200 ms runs of part 3 came first and paid them at n = 10 but not at n = 3). The warm-up's
+time is in the details.
 """
 
 from __future__ import annotations
@@ -82,6 +89,9 @@ class CryptoCost:
     agent: float  # median over custodians and repetitions: check + decrypt + release
     agent_max: float
     node: float  # median over repetitions: m x (open_release + VSS) + combine + open_domain
+    agents_min_total: float  # sum over the n custodians of each one's fastest repetition
+    agents_min_slowest: float  # the largest of those fastest repetitions
+    node_min: float  # the fastest repetition of ``node``
     vss_public_shares: float  # not in ``node``: the m evaluations sum_j x^j A_j, made while requests travel
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -155,10 +165,14 @@ def measure_crypto(ctx: BenchContext, sd_bytes: bytes, m: int, n: int, reps: int
         vss_times.append(time.perf_counter() - started)
         if session.result is None:
             raise RuntimeError(f"the floor's in-process recovery did not complete: {session.message}")
+    fastest = [min(agent_times[i::n]) for i in range(n)]  # appended custodian by custodian, per rep
     return CryptoCost(
         agent=median(agent_times),
         agent_max=max(agent_times),
         node=median(node_times),
+        agents_min_total=sum(fastest),
+        agents_min_slowest=max(fastest),
+        node_min=min(node_times),
         vss_public_shares=median(vss_times),
         details={"agent_samples": len(agent_times), "node_samples": len(node_times)},
     )
@@ -327,6 +341,16 @@ async def proxy_overhead(rtt: float = 0.05, samples: int = 10) -> float:
     return median(extra)
 
 
+async def _warm_up(ctx: BenchContext, workers: AgentWorkers) -> float:
+    """One untimed recovery with every agent (see the module docstring); its time, for the record."""
+    n = len(NAMES)
+    sd = await make_sd_file(ctx, n, n)
+    result = await recover_once(ctx, sd, [0.050] * n, "warm-up", 0, workers)
+    if result.state != "COMPLETED":
+        raise RuntimeError(f"the warm-up recovery did not complete: {result.message}")
+    return result.elapsed
+
+
 def _spread(n: int, lo: float, hi: float) -> list[float]:
     return [lo + (hi - lo) * i / (n - 1) for i in range(n)]
 
@@ -414,11 +438,22 @@ async def run_recovery(ctx: BenchContext) -> list[Row]:
     runs = 2 if ctx.quick else 5
     overhead = await proxy_overhead()
     async with AgentWorkers(ctx.pki_dir, list(NAMES), ctx.key_pairs) as workers:
+        warm_up = await _warm_up(ctx, workers)
         rows = await _recovery_config(ctx, 3, 5, [0.020, 0.050, 0.100, 0.200, 0.400], runs, workers)
         rows += await _recovery_config(ctx, 6, 10, _spread(10, 0.020, 0.400), runs, workers)
     for r in rows:
         r.details["proxy_round_trip_overhead_ms"] = round(overhead * 1000, 3)
+    rows[0].details["warm_up_ms (untimed 10-of-10, RTT 50 ms, every agent's first request)"] = round(
+        warm_up * 1000, 2
+    )
     return rows
+
+
+def _least_here(rtt: float, crypto: CryptoCost, cores: int) -> float:
+    """A lower bound of a recovery's time on this machine: the round trip without jitter, the n
+    agents' check and answer (each custodian's fastest in-process repetition) run on ``cores`` cores
+    with nothing else (never less than the slowest one alone), and the node's fastest m answers."""
+    return rtt + max(crypto.agents_min_slowest, crypto.agents_min_total / cores) + crypto.node_min
 
 
 FAR_RTT = 0.200  # an intercontinental round trip, for the record row
@@ -434,6 +469,7 @@ async def run_flat(ctx: BenchContext, rtt: float = 0.050) -> list[Row]:
     far: dict[int, list[float]] = {}
     cores = os.cpu_count() or 1
     async with AgentWorkers(ctx.pki_dir, list(NAMES), ctx.key_pairs) as workers:
+        warm_up = await _warm_up(ctx, workers)
         for n in (3, 10):
             sd = await make_sd_file(ctx, n, n)
             far[n] = [
@@ -467,9 +503,7 @@ async def run_flat(ctx: BenchContext, rtt: float = 0.050) -> list[Row]:
                 },
                 # n agents' crypto arrives at once; on this machine it can use at most `cores` cores
                 "agents_crypto_over_cores_ms": round(n * crypto.agent / min(n, cores) * 1000, 3),
-                "least_here_ms": round(
-                    (rtt + JITTER + n * crypto.agent / min(n, cores) + crypto.node) * 1000, 3
-                ),
+                "least_here_ms": round(_least_here(rtt, crypto, cores) * 1000, 3),
             }
     lo, hi = min(ns), max(ns)
     details = {
@@ -480,8 +514,11 @@ async def run_flat(ctx: BenchContext, rtt: float = 0.050) -> list[Row]:
         },
         "floor_ratio": per_n[hi]["floor_ms"] / per_n[lo]["floor_ms"],
         "cores": cores,
+        "warm_up_ms (untimed 10-of-10, every agent's first request)": round(warm_up * 1000, 2),
         "testbed": "node-b: its own hsm-node process per run; each agent: its own process (bench/_agent_worker.py)",
     }
+    least = {n: d["least_here_ms"] / 1000 for n, d in per_n.items()}
+    allowed = 0.2 * per_n[lo]["elapsed"]
     rows = [
         Row(
             "flat",
@@ -505,19 +542,23 @@ async def run_flat(ctx: BenchContext, rtt: float = 0.050) -> list[Row]:
         ),
         Row(
             "flat",
-            f"  least possible here: the floor with the agents' crypto on {cores} cores, {hi} vs {lo}",
-            per_n[hi]["least_here_ms"] / 1000,
-            per_n[lo]["least_here_ms"] / 1000,
+            f"  least possible time here (the agents' crypto alone, on {cores} cores), {hi} vs {lo}",
+            least[hi],
+            least[lo],
             "s",
             details={
-                "what": "the floor, but with the n agents' check and answer (measured in process) "
-                f"sharing this machine's {cores} cores instead of running at n sites in parallel; no "
-                "network stack, gRPC, interpreter or proxy cost counted. No run of "
-                "this code on this machine can beat it.",
+                "what": "a lower bound of each n's time on this machine: the RTT without jitter, the n "
+                "custodians' check and answer (each one's fastest in-process repetition) run on its "
+                f"{cores} cores with nothing else (never less than the slowest one alone), and the "
+                "node's fastest m answers; no network stack, gRPC, interpreter or proxy cost. The "
+                "target compares two measured times, so this bound alone does not decide it: the "
+                "room left below the growth 1.2x allows, against what everything else adds, does.",
                 "least_here_ms": {str(n): d["least_here_ms"] for n, d in per_n.items()},
-                "budget_ms (0.2 x measured time at n = 3)": round(0.2 * per_n[lo]["elapsed"] * 1000, 2),
-                "added_by_agents_crypto_on_these_cores_ms": round(
-                    per_n[hi]["agents_crypto_over_cores_ms"] - per_n[lo]["agents_crypto_over_cores_ms"], 2
+                "growth_allowed_ms (0.2 x measured at n = 3)": round(allowed * 1000, 2),
+                "growth_of_the_bound_ms": round((least[hi] - least[lo]) * 1000, 2),
+                "room_for_everything_else_ms": round((allowed - (least[hi] - least[lo])) * 1000, 2),
+                "everything_else_grows_ms (measured minus bound, n = 10 vs 3)": round(
+                    ((per_n[hi]["elapsed"] - least[hi]) - (per_n[lo]["elapsed"] - least[lo])) * 1000, 2
                 ),
             },
         ),
