@@ -205,30 +205,38 @@ class Agent:
         try:
             await self.handle(client, req)
         except SdquorumError as e:
-            log.warning("request %s: %s", req.request_id, e)
+            log.warning("request %r: %s", req.request_id[:80], e)
+        except Exception:  # a bug, or an environment error: nothing was released; say so locally
+            log.exception("request %r: failed; nothing was released", req.request_id[:80])
 
     async def handle(self, client: NodeClient, msg: pb.CustodianRequest) -> str:
         """Process one request; returns "released" (or "proved"/"approved"), "denied" or "refused"."""
         now = datetime.fromtimestamp(self._clock(), tz=UTC)
         try:
             req = request_from_proto(msg)
+        except SdquorumError as e:  # not a request at all (its id could be anything): no answer
+            log.warning("request %r ignored: %s", msg.request_id[:80], e)
+            return "refused"
+        try:
             checked = responder.check(req, self.thumbprint, self.config.policy, now)
         except SdquorumError as e:
-            log.warning("request %s refused before decryption: %s", msg.request_id, e)
+            log.warning("request %s refused before decryption: %s", req.request_id, e)
             await self._deny(client, msg, CHECK_FAILED)
             return "refused"
         log.debug("request %s passed every check before decryption", req.request_id)
         details = responder.describe(req, checked)
         log.info("request %s: %s", req.request_id, json.dumps(details, sort_keys=True))
         if self.config.approval == "manual":
-            self.approvals.post(req.request_id, details)
+            digest = self.approvals.post(req.request_id, details)
             print(
                 f"approval needed: {req.kind} request {req.request_id} from {details['initiator']} on node "
                 f"{details['node_id']}: {details['reason']!r}. Run 'custodian-agent approve {req.request_id}' "
                 f"or 'custodian-agent deny {req.request_id}'.",
                 flush=True,
             )
-            decision = await self.approvals.wait(req.request_id, deadline=checked.statement.expires_at)
+            decision = await self.approvals.wait(
+                req.request_id, deadline=checked.statement.expires_at, details_sha256=digest
+            )
             if not decision.approved:
                 log.info("request %s denied by the custodian: %s", req.request_id, decision.reason)
                 await self._deny(client, msg, f"denied by the custodian: {decision.reason}"[:200])

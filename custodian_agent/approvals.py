@@ -1,28 +1,42 @@
 """Manual approval: the agent asks its human through a spool directory.
 
 For each request that passed every check, the agent writes ``STATE_DIR/pending/<request_id>.json``
-(who asks, from which node, why, which domain, epoch and slot, until when; no secret). The custodian
-reads it with ``custodian-agent pending`` and answers ``custodian-agent approve|deny REQUEST_ID``,
-which writes ``STATE_DIR/decisions/<request_id>``. The agent polls for the decision until the
-request's deadline; no answer by then is a denial.
+(who asks, from which node, why, which domain, epoch and slot, until when; no secret), with the
+SHA-256 of exactly those details. The custodian reads it with ``custodian-agent pending`` and
+answers ``custodian-agent approve|deny REQUEST_ID``, which writes ``STATE_DIR/decisions/<request_id>``
+carrying the same SHA-256. The agent polls for the decision until the request's deadline; no
+answer by then is a denial.
+
+Invariants:
+
+* A request id names files, so it is checked (8 to 64 lowercase hex digits) before any path is
+  built from it: an id from the node cannot reach outside the spool.
+* A decision counts only for the details it was made on: the agent accepts it only when its
+  SHA-256 matches the details of the request it is waiting for. A decision left from an earlier
+  request with the same id (an agent stopped mid-wait), or made after the details changed, is a
+  denial; posting a request first removes any old decision for its id.
+* A decision is written once (``O_EXCL``, 0600); deciding again is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdquorum.errors import NotFoundError, UsageError
+from sdquorum.encoding import canonical_json
+from sdquorum.errors import MalformedError, NotFoundError, UsageError
+from sdquorum.offline import check_request_id
 
 __all__ = ["ApprovalBox", "Decision"]
 
-_ID = re.compile(r"^[0-9a-f]{8,64}$")
+DIGEST_KEY = "details_sha256"
 
 
 @dataclass(frozen=True)
@@ -40,12 +54,25 @@ class ApprovalBox:
         for d in (self.pending_dir, self.decisions_dir):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
 
-    def post(self, request_id: str, details: dict[str, Any]) -> None:
+    def _file(self, folder: Path, request_id: str, suffix: str = "") -> Path:
+        try:
+            check_request_id(request_id)
+        except MalformedError as e:
+            raise UsageError(
+                f"{request_id!r} is not a request id: list them with 'custodian-agent pending'"
+            ) from e
+        return folder / f"{request_id}{suffix}"
+
+    def post(self, request_id: str, details: dict[str, Any]) -> str:
+        """Show ``details`` to the human; returns their SHA-256, which the decision must carry."""
+        path = self._file(self.pending_dir, request_id, ".json")
         self._ensure()
-        path = self.pending_dir / f"{request_id}.json"
+        self._file(self.decisions_dir, request_id).unlink(missing_ok=True)  # an old one counts for nothing
+        digest = hashlib.sha256(canonical_json(details)).hexdigest()
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(details, indent=2, sort_keys=True))
+        tmp.write_text(json.dumps({**details, DIGEST_KEY: digest}, indent=2, sort_keys=True))
         tmp.replace(path)
+        return digest
 
     def pending(self) -> list[dict[str, Any]]:
         if not self.pending_dir.exists():
@@ -59,26 +86,55 @@ class ApprovalBox:
         return out
 
     def decide(self, request_id: str, approved: bool, reason: str = "") -> None:
-        if not _ID.match(request_id):
-            raise UsageError(f"{request_id!r} is not a request id: list them with 'custodian-agent pending'")
-        if not (self.pending_dir / f"{request_id}.json").exists():
-            raise NotFoundError(f"no pending request {request_id}: list them with 'custodian-agent pending'")
-        self._ensure()
-        fd = os.open(self.decisions_dir / request_id, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        pending = self._file(self.pending_dir, request_id, ".json")
         try:
-            os.write(fd, json.dumps({"approved": approved, "reason": reason}).encode())
+            digest = json.loads(pending.read_text())[DIGEST_KEY]
+        except FileNotFoundError:
+            raise NotFoundError(
+                f"no pending request {request_id}: list them with 'custodian-agent pending'"
+            ) from None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UsageError(
+                f"the pending request file {pending} is unreadable or damaged: deny it, or let it expire"
+            ) from e
+        self._ensure()
+        try:
+            fd = os.open(
+                self._file(self.decisions_dir, request_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
+            )
+        except FileExistsError:
+            raise UsageError(f"request {request_id} is already decided") from None
+        try:
+            os.write(fd, json.dumps({"approved": approved, "reason": reason, DIGEST_KEY: digest}).encode())
         finally:
             os.close(fd)
 
-    async def wait(self, request_id: str, deadline: float, poll: float = 0.2) -> Decision:
-        path = self.decisions_dir / request_id
+    async def wait(
+        self, request_id: str, deadline: float, details_sha256: str, poll: float = 0.2
+    ) -> Decision:
+        """The human's decision on the details posted with SHA-256 ``details_sha256``; a denial at
+        the deadline, or when the decision on disk was made on other details or cannot be read."""
+        path = self._file(self.decisions_dir, request_id)
+        pending = self._file(self.pending_dir, request_id, ".json")
         try:
             while time.time() < deadline:
                 if path.exists():
-                    obj = json.loads(path.read_text())
-                    return Decision(bool(obj.get("approved")), str(obj.get("reason", "")))
+                    return self._read_decision(path, details_sha256)
                 await asyncio.sleep(poll)
             return Decision(False, "no decision before the deadline")
         finally:
-            for p in (path, self.pending_dir / f"{request_id}.json"):
+            for p in (path, pending):
                 p.unlink(missing_ok=True)
+
+    @staticmethod
+    def _read_decision(path: Path, details_sha256: str) -> Decision:
+        try:
+            obj = json.loads(path.read_text())
+            digest = obj[DIGEST_KEY]
+            if not isinstance(digest, str):
+                raise TypeError("digest")
+        except (OSError, ValueError, KeyError, TypeError):
+            return Decision(False, "the decision file could not be read")
+        if not hmac.compare_digest(digest.encode(), details_sha256.encode()):
+            return Decision(False, "the decision was made on other request details")
+        return Decision(obj.get("approved") is True, str(obj.get("reason", "")))

@@ -118,11 +118,16 @@ def build_samples(now: datetime | None = None) -> Samples:
         CheckedRequest(statements["drill"], attestations["drill"].sha256, header, 1), share, alice, os.urandom
     )
 
-    denial = make_denial(alice, session_id=SESSION, request_id="req-drill", x=1, reason="not today")
+    request_ids = {
+        "recovery": "0000000000000001",
+        "drill": "0000000000000002",
+        "rotation": "0000000000000003",
+    }
+    denial = make_denial(alice, session_id=SESSION, request_id=request_ids["drill"], x=1, reason="not today")
 
     requests = [
         CeremonyRequest(
-            request_id=f"req-{kind}",
+            request_id=request_ids[kind],
             session_id=SESSION,
             kind=kind,
             x=1,
@@ -135,8 +140,10 @@ def build_samples(now: datetime | None = None) -> Samples:
         for kind in ("recovery", "drill", "rotation")
     ]
     answers = [
-        OfflineAnswer("req-recovery", SESSION, "recovery", release.to_bytes()).to_bytes(),
-        OfflineAnswer("req-drill", SESSION, "drill", b"", denied=True, reason="not today").to_bytes(),
+        OfflineAnswer(request_ids["recovery"], SESSION, "recovery", release.to_bytes()).to_bytes(),
+        OfflineAnswer(
+            request_ids["drill"], SESSION, "drill", b"", denied=True, reason="not today"
+        ).to_bytes(),
     ]
 
     bsecrets = backup_secrets()

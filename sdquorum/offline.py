@@ -12,13 +12,26 @@ Both files are JSON with every binary field base64url. Nothing here is secret.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 from sdquorum.encoding import b64d, b64e, canonical_json, parse_json_object
 from sdquorum.envelopes import PURPOSES
 from sdquorum.errors import MalformedError
 
-__all__ = ["MAX_OFFLINE_FILE_BYTES", "CeremonyRequest", "OfflineAnswer"]
+__all__ = ["MAX_OFFLINE_FILE_BYTES", "CeremonyRequest", "OfflineAnswer", "check_request_id"]
+
+_REQUEST_ID = re.compile(r"[0-9a-f]{8,64}")
+
+
+def check_request_id(request_id: object) -> str:
+    """A request id as the node makes them: 8 to 64 lowercase hex digits, nothing else. The id
+    comes from the node unsigned and names files at the custodian (the approval spool), so
+    anything else (a path, a dot, a newline) is refused before it is used."""
+    if not isinstance(request_id, str) or not _REQUEST_ID.fullmatch(request_id):
+        raise MalformedError("a request id must be 8 to 64 lowercase hex digits")
+    return request_id
+
 
 REQUEST_TYPE = "sdquorum-ceremony-request-v1"
 ANSWER_TYPE = "sdquorum-ceremony-answer-v1"
@@ -40,6 +53,7 @@ class CeremonyRequest:
     proposal: bytes = b""
 
     def __post_init__(self) -> None:
+        check_request_id(self.request_id)
         if self.kind not in PURPOSES:
             raise MalformedError(f"unknown request kind {self.kind!r}")
 
@@ -98,6 +112,7 @@ class OfflineAnswer:
     reason: str = ""
 
     def __post_init__(self) -> None:
+        check_request_id(self.request_id)
         if self.kind not in PURPOSES:
             raise MalformedError(f"unknown answer kind {self.kind!r}")
 

@@ -314,11 +314,46 @@ def test_pending_on_a_fresh_state_dir_says_so(agent_cli: AgentCli, tmp_path: Pat
 def test_a_decision_reaches_the_waiting_agent(tmp_path: Path) -> None:
     """ApprovalBox alone: the written decision is what ``wait`` returns, and the request is gone."""
     box = ApprovalBox(tmp_path)
-    box.post("00112233aabbccdd", {"request_id": "00112233aabbccdd"})
+    digest = box.post("00112233aabbccdd", {"request_id": "00112233aabbccdd"})
     box.decide("00112233aabbccdd", approved=False, reason="not today")
     assert stat.S_IMODE((tmp_path / "decisions" / "00112233aabbccdd").stat().st_mode) == 0o600
-    decision = asyncio.run(box.wait("00112233aabbccdd", deadline=float("inf")))
+    decision = asyncio.run(box.wait("00112233aabbccdd", deadline=float("inf"), details_sha256=digest))
     assert (decision.approved, decision.reason) == (False, "not today")
     assert box.pending() == []
     with pytest.raises(NotFoundError):
         box.decide("00112233aabbccdd", approved=True)
+
+
+def test_a_decision_counts_only_for_the_details_it_was_made_on(tmp_path: Path) -> None:
+    """A decision left from an earlier request with the same id (an agent stopped mid-wait) is no
+    approval of a later request: posting removes it, and one made on other details is a denial."""
+    box = ApprovalBox(tmp_path)
+    rid = "abababababababab"
+    box.post(rid, {"request_id": rid, "reason": "quarterly drill", "session_id": "s1"})
+    box.decide(rid, approved=True)
+    later = box.post(rid, {"request_id": rid, "reason": "disaster", "session_id": "s2"})
+    assert not (tmp_path / "decisions" / rid).exists()  # the old approval is gone
+    # a decision written on the first details, after the second request was posted
+    (tmp_path / "decisions" / rid).write_text(
+        json.dumps({"approved": True, "reason": "", "details_sha256": "0" * 64})
+    )
+    decision = asyncio.run(box.wait(rid, deadline=float("inf"), details_sha256=later))
+    assert (decision.approved, decision.reason) == (False, "the decision was made on other request details")
+
+
+def test_a_request_is_decided_once(tmp_path: Path) -> None:
+    box = ApprovalBox(tmp_path)
+    box.post("0011223344556677", {"request_id": "0011223344556677"})
+    box.decide("0011223344556677", approved=False, reason="no")
+    with pytest.raises(UsageError, match="already decided"):
+        box.decide("0011223344556677", approved=True)
+
+
+@pytest.mark.parametrize("request_id", ["../../etc/passwd", "/tmp/x", "abcdef12\n", "ABCDEF12", "ab/cdef12"])
+def test_the_spool_refuses_request_ids_that_are_not_ids(tmp_path: Path, request_id: str) -> None:
+    box = ApprovalBox(tmp_path / "state")
+    with pytest.raises(UsageError, match="is not a request id"):
+        box.post(request_id, {"request_id": request_id})
+    with pytest.raises(UsageError, match="is not a request id"):
+        asyncio.run(box.wait(request_id, deadline=float("inf"), details_sha256="0" * 64))
+    assert not any(tmp_path.rglob("*"))  # nothing written anywhere

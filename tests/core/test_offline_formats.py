@@ -297,7 +297,7 @@ def test_random_answer_objects_are_refused_or_round_trip(obj: dict[str, Any]) ->
 
 @FUZZ
 @given(
-    request_id=st.text(max_size=20),
+    request_id=st.from_regex(r"[0-9a-f]{8,64}", fullmatch=True),
     kind=st.sampled_from(PURPOSES),
     x=st.integers(),
     blobs=st.lists(st.binary(max_size=40), min_size=4, max_size=4),
@@ -441,3 +441,24 @@ def test_any_proposal_round_trips(
 )
 def test_random_proposal_objects_raise_only_sdquorum_errors(obj: dict[str, Any]) -> None:
     parsed_or_refused(RotationProposal.from_bytes, encode(obj))
+
+
+@pytest.mark.parametrize(
+    "request_id",
+    [
+        "../../home/alice/alice.wrap.key",
+        "/abs/path",
+        "abcdef12\n",
+        "ABCDEF12",
+        "abc",
+        "a" * 65,
+        "",
+        "ab cd ef 12",
+    ],
+)
+def test_a_request_id_that_could_name_another_file_is_refused(request_id: str) -> None:
+    # The id comes from the node unsigned and names the agent's approval files.
+    with pytest.raises(MalformedError, match="request id"):
+        CeremonyRequest(**{**REQUEST.__dict__, "request_id": request_id})
+    with pytest.raises(MalformedError, match="request id"):
+        CeremonyRequest.from_bytes(edited(REQUEST.to_bytes(), request_id=request_id))

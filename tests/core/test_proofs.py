@@ -133,7 +133,7 @@ class World:
         if proposal is None:
             proposal = self.proposal().to_bytes() if st.purpose == "rotation" else b""
         return CeremonyRequest(
-            request_id=f"req-{x}",
+            request_id=f"{x:016x}",
             session_id=st.session_id,
             kind=kind or st.purpose,
             x=x,

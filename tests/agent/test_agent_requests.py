@@ -1,0 +1,109 @@
+"""What the running agent does with a request the node sends, before any human or key is involved.
+
+The node is not trusted with anything the attestation does not sign: here, the request id (it names
+the agent's approval files) and an approval left on disk from an earlier request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coordinator.recovery import RecoverySession
+from custodian_agent.agent import Agent, AgentConfig
+from custodian_agent.approvals import ApprovalBox
+from sdquorum.envelopes import CustodianPolicy
+from sdquorum.keys import SoftwareWrappingKey
+from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
+from sdquorum_rpc.tls import TlsFiles
+
+
+class _Stub:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    async def Deny(self, m: pb.Denial) -> None:  # the gRPC method's name
+        self.calls.append(("deny", m))
+
+    async def SubmitRelease(self, m: pb.ShareRelease) -> None:  # the gRPC method's name
+        self.calls.append(("release", m))
+
+
+class _Client:
+    """Stands in for NodeClient: records what the agent sends."""
+
+    def __init__(self) -> None:
+        self.custodian = _Stub()
+
+    @contextlib.contextmanager
+    def errors(self) -> Iterator[None]:
+        yield
+
+
+def _message(session: RecoverySession, x: int, request_id: str) -> pb.CustodianRequest:
+    (req,) = [r for r in session.requests() if r.x == x]
+    return pb.CustodianRequest(
+        request_id=request_id,
+        session_id=req.session_id,
+        kind=pb.RECOVERY,
+        attestation=req.attestation,
+        sd_header=req.header_bytes,
+        sd_header_signature=req.header_signature,
+        x=x,
+    )
+
+
+def _agent(state: Path, key: SoftwareWrappingKey, policy: CustodianPolicy, t0: int) -> Agent:
+    tls = TlsFiles(Path("unused.pem"), Path("unused.key"), Path("unused-ca.pem"), ("", "", ""))
+    return Agent(
+        AgentConfig("127.0.0.1:1", tls, policy, state, approval="manual"), key, clock=lambda: float(t0)
+    )
+
+
+@pytest.mark.parametrize("shape", ["absolute path", "relative path"])
+def test_a_request_id_that_is_a_path_touches_no_file(
+    sealed: Any,
+    start_session: Any,
+    wrapping_keys: list[SoftwareWrappingKey],
+    custodian_policy: CustodianPolicy,
+    t0: int,
+    tmp_path: Path,
+    shape: str,
+) -> None:
+    victim = tmp_path / "alice.wrap.key"
+    victim.write_bytes(b"-----BEGIN ENCRYPTED PRIVATE KEY-----\n(the custodian's key)\n")
+    state = tmp_path / "state"
+    request_id = str(victim) if shape == "absolute path" else "../../alice.wrap.key"
+    client = _Client()
+    agent = _agent(state, wrapping_keys[0], custodian_policy, t0)
+    outcome = asyncio.run(agent.handle(client, _message(start_session(sealed.sd), 1, request_id)))
+    assert outcome == "refused"
+    assert victim.read_bytes().startswith(b"-----BEGIN")  # still there, unchanged
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alice.wrap.key"]  # nothing created
+    assert client.custodian.calls == []  # nothing signed or sent for a request that is not one
+
+
+def test_an_approval_left_from_an_earlier_request_releases_nothing(
+    sealed: Any,
+    start_session: Any,
+    wrapping_keys: list[SoftwareWrappingKey],
+    custodian_policy: CustodianPolicy,
+    t0: int,
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    rid = "abababababababab"
+    box = ApprovalBox(state)
+    box.post(rid, {"request_id": rid, "reason": "quarterly drill"})
+    box.decide(rid, approved=True)  # and the agent stopped before reading it
+    client = _Client()
+    agent = _agent(state, wrapping_keys[0], custodian_policy, t0)
+    handling = agent.handle(client, _message(start_session(sealed.sd), 1, rid))
+    with pytest.raises(TimeoutError):  # it waits for its human, who has not seen this request
+        asyncio.run(asyncio.wait_for(handling, 1.0))
+    assert client.custodian.calls == []
