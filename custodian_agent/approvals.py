@@ -13,8 +13,9 @@ Invariants:
   built from it: an id from the node cannot reach outside the spool.
 * A decision counts only for the details it was made on: the agent accepts it only when its
   SHA-256 matches the details of the request it is waiting for. A decision left from an earlier
-  request with the same id (an agent stopped mid-wait), or made after the details changed, is a
-  denial; posting a request first removes any old decision for its id.
+  request with the same id but other details, or made after the details changed, is a denial;
+  posting a request removes such a decision. One made on the same details (the agent restarted
+  while its human decided) stands.
 * A decision is written once (``O_EXCL``, 0600); deciding again is refused.
 """
 
@@ -43,6 +44,7 @@ DIGEST_KEY = "details_sha256"
 class Decision:
     approved: bool
     reason: str
+    counts: bool = True  # False: no decision of the human's on these details (unreadable, other details)
 
 
 class ApprovalBox:
@@ -67,8 +69,10 @@ class ApprovalBox:
         """Show ``details`` to the human; returns their SHA-256, which the decision must carry."""
         path = self._file(self.pending_dir, request_id, ".json")
         self._ensure()
-        self._file(self.decisions_dir, request_id).unlink(missing_ok=True)  # an old one counts for nothing
         digest = hashlib.sha256(canonical_json(details)).hexdigest()
+        decision = self._file(self.decisions_dir, request_id)
+        if decision.exists() and not self._read_decision(decision, digest).counts:
+            decision.unlink(missing_ok=True)  # made on other details: it counts for nothing
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({**details, DIGEST_KEY: digest}, indent=2, sort_keys=True))
         tmp.replace(path)
@@ -134,7 +138,7 @@ class ApprovalBox:
             if not isinstance(digest, str):
                 raise TypeError("digest")
         except (OSError, ValueError, KeyError, TypeError):
-            return Decision(False, "the decision file could not be read")
+            return Decision(False, "the decision file could not be read", counts=False)
         if not hmac.compare_digest(digest.encode(), details_sha256.encode()):
-            return Decision(False, "the decision was made on other request details")
+            return Decision(False, "the decision was made on other request details", counts=False)
         return Decision(obj.get("approved") is True, str(obj.get("reason", "")))

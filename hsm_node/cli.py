@@ -23,6 +23,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.x509.oid import NameOID
 
 from hsm_node.config import SETTINGS, NodeSettings
 from hsm_node.cryptopool import CryptoPool, reuse_large_buffers
@@ -59,7 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load_attestation(cert_path: Path, key_path: Path) -> tuple[Ed25519PrivateKey, bytes]:
+def _load_attestation(cert_path: Path, key_path: Path, node_id: str) -> tuple[Ed25519PrivateKey, bytes]:
+    """The attestation key and certificate, checked to belong together and to certify ``node_id``:
+    agents refuse an attestation whose node differs from its certificate's CN."""
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
@@ -69,12 +72,21 @@ def _load_attestation(cert_path: Path, key_path: Path) -> tuple[Ed25519PrivateKe
         ) from e
     if not isinstance(key, Ed25519PrivateKey):
         raise UsageError("the attestation key must be Ed25519 (make it with 'sdctl pki init')")
+    raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    if key.public_key().public_bytes(*raw) != cert.public_key().public_bytes(*raw):
+        raise UsageError("the attestation key is not the key of the attestation certificate: give the pair")
+    names = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    if names != [node_id]:
+        raise UsageError(
+            f"the attestation certificate certifies {', '.join(map(str, names)) or 'no node'}, not node.id "
+            f"{node_id!r}: set node.id to its CN, or give this node's own certificate"
+        )
     return key, cert.public_bytes(serialization.Encoding.DER)
 
 
 async def _run(cfg: NodeSettings) -> int:
     reuse_large_buffers()  # data-plane batches: large buffers without page faults on every call
-    att_key, att_der = _load_attestation(cfg.attestation_cert, cfg.attestation_key)
+    att_key, att_der = _load_attestation(cfg.attestation_cert, cfg.attestation_key, cfg.node_id)
     store = NodeStore(cfg.data_dir, load_or_create_sealing_key(cfg.sealing_key_path), cfg.node_id)
     config = NodeConfig(
         node_id=cfg.node_id,

@@ -199,13 +199,18 @@ def sign_attestation(
 
 
 def verify_attestation(att: Attestation, root_pem: bytes, now: datetime) -> ExchangeStatement:
-    """Chain to ``root_pem``, signature, and time window; returns the statement."""
-    public = pki.verify_attestation_chain(att.certificate_der, root_pem, now)
+    """Chain to ``root_pem``, signature, node id (the certificate's CN), and time window; returns the
+    statement."""
+    public, node_id = pki.verify_attestation_cert(att.certificate_der, root_pem, now)
     try:
         public.verify(att.signature, ATTESTATION_CONTEXT + att.statement_bytes)
     except InvalidSignature as e:
         raise VerificationError("the exchange-key attestation signature does not verify") from e
     st = att.statement
+    if st.node_id != node_id:  # what the custodian is shown as "from which node" must be certified
+        raise VerificationError(
+            f"the attestation says it comes from node {st.node_id!r} but its certificate is node {node_id!r}'s"
+        )
     t = int(now.timestamp())
     if t >= st.expires_at:
         raise VerificationError("the request has expired (its attestation deadline has passed)")

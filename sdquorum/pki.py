@@ -269,7 +269,14 @@ def _load_trusted(cert_pem_or_der: bytes) -> x509.Certificate:
 
 
 def verify_attestation_chain(leaf_pem: bytes, root_pem: bytes, now: datetime) -> Ed25519PublicKey:
-    """Check a node's attestation certificate against the attestation root; return its Ed25519 key.
+    """Check a node's attestation certificate against the attestation root; return its Ed25519 key
+    (see :func:`verify_attestation_cert`)."""
+    return verify_attestation_cert(leaf_pem, root_pem, now)[0]
+
+
+def verify_attestation_cert(leaf_pem: bytes, root_pem: bytes, now: datetime) -> tuple[Ed25519PublicKey, str]:
+    """Check a node's attestation certificate against the attestation root; return its Ed25519 key
+    and the node id it certifies (its subject CN, the only one: a node's statements must name it).
 
     Checks, in order: the root is a CA; the leaf is directly issued by the root; both are within
     their validity at ``now``; the leaf is not a CA, may sign, carries :data:`ATTESTATION_EKU` and
@@ -308,7 +315,10 @@ def verify_attestation_chain(leaf_pem: bytes, root_pem: bytes, now: datetime) ->
     public_key = leaf.public_key()
     if not isinstance(public_key, Ed25519PublicKey):
         raise VerificationError("attestation certificate key is not Ed25519")
-    return public_key
+    names = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(names) != 1 or not isinstance(names[0].value, str) or not names[0].value:
+        raise VerificationError("attestation certificate must name its node in exactly one subject CN")
+    return public_key, names[0].value
 
 
 def make_wrapping_key(

@@ -81,6 +81,13 @@ def check_azure_request(
         raise VerificationError(
             f"Azure domain {st.domain_id.hex()} is not allowed by this agent's configuration"
         )
+    if policy.pinned_signing_keys and st.domain_id not in policy.allowed_domains:
+        # An Azure file is signed by no domain key, so a pin can never be met: an agent that pins
+        # serves an Azure domain only when its configuration names that domain outright.
+        raise VerificationError(
+            f"this agent pins domain signing keys and Azure domain {st.domain_id.hex()} has none: "
+            "allow that domain by its id to serve it"
+        )
     sd = AzureSecurityDomain.from_bytes(sd_bytes)
     if not 1 <= slot <= sd.n:
         raise VerificationError(f"the Azure file has no slot {slot}")

@@ -8,17 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coordinator.recovery import RecoverySession
+from custodian_agent import responder
 from custodian_agent.agent import Agent, AgentConfig
 from custodian_agent.approvals import ApprovalBox
-from sdquorum.envelopes import CustodianPolicy
+from sdquorum import pki
+from sdquorum.envelopes import CustodianPolicy, ExchangeStatement, sign_attestation
+from sdquorum.errors import VerificationError
 from sdquorum.keys import SoftwareWrappingKey
+from sdquorum.offline import CeremonyRequest
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc.tls import TlsFiles
 
@@ -107,3 +115,49 @@ def test_an_approval_left_from_an_earlier_request_releases_nothing(
     with pytest.raises(TimeoutError):  # it waits for its human, who has not seen this request
         asyncio.run(asyncio.wait_for(handling, 1.0))
     assert client.custodian.calls == []
+
+
+def test_the_node_shown_to_the_custodian_is_the_one_its_certificate_names(
+    sealed: Any, attestation_root: Any, wrapping_keys: list[SoftwareWrappingKey], custodian_policy: CustodianPolicy,
+    now: datetime, t0: int,
+) -> None:  # fmt: skip
+    """A node certified as lab-node cannot tell custodians it is prod-node-b."""
+    issued = pki.issue_attestation_cert(attestation_root, "lab-node", now)
+    lab_key = serialization.load_pem_private_key(issued.key_pem, password=None)
+    assert isinstance(lab_key, Ed25519PrivateKey)
+    lab_der = pki.load_cert(issued.cert_pem).public_bytes(serialization.Encoding.DER)
+    hdr = sealed.sd.signed_header
+    claim = ExchangeStatement(
+        "s1", "recovery", "prod-node-b", "prod-b:7443", hdr.header.domain_id, hdr.header.epoch, hdr.sha256,
+        os.urandom(32), t0, t0 + 600, "admin", "disaster",
+    )  # fmt: skip
+    req = CeremonyRequest(
+        "ab" * 8,
+        "s1",
+        "recovery",
+        1,
+        "",
+        sign_attestation(claim, lab_key, lab_der).to_bytes(),
+        hdr.header_bytes,
+        hdr.signature,
+    )
+    mine = pki.thumbprint_sha256(wrapping_keys[0].certificate_der())
+    with pytest.raises(
+        VerificationError,
+        match="says it comes from node 'prod-node-b' but its certificate is node 'lab-node'",
+    ):
+        responder.check(req, mine, custodian_policy, now)
+    honest = ExchangeStatement(
+        *(("lab-node" if f == "node_id" else getattr(claim, f)) for f in claim.__dataclass_fields__)
+    )
+    req = CeremonyRequest(
+        "ab" * 8,
+        "s1",
+        "recovery",
+        1,
+        "",
+        sign_attestation(honest, lab_key, lab_der).to_bytes(),
+        hdr.header_bytes,
+        hdr.signature,
+    )
+    assert responder.describe(req, responder.check(req, mine, custodian_policy, now))["node_id"] == "lab-node"

@@ -1005,3 +1005,36 @@ def test_seal_refuses_caller_mistakes(custodians: list[KeyPair], short_key_cert:
         seal_azure_domain(ITEMS, [*ders[:2], short_key_cert], 2, os.urandom)
     with pytest.raises(MalformedError):
         seal_azure_domain(ITEMS, [*ders[:2], b"not a certificate"], 2, os.urandom)
+
+
+def test_an_agent_that_pins_domain_keys_serves_an_azure_domain_only_when_it_names_it(
+    node_attestation: Any, wrapping_keys: list[Any], attestation_root: Any, now: datetime, t0: int
+) -> None:
+    """An Azure file is signed by no domain key, so a pin can never be met by it: an agent that
+    pins serves an Azure domain only if its configuration allows that domain by id."""
+    from custodian_agent import responder
+    from sdquorum import pki
+    from sdquorum.azure.ceremony import azure_domain_id
+    from sdquorum.envelopes import CustodianPolicy, ExchangeStatement
+    from sdquorum.errors import VerificationError
+    from sdquorum.offline import CeremonyRequest
+
+    sd = gen.make_sd_file([k.certificate_der() for k in wrapping_keys[:3]], 2, [("x", b"y")]).data
+    domain = azure_domain_id(sd)
+    st = ExchangeStatement(
+        "s1", "azure-recovery", "node-b", "b:1", domain, 0, hashlib.sha256(sd).digest(), os.urandom(32),
+        t0, t0 + 600, "admin", "DR",
+    )  # fmt: skip
+    req = CeremonyRequest(
+        "ab" * 8, "s1", "azure-recovery", 1, "", node_attestation.sign(st).to_bytes(), sd, b""
+    )
+    mine = pki.thumbprint_sha256(wrapping_keys[0].certificate_der())
+    pinned = frozenset({b"\x01" * 32})
+    with pytest.raises(VerificationError, match="pins domain signing keys"):
+        responder.check(
+            req, mine, CustodianPolicy(attestation_root.cert_pem, pinned_signing_keys=pinned), now
+        )
+    allowed = CustodianPolicy(
+        attestation_root.cert_pem, allowed_domains=frozenset({domain}), pinned_signing_keys=pinned
+    )
+    assert responder.answer(req, responder.check(req, mine, allowed, now), wrapping_keys[0], os.urandom)

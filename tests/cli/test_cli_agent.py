@@ -357,3 +357,16 @@ def test_the_spool_refuses_request_ids_that_are_not_ids(tmp_path: Path, request_
     with pytest.raises(UsageError, match="is not a request id"):
         asyncio.run(box.wait(request_id, deadline=float("inf"), details_sha256="0" * 64))
     assert not any(tmp_path.rglob("*"))  # nothing written anywhere
+
+
+def test_a_decision_on_the_same_details_survives_the_agent_restarting(tmp_path: Path) -> None:
+    """The agent was restarted while its human decided: it posts the same request again, and the
+    human's decision on those same details is the one it gets."""
+    box = ApprovalBox(tmp_path)
+    rid = "cdcdcdcdcdcdcdcd"
+    details = {"request_id": rid, "reason": "disaster", "session_id": "s2"}
+    box.post(rid, details)
+    box.decide(rid, approved=True, reason="seen")
+    again = box.post(rid, details)
+    decision = asyncio.run(box.wait(rid, deadline=float("inf"), details_sha256=again))
+    assert (decision.approved, decision.reason) == (True, "seen")

@@ -97,15 +97,17 @@ def test_the_recipe_makes_what_the_doc_promises(byo: Path) -> None:
 
 
 def test_the_openssl_attestation_certificate_passes_the_agents_check(byo: Path) -> None:
-    """What an agent checks (verify_attestation_chain) and what hsm-node loads (Ed25519 key)."""
+    """What an agent checks (the chain, and the node id in the CN) and what hsm-node loads (the
+    Ed25519 key of that certificate, for that node id)."""
     from hsm_node.cli import _load_attestation
 
-    pki.verify_attestation_chain(
+    _, node_id = pki.verify_attestation_cert(
         (byo / "attestation-node-a.pem").read_bytes(),
         (byo / "attestation-root.pem").read_bytes(),
         datetime.now(UTC),
     )
-    _load_attestation(byo / "attestation-node-a.pem", byo / "attestation-node-a.key")
+    assert node_id == "node-a"  # the CN the guide gives it: what the node's statements must name
+    _load_attestation(byo / "attestation-node-a.pem", byo / "attestation-node-a.key", "node-a")
 
 
 @pytest.fixture

@@ -315,3 +315,53 @@ async def test_disk_full_and_read_only_data_dir_give_a_clear_error_and_lose_noth
             assert (await c.keys.Decrypt(pb.DecryptRequest(name=name, ciphertext=ct_bytes))).plaintext == b"p"
     finally:
         subprocess.run(["umount", "-l", str(vol)], check=False)
+
+
+@pytest.mark.parametrize(
+    ("node_id", "att", "expected"),
+    [
+        ("node-x", "node-a", "the attestation certificate certifies node-a, not node.id 'node-x'"),
+        ("node-a", "mixed", "the attestation key is not the key of the attestation certificate"),
+    ],
+)
+async def test_a_node_that_could_only_make_attestations_agents_refuse_does_not_start(
+    pki_dir: Path, tmp_path: Path, node_id: str, att: str, expected: str
+) -> None:
+    """Agents refuse an attestation whose node is not its certificate's CN: a node configured with
+    another id, or with a key that is not its certificate's, stops at start with one line."""
+    cert = pki_dir / "attestation-node-a.pem"
+    key = pki_dir / ("attestation-node-b.key" if att == "mixed" else "attestation-node-a.key")
+    r = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "hsm_node.cli",
+            "run",
+            "--node-id",
+            node_id,
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--tls-cert",
+            str(pki_dir / "node.pem"),
+            "--tls-key",
+            str(pki_dir / "node.key"),
+            "--ca",
+            str(pki_dir / "ca.pem"),
+            "--attestation-cert",
+            str(cert),
+            "--attestation-key",
+            str(key),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2, r.stderr
+    assert len(lines) == 1 and lines[0].startswith("hsm-node: error: "), lines
+    assert expected in lines[0]
