@@ -60,11 +60,19 @@ def status_for(e: SdquorumError) -> grpc.StatusCode:
     return grpc.StatusCode.INVALID_ARGUMENT
 
 
+NOT_OPEN = "the request is not open"
+
+
 def _public_message(e: SdquorumError, role: pki.Role | None) -> str:
-    """A custodian (or unknown) peer whose message failed a check learns only that; operators and
-    applications get the one-line reason, since it is about their own input."""
-    if isinstance(e, PeerError) and (role is None or role.kind == "custodian"):
-        return CHECK_FAILED
+    """A custodian (or unknown) peer whose message failed a check learns only that, and one that
+    came at the wrong time only that its request is not open (a session's state message names
+    other custodians and why they failed); operators and applications get the one-line reason,
+    since it is about their own input."""
+    if role is None or role.kind == "custodian":
+        if isinstance(e, PeerError):
+            return CHECK_FAILED
+        if isinstance(e, StateError):
+            return NOT_OPEN
     return str(e)
 
 

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from harness import NAMES, Cluster, certs_of, running_cluster, tls
 
-from sdquorum import envelopes, pki
+from sdquorum import envelopes, pki, shamir
 from sdquorum.envelopes import CustodianPolicy, Release, ReleaseStatement
 from sdquorum.errors import SdquorumError
 from sdquorum.keys import SoftwareWrappingKey
@@ -403,3 +403,23 @@ async def test_attack_denial_in_another_custodians_name(
     last = await recovering.wait_session()
     assert last.state == pb.COMPLETED
     assert {c.name: c.status for c in last.custodians}["alice"] == pb.ACCEPTED
+
+
+async def test_a_custodian_learns_nothing_of_the_others_from_a_closed_session(
+    recovering: Cluster, pki_dir: Path, wrapping_keys: list[SoftwareWrappingKey]
+) -> None:
+    """Once bad shares have ended a session, a custodian's late call is told only that its request
+    is not open: not the session's message, which names the others and why they failed."""
+    b = recovering
+    for who, key in zip(["bob", "carol", "dave"], wrapping_keys[1:4], strict=True):
+        rid, checked = checked_for(b, key, pki_dir)
+        good = envelopes.decrypt_share(checked, key)
+        bad = envelopes.make_release(checked, shamir.Share(good.x, (good.y + 1) % shamir.L), key)
+        err = await submit(b, who, rid, bad.to_bytes())
+        assert err is not None and err.details() == "a check failed"
+    for who in ("alice", "frank"):  # alice holds an open slot; frank holds none
+        err = await submit(b, who, "00" * 8, b"{}")
+        assert err is not None and err.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert err.details() == "the request is not open", err.details()
+    last = await b.wait_session(timeout=10)  # the operator still gets the whole story
+    assert "VSS" in last.message and "bob" in last.message, last.message
