@@ -289,7 +289,7 @@ class Node:
 
     def _new_session(self, cls: type[C], reason: str, ttl_seconds: int, caller: Role) -> C:
         """Make a session of ``cls`` (checks: no other running, reason, deadline) and audit it."""
-        if self._session is not None and not self._session.tick(self.now()):
+        if self._session is not None and not self._ended(self._session):
             raise StateError(
                 f"{self._session.kind} session {self._session.session_id} is still running: "
                 "wait for it to end or for its deadline"
@@ -397,7 +397,7 @@ class Node:
 
     def pending_requests(self, thumbprint: bytes) -> list[CustodianRequest]:
         s = self._session
-        if s is None or s.tick(self.now()):
+        if s is None or self._ended(s):
             return []
         return s.requests_for(thumbprint)
 
@@ -527,6 +527,7 @@ class Node:
             outcome = session.submit(request_id, answer, self.now())
         except SdquorumError as e:
             self._audit_refused(session, "answer", caller, request_id, e)
+            self._ended(session)  # a late answer may be what finds the deadline passed
             raise
         details = {
             "session_id": session.session_id,
@@ -574,6 +575,7 @@ class Node:
                 p = session.deny_signed(request_id, signed_denial, self.now())
             except SdquorumError as e:
                 self._audit_refused(session, "denial", caller, request_id, e)
+                self._ended(session)
                 raise
             reason = p.detail
             log.warning(
@@ -708,10 +710,19 @@ class Node:
 
     async def tick(self) -> None:
         """Apply session deadlines (called periodically by the server)."""
-        s = self._session
-        if s is not None and not s.finished and s.tick(self.now()):
-            log.warning("%s session %s ended at its deadline: %s", s.kind, s.session_id, s.message)
+        if self._session is not None:
+            self._ended(self._session)
+
+    def _ended(self, s: Ceremony) -> bool:
+        """Whether ``s`` has finished, its deadline applied first. Whichever path finds a session
+        ended (this ticker, an agent's request stream, a late answer, the next session) applies it,
+        once: a drill's results and every end's audit entry never depend on which came first."""
+        if not s.tick(self.now()):
+            return False
+        if s.session_id not in self._applied:
+            log.warning("%s session %s ended: %s", s.kind, s.session_id, s.message)
             self._after_change(s)
+        return True
 
     async def watch(self, session_id: str) -> AsyncIterator[CeremonyStatus]:
         session = self._session_by_id(session_id)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -22,9 +23,10 @@ from harness import NAMES, ROOT, NodeProcess, agent_config, certs_of, running_cl
 from test_demo import forms
 
 from custodian_agent.agent import Agent
-from sdquorum import shamir
+from sdquorum import pki, shamir
 from sdquorum.errors import StateError, UsageError
 from sdquorum.keys import SoftwareWrappingKey
+from sdquorum.pki import Role
 from sdquorum.sdfile import SecurityDomainFile, open_domain, share_label
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 
@@ -365,3 +367,27 @@ async def test_a_node_that_could_only_make_attestations_agents_refuse_does_not_s
     assert r.returncode == 2, r.stderr
     assert len(lines) == 1 and lines[0].startswith("hsm-node: error: "), lines
     assert expected in lines[0]
+
+
+@pytest.mark.parametrize("found_by", ["an agent's request stream", "the next session"])
+async def test_a_session_ended_by_its_deadline_is_recorded_whoever_finds_it(
+    pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey], found_by: str
+) -> None:
+    """A drill whose deadline passes is applied (its results stored, its end audited) whichever
+    path notices the deadline first; before, only the node's own ticker applied it."""
+    async with running_cluster(pki_dir, tmp_path / "a") as a:
+        await a.download(certs_of(wrapping_keys[:5]), quorum=3)
+        s = await a.node.start_drill("quarterly", 30, Role("admin"))
+        assert a.server._ticker is not None
+        a.server._ticker.cancel()  # the ticker must not be the one to notice
+        a.clock.advance(31)
+        if found_by == "the next session":
+            await a.node.start_drill("the next quarter", 30, Role("admin"))
+        else:
+            assert a.node.pending_requests(pki.thumbprint_sha256(wrapping_keys[0].certificate_der())) == []
+        assert s.finished
+        rows = a.node._store.rows("drills", "result")
+        events = [json.loads(e)["event"] for e in a.node._store.audit_entries("domain")]
+    assert sorted(json.loads(r)["custodian"] for r in rows) == sorted(NAMES[:5])  # one result each
+    assert {json.loads(r)["outcome"] for r in rows} == {"unreachable"}
+    assert "drill-completed" in events, events
