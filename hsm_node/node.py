@@ -44,6 +44,7 @@ from coordinator import (
     CustodianRequest,
     DrillSession,
     RecoverySession,
+    ReleaseOutcome,
     RotationProposal,
     RotationSession,
     SessionState,
@@ -54,7 +55,7 @@ from hsm_node.keyops import KeyType
 from hsm_node.store import DomainInfo, NodeStore, StoredKey
 from sdquorum import audit, backup, envelopes, policy, sdfile
 from sdquorum.azure.sdfile import seal_azure_domain
-from sdquorum.errors import SdquorumError, StateError, UsageError, VerificationError
+from sdquorum.errors import SdquorumError, StateError, StorageError, UsageError, VerificationError
 from sdquorum.pki import Role
 from sdquorum.review import CustodyRecord, DrillResult, RetiredEpoch
 from sdquorum_rpc.observability import SESSION_ID, NodeMetrics
@@ -92,6 +93,11 @@ class NodeConfig:
     attestation_key: Ed25519PrivateKey
     attestation_cert_der: bytes
     default_session_seconds: int = DEFAULT_SESSION_SECONDS
+
+
+class AnswerNotRecorded(StorageError):
+    """An answer changed the session in memory but its record could not be written: the batch it
+    came in does not commit, and the session ends."""
 
 
 class Node:
@@ -515,6 +521,8 @@ class Node:
                 try:
                     a.context.run(self._take_answer, a.request_id, a.answer, a.caller, a.kind)
                     errors.append(None)
+                except AnswerNotRecorded:  # the session changed but its record did not: no commit
+                    raise
                 except Exception as e:  # handed to that answer's caller, which raises it
                     errors.append(e)
         return errors
@@ -529,6 +537,17 @@ class Node:
             self._audit_refused(session, "answer", caller, request_id, e)
             self._ended(session)  # a late answer may be what finds the deadline passed
             raise
+        try:
+            self._record_answer(session, outcome, caller)
+        except Exception as e:
+            # The session took the answer (a share counted, or a slot rejected) but its audit entry
+            # or the completion's writes failed: nothing of this batch may commit, and the session
+            # ends (_after_failed_commit), so no share counts whose acceptance is not on disk.
+            raise AnswerNotRecorded(f"the node could not record the answer ({e}): start a new session") from e
+        if not outcome.accepted:
+            raise VerificationError(outcome.reason)
+
+    def _record_answer(self, session: Ceremony, outcome: ReleaseOutcome, caller: Role) -> None:
         details = {
             "session_id": session.session_id,
             "custodian": outcome.name,
@@ -555,8 +574,6 @@ class Node:
             )
             self.audit(f"{session.kind}-answer-rejected", caller, {**details, "reason": outcome.reason})
         self._after_change(session)
-        if not outcome.accepted:
-            raise VerificationError(outcome.reason)
 
     def _audit_refused(
         self, session: Ceremony, what: str, caller: Role, request_id: str, error: SdquorumError

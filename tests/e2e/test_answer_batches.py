@@ -28,7 +28,7 @@ from custodian_agent import responder
 from hsm_node.store import NodeStore
 from sdquorum import envelopes, pki, shamir
 from sdquorum.envelopes import CustodianPolicy
-from sdquorum.errors import AlreadyExistsError, StorageError, VerificationError
+from sdquorum.errors import AlreadyExistsError, StateError, StorageError, VerificationError
 from sdquorum.keys import SoftwareWrappingKey
 from sdquorum.pki import Role
 from sdquorum_rpc.observability import REQUEST_ID
@@ -218,3 +218,54 @@ def test_a_batch_whose_transaction_sqlite_rolled_back_fails_instead_of_committin
         assert store.audit_entries("provisioning") == ['{"n": 1}']
     finally:
         store.close()
+
+
+def _fail_writing(monkeypatch: pytest.MonkeyPatch, event: str, times: int) -> None:
+    """The audit entry ``event`` fails to write ``times`` times (one statement, as SQLITE_FULL
+    fails it: the transaction itself survives); other entries are written."""
+    real = NodeStore.append_audit
+    left = {"n": times}
+
+    def flaky(store: NodeStore, chain: str, seq: int, entry_json: str) -> None:
+        if left["n"] and json.loads(entry_json)["event"] == event:
+            left["n"] -= 1
+            with store._tx():
+                raise sqlite3.OperationalError("database or disk is full")
+        real(store, chain, seq, entry_json)
+
+    monkeypatch.setattr(NodeStore, "append_audit", flaky)
+
+
+@pytest.mark.parametrize("which", ["the first share", "the m-th share"])
+async def test_a_share_whose_acceptance_is_not_written_never_counts(
+    pki_dir: Path,
+    tmp_path: Path,
+    wrapping_keys: list[SoftwareWrappingKey],
+    monkeypatch: pytest.MonkeyPatch,
+    which: str,
+) -> None:
+    """A share's acceptance entry fails to write: the share must not count (fail closed: the
+    session ends, nothing of that batch is on disk), and the node does not activate from it."""
+    async with node_b_and_sd_file(pki_dir, tmp_path, wrapping_keys[:5]) as (b, sd):
+        await b.start_recovery(sd)
+        answers = _answers(b, pki_dir, wrapping_keys[:3])
+        first = 0 if which == "the first share" else 2
+        for a in answers[:first]:
+            await b.node.submit_answer(*a, kind="recovery")
+        _fail_writing(monkeypatch, "recovery-answer-accepted", 1)
+        with pytest.raises(StorageError, match="could not record the answer"):
+            await b.node.submit_answer(*answers[first], kind="recovery")
+        session = b.node.session
+        assert session is not None and session.state is SessionState.FAILED
+        for a in answers[first + 1 :]:  # the rest are refused: the session has ended
+            with pytest.raises(StateError):
+                await b.node.submit_answer(*a, kind="recovery")
+        assert b.node.state == "RECOVERY_PENDING" and b.node.domain_info is None
+        events = _durable_events(b.data_dir)
+        assert ("recovery-answer-accepted", NAMES[first]) not in events
+        assert not any(e == "recovered" for e, _ in events)
+        monkeypatch.undo()  # the disk is fixed: a new session recovers
+        await b.start_recovery(sd)
+        for answer in _answers(b, pki_dir, wrapping_keys[:3]):
+            await b.node.submit_answer(*answer, kind="recovery")
+        assert b.node.state == "ACTIVATED"
