@@ -2,21 +2,42 @@
 
 Azure's own ``az keyvault security-domain restore-blob`` loads every quorum private key onto one
 workstation. Here each custodian's agent decrypts only its own share and releases it sealed to this
-session's exchange key; the coordinator combines the first m shares (GF(257), duplicate and zero x
-refused), opens the EncData items (their MACs are what proves the shares right: Azure files carry no
+session's exchange key; the coordinator combines m shares (GF(257), duplicate and zero x refused),
+opens the EncData items (their MACs are what proves the shares right: Azure files carry no
 commitments, so a wrong share is found only there), and writes Azure's transfer file: every item
 re-encrypted under a fresh master key wrapped to the Azure HSM's exchange certificate. The host
 reads ``transfer_file`` on COMPLETED; the master keys are dropped when the session ends.
+
+A wrong share must neither block the good ones nor go unnamed. A share whose index or length is
+impossible is rejected on arrival. Otherwise, once m shares are in, every m of them not tried yet
+are combined in turn (n <= 10: at most 252 sets), and the first set that opens the file's MACs
+wins; each other share received is then checked against that set's polynomials, and one that does
+not lie on them is rejected and named. While no set opens, the session keeps collecting; it fails
+only when no slot that could still answer is left.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 
-from coordinator.ceremony import AttestationSigner, Ceremony, CustodianRequest, CustodianStatus
+from coordinator.ceremony import (
+    OPEN,
+    AttestationSigner,
+    Ceremony,
+    CustodianProgress,
+    CustodianRequest,
+    CustodianStatus,
+)
 from sdquorum.azure import gf257
 from sdquorum.azure.ceremony import AZURE_PURPOSE, AzureAnswer, azure_domain_id, open_azure_answer
-from sdquorum.azure.sdfile import AzureSecurityDomain, combine_master_key, decrypt_items, make_transfer_file
+from sdquorum.azure.sdfile import (
+    MASTER_KEY_BYTES,
+    AzureSecurityDomain,
+    combine_master_key,
+    decrypt_items,
+    make_transfer_file,
+)
 from sdquorum.encoding import b64e
 from sdquorum.envelopes import Attestation
 from sdquorum.errors import SdquorumError, StateError, UnauthenticatedError, VerificationError
@@ -36,6 +57,7 @@ class AzureRestoreSession(Ceremony):
         self._exchange_cert = b""
         self._shares: dict[int, gf257.Share] = {}
         self._certs: dict[int, bytes] = {}
+        self._tried: set[tuple[int, ...]] = set()  # sets of slots whose shares did not open the file
 
     def start(
         self, sd_bytes: bytes, exchange_cert_der: bytes, now: int, sign: AttestationSigner
@@ -82,6 +104,8 @@ class AzureRestoreSession(Ceremony):
             raise VerificationError(
                 f"the share of slot {req.x} repeats x={share.x}, already released by another slot"
             )
+        if not 1 <= share.x <= self._sd.n or len(share.ys) != MASTER_KEY_BYTES:
+            raise VerificationError(f"the share of slot {req.x} is not a share of this file's master key")
         self._shares[req.x] = share
         return f"share x={share.x} received"
 
@@ -95,16 +119,32 @@ class AzureRestoreSession(Ceremony):
         sd = self._sd
         if sd is None:  # pragma: no cover - set by start
             raise StateError("no Azure file")
-        shares = [self._shares[x] for x in sorted(self._shares)][: sd.required]
-        try:
-            master = combine_master_key(sd, shares)
-            items = decrypt_items(sd.data, master)
+        for slots in itertools.combinations(sorted(self._shares), sd.required):
+            if slots in self._tried:
+                continue
+            self._tried.add(slots)
+            shares = [self._shares[x] for x in slots]
+            try:
+                items = decrypt_items(sd.data, combine_master_key(sd, shares))
+            except SdquorumError:
+                continue  # one of these is wrong: another set may open it
             self.transfer_file = make_transfer_file(items, self._exchange_cert, self._rng).to_bytes()
-        except SdquorumError as e:
-            self._fail(f"the shares do not open the Azure file ({e}): one of them is wrong")
+            for x in sorted(set(self._shares) - set(slots)):
+                if not gf257.lies_on(self._shares[x], shares):
+                    self._reject(x, f"the share of slot {x} does not lie on the shares that opened the file")
+            self._settle_open(CustodianStatus.NOT_NEEDED)
+            self._complete(f"Azure security domain opened with {len(shares)} shares; transfer file ready")
             return
-        self._settle_open(CustodianStatus.NOT_NEEDED)
-        self._complete(f"Azure security domain opened with {len(shares)} shares; transfer file ready")
+        if not any(p.status in OPEN for p in self._status.values()):  # no slot left to answer
+            names = ", ".join(self._status[x].name for x in sorted(self._shares))
+            self._fail(
+                f"no {sd.required} of the {len(self._shares)} shares received ({names}) open the Azure "
+                "file: at least one of them is wrong"
+            )
+
+    def _reject(self, x: int, reason: str) -> None:
+        p = self._status[x]
+        self._status[x] = CustodianProgress(p.x, p.name, CustodianStatus.REJECTED, reason)
 
     def _end(self) -> None:
         super()._end()

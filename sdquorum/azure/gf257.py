@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from sdquorum.errors import MalformedError, UsageError, VerificationError
 from sdquorum.shamir import Rng
 
-__all__ = ["MAX_SHARES", "PRIME", "Share", "combine", "split"]
+__all__ = ["MAX_SHARES", "PRIME", "Share", "combine", "lies_on", "split"]
 
 PRIME = 257
 MAX_SHARES = 126
@@ -125,22 +125,32 @@ def combine(shares: Sequence[Share], m: int) -> bytes:
         seen.add(s.x)
         if len(s.ys) != length:
             raise VerificationError(f"Azure share x={s.x} has {len(s.ys)} values, another has {length}")
-    used = shares[:m]
-    xs = [s.x for s in used]
-    weights = []
-    for j, xj in enumerate(xs):
-        num, den = 1, 1
-        for i, xi in enumerate(xs):
-            if i != j:
-                num = num * xi % PRIME
-                den = den * (xi - xj) % PRIME
-        weights.append(num * pow(den, PRIME - 2, PRIME) % PRIME)
     out = bytearray()
-    for i in range(length):
-        value = sum(w * s.ys[i] for w, s in zip(weights, used, strict=True)) % PRIME
+    for value in _interpolate(shares[:m], 0):
         if value > 0xFF:
             raise VerificationError(
                 "the Azure shares combine to a value that is not a byte: a share is corrupt"
             )
         out.append(value)
     return bytes(out)
+
+
+def lies_on(share: Share, shares: Sequence[Share]) -> bool:
+    """True iff ``share`` is the evaluation at its x of the polynomials through ``shares`` (m shares
+    of distinct x, already checked, e.g. the ones that opened a file): an honest share always is."""
+    return len(share.ys) == len(shares[0].ys) and _interpolate(shares, share.x) == share.ys
+
+
+def _interpolate(used: Sequence[Share], x: int) -> tuple[int, ...]:
+    """Each byte's polynomial through ``used`` (distinct x), evaluated at ``x`` (Lagrange)."""
+    xs = [s.x for s in used]
+    weights = []
+    for j, xj in enumerate(xs):
+        num, den = 1, 1
+        for i, xi in enumerate(xs):
+            if i != j:
+                num = num * (x - xi) % PRIME
+                den = den * (xj - xi) % PRIME
+        weights.append(num * pow(den, PRIME - 2, PRIME) % PRIME)
+    length = len(used[0].ys)
+    return tuple(sum(w * s.ys[i] for w, s in zip(weights, used, strict=True)) % PRIME for i in range(length))

@@ -53,6 +53,7 @@ from sdquorum.shamir import Rng
 
 __all__ = [
     "KEY_ALGORITHM",
+    "MASTER_KEY_BYTES",
     "MAX_AZURE_FILE_BYTES",
     "MAX_TAG_CHARS",
     "SHARE_BYTES",

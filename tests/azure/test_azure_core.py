@@ -1038,3 +1038,21 @@ def test_an_agent_that_pins_domain_keys_serves_an_azure_domain_only_when_it_name
         attestation_root.cert_pem, allowed_domains=frozenset({domain}), pinned_signing_keys=pinned
     )
     assert responder.answer(req, responder.check(req, mine, allowed, now), wrapping_keys[0], os.urandom)
+
+
+@given(st.binary(min_size=1, max_size=40), st.integers(2, 6), st.data())
+@settings(max_examples=60, deadline=None)
+def test_every_honest_share_lies_on_any_m_others_and_a_changed_one_does_not(
+    secret: bytes, m: int, data: st.DataObject
+) -> None:
+    """What names a wrong Azure share once m others have opened the file."""
+    n = data.draw(st.integers(m + 1, 8))
+    shares = gf257.split(secret, m, n, os.urandom)
+    used = list(data.draw(st.permutations(shares)))[:m]
+    for s in shares:
+        assert gf257.lies_on(s, used)
+        if s in used:
+            continue  # a share of the set itself always lies on it
+        i = data.draw(st.integers(0, len(s.ys) - 1))
+        changed = gf257.Share(s.x, tuple((y + 1) % gf257.PRIME if j == i else y for j, y in enumerate(s.ys)))
+        assert not gf257.lies_on(changed, used)

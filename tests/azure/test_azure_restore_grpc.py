@@ -170,3 +170,89 @@ async def test_restore_blob_with_an_offline_custodian_answer_file(
         code, lines = await task
         assert code == 0, lines
     assert open_transfer_file(out.read_bytes(), *exchange) == ITEMS
+
+
+def _azure_answers(
+    c: Cluster, pki_dir: Path, keys: list[SoftwareWrappingKey], corrupt: set[int]
+) -> list[tuple[str, bytes, Any]]:
+    """What each of ``keys``' agents releases for its open Azure request; the ones at the indexes in
+    ``corrupt`` release a share with one byte changed (a damaged key, or a lying agent)."""
+    from sdquorum.azure import gf257
+    from sdquorum.azure.ceremony import AzureAnswer, check_azure_request
+    from sdquorum.azure.sdfile import decrypt_share
+    from sdquorum.envelopes import Attestation, CustodianPolicy, seal_release
+    from sdquorum.pki import Role
+
+    policy = CustodianPolicy((pki_dir / "attestation-root.pem").read_bytes())
+    out = []
+    for i, k in enumerate(keys):
+        thumb = pki.thumbprint_sha256(k.certificate_der())
+        (req,) = c.node.pending_requests(thumb)
+        checked = check_azure_request(
+            Attestation.from_bytes(req.attestation), req.header_bytes, req.x, thumb, policy, datetime.now(UTC)
+        )
+        share = decrypt_share(checked.sd, k)
+        if i in corrupt:
+            share = gf257.Share(share.x, ((share.ys[0] + 1) % 257, *share.ys[1:]))
+        release = seal_release(
+            checked.statement, checked.attestation_sha256, checked.slot, share.to_bytes(), k
+        )
+        out.append(
+            (
+                req.request_id,
+                AzureAnswer(release, k.certificate_der()).to_bytes(),
+                Role("custodian", NAMES[i]),
+            )
+        )
+    return out
+
+
+async def test_a_wrong_azure_share_blocks_nothing_and_is_named(
+    pki_dir: Path,
+    tmp_path: Path,
+    wrapping_keys: list[SoftwareWrappingKey],
+    exchange: tuple[rsa.RSAPrivateKey, bytes],
+) -> None:
+    """3-of-5: alice, bob (wrong share) and carol answer first. The three do not open the file, so
+    the session waits; dave's honest share completes it, and bob is the one rejected and named."""
+    from coordinator.ceremony import CustodianStatus, SessionState
+    from sdquorum.pki import Role
+
+    keys = wrapping_keys[:5]
+    data = make_sd_file([k.certificate_der() for k in keys], 3, ITEMS).data
+    async with running_cluster(pki_dir, tmp_path / "c") as c:
+        s = await c.node.start_azure_restore(data, exchange[1], "dr test", 60, Role("admin"))
+        answers = _azure_answers(c, pki_dir, keys, corrupt={1})
+        for a in answers[:3]:
+            await c.node.submit_answer(*a)
+        assert s.state is SessionState.COLLECTING, s.message
+        await c.node.submit_answer(*answers[3])
+        assert s.state is SessionState.COMPLETED, s.message
+        status = {p.name: p for p in s.status().custodians}
+        bob = next(p for p in status.values() if p.x == 2)
+        assert bob.status is CustodianStatus.REJECTED and "slot 2" in bob.detail
+        assert [p.status for p in status.values() if p.x in (1, 3, 4)] == [CustodianStatus.ACCEPTED] * 3
+        transfer = c.node.azure_transfer_file(s.session_id)
+    assert open_transfer_file(transfer, exchange[0], exchange[1]) == ITEMS
+
+
+async def test_azure_shares_that_never_open_the_file_fail_only_when_no_one_is_left(
+    pki_dir: Path,
+    tmp_path: Path,
+    wrapping_keys: list[SoftwareWrappingKey],
+    exchange: tuple[rsa.RSAPrivateKey, bytes],
+) -> None:
+    from coordinator.ceremony import SessionState
+    from sdquorum.pki import Role
+
+    keys = wrapping_keys[:5]
+    data = make_sd_file([k.certificate_der() for k in keys], 3, ITEMS).data
+    async with running_cluster(pki_dir, tmp_path / "c") as c:
+        s = await c.node.start_azure_restore(data, exchange[1], "dr test", 60, Role("admin"))
+        answers = _azure_answers(c, pki_dir, keys, corrupt={2, 3, 4})  # only two honest: no 3 open it
+        for a in answers[:4]:
+            await c.node.submit_answer(*a)
+            assert s.state is SessionState.COLLECTING, s.message
+        await c.node.submit_answer(*answers[4])
+        assert s.state is SessionState.FAILED
+        assert "no 3 of the 5 shares received" in s.message and "at least one of them is wrong" in s.message
