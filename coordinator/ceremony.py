@@ -384,6 +384,8 @@ class Ceremony:
     def deny_signed(self, request_id: str, denial: bytes, now: int) -> CustodianProgress:
         """A denial signed by the slot's own key (UnauthenticatedError otherwise: the slot stays open)."""
         req = self._open_request(request_id, now)
+        if self._attestation is None:  # pragma: no cover - a request is open only once attested
+            raise StateError("the session has no attestation yet")
         envelope = Denial.from_bytes(denial)
         reason = verify_denial(
             envelope,
@@ -391,6 +393,7 @@ class Ceremony:
             expected_x=req.x,
             session_id=self.session_id,
             request_id=request_id,
+            attestation_sha256=self._attestation.sha256,
         )
         return self.deny(request_id, reason, now)
 

@@ -269,7 +269,12 @@ class Agent:
     async def _deny(self, client: NodeClient, msg: pb.CustodianRequest, reason: str) -> None:
         """A denial signed with the wrapping key, so nobody else can deny in this custodian's name."""
         denial = envelopes.make_denial(
-            self.key, session_id=msg.session_id, request_id=msg.request_id, x=msg.x, reason=reason
+            self.key,
+            session_id=msg.session_id,
+            request_id=msg.request_id,
+            x=msg.x,
+            reason=reason,
+            attestation=bytes(msg.attestation),
         )
         try:
             with client.errors():

@@ -237,6 +237,7 @@ def _respond(args: argparse.Namespace) -> int:
                 request_id=req.request_id,
                 x=req.x,
                 reason="denied by the custodian",
+                attestation=req.attestation,
             ).to_bytes(),
             denied=True,
             reason="denied by the custodian",

@@ -123,7 +123,14 @@ def build_samples(now: datetime | None = None) -> Samples:
         "drill": "0000000000000002",
         "rotation": "0000000000000003",
     }
-    denial = make_denial(alice, session_id=SESSION, request_id=request_ids["drill"], x=1, reason="not today")
+    denial = make_denial(
+        alice,
+        session_id=SESSION,
+        request_id=request_ids["drill"],
+        x=1,
+        reason="not today",
+        attestation=attestations["drill"].to_bytes(),
+    )
 
     requests = [
         CeremonyRequest(

@@ -80,7 +80,7 @@ MAX_ENVELOPE_BYTES = 64 * 1024
 CLOCK_SKEW_SECONDS = 120
 PURPOSES = ("recovery", "drill", "rotation", "azure-recovery")
 PROOF_TYPE = "sdquorum-possession-proof-v1"
-DENIAL_TYPE = "sdquorum-denial-v1"
+DENIAL_TYPE = "sdquorum-denial-v2"  # v2: bound to the attestation of the request it refuses
 
 
 @dataclass(frozen=True)
@@ -526,12 +526,14 @@ class DenialStatement:
     x: int
     thumbprint: bytes
     reason: str
+    attestation_sha256: bytes  # of the attestation the refused request carried: no other node's use
     certificate: bytes = b""  # the signer's certificate (DER), for SD files that carry only thumbprints
 
     def to_bytes(self) -> bytes:
         return canonical_json(
             {
                 "type": DENIAL_TYPE,
+                "attestation_sha256": b64e(self.attestation_sha256),
                 "certificate": b64e(self.certificate),
                 "session_id": self.session_id,
                 "request_id": self.request_id,
@@ -552,6 +554,7 @@ class DenialStatement:
             x=_int(obj, "x"),
             thumbprint=_b64(obj, "x5t_256", 32),
             reason=_str(obj, "reason"),
+            attestation_sha256=_b64(obj, "attestation_sha256", 32),
             certificate=_b64(obj, "certificate", None),
         )
 
@@ -563,13 +566,18 @@ class Denial(_SignedEnvelope):
         self.statement = DenialStatement.from_bytes(self.statement_bytes)
 
 
-def make_denial(key: WrappingKey, *, session_id: str, request_id: str, x: int, reason: str) -> Denial:
+def make_denial(
+    key: WrappingKey, *, session_id: str, request_id: str, x: int, reason: str, attestation: bytes
+) -> Denial:
+    """A signed refusal of one request, bound to the attestation bytes that request carried (so a
+    node that obtains it cannot hand it to another node, whose attestation differs)."""
     statement = DenialStatement(
         session_id=session_id,
         request_id=request_id,
         x=x,
         thumbprint=hashlib.sha256(key.certificate_der()).digest(),
         reason=reason[:200],
+        attestation_sha256=hashlib.sha256(attestation).digest(),
         certificate=key.certificate_der(),
     )
     data = statement.to_bytes()
@@ -577,9 +585,16 @@ def make_denial(key: WrappingKey, *, session_id: str, request_id: str, x: int, r
 
 
 def verify_denial(
-    denial: Denial, *, slot_certificate: bytes, expected_x: int, session_id: str, request_id: str
+    denial: Denial,
+    *,
+    slot_certificate: bytes,
+    expected_x: int,
+    session_id: str,
+    request_id: str,
+    attestation_sha256: bytes,
 ) -> str:
-    """The reason of a denial signed by slot ``expected_x``'s key for exactly this request."""
+    """The reason of a denial signed by slot ``expected_x``'s key for exactly this request, under
+    exactly this session's attestation."""
     st = denial.statement
     if not verify_pss(slot_certificate, denial.statement_bytes, denial.signature):
         raise UnauthenticatedError(f"the denial is not signed by slot {expected_x}'s wrapping key")
@@ -588,6 +603,7 @@ def verify_denial(
         or not hmac.compare_digest(st.session_id.encode(), session_id.encode())
         or not hmac.compare_digest(st.request_id.encode(), request_id.encode())
         or not hmac.compare_digest(st.thumbprint, hashlib.sha256(slot_certificate).digest())
+        or not hmac.compare_digest(st.attestation_sha256, attestation_sha256)
     ):
         raise UnauthenticatedError("the denial was made for another request (replay)")
     return st.reason

@@ -383,15 +383,31 @@ def test_attack_table_is_documented() -> None:
 async def test_attack_denial_in_another_custodians_name(
     recovering: Cluster, pki_dir: Path, wrapping_keys: list[SoftwareWrappingKey], tmp_path: Path
 ) -> None:
-    """Bob learns alice's request id (requests carry nothing secret) and denies in her name."""
+    """Bob learns alice's request id (requests carry nothing secret) and denies in her name; or a
+    denial alice really signed, for another session or for another node's attestation (a node that
+    got her to refuse its own request with the same session and request ids), is replayed here."""
     alice, bob = wrapping_keys[0], wrapping_keys[1]
     alice_rid, checked = checked_for(recovering, alice, pki_dir)
     x = checked.x
+    session = recovering.node.session
+    assert session is not None and session.attestation is not None
+    here = session.attestation.to_bytes()
+    other_node = b"the attestation another node sent alice's agent"  # what her denial was bound to
     for forged in (
         envelopes.make_denial(
-            bob, session_id=recovering.node.session.session_id, request_id=alice_rid, x=x, reason="no"
-        ),  # type: ignore[union-attr]
-        envelopes.make_denial(alice, session_id="an-earlier-session", request_id=alice_rid, x=x, reason="no"),
+            bob, session_id=session.session_id, request_id=alice_rid, x=x, reason="no", attestation=here
+        ),
+        envelopes.make_denial(
+            alice, session_id="an-earlier-session", request_id=alice_rid, x=x, reason="no", attestation=here
+        ),
+        envelopes.make_denial(
+            alice,
+            session_id=session.session_id,
+            request_id=alice_rid,
+            x=x,
+            reason="no",
+            attestation=other_node,
+        ),
     ):
         async with recovering.client("custodian-bob") as c:
             with pytest.raises(grpc.aio.AioRpcError) as e:
