@@ -418,7 +418,10 @@ def open_release(
         attestation_sha256=attestation_sha256,
         exchange_key=exchange_key,
     )
-    return shamir.Share.from_bytes(expected_x, raw)
+    try:
+        return shamir.Share.from_bytes(expected_x, raw)
+    except MalformedError as e:  # the custodian signed it: its slot's failure, not an anonymous one
+        raise VerificationError(f"the signed release of slot {expected_x} seals no valid share ({e})") from e
 
 
 @dataclass(frozen=True)
@@ -450,16 +453,19 @@ def open_sealed_share(
         inner = nacl.public.SealedBox(exchange_key).decrypt(st.sealed_share)
     except nacl.exceptions.CryptoError as e:
         raise VerificationError("the share is not sealed to this session's exchange key") from e
-    obj = parse_json_object(inner, "sealed share")
-    if (
-        obj.get("type") != SHARE_TYPE
-        or obj.get("session_id") != session_id
-        or obj.get("domain_id") != slot.domain_id.hex()
-        or obj.get("epoch") != slot.epoch
-        or obj.get("x") != slot.x
-    ):
-        raise VerificationError("the sealed share's bindings differ from its signed release")
-    return b64d(obj.get("share"), "share")
+    try:  # from here on the content is signed by the slot's key: what fails is the custodian's
+        obj = parse_json_object(inner, "sealed share")
+        if (
+            obj.get("type") != SHARE_TYPE
+            or obj.get("session_id") != session_id
+            or obj.get("domain_id") != slot.domain_id.hex()
+            or obj.get("epoch") != slot.epoch
+            or obj.get("x") != slot.x
+        ):
+            raise VerificationError("the sealed share's bindings differ from its signed release")
+        return b64d(obj.get("share"), "share")
+    except MalformedError as e:
+        raise VerificationError(f"the signed release of slot {slot.x} seals no valid share ({e})") from e
 
 
 @dataclass(frozen=True)

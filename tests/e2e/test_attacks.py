@@ -439,3 +439,25 @@ async def test_a_custodian_learns_nothing_of_the_others_from_a_closed_session(
         assert err.details() == "the request is not open", err.details()
     last = await b.wait_session(timeout=10)  # the operator still gets the whole story
     assert "VSS" in last.message and "bob" in last.message, last.message
+
+
+async def test_attack_a_signed_release_that_seals_no_share(
+    recovering: Cluster, pki_dir: Path, wrapping_keys: list[SoftwareWrappingKey]
+) -> None:
+    """Alice signs a release whose sealed content is no share: she vouched for it, so her slot is
+    rejected and named (not merely refused and left open), and the others still complete."""
+    b = recovering
+    rid, checked = checked_for(b, wrapping_keys[0], pki_dir)
+    junk = envelopes.seal_release(
+        checked.statement, checked.attestation_sha256, checked.x, b"\x01\x02", wrapping_keys[0]
+    )
+    err = await submit(b, "alice", rid, junk.to_bytes())
+    assert (
+        err is not None
+        and err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        and err.details() == "a check failed"
+    )
+    session = b.node.session
+    assert session is not None
+    alice = next(p for p in session.status().custodians if p.name == "alice")
+    assert alice.status.name == "REJECTED" and "seals no valid share" in alice.detail
