@@ -427,11 +427,15 @@ class Node:
         for slot in s.header.slots:
             held = self._agents.get(slot.name)
             if held is not None and held != slot.thumbprint:
-                s.reject_slot(
-                    slot.x,
-                    f"{slot.name}'s agent holds a wrapping key that no longer matches slot {slot.x}",
-                    self.now(),
-                )
+                reason = f"{slot.name}'s agent holds a wrapping key that no longer matches slot {slot.x}"
+                before = s.progress().rejected
+                s.reject_slot(slot.x, reason, self.now())
+                if s.progress().rejected != before:  # newly rejected: its own audit entry
+                    self.audit(
+                        "drill-slot-rejected",
+                        "node",
+                        {"session_id": s.session_id, "custodian": slot.name, "x": slot.x, "reason": reason},
+                    )
         self._after_change(s)
 
     def export_requests(self, session_id: str) -> list[tuple[str, CustodianRequest]]:

@@ -391,3 +391,19 @@ async def test_a_session_ended_by_its_deadline_is_recorded_whoever_finds_it(
     assert sorted(json.loads(r)["custodian"] for r in rows) == sorted(NAMES[:5])  # one result each
     assert {json.loads(r)["outcome"] for r in rows} == {"unreachable"}
     assert "drill-completed" in events, events
+
+
+async def test_a_drill_slot_rejected_for_a_changed_key_has_its_own_audit_entry(
+    pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey]
+) -> None:
+    async with running_cluster(pki_dir, tmp_path / "a") as a:
+        await a.download(certs_of(wrapping_keys[:5]), quorum=3)
+        s = await a.node.start_drill("quarterly", 60, Role("admin"))
+        other = pki.thumbprint_sha256(wrapping_keys[5].certificate_der())
+        for _ in range(2):  # carol's agent reconnects with another key, twice: one rejection, one entry
+            a.node.agent_connected(Role("custodian", "carol"), other)
+        entries = [json.loads(e) for e in a.node._store.audit_entries("domain")]
+    rejected = [e for e in entries if e["event"] == "drill-slot-rejected"]
+    assert [(e["details"]["custodian"], e["details"]["x"]) for e in rejected] == [("carol", 3)]
+    assert "no longer matches slot 3" in rejected[0]["details"]["reason"]
+    assert s.progress().rejected[0][0] == 3
