@@ -16,7 +16,8 @@ Invariants:
   request with the same id but other details, or made after the details changed, is a denial;
   posting a request removes such a decision. One made on the same details (the agent restarted
   while its human decided) stands.
-* A decision is written once (``O_EXCL``, 0600); deciding again is refused.
+* A decision is written once, whole (written aside, then linked into place; 0600); deciding again
+  is refused.
 """
 
 from __future__ import annotations
@@ -102,16 +103,21 @@ class ApprovalBox:
                 f"the pending request file {pending} is unreadable or damaged: deny it, or let it expire"
             ) from e
         self._ensure()
+        final = self._file(self.decisions_dir, request_id)
+        tmp = self.decisions_dir / f".{request_id}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            fd = os.open(
-                self._file(self.decisions_dir, request_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
-            )
+            try:
+                os.write(
+                    fd, json.dumps({"approved": approved, "reason": reason, DIGEST_KEY: digest}).encode()
+                )
+            finally:
+                os.close(fd)
+            os.link(tmp, final)  # appears whole, and only once: the waiting agent never reads half
         except FileExistsError:
             raise UsageError(f"request {request_id} is already decided") from None
-        try:
-            os.write(fd, json.dumps({"approved": approved, "reason": reason, DIGEST_KEY: digest}).encode())
         finally:
-            os.close(fd)
+            tmp.unlink(missing_ok=True)
 
     async def wait(
         self, request_id: str, deadline: float, details_sha256: str, poll: float = 0.2
