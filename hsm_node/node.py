@@ -539,7 +539,10 @@ class Node:
             outcome = session.submit(request_id, answer, self.now())
         except SdquorumError as e:
             self._audit_refused(session, "answer", caller, request_id, e)
-            self._ended(session)  # a late answer may be what finds the deadline passed
+            try:
+                self._ended(session)  # a late answer may be what finds the deadline passed
+            except Exception as err:  # the end is not recorded: like an unrecorded answer, fail closed
+                raise AnswerNotRecorded(f"the node could not record the session's end ({err})") from err
             raise
         try:
             self._record_answer(session, outcome, caller)
