@@ -67,8 +67,9 @@ def describe(req: CeremonyRequest, checked: Checked) -> dict[str, Any]:
         "reason": st.reason,
         "expires_at": datetime.fromtimestamp(st.expires_at, tz=UTC).isoformat(),
     }
-    if req.kind == "rotation":
-        out["proposal"] = RotationProposal.from_bytes(req.proposal).summary()
+    if req.kind == "rotation" and isinstance(checked, envelopes.CheckedRequest):
+        now = [(slot.name, slot.thumbprint) for slot in checked.header.slots]
+        out["proposal"] = RotationProposal.from_bytes(req.proposal).summary(now)
     return out
 
 

@@ -802,10 +802,17 @@ class Node:
                 expires_at=session.expires_at,
             )
             session.start(signed, proposal, now, self._sign_attestation)
+            current = [(slot.name, slot.thumbprint) for slot in signed.header.slots]
+            for warning in plan.warnings:
+                log.warning("rotation %s: %s", session.session_id, warning)
             self.audit(
                 "rotation-proposed",
                 caller,
-                {"session_id": session.session_id, "proposal": proposal.summary()},
+                {
+                    "session_id": session.session_id,
+                    "proposal": proposal.summary(current),
+                    "warnings": list(plan.warnings),
+                },
             )
             self._notify()
             return session

@@ -7,6 +7,7 @@ custodian's proof of possession is bound to it. Shown to each custodian's human 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sdquorum import pki
@@ -82,10 +83,23 @@ class RotationProposal:
             expires_at=_int(obj.get("expires_at"), "expires_at"),
         )
 
-    def summary(self) -> str:
+    def summary(self, current: Sequence[tuple[str, bytes]] = ()) -> str:
+        """What a custodian approves, in one line. Each new slot shows its key's SHA-256 (the first
+        32 hex digits), and, given ``current`` (the roster now: name and certificate thumbprint per
+        slot), whether it is a key the domain already uses or a NEW KEY: a certificate's subject
+        alone is no identity (anyone can issue one saying CN=alice)."""
+        known = {thumb: name for name, thumb in current}
+        slots = []
+        for subject, der in zip(self.names(), self.certificates_der, strict=True):
+            thumb = hashlib.sha256(der).digest()
+            if current:
+                mark = f"same key as {known[thumb]} now" if thumb in known else "NEW KEY"
+                slots.append(f"{subject} [{thumb.hex()[:32]}, {mark}]")
+            else:
+                slots.append(f"{subject} [{thumb.hex()[:32]}]")
         return (
             f"rotate domain {self.domain_id.hex()} from epoch {self.from_epoch} to {self.to_epoch}: "
-            f"quorum {self.quorum} of {len(self.certificates_der)} ({'; '.join(self.names())})"
+            f"quorum {self.quorum} of {len(self.certificates_der)} ({'; '.join(slots)})"
         )
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sdquorum import pki
 from sdquorum.encoding import b64e
 from sdquorum.envelopes import PURPOSES
 from sdquorum.errors import MalformedError, SdquorumError
@@ -462,3 +465,25 @@ def test_a_request_id_that_could_name_another_file_is_refused(request_id: str) -
         CeremonyRequest(**{**REQUEST.__dict__, "request_id": request_id})
     with pytest.raises(MalformedError, match="request id"):
         CeremonyRequest.from_bytes(edited(REQUEST.to_bytes(), request_id=request_id))
+
+
+def test_the_summary_shows_each_key_and_whether_it_is_new(
+    proposal: RotationProposal, wrapping_keys: list[SoftwareWrappingKey]
+) -> None:
+    """A certificate saying CN=bob is no proof it is bob's key: a custodian approving a roster sees
+    each key's SHA-256, and which keys the domain does not use now (a rogue admin's substitute
+    shows as a NEW KEY under an old name)."""
+    thumb = [hashlib.sha256(k.certificate_der()).digest() for k in wrapping_keys]
+    now = [(n, t) for n, t in zip(("alice", "bob", "carol", "dave", "erin"), thumb[:5], strict=True)]
+    summary = proposal.summary(now)  # bob..frank: frank is new, the others keep their keys
+    for name, t in zip(("bob", "carol", "dave", "erin"), thumb[1:5], strict=True):
+        assert f"CN={name} [{t.hex()[:32]}, same key as {name} now]" in summary
+    assert f"CN=frank [{thumb[5].hex()[:32]}, NEW KEY]" in summary
+    _, forged_pem = pki.make_wrapping_key("bob", datetime.now(UTC), bits=2048)  # CN=bob, not bob's key
+    forged = pki.load_cert(forged_pem).public_bytes(serialization.Encoding.DER)
+    substitute = RotationProposal(
+        **{**proposal.__dict__, "certificates_der": (forged, *proposal.certificates_der[1:])}
+    )
+    assert substitute.names() == proposal.names()  # by name, the two rosters read the same
+    first = substitute.summary(now).split(";")[0]
+    assert f"CN=bob [{hashlib.sha256(forged).hexdigest()[:32]}, NEW KEY]" in first

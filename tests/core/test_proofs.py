@@ -225,6 +225,7 @@ def test_rotation_approval_from_the_responder_verifies_and_shows_the_proposal(w:
     assert (shown["kind"], shown["slot"], shown["epoch"]) == ("rotation", 5, 1)
     assert "from epoch 1 to 2: quorum 3 of 5" in shown["proposal"]
     assert "CN=frank" in shown["proposal"]
+    assert "same key as" in shown["proposal"]  # marked against the roster the agent checked
 
 
 # ---------------------------------------------------------------------------------------- refusals
