@@ -71,6 +71,17 @@ log = logging.getLogger("sdquorum.node")
 PROVISIONED, RECOVERY_PENDING, ACTIVATED = "PROVISIONED", "RECOVERY_PENDING", "ACTIVATED"
 NodeState = str
 MAX_KEY_NAME = 128
+MAX_REFUSAL_CHARS = 500  # of a refused call's reason, in the audit log
+
+
+def _check_key_name(name: str) -> str:
+    """Key names are 1..MAX_KEY_NAME printable characters: checked before any lookup, so a name
+    never travels further (into an error message, a log or the audit log) than that."""
+    if not name or len(name) > MAX_KEY_NAME or not name.isprintable():
+        raise UsageError(f"key names are 1..{MAX_KEY_NAME} printable characters")
+    return name
+
+
 DEFAULT_SESSION_SECONDS = 600
 MAX_SESSION_SECONDS = 24 * 3600
 
@@ -185,7 +196,10 @@ class Node:
         self._store.append_audit(chain, entry.seq, json.dumps(entry.to_json(), sort_keys=True))
 
     def audit_refusal(self, method: str, role: Role | None, code: str, reason: str) -> None:
-        self.audit("refused", role or "unknown peer", {"method": method, "code": code, "reason": reason})
+        """One bounded entry per refused call: a caller's input, quoted in the reason, cannot make
+        the permanent, signed log grow by more than this per call."""
+        details = {"method": method[:100], "code": code, "reason": reason[:MAX_REFUSAL_CHARS]}
+        self.audit("refused", role or "unknown peer", details)
 
     def export_audit(self, chain: str) -> list[str]:
         if chain not in ("domain", "provisioning"):
@@ -933,8 +947,7 @@ class Node:
 
     async def create_key(self, name: str, kind: KeyType) -> StoredKey:
         self._dek()
-        if not name or len(name) > MAX_KEY_NAME or not name.isprintable():
-            raise UsageError(f"key names are 1..{MAX_KEY_NAME} printable characters")
+        _check_key_name(name)
         # Generation (RSA-3072 takes ~0.1 s) runs off the event loop; the database is only ever
         # touched from the loop's thread, so writes never interleave on the one connection.
         public, private = await asyncio.to_thread(keyops.generate, kind)
@@ -949,10 +962,10 @@ class Node:
 
     def delete_key(self, name: str) -> None:
         self._dek()
-        self._store.delete_key(name)
+        self._store.delete_key(_check_key_name(name))
 
     def _key(self, name: str) -> tuple[StoredKey, bytes, KeyType]:
-        info, private = self._store.get_key(self._dek(), name)
+        info, private = self._store.get_key(self._dek(), _check_key_name(name))
         return info, private, KeyType(info.key_type)
 
     def encrypt(self, name: str, plaintext: bytes, aad: bytes) -> bytes:

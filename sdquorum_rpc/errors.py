@@ -73,7 +73,14 @@ def _public_message(e: SdquorumError, role: pki.Role | None) -> str:
             return CHECK_FAILED
         if isinstance(e, StateError):
             return NOT_OPEN
-    return str(e)
+    return _bounded(str(e))
+
+
+MAX_MESSAGE_CHARS = 500  # of an error's text in a log line, an audit entry or a status detail
+
+
+def _bounded(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
 def rpc(*roles: str) -> Callable[[F], F]:
@@ -92,8 +99,9 @@ def rpc(*roles: str) -> Callable[[F], F]:
         async def fail(servicer: Any, context: Ctx, e: BaseException, role: pki.Role | None) -> None:
             if isinstance(e, SdquorumError):
                 code = status_for(e)
-                log.warning("%s by %s refused (%s): %s", name, role or "unknown peer", code.name, e)
-                _audit_refusal(servicer, name, role, code.name, str(e))
+                text = _bounded(str(e))  # a message may quote the caller's input: never all of it
+                log.warning("%s by %s refused (%s): %s", name, role or "unknown peer", code.name, text)
+                _audit_refusal(servicer, name, role, code.name, text)
                 kind = (
                     "verification"
                     if isinstance(e, VerificationError)

@@ -461,3 +461,23 @@ async def test_attack_a_signed_release_that_seals_no_share(
     assert session is not None
     alice = next(p for p in session.status().custodians if p.name == "alice")
     assert alice.status.name == "REJECTED" and "seals no valid share" in alice.detail
+
+
+async def test_attack_a_huge_key_name_does_not_grow_the_audit_log(
+    pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey]
+) -> None:
+    """An app calls Decrypt with a 3 MiB key name, again and again: each refusal is audited, in a
+    bounded entry (the name is refused before any lookup, and no message is stored whole)."""
+    async with running_cluster(pki_dir, tmp_path / "a") as a:
+        await a.download(certs_of(wrapping_keys[:3]), quorum=2)
+        before = len("".join(a.node._store.audit_entries("domain")))
+        async with a.client("app") as c:
+            for _ in range(5):
+                with pytest.raises(grpc.aio.AioRpcError) as e:
+                    await c.keys.Decrypt(
+                        pb.DecryptRequest(name="x" * (3 * 1024 * 1024), ciphertext=b"\0" * 40)
+                    )
+                assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "key names are 1..128 printable characters" in (e.value.details() or "")
+        grown = len("".join(a.node._store.audit_entries("domain"))) - before
+    assert grown < 5 * 2000, grown  # five refusals, each a few hundred bytes
