@@ -176,6 +176,18 @@ def _rsa_encrypt(public: rsa.RSAPublicKey, plaintext: bytes) -> bytes:
     return public.encrypt(plaintext, oaep_sha256(b""))
 
 
+def public_der(kind: KeyType, private: bytes) -> bytes:
+    """The SubjectPublicKeyInfo DER of a stored private key (b"" for AES): derived, never read
+    from the store's public column, which its row's seal does not cover."""
+    if kind is KeyType.AES256_GCM:
+        return b""
+    if kind is KeyType.ED25519:
+        return _spki(ed25519.Ed25519PrivateKey.from_private_bytes(private).public_key())
+    if kind is KeyType.RSA3072:
+        return _spki(_rsa(private).public_key())
+    raise UsageError(f"unsupported key type {kind}")
+
+
 def _rsa(private: bytes) -> rsa.RSAPrivateKey:
     # Stored material is authenticated: AES-256-GCM under the data encryption key (AAD binding name
     # and type), written only by generate() or by a backup of this domain, which the domain signing

@@ -1012,8 +1012,11 @@ class Node:
         return await sign_batch_here(kind, private, messages)
 
     def verify(self, name: str, message: bytes, signature: bytes) -> bool:
-        info, _, kind = self._key(name)
-        return keyops.verify(kind, info.public_der, message, signature)
+        # Against the public key of the sealed private key, not the row's public column: the
+        # column is not under the row's seal, so whoever can write the data directory could put
+        # a key of theirs there and have their own signatures verify.
+        _, private, kind = self._key(name)
+        return keyops.verify(kind, keyops.public_der(kind, private), message, signature)
 
     # ------------------------------------------------------------------ backup and restore
 

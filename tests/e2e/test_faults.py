@@ -407,3 +407,29 @@ async def test_a_drill_slot_rejected_for_a_changed_key_has_its_own_audit_entry(
     assert [(e["details"]["custodian"], e["details"]["x"]) for e in rejected] == [("carol", 3)]
     assert "no longer matches slot 3" in rejected[0]["details"]["reason"]
     assert s.progress().rejected[0][0] == 3
+
+
+async def test_a_public_key_swapped_on_disk_does_not_make_verify_accept_its_signatures(
+    pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey]
+) -> None:
+    """Whoever can write the data directory (without the sealing key) puts a key of theirs in a
+    row's public column: Verify still checks against the sealed private key's public key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from hsm_node.keyops import KeyType
+
+    async with running_cluster(pki_dir, tmp_path / "a") as a:
+        await a.download(certs_of(wrapping_keys[:3]), quorum=2)
+        await a.node.create_key("ed", KeyType.ED25519)
+        forger = ed25519.Ed25519PrivateKey.generate()
+        spki = forger.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        db = sqlite3.connect(tmp_path / "a" / "node.db")
+        db.execute("UPDATE keys SET public_der = ? WHERE name = 'ed'", (spki,))
+        db.commit()
+        db.close()
+        message = b"pay mallory 1000000"
+        assert a.node.verify("ed", message, forger.sign(message)) is False
+        assert a.node.verify("ed", message, a.node.sign("ed", message)) is True  # the real key still works
