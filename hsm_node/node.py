@@ -57,7 +57,7 @@ from sdquorum import audit, backup, envelopes, policy, sdfile
 from sdquorum.azure.sdfile import seal_azure_domain
 from sdquorum.errors import SdquorumError, StateError, StorageError, UsageError, VerificationError
 from sdquorum.pki import Role
-from sdquorum.review import CustodyRecord, DrillResult, RetiredEpoch
+from sdquorum.review import LOSS_KINDS, CustodyRecord, DrillResult, RetiredEpoch
 from sdquorum_rpc.observability import SESSION_ID, NodeMetrics
 from sdquorum_rpc.packed import Packed
 
@@ -805,6 +805,7 @@ class Node:
             signed, secrets = self._require_healthy_domain("rotation")
             now = self.now()
             plan = policy.validate_download(certificates, quorum, datetime.fromtimestamp(now, tz=UTC))
+            self._refuse_lost_keys(signed.header, plan.certificates_der)
             session = self._new_session(RotationSession, reason, ttl_seconds, caller)
             proposal = RotationProposal(
                 domain_id=secrets.domain_id,
@@ -830,6 +831,21 @@ class Node:
             )
             self._notify()
             return session
+
+    def _refuse_lost_keys(self, header: sdfile.Header, certificates_der: Sequence[bytes]) -> None:
+        """A key recorded lost or compromised since this epoch was sealed must not hold a share of
+        the next one: a lost key means compromise, and the quarterly review counts a loss from an
+        earlier epoch as healed by the rotation that followed it."""
+        records = [CustodyRecord.from_json(json.loads(r)) for r in self._store.rows("custody", "record")]
+        lost = {r.custodian: r.kind for r in records if r.kind in LOSS_KINDS and r.time >= header.created_at}
+        lost_keys = {slot.thumbprint: slot.name for slot in header.slots if slot.name in lost}
+        for der in certificates_der:
+            name = lost_keys.get(hashlib.sha256(der).digest())
+            if name is not None:
+                raise UsageError(
+                    f"the new roster keeps {name}'s key, which is recorded {lost[name]}: "
+                    f"give {name} a new wrapping key (custodian-agent keygen), or leave {name} out"
+                )
 
     async def start_azure_restore(
         self, sd_file: bytes, exchange_cert: bytes, reason: str, ttl_seconds: int, caller: Role

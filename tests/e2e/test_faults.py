@@ -433,3 +433,22 @@ async def test_a_public_key_swapped_on_disk_does_not_make_verify_accept_its_sign
         message = b"pay mallory 1000000"
         assert a.node.verify("ed", message, forger.sign(message)) is False
         assert a.node.verify("ed", message, a.node.sign("ed", message)) is True  # the real key still works
+
+
+async def test_a_rotation_may_not_keep_a_key_recorded_lost(
+    pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey]
+) -> None:
+    """alice's key is recorded lost: a rotation that keeps it (say, one that only changes the
+    quorum) is refused, naming her; leaving her out, or giving her a new key, is accepted."""
+    from sdquorum.review import CustodyRecord
+
+    async with running_cluster(pki_dir, tmp_path / "a") as a:
+        await a.download(certs_of(wrapping_keys[:5]), quorum=3)
+        a.node.add_custody_record(CustodyRecord(0, "lost", "alice", note="USB token lost"), Role("admin"))
+        with pytest.raises(UsageError, match="keeps alice's key, which is recorded lost"):
+            await a.node.propose_rotation(certs_of(wrapping_keys[:5]), 4, "quorum 4", 60, Role("admin"))
+        assert a.node.session is None  # nothing started
+        session = await a.node.propose_rotation(
+            certs_of([*wrapping_keys[1:5], wrapping_keys[5]]), 3, "alice's key is gone", 60, Role("admin")
+        )
+        assert session.kind == "rotation"
