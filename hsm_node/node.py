@@ -1036,25 +1036,29 @@ class Node:
 
     # ------------------------------------------------------------------ backup and restore
 
-    def backup(self) -> bytes:
+    def backup(self, caller: Role | str = "admin") -> bytes:
         """The key store as a version 2 backup: its rows (keys still sealed under the data
         encryption key) in an SQLite image, sealed under the domain's backup key and signed."""
         dek = self._dek()
         if self._domain is None:  # pragma: no cover - _dek checked it
             raise StateError("no domain")
         image, count = self._store.export_key_rows(dek)
-        return backup.seal_backup(
+        created = self.now()
+        data = backup.seal_backup(
             self._domain,
             image,
             key_count=count,
             node_id=self.config.node_id,
-            created_at=self.now(),
+            created_at=created,
             rng=self._rng,
         )
+        self.audit("backup-exported", caller, {"keys": count, "created_at": created, "bytes": len(data)})
+        return data
 
-    def restore(self, data: bytes) -> int:
+    def restore(self, data: bytes, caller: Role | str = "admin") -> int:
         """Replace the key store with a backup of this node's domain (version 2 or 1), in one
-        transaction; a refused backup changes nothing."""
+        transaction; a refused backup changes nothing. A restore rolls the key store back to the
+        backup's day (keys deleted since come back), so it is audited with the backup's origin."""
         dek = self._dek()
         if self._domain is None:  # pragma: no cover - _dek checked it
             raise StateError("no domain")
@@ -1065,4 +1069,13 @@ class Node:
             self._store.replace_keys(dek, opened.keys)
         count = opened.header.key_count
         log.info("restored %d keys from a backup of domain %s", count, self._domain.domain_id.hex())
+        self.audit(
+            "key-store-restored",
+            caller,
+            {
+                "keys": count,
+                "backup_created_at": opened.header.created_at,
+                "backup_node": opened.header.node_id,
+            },
+        )
         return count

@@ -183,7 +183,7 @@ class AdminServicer:
     async def Backup(
         self, request: pb.BackupRequest, context: Ctx, role: Role
     ) -> AsyncIterator[pb.BackupChunk]:
-        data = self.node.backup()
+        data = self.node.backup(role)
         log.info("backup of %d bytes taken by %s", len(data), role)
         for i in range(0, len(data), CHUNK_BYTES):
             yield pb.BackupChunk(data=data[i : i + CHUNK_BYTES])
@@ -197,7 +197,7 @@ class AdminServicer:
                 yield chunk.data
 
         blob = await _collect(data(), MAX_BACKUP_BYTES, "the backup")
-        return pb.RestoreResponse(keys_restored=self.node.restore(blob))
+        return pb.RestoreResponse(keys_restored=self.node.restore(blob, role))
 
     @rpc("admin")
     async def StartDrill(self, request: pb.StartDrillRequest, context: Ctx, role: Role) -> pb.SessionStarted:

@@ -175,3 +175,20 @@ async def test_a_backup_of_an_empty_store_restores_to_an_empty_store(node: Clust
     await node.node.create_key("k", KeyType.ED25519)
     assert node.node.restore(empty) == 0
     assert _names(node) == []
+
+
+async def test_a_backup_and_a_restore_are_each_audited_with_who_and_how_many(node: Cluster) -> None:
+    """A restore rolls the key store back to the backup's day (deleted keys come back): the audit
+    log records it, with the backup's origin, and records every backup taken."""
+    import json
+
+    from sdquorum.pki import Role
+
+    data = node.node.backup(Role("admin"))
+    node.node.restore(data, Role("admin"))
+    entries = [json.loads(e) for e in node.node._store.audit_entries("domain")]
+    exported = [e for e in entries if e["event"] == "backup-exported"]
+    restored = [e for e in entries if e["event"] == "key-store-restored"]
+    assert [(e["actor"], e["details"]["keys"]) for e in exported] == [("admin", len(KEYS))]
+    assert [(e["actor"], e["details"]["keys"]) for e in restored] == [("admin", len(KEYS))]
+    assert restored[0]["details"]["backup_node"] == node.node.config.node_id
