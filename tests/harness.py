@@ -246,6 +246,22 @@ async def node_b_and_sd_file(
         yield b, sd
 
 
+def node_run_argv(
+    pki: Path, node_id: str, data_dir: Path, *, attestation: str | None = None, attestation_key: str | None = None,
+    listen: str = "127.0.0.1:0",
+) -> list[str]:  # fmt: skip
+    """``hsm-node run`` with the test PKI's files; ``attestation``/``attestation_key``: whose
+    attestation certificate and key to give it (default: the node's own)."""
+    cert, key = attestation or node_id, attestation_key or attestation or node_id
+    return [
+        sys.executable, "-m", "hsm_node.cli", "run",
+        "--node-id", node_id, "--listen", listen, "--data-dir", str(data_dir),
+        "--tls-cert", str(pki / "node.pem"), "--tls-key", str(pki / "node.key"), "--ca", str(pki / "ca.pem"),
+        "--attestation-cert", str(pki / f"attestation-{cert}.pem"),
+        "--attestation-key", str(pki / f"attestation-{key}.key"),
+    ]  # fmt: skip
+
+
 class NodeProcess:
     """``hsm-node run`` as a real process (for kill -9 and restart tests), on 127.0.0.1, port 0."""
 
@@ -273,12 +289,7 @@ class NodeProcess:
         port_file = self.data_dir.parent / f"{self.node_id}.port"
         port_file.unlink(missing_ok=True)
         argv = [
-            sys.executable, "-m", "hsm_node.cli", "run",
-            "--node-id", self.node_id, "--listen", listen, "--data-dir", str(self.data_dir),
-            "--tls-cert", str(self.pki / "node.pem"), "--tls-key", str(self.pki / "node.key"),
-            "--ca", str(self.pki / "ca.pem"),
-            "--attestation-cert", str(self.pki / f"attestation-{self.node_id}.pem"),
-            "--attestation-key", str(self.pki / f"attestation-{self.node_id}.key"),
+            *node_run_argv(self.pki, self.node_id, self.data_dir, listen=listen),
             "--port-file", str(port_file), "--log-level", self.log_level, *self.extra_args,
         ]  # fmt: skip
         log = open(self.log, "ab")  # noqa: SIM115  # handed to the child; closed with it

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from harness import NAMES, ROOT, NodeProcess, agent_config, certs_of, running_cluster
+from harness import NAMES, ROOT, NodeProcess, agent_config, certs_of, node_run_argv, running_cluster
 from test_demo import forms
 
 from custodian_agent.agent import Agent
@@ -331,32 +331,16 @@ async def test_a_node_that_could_only_make_attestations_agents_refuse_does_not_s
 ) -> None:
     """Agents refuse an attestation whose node is not its certificate's CN: a node configured with
     another id, or with a key that is not its certificate's, stops at start with one line."""
-    cert = pki_dir / "attestation-node-a.pem"
-    key = pki_dir / ("attestation-node-b.key" if att == "mixed" else "attestation-node-a.key")
+    argv = node_run_argv(
+        pki_dir,
+        node_id,
+        tmp_path / "data",
+        attestation="node-a",
+        attestation_key="node-b" if att == "mixed" else None,
+    )
     r = await asyncio.to_thread(
         subprocess.run,
-        [
-            sys.executable,
-            "-m",
-            "hsm_node.cli",
-            "run",
-            "--node-id",
-            node_id,
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--tls-cert",
-            str(pki_dir / "node.pem"),
-            "--tls-key",
-            str(pki_dir / "node.key"),
-            "--ca",
-            str(pki_dir / "ca.pem"),
-            "--attestation-cert",
-            str(cert),
-            "--attestation-key",
-            str(key),
-        ],
+        argv,
         cwd=ROOT,
         capture_output=True,
         text=True,
