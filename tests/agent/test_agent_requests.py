@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterator
 from datetime import datetime
@@ -131,33 +132,16 @@ def test_the_node_shown_to_the_custodian_is_the_one_its_certificate_names(
         "s1", "recovery", "prod-node-b", "prod-b:7443", hdr.header.domain_id, hdr.header.epoch, hdr.sha256,
         os.urandom(32), t0, t0 + 600, "admin", "disaster",
     )  # fmt: skip
-    req = CeremonyRequest(
-        "ab" * 8,
-        "s1",
-        "recovery",
-        1,
-        "",
-        sign_attestation(claim, lab_key, lab_der).to_bytes(),
-        hdr.header_bytes,
-        hdr.signature,
-    )
+
+    def request(statement: ExchangeStatement) -> CeremonyRequest:
+        att = sign_attestation(statement, lab_key, lab_der).to_bytes()
+        return CeremonyRequest("ab" * 8, "s1", "recovery", 1, "", att, hdr.header_bytes, hdr.signature)
+
     mine = pki.thumbprint_sha256(wrapping_keys[0].certificate_der())
     with pytest.raises(
         VerificationError,
         match="says it comes from node 'prod-node-b' but its certificate is node 'lab-node'",
     ):
-        responder.check(req, mine, custodian_policy, now)
-    honest = ExchangeStatement(
-        *(("lab-node" if f == "node_id" else getattr(claim, f)) for f in claim.__dataclass_fields__)
-    )
-    req = CeremonyRequest(
-        "ab" * 8,
-        "s1",
-        "recovery",
-        1,
-        "",
-        sign_attestation(honest, lab_key, lab_der).to_bytes(),
-        hdr.header_bytes,
-        hdr.signature,
-    )
+        responder.check(request(claim), mine, custodian_policy, now)
+    req = request(dataclasses.replace(claim, node_id="lab-node"))
     assert responder.describe(req, responder.check(req, mine, custodian_policy, now))["node_id"] == "lab-node"
