@@ -60,6 +60,7 @@ __all__ = [
     "make_ca",
     "make_wrapping_key",
     "role_from_cert",
+    "spki_sha256",
     "thumbprint_sha256",
     "verify_attestation_chain",
 ]
@@ -160,6 +161,21 @@ def thumbprint_sha256(cert_pem_or_der: bytes) -> bytes:
     """SHA-256 of the certificate's DER encoding (Azure's ``x5t_256``), 32 bytes."""
     der = load_cert(cert_pem_or_der).public_bytes(serialization.Encoding.DER)
     return hashlib.sha256(der).digest()
+
+
+def spki_sha256(cert_pem_or_der: bytes) -> bytes:
+    """SHA-256 of the certificate's SubjectPublicKeyInfo (DER), 32 bytes: a key's identity.
+
+    Two certificates over one key (a re-issued or freshly self-signed one) have different
+    thumbprints but the same SPKI digest. Every check of *who* holds a key (lost or compromised
+    keys, duplicates in a header or roster, NEW KEY marks) compares this, never certificate bytes.
+    """
+    spki = (
+        load_cert(cert_pem_or_der)
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return hashlib.sha256(spki).digest()
 
 
 def role_from_cert(cert_pem_or_der: bytes) -> Role:

@@ -32,6 +32,7 @@ from sdquorum.pki import (
     make_ca,
     make_wrapping_key,
     role_from_cert,
+    spki_sha256,
     thumbprint_sha256,
     verify_attestation_chain,
 )
@@ -507,3 +508,34 @@ def test_pki_keeps_the_core_grpc_free() -> None:
         [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr or "importing sdquorum.pki loaded grpc"
+
+
+def test_a_key_keeps_its_identity_under_a_new_certificate() -> None:
+    """Two certificates over one RSA key: different thumbprints, one SPKI digest (DESIGN.md: a key's
+    identity is its public key, never a certificate's bytes)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = datetime.now(UTC)
+
+    def cert(cn: str) -> bytes:
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+        built = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=1))
+            .not_valid_after(now + timedelta(days=30))
+            .sign(key, hashes.SHA256())
+        )
+        return built.public_bytes(serialization.Encoding.DER)
+
+    a, b = cert("bob"), cert("bob")
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    assert thumbprint_sha256(a) != thumbprint_sha256(b)
+    assert spki_sha256(a) == spki_sha256(b)
+    assert len(spki_sha256(a)) == 32
+    spki = other.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    assert spki_sha256(a) != hashlib.sha256(spki).digest()
