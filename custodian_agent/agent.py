@@ -4,14 +4,22 @@ Order for every request (nothing is decrypted before step 2 passes):
 
 1. Parse the attestation and the SD header.
 2. :func:`sdquorum.envelopes.check_request`: attestation chain to this agent's root and expiry,
-   signature, header hash, header signature (and pinned domain key), allowed domain, slot
-   thumbprint is this agent's certificate.
+   signature, header hash, header signature (and pinned domain key), allowed domain, the domain key
+   and highest epoch this agent remembers (:mod:`custodian_agent.memory`: another key or a retired
+   epoch is refused), slot thumbprint is this agent's certificate. The request's domain, key and
+   epoch are then remembered (a domain never seen is learnt here: trust on first use).
 3. Approval: ``auto`` (explicit in configuration) or ``manual`` through :mod:`approvals`.
-4. Decrypt the share, check it against the commitments, seal it to the attested exchange key and
-   sign the release (:mod:`sdquorum.envelopes`). Submit it.
+4. The memory is checked again (a rotation notice may have come while the human decided), then the
+   share is decrypted, checked against the commitments, sealed to the attested exchange key and the
+   release signed (:mod:`sdquorum.envelopes`). Submit it.
 
-A failed check is denied towards the node with "a check failed"; the specific check goes only to the
-local log. The agent dials out (no inbound port) and reconnects with capped exponential backoff.
+A domain notice (the node's signed header of a domain this agent holds a slot of, sent at activation,
+after each rotation and on connection) is checked (:func:`responder.check_notice`) and remembered;
+it is never answered.
+
+A failed check is denied towards the node with "a check failed"; the specific check goes to the
+local log and the agent's output. The agent dials out (no inbound port) and reconnects with capped
+exponential backoff. A damaged memory file stops the agent at start-up.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from typing import Any
 
 from custodian_agent import responder
 from custodian_agent.approvals import ApprovalBox
+from custodian_agent.memory import DomainMemory
 from sdquorum import envelopes, pki
 from sdquorum.errors import SdquorumError, TransportError, UsageError, VerificationError
 from sdquorum.keys import WrappingKey
@@ -103,6 +112,7 @@ class Agent:
         self.key = key
         self.thumbprint = pki.thumbprint_sha256(key.certificate_der())
         self.approvals = ApprovalBox(config.state_dir)
+        self.memory = DomainMemory(config.state_dir)  # a damaged file raises here: loud, at start-up
         self._clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
         self.released: list[str] = []  # request ids released (for status and tests)
@@ -212,15 +222,18 @@ class Agent:
     async def handle(self, client: NodeClient, msg: pb.CustodianRequest) -> str:
         """Process one request; returns "released" (or "proved"/"approved"), "denied" or "refused"."""
         now = datetime.fromtimestamp(self._clock(), tz=UTC)
+        if msg.kind == pb.DOMAIN_NOTICE:
+            return self._take_notice(msg)
         try:
             req = request_from_proto(msg)
         except SdquorumError as e:  # not a request at all (its id could be anything): no answer
             log.warning("request %r ignored: %s", msg.request_id[:80], e)
             return "refused"
         try:
-            checked = responder.check(req, self.thumbprint, self.config.policy, now)
+            checked = responder.check(req, self.thumbprint, self.config.policy, now, self.memory.known())
+            self._remember(checked)
         except SdquorumError as e:
-            log.warning("request %s refused before decryption: %s", req.request_id, e)
+            self._refused(req.kind, req.request_id, e)
             await self._deny(client, msg, CHECK_FAILED)
             return "refused"
         log.debug("request %s passed every check before decryption", req.request_id)
@@ -241,6 +254,13 @@ class Agent:
                 log.info("request %s denied by the custodian: %s", req.request_id, decision.reason)
                 await self._deny(client, msg, f"denied by the custodian: {decision.reason}"[:200])
                 return "denied"
+        try:
+            if isinstance(checked, envelopes.CheckedRequest):  # a notice may have come meanwhile
+                envelopes.check_remembered(checked.header, self.memory.known())
+        except SdquorumError as e:
+            self._refused(req.kind, req.request_id, e)
+            await self._deny(client, msg, CHECK_FAILED)
+            return "refused"
         try:
             answer = responder.answer(req, checked, self.key, os.urandom)
         except SdquorumError as e:
@@ -265,6 +285,41 @@ class Agent:
             details["node_id"],
         )
         return {"drill": "proved", "rotation": "approved"}.get(req.kind, "released")
+
+    def _take_notice(self, msg: pb.CustodianRequest) -> str:
+        """Remember the domain of a node's notice (its signed header); "noted" or "refused"."""
+        try:
+            header = responder.check_notice(
+                bytes(msg.sd_header),
+                bytes(msg.sd_header_signature),
+                self.thumbprint,
+                self.config.policy,
+                self.memory.known(),
+            )
+            changed = self.memory.observe(header.domain_id, header.signing_public_key, header.epoch)
+        except SdquorumError as e:
+            log.warning("domain notice %r refused: %s", msg.request_id[:80], e)
+            print(f"refused a domain notice from the node: {e}", flush=True)
+            return "refused"
+        if changed:
+            log.info(
+                "domain %s: signing key %s pinned, epoch %d",
+                header.domain_id.hex(),
+                header.signing_public_key.hex()[:16],
+                header.epoch,
+            )
+        return "noted"
+
+    def _remember(self, checked: responder.Checked) -> None:
+        if isinstance(checked, envelopes.CheckedRequest):
+            h = checked.header
+            if self.memory.observe(h.domain_id, h.signing_public_key, h.epoch):
+                log.info("domain %s: epoch %d remembered", h.domain_id.hex(), h.epoch)
+
+    def _refused(self, kind: str, request_id: str, e: SdquorumError) -> None:
+        """The specific check that failed, for the local log and the custodian's own output."""
+        log.warning("request %s refused before decryption: %s", request_id, e)
+        print(f"refused: {kind} request {request_id}: {e}", flush=True)
 
     async def _deny(self, client: NodeClient, msg: pb.CustodianRequest, reason: str) -> None:
         """A denial signed with the wrapping key, so nobody else can deny in this custodian's name."""

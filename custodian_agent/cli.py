@@ -29,6 +29,7 @@ from custodian_agent.agent import Agent, AgentConfig, read_heartbeat
 from custodian_agent.approvals import ApprovalBox
 from custodian_agent.config import SETTINGS, AgentSettings
 from custodian_agent.keyfile import keygen, load_wrapping_key, read_passphrase
+from custodian_agent.memory import DomainMemory
 from sdquorum import envelopes, pki
 from sdquorum.envelopes import CustodianPolicy
 from sdquorum.errors import StateError, UsageError
@@ -89,6 +90,13 @@ def _parser() -> argparse.ArgumentParser:
     _token_flags(o)
     o.add_argument("--allow-domain", action="append", default=[], metavar="HEX")
     o.add_argument("--pin-domain-key", action="append", default=[], metavar="HEX")
+    o.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="remember the domain's signing key and highest epoch here (as 'run' does) and refuse "
+        "another key or a retired epoch; without it nothing is remembered",
+    )
     o.add_argument(
         "--yes", action="store_true", help="approve without asking (after reading the request yourself)"
     )
@@ -194,9 +202,16 @@ def _respond(args: argparse.Namespace) -> int:
     policy = _policy(args)
     if args.out.exists():
         raise UsageError(f"{args.out} exists already: choose another --out")
+    memory = DomainMemory(args.state_dir) if args.state_dir is not None else None  # damaged: raises
     key = _load_key(args)
     thumbprint = pki.thumbprint_sha256(key.certificate_der())
-    checked = responder.check(req, thumbprint, policy, datetime.now(UTC))  # raises, naming the check
+    remembered = memory.known() if memory is not None else None
+    checked = responder.check(
+        req, thumbprint, policy, datetime.now(UTC), remembered
+    )  # raises, naming the check
+    if memory is not None and isinstance(checked, envelopes.CheckedRequest):
+        h = checked.header
+        memory.observe(h.domain_id, h.signing_public_key, h.epoch)
     details = responder.describe(req, checked)
     print(f"request file fingerprint {req.fingerprint} (compare with what the admin read out):")
     for k in (

@@ -3,11 +3,15 @@
 :func:`check` makes every check before the private key is touched; :func:`describe` is what the
 human is shown before approving; :func:`answer` decrypts the share, checks it against the
 commitments, and returns a release sealed to the node's exchange key (recovery) or a proof of
-possession bound to the attested challenge (drill, rotation approval). No I/O.
+possession bound to the attested challenge (drill, rotation approval). :func:`check_notice` checks
+the node's notice of a domain (its signed header, sent at activation and after each rotation) before
+the agent remembers the domain's key and epoch. No I/O.
 """
 
 from __future__ import annotations
 
+import hmac
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,16 +26,20 @@ from sdquorum.errors import VerificationError
 from sdquorum.keys import WrappingKey
 from sdquorum.offline import CeremonyRequest
 from sdquorum.proposal import RotationProposal
-from sdquorum.sdfile import SignedHeader
+from sdquorum.sdfile import Header, SignedHeader
 
-__all__ = ["answer", "check", "describe"]
+__all__ = ["answer", "check", "check_notice", "describe"]
 
 
 Checked = envelopes.CheckedRequest | CheckedAzureRequest
 
 
 def check(
-    req: CeremonyRequest, thumbprint: bytes, policy: envelopes.CustodianPolicy, now: datetime
+    req: CeremonyRequest,
+    thumbprint: bytes,
+    policy: envelopes.CustodianPolicy,
+    now: datetime,
+    remembered: Mapping[bytes, envelopes.RememberedDomain] | None = None,
 ) -> Checked:
     attestation = envelopes.Attestation.from_bytes(req.attestation)
     if req.kind == AZURE_PURPOSE:
@@ -41,7 +49,15 @@ def check(
         return azure
     signed = SignedHeader(req.header, req.header_signature)
     checked = envelopes.check_request(
-        attestation, signed, req.x, thumbprint, policy, now, purpose=req.kind, proposal=req.proposal
+        attestation,
+        signed,
+        req.x,
+        thumbprint,
+        policy,
+        now,
+        purpose=req.kind,
+        proposal=req.proposal,
+        remembered=remembered,
     )
     if checked.statement.session_id != req.session_id:
         raise VerificationError("the request's session differs from its attestation's")
@@ -50,6 +66,35 @@ def check(
         if proposal.domain_id != checked.header.domain_id or proposal.from_epoch != checked.header.epoch:
             raise VerificationError("the rotation proposal names another domain or epoch")
     return checked
+
+
+def check_notice(
+    header_bytes: bytes,
+    signature: bytes,
+    thumbprint: bytes,
+    policy: envelopes.CustodianPolicy,
+    remembered: Mapping[bytes, envelopes.RememberedDomain],
+) -> Header:
+    """A node's notice of a domain: its signed header. Returns the header to remember, after: the
+    signature verifies under the key the header carries (and a statically pinned key, if any), this
+    agent's certificate holds a slot, the domain is allowed, and a domain already remembered keeps
+    its key. A notice of an older epoch than remembered passes (it changes nothing)."""
+    header = SignedHeader(header_bytes, signature).verify()
+    if policy.pinned_signing_keys and header.signing_public_key not in policy.pinned_signing_keys:
+        raise VerificationError("the notice's domain is signed by a key this agent has not pinned")
+    if policy.allowed_domains and header.domain_id not in policy.allowed_domains:
+        raise VerificationError(
+            f"domain {header.domain_id.hex()} is not allowed by this agent's configuration"
+        )
+    if header.slot_by_thumbprint(thumbprint) is None:
+        raise VerificationError(f"this agent holds no slot of domain {header.domain_id.hex()}")
+    seen = remembered.get(header.domain_id)
+    if seen is not None and not hmac.compare_digest(header.signing_public_key, seen.signing_public_key):
+        raise VerificationError(
+            f"the notice of domain {header.domain_id.hex()} is signed by a key other than the one "
+            "this agent pinned: the header was re-signed"
+        )
+    return header  # an older epoch than remembered changes nothing (the memory keeps the highest)
 
 
 def describe(req: CeremonyRequest, checked: Checked) -> dict[str, Any]:

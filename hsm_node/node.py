@@ -14,6 +14,13 @@ that did it (linking the provisioning chain's head). Answers that arrive togethe
 batch whose audit entries (and the completion the batch may cause) are committed in one transaction;
 no answer is acknowledged, and no watcher sees its effect, before that commit.
 
+Agents learn the domain from the node: while it holds a domain, every agent whose key holds a slot of
+the current header is sent that signed header as a notice (:meth:`Node.domain_notice`) when it
+connects, at activation and after each rotation; the agent pins the domain key and remembers the
+epoch. The node remembers too: per domain, the highest epoch whose signed header it has seen
+(activation, an accepted recovery upload, a rotation), and refuses a recovery upload of a lower one
+before any custodian is asked ("sd-file-refused", audited; the session ends).
+
 This class does no network I/O: the gRPC servicers in :mod:`hsm_node.server` call it. It owns the
 clock and randomness it was given.
 """
@@ -141,10 +148,12 @@ class Node:
         self._agents: dict[str, bytes] = {}  # custodian name -> thumbprint of its connected agent
         self._domain: sdfile.DomainSecrets | None = None
         self._info: DomainInfo | None = None
+        self._notice: tuple[str, sdfile.SignedHeader] | None = None  # (id, current signed header)
         loaded = store.load_domain()
         state = store.state()
         if loaded is not None:
             self._domain, self._info = loaded
+        self._refresh_notice()
         self._state: NodeState = state or PROVISIONED  # mirrors the database; read on every data-plane call
         if state is None:
             store.set_state(PROVISIONED)
@@ -218,11 +227,41 @@ class Node:
     def key_count(self) -> int:
         return self._store.count_keys()
 
+    def _refresh_notice(self) -> None:
+        """The notice agents are sent: the current SD file's signed header, while a domain is held."""
+        data = self._store.sd_file() if self._domain is not None else None
+        if data is None:
+            self._notice = None
+            return
+        signed = sdfile.SecurityDomainFile.from_bytes(data).signed_header
+        self._notice = (signed.sha256.hex(), signed)
+
+    def domain_notice(self, thumbprint: bytes) -> CustodianRequest | None:
+        """The domain's current signed header for the agent holding ``thumbprint``, if a slot is its."""
+        if self._notice is None:
+            return None
+        notice_id, signed = self._notice
+        slot = signed.header.slot_by_thumbprint(thumbprint)
+        if slot is None:
+            return None
+        return CustodianRequest(
+            request_id=notice_id,
+            session_id="",
+            kind="domain-notice",
+            x=slot.x,
+            thumbprint=thumbprint,
+            attestation=b"",
+            header_bytes=signed.header_bytes,
+            header_signature=signed.signature,
+        )
+
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
         s = self._session
         open_ids = frozenset(r.request_id for r in s.requests()) if s is not None else frozenset()
+        if self._notice is not None:  # a new header wakes the request streams too, to announce it
+            open_ids |= {self._notice[0]}
         if not open_ids <= self._announced:
             self._new_requests.set()
             self._new_requests = asyncio.Event()
@@ -267,8 +306,11 @@ class Node:
             )
             info = DomainInfo(secrets.domain_id, 1, plan.quorum, len(plan.certificates_der))
             data = sd.to_bytes()
-            self._store.activate(secrets, info, ACTIVATED, data)
+            with self._store.batch():
+                self._store.activate(secrets, info, ACTIVATED, data)
+                self._store.note_epoch(secrets.domain_id, 1)
             self._state, self._domain, self._info = ACTIVATED, secrets, info
+            self._refresh_notice()
             self._start_domain_chain(
                 "activated",
                 {
@@ -354,13 +396,15 @@ class Node:
             if not isinstance(session, RecoverySession):
                 raise StateError(f"session {session_id} is a {session.kind}, not a recovery")
             try:
-                sd = sdfile.SecurityDomainFile.from_bytes(data)  # verifies the header signature first
+                sd = sdfile.SecurityDomainFile.from_bytes(data)  # header signature and payload hash first
+                self._refuse_retired_epoch(sd.header)
                 session.load_sd_file(sd, self.now(), self._sign_attestation)
             except SdquorumError as e:
                 session.abort(f"the SD file was refused: {e}")  # a retry with the right file need not wait
-                self.audit("sd-file-refused", "admin", {"session_id": session_id, "reason": str(e)})
-                self._notify()
+                self.audit("sd-file-refused", "admin", {"session_id": session_id, "reason": str(e)[:500]})
+                self._after_change(session)  # the session's end is applied and audited now: nothing runs
                 raise
+            self._store.note_epoch(sd.header.domain_id, sd.header.epoch)
             self.audit(
                 "sd-file-accepted",
                 "admin",
@@ -384,6 +428,14 @@ class Node:
             self._notify()
             self._in_background(self._prepare(session), "computing the public shares")
             return session.status()
+
+    def _refuse_retired_epoch(self, header: sdfile.Header) -> None:
+        highest = self._store.highest_epoch(header.domain_id)
+        if highest is not None and header.epoch < highest:
+            raise VerificationError(
+                f"epoch {header.epoch} of domain {header.domain_id.hex()} was retired: this node has seen "
+                f"epoch {highest}; recover from the SD file of epoch {highest} or later"
+            )
 
     async def _prepare(self, session: RecoverySession) -> None:
         """Each slot's public share, computed after the request streams have run and while the
@@ -519,6 +571,7 @@ class Node:
         loaded = self._store.load_domain()
         self._domain, self._info = loaded if loaded is not None else (None, None)
         self._state = self._store.state() or PROVISIONED
+        self._refresh_notice()
         session = self._session
         if session is not None:
             session.revoke(f"the node could not write its audit log ({error}): start a new session")
@@ -668,7 +721,9 @@ class Node:
             "recovery-completed", "node", {"session_id": session.session_id, "message": session.message}
         )
         self._store.activate(secrets, info, ACTIVATED, data)
+        self._store.note_epoch(h.domain_id, h.epoch)
         self._state, self._domain, self._info = ACTIVATED, secrets, info
+        self._refresh_notice()
         released = [c.name for c in session.status().custodians if c.status.name == "ACCEPTED"]
         self._start_domain_chain(
             "recovered",
@@ -726,7 +781,9 @@ class Node:
         info = DomainInfo(old.domain_id, new_epoch, proposal.quorum, len(proposal.certificates_der))
         retired = RetiredEpoch(self._info.epoch, old_header_hash, self.now())
         self._store.rotate(old, info, data, retired.epoch, json.dumps(retired.to_json(), sort_keys=True))
+        self._store.note_epoch(old.domain_id, new_epoch)
         self._info = info
+        self._refresh_notice()  # the new header is announced to its custodians' agents
         session.new_sd_file = data
         self.audit(
             "rotated",

@@ -60,6 +60,7 @@ _KIND = {
     "drill": pb.DRILL,
     "rotation": pb.ROTATION,
     "azure-recovery": pb.AZURE_RECOVERY,
+    "domain-notice": pb.DOMAIN_NOTICE,
 }
 
 
@@ -424,6 +425,11 @@ class CustodianServicer:
         try:
             while True:
                 token = self.node.request_token()
+                notice = self.node.domain_notice(thumb)  # the domain's current header, if a slot is its
+                if notice is not None and notice.request_id not in sent:
+                    sent.add(notice.request_id)
+                    yield request_to_proto(notice)
+                    log.info("told %s of domain epoch %s", role, notice.request_id[:16])
                 for req in self.node.pending_requests(thumb):
                     if req.request_id in sent:
                         continue

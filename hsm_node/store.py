@@ -10,7 +10,9 @@ What is on disk, and under which key:
   epoch's SD file (encrypted to the custodians; not secret to the node's disk).
 * ``audit``: the hash-chained audit log (:mod:`sdquorum.audit`), one chain for the node's
   provisioning and one for its domain, begun at activation. ``custody``, ``drills``, ``retired``:
-  custody records, drill results and retired epochs (JSON; no secret).
+  custody records, drill results and retired epochs (JSON; no secret). ``epochs``: per domain id,
+  the highest epoch whose signed header this node has seen (only ever raised): a recovery upload of
+  a lower epoch is refused.
 * ``keys``: one row per key; private material AES-256-GCM under the domain's **data encryption
   key**, AAD binding the key's name and type, so rows cannot be swapped.
 
@@ -61,6 +63,7 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE TABLE IF NOT EXISTS custody (id INTEGER PRIMARY KEY AUTOINCREMENT, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS drills (id INTEGER PRIMARY KEY AUTOINCREMENT, result TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS retired (epoch INTEGER PRIMARY KEY, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS epochs (domain_id TEXT PRIMARY KEY, epoch INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS keys (
     name TEXT PRIMARY KEY,
     type INTEGER NOT NULL,
@@ -274,6 +277,19 @@ class NodeStore:
     def flag(self, name: str) -> str | None:
         v = self._get(f"flag:{name}")
         return v.decode() if v is not None else None
+
+    def highest_epoch(self, domain_id: bytes) -> int | None:
+        row = self._db.execute("SELECT epoch FROM epochs WHERE domain_id = ?", (domain_id.hex(),)).fetchone()
+        return None if row is None else int(row[0])
+
+    def note_epoch(self, domain_id: bytes, epoch: int) -> None:
+        """Remember ``epoch`` of ``domain_id`` if it is higher than what is remembered."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO epochs (domain_id, epoch) VALUES (?, ?) "
+                "ON CONFLICT(domain_id) DO UPDATE SET epoch = max(epoch, excluded.epoch)",
+                (domain_id.hex(), epoch),
+            )
 
     # ------------------------------------------------------------ audit and custody
 

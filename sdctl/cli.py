@@ -44,7 +44,7 @@ from sdquorum.review import (
     render_markdown,
     review_to_json,
 )
-from sdquorum.sdfile import SecurityDomainFile, SignedHeader
+from sdquorum.sdfile import FORMAT, SecurityDomainFile, SignedHeader
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc.cli import run_main
 from sdquorum_rpc.client import NodeClient
@@ -372,10 +372,7 @@ class Ctl:
     async def recover(self) -> int:
         a = self.args
         sd = read_input_file(a.sd_file, "SD file")
-        try:  # a wrong or altered file is refused before a session opens
-            SecurityDomainFile.from_bytes(sd)
-        except MalformedError as e:
-            raise UsageError(f"{a.sd_file} is not a usable SD file: {e}") from e
+        _require_sd_file(sd, a.sd_file)
         _check_offline_dir(a.offline_request)
         async with self.client() as c:
             with c.errors():
@@ -766,6 +763,19 @@ class Ctl:
             "azure": self.azure,
         }
         return asyncio.run(handlers[cmd]())
+
+
+def _require_sd_file(data: bytes, path: Path) -> None:
+    """Refuse, before a session opens, a file that is not an SD file at all (exit 2: the wrong file was
+    picked). An SD file that fails a check (altered anywhere but its format marker) goes to the node,
+    which is the one to refuse it: it audits the refusal ("sd-file-refused", with the reason) and ends
+    the session it opened, and sdctl exits 4 (a verification failed)."""
+    if FORMAT.encode() in data[:4096] or FORMAT.encode() in data[-4096:]:
+        return
+    try:
+        SecurityDomainFile.from_bytes(data)
+    except MalformedError as e:
+        raise UsageError(f"{path} is not an SD file: {e}") from e
 
 
 def _check_offline_dir(path: Path | None) -> None:

@@ -9,8 +9,11 @@ Order of a recovery, and what binds each step to the one before:
    and the stated reason.
 2. An agent checks, before any decryption (:func:`check_request`): the attestation chain, root and
    expiry; the signature; that the statement names the SD header it was sent; that the header
-   signature verifies (and matches a pinned domain key, if any); that the domain is allowed; and
-   that the requested slot's thumbprint is its own certificate's.
+   signature verifies (and matches a pinned domain key, if any); that the domain is allowed; that
+   the header is signed by the key the agent remembers for that domain (pinned at activation or
+   first use, :class:`RememberedDomain`) and its epoch is not below the highest the agent has seen
+   (a retired epoch is never served again); and that the requested slot's thumbprint is its own
+   certificate's.
 3. The agent decrypts its share, checks it against the Feldman commitments, seals
    ``{session, domain, epoch, x, share}`` to the exchange key (libsodium sealed box) and signs a
    :class:`ReleaseStatement` (session, domain, epoch, x, thumbprint, SHA-256 of the attestation,
@@ -27,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -56,7 +60,9 @@ __all__ = [
     "ProofStatement",
     "Release",
     "ReleaseStatement",
+    "RememberedDomain",
     "SlotKey",
+    "check_remembered",
     "check_request",
     "decrypt_share",
     "make_denial",
@@ -229,6 +235,33 @@ class CustodianPolicy:
 
 
 @dataclass(frozen=True)
+class RememberedDomain:
+    """What an agent remembers of one domain: the signing key it pinned and the highest epoch seen."""
+
+    signing_public_key: bytes
+    epoch: int
+
+
+def check_remembered(header: Header, remembered: Mapping[bytes, RememberedDomain]) -> None:
+    """Refuse a header of a remembered domain signed by another key, or of a retired (lower) epoch.
+
+    A domain not remembered passes: the caller then remembers it (first use)."""
+    seen = remembered.get(header.domain_id)
+    if seen is None:
+        return
+    domain = header.domain_id.hex()
+    if not hmac.compare_digest(header.signing_public_key, seen.signing_public_key):
+        raise VerificationError(
+            f"the SD header of domain {domain} is signed by a key other than the domain key this agent "
+            "pinned: the file was re-signed"
+        )
+    if header.epoch < seen.epoch:
+        raise VerificationError(
+            f"epoch {header.epoch} of domain {domain} was retired: this agent has seen epoch {seen.epoch}"
+        )
+
+
+@dataclass(frozen=True)
 class CheckedRequest:
     """A request that passed every check an agent makes before decrypting anything."""
 
@@ -248,11 +281,13 @@ def check_request(
     *,
     purpose: str = "recovery",
     proposal: bytes = b"",
+    remembered: Mapping[bytes, RememberedDomain] | None = None,
 ) -> CheckedRequest:
     """Every check an agent makes before it touches its private key (DESIGN.md, Recovery).
 
     ``purpose`` is what the request says it is; the signed statement must say the same. For a
     rotation, ``proposal`` is the roster shown to the custodian and must hash to the attested value.
+    ``remembered`` is the agent's memory of domains (:func:`check_remembered`).
     """
     st = verify_attestation(attestation, policy.attestation_root_pem, now)
     if st.purpose != purpose:
@@ -272,6 +307,7 @@ def check_request(
         )
     if st.domain_id != header.domain_id or st.epoch != header.epoch:
         raise VerificationError("the attestation names another domain or epoch than the SD file")
+    check_remembered(header, remembered or {})
     slot = header.slot(x)
     if not hmac.compare_digest(slot.thumbprint, my_thumbprint):
         raise VerificationError(f"slot {x} belongs to another custodian's certificate, not this agent's")

@@ -47,6 +47,7 @@ class RequestKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DRILL: _ClassVar[RequestKind]
     ROTATION: _ClassVar[RequestKind]
     AZURE_RECOVERY: _ClassVar[RequestKind]
+    DOMAIN_NOTICE: _ClassVar[RequestKind]
 NODE_STATE_UNSPECIFIED: NodeState
 PROVISIONED: NodeState
 RECOVERY_PENDING: NodeState
@@ -73,6 +74,7 @@ RECOVERY: RequestKind
 DRILL: RequestKind
 ROTATION: RequestKind
 AZURE_RECOVERY: RequestKind
+DOMAIN_NOTICE: RequestKind
 
 class GetStatusRequest(_message.Message):
     __slots__ = ()
