@@ -724,6 +724,8 @@ class Node:
         self._store.note_epoch(h.domain_id, h.epoch)
         self._state, self._domain, self._info = ACTIVATED, secrets, info
         self._refresh_notice()
+        if self._notice is not None:  # its agents just checked (and remember) this very header: no
+            self._announced |= {self._notice[0]}  # stream is woken for it; one that connects gets it
         released = [c.name for c in session.status().custodians if c.status.name == "ACCEPTED"]
         self._start_domain_chain(
             "recovered",
