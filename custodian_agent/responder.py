@@ -76,9 +76,10 @@ def check_notice(
     remembered: Mapping[bytes, envelopes.RememberedDomain],
 ) -> Header:
     """A node's notice of a domain: its signed header. Returns the header to remember, after: the
-    signature verifies under the key the header carries (and a statically pinned key, if any), this
-    agent's certificate holds a slot, the domain is allowed, and a domain already remembered keeps
-    its key. A notice of an older epoch than remembered passes (it changes nothing)."""
+    signature verifies under the key the header carries (and a statically pinned key, if any), the
+    domain is allowed, a domain already remembered keeps its key, and this agent's certificate holds
+    a slot (or, for a custodian a rotation removed, the domain is remembered: only its epoch can
+    rise). A notice of an older epoch than remembered passes (it changes nothing)."""
     header = SignedHeader(header_bytes, signature).verify()
     if policy.pinned_signing_keys and header.signing_public_key not in policy.pinned_signing_keys:
         raise VerificationError("the notice's domain is signed by a key this agent has not pinned")
@@ -86,14 +87,16 @@ def check_notice(
         raise VerificationError(
             f"domain {header.domain_id.hex()} is not allowed by this agent's configuration"
         )
-    if header.slot_by_thumbprint(thumbprint) is None:
-        raise VerificationError(f"this agent holds no slot of domain {header.domain_id.hex()}")
     seen = remembered.get(header.domain_id)
     if seen is not None and not hmac.compare_digest(header.signing_public_key, seen.signing_public_key):
         raise VerificationError(
             f"the notice of domain {header.domain_id.hex()} is signed by a key other than the one "
             "this agent pinned: the header was re-signed"
         )
+    if header.slot_by_thumbprint(thumbprint) is None and seen is None:
+        # A custodian removed by a rotation is told of the new epoch under the key it pinned; a
+        # domain it never held is nothing to remember.
+        raise VerificationError(f"this agent holds no slot of domain {header.domain_id.hex()}")
     return header  # an older epoch than remembered changes nothing (the memory keeps the highest)
 
 

@@ -237,23 +237,30 @@ class Node:
         self._notice = (signed.sha256.hex(), signed)
 
     def domain_notice(self, thumbprint: bytes) -> CustodianRequest | None:
-        """The domain's current signed header for the agent holding ``thumbprint``, if a slot is its."""
+        """The domain's current signed header for the agent holding ``thumbprint``: a custodian of
+        the current epoch (x = its slot), or of a retired one, removed by a rotation (x = 0): it must
+        learn the new epoch too, or it would still release for the retired one."""
         if self._notice is None:
             return None
         notice_id, signed = self._notice
         slot = signed.header.slot_by_thumbprint(thumbprint)
-        if slot is None:
+        if slot is None and thumbprint.hex() not in self._former_custodians():
             return None
         return CustodianRequest(
             request_id=notice_id,
             session_id="",
             kind="domain-notice",
-            x=slot.x,
+            x=slot.x if slot is not None else 0,
             thumbprint=thumbprint,
             attestation=b"",
             header_bytes=signed.header_bytes,
             header_signature=signed.signature,
         )
+
+    def _former_custodians(self) -> list[str]:
+        """Thumbprints (hex) of wrapping keys that held a slot of a retired epoch but not the current one."""
+        raw = self._store.flag("former-custodians")
+        return list(json.loads(raw)) if raw else []
 
     def _notify(self) -> None:
         self._changed.set()
@@ -784,6 +791,11 @@ class Node:
         retired = RetiredEpoch(self._info.epoch, old_header_hash, self.now())
         self._store.rotate(old, info, data, retired.epoch, json.dumps(retired.to_json(), sort_keys=True))
         self._store.note_epoch(old.domain_id, new_epoch)
+        if old_sd:  # the custodians this rotation removed are told of the new epoch too
+            kept = {slot.thumbprint.hex() for slot in sd.header.slots}
+            before = {s.thumbprint.hex() for s in sdfile.SecurityDomainFile.from_bytes(old_sd).header.slots}
+            former = sorted((set(self._former_custodians()) | before) - kept)
+            self._store.set_flag("former-custodians", json.dumps(former))
         self._info = info
         self._refresh_notice()  # the new header is announced to its custodians' agents
         session.new_sd_file = data

@@ -87,20 +87,19 @@ def test_a_damaged_memory_is_a_loud_start_up_error_not_a_silent_reset(
 
 
 def _check(
-    sealed: Any, start_session: Any, keys: list[SoftwareWrappingKey], policy: CustodianPolicy, remembered: Any
+    sealed: Any,
+    start_session: Any,
+    keys: list[SoftwareWrappingKey],
+    policy: CustodianPolicy,
+    remembered: Any,
+    now: Any,
 ) -> Any:
     session = start_session(sealed.sd)
     (req,) = [r for r in session.requests() if r.x == 1]
     return envelopes.check_request(
         envelopes.Attestation.from_bytes(req.attestation), SignedHeader(req.header_bytes, req.header_signature),
-        1, pki.thumbprint_sha256(keys[0].certificate_der()), policy, sealed_now(sealed), remembered=remembered,
+        1, pki.thumbprint_sha256(keys[0].certificate_der()), policy, now, remembered=remembered,
     )  # fmt: skip
-
-
-def sealed_now(sealed: Any) -> Any:
-    from conftest import NOW  # the clock of the fixtures' sessions
-
-    return NOW
 
 
 @pytest.mark.parametrize(
@@ -117,7 +116,7 @@ def sealed_now(sealed: Any) -> Any:
 )  # fmt: skip
 def test_check_request_against_what_the_agent_remembers(
     sealed: Any, start_session: Any, wrapping_keys: list[SoftwareWrappingKey], custodian_policy: CustodianPolicy,
-    name: str, remembered_epoch: int | None, remembered_key: str | None, error: str | None,
+    name: str, remembered_epoch: int | None, remembered_key: str | None, error: str | None, now: Any,
 ) -> None:  # fmt: skip
     header = sealed.sd.header
     remembered = {}
@@ -125,11 +124,11 @@ def test_check_request_against_what_the_agent_remembers(
         key = header.signing_public_key if remembered_key == "real" else OTHER_KEY
         remembered = {header.domain_id: RememberedDomain(key, remembered_epoch)}
     if error is None:
-        checked = _check(sealed, start_session, wrapping_keys, custodian_policy, remembered)
+        checked = _check(sealed, start_session, wrapping_keys, custodian_policy, remembered, now)
         assert checked.header == header
     else:
         with pytest.raises(VerificationError, match=error.format(d=header.domain_id.hex())):
-            _check(sealed, start_session, wrapping_keys, custodian_policy, remembered)
+            _check(sealed, start_session, wrapping_keys, custodian_policy, remembered, now)
 
 
 # ----------------------------------------------------------------------------------------- notices
@@ -156,6 +155,10 @@ def test_a_notice_is_remembered_only_by_a_custodian_of_the_domain_and_under_the_
     assert header.domain_id == sealed.sd.header.domain_id
     with pytest.raises(VerificationError, match="holds no slot"):
         responder.check_notice(signed.header_bytes, signed.signature, stranger, custodian_policy, {})
+    remembered = {header.domain_id: RememberedDomain(header.signing_public_key, 1)}  # removed by a rotation
+    assert responder.check_notice(
+        signed.header_bytes, signed.signature, stranger, custodian_policy, remembered
+    )
     with pytest.raises(VerificationError, match="does not verify"):
         responder.check_notice(signed.header_bytes, bytes(64), mine, custodian_policy, {})
     forged = _resigned(sealed, Ed25519PrivateKey.generate())

@@ -27,7 +27,7 @@ from sdquorum.review import CustodyRecord
 from sdquorum.sdfile import HEADER_CONTEXT_V2, SecurityDomainFile
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 
-ALICE, BOB, CAROL, DAVE = range(4)
+ALICE, BOB, CAROL, DAVE, ERIN = range(5)
 
 
 def audit_events(c: Cluster) -> list[dict[str, Any]]:
@@ -153,34 +153,35 @@ async def test_agents_pin_the_domain_key_at_activation_and_refuse_a_header_re_si
 async def test_after_a_rotation_the_retired_epoch_cannot_be_recovered_with_the_lost_key(
     pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The issue's class-2 example: carol's key is recorded lost, a rotation removes it (epoch 2).
-    Carol, holding the lost key, takes the retired epoch-1 file to a new node: alice and bob, whose
-    agents saw epoch 2, refuse, saying why; carol alone is not a quorum."""
-    alice, bob, carol, dave = (wrapping_keys[i] for i in (ALICE, BOB, CAROL, DAVE))
+    """The issue's class-2 example: carol's key is recorded lost, a rotation removes it, and erin
+    leaves (epoch 2: alice, bob, dave). Carol, holding the lost key, takes the retired epoch-1 file
+    (2 of alice, bob, carol, erin) to a new node: alice and bob, whose agents saw epoch 2, refuse,
+    saying why, and so does erin, whom the rotation removed but told; carol alone is not a quorum."""
+    alice, bob, carol, dave, erin = (wrapping_keys[i] for i in (ALICE, BOB, CAROL, DAVE, ERIN))
     async with running_cluster(pki_dir, tmp_path / "a") as a:
-        agents = [a.start_agent(NAMES[i], wrapping_keys[i], tmp_path) for i in (ALICE, BOB)]
-        await until(lambda: len(a.node._agents) == 2, "alice and bob connected")
-        epoch1 = await a.download(certs_of([alice, bob, carol]), quorum=2)
+        agents = [a.start_agent(NAMES[i], wrapping_keys[i], tmp_path) for i in (ALICE, BOB, ERIN)]
+        await until(lambda: len(a.node._agents) == 3, "alice, bob and erin connected")
+        epoch1 = await a.download(certs_of([alice, bob, carol, erin]), quorum=2)
         domain_id = SecurityDomainFile.from_bytes(epoch1).header.domain_id
         a.node.add_custody_record(CustodyRecord(0, "lost", "carol", note="laptop stolen"), Role("admin"))
         await a.node.propose_rotation(
             certs_of([alice, bob, dave]), 2, "carol's key is lost", 30, Role("admin")
         )
         assert (await a.wait_session()).state == pb.COMPLETED
-        for agent in agents:  # the new header was announced to the agents of its custodians
+        for agent in agents:  # the new header was announced to the agents of its and the old custodians
             await until(remembers(agent, domain_id, 2), "the rotation notice arrived")
     caplog.set_level(logging.WARNING, logger="sdquorum.agent")
     async with running_cluster(pki_dir, tmp_path / "b", node_id="node-b") as b:
-        honest = [b.start_agent(NAMES[i], wrapping_keys[i], tmp_path) for i in (ALICE, BOB)]
+        honest = [b.start_agent(NAMES[i], wrapping_keys[i], tmp_path) for i in (ALICE, BOB, ERIN)]
         thief = b.start_agent("carol", carol, tmp_path / "thief")  # never saw the rotation
         await b.start_recovery(epoch1, ttl=30)
         final = await b.wait_session()
         assert final.state == pb.FAILED, final
         assert b.node.state != "ACTIVATED"
-        assert [a.released for a in honest] == [[], []]
+        assert [a.released for a in honest] == [[], [], []]
         assert len(thief.released) == 1  # the lost key's holder released, and it was not enough
     retired = f"epoch 1 of domain {domain_id.hex()} was retired: this agent has seen epoch 2"
-    assert sum(retired in r.getMessage() for r in caplog.records) == 2, caplog.text
+    assert sum(retired in r.getMessage() for r in caplog.records) == 3, caplog.text
 
 
 async def test_a_node_refuses_the_upload_of_an_epoch_below_the_highest_it_has_seen(
