@@ -7,6 +7,7 @@ Examples::
         --ca transport-ca.pem --attestation-root attestation-root.pem \\
         --wrapping-key alice.wrap.key --wrapping-cert alice.wrap.pem --state-dir ~/.sdquorum
     custodian-agent pending --state-dir ~/.sdquorum
+    custodian-agent domains --state-dir ~/.sdquorum
     custodian-agent approve 3f2a9c1b0d4e5f60 --state-dir ~/.sdquorum
 """
 
@@ -111,6 +112,13 @@ def _parser() -> argparse.ArgumentParser:
     _state_dir_flags(h)
     h.add_argument("--max-age", type=int, default=30, help="seconds after which a heartbeat is stale")
 
+    dm = sub.add_parser(
+        "domains",
+        help="list the domains this agent remembers: pinned signing key and highest epoch seen",
+        epilog="example: custodian-agent domains --state-dir ~/.sdquorum",
+        formatter_class=fmt,
+    )
+    _state_dir_flags(dm)
     for name, help_ in (("pending", "list requests waiting for your approval"),):
         q = sub.add_parser(
             name,
@@ -349,6 +357,15 @@ def _body(args: argparse.Namespace) -> int:
         return _health(_state_dir(args), args.max_age)
     if args.command == "respond":
         return _respond(args)
+    if args.command == "domains":
+        known = DomainMemory(_state_dir(args)).known()
+        for domain_id, seen in sorted(known.items()):
+            print(
+                f"domain {domain_id.hex()}: epoch {seen.epoch}, signing key {seen.signing_public_key.hex()}"
+            )
+        if not known:
+            print("no domain remembered yet: the agent learns one when its node announces it or asks")
+        return 0
     box = ApprovalBox(_state_dir(args))
     if args.command == "pending":
         items = box.pending()

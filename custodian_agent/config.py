@@ -26,7 +26,7 @@ SETTINGS = [
         E + "STATE_DIR",
         Path,
         Path.home() / ".sdquorum-agent",
-        help="pending requests and decisions",
+        help="pending requests, decisions, and the domain memory (pinned domain keys, highest epochs seen): back it up",
     ),
     Setting(
         "agent.approval",

@@ -222,3 +222,11 @@ def test_respond_with_a_state_dir_remembers_and_refuses_a_retired_epoch(
     assert respond("third.json") == 3
     assert "is damaged" in capsys.readouterr().err
     assert CeremonyRequest.from_bytes(request.read_bytes()).request_id == req.request_id
+
+
+def test_domains_lists_what_the_agent_remembers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert agent_main(["domains", "--state-dir", str(tmp_path)]) == 0
+    assert "no domain remembered yet" in capsys.readouterr().out
+    DomainMemory(tmp_path).observe(DOMAIN, KEY, 3)
+    assert agent_main(["domains", "--state-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == f"domain {DOMAIN.hex()}: epoch 3, signing key {KEY.hex()}\n"
