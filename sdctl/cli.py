@@ -103,7 +103,12 @@ def _parser() -> argparse.ArgumentParser:
         "rebuild this (new) node from an SD file through the custodian agents",
         'sdctl recover --sd-file sd.json --reason "datacentre A lost"',
     )
-    r.add_argument("--sd-file", type=Path, required=True)
+    r.add_argument(
+        "--sd-file",
+        type=Path,
+        required=True,
+        help="the latest epoch's SD file; one the node refuses (altered, or a retired epoch) exits 4",
+    )
     r.add_argument("--reason", required=True, help="shown to every custodian before approving")
     r.add_argument("--ttl", type=int, default=0, help="session deadline in seconds (default: node's, 600)")
     r.add_argument(

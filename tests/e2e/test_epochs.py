@@ -64,6 +64,11 @@ TAMPERINGS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("one header byte", lambda o: _flip_decoded(o, ("header",), 200), ""),
     ("one signature byte", lambda o: _flip_decoded(o, ("header_signature",), 5), "signature"),
     ("an unknown top-level field", lambda o: o.update(note="harmless?"), "unknown field"),
+    (
+        "a character of the header's base64",
+        lambda o: o.update(header=o["header"][:40] + "!" + o["header"][41:]),
+        "header",
+    ),
 ]
 
 
