@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from custodian_agent import responder
 from custodian_agent.agent import Agent, AgentConfig
@@ -230,3 +232,23 @@ def test_domains_lists_what_the_agent_remembers(tmp_path: Path, capsys: pytest.C
     DomainMemory(tmp_path).observe(DOMAIN, KEY, 3)
     assert agent_main(["domains", "--state-dir", str(tmp_path)]) == 0
     assert capsys.readouterr().out == f"domain {DOMAIN.hex()}: epoch 3, signing key {KEY.hex()}\n"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(epochs=st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=12), probe=st.integers(0, 2**32 - 1))
+def test_an_epoch_never_goes_back_whatever_the_order_seen(
+    tmp_path_factory: pytest.TempPathFactory, sealed: Any, epochs: list[int], probe: int
+) -> None:
+    """Property: after any sequence of observations the memory holds their maximum, on disk too, and
+    a header is refused exactly when its epoch is below it."""
+    state = tmp_path_factory.mktemp("memory")
+    memory = DomainMemory(state)
+    for e in epochs:
+        memory.observe(DOMAIN, KEY, e)
+    assert DomainMemory(state).known()[DOMAIN] == RememberedDomain(KEY, max(epochs))
+    header = dataclasses.replace(sealed.sd.header, domain_id=DOMAIN, signing_public_key=KEY, epoch=probe)
+    if probe < max(epochs):
+        with pytest.raises(VerificationError, match="was retired"):
+            envelopes.check_remembered(header, memory.known())
+    else:
+        envelopes.check_remembered(header, memory.known())
