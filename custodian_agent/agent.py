@@ -107,6 +107,7 @@ class Agent:
         self._tasks: set[asyncio.Task[None]] = set()
         self.released: list[str] = []  # request ids released (for status and tests)
         self.connected = False
+        self.connections = 0  # streams opened (after a successful handshake) since start
         self.detail = "starting"
 
     def _beat(self) -> None:
@@ -148,10 +149,13 @@ class Agent:
     async def _run(self, stop: asyncio.Event) -> None:
         backoff = BACKOFF_START
         while not stop.is_set():
+            before = self.connections
             try:
                 await self._connect_once(stop)
                 backoff = BACKOFF_START
             except SdquorumError as e:
+                if self.connections > before:  # it was up: a fresh failure starts a fresh backoff
+                    backoff = BACKOFF_START
                 self.connected, self.detail = False, str(e)
                 self._beat()
                 log.warning("connection to %s lost: %s; retrying in %.1fs", self.config.node, e, backoff)
@@ -183,7 +187,11 @@ class Agent:
 
             async def connected_then_consume() -> None:
                 await call.initial_metadata()  # the node answers at once: the stream is up
+                if call.done():  # a failed call returns empty metadata too: the handshake failed
+                    details = await call.details()
+                    raise TransportError(f"cannot open the request stream: {await call.code()}: {details}")
                 self.connected, self.detail = True, ""
+                self.connections += 1
                 self._beat()
                 log.info("connected to %s; waiting for requests", self.config.node)
                 await consume()

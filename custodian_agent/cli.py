@@ -31,7 +31,7 @@ from custodian_agent.config import SETTINGS, AgentSettings
 from custodian_agent.keyfile import keygen, load_wrapping_key, read_passphrase
 from sdquorum import envelopes, pki
 from sdquorum.envelopes import CustodianPolicy
-from sdquorum.errors import StateError, UsageError
+from sdquorum.errors import SdquorumError, StateError, UsageError
 from sdquorum.keys import WrappingKey
 from sdquorum.offline import CeremonyRequest, OfflineAnswer
 from sdquorum_rpc.cli import run_main
@@ -249,12 +249,32 @@ def _respond(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_local_files(tls: TlsFiles, policy: CustodianPolicy, state_dir: Path) -> None:
+    """Every local file, checked once at start-up: a bad setting is one line and exit 2, not an
+    agent that dials, fails its handshake and retries for ever."""
+    tls.read()  # PEM files, key matches certificate, validity, issued by the CA given
+    try:
+        pki.load_cert(policy.attestation_root_pem)
+    except SdquorumError as e:
+        raise UsageError(f"--attestation-root is not a certificate: {e}") from e
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        probe = state_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"cannot write the state directory {state_dir} (--state-dir): {e.strerror}") from e
+
+
 async def _run(args: AgentSettings) -> int:
+    tls = TlsFiles(args.tls_cert, args.tls_key, args.ca, ("--tls-cert", "--tls-key", "--ca"))
+    policy = _policy(args)
+    _check_local_files(tls, policy, args.state_dir)
     key = _load_key(args)
     config = AgentConfig(
         node=args.node,
-        tls=TlsFiles(args.tls_cert, args.tls_key, args.ca, ("--tls-cert", "--tls-key", "--ca")),
-        policy=_policy(args),
+        tls=tls,
+        policy=policy,
         state_dir=args.state_dir,
         approval=args.approval,
     )

@@ -104,16 +104,16 @@ async def _run(cfg: NodeSettings) -> int:
         else None
     )
     node = Node(config, store, metrics=metrics, crypto_pool=pool)
-    server = await serve(node, cfg.listen, tls, cfg.max_message_bytes, cfg.max_batch_items)
-    if not cfg.address:
-        node.address = f"{cfg.listen.rsplit(':', 1)[0]}:{server.port}"
-    if cfg.metrics_listen:
+    if cfg.metrics_listen:  # bound first: a refused port stops start-up before anything serves
         mport = metrics.serve(cfg.metrics_listen, cfg.tls_cert, cfg.tls_key, cfg.ca)
         log.info(
             "metrics on https://%s:%d/metrics (client certificate required)",
             cfg.metrics_listen.rsplit(":", 1)[0],
             mport,
         )
+    server = await serve(node, cfg.listen, tls, cfg.max_message_bytes, cfg.max_batch_items)
+    if not cfg.address:
+        node.address = f"{cfg.listen.rsplit(':', 1)[0]}:{server.port}"
     if cfg.port_file:
         tmp = Path(str(cfg.port_file) + ".tmp")
         tmp.write_text(str(server.port))

@@ -30,7 +30,8 @@ from sdquorum_rpc import packed
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2_grpc as pbg
 from sdquorum_rpc.errors import RequestGuard, rpc
-from sdquorum_rpc.tls import DEFAULT_MAX_MESSAGE_BYTES, Ctx, TlsFiles, channel_options, server_credentials
+from sdquorum_rpc.listen import bind_failure
+from sdquorum_rpc.tls import DEFAULT_MAX_MESSAGE_BYTES, Ctx, TlsFiles, server_credentials, server_options
 
 __all__ = ["CHUNK_BYTES", "MAX_BATCH_ITEMS", "NodeServer", "serve", "status_to_proto"]
 
@@ -493,7 +494,7 @@ async def serve(
 ) -> NodeServer:
     """Bind ``listen`` (host:port, port 0 picks one) with mTLS and start serving."""
     server = grpc.aio.server(
-        options=channel_options(max_message_bytes), interceptors=[RequestGuard(node.audit_refusal)]
+        options=server_options(max_message_bytes), interceptors=[RequestGuard(node.audit_refusal)]
     )
     pbg.add_NodeServicer_to_server(NodeServicer(node), server)  # type: ignore[no-untyped-call]  # generated, untyped
     pbg.add_NodeAdminServicer_to_server(AdminServicer(node), server)  # type: ignore[no-untyped-call]  # generated, untyped
@@ -501,9 +502,13 @@ async def serve(
     pbg.add_CustodianServicer_to_server(CustodianServicer(node), server)  # type: ignore[no-untyped-call]  # generated, untyped
     health = grpc_health.aio.HealthServicer()  # type: ignore[attr-defined]  # set at import time; no stub
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    port = server.add_secure_port(listen, server_credentials(tls))
+    credentials = server_credentials(tls)
+    try:
+        port = server.add_secure_port(listen, credentials)
+    except RuntimeError as e:  # grpcio >= 1.60 raises where older versions returned 0
+        raise bind_failure(listen, "--listen") from e
     if port == 0:
-        raise UsageError(f"cannot listen on {listen}: the address is in use or not local")
+        raise bind_failure(listen, "--listen")
     ns = NodeServer(node, server, port, health)
     await ns.start()
     return ns

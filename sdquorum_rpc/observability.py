@@ -27,6 +27,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 from sdquorum_rpc.config import check_host_port
+from sdquorum_rpc.listen import bind_failure
 
 __all__ = ["REQUEST_ID", "SESSION_ID", "JsonFormatter", "NodeMetrics", "setup_logging"]
 
@@ -130,16 +131,19 @@ class NodeMetrics:
     def serve(self, listen: str, cert: Path, key: Path, ca: Path) -> int:
         """HTTPS /metrics with client certificates required; returns the bound port."""
         host, _, port = check_host_port(listen, "observability.metrics_listen").rpartition(":")
-        server, _thread = start_http_server(
-            int(port),
-            addr=host.strip("[]"),
-            registry=self.registry,
-            certfile=str(cert),
-            keyfile=str(key),
-            client_cafile=str(ca),
-            client_auth_required=True,
-            tls_min_version=ssl.TLSVersion.TLSv1_2,
-        )
+        try:
+            server, _thread = start_http_server(
+                int(port),
+                addr=host.strip("[]"),
+                registry=self.registry,
+                certfile=str(cert),
+                keyfile=str(key),
+                client_cafile=str(ca),
+                client_auth_required=True,
+                tls_min_version=ssl.TLSVersion.TLSv1_2,
+            )
+        except OSError as e:
+            raise bind_failure(listen, "observability.metrics_listen", e) from e
         self._server = server
         return int(server.server_port)
 

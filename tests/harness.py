@@ -23,9 +23,11 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import sdquorum_rpc  # noqa: F401  # pins cipher suites before grpc initialises
 from custodian_agent.agent import Agent, AgentConfig
@@ -59,6 +61,14 @@ def foreign_pki_dir(tmp_path_factory: pytest.TempPathFactory, now: datetime) -> 
     d = tmp_path_factory.mktemp("foreign") / "pki"
     init_pki(d, ["node-a", "rogue"], NAMES, now)
     return d
+
+
+class UncheckedTlsFiles(TlsFiles):
+    """An attacker's client: its files go to grpc as they are, without the local checks our clients
+    make before dialling (validity, issuer), so a test shows what the *server* refuses."""
+
+    def read(self) -> tuple[bytes, bytes, bytes]:
+        return self.cert.read_bytes(), self.key.read_bytes(), self.ca.read_bytes()
 
 
 def tls(pki: Path, stem: str) -> TlsFiles:
@@ -359,4 +369,29 @@ def backup_v1(domain: DomainSecrets, body: bytes, key_count: int, node_id: str =
             "ciphertext": b64e(ct),
             "signature": b64e(sig),
         }
+    )
+
+
+def admin_cert_valid_between(pki_dir: Path, start: datetime, end: datetime) -> tuple[bytes, bytes]:
+    """An admin client certificate from the deployment's own CA, valid only from ``start`` to ``end``."""
+    ca_cert = x509.load_pem_x509_certificate((pki_dir / "ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((pki_dir / "ca.key").read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "admin")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier("sdquorum://role/admin")]), False
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )

@@ -81,10 +81,13 @@ async def test_client_without_certificate_is_refused(cluster: Cluster) -> None:
 
 
 async def test_client_certificate_from_another_ca_is_refused(cluster: Cluster, foreign_pki_dir: Path) -> None:
-    from sdquorum_rpc.client import NodeClient
-    from sdquorum_rpc.tls import TlsFiles
+    from harness import UncheckedTlsFiles
 
-    files = TlsFiles(foreign_pki_dir / "admin.pem", foreign_pki_dir / "admin.key", cluster.pki / "ca.pem")
+    from sdquorum_rpc.client import NodeClient
+
+    files = UncheckedTlsFiles(
+        foreign_pki_dir / "admin.pem", foreign_pki_dir / "admin.key", cluster.pki / "ca.pem"
+    )
     async with NodeClient(cluster.target, files) as c:
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await c.node.GetStatus(pb.GetStatusRequest(), timeout=5)
