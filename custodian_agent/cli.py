@@ -29,7 +29,7 @@ from custodian_agent.agent import Agent, AgentConfig, read_heartbeat
 from custodian_agent.approvals import ApprovalBox
 from custodian_agent.config import SETTINGS, AgentSettings
 from custodian_agent.keyfile import keygen, load_wrapping_key, read_passphrase
-from sdquorum import envelopes, pki
+from sdquorum import __version__, envelopes, pki
 from sdquorum.envelopes import CustodianPolicy
 from sdquorum.errors import SdquorumError, StateError, UsageError
 from sdquorum.keys import WrappingKey
@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="custodian-agent", description=__doc__.split("\n")[0], epilog=__doc__, formatter_class=fmt
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     k = sub.add_parser(

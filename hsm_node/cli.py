@@ -30,6 +30,7 @@ from hsm_node.cryptopool import CryptoPool, reuse_large_buffers
 from hsm_node.node import Node, NodeConfig
 from hsm_node.server import serve
 from hsm_node.store import NodeStore, load_or_create_sealing_key
+from sdquorum import __version__
 from sdquorum.errors import UsageError
 from sdquorum_rpc.cli import run_main
 from sdquorum_rpc.config import add_flags
@@ -49,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser(
         "run",
@@ -112,6 +114,7 @@ async def _run(cfg: NodeSettings) -> int:
             mport,
         )
     server = await serve(node, cfg.listen, tls, cfg.max_message_bytes, cfg.max_batch_items)
+    metrics.observe(lambda: server.snapshot)
     if not cfg.address:
         node.address = f"{cfg.listen.rsplit(':', 1)[0]}:{server.port}"
     if cfg.port_file:

@@ -424,6 +424,10 @@ class Node:
             self._agents[role.name] = thumbprint
             self._check_agent_keys()
 
+    def connected_custodians(self) -> frozenset[str]:
+        """Custodians whose agent holds its request stream open now (for the metrics gauges)."""
+        return frozenset(self._agents.copy())
+
     def agent_disconnected(self, role: Role, thumbprint: bytes) -> None:
         if role.name and self._agents.get(role.name) == thumbprint:
             del self._agents[role.name]

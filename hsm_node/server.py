@@ -31,6 +31,7 @@ from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2_grpc as pbg
 from sdquorum_rpc.errors import RequestGuard, rpc
 from sdquorum_rpc.listen import bind_failure
+from sdquorum_rpc.observability import NodeSnapshot
 from sdquorum_rpc.tls import DEFAULT_MAX_MESSAGE_BYTES, Ctx, TlsFiles, server_credentials, server_options
 
 __all__ = ["CHUNK_BYTES", "MAX_BATCH_ITEMS", "NodeServer", "serve", "status_to_proto"]
@@ -455,25 +456,62 @@ class CustodianServicer:
         return pb.Ack()
 
 
+ALWAYS_SERVING = ("sdquorum.v1.Node", "sdquorum.v1.NodeAdmin", "sdquorum.v1.Custodian")
+KEYS_SERVICE = "sdquorum.v1.Keys"  # SERVING only while the node is ACTIVATED: the data plane works
+
+
+def node_snapshot(node: Node) -> NodeSnapshot:
+    session = node.session
+    status = session.status() if session is not None else None
+    return NodeSnapshot(
+        state=node.state,
+        compromised=node.compromised,
+        session_kind=status.kind if status is not None else None,
+        session_state=status.state.value if status is not None else None,
+        custodians=tuple(c.name for c in status.custodians) if status is not None else (),
+        connected=node.connected_custodians(),
+    )
+
+
 class NodeServer:
-    """A running node: the gRPC server, its health service and the deadline ticker."""
+    """A running node: the gRPC server, its health service (overall and per service: the data plane's
+    ``sdquorum.v1.Keys`` is SERVING only while ACTIVATED), the deadline ticker and the snapshot the
+    metrics gauges read."""
 
     def __init__(self, node: Node, server: grpc.aio.Server, port: int, health: Any) -> None:
         self.node = node
         self.server = server
         self.port = port
         self.health = health
+        self.snapshot = node_snapshot(node)  # what the metrics gauges read (their own thread)
+        self._keys_serving: bool | None = None
         self._ticker: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.server.start()
-        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        for service in ("", *ALWAYS_SERVING):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        await self._refresh()
         self._ticker = asyncio.create_task(self._tick())
 
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(0.5)
             await self.node.tick()
+            await self._refresh()
+
+    async def _refresh(self) -> None:
+        """Per-service health and the gauges' snapshot, from the node's state on the event loop."""
+        self.snapshot = node_snapshot(self.node)
+        serving = self.node.state == "ACTIVATED"
+        if serving != self._keys_serving:
+            self._keys_serving = serving
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            await self.health.set(KEYS_SERVICE, status)
 
     async def stop(self, grace: float = 2.0) -> None:
         """Drain: report NOT_SERVING, refuse new calls, give calls in flight ``grace`` seconds."""

@@ -31,6 +31,7 @@ from typing import Any
 from custodian_agent.agent import request_from_proto
 from sdctl import pkifiles
 from sdctl.config import SETTINGS
+from sdquorum import __version__
 from sdquorum.audit import verify_export
 from sdquorum.azure.sdfile import AzureSecurityDomain
 from sdquorum.errors import MalformedError, StateError, UsageError, VerificationError
@@ -75,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_flags(p, SETTINGS)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def cmd(name: str, help_: str, example: str) -> argparse.ArgumentParser:

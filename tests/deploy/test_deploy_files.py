@@ -10,6 +10,7 @@ pass vacuously.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -28,6 +29,7 @@ from deploy_checks import (
     Stage,
     agent_unit_problems,
     check_command,
+    check_console_command,
     compose_interpolate,
     compose_port_problems,
     compose_workloads,
@@ -630,7 +632,8 @@ LISTEN_7444 = "- name: SDQUORUM_NODE_LISTEN\n              value: 0.0.0.0:7444\n
             "NetworkPolicy sdquorum-node-ingress admits port 8443",
         ),
         ("network-policy.yaml", "port: 7443", "port: 8443", "lets pods reach the node on 8443"),
-        ("node.yaml", "containerPort: 7443", "containerPort: 7444", "container ports are [7444]"),
+        ("node.yaml", "containerPort: 7443", "containerPort: 7444", "container ports are [7444, 9464]"),
+        ("node.yaml", "containerPort: 9464", "containerPort: 9465", "serves metrics on 9464"),
         ("node.yaml", "targetPort: grpc", "targetPort: 8443", "targets port 8443"),
         # the environment overrides the sample's node.listen
         (
@@ -792,3 +795,15 @@ def test_a_wrong_command_in_a_doc_is_found() -> None:
     assert len(problems) == 2
     assert "doc:4: custodian-agent pending has no flag --state" in problems[0]
     assert "doc:5: sdctl has no subcommand 'statuss'" in problems[1]
+
+
+@pytest.mark.parametrize(("target", "prog"), [("node", "sdctl"), ("agent", "custodian-agent")])
+def test_the_node_and_agent_images_have_a_healthcheck_that_is_a_real_command(target: str, prog: str) -> None:
+    """docker/compose run the image's HEALTHCHECK: it must be a real command line of our tools (the
+    node's status over mTLS with its own certificate; the agent's heartbeat)."""
+    checks = [rest for ins, rest in images()[target].instructions if ins == "HEALTHCHECK"]
+    assert len(checks) == 1, checks
+    exec_form = checks[0][checks[0].index("CMD") + 3 :].strip()
+    argv = json.loads(exec_form)
+    assert PurePosixPath(argv[0]).name == prog
+    assert check_console_command([PurePosixPath(argv[0]).name, *argv[1:]], f"{target} HEALTHCHECK") == []
