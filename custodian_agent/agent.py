@@ -230,7 +230,8 @@ class Agent:
             digest = self.approvals.post(req.request_id, details)
             print(
                 f"approval needed: {req.kind} request {req.request_id} from {details['initiator']} on node "
-                f"{details['node_id']}: {details['reason']!r}. Run 'custodian-agent approve {req.request_id}' "
+                f"{details['node_id']}: {details['reason']!r}; destination: {details['destination']}. "
+                f"Run 'custodian-agent approve {req.request_id}' "
                 f"or 'custodian-agent deny {req.request_id}'.",
                 flush=True,
             )
