@@ -933,7 +933,9 @@ class Node:
 
     def security_domain_file(self, fmt: str = "native") -> bytes:
         """The current epoch's SD file; ``azure``: the same payload as an Azure version-2 file, split
-        anew to the same custodians and quorum (their keys open it with Azure's own tools too)."""
+        anew to the same custodians and quorum (their keys open it with Azure's own tools too, each
+        custodian handing over its private key). Its one item is tagged ``AZURE_PAYLOAD_TAG``, so no
+        sdquorum node and no agent turns it into a transfer file (module docstring)."""
         self._dek()
         data = self._store.sd_file()
         if data is None or self._domain is None:

@@ -124,6 +124,7 @@ async def test_restore_blob_with_an_offline_custodian_answer_file(
     wrapping_keys: list[SoftwareWrappingKey],
     exchange: tuple[rsa.RSAPrivateKey, bytes],
     now: datetime,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from custodian_agent.cli import main as agent_main
     from custodian_agent.keyfile import keygen, load_wrapping_key
@@ -152,28 +153,22 @@ async def test_restore_blob_with_an_offline_custodian_answer_file(
         await wait_for(lambda: any(requests.glob("*-x2.request.json")))
         (request,) = list(requests.glob("*-x2.request.json"))
         answer = tmp_path / "olga.answer.json"
+        respond = [
+            "respond", "--request", str(request), "--out", str(answer), "--yes",
+            "--attestation-root", str(pki_dir / "attestation-root.pem"),
+            "--wrapping-key", str(home / "olga.key"), "--wrapping-cert", str(home / "olga.pem"),
+        ]  # fmt: skip
         os.environ["SDQUORUM_PASSPHRASE"] = "offline passphrase"
         try:
-            code = await asyncio.to_thread(
-                agent_main,
-                [
-                    "respond",
-                    "--request",
-                    str(request),
-                    "--out",
-                    str(answer),
-                    "--yes",
-                    "--attestation-root",
-                    str(pki_dir / "attestation-root.pem"),
-                    "--wrapping-key",
-                    str(home / "olga.key"),
-                    "--wrapping-cert",
-                    str(home / "olga.pem"),
-                    "--azure-restore",
-                ],
-            )
+            capsys.readouterr()
+            refused = await asyncio.to_thread(agent_main, respond)  # without the opt-in: refused
+            assert refused != 0 and not answer.exists()
+            assert "--azure-restore" in capsys.readouterr().err
+            code = await asyncio.to_thread(agent_main, [*respond, "--azure-restore"])
+            shown = capsys.readouterr().out
         finally:
             del os.environ["SDQUORUM_PASSPHRASE"]
+        assert "EXTERNAL, UNATTESTED" in shown and pki.spki_sha256(exchange[1]).hex() in shown
         assert code == 0
         up_code, up_lines = await run_sdctl(pki_dir, c.target, "upload-answer", str(answer))
         assert up_code == 0, up_lines
@@ -343,3 +338,39 @@ async def test_attack_admin_exports_the_domain_for_azure_and_restores_it_to_thei
     async with running_cluster(pki_dir, tmp_path / "b", node_id="node-b") as b:
         assert "sdquorum security domain" in await attack(b, "fresh-node")
         assert b.node.state == "PROVISIONED"
+
+
+async def test_a_late_wrong_azure_share_is_rejected_named_and_audited_by_the_node(
+    pki_dir: Path,
+    tmp_path: Path,
+    wrapping_keys: list[SoftwareWrappingKey],
+    exchange: tuple[rsa.RSAPrivateKey, bytes],
+) -> None:
+    """2-of-4 completes with alice and bob; carol's honest share and dave's wrong one come after,
+    before the deadline. Before issue 13 both were refused unchecked ("session is completed"), so
+    dave's lie was never named. Now carol is verified and NOT_NEEDED, dave REJECTED and named, each
+    audited; the transfer file is unchanged."""
+    from coordinator.ceremony import CustodianStatus, SessionState
+    from sdquorum.errors import VerificationError
+    from sdquorum.pki import Role
+
+    keys = wrapping_keys[:4]
+    data = make_sd_file([k.certificate_der() for k in keys], 2, ITEMS).data
+    async with running_cluster(pki_dir, tmp_path / "c") as c:
+        s = await c.node.start_azure_restore(data, exchange[1], "dr test", 60, Role("admin"))
+        answers = _azure_answers(c, pki_dir, keys, corrupt={3})
+        for a in answers[:2]:
+            await c.node.submit_answer(*a)
+        assert s.state is SessionState.COMPLETED
+        transfer = c.node.azure_transfer_file(s.session_id)
+        await c.node.submit_answer(*answers[2])
+        with pytest.raises(VerificationError, match="does not lie on the shares"):
+            await c.node.submit_answer(*answers[3])
+        status = {p.x: p for p in s.status().custodians}
+        assert status[3].status is CustodianStatus.NOT_NEEDED and "verified" in status[3].detail
+        assert status[4].status is CustodianStatus.REJECTED and "late" in status[4].detail
+        assert status[4].name in s.message and s.state is SessionState.COMPLETED
+        events = "\n".join(c.node._store.audit_entries(c.node.audit_chain()))
+        assert "azure-recovery-late-answer-verified" in events
+        assert "azure-recovery-late-answer-rejected" in events
+        assert c.node.azure_transfer_file(s.session_id) == transfer
