@@ -35,7 +35,7 @@ import nacl.public
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sdquorum import pki
-from sdquorum.azure import gf257
+from sdquorum.azure import gf257, jwe
 from sdquorum.azure.sdfile import AzureSecurityDomain, Item, decrypt_share
 from sdquorum.encoding import b64d, b64e, canonical_json, parse_json_object
 from sdquorum.envelopes import (
@@ -86,10 +86,12 @@ class ExchangeCertificate:
 
 
 def exchange_certificate_summary(certificate_der: bytes) -> ExchangeCertificate:
-    """The exchange certificate's subject and digests; MalformedError if it is no RSA certificate."""
+    """The exchange certificate's subject and digests; MalformedError unless it holds an RSA key of
+    at least 2048 bits (what the transfer file can be wrapped to: checked before anyone is asked)."""
     cert = pki.load_cert(certificate_der)
-    if not isinstance(cert.public_key(), rsa.RSAPublicKey):
-        raise MalformedError("the Azure exchange certificate must hold an RSA key")
+    key = cert.public_key()
+    if not isinstance(key, rsa.RSAPublicKey) or key.key_size < jwe.MIN_RSA_BITS:
+        raise MalformedError(f"the Azure exchange certificate must hold an RSA key of {jwe.MIN_RSA_BITS}+ bits")
     return ExchangeCertificate(
         subject=cert.subject.rfc4514_string()[:200],
         spki_sha256=pki.spki_sha256(certificate_der),

@@ -398,3 +398,33 @@ def test_a_late_azure_share_claiming_another_x_is_named(restore_2_of_4: Restore)
     outcome = r.session.submit(*dave, r.t0 + 6)
     assert outcome.late and not outcome.accepted and "carries x=3" in outcome.reason
     assert r.status()[4].status is CustodianStatus.REJECTED
+
+
+def test_an_exchange_certificate_the_transfer_file_cannot_be_wrapped_to_is_refused_at_start(
+    wrapping_keys: list[SoftwareWrappingKey], node_attestation: Any, now: datetime, t0: int
+) -> None:
+    """A 1024-bit exchange certificate: refused before any custodian is asked (before, the shares
+    were collected and only then did wrapping the transfer file fail)."""
+    from datetime import timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505  # refused, that is the point
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "short exchange key")])
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(now).not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    keys = wrapping_keys[:3]
+    sd = gen.make_sd_file([k.certificate_der() for k in keys], 2, ITEMS).data
+    session = AzureRestoreSession(
+        session_id="azure-2", node_id="node-b", node_address="b:1", initiator="admin", reason="DR",
+        created_at=t0, expires_at=t0 + 600, rng=os.urandom,
+    )  # fmt: skip
+    with pytest.raises(MalformedError, match="2048"):
+        session.start(sd, cert.public_bytes(serialization.Encoding.DER), t0, node_attestation.sign)
+    assert session.attestation is None and session.requests() == []
