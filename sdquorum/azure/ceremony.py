@@ -91,7 +91,9 @@ def exchange_certificate_summary(certificate_der: bytes) -> ExchangeCertificate:
     cert = pki.load_cert(certificate_der)
     key = cert.public_key()
     if not isinstance(key, rsa.RSAPublicKey) or key.key_size < jwe.MIN_RSA_BITS:
-        raise MalformedError(f"the Azure exchange certificate must hold an RSA key of {jwe.MIN_RSA_BITS}+ bits")
+        raise MalformedError(
+            f"the Azure exchange certificate must hold an RSA key of {jwe.MIN_RSA_BITS}+ bits"
+        )
     return ExchangeCertificate(
         subject=cert.subject.rfc4514_string()[:200],
         spki_sha256=pki.spki_sha256(certificate_der),
