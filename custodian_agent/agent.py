@@ -5,8 +5,12 @@ Order for every request (nothing is decrypted before step 2 passes):
 1. Parse the attestation and the SD header.
 2. :func:`sdquorum.envelopes.check_request`: attestation chain to this agent's root and expiry,
    signature, header hash, header signature (and pinned domain key), allowed domain, slot
-   thumbprint is this agent's certificate.
-3. Approval: ``auto`` (explicit in configuration) or ``manual`` through :mod:`approvals`.
+   thumbprint is this agent's certificate. An Azure restore is refused unless the configuration
+   opts in (``agent.azure_restore``), and then checked by
+   :func:`sdquorum.azure.ceremony.check_azure_request`.
+3. Approval: ``auto`` (explicit in configuration) or ``manual`` through :mod:`approvals`. The human
+   is shown where the answer ends up (``destination``: the node's attested exchange key, or an
+   Azure exchange certificate named as an external, unattested key).
 4. Decrypt the share, check it against the commitments, seal it to the attested exchange key and
    sign the release (:mod:`sdquorum.envelopes`). Submit it.
 
@@ -238,7 +242,8 @@ class Agent:
             digest = self.approvals.post(req.request_id, details)
             print(
                 f"approval needed: {req.kind} request {req.request_id} from {details['initiator']} on node "
-                f"{details['node_id']}: {details['reason']!r}. Run 'custodian-agent approve {req.request_id}' "
+                f"{details['node_id']}: {details['reason']!r}; destination: {details['destination']}. "
+                f"Run 'custodian-agent approve {req.request_id}' "
                 f"or 'custodian-agent deny {req.request_id}'.",
                 flush=True,
             )

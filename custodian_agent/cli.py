@@ -91,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--allow-domain", action="append", default=[], metavar="HEX")
     o.add_argument("--pin-domain-key", action="append", default=[], metavar="HEX")
     o.add_argument(
+        "--azure-restore",
+        action="store_true",
+        help="answer an Azure restore request (refused without it: its result goes to an external key)",
+    )
+    o.add_argument(
         "--yes", action="store_true", help="approve without asking (after reading the request yourself)"
     )
     o.add_argument("--deny", action="store_true", help="write a denial instead of an answer")
@@ -186,6 +191,7 @@ def _policy(args: argparse.Namespace | AgentSettings) -> CustodianPolicy:
         attestation_root_pem=read_input_file(args.attestation_root, "attestation root"),
         allowed_domains=_hexes(args.allow_domain, "--allow-domain", 16),
         pinned_signing_keys=_hexes(args.pin_domain_key, "--pin-domain-key", 32),
+        azure_restore=bool(args.azure_restore),
     )
 
 
@@ -210,6 +216,7 @@ def _respond(args: argparse.Namespace) -> int:
         "epoch",
         "slot",
         "expires_at",
+        "destination",
         "proposal",
     ):
         if k in details:
@@ -285,7 +292,8 @@ async def _run(args: AgentSettings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     print(
-        f"custodian-agent: serving wrapping certificate {agent.thumbprint.hex()[:16]} via {args.node} ({args.approval} approval)",
+        f"custodian-agent: serving wrapping certificate {agent.thumbprint.hex()[:16]} via {args.node} "
+        f"({args.approval} approval; Azure restores {'served' if args.azure_restore else 'refused'})",
         flush=True,
     )
     await agent.run(stop)

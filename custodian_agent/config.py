@@ -52,6 +52,15 @@ SETTINGS = [
         help="only serve SD files signed by this domain key (32-byte hex)",
     ),
     Setting(
+        "agent.azure_restore",
+        "--azure-restore",
+        E + "AZURE_RESTORE",
+        bool,
+        False,
+        help="serve Azure restores (default: refused): their result is re-encrypted to an external Azure "
+        "exchange certificate no node attests; the custodian is shown its fingerprint",
+    ),
+    Setting(
         "tls.cert",
         "--tls-cert",
         E + "TLS_CERT",
@@ -119,6 +128,7 @@ class AgentSettings:
     approval: str
     allow_domain: list[str]
     pin_domain_key: list[str]
+    azure_restore: bool
     pkcs11_module: Path | None
     pkcs11_token: str | None
     pkcs11_key_label: str | None

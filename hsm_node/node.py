@@ -4,7 +4,15 @@ States: PROVISIONED -> ACTIVATED (download), or PROVISIONED -> RECOVERY_PENDING 
 recovery ceremony completes). The data plane is open only in ACTIVATED. At most one ceremony
 (recovery, drill, rotation) runs at a time; a node restart drops a running session (its exchange
 key lived only in memory) and the node stays RECOVERY_PENDING until a new session completes.
-COMPROMISED is a flag an admin sets on an ACTIVATED node: drills and rotation stop.
+COMPROMISED is a flag an admin sets on an ACTIVATED node: drills, rotation and Azure restores stop.
+
+An Azure restore re-encrypts a domain to an external key, so it is never a way out for this node's
+own domain: it is refused on a compromised node, and refused before any custodian is asked (and
+audited) when the Azure file's slots are encrypted to a custodian certificate of the domain this
+node holds or the file holds an sdquorum domain exported for Azure (``security_domain_file(fmt=
+"azure")``, whose one item is tagged ``AZURE_PAYLOAD_TAG``). That export stays possible (its shares
+are the same custodians'; Azure's own tools need their private keys), but no sdquorum node turns
+it into a transfer file, and agents refuse it too (:mod:`sdquorum.azure.ceremony`).
 
 Every ceremony step, every answer accepted or rejected (with the custodian), every refusal and every
 custody event goes into the audit log (:mod:`sdquorum.audit`), signed with the node's attestation
@@ -53,7 +61,8 @@ from hsm_node import keyops
 from hsm_node.cryptopool import CryptoPool, sign_batch_here
 from hsm_node.keyops import KeyType
 from hsm_node.store import DomainInfo, NodeStore, StoredKey
-from sdquorum import audit, backup, envelopes, policy, sdfile
+from sdquorum import audit, backup, envelopes, pki, policy, sdfile
+from sdquorum.azure.ceremony import AZURE_PAYLOAD_TAG
 from sdquorum.azure.sdfile import seal_azure_domain
 from sdquorum.errors import SdquorumError, StateError, StorageError, UsageError, VerificationError
 from sdquorum.pki import Role
@@ -64,7 +73,6 @@ from sdquorum_rpc.packed import Packed
 __all__ = ["Node", "NodeConfig", "NodeState"]
 
 C = TypeVar("C", bound=Ceremony)
-AZURE_PAYLOAD_TAG = "sdquorum-payload-v1"  # the one EncData item of a native domain exported for Azure
 
 log = logging.getLogger("sdquorum.node")
 
@@ -576,7 +584,21 @@ class Node:
             "x": outcome.x,
             "via": str(caller),
         }
-        if outcome.accepted:
+        if outcome.late:  # after completion: it counted for nothing, but a wrong one is named
+            verdict = "verified" if outcome.accepted else "rejected"
+            log_at = log.info if outcome.accepted else log.warning
+            log_at(
+                "session %s: late answer of %s (x=%d) via %s %s %s",
+                session.session_id,
+                outcome.name,
+                outcome.x,
+                caller,
+                verdict.upper(),
+                outcome.reason,
+            )
+            extra = {} if outcome.accepted else {"reason": outcome.reason}
+            self.audit(f"{session.kind}-late-answer-{verdict}", caller, {**details, **extra})
+        elif outcome.accepted:
             log.info(
                 "session %s: %s (x=%d) answered via %s: accepted",
                 session.session_id,
@@ -851,22 +873,61 @@ class Node:
     async def start_azure_restore(
         self, sd_file: bytes, exchange_cert: bytes, reason: str, ttl_seconds: int, caller: Role
     ) -> AzureRestoreSession:
-        """Coordinate an Azure restore: the node's own state and domain are not touched."""
+        """Coordinate an Azure restore: the node's own state and domain are not touched, and no share
+        of the domain this node holds goes into it (module docstring)."""
         async with self._lock:
+            if self.compromised:
+                reason = (
+                    "the domain on this node is marked compromised: no Azure restore here; "
+                    "use a new node (docs/runbooks/compromise.md)"
+                )
+                self.audit("azure-restore-refused", caller, {"reason": reason})
+                raise StateError(reason)
+            thumbprints, keys = self._held_custodian_keys()
             session = self._new_session(AzureRestoreSession, reason, ttl_seconds, caller)
             try:
-                session.start(sd_file, exchange_cert, self.now(), self._sign_attestation)
+                session.start(
+                    sd_file,
+                    exchange_cert,
+                    self.now(),
+                    self._sign_attestation,
+                    held_thumbprints=thumbprints,
+                    held_keys=keys,
+                )
             except SdquorumError as e:
                 session.abort(f"the Azure file or exchange certificate was refused: {e}")
+                self.audit(
+                    "azure-restore-refused",
+                    caller,
+                    {"session_id": session.session_id, "reason": str(e)},
+                )
                 self._after_change(session)
                 raise
+            destination = session.destination_certificate
             self.audit(
                 "azure-restore-file-accepted",
                 caller,
-                {"session_id": session.session_id, "sd_file_sha256": hashlib.sha256(sd_file).hexdigest()},
+                {
+                    "session_id": session.session_id,
+                    "sd_file_sha256": hashlib.sha256(sd_file).hexdigest(),
+                    "exchange_certificate_sha256": hashlib.sha256(destination).hexdigest(),
+                    "exchange_key_spki_sha256": pki.spki_sha256(destination).hex(),
+                },
             )
             self._notify()
             return session
+
+    def _held_custodian_keys(self) -> tuple[frozenset[bytes], frozenset[bytes]]:
+        """Thumbprints and SPKI digests of every custodian certificate of the domain this node holds
+        (none on a node that holds no domain)."""
+        data = self._store.sd_file()
+        if data is None or self._domain is None:
+            return frozenset(), frozenset()
+        slots = sdfile.SecurityDomainFile.from_bytes(data).header.slots
+        return (
+            frozenset(slot.thumbprint for slot in slots),
+            frozenset(pki.spki_sha256(slot.certificate_der) for slot in slots),
+        )
 
     def azure_transfer_file(self, session_id: str) -> bytes:
         session = self._session_by_id(session_id)
@@ -876,7 +937,9 @@ class Node:
 
     def security_domain_file(self, fmt: str = "native") -> bytes:
         """The current epoch's SD file; ``azure``: the same payload as an Azure version-2 file, split
-        anew to the same custodians and quorum (their keys open it with Azure's own tools too)."""
+        anew to the same custodians and quorum (their keys open it with Azure's own tools too, each
+        custodian handing over its private key). Its one item is tagged ``AZURE_PAYLOAD_TAG``, so no
+        sdquorum node and no agent turns it into a transfer file (module docstring)."""
         self._dek()
         data = self._store.sd_file()
         if data is None or self._domain is None:
