@@ -6,7 +6,9 @@ Order for every request (nothing is decrypted before step 2 passes):
 2. :func:`sdquorum.envelopes.check_request`: attestation chain to this agent's root and expiry,
    signature, header hash, header signature (and pinned domain key), allowed domain, slot
    thumbprint is this agent's certificate.
-3. Approval: ``auto`` (explicit in configuration) or ``manual`` through :mod:`approvals`.
+3. Approval through :mod:`approvals`: a person decides (``manual``), except that ``auto-drills``
+   answers a possession drill alone. A request that releases a share (recovery, azure-recovery) or
+   approves a rotation always waits for the person; ``auto`` is refused when the config is made.
 4. Decrypt the share, check it against the commitments, seal it to the attested exchange key and
    sign the release (:mod:`sdquorum.envelopes`). Submit it.
 
@@ -29,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from custodian_agent import responder
-from custodian_agent.approvals import ApprovalBox
+from custodian_agent.approvals import ApprovalBox, asks_person, check_mode
 from sdquorum import envelopes, pki
-from sdquorum.errors import SdquorumError, TransportError, UsageError, VerificationError
+from sdquorum.errors import SdquorumError, TransportError, VerificationError
 from sdquorum.keys import WrappingKey
 from sdquorum.offline import CeremonyRequest
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
@@ -88,11 +90,10 @@ class AgentConfig:
     tls: TlsFiles
     policy: envelopes.CustodianPolicy
     state_dir: Path
-    approval: str = "manual"  # or "auto"
+    approval: str = "manual"  # or "auto-drills"; see approvals.check_mode
 
     def __post_init__(self) -> None:
-        if self.approval not in ("manual", "auto"):
-            raise UsageError("approval must be 'manual' or 'auto'")
+        check_mode(self.approval)
 
 
 class Agent:
@@ -226,7 +227,9 @@ class Agent:
         log.debug("request %s passed every check before decryption", req.request_id)
         details = responder.describe(req, checked)
         log.info("request %s: %s", req.request_id, json.dumps(details, sort_keys=True))
-        if self.config.approval == "manual":
+        if not asks_person(self.config.approval, req.kind):
+            log.info("request %s: a %s, answered without a person (auto-drills)", req.request_id, req.kind)
+        else:
             digest = self.approvals.post(req.request_id, details)
             print(
                 f"approval needed: {req.kind} request {req.request_id} from {details['initiator']} on node "
