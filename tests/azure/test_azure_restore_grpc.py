@@ -14,7 +14,7 @@ import pytest
 from azure_sd_generator import make_sd_file, open_sd_file, open_transfer_file
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from harness import NAMES, Cluster, run_sdctl, running_cluster
+from harness import NAMES, Cluster, person_at_prompt, run_sdctl, running_cluster
 
 from sdquorum import pki
 from sdquorum.keys import SoftwareWrappingKey
@@ -145,23 +145,23 @@ async def test_restore_blob_with_an_offline_custodian_answer_file(
         answer = tmp_path / "olga.answer.json"
         os.environ["SDQUORUM_PASSPHRASE"] = "offline passphrase"
         try:
-            code = await asyncio.to_thread(
-                agent_main,
-                [
-                    "respond",
-                    "--request",
-                    str(request),
-                    "--out",
-                    str(answer),
-                    "--yes",
-                    "--attestation-root",
-                    str(pki_dir / "attestation-root.pem"),
-                    "--wrapping-key",
-                    str(home / "olga.key"),
-                    "--wrapping-cert",
-                    str(home / "olga.pem"),
-                ],
-            )
+            with person_at_prompt("yes"):  # olga reads the request and approves at the prompt
+                code = await asyncio.to_thread(
+                    agent_main,
+                    [
+                        "respond",
+                        "--request",
+                        str(request),
+                        "--out",
+                        str(answer),
+                        "--attestation-root",
+                        str(pki_dir / "attestation-root.pem"),
+                        "--wrapping-key",
+                        str(home / "olga.key"),
+                        "--wrapping-cert",
+                        str(home / "olga.pem"),
+                    ],
+                )
         finally:
             del os.environ["SDQUORUM_PASSPHRASE"]
         assert code == 0
