@@ -105,7 +105,7 @@ class Custodians:
     so the agent goes through its real manual-approval path: post the details, wait, read a
     decision bound to their SHA-256. Works for agents in this process and in processes of their
     own (only the state directory is shared). ``approved`` records ``(name, request_id)`` in order.
-    Use as a context manager, or :meth:`start` / :meth:`stop`.
+    Use as a context manager, or :meth:`start` / :meth:`stop`, or run :meth:`serve` as a task.
     """
 
     def __init__(self, state_dirs: dict[str, Path] | None = None, poll: float = PERSON_POLL) -> None:
@@ -142,6 +142,14 @@ class Custodians:
     def _loop(self) -> None:
         while not self._stop.wait(self.poll):
             self.approve_pending()
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """The same persons as a task of the running event loop (no thread), until ``stop`` is set:
+        for a process whose agent shares the loop, so that looking costs no GIL hand-over."""
+        while not stop.is_set():
+            self.approve_pending()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.poll)
 
     def start(self) -> Custodians:
         if self._thread is None:
