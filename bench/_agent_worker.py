@@ -39,6 +39,7 @@ from bench._common import ROOT, harness, quiet_logs
 __all__ = ["AgentWorkers", "main"]
 
 START_TIMEOUT = 60.0
+_PROTOCOL = sys.stdout  # the pipe to the parent: protocol lines only (main sends prints elsewhere)
 
 
 async def _lines(reader: asyncio.StreamReader) -> Any:
@@ -47,8 +48,8 @@ async def _lines(reader: asyncio.StreamReader) -> Any:
 
 
 def _say(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
+    _PROTOCOL.write(json.dumps(obj) + "\n")
+    _PROTOCOL.flush()
 
 
 async def _serve() -> None:
@@ -192,6 +193,7 @@ class AgentWorkers:
 
 def main() -> None:
     quiet_logs()
+    sys.stdout = sys.stderr  # the agent prints "approval needed: ..." for its person: not on the pipe
     asyncio.run(_serve())
 
 

@@ -126,6 +126,11 @@ class Custodians:
             dirs = list(self.state_dirs.items())
         done = []
         for name, state_dir in dirs:
+            try:  # the cheap look first: most looks find nothing
+                if not any(f.endswith(".json") for f in os.listdir(state_dir / "pending")):
+                    continue
+            except FileNotFoundError:
+                continue
             box = ApprovalBox(state_dir)
             for item in box.pending():
                 request_id = str(item.get("request_id", ""))
@@ -148,8 +153,7 @@ class Custodians:
         for a process whose agent shares the loop, so that looking costs no GIL hand-over."""
         while not stop.is_set():
             self.approve_pending()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.poll)
+            await asyncio.sleep(self.poll)
 
     def start(self) -> Custodians:
         if self._thread is None:
