@@ -8,9 +8,11 @@ Order for every request (nothing is decrypted before step 2 passes):
    thumbprint is this agent's certificate. An Azure restore is refused unless the configuration
    opts in (``agent.azure_restore``), and then checked by
    :func:`sdquorum.azure.ceremony.check_azure_request`.
-3. Approval: ``auto`` (explicit in configuration) or ``manual`` through :mod:`approvals`. The human
-   is shown where the answer ends up (``destination``: the node's attested exchange key, or an
-   Azure exchange certificate named as an external, unattested key).
+3. Approval through :mod:`approvals`: a person decides (``manual``), except that ``auto-drills``
+   answers a possession drill alone. A request that releases a share (recovery, azure-recovery) or
+   approves a rotation always waits for the person; ``auto`` is refused when the config is made.
+   The person is shown where the answer ends up (``destination``: the node's attested exchange key,
+   or an Azure exchange certificate named as an external, unattested key).
 4. Decrypt the share, check it against the commitments, seal it to the attested exchange key and
    sign the release (:mod:`sdquorum.envelopes`). Submit it.
 
@@ -33,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from custodian_agent import responder
-from custodian_agent.approvals import ApprovalBox
+from custodian_agent.approvals import ApprovalBox, asks_person, check_mode
 from sdquorum import envelopes, pki
-from sdquorum.errors import SdquorumError, TransportError, UsageError, VerificationError
+from sdquorum.errors import SdquorumError, TransportError, VerificationError
 from sdquorum.keys import WrappingKey
 from sdquorum.offline import CeremonyRequest
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
@@ -92,11 +94,10 @@ class AgentConfig:
     tls: TlsFiles
     policy: envelopes.CustodianPolicy
     state_dir: Path
-    approval: str = "manual"  # or "auto"
+    approval: str = "manual"  # or "auto-drills"; see approvals.check_mode
 
     def __post_init__(self) -> None:
-        if self.approval not in ("manual", "auto"):
-            raise UsageError("approval must be 'manual' or 'auto'")
+        check_mode(self.approval)
 
 
 class Agent:
@@ -238,7 +239,9 @@ class Agent:
         log.debug("request %s passed every check before decryption", req.request_id)
         details = responder.describe(req, checked)
         log.info("request %s: %s", req.request_id, json.dumps(details, sort_keys=True))
-        if self.config.approval == "manual":
+        if not asks_person(self.config.approval, req.kind):
+            log.info("request %s: a %s, answered without a person (auto-drills)", req.request_id, req.kind)
+        else:
             digest = self.approvals.post(req.request_id, details)
             print(
                 f"approval needed: {req.kind} request {req.request_id} from {details['initiator']} on node "

@@ -8,6 +8,10 @@ Examples::
         --wrapping-key alice.wrap.key --wrapping-cert alice.wrap.pem --state-dir ~/.sdquorum
     custodian-agent pending --state-dir ~/.sdquorum
     custodian-agent approve 3f2a9c1b0d4e5f60 --state-dir ~/.sdquorum
+
+Approval (--approval): manual (the default) asks you for every request; auto-drills answers
+possession drills alone and still asks you for every recovery and rotation. 'auto' is refused: no
+share is released without a person approving.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 
 from custodian_agent import responder
 from custodian_agent.agent import Agent, AgentConfig, read_heartbeat
-from custodian_agent.approvals import ApprovalBox
+from custodian_agent.approvals import ApprovalBox, asks_person
 from custodian_agent.config import SETTINGS, AgentSettings
 from custodian_agent.keyfile import keygen, load_wrapping_key, read_passphrase
 from sdquorum import __version__, envelopes, pki
@@ -96,7 +100,10 @@ def _parser() -> argparse.ArgumentParser:
         help="answer an Azure restore request (refused without it: its result goes to an external key)",
     )
     o.add_argument(
-        "--yes", action="store_true", help="approve without asking (after reading the request yourself)"
+        "--yes",
+        action="store_true",
+        help="answer a possession drill without asking; refused for a request that releases your "
+        "share or approves a rotation (those always ask you)",
     )
     o.add_argument("--deny", action="store_true", help="write a denial instead of an answer")
 
@@ -198,6 +205,12 @@ def _policy(args: argparse.Namespace | AgentSettings) -> CustodianPolicy:
 def _respond(args: argparse.Namespace) -> int:
     """The offline agent: one request file in, one answer file out, nothing else touched."""
     req = CeremonyRequest.from_bytes(read_input_file(args.request, "request file"))
+    if args.yes and asks_person("auto-drills", req.kind):  # the rule 'run' keeps with auto-drills
+        raise UsageError(
+            f"--yes answers drills only: this {req.kind} request "
+            + ("approves a rotation" if req.kind == "rotation" else "releases your share")
+            + "; run again without --yes, read it and type 'yes' at the prompt"
+        )
     policy = _policy(args)
     if args.out.exists():
         raise UsageError(f"{args.out} exists already: choose another --out")

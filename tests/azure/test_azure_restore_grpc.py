@@ -14,7 +14,7 @@ import pytest
 from azure_sd_generator import make_sd_file, open_sd_file, open_transfer_file
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from harness import NAMES, Cluster, run_sdctl, running_cluster
+from harness import NAMES, Cluster, person_at_prompt, run_sdctl, running_cluster
 
 from sdquorum import pki
 from sdquorum.envelopes import CustodianPolicy
@@ -154,7 +154,7 @@ async def test_restore_blob_with_an_offline_custodian_answer_file(
         (request,) = list(requests.glob("*-x2.request.json"))
         answer = tmp_path / "olga.answer.json"
         respond = [
-            "respond", "--request", str(request), "--out", str(answer), "--yes",
+            "respond", "--request", str(request), "--out", str(answer),
             "--attestation-root", str(pki_dir / "attestation-root.pem"),
             "--wrapping-key", str(home / "olga.key"), "--wrapping-cert", str(home / "olga.pem"),
         ]  # fmt: skip
@@ -164,7 +164,8 @@ async def test_restore_blob_with_an_offline_custodian_answer_file(
             refused = await asyncio.to_thread(agent_main, respond)  # without the opt-in: refused
             assert refused != 0 and not answer.exists()
             assert "--azure-restore" in capsys.readouterr().err
-            code = await asyncio.to_thread(agent_main, [*respond, "--azure-restore"])
+            with person_at_prompt("yes"):  # olga reads the request and approves at the prompt
+                code = await asyncio.to_thread(agent_main, [*respond, "--azure-restore"])
             shown = capsys.readouterr().out
         finally:
             del os.environ["SDQUORUM_PASSPHRASE"]

@@ -232,7 +232,7 @@ async def test_manual_approval_flow_over_grpc(
     async with running_cluster(pki_dir, tmp_path / "b", node_id="node-b") as b:
         names = NAMES[:4]  # alice..dave run agents; erin (slot 5) is away
         for name, key in zip(names, wrapping_keys[:4], strict=True):
-            b.start_agent(name, key, tmp_path, approval="manual")
+            b.start_agent(name, key, tmp_path, approval="manual", approves=False)
         dirs = {name: tmp_path / f"agent-{name}" for name in names}
         recover = asyncio.create_task(
             sdctl(

@@ -173,8 +173,8 @@ def test_environment_overrides_the_file_and_a_flag_overrides_the_environment() -
     flagged = load_node(NODE, env, listen="127.0.0.1:9100", session_seconds="30")
     assert (flagged.listen, flagged.session_seconds) == ("127.0.0.1:9100", 30)
 
-    env = {"SDQUORUM_AGENT_APPROVAL": "auto", "SDQUORUM_AGENT_ALLOW_DOMAINS": "aa, bb"}
-    assert load_agent(AGENT, env).approval == "auto"
+    env = {"SDQUORUM_AGENT_APPROVAL": "auto-drills", "SDQUORUM_AGENT_ALLOW_DOMAINS": "aa, bb"}
+    assert load_agent(AGENT, env).approval == "auto-drills"
     assert load_agent(AGENT, env).allow_domain == ["aa", "bb"]
     assert load_agent(AGENT, env, approval="manual", allow_domain=["cc"]).approval == "manual"
     assert load_agent(AGENT, env, allow_domain=["cc"]).allow_domain == ["cc"]

@@ -807,3 +807,37 @@ def test_the_node_and_agent_images_have_a_healthcheck_that_is_a_real_command(tar
     argv = json.loads(exec_form)
     assert PurePosixPath(argv[0]).name == prog
     assert check_console_command([PurePosixPath(argv[0]).name, *argv[1:]], f"{target} HEALTHCHECK") == []
+
+
+APPROVAL_SETTINGS = (  # every way a deploy file can set an agent's approval mode, and its value
+    r'\bapproval\s*=\s*"([^"]*)"',  # TOML, also inside the k8s ConfigMap
+    r'--approval["\s,]+"?([\w${}:-]+)',  # a command line or an exec-form list
+    r"\bAGENT_APPROVAL=(\S+)",  # an environment variable, in a command or a comment
+    r"\$\{AGENT_APPROVAL:-([^}]*)\}",  # compose's default
+)
+
+
+def test_no_deploy_file_sets_an_approval_mode_the_agent_refuses() -> None:
+    """Every approval mode a deploy file, manifest, unit or comment there sets is one the agent
+    accepts: 'auto' (shares released with nobody approving) is refused at start-up and appears
+    nowhere. (On the old files: compose.yaml's comment offered AGENT_APPROVAL=auto.)"""
+    import re
+
+    from custodian_agent.approvals import check_mode
+    from sdquorum.errors import UsageError
+
+    found = []
+    for path in sorted(p for p in DEPLOY.rglob("*") if p.is_file() and p.suffix != ".py"):
+        text = path.read_text(errors="replace")
+        for pattern in APPROVAL_SETTINGS:
+            for value in re.findall(pattern, text):
+                value = compose_interpolate(value) if value.startswith("${") else value.rstrip(".,;)")
+                found.append((path.relative_to(DEPLOY).as_posix(), value))
+    assert ("config/agent.toml", "manual") in found and ("compose/compose.yaml", "manual") in found
+    bad = []
+    for where, value in found:
+        try:
+            check_mode(value)
+        except UsageError as e:
+            bad.append(f"{where}: {e}")
+    assert bad == []

@@ -19,7 +19,16 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from harness import NAMES, ROOT, NodeProcess, agent_config, certs_of, node_run_argv, running_cluster
+from harness import (
+    NAMES,
+    ROOT,
+    Custodians,
+    NodeProcess,
+    agent_config,
+    certs_of,
+    node_run_argv,
+    running_cluster,
+)
 from test_demo import forms
 
 from custodian_agent.agent import Agent
@@ -50,6 +59,7 @@ async def agents(
     pki: Path, target: str, keys: dict[str, SoftwareWrappingKey], tmp: Path
 ) -> AsyncIterator[list[Agent]]:
     running = []
+    persons = Custodians({name: tmp / f"agent-{name}" for name in keys}).start()
     for name, key in keys.items():
         agent = Agent(agent_config(pki, target, name, tmp / f"agent-{name}"), key)
         stop = asyncio.Event()
@@ -57,6 +67,7 @@ async def agents(
     try:
         yield [a for a, _, _ in running]
     finally:
+        persons.stop()
         for _, stop, _ in running:
             stop.set()
         await asyncio.gather(*(t for _, _, t in running), return_exceptions=True)

@@ -130,7 +130,7 @@ async def test_agent_heartbeat_reports_connected_and_disconnected(
         # The same agent's config file (every [agent] and [tls] setting 'run' reads) names the state dir.
         config = tmp_path / "agent.toml"
         config.write_text(
-            f'[agent]\nnode = "{a.target}"\nstate_dir = "{state}"\napproval = "auto"\n'
+            f'[agent]\nnode = "{a.target}"\nstate_dir = "{state}"\napproval = "manual"\n'
             f'[tls]\ncert = "{pki_dir}/custodian-alice.pem"\n'
         )
         assert await asyncio.to_thread(agent_main, ["health", "--config", str(config)]) == 0
