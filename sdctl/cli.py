@@ -294,7 +294,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     pis.add_argument("--dir", type=Path, required=True)
     g = pis.add_mutually_exclusive_group(required=True)
-    g.add_argument("--role", help="admin, app, node or custodian/<name>")
+    g.add_argument("--role", help="admin, app, app/<name>, node or custodian/<name>")
     g.add_argument("--attestation", metavar="NODE_ID", help="an attestation certificate for a node")
     pis.add_argument("--ip", action="append", default=[])
     pis.add_argument("--dns", action="append", default=[])
