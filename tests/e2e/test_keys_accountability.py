@@ -27,7 +27,7 @@ from hsm_node.keyops import KeyType
 from hsm_node.node import Node, NodeConfig
 from hsm_node.store import NodeStore
 from sdctl import pkifiles
-from sdquorum import pki
+from sdquorum import backup, pki
 from sdquorum.errors import (
     AlreadyExistsError,
     NotFoundError,
@@ -359,6 +359,42 @@ async def test_a_backup_keeps_deleted_keys_deleted_and_a_restore_purges_those_pa
     node.restore(data_backup, ADMIN)  # "gone"'s retention has ended since the backup
     assert node.list_deleted_keys(ADMIN) == []
     assert _entries(node, "key-purged")[-1]["details"]["name"] == "gone"
+    node._store.close()
+
+
+async def test_a_backup_taken_before_keys_had_owners_restores_its_keys_for_the_app(
+    pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey]
+) -> None:
+    """The backup format stays readable: an image with the earlier key table (no owner, no
+    deletion time) restores, its keys live and owned by ``app``."""
+    sealing, clock, data = os.urandom(32), Clock(), tmp_path / "n"
+    node = _node(pki_dir, data, sealing, clock)
+    await node.download(certs_of(wrapping_keys[:3]), 2, ADMIN)
+    await node.create_key("k", KeyType.AES256_GCM, APP)
+    ct = node.encrypt("k", b"p", b"", APP)
+    assert node._domain is not None
+    opened = backup.open_backup(node.backup(ADMIN), node._domain)
+    assert opened.key_rows is not None
+    db = sqlite3.connect(":memory:")
+    db.deserialize(opened.key_rows)
+    old = sqlite3.connect(":memory:")
+    old.execute(
+        "CREATE TABLE keys (name TEXT PRIMARY KEY NOT NULL, type INTEGER NOT NULL, public_der BLOB NOT NULL, "
+        "sealed BLOB NOT NULL, created_at INTEGER NOT NULL) WITHOUT ROWID, STRICT"
+    )
+    old.executemany(
+        "INSERT INTO keys VALUES (?, ?, ?, ?, ?)",
+        db.execute("SELECT name, type, public_der, sealed, created_at FROM keys").fetchall(),
+    )
+    old.commit()
+    earlier = backup.seal_backup(
+        node._domain, old.serialize(), key_count=1, node_id="node-old", created_at=1, rng=os.urandom
+    )
+    node.delete_key("k", ADMIN)
+    node.purge_key("k", ADMIN)
+    assert node.restore(earlier, ADMIN) == 1
+    assert [(k.name, k.owner, k.deleted_at) for k in node.list_keys(ADMIN)] == [("k", "app", None)]
+    assert node.decrypt("k", ct, b"", APP) == b"p"
     node._store.close()
 
 
