@@ -217,7 +217,7 @@ class Node:
             )
         self._next_purge_check = 0
         if self._state == ACTIVATED:
-            self.purge_expired_keys()
+            self._purge_expired_keys_now()
 
     # ------------------------------------------------------------------ queries
 
@@ -813,7 +813,7 @@ class Node:
         if self._session is not None:
             self._ended(self._session)
         if self._state == ACTIVATED and self.now() >= self._next_purge_check:
-            self.purge_expired_keys()
+            self._purge_expired_keys_now()
 
     def _ended(self, s: Ceremony) -> bool:
         """Whether ``s`` has finished, its deadline applied first. Whichever path finds a session
@@ -1161,6 +1161,18 @@ class Node:
                 {"reason": f"retention of {self.config.key_retention_days} days ended", "by": "node"},
             )
         return [k.name for k in expired]
+
+    def _purge_expired_keys_now(self) -> None:
+        """:meth:`purge_expired_keys` from the start and the ticker: a failure (a full or read-only
+        disk) is logged and tried again later. It leaves the keys deleted, so unusable: safe."""
+        try:
+            self.purge_expired_keys()
+        except SdquorumError as e:
+            log.error(
+                "could not purge deleted keys past their retention (tried again in %d s): %s",
+                PURGE_CHECK_SECONDS,
+                e,
+            )
 
     def _purge(self, key: StoredKey, actor: Role | str, who: dict[str, str]) -> None:
         with self._store.batch():

@@ -32,6 +32,7 @@ from sdquorum.errors import (
     AlreadyExistsError,
     NotFoundError,
     PermissionDeniedError,
+    StorageError,
     UsageError,
     VerificationError,
 )
@@ -235,6 +236,27 @@ async def test_the_node_purges_a_deleted_key_when_its_retention_ends_by_its_cloc
     (purged,) = _entries(cluster.node, "key-purged")
     assert purged["actor"] == "node" and purged["details"]["name"] == "old"
     assert "retention of 90 days ended" in purged["details"]["reason"]
+
+
+async def test_a_purge_that_cannot_be_written_leaves_the_key_deleted_and_the_ticker_running(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await cluster.node.create_key("k", KeyType.AES256_GCM, APP)
+    cluster.node.delete_key("k", APP)
+    cluster.clock.advance(91 * DAY)
+
+    def full_disk(name: str) -> None:
+        raise StorageError("the node cannot write its database (disk full): nothing was changed")
+
+    with monkeypatch.context() as m:
+        m.setattr(cluster.node._store, "purge_key", full_disk)
+        await cluster.node.tick()  # logged, not raised: the ticker also applies ceremony deadlines
+    assert cluster.node._store.find_key("k") is not None
+    with pytest.raises(NotFoundError):
+        cluster.node.encrypt("k", b"p", b"", APP)
+    cluster.clock.advance(600)
+    await cluster.node.tick()
+    assert cluster.node._store.find_key("k") is None
 
 
 async def test_a_name_of_a_retained_deleted_key_cannot_be_taken_and_the_error_says_what_to_do(
