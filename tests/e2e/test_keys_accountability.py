@@ -38,6 +38,7 @@ from sdquorum.errors import (
 )
 from sdquorum.keys import SoftwareWrappingKey
 from sdquorum.pki import Role
+from sdquorum_rpc import packed
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc.client import NodeClient
 
@@ -90,6 +91,8 @@ async def test_an_app_cannot_list_use_or_delete_the_admins_key(cluster: Cluster)
         denied = grpc.StatusCode.PERMISSION_DENIED
         assert await _code(app.keys.Encrypt(pb.EncryptRequest(name="admin-key", plaintext=b"p"))) == denied
         assert await _code(app.keys.Decrypt(pb.DecryptRequest(name="admin-key", ciphertext=ct))) == denied
+        batch = packed.encrypt_batch_request("admin-key", [b"a", b"b"], b"")
+        assert await _code(app.keys.EncryptBatch(batch)) == denied
         assert await _code(app.keys.DeleteKey(pb.DeleteKeyRequest(name="admin-key"))) == denied
         assert await _code(app.keys.RecoverKey(pb.RecoverKeyRequest(name="admin-key"))) == denied
     async with cluster.client("admin") as admin, admin.errors():
@@ -98,7 +101,7 @@ async def test_an_app_cannot_list_use_or_delete_the_admins_key(cluster: Cluster)
             await admin.keys.Decrypt(pb.DecryptRequest(name="admin-key", ciphertext=ct))
         ).plaintext == b"p"
     refused = [e["details"]["method"].rsplit("/", 1)[-1] for e in _entries(cluster.node, "refused")]
-    assert {"Encrypt", "Decrypt", "DeleteKey", "RecoverKey"} <= set(refused)
+    assert {"Encrypt", "Decrypt", "EncryptBatch", "DeleteKey", "RecoverKey"} <= set(refused)
 
 
 async def test_named_apps_see_only_their_own_keys_and_the_admin_can_create_one_for_an_app(
