@@ -1202,19 +1202,21 @@ class Node:
         """A live key its owner may use: anyone else is refused, an admin too (see the module)."""
         role = _caller(caller).role
         dek = self._dek()
-        key = self._store.find_key(_check_key_name(name))
-        if key is None:
-            raise NotFoundError(f"no key named {name!r}: list keys with 'sdctl keys list'")
-        if key.owner != self._owner_for(role, ""):
-            raise PermissionDeniedError(
-                f"key {name!r} is not {role}'s to use: an admin can create a key for {role} "
-                f"(sdctl keys create NAME --owner {role})"
-            )
-        if key.deleted_at is not None:
-            raise NotFoundError(
-                f"key {name!r} is deleted: an admin can recover it until {_day(self._purge_time(key.deleted_at))}"
-            )
-        info, private = self._store.get_key(dek, name)
+        user = self._owner_for(role, "")
+
+        def allow(key: StoredKey) -> None:
+            if key.owner != user:
+                raise PermissionDeniedError(
+                    f"key {name!r} is not {role}'s to use: an admin can create a key for {role} "
+                    f"(sdctl keys create NAME --owner {role})"
+                )
+            if key.deleted_at is not None:
+                raise NotFoundError(
+                    f"key {name!r} is deleted: an admin can recover it until "
+                    f"{_day(self._purge_time(key.deleted_at))}"
+                )
+
+        info, private = self._store.get_key(dek, _check_key_name(name), allow)
         return info, private, KeyType(info.key_type)
 
     def encrypt(self, name: str, plaintext: bytes, aad: bytes, caller: KeyCaller | Role) -> bytes:

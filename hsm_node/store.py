@@ -32,7 +32,7 @@ import hmac
 import json
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -404,8 +404,11 @@ class NodeStore:
         ).fetchone()
         return None if row is None else _stored(row)
 
-    def get_key(self, dek: bytes, name: str) -> tuple[StoredKey, bytes]:
-        """A key and its private material, live or deleted: the caller decides who may have it."""
+    def get_key(
+        self, dek: bytes, name: str, allow: Callable[[StoredKey], None] | None = None
+    ) -> tuple[StoredKey, bytes]:
+        """A key and its private material, live or deleted. ``allow`` sees the row first and raises
+        to refuse it: a refused key is never opened (one query either way)."""
         row = self._db.execute(
             "SELECT name, type, public_der, created_at, owner, deleted_at, sealed FROM keys WHERE name = ?",
             (name,),
@@ -413,6 +416,8 @@ class NodeStore:
         if row is None:
             raise NotFoundError(f"no key named {name!r}: list keys with 'sdctl keys list'")
         info = _stored(row)
+        if allow is not None:
+            allow(info)
         return info, self._open_key(dek, info, bytes(row[6]))
 
     def list_keys(self, owner: str | None = None, deleted: bool = False) -> list[StoredKey]:
