@@ -97,6 +97,7 @@ async def _run(cfg: NodeSettings) -> int:
         attestation_key=att_key,
         attestation_cert_der=att_der,
         default_session_seconds=cfg.session_seconds,
+        key_retention_days=cfg.key_retention_days,
     )
     tls = TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.ca, ("--tls-cert", "--tls-key", "--ca"))
     metrics = NodeMetrics()

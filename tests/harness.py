@@ -445,7 +445,8 @@ def agent_config(pki: Path, target: str, name: str, state_dir: Path, approval: s
 
 def keys_in_backup(data: bytes, domain: DomainSecrets) -> dict[str, bytes]:
     """Every key's private material in a backup, by name. The store image of a version 2 backup is
-    read here with ``sqlite3`` and each row opened with the data encryption key (AAD ``"type|name"``),
+    read here with ``sqlite3`` and each row opened with the data encryption key (AAD ``"type|name"``
+    for keys owned by ``app`` or from an image without owners, ``"v2|type|owner|name"`` otherwise),
     not with the node's code."""
     opened = backup.open_backup(data, domain)
     if opened.key_rows is None:
@@ -454,9 +455,16 @@ def keys_in_backup(data: bytes, domain: DomainSecrets) -> dict[str, bytes]:
     try:
         db.deserialize(opened.key_rows)
         aead = AESGCM(domain.data_encryption_key)
+        columns = {r[1] for r in db.execute("PRAGMA table_info(keys)")}
+        owner = "owner" if "owner" in columns else "'app'"
+        rows = db.execute(f"SELECT name, type, {owner}, sealed FROM keys").fetchall()  # noqa: S608  # a column name or a constant
         return {
-            name: aead.decrypt(sealed[:12], sealed[12:], f"{kind}|{name}".encode())
-            for name, kind, sealed in db.execute("SELECT name, type, sealed FROM keys")
+            name: aead.decrypt(
+                sealed[:12],
+                sealed[12:],
+                (f"{kind}|{name}" if who == "app" else f"v2|{kind}|{who}|{name}").encode(),
+            )
+            for name, kind, who, sealed in rows
         }
     finally:
         db.close()
