@@ -7,9 +7,15 @@ Order for every request (nothing is decrypted before step 2 passes):
    signature, header hash, header signature (and pinned domain key), allowed domain, the domain key
    and highest epoch this agent remembers (:mod:`custodian_agent.memory`: another key or a retired
    epoch is refused), slot thumbprint is this agent's certificate. The request's domain, key and
-   epoch are then remembered (a domain never seen is learnt here: trust on first use).
-3. Approval: ``auto`` (explicit in configuration) or ``manual`` through :mod:`approvals`.
-4. The memory is checked again (a rotation notice may have come while the human decided), then the
+   epoch are then remembered (a domain never seen is learnt here: trust on first use). An Azure
+   restore is refused unless the configuration opts in (``agent.azure_restore``), and then checked
+   by :func:`sdquorum.azure.ceremony.check_azure_request`.
+3. Approval through :mod:`approvals`: a person decides (``manual``), except that ``auto-drills``
+   answers a possession drill alone. A request that releases a share (recovery, azure-recovery) or
+   approves a rotation always waits for the person; ``auto`` is refused when the config is made.
+   The person is shown where the answer ends up (``destination``: the node's attested exchange key,
+   or an Azure exchange certificate named as an external, unattested key).
+4. The memory is checked again (a rotation notice may have come while the person decided), then the
    share is decrypted, checked against the commitments, sealed to the attested exchange key and the
    release signed (:mod:`sdquorum.envelopes`). Submit it.
 
@@ -37,10 +43,10 @@ from pathlib import Path
 from typing import Any
 
 from custodian_agent import responder
-from custodian_agent.approvals import ApprovalBox
+from custodian_agent.approvals import ApprovalBox, asks_person, check_mode
 from custodian_agent.memory import DomainMemory
 from sdquorum import envelopes, pki
-from sdquorum.errors import SdquorumError, TransportError, UsageError, VerificationError
+from sdquorum.errors import SdquorumError, TransportError, VerificationError
 from sdquorum.keys import WrappingKey
 from sdquorum.offline import CeremonyRequest
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
@@ -97,11 +103,10 @@ class AgentConfig:
     tls: TlsFiles
     policy: envelopes.CustodianPolicy
     state_dir: Path
-    approval: str = "manual"  # or "auto"
+    approval: str = "manual"  # or "auto-drills"; see approvals.check_mode
 
     def __post_init__(self) -> None:
-        if self.approval not in ("manual", "auto"):
-            raise UsageError("approval must be 'manual' or 'auto'")
+        check_mode(self.approval)
 
 
 class Agent:
@@ -117,6 +122,7 @@ class Agent:
         self._tasks: set[asyncio.Task[None]] = set()
         self.released: list[str] = []  # request ids released (for status and tests)
         self.connected = False
+        self.connections = 0  # streams opened (after a successful handshake) since start
         self.detail = "starting"
 
     def _beat(self) -> None:
@@ -158,10 +164,13 @@ class Agent:
     async def _run(self, stop: asyncio.Event) -> None:
         backoff = BACKOFF_START
         while not stop.is_set():
+            before = self.connections
             try:
                 await self._connect_once(stop)
                 backoff = BACKOFF_START
             except SdquorumError as e:
+                if self.connections > before:  # it was up: a fresh failure starts a fresh backoff
+                    backoff = BACKOFF_START
                 self.connected, self.detail = False, str(e)
                 self._beat()
                 log.warning("connection to %s lost: %s; retrying in %.1fs", self.config.node, e, backoff)
@@ -193,7 +202,11 @@ class Agent:
 
             async def connected_then_consume() -> None:
                 await call.initial_metadata()  # the node answers at once: the stream is up
+                if call.done():  # a failed call returns empty metadata too: the handshake failed
+                    details = await call.details()
+                    raise TransportError(f"cannot open the request stream: {await call.code()}: {details}")
                 self.connected, self.detail = True, ""
+                self.connections += 1
                 self._beat()
                 log.info("connected to %s; waiting for requests", self.config.node)
                 await consume()
@@ -239,11 +252,14 @@ class Agent:
         log.debug("request %s passed every check before decryption", req.request_id)
         details = responder.describe(req, checked)
         log.info("request %s: %s", req.request_id, json.dumps(details, sort_keys=True))
-        if self.config.approval == "manual":
+        if not asks_person(self.config.approval, req.kind):
+            log.info("request %s: a %s, answered without a person (auto-drills)", req.request_id, req.kind)
+        else:
             digest = self.approvals.post(req.request_id, details)
             print(
                 f"approval needed: {req.kind} request {req.request_id} from {details['initiator']} on node "
-                f"{details['node_id']}: {details['reason']!r}. Run 'custodian-agent approve {req.request_id}' "
+                f"{details['node_id']}: {details['reason']!r}; destination: {details['destination']}. "
+                f"Run 'custodian-agent approve {req.request_id}' "
                 f"or 'custodian-agent deny {req.request_id}'.",
                 flush=True,
             )

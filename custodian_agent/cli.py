@@ -9,6 +9,10 @@ Examples::
     custodian-agent pending --state-dir ~/.sdquorum
     custodian-agent domains --state-dir ~/.sdquorum
     custodian-agent approve 3f2a9c1b0d4e5f60 --state-dir ~/.sdquorum
+
+Approval (--approval): manual (the default) asks you for every request; auto-drills answers
+possession drills alone and still asks you for every recovery and rotation. 'auto' is refused: no
+share is released without a person approving.
 """
 
 from __future__ import annotations
@@ -27,13 +31,13 @@ from cryptography.hazmat.primitives import serialization
 
 from custodian_agent import responder
 from custodian_agent.agent import Agent, AgentConfig, read_heartbeat
-from custodian_agent.approvals import ApprovalBox
+from custodian_agent.approvals import ApprovalBox, asks_person
 from custodian_agent.config import SETTINGS, AgentSettings
 from custodian_agent.keyfile import keygen, load_wrapping_key, read_passphrase
 from custodian_agent.memory import DomainMemory
-from sdquorum import envelopes, pki
+from sdquorum import __version__, envelopes, pki
 from sdquorum.envelopes import CustodianPolicy
-from sdquorum.errors import StateError, UsageError
+from sdquorum.errors import SdquorumError, StateError, UsageError
 from sdquorum.keys import WrappingKey
 from sdquorum.offline import CeremonyRequest, OfflineAnswer
 from sdquorum_rpc.cli import run_main
@@ -55,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="custodian-agent", description=__doc__.split("\n")[0], epilog=__doc__, formatter_class=fmt
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     k = sub.add_parser(
@@ -99,7 +104,15 @@ def _parser() -> argparse.ArgumentParser:
         "another key or a retired epoch; without it nothing is remembered",
     )
     o.add_argument(
-        "--yes", action="store_true", help="approve without asking (after reading the request yourself)"
+        "--azure-restore",
+        action="store_true",
+        help="answer an Azure restore request (refused without it: its result goes to an external key)",
+    )
+    o.add_argument(
+        "--yes",
+        action="store_true",
+        help="answer a possession drill without asking; refused for a request that releases your "
+        "share or approves a rotation (those always ask you)",
     )
     o.add_argument("--deny", action="store_true", help="write a denial instead of an answer")
 
@@ -201,12 +214,19 @@ def _policy(args: argparse.Namespace | AgentSettings) -> CustodianPolicy:
         attestation_root_pem=read_input_file(args.attestation_root, "attestation root"),
         allowed_domains=_hexes(args.allow_domain, "--allow-domain", 16),
         pinned_signing_keys=_hexes(args.pin_domain_key, "--pin-domain-key", 32),
+        azure_restore=bool(args.azure_restore),
     )
 
 
 def _respond(args: argparse.Namespace) -> int:
     """The offline agent: one request file in, one answer file out, nothing else touched."""
     req = CeremonyRequest.from_bytes(read_input_file(args.request, "request file"))
+    if args.yes and asks_person("auto-drills", req.kind):  # the rule 'run' keeps with auto-drills
+        raise UsageError(
+            f"--yes answers drills only: this {req.kind} request "
+            + ("approves a rotation" if req.kind == "rotation" else "releases your share")
+            + "; run again without --yes, read it and type 'yes' at the prompt"
+        )
     policy = _policy(args)
     if args.out.exists():
         raise UsageError(f"{args.out} exists already: choose another --out")
@@ -232,6 +252,7 @@ def _respond(args: argparse.Namespace) -> int:
         "epoch",
         "slot",
         "expires_at",
+        "destination",
         "proposal",
     ):
         if k in details:
@@ -272,12 +293,32 @@ def _respond(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_local_files(tls: TlsFiles, policy: CustodianPolicy, state_dir: Path) -> None:
+    """Every local file, checked once at start-up: a bad setting is one line and exit 2, not an
+    agent that dials, fails its handshake and retries for ever."""
+    tls.read()  # PEM files, key matches certificate, validity, issued by the CA given
+    try:
+        pki.load_cert(policy.attestation_root_pem)
+    except SdquorumError as e:
+        raise UsageError(f"--attestation-root is not a certificate: {e}") from e
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        probe = state_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"cannot write the state directory {state_dir} (--state-dir): {e.strerror}") from e
+
+
 async def _run(args: AgentSettings) -> int:
+    tls = TlsFiles(args.tls_cert, args.tls_key, args.ca, ("--tls-cert", "--tls-key", "--ca"))
+    policy = _policy(args)
+    _check_local_files(tls, policy, args.state_dir)
     key = _load_key(args)
     config = AgentConfig(
         node=args.node,
-        tls=TlsFiles(args.tls_cert, args.tls_key, args.ca, ("--tls-cert", "--tls-key", "--ca")),
-        policy=_policy(args),
+        tls=tls,
+        policy=policy,
         state_dir=args.state_dir,
         approval=args.approval,
     )
@@ -287,7 +328,8 @@ async def _run(args: AgentSettings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     print(
-        f"custodian-agent: serving wrapping certificate {agent.thumbprint.hex()[:16]} via {args.node} ({args.approval} approval)",
+        f"custodian-agent: serving wrapping certificate {agent.thumbprint.hex()[:16]} via {args.node} "
+        f"({args.approval} approval; Azure restores {'served' if args.azure_restore else 'refused'})",
         flush=True,
     )
     await agent.run(stop)

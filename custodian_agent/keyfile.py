@@ -90,4 +90,8 @@ def load_wrapping_key(key_path: Path, cert_path: Path, passphrase: bytes) -> Sof
         ) from e
     if not isinstance(key, rsa.RSAPrivateKey):
         raise UsageError(f"{key_path} is not an RSA key")
-    return SoftwareWrappingKey(key, pki.load_cert(cert).public_bytes(serialization.Encoding.DER))
+    certificate = pki.load_cert(cert)
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if key.public_key().public_bytes(*spki) != certificate.public_key().public_bytes(*spki):
+        raise UsageError(f"the wrapping key {key_path} does not belong to the certificate {cert_path}")
+    return SoftwareWrappingKey(key, certificate.public_bytes(serialization.Encoding.DER))

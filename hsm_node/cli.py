@@ -30,6 +30,7 @@ from hsm_node.cryptopool import CryptoPool, reuse_large_buffers
 from hsm_node.node import Node, NodeConfig
 from hsm_node.server import serve
 from hsm_node.store import NodeStore, load_or_create_sealing_key
+from sdquorum import __version__
 from sdquorum.errors import UsageError
 from sdquorum_rpc.cli import run_main
 from sdquorum_rpc.config import add_flags
@@ -49,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser(
         "run",
@@ -95,6 +97,7 @@ async def _run(cfg: NodeSettings) -> int:
         attestation_key=att_key,
         attestation_cert_der=att_der,
         default_session_seconds=cfg.session_seconds,
+        key_retention_days=cfg.key_retention_days,
     )
     tls = TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.ca, ("--tls-cert", "--tls-key", "--ca"))
     metrics = NodeMetrics()
@@ -104,16 +107,17 @@ async def _run(cfg: NodeSettings) -> int:
         else None
     )
     node = Node(config, store, metrics=metrics, crypto_pool=pool)
-    server = await serve(node, cfg.listen, tls, cfg.max_message_bytes, cfg.max_batch_items)
-    if not cfg.address:
-        node.address = f"{cfg.listen.rsplit(':', 1)[0]}:{server.port}"
-    if cfg.metrics_listen:
+    if cfg.metrics_listen:  # bound first: a refused port stops start-up before anything serves
         mport = metrics.serve(cfg.metrics_listen, cfg.tls_cert, cfg.tls_key, cfg.ca)
         log.info(
             "metrics on https://%s:%d/metrics (client certificate required)",
             cfg.metrics_listen.rsplit(":", 1)[0],
             mport,
         )
+    server = await serve(node, cfg.listen, tls, cfg.max_message_bytes, cfg.max_batch_items)
+    metrics.observe(lambda: server.snapshot)
+    if not cfg.address:
+        node.address = f"{cfg.listen.rsplit(':', 1)[0]}:{server.port}"
     if cfg.port_file:
         tmp = Path(str(cfg.port_file) + ".tmp")
         tmp.write_text(str(server.port))

@@ -7,6 +7,7 @@ line ``custodian-agent: error: ...`` and its exit code (2 usage, 4 verification)
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import stat
 from collections.abc import Callable, Iterator
@@ -207,6 +208,13 @@ async def wait_pending(agent_cli: AgentCli, state_dir: Path, timeout: float = 15
             await asyncio.sleep(0.05)
 
 
+def exchange_sha256(c: Any) -> str:
+    """SHA-256 (hex) of the exchange key in the running session's attested statement."""
+    session = c.node.session
+    assert session is not None and session.attestation is not None
+    return hashlib.sha256(session.attestation.statement.exchange_public_key).hexdigest()
+
+
 async def test_manual_approval_flow_over_grpc(
     pki_dir: Path,
     tmp_path: Path,
@@ -224,7 +232,7 @@ async def test_manual_approval_flow_over_grpc(
     async with running_cluster(pki_dir, tmp_path / "b", node_id="node-b") as b:
         names = NAMES[:4]  # alice..dave run agents; erin (slot 5) is away
         for name, key in zip(names, wrapping_keys[:4], strict=True):
-            b.start_agent(name, key, tmp_path, approval="manual")
+            b.start_agent(name, key, tmp_path, approval="manual", approves=False)
         dirs = {name: tmp_path / f"agent-{name}" for name in names}
         recover = asyncio.create_task(
             sdctl(
@@ -242,6 +250,9 @@ async def test_manual_approval_flow_over_grpc(
             assert req["slot"] == slot
             assert "admin" in req["initiator"]
             assert req["domain_id"] == domain_a.domain_id.hex()
+            # where the share goes, shown before approving (issue 13, class 1)
+            assert req["destination_sha256"] == exchange_sha256(b) and "node node-b" in req["destination"]
+            assert "this node's attested exchange key" in req["destination"]
         assert b.node.state != "ACTIVATED", "the node opened the domain before anyone approved"
 
         # dave refuses first, so his refusal is recorded before the quorum is reached
@@ -370,3 +381,59 @@ def test_a_decision_on_the_same_details_survives_the_agent_restarting(tmp_path: 
     again = box.post(rid, details)
     decision = asyncio.run(box.wait(rid, deadline=float("inf"), details_sha256=again))
     assert (decision.approved, decision.reason) == (True, "seen")
+
+
+def _run_argv(pki_dir: Path, made_key: KeyPair, tmp_path: Path, **override: str) -> list[str]:
+    flags = {
+        "--node": "127.0.0.1:9",
+        "--ca": str(pki_dir / "ca.pem"),
+        "--tls-cert": str(pki_dir / "custodian-alice.pem"),
+        "--tls-key": str(pki_dir / "custodian-alice.key"),
+        "--attestation-root": str(pki_dir / "attestation-root.pem"),
+        "--wrapping-key": str(made_key.key),
+        "--wrapping-cert": str(made_key.cert),
+        "--state-dir": str(tmp_path / "state"),
+    }
+    flags.update(override)
+    return ["run", *(x for kv in flags.items() for x in kv)]
+
+
+@pytest.mark.parametrize(
+    ("flag", "bad", "said"),
+    [
+        ("--tls-cert", "not-a-cert", "is not a PEM certificate"),
+        ("--ca", "foreign-ca", "is not issued by the CA"),
+        ("--tls-key", "other-key", "does not belong to the certificate"),
+        ("--attestation-root", "not-a-cert", "--attestation-root is not a certificate"),
+        ("--wrapping-key", "missing", "cannot read the wrapping key"),
+        ("--wrapping-cert", "other-wrapping-cert", "does not belong to the certificate"),
+    ],
+)
+def test_run_with_a_bad_local_file_exits_2_with_one_line_before_dialling(
+    made_key: KeyPair,
+    agent_cli: AgentCli,
+    monkeypatch: pytest.MonkeyPatch,
+    pki_dir: Path,
+    foreign_pki_dir: Path,
+    tmp_path: Path,
+    flag: str,
+    bad: str,
+    said: str,
+) -> None:
+    """Before, an agent with a bad --tls-cert or a wrong --ca dialled, failed its handshake, logged
+    "connected" and retried for ever; a wrapping key for another certificate went unnoticed."""
+    monkeypatch.setenv(PASSPHRASE_ENV, PASSPHRASE)
+    junk = tmp_path / "junk.pem"
+    junk.write_text("this is not a certificate\n")
+    value = {
+        "not-a-cert": str(junk),
+        "foreign-ca": str(foreign_pki_dir / "ca.pem"),
+        "other-key": str(pki_dir / "custodian-bob.key"),
+        "missing": str(tmp_path / "no-such.key"),
+        "other-wrapping-cert": str(pki_dir / "attestation-root.pem"),
+    }[bad]
+    r = agent_cli(*_run_argv(pki_dir, made_key, tmp_path, **{flag: value}))
+    line = assert_one_line_error(r, "custodian-agent")
+    assert r.code == 2, line
+    assert said in line, line
+    assert r.out == [], "the agent started serving"

@@ -352,7 +352,7 @@ async def test_full_operator_flow_through_the_cli_only(
     backup = tmp_path / "keys.backup"
     r = await sdctl("backup", "--out", str(backup), node=t)
     assert r.code == 0 and mode_of(backup) == 0o600
-    assert (await app("keys", "delete", "pay")).code == 0
+    assert (await app("keys", "delete", "pay", "--yes")).code == 0
     gone = await app("decrypt", "pay", "--in", p("pay.ct"), "--out", p("gone.pt"), "--aad", "invoice-7")
     assert gone.code == 2 and "pay" in assert_one_line_error(gone)
     r = await sdctl("restore", str(backup), node=t)
@@ -372,7 +372,10 @@ async def test_decrypting_a_tampered_ciphertext_is_a_verification_failure(
     assert (await sdctl("keys", "create", "pay", "--type", "aes256-gcm", node=t, identity="app")).code == 0
     (tmp_path / "m").write_bytes(b"secret")
     ct = tmp_path / "ct"
-    assert (await sdctl("encrypt", "pay", "--in", str(tmp_path / "m"), "--out", str(ct), node=t)).code == 0
+    encrypted = await sdctl(
+        "encrypt", "pay", "--in", str(tmp_path / "m"), "--out", str(ct), node=t, identity="app"
+    )
+    assert encrypted.code == 0  # by the key's owner: an admin manages an app's key but does not use it
     data = bytearray(ct.read_bytes())
     data[-1] ^= 1
     (tmp_path / "bad").write_bytes(bytes(data))
