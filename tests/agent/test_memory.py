@@ -204,10 +204,11 @@ def test_respond_with_a_state_dir_remembers_and_refuses_a_retired_epoch(
     root = tmp_path / "root.pem"
     root.write_bytes(attestation_root.cert_pem)
     monkeypatch.setenv("SDQUORUM_PASSPHRASE", PASS)
+    monkeypatch.setattr("builtins.input", lambda prompt="": "yes")  # the custodian types yes
     state = tmp_path / "olga-state"
 
     def respond(out: str) -> int:
-        argv = ["respond", "--request", str(request), "--out", str(tmp_path / out), "--yes",
+        argv = ["respond", "--request", str(request), "--out", str(tmp_path / out),
                 "--attestation-root", str(root), "--wrapping-key", str(key_path), "--wrapping-cert", str(cert_path),
                 "--state-dir", str(state)]  # fmt: skip
         return agent_main(argv)
