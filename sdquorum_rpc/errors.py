@@ -6,6 +6,11 @@ failed" (the node log keeps the detail); the operator roles (admin) get the one-
 it is about their own input. Anything unexpected is logged with its traceback and returned as
 INTERNAL with no detail.
 
+Every refusal (a project error, a role not allowed, a malformed request) goes to the servicer's
+refusal hook as a :class:`sdquorum.refusals.Refusal` naming the caller by its verified TLS
+certificate: role (if any), subject and the SHA-256 of its public key, also when it holds no role
+or a role the method does not allow. The hook (the node's) decides what is written when.
+
 Clients: :func:`translate_rpc_error` maps a ``grpc.RpcError`` to a project error ``from e``.
 """
 
@@ -35,6 +40,7 @@ from sdquorum.errors import (
     UsageError,
     VerificationError,
 )
+from sdquorum.refusals import Refusal
 from sdquorum_rpc.observability import REQUEST_ID
 from sdquorum_rpc.tls import Ctx, caller_role
 
@@ -100,8 +106,16 @@ def rpc(*roles: str) -> Callable[[F], F]:
             if isinstance(e, SdquorumError):
                 code = status_for(e)
                 text = _bounded(str(e))  # a message may quote the caller's input: never all of it
-                log.warning("%s by %s refused (%s): %s", name, role or "unknown peer", code.name, text)
-                _audit_refusal(servicer, name, role, code.name, text)
+                refusal = refusal_of(context, name, code.name, text)
+                log.warning(
+                    "%s by %s [key %s] refused (%s): %s",
+                    name,
+                    refusal.actor,
+                    refusal.spki_sha256[:16] or "none",
+                    code.name,
+                    text,
+                )
+                _audit_refusal(servicer, refusal)
                 kind = (
                     "verification"
                     if isinstance(e, VerificationError)
@@ -186,14 +200,44 @@ def _observe(servicer: Any, method: str, code: str, started: float) -> None:
         metrics.rpc(method, code, started)
 
 
-def _audit_refusal(servicer: Any, method: str, role: pki.Role | None, code: str, reason: str) -> None:
+def _audit_refusal(servicer: Any, refusal: Refusal) -> None:
     """Every refusal is audited where the servicer offers a hook (``servicer.node.audit_refusal``)."""
     hook = getattr(getattr(servicer, "node", None), "audit_refusal", None)
     if callable(hook):
         try:
-            hook(method, role, code, reason)
+            hook(refusal)
         except Exception:  # the refusal itself must still reach the caller
-            log.exception("could not audit the refusal of %s", method)
+            log.exception("could not audit the refusal of %s", refusal.method)
+
+
+MAX_SUBJECT_CHARS = 256  # of a certificate subject in a log line or an audit entry
+
+
+def refusal_of(context: Ctx | None, method: str, code: str, reason: str) -> Refusal:
+    """A refused call, its caller named by the verified TLS peer certificate (role, subject and
+    public-key SHA-256), whether or not the certificate holds a role, or one this method allows."""
+    certs = list((context.auth_context().get("x509_pem_cert") or []) if context is not None else [])
+    role, subject, spki = _identity(bytes(certs[0])) if len(certs) == 1 else ("", "", "")
+    return Refusal(method, code, reason, role, subject, spki)
+
+
+@functools.lru_cache(maxsize=1024)
+def _identity(cert_pem: bytes) -> tuple[str, str, str]:
+    """Role ("" if none), subject and SPKI SHA-256 (hex) of a peer certificate, parsed once."""
+    try:
+        cert = pki.load_cert(cert_pem)
+        spki = pki.spki_sha256(cert_pem).hex()
+    except SdquorumError:  # TLS verified it, so this does not happen; still, name what we can
+        return "", "unparsable certificate", ""
+    try:
+        role = str(pki.role_from_cert(cert_pem))
+    except SdquorumError:
+        role = ""
+    return role, _bounded_subject(cert.subject.rfc4514_string()), spki
+
+
+def _bounded_subject(text: str) -> str:
+    return text if len(text) <= MAX_SUBJECT_CHARS else text[: MAX_SUBJECT_CHARS - 1] + "…"
 
 
 def translate_rpc_error(e: grpc.RpcError, target: str) -> SdquorumError:
@@ -247,7 +291,7 @@ class _Malformed:
 
 MALFORMED = _Malformed()
 MALFORMED_DETAILS = "malformed request"
-RefusalHook = Callable[[str, "pki.Role | None", str, str], None]
+RefusalHook = Callable[[Refusal], None]
 
 
 class RequestGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # generic only in the stubs
@@ -261,16 +305,17 @@ class RequestGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # gen
         self._on_refusal = on_refusal
 
     def _refused(self, method: str, context: Ctx | None) -> None:
-        role: pki.Role | None = None
-        if context is not None:
-            try:
-                role = caller_role(context)
-            except SdquorumError:
-                role = None
-        log.warning("%s by %s refused: %s", method, role or "unknown peer", MALFORMED_DETAILS)
+        refusal = refusal_of(context, method, "INVALID_ARGUMENT", MALFORMED_DETAILS)
+        log.warning(
+            "%s by %s [key %s] refused: %s",
+            method,
+            refusal.actor,
+            refusal.spki_sha256[:16] or "none",
+            MALFORMED_DETAILS,
+        )
         if self._on_refusal is not None:
             try:
-                self._on_refusal(method, role, "INVALID_ARGUMENT", MALFORMED_DETAILS)
+                self._on_refusal(refusal)
             except Exception:
                 log.exception("could not audit the refusal of %s", method)
 
