@@ -1,7 +1,8 @@
 """Files the processes write: created exclusively, private ones 0600 from the first byte, fsynced.
 
-The long-running processes (node, agent) call :func:`private_umask` first, so every file and
-directory they make is 0600/0700 whatever umask they were started with, and keep their state in
+The long-running processes (``hsm-node run``, ``custodian-agent run``) hold :func:`private_umask`
+for their life, so every file and directory they make is 0600/0700 whatever umask they were started
+with, and keep their state in
 directories checked by :func:`private_dir`: owned by this user (or root) and writable by nobody else.
 A directory writable by group or others is refused (another user could have replaced a file in it,
 so its content is not trusted); one of ours that is only readable by others (0755, as earlier
