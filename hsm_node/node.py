@@ -199,12 +199,15 @@ class Node:
         )
         self._store.append_audit(chain, entry.seq, json.dumps(entry.to_json(), sort_keys=True))
 
-    def audit_refusal(self, refusal: Refusal) -> None:
+    def audit_refusal(self, refusal: Refusal) -> bool:
         """A refused call (its reason comes bounded from sdquorum_rpc.errors, its caller named by
         certificate subject and public-key SHA-256): the peer's first of its (method, code) in the
-        window is written now, later ones are counted into the window's closing entry."""
-        for rec in self._refusals.refused(refusal, self.now()):
+        window is written now, later ones are counted into the window's closing entry. True if
+        this refusal was written in full."""
+        records = self._refusals.refused(refusal, self.now())
+        for rec in records:
             self.audit(rec.event, rec.actor, rec.details)
+        return any(rec.event == "refused" for rec in records)
 
     def close_refusal_windows(self, *, all_open: bool = False) -> None:
         """Write the counts of the refusal windows that have ended (``all_open``: of every window,

@@ -44,7 +44,7 @@ from sdquorum.refusals import Refusal
 from sdquorum_rpc.observability import REQUEST_ID
 from sdquorum_rpc.tls import Ctx, caller_role
 
-__all__ = ["RequestGuard", "rpc", "status_for", "translate_rpc_error"]
+__all__ = ["RequestGuard", "refusal_of", "report_refusal", "rpc", "status_for", "translate_rpc_error"]
 
 log = logging.getLogger("sdquorum.rpc")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -106,16 +106,8 @@ def rpc(*roles: str) -> Callable[[F], F]:
             if isinstance(e, SdquorumError):
                 code = status_for(e)
                 text = _bounded(str(e))  # a message may quote the caller's input: never all of it
-                refusal = refusal_of(context, name, code.name, text)
-                log.warning(
-                    "%s by %s [key %s] refused (%s): %s",
-                    name,
-                    refusal.actor,
-                    refusal.spki_sha256[:16] or "none",
-                    code.name,
-                    text,
-                )
-                _audit_refusal(servicer, refusal)
+                hook = getattr(getattr(servicer, "node", None), "audit_refusal", None)
+                report_refusal(refusal_of(context, name, code.name, text), hook)
                 kind = (
                     "verification"
                     if isinstance(e, VerificationError)
@@ -200,14 +192,26 @@ def _observe(servicer: Any, method: str, code: str, started: float) -> None:
         metrics.rpc(method, code, started)
 
 
-def _audit_refusal(servicer: Any, refusal: Refusal) -> None:
-    """Every refusal is audited where the servicer offers a hook (``servicer.node.audit_refusal``)."""
-    hook = getattr(getattr(servicer, "node", None), "audit_refusal", None)
+def report_refusal(refusal: Refusal, hook: Callable[[Refusal], bool] | None) -> None:
+    """Audit a refusal through ``hook`` (the node's ``audit_refusal``, where there is one), then
+    log it: WARNING when it was written in full, DEBUG when the hook only counted it (a flood of
+    refused calls fills neither the audit log nor the node's log)."""
+    written = True
     if callable(hook):
         try:
-            hook(refusal)
+            written = hook(refusal) is not False
         except Exception:  # the refusal itself must still reach the caller
             log.exception("could not audit the refusal of %s", refusal.method)
+    log.log(
+        logging.WARNING if written else logging.DEBUG,
+        "%s by %s [key %s] refused (%s): %s%s",
+        refusal.method,
+        refusal.actor,
+        refusal.spki_sha256[:16] or "none",
+        refusal.code,
+        refusal.reason,
+        "" if written else " (counted)",
+    )
 
 
 MAX_SUBJECT_CHARS = 256  # of a certificate subject in a log line or an audit entry
@@ -291,7 +295,7 @@ class _Malformed:
 
 MALFORMED = _Malformed()
 MALFORMED_DETAILS = "malformed request"
-RefusalHook = Callable[[Refusal], None]
+RefusalHook = Callable[[Refusal], bool]  # True: written in full; False: only counted
 
 
 class RequestGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # generic only in the stubs
@@ -305,19 +309,7 @@ class RequestGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # gen
         self._on_refusal = on_refusal
 
     def _refused(self, method: str, context: Ctx | None) -> None:
-        refusal = refusal_of(context, method, "INVALID_ARGUMENT", MALFORMED_DETAILS)
-        log.warning(
-            "%s by %s [key %s] refused: %s",
-            method,
-            refusal.actor,
-            refusal.spki_sha256[:16] or "none",
-            MALFORMED_DETAILS,
-        )
-        if self._on_refusal is not None:
-            try:
-                self._on_refusal(refusal)
-            except Exception:
-                log.exception("could not audit the refusal of %s", method)
+        report_refusal(refusal_of(context, method, "INVALID_ARGUMENT", MALFORMED_DETAILS), self._on_refusal)
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Any], details: grpc.HandlerCallDetails

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -58,8 +59,9 @@ async def flood(client: NodeClient, calls: int, batch: int = 200) -> int:
 
 
 async def test_a_refusal_flood_from_one_peer_adds_a_bounded_number_of_entries_and_every_call_is_counted(
-    cluster: Cluster,
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="sdquorum.rpc")
     before = len(entries(cluster))
     async with cluster.client("custodian-alice") as c:
         assert await flood(c, FLOOD) == FLOOD
@@ -87,6 +89,9 @@ async def test_a_refusal_flood_from_one_peer_adds_a_bounded_number_of_entries_an
         assert e["details"]["by_method"] == [
             {"method": "InitRecovery", "code": "PERMISSION_DENIED", "count": FLOOD - 1}
         ]
+    # The node's log, too, says it once a window (the counted ones go to DEBUG).
+    warnings = [r for r in caplog.records if r.name == "sdquorum.rpc" and "refused" in r.getMessage()]
+    assert len(warnings) == 2 and "key " + alice[:16] in warnings[0].getMessage()
     print(f"\n{2 * FLOOD} refused calls: {len(added)} audit entries, {size} bytes")
 
 
