@@ -215,7 +215,10 @@ class Node:
         now = self.now()
         done = self._refusals.close_all(now) if all_open else self._refusals.close_due(now)
         for rec in done:
-            self.audit(rec.event, rec.actor, rec.details)
+            try:
+                self.audit(rec.event, rec.actor, rec.details)
+            except Exception:  # the ticker and the shutdown go on; the counts at least reach the log
+                log.exception("could not audit %s by %s: %s", rec.event, rec.actor, json.dumps(rec.details))
 
     def export_audit(self, chain: str) -> list[str]:
         if chain not in ("domain", "provisioning"):

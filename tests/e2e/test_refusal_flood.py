@@ -23,6 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from harness import Cluster, tls
 
 from sdquorum import pki
+from sdquorum.errors import StorageError
 from sdquorum.refusals import DEFAULT_DETAILED_PER_WINDOW, DEFAULT_WINDOW_SECONDS
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc.client import NodeClient
@@ -162,3 +163,19 @@ async def test_a_malformed_request_is_audited_with_its_sender(cluster: Cluster) 
     (entry,) = [json.loads(x) for x in entries(cluster)[before:]]
     assert entry["actor"] == "custodian/bob" and entry["details"]["code"] == "INVALID_ARGUMENT"
     assert entry["details"]["spki_sha256"] == spki_hex(creds.cert)
+
+
+async def test_a_window_that_cannot_be_written_leaves_the_ticker_running_and_its_count_in_the_log(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with cluster.client("custodian-carol") as c:
+        assert await flood(c, 20, batch=20) == 20
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise StorageError("disk full")
+
+    monkeypatch.setattr(cluster.node, "audit", broken)
+    cluster.clock.advance(DEFAULT_WINDOW_SECONDS)
+    await cluster.node.tick()  # does not raise: the server's ticker also applies session deadlines
+    (line,) = [r.getMessage() for r in caplog.records if "could not audit refusals-counted" in r.getMessage()]
+    assert '"count": 19' in line and "custodian/carol" in line
