@@ -22,8 +22,9 @@ Invariants:
 * memory: at most ``max_peers`` peers are tracked, each with at most ``MAX_COUNTED_KINDS`` counters;
   a peer that arrives when ``max_peers`` are tracked shares one overflow window (``peer`` =
   ``OVERFLOW``) with every other such peer, audited by the same rules, so beyond the bound the log
-  still grows by at most ``detailed_per_window + 1`` entries per window for all of them together;
-  its ``refused`` entries still name each peer.
+  still grows by at most ``detailed_per_window + 1`` entries per window for all of them together.
+  Its first refusals (of distinct peers or kinds) are written in full, naming their peer; the
+  others are counted, by (method, code) but not by peer.
 
 This module does no I/O and reads no clock: the caller gives ``now`` (seconds) and writes the
 returned :class:`AuditRecord` values.
@@ -102,7 +103,7 @@ class _Window:
     actor: str
     subject: str
     opened: int
-    detailed: set[tuple[str, str]] = field(default_factory=set)
+    detailed: set[tuple[str, str, str]] = field(default_factory=set)  # (peer, method, code)
     counts: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def summary(self, closed: int) -> AuditRecord | None:
@@ -166,8 +167,9 @@ class RefusalWindows:
             else:
                 w = self._windows[key] = _Window(key, r.actor, r.subject, now)
         kind = (r.method, r.code)
-        if kind not in w.detailed and len(w.detailed) < self.detailed_per_window:
-            w.detailed.add(kind)
+        first = (r.peer, *kind)  # the peer too: in the overflow window, another peer is news
+        if first not in w.detailed and len(w.detailed) < self.detailed_per_window:
+            w.detailed.add(first)
             out.append(AuditRecord("refused", r.actor, r.details()))
         else:
             if kind not in w.counts and len(w.counts) >= MAX_COUNTED_KINDS:

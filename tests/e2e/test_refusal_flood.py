@@ -24,7 +24,7 @@ from harness import Cluster, tls
 
 from sdquorum import pki
 from sdquorum.errors import StorageError
-from sdquorum.refusals import DEFAULT_DETAILED_PER_WINDOW, DEFAULT_WINDOW_SECONDS
+from sdquorum.refusals import DEFAULT_DETAILED_PER_WINDOW, DEFAULT_WINDOW_SECONDS, OVERFLOW, RefusalWindows
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc.client import NodeClient
 from sdquorum_rpc.tls import TlsFiles
@@ -179,3 +179,28 @@ async def test_a_window_that_cannot_be_written_leaves_the_ticker_running_and_its
     await cluster.node.tick()  # does not raise: the server's ticker also applies session deadlines
     (line,) = [r.getMessage() for r in caplog.records if "could not audit refusals-counted" in r.getMessage()]
     assert '"count": 19' in line and "custodian/carol" in line
+
+
+async def test_beyond_the_tracked_peers_refusals_share_one_window_and_are_still_counted(
+    cluster: Cluster,
+) -> None:
+    """max_peers bounds the node's memory; the peers beyond it share one overflow window."""
+    cluster.node._refusals = RefusalWindows(max_peers=2)
+    before = len(entries(cluster))
+    names = ["alice", "bob", "carol", "dave", "erin", "frank"]
+    for name in names:
+        async with cluster.client(f"custodian-{name}") as c:
+            assert await flood(c, 100) == 100
+    assert cluster.node._refusals.tracked == 3  # alice, bob and the overflow window
+    cluster.clock.advance(DEFAULT_WINDOW_SECONDS)
+    await cluster.node.tick()
+    added = [json.loads(e) for e in entries(cluster)[before:]]
+    refused = [e["actor"] for e in added if e["event"] == "refused"]
+    assert refused == [f"custodian/{n}" for n in names[: 2 + DEFAULT_DETAILED_PER_WINDOW]]
+    counted = {e["details"]["peer"]: e["details"]["count"] for e in added if e["event"] == "refusals-counted"}
+    assert counted == {
+        spki_hex(cluster.pki / "custodian-alice.pem"): 99,
+        spki_hex(cluster.pki / "custodian-bob.pem"): 99,
+        OVERFLOW: 4 * 100 - 4,
+    }
+    assert len(refused) + sum(counted.values()) == 600
