@@ -26,6 +26,7 @@ from harness import ROOT, NodeProcess, node_run_argv
 from custodian_agent.approvals import ApprovalBox
 from custodian_agent.keyfile import PASSPHRASE_ENV, keygen
 from hsm_node.store import NodeStore, load_or_create_sealing_key
+from sdquorum.errors import UsageError
 
 PASSPHRASE = "correct horse battery"
 
@@ -129,9 +130,9 @@ def test_a_node_refuses_a_directory_writable_by_others_with_exit_2_and_one_line(
     assert not (data / "node.db").exists() and not (sealing / "key").exists()  # nothing was made
 
 
-def test_another_users_directory_is_refused(tmp_path: Path) -> None:
-    """The root-owned 1777 /tmp stands for a directory this user does not own exclusively."""
-    with pytest.raises(Exception, match="writable by group or others"):
+def test_a_sealing_key_in_a_world_writable_directory_is_refused(tmp_path: Path) -> None:
+    """/tmp (1777, sticky) is writable by others: no sealing key is made there."""
+    with pytest.raises(UsageError, match="writable by group or others"):
         load_or_create_sealing_key(Path("/tmp") / f"sdquorum-test-{os.getpid()}.key")
 
 
@@ -211,3 +212,20 @@ def test_a_pending_request_file_is_0600_under_umask_022(tmp_path: Path) -> None:
         box.post("0123456789abcdef", {"reason": "drill"})
     listing = modes(tmp_path / "state")
     assert listing == {"decisions": "0700", "pending": "0700", "pending/0123456789abcdef.json": "0600"}
+
+
+def test_a_data_directory_of_another_user_is_refused_naming_the_owner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen from a process running as uid 4242: the directory (ours in truth) is another user's."""
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    owner = data.stat().st_uid
+    monkeypatch.setattr(os, "geteuid", lambda: 4242 if owner != 4242 else 4243)
+    if owner == 0:  # root may own a directory (it can write anywhere anyway): make it someone else's
+        os.chown(data, 1, -1)
+        owner = 1
+    with pytest.raises(UsageError, match=rf"belongs to uid {owner}, not to this user") as e:
+        NodeStore(data, os.urandom(32), "node-a")
+    assert "chown" in str(e.value) and "\n" not in str(e.value)
+    assert not (data / "node.db").exists()
