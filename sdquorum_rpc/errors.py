@@ -192,7 +192,7 @@ def _observe(servicer: Any, method: str, code: str, started: float) -> None:
         metrics.rpc(method, code, started)
 
 
-def report_refusal(refusal: Refusal, hook: Callable[[Refusal], bool] | None) -> None:
+def report_refusal(refusal: Refusal, hook: RefusalHook | None) -> None:
     """Audit a refusal through ``hook`` (the node's ``audit_refusal``, where there is one), then
     log it: WARNING when it was written in full, DEBUG when the hook only counted it (a flood of
     refused calls fills neither the audit log nor the node's log)."""
@@ -241,6 +241,8 @@ def _identity(cert_pem: bytes) -> tuple[str, str, str]:
 
 
 def _bounded_subject(text: str) -> str:
+    """At most MAX_SUBJECT_CHARS, one line: a control character is written as its escape."""
+    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
     return text if len(text) <= MAX_SUBJECT_CHARS else text[: MAX_SUBJECT_CHARS - 1] + "…"
 
 

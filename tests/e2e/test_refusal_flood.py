@@ -110,14 +110,14 @@ async def test_a_refused_call_names_the_certificate_subject_and_key(cluster: Clu
     assert d["spki_sha256"] == spki_hex(cluster.pki / "custodian-alice.pem")
 
 
-def no_role_certificate(pki_dir: Path, out: Path) -> TlsFiles:
+def no_role_certificate(pki_dir: Path, out: Path, common_name: str = "mallory") -> TlsFiles:
     """A client certificate from the deployment's CA without the sdquorum role URI SAN."""
     ca_cert = x509.load_pem_x509_certificate((pki_dir / "ca.pem").read_bytes())
     ca_key = serialization.load_pem_private_key((pki_dir / "ca.key").read_bytes(), None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(UTC)
-    builder = pki._leaf_builder(ca_cert, key.public_key(), "mallory", now, now, 30).add_extension(
+    builder = pki._leaf_builder(ca_cert, key.public_key(), common_name, now, now, 30).add_extension(
         x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
     )
     cert = builder.sign(ca_key, hashes.SHA256())
@@ -204,3 +204,16 @@ async def test_beyond_the_tracked_peers_refusals_share_one_window_and_are_still_
         OVERFLOW: 4 * 100 - 4,
     }
     assert len(refused) + sum(counted.values()) == 600
+
+
+async def test_a_subject_with_a_line_break_is_recorded_on_one_line(
+    cluster: Cluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = no_role_certificate(cluster.pki, tmp_path / "forger", common_name="x\nWARNING forged line")
+    before = len(entries(cluster))
+    async with NodeClient(cluster.target, files) as c:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await c.node.GetStatus(pb.GetStatusRequest())
+    (entry,) = [json.loads(x) for x in entries(cluster)[before:]]
+    assert entry["details"]["subject"] == "CN=x\\x0aWARNING forged line"
+    assert not any("\n" in r.getMessage() for r in caplog.records if r.name == "sdquorum.rpc")
