@@ -25,7 +25,9 @@ it is never answered.
 
 A failed check is denied towards the node with "a check failed"; the specific check goes to the
 local log and the agent's output. The agent dials out (no inbound port) and reconnects with capped
-exponential backoff. A damaged memory file stops the agent at start-up.
+exponential backoff. Its state directory is checked before it starts (0700, ours, writable by
+nobody else: :meth:`ApprovalBox.check`), and every file it writes there is 0600. A damaged memory
+file stops the agent at start-up.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from sdquorum.keys import WrappingKey
 from sdquorum.offline import CeremonyRequest
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc.client import NodeClient
+from sdquorum_rpc.files import replace_private_file
 from sdquorum_rpc.tls import TlsFiles
 
 __all__ = ["Agent", "AgentConfig", "read_heartbeat", "request_from_proto"]
@@ -129,19 +132,13 @@ class Agent:
         """Write the heartbeat that ``custodian-agent health`` reads (no secret in it)."""
         try:
             self.config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            path = self.config.state_dir / HEARTBEAT_FILE
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(
-                json.dumps(
-                    {
-                        "time": self._clock(),
-                        "node": self.config.node,
-                        "connected": self.connected,
-                        "detail": self.detail,
-                    }
-                )
-            )
-            tmp.replace(path)
+            beat = {
+                "time": self._clock(),
+                "node": self.config.node,
+                "connected": self.connected,
+                "detail": self.detail,
+            }
+            replace_private_file(self.config.state_dir / HEARTBEAT_FILE, json.dumps(beat).encode())
         except OSError as e:
             log.warning("cannot write the heartbeat in %s: %s", self.config.state_dir, e.strerror)
 
@@ -152,6 +149,7 @@ class Agent:
                 await asyncio.wait_for(stop.wait(), HEARTBEAT_SECONDS)
 
     async def run(self, stop: asyncio.Event) -> None:
+        self.approvals.check()  # a state directory others can write to is refused before anything
         beats = asyncio.create_task(self._heartbeat(stop))
         try:
             await self._run(stop)

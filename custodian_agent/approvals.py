@@ -29,6 +29,9 @@ Invariants:
   while its human decided) stands.
 * A decision is written once, whole (written aside, then linked into place; 0600); deciding again
   is refused.
+* The state directory and its folders are 0700 and every file in them 0600, whatever the umask;
+  a state directory writable by group or others, or another user's, is refused
+  (:func:`sdquorum_rpc.files.private_dir`): anyone who can write there can forge a decision.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from typing import Any
 from sdquorum.encoding import canonical_json
 from sdquorum.errors import MalformedError, NotFoundError, UsageError
 from sdquorum.offline import check_request_id
+from sdquorum_rpc.files import private_dir, replace_private_file, tighten_files
 
 __all__ = ["APPROVAL_MODES", "ApprovalBox", "Decision", "asks_person", "check_mode"]
 
@@ -86,12 +90,20 @@ class Decision:
 
 class ApprovalBox:
     def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
         self.pending_dir = state_dir / "pending"
         self.decisions_dir = state_dir / "decisions"
 
+    def check(self) -> None:
+        """Make (0700) and check the state directory and its folders; refuse one writable by others
+        (UsageError, with the command to run); tighten files that earlier versions left 0644."""
+        what, flag = "the agent state directory", "agent.state_dir / --state-dir"
+        for d in (self.state_dir, self.pending_dir, self.decisions_dir):
+            private_dir(d, what, flag)
+            tighten_files(d.iterdir())
+
     def _ensure(self) -> None:
-        for d in (self.pending_dir, self.decisions_dir):
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.check()
 
     def _file(self, folder: Path, request_id: str, suffix: str = "") -> Path:
         try:
@@ -110,9 +122,9 @@ class ApprovalBox:
         decision = self._file(self.decisions_dir, request_id)
         if decision.exists() and not self._read_decision(decision, digest).counts:
             decision.unlink(missing_ok=True)  # made on other details: it counts for nothing
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**details, DIGEST_KEY: digest}, indent=2, sort_keys=True))
-        tmp.replace(path)
+        replace_private_file(
+            path, json.dumps({**details, DIGEST_KEY: digest}, indent=2, sort_keys=True).encode()
+        )
         return digest
 
     def pending(self) -> list[dict[str, Any]]:

@@ -42,7 +42,7 @@ from sdquorum.keys import WrappingKey
 from sdquorum.offline import CeremonyRequest, OfflineAnswer
 from sdquorum_rpc.cli import run_main
 from sdquorum_rpc.config import add_flags, load_settings
-from sdquorum_rpc.files import PendingFile, read_input_file, write_private_file
+from sdquorum_rpc.files import PendingFile, private_umask, read_input_file, write_private_file
 from sdquorum_rpc.observability import setup_logging
 from sdquorum_rpc.tls import TlsFiles
 
@@ -311,6 +311,7 @@ def _check_local_files(tls: TlsFiles, policy: CustodianPolicy, state_dir: Path) 
 
 
 async def _run(args: AgentSettings) -> int:
+    ApprovalBox(args.state_dir).check()  # refused before the passphrase is asked for
     tls = TlsFiles(args.tls_cert, args.tls_key, args.ca, ("--tls-cert", "--tls-key", "--ca"))
     policy = _policy(args)
     _check_local_files(tls, policy, args.state_dir)
@@ -392,9 +393,10 @@ def _body(args: argparse.Namespace) -> int:
         print(f"wrote {args.key} (encrypted, 0600) and {args.cert}: give {args.cert} to the HSM admin")
         return 0
     if args.command == "run":
-        cfg = AgentSettings.load(args)
-        setup_logging(cfg.log_level, cfg.log_format)
-        return asyncio.run(_run(cfg))
+        with private_umask():  # the state it keeps: files 0600, directories 0700, whatever the umask
+            cfg = AgentSettings.load(args)
+            setup_logging(cfg.log_level, cfg.log_format)
+            return asyncio.run(_run(cfg))
     if args.command == "health":
         return _health(_state_dir(args), args.max_age)
     if args.command == "respond":

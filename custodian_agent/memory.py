@@ -19,8 +19,10 @@ Invariants:
   with another key for a remembered domain raises :class:`~sdquorum.errors.VerificationError` and
   writes nothing.
 * Each change is on disk before ``observe`` returns: written whole to a new 0600 file beside it,
-  flushed, renamed over the old one, and the 0700 directory flushed. A crash leaves the old file or
-  the new one, never half of one.
+  flushed, renamed over the old one, and the directory flushed
+  (:func:`sdquorum_rpc.files.replace_private_file`); the directory is 0700 and refused if others
+  can write to it (:func:`sdquorum_rpc.files.private_dir`). A crash leaves the old file or the new
+  one, never half of one.
 * A file that exists but does not parse is a :class:`~sdquorum.errors.StateError` when the agent
   starts, naming the file: never an empty memory, which would forget every retired epoch silently.
 """
@@ -36,6 +38,7 @@ from types import MappingProxyType
 
 from sdquorum.envelopes import RememberedDomain
 from sdquorum.errors import StateError, VerificationError
+from sdquorum_rpc.files import private_dir, replace_private_file
 
 __all__ = ["MEMORY_FILE", "DomainMemory"]
 
@@ -100,20 +103,12 @@ class DomainMemory:
             indent=1,
             sort_keys=True,
         ).encode()
+        private_dir(self.state_dir, "the agent state directory", "agent.state_dir / --state-dir")
         try:
-            self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tmp = self.state_dir / f".{MEMORY_FILE}.{os.getpid()}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            try:
-                os.fchmod(fd, 0o600)  # whatever the umask
-                os.write(fd, body)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
+            replace_private_file(self.path, body)
             dir_fd = os.open(self.state_dir, os.O_RDONLY)
             try:
-                os.fsync(dir_fd)
+                os.fsync(dir_fd)  # the rename is durable before the caller goes on
             finally:
                 os.close(dir_fd)
         except OSError as e:

@@ -108,7 +108,9 @@ class Demo:
             raise SystemExit(f"demo: 'sdctl {' '.join(args)}' failed with exit code {rc}")
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115  # closed when the process is reaped
+        # 0600 like every file the processes make (they log no secret; still, not for other users)
+        fd = os.open(self.root / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        log = os.fdopen(fd, "wb")  # closed when the process is reaped
         proc = subprocess.Popen(
             [sys.executable, *argv], stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
         )

@@ -18,7 +18,10 @@ Every ceremony step, every answer accepted or rejected (with the custodian), eve
 custody event goes into the audit log (:mod:`sdquorum.audit`), signed with the node's attestation
 key. There are two chains: ``provisioning`` until the node is activated, then ``domain``, whose first
 entry names the domain, epoch and SD file the node was activated or recovered with, and the ceremony
-that did it (linking the provisioning chain's head). Answers that arrive together are taken as one
+that did it (linking the provisioning chain's head). Refused calls are audited through per-peer windows
+(:mod:`sdquorum.refusals`): each peer's first refusals of a window in full, the rest counted into one
+entry when the window closes (the ticker) or the server stops, so a caller flooding refused calls adds
+a bounded number of entries per window. Answers that arrive together are taken as one
 batch whose audit entries (and the completion the batch may cause) are committed in one transaction;
 no answer is acknowledged, and no watcher sees its effect, before that commit.
 
@@ -98,6 +101,7 @@ from sdquorum.errors import (
     VerificationError,
 )
 from sdquorum.pki import Role
+from sdquorum.refusals import Refusal, RefusalWindows
 from sdquorum.review import LOSS_KINDS, CustodyRecord, DrillResult, RetiredEpoch
 from sdquorum_rpc.observability import SESSION_ID, NodeMetrics
 from sdquorum_rpc.packed import Packed
@@ -216,6 +220,7 @@ class Node:
         self._applied: set[str] = set()  # sessions whose end has been applied and audited
         self._recovery_file: bytes | None = None
         self._agents: dict[str, bytes] = {}  # custodian name -> thumbprint of its connected agent
+        self._refusals = RefusalWindows()
         self._domain: sdfile.DomainSecrets | None = None
         self._info: DomainInfo | None = None
         self._notice: tuple[str, sdfile.SignedHeader] | None = None  # (id, current signed header)
@@ -276,9 +281,26 @@ class Node:
         )
         self._store.append_audit(chain, entry.seq, json.dumps(entry.to_json(), sort_keys=True))
 
-    def audit_refusal(self, method: str, role: Role | None, code: str, reason: str) -> None:
-        """One entry per refused call (its reason comes bounded from sdquorum_rpc.errors)."""
-        self.audit("refused", role or "unknown peer", {"method": method, "code": code, "reason": reason})
+    def audit_refusal(self, refusal: Refusal) -> bool:
+        """A refused call (its reason comes bounded from sdquorum_rpc.errors, its caller named by
+        certificate subject and public-key SHA-256): the peer's first of its (method, code) in the
+        window is written now, later ones are counted into the window's closing entry. True if
+        this refusal was written in full."""
+        records = self._refusals.refused(refusal, self.now())
+        for rec in records:
+            self.audit(rec.event, rec.actor, rec.details)
+        return any(rec.event == "refused" for rec in records)
+
+    def close_refusal_windows(self, *, all_open: bool = False) -> None:
+        """Write the counts of the refusal windows that have ended (``all_open``: of every window,
+        on shutdown, so no count is lost)."""
+        now = self.now()
+        done = self._refusals.close_all(now) if all_open else self._refusals.close_due(now)
+        for rec in done:
+            try:
+                self.audit(rec.event, rec.actor, rec.details)
+            except Exception:  # the ticker and the shutdown go on; the counts at least reach the log
+                log.exception("could not audit %s by %s: %s", rec.event, rec.actor, json.dumps(rec.details))
 
     def export_audit(self, chain: str) -> list[str]:
         if chain not in ("domain", "provisioning"):
@@ -906,7 +928,8 @@ class Node:
         )
 
     async def tick(self) -> None:
-        """Apply session deadlines (called periodically by the server)."""
+        """Apply session deadlines and close due refusal windows (called periodically by the server)."""
+        self.close_refusal_windows()
         if self._session is not None:
             self._ended(self._session)
         if self._state == ACTIVATED and self.now() >= self._next_purge_check:

@@ -576,6 +576,7 @@ class NodeServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
         await self.server.stop(grace)
+        self.node.close_refusal_windows(all_open=True)  # the counts of open windows are not lost
 
 
 async def serve(

@@ -21,6 +21,12 @@ What is on disk, and under which key:
   earlier version gains both columns on open: its rows are owned by ``app`` (whom every key served
   before) and live.
 
+On disk: the data directory is 0700 and ours (a directory writable by group or others, or another
+user's, is refused, naming the chmod to run; one earlier versions left 0755 is tightened), and
+``node.db`` is made 0600 before SQLite opens it: SQLite makes ``node.db-wal`` and ``node.db-shm``
+with the database file's mode, so they are 0600 too, whatever the umask. The sealing key file is
+0600 in a directory writable only by its owner (this user or root).
+
 Writes are transactions with ``synchronous=FULL``: a key whose creation was acknowledged survives a
 crash. Activation (domain + state) is one transaction; a backup restore replaces the key table in
 one transaction. :meth:`NodeStore.batch` groups several writes into one transaction (the node's
@@ -54,8 +60,17 @@ from sdquorum.errors import (
     VerificationError,
 )
 from sdquorum.sdfile import DomainSecrets
+from sdquorum_rpc.files import private_dir, tighten_files
 
-__all__ = ["LEGACY_OWNER", "DomainInfo", "NodeStore", "StoredKey", "key_aad", "load_or_create_sealing_key"]
+__all__ = [
+    "LEGACY_OWNER",
+    "DomainInfo",
+    "NodeStore",
+    "StoredKey",
+    "check_data_dir",
+    "key_aad",
+    "load_or_create_sealing_key",
+]
 
 SEALING_KEY_ENV = "SDQUORUM_NODE_SEALING_KEY"
 _SCHEMA = """
@@ -126,6 +141,12 @@ def key_aad(name: str, key_type: int, owner: str) -> bytes:
     return f"v2|{key_type}|{owner}|{name}".encode()
 
 
+def check_data_dir(data_dir: Path) -> Path:
+    """The data directory, made 0700 if missing; UsageError if others can write to it (or it is
+    another user's); tightened to 0700 if others can read it."""
+    return private_dir(data_dir, "the data directory", "node.data_dir / --data-dir")
+
+
 def load_or_create_sealing_key(path: Path) -> bytes:
     """The node sealing key: from $SDQUORUM_NODE_SEALING_KEY (hex), else the 0600 file, made on first start."""
     env = os.environ.get(SEALING_KEY_ENV)
@@ -137,10 +158,10 @@ def load_or_create_sealing_key(path: Path) -> bytes:
         if len(key) != 32:
             raise UsageError(f"${SEALING_KEY_ENV} must be 64 hex digits")
         return key
+    private_dir(path.parent, "the sealing key's directory", "node.sealing_key_file", ours=False)
     try:
         key = path.read_bytes()
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
         key = os.urandom(32)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -193,9 +214,14 @@ class StoredKey:
 
 class NodeStore:
     def __init__(self, data_dir: Path, sealing_key: bytes, node_id: str) -> None:
+        check_data_dir(data_dir)
+        db = data_dir / "node.db"
         try:
-            data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._db = sqlite3.connect(data_dir / "node.db", isolation_level=None, check_same_thread=False)
+            tighten_files(data_dir / f"node.db{suffix}" for suffix in ("", "-wal", "-shm", "-journal"))
+            os.close(
+                os.open(db, os.O_RDWR | os.O_CREAT, 0o600)
+            )  # before SQLite: its -wal/-shm copy this mode
+            self._db = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA trusted_schema=OFF")  # a restored image's schema runs no function

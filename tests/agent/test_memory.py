@@ -24,7 +24,7 @@ from custodian_agent.memory import MEMORY_FILE, DomainMemory
 from sdquorum import envelopes, pki
 from sdquorum.encoding import canonical_json, parse_json_object
 from sdquorum.envelopes import CustodianPolicy, RememberedDomain
-from sdquorum.errors import StateError, VerificationError
+from sdquorum.errors import StateError, UsageError, VerificationError
 from sdquorum.keys import SoftwareWrappingKey
 from sdquorum.offline import CeremonyRequest
 from sdquorum.sdfile import HEADER_CONTEXT_V2, SignedHeader, new_domain_secrets, seal_domain
@@ -253,3 +253,14 @@ def test_an_epoch_never_goes_back_whatever_the_order_seen(
             envelopes.check_remembered(header, memory.known())
     else:
         envelopes.check_remembered(header, memory.known())
+
+
+def test_a_state_directory_others_can_write_to_is_refused_before_the_memory_is_written(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chmod(state, 0o777)  # noqa: S103  # the test: anyone could swap domains.json for one forgetting epoch 2
+    with pytest.raises(UsageError):
+        DomainMemory(state).observe(DOMAIN, KEY, 2)
+    assert not (state / MEMORY_FILE).exists()

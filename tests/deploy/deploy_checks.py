@@ -620,9 +620,12 @@ def _mount_for(w: Workload, path: PurePosixPath) -> Mount | None:
 
 
 def _health_state_dir(w: Workload, args: argparse.Namespace) -> PurePosixPath | None:
-    """The state dir ``custodian-agent health`` reads: --state-dir, else its --config's agent.state_dir."""
+    """The state dir ``custodian-agent health`` reads: --state-dir, else $SDQUORUM_AGENT_STATE_DIR,
+    else its --config's agent.state_dir (the loaders' precedence)."""
     if args.state_dir is not None:
         return PurePosixPath(args.state_dir)
+    if "SDQUORUM_AGENT_STATE_DIR" in w.env:
+        return PurePosixPath(w.env["SDQUORUM_AGENT_STATE_DIR"])
     if args.config is None:
         return None
     sample, problems = _sample_of(w, str(args.config))

@@ -311,7 +311,11 @@ def test_k8s_node_is_a_statefulset_with_its_data_on_a_claim() -> None:
     (node,) = [x for x in loaded if x.program == "hsm-node"]
     for use in node.uses:
         if use.writable:
-            m = next(m for m in node.workload.mounts if PurePosixPath(m.target) == use.path)
+            # The mount holding the path: the node's directories are made inside the volume roots.
+            m = max(
+                (m for m in node.workload.mounts if use.path.is_relative_to(PurePosixPath(m.target))),
+                key=lambda m: len(PurePosixPath(m.target).parts),
+            )
             assert m.kind == "pvc", f"{use.setting} is not on a PersistentVolumeClaim"
     assert claims >= {"data", "sealing"}
     assert sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > node.settings.drain_seconds
