@@ -184,7 +184,10 @@ async def test_after_a_rotation_the_retired_epoch_cannot_be_recovered_with_the_l
         assert final.state == pb.FAILED, final
         assert b.node.state != "ACTIVATED"
         assert [a.released for a in honest] == [[], [], []]
-        assert len(thief.released) == 1  # the lost key's holder released, and it was not enough
+        statuses = {c.name: c.status for c in final.custodians}
+        assert [statuses[n] for n in ("alice", "bob", "erin")] == [pb.DENIED] * 3
+        assert statuses["carol"] != pb.DENIED  # the lost key's holder was willing: it was not enough
+        assert thief.connected
     retired = f"epoch 1 of domain {domain_id.hex()} was retired: this agent has seen epoch 2"
     assert sum(retired in r.getMessage() for r in caplog.records) == 3, caplog.text
 
