@@ -68,7 +68,7 @@ def describe(req: CeremonyRequest, checked: Checked) -> dict[str, Any]:
         "expires_at": datetime.fromtimestamp(st.expires_at, tz=UTC).isoformat(),
     }
     if req.kind == "rotation" and isinstance(checked, envelopes.CheckedRequest):
-        now = [(slot.name, slot.thumbprint) for slot in checked.header.slots]
+        now = [(slot.name, slot.certificate_der) for slot in checked.header.slots]
         out["proposal"] = RotationProposal.from_bytes(req.proposal).summary(now)
     return out
 

@@ -814,7 +814,7 @@ class Node:
                 expires_at=session.expires_at,
             )
             session.start(signed, proposal, now, self._sign_attestation)
-            current = [(slot.name, slot.thumbprint) for slot in signed.header.slots]
+            current = [(slot.name, slot.certificate_der) for slot in signed.header.slots]
             for warning in plan.warnings:
                 log.warning("rotation %s: %s", session.session_id, warning)
             self.audit(

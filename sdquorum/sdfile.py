@@ -20,8 +20,11 @@ Invariants:
 * After reconstruction the opener checks s*B == A_0 before using s, and that the payload names the
   same domain and signing key as the header.
 
-Parsing is strict: unknown versions, missing or mistyped fields, x outside 1..n, duplicate x or
-thumbprints, and wrong lengths are all :class:`~sdquorum.errors.MalformedError`.
+Parsing is strict: unknown versions, missing or mistyped fields, x outside 1..n, duplicate x,
+two slots over one key (compared by :func:`sdquorum.pki.spki_sha256`, so a second certificate over
+the same key is a duplicate too), and wrong lengths are all :class:`~sdquorum.errors.MalformedError`.
+A slot is *addressed* by its certificate's thumbprint (the wire format); a key's *identity* is its
+SubjectPublicKeyInfo.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from sdquorum import shamir
 from sdquorum.encoding import b64d, b64e, canonical_json, parse_json_object
 from sdquorum.errors import MalformedError, UsageError, VerificationError
 from sdquorum.keys import encrypt_oaep
+from sdquorum.pki import spki_sha256
 
 _HEX = re.compile(r"[0-9a-f]*")
 
@@ -183,8 +187,8 @@ class Header:
         n = len(slots)
         if sorted(s.x for s in slots) != list(range(1, n + 1)):
             raise MalformedError("SD header: slot x values must be exactly 1..n")
-        if len({s.thumbprint for s in slots}) != n:
-            raise MalformedError("SD header: two slots share one wrapping certificate")
+        if len({spki_sha256(s.certificate_der) for s in slots}) != n:
+            raise MalformedError("SD header: two slots hold the same wrapping key")
         quorum = _int(obj.get("quorum"), "quorum", lo=2, hi=n)
         raw_comm = obj.get("commitments")
         if not isinstance(raw_comm, list) or len(raw_comm) != quorum:
@@ -365,6 +369,8 @@ def seal_domain(
     n = len(certificates_der)
     if not MIN_CUSTODIANS <= n <= MAX_CUSTODIANS:
         raise UsageError(f"a security domain needs {MIN_CUSTODIANS}..{MAX_CUSTODIANS} custodians, got {n}")
+    if len({spki_sha256(c) for c in certificates_der}) != n:
+        raise UsageError("two certificates hold the same key: each custodian needs a key of their own")
     secret = shamir.random_scalar(rng)
     shares, commitments = shamir.split(secret, quorum, n, rng)
     slots = []
