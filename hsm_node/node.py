@@ -29,7 +29,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -53,7 +53,7 @@ from hsm_node import keyops
 from hsm_node.cryptopool import CryptoPool, sign_batch_here
 from hsm_node.keyops import KeyType
 from hsm_node.store import DomainInfo, NodeStore, StoredKey
-from sdquorum import audit, backup, envelopes, policy, sdfile
+from sdquorum import audit, backup, envelopes, pki, policy, sdfile
 from sdquorum.azure.sdfile import seal_azure_domain
 from sdquorum.errors import SdquorumError, StateError, StorageError, UsageError, VerificationError
 from sdquorum.pki import Role
@@ -834,14 +834,23 @@ class Node:
         the next one: a lost key means compromise, and the quarterly review counts a loss from an
         earlier epoch as healed by the rotation that followed it."""
         records = [CustodyRecord.from_json(json.loads(r)) for r in self._store.rows("custody", "record")]
+        # Keys are compared by SPKI SHA-256: a fresh certificate over a lost key is that lost key.
+        lost_keys: dict[bytes, tuple[str, str]] = {}
+        for r in records:
+            if r.kind in LOSS_KINDS and r.key_sha256 and r.custodian is not None:
+                lost_keys[r.key_sha256] = (r.custodian, r.kind)  # whenever, under whatever name
         lost = {r.custodian: r.kind for r in records if r.kind in LOSS_KINDS and r.time >= header.created_at}
-        lost_keys = {slot.thumbprint: slot.name for slot in header.slots if slot.name in lost}
+        for slot in header.slots:  # records made before they named their key: this epoch's, by name
+            if slot.name in lost:
+                lost_keys.setdefault(pki.spki_sha256(slot.certificate_der), (slot.name, lost[slot.name]))
         for der in certificates_der:
-            name = lost_keys.get(hashlib.sha256(der).digest())
-            if name is not None:
+            found = lost_keys.get(pki.spki_sha256(der))
+            if found is not None:
+                name, kind = found
                 raise UsageError(
-                    f"the new roster keeps {name}'s key, which is recorded {lost[name]}: "
-                    f"give {name} a new wrapping key (custodian-agent keygen), or leave {name} out"
+                    f"the new roster keeps {name}'s key, which is recorded {kind}, under "
+                    f"{pki.load_cert(der).subject.rfc4514_string() or 'a certificate'}: "
+                    f"give {name} a new wrapping key (custodian-agent keygen), or leave that key out"
                 )
 
     async def start_azure_restore(
@@ -902,7 +911,10 @@ class Node:
             note=record.note,
             actor=str(caller),
         )
-        names = {s.name for s in self._current_header().slots}
+        slots = {s.name: s for s in self._current_header().slots}
+        names = set(slots)
+        if stamped.kind in LOSS_KINDS and stamped.custodian in slots:  # the key, not only the name
+            stamped = replace(stamped, key_sha256=pki.spki_sha256(slots[stamped.custodian].certificate_der))
         if (
             stamped.custodian is not None
             and stamped.custodian not in names
