@@ -164,7 +164,12 @@ class Agent:
     async def _connect_once(self, stop: asyncio.Event) -> None:
         async with NodeClient(self.config.node, self.config.tls) as client:
             call = client.custodian.WatchRequests(
-                pb.AgentHello(wrapping_cert_sha256=self.thumbprint, agent_version="1")
+                pb.AgentHello(
+                    wrapping_cert_sha256=self.thumbprint,
+                    agent_version="1",
+                    # its CN names the custodian: the node serves a slot only to that name's stream
+                    wrapping_certificate=self.key.certificate_der(),
+                )
             )
 
             seen: set[str] = set()  # per connection: the node resends only unsettled requests

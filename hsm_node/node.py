@@ -14,6 +14,15 @@ that did it (linking the provisioning chain's head). Answers that arrive togethe
 batch whose audit entries (and the completion the batch may cause) are committed in one transaction;
 no answer is acknowledged, and no watcher sees its effect, before that commit.
 
+Custodians are tied to their keys by name (issue 13, class 4): a custodian's request stream is
+served only the requests addressed to a key named for the caller's TLS identity
+(``custodian/<name>``), and a custodian's answer or denial is taken only for such a request. A
+native slot's name comes from its certificate in the signed SD header; an Azure file names its
+slots only by certificate thumbprint, so an Azure slot is named for a caller only through that very
+certificate (its SHA-256 the slot's thumbprint) whose CN is the caller's name: the one the caller's
+stream sent in its hello, or the one its answer or denial carries and must verify under. The admin relays offline answers; those are tied to the slot by the slot key's
+signature alone, as every answer is.
+
 This class does no network I/O: the gRPC servicers in :mod:`hsm_node.server` call it. It owns the
 clock and randomness it was given.
 """
@@ -24,6 +33,7 @@ import asyncio
 import contextlib
 import contextvars
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -35,6 +45,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.x509.oid import NameOID
 
 from coordinator import (
     DRILL_OUTCOMES,
@@ -54,6 +65,7 @@ from hsm_node.cryptopool import CryptoPool, sign_batch_here
 from hsm_node.keyops import KeyType
 from hsm_node.store import DomainInfo, NodeStore, StoredKey
 from sdquorum import audit, backup, envelopes, pki, policy, sdfile
+from sdquorum.azure.ceremony import AzureAnswer
 from sdquorum.azure.sdfile import seal_azure_domain
 from sdquorum.errors import SdquorumError, StateError, StorageError, UsageError, VerificationError
 from sdquorum.pki import Role
@@ -110,6 +122,15 @@ class AnswerNotRecorded(StorageError):
     came in does not commit, and the session ends."""
 
 
+def wrapping_key_name(thumbprint: bytes, certificate: bytes) -> str | None:
+    """The CN of ``certificate`` (DER or PEM) if it is the wrapping certificate ``thumbprint``
+    names, else None; "" when it has no single CN. MalformedError if it does not parse."""
+    if not hmac.compare_digest(pki.thumbprint_sha256(certificate), thumbprint):
+        return None
+    names = pki.load_cert(certificate).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if len(names) == 1 else ""
+
+
 class Node:
     def __init__(
         self,
@@ -139,6 +160,8 @@ class Node:
         self._applied: set[str] = set()  # sessions whose end has been applied and audited
         self._recovery_file: bytes | None = None
         self._agents: dict[str, bytes] = {}  # custodian name -> thumbprint of its connected agent
+        # (custodian name, thumbprint, CN of the certificate it sent or "") -> its open streams
+        self._streams: dict[tuple[str, bytes, str], int] = {}
         self._domain: sdfile.DomainSecrets | None = None
         self._info: DomainInfo | None = None
         loaded = store.load_domain()
@@ -418,18 +441,86 @@ class Node:
             return []
         return s.requests_for(thumbprint)
 
-    def agent_connected(self, role: Role, thumbprint: bytes) -> None:
-        """Remember which key each custodian's agent holds; a drill fails a slot whose key changed."""
+    def agent_requests(self, role: Role, thumbprint: bytes, key_name: str = "") -> list[CustodianRequest]:
+        """The open requests a custodian's stream is served: addressed to ``thumbprint`` and to a
+        key named for ``role`` (module docstring). ``key_name``: the CN of the wrapping certificate
+        the stream sent, already checked to hash to ``thumbprint`` ("" when it sent none)."""
+        s = self._session
+        if s is None or self._ended(s):
+            return []
+        return [r for r in s.requests_for(thumbprint) if self._named_for(s, r, role, key_name)]
+
+    @staticmethod
+    def _named_for(s: Ceremony, req: CustodianRequest, role: Role, key_name: str) -> bool:
+        if role.kind != "custodian" or not role.name:
+            return False
+        if isinstance(s, AzureRestoreSession):  # the file names the slot by thumbprint only
+            return key_name == role.name
+        return any(p.x == req.x and p.name == role.name for p in s.status().custodians)
+
+    def _answer_named_for_caller(
+        self, s: Ceremony, request_id: str, caller: Role, message: bytes, *, denial: bool
+    ) -> None:
+        """A custodian answers or denies only a request addressed to a key named for it; the admin
+        relays offline answers (the slot key's signature ties those). An Azure slot's key is named
+        by the certificate the answer or denial itself carries (the one it must verify under).
+        VerificationError otherwise."""
+        if caller.kind != "custodian":
+            return
+        req = next((r for r in s.requests() if r.request_id == request_id), None)
+        if req is None:
+            return  # not open: the session says why, as before
+        key_name = ""
+        if isinstance(s, AzureRestoreSession):
+            offered = (
+                envelopes.Denial.from_bytes(message).statement.certificate
+                if denial
+                else AzureAnswer.from_bytes(message).certificate_der
+            )
+            key_name = wrapping_key_name(req.thumbprint, offered) or ""
+        if not self._named_for(s, req, caller, key_name):
+            raise VerificationError(
+                f"request {request_id} (slot {req.x}) is not addressed to a key named for {caller}"
+            )
+
+    def agent_connected(self, role: Role, thumbprint: bytes, key_name: str = "") -> None:
+        """Remember which key each custodian's agent holds; a drill fails a slot whose key changed.
+        ``key_name``: the CN of the wrapping certificate the stream sent (checked against
+        ``thumbprint`` by the caller), "" when it sent none."""
         if role.name:
             self._agents[role.name] = thumbprint
+            entry = (role.name, thumbprint, key_name)
+            self._streams[entry] = self._streams.get(entry, 0) + 1
+            if key_name and key_name != role.name:
+                log.warning(
+                    "%s announced a wrapping certificate named %r: requests for it are not served to it",
+                    role,
+                    key_name[:64],
+                )
             self._check_agent_keys()
 
-    def agent_disconnected(self, role: Role, thumbprint: bytes) -> None:
+    def agent_disconnected(self, role: Role, thumbprint: bytes, key_name: str = "") -> None:
+        if role.name:
+            entry = (role.name, thumbprint, key_name)
+            left = self._streams.get(entry, 0) - 1
+            if left > 0:
+                self._streams[entry] = left
+            else:
+                self._streams.pop(entry, None)
         if role.name and self._agents.get(role.name) == thumbprint:
             del self._agents[role.name]
-        if self._session is not None and thumbprint not in self._agents.values():
-            self._session.mark_disconnected(thumbprint)
-            self._notify()
+        # Only a stream that was served a request may mark it disconnected, and only when no other
+        # stream is served it: another custodian announcing this thumbprint neither receives nor
+        # withdraws it, nor keeps it shown as requested.
+        if self._session is not None and self.agent_requests(role, thumbprint, key_name):
+            still = any(
+                self.agent_requests(Role("custodian", who), thumb, name)
+                for (who, thumb, name) in self._streams
+                if thumb == thumbprint
+            )
+            if not still:
+                self._session.mark_disconnected(thumbprint)
+                self._notify()
 
     def _check_agent_keys(self) -> None:
         s = self._session
@@ -547,6 +638,7 @@ class Node:
         if kind is not None and session.kind != kind:
             raise VerificationError(f"a {kind} answer was sent to a {session.kind} session")
         try:
+            self._answer_named_for_caller(session, request_id, caller, answer, denial=False)
             outcome = session.submit(request_id, answer, self.now())
         except SdquorumError as e:
             self._audit_refused(session, "answer", caller, request_id, e)
@@ -607,6 +699,7 @@ class Node:
         async with self._lock:
             session = self._require_session()
             try:
+                self._answer_named_for_caller(session, request_id, caller, signed_denial, denial=True)
                 p = session.deny_signed(request_id, signed_denial, self.now())
             except SdquorumError as e:
                 self._audit_refused(session, "denial", caller, request_id, e)

@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coordinator import CeremonyStatus, CustodianRequest, CustodianStatus, SessionState
 from hsm_node.keyops import KeyType
-from hsm_node.node import Node
+from hsm_node.node import Node, wrapping_key_name
 from hsm_node.store import StoredKey
 from sdquorum.errors import MalformedError, UsageError
 from sdquorum.pki import Role
@@ -404,6 +404,17 @@ def _aad(request: pb.EncryptBatchRequest, n: int) -> bytes | packed.Packed:
     return packed.checked(request.aads, request.aad_lengths, "aad")
 
 
+def _wrapping_key_name(thumbprint: bytes, certificate: bytes) -> str:
+    """The CN of the wrapping certificate a hello sent ("" if it sent none); MalformedError when
+    the certificate does not parse or is not the one the hello's thumbprint names."""
+    if not certificate:
+        return ""
+    name = wrapping_key_name(thumbprint, certificate)
+    if name is None:
+        raise MalformedError("the hello's wrapping certificate is not the one its thumbprint names")
+    return name
+
+
 class CustodianServicer:
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -417,14 +428,17 @@ class CustodianServicer:
             raise UsageError(
                 "the hello must carry the 32-byte SHA-256 thumbprint of the wrapping certificate"
             )
+        key_name = _wrapping_key_name(thumb, bytes(request.wrapping_certificate))
         log.info("agent %s connected (wrapping certificate %s)", role, thumb.hex()[:16])
         await context.send_initial_metadata(())  # lets the agent know it is connected before any request
-        self.node.agent_connected(role, thumb)
+        self.node.agent_connected(role, thumb, key_name)
         sent: set[str] = set()
         try:
             while True:
                 token = self.node.request_token()
-                for req in self.node.pending_requests(thumb):
+                # Only requests for a key named for this caller: announcing another custodian's
+                # thumbprint receives nothing (issue 13, class 4; hsm_node.node's docstring).
+                for req in self.node.agent_requests(role, thumb, key_name):
                     if req.request_id in sent:
                         continue
                     sent.add(req.request_id)
@@ -435,7 +449,7 @@ class CustodianServicer:
                     )
                 await self.node.wait_change(token, timeout=5.0)
         finally:
-            self.node.agent_disconnected(role, thumb)
+            self.node.agent_disconnected(role, thumb, key_name)
             log.info("agent %s disconnected", role)
 
     @rpc("custodian")

@@ -7,10 +7,15 @@ not tied to the authenticated peer (a custodian's request stream, its answers).
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 from harness import Cluster, certs_of, running_cluster
 from recertify import fresh_certificate
@@ -22,8 +27,19 @@ from sdquorum.keys import SoftwareWrappingKey
 from sdquorum.pki import Role
 from sdquorum.review import CustodyRecord
 from sdquorum.sdfile import SecurityDomainFile, SignedHeader
+from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 
 pytestmark = pytest.mark.asyncio
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.05)
+
+
+def audit_entries(c: Cluster) -> list[dict[str, Any]]:
+    return [json.loads(e) for e in c.node._store.audit_entries(c.node.audit_chain())]
 
 
 async def approve_rotation(a: Cluster, keys: list[SoftwareWrappingKey], names: list[str]) -> None:
@@ -90,3 +106,101 @@ async def test_a_lost_key_stays_lost_after_the_rotation_that_removed_it(
             await a.node.propose_rotation(back, 3, "zoe joins", 60, Role("admin"))
         review_header = SecurityDomainFile.from_bytes(a.node.security_domain_file()).header
         assert all(s.name != "alice" for s in review_header.slots)
+
+
+# ------------------------------------------------------------------------------------------- class 4
+
+
+async def first_request(call: object, seconds: float) -> pb.CustodianRequest | None:
+    """The first request a WatchRequests stream yields within ``seconds``, or None."""
+    try:
+        return await asyncio.wait_for(call.read(), seconds)  # type: ignore[attr-defined]
+    except TimeoutError:
+        return None
+
+
+def custodian_status(a: Cluster, name: str) -> str:
+    assert a.node.session is not None
+    return next(p.status.name for p in a.node.session.status().custodians if p.name == name)
+
+
+async def test_a_stream_announcing_another_custodians_key_receives_nothing(
+    pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey]
+) -> None:
+    """The class-4 example: alice opened a request stream announcing bob's thumbprint (with or
+    without bob's certificate) and received bob's request, while the operator saw bob as
+    REQUESTED. Now her stream is served only keys named alice; bob's own stream still gets his."""
+    bob_cert = wrapping_keys[1].certificate_der()
+    bob_thumb = pki.thumbprint_sha256(bob_cert)
+    async with running_cluster(pki_dir, tmp_path / "a") as a:
+        await a.download(certs_of(wrapping_keys[:5]), quorum=3)
+        await a.node.start_drill("Q4 drill", 60, Role("admin"))
+        for hello in (
+            pb.AgentHello(wrapping_cert_sha256=bob_thumb),
+            pb.AgentHello(wrapping_cert_sha256=bob_thumb, wrapping_certificate=bob_cert),
+        ):
+            async with a.client("custodian-alice") as c:
+                call = c.custodian.WatchRequests(hello)
+                await call.initial_metadata()
+                assert await first_request(call, 1.5) is None
+                assert custodian_status(a, "bob") == "NOT_CONNECTED"
+                call.cancel()
+        async with a.client("custodian-bob") as c:  # bob himself is served
+            call = c.custodian.WatchRequests(
+                pb.AgentHello(wrapping_cert_sha256=bob_thumb, wrapping_certificate=bob_cert)
+            )
+            req = await first_request(call, 10)
+            assert req is not None and req.x == 2
+            await wait_for(lambda: custodian_status(a, "bob") == "REQUESTED")
+            call.cancel()
+
+
+async def test_a_hello_whose_certificate_is_not_its_thumbprints_is_refused(
+    pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey]
+) -> None:
+    async with running_cluster(pki_dir, tmp_path / "a") as a, a.client("custodian-alice") as c:
+        hello = pb.AgentHello(
+            wrapping_cert_sha256=pki.thumbprint_sha256(wrapping_keys[0].certificate_der()),
+            wrapping_certificate=wrapping_keys[1].certificate_der(),
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await c.custodian.WatchRequests(hello).read()
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_custodian_answers_only_requests_for_keys_named_for_it(
+    pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey]
+) -> None:
+    """bob's valid proof, sent over alice's connection, is refused and audited; bob's slot stays
+    open and bob's own connection then answers it. On the code before, the request id alone
+    decided, whoever sent it."""
+    async with running_cluster(pki_dir, tmp_path / "a") as a:
+        await a.download(certs_of(wrapping_keys[:5]), quorum=3)
+        await a.node.start_drill("Q4 drill", 60, Role("admin"))
+        bob = wrapping_keys[1]
+        thumb = pki.thumbprint_sha256(bob.certificate_der())
+        (req,) = a.node.pending_requests(thumb)
+        checked = envelopes.check_request(
+            envelopes.Attestation.from_bytes(req.attestation),
+            SignedHeader(req.header_bytes, req.header_signature),
+            req.x,
+            thumb,
+            CustodianPolicy((pki_dir / "attestation-root.pem").read_bytes()),
+            datetime.fromtimestamp(a.clock(), tz=UTC),
+            purpose="drill",
+        )
+        proof = envelopes.make_proof(
+            checked, envelopes.decrypt_share(checked, bob), bob, os.urandom
+        ).to_bytes()
+        async with a.client("custodian-alice") as c:
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await c.custodian.SubmitProof(pb.ProofSubmission(request_id=req.request_id, proof=proof))
+        assert e.value.details() == "a check failed"  # the peer learns only that
+        assert custodian_status(a, "bob") != "ACCEPTED"
+        refused = [x for x in audit_entries(a) if x["event"] == "drill-answer-refused"]
+        assert (
+            refused and "not addressed to a key named for custodian/alice" in refused[-1]["details"]["reason"]
+        )
+        async with a.client("custodian-bob") as c, c.errors():
+            await c.custodian.SubmitProof(pb.ProofSubmission(request_id=req.request_id, proof=proof))
+        assert custodian_status(a, "bob") == "ACCEPTED"
