@@ -530,3 +530,33 @@ def test_a_proposal_holding_one_key_twice_is_refused(
     )
     with pytest.raises(MalformedError, match="same key"):
         RotationProposal.from_bytes(twice.to_bytes())
+
+
+@pytest.mark.parametrize(
+    "custodian",
+    [
+        "../../etc/cron.d/x",
+        "../escaped",
+        "/abs/path",
+        "a/b",
+        "a\\b",
+        ".hidden",
+        "-flag",
+        "bob\n",
+        "bob\x00",
+        "x" * 65,
+    ],
+)
+def test_a_custodian_name_that_could_name_another_file_is_refused(custodian: str) -> None:
+    """Issue 13, class 5: the name comes from the node and sdctl writes <custodian>-x<x>.request.json."""
+    with pytest.raises(MalformedError, match="custodian name"):
+        CeremonyRequest(**{**REQUEST.__dict__, "custodian": custodian})
+    with pytest.raises(MalformedError, match="custodian name"):
+        CeremonyRequest.from_bytes(edited(REQUEST.to_bytes(), custodian=custodian))
+
+
+@pytest.mark.parametrize(
+    "custodian", ["bob", "Bob Smith", "alice@example.org", "custodian-3", "x5t:AbC-_0123456", ""]
+)
+def test_every_slot_name_is_a_custodian_name(custodian: str) -> None:
+    assert CeremonyRequest(**{**REQUEST.__dict__, "custodian": custodian}).custodian == custodian
