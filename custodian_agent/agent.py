@@ -28,6 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cryptography.x509.oid import NameOID
+
 from custodian_agent import responder
 from custodian_agent.approvals import ApprovalBox
 from sdquorum import envelopes, pki
@@ -108,6 +110,25 @@ class Agent:
         self.released: list[str] = []  # request ids released (for status and tests)
         self.connected = False
         self.detail = "starting"
+        self._warn_if_misnamed()
+
+    def _warn_if_misnamed(self) -> None:
+        """The node serves an agent only slots whose key is named for its TLS identity
+        (``custodian/<name>``): say so at start if the wrapping certificate names someone else."""
+        try:
+            role = pki.role_from_cert(self.config.tls.cert.read_bytes())
+            cert = pki.load_cert(self.key.certificate_der())
+        except (OSError, SdquorumError):
+            return  # a TLS file that cannot be read is reported when the agent connects
+        names = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        if role.kind == "custodian" and names != [role.name]:
+            log.warning(
+                "the wrapping certificate is named %s but this agent is %s: the node will send it no "
+                "request; use a wrapping key made with 'custodian-agent keygen --name %s'",
+                ", ".join(repr(n[:64]) for n in names) or "nothing",
+                role,
+                role.name,
+            )
 
     def _beat(self) -> None:
         """Write the heartbeat that ``custodian-agent health`` reads (no secret in it)."""

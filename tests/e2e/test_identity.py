@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -17,9 +18,10 @@ from typing import Any
 
 import grpc
 import pytest
-from harness import Cluster, certs_of, running_cluster
+from harness import Cluster, agent_config, certs_of, running_cluster
 from recertify import fresh_certificate
 
+from custodian_agent.agent import Agent
 from sdquorum import envelopes, pki
 from sdquorum.envelopes import CustodianPolicy
 from sdquorum.errors import UsageError
@@ -204,3 +206,16 @@ async def test_a_custodian_answers_only_requests_for_keys_named_for_it(
         async with a.client("custodian-bob") as c, c.errors():
             await c.custodian.SubmitProof(pb.ProofSubmission(request_id=req.request_id, proof=proof))
         assert custodian_status(a, "bob") == "ACCEPTED"
+
+
+async def test_an_agent_whose_wrapping_certificate_names_someone_else_says_so_at_start(
+    pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The node no longer serves erin's agent a key named frank: the agent tells its operator why."""
+    with caplog.at_level(logging.WARNING, logger="sdquorum.agent"):
+        Agent(agent_config(pki_dir, "127.0.0.1:1", "erin", tmp_path / "erin"), wrapping_keys[5])
+    assert "named 'frank' but this agent is custodian/erin" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sdquorum.agent"):
+        Agent(agent_config(pki_dir, "127.0.0.1:1", "frank", tmp_path / "frank"), wrapping_keys[5])
+    assert "wrapping certificate" not in caplog.text
