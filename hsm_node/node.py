@@ -102,7 +102,7 @@ class _Answer:
     request_id: str
     answer: bytes
     caller: Role
-    kind: str | None
+    kind: str | tuple[str, ...] | None
     context: contextvars.Context  # the caller's (its request and session ids), for the log lines
     done: asyncio.Future[None]
 
@@ -554,7 +554,7 @@ class Node:
             self._notify()
 
     async def submit_answer(
-        self, request_id: str, answer: bytes, caller: Role, *, kind: str | None = None
+        self, request_id: str, answer: bytes, caller: Role, *, kind: str | tuple[str, ...] | None = None
     ) -> None:
         """A custodian's release (recovery) or proof (drill, rotation), online or carried offline.
 
@@ -633,10 +633,13 @@ class Node:
                     errors.append(e)
         return errors
 
-    def _take_answer(self, request_id: str, answer: bytes, caller: Role, kind: str | None) -> None:
+    def _take_answer(
+        self, request_id: str, answer: bytes, caller: Role, kind: str | tuple[str, ...] | None
+    ) -> None:
         session = self._require_session()
-        if kind is not None and session.kind != kind:
-            raise VerificationError(f"a {kind} answer was sent to a {session.kind} session")
+        kinds = (kind,) if isinstance(kind, str) else kind
+        if kinds is not None and session.kind not in kinds:
+            raise VerificationError(f"a {' or '.join(kinds)} answer was sent to a {session.kind} session")
         try:
             self._answer_named_for_caller(session, request_id, caller, answer, denial=False)
             outcome = session.submit(request_id, answer, self.now())

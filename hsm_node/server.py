@@ -454,12 +454,15 @@ class CustodianServicer:
 
     @rpc("custodian")
     async def SubmitRelease(self, request: pb.ShareRelease, context: Ctx, role: Role) -> pb.Ack:
-        await self.node.submit_answer(request.request_id, bytes(request.release), role)
+        kinds = ("recovery", "azure-recovery")  # a release answers these; proofs come by SubmitProof
+        await self.node.submit_answer(request.request_id, bytes(request.release), role, kind=kinds)
         return pb.Ack()
 
     @rpc("custodian")
     async def SubmitProof(self, request: pb.ProofSubmission, context: Ctx, role: Role) -> pb.Ack:
-        await self.node.submit_answer(request.request_id, bytes(request.proof), role)
+        await self.node.submit_answer(
+            request.request_id, bytes(request.proof), role, kind=("drill", "rotation")
+        )
         return pb.Ack()
 
     @rpc("custodian")

@@ -174,8 +174,8 @@ async def test_a_custodian_answers_only_requests_for_keys_named_for_it(
     pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey]
 ) -> None:
     """bob's valid proof, sent over alice's connection, is refused and audited; bob's slot stays
-    open and bob's own connection then answers it. On the code before, the request id alone
-    decided, whoever sent it."""
+    open and bob's own connection then answers it (by SubmitProof: SubmitRelease takes only
+    releases). On the code before, the request id alone decided, whoever sent it and how."""
     async with running_cluster(pki_dir, tmp_path / "a") as a:
         await a.download(certs_of(wrapping_keys[:5]), quorum=3)
         await a.node.start_drill("Q4 drill", 60, Role("admin"))
@@ -203,6 +203,11 @@ async def test_a_custodian_answers_only_requests_for_keys_named_for_it(
         assert (
             refused and "not addressed to a key named for custodian/alice" in refused[-1]["details"]["reason"]
         )
+        async with a.client("custodian-bob") as c:  # the kind is the RPC's too: a proof is no release
+            with pytest.raises(grpc.aio.AioRpcError) as wrong_kind:
+                await c.custodian.SubmitRelease(pb.ShareRelease(request_id=req.request_id, release=proof))
+        assert wrong_kind.value.details() == "a check failed"
+        assert custodian_status(a, "bob") != "ACCEPTED"
         async with a.client("custodian-bob") as c, c.errors():
             await c.custodian.SubmitProof(pb.ProofSubmission(request_id=req.request_id, proof=proof))
         assert custodian_status(a, "bob") == "ACCEPTED"
