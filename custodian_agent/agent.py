@@ -12,6 +12,8 @@ Order for every request (nothing is decrypted before step 2 passes):
 
 A failed check is denied towards the node with "a check failed"; the specific check goes only to the
 local log. The agent dials out (no inbound port) and reconnects with capped exponential backoff.
+Its hello carries its wrapping certificate: the node serves it only slots whose key bears the name
+of its mTLS identity (``custodian/<name>``), and it warns at start when the two names differ.
 """
 
 from __future__ import annotations
