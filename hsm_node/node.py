@@ -20,8 +20,9 @@ served only the requests addressed to a key named for the caller's TLS identity
 native slot's name comes from its certificate in the signed SD header; an Azure file names its
 slots only by certificate thumbprint, so an Azure slot is named for a caller only through that very
 certificate (its SHA-256 the slot's thumbprint) whose CN is the caller's name: the one the caller's
-stream sent in its hello, or the one its answer or denial carries and must verify under. The admin relays offline answers; those are tied to the slot by the slot key's
-signature alone, as every answer is.
+stream sent in its hello, or the one its answer or denial carries and must verify under. The admin
+relays offline answers; those are tied to the slot by the slot key's signature alone, which every
+answer must carry in any case (docs/adr/0012).
 
 This class does no network I/O: the gRPC servicers in :mod:`hsm_node.server` call it. It owns the
 clock and randomness it was given.
