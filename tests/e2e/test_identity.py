@@ -224,3 +224,28 @@ async def test_an_agent_whose_wrapping_certificate_names_someone_else_says_so_at
     with caplog.at_level(logging.WARNING, logger="sdquorum.agent"):
         Agent(agent_config(pki_dir, "127.0.0.1:1", "frank", tmp_path / "frank"), wrapping_keys[5])
     assert "wrapping certificate" not in caplog.text
+
+
+async def test_another_custodians_stream_does_not_keep_a_gone_custodian_shown_as_requested(
+    pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey]
+) -> None:
+    """bob's agent is served and goes away while alice holds a stream announcing bob's thumbprint:
+    the operator must see bob NOT_CONNECTED. On the code before, alice's stream counted as bob's
+    agent and bob stayed REQUESTED."""
+    bob_cert = wrapping_keys[1].certificate_der()
+    bob_thumb = pki.thumbprint_sha256(bob_cert)
+    async with running_cluster(pki_dir, tmp_path / "a") as a:
+        await a.download(certs_of(wrapping_keys[:5]), quorum=3)
+        await a.node.start_drill("Q4 drill", 60, Role("admin"))
+        async with a.client("custodian-alice") as mallory:
+            squat = mallory.custodian.WatchRequests(pb.AgentHello(wrapping_cert_sha256=bob_thumb))
+            await squat.initial_metadata()
+            async with a.client("custodian-bob") as c:
+                call = c.custodian.WatchRequests(
+                    pb.AgentHello(wrapping_cert_sha256=bob_thumb, wrapping_certificate=bob_cert)
+                )
+                assert await first_request(call, 10) is not None
+                await wait_for(lambda: custodian_status(a, "bob") == "REQUESTED")
+                call.cancel()
+            await wait_for(lambda: custodian_status(a, "bob") == "NOT_CONNECTED")
+            squat.cancel()
