@@ -161,6 +161,7 @@ class Node:
         self._applied: set[str] = set()  # sessions whose end has been applied and audited
         self._recovery_file: bytes | None = None
         self._agents: dict[str, bytes] = {}  # custodian name -> thumbprint of its connected agent
+        self._agent_keys: dict[str, bytes] = {}  # custodian name -> SPKI SHA-256 its agent's hello showed
         # (custodian name, thumbprint, CN of the certificate it sent or "") -> its open streams
         self._streams: dict[tuple[str, bytes, str], int] = {}
         self._domain: sdfile.DomainSecrets | None = None
@@ -484,12 +485,15 @@ class Node:
                 f"request {request_id} (slot {req.x}) is not addressed to a key named for {caller}"
             )
 
-    def agent_connected(self, role: Role, thumbprint: bytes, key_name: str = "") -> None:
+    def agent_connected(
+        self, role: Role, thumbprint: bytes, key_name: str = "", key_sha256: bytes = b""
+    ) -> None:
         """Remember which key each custodian's agent holds; a drill fails a slot whose key changed.
-        ``key_name``: the CN of the wrapping certificate the stream sent (checked against
-        ``thumbprint`` by the caller), "" when it sent none."""
+        ``key_name`` and ``key_sha256``: the CN and the SPKI SHA-256 of the wrapping certificate
+        the stream sent (checked against ``thumbprint`` by the caller), empty when it sent none."""
         if role.name:
             self._agents[role.name] = thumbprint
+            self._agent_keys[role.name] = key_sha256
             entry = (role.name, thumbprint, key_name)
             self._streams[entry] = self._streams.get(entry, 0) + 1
             if key_name and key_name != role.name:
@@ -510,6 +514,7 @@ class Node:
                 self._streams.pop(entry, None)
         if role.name and self._agents.get(role.name) == thumbprint:
             del self._agents[role.name]
+            self._agent_keys.pop(role.name, None)
         # Only a stream that was served a request may mark it disconnected, and only when no other
         # stream is served it: another custodian announcing this thumbprint neither receives nor
         # withdraws it, nor keeps it shown as requested.
@@ -530,7 +535,14 @@ class Node:
         for slot in s.header.slots:
             held = self._agents.get(slot.name)
             if held is not None and held != slot.thumbprint:
-                reason = f"{slot.name}'s agent holds a wrapping key that no longer matches slot {slot.x}"
+                # Which key it holds is a question of public keys; which certificate, of thumbprints.
+                if self._agent_keys.get(slot.name) == pki.spki_sha256(slot.certificate_der):
+                    reason = (
+                        f"{slot.name}'s agent holds slot {slot.x}'s key under another certificate: "
+                        "run it with the wrapping certificate the security domain was sealed to"
+                    )
+                else:
+                    reason = f"{slot.name}'s agent holds a wrapping key that no longer matches slot {slot.x}"
                 before = s.progress().rejected
                 s.reject_slot(slot.x, reason, self.now())
                 if s.progress().rejected != before:  # newly rejected: its own audit entry

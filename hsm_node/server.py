@@ -22,6 +22,7 @@ from coordinator import CeremonyStatus, CustodianRequest, CustodianStatus, Sessi
 from hsm_node.keyops import KeyType
 from hsm_node.node import Node, wrapping_key_name
 from hsm_node.store import StoredKey
+from sdquorum import pki
 from sdquorum.errors import MalformedError, UsageError
 from sdquorum.pki import Role
 from sdquorum.review import CustodyRecord
@@ -428,10 +429,12 @@ class CustodianServicer:
             raise UsageError(
                 "the hello must carry the 32-byte SHA-256 thumbprint of the wrapping certificate"
             )
-        key_name = _wrapping_key_name(thumb, bytes(request.wrapping_certificate))
+        certificate = bytes(request.wrapping_certificate)
+        key_name = _wrapping_key_name(thumb, certificate)
+        key_sha256 = pki.spki_sha256(certificate) if certificate else b""
         log.info("agent %s connected (wrapping certificate %s)", role, thumb.hex()[:16])
         await context.send_initial_metadata(())  # lets the agent know it is connected before any request
-        self.node.agent_connected(role, thumb, key_name)
+        self.node.agent_connected(role, thumb, key_name, key_sha256)
         sent: set[str] = set()
         try:
             while True:

@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 import pytest
 from harness import Cluster, agent_config, certs_of, running_cluster
-from recertify import fresh_certificate
+from recertify import fresh_certificate, private_key_of
 
 from custodian_agent.agent import Agent
 from sdquorum import envelopes, pki
@@ -249,3 +249,31 @@ async def test_another_custodians_stream_does_not_keep_a_gone_custodian_shown_as
                 call.cancel()
             await wait_for(lambda: custodian_status(a, "bob") == "NOT_CONNECTED")
             squat.cancel()
+
+
+async def test_a_drill_tells_a_new_certificate_over_the_slots_key_from_another_key(
+    pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey], now: datetime
+) -> None:
+    """erin's agent runs with a re-issued certificate over her own key: slots are addressed by
+    certificate, so it cannot answer and the slot fails, but the reason says it is her key under
+    another certificate (compared by SPKI), not another key; dave's agent, with frank's key, is
+    told his key no longer matches."""
+    erin = wrapping_keys[4]
+    reissued = SoftwareWrappingKey(private_key_of(erin), fresh_certificate(erin, "erin", now))
+    async with running_cluster(pki_dir, tmp_path / "a") as a:
+        await a.download(certs_of(wrapping_keys[:5]), quorum=3)
+        a.start_agent("erin", reissued, tmp_path)
+        a.start_agent("dave", wrapping_keys[5], tmp_path)
+        await wait_for(lambda: len(a.node._agents) == 2)
+        s = await a.node.start_drill("Q4 drill", 60, Role("admin"))
+        detail = {p.name: (p.status.name, p.detail) for p in s.status().custodians}
+        assert detail["erin"] == (
+            "REJECTED",
+            "erin's agent holds slot 5's key under another certificate: "
+            "run it with the wrapping certificate the security domain was sealed to",
+        )
+        assert detail["dave"] == (
+            "REJECTED",
+            "dave's agent holds a wrapping key that no longer matches slot 4",
+        )
+        await a.stop_agents()
