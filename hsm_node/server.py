@@ -29,6 +29,7 @@ from sdquorum.sdfile import MAX_SD_FILE_BYTES
 from sdquorum_rpc import packed
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2_grpc as pbg
+from sdquorum_rpc.convert import KIND_TO_PROTO
 from sdquorum_rpc.errors import RequestGuard, rpc
 from sdquorum_rpc.listen import bind_failure
 from sdquorum_rpc.tls import DEFAULT_MAX_MESSAGE_BYTES, Ctx, TlsFiles, server_credentials, server_options
@@ -56,19 +57,13 @@ _CUSTODIAN = {
     CustodianStatus.NOT_NEEDED: pb.NOT_NEEDED,
     CustodianStatus.UNREACHABLE: pb.UNREACHABLE,
 }
-_KIND = {
-    "recovery": pb.RECOVERY,
-    "drill": pb.DRILL,
-    "rotation": pb.ROTATION,
-    "azure-recovery": pb.AZURE_RECOVERY,
-}
 
 
 def request_to_proto(req: CustodianRequest) -> pb.CustodianRequest:
     return pb.CustodianRequest(
         request_id=req.request_id,
         session_id=req.session_id,
-        kind=_KIND[req.kind],
+        kind=KIND_TO_PROTO[req.kind],
         attestation=req.attestation,
         sd_header=req.header_bytes,
         sd_header_signature=req.header_signature,

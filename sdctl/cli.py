@@ -13,12 +13,16 @@ Examples::
     sdctl recover --sd-file sd.json --reason "datacentre A lost"
     sdctl backup --out keys.backup && sdctl restore keys.backup
     sdctl keys create payments --type aes256-gcm
+
+Start-up: importing this module loads argparse and small settings modules only. Each command
+imports what it needs when it runs (grpc and the wire messages for node commands, the review or
+the Azure format for theirs), and nothing imports the agent, the node or prometheus_client
+(tests/cli/test_cli_imports.py; ``python -m bench --only startup`` measures it).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -26,46 +30,39 @@ import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from custodian_agent.agent import request_from_proto
-from sdctl import pkifiles
 from sdctl.config import SETTINGS
-from sdquorum.audit import verify_export
-from sdquorum.azure.sdfile import AzureSecurityDomain
 from sdquorum.errors import MalformedError, StateError, UsageError, VerificationError
-from sdquorum.offline import OfflineAnswer
-from sdquorum.review import (
-    CustodyRecord,
-    DrillResult,
-    RetiredEpoch,
-    build_review,
-    render_html,
-    render_markdown,
-    review_to_json,
-)
-from sdquorum.sdfile import SecurityDomainFile, SignedHeader
-from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc.cli import run_main
-from sdquorum_rpc.client import NodeClient
 from sdquorum_rpc.config import add_flags, load_settings
 from sdquorum_rpc.files import PendingFile, read_input_file, write_private_file
-from sdquorum_rpc.tls import TlsFiles
+from sdquorum_rpc.lazy import lazy_module
+
+if TYPE_CHECKING:
+    from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
+    from sdquorum_rpc.client import NodeClient
+else:  # loaded at first use: 'sdctl --help' and 'sdctl pki' never load the wire messages
+    pb = lazy_module("sdquorum_rpc._proto.sdquorum.v1.sdquorum_pb2")
 
 __all__ = ["main"]
 
 CHUNK = 1024 * 1024
-KEY_TYPES = {"aes256-gcm": pb.AES256_GCM, "ed25519": pb.ED25519, "rsa3072": pb.RSA3072}
-STATUS_WORD = {
-    pb.NOT_CONNECTED: "not connected",
-    pb.REQUESTED: "pending",
-    pb.ACCEPTED: "accepted",
-    pb.REJECTED: "REJECTED",
-    pb.DENIED: "denied",
-    pb.NOT_NEEDED: "not needed",
-    pb.UNREACHABLE: "unreachable",
+KEY_TYPES = {"aes256-gcm": "AES256_GCM", "ed25519": "ED25519", "rsa3072": "RSA3072"}  # pb.KeyType names
+STATUS_WORD = {  # pb.CustodianStatus names (by name: the parser is built without the wire messages)
+    "NOT_CONNECTED": "not connected",
+    "REQUESTED": "pending",
+    "ACCEPTED": "accepted",
+    "REJECTED": "REJECTED",
+    "DENIED": "denied",
+    "NOT_NEEDED": "not needed",
+    "UNREACHABLE": "unreachable",
 }
-DRILL_WORD = {**STATUS_WORD, pb.ACCEPTED: "proved", pb.REJECTED: "failed"}
+DRILL_WORD = {**STATUS_WORD, "ACCEPTED": "proved", "REJECTED": "failed"}
+
+
+def _word(words: dict[str, str], status: int) -> str:
+    return words.get(pb.CustodianStatus.Name(status), "?") if status in pb.CustodianStatus.values() else "?"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -317,6 +314,9 @@ class Ctl:
             raise UsageError(
                 f"give {', '.join(missing)} (or SDCTL_CERT/SDCTL_KEY/SDCTL_CA): your mTLS identity"
             )
+        from sdquorum_rpc.client import NodeClient  # grpc: only for the commands that dial
+        from sdquorum_rpc.tls import TlsFiles
+
         return NodeClient(a.node, TlsFiles(a.cert, a.key, a.ca))
 
     # ----------------------------------------------------------- node
@@ -370,6 +370,8 @@ class Ctl:
         return 0
 
     async def recover(self) -> int:
+        from sdquorum.sdfile import SecurityDomainFile
+
         a = self.args
         sd = read_input_file(a.sd_file, "SD file")
         try:  # a wrong or altered file is refused before a session opens
@@ -401,6 +403,8 @@ class Ctl:
 
     async def _follow(self, c: NodeClient, session_id: str, offline_dir: Path | None) -> pb.RecoveryProgress:
         """Write offline request files if asked, then show live progress until the session ends."""
+        from sdquorum_rpc.convert import request_from_proto
+
         if offline_dir is not None:
             exported = await c.admin.ExportRequests(pb.ExportRequestsRequest(session_id=session_id))
             for item in exported.requests:
@@ -426,7 +430,7 @@ class Ctl:
         left = max(0, p.expires_at_unix - int(time.time()))
         words = DRILL_WORD if p.kind == "drill" else STATUS_WORD
         noun = {"recovery": "shares", "drill": "proofs", "rotation": "approvals"}.get(p.kind, "answers")
-        parts = [f"{c.name}: {words.get(c.status, '?')}" for c in p.custodians]
+        parts = [f"{c.name}: {_word(words, c.status)}" for c in p.custodians]
         self.out(f"  [{p.accepted}/{p.required} {noun}, {left}s left] " + " | ".join(parts))
 
     async def drill(self) -> int:
@@ -435,11 +439,11 @@ class Ctl:
         async with self.client() as c, c.errors():
             started = await c.admin.StartDrill(pb.StartDrillRequest(reason=a.reason, ttl_seconds=a.ttl))
             final = await self._follow(c, started.session_id, a.offline_request)
-        report = {c.name: DRILL_WORD.get(c.status, "?") for c in final.custodians}
+        report = {c.name: _word(DRILL_WORD, c.status) for c in final.custodians}
         if not self.json:
             for cp in final.custodians:
                 detail = f": {cp.detail}" if cp.status != pb.ACCEPTED and cp.detail else ""
-                self.out(f"  {cp.name} (x={cp.x}): {DRILL_WORD.get(cp.status, '?')}{detail}")
+                self.out(f"  {cp.name} (x={cp.x}): {_word(DRILL_WORD, cp.status)}{detail}")
         self.emit(final.message, {"drill": report, "message": final.message})
         if any(word != "proved" for word in report.values()):
             raise VerificationError(
@@ -448,6 +452,8 @@ class Ctl:
         return 0
 
     async def rotate(self) -> int:
+        from sdquorum.sdfile import SecurityDomainFile
+
         a = self.args
         certs = [read_input_file(p, "custodian certificate") for p in a.custodian_certs]
         _check_offline_dir(a.offline_request)
@@ -474,6 +480,8 @@ class Ctl:
         return 0
 
     async def upload_answer(self) -> int:
+        from sdquorum.offline import OfflineAnswer
+
         answers = [OfflineAnswer.from_bytes(read_input_file(p, "answer file")) for p in self.args.files]
         async with self.client() as c, c.errors():
             for path, ans in zip(self.args.files, answers, strict=True):
@@ -500,6 +508,8 @@ class Ctl:
         return 0
 
     async def azure(self) -> int:
+        from sdquorum.azure.sdfile import AzureSecurityDomain
+
         a = self.args
         sd = read_input_file(a.sd_file, "Azure SD file")
         try:
@@ -536,6 +546,8 @@ class Ctl:
         return 0
 
     async def custody(self) -> int:
+        from sdquorum.review import CustodyRecord
+
         a = self.args
         async with self.client() as c, c.errors():
             if a.custody_command == "record":
@@ -579,6 +591,17 @@ class Ctl:
         return 0
 
     async def review(self) -> int:
+        from sdquorum.review import (
+            CustodyRecord,
+            DrillResult,
+            RetiredEpoch,
+            build_review,
+            render_html,
+            render_markdown,
+            review_to_json,
+        )
+        from sdquorum.sdfile import SignedHeader
+
         a = self.args
         async with self.client() as c, c.errors():
             st = await c.admin.GetCustodyState(pb.GetCustodyStateRequest())
@@ -610,6 +633,8 @@ class Ctl:
         return 0
 
     async def audit(self) -> int:
+        from sdquorum.audit import verify_export
+
         a = self.args
         if a.audit_command == "verify":
             lines = read_input_file(a.file, "audit export").decode(errors="replace").splitlines()
@@ -726,6 +751,8 @@ class Ctl:
     # ----------------------------------------------------------- pki
 
     def pki(self) -> int:
+        from sdctl import pkifiles  # cryptography's certificate builder: only for this command
+
         a = self.args
         now = datetime.now(UTC)
         if a.pki_command == "init":
@@ -765,6 +792,8 @@ class Ctl:
             "audit": self.audit,
             "azure": self.azure,
         }
+        import asyncio
+
         return asyncio.run(handlers[cmd]())
 
 

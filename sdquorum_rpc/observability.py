@@ -6,7 +6,8 @@
 * Metrics (node): Prometheus counters and histograms on their own registry, served over HTTPS with
   client certificates required (the same transport CA as gRPC): ceremonies by kind and outcome
   and their durations; every RPC by method and status code and its latency (the data-plane
-  methods ``Encrypt``, ``Sign`` and so on among them).
+  methods ``Encrypt``, ``Sign`` and so on among them). prometheus_client is imported only by
+  :class:`NodeMetrics`, so the clients that share this module do not pay for it.
 * Health: the standard ``grpc.health.v1`` service on the node's mTLS port; SERVING while up,
   NOT_SERVING once a drain has begun.
 """
@@ -23,8 +24,6 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 from sdquorum_rpc.config import check_host_port
 from sdquorum_rpc.listen import bind_failure
@@ -92,6 +91,9 @@ class NodeMetrics:
     """The node's Prometheus metrics, on a registry of their own."""
 
     def __init__(self) -> None:
+        # imported here: the clients (sdctl, the agent) share this module and never serve metrics
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
         self.registry = CollectorRegistry()
         self.ceremonies = Counter(
             "sdquorum_ceremonies_total",
@@ -130,6 +132,8 @@ class NodeMetrics:
 
     def serve(self, listen: str, cert: Path, key: Path, ca: Path) -> int:
         """HTTPS /metrics with client certificates required; returns the bound port."""
+        from prometheus_client import start_http_server
+
         host, _, port = check_host_port(listen, "observability.metrics_listen").rpartition(":")
         try:
             server, _thread = start_http_server(
