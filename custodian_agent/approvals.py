@@ -18,6 +18,9 @@ Invariants:
   while its human decided) stands.
 * A decision is written once, whole (written aside, then linked into place; 0600); deciding again
   is refused.
+* Only an open request can be decided or is listed: posted, not decided yet, and its deadline
+  (``expires_at``) not passed. Deciding a closed one (decided, expired, answered or never asked)
+  is refused with :class:`StateError`, so the custodian is never told "approved" for nothing.
 """
 
 from __future__ import annotations
@@ -27,13 +30,17 @@ import hashlib
 import hmac
 import json
 import os
+import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from custodian_agent.config import DEFAULT_STATE_DIR
 from sdquorum.encoding import canonical_json
-from sdquorum.errors import MalformedError, NotFoundError, UsageError
+from sdquorum.errors import MalformedError, StateError, UsageError
 from sdquorum.offline import check_request_id
 
 __all__ = ["ApprovalBox", "Decision"]
@@ -48,10 +55,26 @@ class Decision:
     counts: bool = True  # False: no decision of the human's on these details (unreadable, other details)
 
 
+def _deadline(details: dict[str, Any]) -> float | None:
+    """The request's deadline (``expires_at``, ISO 8601 with its zone) as a Unix time; None if unreadable."""
+    try:
+        return datetime.fromisoformat(str(details["expires_at"])).timestamp()
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
 class ApprovalBox:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.pending_dir = state_dir / "pending"
         self.decisions_dir = state_dir / "decisions"
+        self.state_dir = state_dir
+        self._clock = clock
+
+    def command(self, verb: str, request_id: str = "REQUEST") -> str:
+        """The command that runs ``verb`` on this box, with ``--state-dir`` unless it is the default."""
+        where = self.state_dir.absolute()
+        flag = "" if where == DEFAULT_STATE_DIR else f" --state-dir {shlex.quote(str(where))}"
+        return f"custodian-agent {verb} {request_id}{flag}"
 
     def _ensure(self) -> None:
         for d in (self.pending_dir, self.decisions_dir):
@@ -80,28 +103,48 @@ class ApprovalBox:
         return digest
 
     def pending(self) -> list[dict[str, Any]]:
+        """The open requests, soonest deadline first: not decided, not past their deadline."""
         if not self.pending_dir.exists():
             return []
         out = []
-        for p in sorted(self.pending_dir.glob("*.json")):
+        for p in self.pending_dir.glob("*.json"):
             try:
-                out.append(json.loads(p.read_text()))
+                details = json.loads(p.read_text())
             except (OSError, ValueError):
                 continue
-        return out
+            if isinstance(details, dict) and self._closed(p.stem, details) is None:
+                out.append(details)
+        return sorted(out, key=lambda d: (_deadline(d) or 0.0, str(d.get("request_id"))))
+
+    def _closed(self, request_id: str, details: dict[str, Any]) -> str | None:
+        """Why the request is no longer open, or None while it is."""
+        if (self.decisions_dir / request_id).exists():
+            return "is already decided"
+        deadline = _deadline(details)  # none readable: the waiting agent's own deadline applies
+        if deadline is not None and self._clock() >= deadline:
+            return f"expired at {details['expires_at']}"
+        return None
 
     def decide(self, request_id: str, approved: bool, reason: str = "") -> None:
         pending = self._file(self.pending_dir, request_id, ".json")
         try:
-            digest = json.loads(pending.read_text())[DIGEST_KEY]
+            details = json.loads(pending.read_text())
+            digest = details[DIGEST_KEY]
         except FileNotFoundError:
-            raise NotFoundError(
-                f"no pending request {request_id}: list them with 'custodian-agent pending'"
+            raise StateError(
+                f"request {request_id} is not open (answered, expired or never asked): "
+                "list the open ones with 'custodian-agent pending'"
             ) from None
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UsageError(
                 f"the pending request file {pending} is unreadable or damaged: deny it, or let it expire"
             ) from e
+        closed = self._closed(request_id, details)
+        if closed is not None:
+            raise StateError(
+                f"request {request_id} {closed}: nothing was recorded; "
+                "list the open ones with 'custodian-agent pending'"
+            )
         self._ensure()
         final = self._file(self.decisions_dir, request_id)
         tmp = self.decisions_dir / f".{request_id}.{os.getpid()}.tmp"
@@ -115,7 +158,10 @@ class ApprovalBox:
                 os.close(fd)
             os.link(tmp, final)  # appears whole, and only once: the waiting agent never reads half
         except FileExistsError:
-            raise UsageError(f"request {request_id} is already decided") from None
+            raise StateError(
+                f"request {request_id} is already decided: nothing was recorded; "
+                "list the open ones with 'custodian-agent pending'"
+            ) from None
         finally:
             tmp.unlink(missing_ok=True)
 

@@ -1,7 +1,7 @@
 """``custodian-agent run`` settings: ``[agent]``, ``[tls]``, ``[attestation]``, ``[wrapping]``,
 ``[observability]`` in TOML; ``SDQUORUM_AGENT_*`` in the environment; flags. Sample:
-deploy/config/agent.toml. The passphrase is never a setting: it comes from a prompt or
-``$SDQUORUM_PASSPHRASE``."""
+deploy/config/agent.toml. The passphrase is never a setting: it comes from ``--passphrase-file``,
+the environment, a systemd credential or a prompt (:mod:`custodian_agent.keyfile`)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from pathlib import Path
 from sdquorum.errors import UsageError
 from sdquorum_rpc.config import Setting, check_host_port, load_settings
 
-__all__ = ["SETTINGS", "AgentSettings"]
+__all__ = ["DEFAULT_STATE_DIR", "SETTINGS", "AgentSettings"]
 
 E = "SDQUORUM_AGENT_"
+DEFAULT_STATE_DIR = Path.home() / ".sdquorum-agent"
 SETTINGS = [
     Setting(
         "agent.node", "--node", E + "NODE", required=True, help="host:port of the node running the ceremony"
@@ -25,7 +26,7 @@ SETTINGS = [
         "--state-dir",
         E + "STATE_DIR",
         Path,
-        Path.home() / ".sdquorum-agent",
+        DEFAULT_STATE_DIR,
         help="pending requests and decisions",
     ),
     Setting(
