@@ -28,7 +28,6 @@ import os
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -573,7 +572,7 @@ class Ctl:
                 if self.json:
                     self.out(json.dumps(records))
                 for r in [] if self.json else records:
-                    when = datetime.fromtimestamp(r["time"], tz=UTC).strftime("%Y-%m-%d %H:%M")
+                    when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(r["time"]))
                     extra = ", ".join(f"{k}={r[k]}" for k in ("holder", "location", "note") if r.get(k))
                     self.out(
                         f"{when}  {r['kind']:<11} {r.get('custodian') or '-':<12} {extra}  (by {r.get('actor')})"
@@ -633,6 +632,8 @@ class Ctl:
         return 0
 
     async def audit(self) -> int:
+        from datetime import UTC, datetime
+
         from sdquorum.audit import verify_export
 
         a = self.args
@@ -751,6 +752,8 @@ class Ctl:
     # ----------------------------------------------------------- pki
 
     def pki(self) -> int:
+        from datetime import UTC, datetime
+
         from sdctl import pkifiles  # cryptography's certificate builder: only for this command
 
         a = self.args

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +128,8 @@ def _convert(s: Setting, raw: Any, source: str) -> Any:
 def _read_toml(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
+    import tomllib  # only when a file is given: every command line starts without it
+
     try:
         data = tomllib.loads(Path(path).read_text())
     except FileNotFoundError as e:
