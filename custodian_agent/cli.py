@@ -35,7 +35,7 @@ from custodian_agent import responder
 from custodian_agent.agent import Agent, AgentConfig, read_heartbeat
 from custodian_agent.approvals import ApprovalBox
 from custodian_agent.config import DEFAULT_STATE_DIR, SETTINGS, AgentSettings
-from custodian_agent.keyfile import import_key, keygen, load_wrapping_key, passphrase
+from custodian_agent.keyfile import import_key, keygen, load_wrapping_key, passphrase, read_plain_key
 from sdquorum import envelopes, pki
 from sdquorum.envelopes import CustodianPolicy
 from sdquorum.errors import SdquorumError, StateError, UsageError
@@ -83,14 +83,17 @@ def _parser() -> argparse.ArgumentParser:
         epilog="example (an Azure custodian's key made with 'openssl genpkey' and 'openssl req'):\n"
         "  custodian-agent import-key --key alice.plain.key --cert alice.cer \\\n"
         "      --out alice.wrap.key --out-cert alice.wrap.pem\n"
-        "  shred -u alice.plain.key      # then destroy every other copy of the plain key",
+        "  shred -u alice.plain.key      # then destroy every other copy of the plain key\n"
+        "  custodian-agent import-key --key alice.plain.key --cert alice.cer --out-cert alice.wrap.pem \\\n"
+        "      --pkcs11-module /usr/lib/softhsm/libsofthsm2.so --pkcs11-token alice --pkcs11-key-label alice-wrap",
         formatter_class=fmt,
     )
     im.add_argument("--key", type=Path, required=True, help="the plain (unencrypted) PEM RSA private key")
     im.add_argument("--cert", type=Path, required=True, help="its certificate (PEM or DER)")
-    im.add_argument("--out", type=Path, required=True, help="where to write the encrypted key (0600)")
+    im.add_argument("--out", type=Path, help="where to write the encrypted key (0600); not with --pkcs11-*")
     im.add_argument("--out-cert", type=Path, required=True, help="where to write the certificate (PEM)")
     _passphrase_flag(im)
+    _token_flags(im)
 
     r = sub.add_parser("run", help="dial the node and serve requests", epilog=__doc__, formatter_class=fmt)
     add_flags(r, SETTINGS)
@@ -179,6 +182,22 @@ def _token_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pkcs11-module", type=Path, help="PKCS#11 module of the token holding the key")
     p.add_argument("--pkcs11-token", help="the token's label")
     p.add_argument("--pkcs11-key-label", help="the key pair's label in the token")
+
+
+def _import_into_token(args: argparse.Namespace) -> str:
+    """import-key into a token: the pair stored there (not extractable), the certificate beside it."""
+    if args.out is not None or not args.pkcs11_token or not args.pkcs11_key_label:
+        raise UsageError("for a token give --pkcs11-module, --pkcs11-token and --pkcs11-key-label, not --out")
+    from custodian_agent.pkcs11key import token_import  # python-pkcs11 only where a token is used
+
+    key, cert_pem = read_plain_key(args.key, args.cert)
+    with PendingFile(args.out_cert, mode=0o644) as out:  # reserved first: a taken path stores nothing
+        token_import(args.pkcs11_module, args.pkcs11_token, _pin(), args.pkcs11_key_label, key)
+        out.write(cert_pem)
+    return (
+        f"stored the key in token {args.pkcs11_token!r} as {args.pkcs11_key_label!r} (not extractable) "
+        f"and wrote {args.out_cert}"
+    )
 
 
 def _pin() -> str:
@@ -470,11 +489,16 @@ def _body(args: argparse.Namespace) -> int:
     if args.command == "import-key":
         read_input_file(args.key, "key (--key)")  # a wrong path is named before the passphrase prompt
         read_input_file(args.cert, "certificate (--cert)")
-        identity = import_key(
-            args.key, args.cert, args.out, args.out_cert, passphrase(args.passphrase_file, confirm=True)
-        )
+        if args.pkcs11_module is not None:
+            where = _import_into_token(args)
+        elif args.out is None:
+            raise UsageError("give --out FILE for the encrypted key, or --pkcs11-* to store it in a token")
+        else:
+            phrase = passphrase(args.passphrase_file, confirm=True)
+            identity = import_key(args.key, args.cert, args.out, args.out_cert, phrase)
+            where = f"wrote {args.out} (encrypted, 0600) and {args.out_cert} for key {identity.hex()[:16]}"
         print(
-            f"wrote {args.out} (encrypted, 0600) and {args.out_cert} for key {identity.hex()[:16]}. "
+            f"{where}. "
             f"Now destroy the plain key: 'shred -u {args.key}', and every copy of it (backups, other "
             "machines; on SSDs and copy-on-write file systems shred cannot reach every block)"
         )

@@ -43,6 +43,7 @@ __all__ = [
     "load_wrapping_key",
     "passphrase",
     "read_passphrase",
+    "read_plain_key",
 ]
 
 PASSPHRASE_ENV = "SDQUORUM_PASSPHRASE"  # noqa: S105  # the name of a variable, not a secret
@@ -176,15 +177,10 @@ def load_wrapping_key(key_path: Path, cert_path: Path, passphrase: bytes) -> Sof
     return SoftwareWrappingKey(key, certificate.public_bytes(serialization.Encoding.DER))
 
 
-def import_key(plain_key: Path, cert_path: Path, out_key: Path, out_cert: Path, passphrase: bytes) -> bytes:
-    """Take a plain (unencrypted) PEM RSA key made elsewhere, such as with ``openssl genpkey`` for an
-    Azure security domain, and its certificate into the agent's form: the key encrypted under
-    ``passphrase`` as PKCS#8 (0600) and a copy of the certificate. Checked first: an RSA key of at
-    least 2048 bits that belongs to the certificate. The plaintext is never written; removing the
-    plain file is the custodian's (the caller says so). Returns the SHA-256 of the public key."""
-    for p in (out_key, out_cert):
-        if p.exists():
-            raise UsageError(f"{p} exists already: move it away or choose another path")
+def read_plain_key(plain_key: Path, cert_path: Path) -> tuple[rsa.RSAPrivateKey, bytes]:
+    """A plain (unencrypted) PEM RSA key made elsewhere, such as with ``openssl genpkey`` for an Azure
+    security domain, and its certificate (PEM): checked to be an RSA key of at least 2048 bits that
+    belongs to the certificate (their SubjectPublicKeyInfo digests are equal)."""
     try:
         data, cert_pem = plain_key.read_bytes(), cert_path.read_bytes()
     except OSError as e:
@@ -206,9 +202,19 @@ def import_key(plain_key: Path, cert_path: Path, out_key: Path, out_cert: Path, 
     spki = key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    identity = pki.spki_sha256(cert_pem)
-    if not hmac.compare_digest(hashlib.sha256(spki).digest(), identity):
+    if not hmac.compare_digest(hashlib.sha256(spki).digest(), pki.spki_sha256(cert_pem)):
         raise UsageError(f"the key {plain_key} does not belong to the certificate {cert_path}")
+    return key, certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def import_key(plain_key: Path, cert_path: Path, out_key: Path, out_cert: Path, passphrase: bytes) -> bytes:
+    """:func:`read_plain_key`, then the agent's form: the key encrypted under ``passphrase`` as PKCS#8
+    (0600) and the certificate as PEM. The plaintext is never written; removing the plain file is
+    the custodian's (the caller says so). Returns the key's identity (:func:`sdquorum.pki.spki_sha256`)."""
+    for p in (out_key, out_cert):
+        if p.exists():
+            raise UsageError(f"{p} exists already: move it away or choose another path")
+    key, cert_pem = read_plain_key(plain_key, cert_path)
     encrypted = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -216,8 +222,8 @@ def import_key(plain_key: Path, cert_path: Path, out_key: Path, out_cert: Path, 
     )
     write_private_file(out_key, encrypted)
     try:
-        write_private_file(out_cert, certificate.public_bytes(serialization.Encoding.PEM), mode=0o644)
+        write_private_file(out_cert, cert_pem, mode=0o644)
     except UsageError:
         out_key.unlink(missing_ok=True)  # both files or neither, so a rerun can succeed
         raise
-    return identity
+    return pki.spki_sha256(cert_pem)
