@@ -286,7 +286,7 @@ def _respond(args: argparse.Namespace) -> int:
         "proposal",
     ):
         if k in details:
-            print(f"  {k:<13} {details[k]}")
+            print(f"  {k:<13} {_cell(details[k])}")
     if args.deny:
         approved = False
     elif args.yes:
@@ -349,11 +349,18 @@ PENDING_COLUMNS = (  # (heading, key): the reason last, as it is the one that ma
 )
 
 
+def _printable(text: str) -> str:
+    """Text from the node as the custodian's terminal shows it: one line, no control characters
+    (an escape sequence in a reason could otherwise redraw what the custodian reads)."""
+    text = " ".join(text.split())
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, str):
-        return " ".join(value.split()) or "-"  # one line per request, whatever the node sent
+        return _printable(value) or "-"
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 

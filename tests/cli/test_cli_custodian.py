@@ -96,6 +96,20 @@ def test_pending_lists_only_open_requests_as_a_table(
     assert footer.startswith("2 open;") and f"--state-dir {state}" in footer
 
 
+def test_pending_shows_no_control_characters_from_the_node(agent_cli: AgentCli, tmp_path: Path) -> None:
+    """A reason carrying an escape sequence cannot redraw the table the custodian reads."""
+    box = ApprovalBox(tmp_path)
+    rid = "00000000000000aa"
+    box.post(
+        rid, _details(rid, datetime.now(UTC) + timedelta(minutes=5), reason="drill\x1b[2K\rall clear\x07")
+    )
+    r = agent_cli("pending", "--state-dir", str(tmp_path))
+    assert r.code == 0
+    text = "\n".join(r.out)
+    assert "\x1b" not in text and "\x07" not in text and "\r" not in text
+    assert "drill\\x1b[2K all clear\\x07" in text  # shown, escaped, for the custodian to see
+
+
 def test_pending_json_is_one_document_with_the_same_keys_for_every_request(
     agent_cli: AgentCli, spool: tuple[Path, dict[str, str]]
 ) -> None:
