@@ -35,7 +35,14 @@ from custodian_agent import responder
 from custodian_agent.agent import Agent, AgentConfig, read_heartbeat
 from custodian_agent.approvals import ApprovalBox
 from custodian_agent.config import DEFAULT_STATE_DIR, SETTINGS, AgentSettings
-from custodian_agent.keyfile import import_key, keygen, load_wrapping_key, passphrase, read_plain_key
+from custodian_agent.keyfile import (
+    has_terminal,
+    import_key,
+    keygen,
+    load_wrapping_key,
+    passphrase,
+    read_plain_key,
+)
 from sdquorum import envelopes, pki
 from sdquorum.envelopes import CustodianPolicy
 from sdquorum.errors import SdquorumError, StateError, UsageError
@@ -202,7 +209,14 @@ def _import_into_token(args: argparse.Namespace) -> str:
 
 def _pin() -> str:
     pin = os.environ.get(PIN_ENV)
-    return pin if pin is not None else getpass.getpass("Token PIN: ")
+    if pin is not None:
+        return pin
+    if not has_terminal():
+        raise UsageError(f"no token PIN and no terminal to ask on: set ${PIN_ENV}")
+    try:
+        return getpass.getpass("Token PIN: ")
+    except EOFError:
+        raise UsageError(f"no token PIN given (the input ended): set ${PIN_ENV} or type it") from None
 
 
 def _load_key(args: argparse.Namespace | AgentSettings, passphrase_file: Path | None) -> WrappingKey:

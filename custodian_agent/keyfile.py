@@ -38,6 +38,7 @@ __all__ = [
     "CREDENTIAL_NAME",
     "PASSPHRASE_ENV",
     "PASSPHRASE_FILE_ENV",
+    "has_terminal",
     "import_key",
     "keygen",
     "load_wrapping_key",
@@ -93,7 +94,7 @@ def _given(file: Path | None) -> str | None:
     return None
 
 
-def _terminal() -> bool:
+def has_terminal() -> bool:
     """Whether a person can be asked: a controlling terminal (what getpass opens) or a tty on stdin."""
     try:
         os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
@@ -106,7 +107,7 @@ def passphrase(file: Path | None = None, confirm: bool = False) -> bytes:
     """For the command line: the passphrase from its sources (module docstring), or one line
     saying how to give one when there is none and no terminal to ask on."""
     given = _given(file)
-    if given is None and not _terminal():
+    if given is None and not has_terminal():
         raise UsageError(HOW_TO_GIVE)
     return _checked(given, confirm)
 

@@ -146,7 +146,7 @@ def test_keygen_at_a_prompt_refuses_two_different_passphrases(
     monkeypatch.delenv(PASSPHRASE_ENV, raising=False)
     answers = iter(["first passphrase!", "second passphrase"])
     monkeypatch.setattr("custodian_agent.keyfile.getpass.getpass", lambda prompt="": next(answers))
-    monkeypatch.setattr("custodian_agent.keyfile._terminal", lambda: True)  # a person at a terminal
+    monkeypatch.setattr("custodian_agent.keyfile.has_terminal", lambda: True)  # a person at a terminal
     r = agent_cli("keygen", "--name", "dave", "--key", str(tmp_path / "k"), "--cert", str(tmp_path / "c"))
     line = assert_one_line_error(r, "custodian-agent")
     assert r.code == 2 and "differ" in line

@@ -317,14 +317,31 @@ def test_a_passphrase_file_others_can_read_is_refused(agent_cli: AgentCli, tmp_p
     assert not (tmp_path / "k").exists()
 
 
-def test_no_terminal_and_no_passphrase_is_one_line_saying_how_to_give_one(tmp_path: Path) -> None:
-    """As under a service manager: no controlling terminal, stdin empty, no passphrase source."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in (PASSPHRASE_ENV, PASSPHRASE_FILE_ENV, "CREDENTIALS_DIRECTORY")
-    }
-    argv = ["keygen", "--name", "alice", "--key", str(tmp_path / "k"), "--cert", str(tmp_path / "c.pem")]
+TOKEN_FLAGS = [
+    "--pkcs11-module",
+    "/nonexistent/libtoken.so",
+    "--pkcs11-token",
+    "t",
+    "--pkcs11-key-label",
+    "k",
+]
+
+
+@pytest.mark.parametrize(
+    ("secret", "extra", "needles"),
+    [
+        ("passphrase", [], ["--passphrase-file", PASSPHRASE_ENV, "sdquorum-passphrase"]),
+        ("token PIN", TOKEN_FLAGS, ["SDQUORUM_PKCS11_PIN"]),
+    ],
+)
+def test_no_terminal_and_no_secret_is_one_line_saying_how_to_give_one(
+    tmp_path: Path, secret: str, extra: list[str], needles: list[str]
+) -> None:
+    """As under a service manager: no controlling terminal, stdin empty, no passphrase or PIN source."""
+    unset = (PASSPHRASE_ENV, PASSPHRASE_FILE_ENV, "CREDENTIALS_DIRECTORY", "SDQUORUM_PKCS11_PIN")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    argv = ["keygen", "--name", "alice", "--cert", str(tmp_path / "c.pem")]
+    argv += extra or ["--key", str(tmp_path / "k")]
     r = subprocess.run(
         [sys.executable, "-m", "custodian_agent.cli", *argv],
         stdin=subprocess.DEVNULL,
@@ -336,8 +353,8 @@ def test_no_terminal_and_no_passphrase_is_one_line_saying_how_to_give_one(tmp_pa
     )
     assert r.returncode == 2, r.stderr
     (line,) = r.stderr.splitlines()
-    assert line.startswith("custodian-agent: error: no passphrase and no terminal")
-    assert "--passphrase-file" in line and PASSPHRASE_ENV in line and "sdquorum-passphrase" in line
+    assert line.startswith(f"custodian-agent: error: no {secret} and no terminal")
+    assert all(needle in line for needle in needles), line
     assert not any(tmp_path.iterdir())
 
 
