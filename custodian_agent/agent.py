@@ -5,13 +5,21 @@ Order for every request (nothing is decrypted before step 2 passes):
 1. Parse the attestation and the SD header.
 2. :func:`sdquorum.envelopes.check_request`: attestation chain to this agent's root and expiry,
    signature, header hash, header signature (and pinned domain key), allowed domain, slot
-   thumbprint is this agent's certificate.
-3. Approval: ``auto`` (explicit in configuration) or ``manual`` through :mod:`approvals`.
+   thumbprint is this agent's certificate. An Azure restore is refused unless the configuration
+   opts in (``agent.azure_restore``), and then checked by
+   :func:`sdquorum.azure.ceremony.check_azure_request`.
+3. Approval through :mod:`approvals`: a person decides (``manual``), except that ``auto-drills``
+   answers a possession drill alone. A request that releases a share (recovery, azure-recovery) or
+   approves a rotation always waits for the person; ``auto`` is refused when the config is made.
+   The person is shown where the answer ends up (``destination``: the node's attested exchange key,
+   or an Azure exchange certificate named as an external, unattested key).
 4. Decrypt the share, check it against the commitments, seal it to the attested exchange key and
    sign the release (:mod:`sdquorum.envelopes`). Submit it.
 
 A failed check is denied towards the node with "a check failed"; the specific check goes only to the
 local log. The agent dials out (no inbound port) and reconnects with capped exponential backoff.
+Its state directory is checked before it starts (0700, ours, writable by nobody else:
+:meth:`ApprovalBox.check`), and every file it writes there is 0600.
 """
 
 from __future__ import annotations
@@ -29,13 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from custodian_agent import responder
-from custodian_agent.approvals import ApprovalBox
+from custodian_agent.approvals import ApprovalBox, asks_person, check_mode
 from sdquorum import envelopes, pki
-from sdquorum.errors import SdquorumError, TransportError, UsageError
+from sdquorum.errors import SdquorumError, TransportError
 from sdquorum.keys import WrappingKey
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc.client import NodeClient
 from sdquorum_rpc.convert import request_from_proto
+from sdquorum_rpc.files import replace_private_file
 from sdquorum_rpc.tls import TlsFiles
 
 __all__ = ["Agent", "AgentConfig", "read_heartbeat"]
@@ -63,11 +72,10 @@ class AgentConfig:
     tls: TlsFiles
     policy: envelopes.CustodianPolicy
     state_dir: Path
-    approval: str = "manual"  # or "auto"
+    approval: str = "manual"  # or "auto-drills"; see approvals.check_mode
 
     def __post_init__(self) -> None:
-        if self.approval not in ("manual", "auto"):
-            raise UsageError("approval must be 'manual' or 'auto'")
+        check_mode(self.approval)
 
 
 class Agent:
@@ -89,19 +97,13 @@ class Agent:
         """Write the heartbeat that ``custodian-agent health`` reads (no secret in it)."""
         try:
             self.config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            path = self.config.state_dir / HEARTBEAT_FILE
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(
-                json.dumps(
-                    {
-                        "time": self._clock(),
-                        "node": self.config.node,
-                        "connected": self.connected,
-                        "detail": self.detail,
-                    }
-                )
-            )
-            tmp.replace(path)
+            beat = {
+                "time": self._clock(),
+                "node": self.config.node,
+                "connected": self.connected,
+                "detail": self.detail,
+            }
+            replace_private_file(self.config.state_dir / HEARTBEAT_FILE, json.dumps(beat).encode())
         except OSError as e:
             log.warning("cannot write the heartbeat in %s: %s", self.config.state_dir, e.strerror)
 
@@ -112,6 +114,7 @@ class Agent:
                 await asyncio.wait_for(stop.wait(), HEARTBEAT_SECONDS)
 
     async def run(self, stop: asyncio.Event) -> None:
+        self.approvals.check()  # a state directory others can write to is refused before anything
         beats = asyncio.create_task(self._heartbeat(stop))
         try:
             await self._run(stop)
@@ -209,12 +212,14 @@ class Agent:
         log.debug("request %s passed every check before decryption", req.request_id)
         details = responder.describe(req, checked)
         log.info("request %s: %s", req.request_id, json.dumps(details, sort_keys=True))
-        if self.config.approval == "manual":
+        if not asks_person(self.config.approval, req.kind):
+            log.info("request %s: a %s, answered without a person (auto-drills)", req.request_id, req.kind)
+        else:
             digest = self.approvals.post(req.request_id, details)
             print(
                 f"approval needed: {req.kind} request {req.request_id} from {details['initiator']} on node "
-                f"{details['node_id']}: {details['reason']!r}. Run "
-                f"'{self.approvals.command('approve', req.request_id)}' "
+                f"{details['node_id']}: {details['reason']!r}; destination: {details['destination']}. "
+                f"Run '{self.approvals.command('approve', req.request_id)}' "
                 f"or '{self.approvals.command('deny', req.request_id)}'.",
                 flush=True,
             )

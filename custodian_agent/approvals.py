@@ -1,10 +1,21 @@
-"""Manual approval: the agent asks its human through a spool directory.
+"""Approval: who says yes before the agent answers, and the spool through which a person does.
+
+Modes (``agent.approval``; :func:`check_mode` validates it wherever a mode is set):
+
+* ``manual`` (the default): a person approves every request.
+* ``auto-drills``: possession drills are answered without a person (a drill proves possession and
+  releases nothing); every other kind (``recovery`` and ``azure-recovery`` release a share, a
+  ``rotation`` approval decides custody) still goes to the person. :func:`asks_person` decides by
+  the request's kind and fails closed: a kind it does not know is asked.
+* ``auto`` (the old "answer everything alone") is refused with a line that says why and what to use:
+  it released shares with no person approving (issue 13, class 1).
 
 For each request that passed every check, the agent writes ``STATE_DIR/pending/<request_id>.json``
 (who asks, from which node, why, which domain, epoch and slot, until when; no secret), with the
 SHA-256 of exactly those details. The custodian reads it with ``custodian-agent pending`` and
 answers ``custodian-agent approve|deny REQUEST_ID``, which writes ``STATE_DIR/decisions/<request_id>``
-carrying the same SHA-256. The agent polls for the decision until the request's deadline; no
+carrying the same SHA-256. The agent polls for the decision until the request's deadline (every few
+milliseconds at first, backing off to every 0.2 s, so a prompt decision is noticed promptly); no
 answer by then is a denial.
 
 Invariants:
@@ -18,6 +29,9 @@ Invariants:
   while its human decided) stands.
 * A decision is written once, whole (written aside, then linked into place; 0600); deciding again
   is refused.
+* The state directory and its folders are 0700 and every file in them 0600, whatever the umask;
+  a state directory writable by group or others, or another user's, is refused
+  (:func:`sdquorum_rpc.files.private_dir`): anyone who can write there can forge a decision.
 * Only an open request can be decided or is listed: posted, not decided yet, and its deadline
   (``expires_at``) not passed. Deciding a closed one (decided, expired, answered or never asked)
   is refused with :class:`StateError`, so the custodian is never told "approved" for nothing.
@@ -38,14 +52,40 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from custodian_agent.config import DEFAULT_STATE_DIR
 from sdquorum.encoding import canonical_json
 from sdquorum.errors import MalformedError, StateError, UsageError
 from sdquorum.offline import check_request_id
+from sdquorum_rpc.files import private_dir, replace_private_file, tighten_files
 
-__all__ = ["ApprovalBox", "Decision"]
+__all__ = ["APPROVAL_MODES", "DEFAULT_STATE_DIR", "ApprovalBox", "Decision", "asks_person", "check_mode"]
 
 DIGEST_KEY = "details_sha256"
+DEFAULT_STATE_DIR = Path.home() / ".sdquorum-agent"  # agent.state_dir's default
+
+APPROVAL_MODES = ("manual", "auto-drills")
+UNATTENDED_KINDS = {"auto-drills": frozenset({"drill"})}  # kinds a mode answers without a person
+POLL_FIRST, POLL_MAX = 0.002, 0.2  # seconds between looks for a decision: doubling up to the cap
+
+
+def check_mode(mode: str, setting: str = "agent.approval") -> str:
+    """``mode`` if it is an approval mode; otherwise a :class:`UsageError` naming ``setting`` and the fix."""
+    if mode == "auto":
+        raise UsageError(
+            f"{setting} = 'auto' is refused: it would release shares with no person approving; "
+            "use manual (a person approves each request) or auto-drills (drills answered alone, "
+            "recoveries and rotations still asked)"
+        )
+    if mode not in APPROVAL_MODES:
+        raise UsageError(
+            f"{setting} = {mode!r}: use manual (a person approves each request, the default) or "
+            "auto-drills (drills answered alone, recoveries and rotations still asked)"
+        )
+    return mode
+
+
+def asks_person(mode: str, kind: str) -> bool:
+    """True unless ``mode`` answers requests of ``kind`` alone (only ``auto-drills`` a ``drill``)."""
+    return kind not in UNATTENDED_KINDS.get(check_mode(mode), frozenset())
 
 
 @dataclass(frozen=True)
@@ -65,9 +105,9 @@ def _deadline(details: dict[str, Any]) -> float | None:
 
 class ApprovalBox:
     def __init__(self, state_dir: Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.state_dir = state_dir
         self.pending_dir = state_dir / "pending"
         self.decisions_dir = state_dir / "decisions"
-        self.state_dir = state_dir
         self._clock = clock
 
     def command(self, verb: str, request_id: str = "REQUEST") -> str:
@@ -76,9 +116,16 @@ class ApprovalBox:
         flag = "" if where == DEFAULT_STATE_DIR else f" --state-dir {shlex.quote(str(where))}"
         return f"custodian-agent {verb} {request_id}{flag}"
 
+    def check(self) -> None:
+        """Make (0700) and check the state directory and its folders; refuse one writable by others
+        (UsageError, with the command to run); tighten files that earlier versions left 0644."""
+        what, flag = "the agent state directory", "agent.state_dir / --state-dir"
+        for d in (self.state_dir, self.pending_dir, self.decisions_dir):
+            private_dir(d, what, flag)
+            tighten_files(d.iterdir())
+
     def _ensure(self) -> None:
-        for d in (self.pending_dir, self.decisions_dir):
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.check()
 
     def _file(self, folder: Path, request_id: str, suffix: str = "") -> Path:
         try:
@@ -97,9 +144,9 @@ class ApprovalBox:
         decision = self._file(self.decisions_dir, request_id)
         if decision.exists() and not self._read_decision(decision, digest).counts:
             decision.unlink(missing_ok=True)  # made on other details: it counts for nothing
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**details, DIGEST_KEY: digest}, indent=2, sort_keys=True))
-        tmp.replace(path)
+        replace_private_file(
+            path, json.dumps({**details, DIGEST_KEY: digest}, indent=2, sort_keys=True).encode()
+        )
         return digest
 
     def pending(self) -> list[dict[str, Any]]:
@@ -166,17 +213,21 @@ class ApprovalBox:
             tmp.unlink(missing_ok=True)
 
     async def wait(
-        self, request_id: str, deadline: float, details_sha256: str, poll: float = 0.2
+        self, request_id: str, deadline: float, details_sha256: str, poll: float = POLL_MAX
     ) -> Decision:
         """The human's decision on the details posted with SHA-256 ``details_sha256``; a denial at
-        the deadline, or when the decision on disk was made on other details or cannot be read."""
+        the deadline, or when the decision on disk was made on other details or cannot be read.
+        Looks every :data:`POLL_FIRST` s at first, doubling up to ``poll``: a decision made at once
+        (a person already at the prompt) costs milliseconds, a long wait costs few looks."""
         path = self._file(self.decisions_dir, request_id)
         pending = self._file(self.pending_dir, request_id, ".json")
+        interval = min(POLL_FIRST, poll)
         try:
             while time.time() < deadline:
                 if path.exists():
                     return self._read_decision(path, details_sha256)
-                await asyncio.sleep(poll)
+                await asyncio.sleep(interval)
+                interval = min(interval * 2, poll)
             return Decision(False, "no decision before the deadline")
         finally:
             for p in (path, pending):

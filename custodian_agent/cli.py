@@ -10,6 +10,10 @@ Examples::
     custodian-agent pending --state-dir ~/.sdquorum
     custodian-agent approve 3f2a9c1b0d4e5f60 --state-dir ~/.sdquorum
 
+Approval (--approval): manual (the default) asks you for every request; auto-drills answers
+possession drills alone and still asks you for every recovery and rotation. 'auto' is refused: no
+share is released without a person approving.
+
 The wrapping key's passphrase, without a prompt (first found): --passphrase-file FILE (0600),
 $SDQUORUM_PASSPHRASE, the file named by $SDQUORUM_PASSPHRASE_FILE, systemd's
 $CREDENTIALS_DIRECTORY/sdquorum-passphrase (LoadCredential=). With none and no terminal: exit 2.
@@ -33,7 +37,7 @@ from cryptography.hazmat.primitives import serialization
 
 from custodian_agent import responder
 from custodian_agent.agent import Agent, AgentConfig, read_heartbeat
-from custodian_agent.approvals import ApprovalBox
+from custodian_agent.approvals import ApprovalBox, asks_person
 from custodian_agent.config import DEFAULT_STATE_DIR, SETTINGS, AgentSettings
 from custodian_agent.keyfile import (
     has_terminal,
@@ -43,14 +47,14 @@ from custodian_agent.keyfile import (
     passphrase,
     read_plain_key,
 )
-from sdquorum import envelopes, pki
+from sdquorum import __version__, envelopes, pki
 from sdquorum.envelopes import CustodianPolicy
 from sdquorum.errors import SdquorumError, StateError, UsageError
 from sdquorum.keys import WrappingKey
 from sdquorum.offline import CeremonyRequest, OfflineAnswer
 from sdquorum_rpc.cli import run_main
 from sdquorum_rpc.config import add_flags, load_settings
-from sdquorum_rpc.files import PendingFile, read_input_file, write_private_file
+from sdquorum_rpc.files import PendingFile, private_umask, read_input_file, write_private_file
 from sdquorum_rpc.observability import setup_logging
 from sdquorum_rpc.tls import TlsFiles
 
@@ -65,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="custodian-agent", description=__doc__.split("\n")[0], epilog=__doc__, formatter_class=fmt
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     k = sub.add_parser(
@@ -123,7 +128,15 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--allow-domain", action="append", default=[], metavar="HEX")
     o.add_argument("--pin-domain-key", action="append", default=[], metavar="HEX")
     o.add_argument(
-        "--yes", action="store_true", help="approve without asking (after reading the request yourself)"
+        "--azure-restore",
+        action="store_true",
+        help="answer an Azure restore request (refused without it: its result goes to an external key)",
+    )
+    o.add_argument(
+        "--yes",
+        action="store_true",
+        help="answer a possession drill without asking; refused for a request that releases your "
+        "share or approves a rotation (those always ask you)",
     )
     o.add_argument("--deny", action="store_true", help="write a denial instead of an answer")
 
@@ -257,6 +270,7 @@ def _policy(args: argparse.Namespace | AgentSettings) -> CustodianPolicy:
         attestation_root_pem=read_input_file(args.attestation_root, "attestation root"),
         allowed_domains=_hexes(args.allow_domain, "--allow-domain", 16),
         pinned_signing_keys=_hexes(args.pin_domain_key, "--pin-domain-key", 32),
+        azure_restore=bool(args.azure_restore),
     )
 
 
@@ -279,6 +293,12 @@ def _ask_yes_no(question: str) -> bool:
 def _respond(args: argparse.Namespace) -> int:
     """The offline agent: one request file in, one answer file out, nothing else touched."""
     req = CeremonyRequest.from_bytes(read_input_file(args.request, "request file"))
+    if args.yes and asks_person("auto-drills", req.kind):  # the rule 'run' keeps with auto-drills
+        raise UsageError(
+            f"--yes answers drills only: this {req.kind} request "
+            + ("approves a rotation" if req.kind == "rotation" else "releases your share")
+            + "; run again without --yes, read it and type 'yes' at the prompt"
+        )
     policy = _policy(args)
     if args.out.exists():
         raise UsageError(f"{args.out} exists already: choose another --out")
@@ -297,6 +317,7 @@ def _respond(args: argparse.Namespace) -> int:
         "epoch",
         "slot",
         "expires_at",
+        "destination",
         "proposal",
     ):
         if k in details:
@@ -345,7 +366,12 @@ PENDING_JSON_KEYS = (
     "epoch",
     "slot",
     "session_id",
-    "destination",
+    "destination",  # the sentence the custodian reads; the digests below are its keys' fingerprints
+    "destination_sha256",  # the node's attested exchange key (recovery)
+    "destination_spki_sha256",  # an external key (Azure restore): its SubjectPublicKeyInfo
+    "destination_certificate_sha256",
+    "destination_subject",
+    "exchange_key_sha256",
     "proposal",
     "expires_at",
     "details_sha256",
@@ -357,7 +383,7 @@ PENDING_COLUMNS = (  # (heading, key): the reason last, as it is the one that ma
     ("NODE", "node_id"),
     ("DOMAIN", "domain_id"),
     ("EPOCH", "epoch"),
-    ("DESTINATION", "destination"),
+    ("DESTINATION KEY", "destination"),
     ("DEADLINE", "expires_at"),
     ("REASON", "reason"),
 )
@@ -378,6 +404,16 @@ def _cell(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
+def _destination_cell(it: dict[str, Any]) -> str:
+    """Where a release ends up, by the fingerprint of the key it is sealed to ('pending' shows the
+    full sentence below the table when the key is not an attested node's)."""
+    if it.get("destination_spki_sha256"):
+        return "EXTERNAL " + _cell(it["destination_spki_sha256"])
+    if it.get("destination_sha256"):
+        return "node " + _cell(it["destination_sha256"])
+    return "none" if "destination" in it else "-"
+
+
 def _deadline_cell(expires_at: Any, now: float) -> str:
     try:
         when = datetime.fromisoformat(str(expires_at))
@@ -395,14 +431,23 @@ def render_pending(items: list[dict[str, Any]], output: str, now: float, command
         return json.dumps({"requests": rows}, indent=2, sort_keys=True)
     if not items:
         return "no pending requests"
-    columns = [(h, k) for h, k in PENDING_COLUMNS if k != "destination" or any(k in it for it in items)]
-    table = [[h for h, _ in columns]] + [
-        [_deadline_cell(it.get(k), now) if k == "expires_at" else _cell(it.get(k)) for _, k in columns]
-        for it in items
-    ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(columns) - 1)]
+
+    def row(it: dict[str, Any]) -> list[str]:
+        special = {
+            "expires_at": _deadline_cell(it.get("expires_at"), now),
+            "destination": _destination_cell(it),
+        }
+        return [special[k] if k in special else _cell(it.get(k)) for _, k in PENDING_COLUMNS]
+
+    table = [[h for h, _ in PENDING_COLUMNS], *(row(it) for it in items)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(PENDING_COLUMNS) - 1)]
     lines = ["  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]) for row in table]
-    return "\n".join([*lines, f"{len(items)} open; decide each with '{command}'"])
+    external = [
+        f"{it.get('request_id')}: {_cell(it.get('destination'))}"
+        for it in items
+        if it.get("destination_spki_sha256")
+    ]
+    return "\n".join([*lines, *external, f"{len(items)} open; decide each with '{command}'"])
 
 
 def _check_local_files(tls: TlsFiles, policy: CustodianPolicy, state_dir: Path) -> None:
@@ -423,6 +468,7 @@ def _check_local_files(tls: TlsFiles, policy: CustodianPolicy, state_dir: Path) 
 
 
 async def _run(args: AgentSettings, passphrase_file: Path | None) -> int:
+    ApprovalBox(args.state_dir).check()  # refused before the passphrase is asked for
     tls = TlsFiles(args.tls_cert, args.tls_key, args.ca, ("--tls-cert", "--tls-key", "--ca"))
     policy = _policy(args)
     _check_local_files(tls, policy, args.state_dir)
@@ -440,7 +486,8 @@ async def _run(args: AgentSettings, passphrase_file: Path | None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     print(
-        f"custodian-agent: serving wrapping certificate {agent.thumbprint.hex()[:16]} via {args.node} ({args.approval} approval)",
+        f"custodian-agent: serving wrapping certificate {agent.thumbprint.hex()[:16]} via {args.node} "
+        f"({args.approval} approval; Azure restores {'served' if args.azure_restore else 'refused'})",
         flush=True,
     )
     await agent.run(stop)
@@ -525,9 +572,10 @@ def _body(args: argparse.Namespace) -> int:
         )
         return 0
     if args.command == "run":
-        cfg = AgentSettings.load(args)
-        setup_logging(cfg.log_level, cfg.log_format)
-        return asyncio.run(_run(cfg, args.passphrase_file))
+        with private_umask():  # the state it keeps: files 0600, directories 0700, whatever the umask
+            cfg = AgentSettings.load(args)
+            setup_logging(cfg.log_level, cfg.log_format)
+            return asyncio.run(_run(cfg, args.passphrase_file))
     if args.command == "health":
         return _health(_state_dir(args), args.max_age)
     if args.command == "respond":

@@ -10,13 +10,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from custodian_agent.approvals import DEFAULT_STATE_DIR, check_mode
 from sdquorum.errors import UsageError
 from sdquorum_rpc.config import Setting, check_host_port, load_settings
 
 __all__ = ["DEFAULT_STATE_DIR", "SETTINGS", "AgentSettings"]
 
 E = "SDQUORUM_AGENT_"
-DEFAULT_STATE_DIR = Path.home() / ".sdquorum-agent"
 SETTINGS = [
     Setting(
         "agent.node", "--node", E + "NODE", required=True, help="host:port of the node running the ceremony"
@@ -34,7 +34,8 @@ SETTINGS = [
         "--approval",
         E + "APPROVAL",
         default="manual",
-        help="manual (a person approves each request) or auto (drills and tests only)",
+        help="manual (a person approves each request; the default) or auto-drills (possession drills "
+        "answered alone; recoveries and rotations still wait for a person). 'auto' is refused",
     ),
     Setting(
         "agent.allow_domains",
@@ -51,6 +52,15 @@ SETTINGS = [
         list,
         [],
         help="only serve SD files signed by this domain key (32-byte hex)",
+    ),
+    Setting(
+        "agent.azure_restore",
+        "--azure-restore",
+        E + "AZURE_RESTORE",
+        bool,
+        False,
+        help="serve Azure restores (default: refused): their result is re-encrypted to an external Azure "
+        "exchange certificate no node attests; the custodian is shown its fingerprint",
     ),
     Setting(
         "tls.cert",
@@ -120,6 +130,7 @@ class AgentSettings:
     approval: str
     allow_domain: list[str]
     pin_domain_key: list[str]
+    azure_restore: bool
     pkcs11_module: Path | None
     pkcs11_token: str | None
     pkcs11_key_label: str | None
@@ -134,10 +145,7 @@ class AgentSettings:
 
     def __post_init__(self) -> None:
         check_host_port(self.node, "agent.node")
-        if self.approval not in ("manual", "auto"):
-            raise UsageError(
-                f"agent.approval = {self.approval!r}: use manual (default) or auto (drills and tests only)"
-            )
+        check_mode(self.approval)  # 'auto' is refused here, before any key or passphrase is asked for
         token = (self.pkcs11_module, self.pkcs11_token, self.pkcs11_key_label)
         if any(v is not None for v in token) and not all(v is not None for v in token):
             raise UsageError(

@@ -1,13 +1,18 @@
 """What the agent does with one request, shared by the online agent and ``custodian-agent respond``.
 
 :func:`check` makes every check before the private key is touched; :func:`describe` is what the
-human is shown before approving; :func:`answer` decrypts the share, checks it against the
+human is shown before approving, including where what it releases ends up (``destination``): for a
+recovery, this node's attested exchange key (SHA-256 of the X25519 public key, and the node); for an
+Azure restore, the Azure exchange certificate from the signed statement, named as an EXTERNAL,
+unattested key (its subject, SHA-256 of its SubjectPublicKeyInfo and of its DER); for a drill or a
+rotation approval, nothing (no share leaves the agent); :func:`answer` decrypts the share, checks it against the
 commitments, and returns a release sealed to the node's exchange key (recovery) or a proof of
 possession bound to the attested challenge (drill, rotation approval). No I/O.
 """
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +21,7 @@ from sdquorum.azure.ceremony import (
     AZURE_PURPOSE,
     CheckedAzureRequest,
     check_azure_request,
+    exchange_certificate_summary,
     release_azure_share,
 )
 from sdquorum.errors import VerificationError
@@ -24,7 +30,7 @@ from sdquorum.offline import CeremonyRequest
 from sdquorum.proposal import RotationProposal
 from sdquorum.sdfile import SignedHeader
 
-__all__ = ["answer", "check", "describe"]
+__all__ = ["answer", "check", "describe", "destination"]
 
 
 Checked = envelopes.CheckedRequest | CheckedAzureRequest
@@ -67,10 +73,41 @@ def describe(req: CeremonyRequest, checked: Checked) -> dict[str, Any]:
         "reason": st.reason,
         "expires_at": datetime.fromtimestamp(st.expires_at, tz=UTC).isoformat(),
     }
+    out.update(destination(checked))
     if req.kind == "rotation" and isinstance(checked, envelopes.CheckedRequest):
         now = [(slot.name, slot.thumbprint) for slot in checked.header.slots]
         out["proposal"] = RotationProposal.from_bytes(req.proposal).summary(now)
     return out
+
+
+def destination(checked: Checked) -> dict[str, str]:
+    """The key what this custodian releases ends up under, from the signed statement: its SHA-256
+    and what it is (``destination``, one line), with the digests as their own fields."""
+    st = checked.statement
+    exchange = hashlib.sha256(st.exchange_public_key).hexdigest()
+    if isinstance(checked, CheckedAzureRequest):
+        cert = exchange_certificate_summary(st.destination_certificate)
+        return {
+            "destination": (
+                f"EXTERNAL, UNATTESTED key: the Azure exchange certificate {cert.subject!r} "
+                f"(key SPKI SHA-256 {cert.spki_sha256.hex()}, certificate SHA-256 {cert.sha256.hex()}); "
+                "the restored domain is wrapped to it and whoever holds its private key opens it: "
+                "compare it with your Azure HSM's exchange key before approving"
+            ),
+            "destination_spki_sha256": cert.spki_sha256.hex(),
+            "destination_certificate_sha256": cert.sha256.hex(),
+            "destination_subject": cert.subject,
+            "exchange_key_sha256": exchange,
+        }
+    if st.purpose == "recovery":
+        return {
+            "destination": (
+                f"this node's attested exchange key (X25519 SHA-256 {exchange}, node {st.node_id}): the "
+                "share is sealed to it and the domain opens only inside that node"
+            ),
+            "destination_sha256": exchange,
+        }
+    return {"destination": "none: no share leaves this agent (a proof of possession only)"}
 
 
 def answer(req: CeremonyRequest, checked: Checked, key: WrappingKey, rng: shamir.Rng) -> bytes:

@@ -4,15 +4,42 @@ States: PROVISIONED -> ACTIVATED (download), or PROVISIONED -> RECOVERY_PENDING 
 recovery ceremony completes). The data plane is open only in ACTIVATED. At most one ceremony
 (recovery, drill, rotation) runs at a time; a node restart drops a running session (its exchange
 key lived only in memory) and the node stays RECOVERY_PENDING until a new session completes.
-COMPROMISED is a flag an admin sets on an ACTIVATED node: drills and rotation stop.
+COMPROMISED is a flag an admin sets on an ACTIVATED node: drills, rotation and Azure restores stop.
+
+An Azure restore re-encrypts a domain to an external key, so it is never a way out for this node's
+own domain: it is refused on a compromised node, and refused before any custodian is asked (and
+audited) when the Azure file's slots are encrypted to a custodian certificate of the domain this
+node holds or the file holds an sdquorum domain exported for Azure (``security_domain_file(fmt=
+"azure")``, whose one item is tagged ``AZURE_PAYLOAD_TAG``). That export stays possible (its shares
+are the same custodians'; Azure's own tools need their private keys), but no sdquorum node turns
+it into a transfer file, and agents refuse it too (:mod:`sdquorum.azure.ceremony`).
 
 Every ceremony step, every answer accepted or rejected (with the custodian), every refusal and every
 custody event goes into the audit log (:mod:`sdquorum.audit`), signed with the node's attestation
 key. There are two chains: ``provisioning`` until the node is activated, then ``domain``, whose first
 entry names the domain, epoch and SD file the node was activated or recovered with, and the ceremony
-that did it (linking the provisioning chain's head). Answers that arrive together are taken as one
+that did it (linking the provisioning chain's head). Refused calls are audited through per-peer windows
+(:mod:`sdquorum.refusals`): each peer's first refusals of a window in full, the rest counted into one
+entry when the window closes (the ticker) or the server stops, so a caller flooding refused calls adds
+a bounded number of entries per window. Answers that arrive together are taken as one
 batch whose audit entries (and the completion the batch may cause) are committed in one transaction;
 no answer is acknowledged, and no watcher sees its effect, before that commit.
+
+Who may use a key (the data plane). Every key has one owner, the role that may use it: the app
+that created it (``app``, or ``app/<name>`` for a named app certificate), or ``admin`` for a key an
+admin created for itself. An admin may create a key for an app (``owner``); that is the only way an
+admin's decision gives an app a key. An app lists, uses, deletes and recovers only the keys it owns;
+a key of another owner is refused as not its own (PERMISSION_DENIED, audited as a refusal). The
+admin lists every key (live and deleted), deletes, recovers and purges any key, and uses only the
+keys it owns: managing a key is not using it. Every unnamed ``app`` certificate is one owner; give
+apps names to keep their keys apart.
+
+Deletion is soft: a deleted key stays in the store, unusable and out of ListKeys, and an admin (or
+its owner) can recover it for ``key_retention_days``; then the node purges it (at start, and at
+most :data:`PURGE_CHECK_SECONDS` after the retention ends, by the node's clock). Only an admin
+purges earlier. A deleted key's name stays taken until it is purged. Create, delete, recover and
+purge are audited in the same transaction as the change, with who did it (role, certificate subject
+and SPKI SHA-256 where the call came over mTLS).
 
 This class does no network I/O: the gRPC servicers in :mod:`hsm_node.server` call it. It owns the
 clock and randomness it was given.
@@ -53,18 +80,28 @@ from hsm_node import keyops
 from hsm_node.cryptopool import CryptoPool, sign_batch_here
 from hsm_node.keyops import KeyType
 from hsm_node.store import DomainInfo, NodeStore, StoredKey
-from sdquorum import audit, backup, envelopes, policy, sdfile
+from sdquorum import audit, backup, envelopes, pki, policy, sdfile
+from sdquorum.azure.ceremony import AZURE_PAYLOAD_TAG
 from sdquorum.azure.sdfile import seal_azure_domain
-from sdquorum.errors import SdquorumError, StateError, StorageError, UsageError, VerificationError
+from sdquorum.errors import (
+    AlreadyExistsError,
+    NotFoundError,
+    PermissionDeniedError,
+    SdquorumError,
+    StateError,
+    StorageError,
+    UsageError,
+    VerificationError,
+)
 from sdquorum.pki import Role
+from sdquorum.refusals import Refusal, RefusalWindows
 from sdquorum.review import LOSS_KINDS, CustodyRecord, DrillResult, RetiredEpoch
 from sdquorum_rpc.observability import SESSION_ID, NodeMetrics
 from sdquorum_rpc.packed import Packed
 
-__all__ = ["Node", "NodeConfig", "NodeState"]
+__all__ = ["KeyCaller", "Node", "NodeConfig", "NodeState"]
 
 C = TypeVar("C", bound=Ceremony)
-AZURE_PAYLOAD_TAG = "sdquorum-payload-v1"  # the one EncData item of a native domain exported for Azure
 
 log = logging.getLogger("sdquorum.node")
 
@@ -83,6 +120,36 @@ def _check_key_name(name: str) -> str:
 
 DEFAULT_SESSION_SECONDS = 600
 MAX_SESSION_SECONDS = 24 * 3600
+DEFAULT_KEY_RETENTION_DAYS = 90  # as the seed's managed HSM keeps a deleted key until purged
+MAX_KEY_RETENTION_DAYS = 3650
+PURGE_CHECK_SECONDS = 600  # how often the ticker looks for deleted keys past their retention
+DAY = 86400
+
+
+@dataclass(frozen=True)
+class KeyCaller:
+    """Who calls the data plane: the role from the certificate, and (over mTLS) the certificate's
+    subject and the SHA-256 of its SubjectPublicKeyInfo, recorded in the key audit entries."""
+
+    role: Role
+    subject: str = ""
+    spki_sha256: str = ""
+
+    def who(self) -> dict[str, str]:
+        out = {"by": str(self.role)}
+        if self.subject:
+            out["subject"] = self.subject
+        if self.spki_sha256:
+            out["spki_sha256"] = self.spki_sha256
+        return out
+
+
+def _caller(caller: KeyCaller | Role) -> KeyCaller:
+    return caller if isinstance(caller, KeyCaller) else KeyCaller(caller)
+
+
+def _day(t: int) -> str:
+    return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 @dataclass(frozen=True)
@@ -103,6 +170,13 @@ class NodeConfig:
     attestation_key: Ed25519PrivateKey
     attestation_cert_der: bytes
     default_session_seconds: int = DEFAULT_SESSION_SECONDS
+    key_retention_days: int = DEFAULT_KEY_RETENTION_DAYS
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.key_retention_days <= MAX_KEY_RETENTION_DAYS:
+            raise UsageError(
+                f"keys.retention_days = {self.key_retention_days}: use 1..{MAX_KEY_RETENTION_DAYS}"
+            )
 
 
 class AnswerNotRecorded(StorageError):
@@ -139,6 +213,7 @@ class Node:
         self._applied: set[str] = set()  # sessions whose end has been applied and audited
         self._recovery_file: bytes | None = None
         self._agents: dict[str, bytes] = {}  # custodian name -> thumbprint of its connected agent
+        self._refusals = RefusalWindows()
         self._domain: sdfile.DomainSecrets | None = None
         self._info: DomainInfo | None = None
         loaded = store.load_domain()
@@ -153,6 +228,9 @@ class Node:
             raise StateError(
                 "the node database says ACTIVATED but holds no domain: restore the data directory"
             )
+        self._next_purge_check = 0
+        if self._state == ACTIVATED:
+            self._purge_expired_keys_now()
 
     # ------------------------------------------------------------------ queries
 
@@ -194,9 +272,26 @@ class Node:
         )
         self._store.append_audit(chain, entry.seq, json.dumps(entry.to_json(), sort_keys=True))
 
-    def audit_refusal(self, method: str, role: Role | None, code: str, reason: str) -> None:
-        """One entry per refused call (its reason comes bounded from sdquorum_rpc.errors)."""
-        self.audit("refused", role or "unknown peer", {"method": method, "code": code, "reason": reason})
+    def audit_refusal(self, refusal: Refusal) -> bool:
+        """A refused call (its reason comes bounded from sdquorum_rpc.errors, its caller named by
+        certificate subject and public-key SHA-256): the peer's first of its (method, code) in the
+        window is written now, later ones are counted into the window's closing entry. True if
+        this refusal was written in full."""
+        records = self._refusals.refused(refusal, self.now())
+        for rec in records:
+            self.audit(rec.event, rec.actor, rec.details)
+        return any(rec.event == "refused" for rec in records)
+
+    def close_refusal_windows(self, *, all_open: bool = False) -> None:
+        """Write the counts of the refusal windows that have ended (``all_open``: of every window,
+        on shutdown, so no count is lost)."""
+        now = self.now()
+        done = self._refusals.close_all(now) if all_open else self._refusals.close_due(now)
+        for rec in done:
+            try:
+                self.audit(rec.event, rec.actor, rec.details)
+            except Exception:  # the ticker and the shutdown go on; the counts at least reach the log
+                log.exception("could not audit %s by %s: %s", rec.event, rec.actor, json.dumps(rec.details))
 
     def export_audit(self, chain: str) -> list[str]:
         if chain not in ("domain", "provisioning"):
@@ -424,6 +519,10 @@ class Node:
             self._agents[role.name] = thumbprint
             self._check_agent_keys()
 
+    def connected_custodians(self) -> frozenset[str]:
+        """Custodians whose agent holds its request stream open now (for the metrics gauges)."""
+        return frozenset(self._agents.copy())
+
     def agent_disconnected(self, role: Role, thumbprint: bytes) -> None:
         if role.name and self._agents.get(role.name) == thumbprint:
             del self._agents[role.name]
@@ -572,7 +671,21 @@ class Node:
             "x": outcome.x,
             "via": str(caller),
         }
-        if outcome.accepted:
+        if outcome.late:  # after completion: it counted for nothing, but a wrong one is named
+            verdict = "verified" if outcome.accepted else "rejected"
+            log_at = log.info if outcome.accepted else log.warning
+            log_at(
+                "session %s: late answer of %s (x=%d) via %s %s %s",
+                session.session_id,
+                outcome.name,
+                outcome.x,
+                caller,
+                verdict.upper(),
+                outcome.reason,
+            )
+            extra = {} if outcome.accepted else {"reason": outcome.reason}
+            self.audit(f"{session.kind}-late-answer-{verdict}", caller, {**details, **extra})
+        elif outcome.accepted:
             log.info(
                 "session %s: %s (x=%d) answered via %s: accepted",
                 session.session_id,
@@ -744,9 +857,12 @@ class Node:
         )
 
     async def tick(self) -> None:
-        """Apply session deadlines (called periodically by the server)."""
+        """Apply session deadlines and close due refusal windows (called periodically by the server)."""
+        self.close_refusal_windows()
         if self._session is not None:
             self._ended(self._session)
+        if self._state == ACTIVATED and self.now() >= self._next_purge_check:
+            self._purge_expired_keys_now()
 
     def _ended(self, s: Ceremony) -> bool:
         """Whether ``s`` has finished, its deadline applied first. Whichever path finds a session
@@ -847,22 +963,61 @@ class Node:
     async def start_azure_restore(
         self, sd_file: bytes, exchange_cert: bytes, reason: str, ttl_seconds: int, caller: Role
     ) -> AzureRestoreSession:
-        """Coordinate an Azure restore: the node's own state and domain are not touched."""
+        """Coordinate an Azure restore: the node's own state and domain are not touched, and no share
+        of the domain this node holds goes into it (module docstring)."""
         async with self._lock:
+            if self.compromised:
+                reason = (
+                    "the domain on this node is marked compromised: no Azure restore here; "
+                    "use a new node (docs/runbooks/compromise.md)"
+                )
+                self.audit("azure-restore-refused", caller, {"reason": reason})
+                raise StateError(reason)
+            thumbprints, keys = self._held_custodian_keys()
             session = self._new_session(AzureRestoreSession, reason, ttl_seconds, caller)
             try:
-                session.start(sd_file, exchange_cert, self.now(), self._sign_attestation)
+                session.start(
+                    sd_file,
+                    exchange_cert,
+                    self.now(),
+                    self._sign_attestation,
+                    held_thumbprints=thumbprints,
+                    held_keys=keys,
+                )
             except SdquorumError as e:
                 session.abort(f"the Azure file or exchange certificate was refused: {e}")
+                self.audit(
+                    "azure-restore-refused",
+                    caller,
+                    {"session_id": session.session_id, "reason": str(e)},
+                )
                 self._after_change(session)
                 raise
+            destination = session.destination_certificate
             self.audit(
                 "azure-restore-file-accepted",
                 caller,
-                {"session_id": session.session_id, "sd_file_sha256": hashlib.sha256(sd_file).hexdigest()},
+                {
+                    "session_id": session.session_id,
+                    "sd_file_sha256": hashlib.sha256(sd_file).hexdigest(),
+                    "exchange_certificate_sha256": hashlib.sha256(destination).hexdigest(),
+                    "exchange_key_spki_sha256": pki.spki_sha256(destination).hex(),
+                },
             )
             self._notify()
             return session
+
+    def _held_custodian_keys(self) -> tuple[frozenset[bytes], frozenset[bytes]]:
+        """Thumbprints and SPKI digests of every custodian certificate of the domain this node holds
+        (none on a node that holds no domain)."""
+        data = self._store.sd_file()
+        if data is None or self._domain is None:
+            return frozenset(), frozenset()
+        slots = sdfile.SecurityDomainFile.from_bytes(data).header.slots
+        return (
+            frozenset(slot.thumbprint for slot in slots),
+            frozenset(pki.spki_sha256(slot.certificate_der) for slot in slots),
+        )
 
     def azure_transfer_file(self, session_id: str) -> bytes:
         session = self._session_by_id(session_id)
@@ -872,7 +1027,9 @@ class Node:
 
     def security_domain_file(self, fmt: str = "native") -> bytes:
         """The current epoch's SD file; ``azure``: the same payload as an Azure version-2 file, split
-        anew to the same custodians and quorum (their keys open it with Azure's own tools too)."""
+        anew to the same custodians and quorum (their keys open it with Azure's own tools too, each
+        custodian handing over its private key). Its one item is tagged ``AZURE_PAYLOAD_TAG``, so no
+        sdquorum node and no agent turns it into a transfer file (module docstring)."""
         self._dek()
         data = self._store.sd_file()
         if data is None or self._domain is None:
@@ -958,84 +1115,261 @@ class Node:
             )
         return self._domain.data_encryption_key
 
-    async def create_key(self, name: str, kind: KeyType) -> StoredKey:
+    async def create_key(
+        self, name: str, kind: KeyType, caller: KeyCaller | Role, owner: str = ""
+    ) -> StoredKey:
+        """A new key owned by the caller, or (an admin only) by ``owner``: ``app`` or ``app/<name>``."""
+        who = _caller(caller)
         self._dek()
         _check_key_name(name)
+        owner = self._owner_for(who.role, owner)
+        self._refuse_taken(name)
         # Generation (RSA-3072 takes ~0.1 s) runs off the event loop; the database is only ever
         # touched from the loop's thread, so writes never interleave on the one connection.
         public, private = await asyncio.to_thread(keyops.generate, kind)
         dek = self._dek()
         created = self.now()
-        self._store.put_key(dek, name, int(kind), public, private, created)
-        return StoredKey(name, int(kind), public, created)
+        with self._store.batch():
+            self._refuse_taken(name)  # made meanwhile, during the generation
+            self._store.put_key(dek, name, int(kind), public, private, created, owner)
+            self.audit(
+                "key-created", who.role, {"name": name, "type": kind.name, "owner": owner, **who.who()}
+            )
+        log.info("key %s (%s) created for %s by %s", name, kind.name, owner, who.role)
+        return StoredKey(name, int(kind), public, created, owner)
 
-    def list_keys(self) -> list[StoredKey]:
+    @staticmethod
+    def _owner_for(role: Role, owner: str) -> str:
+        if role.kind not in ("admin", "app"):
+            raise PermissionDeniedError(f"role {role} may not own keys")
+        if not owner or owner == str(role):
+            return str(role)
+        if role.kind != "admin":
+            raise PermissionDeniedError(f"{role} may create keys only for itself: leave the owner out")
+        try:
+            parsed = Role.parse(owner)
+        except UsageError as e:
+            raise UsageError(f"key owner {owner!r}: use admin, app or app/<name> ({e})") from e
+        if parsed.kind not in ("admin", "app"):
+            raise UsageError(f"key owner {owner!r}: use admin, app or app/<name>")
+        return str(parsed)
+
+    def _refuse_taken(self, name: str) -> None:
+        found = self._store.find_key(name)
+        if found is None:
+            return
+        if found.deleted_at is None:
+            raise AlreadyExistsError(f"a key named {name!r} exists already: pick another name")
+        raise AlreadyExistsError(
+            f"a deleted key named {name!r} is kept until {_day(self._purge_time(found.deleted_at))}: "
+            f"recover it (sdctl keys recover {name}) or purge it (sdctl keys purge {name} --yes) first"
+        )
+
+    def _purge_time(self, deleted_at: int) -> int:
+        return deleted_at + self.config.key_retention_days * DAY
+
+    def list_keys(self, caller: KeyCaller | Role) -> list[StoredKey]:
+        """The live keys the caller may use; for an admin, every live key."""
+        role = _caller(caller).role
         self._dek()
-        return self._store.list_keys()
+        return self._store.list_keys(owner=None if role.kind == "admin" else self._owner_for(role, ""))
 
-    def delete_key(self, name: str) -> None:
+    def list_deleted_keys(self, caller: KeyCaller | Role) -> list[StoredKey]:
+        """The deleted keys still retained (admin only), each purged at :meth:`purge_time`."""
+        self._require_admin(_caller(caller).role, "list deleted keys")
         self._dek()
-        self._store.delete_key(_check_key_name(name))
+        self.purge_expired_keys()
+        return self._store.list_keys(deleted=True)
 
-    def _key(self, name: str) -> tuple[StoredKey, bytes, KeyType]:
-        info, private = self._store.get_key(self._dek(), _check_key_name(name))
+    def purge_time(self, key: StoredKey) -> int:
+        return 0 if key.deleted_at is None else self._purge_time(key.deleted_at)
+
+    def delete_key(self, name: str, caller: KeyCaller | Role) -> int:
+        """Soft-delete a live key the caller manages; returns when it will be purged."""
+        who = _caller(caller)
+        self._dek()
+        key = self._managed(name, who.role)
+        if key.deleted_at is not None:
+            raise NotFoundError(
+                f"key {name!r} is deleted already: recover it (sdctl keys recover {name}) or purge it"
+            )
+        now = self.now()
+        purge_at = self._purge_time(now)
+        with self._store.batch():
+            self._store.mark_deleted(name, now)
+            self.audit(
+                "key-deleted",
+                who.role,
+                {"name": name, "owner": key.owner, "purge_at": purge_at, **who.who()},
+            )
+        log.info("key %s of %s deleted by %s (kept until %s)", name, key.owner, who.role, _day(purge_at))
+        return purge_at
+
+    def recover_key(self, name: str, caller: KeyCaller | Role) -> StoredKey:
+        """Undelete a retained key the caller manages."""
+        who = _caller(caller)
+        self._dek()
+        self.purge_expired_keys()
+        key = self._managed(name, who.role)
+        if key.deleted_at is None:
+            raise StateError(f"key {name!r} is not deleted: nothing to recover")
+        with self._store.batch():
+            self._store.mark_deleted(name, None)
+            self.audit(
+                "key-recovered",
+                who.role,
+                {"name": name, "owner": key.owner, "deleted_at": key.deleted_at, **who.who()},
+            )
+        log.info("key %s of %s recovered by %s", name, key.owner, who.role)
+        return StoredKey(key.name, key.key_type, key.public_der, key.created_at, key.owner)
+
+    def purge_key(self, name: str, caller: KeyCaller | Role) -> None:
+        """Remove a deleted key for good (admin only): it cannot be recovered afterwards."""
+        who = _caller(caller)
+        self._require_admin(who.role, "purge keys")
+        self._dek()
+        key = self._store.find_key(_check_key_name(name))
+        if key is None or key.deleted_at is None:
+            raise NotFoundError(
+                f"no deleted key named {name!r}: delete it first (sdctl keys delete {name}); "
+                "list deleted keys with 'sdctl keys deleted'"
+            )
+        self._purge(key, who.role, {"reason": "purged by an admin", **who.who()})
+
+    def purge_expired_keys(self) -> list[str]:
+        """Purge every deleted key whose retention has ended, by the node's clock (audited, by
+        the node). Called at start, by the ticker and before a deleted key is listed or recovered."""
+        if self._domain is None:
+            return []
+        now = self.now()
+        self._next_purge_check = now + PURGE_CHECK_SECONDS
+        expired = self._store.deleted_before(now - self.config.key_retention_days * DAY)
+        for key in expired:
+            self._purge(
+                key,
+                "node",
+                {"reason": f"retention of {self.config.key_retention_days} days ended", "by": "node"},
+            )
+        return [k.name for k in expired]
+
+    def _purge_expired_keys_now(self) -> None:
+        """:meth:`purge_expired_keys` from the start and the ticker: a failure (a full or read-only
+        disk) is logged and tried again later. It leaves the keys deleted, so unusable: safe."""
+        try:
+            self.purge_expired_keys()
+        except SdquorumError as e:
+            log.error(
+                "could not purge deleted keys past their retention (tried again in %d s): %s",
+                PURGE_CHECK_SECONDS,
+                e,
+            )
+
+    def _purge(self, key: StoredKey, actor: Role | str, who: dict[str, str]) -> None:
+        with self._store.batch():
+            self._store.purge_key(key.name)
+            self.audit(
+                "key-purged",
+                actor,
+                {"name": key.name, "owner": key.owner, "deleted_at": key.deleted_at, **who},
+            )
+        log.info("key %s of %s purged by %s", key.name, key.owner, actor)
+
+    @staticmethod
+    def _require_admin(role: Role, what: str) -> None:
+        if role.kind != "admin":
+            raise PermissionDeniedError(f"only an admin may {what}")
+
+    def _managed(self, name: str, role: Role) -> StoredKey:
+        """The key ``name``, live or deleted, if ``role`` may manage it (its owner, or an admin)."""
+        key = self._store.find_key(_check_key_name(name))
+        if key is None:
+            raise NotFoundError(f"no key named {name!r}: list keys with 'sdctl keys list'")
+        if role.kind != "admin" and key.owner != self._owner_for(role, ""):
+            raise PermissionDeniedError(f"key {name!r} is not {role}'s: an app manages only its own keys")
+        return key
+
+    def _key(self, name: str, caller: KeyCaller | Role) -> tuple[StoredKey, bytes, KeyType]:
+        """A live key its owner may use: anyone else is refused, an admin too (see the module)."""
+        role = _caller(caller).role
+        dek = self._dek()
+        user = self._owner_for(role, "")
+
+        def allow(key: StoredKey) -> None:
+            if key.owner != user:
+                raise PermissionDeniedError(
+                    f"key {name!r} is not {role}'s to use: an admin can create a key for {role} "
+                    f"(sdctl keys create NAME --owner {role})"
+                )
+            if key.deleted_at is not None:
+                raise NotFoundError(
+                    f"key {name!r} is deleted: an admin can recover it until "
+                    f"{_day(self._purge_time(key.deleted_at))}"
+                )
+
+        info, private = self._store.get_key(dek, _check_key_name(name), allow)
         return info, private, KeyType(info.key_type)
 
-    def encrypt(self, name: str, plaintext: bytes, aad: bytes) -> bytes:
-        _, private, kind = self._key(name)
+    def encrypt(self, name: str, plaintext: bytes, aad: bytes, caller: KeyCaller | Role) -> bytes:
+        _, private, kind = self._key(name, caller)
         return keyops.encrypt(kind, private, plaintext, aad)
 
-    def decrypt(self, name: str, ciphertext: bytes, aad: bytes) -> bytes:
-        _, private, kind = self._key(name)
+    def decrypt(self, name: str, ciphertext: bytes, aad: bytes, caller: KeyCaller | Role) -> bytes:
+        _, private, kind = self._key(name, caller)
         return keyops.decrypt(kind, private, ciphertext, aad)
 
-    def sign(self, name: str, message: bytes) -> bytes:
-        _, private, kind = self._key(name)
+    def sign(self, name: str, message: bytes, caller: KeyCaller | Role) -> bytes:
+        _, private, kind = self._key(name, caller)
         return keyops.sign(kind, private, message)
 
-    def encrypt_batch(self, name: str, plaintexts: Packed, aad: bytes | Packed) -> Packed:
+    def encrypt_batch(
+        self, name: str, plaintexts: Packed, aad: bytes | Packed, caller: KeyCaller | Role
+    ) -> Packed:
         """Many plaintexts under one key opened once; ``aad`` for every item, or one per item."""
-        _, private, kind = self._key(name)
+        _, private, kind = self._key(name, caller)
         return keyops.encrypt_batch(kind, private, plaintexts, aad)
 
-    def sign_batch(self, name: str, messages: Packed) -> Packed:
+    def sign_batch(self, name: str, messages: Packed, caller: KeyCaller | Role) -> Packed:
         """Many messages signed by one key opened once."""
-        _, private, kind = self._key(name)
+        _, private, kind = self._key(name, caller)
         return keyops.sign_batch(kind, private, messages)
 
-    async def encrypt_batch_async(self, name: str, plaintexts: Packed, aad: bytes | Packed) -> Packed:
+    async def encrypt_batch_async(
+        self, name: str, plaintexts: Packed, aad: bytes | Packed, caller: KeyCaller | Role
+    ) -> Packed:
         """:meth:`encrypt_batch` for the server: a batch big enough to pay for the trip goes to a
         worker process of :attr:`crypto_pool` (see :mod:`hsm_node.cryptopool`), so the server's
         thread goes on serving meanwhile. The key is read from the database here, on the event
         loop's thread, as every read is."""
-        _, private, kind = self._key(name)
+        _, private, kind = self._key(name, caller)
         pool = self.crypto_pool
         if pool is not None and pool.wants(kind, plaintexts, private, aad):
             return await pool.encrypt_batch(kind, private, plaintexts, aad)
         return keyops.encrypt_batch(kind, private, plaintexts, aad)
 
-    async def sign_batch_async(self, name: str, messages: Packed) -> Packed:
+    async def sign_batch_async(self, name: str, messages: Packed, caller: KeyCaller | Role) -> Packed:
         """:meth:`sign_batch` for the server: in a worker process of :attr:`crypto_pool` as
         :meth:`encrypt_batch_async`; otherwise :func:`~hsm_node.cryptopool.sign_batch_here` (an RSA
         batch in a thread)."""
-        _, private, kind = self._key(name)
+        _, private, kind = self._key(name, caller)
         pool = self.crypto_pool
         if pool is not None and pool.wants(kind, messages, private):
             return await pool.sign_batch(kind, private, messages)
         return await sign_batch_here(kind, private, messages)
 
-    def verify(self, name: str, message: bytes, signature: bytes) -> bool:
+    def verify(self, name: str, message: bytes, signature: bytes, caller: KeyCaller | Role) -> bool:
         # Against the public key of the sealed private key, not the row's public column: the
         # column is not under the row's seal, so whoever can write the data directory could put
         # a key of theirs there and have their own signatures verify.
-        _, private, kind = self._key(name)
+        _, private, kind = self._key(name, caller)
         return keyops.verify(kind, keyops.public_der(kind, private), message, signature)
 
     # ------------------------------------------------------------------ backup and restore
 
     def backup(self, caller: Role | str = "admin") -> bytes:
         """The key store as a version 2 backup: its rows (keys still sealed under the data
-        encryption key) in an SQLite image, sealed under the domain's backup key and signed."""
+        encryption key; deleted keys still retained with their owner and deletion time, so a
+        restore neither loses nor revives them) in an SQLite image, sealed under the domain's
+        backup key and signed."""
         dek = self._dek()
         if self._domain is None:  # pragma: no cover - _dek checked it
             raise StateError("no domain")
@@ -1055,7 +1389,9 @@ class Node:
     def restore(self, data: bytes, caller: Role | str = "admin") -> int:
         """Replace the key store with a backup of this node's domain (version 2 or 1), in one
         transaction; a refused backup changes nothing. A restore rolls the key store back to the
-        backup's day (keys deleted since come back), so it is audited with the backup's origin."""
+        backup's day (keys deleted or purged since come back as they were then), so it is audited
+        with the backup's origin. Keys deleted in the backup come back deleted, with their deletion
+        time: those whose retention has ended since are purged at once (audited)."""
         dek = self._dek()
         if self._domain is None:  # pragma: no cover - _dek checked it
             raise StateError("no domain")
@@ -1075,4 +1411,5 @@ class Node:
                 "backup_node": opened.header.node_id,
             },
         )
+        self.purge_expired_keys()
         return count

@@ -1,13 +1,15 @@
 """gRPC servicers of ``hsm-node``: thin adapters from the wire contract to :class:`hsm_node.node.Node`.
 
-Roles: ``Node`` any authenticated role; ``NodeAdmin`` admin; ``Keys`` app and admin; ``Custodian``
-custodian. Every method goes through :func:`sdquorum_rpc.errors.rpc` (role check, error mapping).
+Roles: ``Node`` any authenticated role; ``NodeAdmin`` admin; ``Keys`` app and admin (``PurgeKey``
+and ``ListDeletedKeys`` admin only; which keys each caller may touch: :mod:`hsm_node.node`);
+``Custodian`` custodian. Every method goes through :func:`sdquorum_rpc.errors.rpc` (role check, error mapping).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -20,10 +22,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coordinator import CeremonyStatus, CustodianRequest, CustodianStatus, SessionState
 from hsm_node.keyops import KeyType
-from hsm_node.node import Node
+from hsm_node.node import KeyCaller, Node
 from hsm_node.store import StoredKey
-from sdquorum.errors import MalformedError, UsageError
-from sdquorum.pki import Role
+from sdquorum.errors import MalformedError, SdquorumError, UsageError
+from sdquorum.pki import Role, load_cert, spki_sha256
 from sdquorum.review import CustodyRecord
 from sdquorum.sdfile import MAX_SD_FILE_BYTES
 from sdquorum_rpc import packed
@@ -32,6 +34,7 @@ from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2_grpc as pbg
 from sdquorum_rpc.convert import KIND_TO_PROTO
 from sdquorum_rpc.errors import RequestGuard, rpc
 from sdquorum_rpc.listen import bind_failure
+from sdquorum_rpc.observability import NodeSnapshot
 from sdquorum_rpc.tls import DEFAULT_MAX_MESSAGE_BYTES, Ctx, TlsFiles, server_credentials, server_options
 
 __all__ = ["CHUNK_BYTES", "MAX_BATCH_ITEMS", "NodeServer", "serve", "status_to_proto"]
@@ -90,13 +93,35 @@ def status_to_proto(st: CeremonyStatus) -> pb.RecoveryProgress:
     )
 
 
-def _key_info(k: StoredKey) -> pb.KeyInfo:
+def _key_info(k: StoredKey, purge_at: int = 0) -> pb.KeyInfo:
     return pb.KeyInfo(
         name=k.name,
         type=pb.KeyType.Name(k.key_type),
         public_key_der=k.public_der,
         created_at_unix=k.created_at,
+        owner=k.owner,
+        deleted_at_unix=k.deleted_at or 0,
+        purge_at_unix=purge_at,
     )
+
+
+def _caller(context: Ctx, role: Role) -> KeyCaller:
+    """The caller of a key's create, delete, recover or purge, for its audit entry: the role the
+    rpc guard found, with the subject and SPKI SHA-256 of the peer's certificate."""
+    certs = list(context.auth_context().get("x509_pem_cert") or [])
+    if len(certs) != 1:  # the guard found a role, so there is one; keep the role alone otherwise
+        return KeyCaller(role)
+    subject, spki = _identity_of(bytes(certs[0]))
+    return KeyCaller(role, subject, spki)
+
+
+@functools.lru_cache(maxsize=1024)
+def _identity_of(cert_pem: bytes) -> tuple[str, str]:
+    """(subject, SPKI SHA-256 hex) of a peer certificate, parsed once per certificate."""
+    try:
+        return load_cert(cert_pem).subject.rfc4514_string(), spki_sha256(cert_pem).hex()
+    except SdquorumError:
+        return "", ""
 
 
 async def _collect(chunks: AsyncIterator[bytes], limit: int, what: str) -> bytes:
@@ -321,49 +346,74 @@ class KeysServicer:
             kind = KeyType(request.type)
         except ValueError as e:
             raise UsageError("choose a key type: AES256_GCM, ED25519 or RSA3072") from e
-        return _key_info(await self.node.create_key(request.name, kind))
+        return _key_info(
+            await self.node.create_key(request.name, kind, _caller(context, role), request.owner)
+        )
 
     @rpc("app", "admin")
     async def ListKeys(self, request: pb.ListKeysRequest, context: Ctx, role: Role) -> pb.ListKeysResponse:
-        return pb.ListKeysResponse(keys=[_key_info(k) for k in self.node.list_keys()])
+        return pb.ListKeysResponse(keys=[_key_info(k) for k in self.node.list_keys(role)])
 
     @rpc("app", "admin")
     async def DeleteKey(self, request: pb.DeleteKeyRequest, context: Ctx, role: Role) -> pb.DeleteKeyResponse:
-        self.node.delete_key(request.name)
-        return pb.DeleteKeyResponse()
+        return pb.DeleteKeyResponse(purge_at_unix=self.node.delete_key(request.name, _caller(context, role)))
+
+    @rpc("admin")
+    async def ListDeletedKeys(
+        self, request: pb.ListKeysRequest, context: Ctx, role: Role
+    ) -> pb.ListKeysResponse:
+        keys = self.node.list_deleted_keys(role)
+        return pb.ListKeysResponse(keys=[_key_info(k, self.node.purge_time(k)) for k in keys])
+
+    @rpc("app", "admin")
+    async def RecoverKey(self, request: pb.RecoverKeyRequest, context: Ctx, role: Role) -> pb.KeyInfo:
+        return _key_info(self.node.recover_key(request.name, _caller(context, role)))
+
+    @rpc("admin")
+    async def PurgeKey(self, request: pb.PurgeKeyRequest, context: Ctx, role: Role) -> pb.PurgeKeyResponse:
+        self.node.purge_key(request.name, _caller(context, role))
+        return pb.PurgeKeyResponse()
 
     @rpc("app", "admin")
     async def Encrypt(self, request: pb.EncryptRequest, context: Ctx, role: Role) -> pb.EncryptResponse:
-        return pb.EncryptResponse(ciphertext=self.node.encrypt(request.name, request.plaintext, request.aad))
+        return pb.EncryptResponse(
+            ciphertext=self.node.encrypt(request.name, request.plaintext, request.aad, role)
+        )
 
     @rpc("app", "admin")
     async def Decrypt(self, request: pb.DecryptRequest, context: Ctx, role: Role) -> pb.DecryptResponse:
-        return pb.DecryptResponse(plaintext=self.node.decrypt(request.name, request.ciphertext, request.aad))
+        return pb.DecryptResponse(
+            plaintext=self.node.decrypt(request.name, request.ciphertext, request.aad, role)
+        )
 
     @rpc("app", "admin")
     async def Sign(self, request: pb.SignRequest, context: Ctx, role: Role) -> pb.SignResponse:
-        return pb.SignResponse(signature=self.node.sign(request.name, request.message))
+        return pb.SignResponse(signature=self.node.sign(request.name, request.message, role))
 
     @rpc("app", "admin")
     async def EncryptBatch(
         self, request: pb.EncryptBatchRequest, context: Ctx, role: Role
     ) -> pb.EncryptBatchResponse:
         plaintexts = self._batch(request.plaintexts, request.plaintext_lengths, "plaintext")
-        out = await self.node.encrypt_batch_async(request.name, plaintexts, _aad(request, len(plaintexts)))
+        out = await self.node.encrypt_batch_async(
+            request.name, plaintexts, _aad(request, len(plaintexts)), role
+        )
         self._fits(out)
         return pb.EncryptBatchResponse(ciphertexts=out.data, ciphertext_lengths=out.lengths)
 
     @rpc("app", "admin")
     async def SignBatch(self, request: pb.SignBatchRequest, context: Ctx, role: Role) -> pb.SignBatchResponse:
         out = await self.node.sign_batch_async(
-            request.name, self._batch(request.messages, request.message_lengths, "message")
+            request.name, self._batch(request.messages, request.message_lengths, "message"), role
         )
         self._fits(out)
         return pb.SignBatchResponse(signatures=out.data, signature_lengths=out.lengths)
 
     @rpc("app", "admin")
     async def Verify(self, request: pb.VerifyRequest, context: Ctx, role: Role) -> pb.VerifyResponse:
-        return pb.VerifyResponse(valid=self.node.verify(request.name, request.message, request.signature))
+        return pb.VerifyResponse(
+            valid=self.node.verify(request.name, request.message, request.signature, role)
+        )
 
     def _batch(self, data: bytes, lengths: Sequence[int], what: str) -> packed.Packed:
         if not 1 <= len(lengths) <= self.max_batch_items:
@@ -450,25 +500,62 @@ class CustodianServicer:
         return pb.Ack()
 
 
+ALWAYS_SERVING = ("sdquorum.v1.Node", "sdquorum.v1.NodeAdmin", "sdquorum.v1.Custodian")
+KEYS_SERVICE = "sdquorum.v1.Keys"  # SERVING only while the node is ACTIVATED: the data plane works
+
+
+def node_snapshot(node: Node) -> NodeSnapshot:
+    session = node.session
+    status = session.status() if session is not None else None
+    return NodeSnapshot(
+        state=node.state,
+        compromised=node.compromised,
+        session_kind=status.kind if status is not None else None,
+        session_state=status.state.value if status is not None else None,
+        custodians=tuple(c.name for c in status.custodians) if status is not None else (),
+        connected=node.connected_custodians(),
+    )
+
+
 class NodeServer:
-    """A running node: the gRPC server, its health service and the deadline ticker."""
+    """A running node: the gRPC server, its health service (overall and per service: the data plane's
+    ``sdquorum.v1.Keys`` is SERVING only while ACTIVATED), the deadline ticker and the snapshot the
+    metrics gauges read."""
 
     def __init__(self, node: Node, server: grpc.aio.Server, port: int, health: Any) -> None:
         self.node = node
         self.server = server
         self.port = port
         self.health = health
+        self.snapshot = node_snapshot(node)  # what the metrics gauges read (their own thread)
+        self._keys_serving: bool | None = None
         self._ticker: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.server.start()
-        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        for service in ("", *ALWAYS_SERVING):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        await self._refresh()
         self._ticker = asyncio.create_task(self._tick())
 
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(0.5)
             await self.node.tick()
+            await self._refresh()
+
+    async def _refresh(self) -> None:
+        """Per-service health and the gauges' snapshot, from the node's state on the event loop."""
+        self.snapshot = node_snapshot(self.node)
+        serving = self.node.state == "ACTIVATED"
+        if serving != self._keys_serving:
+            self._keys_serving = serving
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            await self.health.set(KEYS_SERVICE, status)
 
     async def stop(self, grace: float = 2.0) -> None:
         """Drain: report NOT_SERVING, refuse new calls, give calls in flight ``grace`` seconds."""
@@ -478,6 +565,7 @@ class NodeServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
         await self.server.stop(grace)
+        self.node.close_refusal_windows(all_open=True)  # the counts of open windows are not lost
 
 
 async def serve(

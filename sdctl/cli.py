@@ -13,6 +13,7 @@ Examples::
     sdctl recover --sd-file sd.json --reason "datacentre A lost"
     sdctl backup --out keys.backup && sdctl restore keys.backup
     sdctl keys create payments --type aes256-gcm
+    sdctl keys delete payments --yes && sdctl keys deleted && sdctl keys recover payments
 
 Start-up: importing this module loads argparse and small settings modules only. Each command
 imports what it needs when it runs (grpc and the wire messages for node commands, the review or
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sdctl.config import SETTINGS
+from sdquorum import __version__
 from sdquorum.errors import MalformedError, StateError, UsageError, VerificationError
 from sdquorum_rpc.cli import run_main
 from sdquorum_rpc.config import add_flags, load_settings
@@ -71,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_flags(p, SETTINGS)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def cmd(name: str, help_: str, example: str) -> argparse.ArgumentParser:
@@ -112,16 +115,50 @@ def _parser() -> argparse.ArgumentParser:
     rs = cmd("restore", "replace the key store from a backup of this domain", "sdctl restore keys.backup")
     rs.add_argument("file", type=Path)
 
-    k = cmd("keys", "create, list or delete keys", "sdctl keys create payments --type aes256-gcm")
+    k = cmd(
+        "keys",
+        "create, list, delete, recover or purge keys",
+        "sdctl keys create payments --type aes256-gcm",
+    )
+    k.description = (
+        "Every key has one owner, the role that may use it (admin, app or app/<name>). An app sees\n"
+        "and manages only its own keys; an admin sees and manages every key, uses only its own, and\n"
+        "can create a key for an app (--owner). A deleted key is kept, unusable, for the node's\n"
+        "keys.retention_days (default 90) and can be recovered until then; an admin can purge it\n"
+        "sooner. Every create, delete, recover and purge is audited."
+    )
     ks = k.add_subparsers(dest="keys_command", required=True)
     kc = ks.add_parser(
-        "create", help="create a key", epilog="example: sdctl keys create signer --type ed25519"
+        "create",
+        help="create a key",
+        epilog="example: sdctl keys create signer --type ed25519\n"
+        "         sdctl keys create payments --type aes256-gcm --owner app/payments  (as admin)",
+        formatter_class=fmt,
     )
     kc.add_argument("name")
     kc.add_argument("--type", choices=sorted(KEY_TYPES), required=True)
-    ks.add_parser("list", help="list keys", epilog="example: sdctl keys list")
-    kd = ks.add_parser("delete", help="delete a key", epilog="example: sdctl keys delete old-key")
-    kd.add_argument("name")
+    kc.add_argument(
+        "--owner",
+        default="",
+        help="admin only: the app that will own and use the key (app or app/<name>; default: you)",
+    )
+    ks.add_parser(
+        "list", help="list the keys you may use (an admin: every key)", epilog="example: sdctl keys list"
+    )
+    for name, help_ in (
+        ("delete", "delete a key: it is kept, unusable, and can be recovered until the retention ends"),
+        ("purge", "admin only: remove a deleted key for good (it cannot be recovered afterwards)"),
+    ):
+        kd = ks.add_parser(name, help=help_, epilog=f"example: sdctl keys {name} old-key --yes")
+        kd.add_argument("name")
+        kd.add_argument("--yes", action="store_true", help="do not ask (required when not on a terminal)")
+    kr = ks.add_parser("recover", help="recover a deleted key", epilog="example: sdctl keys recover old-key")
+    kr.add_argument("name")
+    ks.add_parser(
+        "deleted",
+        help="admin only: list deleted keys and when each is purged",
+        epilog="example: sdctl keys deleted",
+    )
 
     for name, help_ in (("encrypt", "encrypt a file"), ("decrypt", "decrypt a file")):
         e = cmd(name, help_, f"sdctl {name} payments --in data.bin --out data.{name}ed")
@@ -290,7 +327,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     pis.add_argument("--dir", type=Path, required=True)
     g = pis.add_mutually_exclusive_group(required=True)
-    g.add_argument("--role", help="admin, app, node or custodian/<name>")
+    g.add_argument("--role", help="admin, app, app/<name>, node or custodian/<name>")
     g.add_argument("--attestation", metavar="NODE_ID", help="an attestation certificate for a node")
     pis.add_argument("--ip", action="append", default=[])
     pis.add_argument("--dns", action="append", default=[])
@@ -691,27 +728,70 @@ class Ctl:
 
     async def keys(self) -> int:
         a = self.args
+        if a.keys_command in ("delete", "purge"):
+            self._confirm(a.keys_command, a.name)
         async with self.client() as c:
             with c.errors():
                 if a.keys_command == "create":
-                    k = await c.keys.CreateKey(pb.CreateKeyRequest(name=a.name, type=KEY_TYPES[a.type]))
-                    self.emit(
-                        f"created {pb.KeyType.Name(k.type)} key {k.name}",
-                        {"name": k.name, "type": pb.KeyType.Name(k.type)},
+                    k = await c.keys.CreateKey(
+                        pb.CreateKeyRequest(name=a.name, type=KEY_TYPES[a.type], owner=a.owner)
                     )
-                elif a.keys_command == "list":
-                    res = await c.keys.ListKeys(pb.ListKeysRequest())
-                    if self.json:
-                        self.out(
-                            json.dumps([{"name": k.name, "type": pb.KeyType.Name(k.type)} for k in res.keys])
-                        )
-                    else:
-                        for k in res.keys:
-                            self.out(f"{k.name}\t{pb.KeyType.Name(k.type)}")
+                    self.emit(
+                        f"created {pb.KeyType.Name(k.type)} key {k.name} for {k.owner}",
+                        {"name": k.name, "type": pb.KeyType.Name(k.type), "owner": k.owner},
+                    )
+                elif a.keys_command in ("list", "deleted"):
+                    req = pb.ListKeysRequest()
+                    res = await (
+                        c.keys.ListKeys(req) if a.keys_command == "list" else c.keys.ListDeletedKeys(req)
+                    )
+                    self._key_table(list(res.keys), deleted=a.keys_command == "deleted")
+                elif a.keys_command == "delete":
+                    d = await c.keys.DeleteKey(pb.DeleteKeyRequest(name=a.name))
+                    self.emit(
+                        f"deleted {a.name}: recoverable until {_when(d.purge_at_unix)} "
+                        f"(sdctl keys recover {a.name}), then purged",
+                        {"deleted": a.name, "purge_at": d.purge_at_unix},
+                    )
+                elif a.keys_command == "recover":
+                    k = await c.keys.RecoverKey(pb.RecoverKeyRequest(name=a.name))
+                    self.emit(
+                        f"recovered {k.name} (owner {k.owner})", {"recovered": k.name, "owner": k.owner}
+                    )
                 else:
-                    await c.keys.DeleteKey(pb.DeleteKeyRequest(name=a.name))
-                    self.emit(f"deleted {a.name}", {"deleted": a.name})
+                    await c.keys.PurgeKey(pb.PurgeKeyRequest(name=a.name))
+                    self.emit(f"purged {a.name}: it is gone for good", {"purged": a.name})
         return 0
+
+    def _key_table(self, keys: list[pb.KeyInfo], deleted: bool) -> None:
+        rows = [
+            {
+                "name": k.name,
+                "type": pb.KeyType.Name(k.type),
+                "owner": k.owner,
+                **({"deleted_at": k.deleted_at_unix, "purge_at": k.purge_at_unix} if deleted else {}),
+            }
+            for k in keys
+        ]
+        if self.json:
+            self.out(json.dumps(rows))
+            return
+        for k in keys:
+            extra = (
+                f"\tdeleted {_when(k.deleted_at_unix)}\tpurged {_when(k.purge_at_unix)}" if deleted else ""
+            )
+            self.out(f"{k.name}\t{pb.KeyType.Name(k.type)}\t{k.owner}{extra}")
+
+    def _confirm(self, verb: str, name: str) -> None:
+        """Destructive key commands need --yes, or the key's name typed back on a terminal."""
+        if self.args.yes:
+            return
+        what = "it stays recoverable until the retention ends" if verb == "delete" else "it cannot be undone"
+        if not sys.stdin.isatty():
+            raise UsageError(f"add --yes to {verb} key {name} ({what})")
+        answer = input(f"{verb} key {name}? {what}. Type its name to confirm: ")
+        if answer.strip() != name:
+            raise UsageError(f"not confirmed: key {name} was not {verb}d")
 
     async def crypt(self) -> int:
         a = self.args
@@ -798,6 +878,10 @@ class Ctl:
         import asyncio
 
         return asyncio.run(handlers[cmd]())
+
+
+def _when(t: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t)) if t else "-"
 
 
 def _check_offline_dir(path: Path | None) -> None:

@@ -7,6 +7,7 @@ line ``custodian-agent: error: ...`` and its exit code (2 usage, 4 verification)
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import stat
 from collections.abc import Callable, Iterator
@@ -209,6 +210,13 @@ async def wait_pending(agent_cli: AgentCli, state_dir: Path, timeout: float = 15
             await asyncio.sleep(0.05)
 
 
+def exchange_sha256(c: Any) -> str:
+    """SHA-256 (hex) of the exchange key in the running session's attested statement."""
+    session = c.node.session
+    assert session is not None and session.attestation is not None
+    return hashlib.sha256(session.attestation.statement.exchange_public_key).hexdigest()
+
+
 async def test_manual_approval_flow_over_grpc(
     pki_dir: Path,
     tmp_path: Path,
@@ -226,7 +234,7 @@ async def test_manual_approval_flow_over_grpc(
     async with running_cluster(pki_dir, tmp_path / "b", node_id="node-b") as b:
         names = NAMES[:4]  # alice..dave run agents; erin (slot 5) is away
         for name, key in zip(names, wrapping_keys[:4], strict=True):
-            b.start_agent(name, key, tmp_path, approval="manual")
+            b.start_agent(name, key, tmp_path, approval="manual", approves=False)
         dirs = {name: tmp_path / f"agent-{name}" for name in names}
         recover = asyncio.create_task(
             sdctl(
@@ -244,6 +252,9 @@ async def test_manual_approval_flow_over_grpc(
             assert req["slot"] == slot
             assert "admin" in req["initiator"]
             assert req["domain_id"] == domain_a.domain_id.hex()
+            # where the share goes, shown before approving (issue 13, class 1)
+            assert req["destination_sha256"] == exchange_sha256(b) and "node node-b" in req["destination"]
+            assert "this node's attested exchange key" in req["destination"]
         assert b.node.state != "ACTIVATED", "the node opened the domain before anyone approved"
 
         # dave refuses first, so his refusal is recorded before the quorum is reached

@@ -72,8 +72,14 @@ def spool(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     box.post(ids["decided"], _details(ids["decided"], now + timedelta(minutes=5)))
     box.decide(ids["decided"], approved=True)
     box.post(ids["expired"], _details(ids["expired"], now - timedelta(seconds=1)))
-    dest = "9f" * 32
-    box.post(ids["destination"], _details(ids["destination"], now + timedelta(minutes=9), destination=dest))
+    external = {  # as responder.destination describes an Azure restore's exchange key
+        "destination": "EXTERNAL, UNATTESTED key: the Azure exchange certificate 'CN=hsm' (...)",
+        "destination_spki_sha256": "9f" * 32,
+        "destination_certificate_sha256": "8e" * 32,
+        "destination_subject": "CN=hsm",
+        "exchange_key_sha256": "7d" * 32,
+    }
+    box.post(ids["destination"], _details(ids["destination"], now + timedelta(minutes=9), **external))
     return tmp_path, ids
 
 
@@ -88,10 +94,12 @@ def test_pending_lists_only_open_requests_as_a_table(
     assert (r.code, r.err) == (0, "")
     header, *rows, footer = r.out
     assert header.split()[:4] == ["REQUEST", "KIND", "ASKED", "BY"]
-    for column in ("NODE", "DOMAIN", "EPOCH", "DESTINATION", "DEADLINE", "REASON"):
+    for column in ("NODE", "DOMAIN", "EPOCH", "DESTINATION KEY", "DEADLINE", "REASON"):
         assert column in header
+    *rows, warning = rows
     assert [row.split()[0] for row in rows] == [ids["open"], ids["destination"]]  # soonest deadline first
-    assert "9f" * 32 in rows[1] and "node-b" in rows[0] and "datacentre A lost" in rows[0]
+    assert f"EXTERNAL {'9f' * 32}" in rows[1] and "node-b" in rows[0] and "datacentre A lost" in rows[0]
+    assert warning.startswith(f"{ids['destination']}: EXTERNAL, UNATTESTED key")  # the sentence, in full
     assert "left)" in rows[0]  # the deadline, with the time left to decide
     assert footer.startswith("2 open;") and f"--state-dir {state}" in footer
 
@@ -120,7 +128,10 @@ def test_pending_json_is_one_document_with_the_same_keys_for_every_request(
     requests = doc["requests"]
     assert [q["request_id"] for q in requests] == [ids["open"], ids["destination"]]
     assert {frozenset(q) for q in requests} == {frozenset(requests[0])}  # stable keys
-    assert requests[0]["destination"] is None and requests[1]["destination"] == "9f" * 32
+    assert requests[0]["destination_spki_sha256"] is None
+    assert (
+        requests[1]["destination_spki_sha256"] == "9f" * 32 and requests[1]["destination_subject"] == "CN=hsm"
+    )
     assert requests[0]["epoch"] == 2 and requests[0]["node_id"] == "node-b"
     empty = agent_cli("pending", "--state-dir", str(state / "none"), "--output", "json")
     assert json.loads("\n".join(empty.out)) == {"requests": []}

@@ -19,7 +19,16 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from harness import NAMES, ROOT, NodeProcess, agent_config, certs_of, node_run_argv, running_cluster
+from harness import (
+    NAMES,
+    ROOT,
+    Custodians,
+    NodeProcess,
+    agent_config,
+    certs_of,
+    node_run_argv,
+    running_cluster,
+)
 from test_demo import forms
 
 from custodian_agent.agent import Agent
@@ -50,6 +59,7 @@ async def agents(
     pki: Path, target: str, keys: dict[str, SoftwareWrappingKey], tmp: Path
 ) -> AsyncIterator[list[Agent]]:
     running = []
+    persons = Custodians({name: tmp / f"agent-{name}" for name in keys}).start()
     for name, key in keys.items():
         agent = Agent(agent_config(pki, target, name, tmp / f"agent-{name}"), key)
         stop = asyncio.Event()
@@ -57,6 +67,7 @@ async def agents(
     try:
         yield [a for a, _, _ in running]
     finally:
+        persons.stop()
         for _, stop, _ in running:
             stop.set()
         await asyncio.gather(*(t for _, _, t in running), return_exceptions=True)
@@ -405,7 +416,7 @@ async def test_a_public_key_swapped_on_disk_does_not_make_verify_accept_its_sign
 
     async with running_cluster(pki_dir, tmp_path / "a") as a:
         await a.download(certs_of(wrapping_keys[:3]), quorum=2)
-        await a.node.create_key("ed", KeyType.ED25519)
+        await a.node.create_key("ed", KeyType.ED25519, Role("app"))
         forger = ed25519.Ed25519PrivateKey.generate()
         spki = forger.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -415,8 +426,10 @@ async def test_a_public_key_swapped_on_disk_does_not_make_verify_accept_its_sign
         db.commit()
         db.close()
         message = b"pay mallory 1000000"
-        assert a.node.verify("ed", message, forger.sign(message)) is False
-        assert a.node.verify("ed", message, a.node.sign("ed", message)) is True  # the real key still works
+        assert a.node.verify("ed", message, forger.sign(message), Role("app")) is False
+        assert (
+            a.node.verify("ed", message, a.node.sign("ed", message, Role("app")), Role("app")) is True
+        )  # the real key still works
 
 
 async def test_a_rotation_may_not_keep_a_key_recorded_lost(

@@ -13,6 +13,7 @@ from softhsm import Token
 
 from custodian_agent.pkcs11key import open_token_key, token_keygen
 from sdquorum import pki
+from sdquorum.envelopes import CustodianPolicy
 from sdquorum.errors import UsageError, VerificationError
 from sdquorum.keys import SoftwareWrappingKey, encrypt_oaep, verify_pss
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
@@ -112,8 +113,9 @@ async def test_azure_restore_completes_with_one_custodian_key_in_the_token(
     key = open_token_key(softhsm.module, softhsm.label, softhsm.pin, "olga-wrap", token_cert)
     try:
         async with running_cluster(pki_dir, tmp_path / "c") as c:
-            c.start_agent(NAMES[0], wrapping_keys[0], tmp_path)
-            c.start_agent("erin", key, tmp_path)  # the token-held key answers slot 3
+            azure = CustodianPolicy((pki_dir / "attestation-root.pem").read_bytes(), azure_restore=True)
+            c.start_agent(NAMES[0], wrapping_keys[0], tmp_path, policy=azure)
+            c.start_agent("erin", key, tmp_path, policy=azure)  # the token-held key answers slot 3
             async with c.client() as cl, cl.errors():
                 started = await cl.admin.StartAzureRestore(
                     pb.AzureRestoreRequest(

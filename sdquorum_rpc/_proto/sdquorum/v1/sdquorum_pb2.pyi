@@ -319,24 +319,32 @@ class RestoreResponse(_message.Message):
     def __init__(self, keys_restored: _Optional[int] = ...) -> None: ...
 
 class KeyInfo(_message.Message):
-    __slots__ = ("name", "type", "public_key_der", "created_at_unix")
+    __slots__ = ("name", "type", "public_key_der", "created_at_unix", "owner", "deleted_at_unix", "purge_at_unix")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_DER_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_UNIX_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    DELETED_AT_UNIX_FIELD_NUMBER: _ClassVar[int]
+    PURGE_AT_UNIX_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: KeyType
     public_key_der: bytes
     created_at_unix: int
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[KeyType, str]] = ..., public_key_der: _Optional[bytes] = ..., created_at_unix: _Optional[int] = ...) -> None: ...
+    owner: str
+    deleted_at_unix: int
+    purge_at_unix: int
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[KeyType, str]] = ..., public_key_der: _Optional[bytes] = ..., created_at_unix: _Optional[int] = ..., owner: _Optional[str] = ..., deleted_at_unix: _Optional[int] = ..., purge_at_unix: _Optional[int] = ...) -> None: ...
 
 class CreateKeyRequest(_message.Message):
-    __slots__ = ("name", "type")
+    __slots__ = ("name", "type", "owner")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: KeyType
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[KeyType, str]] = ...) -> None: ...
+    owner: str
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[KeyType, str]] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class ListKeysRequest(_message.Message):
     __slots__ = ()
@@ -355,6 +363,24 @@ class DeleteKeyRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class DeleteKeyResponse(_message.Message):
+    __slots__ = ("purge_at_unix",)
+    PURGE_AT_UNIX_FIELD_NUMBER: _ClassVar[int]
+    purge_at_unix: int
+    def __init__(self, purge_at_unix: _Optional[int] = ...) -> None: ...
+
+class RecoverKeyRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class PurgeKeyRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class PurgeKeyResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
