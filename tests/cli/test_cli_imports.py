@@ -36,7 +36,7 @@ def test_sdctl_help_loads_no_grpc_protobuf_or_cryptography() -> None:
         "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
         "    sdctl.cli.main(['--help'])"
     )
-    assert sorted(loaded & {"grpc", "google", "cryptography", "asyncio", *NEVER_FOR_SDCTL}) == []
+    assert sorted(loaded & {"grpc", "google", "cryptography", "asyncio", "logging", *NEVER_FOR_SDCTL}) == []
 
 
 @pytest.mark.parametrize("module", ["sdquorum_rpc.client", "sdquorum_rpc.convert"])
