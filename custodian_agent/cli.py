@@ -442,12 +442,16 @@ def render_pending(items: list[dict[str, Any]], output: str, now: float, command
     table = [[h for h, _ in PENDING_COLUMNS], *(row(it) for it in items)]
     widths = [max(len(row[i]) for row in table) for i in range(len(PENDING_COLUMNS) - 1)]
     lines = ["  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]) for row in table]
-    external = [
-        f"{it.get('request_id')}: {_cell(it.get('destination'))}"
+    notes = [  # what a row cannot hold: a rotation's proposal, an external destination's warning
+        f"{it.get('request_id')}: {label} {_cell(it.get(key))}"
         for it in items
-        if it.get("destination_spki_sha256")
+        for key, label, shown in (
+            ("proposal", "proposal:", "proposal" in it),
+            ("destination", "destination:", bool(it.get("destination_spki_sha256"))),
+        )
+        if shown
     ]
-    return "\n".join([*lines, *external, f"{len(items)} open; decide each with '{command}'"])
+    return "\n".join([*lines, *notes, f"{len(items)} open; decide each with '{command}'"])
 
 
 def _check_local_files(tls: TlsFiles, policy: CustodianPolicy, state_dir: Path) -> None:

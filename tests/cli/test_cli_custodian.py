@@ -99,9 +99,18 @@ def test_pending_lists_only_open_requests_as_a_table(
     *rows, warning = rows
     assert [row.split()[0] for row in rows] == [ids["open"], ids["destination"]]  # soonest deadline first
     assert f"EXTERNAL {'9f' * 32}" in rows[1] and "node-b" in rows[0] and "datacentre A lost" in rows[0]
-    assert warning.startswith(f"{ids['destination']}: EXTERNAL, UNATTESTED key")  # the sentence, in full
+    assert warning.startswith(f"{ids['destination']}: destination: EXTERNAL, UNATTESTED key")  # in full
     assert "left)" in rows[0]  # the deadline, with the time left to decide
     assert footer.startswith("2 open;") and f"--state-dir {state}" in footer
+
+
+def test_pending_shows_a_rotations_proposal_under_the_table(agent_cli: AgentCli, tmp_path: Path) -> None:
+    box = ApprovalBox(tmp_path)
+    rid = "00000000000000bb"
+    summary = "rotate domain ab.. from epoch 1 to 2: quorum 3 of 5 (CN=frank [5ae9..., NEW KEY])"
+    box.post(rid, _details(rid, datetime.now(UTC) + timedelta(minutes=5), kind="rotation", proposal=summary))
+    r = agent_cli("pending", "--state-dir", str(tmp_path))
+    assert r.out[-2] == f"{rid}: proposal: {summary}"
 
 
 def test_pending_shows_no_control_characters_from_the_node(agent_cli: AgentCli, tmp_path: Path) -> None:
