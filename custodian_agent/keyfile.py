@@ -60,7 +60,9 @@ HOW_TO_GIVE = (
 
 def _read_secret_file(path: Path, check_mode: bool) -> str:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(
+            path, os.O_RDONLY
+        )  # a symlink is followed (Kubernetes mounts secrets so); the mode checked is the file's
     except OSError as e:
         raise UsageError(f"cannot read the passphrase file {path}: {e.strerror}") from e
     with os.fdopen(fd, "rb") as f:
