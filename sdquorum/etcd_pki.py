@@ -44,6 +44,7 @@ __all__ = [
     "ETCD_CLUSTER_NAME",
     "ETCD_MEMBER_CN",
     "ETCD_ROOT_USER",
+    "check_member_name",
     "etcd_user",
     "issue_etcd_client_cert",
     "issue_etcd_member_cert",
@@ -72,6 +73,16 @@ def etcd_user(node_id: str) -> str:
     return f"node.{node_id}"
 
 
+def check_member_name(member: str) -> str:
+    """``member`` if it is a valid etcd member name (a DNS label: it goes into a DNS SAN)."""
+    if not _MEMBER_NAME.fullmatch(member):
+        raise UsageError(
+            f"etcd member name {member!r} is invalid: use 1-63 characters of a-z 0-9 - starting with "
+            "a letter or digit"
+        )
+    return member
+
+
 def issue_etcd_member_cert(
     ca: pki.IssuedCert,
     member: str,
@@ -82,11 +93,7 @@ def issue_etcd_member_cert(
     days: int = 397,
 ) -> pki.IssuedCert:
     """Member ``member``'s certificate for its client and peer ports (serverAuth + clientAuth)."""
-    if not _MEMBER_NAME.fullmatch(member):
-        raise UsageError(
-            f"etcd member name {member!r} is invalid: use 1-63 characters of a-z 0-9 - starting with "
-            "a letter or digit"
-        )
+    check_member_name(member)
     sans: list[x509.GeneralName] = [
         x509.DNSName(name) for name in dict.fromkeys(("localhost", member, ETCD_CLUSTER_NAME, *dns_names))
     ]
