@@ -476,6 +476,10 @@ class EtcdClient:
         while True:
             endpoint = cfg.endpoints[self._current % n]
             call = rpc.WatchStub(self._channel(endpoint)).Watch(metadata=_HASLEADER)
+            # one reader per stream: cancelling a pending read would end the whole stream, so the
+            # timeouts below wait on this queue instead
+            inbox: asyncio.Queue[Any] = asyncio.Queue()
+            pump = asyncio.ensure_future(_pump(call, inbox))
             try:
                 create = rpc.WatchCreateRequest(
                     key=prefix, range_end=prefix_end(prefix), start_revision=next_rev, progress_notify=True
@@ -487,15 +491,21 @@ class EtcdClient:
                 while True:
                     try:
                         r = await asyncio.wait_for(
-                            call.read(), cfg.attempt_timeout if asked else cfg.progress_interval
+                            inbox.get(), cfg.attempt_timeout if asked else cfg.progress_interval
                         )
                     except TimeoutError:
                         if asked:
                             break  # no answer to a progress request: this member is cut off
-                        await call.write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
+                        await asyncio.wait_for(
+                            call.write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())),
+                            cfg.attempt_timeout,
+                        )
                         asked = True
                         continue
                     asked = False
+                    if isinstance(r, grpc.aio.AioRpcError):
+                        _raise_if_final(r, "watch")
+                        break
                     if r is _EOF:
                         break
                     if r.compact_revision:
@@ -516,9 +526,10 @@ class EtcdClient:
                     yield WatchBatch(int(r.header.revision), events)
             except grpc.aio.AioRpcError as e:
                 _raise_if_final(e, "watch")
-            except TimeoutError:
-                pass  # the create request did not go out: try the next member
+            except (TimeoutError, asyncio.InvalidStateError):
+                pass  # a request did not go out, or the stream ended under us: next member
             finally:
+                pump.cancel()
                 call.cancel()
             self._current = (self._current + 1) % n
             await asyncio.sleep(min(cfg.attempt_timeout, 0.2))
@@ -577,6 +588,20 @@ class EtcdClient:
 
 class _LeaseNotFound(StateError):
     pass
+
+
+async def _pump(call: Any, inbox: asyncio.Queue[Any]) -> None:
+    """Move a stream's responses (then EOF, or the error that ended it) into ``inbox``."""
+    try:
+        while True:
+            r = await call.read()
+            inbox.put_nowait(r)
+            if r is _EOF:
+                return
+    except grpc.aio.AioRpcError as e:
+        inbox.put_nowait(e)
+    except asyncio.InvalidStateError:
+        inbox.put_nowait(_EOF)
 
 
 def _kv(kv: Any) -> KeyValue:

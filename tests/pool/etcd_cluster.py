@@ -314,10 +314,11 @@ class EtcdCluster:
         if self.net is not None:
             return self._wait_healthy_netns(timeout)
         start = time.monotonic()
-        asyncio.run(self._wait_healthy(timeout, names))
+        asyncio.run(self.healthy(timeout, names))
         return time.monotonic() - start
 
-    async def _wait_healthy(self, timeout: float, names: list[str] | None) -> None:
+    async def healthy(self, timeout: float = 30.0, names: list[str] | None = None) -> None:
+        """:meth:`wait_healthy` for a caller inside an event loop (loopback only)."""
         members = [m for m in self.members if (names is None or m.name in names) and m.running()]
         deadline = time.monotonic() + timeout
         async with EtcdClient(self.config("root", attempt_timeout=0.5)) as c:

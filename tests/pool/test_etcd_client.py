@@ -1,0 +1,253 @@
+"""hsm_node.pool.etcd against a real 3-member etcd cluster (mTLS, client-certificate auth).
+
+One cluster per module (:mod:`etcd_cluster`), authentication on: ``node.node-a`` and ``node.node-b``
+may read and write ``/sdquorum/`` and nothing else. The tests that stop members come last and bring
+every member back before they end. Timings measured here are printed (``-s``) and bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from etcd_cluster import EtcdCluster
+
+from hsm_node.pool.etcd import EtcdClient, EventKind, Layout, WatchBatch
+from sdquorum.errors import PermissionDeniedError, TransportError
+
+pytestmark = pytest.mark.slow
+
+LAYOUT = Layout(bytes.fromhex("5d0c" * 8))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    with EtcdCluster(tmp_path_factory.mktemp("etcd")) as c:
+        c.start()
+        asyncio.run(c.enable_auth())
+        yield c
+
+
+def client(cluster: EtcdCluster, node: str = "node-a", **timeouts: float) -> EtcdClient:
+    return EtcdClient(cluster.config(node, **timeouts))
+
+
+def key(name: str) -> bytes:
+    return LAYOUT.key(f"{name}-{secrets.token_hex(4)}")
+
+
+# ------------------------------------------------------------------------------ reads and writes
+
+
+async def test_put_get_delete_and_prefix_read(cluster: EtcdCluster) -> None:
+    k = key("rsa-signing")
+    async with client(cluster) as a, client(cluster, "node-b") as b:
+        rev = await a.put(k, b"sealed row 1")
+        got = await b.get(k)  # another member's certificate, another connection: the same bytes
+        assert got is not None and got.value == b"sealed row 1" and got.mod_revision == rev
+        rows, at = await b.get_prefix(LAYOUT.keys())
+        assert k in [r.key for r in rows] and at >= rev
+        assert await a.delete(k) is True
+        assert await b.get(k) is None
+        assert await a.delete(k) is False
+
+
+async def test_concurrent_creates_of_one_name_exactly_one_wins(cluster: EtcdCluster) -> None:
+    names = [key(f"race{i}") for i in range(20)]
+    async with client(cluster) as a, client(cluster, "node-b") as b:
+
+        async def create_all(c: EtcdClient, who: bytes) -> list[bool]:
+            return [
+                won
+                for won, _ in await asyncio.gather(
+                    *(c.create(n, who + secrets.token_bytes(16)) for n in names)
+                )
+            ]
+
+        wins_a, wins_b = await asyncio.gather(create_all(a, b"a"), create_all(b, b"b"))
+        assert all(x != y for x, y in zip(wins_a, wins_b, strict=True)), "each name: one winner, one loser"
+        for name, a_won in zip(names, wins_a, strict=True):
+            row = await a.get(name)
+            assert row is not None and row.value.startswith(b"a" if a_won else b"b")
+            assert row.version == 1  # the loser never overwrote it
+
+
+async def test_compare_and_set_and_delete_if_revision(cluster: EtcdCluster) -> None:
+    k = key("cas")
+    async with client(cluster) as c:
+        won, _ = await c.create(k, b"v1")
+        assert won
+        row = await c.get(k)
+        assert row is not None
+        ok, _ = await c.replace_if_revision(k, b"v2", row.mod_revision)
+        assert ok
+        stale, current = await c.replace_if_revision(k, b"v3", row.mod_revision)  # a writer that read v1
+        assert not stale and current is not None and current.value == b"v2"
+        assert await c.delete_if_revision(k, row.mod_revision) is False  # stale revision: kept
+        assert await c.delete_if_revision(k, current.mod_revision) is True
+        assert await c.get(k) is None
+
+
+async def test_only_member_certificates_write_and_only_under_the_pool_prefix(cluster: EtcdCluster) -> None:
+    async with client(cluster) as c:
+        with pytest.raises(PermissionDeniedError, match="may not do it"):
+            await c.put(b"/elsewhere/x", b"1")
+    # same CN, another CA: the TLS handshake itself fails, at every member
+    async with client(cluster, "stranger", call_timeout=1.5) as s:
+        with pytest.raises(TransportError, match=r"TLS with .* failed") as e:
+            await s.put(LAYOUT.key("x"), b"1")
+        assert "\n" not in str(e.value)
+
+
+async def test_a_removed_members_etcd_user_can_no_longer_write(cluster: EtcdCluster, tmp_path: Path) -> None:
+    k = key("before-removal")
+    async with client(cluster, "node-b") as b, client(cluster, "root") as root:
+        await b.put(k, b"ok")
+        await root.remove_member_user("node.node-b")
+        try:
+            with pytest.raises(PermissionDeniedError):
+                await b.put(k, b"after removal")
+            with pytest.raises(PermissionDeniedError):
+                await b.get(k)
+        finally:
+            await root.add_member_user("node.node-b", "sdquorum-member")
+        await b.put(k, b"re-added")
+
+
+# ------------------------------------------------------------------------------ lease and lock
+
+
+async def test_lease_expiry_releases_the_ceremony_lock(cluster: EtcdCluster) -> None:
+    lock = LAYOUT.ceremony_lock()
+    async with client(cluster) as a, client(cluster, "node-b") as b:
+        token_a = b"a-" + secrets.token_bytes(16)
+        lease, _ = await a.acquire(lock, token_a, ttl=2)
+        assert lease is not None
+        await a.keep_alive(lease.id)
+        taken, holder = await b.acquire(lock, b"b-" + secrets.token_bytes(16), ttl=2)
+        assert taken is None and holder is not None and holder.token == token_a
+        # a stops refreshing (as a crashed member would): the lock frees itself
+        t0 = time.monotonic()
+        while True:
+            taken, _ = await b.acquire(lock, b"b-" + secrets.token_bytes(16), ttl=2)
+            if taken is not None:
+                break
+            assert time.monotonic() - t0 < lease.ttl + 3, "the lock outlived its lease"
+            await asyncio.sleep(0.1)
+        released = time.monotonic() - t0
+        print(f"\nceremony lock freed {released:.2f} s after its holder's last refresh (ttl {lease.ttl} s)")
+        await b.revoke_lease(taken.id)
+        assert await a.get(lock) is None  # revoking the lease removed the lock key
+        with pytest.raises(Exception, match="expired"):
+            await a.keep_alive(lease.id)
+
+
+# ------------------------------------------------------------------------------ watch
+
+
+async def _next_batch_with_events(it: AsyncIterator[WatchBatch], timeout: float) -> WatchBatch:
+    async def take() -> WatchBatch:
+        async for batch in it:
+            if batch.events:
+                return batch
+        raise AssertionError("watch ended")
+
+    return await asyncio.wait_for(take(), timeout)
+
+
+async def test_watch_delivers_a_create_on_another_member_within_a_bound(cluster: EtcdCluster) -> None:
+    async with client(cluster) as a, client(cluster, "node-b") as b:
+        _, rev = await b.get_prefix(LAYOUT.keys())
+        it = b.watch_prefix(LAYOUT.keys(), rev + 1)
+        reader = asyncio.ensure_future(_next_batch_with_events(it, 10))
+        await asyncio.sleep(0.3)  # the watch is open
+        latencies = []
+        k = key("watched")
+        t0 = time.monotonic()
+        await a.put(k, b"row")
+        batch = await reader
+        latencies.append(time.monotonic() - t0)
+        assert [(e.kind, e.key, e.value) for e in batch.events] == [(EventKind.PUT, k, b"row")]
+        for i in range(5):
+            t0 = time.monotonic()
+            await a.delete(k) if i % 2 == 0 else await a.put(k, b"row")
+            batch = await _next_batch_with_events(it, 5)
+            latencies.append(time.monotonic() - t0)
+        await it.aclose()  # type: ignore[attr-defined]  # an async generator
+        print(
+            f"\nwatch: write to event on another member: max {max(latencies) * 1000:.1f} ms over {len(latencies)}"
+        )
+        assert max(latencies) < 1.0
+
+
+# ------------------------------------------------------------------------------ losing members (last)
+
+
+async def test_losing_one_member_interrupts_nothing_and_a_watch_resumes_without_loss(
+    cluster: EtcdCluster,
+) -> None:
+    async with client(cluster) as a, client(cluster, "node-b") as b:
+        _, rev = await b.get_prefix(LAYOUT.keys())
+        it = b.watch_prefix(LAYOUT.keys(), rev + 1)
+        seen: list[bytes] = []
+
+        async def follow() -> None:
+            async for batch in it:
+                seen.extend(e.key for e in batch.events)
+
+        follower = asyncio.ensure_future(follow())
+        written: list[bytes] = []
+        slowest = 0.0
+        for i in range(60):
+            if i == 15:
+                cluster.kill(cluster.members[0].name)  # the first endpoint: where both clients started
+            if i == 35:
+                cluster.kill(cluster.members[1].name)
+                cluster.restart(cluster.members[0].name)  # still 2 of 3 throughout
+            k = key(f"load{i}")
+            t0 = time.monotonic()
+            await a.put(k, b"v")  # must never raise
+            slowest = max(slowest, time.monotonic() - t0)
+            written.append(k)
+            await asyncio.sleep(0.05)
+        cluster.restart(cluster.members[1].name)
+        deadline = time.monotonic() + 10
+        while set(written) - set(seen) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        follower.cancel()
+        print(f"\none etcd member lost (twice): 60 writes, none failed, slowest {slowest * 1000:.0f} ms")
+        assert seen == written, "the watch lost, repeated or reordered events across the member loss"
+        await cluster.healthy()
+
+
+async def test_losing_two_members_refuses_writes_cleanly_and_all_resume(cluster: EtcdCluster) -> None:
+    async with client(cluster, attempt_timeout=0.5, call_timeout=2.0) as a:
+        await a.put(key("before"), b"v")
+        cluster.kill(cluster.members[1].name)
+        cluster.kill(cluster.members[2].name)
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(TransportError) as e:
+                await a.put(key("no-quorum"), b"v")
+            refused_after = time.monotonic() - t0
+            msg = str(e.value)
+            assert "\n" not in msg and "etcd write failed" in msg and "at least 2 of 3" in msg
+            with pytest.raises(TransportError, match="etcd read failed"):
+                await a.get(key("no-quorum"))  # no stale read from the lone member either
+            print(f"\ntwo etcd members lost: write refused after {refused_after:.2f} s: {msg}")
+            assert refused_after < 2.0 + 0.5
+        finally:
+            cluster.restart(cluster.members[1].name)
+            cluster.restart(cluster.members[2].name)
+        t0 = time.monotonic()
+        while True:
+            try:
+                await a.put(key("after"), b"v")
+                break
+            except TransportError:
+                assert time.monotonic() - t0 < 20, "writes did not resume after the members returned"
+        print(f"writes resumed {time.monotonic() - t0:.2f} s after the two members were restarted")
