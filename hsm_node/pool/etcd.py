@@ -65,6 +65,7 @@ __all__ = [
     "Layout",
     "Lease",
     "LockHolder",
+    "MemberStatus",
     "WatchBatch",
     "WatchEvent",
     "prefix_end",
@@ -145,6 +146,15 @@ class WatchBatch:
 
     revision: int
     events: tuple[WatchEvent, ...]
+
+
+@dataclass(frozen=True)
+class MemberStatus:
+    leader: int  # the leader's member id as this member sees it; 0: none
+    raft_term: int
+    db_size: int  # bytes of the database file
+    db_size_in_use: int  # bytes of it holding data (the rest is free pages)
+    version: str
 
 
 @dataclass(frozen=True)
@@ -536,8 +546,8 @@ class EtcdClient:
 
     # ------------------------------------------------------------------ cluster and auth (root only)
 
-    async def status(self, endpoint: str) -> tuple[int, int]:
-        """``(leader member id, raft term)`` as ``endpoint`` sees it; leader 0 means none."""
+    async def status(self, endpoint: str) -> MemberStatus:
+        """What ``endpoint`` says of itself (one member, no failover: for health checks)."""
         try:
             r = await rpc.MaintenanceStub(self._channel(endpoint)).Status(
                 rpc.StatusRequest(), timeout=self.config.attempt_timeout
@@ -546,7 +556,23 @@ class EtcdClient:
             raise TransportError(
                 f"etcd member {endpoint} did not answer a status request ({_detail(e)})"
             ) from e
-        return int(r.leader), int(r.raftTerm)
+        return MemberStatus(
+            leader=int(r.leader),
+            raft_term=int(r.raftTerm),
+            db_size=int(r.dbSize),
+            db_size_in_use=int(r.dbSizeInUse),
+            version=str(r.version),
+        )
+
+    async def compact(self, revision: int) -> None:
+        """As etcd ``root``: drop the history before ``revision`` (watches from before it then end
+        with :class:`CompactedError`)."""
+
+        async def attempt(ch: grpc.aio.Channel, t: float) -> Any:
+            req = rpc.CompactionRequest(revision=revision, physical=True)
+            return await rpc.KVStub(ch).Compact(req, timeout=t, metadata=_HASLEADER)
+
+        await self._call("compaction", attempt)
 
     async def bootstrap_auth(self, member_role: str, users: Sequence[str], prefix: bytes = _ROOT) -> None:
         """As etcd ``root``: create ``member_role`` with read-write on ``prefix``, one user per name

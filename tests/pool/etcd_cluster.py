@@ -327,7 +327,7 @@ class EtcdCluster:
                 if dead:
                     raise RuntimeError(f"etcd member(s) {dead} exited:\n{self.tail()}")
                 try:
-                    leaders = {(await c.status(m.endpoint))[0] for m in members}
+                    leaders = {(await c.status(m.endpoint)).leader for m in members}
                 except TransportError:
                     leaders = {0}
                 if 0 not in leaders and len(leaders) == 1:
