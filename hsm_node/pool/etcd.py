@@ -34,8 +34,12 @@ Invariants:
   endpoint, so no event is lost or delivered twice; if etcd compacted that revision away it raises
   :class:`CompactedError` and the caller reloads.
 * Errors are translated once, here: unreachable or no quorum -> TransportError; etcd's permission
-  denied -> PermissionDeniedError; request too large -> UsageError; database quota exceeded ->
-  StorageError. The etcd detail goes into the message for the local log, never to a remote peer.
+  denied -> PermissionDeniedError; request too large or out of range -> UsageError; database quota
+  exceeded -> StorageError. The etcd detail goes into the message for the local log, never to a
+  remote peer.
+* A write that ends in TransportError may still be applied later (it can sit in a leader's log when
+  the quorum goes): callers re-read before they decide, and the conditional writes above recognise
+  their own bytes when they are retried.
 """
 
 from __future__ import annotations
@@ -679,6 +683,10 @@ def _raise_if_final(e: grpc.aio.AioRpcError, what: str) -> None:
             f"etcd refused the {what}: its database is full ({details}); compact and defragment it, "
             "or raise --quota-backend-bytes"
         ) from e
+    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE):
+        raise UsageError(f"etcd refused the {what}: {_detail(e)}") from e
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        raise StateError(f"etcd refused the {what}: {_detail(e)}") from e
     if code == grpc.StatusCode.UNAUTHENTICATED:
         raise PermissionDeniedError(f"etcd did not accept this member's certificate for the {what}") from e
     raise TransportError(f"etcd {what} failed: {_detail(e)}") from e

@@ -8,16 +8,19 @@ every member back before they end. Timings measured here are printed (``-s``) an
 from __future__ import annotations
 
 import asyncio
+import http.client
 import secrets
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from etcd_cluster import EtcdCluster
 
-from hsm_node.pool.etcd import EtcdClient, EventKind, Layout, WatchBatch
-from sdquorum.errors import PermissionDeniedError, TransportError
+from hsm_node.pool.etcd import CompactedError, EtcdClient, EventKind, Layout, WatchBatch
+from sdquorum.errors import PermissionDeniedError, TransportError, UsageError
 
 pytestmark = pytest.mark.slow
 
@@ -116,6 +119,52 @@ async def test_a_removed_members_etcd_user_can_no_longer_write(cluster: EtcdClus
         finally:
             await root.add_member_user("node.node-b", "sdquorum-member")
         await b.put(k, b"re-added")
+
+
+def _peer_port_get(cluster: EtcdCluster, stem: str) -> int | str:
+    """GET /members on a member's peer (Raft) port with the certificate ``stem``."""
+    ctx = ssl.create_default_context(cafile=str(cluster.ca))
+    ctx.check_hostname = False  # the question here is which client certificate the peer port takes
+    ctx.load_cert_chain(cluster.pki / f"{stem}.pem", cluster.pki / f"{stem}.key")
+    m = cluster.members[0]
+    conn = http.client.HTTPSConnection(m.host, m.peer_port, context=ctx, timeout=5)
+    try:
+        conn.request("GET", "/members")
+        return conn.getresponse().status
+    except (ssl.SSLError, ConnectionError) as e:
+        return type(e).__name__
+    finally:
+        conn.close()
+
+
+def test_only_member_certificates_speak_on_the_peer_port(cluster: EtcdCluster) -> None:
+    assert _peer_port_get(cluster, cluster.members[1].name) == 200
+    for client_cert in ("root", "node.node-a"):  # same etcd CA, but not a member (--peer-cert-allowed-cn)
+        assert _peer_port_get(cluster, client_cert) == "SSLError"
+
+
+async def test_a_member_certificate_is_no_client_of_the_pool(cluster: EtcdCluster) -> None:
+    m = cluster.members[1].name
+    cfg = replace(
+        cluster.config("node-a"),
+        cert_pem=(cluster.pki / f"{m}.pem").read_bytes(),
+        key_pem=(cluster.pki / f"{m}.key").read_bytes(),
+    )
+    async with EtcdClient(cfg) as c:
+        with pytest.raises(PermissionDeniedError):
+            await c.put(LAYOUT.key("from-a-member-cert"), b"1")
+
+
+async def test_a_watch_from_a_compacted_revision_says_to_reload(cluster: EtcdCluster) -> None:
+    k = key("compacted")
+    async with client(cluster) as a, client(cluster, "root") as root:
+        first = await a.put(k, b"1")
+        latest = await a.put(k, b"2")
+        await root.compact(latest)
+        with pytest.raises(CompactedError, match="reload the pool state"):
+            await _next_batch_with_events(a.watch_prefix(LAYOUT.keys(), first), 5)
+        with pytest.raises(UsageError, match="compacted"):
+            await root.compact(first)
 
 
 # ------------------------------------------------------------------------------ lease and lock
