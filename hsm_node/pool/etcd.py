@@ -154,6 +154,7 @@ class WatchBatch:
 
 @dataclass(frozen=True)
 class MemberStatus:
+    member_id: int  # this member's id
     leader: int  # the leader's member id as this member sees it; 0: none
     raft_term: int
     db_size: int  # bytes of the database file
@@ -561,6 +562,7 @@ class EtcdClient:
                 f"etcd member {endpoint} did not answer a status request ({_detail(e)})"
             ) from e
         return MemberStatus(
+            member_id=int(r.header.member_id),
             leader=int(r.leader),
             raft_term=int(r.raftTerm),
             db_size=int(r.dbSize),

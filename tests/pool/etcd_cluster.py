@@ -358,6 +358,15 @@ class EtcdCluster:
             raise RuntimeError(f"etcd not healthy in namespaces: {r.stdout}{r.stderr}\n{self.tail()}")
         return time.monotonic() - start
 
+    async def leader(self) -> str:
+        """The name of the member that leads now (loopback only)."""
+        async with EtcdClient(self.config("root", attempt_timeout=0.5)) as c:
+            statuses = {m.name: await c.status(m.endpoint) for m in self.members if m.running()}
+        leaders = {s.leader for s in statuses.values()}
+        if len(leaders) != 1 or 0 in leaders:
+            raise RuntimeError(f"no single leader: {statuses}")
+        return next(name for name, s in statuses.items() if s.member_id == s.leader)
+
     async def enable_auth(self) -> None:
         """As ``root``: the member role on /sdquorum/, one etcd user per node id, auth on."""
         users = [etcd_pki.etcd_user(n) for n in self.node_ids]
