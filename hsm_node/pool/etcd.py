@@ -88,9 +88,8 @@ class CompactedError(StateError):
     """A watch asked for a revision etcd has compacted away: reload the prefix and watch again."""
 
     def __init__(self, compact_revision: int) -> None:
-        super().__init__(
-            f"etcd compacted its history up to revision {compact_revision}: reload the pool state"
-        )
+        upto = f" up to revision {compact_revision}" if compact_revision else ""
+        super().__init__(f"etcd compacted its history{upto} during the read or watch: reload the pool state")
         self.compact_revision = compact_revision
 
 
@@ -325,15 +324,31 @@ class EtcdClient:
         r = await self._call("read", attempt)
         return _kv(r.kvs[0]) if r.kvs else None
 
-    async def get_prefix(self, prefix: bytes) -> tuple[list[KeyValue], int]:
-        """Every key under ``prefix``, sorted, and the cluster revision they were read at."""
+    async def get_prefix(self, prefix: bytes, *, page: int = 1000) -> tuple[list[KeyValue], int]:
+        """Every key under ``prefix``, sorted, and the one cluster revision they were all read at.
 
-        async def attempt(ch: grpc.aio.Channel, t: float) -> Any:
-            req = rpc.RangeRequest(key=prefix, range_end=prefix_end(prefix))
-            return await rpc.KVStub(ch).Range(req, timeout=t, metadata=_HASLEADER)
+        Read in pages of ``page`` keys (a 100,000-key domain does not fit in one gRPC message),
+        every page pinned to the first page's revision, so the result is one consistent snapshot.
+        CompactedError if etcd compacts that revision away while the pages are read."""
+        if page < 1:
+            raise UsageError("page must be at least 1")
+        rows: list[KeyValue] = []
+        start, end, revision = prefix, prefix_end(prefix), 0
+        while True:
 
-        r = await self._call("read", attempt)
-        return [_kv(kv) for kv in r.kvs], int(r.header.revision)
+            async def attempt(
+                ch: grpc.aio.Channel, t: float, start: bytes = start, revision: int = revision
+            ) -> Any:
+                req = rpc.RangeRequest(key=start, range_end=end, limit=page, revision=revision)
+                return await rpc.KVStub(ch).Range(req, timeout=t, metadata=_HASLEADER)
+
+            r = await self._call("read", attempt)
+            if revision == 0:
+                revision = int(r.header.revision)
+            rows.extend(_kv(kv) for kv in r.kvs)
+            if not r.more or not r.kvs:
+                return rows, revision
+            start = bytes(r.kvs[-1].key) + b"\x00"
 
     async def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
         """Write ``value`` at ``key`` unconditionally; returns the revision it was written at."""
@@ -685,6 +700,8 @@ def _raise_if_final(e: grpc.aio.AioRpcError, what: str) -> None:
             f"etcd refused the {what}: its database is full ({details}); compact and defragment it, "
             "or raise --quota-backend-bytes"
         ) from e
+    if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in details:
+        raise CompactedError(0) from e
     if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE):
         raise UsageError(f"etcd refused the {what}: {_detail(e)}") from e
     if code == grpc.StatusCode.FAILED_PRECONDITION:

@@ -59,6 +59,36 @@ async def test_put_get_delete_and_prefix_read(cluster: EtcdCluster) -> None:
         assert await a.delete(k) is False
 
 
+async def test_a_prefix_is_read_in_pages_as_one_snapshot(cluster: EtcdCluster) -> None:
+    lay = Layout(secrets.token_bytes(16))
+    async with client(cluster) as c:
+        for i in range(20):
+            await c.put(lay.key(f"k{i:02d}"), b"v%d" % i)
+        rows, rev = await c.get_prefix(lay.keys(), page=7)  # 7 + 7 + 6
+        assert [r.key for r in rows] == [lay.key(f"k{i:02d}") for i in range(20)]
+        await c.put(lay.key("k00"), b"changed")
+        again, rev2 = await c.get_prefix(lay.keys(), page=7)
+        assert rev2 > rev and again[0].value == b"changed"
+        assert await c.get_prefix(lay.keys(), page=1000) == (again, rev2)
+        assert await c.get_prefix(lay.prefix + b"nothing/") == ([], rev2)
+
+        # a writer changes the last keys while the pages are read: every page is of one revision
+        async with client(cluster, "node-b") as w:
+            stop = asyncio.Event()
+
+            async def write() -> None:
+                while not stop.is_set():
+                    await w.put(lay.key("k19"), secrets.token_bytes(8))
+
+            writer = asyncio.ensure_future(write())
+            await asyncio.sleep(0.05)
+            for _ in range(5):
+                rows, rev = await c.get_prefix(lay.keys(), page=1)
+                assert len(rows) == 20 and all(r.mod_revision <= rev for r in rows)
+            stop.set()
+            await writer
+
+
 async def test_concurrent_creates_of_one_name_exactly_one_wins(cluster: EtcdCluster) -> None:
     names = [key(f"race{i}") for i in range(20)]
     async with client(cluster) as a, client(cluster, "node-b") as b:
