@@ -10,7 +10,7 @@ Layout of ``DIR`` after ``sdctl pki init``::
     attestation-root.pem, .key           attestation root (stands in for the HSM vendor's)
     attestation-<node-id>.pem/.key       each node's attestation certificate
 
-With ``--etcd-member NAME[=IP]`` (repeatable; an HSM pool, docs/adr/0010-pool-on-etcd.md) also::
+With ``--etcd-member NAME[=IP]`` (repeatable; an HSM pool, docs/adr/0013-pool-on-etcd.md) also::
 
     etcd-ca.pem, etcd-ca.key             the etcd cluster's own CA (never the transport CA)
     etcd-member-<name>.pem/.key          one per etcd member: its client and peer ports

@@ -1,4 +1,4 @@
-"""Certificates for the pool's etcd cluster (docs/adr/0010-pool-on-etcd.md): a CA of its own.
+"""Certificates for the pool's etcd cluster (docs/adr/0013-pool-on-etcd.md): a CA of its own.
 
 etcd authenticates a client by two things only: the certificate chains to ``--trusted-ca-file``, and
 (with ``auth enable``) the certificate's CN names an etcd user. So the CA etcd trusts decides who can

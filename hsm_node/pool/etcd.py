@@ -1,4 +1,4 @@
-"""A thin, typed asyncio client for the pool's etcd cluster (docs/adr/0010-pool-on-etcd.md).
+"""A thin, typed asyncio client for the pool's etcd cluster (docs/adr/0013-pool-on-etcd.md).
 
 etcd is the pool's only replication: this module adds no consensus of its own. It speaks etcd's v3
 gRPC API through the generated stubs that the ``aetcd`` package maintains (``aetcd.rpc``), over

@@ -1,4 +1,4 @@
-"""Measure what one sealed key row costs in etcd (the numbers in docs/adr/0010-pool-on-etcd.md).
+"""Measure what one sealed key row costs in etcd (the numbers in docs/adr/0013-pool-on-etcd.md).
 
     .venv/bin/python tests/pool/measure_etcd_rows.py [--rows 20000] [--type RSA3072]
 
