@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -338,25 +339,43 @@ class EtcdCluster:
 
     def _wait_healthy_netns(self, timeout: float) -> float:
         """In namespaces the test process cannot reach the members: ask from a client namespace."""
-        assert self.net is not None
-        if "etcd-client" not in self.net.hosts:
-            self.net.add_host("etcd-client")
         start = time.monotonic()
-        r = self.net.call(
-            "etcd-client",
-            [
-                sys.executable,
-                str(Path(__file__).with_name("etcd_probe.py")),
-                "health",
-                str(self.pki),
-                ",".join(self.endpoints),
-                str(timeout),
-            ],
-            timeout=timeout + 10,
-        )
-        if r.returncode != 0:
-            raise RuntimeError(f"etcd not healthy in namespaces: {r.stdout}{r.stderr}\n{self.tail()}")
+        r = self.probe("root", "health", str(timeout), call_timeout=1.0, timeout=timeout + 15)
+        if not r["ok"]:
+            raise RuntimeError(f"etcd not healthy in namespaces: {r}\n{self.tail()}")
         return time.monotonic() - start
+
+    def probe(
+        self,
+        user: str,
+        op: str,
+        *args: str,
+        host: str = "etcd-client",
+        endpoints: list[str] | None = None,
+        call_timeout: float = 4.0,
+        timeout: float = 60.0,
+    ) -> dict[str, Any]:
+        """Run one client call (tests/pool/etcd_probe.py) in namespace ``host`` (made on first use
+        for ``etcd-client``): the namespaced cluster's only clients live in the same net."""
+        assert self.net is not None, "probe() is for clusters in network namespaces"
+        if host not in self.net.hosts:
+            self.net.add_host(host)
+        argv = [
+            sys.executable,
+            str(Path(__file__).with_name("etcd_probe.py")),
+            str(self.pki),
+            user,
+            ",".join(endpoints or self.endpoints),
+            op,
+            *args,
+            "--call-timeout",
+            str(call_timeout),
+        ]
+        r = self.net.call(host, argv, timeout=timeout)
+        if r.returncode != 0:
+            raise RuntimeError(f"etcd_probe {op} failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
+        result: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
+        return result
 
     async def leader(self) -> str:
         """The name of the member that leads now (loopback only)."""
@@ -369,6 +388,11 @@ class EtcdCluster:
 
     async def enable_auth(self) -> None:
         """As ``root``: the member role on /sdquorum/, one etcd user per node id, auth on."""
+        if self.net is not None:
+            r = await asyncio.to_thread(self.probe, "root", "auth", ",".join(self.node_ids))
+            if not r["ok"]:
+                raise RuntimeError(f"etcd auth bootstrap failed: {r}")
+            return
         users = [etcd_pki.etcd_user(n) for n in self.node_ids]
         async with EtcdClient(self.config("root")) as c:
             await c.bootstrap_auth(MEMBER_ROLE, users)
