@@ -46,10 +46,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeVar
 
@@ -100,7 +101,7 @@ class EtcdConfig:
     endpoints: tuple[str, ...]
     ca_pem: bytes
     cert_pem: bytes
-    key_pem: bytes
+    key_pem: bytes = field(repr=False)  # this member's etcd client key: never in a log line
     server_name: str = ETCD_CLUSTER_NAME  # the TLS name every member's certificate carries
     attempt_timeout: float = 1.0  # seconds for one request to one member
     call_timeout: float = 4.0  # seconds for a call across every member before TransportError
@@ -311,8 +312,8 @@ class EtcdClient:
             ) from last
         raise TransportError(
             f"etcd {what} failed: no member of {', '.join(cfg.endpoints)} answered with a quorum "
-            f"within {cfg.call_timeout:g} s ({detail}); check that at least 2 of 3 etcd members run "
-            "and reach each other"
+            f"within {cfg.call_timeout:g} s ({detail}); check that a majority of the etcd members "
+            "(2 of 3) run and reach each other"
         ) from last
 
     # ------------------------------------------------------------------ reads and plain writes
@@ -423,7 +424,7 @@ class EtcdClient:
             return True, None
         kvs = r.responses[0].response_range.kvs
         current = _kv(kvs[0]) if kvs else None
-        if current is not None and current.value == value and current.lease == lease:
+        if current is not None and hmac.compare_digest(current.value, value) and current.lease == lease:
             return True, None  # our own earlier attempt committed before its answer was lost
         return False, current
 

@@ -207,3 +207,9 @@ def test_config_names_the_field_and_the_fix(
 ) -> None:
     with pytest.raises(UsageError, match=match):
         EtcdConfig(endpoints=endpoints, ca_pem=b"", cert_pem=b"", key_pem=b"", **timeouts)
+
+
+def test_the_client_key_never_shows_in_a_repr(etcd_ca: pki.IssuedCert) -> None:
+    issued = etcd_pki.issue_etcd_client_cert(etcd_ca, "node.node-a", NOW)
+    cfg = EtcdConfig(("127.0.0.1:2379",), etcd_ca.cert_pem, issued.cert_pem, issued.key_pem)
+    assert b"PRIVATE KEY" in cfg.key_pem and "PRIVATE KEY" not in repr(cfg)
