@@ -109,6 +109,20 @@ async def test_concurrent_creates_of_one_name_exactly_one_wins(cluster: EtcdClus
             assert row.version == 1  # the loser never overwrote it
 
 
+async def test_a_repeated_create_with_our_own_bytes_is_ours_and_anyone_elses_loses(
+    cluster: EtcdCluster,
+) -> None:
+    """What makes a retried create safe: if the first attempt committed but its answer was lost, the
+    retry finds exactly our bytes (sealed rows carry a random nonce) and reports the create won."""
+    k = key("retried")
+    row = secrets.token_bytes(64)
+    async with client(cluster) as a, client(cluster, "node-b") as b:
+        assert await a.create(k, row) == (True, None)
+        assert await a.create(k, row) == (True, None)
+        won, current = await b.create(k, secrets.token_bytes(64))
+        assert not won and current is not None and current.value == row and current.version == 1
+
+
 async def test_compare_and_set_and_delete_if_revision(cluster: EtcdCluster) -> None:
     k = key("cas")
     async with client(cluster) as c:
@@ -207,6 +221,13 @@ async def test_lease_expiry_releases_the_ceremony_lock(cluster: EtcdCluster) -> 
         lease, _ = await a.acquire(lock, token_a, ttl=2)
         assert lease is not None
         await a.keep_alive(lease.id)
+        taken, holder = await b.acquire(lock, b"b-" + secrets.token_bytes(16), ttl=2)
+        assert taken is None and holder is not None and holder.token == token_a
+        # while a keeps its lease alive, the lock outlives its TTL
+        t_held = time.monotonic()
+        while time.monotonic() - t_held < lease.ttl + 1:
+            await asyncio.sleep(0.5)
+            assert await a.keep_alive(lease.id) >= 1
         taken, holder = await b.acquire(lock, b"b-" + secrets.token_bytes(16), ttl=2)
         assert taken is None and holder is not None and holder.token == token_a
         # a stops refreshing (as a crashed member would): the lock frees itself
