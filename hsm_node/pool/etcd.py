@@ -157,6 +157,7 @@ class MemberStatus:
     member_id: int  # this member's id
     leader: int  # the leader's member id as this member sees it; 0: none
     raft_term: int
+    raft_applied_index: int  # how far this member has applied the log
     db_size: int  # bytes of the database file
     db_size_in_use: int  # bytes of it holding data (the rest is free pages)
     version: str
@@ -581,6 +582,7 @@ class EtcdClient:
             member_id=int(r.header.member_id),
             leader=int(r.leader),
             raft_term=int(r.raftTerm),
+            raft_applied_index=int(r.raftAppliedIndex),
             db_size=int(r.dbSize),
             db_size_in_use=int(r.dbSizeInUse),
             version=str(r.version),

@@ -247,6 +247,7 @@ class EtcdCluster:
             str(HEARTBEAT_MS),
             "--election-timeout",
             str(ELECTION_MS),
+            "--pre-vote",  # a member that rejoins does not call an election that unseats a working leader
             "--enable-grpc-gateway=false",
             "--logger",
             "zap",
@@ -311,7 +312,9 @@ class EtcdCluster:
     # ------------------------------------------------------------------ health and auth
 
     def wait_healthy(self, timeout: float = 30.0, names: list[str] | None = None) -> float:
-        """Wait until each running member (or ``names``) reports the same leader; seconds waited."""
+        """Wait until each running member (or ``names``) reports the same leader and has applied the
+        same log (a restarted member has caught up: losing another one now keeps a quorum that
+        commits at once); seconds waited."""
         if self.net is not None:
             return self._wait_healthy_netns(timeout)
         start = time.monotonic()
@@ -328,11 +331,13 @@ class EtcdCluster:
                 if dead:
                     raise RuntimeError(f"etcd member(s) {dead} exited:\n{self.tail()}")
                 try:
-                    leaders = {(await c.status(m.endpoint)).leader for m in members}
+                    statuses = [await c.status(m.endpoint) for m in members]
                 except TransportError:
-                    leaders = {0}
-                if 0 not in leaders and len(leaders) == 1:
-                    return
+                    statuses = []
+                leaders = {s.leader for s in statuses}
+                applied = {s.raft_applied_index for s in statuses}
+                if statuses and 0 not in leaders and len(leaders) == 1 and len(applied) == 1:
+                    return  # one leader, and every member has caught up with the log
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"etcd not healthy after {timeout} s:\n{self.tail()}")
                 await asyncio.sleep(0.1)
