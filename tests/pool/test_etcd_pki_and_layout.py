@@ -3,6 +3,7 @@ and its client configuration: offline, no etcd needed."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from etcd_cluster import etcd_binary
 
 from hsm_node.pool.etcd import EtcdConfig, Layout, prefix_end
 from sdctl.pkifiles import init_pki, issue_etcd
@@ -213,3 +215,16 @@ def test_the_client_key_never_shows_in_a_repr(etcd_ca: pki.IssuedCert) -> None:
     issued = etcd_pki.issue_etcd_client_cert(etcd_ca, "node.node-a", NOW)
     cfg = EtcdConfig(("127.0.0.1:2379",), etcd_ca.cert_pem, issued.cert_pem, issued.key_pem)
     assert b"PRIVATE KEY" in cfg.key_pem and "PRIVATE KEY" not in repr(cfg)
+
+
+# ------------------------------------------------------------------------------ the test harness
+
+
+@pytest.mark.parametrize(("required", "outcome"), [("1", pytest.fail.Exception), ("", pytest.skip.Exception)])
+def test_missing_etcd_skips_or_fails_with_the_fix(
+    monkeypatch: pytest.MonkeyPatch, required: str, outcome: type[BaseException]
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setenv("SDQUORUM_REQUIRE_TOOLS", required)
+    with pytest.raises(outcome, match=r"scripts/ensure-test-tools\.sh as root \(Debian's etcd-server\)"):
+        etcd_binary()
