@@ -160,6 +160,8 @@ async def test_a_removed_members_etcd_user_can_no_longer_write(cluster: EtcdClus
                 await b.put(k, b"after removal")
             with pytest.raises(PermissionDeniedError):
                 await b.get(k)
+            with pytest.raises(PermissionDeniedError, match="watch"):  # no endless retry either
+                await _next_batch_with_events(b.watch_prefix(LAYOUT.keys(), 1), 5)
         finally:
             await root.add_member_user("node.node-b", "sdquorum-member")
         await b.put(k, b"re-added")
