@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import http.client
 import secrets
+import shutil
 import ssl
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -211,6 +213,37 @@ async def test_a_watch_from_a_compacted_revision_says_to_reload(cluster: EtcdClu
             await _next_batch_with_events(a.watch_prefix(LAYOUT.keys(), first), 5)
         with pytest.raises(UsageError, match="compacted"):
             await root.compact(first)
+
+
+def _s_client(cluster: EtcdCluster, port: str, stem: str, *args: str) -> tuple[str, str] | None:
+    """Handshake with ``openssl s_client`` on member 0's client or peer port: (protocol, cipher)
+    negotiated, or None when refused."""
+    m = cluster.members[0]
+    r = subprocess.run(
+        [
+            "openssl", "s_client", "-connect", f"{m.host}:{m.client_port if port == 'client' else m.peer_port}",
+            "-CAfile", str(cluster.ca), "-verify_return_error",
+            "-cert", str(cluster.pki / f"{stem}.pem"), "-key", str(cluster.pki / f"{stem}.key"), *args,
+        ],
+        input=b"", capture_output=True, timeout=20,
+    )  # fmt: skip
+    proto = cipher = ""
+    for line in r.stdout.decode(errors="replace").splitlines():
+        if line.strip().startswith("New, ") and ", Cipher is " in line:
+            proto, cipher = line.split(",")[1].strip(), line.split("Cipher is ")[1].strip()
+    return (proto, cipher) if cipher and cipher not in ("(NONE)", "0000") else None
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl command line not installed")
+@pytest.mark.parametrize("port", ["client", "peer"])
+def test_etcd_speaks_tls13_or_tls12_with_forward_secret_aead_only(cluster: EtcdCluster, port: str) -> None:
+    stem = "node.node-a" if port == "client" else cluster.members[1].name
+    assert _s_client(cluster, port, stem, "-tls1_3") is not None
+    for good in ("ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-CHACHA20-POLY1305"):
+        assert _s_client(cluster, port, stem, "-tls1_2", "-cipher", good) == ("TLSv1.2", good)
+    for bad in ("ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA384", "AES128-GCM-SHA256"):
+        assert _s_client(cluster, port, stem, "-tls1_2", "-cipher", bad) is None, bad
+    assert _s_client(cluster, port, stem, "-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0") is None
 
 
 # ------------------------------------------------------------------------------ lease and lock
