@@ -58,11 +58,9 @@ import grpc
 import grpc.aio
 from aetcd import rpc  # etcd's v3 API (generated, kept current by aetcd's maintainers)
 
+import sdquorum_rpc  # noqa: F401  # its import pins grpc's TLS 1.2 suites: etcd is offered what every channel offers
 from sdquorum.errors import PermissionDeniedError, StateError, StorageError, TransportError, UsageError
 from sdquorum.etcd_pki import ETCD_CLUSTER_NAME
-from sdquorum_rpc import FORWARD_SECRET_AEAD_SUITES  # imported for its effect: grpc's TLS 1.2 suites
-
-_ = FORWARD_SECRET_AEAD_SUITES  # this client offers etcd what every sdquorum channel offers
 
 __all__ = [
     "CompactedError",
