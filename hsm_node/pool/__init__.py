@@ -5,7 +5,9 @@ node's storage seam on top of it.
 """
 
 from hsm_node.pool.etcd import (
+    MAX_TXN_OPS,
     CompactedError,
+    Delete,
     EtcdClient,
     EtcdConfig,
     EventKind,
@@ -14,13 +16,17 @@ from hsm_node.pool.etcd import (
     Lease,
     LockHolder,
     MemberStatus,
+    Put,
+    Unchanged,
     WatchBatch,
     WatchEvent,
     prefix_end,
 )
 
 __all__ = [
+    "MAX_TXN_OPS",
     "CompactedError",
+    "Delete",
     "EtcdClient",
     "EtcdConfig",
     "EventKind",
@@ -29,6 +35,8 @@ __all__ = [
     "Lease",
     "LockHolder",
     "MemberStatus",
+    "Put",
+    "Unchanged",
     "WatchBatch",
     "WatchEvent",
     "prefix_end",

@@ -63,7 +63,9 @@ from sdquorum.errors import PermissionDeniedError, StateError, StorageError, Tra
 from sdquorum.etcd_pki import ETCD_CLUSTER_NAME
 
 __all__ = [
+    "MAX_TXN_OPS",
     "CompactedError",
+    "Delete",
     "EtcdClient",
     "EtcdConfig",
     "EventKind",
@@ -72,6 +74,8 @@ __all__ = [
     "Lease",
     "LockHolder",
     "MemberStatus",
+    "Put",
+    "Unchanged",
     "WatchBatch",
     "WatchEvent",
     "prefix_end",
@@ -82,6 +86,7 @@ _HASLEADER = (("hasleader", "true"),)  # etcd refuses at once when this member h
 _RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
 _ROOT = b"/sdquorum/"
+MAX_TXN_OPS = 128  # etcd's --max-txn-ops default: operations plus conditions in one transaction
 _EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]  # grpc-stubs lacks the end-of-stream marker
 _TLS_FAILURE = re.compile(r"TSI_|[Hh]andshake|SSL|certificate", re.ASCII)
 
@@ -151,6 +156,30 @@ class WatchBatch:
 
     revision: int
     events: tuple[WatchEvent, ...]
+
+
+@dataclass(frozen=True)
+class Put:
+    """In :meth:`EtcdClient.commit`: write ``value`` at ``key``."""
+
+    key: bytes
+    value: bytes
+    lease: int = 0
+
+
+@dataclass(frozen=True)
+class Delete:
+    """In :meth:`EtcdClient.commit`: remove ``key``."""
+
+    key: bytes
+
+
+@dataclass(frozen=True)
+class Unchanged:
+    """In :meth:`EtcdClient.commit`: ``key`` was last modified at ``mod_revision`` (0: absent)."""
+
+    key: bytes
+    mod_revision: int
 
 
 @dataclass(frozen=True)
@@ -389,6 +418,63 @@ class EtcdClient:
             key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=mod_revision
         )
         return await self._txn_put("compare-and-set", key, value, lease, cmp)
+
+    async def commit(
+        self, ops: Sequence[Put | Delete], *, unless_changed: Sequence[Unchanged] = ()
+    ) -> int | None:
+        """Apply every op in one etcd transaction if every ``unless_changed`` key is still at its
+        revision; the revision the transaction made, or None when a key had changed (then nothing
+        was applied). All or nothing: a rotation publishes its header and epoch this way.
+
+        On a retried attempt whose first try committed, the conditions fail on our own change: if
+        every put key then holds exactly our bytes, all at one revision, and every deleted key is
+        gone, it is reported applied. That is sound when at least one put carries bytes only this
+        writer makes (a signed header, a sealed row with its random nonce): callers make sure."""
+        if not ops or len(ops) + len(unless_changed) > MAX_TXN_OPS:
+            raise UsageError(
+                f"a commit takes 1 to {MAX_TXN_OPS} operations and conditions (etcd's --max-txn-ops)"
+            )
+        keys = [op.key for op in ops]
+        if len(set(keys)) != len(keys):
+            raise UsageError("a commit names a key twice: etcd refuses that in one transaction")
+        compare = [
+            rpc.Compare(
+                key=c.key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=c.mod_revision
+            )
+            for c in unless_changed
+        ]
+        success = [
+            rpc.RequestOp(request_put=rpc.PutRequest(key=op.key, value=op.value, lease=op.lease))
+            if isinstance(op, Put)
+            else rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=op.key))
+            for op in ops
+        ]
+        failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=k)) for k in keys]
+
+        async def attempt(ch: grpc.aio.Channel, t: float) -> Any:
+            req = rpc.TxnRequest(compare=compare, success=success, failure=failure)
+            return await rpc.KVStub(ch).Txn(req, timeout=t, metadata=_HASLEADER)
+
+        r = await self._call("commit", attempt)
+        if r.succeeded:
+            return int(r.header.revision)
+        revisions = []
+        for op, response in zip(ops, r.responses, strict=True):
+            kvs = response.response_range.kvs
+            if isinstance(op, Delete):
+                if kvs:
+                    return None
+                continue
+            if (
+                not kvs
+                or not hmac.compare_digest(bytes(kvs[0].value), op.value)
+                or int(kvs[0].lease) != op.lease
+            ):
+                return None
+            revisions.append(int(kvs[0].mod_revision))
+        if not revisions or len(set(revisions)) != 1:
+            return None  # our puts are made together, at one revision; anything else is not ours
+        return revisions[0]
 
     async def delete_if_revision(self, key: bytes, mod_revision: int) -> bool:
         """Delete ``key`` only if it was last modified at ``mod_revision``. True if it is gone

@@ -21,7 +21,16 @@ from pathlib import Path
 import pytest
 from etcd_cluster import EtcdCluster
 
-from hsm_node.pool.etcd import CompactedError, EtcdClient, EventKind, Layout, WatchBatch
+from hsm_node.pool.etcd import (
+    CompactedError,
+    Delete,
+    EtcdClient,
+    EventKind,
+    Layout,
+    Put,
+    Unchanged,
+    WatchBatch,
+)
 from sdquorum.errors import PermissionDeniedError, TransportError, UsageError
 
 pytestmark = pytest.mark.slow
@@ -139,6 +148,41 @@ async def test_compare_and_set_and_delete_if_revision(cluster: EtcdCluster) -> N
         assert await c.delete_if_revision(k, row.mod_revision) is False  # stale revision: kept
         assert await c.delete_if_revision(k, current.mod_revision) is True
         assert await c.get(k) is None
+
+
+async def test_a_commit_is_all_or_nothing_under_its_conditions(cluster: EtcdCluster) -> None:
+    lay = Layout(secrets.token_bytes(16))
+    async with client(cluster) as a, client(cluster, "node-b") as b:
+        # publish header and epoch together, only if neither exists yet (two members racing)
+        first = [Put(lay.header(), b"header epoch 1"), Put(lay.epoch(), b"1")]
+        absent = [Unchanged(lay.header(), 0), Unchanged(lay.epoch(), 0)]
+        results = await asyncio.gather(
+            a.commit(first, unless_changed=absent),
+            b.commit([Put(lay.header(), b"other header"), Put(lay.epoch(), b"1")], unless_changed=absent),
+        )
+        assert sorted(r is None for r in results) == [False, True]  # one applied, one nothing
+        header = await a.get(lay.header())
+        assert header is not None
+        # a rotation based on a stale read of the header changes nothing at all
+        stale = header.mod_revision
+        rev = await a.commit(
+            [Put(lay.header(), b"header epoch 2"), Put(lay.epoch(), b"2"), Delete(lay.key("retired"))],
+            unless_changed=[Unchanged(lay.header(), stale)],
+        )
+        assert rev is not None
+        again = await b.commit([Put(lay.header(), b"header epoch 2b"), Put(lay.epoch(), b"2b")],
+                               unless_changed=[Unchanged(lay.header(), stale)])  # fmt: skip
+        assert again is None
+        h, e = await a.get(lay.header()), await a.get(lay.epoch())
+        assert h is not None and e is not None and (h.value, e.value) == (b"header epoch 2", b"2")
+        assert h.mod_revision == e.mod_revision == rev  # one transaction, one revision
+        # the same commit repeated (a retry after a lost answer) is recognised as ours
+        same = [Put(lay.header(), b"header epoch 2"), Put(lay.epoch(), b"2")]
+        assert await a.commit(same, unless_changed=[Unchanged(lay.header(), stale)]) == rev
+        with pytest.raises(UsageError, match="max-txn-ops"):
+            await a.commit([Put(lay.key(f"k{i}"), b"v") for i in range(129)])
+        with pytest.raises(UsageError, match="names a key twice"):
+            await a.commit([Put(lay.epoch(), b"3"), Delete(lay.epoch())])
 
 
 async def test_only_member_certificates_write_and_only_under_the_pool_prefix(cluster: EtcdCluster) -> None:
