@@ -300,7 +300,8 @@ def _parser() -> argparse.ArgumentParser:
     pis = pks.add_parser(
         "issue",
         help="issue one more certificate from DIR's CAs",
-        epilog="example: sdctl pki issue --dir pki --role custodian/frank\n         sdctl pki issue --dir pki --attestation node-c",
+        epilog="example: sdctl pki issue --dir pki --role custodian/frank\n         sdctl pki issue --dir pki --attestation node-c\n"
+        "         sdctl pki issue --dir pki --etcd-node node-c",
     )
     pis.add_argument("--dir", type=Path, required=True)
     g = pis.add_mutually_exclusive_group(required=True)
