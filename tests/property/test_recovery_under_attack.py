@@ -203,8 +203,10 @@ class RecoveryUnderAttack(RuleBasedStateMachine):
         elif forgery == "outsider key":
             key, signer = self.world.outsider, N + 1
         release = seal_release(statement, run.attestation.sha256, x, shamir.Share(x, y).to_bytes(), key)
-        genuine = forgery == "own"
-        self.pool.append(Sent(release.to_bytes(), index, x, signer, genuine))
+        sent = Sent(release.to_bytes(), index, x, signer, genuine=forgery == "own")
+        self.pool.append(sent)
+        if data.draw(st.booleans(), label="sent at once, as the answer to the adversary's own slot"):
+            self._submit(sent, index, own, sent.data)
 
     @precondition(lambda self: bool(self.runs) and bool(self.adversary))
     @rule(data=st.data(), slot=st.integers(1, N))
