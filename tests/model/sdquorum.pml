@@ -63,6 +63,13 @@
      inv_lost   a key recorded lost never counts again: no ceremony completes counting a release
                 its key made after the record, and no roster adopted after it holds that key
                 (compared by key, not certificate).                            -- issue 13 classes 2, 3
+   Each of FIXED's four defences can be switched off alone (-DFIXED -DDEF_EPOCH=0 ...): DEF_DEST
+   (the Azure destination is in the statement and shown), DEF_AZURE (Azure restore: agent opt-in,
+   refused for a domain the node holds and for an sdquorum payload), DEF_EPOCH (agents remember the
+   highest epoch), DEF_SPKI (lost keys compared by public key). Without DEF_AZURE, DEF_EPOCH or
+   DEF_SPKI spin finds class 1, 2 or 3 again. Without DEF_DEST alone it finds nothing here: every
+   Azure file in this world is an export of the native domain, which DEF_AZURE refuses; binding the
+   destination is what protects a genuine Azure domain, which is outside this model.
    -DGOAL=1 (resp. 2) asserts that no recovery of epoch 2 (resp. no rotation) ever completes: spin
    must refute it, which shows the FIXED model is not safe merely because nothing can happen.
 
@@ -84,6 +91,24 @@
 #endif
 #ifndef INFLIGHT
 #define INFLIGHT 0
+#endif
+/* FIXED's four defences, each on unless switched off (-DFIXED -DDEF_EPOCH=0: FIXED without it) */
+#ifdef FIXED
+#define DEF_ON 1
+#else
+#define DEF_ON 0
+#endif
+#ifndef DEF_DEST
+#define DEF_DEST DEF_ON     /* the statement binds the Azure destination; the custodian sees it */
+#endif
+#ifndef DEF_AZURE
+#define DEF_AZURE DEF_ON    /* Azure restore: agent opt-in, refused for a held domain / an sdquorum payload */
+#endif
+#ifndef DEF_EPOCH
+#define DEF_EPOCH DEF_ON    /* agents remember the highest epoch per domain and refuse lower */
+#endif
+#ifndef DEF_SPKI
+#define DEF_SPKI DEF_ON     /* a lost key is compared by public key (SPKI), not certificate bytes */
 #endif
 
 #define M 2
@@ -118,8 +143,8 @@ byte r2_3 = 0;          /* key in slot 3 of epoch 2: 4 (W4), or 3 (W3 under a ne
 byte n2_epoch = 0;      /* epoch N2 recovered, 0 = none */
 byte az_ep = 0;         /* epoch of the Azure export, 0 = none */
 byte advkey = 0;        /* wrapping key the adversary holds: 1 (R_CUST), 3 (R_LOST), 0 */
-byte hi[5];             /* FIXED: highest epoch agent i has seen for D */
-bool optin[5];          /* FIXED: agent i's configuration serves Azure restores */
+byte hi[5];             /* DEF_EPOCH: highest epoch agent i has seen for D */
+bool optin[5];          /* DEF_AZURE: agent i's configuration serves Azure restores */
 bool adv_secret = false;
 byte adv_shares[3];     /* epoch -> bitmask of x whose share the adversary can read */
 
@@ -242,8 +267,10 @@ active proctype world() {
     fi;
     printf("MSC: adversary role %d\n", role);
     if :: advkey != 0 -> adv_shares[1] = bit(slot_of(advkey, 1)) :: else -> skip fi;
-#ifdef FIXED
+#if DEF_EPOCH
     hi[1] = 1; hi[2] = 1;  /* activation carries the epoch to every agent */
+#endif
+#if DEF_AZURE
     if :: optin[1] = true :: skip fi;
     if :: optin[2] = true :: skip fi;
     if :: optin[4] = true :: skip fi;
@@ -271,15 +298,16 @@ end:
     :: atomic {  /* the admin starts an Azure restore to an exchange certificate of its own making */
         role == R_ADMIN && az_ep != 0 && ns < MAXS ->
         if :: sk = N1 :: sk = N2 fi;
-#ifdef FIXED
+#if DEF_AZURE
         if
         :: sk == N1 || n2_epoch != 0 -> printf("MSC: node %d refuses an Azure restore of a domain it holds\n", sk)
-        :: else -> printf("MSC: Azure restore on node %d, destination bound and shown\n", sk);
-                   new_session(AZ, sk, az_ep, K_ADV, true)
+        :: else ->
+            printf("MSC: Azure restore on node %d, destination shown=%d\n", sk, DEF_DEST);
+            new_session(AZ, sk, az_ep, K_ADV, DEF_DEST)
         fi
 #else
-        printf("MSC: Azure restore on node %d, destination not in the statement\n", sk);
-        new_session(AZ, sk, az_ep, K_ADV, false)
+        printf("MSC: Azure restore on node %d, destination shown=%d\n", sk, DEF_DEST);
+        new_session(AZ, sk, az_ep, K_ADV, DEF_DEST)
 #endif
     }
     :: atomic {  /* an honest agent answers a request */
@@ -291,25 +319,25 @@ end:
         :: !honest(ag) || s[st].done || sx == 0 || (s[st].rel & bit(sx)) != 0 -> skip  /* nothing to answer */
         :: else -> if
         :: s[st].kind == FAKE -> printf("MSC: agent %d refuses: attestation not under the root\n", ag)
-#ifdef FIXED
+#if DEF_EPOCH
         :: s[st].kind != FAKE && s[st].ep < hi[ag] ->
             printf("MSC: agent %d refuses epoch %d: it has seen epoch %d\n", ag, s[st].ep, hi[ag])
+#endif
+#if DEF_AZURE
         :: s[st].kind == AZ && s[st].ep >= hi[ag] ->
             /* every Azure file in this world is an export of the native domain D */
             printf("MSC: agent %d refuses the Azure restore (opt-in %d): an sdquorum payload\n", ag, optin[ag])
         :: s[st].kind == REC && s[st].ep >= hi[ag] ->
-            hk = session_key(st);
-            inv_dest(s[st].shown && attested(hk), "VIOLATION inv_dest: a share released to an unshown or unattested key\n");
-            hi[ag] = s[st].ep;
-            printf("MSC: agent %d releases slot %d of epoch %d into session %d\n", ag, sx, s[st].ep, st);
-            released(st, sx)
 #else
-        :: s[st].kind != FAKE ->
-            hk = session_key(st);
+        :: s[st].kind != FAKE && s[st].ep >= hi[ag] ->
+#endif
+            hk = session_key(st);  /* the shares go to the attested node; an Azure result then to dest */
             inv_dest(attested(hk), "VIOLATION inv_dest: a share released to an unattested key\n");
+#if DEF_EPOCH
+            hi[ag] = s[st].ep;
+#endif
             printf("MSC: agent %d releases slot %d of epoch %d into session %d (kind %d)\n", ag, sx, s[st].ep, st, s[st].kind);
             released(st, sx)
-#endif
         fi fi
     }
     :: atomic {  /* the adversary custodian releases its own share into any session */
@@ -357,7 +385,7 @@ end:
     :: atomic {  /* the rotation to epoch 2, which records W3 lost */
         dom_epoch == 1 && (!rec_open || INFLIGHT) ->
         if :: sk = 4 :: role == R_ADMIN -> sk = 3 fi;
-#ifdef FIXED
+#if DEF_SPKI
         if
         :: sk == 3 -> printf("MSC: rotation refused: slot 3's public key is recorded lost\n")
         :: else ->
@@ -368,7 +396,7 @@ end:
             printf("MSC: rotation to epoch 2 (slot 3 -> key %d), W3 recorded lost\n", sk);
             dom_epoch = 2; lost3 = true; r2_3 = sk;
             inv_lost(r2_3 != 3, "VIOLATION inv_lost: the rotation adopted a key recorded lost\n");
-#ifdef FIXED
+#if DEF_EPOCH
             hi[1] = 2; hi[2] = 2; hi[4] = 2;  /* the approvers and the new custodian see epoch 2 */
 #endif
             hk = slot_of(advkey, 2);

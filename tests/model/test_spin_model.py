@@ -140,6 +140,24 @@ def test_fixed_protocol_has_no_violation_in_the_complete_state_space(tmp_path: P
 
 
 @pytest.mark.parametrize(
+    ("defence", "only", "invariant"),
+    [
+        ("-DDEF_AZURE=0", ONLY_DEST, "inv_dest"),
+        ("-DDEF_EPOCH=0", ONLY_EPOCH, "inv_epoch"),
+        ("-DDEF_SPKI=0", ONLY_LOST, "inv_lost"),
+    ],
+    ids=["class 1 without the Azure refusal", "class 2 without agents' epoch memory", "class 3 without SPKI"],
+)
+def test_fixed_protocol_needs_each_defence(
+    tmp_path: Path, defence: str, only: tuple[str, ...], invariant: str
+) -> None:
+    """Switch one of FIXED's defences off: spin finds its class again, through its own invariant."""
+    verdict = verify(tmp_path, "-DFIXED", defence, *only, shortest=True)
+    assert verdict.errors > 0, verdict.report()
+    assert verdict.violations() == [invariant], verdict.report()
+
+
+@pytest.mark.parametrize(
     ("goal", "reached"),
     [
         ("-DGOAL=1", "N2 completes recovery at epoch 2 (domain at epoch 2)"),
@@ -164,3 +182,13 @@ def test_fixed_protocol_residual_a_recovery_open_across_a_rotation(tmp_path: Pat
     assert verdict.errors > 0, verdict.report()
     assert verdict.violations() == ["inv_epoch"], verdict.report()
     assert re.search(r"MSC: adversary role [45]\n", verdict.trail), verdict.report()  # a custodian's key
+
+
+@pytest.mark.parametrize(("required", "outcome"), [("1", pytest.fail.Exception), ("", pytest.skip.Exception)])
+def test_missing_spin_skips_or_fails(
+    monkeypatch: pytest.MonkeyPatch, required: str, outcome: type[BaseException]
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setenv("SDQUORUM_REQUIRE_TOOLS", required)
+    with pytest.raises(outcome, match=r"scripts/ensure-test-tools\.sh"):
+        tool("spin", "spin")
