@@ -13,8 +13,9 @@ answers and what the adversary forges.
 Invariants, after every step:
 - every ACCEPTED slot was settled by an answer its own custodian's key signed, for that session and
   that slot, with the custodian's true share (``Sent.genuine``);
-- an answer not signed by the slot's key never settles the slot (an honest custodian is never blamed
-  for what another key signed), and a refused answer changes nothing;
+- an answer not signed by the slot's key never settles the slot, a custodian's own honest answer is
+  never the one rejected (an honest custodian is never blamed for what another key signed or
+  claimed), and a refused answer changes nothing;
 - a settled slot never changes, and a finished session never changes state;
 - a COMPLETED session has at least ``required()`` accepted slots, and never ran on a foreign node
   (subclasses add what completion must mean, e.g. recovery: exactly the file's secrets).
@@ -244,8 +245,11 @@ class CeremonyUnderAttack(RuleBasedStateMachine):
         except SdquorumError:
             assert self._status(run, slot) == before, "a refused answer changed its slot"
             return
-        # The answer settled the slot: it must be that slot's custodian's own doing.
+        # The answer settled the slot: it must be that slot's custodian's own doing, and a custodian's
+        # own honest answer to its own request is never the one rejected.
         assert item.signer == slot, f"slot {slot} settled by an answer signed by key {item.signer}"
+        if item.genuine and item.session == index and item.x == slot and payload == item.data:
+            assert outcome.accepted, f"slot {slot}'s own honest answer was rejected: {outcome.reason}"
         if outcome.accepted:
             assert item.genuine and item.session == index and item.x == slot and payload == item.data, (
                 f"slot {slot} of session {index} accepted {item}"
