@@ -70,6 +70,11 @@
    DEF_SPKI spin finds class 1, 2 or 3 again. Without DEF_DEST alone it finds nothing here: every
    Azure file in this world is an export of the native domain, which DEF_AZURE refuses; binding the
    destination is what protects a genuine Azure domain, which is outside this model.
+   Operators do not rotate a domain while a recovery of it is open on another node (the rotation
+   waits for rec_open to clear). -DINFLIGHT=1 drops that assumption, and spin then finds, even on
+   FIXED, the residual the fix leaves: one honest release made before the rotation plus one made after
+   it by the lost key's holder (or a colluding custodian) complete the retired epoch on N2; no agent
+   refuses, since each was asked while the epoch was current. The session deadline bounds the window.
    -DGOAL=1 (resp. 2) asserts that no recovery of epoch 2 (resp. no rotation) ever completes: spin
    must refute it, which shows the FIXED model is not safe merely because nothing can happen.
 
