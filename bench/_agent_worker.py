@@ -10,8 +10,12 @@ Protocol: JSON lines. The parent writes the custodian's identity first, ``{"name
 "certificate", "key"}`` (certificate and PKCS#8 private key as base64 DER: the key crosses the pipe
 in memory and is never written to disk or logged), then commands, each answered by one line:
 
-* ``{"op": "start", "target": "host:port", "state_dir": "..."}``: run :class:`Agent` (approval
-  ``auto``) against ``target``; answers ``{"ok": true}`` once its request stream is up.
+* ``{"op": "start", "target": "host:port", "state_dir": "..."}``: run :class:`Agent` against
+  ``target`` with ``manual`` approval, as at a real site, and the custodian's person
+  (``tests/harness.py`` :class:`Custodians`, a task of the same loop) approving each request it
+  posts through the agent's spool; answers ``{"ok": true}`` once its request stream is up. The
+  approval is in every measured recovery: the person looks every 5 ms, the agent for the decision
+  every 2 ms at first (:mod:`custodian_agent.approvals`).
 * ``{"op": "stop"}``: stop the agent and wait for it; answers ``{"ok": true}``.
 * ``{"op": "exit"}`` or end of input: stop and leave.
 
@@ -35,6 +39,7 @@ from bench._common import ROOT, harness, quiet_logs
 __all__ = ["AgentWorkers", "main"]
 
 START_TIMEOUT = 60.0
+_PROTOCOL = sys.stdout  # the pipe to the parent: protocol lines only (main sends prints elsewhere)
 
 
 async def _lines(reader: asyncio.StreamReader) -> Any:
@@ -43,8 +48,8 @@ async def _lines(reader: asyncio.StreamReader) -> Any:
 
 
 def _say(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
+    _PROTOCOL.write(json.dumps(obj) + "\n")
+    _PROTOCOL.flush()
 
 
 async def _serve() -> None:
@@ -63,13 +68,13 @@ async def _serve() -> None:
     key = SoftwareWrappingKey(private, base64.b64decode(ident["certificate"]))
     del ident["key"]
     h = harness()
-    running: tuple[asyncio.Event, asyncio.Task[None]] | None = None
+    running: tuple[asyncio.Event, list[asyncio.Task[None]]] | None = None
 
     async def stop() -> None:
         nonlocal running
         if running is not None:
             running[0].set()
-            await asyncio.gather(running[1], return_exceptions=True)
+            await asyncio.gather(*running[1], return_exceptions=True)
             running = None
 
     _say({"ok": True})
@@ -79,12 +84,15 @@ async def _serve() -> None:
         try:
             if op == "start":
                 await stop()
-                config = h.agent_config(
-                    Path(ident["pki"]), cmd["target"], ident["name"], Path(cmd["state_dir"]), approval="auto"
-                )
+                state_dir = Path(cmd["state_dir"])
+                config = h.agent_config(Path(ident["pki"]), cmd["target"], ident["name"], state_dir)
                 agent = Agent(config, key)
+                person = h.Custodians({ident["name"]: state_dir})
                 event = asyncio.Event()
-                running = (event, asyncio.create_task(agent.run(event)))
+                running = (
+                    event,
+                    [asyncio.create_task(agent.run(event)), asyncio.create_task(person.serve(event))],
+                )
                 async with asyncio.timeout(START_TIMEOUT):
                     while not agent.connected:
                         await asyncio.sleep(0.01)
@@ -185,6 +193,7 @@ class AgentWorkers:
 
 def main() -> None:
     quiet_logs()
+    sys.stdout = sys.stderr  # the agent prints "approval needed: ..." for its person: not on the pipe
     asyncio.run(_serve())
 
 

@@ -28,7 +28,7 @@ from hsm_node.keyops import KeyType
 from sdquorum_rpc import packed
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2_grpc as pbg
-from sdquorum_rpc.tls import TlsFiles, channel_options, server_credentials
+from sdquorum_rpc.tls import TlsFiles, server_credentials, server_options
 
 __all__ = ["BareKeys", "main"]
 
@@ -63,7 +63,7 @@ class BareKeys(pbg.KeysServicer):
 
 async def _serve(pki: Path, port_file: Path) -> None:
     reuse_large_buffers()  # as hsm-node does at start
-    server = grpc.aio.server(options=channel_options())
+    server = grpc.aio.server(options=server_options())
     pbg.add_KeysServicer_to_server(BareKeys(), server)  # type: ignore[no-untyped-call]  # generated, untyped
     port = server.add_secure_port(
         "127.0.0.1:0", server_credentials(TlsFiles(pki / "node.pem", pki / "node.key", pki / "ca.pem"))

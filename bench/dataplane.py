@@ -68,6 +68,8 @@ from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2_grpc as pbg
 from sdquorum_rpc.client import NodeClient
 from sdquorum_rpc.tls import channel_credentials, channel_options
 
+APP = Role("app")  # the owner of the benchmark's keys: the app certificate the load clients use
+
 __all__ = ["run_dataplane"]
 
 CLIENTS = 32
@@ -122,23 +124,25 @@ async def node_inprocess_rates(ctx: BenchContext, seconds: float) -> dict[str, f
     try:
         node = Node(NodeConfig("node-a", "127.0.0.1:0", data_dir, att_key, att_der), store)
         await node.download(ctx.certs(5), 3, Role("admin", None))
-        await node.create_key(AES, KeyType.AES256_GCM)
-        await node.create_key(ED, KeyType.ED25519)
+        await node.create_key(AES, KeyType.AES256_GCM, APP)
+        await node.create_key(ED, KeyType.ED25519, APP)
         messages = packed.sign_batch_request(ED, [PAYLOAD] * BATCH)
         plaintexts = packed.encrypt_batch_request(AES, [PAYLOAD] * BATCH, AAD)
 
         def sign_batch() -> object:
-            return node.sign_batch(ED, packed.checked(messages.messages, messages.message_lengths, "message"))
+            return node.sign_batch(
+                ED, packed.checked(messages.messages, messages.message_lengths, "message"), APP
+            )
 
         def encrypt_batch() -> object:
             items = packed.checked(plaintexts.plaintexts, plaintexts.plaintext_lengths, "plaintext")
-            return node.encrypt_batch(AES, items, AAD)
+            return node.encrypt_batch(AES, items, AAD, APP)
 
         return {
             "sign_batch": BATCH * in_process_rate(sign_batch, seconds / 2),
             "encrypt_batch": BATCH * in_process_rate(encrypt_batch, seconds / 2),
-            "sign_single": in_process_rate(lambda: node.sign(ED, PAYLOAD), seconds / 2),
-            "encrypt_single": in_process_rate(lambda: node.encrypt(AES, PAYLOAD, AAD), seconds / 2),
+            "sign_single": in_process_rate(lambda: node.sign(ED, PAYLOAD, APP), seconds / 2),
+            "encrypt_single": in_process_rate(lambda: node.encrypt(AES, PAYLOAD, AAD, APP), seconds / 2),
         }
     finally:
         store.close()
@@ -271,8 +275,8 @@ async def _node(ctx: BenchContext, crypto_workers: int | None) -> AsyncIterator[
                 pb.DownloadRequest(custodian_certificates=ctx.certs(5), quorum=3)
             ):
                 pass
-            await admin.keys.CreateKey(pb.CreateKeyRequest(name=AES, type=pb.AES256_GCM))
-            await admin.keys.CreateKey(pb.CreateKeyRequest(name=ED, type=pb.ED25519))
+            await admin.keys.CreateKey(pb.CreateKeyRequest(name=AES, type=pb.AES256_GCM, owner="app"))
+            await admin.keys.CreateKey(pb.CreateKeyRequest(name=ED, type=pb.ED25519, owner="app"))
         yield np.target, np.proc.pid
     finally:
         np.kill(15)

@@ -2,8 +2,9 @@
 
 Set-up per run: a fresh node-b in a process of its own (``tests/harness.py`` ``NodeProcess``: the
 real ``hsm-node run``, gRPC over mTLS on port 0), one :class:`~bench.latency_proxy.DelayProxy` per
-custodian with that custodian's RTT (in this process), and one agent per custodian (approval
-``auto``) dialling the node through its proxy. Each agent runs in a process of its own
+custodian with that custodian's RTT (in this process), and one agent per custodian (``manual``
+approval, its custodian's person approving at once through the agent's spool, in the agent's
+process) dialling the node through its proxy. Each agent runs in a process of its own
 (``bench/_agent_worker.py``, started once per part and pointed at each run's proxies), as at real
 sites, where agents never share an interpreter. Every agent is connected before anything is timed.
 The admin client talks to the node directly (no delay).
@@ -21,7 +22,9 @@ The floor, measured in the same run with the same SD file and keys, in process, 
           + one agent's check + decrypt + release   (agents run at their own sites, in parallel)
           + the node's m x (open_release + VSS) + combine + open_domain
 
-Not in the floor but measured for the record: the node's own work for m answers without the network
+Not in the floor but in the measured time: each custodian's approval, made at once by a stand-in
+person through the agent's spool (a few milliseconds: the person's look every 5 ms, the agent's look
+for the decision every 2 ms at first). Not in the floor but measured for the record: the node's own work for m answers without the network
 (``Node.submit_answer`` m times: the coordinator's checks plus the audit entries written and
 committed, and the completion), and the proxies' own overhead per round trip (timer granularity).
 

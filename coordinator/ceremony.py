@@ -9,9 +9,20 @@ and makes one request per slot. Each slot then moves
     NOT_CONNECTED -> REQUESTED -> ACCEPTED | REJECTED | DENIED        (answered)
                                \\-> NOT_NEEDED | UNREACHABLE            (ended without its answer)
 
-A settled slot accepts nothing more (the same custodian twice is refused). Subclasses say what an
-answer must prove (:meth:`_accept`) and when the ceremony ends (:meth:`_after_answer`,
-:meth:`_at_deadline`). No I/O: the host passes ``now`` (unix seconds) and delivers messages.
+A settled slot accepts nothing more (the same custodian twice is refused), with one exception:
+a **late answer**, one for a slot settled NOT_NEEDED because the session COMPLETED without it, that
+arrives before the deadline. It can no longer count, but it is still verified exactly as if it had
+come in time (:meth:`Ceremony._verify_late`): a wrong one makes its slot REJECTED and named in the
+status, a good one leaves it NOT_NEEDED (with "answered late: verified"). Whatever a late answer
+needs is kept until the deadline and not past it: the exchange key (to open a late release) is
+dropped by the first :meth:`Ceremony.tick` at or after the deadline, and at once when a session
+FAILS; the domain secrets themselves are never kept for it (a subclass keeps only what cannot open
+anything, such as the public shares or digests of the expected shares).
+
+Subclasses say what an answer must prove (:meth:`_accept`), how a late one is checked
+(:meth:`_verify_late`; by default it is refused as before) and when the ceremony ends
+(:meth:`_after_answer`, :meth:`_at_deadline`). No I/O: the host passes ``now`` (unix seconds) and
+delivers messages.
 """
 
 from __future__ import annotations
@@ -165,11 +176,13 @@ class ReleaseOutcome:
     accepted: bool
     reason: str
     completed: bool
+    late: bool = False  # came after the session completed: verified, but it counted for nothing
 
 
 class Ceremony:
     kind = "ceremony"
     answer_word = "answers"
+    checks_late_answers = False  # True: _verify_late checks answers after completion until the deadline
 
     def __init__(
         self,
@@ -305,8 +318,12 @@ class Ceremony:
         now: int,
         sign: AttestationSigner,
         proposal: bytes = b"",
+        destination_certificate: bytes = b"",
     ) -> Attestation:
-        """Attest the session and make one request per slot ``(x, name, wrapping-cert thumbprint)``."""
+        """Attest the session and make one request per slot ``(x, name, wrapping-cert thumbprint)``.
+
+        ``destination_certificate``: the external key the result ends up under (Azure restore), bound
+        in the statement the custodians verify and are shown."""
         if self.state is not SessionState.AWAITING_SD_FILE:
             raise StateError(f"session {self.session_id} already has its SD file")
         self._check_deadline(now)
@@ -327,6 +344,7 @@ class Ceremony:
             reason=self.reason,
             challenge=self._rng(32) if self.kind in ("drill", "rotation") else b"",
             proposal_sha256=hashlib.sha256(proposal).digest() if proposal else b"",
+            destination_certificate=destination_certificate,
         )
         attestation = sign(statement)
         self._attestation = attestation
@@ -409,7 +427,11 @@ class Ceremony:
         """Verify one answer. Raises StateError for a request that is not open, and MalformedError or
         UnauthenticatedError for an answer that does not parse or is not signed by the slot's key
         (the slot stays open). A signed answer that fails a check returns ``accepted=False`` with the
-        check named, and its custodian is REJECTED."""
+        check named, and its custodian is REJECTED. A late answer (see the module docstring) is
+        verified the same way and returns ``late=True``."""
+        late = self._late_request(request_id, now)
+        if late is not None:
+            return self._submit_late(late, answer)
         req = self._open_request(request_id, now)
         p = self._status[req.x]
         try:
@@ -424,8 +446,41 @@ class Ceremony:
         self._after_answer()
         return ReleaseOutcome(p.x, p.name, True, "", self.finished)
 
+    def _late_request(self, request_id: str, now: int) -> CustodianRequest | None:
+        """The request of a late answer, or None when ``request_id`` is not one (the caller then
+        refuses it as before)."""
+        self.tick(now)
+        req = self._requests.get(request_id)
+        if (
+            req is None
+            or self.state is not SessionState.COMPLETED
+            or self._exchange_key is None  # the deadline has passed: nothing is kept to check it with
+            or self._status[req.x].status is not CustodianStatus.NOT_NEEDED
+            or self._status[req.x].detail
+        ):
+            return None
+        return req
+
+    def _submit_late(self, req: CustodianRequest, answer: bytes) -> ReleaseOutcome:
+        p = self._status[req.x]
+        try:
+            self._verify_late(req, answer)
+        except (UnauthenticatedError, MalformedError, StateError):
+            raise  # nobody's answer (or nothing to check it with): the slot stays as it was
+        except SdquorumError as e:
+            reason = f"answered late, and wrongly: {e}"
+            self._status[req.x] = CustodianProgress(p.x, p.name, CustodianStatus.REJECTED, reason)
+            self.message = f"{self.message}; late answer of {p.name} REJECTED: {e}"[:1000]
+            return ReleaseOutcome(p.x, p.name, False, str(e), True, late=True)
+        detail = "answered late: verified, not needed"
+        self._status[req.x] = CustodianProgress(p.x, p.name, CustodianStatus.NOT_NEEDED, detail)
+        return ReleaseOutcome(p.x, p.name, True, "", True, late=True)
+
     def tick(self, now: int) -> bool:
-        """Apply the deadline; True if the session has finished."""
+        """Apply the deadline; True if the session has finished. At or after the deadline of a
+        COMPLETED session, what was kept to check late answers is dropped."""
+        if self.finished and now >= self.expires_at and self._exchange_key is not None:
+            self._drop_late_material()
         if not self.finished and now >= self.expires_at:
             if not self.opened:
                 self._fail("deadline passed before the SD file was uploaded")
@@ -451,6 +506,11 @@ class Ceremony:
 
     def _accept(self, req: CustodianRequest, answer: bytes) -> str:
         raise NotImplementedError
+
+    def _verify_late(self, req: CustodianRequest, answer: bytes) -> None:
+        """Check an answer that came after completion as :meth:`_accept` would, changing nothing
+        (VerificationError names the check). Default: late answers are not taken."""
+        raise StateError(f"session {self.session_id} is {self.state.value}: {self.message}")
 
     def _after_answer(self) -> None:
         """Called after every settled answer; default: fail when quorum can no longer be reached."""
@@ -512,6 +572,15 @@ class Ceremony:
         self.state = SessionState.FAILED
         self.message = message
         self._end()
+        self._drop_late_material()  # a failed session takes no late answer
 
     def _end(self) -> None:
+        """The session has finished: subclasses drop what no late answer needs (the collected
+        shares, any secret made from them). The exchange key stays until the deadline for a
+        COMPLETED session whose subclass checks late answers (:meth:`_verify_late`)."""
+        if not self.checks_late_answers:
+            self._drop_late_material()
+
+    def _drop_late_material(self) -> None:
+        """The deadline has passed (or the session failed): nothing may open a release any more."""
         self._exchange_key = None

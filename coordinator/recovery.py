@@ -15,7 +15,13 @@ Order and invariants (see :mod:`coordinator.ceremony` for what every ceremony sh
 4. At the deadline with fewer than m valid shares the session FAILS, naming the missing custodians;
    the host applies ``result`` only on COMPLETED, so nothing else changes.
 
-The exchange key and the collected shares are dropped as soon as the session ends.
+The collected shares are dropped as soon as the session ends. A late release (one for a slot
+settled NOT_NEEDED, arriving after completion and before the deadline) is still opened and checked
+against the commitments (:meth:`RecoverySession._verify_late`): a wrong one is REJECTED and named, a
+good one stays NOT_NEEDED; it never counts. For that the exchange key, and nothing secret else, is
+kept until the deadline of a COMPLETED session and dropped by the first tick at or after it (at
+once when the session fails). It opens only releases sealed to this session, and the node that holds
+it holds the recovered domain already.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ __all__ = [
 class RecoverySession(Ceremony):
     kind = "recovery"
     answer_word = "shares"
+    checks_late_answers = True
 
     def _setup(self) -> None:
         self.result: DomainSecrets | None = None
@@ -101,6 +108,14 @@ class RecoverySession(Ceremony):
         return f"collecting {self.required()} of {self._n} shares"
 
     def _accept(self, req: CustodianRequest, answer: bytes) -> str:
+        self._shares[req.x] = self._verified_share(req, answer)
+        return "share verified"
+
+    def _verify_late(self, req: CustodianRequest, answer: bytes) -> None:
+        self._verified_share(req, answer)  # checked exactly as in time; kept nowhere
+
+    def _verified_share(self, req: CustodianRequest, answer: bytes) -> shamir.Share:
+        """Every check of a release for ``req``'s slot, then its share (VSS-verified)."""
         if self._attestation is None or self._exchange_key is None:  # pragma: no cover - set when open
             raise StateError("the session has ended")
         header = self.header
@@ -120,8 +135,7 @@ class RecoverySession(Ceremony):
             ) from e
         if not shamir.matches_public_share(share, expected):
             raise VerificationError(f"the share of slot {req.x} does not match the SD commitments (VSS)")
-        self._shares[req.x] = share
-        return "share verified"
+        return share
 
     def _after_answer(self) -> None:
         if len(self._shares) >= self.required() and not self.finished:

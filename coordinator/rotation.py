@@ -5,7 +5,8 @@ deadline) is canonical JSON; its SHA-256 is in the attested statement. Each agen
 to its human and, on approval, answers with a signed Schnorr proof of possession of its current share
 bound to the proposal hash. With m valid approvals before the deadline the session COMPLETES and the
 host re-seals the same payload to the new roster under a new secret, KEK and epoch. Fewer than m by
-the deadline: FAILED, and nothing changes.
+the deadline: FAILED, and nothing changes. An approval that arrives after completion (before the
+deadline) is still verified: a wrong one is REJECTED and named, a good one stays NOT_NEEDED.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __all__ = ["RotationProposal", "RotationSession"]
 
 class RotationSession(Ceremony):
     kind = "rotation"
+    checks_late_answers = True
 
     def _setup(self) -> None:
         self.proposal: RotationProposal | None = None
@@ -44,6 +46,9 @@ class RotationSession(Ceremony):
             Proof.from_bytes(answer), attestation=self._attestation, header=self.header, expected_x=req.x
         )
         return "approved, with proof of possession"
+
+    def _verify_late(self, req: CustodianRequest, answer: bytes) -> None:
+        self._accept(req, answer)  # a proof changes nothing by itself: the same check, not counted
 
     def _after_answer(self) -> None:
         if not self.finished and self.progress_count() >= self.required():

@@ -1,10 +1,21 @@
-"""Manual approval: the agent asks its human through a spool directory.
+"""Approval: who says yes before the agent answers, and the spool through which a person does.
+
+Modes (``agent.approval``; :func:`check_mode` validates it wherever a mode is set):
+
+* ``manual`` (the default): a person approves every request.
+* ``auto-drills``: possession drills are answered without a person (a drill proves possession and
+  releases nothing); every other kind (``recovery`` and ``azure-recovery`` release a share, a
+  ``rotation`` approval decides custody) still goes to the person. :func:`asks_person` decides by
+  the request's kind and fails closed: a kind it does not know is asked.
+* ``auto`` (the old "answer everything alone") is refused with a line that says why and what to use:
+  it released shares with no person approving (issue 13, class 1).
 
 For each request that passed every check, the agent writes ``STATE_DIR/pending/<request_id>.json``
 (who asks, from which node, why, which domain, epoch and slot, until when; no secret), with the
 SHA-256 of exactly those details. The custodian reads it with ``custodian-agent pending`` and
 answers ``custodian-agent approve|deny REQUEST_ID``, which writes ``STATE_DIR/decisions/<request_id>``
-carrying the same SHA-256. The agent polls for the decision until the request's deadline; no
+carrying the same SHA-256. The agent polls for the decision until the request's deadline (every few
+milliseconds at first, backing off to every 0.2 s, so a prompt decision is noticed promptly); no
 answer by then is a denial.
 
 Invariants:
@@ -18,6 +29,12 @@ Invariants:
   while its human decided) stands.
 * A decision is written once, whole (written aside, then linked into place; 0600); deciding again
   is refused.
+* The state directory and its folders are 0700 and every file in them 0600, whatever the umask;
+  a state directory writable by group or others, or another user's, is refused
+  (:func:`sdquorum_rpc.files.private_dir`): anyone who can write there can forge a decision.
+* Only an open request can be decided or is listed: posted, not decided yet, and its deadline
+  (``expires_at``) not passed. Deciding a closed one (decided, expired, answered or never asked)
+  is refused with :class:`StateError`, so the custodian is never told "approved" for nothing.
 """
 
 from __future__ import annotations
@@ -27,18 +44,48 @@ import hashlib
 import hmac
 import json
 import os
+import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sdquorum.encoding import canonical_json
-from sdquorum.errors import MalformedError, NotFoundError, UsageError
+from sdquorum.errors import MalformedError, StateError, UsageError
 from sdquorum.offline import check_request_id
+from sdquorum_rpc.files import private_dir, replace_private_file, tighten_files
 
-__all__ = ["ApprovalBox", "Decision"]
+__all__ = ["APPROVAL_MODES", "DEFAULT_STATE_DIR", "ApprovalBox", "Decision", "asks_person", "check_mode"]
 
 DIGEST_KEY = "details_sha256"
+DEFAULT_STATE_DIR = Path.home() / ".sdquorum-agent"  # agent.state_dir's default
+
+APPROVAL_MODES = ("manual", "auto-drills")
+UNATTENDED_KINDS = {"auto-drills": frozenset({"drill"})}  # kinds a mode answers without a person
+POLL_FIRST, POLL_MAX = 0.002, 0.2  # seconds between looks for a decision: doubling up to the cap
+
+
+def check_mode(mode: str, setting: str = "agent.approval") -> str:
+    """``mode`` if it is an approval mode; otherwise a :class:`UsageError` naming ``setting`` and the fix."""
+    if mode == "auto":
+        raise UsageError(
+            f"{setting} = 'auto' is refused: it would release shares with no person approving; "
+            "use manual (a person approves each request) or auto-drills (drills answered alone, "
+            "recoveries and rotations still asked)"
+        )
+    if mode not in APPROVAL_MODES:
+        raise UsageError(
+            f"{setting} = {mode!r}: use manual (a person approves each request, the default) or "
+            "auto-drills (drills answered alone, recoveries and rotations still asked)"
+        )
+    return mode
+
+
+def asks_person(mode: str, kind: str) -> bool:
+    """True unless ``mode`` answers requests of ``kind`` alone (only ``auto-drills`` a ``drill``)."""
+    return kind not in UNATTENDED_KINDS.get(check_mode(mode), frozenset())
 
 
 @dataclass(frozen=True)
@@ -48,14 +95,37 @@ class Decision:
     counts: bool = True  # False: no decision of the human's on these details (unreadable, other details)
 
 
+def _deadline(details: dict[str, Any]) -> float | None:
+    """The request's deadline (``expires_at``, ISO 8601 with its zone) as a Unix time; None if unreadable."""
+    try:
+        return datetime.fromisoformat(str(details["expires_at"])).timestamp()
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
 class ApprovalBox:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.state_dir = state_dir
         self.pending_dir = state_dir / "pending"
         self.decisions_dir = state_dir / "decisions"
+        self._clock = clock
+
+    def command(self, verb: str, request_id: str = "REQUEST") -> str:
+        """The command that runs ``verb`` on this box, with ``--state-dir`` unless it is the default."""
+        where = self.state_dir.absolute()
+        flag = "" if where == DEFAULT_STATE_DIR else f" --state-dir {shlex.quote(str(where))}"
+        return f"custodian-agent {verb} {request_id}{flag}"
+
+    def check(self) -> None:
+        """Make (0700) and check the state directory and its folders; refuse one writable by others
+        (UsageError, with the command to run); tighten files that earlier versions left 0644."""
+        what, flag = "the agent state directory", "agent.state_dir / --state-dir"
+        for d in (self.state_dir, self.pending_dir, self.decisions_dir):
+            private_dir(d, what, flag)
+            tighten_files(d.iterdir())
 
     def _ensure(self) -> None:
-        for d in (self.pending_dir, self.decisions_dir):
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.check()
 
     def _file(self, folder: Path, request_id: str, suffix: str = "") -> Path:
         try:
@@ -74,34 +144,54 @@ class ApprovalBox:
         decision = self._file(self.decisions_dir, request_id)
         if decision.exists() and not self._read_decision(decision, digest).counts:
             decision.unlink(missing_ok=True)  # made on other details: it counts for nothing
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**details, DIGEST_KEY: digest}, indent=2, sort_keys=True))
-        tmp.replace(path)
+        replace_private_file(
+            path, json.dumps({**details, DIGEST_KEY: digest}, indent=2, sort_keys=True).encode()
+        )
         return digest
 
     def pending(self) -> list[dict[str, Any]]:
+        """The open requests, soonest deadline first: not decided, not past their deadline."""
         if not self.pending_dir.exists():
             return []
         out = []
-        for p in sorted(self.pending_dir.glob("*.json")):
+        for p in self.pending_dir.glob("*.json"):
             try:
-                out.append(json.loads(p.read_text()))
+                details = json.loads(p.read_text())
             except (OSError, ValueError):
                 continue
-        return out
+            if isinstance(details, dict) and self._closed(p.stem, details) is None:
+                out.append(details)
+        return sorted(out, key=lambda d: (_deadline(d) or 0.0, str(d.get("request_id"))))
+
+    def _closed(self, request_id: str, details: dict[str, Any]) -> str | None:
+        """Why the request is no longer open, or None while it is."""
+        if (self.decisions_dir / request_id).exists():
+            return "is already decided"
+        deadline = _deadline(details)  # none readable: the waiting agent's own deadline applies
+        if deadline is not None and self._clock() >= deadline:
+            return f"expired at {details['expires_at']}"
+        return None
 
     def decide(self, request_id: str, approved: bool, reason: str = "") -> None:
         pending = self._file(self.pending_dir, request_id, ".json")
         try:
-            digest = json.loads(pending.read_text())[DIGEST_KEY]
+            details = json.loads(pending.read_text())
+            digest = details[DIGEST_KEY]
         except FileNotFoundError:
-            raise NotFoundError(
-                f"no pending request {request_id}: list them with 'custodian-agent pending'"
+            raise StateError(
+                f"request {request_id} is not open (answered, expired or never asked): "
+                "list the open ones with 'custodian-agent pending'"
             ) from None
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UsageError(
                 f"the pending request file {pending} is unreadable or damaged: deny it, or let it expire"
             ) from e
+        closed = self._closed(request_id, details)
+        if closed is not None:
+            raise StateError(
+                f"request {request_id} {closed}: nothing was recorded; "
+                "list the open ones with 'custodian-agent pending'"
+            )
         self._ensure()
         final = self._file(self.decisions_dir, request_id)
         tmp = self.decisions_dir / f".{request_id}.{os.getpid()}.tmp"
@@ -115,22 +205,29 @@ class ApprovalBox:
                 os.close(fd)
             os.link(tmp, final)  # appears whole, and only once: the waiting agent never reads half
         except FileExistsError:
-            raise UsageError(f"request {request_id} is already decided") from None
+            raise StateError(
+                f"request {request_id} is already decided: nothing was recorded; "
+                "list the open ones with 'custodian-agent pending'"
+            ) from None
         finally:
             tmp.unlink(missing_ok=True)
 
     async def wait(
-        self, request_id: str, deadline: float, details_sha256: str, poll: float = 0.2
+        self, request_id: str, deadline: float, details_sha256: str, poll: float = POLL_MAX
     ) -> Decision:
         """The human's decision on the details posted with SHA-256 ``details_sha256``; a denial at
-        the deadline, or when the decision on disk was made on other details or cannot be read."""
+        the deadline, or when the decision on disk was made on other details or cannot be read.
+        Looks every :data:`POLL_FIRST` s at first, doubling up to ``poll``: a decision made at once
+        (a person already at the prompt) costs milliseconds, a long wait costs few looks."""
         path = self._file(self.decisions_dir, request_id)
         pending = self._file(self.pending_dir, request_id, ".json")
+        interval = min(POLL_FIRST, poll)
         try:
             while time.time() < deadline:
                 if path.exists():
                     return self._read_decision(path, details_sha256)
-                await asyncio.sleep(poll)
+                await asyncio.sleep(interval)
+                interval = min(interval * 2, poll)
             return Decision(False, "no decision before the deadline")
         finally:
             for p in (path, pending):

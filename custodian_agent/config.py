@@ -1,7 +1,7 @@
 """``custodian-agent run`` settings: ``[agent]``, ``[tls]``, ``[attestation]``, ``[wrapping]``,
 ``[observability]`` in TOML; ``SDQUORUM_AGENT_*`` in the environment; flags. Sample:
-deploy/config/agent.toml. The passphrase is never a setting: it comes from a prompt or
-``$SDQUORUM_PASSPHRASE``."""
+deploy/config/agent.toml. The passphrase is never a setting: it comes from ``--passphrase-file``,
+the environment, a systemd credential or a prompt (:mod:`custodian_agent.keyfile`)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from custodian_agent.approvals import DEFAULT_STATE_DIR, check_mode
 from sdquorum.errors import UsageError
 from sdquorum_rpc.config import Setting, check_host_port, load_settings
 
-__all__ = ["SETTINGS", "AgentSettings"]
+__all__ = ["DEFAULT_STATE_DIR", "SETTINGS", "AgentSettings"]
 
 E = "SDQUORUM_AGENT_"
 SETTINGS = [
@@ -25,15 +26,16 @@ SETTINGS = [
         "--state-dir",
         E + "STATE_DIR",
         Path,
-        Path.home() / ".sdquorum-agent",
-        help="pending requests and decisions",
+        DEFAULT_STATE_DIR,
+        help="pending requests, decisions, and the domain memory (pinned domain keys, highest epochs seen): back it up",
     ),
     Setting(
         "agent.approval",
         "--approval",
         E + "APPROVAL",
         default="manual",
-        help="manual (a person approves each request) or auto (drills and tests only)",
+        help="manual (a person approves each request; the default) or auto-drills (possession drills "
+        "answered alone; recoveries and rotations still wait for a person). 'auto' is refused",
     ),
     Setting(
         "agent.allow_domains",
@@ -50,6 +52,15 @@ SETTINGS = [
         list,
         [],
         help="only serve SD files signed by this domain key (32-byte hex)",
+    ),
+    Setting(
+        "agent.azure_restore",
+        "--azure-restore",
+        E + "AZURE_RESTORE",
+        bool,
+        False,
+        help="serve Azure restores (default: refused): their result is re-encrypted to an external Azure "
+        "exchange certificate no node attests; the custodian is shown its fingerprint",
     ),
     Setting(
         "tls.cert",
@@ -119,6 +130,7 @@ class AgentSettings:
     approval: str
     allow_domain: list[str]
     pin_domain_key: list[str]
+    azure_restore: bool
     pkcs11_module: Path | None
     pkcs11_token: str | None
     pkcs11_key_label: str | None
@@ -133,10 +145,7 @@ class AgentSettings:
 
     def __post_init__(self) -> None:
         check_host_port(self.node, "agent.node")
-        if self.approval not in ("manual", "auto"):
-            raise UsageError(
-                f"agent.approval = {self.approval!r}: use manual (default) or auto (drills and tests only)"
-            )
+        check_mode(self.approval)  # 'auto' is refused here, before any key or passphrase is asked for
         token = (self.pkcs11_module, self.pkcs11_token, self.pkcs11_key_label)
         if any(v is not None for v in token) and not all(v is not None for v in token):
             raise UsageError(

@@ -1,7 +1,11 @@
 """``make demo``: activation, disaster and distributed recovery of an HSM node, on localhost.
 
 Every process is real (one ``hsm-node`` and five ``custodian-agent`` processes, mTLS between all of
-them); the operator steps run ``sdctl`` in this process. The throw-away PKI, keys and files live in a
+them); the operator steps run ``sdctl`` in this process. The agents run with ``manual`` approval, as
+in production: no share leaves an agent until its custodian approves. Each custodian's part (reading
+the request and approving it, ``custodian-agent approve REQUEST_ID`` at their own site) is played by
+a thread of this process that runs the code of that command (:class:`ApprovalBox`) on the agent's
+state directory, and prints who approved what. The throw-away PKI, keys and files live in a
 temporary directory that is removed at the end (``--keep`` keeps it). Passphrases are random and
 passed to the agents through their environment only.
 """
@@ -16,10 +20,56 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 CUSTODIANS = ["alice", "bob", "carol", "dave", "erin"]
+PRONOUNS = {"alice": "her", "bob": "his", "carol": "her", "dave": "his", "erin": "her"}
+PERSON_POLL = 0.05  # seconds between a custodian's looks at their agent's pending requests
+
+
+class Custodians(threading.Thread):
+    """Each custodian at their own site: reads what their agent asks and approves it.
+
+    ``custodian-agent pending`` and ``custodian-agent approve ID`` run :class:`ApprovalBox` on the
+    agent's state directory; this thread runs that same code for all five, and prints each approval
+    with the command the custodian would type.
+    """
+
+    def __init__(self, states: dict[str, Path]) -> None:
+        super().__init__(name="custodians", daemon=True)
+        self.states = states
+        self.done = threading.Event()
+        self.approved: set[tuple[str, str]] = set()
+
+    def run(self) -> None:
+        from custodian_agent.approvals import ApprovalBox
+        from sdquorum.errors import SdquorumError
+
+        while not self.done.wait(PERSON_POLL):
+            for name, state in self.states.items():
+                box = ApprovalBox(state)
+                for item in box.pending():
+                    rid = str(item.get("request_id", ""))
+                    if (name, rid) in self.approved:
+                        continue
+                    try:
+                        box.decide(rid, approved=True)
+                    except SdquorumError:
+                        continue  # decided already, or the agent is done with it
+                    self.approved.add((name, rid))
+                    print(
+                        f"      {name} approves {item.get('kind')} request {rid} from {item.get('initiator')} "
+                        f"on {item.get('node_id')} (at {PRONOUNS[name]} own site: custodian-agent approve {rid})",
+                        flush=True,
+                    )
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(timeout=10)
+
+
 QUORUM = 3
 STEPS = 13
 
@@ -58,7 +108,9 @@ class Demo:
             raise SystemExit(f"demo: 'sdctl {' '.join(args)}' failed with exit code {rc}")
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115  # closed when the process is reaped
+        # 0600 like every file the processes make (they log no secret; still, not for other users)
+        fd = os.open(self.root / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        log = os.fdopen(fd, "wb")  # closed when the process is reaped
         proc = subprocess.Popen(
             [sys.executable, *argv], stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
         )
@@ -129,12 +181,13 @@ class Demo:
                     "--state-dir",
                     str(home / "state"),
                     "--approval",
-                    "auto",
+                    "manual",
                 ],
                 env={"SDQUORUM_PASSPHRASE": self.passphrases[name]},
             )
         print(
-            f"      5 agents dial 127.0.0.1:{port} (each its own process, key and mTLS certificate)",
+            f"      5 agents dial 127.0.0.1:{port} (each its own process, key and mTLS certificate;"
+            " manual approval: each asks its custodian)",
             flush=True,
         )
 
@@ -252,17 +305,25 @@ class Demo:
         self.stop("agent-")
         self.start_agents(port_b)
 
-        self.step("Recovery ceremony: each agent checks node B's attestation, releases only its own share")
-        self.sdctl(
-            "recover",
-            "--sd-file",
-            str(sd_file),
-            "--reason",
-            "demo: datacentre A destroyed",
-            "--ttl",
-            "120",
-            node_port=port_b,
+        self.step(
+            "Recovery ceremony: each agent checks node B's attestation and asks its custodian; "
+            "approved, it releases only its own share"
         )
+        custodians = Custodians({n: self.root / "custodians" / n / "state" for n in CUSTODIANS})
+        custodians.start()
+        try:
+            self.sdctl(
+                "recover",
+                "--sd-file",
+                str(sd_file),
+                "--reason",
+                "demo: datacentre A destroyed",
+                "--ttl",
+                "120",
+                node_port=port_b,
+            )
+        finally:
+            custodians.stop()
         self.sdctl("status", node_port=port_b)
 
         self.step("Restore node A's backup onto node B")

@@ -107,8 +107,9 @@ def build_samples(now: datetime | None = None) -> Samples:
             reason="fuzz seed",
             challenge=b"" if purpose == "recovery" else os.urandom(32),
             proposal_sha256=proposal_hash(proposal) if purpose == "rotation" else b"",
+            destination_certificate=certs[2] if purpose == "azure-recovery" else b"",
         )
-        for purpose in ("recovery", "drill", "rotation")
+        for purpose in ("recovery", "drill", "rotation", "azure-recovery")
     }
     attestations = {p: sign_attestation(s, node_key, node_der) for p, s in statements.items()}
     release = make_release(

@@ -1,4 +1,4 @@
-"""``hsm-node`` settings: ``[node]``, ``[tls]``, ``[attestation]``, ``[observability]`` in TOML;
+"""``hsm-node`` settings: ``[node]``, ``[keys]``, ``[tls]``, ``[attestation]``, ``[observability]`` in TOML;
 ``SDQUORUM_NODE_*`` in the environment; flags of ``hsm-node run``. Sample: deploy/config/node.toml."""
 
 from __future__ import annotations
@@ -86,6 +86,14 @@ SETTINGS = [
         "node.port_file", "--port-file", E + "PORT_FILE", Path, help="write the bound port here once serving"
     ),
     Setting(
+        "keys.retention_days",
+        "--key-retention-days",
+        E + "KEY_RETENTION_DAYS",
+        int,
+        90,
+        help="days a deleted key stays recoverable before the node purges it (1..3650)",
+    ),
+    Setting(
         "tls.cert", "--tls-cert", E + "TLS_CERT", Path, required=True, help="the node's TLS certificate (PEM)"
     ),
     Setting("tls.key", "--tls-key", E + "TLS_KEY", Path, required=True, help="its private key (PEM, 0600)"),
@@ -157,6 +165,7 @@ class NodeSettings:
     max_batch_items: int
     crypto_workers: int
     port_file: Path | None
+    key_retention_days: int
     tls_cert: Path
     tls_key: Path
     ca: Path
@@ -187,6 +196,8 @@ class NodeSettings:
             raise UsageError(f"node.max_batch_items = {self.max_batch_items}: use 1..100000")
         if not 0 <= self.crypto_workers <= 64:
             raise UsageError(f"node.crypto_workers = {self.crypto_workers}: use 0 (off) or 1..64")
+        if not 1 <= self.key_retention_days <= 3650:
+            raise UsageError(f"keys.retention_days = {self.key_retention_days}: use 1..3650 (days)")
         if self.log_level.upper() not in LOG_LEVELS:
             raise UsageError(
                 f"observability.log_level = {self.log_level!r}: use one of {', '.join(LOG_LEVELS)}"

@@ -4,15 +4,59 @@ States: PROVISIONED -> ACTIVATED (download), or PROVISIONED -> RECOVERY_PENDING 
 recovery ceremony completes). The data plane is open only in ACTIVATED. At most one ceremony
 (recovery, drill, rotation) runs at a time; a node restart drops a running session (its exchange
 key lived only in memory) and the node stays RECOVERY_PENDING until a new session completes.
-COMPROMISED is a flag an admin sets on an ACTIVATED node: drills and rotation stop.
+COMPROMISED is a flag an admin sets on an ACTIVATED node: drills, rotation and Azure restores stop.
+
+An Azure restore re-encrypts a domain to an external key, so it is never a way out for this node's
+own domain: it is refused on a compromised node, and refused before any custodian is asked (and
+audited) when the Azure file's slots are encrypted to a custodian certificate of the domain this
+node holds or the file holds an sdquorum domain exported for Azure (``security_domain_file(fmt=
+"azure")``, whose one item is tagged ``AZURE_PAYLOAD_TAG``). That export stays possible (its shares
+are the same custodians'; Azure's own tools need their private keys), but no sdquorum node turns
+it into a transfer file, and agents refuse it too (:mod:`sdquorum.azure.ceremony`).
 
 Every ceremony step, every answer accepted or rejected (with the custodian), every refusal and every
 custody event goes into the audit log (:mod:`sdquorum.audit`), signed with the node's attestation
 key. There are two chains: ``provisioning`` until the node is activated, then ``domain``, whose first
 entry names the domain, epoch and SD file the node was activated or recovered with, and the ceremony
-that did it (linking the provisioning chain's head). Answers that arrive together are taken as one
+that did it (linking the provisioning chain's head). Refused calls are audited through per-peer windows
+(:mod:`sdquorum.refusals`): each peer's first refusals of a window in full, the rest counted into one
+entry when the window closes (the ticker) or the server stops, so a caller flooding refused calls adds
+a bounded number of entries per window. Answers that arrive together are taken as one
 batch whose audit entries (and the completion the batch may cause) are committed in one transaction;
 no answer is acknowledged, and no watcher sees its effect, before that commit.
+
+Agents learn the domain from the node: while it holds a domain, every agent whose key holds a slot of
+the current header is sent that signed header as a notice (:meth:`Node.domain_notice`) when it
+connects, at activation and after each rotation; the agent pins the domain key and remembers the
+epoch. The node remembers too: per domain, the highest epoch whose signed header it has seen
+(activation, an accepted recovery upload, a rotation), and refuses a recovery upload of a lower one
+before any custodian is asked ("sd-file-refused", audited; the session ends).
+
+Who may use a key (the data plane). Every key has one owner, the role that may use it: the app
+that created it (``app``, or ``app/<name>`` for a named app certificate), or ``admin`` for a key an
+admin created for itself. An admin may create a key for an app (``owner``); that is the only way an
+admin's decision gives an app a key. An app lists, uses, deletes and recovers only the keys it owns;
+a key of another owner is refused as not its own (PERMISSION_DENIED, audited as a refusal). The
+admin lists every key (live and deleted), deletes, recovers and purges any key, and uses only the
+keys it owns: managing a key is not using it. Every unnamed ``app`` certificate is one owner; give
+apps names to keep their keys apart.
+
+Deletion is soft: a deleted key stays in the store, unusable and out of ListKeys, and an admin (or
+its owner) can recover it for ``key_retention_days``; then the node purges it (at start, and at
+most :data:`PURGE_CHECK_SECONDS` after the retention ends, by the node's clock). Only an admin
+purges earlier. A deleted key's name stays taken until it is purged. Create, delete, recover and
+purge are audited in the same transaction as the change, with who did it (role, certificate subject
+and SPKI SHA-256 where the call came over mTLS).
+
+Custodians are tied to their keys by name (issue 13, class 4): a custodian's request stream is
+served only the requests addressed to a key named for the caller's TLS identity
+(``custodian/<name>``), and a custodian's answer or denial is taken only for such a request. A
+native slot's name comes from its certificate in the signed SD header; an Azure file names its
+slots only by certificate thumbprint, so an Azure slot is named for a caller only through that very
+certificate (its SHA-256 the slot's thumbprint) whose CN is the caller's name: the one the caller's
+stream sent in its hello, or the one its answer or denial carries and must verify under. The admin
+relays offline answers; those are tied to the slot by the slot key's signature alone, which every
+answer must carry in any case (docs/adr/0012).
 
 This class does no network I/O: the gRPC servicers in :mod:`hsm_node.server` call it. It owns the
 clock and randomness it was given.
@@ -24,17 +68,19 @@ import asyncio
 import contextlib
 import contextvars
 import hashlib
+import hmac
 import json
 import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.x509.oid import NameOID
 
 from coordinator import (
     DRILL_OUTCOMES,
@@ -53,18 +99,28 @@ from hsm_node import keyops
 from hsm_node.cryptopool import CryptoPool, sign_batch_here
 from hsm_node.keyops import KeyType
 from hsm_node.store import DomainInfo, NodeStore, StoredKey
-from sdquorum import audit, backup, envelopes, policy, sdfile
+from sdquorum import audit, backup, envelopes, pki, policy, sdfile
+from sdquorum.azure.ceremony import AZURE_PAYLOAD_TAG, AzureAnswer
 from sdquorum.azure.sdfile import seal_azure_domain
-from sdquorum.errors import SdquorumError, StateError, StorageError, UsageError, VerificationError
+from sdquorum.errors import (
+    AlreadyExistsError,
+    NotFoundError,
+    PermissionDeniedError,
+    SdquorumError,
+    StateError,
+    StorageError,
+    UsageError,
+    VerificationError,
+)
 from sdquorum.pki import Role
+from sdquorum.refusals import Refusal, RefusalWindows
 from sdquorum.review import LOSS_KINDS, CustodyRecord, DrillResult, RetiredEpoch
 from sdquorum_rpc.observability import SESSION_ID, NodeMetrics
 from sdquorum_rpc.packed import Packed
 
-__all__ = ["Node", "NodeConfig", "NodeState"]
+__all__ = ["KeyCaller", "Node", "NodeConfig", "NodeState"]
 
 C = TypeVar("C", bound=Ceremony)
-AZURE_PAYLOAD_TAG = "sdquorum-payload-v1"  # the one EncData item of a native domain exported for Azure
 
 log = logging.getLogger("sdquorum.node")
 
@@ -83,6 +139,36 @@ def _check_key_name(name: str) -> str:
 
 DEFAULT_SESSION_SECONDS = 600
 MAX_SESSION_SECONDS = 24 * 3600
+DEFAULT_KEY_RETENTION_DAYS = 90  # as the seed's managed HSM keeps a deleted key until purged
+MAX_KEY_RETENTION_DAYS = 3650
+PURGE_CHECK_SECONDS = 600  # how often the ticker looks for deleted keys past their retention
+DAY = 86400
+
+
+@dataclass(frozen=True)
+class KeyCaller:
+    """Who calls the data plane: the role from the certificate, and (over mTLS) the certificate's
+    subject and the SHA-256 of its SubjectPublicKeyInfo, recorded in the key audit entries."""
+
+    role: Role
+    subject: str = ""
+    spki_sha256: str = ""
+
+    def who(self) -> dict[str, str]:
+        out = {"by": str(self.role)}
+        if self.subject:
+            out["subject"] = self.subject
+        if self.spki_sha256:
+            out["spki_sha256"] = self.spki_sha256
+        return out
+
+
+def _caller(caller: KeyCaller | Role) -> KeyCaller:
+    return caller if isinstance(caller, KeyCaller) else KeyCaller(caller)
+
+
+def _day(t: int) -> str:
+    return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 @dataclass(frozen=True)
@@ -90,7 +176,7 @@ class _Answer:
     request_id: str
     answer: bytes
     caller: Role
-    kind: str | None
+    kind: str | tuple[str, ...] | None
     context: contextvars.Context  # the caller's (its request and session ids), for the log lines
     done: asyncio.Future[None]
 
@@ -103,11 +189,27 @@ class NodeConfig:
     attestation_key: Ed25519PrivateKey
     attestation_cert_der: bytes
     default_session_seconds: int = DEFAULT_SESSION_SECONDS
+    key_retention_days: int = DEFAULT_KEY_RETENTION_DAYS
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.key_retention_days <= MAX_KEY_RETENTION_DAYS:
+            raise UsageError(
+                f"keys.retention_days = {self.key_retention_days}: use 1..{MAX_KEY_RETENTION_DAYS}"
+            )
 
 
 class AnswerNotRecorded(StorageError):
     """An answer changed the session in memory but its record could not be written: the batch it
     came in does not commit, and the session ends."""
+
+
+def wrapping_key_name(thumbprint: bytes, certificate: bytes) -> str | None:
+    """The CN of ``certificate`` (DER or PEM) if it is the wrapping certificate ``thumbprint``
+    names, else None; "" when it has no single CN. MalformedError if it does not parse."""
+    if not hmac.compare_digest(pki.thumbprint_sha256(certificate), thumbprint):
+        return None
+    names = pki.load_cert(certificate).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if len(names) == 1 else ""
 
 
 class Node:
@@ -139,12 +241,18 @@ class Node:
         self._applied: set[str] = set()  # sessions whose end has been applied and audited
         self._recovery_file: bytes | None = None
         self._agents: dict[str, bytes] = {}  # custodian name -> thumbprint of its connected agent
+        self._refusals = RefusalWindows()
+        self._agent_keys: dict[str, bytes] = {}  # custodian name -> SPKI SHA-256 its agent's hello showed
+        # (custodian name, thumbprint, CN of the certificate it sent or "") -> its open streams
+        self._streams: dict[tuple[str, bytes, str], int] = {}
         self._domain: sdfile.DomainSecrets | None = None
         self._info: DomainInfo | None = None
+        self._notice: tuple[str, sdfile.SignedHeader] | None = None  # (id, current signed header)
         loaded = store.load_domain()
         state = store.state()
         if loaded is not None:
             self._domain, self._info = loaded
+        self._refresh_notice()
         self._state: NodeState = state or PROVISIONED  # mirrors the database; read on every data-plane call
         if state is None:
             store.set_state(PROVISIONED)
@@ -153,6 +261,9 @@ class Node:
             raise StateError(
                 "the node database says ACTIVATED but holds no domain: restore the data directory"
             )
+        self._next_purge_check = 0
+        if self._state == ACTIVATED:
+            self._purge_expired_keys_now()
 
     # ------------------------------------------------------------------ queries
 
@@ -194,9 +305,26 @@ class Node:
         )
         self._store.append_audit(chain, entry.seq, json.dumps(entry.to_json(), sort_keys=True))
 
-    def audit_refusal(self, method: str, role: Role | None, code: str, reason: str) -> None:
-        """One entry per refused call (its reason comes bounded from sdquorum_rpc.errors)."""
-        self.audit("refused", role or "unknown peer", {"method": method, "code": code, "reason": reason})
+    def audit_refusal(self, refusal: Refusal) -> bool:
+        """A refused call (its reason comes bounded from sdquorum_rpc.errors, its caller named by
+        certificate subject and public-key SHA-256): the peer's first of its (method, code) in the
+        window is written now, later ones are counted into the window's closing entry. True if
+        this refusal was written in full."""
+        records = self._refusals.refused(refusal, self.now())
+        for rec in records:
+            self.audit(rec.event, rec.actor, rec.details)
+        return any(rec.event == "refused" for rec in records)
+
+    def close_refusal_windows(self, *, all_open: bool = False) -> None:
+        """Write the counts of the refusal windows that have ended (``all_open``: of every window,
+        on shutdown, so no count is lost)."""
+        now = self.now()
+        done = self._refusals.close_all(now) if all_open else self._refusals.close_due(now)
+        for rec in done:
+            try:
+                self.audit(rec.event, rec.actor, rec.details)
+            except Exception:  # the ticker and the shutdown go on; the counts at least reach the log
+                log.exception("could not audit %s by %s: %s", rec.event, rec.actor, json.dumps(rec.details))
 
     def export_audit(self, chain: str) -> list[str]:
         if chain not in ("domain", "provisioning"):
@@ -218,11 +346,52 @@ class Node:
     def key_count(self) -> int:
         return self._store.count_keys()
 
+    def _refresh_notice(self) -> None:
+        """The notice agents are sent: the current SD file's signed header, while a domain is held."""
+        data = self._store.sd_file() if self._domain is not None else None
+        if data is None:
+            self._notice = None
+            return
+        signed = sdfile.SecurityDomainFile.from_bytes(data).signed_header
+        self._notice = (signed.sha256.hex(), signed)
+
+    def domain_notice(self, role: Role, thumbprint: bytes, key_name: str = "") -> CustodianRequest | None:
+        """The domain's current signed header for the agent holding ``thumbprint``: a custodian of
+        the current epoch (x = its slot), or of a retired one, removed by a rotation (x = 0): it must
+        learn the new epoch too, or it would still release for the retired one. Like requests, a
+        notice goes only to a stream whose key is named for its caller (the slot's name in the header;
+        for a former custodian, the CN of the certificate its hello sent)."""
+        if self._notice is None or role.kind != "custodian" or not role.name:
+            return None
+        notice_id, signed = self._notice
+        slot = signed.header.slot_by_thumbprint(thumbprint)
+        if slot is not None and slot.name != role.name:
+            return None
+        if slot is None and (thumbprint.hex() not in self._former_custodians() or key_name != role.name):
+            return None
+        return CustodianRequest(
+            request_id=notice_id,
+            session_id="",
+            kind="domain-notice",
+            x=slot.x if slot is not None else 0,
+            thumbprint=thumbprint,
+            attestation=b"",
+            header_bytes=signed.header_bytes,
+            header_signature=signed.signature,
+        )
+
+    def _former_custodians(self) -> list[str]:
+        """Thumbprints (hex) of wrapping keys that held a slot of a retired epoch but not the current one."""
+        raw = self._store.flag("former-custodians")
+        return list(json.loads(raw)) if raw else []
+
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
         s = self._session
         open_ids = frozenset(r.request_id for r in s.requests()) if s is not None else frozenset()
+        if self._notice is not None:  # a new header wakes the request streams too, to announce it
+            open_ids |= {self._notice[0]}
         if not open_ids <= self._announced:
             self._new_requests.set()
             self._new_requests = asyncio.Event()
@@ -267,8 +436,11 @@ class Node:
             )
             info = DomainInfo(secrets.domain_id, 1, plan.quorum, len(plan.certificates_der))
             data = sd.to_bytes()
-            self._store.activate(secrets, info, ACTIVATED, data)
+            with self._store.batch():
+                self._store.activate(secrets, info, ACTIVATED, data)
+                self._store.note_epoch(secrets.domain_id, 1)
             self._state, self._domain, self._info = ACTIVATED, secrets, info
+            self._refresh_notice()
             self._start_domain_chain(
                 "activated",
                 {
@@ -354,13 +526,15 @@ class Node:
             if not isinstance(session, RecoverySession):
                 raise StateError(f"session {session_id} is a {session.kind}, not a recovery")
             try:
-                sd = sdfile.SecurityDomainFile.from_bytes(data)  # verifies the header signature first
+                sd = sdfile.SecurityDomainFile.from_bytes(data)  # header signature and payload hash first
+                self._refuse_retired_epoch(sd.header)
                 session.load_sd_file(sd, self.now(), self._sign_attestation)
             except SdquorumError as e:
                 session.abort(f"the SD file was refused: {e}")  # a retry with the right file need not wait
-                self.audit("sd-file-refused", "admin", {"session_id": session_id, "reason": str(e)})
-                self._notify()
+                self.audit("sd-file-refused", "admin", {"session_id": session_id, "reason": str(e)[:500]})
+                self._after_change(session)  # the session's end is applied and audited now: nothing runs
                 raise
+            self._store.note_epoch(sd.header.domain_id, sd.header.epoch)
             self.audit(
                 "sd-file-accepted",
                 "admin",
@@ -384,6 +558,14 @@ class Node:
             self._notify()
             self._in_background(self._prepare(session), "computing the public shares")
             return session.status()
+
+    def _refuse_retired_epoch(self, header: sdfile.Header) -> None:
+        highest = self._store.highest_epoch(header.domain_id)
+        if highest is not None and header.epoch < highest:
+            raise VerificationError(
+                f"epoch {header.epoch} of domain {header.domain_id.hex()} was retired: this node has seen "
+                f"epoch {highest}; recover from the SD file of epoch {highest} or later"
+            )
 
     async def _prepare(self, session: RecoverySession) -> None:
         """Each slot's public share, computed after the request streams have run and while the
@@ -418,18 +600,94 @@ class Node:
             return []
         return s.requests_for(thumbprint)
 
-    def agent_connected(self, role: Role, thumbprint: bytes) -> None:
-        """Remember which key each custodian's agent holds; a drill fails a slot whose key changed."""
+    def agent_requests(self, role: Role, thumbprint: bytes, key_name: str = "") -> list[CustodianRequest]:
+        """The open requests a custodian's stream is served: addressed to ``thumbprint`` and to a
+        key named for ``role`` (module docstring). ``key_name``: the CN of the wrapping certificate
+        the stream sent, already checked to hash to ``thumbprint`` ("" when it sent none)."""
+        s = self._session
+        if s is None or self._ended(s):
+            return []
+        return [r for r in s.requests_for(thumbprint) if self._named_for(s, r, role, key_name)]
+
+    @staticmethod
+    def _named_for(s: Ceremony, req: CustodianRequest, role: Role, key_name: str) -> bool:
+        if role.kind != "custodian" or not role.name:
+            return False
+        if isinstance(s, AzureRestoreSession):  # the file names the slot by thumbprint only
+            return key_name == role.name
+        return any(p.x == req.x and p.name == role.name for p in s.status().custodians)
+
+    def _answer_named_for_caller(
+        self, s: Ceremony, request_id: str, caller: Role, message: bytes, *, denial: bool
+    ) -> None:
+        """A custodian answers or denies only a request addressed to a key named for it; the admin
+        relays offline answers (the slot key's signature ties those). An Azure slot's key is named
+        by the certificate the answer or denial itself carries (the one it must verify under).
+        VerificationError otherwise."""
+        if caller.kind != "custodian":
+            return
+        req = next((r for r in s.requests() if r.request_id == request_id), None)
+        if req is None:
+            return  # not open: the session says why, as before
+        key_name = ""
+        if isinstance(s, AzureRestoreSession):
+            offered = (
+                envelopes.Denial.from_bytes(message).statement.certificate
+                if denial
+                else AzureAnswer.from_bytes(message).certificate_der
+            )
+            key_name = wrapping_key_name(req.thumbprint, offered) or ""
+        if not self._named_for(s, req, caller, key_name):
+            raise VerificationError(
+                f"request {request_id} (slot {req.x}) is not addressed to a key named for {caller}"
+            )
+
+    def agent_connected(
+        self, role: Role, thumbprint: bytes, key_name: str = "", key_sha256: bytes = b""
+    ) -> None:
+        """Remember which key each custodian's agent holds; a drill fails a slot whose key changed.
+        ``key_name`` and ``key_sha256``: the CN and the SPKI SHA-256 of the wrapping certificate
+        the stream sent (checked against ``thumbprint`` by the caller), empty when it sent none."""
         if role.name:
             self._agents[role.name] = thumbprint
+            self._agent_keys[role.name] = key_sha256
+            entry = (role.name, thumbprint, key_name)
+            self._streams[entry] = self._streams.get(entry, 0) + 1
+            if key_name and key_name != role.name:
+                log.warning(
+                    "%s announced a wrapping certificate named %r: requests for it are not served to it",
+                    role,
+                    key_name[:64],
+                )
             self._check_agent_keys()
 
-    def agent_disconnected(self, role: Role, thumbprint: bytes) -> None:
+    def connected_custodians(self) -> frozenset[str]:
+        """Custodians whose agent holds its request stream open now (for the metrics gauges)."""
+        return frozenset(self._agents.copy())
+
+    def agent_disconnected(self, role: Role, thumbprint: bytes, key_name: str = "") -> None:
+        if role.name:
+            entry = (role.name, thumbprint, key_name)
+            left = self._streams.get(entry, 0) - 1
+            if left > 0:
+                self._streams[entry] = left
+            else:
+                self._streams.pop(entry, None)
         if role.name and self._agents.get(role.name) == thumbprint:
             del self._agents[role.name]
-        if self._session is not None and thumbprint not in self._agents.values():
-            self._session.mark_disconnected(thumbprint)
-            self._notify()
+            self._agent_keys.pop(role.name, None)
+        # Only a stream that was served a request may mark it disconnected, and only when no other
+        # stream is served it: another custodian announcing this thumbprint neither receives nor
+        # withdraws it, nor keeps it shown as requested.
+        if self._session is not None and self.agent_requests(role, thumbprint, key_name):
+            still = any(
+                self.agent_requests(Role("custodian", who), thumb, name)
+                for (who, thumb, name) in self._streams
+                if thumb == thumbprint
+            )
+            if not still:
+                self._session.mark_disconnected(thumbprint)
+                self._notify()
 
     def _check_agent_keys(self) -> None:
         s = self._session
@@ -438,7 +696,14 @@ class Node:
         for slot in s.header.slots:
             held = self._agents.get(slot.name)
             if held is not None and held != slot.thumbprint:
-                reason = f"{slot.name}'s agent holds a wrapping key that no longer matches slot {slot.x}"
+                # Which key it holds is a question of public keys; which certificate, of thumbprints.
+                if self._agent_keys.get(slot.name) == pki.spki_sha256(slot.certificate_der):
+                    reason = (
+                        f"{slot.name}'s agent holds slot {slot.x}'s key under another certificate: "
+                        "run it with the wrapping certificate the security domain was sealed to"
+                    )
+                else:
+                    reason = f"{slot.name}'s agent holds a wrapping key that no longer matches slot {slot.x}"
                 before = s.progress().rejected
                 s.reject_slot(slot.x, reason, self.now())
                 if s.progress().rejected != before:  # newly rejected: its own audit entry
@@ -463,7 +728,7 @@ class Node:
             self._notify()
 
     async def submit_answer(
-        self, request_id: str, answer: bytes, caller: Role, *, kind: str | None = None
+        self, request_id: str, answer: bytes, caller: Role, *, kind: str | tuple[str, ...] | None = None
     ) -> None:
         """A custodian's release (recovery) or proof (drill, rotation), online or carried offline.
 
@@ -519,6 +784,7 @@ class Node:
         loaded = self._store.load_domain()
         self._domain, self._info = loaded if loaded is not None else (None, None)
         self._state = self._store.state() or PROVISIONED
+        self._refresh_notice()
         session = self._session
         if session is not None:
             session.revoke(f"the node could not write its audit log ({error}): start a new session")
@@ -542,11 +808,15 @@ class Node:
                     errors.append(e)
         return errors
 
-    def _take_answer(self, request_id: str, answer: bytes, caller: Role, kind: str | None) -> None:
+    def _take_answer(
+        self, request_id: str, answer: bytes, caller: Role, kind: str | tuple[str, ...] | None
+    ) -> None:
         session = self._require_session()
-        if kind is not None and session.kind != kind:
-            raise VerificationError(f"a {kind} answer was sent to a {session.kind} session")
+        kinds = (kind,) if isinstance(kind, str) else kind
+        if kinds is not None and session.kind not in kinds:
+            raise VerificationError(f"a {' or '.join(kinds)} answer was sent to a {session.kind} session")
         try:
+            self._answer_named_for_caller(session, request_id, caller, answer, denial=False)
             outcome = session.submit(request_id, answer, self.now())
         except SdquorumError as e:
             self._audit_refused(session, "answer", caller, request_id, e)
@@ -572,7 +842,21 @@ class Node:
             "x": outcome.x,
             "via": str(caller),
         }
-        if outcome.accepted:
+        if outcome.late:  # after completion: it counted for nothing, but a wrong one is named
+            verdict = "verified" if outcome.accepted else "rejected"
+            log_at = log.info if outcome.accepted else log.warning
+            log_at(
+                "session %s: late answer of %s (x=%d) via %s %s %s",
+                session.session_id,
+                outcome.name,
+                outcome.x,
+                caller,
+                verdict.upper(),
+                outcome.reason,
+            )
+            extra = {} if outcome.accepted else {"reason": outcome.reason}
+            self.audit(f"{session.kind}-late-answer-{verdict}", caller, {**details, **extra})
+        elif outcome.accepted:
             log.info(
                 "session %s: %s (x=%d) answered via %s: accepted",
                 session.session_id,
@@ -607,6 +891,7 @@ class Node:
         async with self._lock:
             session = self._require_session()
             try:
+                self._answer_named_for_caller(session, request_id, caller, signed_denial, denial=True)
                 p = session.deny_signed(request_id, signed_denial, self.now())
             except SdquorumError as e:
                 self._audit_refused(session, "denial", caller, request_id, e)
@@ -668,7 +953,11 @@ class Node:
             "recovery-completed", "node", {"session_id": session.session_id, "message": session.message}
         )
         self._store.activate(secrets, info, ACTIVATED, data)
+        self._store.note_epoch(h.domain_id, h.epoch)
         self._state, self._domain, self._info = ACTIVATED, secrets, info
+        self._refresh_notice()
+        if self._notice is not None:  # its agents just checked (and remember) this very header: no
+            self._announced |= {self._notice[0]}  # stream is woken for it; one that connects gets it
         released = [c.name for c in session.status().custodians if c.status.name == "ACCEPTED"]
         self._start_domain_chain(
             "recovered",
@@ -726,7 +1015,14 @@ class Node:
         info = DomainInfo(old.domain_id, new_epoch, proposal.quorum, len(proposal.certificates_der))
         retired = RetiredEpoch(self._info.epoch, old_header_hash, self.now())
         self._store.rotate(old, info, data, retired.epoch, json.dumps(retired.to_json(), sort_keys=True))
+        self._store.note_epoch(old.domain_id, new_epoch)
+        if old_sd:  # the custodians this rotation removed are told of the new epoch too
+            kept = {slot.thumbprint.hex() for slot in sd.header.slots}
+            before = {s.thumbprint.hex() for s in sdfile.SecurityDomainFile.from_bytes(old_sd).header.slots}
+            former = sorted((set(self._former_custodians()) | before) - kept)
+            self._store.set_flag("former-custodians", json.dumps(former))
         self._info = info
+        self._refresh_notice()  # the new header is announced to its custodians' agents
         session.new_sd_file = data
         self.audit(
             "rotated",
@@ -744,9 +1040,12 @@ class Node:
         )
 
     async def tick(self) -> None:
-        """Apply session deadlines (called periodically by the server)."""
+        """Apply session deadlines and close due refusal windows (called periodically by the server)."""
+        self.close_refusal_windows()
         if self._session is not None:
             self._ended(self._session)
+        if self._state == ACTIVATED and self.now() >= self._next_purge_check:
+            self._purge_expired_keys_now()
 
     def _ended(self, s: Ceremony) -> bool:
         """Whether ``s`` has finished, its deadline applied first. Whichever path finds a session
@@ -814,7 +1113,7 @@ class Node:
                 expires_at=session.expires_at,
             )
             session.start(signed, proposal, now, self._sign_attestation)
-            current = [(slot.name, slot.thumbprint) for slot in signed.header.slots]
+            current = [(slot.name, slot.certificate_der) for slot in signed.header.slots]
             for warning in plan.warnings:
                 log.warning("rotation %s: %s", session.session_id, warning)
             self.audit(
@@ -834,35 +1133,83 @@ class Node:
         the next one: a lost key means compromise, and the quarterly review counts a loss from an
         earlier epoch as healed by the rotation that followed it."""
         records = [CustodyRecord.from_json(json.loads(r)) for r in self._store.rows("custody", "record")]
+        # Keys are compared by SPKI SHA-256: a fresh certificate over a lost key is that lost key.
+        lost_keys: dict[bytes, tuple[str, str]] = {}
+        for r in records:
+            if r.kind in LOSS_KINDS and r.key_sha256 and r.custodian is not None:
+                lost_keys[r.key_sha256] = (r.custodian, r.kind)  # whenever, under whatever name
         lost = {r.custodian: r.kind for r in records if r.kind in LOSS_KINDS and r.time >= header.created_at}
-        lost_keys = {slot.thumbprint: slot.name for slot in header.slots if slot.name in lost}
+        for slot in header.slots:  # records made before they named their key: this epoch's, by name
+            if slot.name in lost:
+                lost_keys.setdefault(pki.spki_sha256(slot.certificate_der), (slot.name, lost[slot.name]))
         for der in certificates_der:
-            name = lost_keys.get(hashlib.sha256(der).digest())
-            if name is not None:
+            found = lost_keys.get(pki.spki_sha256(der))
+            if found is not None:
+                name, kind = found
                 raise UsageError(
-                    f"the new roster keeps {name}'s key, which is recorded {lost[name]}: "
-                    f"give {name} a new wrapping key (custodian-agent keygen), or leave {name} out"
+                    f"the new roster keeps {name}'s key, which is recorded {kind}, under "
+                    f"{pki.load_cert(der).subject.rfc4514_string() or 'a certificate'}: "
+                    f"give {name} a new wrapping key (custodian-agent keygen), or leave that key out"
                 )
 
     async def start_azure_restore(
         self, sd_file: bytes, exchange_cert: bytes, reason: str, ttl_seconds: int, caller: Role
     ) -> AzureRestoreSession:
-        """Coordinate an Azure restore: the node's own state and domain are not touched."""
+        """Coordinate an Azure restore: the node's own state and domain are not touched, and no share
+        of the domain this node holds goes into it (module docstring)."""
         async with self._lock:
+            if self.compromised:
+                reason = (
+                    "the domain on this node is marked compromised: no Azure restore here; "
+                    "use a new node (docs/runbooks/compromise.md)"
+                )
+                self.audit("azure-restore-refused", caller, {"reason": reason})
+                raise StateError(reason)
+            thumbprints, keys = self._held_custodian_keys()
             session = self._new_session(AzureRestoreSession, reason, ttl_seconds, caller)
             try:
-                session.start(sd_file, exchange_cert, self.now(), self._sign_attestation)
+                session.start(
+                    sd_file,
+                    exchange_cert,
+                    self.now(),
+                    self._sign_attestation,
+                    held_thumbprints=thumbprints,
+                    held_keys=keys,
+                )
             except SdquorumError as e:
                 session.abort(f"the Azure file or exchange certificate was refused: {e}")
+                self.audit(
+                    "azure-restore-refused",
+                    caller,
+                    {"session_id": session.session_id, "reason": str(e)},
+                )
                 self._after_change(session)
                 raise
+            destination = session.destination_certificate
             self.audit(
                 "azure-restore-file-accepted",
                 caller,
-                {"session_id": session.session_id, "sd_file_sha256": hashlib.sha256(sd_file).hexdigest()},
+                {
+                    "session_id": session.session_id,
+                    "sd_file_sha256": hashlib.sha256(sd_file).hexdigest(),
+                    "exchange_certificate_sha256": hashlib.sha256(destination).hexdigest(),
+                    "exchange_key_spki_sha256": pki.spki_sha256(destination).hex(),
+                },
             )
             self._notify()
             return session
+
+    def _held_custodian_keys(self) -> tuple[frozenset[bytes], frozenset[bytes]]:
+        """Thumbprints and SPKI digests of every custodian certificate of the domain this node holds
+        (none on a node that holds no domain)."""
+        data = self._store.sd_file()
+        if data is None or self._domain is None:
+            return frozenset(), frozenset()
+        slots = sdfile.SecurityDomainFile.from_bytes(data).header.slots
+        return (
+            frozenset(slot.thumbprint for slot in slots),
+            frozenset(pki.spki_sha256(slot.certificate_der) for slot in slots),
+        )
 
     def azure_transfer_file(self, session_id: str) -> bytes:
         session = self._session_by_id(session_id)
@@ -872,7 +1219,9 @@ class Node:
 
     def security_domain_file(self, fmt: str = "native") -> bytes:
         """The current epoch's SD file; ``azure``: the same payload as an Azure version-2 file, split
-        anew to the same custodians and quorum (their keys open it with Azure's own tools too)."""
+        anew to the same custodians and quorum (their keys open it with Azure's own tools too, each
+        custodian handing over its private key). Its one item is tagged ``AZURE_PAYLOAD_TAG``, so no
+        sdquorum node and no agent turns it into a transfer file (module docstring)."""
         self._dek()
         data = self._store.sd_file()
         if data is None or self._domain is None:
@@ -902,7 +1251,10 @@ class Node:
             note=record.note,
             actor=str(caller),
         )
-        names = {s.name for s in self._current_header().slots}
+        slots = {s.name: s for s in self._current_header().slots}
+        names = set(slots)
+        if stamped.kind in LOSS_KINDS and stamped.custodian in slots:  # the key, not only the name
+            stamped = replace(stamped, key_sha256=pki.spki_sha256(slots[stamped.custodian].certificate_der))
         if (
             stamped.custodian is not None
             and stamped.custodian not in names
@@ -958,84 +1310,261 @@ class Node:
             )
         return self._domain.data_encryption_key
 
-    async def create_key(self, name: str, kind: KeyType) -> StoredKey:
+    async def create_key(
+        self, name: str, kind: KeyType, caller: KeyCaller | Role, owner: str = ""
+    ) -> StoredKey:
+        """A new key owned by the caller, or (an admin only) by ``owner``: ``app`` or ``app/<name>``."""
+        who = _caller(caller)
         self._dek()
         _check_key_name(name)
+        owner = self._owner_for(who.role, owner)
+        self._refuse_taken(name)
         # Generation (RSA-3072 takes ~0.1 s) runs off the event loop; the database is only ever
         # touched from the loop's thread, so writes never interleave on the one connection.
         public, private = await asyncio.to_thread(keyops.generate, kind)
         dek = self._dek()
         created = self.now()
-        self._store.put_key(dek, name, int(kind), public, private, created)
-        return StoredKey(name, int(kind), public, created)
+        with self._store.batch():
+            self._refuse_taken(name)  # made meanwhile, during the generation
+            self._store.put_key(dek, name, int(kind), public, private, created, owner)
+            self.audit(
+                "key-created", who.role, {"name": name, "type": kind.name, "owner": owner, **who.who()}
+            )
+        log.info("key %s (%s) created for %s by %s", name, kind.name, owner, who.role)
+        return StoredKey(name, int(kind), public, created, owner)
 
-    def list_keys(self) -> list[StoredKey]:
+    @staticmethod
+    def _owner_for(role: Role, owner: str) -> str:
+        if role.kind not in ("admin", "app"):
+            raise PermissionDeniedError(f"role {role} may not own keys")
+        if not owner or owner == str(role):
+            return str(role)
+        if role.kind != "admin":
+            raise PermissionDeniedError(f"{role} may create keys only for itself: leave the owner out")
+        try:
+            parsed = Role.parse(owner)
+        except UsageError as e:
+            raise UsageError(f"key owner {owner!r}: use admin, app or app/<name> ({e})") from e
+        if parsed.kind not in ("admin", "app"):
+            raise UsageError(f"key owner {owner!r}: use admin, app or app/<name>")
+        return str(parsed)
+
+    def _refuse_taken(self, name: str) -> None:
+        found = self._store.find_key(name)
+        if found is None:
+            return
+        if found.deleted_at is None:
+            raise AlreadyExistsError(f"a key named {name!r} exists already: pick another name")
+        raise AlreadyExistsError(
+            f"a deleted key named {name!r} is kept until {_day(self._purge_time(found.deleted_at))}: "
+            f"recover it (sdctl keys recover {name}) or purge it (sdctl keys purge {name} --yes) first"
+        )
+
+    def _purge_time(self, deleted_at: int) -> int:
+        return deleted_at + self.config.key_retention_days * DAY
+
+    def list_keys(self, caller: KeyCaller | Role) -> list[StoredKey]:
+        """The live keys the caller may use; for an admin, every live key."""
+        role = _caller(caller).role
         self._dek()
-        return self._store.list_keys()
+        return self._store.list_keys(owner=None if role.kind == "admin" else self._owner_for(role, ""))
 
-    def delete_key(self, name: str) -> None:
+    def list_deleted_keys(self, caller: KeyCaller | Role) -> list[StoredKey]:
+        """The deleted keys still retained (admin only), each purged at :meth:`purge_time`."""
+        self._require_admin(_caller(caller).role, "list deleted keys")
         self._dek()
-        self._store.delete_key(_check_key_name(name))
+        self.purge_expired_keys()
+        return self._store.list_keys(deleted=True)
 
-    def _key(self, name: str) -> tuple[StoredKey, bytes, KeyType]:
-        info, private = self._store.get_key(self._dek(), _check_key_name(name))
+    def purge_time(self, key: StoredKey) -> int:
+        return 0 if key.deleted_at is None else self._purge_time(key.deleted_at)
+
+    def delete_key(self, name: str, caller: KeyCaller | Role) -> int:
+        """Soft-delete a live key the caller manages; returns when it will be purged."""
+        who = _caller(caller)
+        self._dek()
+        key = self._managed(name, who.role)
+        if key.deleted_at is not None:
+            raise NotFoundError(
+                f"key {name!r} is deleted already: recover it (sdctl keys recover {name}) or purge it"
+            )
+        now = self.now()
+        purge_at = self._purge_time(now)
+        with self._store.batch():
+            self._store.mark_deleted(name, now)
+            self.audit(
+                "key-deleted",
+                who.role,
+                {"name": name, "owner": key.owner, "purge_at": purge_at, **who.who()},
+            )
+        log.info("key %s of %s deleted by %s (kept until %s)", name, key.owner, who.role, _day(purge_at))
+        return purge_at
+
+    def recover_key(self, name: str, caller: KeyCaller | Role) -> StoredKey:
+        """Undelete a retained key the caller manages."""
+        who = _caller(caller)
+        self._dek()
+        self.purge_expired_keys()
+        key = self._managed(name, who.role)
+        if key.deleted_at is None:
+            raise StateError(f"key {name!r} is not deleted: nothing to recover")
+        with self._store.batch():
+            self._store.mark_deleted(name, None)
+            self.audit(
+                "key-recovered",
+                who.role,
+                {"name": name, "owner": key.owner, "deleted_at": key.deleted_at, **who.who()},
+            )
+        log.info("key %s of %s recovered by %s", name, key.owner, who.role)
+        return StoredKey(key.name, key.key_type, key.public_der, key.created_at, key.owner)
+
+    def purge_key(self, name: str, caller: KeyCaller | Role) -> None:
+        """Remove a deleted key for good (admin only): it cannot be recovered afterwards."""
+        who = _caller(caller)
+        self._require_admin(who.role, "purge keys")
+        self._dek()
+        key = self._store.find_key(_check_key_name(name))
+        if key is None or key.deleted_at is None:
+            raise NotFoundError(
+                f"no deleted key named {name!r}: delete it first (sdctl keys delete {name}); "
+                "list deleted keys with 'sdctl keys deleted'"
+            )
+        self._purge(key, who.role, {"reason": "purged by an admin", **who.who()})
+
+    def purge_expired_keys(self) -> list[str]:
+        """Purge every deleted key whose retention has ended, by the node's clock (audited, by
+        the node). Called at start, by the ticker and before a deleted key is listed or recovered."""
+        if self._domain is None:
+            return []
+        now = self.now()
+        self._next_purge_check = now + PURGE_CHECK_SECONDS
+        expired = self._store.deleted_before(now - self.config.key_retention_days * DAY)
+        for key in expired:
+            self._purge(
+                key,
+                "node",
+                {"reason": f"retention of {self.config.key_retention_days} days ended", "by": "node"},
+            )
+        return [k.name for k in expired]
+
+    def _purge_expired_keys_now(self) -> None:
+        """:meth:`purge_expired_keys` from the start and the ticker: a failure (a full or read-only
+        disk) is logged and tried again later. It leaves the keys deleted, so unusable: safe."""
+        try:
+            self.purge_expired_keys()
+        except SdquorumError as e:
+            log.error(
+                "could not purge deleted keys past their retention (tried again in %d s): %s",
+                PURGE_CHECK_SECONDS,
+                e,
+            )
+
+    def _purge(self, key: StoredKey, actor: Role | str, who: dict[str, str]) -> None:
+        with self._store.batch():
+            self._store.purge_key(key.name)
+            self.audit(
+                "key-purged",
+                actor,
+                {"name": key.name, "owner": key.owner, "deleted_at": key.deleted_at, **who},
+            )
+        log.info("key %s of %s purged by %s", key.name, key.owner, actor)
+
+    @staticmethod
+    def _require_admin(role: Role, what: str) -> None:
+        if role.kind != "admin":
+            raise PermissionDeniedError(f"only an admin may {what}")
+
+    def _managed(self, name: str, role: Role) -> StoredKey:
+        """The key ``name``, live or deleted, if ``role`` may manage it (its owner, or an admin)."""
+        key = self._store.find_key(_check_key_name(name))
+        if key is None:
+            raise NotFoundError(f"no key named {name!r}: list keys with 'sdctl keys list'")
+        if role.kind != "admin" and key.owner != self._owner_for(role, ""):
+            raise PermissionDeniedError(f"key {name!r} is not {role}'s: an app manages only its own keys")
+        return key
+
+    def _key(self, name: str, caller: KeyCaller | Role) -> tuple[StoredKey, bytes, KeyType]:
+        """A live key its owner may use: anyone else is refused, an admin too (see the module)."""
+        role = _caller(caller).role
+        dek = self._dek()
+        user = self._owner_for(role, "")
+
+        def allow(key: StoredKey) -> None:
+            if key.owner != user:
+                raise PermissionDeniedError(
+                    f"key {name!r} is not {role}'s to use: an admin can create a key for {role} "
+                    f"(sdctl keys create NAME --owner {role})"
+                )
+            if key.deleted_at is not None:
+                raise NotFoundError(
+                    f"key {name!r} is deleted: an admin can recover it until "
+                    f"{_day(self._purge_time(key.deleted_at))}"
+                )
+
+        info, private = self._store.get_key(dek, _check_key_name(name), allow)
         return info, private, KeyType(info.key_type)
 
-    def encrypt(self, name: str, plaintext: bytes, aad: bytes) -> bytes:
-        _, private, kind = self._key(name)
+    def encrypt(self, name: str, plaintext: bytes, aad: bytes, caller: KeyCaller | Role) -> bytes:
+        _, private, kind = self._key(name, caller)
         return keyops.encrypt(kind, private, plaintext, aad)
 
-    def decrypt(self, name: str, ciphertext: bytes, aad: bytes) -> bytes:
-        _, private, kind = self._key(name)
+    def decrypt(self, name: str, ciphertext: bytes, aad: bytes, caller: KeyCaller | Role) -> bytes:
+        _, private, kind = self._key(name, caller)
         return keyops.decrypt(kind, private, ciphertext, aad)
 
-    def sign(self, name: str, message: bytes) -> bytes:
-        _, private, kind = self._key(name)
+    def sign(self, name: str, message: bytes, caller: KeyCaller | Role) -> bytes:
+        _, private, kind = self._key(name, caller)
         return keyops.sign(kind, private, message)
 
-    def encrypt_batch(self, name: str, plaintexts: Packed, aad: bytes | Packed) -> Packed:
+    def encrypt_batch(
+        self, name: str, plaintexts: Packed, aad: bytes | Packed, caller: KeyCaller | Role
+    ) -> Packed:
         """Many plaintexts under one key opened once; ``aad`` for every item, or one per item."""
-        _, private, kind = self._key(name)
+        _, private, kind = self._key(name, caller)
         return keyops.encrypt_batch(kind, private, plaintexts, aad)
 
-    def sign_batch(self, name: str, messages: Packed) -> Packed:
+    def sign_batch(self, name: str, messages: Packed, caller: KeyCaller | Role) -> Packed:
         """Many messages signed by one key opened once."""
-        _, private, kind = self._key(name)
+        _, private, kind = self._key(name, caller)
         return keyops.sign_batch(kind, private, messages)
 
-    async def encrypt_batch_async(self, name: str, plaintexts: Packed, aad: bytes | Packed) -> Packed:
+    async def encrypt_batch_async(
+        self, name: str, plaintexts: Packed, aad: bytes | Packed, caller: KeyCaller | Role
+    ) -> Packed:
         """:meth:`encrypt_batch` for the server: a batch big enough to pay for the trip goes to a
         worker process of :attr:`crypto_pool` (see :mod:`hsm_node.cryptopool`), so the server's
         thread goes on serving meanwhile. The key is read from the database here, on the event
         loop's thread, as every read is."""
-        _, private, kind = self._key(name)
+        _, private, kind = self._key(name, caller)
         pool = self.crypto_pool
         if pool is not None and pool.wants(kind, plaintexts, private, aad):
             return await pool.encrypt_batch(kind, private, plaintexts, aad)
         return keyops.encrypt_batch(kind, private, plaintexts, aad)
 
-    async def sign_batch_async(self, name: str, messages: Packed) -> Packed:
+    async def sign_batch_async(self, name: str, messages: Packed, caller: KeyCaller | Role) -> Packed:
         """:meth:`sign_batch` for the server: in a worker process of :attr:`crypto_pool` as
         :meth:`encrypt_batch_async`; otherwise :func:`~hsm_node.cryptopool.sign_batch_here` (an RSA
         batch in a thread)."""
-        _, private, kind = self._key(name)
+        _, private, kind = self._key(name, caller)
         pool = self.crypto_pool
         if pool is not None and pool.wants(kind, messages, private):
             return await pool.sign_batch(kind, private, messages)
         return await sign_batch_here(kind, private, messages)
 
-    def verify(self, name: str, message: bytes, signature: bytes) -> bool:
+    def verify(self, name: str, message: bytes, signature: bytes, caller: KeyCaller | Role) -> bool:
         # Against the public key of the sealed private key, not the row's public column: the
         # column is not under the row's seal, so whoever can write the data directory could put
         # a key of theirs there and have their own signatures verify.
-        _, private, kind = self._key(name)
+        _, private, kind = self._key(name, caller)
         return keyops.verify(kind, keyops.public_der(kind, private), message, signature)
 
     # ------------------------------------------------------------------ backup and restore
 
     def backup(self, caller: Role | str = "admin") -> bytes:
         """The key store as a version 2 backup: its rows (keys still sealed under the data
-        encryption key) in an SQLite image, sealed under the domain's backup key and signed."""
+        encryption key; deleted keys still retained with their owner and deletion time, so a
+        restore neither loses nor revives them) in an SQLite image, sealed under the domain's
+        backup key and signed."""
         dek = self._dek()
         if self._domain is None:  # pragma: no cover - _dek checked it
             raise StateError("no domain")
@@ -1055,7 +1584,9 @@ class Node:
     def restore(self, data: bytes, caller: Role | str = "admin") -> int:
         """Replace the key store with a backup of this node's domain (version 2 or 1), in one
         transaction; a refused backup changes nothing. A restore rolls the key store back to the
-        backup's day (keys deleted since come back), so it is audited with the backup's origin."""
+        backup's day (keys deleted or purged since come back as they were then), so it is audited
+        with the backup's origin. Keys deleted in the backup come back deleted, with their deletion
+        time: those whose retention has ended since are purged at once (audited)."""
         dek = self._dek()
         if self._domain is None:  # pragma: no cover - _dek checked it
             raise StateError("no domain")
@@ -1075,4 +1606,5 @@ class Node:
                 "backup_node": opened.header.node_id,
             },
         )
+        self.purge_expired_keys()
         return count

@@ -1,13 +1,15 @@
 """gRPC servicers of ``hsm-node``: thin adapters from the wire contract to :class:`hsm_node.node.Node`.
 
-Roles: ``Node`` any authenticated role; ``NodeAdmin`` admin; ``Keys`` app and admin; ``Custodian``
-custodian. Every method goes through :func:`sdquorum_rpc.errors.rpc` (role check, error mapping).
+Roles: ``Node`` any authenticated role; ``NodeAdmin`` admin; ``Keys`` app and admin (``PurgeKey``
+and ``ListDeletedKeys`` admin only; which keys each caller may touch: :mod:`hsm_node.node`);
+``Custodian`` custodian. Every method goes through :func:`sdquorum_rpc.errors.rpc` (role check, error mapping).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -20,17 +22,21 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coordinator import CeremonyStatus, CustodianRequest, CustodianStatus, SessionState
 from hsm_node.keyops import KeyType
-from hsm_node.node import Node
+from hsm_node.node import KeyCaller, Node, wrapping_key_name
 from hsm_node.store import StoredKey
-from sdquorum.errors import MalformedError, UsageError
-from sdquorum.pki import Role
+from sdquorum import pki
+from sdquorum.errors import MalformedError, SdquorumError, UsageError
+from sdquorum.pki import Role, load_cert, spki_sha256
 from sdquorum.review import CustodyRecord
 from sdquorum.sdfile import MAX_SD_FILE_BYTES
 from sdquorum_rpc import packed
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2_grpc as pbg
+from sdquorum_rpc.convert import KIND_TO_PROTO
 from sdquorum_rpc.errors import RequestGuard, rpc
-from sdquorum_rpc.tls import DEFAULT_MAX_MESSAGE_BYTES, Ctx, TlsFiles, channel_options, server_credentials
+from sdquorum_rpc.listen import bind_failure
+from sdquorum_rpc.observability import NodeSnapshot
+from sdquorum_rpc.tls import DEFAULT_MAX_MESSAGE_BYTES, Ctx, TlsFiles, server_credentials, server_options
 
 __all__ = ["CHUNK_BYTES", "MAX_BATCH_ITEMS", "NodeServer", "serve", "status_to_proto"]
 
@@ -55,12 +61,7 @@ _CUSTODIAN = {
     CustodianStatus.NOT_NEEDED: pb.NOT_NEEDED,
     CustodianStatus.UNREACHABLE: pb.UNREACHABLE,
 }
-_KIND = {
-    "recovery": pb.RECOVERY,
-    "drill": pb.DRILL,
-    "rotation": pb.ROTATION,
-    "azure-recovery": pb.AZURE_RECOVERY,
-}
+_KIND = {**KIND_TO_PROTO, "domain-notice": pb.DOMAIN_NOTICE}  # a notice is sent, never answered
 
 
 def request_to_proto(req: CustodianRequest) -> pb.CustodianRequest:
@@ -94,13 +95,35 @@ def status_to_proto(st: CeremonyStatus) -> pb.RecoveryProgress:
     )
 
 
-def _key_info(k: StoredKey) -> pb.KeyInfo:
+def _key_info(k: StoredKey, purge_at: int = 0) -> pb.KeyInfo:
     return pb.KeyInfo(
         name=k.name,
         type=pb.KeyType.Name(k.key_type),
         public_key_der=k.public_der,
         created_at_unix=k.created_at,
+        owner=k.owner,
+        deleted_at_unix=k.deleted_at or 0,
+        purge_at_unix=purge_at,
     )
+
+
+def _caller(context: Ctx, role: Role) -> KeyCaller:
+    """The caller of a key's create, delete, recover or purge, for its audit entry: the role the
+    rpc guard found, with the subject and SPKI SHA-256 of the peer's certificate."""
+    certs = list(context.auth_context().get("x509_pem_cert") or [])
+    if len(certs) != 1:  # the guard found a role, so there is one; keep the role alone otherwise
+        return KeyCaller(role)
+    subject, spki = _identity_of(bytes(certs[0]))
+    return KeyCaller(role, subject, spki)
+
+
+@functools.lru_cache(maxsize=1024)
+def _identity_of(cert_pem: bytes) -> tuple[str, str]:
+    """(subject, SPKI SHA-256 hex) of a peer certificate, parsed once per certificate."""
+    try:
+        return load_cert(cert_pem).subject.rfc4514_string(), spki_sha256(cert_pem).hex()
+    except SdquorumError:
+        return "", ""
 
 
 async def _collect(chunks: AsyncIterator[bytes], limit: int, what: str) -> bytes:
@@ -325,49 +348,74 @@ class KeysServicer:
             kind = KeyType(request.type)
         except ValueError as e:
             raise UsageError("choose a key type: AES256_GCM, ED25519 or RSA3072") from e
-        return _key_info(await self.node.create_key(request.name, kind))
+        return _key_info(
+            await self.node.create_key(request.name, kind, _caller(context, role), request.owner)
+        )
 
     @rpc("app", "admin")
     async def ListKeys(self, request: pb.ListKeysRequest, context: Ctx, role: Role) -> pb.ListKeysResponse:
-        return pb.ListKeysResponse(keys=[_key_info(k) for k in self.node.list_keys()])
+        return pb.ListKeysResponse(keys=[_key_info(k) for k in self.node.list_keys(role)])
 
     @rpc("app", "admin")
     async def DeleteKey(self, request: pb.DeleteKeyRequest, context: Ctx, role: Role) -> pb.DeleteKeyResponse:
-        self.node.delete_key(request.name)
-        return pb.DeleteKeyResponse()
+        return pb.DeleteKeyResponse(purge_at_unix=self.node.delete_key(request.name, _caller(context, role)))
+
+    @rpc("admin")
+    async def ListDeletedKeys(
+        self, request: pb.ListKeysRequest, context: Ctx, role: Role
+    ) -> pb.ListKeysResponse:
+        keys = self.node.list_deleted_keys(role)
+        return pb.ListKeysResponse(keys=[_key_info(k, self.node.purge_time(k)) for k in keys])
+
+    @rpc("app", "admin")
+    async def RecoverKey(self, request: pb.RecoverKeyRequest, context: Ctx, role: Role) -> pb.KeyInfo:
+        return _key_info(self.node.recover_key(request.name, _caller(context, role)))
+
+    @rpc("admin")
+    async def PurgeKey(self, request: pb.PurgeKeyRequest, context: Ctx, role: Role) -> pb.PurgeKeyResponse:
+        self.node.purge_key(request.name, _caller(context, role))
+        return pb.PurgeKeyResponse()
 
     @rpc("app", "admin")
     async def Encrypt(self, request: pb.EncryptRequest, context: Ctx, role: Role) -> pb.EncryptResponse:
-        return pb.EncryptResponse(ciphertext=self.node.encrypt(request.name, request.plaintext, request.aad))
+        return pb.EncryptResponse(
+            ciphertext=self.node.encrypt(request.name, request.plaintext, request.aad, role)
+        )
 
     @rpc("app", "admin")
     async def Decrypt(self, request: pb.DecryptRequest, context: Ctx, role: Role) -> pb.DecryptResponse:
-        return pb.DecryptResponse(plaintext=self.node.decrypt(request.name, request.ciphertext, request.aad))
+        return pb.DecryptResponse(
+            plaintext=self.node.decrypt(request.name, request.ciphertext, request.aad, role)
+        )
 
     @rpc("app", "admin")
     async def Sign(self, request: pb.SignRequest, context: Ctx, role: Role) -> pb.SignResponse:
-        return pb.SignResponse(signature=self.node.sign(request.name, request.message))
+        return pb.SignResponse(signature=self.node.sign(request.name, request.message, role))
 
     @rpc("app", "admin")
     async def EncryptBatch(
         self, request: pb.EncryptBatchRequest, context: Ctx, role: Role
     ) -> pb.EncryptBatchResponse:
         plaintexts = self._batch(request.plaintexts, request.plaintext_lengths, "plaintext")
-        out = await self.node.encrypt_batch_async(request.name, plaintexts, _aad(request, len(plaintexts)))
+        out = await self.node.encrypt_batch_async(
+            request.name, plaintexts, _aad(request, len(plaintexts)), role
+        )
         self._fits(out)
         return pb.EncryptBatchResponse(ciphertexts=out.data, ciphertext_lengths=out.lengths)
 
     @rpc("app", "admin")
     async def SignBatch(self, request: pb.SignBatchRequest, context: Ctx, role: Role) -> pb.SignBatchResponse:
         out = await self.node.sign_batch_async(
-            request.name, self._batch(request.messages, request.message_lengths, "message")
+            request.name, self._batch(request.messages, request.message_lengths, "message"), role
         )
         self._fits(out)
         return pb.SignBatchResponse(signatures=out.data, signature_lengths=out.lengths)
 
     @rpc("app", "admin")
     async def Verify(self, request: pb.VerifyRequest, context: Ctx, role: Role) -> pb.VerifyResponse:
-        return pb.VerifyResponse(valid=self.node.verify(request.name, request.message, request.signature))
+        return pb.VerifyResponse(
+            valid=self.node.verify(request.name, request.message, request.signature, role)
+        )
 
     def _batch(self, data: bytes, lengths: Sequence[int], what: str) -> packed.Packed:
         if not 1 <= len(lengths) <= self.max_batch_items:
@@ -404,6 +452,17 @@ def _aad(request: pb.EncryptBatchRequest, n: int) -> bytes | packed.Packed:
     return packed.checked(request.aads, request.aad_lengths, "aad")
 
 
+def _wrapping_key_name(thumbprint: bytes, certificate: bytes) -> str:
+    """The CN of the wrapping certificate a hello sent ("" if it sent none); MalformedError when
+    the certificate does not parse or is not the one the hello's thumbprint names."""
+    if not certificate:
+        return ""
+    name = wrapping_key_name(thumbprint, certificate)
+    if name is None:
+        raise MalformedError("the hello's wrapping certificate is not the one its thumbprint names")
+    return name
+
+
 class CustodianServicer:
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -417,14 +476,26 @@ class CustodianServicer:
             raise UsageError(
                 "the hello must carry the 32-byte SHA-256 thumbprint of the wrapping certificate"
             )
+        certificate = bytes(request.wrapping_certificate)
+        key_name = _wrapping_key_name(thumb, certificate)
+        key_sha256 = pki.spki_sha256(certificate) if certificate else b""
         log.info("agent %s connected (wrapping certificate %s)", role, thumb.hex()[:16])
         await context.send_initial_metadata(())  # lets the agent know it is connected before any request
-        self.node.agent_connected(role, thumb)
+        self.node.agent_connected(role, thumb, key_name, key_sha256)
         sent: set[str] = set()
         try:
             while True:
                 token = self.node.request_token()
-                for req in self.node.pending_requests(thumb):
+                notice = self.node.domain_notice(
+                    role, thumb, key_name
+                )  # the domain's current header, if a slot is its
+                if notice is not None and notice.request_id not in sent:
+                    sent.add(notice.request_id)
+                    yield request_to_proto(notice)
+                    log.info("told %s of domain epoch %s", role, notice.request_id[:16])
+                # Only requests for a key named for this caller: announcing another custodian's
+                # thumbprint receives nothing (issue 13, class 4; hsm_node.node's docstring).
+                for req in self.node.agent_requests(role, thumb, key_name):
                     if req.request_id in sent:
                         continue
                     sent.add(req.request_id)
@@ -435,17 +506,20 @@ class CustodianServicer:
                     )
                 await self.node.wait_change(token, timeout=5.0)
         finally:
-            self.node.agent_disconnected(role, thumb)
+            self.node.agent_disconnected(role, thumb, key_name)
             log.info("agent %s disconnected", role)
 
     @rpc("custodian")
     async def SubmitRelease(self, request: pb.ShareRelease, context: Ctx, role: Role) -> pb.Ack:
-        await self.node.submit_answer(request.request_id, bytes(request.release), role)
+        kinds = ("recovery", "azure-recovery")  # a release answers these; proofs come by SubmitProof
+        await self.node.submit_answer(request.request_id, bytes(request.release), role, kind=kinds)
         return pb.Ack()
 
     @rpc("custodian")
     async def SubmitProof(self, request: pb.ProofSubmission, context: Ctx, role: Role) -> pb.Ack:
-        await self.node.submit_answer(request.request_id, bytes(request.proof), role)
+        await self.node.submit_answer(
+            request.request_id, bytes(request.proof), role, kind=("drill", "rotation")
+        )
         return pb.Ack()
 
     @rpc("custodian")
@@ -454,25 +528,62 @@ class CustodianServicer:
         return pb.Ack()
 
 
+ALWAYS_SERVING = ("sdquorum.v1.Node", "sdquorum.v1.NodeAdmin", "sdquorum.v1.Custodian")
+KEYS_SERVICE = "sdquorum.v1.Keys"  # SERVING only while the node is ACTIVATED: the data plane works
+
+
+def node_snapshot(node: Node) -> NodeSnapshot:
+    session = node.session
+    status = session.status() if session is not None else None
+    return NodeSnapshot(
+        state=node.state,
+        compromised=node.compromised,
+        session_kind=status.kind if status is not None else None,
+        session_state=status.state.value if status is not None else None,
+        custodians=tuple(c.name for c in status.custodians) if status is not None else (),
+        connected=node.connected_custodians(),
+    )
+
+
 class NodeServer:
-    """A running node: the gRPC server, its health service and the deadline ticker."""
+    """A running node: the gRPC server, its health service (overall and per service: the data plane's
+    ``sdquorum.v1.Keys`` is SERVING only while ACTIVATED), the deadline ticker and the snapshot the
+    metrics gauges read."""
 
     def __init__(self, node: Node, server: grpc.aio.Server, port: int, health: Any) -> None:
         self.node = node
         self.server = server
         self.port = port
         self.health = health
+        self.snapshot = node_snapshot(node)  # what the metrics gauges read (their own thread)
+        self._keys_serving: bool | None = None
         self._ticker: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.server.start()
-        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        for service in ("", *ALWAYS_SERVING):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        await self._refresh()
         self._ticker = asyncio.create_task(self._tick())
 
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(0.5)
             await self.node.tick()
+            await self._refresh()
+
+    async def _refresh(self) -> None:
+        """Per-service health and the gauges' snapshot, from the node's state on the event loop."""
+        self.snapshot = node_snapshot(self.node)
+        serving = self.node.state == "ACTIVATED"
+        if serving != self._keys_serving:
+            self._keys_serving = serving
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            await self.health.set(KEYS_SERVICE, status)
 
     async def stop(self, grace: float = 2.0) -> None:
         """Drain: report NOT_SERVING, refuse new calls, give calls in flight ``grace`` seconds."""
@@ -482,6 +593,7 @@ class NodeServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
         await self.server.stop(grace)
+        self.node.close_refusal_windows(all_open=True)  # the counts of open windows are not lost
 
 
 async def serve(
@@ -493,7 +605,7 @@ async def serve(
 ) -> NodeServer:
     """Bind ``listen`` (host:port, port 0 picks one) with mTLS and start serving."""
     server = grpc.aio.server(
-        options=channel_options(max_message_bytes), interceptors=[RequestGuard(node.audit_refusal)]
+        options=server_options(max_message_bytes), interceptors=[RequestGuard(node.audit_refusal)]
     )
     pbg.add_NodeServicer_to_server(NodeServicer(node), server)  # type: ignore[no-untyped-call]  # generated, untyped
     pbg.add_NodeAdminServicer_to_server(AdminServicer(node), server)  # type: ignore[no-untyped-call]  # generated, untyped
@@ -501,9 +613,13 @@ async def serve(
     pbg.add_CustodianServicer_to_server(CustodianServicer(node), server)  # type: ignore[no-untyped-call]  # generated, untyped
     health = grpc_health.aio.HealthServicer()  # type: ignore[attr-defined]  # set at import time; no stub
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    port = server.add_secure_port(listen, server_credentials(tls))
+    credentials = server_credentials(tls)
+    try:
+        port = server.add_secure_port(listen, credentials)
+    except RuntimeError as e:  # grpcio >= 1.60 raises where older versions returned 0
+        raise bind_failure(listen, "--listen") from e
     if port == 0:
-        raise UsageError(f"cannot listen on {listen}: the address is in use or not local")
+        raise bind_failure(listen, "--listen")
     ns = NodeServer(node, server, port, health)
     await ns.start()
     return ns

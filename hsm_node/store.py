@@ -10,9 +10,22 @@ What is on disk, and under which key:
   epoch's SD file (encrypted to the custodians; not secret to the node's disk).
 * ``audit``: the hash-chained audit log (:mod:`sdquorum.audit`), one chain for the node's
   provisioning and one for its domain, begun at activation. ``custody``, ``drills``, ``retired``:
-  custody records, drill results and retired epochs (JSON; no secret).
+  custody records, drill results and retired epochs (JSON; no secret). ``epochs``: per domain id,
+  the highest epoch whose signed header this node has seen (only ever raised): a recovery upload of
+  a lower epoch is refused.
 * ``keys``: one row per key; private material AES-256-GCM under the domain's **data encryption
-  key**, AAD binding the key's name and type, so rows cannot be swapped.
+  key**, AAD binding the key's name, type and owner (:func:`key_aad`), so rows cannot be swapped
+  and a row's owner cannot be changed on disk. ``owner`` is the role that may use the key
+  (``admin``, ``app`` or ``app/<name>``); ``deleted_at`` is set while a deleted key is retained
+  (soft deletion: the row stays, unusable, until it is recovered or purged). A database of an
+  earlier version gains both columns on open: its rows are owned by ``app`` (whom every key served
+  before) and live.
+
+On disk: the data directory is 0700 and ours (a directory writable by group or others, or another
+user's, is refused, naming the chmod to run; one earlier versions left 0755 is tightened), and
+``node.db`` is made 0600 before SQLite opens it: SQLite makes ``node.db-wal`` and ``node.db-shm``
+with the database file's mode, so they are 0600 too, whatever the umask. The sealing key file is
+0600 in a directory writable only by its owner (this user or root).
 
 Writes are transactions with ``synchronous=FULL``: a key whose creation was acknowledged survives a
 crash. Activation (domain + state) is one transaction; a backup restore replaces the key table in
@@ -27,10 +40,11 @@ import hmac
 import json
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -46,8 +60,17 @@ from sdquorum.errors import (
     VerificationError,
 )
 from sdquorum.sdfile import DomainSecrets
+from sdquorum_rpc.files import private_dir, tighten_files
 
-__all__ = ["DomainInfo", "NodeStore", "StoredKey", "load_or_create_sealing_key"]
+__all__ = [
+    "LEGACY_OWNER",
+    "DomainInfo",
+    "NodeStore",
+    "StoredKey",
+    "check_data_dir",
+    "key_aad",
+    "load_or_create_sealing_key",
+]
 
 SEALING_KEY_ENV = "SDQUORUM_NODE_SEALING_KEY"
 _SCHEMA = """
@@ -61,20 +84,28 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE TABLE IF NOT EXISTS custody (id INTEGER PRIMARY KEY AUTOINCREMENT, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS drills (id INTEGER PRIMARY KEY AUTOINCREMENT, result TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS retired (epoch INTEGER PRIMARY KEY, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS epochs (domain_id TEXT PRIMARY KEY, epoch INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS keys (
     name TEXT PRIMARY KEY,
     type INTEGER NOT NULL,
     public_der BLOB NOT NULL,
     sealed BLOB NOT NULL,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    owner TEXT NOT NULL DEFAULT 'app',
+    deleted_at INTEGER
 );
 """
+LEGACY_OWNER = "app"  # owner of rows written before keys had owners (and of version 1 backups' keys)
 _EXPORT, _IMPORT = "backup_out", "backup_in"  # the scratch databases a backup and a restore attach
 _COPY_OUT = (
-    "INSERT INTO backup_out.keys (name, type, public_der, sealed, created_at) "
-    "SELECT name, type, public_der, sealed, created_at FROM main.keys ORDER BY name"
+    "INSERT INTO backup_out.keys (name, type, public_der, sealed, created_at, owner, deleted_at) "
+    "SELECT name, type, public_der, sealed, created_at, owner, deleted_at FROM main.keys ORDER BY name"
 )
 _COPY_IN = (
+    "INSERT INTO main.keys (name, type, public_der, sealed, created_at, owner, deleted_at) "
+    "SELECT name, type, public_der, sealed, created_at, owner, deleted_at FROM backup_in.keys"
+)
+_COPY_IN_LEGACY = (  # a backup taken before keys had owners: its rows default to owner 'app', live
     "INSERT INTO main.keys (name, type, public_der, sealed, created_at) "
     "SELECT name, type, public_der, sealed, created_at FROM backup_in.keys"
 )
@@ -82,17 +113,38 @@ _COPY_IN = (
 # The parameter is the JSON list of the key types.
 _CHECK_IN = (
     "SELECT COUNT(*), TOTAL(length(name) = 0 OR type NOT IN (SELECT value FROM json_each(?)) "
-    "OR length(sealed) < 28) FROM backup_in.keys"
+    "OR length(sealed) < 28{owner}) FROM backup_in.keys"
 )
+_CHECK_OWNER = " OR (owner NOT IN ('admin', 'app') AND substr(owner, 1, 4) <> 'app/')"
 
 
-def _image_schema(schema: str) -> str:
-    """The key table of a backup image (STRICT: SQLite itself refuses a value of another type)."""
+def _image_schema(schema: str, legacy: bool = False) -> str:
+    """The key table of a backup image (STRICT: SQLite itself refuses a value of another type).
+    ``legacy``: the table of backups taken before keys had owners and soft deletion (still read)."""
     prefix = f"{schema}." if schema else ""
+    extra = "" if legacy else ", owner TEXT NOT NULL, deleted_at INTEGER"
     return (
         f"CREATE TABLE {prefix}keys (name TEXT PRIMARY KEY NOT NULL, type INTEGER NOT NULL, "
-        "public_der BLOB NOT NULL, sealed BLOB NOT NULL, created_at INTEGER NOT NULL) WITHOUT ROWID, STRICT"
+        f"public_der BLOB NOT NULL, sealed BLOB NOT NULL, created_at INTEGER NOT NULL{extra}) "
+        "WITHOUT ROWID, STRICT"
     )
+
+
+def key_aad(name: str, key_type: int, owner: str) -> bytes:
+    """The AAD of a key's sealed private material. Keys owned by ``app`` keep the AAD of rows
+    written before keys had owners (``type|name``), so those rows and backups open unchanged; any
+    other owner is bound as ``v2|type|owner|name``. The two forms cannot collide (one starts with
+    a digit, the other with ``v``) and an owner holds no ``|``, so changing a row's owner on disk
+    makes the row fail its integrity check."""
+    if owner == LEGACY_OWNER:
+        return f"{key_type}|{name}".encode()
+    return f"v2|{key_type}|{owner}|{name}".encode()
+
+
+def check_data_dir(data_dir: Path) -> Path:
+    """The data directory, made 0700 if missing; UsageError if others can write to it (or it is
+    another user's); tightened to 0700 if others can read it."""
+    return private_dir(data_dir, "the data directory", "node.data_dir / --data-dir")
 
 
 def load_or_create_sealing_key(path: Path) -> bytes:
@@ -106,10 +158,10 @@ def load_or_create_sealing_key(path: Path) -> bytes:
         if len(key) != 32:
             raise UsageError(f"${SEALING_KEY_ENV} must be 64 hex digits")
         return key
+    private_dir(path.parent, "the sealing key's directory", "node.sealing_key_file", ours=False)
     try:
         key = path.read_bytes()
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
         key = os.urandom(32)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -156,17 +208,25 @@ class StoredKey:
     key_type: int
     public_der: bytes
     created_at: int
+    owner: str = LEGACY_OWNER
+    deleted_at: int | None = None  # set while a deleted key is retained
 
 
 class NodeStore:
     def __init__(self, data_dir: Path, sealing_key: bytes, node_id: str) -> None:
+        check_data_dir(data_dir)
+        db = data_dir / "node.db"
         try:
-            data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._db = sqlite3.connect(data_dir / "node.db", isolation_level=None, check_same_thread=False)
+            tighten_files(data_dir / f"node.db{suffix}" for suffix in ("", "-wal", "-shm", "-journal"))
+            os.close(
+                os.open(db, os.O_RDWR | os.O_CREAT, 0o600)
+            )  # before SQLite: its -wal/-shm copy this mode
+            self._db = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA trusted_schema=OFF")  # a restored image's schema runs no function
             self._db.executescript(_SCHEMA)
+            self._add_key_columns()
         except (OSError, sqlite3.Error) as e:
             raise UsageError(f"cannot open the node database in {data_dir}: {e}") from e
         self._depth = 0  # transactions open: 0, or 1 + the savepoints inside a batch
@@ -177,6 +237,14 @@ class NodeStore:
 
     def close(self) -> None:
         self._db.close()
+
+    def _add_key_columns(self) -> None:
+        """A database of an earlier version: its keys gain an owner (``app``) and are live."""
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(keys)")}
+        if "owner" not in columns:
+            self._db.execute(f"ALTER TABLE keys ADD COLUMN owner TEXT NOT NULL DEFAULT '{LEGACY_OWNER}'")
+        if "deleted_at" not in columns:
+            self._db.execute("ALTER TABLE keys ADD COLUMN deleted_at INTEGER")
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -275,6 +343,19 @@ class NodeStore:
         v = self._get(f"flag:{name}")
         return v.decode() if v is not None else None
 
+    def highest_epoch(self, domain_id: bytes) -> int | None:
+        row = self._db.execute("SELECT epoch FROM epochs WHERE domain_id = ?", (domain_id.hex(),)).fetchone()
+        return None if row is None else int(row[0])
+
+    def note_epoch(self, domain_id: bytes, epoch: int) -> None:
+        """Remember ``epoch`` of ``domain_id`` if it is higher than what is remembered."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO epochs (domain_id, epoch) VALUES (?, ?) "
+                "ON CONFLICT(domain_id) DO UPDATE SET epoch = max(epoch, excluded.epoch)",
+                (domain_id.hex(), epoch),
+            )
+
     # ------------------------------------------------------------ audit and custody
 
     def append_audit(self, chain: str, seq: int, entry_json: str) -> None:
@@ -324,51 +405,106 @@ class NodeStore:
             self._aead_obj, self._aead_key = AESGCM(dek), dek
         return self._aead_obj
 
-    def _seal_key(self, dek: bytes, name: str, key_type: int, private: bytes) -> bytes:
+    def _seal_key(self, dek: bytes, name: str, key_type: int, owner: str, private: bytes) -> bytes:
         nonce = os.urandom(12)
-        return nonce + self._aead(dek).encrypt(nonce, private, f"{key_type}|{name}".encode())
+        return nonce + self._aead(dek).encrypt(nonce, private, key_aad(name, key_type, owner))
 
-    def _open_key(self, dek: bytes, name: str, key_type: int, sealed: bytes) -> bytes:
+    def _open_key(self, dek: bytes, key: StoredKey, sealed: bytes) -> bytes:
         try:
-            return self._aead(dek).decrypt(sealed[:12], sealed[12:], f"{key_type}|{name}".encode())
+            return self._aead(dek).decrypt(
+                sealed[:12], sealed[12:], key_aad(key.name, key.key_type, key.owner)
+            )
         except InvalidTag as e:
-            raise VerificationError(f"stored key {name!r} failed its integrity check") from e
+            raise VerificationError(f"stored key {key.name!r} failed its integrity check") from e
 
     def put_key(
-        self, dek: bytes, name: str, key_type: int, public_der: bytes, private: bytes, created_at: int
+        self,
+        dek: bytes,
+        name: str,
+        key_type: int,
+        public_der: bytes,
+        private: bytes,
+        created_at: int,
+        owner: str = LEGACY_OWNER,
     ) -> None:
-        sealed = self._seal_key(dek, name, key_type, private)
+        """Insert a live key; AlreadyExistsError if a row of that name exists, live or deleted
+        (:meth:`find_key` tells which)."""
+        sealed = self._seal_key(dek, name, key_type, owner, private)
         try:
             with self._tx() as db:
                 db.execute(
-                    "INSERT INTO keys (name, type, public_der, sealed, created_at) VALUES (?, ?, ?, ?, ?)",
-                    (name, key_type, public_der, sealed, created_at),
+                    "INSERT INTO keys (name, type, public_der, sealed, created_at, owner) VALUES (?, ?, ?, ?, ?, ?)",
+                    (name, key_type, public_der, sealed, created_at, owner),
                 )
         except sqlite3.IntegrityError as e:
             raise AlreadyExistsError(f"a key named {name!r} exists already: pick another name") from e
 
-    def get_key(self, dek: bytes, name: str) -> tuple[StoredKey, bytes]:
+    def find_key(self, name: str) -> StoredKey | None:
+        """The row named ``name``, live or deleted, without its private material."""
         row = self._db.execute(
-            "SELECT name, type, public_der, sealed, created_at FROM keys WHERE name = ?", (name,)
+            "SELECT name, type, public_der, created_at, owner, deleted_at FROM keys WHERE name = ?", (name,)
+        ).fetchone()
+        return None if row is None else _stored(row)
+
+    def get_key(
+        self, dek: bytes, name: str, allow: Callable[[StoredKey], None] | None = None
+    ) -> tuple[StoredKey, bytes]:
+        """A key and its private material, live or deleted. ``allow`` sees the row first and raises
+        to refuse it: a refused key is never opened (one query either way)."""
+        row = self._db.execute(
+            "SELECT name, type, public_der, created_at, owner, deleted_at, sealed FROM keys WHERE name = ?",
+            (name,),
         ).fetchone()
         if row is None:
             raise NotFoundError(f"no key named {name!r}: list keys with 'sdctl keys list'")
-        info = StoredKey(row[0], row[1], bytes(row[2]), row[4])
-        return info, self._open_key(dek, row[0], row[1], bytes(row[3]))
+        info = _stored(row)
+        if allow is not None:
+            allow(info)
+        return info, self._open_key(dek, info, bytes(row[6]))
 
-    def list_keys(self) -> list[StoredKey]:
+    def list_keys(self, owner: str | None = None, deleted: bool = False) -> list[StoredKey]:
+        """Live keys (``deleted``: the retained deleted keys instead), of ``owner`` or of everyone."""
+        where = "deleted_at IS NOT NULL" if deleted else "deleted_at IS NULL"
+        args: tuple[str, ...] = ()
+        if owner is not None:
+            where, args = where + " AND owner = ?", (owner,)
         rows = self._db.execute(
-            "SELECT name, type, public_der, created_at FROM keys ORDER BY name"
+            f"SELECT name, type, public_der, created_at, owner, deleted_at FROM keys WHERE {where} ORDER BY name",  # noqa: S608  # constant clauses
+            args,
         ).fetchall()
-        return [StoredKey(r[0], r[1], bytes(r[2]), r[3]) for r in rows]
+        return [_stored(r) for r in rows]
 
     def count_keys(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM keys").fetchone()[0])
+        """Live keys."""
+        return int(self._db.execute("SELECT COUNT(*) FROM keys WHERE deleted_at IS NULL").fetchone()[0])
 
-    def delete_key(self, name: str) -> None:
+    def mark_deleted(self, name: str, deleted_at: int | None) -> None:
+        """Soft-delete a live key (``deleted_at``: now) or recover a deleted one (None)."""
+        was = "deleted_at IS NULL" if deleted_at is not None else "deleted_at IS NOT NULL"
         with self._tx() as db:
-            if db.execute("DELETE FROM keys WHERE name = ?", (name,)).rowcount == 0:
-                raise NotFoundError(f"no key named {name!r}")
+            cur = db.execute(f"UPDATE keys SET deleted_at = ? WHERE name = ? AND {was}", (deleted_at, name))  # noqa: S608  # constant clauses
+            if cur.rowcount == 0:
+                raise NotFoundError(
+                    f"no {'live' if deleted_at is not None else 'deleted'} key named {name!r}"
+                )
+
+    def purge_key(self, name: str) -> None:
+        """Remove a deleted key's row for good."""
+        with self._tx() as db:
+            if (
+                db.execute("DELETE FROM keys WHERE name = ? AND deleted_at IS NOT NULL", (name,)).rowcount
+                == 0
+            ):
+                raise NotFoundError(f"no deleted key named {name!r}")
+
+    def deleted_before(self, time: int) -> list[StoredKey]:
+        """The deleted keys whose deletion is at or before ``time`` (their retention has ended)."""
+        rows = self._db.execute(
+            "SELECT name, type, public_der, created_at, owner, deleted_at FROM keys "
+            "WHERE deleted_at IS NOT NULL AND deleted_at <= ? ORDER BY deleted_at, name",
+            (time,),
+        ).fetchall()
+        return [_stored(r) for r in rows]
 
     def export_key_rows(self, dek: bytes) -> tuple[bytes, int]:
         """(an SQLite image of the ``keys`` table, its row count) for a backup.
@@ -383,9 +519,11 @@ class NodeStore:
             self._db.execute(_COPY_OUT)
             count = 0
             aead = self._aead(dek)
-            for name, kind, sealed in self._db.execute("SELECT name, type, sealed FROM backup_out.keys"):
+            for name, kind, owner, sealed in self._db.execute(
+                "SELECT name, type, owner, sealed FROM backup_out.keys"
+            ):
                 try:
-                    aead.decrypt(sealed[:12], sealed[12:], f"{kind}|{name}".encode())
+                    aead.decrypt(sealed[:12], sealed[12:], key_aad(name, kind, owner))
                 except InvalidTag as e:
                     raise VerificationError(
                         f"stored key {name!r} failed its integrity check: no backup was written; "
@@ -399,8 +537,10 @@ class NodeStore:
 
     def import_key_rows(self, image: bytes, key_count: int) -> None:
         """Replace the ``keys`` table with the rows of an authenticated backup image, in one
-        transaction. The image must hold exactly the backup schema and ``key_count`` well-formed
-        rows; anything else is refused and the table is left as it was."""
+        transaction. The image must hold exactly the backup schema (or the schema of backups taken
+        before keys had owners, whose rows come back owned by ``app`` and live) and ``key_count``
+        well-formed rows; anything else is refused and the table is left as it was. Deleted keys
+        come back deleted, with their deletion time."""
         self._attach_scratch(_IMPORT)
         try:
             try:
@@ -408,9 +548,14 @@ class NodeStore:
                 schema = self._db.execute(
                     "SELECT type, name, tbl_name, sql FROM backup_in.sqlite_schema"
                 ).fetchall()
-                if schema != [("table", "keys", "keys", _image_schema(""))]:
+                if schema == [("table", "keys", "keys", _image_schema(""))]:
+                    legacy = False
+                elif schema == [("table", "keys", "keys", _image_schema("", legacy=True))]:
+                    legacy = True
+                else:
                     raise MalformedError("the backup's key table has another schema")
-                count, bad = self._db.execute(_CHECK_IN, (json.dumps([int(t) for t in KeyType]),)).fetchone()
+                check = _CHECK_IN.format(owner="" if legacy else _CHECK_OWNER)
+                count, bad = self._db.execute(check, (json.dumps([int(t) for t in KeyType]),)).fetchone()
             except sqlite3.DatabaseError as e:
                 raise MalformedError(f"the backup's key table is not readable: {e}") from e
             if bad or count != key_count:
@@ -419,7 +564,7 @@ class NodeStore:
                 )
             with self._tx() as db:
                 db.execute("DELETE FROM main.keys")
-                db.execute(_COPY_IN)
+                db.execute(_COPY_IN_LEGACY if legacy else _COPY_IN)
         finally:
             self._db.execute(f"DETACH DATABASE {_IMPORT}")
 
@@ -431,13 +576,14 @@ class NodeStore:
             raise StorageError(f"the node cannot open a scratch database ({e}): try again") from e
 
     def replace_keys(self, dek: bytes, keys: Sequence[BackupKey]) -> None:
-        """Replace the ``keys`` table with keys in the clear (a version 1 backup), sealing each."""
+        """Replace the ``keys`` table with keys in the clear (a version 1 backup), sealing each
+        (owned by ``app``, live: version 1 knew neither)."""
         rows = [
             (
                 k.name,
                 k.key_type,
                 k.public_der,
-                self._seal_key(dek, k.name, k.key_type, k.private),
+                self._seal_key(dek, k.name, k.key_type, LEGACY_OWNER, k.private),
                 k.created_at,
             )
             for k in keys
@@ -445,5 +591,14 @@ class NodeStore:
         with self._tx() as db:
             db.execute("DELETE FROM keys")
             db.executemany(
-                "INSERT INTO keys (name, type, public_der, sealed, created_at) VALUES (?, ?, ?, ?, ?)", rows
+                "INSERT INTO keys (name, type, public_der, sealed, created_at) VALUES (?, ?, ?, ?, ?)",
+                rows,
             )
+
+
+def _stored(row: Any) -> StoredKey:
+    """A StoredKey from a row (name, type, public_der, created_at, owner, deleted_at, ...)."""
+    name, key_type, public_der, created_at, owner, deleted_at = row[:6]
+    return StoredKey(
+        name, key_type, bytes(public_der), created_at, owner, None if deleted_at is None else int(deleted_at)
+    )

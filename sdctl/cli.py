@@ -13,59 +13,57 @@ Examples::
     sdctl recover --sd-file sd.json --reason "datacentre A lost"
     sdctl backup --out keys.backup && sdctl restore keys.backup
     sdctl keys create payments --type aes256-gcm
+    sdctl keys delete payments --yes && sdctl keys deleted && sdctl keys recover payments
+
+Start-up: importing this module loads argparse and small settings modules only. Each command
+imports what it needs when it runs (grpc and the wire messages for node commands, the review or
+the Azure format for theirs), and nothing imports the agent, the node or prometheus_client
+(tests/cli/test_cli_imports.py; ``python -m bench --only startup`` measures it).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from custodian_agent.agent import request_from_proto
-from sdctl import pkifiles
 from sdctl.config import SETTINGS
-from sdquorum.audit import verify_export
-from sdquorum.azure.sdfile import AzureSecurityDomain
+from sdquorum import __version__
 from sdquorum.errors import MalformedError, StateError, UsageError, VerificationError
-from sdquorum.offline import OfflineAnswer
-from sdquorum.review import (
-    CustodyRecord,
-    DrillResult,
-    RetiredEpoch,
-    build_review,
-    render_html,
-    render_markdown,
-    review_to_json,
-)
-from sdquorum.sdfile import SecurityDomainFile, SignedHeader
-from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc.cli import run_main
-from sdquorum_rpc.client import NodeClient
 from sdquorum_rpc.config import add_flags, load_settings
 from sdquorum_rpc.files import PendingFile, read_input_file, write_private_file
-from sdquorum_rpc.tls import TlsFiles
+from sdquorum_rpc.lazy import lazy_module
+
+if TYPE_CHECKING:
+    from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
+    from sdquorum_rpc.client import NodeClient
+else:  # loaded at first use: 'sdctl --help' and 'sdctl pki' never load the wire messages
+    pb = lazy_module("sdquorum_rpc._proto.sdquorum.v1.sdquorum_pb2")
 
 __all__ = ["main"]
 
 CHUNK = 1024 * 1024
-KEY_TYPES = {"aes256-gcm": pb.AES256_GCM, "ed25519": pb.ED25519, "rsa3072": pb.RSA3072}
-STATUS_WORD = {
-    pb.NOT_CONNECTED: "not connected",
-    pb.REQUESTED: "pending",
-    pb.ACCEPTED: "accepted",
-    pb.REJECTED: "REJECTED",
-    pb.DENIED: "denied",
-    pb.NOT_NEEDED: "not needed",
-    pb.UNREACHABLE: "unreachable",
+KEY_TYPES = {"aes256-gcm": "AES256_GCM", "ed25519": "ED25519", "rsa3072": "RSA3072"}  # pb.KeyType names
+STATUS_WORD = {  # pb.CustodianStatus names (by name: the parser is built without the wire messages)
+    "NOT_CONNECTED": "not connected",
+    "REQUESTED": "pending",
+    "ACCEPTED": "accepted",
+    "REJECTED": "REJECTED",
+    "DENIED": "denied",
+    "NOT_NEEDED": "not needed",
+    "UNREACHABLE": "unreachable",
 }
-DRILL_WORD = {**STATUS_WORD, pb.ACCEPTED: "proved", pb.REJECTED: "failed"}
+DRILL_WORD = {**STATUS_WORD, "ACCEPTED": "proved", "REJECTED": "failed"}
+
+
+def _word(words: dict[str, str], status: int) -> str:
+    return words.get(pb.CustodianStatus.Name(status), "?") if status in pb.CustodianStatus.values() else "?"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_flags(p, SETTINGS)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def cmd(name: str, help_: str, example: str) -> argparse.ArgumentParser:
@@ -103,7 +102,12 @@ def _parser() -> argparse.ArgumentParser:
         "rebuild this (new) node from an SD file through the custodian agents",
         'sdctl recover --sd-file sd.json --reason "datacentre A lost"',
     )
-    r.add_argument("--sd-file", type=Path, required=True)
+    r.add_argument(
+        "--sd-file",
+        type=Path,
+        required=True,
+        help="the latest epoch's SD file; one the node refuses (altered, or a retired epoch) exits 4",
+    )
     r.add_argument("--reason", required=True, help="shown to every custodian before approving")
     r.add_argument("--ttl", type=int, default=0, help="session deadline in seconds (default: node's, 600)")
     r.add_argument(
@@ -116,16 +120,50 @@ def _parser() -> argparse.ArgumentParser:
     rs = cmd("restore", "replace the key store from a backup of this domain", "sdctl restore keys.backup")
     rs.add_argument("file", type=Path)
 
-    k = cmd("keys", "create, list or delete keys", "sdctl keys create payments --type aes256-gcm")
+    k = cmd(
+        "keys",
+        "create, list, delete, recover or purge keys",
+        "sdctl keys create payments --type aes256-gcm",
+    )
+    k.description = (
+        "Every key has one owner, the role that may use it (admin, app or app/<name>). An app sees\n"
+        "and manages only its own keys; an admin sees and manages every key, uses only its own, and\n"
+        "can create a key for an app (--owner). A deleted key is kept, unusable, for the node's\n"
+        "keys.retention_days (default 90) and can be recovered until then; an admin can purge it\n"
+        "sooner. Every create, delete, recover and purge is audited."
+    )
     ks = k.add_subparsers(dest="keys_command", required=True)
     kc = ks.add_parser(
-        "create", help="create a key", epilog="example: sdctl keys create signer --type ed25519"
+        "create",
+        help="create a key",
+        epilog="example: sdctl keys create signer --type ed25519\n"
+        "         sdctl keys create payments --type aes256-gcm --owner app/payments  (as admin)",
+        formatter_class=fmt,
     )
     kc.add_argument("name")
     kc.add_argument("--type", choices=sorted(KEY_TYPES), required=True)
-    ks.add_parser("list", help="list keys", epilog="example: sdctl keys list")
-    kd = ks.add_parser("delete", help="delete a key", epilog="example: sdctl keys delete old-key")
-    kd.add_argument("name")
+    kc.add_argument(
+        "--owner",
+        default="",
+        help="admin only: the app that will own and use the key (app or app/<name>; default: you)",
+    )
+    ks.add_parser(
+        "list", help="list the keys you may use (an admin: every key)", epilog="example: sdctl keys list"
+    )
+    for name, help_ in (
+        ("delete", "delete a key: it is kept, unusable, and can be recovered until the retention ends"),
+        ("purge", "admin only: remove a deleted key for good (it cannot be recovered afterwards)"),
+    ):
+        kd = ks.add_parser(name, help=help_, epilog=f"example: sdctl keys {name} old-key --yes")
+        kd.add_argument("name")
+        kd.add_argument("--yes", action="store_true", help="do not ask (required when not on a terminal)")
+    kr = ks.add_parser("recover", help="recover a deleted key", epilog="example: sdctl keys recover old-key")
+    kr.add_argument("name")
+    ks.add_parser(
+        "deleted",
+        help="admin only: list deleted keys and when each is purged",
+        epilog="example: sdctl keys deleted",
+    )
 
     for name, help_ in (("encrypt", "encrypt a file"), ("decrypt", "decrypt a file")):
         e = cmd(name, help_, f"sdctl {name} payments --in data.bin --out data.{name}ed")
@@ -294,7 +332,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     pis.add_argument("--dir", type=Path, required=True)
     g = pis.add_mutually_exclusive_group(required=True)
-    g.add_argument("--role", help="admin, app, node or custodian/<name>")
+    g.add_argument("--role", help="admin, app, app/<name>, node or custodian/<name>")
     g.add_argument("--attestation", metavar="NODE_ID", help="an attestation certificate for a node")
     pis.add_argument("--ip", action="append", default=[])
     pis.add_argument("--dns", action="append", default=[])
@@ -317,6 +355,9 @@ class Ctl:
             raise UsageError(
                 f"give {', '.join(missing)} (or SDCTL_CERT/SDCTL_KEY/SDCTL_CA): your mTLS identity"
             )
+        from sdquorum_rpc.client import NodeClient  # grpc: only for the commands that dial
+        from sdquorum_rpc.tls import TlsFiles
+
         return NodeClient(a.node, TlsFiles(a.cert, a.key, a.ca))
 
     # ----------------------------------------------------------- node
@@ -372,10 +413,7 @@ class Ctl:
     async def recover(self) -> int:
         a = self.args
         sd = read_input_file(a.sd_file, "SD file")
-        try:  # a wrong or altered file is refused before a session opens
-            SecurityDomainFile.from_bytes(sd)
-        except MalformedError as e:
-            raise UsageError(f"{a.sd_file} is not a usable SD file: {e}") from e
+        _require_sd_file(sd, a.sd_file)
         _check_offline_dir(a.offline_request)
         async with self.client() as c:
             with c.errors():
@@ -401,11 +439,15 @@ class Ctl:
 
     async def _follow(self, c: NodeClient, session_id: str, offline_dir: Path | None) -> pb.RecoveryProgress:
         """Write offline request files if asked, then show live progress until the session ends."""
+        from sdquorum_rpc.convert import request_from_proto
+
         if offline_dir is not None:
             exported = await c.admin.ExportRequests(pb.ExportRequestsRequest(session_id=session_id))
+            files = []  # every name is checked before any file is written
             for item in exported.requests:
                 req = request_from_proto(item.request, custodian=item.custodian)
-                path = offline_dir / f"{item.custodian}-x{req.x}.request.json"
+                files.append((item, req, _request_file(offline_dir, item.custodian, req.x)))
+            for item, req, path in files:
                 write_private_file(path, req.to_bytes(), mode=0o644)
                 if not self.json:
                     self.out(f"  wrote {path} (fingerprint {req.fingerprint}) for {item.custodian}")
@@ -426,7 +468,7 @@ class Ctl:
         left = max(0, p.expires_at_unix - int(time.time()))
         words = DRILL_WORD if p.kind == "drill" else STATUS_WORD
         noun = {"recovery": "shares", "drill": "proofs", "rotation": "approvals"}.get(p.kind, "answers")
-        parts = [f"{c.name}: {words.get(c.status, '?')}" for c in p.custodians]
+        parts = [f"{c.name}: {_word(words, c.status)}" for c in p.custodians]
         self.out(f"  [{p.accepted}/{p.required} {noun}, {left}s left] " + " | ".join(parts))
 
     async def drill(self) -> int:
@@ -435,11 +477,11 @@ class Ctl:
         async with self.client() as c, c.errors():
             started = await c.admin.StartDrill(pb.StartDrillRequest(reason=a.reason, ttl_seconds=a.ttl))
             final = await self._follow(c, started.session_id, a.offline_request)
-        report = {c.name: DRILL_WORD.get(c.status, "?") for c in final.custodians}
+        report = {c.name: _word(DRILL_WORD, c.status) for c in final.custodians}
         if not self.json:
             for cp in final.custodians:
                 detail = f": {cp.detail}" if cp.status != pb.ACCEPTED and cp.detail else ""
-                self.out(f"  {cp.name} (x={cp.x}): {DRILL_WORD.get(cp.status, '?')}{detail}")
+                self.out(f"  {cp.name} (x={cp.x}): {_word(DRILL_WORD, cp.status)}{detail}")
         self.emit(final.message, {"drill": report, "message": final.message})
         if any(word != "proved" for word in report.values()):
             raise VerificationError(
@@ -448,6 +490,8 @@ class Ctl:
         return 0
 
     async def rotate(self) -> int:
+        from sdquorum.sdfile import SecurityDomainFile
+
         a = self.args
         certs = [read_input_file(p, "custodian certificate") for p in a.custodian_certs]
         _check_offline_dir(a.offline_request)
@@ -474,6 +518,8 @@ class Ctl:
         return 0
 
     async def upload_answer(self) -> int:
+        from sdquorum.offline import OfflineAnswer
+
         answers = [OfflineAnswer.from_bytes(read_input_file(p, "answer file")) for p in self.args.files]
         async with self.client() as c, c.errors():
             for path, ans in zip(self.args.files, answers, strict=True):
@@ -500,6 +546,8 @@ class Ctl:
         return 0
 
     async def azure(self) -> int:
+        from sdquorum.azure.sdfile import AzureSecurityDomain
+
         a = self.args
         sd = read_input_file(a.sd_file, "Azure SD file")
         try:
@@ -536,6 +584,8 @@ class Ctl:
         return 0
 
     async def custody(self) -> int:
+        from sdquorum.review import CustodyRecord
+
         a = self.args
         async with self.client() as c, c.errors():
             if a.custody_command == "record":
@@ -561,7 +611,7 @@ class Ctl:
                 if self.json:
                     self.out(json.dumps(records))
                 for r in [] if self.json else records:
-                    when = datetime.fromtimestamp(r["time"], tz=UTC).strftime("%Y-%m-%d %H:%M")
+                    when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(r["time"]))
                     extra = ", ".join(f"{k}={r[k]}" for k in ("holder", "location", "note") if r.get(k))
                     self.out(
                         f"{when}  {r['kind']:<11} {r.get('custodian') or '-':<12} {extra}  (by {r.get('actor')})"
@@ -579,6 +629,17 @@ class Ctl:
         return 0
 
     async def review(self) -> int:
+        from sdquorum.review import (
+            CustodyRecord,
+            DrillResult,
+            RetiredEpoch,
+            build_review,
+            render_html,
+            render_markdown,
+            review_to_json,
+        )
+        from sdquorum.sdfile import SignedHeader
+
         a = self.args
         async with self.client() as c, c.errors():
             st = await c.admin.GetCustodyState(pb.GetCustodyStateRequest())
@@ -610,6 +671,10 @@ class Ctl:
         return 0
 
     async def audit(self) -> int:
+        from datetime import UTC, datetime
+
+        from sdquorum.audit import verify_export
+
         a = self.args
         if a.audit_command == "verify":
             lines = read_input_file(a.file, "audit export").decode(errors="replace").splitlines()
@@ -665,27 +730,70 @@ class Ctl:
 
     async def keys(self) -> int:
         a = self.args
+        if a.keys_command in ("delete", "purge"):
+            self._confirm(a.keys_command, a.name)
         async with self.client() as c:
             with c.errors():
                 if a.keys_command == "create":
-                    k = await c.keys.CreateKey(pb.CreateKeyRequest(name=a.name, type=KEY_TYPES[a.type]))
-                    self.emit(
-                        f"created {pb.KeyType.Name(k.type)} key {k.name}",
-                        {"name": k.name, "type": pb.KeyType.Name(k.type)},
+                    k = await c.keys.CreateKey(
+                        pb.CreateKeyRequest(name=a.name, type=KEY_TYPES[a.type], owner=a.owner)
                     )
-                elif a.keys_command == "list":
-                    res = await c.keys.ListKeys(pb.ListKeysRequest())
-                    if self.json:
-                        self.out(
-                            json.dumps([{"name": k.name, "type": pb.KeyType.Name(k.type)} for k in res.keys])
-                        )
-                    else:
-                        for k in res.keys:
-                            self.out(f"{k.name}\t{pb.KeyType.Name(k.type)}")
+                    self.emit(
+                        f"created {pb.KeyType.Name(k.type)} key {k.name} for {k.owner}",
+                        {"name": k.name, "type": pb.KeyType.Name(k.type), "owner": k.owner},
+                    )
+                elif a.keys_command in ("list", "deleted"):
+                    req = pb.ListKeysRequest()
+                    res = await (
+                        c.keys.ListKeys(req) if a.keys_command == "list" else c.keys.ListDeletedKeys(req)
+                    )
+                    self._key_table(list(res.keys), deleted=a.keys_command == "deleted")
+                elif a.keys_command == "delete":
+                    d = await c.keys.DeleteKey(pb.DeleteKeyRequest(name=a.name))
+                    self.emit(
+                        f"deleted {a.name}: recoverable until {_when(d.purge_at_unix)} "
+                        f"(sdctl keys recover {a.name}), then purged",
+                        {"deleted": a.name, "purge_at": d.purge_at_unix},
+                    )
+                elif a.keys_command == "recover":
+                    k = await c.keys.RecoverKey(pb.RecoverKeyRequest(name=a.name))
+                    self.emit(
+                        f"recovered {k.name} (owner {k.owner})", {"recovered": k.name, "owner": k.owner}
+                    )
                 else:
-                    await c.keys.DeleteKey(pb.DeleteKeyRequest(name=a.name))
-                    self.emit(f"deleted {a.name}", {"deleted": a.name})
+                    await c.keys.PurgeKey(pb.PurgeKeyRequest(name=a.name))
+                    self.emit(f"purged {a.name}: it is gone for good", {"purged": a.name})
         return 0
+
+    def _key_table(self, keys: list[pb.KeyInfo], deleted: bool) -> None:
+        rows = [
+            {
+                "name": k.name,
+                "type": pb.KeyType.Name(k.type),
+                "owner": k.owner,
+                **({"deleted_at": k.deleted_at_unix, "purge_at": k.purge_at_unix} if deleted else {}),
+            }
+            for k in keys
+        ]
+        if self.json:
+            self.out(json.dumps(rows))
+            return
+        for k in keys:
+            extra = (
+                f"\tdeleted {_when(k.deleted_at_unix)}\tpurged {_when(k.purge_at_unix)}" if deleted else ""
+            )
+            self.out(f"{k.name}\t{pb.KeyType.Name(k.type)}\t{k.owner}{extra}")
+
+    def _confirm(self, verb: str, name: str) -> None:
+        """Destructive key commands need --yes, or the key's name typed back on a terminal."""
+        if self.args.yes:
+            return
+        what = "it stays recoverable until the retention ends" if verb == "delete" else "it cannot be undone"
+        if not sys.stdin.isatty():
+            raise UsageError(f"add --yes to {verb} key {name} ({what})")
+        answer = input(f"{verb} key {name}? {what}. Type its name to confirm: ")
+        if answer.strip() != name:
+            raise UsageError(f"not confirmed: key {name} was not {verb}d")
 
     async def crypt(self) -> int:
         a = self.args
@@ -726,6 +834,10 @@ class Ctl:
     # ----------------------------------------------------------- pki
 
     def pki(self) -> int:
+        from datetime import UTC, datetime
+
+        from sdctl import pkifiles  # cryptography's certificate builder: only for this command
+
         a = self.args
         now = datetime.now(UTC)
         if a.pki_command == "init":
@@ -765,7 +877,41 @@ class Ctl:
             "audit": self.audit,
             "azure": self.azure,
         }
+        import asyncio
+
         return asyncio.run(handlers[cmd]())
+
+
+def _require_sd_file(data: bytes, path: Path) -> None:
+    """Refuse, before a session opens, a file that is not an SD file at all (exit 2: the wrong file was
+    picked). An SD file that fails a check (altered anywhere but its format marker) goes to the node,
+    which is the one to refuse it: it audits the refusal ("sd-file-refused", with the reason) and ends
+    the session it opened, and sdctl exits 4 (a verification failed)."""
+    from sdquorum.sdfile import FORMAT, SecurityDomainFile
+
+    if FORMAT.encode() in data[:4096] or FORMAT.encode() in data[-4096:]:
+        return
+    try:
+        SecurityDomainFile.from_bytes(data)
+    except MalformedError as e:
+        raise UsageError(f"{path} is not an SD file: {e}") from e
+
+
+def _when(t: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t)) if t else "-"
+
+
+def _request_file(offline_dir: Path, custodian: str, x: int) -> Path:
+    """Where the request file for ``custodian`` goes: in ``offline_dir`` and nowhere else. The
+    name comes from the node: it is checked against the name pattern before any path is built,
+    and the result must still sit directly in ``offline_dir``."""
+    from sdquorum.offline import check_custodian_name
+
+    name = f"{check_custodian_name(custodian)}-x{int(x)}.request.json"
+    path = offline_dir / name
+    if path.parent != offline_dir or path.name != name:  # pragma: no cover - the pattern already holds
+        raise MalformedError(f"the node named a custodian {custodian[:64]!r} that is no file name")
+    return path
 
 
 def _check_offline_dir(path: Path | None) -> None:

@@ -4,7 +4,7 @@ Nothing in this package opens a socket, touches the disk, reads the clock or imp
 randomness are passed in. Modules:
 
 * :mod:`sdquorum.shamir`: Shamir over the ed25519 scalar field, Feldman commitments, Schnorr proofs.
-* :mod:`sdquorum.sdfile`: the security domain file, format version 1.
+* :mod:`sdquorum.sdfile`: the security domain file, format version 2 (version 1 is still read).
 * :mod:`sdquorum.envelopes`: exchange-key attestation and share release.
 * :mod:`sdquorum.policy`: activation policy checks.
 * :mod:`sdquorum.pki`: certificates and roles.

@@ -6,11 +6,18 @@ Order of a recovery, and what binds each step to the one before:
    :class:`ExchangeStatement` with its attestation key (certificate chaining to the attestation
    root the agents trust). The statement binds session id, node id and address, domain id, epoch,
    SHA-256 of the SD header, the exchange public key, issue and expiry times, the initiating admin
-   and the stated reason.
+   and the stated reason, and the key every released share (or the result made from them) ends
+   up under: the exchange public key for a native recovery; for an Azure restore, also the Azure
+   exchange certificate (``destination_certificate``, DER) the transfer file is wrapped to, which
+   the agent shows its custodian as an EXTERNAL, unattested key. A statement names a destination
+   certificate if and only if its purpose is ``azure-recovery``.
 2. An agent checks, before any decryption (:func:`check_request`): the attestation chain, root and
    expiry; the signature; that the statement names the SD header it was sent; that the header
-   signature verifies (and matches a pinned domain key, if any); that the domain is allowed; and
-   that the requested slot's thumbprint is its own certificate's.
+   signature verifies (and matches a pinned domain key, if any); that the domain is allowed; that
+   the header is signed by the key the agent remembers for that domain (pinned at activation or
+   first use, :class:`RememberedDomain`) and its epoch is not below the highest the agent has seen
+   (a retired epoch is never served again); and that the requested slot's thumbprint is its own
+   certificate's.
 3. The agent decrypts its share, checks it against the Feldman commitments, seals
    ``{session, domain, epoch, x, share}`` to the exchange key (libsodium sealed box) and signs a
    :class:`ReleaseStatement` (session, domain, epoch, x, thumbprint, SHA-256 of the attestation,
@@ -18,6 +25,12 @@ Order of a recovery, and what binds each step to the one before:
 4. The coordinator (:func:`open_release`) checks the signature against the slot's certificate from
    the SD header, every binding field of the outer statement, opens the sealed box, checks the inner
    fields equal the outer ones, and returns the share for VSS verification.
+
+Statement version: ``sdquorum-exchange-attestation-v2`` (v2 added ``destination_certificate``).
+Parsing is strict: exactly the v2 members, no other. A v1 statement is refused by this version and a
+v2 one by older agents ("unknown type"), so each side fails closed and nothing is released to a
+request whose destination its custodian could not be shown: upgrade nodes and agents together (a
+session lives at most 24 h; a v1 session running during the upgrade is simply started again).
 
 Nothing here does I/O or reads a clock: ``now`` is passed in.
 """
@@ -27,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -56,7 +70,9 @@ __all__ = [
     "ProofStatement",
     "Release",
     "ReleaseStatement",
+    "RememberedDomain",
     "SlotKey",
+    "check_remembered",
     "check_request",
     "decrypt_share",
     "make_denial",
@@ -72,7 +88,7 @@ __all__ = [
     "verify_proof",
 ]
 
-ATTESTATION_TYPE = "sdquorum-exchange-attestation-v1"
+ATTESTATION_TYPE = "sdquorum-exchange-attestation-v2"  # v2: destination_certificate, strict members
 ATTESTATION_CONTEXT = b"sdquorum exchange attestation v1\x00"
 RELEASE_TYPE = "sdquorum-share-release-v1"
 SHARE_TYPE = "sdquorum-sealed-share-v1"
@@ -81,6 +97,14 @@ CLOCK_SKEW_SECONDS = 120
 PURPOSES = ("recovery", "drill", "rotation", "azure-recovery")
 PROOF_TYPE = "sdquorum-possession-proof-v1"
 DENIAL_TYPE = "sdquorum-denial-v2"  # v2: bound to the attestation of the request it refuses
+MAX_DESTINATION_CERTIFICATE_BYTES = 16 * 1024
+_STATEMENT_MEMBERS = frozenset(
+    {
+        "type", "challenge", "proposal_sha256", "session_id", "purpose", "node_id", "node_address",
+        "domain_id", "epoch", "sd_header_sha256", "exchange_public_key", "issued_at", "expires_at",
+        "initiator", "reason", "destination_certificate",
+    }
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -99,11 +123,14 @@ class ExchangeStatement:
     reason: str
     challenge: bytes = b""  # fresh 32 random bytes: what a possession proof answers
     proposal_sha256: bytes = b""  # rotation only: SHA-256 of the proposal the custodian approves
+    destination_certificate: bytes = b""  # Azure restore only: the exchange certificate (DER) the
+    # transfer file is wrapped to; an external key the node cannot attest, shown to each custodian
 
     def to_bytes(self) -> bytes:
         return canonical_json(
             {
                 "type": ATTESTATION_TYPE,
+                "destination_certificate": b64e(self.destination_certificate),
                 "challenge": b64e(self.challenge),
                 "proposal_sha256": b64e(self.proposal_sha256),
                 "session_id": self.session_id,
@@ -125,7 +152,13 @@ class ExchangeStatement:
     def from_bytes(cls, data: bytes) -> ExchangeStatement:
         obj = parse_json_object(data, "attestation statement")
         if obj.get("type") != ATTESTATION_TYPE:
-            raise MalformedError("attestation statement: unknown type")
+            raise MalformedError(
+                "attestation statement: unknown type (nodes and agents of different versions? upgrade both)"
+            )
+        if set(obj) != _STATEMENT_MEMBERS:
+            raise MalformedError(
+                f"attestation statement: unexpected members {sorted(set(obj) ^ _STATEMENT_MEMBERS)}"
+            )
         st = cls(
             session_id=_str(obj, "session_id"),
             purpose=_str(obj, "purpose"),
@@ -141,6 +174,7 @@ class ExchangeStatement:
             reason=_str(obj, "reason"),
             challenge=_b64(obj, "challenge", None),
             proposal_sha256=_b64(obj, "proposal_sha256", None),
+            destination_certificate=_b64(obj, "destination_certificate", None),
         )
         if st.purpose not in PURPOSES:
             raise MalformedError(f"attestation statement: unknown purpose {st.purpose!r}")
@@ -151,6 +185,14 @@ class ExchangeStatement:
         if (st.purpose == "rotation") != (len(st.proposal_sha256) == 32):
             raise MalformedError(
                 "attestation statement: a proposal hash goes with a rotation, and only there"
+            )
+        if (st.purpose == "azure-recovery") != bool(st.destination_certificate):
+            raise MalformedError(
+                "attestation statement: a destination certificate goes with an Azure restore, and only there"
+            )
+        if len(st.destination_certificate) > MAX_DESTINATION_CERTIFICATE_BYTES:
+            raise MalformedError(
+                f"attestation statement: destination certificate over {MAX_DESTINATION_CERTIFICATE_BYTES} bytes"
             )
         return st
 
@@ -184,6 +226,8 @@ class Attestation:
     def from_bytes(cls, data: bytes) -> Attestation:
         _limit(data, "attestation")
         obj = parse_json_object(data, "attestation")
+        if set(obj) != {"statement", "signature", "certificate"}:
+            raise MalformedError("attestation: expected exactly statement, signature and certificate")
         return cls(
             b64d(obj.get("statement"), "attestation statement"),
             b64d(obj.get("signature"), "attestation signature"),
@@ -226,6 +270,34 @@ class CustodianPolicy:
     attestation_root_pem: bytes
     allowed_domains: frozenset[bytes] = frozenset()  # empty = any domain signed by a pinned key
     pinned_signing_keys: frozenset[bytes] = frozenset()
+    azure_restore: bool = False  # agent.azure_restore: serve Azure restores (an external destination)
+
+
+@dataclass(frozen=True)
+class RememberedDomain:
+    """What an agent remembers of one domain: the signing key it pinned and the highest epoch seen."""
+
+    signing_public_key: bytes
+    epoch: int
+
+
+def check_remembered(header: Header, remembered: Mapping[bytes, RememberedDomain]) -> None:
+    """Refuse a header of a remembered domain signed by another key, or of a retired (lower) epoch.
+
+    A domain not remembered passes: the caller then remembers it (first use)."""
+    seen = remembered.get(header.domain_id)
+    if seen is None:
+        return
+    domain = header.domain_id.hex()
+    if not hmac.compare_digest(header.signing_public_key, seen.signing_public_key):
+        raise VerificationError(
+            f"the SD header of domain {domain} is signed by a key other than the domain key this agent "
+            "pinned: the file was re-signed"
+        )
+    if header.epoch < seen.epoch:
+        raise VerificationError(
+            f"epoch {header.epoch} of domain {domain} was retired: this agent has seen epoch {seen.epoch}"
+        )
 
 
 @dataclass(frozen=True)
@@ -248,11 +320,13 @@ def check_request(
     *,
     purpose: str = "recovery",
     proposal: bytes = b"",
+    remembered: Mapping[bytes, RememberedDomain] | None = None,
 ) -> CheckedRequest:
     """Every check an agent makes before it touches its private key (DESIGN.md, Recovery).
 
     ``purpose`` is what the request says it is; the signed statement must say the same. For a
     rotation, ``proposal`` is the roster shown to the custodian and must hash to the attested value.
+    ``remembered`` is the agent's memory of domains (:func:`check_remembered`).
     """
     st = verify_attestation(attestation, policy.attestation_root_pem, now)
     if st.purpose != purpose:
@@ -272,6 +346,7 @@ def check_request(
         )
     if st.domain_id != header.domain_id or st.epoch != header.epoch:
         raise VerificationError("the attestation names another domain or epoch than the SD file")
+    check_remembered(header, remembered or {})
     slot = header.slot(x)
     if not hmac.compare_digest(slot.thumbprint, my_thumbprint):
         raise VerificationError(f"slot {x} belongs to another custodian's certificate, not this agent's")

@@ -37,7 +37,7 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -86,7 +86,11 @@ _E = TypeVar("_E", bound=x509.ExtensionType)
 
 @dataclass(frozen=True)
 class Role:
-    """A peer's role: ``admin``, ``app``, ``node`` or ``custodian/<name>``."""
+    """A peer's role: ``admin``, ``app``, ``app/<name>``, ``node`` or ``custodian/<name>``.
+
+    An app may carry a name (``app/<name>``, the custodian name pattern): each named app is a key
+    owner of its own on the data plane (hsm_node.node, "Who may use a key"); ``app`` alone is one
+    owner shared by every unnamed app certificate."""
 
     kind: str
     name: str | None = None
@@ -100,17 +104,24 @@ class Role:
                     f"custodian name {self.name!r} is invalid: use 1-64 characters of a-z 0-9 . _ - "
                     "starting with a letter or digit"
                 )
+        elif self.kind == "app" and self.name is not None:
+            if not _CUSTODIAN_NAME.fullmatch(self.name):
+                raise UsageError(
+                    f"app name {self.name!r} is invalid: use 1-64 characters of a-z 0-9 . _ - "
+                    "starting with a letter or digit"
+                )
         elif self.name is not None:
             raise UsageError(f"role {self.kind!r} takes no name: write {self.kind!r} alone")
 
     @classmethod
     def parse(cls, text: str) -> Role:
-        """Parse ``"admin"``, ``"app"``, ``"node"`` or ``"custodian/<name>"``; UsageError otherwise."""
+        """Parse ``"admin"``, ``"app"``, ``"app/<name>"``, ``"node"`` or ``"custodian/<name>"``;
+        UsageError otherwise."""
         kind, sep, name = text.partition("/")
         if kind == "custodian" and not sep:
             raise UsageError("role 'custodian' needs a name: write custodian/<name>")
-        if sep and kind != "custodian":
-            raise UsageError(f"role {text!r} is invalid: only custodian roles take a name")
+        if sep and kind not in ("custodian", "app"):
+            raise UsageError(f"role {text!r} is invalid: only custodian and app roles take a name")
         return cls(kind, name if sep else None)
 
     def uri(self) -> str:
@@ -170,11 +181,12 @@ def spki_sha256(cert_pem_or_der: bytes) -> bytes:
     thumbprints but the same SPKI digest. Every check of *who* holds a key (lost or compromised
     keys, duplicates in a header or roster, NEW KEY marks) compares this, never certificate bytes.
     """
-    spki = (
-        load_cert(cert_pem_or_der)
-        .public_key()
-        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
+    cert = load_cert(cert_pem_or_der)
+    try:
+        key = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm) as e:  # a key that does not parse: no identity
+        raise MalformedError("the certificate's public key does not parse") from e
+    spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(spki).digest()
 
 

@@ -1,8 +1,8 @@
-"""The security domain (SD) file, native format version 1.
+"""The security domain (SD) file, native format version 2 (version 1 is still read).
 
 Layout (JSON, UTF-8)::
 
-    {"format": "sdquorum-security-domain", "version": 1,
+    {"format": "sdquorum-security-domain", "version": 2,
      "header": b64url(header bytes), "header_signature": b64url(Ed25519 signature),
      "payload": {"alg": "A256GCM", "nonce": b64url(12 bytes), "ciphertext": b64url(...)}}
 
@@ -11,17 +11,32 @@ Invariants:
 * The header is canonical JSON carried as the exact bytes that were signed. It names the domain,
   epoch, quorum m, the n custodian slots (wrapping certificate, its SHA-256 thumbprint, and the
   RSA-OAEP-SHA256 encrypted share whose OAEP label binds domain, epoch and x), the Feldman
-  commitments, the domain signing public key and the creating node. The signature is Ed25519 by the
-  domain signing key over ``HEADER_CONTEXT || header``.
+  commitments, the domain signing public key, the creating node and (version 2) ``payload_sha256``.
+  The signature is Ed25519 by the domain signing key over ``HEADER_CONTEXT_V2 || header``
+  (``HEADER_CONTEXT || header`` in version 1); the header's own version picks the context.
+* Version 2 binds the payload in the signed header: ``payload_sha256 = SHA-256(nonce || ciphertext)``
+  over the exact decoded bytes of the payload object (the nonce is always 12 bytes, so the
+  concatenation is unambiguous). :meth:`SecurityDomainFile.from_bytes` checks the signature and then
+  this hash (constant time) before anything else: one flipped payload byte is refused by anyone
+  holding the file, before any custodian is asked.
 * The shares split a uniformly random scalar s (Shamir over Z_l, see :mod:`sdquorum.shamir`);
   KEK = HKDF-SHA256(s, salt = domain_id || epoch, info = "sdquorum kek v1").
-* The payload is AES-256-GCM under the KEK with AAD = SHA-256(header bytes): a payload cannot be
-  moved under another header, and a header cannot be edited without the signature failing.
+* The payload is AES-256-GCM under the KEK. Version 2: AAD = SHA-256 of the canonical JSON of the
+  header *without* its ``payload_sha256`` field (:meth:`Header.payload_aad`); the hash of the whole
+  header cannot be the AAD, since the header holds the hash of the ciphertext the AAD produces.
+  The signed header then binds that ciphertext by its hash, so a payload still cannot be moved
+  under another header. Version 1: AAD = SHA-256(header bytes).
 * After reconstruction the opener checks s*B == A_0 before using s, and that the payload names the
   same domain and signing key as the header.
+* New files (download, rotation) are version 2; version 1 files are read and opened as before.
 
-Parsing is strict: unknown versions, missing or mistyped fields, x outside 1..n, duplicate x or
-thumbprints, and wrong lengths are all :class:`~sdquorum.errors.MalformedError`.
+Parsing is strict: unknown versions, unknown fields (at the top level, in the header, in a slot, in
+the payload object and in the decrypted payload), missing or mistyped fields, a header whose version
+differs from the file's, x outside 1..n, duplicate x, two slots over one key (compared by
+:func:`sdquorum.pki.spki_sha256`, so a second certificate over the same key is a duplicate too), and
+wrong lengths are all :class:`~sdquorum.errors.MalformedError`; a signature or payload hash that does
+not verify is a :class:`~sdquorum.errors.VerificationError`. A slot is *addressed* by its
+certificate's thumbprint (the wire format); a key's *identity* is its SubjectPublicKeyInfo.
 """
 
 from __future__ import annotations
@@ -30,7 +45,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cryptography import x509
@@ -46,6 +61,7 @@ from sdquorum import shamir
 from sdquorum.encoding import b64d, b64e, canonical_json, parse_json_object
 from sdquorum.errors import MalformedError, UsageError, VerificationError
 from sdquorum.keys import encrypt_oaep
+from sdquorum.pki import spki_sha256
 
 _HEX = re.compile(r"[0-9a-f]*")
 
@@ -61,15 +77,40 @@ __all__ = [
     "derive_kek",
     "new_domain_secrets",
     "open_domain",
+    "payload_sha256",
     "seal_domain",
     "share_label",
 ]
 
 FORMAT = "sdquorum-security-domain"
-VERSION = 1
+VERSION = 2  # what this build writes
+READ_VERSIONS = (1, 2)  # what it reads
 HEADER_TYPE = "sdquorum-sd-header"
 PAYLOAD_TYPE = "sdquorum-sd-payload"
+PAYLOAD_VERSION = 1  # the decrypted payload's own format, unchanged by file version 2
 HEADER_CONTEXT = b"sdquorum sd header v1\x00"
+HEADER_CONTEXT_V2 = b"sdquorum sd header v2\x00"
+_FILE_KEYS = frozenset({"format", "version", "header", "header_signature", "payload"})
+_PAYLOAD_OBJECT_KEYS = frozenset({"alg", "nonce", "ciphertext"})
+_SLOT_KEYS = frozenset({"x", "name", "certificate", "x5t_256", "encrypted_share"})
+_HEADER_KEYS_V1 = frozenset(
+    {
+        "type",
+        "version",
+        "domain_id",
+        "epoch",
+        "quorum",
+        "slots",
+        "commitments",
+        "signing_public_key",
+        "created_by",
+        "created_at",
+    }
+)
+_HEADER_KEYS = {1: _HEADER_KEYS_V1, 2: _HEADER_KEYS_V1 | {"payload_sha256"}}
+_SECRETS_KEYS = frozenset(
+    {"type", "version", "domain_id", "data_encryption_key", "signing_key", "backup_key", "admins", "keystore"}
+)
 KEK_INFO = b"sdquorum kek v1"
 MAX_SD_FILE_BYTES = 256 * 1024 * 1024
 MIN_CUSTODIANS, MAX_CUSTODIANS = 3, 10
@@ -112,6 +153,7 @@ class Slot:
     def from_json(cls, obj: object) -> Slot:
         if not isinstance(obj, dict):
             raise MalformedError("SD header: a slot is not an object")
+        _refuse_unknown(obj, _SLOT_KEYS, "SD header slot")
         x = _int(obj.get("x"), "slot x")
         name = obj.get("name")
         if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
@@ -136,6 +178,8 @@ class Header:
     signing_public_key: bytes
     created_by: str
     created_at: int
+    version: int = VERSION
+    payload_sha256: bytes = b""  # version 2: SHA-256(nonce || ciphertext); empty in version 1
 
     @property
     def n(self) -> int:
@@ -154,26 +198,38 @@ class Header:
         return None
 
     def to_bytes(self) -> bytes:
-        return canonical_json(
-            {
-                "type": HEADER_TYPE,
-                "version": VERSION,
-                "domain_id": self.domain_id.hex(),
-                "epoch": self.epoch,
-                "quorum": self.quorum,
-                "slots": [s.to_json() for s in self.slots],
-                "commitments": [b64e(p) for p in self.commitments.points],
-                "signing_public_key": b64e(self.signing_public_key),
-                "created_by": self.created_by,
-                "created_at": self.created_at,
-            }
-        )
+        fields = self._fields()
+        if self.version >= 2:
+            fields["payload_sha256"] = b64e(self.payload_sha256)
+        return canonical_json(fields)
+
+    def payload_aad(self) -> bytes:
+        """Version 2's AAD: SHA-256 of the canonical header without ``payload_sha256`` (whose value
+        depends on the ciphertext this AAD goes into)."""
+        return hashlib.sha256(canonical_json(self._fields())).digest()
+
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "type": HEADER_TYPE,
+            "version": self.version,
+            "domain_id": self.domain_id.hex(),
+            "epoch": self.epoch,
+            "quorum": self.quorum,
+            "slots": [s.to_json() for s in self.slots],
+            "commitments": [b64e(p) for p in self.commitments.points],
+            "signing_public_key": b64e(self.signing_public_key),
+            "created_by": self.created_by,
+            "created_at": self.created_at,
+        }
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Header:
         obj = parse_json_object(data, "SD header")
-        if obj.get("type") != HEADER_TYPE or obj.get("version") != VERSION:
-            raise MalformedError("SD header: unknown type or version (this build reads version 1)")
+        version = obj.get("version")
+        if obj.get("type") != HEADER_TYPE or not _is_version(version):
+            raise MalformedError("SD header: unknown type or version (this build reads versions 1 and 2)")
+        assert isinstance(version, int)  # for mypy: _is_version checked it
+        _refuse_unknown(obj, _HEADER_KEYS[version], "SD header")
         domain_id = _hex(obj.get("domain_id"), "domain_id", 16)
         epoch = _int(obj.get("epoch"), "epoch", lo=0, hi=2**32 - 1)
         raw_slots = obj.get("slots")
@@ -183,8 +239,8 @@ class Header:
         n = len(slots)
         if sorted(s.x for s in slots) != list(range(1, n + 1)):
             raise MalformedError("SD header: slot x values must be exactly 1..n")
-        if len({s.thumbprint for s in slots}) != n:
-            raise MalformedError("SD header: two slots share one wrapping certificate")
+        if len({spki_sha256(s.certificate_der) for s in slots}) != n:
+            raise MalformedError("SD header: two slots hold the same wrapping key")
         quorum = _int(obj.get("quorum"), "quorum", lo=2, hi=n)
         raw_comm = obj.get("commitments")
         if not isinstance(raw_comm, list) or len(raw_comm) != quorum:
@@ -197,7 +253,14 @@ class Header:
         if not isinstance(created_by, str) or len(created_by) > 256:
             raise MalformedError("SD header: created_by must be a short string")
         created_at = _int(obj.get("created_at"), "created_at", lo=0, hi=2**63 - 1)
-        return cls(domain_id, epoch, quorum, slots, commitments, spk, created_by, created_at)
+        payload_sha256 = b""
+        if version >= 2:
+            payload_sha256 = b64d(obj.get("payload_sha256"), "payload_sha256")
+            if len(payload_sha256) != 32:
+                raise MalformedError("SD header: payload_sha256 must be 32 bytes")
+        return cls(
+            domain_id, epoch, quorum, slots, commitments, spk, created_by, created_at, version, payload_sha256
+        )
 
 
 @dataclass(frozen=True)
@@ -220,8 +283,9 @@ class SignedHeader:
         spk = self.header.signing_public_key
         if pinned_signing_key is not None and not hmac.compare_digest(spk, pinned_signing_key):
             raise VerificationError("the SD header is signed by a domain key other than the pinned one")
+        context = HEADER_CONTEXT_V2 if self.header.version >= 2 else HEADER_CONTEXT
         try:
-            Ed25519PublicKey.from_public_bytes(spk).verify(self.signature, HEADER_CONTEXT + self.header_bytes)
+            Ed25519PublicKey.from_public_bytes(spk).verify(self.signature, context + self.header_bytes)
         except (InvalidSignature, ValueError) as e:
             raise VerificationError("the SD header signature does not verify: the file was altered") from e
         return self.header
@@ -237,11 +301,15 @@ class SecurityDomainFile:
     def header(self) -> Header:
         return self.signed_header.header
 
+    @property
+    def version(self) -> int:
+        return self.header.version
+
     def to_bytes(self) -> bytes:
         return canonical_json(
             {
                 "format": FORMAT,
-                "version": VERSION,
+                "version": self.version,
                 "header": b64e(self.signed_header.header_bytes),
                 "header_signature": b64e(self.signed_header.signature),
                 "payload": {"alg": "A256GCM", "nonce": b64e(self.nonce), "ciphertext": b64e(self.ciphertext)},
@@ -256,13 +324,16 @@ class SecurityDomainFile:
         obj = parse_json_object(data, "SD file")
         if obj.get("format") != FORMAT:
             raise MalformedError("not an sdquorum security domain file (missing format marker)")
-        if obj.get("version") != VERSION:
+        version = obj.get("version")
+        if not _is_version(version):
             raise MalformedError(
-                f"SD file version {obj.get('version')!r} is not supported (this build reads 1)"
+                f"SD file version {repr(version)[:20]} is not supported (this build reads 1 and 2)"
             )
+        _refuse_unknown(obj, _FILE_KEYS, "SD file")
         payload = obj.get("payload")
         if not isinstance(payload, dict) or payload.get("alg") != "A256GCM":
             raise MalformedError("SD file: payload must be an A256GCM object")
+        _refuse_unknown(payload, _PAYLOAD_OBJECT_KEYS, "SD file payload")
         nonce = b64d(payload.get("nonce"), "payload nonce")
         if len(nonce) != 12:
             raise MalformedError("SD file: payload nonce must be 12 bytes")
@@ -272,7 +343,17 @@ class SecurityDomainFile:
         signed = SignedHeader(
             b64d(obj.get("header"), "header"), b64d(obj.get("header_signature"), "header_signature")
         )
-        signed.verify()
+        if signed.header.version != version:
+            raise MalformedError(
+                f"SD file: the file says version {version} but its header version {signed.header.version}"
+            )
+        header = signed.verify()
+        if header.version >= 2 and not hmac.compare_digest(
+            header.payload_sha256, payload_sha256(nonce, ciphertext)
+        ):
+            raise VerificationError(
+                "the SD payload does not match the hash in its signed header: the file was altered"
+            )
         return cls(signed, nonce, ciphertext)
 
 
@@ -305,7 +386,7 @@ class DomainSecrets:
         return canonical_json(
             {
                 "type": PAYLOAD_TYPE,
-                "version": VERSION,
+                "version": PAYLOAD_VERSION,
                 "domain_id": self.domain_id.hex(),
                 "data_encryption_key": b64e(self.data_encryption_key),
                 "signing_key": b64e(self.signing_key),
@@ -318,8 +399,9 @@ class DomainSecrets:
     @classmethod
     def from_bytes(cls, data: bytes) -> DomainSecrets:
         obj = parse_json_object(data, "SD payload")
-        if obj.get("type") != PAYLOAD_TYPE or obj.get("version") != VERSION:
+        if obj.get("type") != PAYLOAD_TYPE or obj.get("version") != PAYLOAD_VERSION:
             raise MalformedError("SD payload: unknown type or version")
+        _refuse_unknown(obj, _SECRETS_KEYS, "SD payload")
         admins = obj.get("admins")
         if not isinstance(admins, list) or not all(isinstance(a, str) for a in admins):
             raise MalformedError("SD payload: admins must be a list of strings")
@@ -365,6 +447,8 @@ def seal_domain(
     n = len(certificates_der)
     if not MIN_CUSTODIANS <= n <= MAX_CUSTODIANS:
         raise UsageError(f"a security domain needs {MIN_CUSTODIANS}..{MAX_CUSTODIANS} custodians, got {n}")
+    if len({spki_sha256(c) for c in certificates_der}) != n:
+        raise UsageError("two certificates hold the same key: each custodian needs a key of their own")
     secret = shamir.random_scalar(rng)
     shares, commitments = shamir.split(secret, quorum, n, rng)
     slots = []
@@ -389,12 +473,17 @@ def seal_domain(
         created_by=created_by,
         created_at=created_at,
     )
-    header_bytes = header.to_bytes()
-    signed = SignedHeader(header_bytes, secrets.sign(HEADER_CONTEXT + header_bytes))
     nonce = rng(12)
     kek = derive_kek(secret, secrets.domain_id, epoch)
-    ciphertext = AESGCM(kek).encrypt(nonce, secrets.to_bytes(), signed.sha256)
+    ciphertext = AESGCM(kek).encrypt(nonce, secrets.to_bytes(), header.payload_aad())
+    header_bytes = replace(header, payload_sha256=payload_sha256(nonce, ciphertext)).to_bytes()
+    signed = SignedHeader(header_bytes, secrets.sign(HEADER_CONTEXT_V2 + header_bytes))
     return SecurityDomainFile(signed, nonce, ciphertext)
+
+
+def payload_sha256(nonce: bytes, ciphertext: bytes) -> bytes:
+    """What a version-2 header binds: SHA-256 of the payload's exact nonce (12 bytes) and ciphertext."""
+    return hashlib.sha256(nonce + ciphertext).digest()
 
 
 def open_domain(sd: SecurityDomainFile, secret: int) -> DomainSecrets:
@@ -403,8 +492,9 @@ def open_domain(sd: SecurityDomainFile, secret: int) -> DomainSecrets:
     if not _matches_commitment(secret, header.commitments.public_secret()):
         raise VerificationError("the reconstructed secret does not match the commitments")
     kek = derive_kek(secret, header.domain_id, header.epoch)
+    aad = header.payload_aad() if header.version >= 2 else sd.signed_header.sha256
     try:
-        plaintext = AESGCM(kek).decrypt(sd.nonce, sd.ciphertext, sd.signed_header.sha256)
+        plaintext = AESGCM(kek).decrypt(sd.nonce, sd.ciphertext, aad)
     except InvalidTag as e:
         raise VerificationError("the SD payload does not decrypt: the file was altered") from e
     secrets = DomainSecrets.from_bytes(plaintext)
@@ -431,6 +521,16 @@ def _slot_name(cert_der: bytes, x: int) -> str:
         cns = []
     name = str(cns[0].value) if cns else ""
     return name if _NAME_RE.fullmatch(name) else f"custodian-{x}"
+
+
+def _is_version(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value in READ_VERSIONS
+
+
+def _refuse_unknown(obj: dict[str, Any], known: frozenset[str], what: str) -> None:
+    unknown = sorted(set(obj) - known)
+    if unknown:
+        raise MalformedError(f"{what}: unknown field {unknown[0][:40]!r} (this build reads versions 1 and 2)")
 
 
 def _int(value: object, what: str, lo: int = 1, hi: int = 255) -> int:

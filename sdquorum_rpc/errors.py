@@ -6,6 +6,11 @@ failed" (the node log keeps the detail); the operator roles (admin) get the one-
 it is about their own input. Anything unexpected is logged with its traceback and returned as
 INTERNAL with no detail.
 
+Every refusal (a project error, a role not allowed, a malformed request) goes to the servicer's
+refusal hook as a :class:`sdquorum.refusals.Refusal` naming the caller by its verified TLS
+certificate: role (if any), subject and the SHA-256 of its public key, also when it holds no role
+or a role the method does not allow. The hook (the node's) decides what is written when.
+
 Clients: :func:`translate_rpc_error` maps a ``grpc.RpcError`` to a project error ``from e``.
 """
 
@@ -35,10 +40,11 @@ from sdquorum.errors import (
     UsageError,
     VerificationError,
 )
+from sdquorum.refusals import Refusal
 from sdquorum_rpc.observability import REQUEST_ID
 from sdquorum_rpc.tls import Ctx, caller_role
 
-__all__ = ["RequestGuard", "rpc", "status_for", "translate_rpc_error"]
+__all__ = ["RequestGuard", "refusal_of", "report_refusal", "rpc", "status_for", "translate_rpc_error"]
 
 log = logging.getLogger("sdquorum.rpc")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -100,8 +106,8 @@ def rpc(*roles: str) -> Callable[[F], F]:
             if isinstance(e, SdquorumError):
                 code = status_for(e)
                 text = _bounded(str(e))  # a message may quote the caller's input: never all of it
-                log.warning("%s by %s refused (%s): %s", name, role or "unknown peer", code.name, text)
-                _audit_refusal(servicer, name, role, code.name, text)
+                hook = getattr(getattr(servicer, "node", None), "audit_refusal", None)
+                report_refusal(refusal_of(context, name, code.name, text), hook)
                 kind = (
                     "verification"
                     if isinstance(e, VerificationError)
@@ -186,14 +192,58 @@ def _observe(servicer: Any, method: str, code: str, started: float) -> None:
         metrics.rpc(method, code, started)
 
 
-def _audit_refusal(servicer: Any, method: str, role: pki.Role | None, code: str, reason: str) -> None:
-    """Every refusal is audited where the servicer offers a hook (``servicer.node.audit_refusal``)."""
-    hook = getattr(getattr(servicer, "node", None), "audit_refusal", None)
+def report_refusal(refusal: Refusal, hook: RefusalHook | None) -> None:
+    """Audit a refusal through ``hook`` (the node's ``audit_refusal``, where there is one), then
+    log it: WARNING when it was written in full, DEBUG when the hook only counted it (a flood of
+    refused calls fills neither the audit log nor the node's log)."""
+    written = True
     if callable(hook):
         try:
-            hook(method, role, code, reason)
+            written = hook(refusal) is not False
         except Exception:  # the refusal itself must still reach the caller
-            log.exception("could not audit the refusal of %s", method)
+            log.exception("could not audit the refusal of %s", refusal.method)
+    log.log(
+        logging.WARNING if written else logging.DEBUG,
+        "%s by %s [key %s] refused (%s): %s%s",
+        refusal.method,
+        refusal.actor,
+        refusal.spki_sha256[:16] or "none",
+        refusal.code,
+        refusal.reason,
+        "" if written else " (counted)",
+    )
+
+
+MAX_SUBJECT_CHARS = 256  # of a certificate subject in a log line or an audit entry
+
+
+def refusal_of(context: Ctx | None, method: str, code: str, reason: str) -> Refusal:
+    """A refused call, its caller named by the verified TLS peer certificate (role, subject and
+    public-key SHA-256), whether or not the certificate holds a role, or one this method allows."""
+    certs = list((context.auth_context().get("x509_pem_cert") or []) if context is not None else [])
+    role, subject, spki = _identity(bytes(certs[0])) if len(certs) == 1 else ("", "", "")
+    return Refusal(method, code, reason, role, subject, spki)
+
+
+@functools.lru_cache(maxsize=1024)
+def _identity(cert_pem: bytes) -> tuple[str, str, str]:
+    """Role ("" if none), subject and SPKI SHA-256 (hex) of a peer certificate, parsed once."""
+    try:
+        cert = pki.load_cert(cert_pem)
+        spki = pki.spki_sha256(cert_pem).hex()
+    except SdquorumError:  # TLS verified it, so this does not happen; still, name what we can
+        return "", "unparsable certificate", ""
+    try:
+        role = str(pki.role_from_cert(cert_pem))
+    except SdquorumError:
+        role = ""
+    return role, _bounded_subject(cert.subject.rfc4514_string()), spki
+
+
+def _bounded_subject(text: str) -> str:
+    """At most MAX_SUBJECT_CHARS, one line: a control character is written as its escape."""
+    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    return text if len(text) <= MAX_SUBJECT_CHARS else text[: MAX_SUBJECT_CHARS - 1] + "…"
 
 
 def translate_rpc_error(e: grpc.RpcError, target: str) -> SdquorumError:
@@ -247,7 +297,7 @@ class _Malformed:
 
 MALFORMED = _Malformed()
 MALFORMED_DETAILS = "malformed request"
-RefusalHook = Callable[[str, "pki.Role | None", str, str], None]
+RefusalHook = Callable[[Refusal], bool]  # True: written in full; False: only counted
 
 
 class RequestGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # generic only in the stubs
@@ -261,18 +311,7 @@ class RequestGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # gen
         self._on_refusal = on_refusal
 
     def _refused(self, method: str, context: Ctx | None) -> None:
-        role: pki.Role | None = None
-        if context is not None:
-            try:
-                role = caller_role(context)
-            except SdquorumError:
-                role = None
-        log.warning("%s by %s refused: %s", method, role or "unknown peer", MALFORMED_DETAILS)
-        if self._on_refusal is not None:
-            try:
-                self._on_refusal(method, role, "INVALID_ARGUMENT", MALFORMED_DETAILS)
-            except Exception:
-                log.exception("could not audit the refusal of %s", method)
+        report_refusal(refusal_of(context, method, "INVALID_ARGUMENT", MALFORMED_DETAILS), self._on_refusal)
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Any], details: grpc.HandlerCallDetails

@@ -6,7 +6,8 @@
 * Metrics (node): Prometheus counters and histograms on their own registry, served over HTTPS with
   client certificates required (the same transport CA as gRPC): ceremonies by kind and outcome
   and their durations; every RPC by method and status code and its latency (the data-plane
-  methods ``Encrypt``, ``Sign`` and so on among them).
+  methods ``Encrypt``, ``Sign`` and so on among them). prometheus_client is imported only where
+  the node's metrics are made, so the clients that share this module do not pay for it.
 * Health: the standard ``grpc.health.v1`` service on the node's mTLS port; SERVING while up,
   NOT_SERVING once a drain has begun.
 """
@@ -20,15 +21,19 @@ import os
 import ssl
 import sys
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from typing import TYPE_CHECKING, Any
 
 from sdquorum_rpc.config import check_host_port
+from sdquorum_rpc.listen import bind_failure
 
-__all__ = ["REQUEST_ID", "SESSION_ID", "JsonFormatter", "NodeMetrics", "setup_logging"]
+if TYPE_CHECKING:  # prometheus_client is imported where metrics are made (module docstring)
+    from prometheus_client.core import Metric
+
+__all__ = ["REQUEST_ID", "SESSION_ID", "JsonFormatter", "NodeMetrics", "NodeSnapshot", "setup_logging"]
 
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 SESSION_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("session_id", default=None)
@@ -87,10 +92,70 @@ def setup_logging(level: str, fmt: str = "text") -> None:
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
 
 
+NODE_STATES = ("PROVISIONED", "RECOVERY_PENDING", "ACTIVATED")
+SESSION_STATES = ("awaiting SD file", "collecting", "completed", "failed")
+
+
+@dataclass(frozen=True)
+class NodeSnapshot:
+    """What the gauges show, read from the node at scrape time (never a secret)."""
+
+    state: str
+    compromised: bool
+    session_kind: str | None  # None: no session
+    session_state: str | None
+    custodians: tuple[str, ...]  # the current domain's custodians (0 or 1 each below)
+    connected: frozenset[str]  # custodians whose agent holds a request stream now
+
+
+class _NodeGauges:
+    """Gauges computed when Prometheus scrapes, so they can never be stale or drift from the node."""
+
+    def __init__(self, snapshot: Callable[[], NodeSnapshot]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        snap = self._snapshot()
+        state = GaugeMetricFamily("sdquorum_node_state", "1 for the node's current state", labels=["state"])
+        for name in NODE_STATES:
+            state.add_metric([name], 1.0 if snap.state == name else 0.0)
+        yield state
+        yield GaugeMetricFamily(
+            "sdquorum_node_compromised",
+            "1 once an admin has marked the domain compromised",
+            value=snap.compromised,
+        )
+        session = GaugeMetricFamily(
+            "sdquorum_session_state",
+            "1 for the ceremony session's kind and state (no sample: no session)",
+            labels=["kind", "state"],
+        )
+        if snap.session_kind is not None and snap.session_state is not None:
+            session.add_metric([snap.session_kind, snap.session_state], 1.0)
+        yield session
+        agents = GaugeMetricFamily(
+            "sdquorum_agent_connected",
+            "1 while the custodian's agent holds its request stream open, 0 otherwise",
+            labels=["custodian"],
+        )
+        for name in sorted({*snap.custodians, *snap.connected}):
+            agents.add_metric([name], 1.0 if name in snap.connected else 0.0)
+        yield agents
+
+
 class NodeMetrics:
     """The node's Prometheus metrics, on a registry of their own."""
 
+    def observe(self, snapshot: Callable[[], NodeSnapshot]) -> None:
+        """Serve the node, session and agent gauges from ``snapshot``, called at each scrape."""
+        self.registry.register(_NodeGauges(snapshot))
+
     def __init__(self) -> None:
+        # imported here: the clients (sdctl, the agent) share this module and never serve metrics
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
         self.registry = CollectorRegistry()
         self.ceremonies = Counter(
             "sdquorum_ceremonies_total",
@@ -129,17 +194,22 @@ class NodeMetrics:
 
     def serve(self, listen: str, cert: Path, key: Path, ca: Path) -> int:
         """HTTPS /metrics with client certificates required; returns the bound port."""
+        from prometheus_client import start_http_server
+
         host, _, port = check_host_port(listen, "observability.metrics_listen").rpartition(":")
-        server, _thread = start_http_server(
-            int(port),
-            addr=host.strip("[]"),
-            registry=self.registry,
-            certfile=str(cert),
-            keyfile=str(key),
-            client_cafile=str(ca),
-            client_auth_required=True,
-            tls_min_version=ssl.TLSVersion.TLSv1_2,
-        )
+        try:
+            server, _thread = start_http_server(
+                int(port),
+                addr=host.strip("[]"),
+                registry=self.registry,
+                certfile=str(cert),
+                keyfile=str(key),
+                client_cafile=str(ca),
+                client_auth_required=True,
+                tls_min_version=ssl.TLSVersion.TLSv1_2,
+            )
+        except OSError as e:
+            raise bind_failure(listen, "observability.metrics_listen", e) from e
         self._server = server
         return int(server.server_port)
 

@@ -3,6 +3,11 @@ mTLS on port 0 (a node server, agents, an admin client) and the PKI fixtures the
 
 Each certificate comes from a PKI the fixtures make (``sdctl pki init``'s code); a second, foreign
 PKI (other transport CA, other attestation root) plays the attacker.
+
+Agents run with ``manual`` approval, as in production: :class:`Custodians` plays each custodian's
+person, approving the requests their agent posts through the agent's spool, as
+``custodian-agent approve`` does (:meth:`ApprovalBox.decide`), for agents in this process and in
+processes of their own alike. No agent here answers a request that releases a share by itself.
 """
 
 from __future__ import annotations
@@ -10,25 +15,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import sdquorum_rpc  # noqa: F401  # pins cipher suites before grpc initialises
 from custodian_agent.agent import Agent, AgentConfig
+from custodian_agent.approvals import ApprovalBox
 from hsm_node.cryptopool import CryptoPool
 from hsm_node.node import Node, NodeConfig
 from hsm_node.server import MAX_BATCH_ITEMS, NodeServer, serve
@@ -37,6 +47,7 @@ from sdctl.pkifiles import init_pki
 from sdquorum import backup
 from sdquorum.encoding import b64e, canonical_json
 from sdquorum.envelopes import CustodianPolicy
+from sdquorum.errors import NotFoundError, UsageError
 from sdquorum.keys import SoftwareWrappingKey
 from sdquorum.sdfile import DomainSecrets
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
@@ -59,6 +70,14 @@ def foreign_pki_dir(tmp_path_factory: pytest.TempPathFactory, now: datetime) -> 
     d = tmp_path_factory.mktemp("foreign") / "pki"
     init_pki(d, ["node-a", "rogue"], NAMES, now)
     return d
+
+
+class UncheckedTlsFiles(TlsFiles):
+    """An attacker's client: its files go to grpc as they are, without the local checks our clients
+    make before dialling (validity, issuer), so a test shows what the *server* refuses."""
+
+    def read(self) -> tuple[bytes, bytes, bytes]:
+        return self.cert.read_bytes(), self.key.read_bytes(), self.ca.read_bytes()
 
 
 def tls(pki: Path, stem: str) -> TlsFiles:
@@ -85,6 +104,99 @@ class Clock:
         self.t += seconds
 
 
+PERSON_POLL = 0.005  # seconds between a stand-in person's looks at their agent's pending requests
+
+
+class Custodians:
+    """Each custodian's person at their own site, approving every request their agent posts.
+
+    A thread looks at each agent's ``STATE_DIR/pending`` every :data:`PERSON_POLL` seconds and
+    approves what it finds through :class:`ApprovalBox` (the code ``custodian-agent approve`` runs),
+    so the agent goes through its real manual-approval path: post the details, wait, read a
+    decision bound to their SHA-256. Works for agents in this process and in processes of their
+    own (only the state directory is shared). ``approved`` records ``(name, request_id)`` in order.
+    Use as a context manager, or :meth:`start` / :meth:`stop`, or run :meth:`serve` as a task.
+    """
+
+    def __init__(self, state_dirs: dict[str, Path] | None = None, poll: float = PERSON_POLL) -> None:
+        self.state_dirs: dict[str, Path] = dict(state_dirs or {})
+        self.poll = poll
+        self.approved: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, name: str, state_dir: Path) -> None:
+        with self._lock:
+            self.state_dirs[name] = state_dir
+
+    def approve_pending(self) -> list[tuple[str, str]]:
+        """One look at every agent's pending requests; approves each not yet decided."""
+        with self._lock:
+            dirs = list(self.state_dirs.items())
+        done = []
+        for name, state_dir in dirs:
+            try:  # the cheap look first: most looks find nothing
+                if not any(f.endswith(".json") for f in os.listdir(state_dir / "pending")):
+                    continue
+            except FileNotFoundError:
+                continue
+            box = ApprovalBox(state_dir)
+            for item in box.pending():
+                request_id = str(item.get("request_id", ""))
+                if (box.decisions_dir / request_id).exists():
+                    continue  # decided: the agent has yet to read it
+                try:
+                    box.decide(request_id, approved=True, reason=f"approved by {name} (test)")
+                except (UsageError, NotFoundError):
+                    continue  # decided meanwhile, or the agent is done with it
+                done.append((name, request_id))
+        self.approved.extend(done)
+        return done
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll):
+            self.approve_pending()
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """The same persons as a task of the running event loop (no thread), until ``stop`` is set:
+        for a process whose agent shares the loop, so that looking costs no GIL hand-over."""
+        while not stop.is_set():
+            self.approve_pending()
+            await asyncio.sleep(self.poll)
+
+    def start(self) -> Custodians:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="custodians", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def __enter__(self) -> Custodians:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def person_at_prompt(answer: str = "yes") -> Iterator[None]:
+    """``custodian-agent respond`` run by its custodian, who reads the request and types ``answer``
+    at its prompt (the offline counterpart of :class:`Custodians`; ``--yes`` answers drills only)."""
+    saved = sys.stdin
+    sys.stdin = io.StringIO(answer + "\n")
+    try:
+        yield
+    finally:
+        sys.stdin = saved
+
+
 @dataclass
 class Cluster:
     pki: Path
@@ -93,6 +205,7 @@ class Cluster:
     server: NodeServer
     clock: Clock
     agents: list[tuple[Agent, asyncio.Event, asyncio.Task[None]]] = field(default_factory=list)
+    custodians: Custodians = field(default_factory=Custodians)  # their persons, approving
 
     @property
     def target(self) -> str:
@@ -108,10 +221,13 @@ class Cluster:
         tmp: Path,
         *,
         root_pki: Path | None = None,
-        approval: str = "auto",
+        approval: str = "manual",
+        approves: bool = True,
         policy: CustodianPolicy | None = None,
         clock: Callable[[], float] | None = None,
     ) -> Agent:
+        """An agent of ``name``'s; with ``approves`` its person (:attr:`custodians`) approves every
+        request it posts, otherwise the test decides (through the agent's :class:`ApprovalBox`)."""
         config = AgentConfig(
             node=self.target,
             tls=tls(self.pki, f"custodian-{name}"),
@@ -121,6 +237,9 @@ class Cluster:
             approval=approval,
         )
         agent = Agent(config, key, clock=clock or self.clock)
+        if approves:
+            self.custodians.add(name, config.state_dir)
+            self.custodians.start()
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
         self.agents.append((agent, stop, task))
@@ -208,6 +327,7 @@ async def running_cluster(
         yield cluster
     finally:
         await cluster.stop_agents()
+        cluster.custodians.stop()
         await server.stop(grace=0.1)
         if crypto_pool is not None:
             await crypto_pool.close()
@@ -312,7 +432,8 @@ class NodeProcess:
         return NodeClient(self.target, tls(self.pki, stem))
 
 
-def agent_config(pki: Path, target: str, name: str, state_dir: Path, approval: str = "auto") -> AgentConfig:
+def agent_config(pki: Path, target: str, name: str, state_dir: Path, approval: str = "manual") -> AgentConfig:
+    """An agent's configuration (its person: :class:`Custodians` over ``state_dir``)."""
     return AgentConfig(
         node=target,
         tls=tls(pki, f"custodian-{name}"),
@@ -324,7 +445,8 @@ def agent_config(pki: Path, target: str, name: str, state_dir: Path, approval: s
 
 def keys_in_backup(data: bytes, domain: DomainSecrets) -> dict[str, bytes]:
     """Every key's private material in a backup, by name. The store image of a version 2 backup is
-    read here with ``sqlite3`` and each row opened with the data encryption key (AAD ``"type|name"``),
+    read here with ``sqlite3`` and each row opened with the data encryption key (AAD ``"type|name"``
+    for keys owned by ``app`` or from an image without owners, ``"v2|type|owner|name"`` otherwise),
     not with the node's code."""
     opened = backup.open_backup(data, domain)
     if opened.key_rows is None:
@@ -333,9 +455,16 @@ def keys_in_backup(data: bytes, domain: DomainSecrets) -> dict[str, bytes]:
     try:
         db.deserialize(opened.key_rows)
         aead = AESGCM(domain.data_encryption_key)
+        columns = {r[1] for r in db.execute("PRAGMA table_info(keys)")}
+        owner = "owner" if "owner" in columns else "'app'"
+        rows = db.execute(f"SELECT name, type, {owner}, sealed FROM keys").fetchall()  # noqa: S608  # a column name or a constant
         return {
-            name: aead.decrypt(sealed[:12], sealed[12:], f"{kind}|{name}".encode())
-            for name, kind, sealed in db.execute("SELECT name, type, sealed FROM keys")
+            name: aead.decrypt(
+                sealed[:12],
+                sealed[12:],
+                (f"{kind}|{name}" if who == "app" else f"v2|{kind}|{who}|{name}").encode(),
+            )
+            for name, kind, who, sealed in rows
         }
     finally:
         db.close()
@@ -359,4 +488,29 @@ def backup_v1(domain: DomainSecrets, body: bytes, key_count: int, node_id: str =
             "ciphertext": b64e(ct),
             "signature": b64e(sig),
         }
+    )
+
+
+def admin_cert_valid_between(pki_dir: Path, start: datetime, end: datetime) -> tuple[bytes, bytes]:
+    """An admin client certificate from the deployment's own CA, valid only from ``start`` to ``end``."""
+    ca_cert = x509.load_pem_x509_certificate((pki_dir / "ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((pki_dir / "ca.key").read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "admin")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier("sdquorum://role/admin")]), False
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from sdquorum_rpc import genprotos
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,3 +43,20 @@ def test_console_scripts_are_declared() -> None:
     text = (ROOT / "pyproject.toml").read_text()
     for script in ("hsm-node", "custodian-agent", "sdctl"):
         assert f'{script} = "' in text
+
+
+@pytest.mark.parametrize("tool", ["sdctl", "hsm-node", "custodian-agent"])
+def test_every_tool_prints_its_version(tool: str) -> None:
+    import tomllib
+
+    version = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())[
+        "project"
+    ]["version"]
+    module = {"sdctl": "sdctl.cli", "hsm-node": "hsm_node.cli", "custodian-agent": "custodian_agent.cli"}[
+        tool
+    ]
+    r = subprocess.run(
+        [sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith(version), r.stdout

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from sdquorum.errors import MalformedError, UsageError, VerificationError
 from sdquorum.shamir import Rng
 
-__all__ = ["MAX_SHARES", "PRIME", "Share", "combine", "lies_on", "split"]
+__all__ = ["MAX_SHARES", "PRIME", "Share", "combine", "lies_on", "share_at", "split"]
 
 PRIME = 257
 MAX_SHARES = 126
@@ -139,6 +139,14 @@ def lies_on(share: Share, shares: Sequence[Share]) -> bool:
     """True iff ``share`` is the evaluation at its x of the polynomials through ``shares`` (m shares
     of distinct x, already checked, e.g. the ones that opened a file): an honest share always is."""
     return len(share.ys) == len(shares[0].ys) and _interpolate(shares, share.x) == share.ys
+
+
+def share_at(shares: Sequence[Share], x: int) -> Share:
+    """The share at ``x`` of the polynomials through ``shares`` (m shares of distinct x, already
+    checked): what an honest holder of x has."""
+    if not isinstance(x, int) or isinstance(x, bool) or not 1 <= x <= MAX_SHARES:
+        raise UsageError(f"x must be 1..{MAX_SHARES}")
+    return Share(x, _interpolate(shares, x))
 
 
 def _interpolate(used: Sequence[Share], x: int) -> tuple[int, ...]:

@@ -1023,7 +1023,7 @@ def test_an_agent_that_pins_domain_keys_serves_an_azure_domain_only_when_it_name
     domain = azure_domain_id(sd)
     st = ExchangeStatement(
         "s1", "azure-recovery", "node-b", "b:1", domain, 0, hashlib.sha256(sd).digest(), os.urandom(32),
-        t0, t0 + 600, "admin", "DR",
+        t0, t0 + 600, "admin", "DR", destination_certificate=wrapping_keys[5].certificate_der(),
     )  # fmt: skip
     req = CeremonyRequest(
         "ab" * 8, "s1", "azure-recovery", 1, "", node_attestation.sign(st).to_bytes(), sd, b""
@@ -1032,10 +1032,16 @@ def test_an_agent_that_pins_domain_keys_serves_an_azure_domain_only_when_it_name
     pinned = frozenset({b"\x01" * 32})
     with pytest.raises(VerificationError, match="pins domain signing keys"):
         responder.check(
-            req, mine, CustodianPolicy(attestation_root.cert_pem, pinned_signing_keys=pinned), now
+            req,
+            mine,
+            CustodianPolicy(attestation_root.cert_pem, pinned_signing_keys=pinned, azure_restore=True),
+            now,
         )
     allowed = CustodianPolicy(
-        attestation_root.cert_pem, allowed_domains=frozenset({domain}), pinned_signing_keys=pinned
+        attestation_root.cert_pem,
+        allowed_domains=frozenset({domain}),
+        pinned_signing_keys=pinned,
+        azure_restore=True,
     )
     assert responder.answer(req, responder.check(req, mine, allowed, now), wrapping_keys[0], os.urandom)
 

@@ -14,9 +14,10 @@ import pytest
 from azure_sd_generator import make_sd_file, open_sd_file, open_transfer_file
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from harness import NAMES, Cluster, run_sdctl, running_cluster
+from harness import NAMES, Cluster, person_at_prompt, run_sdctl, running_cluster
 
 from sdquorum import pki
+from sdquorum.envelopes import CustodianPolicy
 from sdquorum.keys import SoftwareWrappingKey
 
 ITEMS = [("EncData-1", os.urandom(700)), ("EncData-2", b"key backup " * 50)]
@@ -26,6 +27,11 @@ ITEMS = [("EncData-1", os.urandom(700)), ("EncData-2", b"key backup " * 50)]
 def exchange(now: datetime) -> tuple[rsa.RSAPrivateKey, bytes]:
     key, cert_pem = pki.make_wrapping_key("azure exchange", now, bits=2048)
     return key, pki.load_cert(cert_pem).public_bytes(serialization.Encoding.DER)
+
+
+def azure_policy(pki_dir: Path) -> CustodianPolicy:
+    """An agent configured to serve Azure restores (agent.azure_restore = true)."""
+    return CustodianPolicy((pki_dir / "attestation-root.pem").read_bytes(), azure_restore=True)
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -57,7 +63,10 @@ async def test_restore_blob_with_three_of_five_agents_writes_a_transfer_file_azu
     cert.write_bytes(exchange[1])
     out = tmp_path / "transfer.json"
     async with running_cluster(pki_dir, tmp_path / "coordinator") as c:
-        agents = [c.start_agent(NAMES[i], wrapping_keys[i], tmp_path) for i in (0, 2, 4)]
+        agents = [
+            c.start_agent(NAMES[i], wrapping_keys[i], tmp_path, policy=azure_policy(pki_dir))
+            for i in (0, 2, 4)
+        ]
         code, lines = await restore_blob(pki_dir, c, sd, cert, out)
         assert code == 0, lines
         assert all(len(a.released) == 1 for a in agents)
@@ -115,6 +124,7 @@ async def test_restore_blob_with_an_offline_custodian_answer_file(
     wrapping_keys: list[SoftwareWrappingKey],
     exchange: tuple[rsa.RSAPrivateKey, bytes],
     now: datetime,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from custodian_agent.cli import main as agent_main
     from custodian_agent.keyfile import keygen, load_wrapping_key
@@ -134,7 +144,7 @@ async def test_restore_blob_with_an_offline_custodian_answer_file(
     requests.mkdir()
     out = tmp_path / "transfer.json"
     async with running_cluster(pki_dir, tmp_path / "coordinator") as c:
-        c.start_agent(NAMES[0], wrapping_keys[0], tmp_path)  # one custodian online, one offline
+        c.start_agent(NAMES[0], wrapping_keys[0], tmp_path, policy=azure_policy(pki_dir))  # one online
         task = asyncio.create_task(
             restore_blob(
                 pki_dir, c, tmp_path / "sd.json", tmp_path / "x.cer", out, "--offline-request", str(requests)
@@ -143,27 +153,23 @@ async def test_restore_blob_with_an_offline_custodian_answer_file(
         await wait_for(lambda: any(requests.glob("*-x2.request.json")))
         (request,) = list(requests.glob("*-x2.request.json"))
         answer = tmp_path / "olga.answer.json"
+        respond = [
+            "respond", "--request", str(request), "--out", str(answer),
+            "--attestation-root", str(pki_dir / "attestation-root.pem"),
+            "--wrapping-key", str(home / "olga.key"), "--wrapping-cert", str(home / "olga.pem"),
+        ]  # fmt: skip
         os.environ["SDQUORUM_PASSPHRASE"] = "offline passphrase"
         try:
-            code = await asyncio.to_thread(
-                agent_main,
-                [
-                    "respond",
-                    "--request",
-                    str(request),
-                    "--out",
-                    str(answer),
-                    "--yes",
-                    "--attestation-root",
-                    str(pki_dir / "attestation-root.pem"),
-                    "--wrapping-key",
-                    str(home / "olga.key"),
-                    "--wrapping-cert",
-                    str(home / "olga.pem"),
-                ],
-            )
+            capsys.readouterr()
+            refused = await asyncio.to_thread(agent_main, respond)  # without the opt-in: refused
+            assert refused != 0 and not answer.exists()
+            assert "--azure-restore" in capsys.readouterr().err
+            with person_at_prompt("yes"):  # olga reads the request and approves at the prompt
+                code = await asyncio.to_thread(agent_main, [*respond, "--azure-restore"])
+            shown = capsys.readouterr().out
         finally:
             del os.environ["SDQUORUM_PASSPHRASE"]
+        assert "EXTERNAL, UNATTESTED" in shown and pki.spki_sha256(exchange[1]).hex() in shown
         assert code == 0
         up_code, up_lines = await run_sdctl(pki_dir, c.target, "upload-answer", str(answer))
         assert up_code == 0, up_lines
@@ -180,10 +186,10 @@ def _azure_answers(
     from sdquorum.azure import gf257
     from sdquorum.azure.ceremony import AzureAnswer, check_azure_request
     from sdquorum.azure.sdfile import decrypt_share
-    from sdquorum.envelopes import Attestation, CustodianPolicy, seal_release
+    from sdquorum.envelopes import Attestation, seal_release
     from sdquorum.pki import Role
 
-    policy = CustodianPolicy((pki_dir / "attestation-root.pem").read_bytes())
+    policy = azure_policy(pki_dir)
     out = []
     for i, k in enumerate(keys):
         thumb = pki.thumbprint_sha256(k.certificate_der())
@@ -256,3 +262,116 @@ async def test_azure_shares_that_never_open_the_file_fail_only_when_no_one_is_le
         await c.node.submit_answer(*answers[4])
         assert s.state is SessionState.FAILED
         assert "no 3 of the 5 shares received" in s.message and "at least one of them is wrong" in s.message
+
+
+async def test_agents_refuse_an_azure_restore_unless_configured_and_the_node_hears_only_a_check_failed(
+    pki_dir: Path,
+    tmp_path: Path,
+    wrapping_keys: list[SoftwareWrappingKey],
+    exchange: tuple[rsa.RSAPrivateKey, bytes],
+) -> None:
+    """Agents with the default configuration (agent.azure_restore = false) deny every Azure request:
+    the session fails once their denials leave no quorum, and no share was released."""
+    from coordinator.ceremony import CustodianStatus, SessionState
+    from sdquorum.pki import Role
+
+    keys = wrapping_keys[:3]
+    data = make_sd_file([k.certificate_der() for k in keys], 2, ITEMS).data
+    async with running_cluster(pki_dir, tmp_path / "c") as c:
+        agents = [c.start_agent(NAMES[i], keys[i], tmp_path) for i in range(3)]
+        s = await c.node.start_azure_restore(data, exchange[1], "dr test", 60, Role("admin"))
+        await wait_for(lambda: s.finished)
+        assert s.state is SessionState.FAILED
+        denied = [p for p in s.status().custodians if p.status is CustodianStatus.DENIED]
+        assert len(denied) >= 2 and all("a check failed" in p.detail for p in denied)  # 2 end a 2-of-3
+        assert not any(p.status is CustodianStatus.ACCEPTED for p in s.status().custodians)
+        assert all(a.released == [] for a in agents)
+
+
+async def test_attack_admin_exports_the_domain_for_azure_and_restores_it_to_their_own_key(
+    pki_dir: Path,
+    tmp_path: Path,
+    wrapping_keys: list[SoftwareWrappingKey],
+    now: datetime,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 13, class 1. The admin alone: 'sdctl sd-file --format azure', then 'sdctl azure
+    restore-blob' with an exchange certificate of their own, against agents that even opted in to
+    Azure restores. Before the fix every run below wrote a transfer file that opened with the admin's
+    key (data encryption, signing and backup keys). Now: refused before any custodian is asked on
+    the node holding the domain, on a fresh second node, and after 'sdctl compromise'; no agent
+    releases anything; each refusal is audited and is one line for the admin."""
+    _admin_key, mine_pem = pki.make_wrapping_key("the admin's own exchange key", now, bits=2048)
+    (tmp_path / "mine.cer").write_bytes(mine_pem)
+    keys = wrapping_keys[:3]
+    exported = tmp_path / "exported-azure.json"
+
+    async def attack(c: Cluster, label: str) -> str:
+        agents = [
+            c.start_agent(NAMES[i], keys[i], tmp_path / label, policy=azure_policy(pki_dir)) for i in range(3)
+        ]
+        out = tmp_path / f"transfer-{label}.json"
+        capsys.readouterr()
+        code, lines = await restore_blob(pki_dir, c, exported, tmp_path / "mine.cer", out, "--ttl", "30")
+        await asyncio.sleep(0.3)  # an agent that was asked would have answered by now
+        assert code != 0, (label, lines)
+        assert not out.exists(), label
+        assert all(a.released == [] for a in agents), label
+        await c.stop_agents()
+        events = c.node._store.audit_entries(c.node.audit_chain())
+        assert any("azure-restore-refused" in e for e in events), label
+        errors = capsys.readouterr().err.splitlines()
+        assert len(errors) == 1 and errors[0].startswith("sdctl: error: "), errors  # one line, no traceback
+        return errors[0]
+
+    async with running_cluster(pki_dir, tmp_path / "a") as a:
+        await a.download([k.certificate_der() for k in keys], quorum=2)
+        code, lines = await run_sdctl(
+            pki_dir, a.target, "sd-file", "--format", "azure", "--out", str(exported)
+        )
+        assert code == 0, (
+            lines
+        )  # the export itself stays possible: Azure's own tools need the custodians' keys
+        assert "sdquorum security domain" in await attack(a, "same-node")
+        code, lines = await run_sdctl(pki_dir, a.target, "compromise", "--reason", "admin went rogue")
+        assert code == 0, lines
+        assert "compromised" in await attack(a, "compromised")
+    async with running_cluster(pki_dir, tmp_path / "b", node_id="node-b") as b:
+        assert "sdquorum security domain" in await attack(b, "fresh-node")
+        assert b.node.state == "PROVISIONED"
+
+
+async def test_a_late_wrong_azure_share_is_rejected_named_and_audited_by_the_node(
+    pki_dir: Path,
+    tmp_path: Path,
+    wrapping_keys: list[SoftwareWrappingKey],
+    exchange: tuple[rsa.RSAPrivateKey, bytes],
+) -> None:
+    """2-of-4 completes with alice and bob; carol's honest share and dave's wrong one come after,
+    before the deadline. Before issue 13 both were refused unchecked ("session is completed"), so
+    dave's lie was never named. Now carol is verified and NOT_NEEDED, dave REJECTED and named, each
+    audited; the transfer file is unchanged."""
+    from coordinator.ceremony import CustodianStatus, SessionState
+    from sdquorum.errors import VerificationError
+    from sdquorum.pki import Role
+
+    keys = wrapping_keys[:4]
+    data = make_sd_file([k.certificate_der() for k in keys], 2, ITEMS).data
+    async with running_cluster(pki_dir, tmp_path / "c") as c:
+        s = await c.node.start_azure_restore(data, exchange[1], "dr test", 60, Role("admin"))
+        answers = _azure_answers(c, pki_dir, keys, corrupt={3})
+        for a in answers[:2]:
+            await c.node.submit_answer(*a)
+        assert s.state is SessionState.COMPLETED
+        transfer = c.node.azure_transfer_file(s.session_id)
+        await c.node.submit_answer(*answers[2])
+        with pytest.raises(VerificationError, match="does not lie on the shares"):
+            await c.node.submit_answer(*answers[3])
+        status = {p.x: p for p in s.status().custodians}
+        assert status[3].status is CustodianStatus.NOT_NEEDED and "verified" in status[3].detail
+        assert status[4].status is CustodianStatus.REJECTED and "late" in status[4].detail
+        assert status[4].name in s.message and s.state is SessionState.COMPLETED
+        events = "\n".join(c.node._store.audit_entries(c.node.audit_chain()))
+        assert "azure-recovery-late-answer-verified" in events
+        assert "azure-recovery-late-answer-rejected" in events
+        assert c.node.azure_transfer_file(s.session_id) == transfer

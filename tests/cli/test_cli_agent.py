@@ -7,6 +7,7 @@ line ``custodian-agent: error: ...`` and its exit code (2 usage, 4 verification)
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import stat
 from collections.abc import Callable, Iterator
@@ -23,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from coordinator.recovery import CustodianStatus
 from custodian_agent.approvals import ApprovalBox
 from custodian_agent.keyfile import PASSPHRASE_ENV, load_wrapping_key
-from sdquorum.errors import NotFoundError, UsageError, VerificationError
+from sdquorum.errors import StateError, UsageError, VerificationError
 from sdquorum.keys import SoftwareWrappingKey
 
 PASSPHRASE = "correct horse battery"
@@ -146,6 +147,7 @@ def test_keygen_at_a_prompt_refuses_two_different_passphrases(
     monkeypatch.delenv(PASSPHRASE_ENV, raising=False)
     answers = iter(["first passphrase!", "second passphrase"])
     monkeypatch.setattr("custodian_agent.keyfile.getpass.getpass", lambda prompt="": next(answers))
+    monkeypatch.setattr("custodian_agent.keyfile.has_terminal", lambda: True)  # a person at a terminal
     r = agent_cli("keygen", "--name", "dave", "--key", str(tmp_path / "k"), "--cert", str(tmp_path / "c"))
     line = assert_one_line_error(r, "custodian-agent")
     assert r.code == 2 and "differ" in line
@@ -195,16 +197,24 @@ def test_run_with_a_wrong_passphrase_exits_4_with_one_line(
 
 
 async def wait_pending(agent_cli: AgentCli, state_dir: Path, timeout: float = 15.0) -> dict[str, Any]:
-    """Poll ``custodian-agent pending`` until one request shows; returns its JSON line."""
+    """Poll ``custodian-agent pending --output json`` until one request shows; returns it."""
     async with asyncio.timeout(timeout):
         while True:
-            r = agent_cli("pending", "--state-dir", str(state_dir))
+            r = agent_cli("pending", "--state-dir", str(state_dir), "--output", "json")
             assert r.code == 0, r.err
-            if r.out != ["no pending requests"]:
-                (line,) = r.out
-                obj: dict[str, Any] = json.loads(line)
+            requests = json.loads("\n".join(r.out))["requests"]
+            if requests:
+                (obj,) = requests
+                assert isinstance(obj, dict)
                 return obj
             await asyncio.sleep(0.05)
+
+
+def exchange_sha256(c: Any) -> str:
+    """SHA-256 (hex) of the exchange key in the running session's attested statement."""
+    session = c.node.session
+    assert session is not None and session.attestation is not None
+    return hashlib.sha256(session.attestation.statement.exchange_public_key).hexdigest()
 
 
 async def test_manual_approval_flow_over_grpc(
@@ -224,7 +234,7 @@ async def test_manual_approval_flow_over_grpc(
     async with running_cluster(pki_dir, tmp_path / "b", node_id="node-b") as b:
         names = NAMES[:4]  # alice..dave run agents; erin (slot 5) is away
         for name, key in zip(names, wrapping_keys[:4], strict=True):
-            b.start_agent(name, key, tmp_path, approval="manual")
+            b.start_agent(name, key, tmp_path, approval="manual", approves=False)
         dirs = {name: tmp_path / f"agent-{name}" for name in names}
         recover = asyncio.create_task(
             sdctl(
@@ -242,6 +252,9 @@ async def test_manual_approval_flow_over_grpc(
             assert req["slot"] == slot
             assert "admin" in req["initiator"]
             assert req["domain_id"] == domain_a.domain_id.hex()
+            # where the share goes, shown before approving (issue 13, class 1)
+            assert req["destination_sha256"] == exchange_sha256(b) and "node node-b" in req["destination"]
+            assert "this node's attested exchange key" in req["destination"]
         assert b.node.state != "ACTIVATED", "the node opened the domain before anyone approved"
 
         # dave refuses first, so his refusal is recorded before the quorum is reached
@@ -280,27 +293,27 @@ async def test_manual_approval_flow_over_grpc(
             assert agent_cli("pending", "--state-dir", str(dirs[name])).out == ["no pending requests"]
         again = agent_cli("approve", requests["alice"]["request_id"], "--state-dir", str(dirs["alice"]))
         line = assert_one_line_error(again, "custodian-agent")
-        assert again.code == 2 and "custodian-agent pending" in line
+        assert again.code == 3 and "not open" in line and "custodian-agent pending" in line
 
 
-UNKNOWN_IDS = {
-    "well-formed id nobody asked for": "0123456789abcdef",
-    "not hex": "not-a-request",
-    "path traversal": "../pending/0123456789abcdef",
-    "uppercase hex": "0123456789ABCDEF",
+UNKNOWN_IDS = {  # (the id, the exit code: 3 a request that is not open, 2 not a request id at all)
+    "well-formed id nobody asked for": ("0123456789abcdef", 3),
+    "not hex": ("not-a-request", 2),
+    "path traversal": ("../pending/0123456789abcdef", 2),
+    "uppercase hex": ("0123456789ABCDEF", 2),
 }
 
 
 @pytest.mark.parametrize("verb", ["approve", "deny"])
-@pytest.mark.parametrize("request_id", UNKNOWN_IDS.values(), ids=UNKNOWN_IDS.keys())
-def test_deciding_an_unknown_request_exits_2_with_one_line(
-    agent_cli: AgentCli, tmp_path: Path, verb: str, request_id: str
+@pytest.mark.parametrize(("request_id", "code"), UNKNOWN_IDS.values(), ids=UNKNOWN_IDS.keys())
+def test_deciding_an_unknown_request_exits_with_one_line(
+    agent_cli: AgentCli, tmp_path: Path, verb: str, request_id: str, code: int
 ) -> None:
     box = ApprovalBox(tmp_path)
     box.post("fedcba9876543210", {"request_id": "fedcba9876543210", "reason": "drill"})
     r = agent_cli(verb, request_id, "--state-dir", str(tmp_path))
     line = assert_one_line_error(r, "custodian-agent")
-    assert r.code == 2, line
+    assert r.code == code, line
     assert "custodian-agent pending" in line
     assert not (tmp_path / "decisions").exists() or not any((tmp_path / "decisions").iterdir())
     assert [p["request_id"] for p in box.pending()] == ["fedcba9876543210"]
@@ -320,7 +333,7 @@ def test_a_decision_reaches_the_waiting_agent(tmp_path: Path) -> None:
     decision = asyncio.run(box.wait("00112233aabbccdd", deadline=float("inf"), details_sha256=digest))
     assert (decision.approved, decision.reason) == (False, "not today")
     assert box.pending() == []
-    with pytest.raises(NotFoundError):
+    with pytest.raises(StateError, match="not open"):  # answered: closed (exit 3)
         box.decide("00112233aabbccdd", approved=True)
 
 
@@ -370,3 +383,59 @@ def test_a_decision_on_the_same_details_survives_the_agent_restarting(tmp_path: 
     again = box.post(rid, details)
     decision = asyncio.run(box.wait(rid, deadline=float("inf"), details_sha256=again))
     assert (decision.approved, decision.reason) == (True, "seen")
+
+
+def _run_argv(pki_dir: Path, made_key: KeyPair, tmp_path: Path, **override: str) -> list[str]:
+    flags = {
+        "--node": "127.0.0.1:9",
+        "--ca": str(pki_dir / "ca.pem"),
+        "--tls-cert": str(pki_dir / "custodian-alice.pem"),
+        "--tls-key": str(pki_dir / "custodian-alice.key"),
+        "--attestation-root": str(pki_dir / "attestation-root.pem"),
+        "--wrapping-key": str(made_key.key),
+        "--wrapping-cert": str(made_key.cert),
+        "--state-dir": str(tmp_path / "state"),
+    }
+    flags.update(override)
+    return ["run", *(x for kv in flags.items() for x in kv)]
+
+
+@pytest.mark.parametrize(
+    ("flag", "bad", "said"),
+    [
+        ("--tls-cert", "not-a-cert", "is not a PEM certificate"),
+        ("--ca", "foreign-ca", "is not issued by the CA"),
+        ("--tls-key", "other-key", "does not belong to the certificate"),
+        ("--attestation-root", "not-a-cert", "--attestation-root is not a certificate"),
+        ("--wrapping-key", "missing", "cannot read the wrapping key"),
+        ("--wrapping-cert", "other-wrapping-cert", "does not belong to the certificate"),
+    ],
+)
+def test_run_with_a_bad_local_file_exits_2_with_one_line_before_dialling(
+    made_key: KeyPair,
+    agent_cli: AgentCli,
+    monkeypatch: pytest.MonkeyPatch,
+    pki_dir: Path,
+    foreign_pki_dir: Path,
+    tmp_path: Path,
+    flag: str,
+    bad: str,
+    said: str,
+) -> None:
+    """Before, an agent with a bad --tls-cert or a wrong --ca dialled, failed its handshake, logged
+    "connected" and retried for ever; a wrapping key for another certificate went unnoticed."""
+    monkeypatch.setenv(PASSPHRASE_ENV, PASSPHRASE)
+    junk = tmp_path / "junk.pem"
+    junk.write_text("this is not a certificate\n")
+    value = {
+        "not-a-cert": str(junk),
+        "foreign-ca": str(foreign_pki_dir / "ca.pem"),
+        "other-key": str(pki_dir / "custodian-bob.key"),
+        "missing": str(tmp_path / "no-such.key"),
+        "other-wrapping-cert": str(pki_dir / "attestation-root.pem"),
+    }[bad]
+    r = agent_cli(*_run_argv(pki_dir, made_key, tmp_path, **{flag: value}))
+    line = assert_one_line_error(r, "custodian-agent")
+    assert r.code == 2, line
+    assert said in line, line
+    assert r.out == [], "the agent started serving"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from cli_support import NAMES, Cluster, Result, SdctlRunner, assert_one_line_error, certs_of, running_cluster
+from harness import person_at_prompt
 
 from custodian_agent.keyfile import keygen, load_wrapping_key
 from sdquorum import shamir
@@ -198,26 +199,36 @@ def offline_custodian(tmp_path: Path, now) -> tuple[Path, Path, SoftwareWrapping
 
 
 async def respond_offline(
-    agent_cli: Callable[..., Result], pki_dir: Path, request: Path, key: Path, cert: Path, out: Path
+    agent_cli: Callable[..., Result],
+    pki_dir: Path,
+    request: Path,
+    key: Path,
+    cert: Path,
+    out: Path,
+    *,
+    yes: bool = False,
 ) -> Result:
+    """olga answers offline: with ``yes``, ``--yes`` (drills only); otherwise she reads the
+    request and types 'yes' at the prompt."""
     import os
 
     os.environ["SDQUORUM_PASSPHRASE"] = PASS
     try:
-        return agent_cli(
-            "respond",
-            "--request",
-            str(request),
-            "--out",
-            str(out),
-            "--yes",
-            "--attestation-root",
-            str(pki_dir / "attestation-root.pem"),
-            "--wrapping-key",
-            str(key),
-            "--wrapping-cert",
-            str(cert),
-        )
+        with person_at_prompt("no" if yes else "yes"):  # with --yes the prompt is not read
+            return agent_cli(
+                "respond",
+                "--request",
+                str(request),
+                "--out",
+                str(out),
+                *(["--yes"] if yes else []),
+                "--attestation-root",
+                str(pki_dir / "attestation-root.pem"),
+                "--wrapping-key",
+                str(key),
+                "--wrapping-cert",
+                str(cert),
+            )
     finally:
         del os.environ["SDQUORUM_PASSPHRASE"]
 
@@ -254,6 +265,13 @@ async def test_recovery_completes_with_two_online_agents_and_one_offline_release
         )
         await wait_for(lambda: (requests / "olga-x5.request.json").exists())
         answer = tmp_path / "olga.answer.json"
+        # --yes would release her share with nobody reading the request: refused, nothing written.
+        unattended = await respond_offline(
+            agent_cli, pki_dir, requests / "olga-x5.request.json", key_path, cert_path, answer, yes=True
+        )
+        assert unattended.code == 2 and not answer.exists()
+        line = assert_one_line_error(unattended, "custodian-agent")
+        assert "--yes answers drills only" in line and "type 'yes' at the prompt" in line
         r = await respond_offline(
             agent_cli, pki_dir, requests / "olga-x5.request.json", key_path, cert_path, answer
         )
@@ -294,7 +312,13 @@ async def test_offline_drill_answer_counts_like_an_online_one(
         answer = tmp_path / "olga.answer.json"
         assert (
             await respond_offline(
-                agent_cli, pki_dir, requests / "olga-x3.request.json", key_path, cert_path, answer
+                agent_cli,
+                pki_dir,
+                requests / "olga-x3.request.json",
+                key_path,
+                cert_path,
+                answer,
+                yes=True,
             )
         ).code == 0
         assert (await sdctl("upload-answer", str(answer), node=a.target)).code == 0

@@ -488,3 +488,24 @@ def test_rotation_start_keeps_no_refused_proposal(
             node_attestation.sign,
         )
     assert session.proposal is None
+
+
+def test_a_late_rotation_approval_is_still_verified_and_a_wrong_one_named(rotation: Run) -> None:
+    """3-of-5 approved by 1, 2, 3; dave's approval with a proof for a share he lost and erin's good
+    one come before the deadline. Before issue 13 both were refused unchecked ("completed"); now
+    dave is REJECTED and named, erin stays NOT_NEEDED, and the rotation stays COMPLETED."""
+    _, dave_checked = rotation.checked(4)
+    lost = shamir.Share(4, (rotation.sealed.share(4).y + 1) % shamir.L)
+    dave = make_proof(dave_checked, lost, rotation.keys[3], rng(4)).to_bytes()
+    erin_req, erin_checked = rotation.checked(5)
+    erin = responder.answer(erin_req, erin_checked, rotation.keys[4], rng(5))
+    dave_id, erin_id = rotation.request(4).request_id, rotation.request(5).request_id
+    for x in (1, 2, 3):
+        assert rotation.prove(x)
+    assert rotation.session.state.name == "COMPLETED"
+    bad = rotation.session.submit(dave_id, dave, rotation.t0 + 20)
+    good = rotation.session.submit(erin_id, erin, rotation.t0 + 21)
+    assert bad.late and not bad.accepted and good.late and good.accepted
+    assert rotation.statuses()[4] is REJECTED and "does not verify" in rotation.detail(4)
+    assert rotation.statuses()[5] is CustodianStatus.NOT_NEEDED and "verified" in rotation.detail(5)
+    assert NAMES[4] in rotation.session.message and rotation.session.state.name == "COMPLETED"

@@ -287,22 +287,58 @@ def test_unknown_request_id_is_refused(ceremony: Ceremony) -> None:
         ceremony.session.submit("0" * 16, b"{}", ceremony.t0)
 
 
-def test_submit_after_completed_is_refused(ceremony: Ceremony) -> None:
-    late = ceremony.agents[4]
-    req = late.request(ceremony.session)
-    release = late.answer(ceremony.session)  # made in time, submitted after the quorum was reached
+def test_a_late_release_is_still_verified_and_a_wrong_one_is_named(ceremony: Ceremony) -> None:
+    """3-of-5 completes with 1, 2, 3. Before the deadline dave's honest release and erin's corrupted
+    one arrive: both are opened and VSS-checked though neither can count. Dave stays NOT_NEEDED;
+    erin is REJECTED and named in the status. (Before issue 13 both were refused unchecked as
+    "completed", so erin's lie went unnamed.) At the deadline the exchange key is dropped and a late
+    answer is refused as before."""
+    dave, erin = ceremony.agents[4], ceremony.agents[5]
+    dave_req, erin_req = dave.request(ceremony.session), erin.request(ceremony.session)
+    good = dave.answer(ceremony.session)  # made in time, submitted after the quorum was reached
+    bad_share = shamir.Share(5, (ceremony.sealed.share(5).y + 1) % shamir.L)
+    bad = erin.release(erin_req, share=bad_share).to_bytes()
     for x in (1, 2, 3):
         ceremony.answer(x)
     assert ceremony.session.state is SessionState.COMPLETED
-    assert ceremony.session.requests_for(late.thumbprint) == []
-    with pytest.raises(StateError, match="completed"):
-        ceremony.session.submit(req.request_id, release, ceremony.t0 + 20)
-    with pytest.raises(StateError, match="completed"):
-        ceremony.session.submit(req.request_id, b"{}", ceremony.t0 + 20)
-    with pytest.raises(StateError, match="completed"):
-        ceremony.session.deny(req.request_id, "late", ceremony.t0 + 20)
+    assert ceremony.session.requests_for(dave.thumbprint) == []
+    with pytest.raises(MalformedError):  # nobody's answer: the slot stays as it was
+        ceremony.session.submit(dave_req.request_id, b"{}", ceremony.t0 + 20)
+    outcome = ceremony.session.submit(dave_req.request_id, good, ceremony.t0 + 20)
+    assert outcome.late and outcome.accepted and outcome.completed
+    outcome = ceremony.session.submit(erin_req.request_id, bad, ceremony.t0 + 21)
+    assert outcome.late and not outcome.accepted and "VSS" in outcome.reason
+    status = {c.x: c for c in ceremony.session.status().custodians}
+    assert status[4].status is NOT_NEEDED and "answered late: verified" in status[4].detail
+    assert status[5].status is REJECTED and "VSS" in status[5].detail
+    assert "erin" in ceremony.session.message
+    assert [status[x].status for x in (1, 2, 3)] == [ACCEPTED] * 3
+    assert ceremony.session.state is SessionState.COMPLETED
     assert ceremony.session.result == ceremony.sealed.secrets
+    with pytest.raises(StateError, match="completed"):  # a slot answers once, late or not
+        ceremony.session.submit(dave_req.request_id, good, ceremony.t0 + 22)
+    with pytest.raises(StateError, match="completed"):
+        ceremony.session.deny(dave_req.request_id, "late", ceremony.t0 + 22)
+
+
+def test_the_exchange_key_is_dropped_at_the_deadline_and_late_answers_refused(ceremony: Ceremony) -> None:
+    dave = ceremony.agents[4]
+    req = dave.request(ceremony.session)
+    good = dave.answer(ceremony.session)
+    for x in (1, 2, 3):
+        ceremony.answer(x)
+    assert ceremony.session._exchange_key is not None  # kept for late answers until the deadline
+    assert ceremony.session._shares == {}  # the shares themselves went at completion
+    ceremony.session.tick(ceremony.session.expires_at)
+    assert ceremony.session._exchange_key is None
+    with pytest.raises(StateError, match="completed"):
+        ceremony.session.submit(req.request_id, good, ceremony.session.expires_at)
     assert ceremony.statuses()[4] is NOT_NEEDED
+
+
+def test_a_failed_session_drops_its_exchange_key_at_once(ceremony: Ceremony) -> None:
+    ceremony.session.abort("operator aborted")
+    assert ceremony.session._exchange_key is None
 
 
 def test_submit_after_failed_is_refused(ceremony: Ceremony) -> None:

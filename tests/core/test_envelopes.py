@@ -34,7 +34,7 @@ from sdquorum.envelopes import (
 )
 from sdquorum.errors import MalformedError, VerificationError
 from sdquorum.keys import SoftwareWrappingKey
-from sdquorum.sdfile import HEADER_CONTEXT, SignedHeader
+from sdquorum.sdfile import HEADER_CONTEXT_V2, SignedHeader
 
 if TYPE_CHECKING:
     from conftest import NodeAttestation, Sealed, SealFactory
@@ -142,7 +142,7 @@ def _forged_header(c: Ctx) -> SignedHeader:
         key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     )
     data = canonical_json(header)
-    return SignedHeader(data, key.sign(HEADER_CONTEXT + data))
+    return SignedHeader(data, key.sign(HEADER_CONTEXT_V2 + data))
 
 
 def _forged_request(c: Ctx) -> Req:

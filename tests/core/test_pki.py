@@ -106,6 +106,7 @@ def _custom_cert(
         ("custodian/alice", "custodian", "alice"),
         ("custodian/0.b_c-d", "custodian", "0.b_c-d"),
         ("custodian/" + "a" * 64, "custodian", "a" * 64),
+        ("app/payments", "app", "payments"),  # a named app owns keys of its own (ADR 0009)
     ],
 )
 def test_role_round_trips(text: str, kind: str, name: str | None) -> None:
@@ -136,6 +137,10 @@ def test_role_round_trips(text: str, kind: str, name: str | None) -> None:
         "custodian/alice\n",
         "custodian/a/b",
         "custodian/" + "a" * 65,
+        "app/",
+        "app/Payments",
+        "app/a/b",
+        "node/x",
     ],
 )
 def test_bad_role_strings_are_refused(text: str) -> None:

@@ -1,4 +1,4 @@
-"""The SD file, format v1: round trip, header signature, payload binding, share labels, strict parsing."""
+"""The SD file, format v2 (and v1 still read): round trip, header signature, payload binding, share labels, strict parsing."""
 
 from __future__ import annotations
 
@@ -9,22 +9,27 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from recertify import fresh_certificate
 
 from sdquorum import shamir
 from sdquorum.encoding import b64d, b64e, canonical_json, parse_json_object
-from sdquorum.errors import MalformedError, SdquorumError, VerificationError
+from sdquorum.errors import MalformedError, SdquorumError, UsageError, VerificationError
+from sdquorum.keys import SoftwareWrappingKey
 from sdquorum.sdfile import (
     FORMAT,
+    HEADER_CONTEXT,
+    HEADER_CONTEXT_V2,
     VERSION,
     DomainSecrets,
     SecurityDomainFile,
@@ -266,8 +271,9 @@ def _deterministic_rng(seed: bytes) -> Callable[[int], bytes]:
 
 
 def test_payload_moved_under_another_header_fails(make_sealed: SealFactory) -> None:
-    # Same secrets, same rng: same s, same KEK, same nonce. Only the header (created_by) differs, so only
-    # the AAD = SHA-256(header) stops the payload of file A from opening under header B.
+    # Same secrets, same rng: same s, same KEK, same nonce. Only the header (created_by) differs. Version 2
+    # refuses the move twice: the signed header's payload hash when the file is read, and the AAD (the
+    # header without that hash) when the payload is opened anyway.
     secrets = new_domain_secrets(_deterministic_rng(b"domain"), admins=("admin",))
     a = make_sealed(secrets=secrets, created_by="node-a", rng=_deterministic_rng(b"same"))
     b = make_sealed(secrets=secrets, created_by="node-b", rng=_deterministic_rng(b"same"))
@@ -276,8 +282,10 @@ def test_payload_moved_under_another_header_fails(make_sealed: SealFactory) -> N
     assert open_domain(b.sd, a.secret) == secrets  # the premise: a's secret opens b
 
     moved = SecurityDomainFile(b.sd.signed_header, a.sd.nonce, a.sd.ciphertext)
+    with pytest.raises(VerificationError, match="does not match the hash in its signed header"):
+        SecurityDomainFile.from_bytes(moved.to_bytes())
     with pytest.raises(VerificationError, match="does not decrypt"):
-        open_domain(SecurityDomainFile.from_bytes(moved.to_bytes()), a.secret)
+        open_domain(moved, a.secret)
 
 
 def test_payload_of_another_domain_fails(sealed: Sealed, make_sealed: SealFactory) -> None:
@@ -366,7 +374,7 @@ def test_file_over_the_size_limit_is_refused(sealed: Sealed) -> None:
     "name, edit, match",
     _named(
         [
-            ("unknown version", lambda o: o.update(version=2), "version 2 is not supported"),
+            ("unknown version", lambda o: o.update(version=3), "version 3 is not supported"),
             ("no format marker", lambda o: o.pop("format"), "format marker"),
             ("payload alg other than A256GCM", lambda o: o["payload"].update(alg="A128GCM"), "A256GCM"),
             ("short nonce", lambda o: o["payload"].update(nonce=b64e(bytes(11))), "12 bytes"),
@@ -413,3 +421,170 @@ def test_slot_name_from_a_cn_with_a_trailing_newline_is_not_used(
         new_domain_secrets(os.urandom), certs, 2, epoch=1, created_by="node-a", created_at=0, rng=os.urandom
     )
     assert "\n" not in sd.header.slot(3).name
+
+
+# ------------------------------------------------------------------------------------------- version 2
+
+
+def _resigned(sealed: Sealed, edit: Callable[[dict[str, Any]], None]) -> bytes:
+    """The SD file with its header edited and signed again by the real domain key: only the edit is wrong."""
+    obj = _file_json(sealed.data)
+    header = parse_json_object(b64d(obj["header"]), "header")
+    edit(header)
+    header_bytes = canonical_json(header)
+    obj["header"] = b64e(header_bytes)
+    obj["header_signature"] = b64e(sealed.secrets.sign(HEADER_CONTEXT_V2 + header_bytes))
+    return canonical_json(obj)
+
+
+def test_new_files_are_version_2_and_their_signed_header_binds_the_payload(sealed: Sealed) -> None:
+    header = sealed.sd.header
+    assert (sealed.sd.version, header.version, VERSION) == (2, 2, 2)
+    assert header.payload_sha256 == hashlib.sha256(sealed.sd.nonce + sealed.sd.ciphertext).digest()
+
+
+@pytest.mark.parametrize("part", ["ciphertext", "nonce"])
+def test_a_flipped_payload_byte_is_refused_when_the_file_is_read_without_any_secret(
+    sealed: Sealed, part: str
+) -> None:
+    # Version 1 found this only after m custodians had released their shares (AES-GCM failed then).
+    for position in (0, len(getattr(sealed.sd, part)) // 2, len(getattr(sealed.sd, part)) - 1):
+        obj = _file_json(sealed.data)
+        raw = bytearray(b64d(obj["payload"][part]))
+        raw[position] ^= 0x01
+        obj["payload"][part] = b64e(bytes(raw))
+        with pytest.raises(VerificationError, match="does not match the hash in its signed header"):
+            SecurityDomainFile.from_bytes(canonical_json(obj))
+
+
+@pytest.mark.parametrize(
+    "name, edit, match",
+    _named(
+        [
+            ("top level", lambda o: o.update(comment="x"), "SD file: unknown field 'comment'"),
+            (
+                "payload object",
+                lambda o: o["payload"].update(tag="x"),
+                "SD file payload: unknown field 'tag'",
+            ),
+        ]
+    ),
+)
+def test_unknown_fields_of_the_file_are_refused(
+    sealed: Sealed, name: str, edit: Callable[[dict[str, Any]], None], match: str
+) -> None:
+    obj = _file_json(sealed.data)
+    edit(obj)
+    with pytest.raises(MalformedError, match=match):
+        SecurityDomainFile.from_bytes(canonical_json(obj))
+
+
+@pytest.mark.parametrize(
+    "name, edit, match",
+    _named(
+        [
+            ("header", lambda h: h.update(note="x"), "SD header: unknown field 'note'"),
+            ("slot", lambda h: h["slots"][0].update(note="x"), "SD header slot: unknown field 'note'"),
+            (
+                "version-1 field set with payload hash removed",
+                lambda h: h.pop("payload_sha256"),
+                "payload_sha256",
+            ),
+        ]
+    ),
+)
+def test_unknown_or_missing_header_fields_are_refused_even_under_a_valid_signature(
+    sealed: Sealed, name: str, edit: Callable[[dict[str, Any]], None], match: str
+) -> None:
+    with pytest.raises(MalformedError, match=match):
+        SecurityDomainFile.from_bytes(_resigned(sealed, edit))
+
+
+def test_a_header_whose_version_differs_from_the_files_is_refused(sealed: Sealed) -> None:
+    obj = _file_json(sealed.data)
+    obj["version"] = 1
+    with pytest.raises(MalformedError, match="file says version 1 but its header version 2"):
+        SecurityDomainFile.from_bytes(canonical_json(obj))
+
+
+def test_unknown_fields_in_the_decrypted_payload_are_refused(sealed: Sealed) -> None:
+    obj = parse_json_object(sealed.secrets.to_bytes(), "payload")
+    obj["extra"] = "x"
+    with pytest.raises(MalformedError, match="SD payload: unknown field 'extra'"):
+        DomainSecrets.from_bytes(canonical_json(obj))
+
+
+def test_a_version_1_header_cannot_be_signed_under_the_version_2_context(sealed: Sealed) -> None:
+    # Each version signs under its own context: a v2 signature over v1-shaped bytes does not verify.
+    signed = sealed.sd.signed_header
+    with pytest.raises(VerificationError, match="does not verify"):
+        SignedHeader(signed.header_bytes, sealed.secrets.sign(HEADER_CONTEXT + signed.header_bytes)).verify()
+
+
+# ------------------------------------------------------------------------------------------- version 1 still read
+
+
+def _v1_vector() -> dict[str, Any]:
+    path = Path(__file__).resolve().parent.parent / "vectors" / "sd_v1_file.json"
+    obj: dict[str, Any] = json.loads(path.read_text())
+    return obj
+
+
+def test_a_version_1_file_written_by_the_version_1_writer_still_opens() -> None:
+    vector = _v1_vector()
+    data = vector["file"].encode()
+    sd = SecurityDomainFile.from_bytes(data)
+    assert (sd.version, sd.header.version, sd.header.payload_sha256) == (1, 1, b"")
+    assert sd.to_bytes() == data  # read and written back byte for byte: still version 1
+    header = sd.header
+    shares = []
+    for x, pem in enumerate(vector["private_keys_pem"][: vector["quorum"]], start=1):
+        key = serialization.load_pem_private_key(pem.encode(), password=None)
+        assert isinstance(key, rsa.RSAPrivateKey)
+        raw = key.decrypt(
+            header.slot(x).encrypted_share,
+            padding.OAEP(
+                mgf=padding.MGF1(hashes.SHA256()),
+                algorithm=hashes.SHA256(),
+                label=share_label(header.domain_id, header.epoch, x),
+            ),
+        )
+        shares.append(shamir.Share.from_bytes(x, raw))
+    secrets = open_domain(sd, shamir.combine(shares, header.quorum, header.n))
+    assert secrets.domain_id.hex() == vector["domain_id"]
+    assert secrets.data_encryption_key.hex() == vector["data_encryption_key"]
+    assert secrets.signing_public_key.hex() == vector["signing_public_key"]
+    assert secrets.backup_key.hex() == vector["backup_key"]
+
+
+def test_a_version_1_file_with_an_unknown_field_is_refused() -> None:
+    obj = _file_json(_v1_vector()["file"].encode())
+    obj["payload"]["extra"] = "x"
+    with pytest.raises(MalformedError, match="unknown field 'extra'"):
+        SecurityDomainFile.from_bytes(canonical_json(obj))
+
+
+def test_a_header_with_one_key_in_two_slots_is_refused_even_under_two_certificates(
+    sealed: Sealed, wrapping_keys: list[SoftwareWrappingKey], now: datetime
+) -> None:
+    """Issue 13, class 3: duplicates are keys, not certificate bytes. Slot 2 given a fresh
+    certificate over alice's key (its own thumbprint, consistent) is alice holding two shares."""
+    obj = _file_json(sealed.data)
+    header = parse_json_object(b64d(obj["header"], "header"), "header")
+    again = fresh_certificate(wrapping_keys[0], "bob", now)
+    header["slots"][1]["certificate"] = b64e(again)
+    header["slots"][1]["x5t_256"] = b64e(hashlib.sha256(again).digest())
+    with pytest.raises(MalformedError, match="same wrapping key"):
+        SecurityDomainFile.from_bytes(_with_header(sealed.data, header))
+
+
+def test_sealing_one_key_twice_under_two_certificates_is_refused(
+    wrapping_keys: list[SoftwareWrappingKey], now: datetime
+) -> None:
+    certs = [k.certificate_der() for k in wrapping_keys[:3]] + [
+        fresh_certificate(wrapping_keys[2], "dave", now)
+    ]
+    with pytest.raises(UsageError, match="same key"):
+        seal_domain(
+            new_domain_secrets(os.urandom), certs, 2, epoch=1, created_by="n", created_at=0, rng=os.urandom
+        )

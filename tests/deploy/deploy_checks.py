@@ -620,9 +620,12 @@ def _mount_for(w: Workload, path: PurePosixPath) -> Mount | None:
 
 
 def _health_state_dir(w: Workload, args: argparse.Namespace) -> PurePosixPath | None:
-    """The state dir ``custodian-agent health`` reads: --state-dir, else its --config's agent.state_dir."""
+    """The state dir ``custodian-agent health`` reads: --state-dir, else $SDQUORUM_AGENT_STATE_DIR,
+    else its --config's agent.state_dir (the loaders' precedence)."""
     if args.state_dir is not None:
         return PurePosixPath(args.state_dir)
+    if "SDQUORUM_AGENT_STATE_DIR" in w.env:
+        return PurePosixPath(w.env["SDQUORUM_AGENT_STATE_DIR"])
     if args.config is None:
         return None
     sample, problems = _sample_of(w, str(args.config))
@@ -781,7 +784,9 @@ def port_of(host_port: str) -> int:
 
 
 def k8s_port_problems(docs: Sequence[Mapping[str, Any]], loaded: Sequence[Loaded]) -> list[str]:
-    """Node listen port == containerPort == Service targetPort == NetworkPolicy ports == dialled port."""
+    """Node listen port == containerPort == Service targetPort == NetworkPolicy ports == dialled port;
+    the metrics port (observability.metrics_listen), when set, is a container port too and the only
+    other port a NetworkPolicy may admit to the node."""
     problems: list[str] = []
     nodes = [x for x in loaded if x.program == "hsm-node"]
     if len(nodes) != 1:
@@ -799,6 +804,12 @@ def k8s_port_problems(docs: Sequence[Mapping[str, Any]], loaded: Sequence[Loaded
     named = {p.get("name"): p["containerPort"] for p in pod.get("ports") or []}
     if listen not in named.values():
         problems.append(f"k8s: node listens on {listen} but its container ports are {sorted(named.values())}")
+    metrics = port_of(node.settings.metrics_listen) if node.settings.metrics_listen else None
+    if metrics is not None and metrics not in named.values():
+        problems.append(
+            f"k8s: node serves metrics on {metrics} but its container ports are {sorted(named.values())}"
+        )
+    admitted = {listen} if metrics is None else {listen, metrics}
     services = [
         d
         for d in docs
@@ -827,9 +838,10 @@ def k8s_port_problems(docs: Sequence[Mapping[str, Any]], loaded: Sequence[Loaded
             for rule in d["spec"].get("ingress") or []:
                 for p in rule.get("ports") or []:
                     port = named.get(p["port"], p["port"]) if isinstance(p["port"], str) else p["port"]
-                    if port != listen:
+                    if port not in admitted:
                         problems.append(
-                            f"k8s: NetworkPolicy {name} admits port {port} to the node, which listens on {listen}"
+                            f"k8s: NetworkPolicy {name} admits port {port} to the node, which listens on "
+                            f"{sorted(admitted)}"
                         )
         for rule in d["spec"].get("egress") or []:
             if any(

@@ -161,7 +161,9 @@ async def test_a_node_serves_openssl_certificates_and_refuses_a_certificate_with
 async def test_a_certificate_from_another_ca_is_refused_by_tls(
     byo: Path, node_pki: Path, pki_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The node trusts only its --ca: the harness's admin certificate (another CA) cannot connect."""
+    """The node trusts only its --ca: the harness's admin certificate (another CA) cannot connect.
+    sdctl names the mismatch before it dials (exit 2); a client that skips that check is refused by
+    the node's TLS (exit 5: tests/e2e/test_recovery_grpc.py::test_client_certificate_from_another_ca_is_refused)."""
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     shutil.copy(pki_dir / "admin.pem", foreign / "admin.pem")
@@ -169,4 +171,5 @@ async def test_a_certificate_from_another_ca_is_refused_by_tls(
     shutil.copy(byo / "ca.pem", foreign / "ca.pem")
     async with running_cluster(node_pki, tmp_path / "node-a") as cluster:
         code, _, err = await sdctl(cluster.target, foreign, "admin", capsys)
-        assert code == 5, err
+        assert code == 2, err
+        assert "is not issued by the CA" in err and "foreign/ca.pem" in err, err

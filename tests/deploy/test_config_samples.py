@@ -173,8 +173,8 @@ def test_environment_overrides_the_file_and_a_flag_overrides_the_environment() -
     flagged = load_node(NODE, env, listen="127.0.0.1:9100", session_seconds="30")
     assert (flagged.listen, flagged.session_seconds) == ("127.0.0.1:9100", 30)
 
-    env = {"SDQUORUM_AGENT_APPROVAL": "auto", "SDQUORUM_AGENT_ALLOW_DOMAINS": "aa, bb"}
-    assert load_agent(AGENT, env).approval == "auto"
+    env = {"SDQUORUM_AGENT_APPROVAL": "auto-drills", "SDQUORUM_AGENT_ALLOW_DOMAINS": "aa, bb"}
+    assert load_agent(AGENT, env).approval == "auto-drills"
     assert load_agent(AGENT, env).allow_domain == ["aa", "bb"]
     assert load_agent(AGENT, env, approval="manual", allow_domain=["cc"]).approval == "manual"
     assert load_agent(AGENT, env, allow_domain=["cc"]).allow_domain == ["cc"]
@@ -283,3 +283,16 @@ def test_the_samples_match_the_cli_programs() -> None:
     assert NodeSettings.load(node_args, environ={}).node_id == "node-a"
     agent_args = agent_parser().parse_args(["run", "--config", str(AGENT)])
     assert AgentSettings.load(agent_args, environ={}).approval == "manual"
+
+
+def test_azure_restores_are_opt_in_per_agent(capsys: pytest.CaptureFixture[str]) -> None:
+    """agent.azure_restore: off in the sample and by default; the environment or the flag turns it
+    on; 'run --help' says what it is (issue 13, class 1)."""
+    from custodian_agent.cli import main
+
+    assert load_agent(AGENT).azure_restore is False
+    assert load_agent(AGENT, {"SDQUORUM_AGENT_AZURE_RESTORE": "true"}).azure_restore is True
+    assert load_agent(AGENT, azure_restore=True).azure_restore is True
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert "--azure-restore" in capsys.readouterr().out

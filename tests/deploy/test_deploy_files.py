@@ -10,6 +10,7 @@ pass vacuously.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -28,6 +29,7 @@ from deploy_checks import (
     Stage,
     agent_unit_problems,
     check_command,
+    check_console_command,
     compose_interpolate,
     compose_port_problems,
     compose_workloads,
@@ -309,7 +311,11 @@ def test_k8s_node_is_a_statefulset_with_its_data_on_a_claim() -> None:
     (node,) = [x for x in loaded if x.program == "hsm-node"]
     for use in node.uses:
         if use.writable:
-            m = next(m for m in node.workload.mounts if PurePosixPath(m.target) == use.path)
+            # The mount holding the path: the node's directories are made inside the volume roots.
+            m = max(
+                (m for m in node.workload.mounts if use.path.is_relative_to(PurePosixPath(m.target))),
+                key=lambda m: len(PurePosixPath(m.target).parts),
+            )
             assert m.kind == "pvc", f"{use.setting} is not on a PersistentVolumeClaim"
     assert claims >= {"data", "sealing"}
     assert sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > node.settings.drain_seconds
@@ -630,7 +636,8 @@ LISTEN_7444 = "- name: SDQUORUM_NODE_LISTEN\n              value: 0.0.0.0:7444\n
             "NetworkPolicy sdquorum-node-ingress admits port 8443",
         ),
         ("network-policy.yaml", "port: 7443", "port: 8443", "lets pods reach the node on 8443"),
-        ("node.yaml", "containerPort: 7443", "containerPort: 7444", "container ports are [7444]"),
+        ("node.yaml", "containerPort: 7443", "containerPort: 7444", "container ports are [7444, 9464]"),
+        ("node.yaml", "containerPort: 9464", "containerPort: 9465", "serves metrics on 9464"),
         ("node.yaml", "targetPort: grpc", "targetPort: 8443", "targets port 8443"),
         # the environment overrides the sample's node.listen
         (
@@ -792,3 +799,49 @@ def test_a_wrong_command_in_a_doc_is_found() -> None:
     assert len(problems) == 2
     assert "doc:4: custodian-agent pending has no flag --state" in problems[0]
     assert "doc:5: sdctl has no subcommand 'statuss'" in problems[1]
+
+
+@pytest.mark.parametrize(("target", "prog"), [("node", "sdctl"), ("agent", "custodian-agent")])
+def test_the_node_and_agent_images_have_a_healthcheck_that_is_a_real_command(target: str, prog: str) -> None:
+    """docker/compose run the image's HEALTHCHECK: it must be a real command line of our tools (the
+    node's status over mTLS with its own certificate; the agent's heartbeat)."""
+    checks = [rest for ins, rest in images()[target].instructions if ins == "HEALTHCHECK"]
+    assert len(checks) == 1, checks
+    exec_form = checks[0][checks[0].index("CMD") + 3 :].strip()
+    argv = json.loads(exec_form)
+    assert PurePosixPath(argv[0]).name == prog
+    assert check_console_command([PurePosixPath(argv[0]).name, *argv[1:]], f"{target} HEALTHCHECK") == []
+
+
+APPROVAL_SETTINGS = (  # every way a deploy file can set an agent's approval mode, and its value
+    r'\bapproval\s*=\s*"([^"]*)"',  # TOML, also inside the k8s ConfigMap
+    r'--approval["\s,]+"?([\w${}:-]+)',  # a command line or an exec-form list
+    r"\bAGENT_APPROVAL=(\S+)",  # an environment variable, in a command or a comment
+    r"\$\{AGENT_APPROVAL:-([^}]*)\}",  # compose's default
+)
+
+
+def test_no_deploy_file_sets_an_approval_mode_the_agent_refuses() -> None:
+    """Every approval mode a deploy file, manifest, unit or comment there sets is one the agent
+    accepts: 'auto' (shares released with nobody approving) is refused at start-up and appears
+    nowhere. (On the old files: compose.yaml's comment offered AGENT_APPROVAL=auto.)"""
+    import re
+
+    from custodian_agent.approvals import check_mode
+    from sdquorum.errors import UsageError
+
+    found = []
+    for path in sorted(p for p in DEPLOY.rglob("*") if p.is_file() and p.suffix != ".py"):
+        text = path.read_text(errors="replace")
+        for pattern in APPROVAL_SETTINGS:
+            for value in re.findall(pattern, text):
+                value = compose_interpolate(value) if value.startswith("${") else value.rstrip(".,;)")
+                found.append((path.relative_to(DEPLOY).as_posix(), value))
+    assert ("config/agent.toml", "manual") in found and ("compose/compose.yaml", "manual") in found
+    bad = []
+    for where, value in found:
+        try:
+            check_mode(value)
+        except UsageError as e:
+            bad.append(f"{where}: {e}")
+    assert bad == []

@@ -18,10 +18,18 @@ from pathlib import Path
 import grpc
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from harness import NAMES, Cluster, certs_of, running_cluster, tls
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.x509.oid import NameOID
+from harness import (
+    NAMES,
+    Cluster,
+    UncheckedTlsFiles,
+    admin_cert_valid_between,
+    certs_of,
+    running_cluster,
+    tls,
+)
 
 from sdquorum import envelopes, pki, shamir
 from sdquorum.envelopes import CustodianPolicy, Release, ReleaseStatement
@@ -30,7 +38,6 @@ from sdquorum.keys import SoftwareWrappingKey
 from sdquorum.sdfile import SignedHeader
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc.client import NodeClient
-from sdquorum_rpc.tls import TlsFiles
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
@@ -148,7 +155,20 @@ async def test_attack_custodian_b_claims_custodian_a_slot(
     _, bobs = checked_for(recovering, bob, pki_dir)
     bob_release = envelopes.make_release(bobs, envelopes.decrypt_share(bobs, bob), bob).to_bytes()
     err = await submit(recovering, "bob", alice_rid, bob_release)
-    refused_and_audited(recovering, err, "recovery-answer-refused", "not signed by slot 1")
+    # Issue 13, class 4: bob's connection may answer only requests for keys named bob, so this is
+    # refused before its signature is even looked at (it used to be refused as "not signed by slot 1").
+    refused_and_audited(
+        recovering, err, "recovery-answer-refused", "not addressed to a key named for custodian/bob"
+    )
+    # Relayed by the admin (offline answers), only the signature ties an answer to its slot: still refused.
+    async with recovering.client() as cl:
+        with pytest.raises(grpc.aio.AioRpcError) as relayed:
+            await cl.admin.SubmitOfflineResponse(pb.OfflineResponse(request_id=alice_rid, answer=bob_release))
+    assert relayed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert any(
+        e["event"] == "recovery-answer-refused" and "not signed by slot 1" in str(e["details"])
+        for e in audit_events(recovering)
+    )
     # alice's slot is still open: she answers, and the ceremony goes on.
     for i in (0, 1, 2):
         recovering.start_agent(NAMES[i], wrapping_keys[i], tmp_path)
@@ -223,31 +243,6 @@ async def test_attack_rogue_node_with_a_self_signed_exchange_key(
         assert sum(1 for e in audit_events(r) if e["event"] == "recovery-denied") >= 3
 
 
-def admin_cert_valid_between(pki_dir: Path, start: datetime, end: datetime) -> tuple[bytes, bytes]:
-    """An admin client certificate from the deployment's own CA, valid only from ``start`` to ``end``."""
-    ca_cert = x509.load_pem_x509_certificate((pki_dir / "ca.pem").read_bytes())
-    ca_key = serialization.load_pem_private_key((pki_dir / "ca.key").read_bytes(), None)
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "admin")]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier("sdquorum://role/admin")]), False
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
 @pytest.mark.parametrize(
     ("when", "start", "end"),
     [("expired", -10, -9), ("not yet valid", 9, 10), ("valid (control)", -1, 1)],
@@ -259,7 +254,7 @@ async def test_attack_client_certificate_outside_its_validity(
     (tmp_path / "c.pem").write_bytes(cert)
     (tmp_path / "c.key").write_bytes(key)
     async with NodeClient(
-        cluster.target, TlsFiles(tmp_path / "c.pem", tmp_path / "c.key", pki_dir / "ca.pem")
+        cluster.target, UncheckedTlsFiles(tmp_path / "c.pem", tmp_path / "c.key", pki_dir / "ca.pem")
     ) as c:
         if when.startswith("valid"):
             assert (await c.node.GetStatus(pb.GetStatusRequest(), timeout=5)).node_id == "node-a"

@@ -22,8 +22,10 @@ from sdquorum import backup
 from sdquorum.encoding import b64e, canonical_json
 from sdquorum.errors import MalformedError, VerificationError
 from sdquorum.keys import SoftwareWrappingKey
+from sdquorum.pki import Role
 from sdquorum.sdfile import DomainSecrets
 
+APP, ADMIN = Role("app"), Role("admin")
 KEYS = [
     ("aes-1", KeyType.AES256_GCM),
     ("aes-2", KeyType.AES256_GCM),
@@ -43,7 +45,7 @@ async def node(
     async with running_cluster(pki_dir, tmp_path / "a") as a:
         await a.download(certs_of(wrapping_keys[:3]), quorum=2)
         for name, kind in KEYS:
-            await a.node.create_key(name, kind)
+            await a.node.create_key(name, kind, APP)
         yield a
 
 
@@ -53,22 +55,22 @@ def _domain(c: Cluster) -> DomainSecrets:
 
 
 def _names(c: Cluster) -> list[str]:
-    return [k.name for k in c.node.list_keys()]
+    return [k.name for k in c.node.list_keys(ADMIN)]
 
 
 async def test_restore_brings_back_exactly_the_backed_up_keys_and_they_work(node: Cluster) -> None:
-    signature = node.node.sign("ed", b"message")
-    ciphertext = node.node.encrypt("aes-1", b"plaintext", b"aad")
-    rsa_signature = node.node.sign("rsa", b"message")
+    signature = node.node.sign("ed", b"message", APP)
+    ciphertext = node.node.encrypt("aes-1", b"plaintext", b"aad", APP)
+    rsa_signature = node.node.sign("rsa", b"message", APP)
     data = node.node.backup()
-    node.node.delete_key("aes-2")
-    await node.node.create_key("made-later", KeyType.AES256_GCM)
+    node.node.delete_key("aes-2", ADMIN)
+    await node.node.create_key("made-later", KeyType.AES256_GCM, APP)
     assert node.node.restore(data) == len(KEYS)
     assert _names(node) == sorted(name for name, _ in KEYS)
-    assert node.node.verify("ed", b"message", signature)
-    assert node.node.verify("rsa", b"message", rsa_signature)
-    assert node.node.decrypt("aes-1", ciphertext, b"aad") == b"plaintext"
-    assert node.node.decrypt("aes-2", node.node.encrypt("aes-2", b"x", b""), b"") == b"x"
+    assert node.node.verify("ed", b"message", signature, APP)
+    assert node.node.verify("rsa", b"message", rsa_signature, APP)
+    assert node.node.decrypt("aes-1", ciphertext, b"aad", APP) == b"plaintext"
+    assert node.node.decrypt("aes-2", node.node.encrypt("aes-2", b"x", b"", APP), b"", APP) == b"x"
 
 
 async def test_the_backup_body_holds_no_private_key_in_the_clear(node: Cluster) -> None:
@@ -89,7 +91,7 @@ async def test_a_version_1_backup_restores_and_its_keys_work(node: Cluster) -> N
     v1 = backup_v1(domain, canonical_json(items), 1)
     assert node.node.restore(v1) == 1
     assert _names(node) == ["old-aes"]
-    sealed = node.node.encrypt("old-aes", b"p", b"")
+    sealed = node.node.encrypt("old-aes", b"p", b"", APP)
     assert AESGCM(key).decrypt(sealed[:12], sealed[12:], None) == b"p"
 
 
@@ -169,10 +171,11 @@ async def test_a_damaged_row_stops_the_backup_and_is_named(node: Cluster) -> Non
 
 
 async def test_a_backup_of_an_empty_store_restores_to_an_empty_store(node: Cluster) -> None:
-    for name, _ in KEYS:
-        node.node.delete_key(name)
+    for name, _ in KEYS:  # deleted keys are retained (and backed up) until purged
+        node.node.delete_key(name, ADMIN)
+        node.node.purge_key(name, ADMIN)
     empty = node.node.backup()
-    await node.node.create_key("k", KeyType.ED25519)
+    await node.node.create_key("k", KeyType.ED25519, APP)
     assert node.node.restore(empty) == 0
     assert _names(node) == []
 
@@ -181,8 +184,6 @@ async def test_a_backup_and_a_restore_are_each_audited_with_who_and_how_many(nod
     """A restore rolls the key store back to the backup's day (deleted keys come back): the audit
     log records it, with the backup's origin, and records every backup taken."""
     import json
-
-    from sdquorum.pki import Role
 
     data = node.node.backup(Role("admin"))
     node.node.restore(data, Role("admin"))

@@ -140,3 +140,14 @@ def test_key_files_are_private(demo_run: tuple[Path, str]) -> None:
     work, _ = demo_run
     for p in [*work.glob("custodians/*/wrap.key"), *work.glob("pki/*.key"), *work.rglob("*.sealing-key")]:
         assert p.stat().st_mode & 0o077 == 0, p
+
+
+def test_every_file_the_node_and_its_logs_leave_is_private(demo_run: tuple[Path, str]) -> None:
+    """Issue 13, class 9: the node database (and its -wal/-shm) and the process logs were 0644."""
+    work, _ = demo_run
+    made = [*work.glob("*.log"), *work.rglob("node.db*"), *work.rglob("*.sealing-key")]
+    assert any(p.name == "node.db" for p in made) and any(p.suffix == ".log" for p in made)
+    loose = {
+        str(p.relative_to(work)): f"{p.stat().st_mode & 0o777:04o}" for p in made if p.stat().st_mode & 0o077
+    }
+    assert loose == {}

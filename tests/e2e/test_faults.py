@@ -19,7 +19,16 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from harness import NAMES, ROOT, NodeProcess, agent_config, certs_of, node_run_argv, running_cluster
+from harness import (
+    NAMES,
+    ROOT,
+    Custodians,
+    NodeProcess,
+    agent_config,
+    certs_of,
+    node_run_argv,
+    running_cluster,
+)
 from test_demo import forms
 
 from custodian_agent.agent import Agent
@@ -50,6 +59,7 @@ async def agents(
     pki: Path, target: str, keys: dict[str, SoftwareWrappingKey], tmp: Path
 ) -> AsyncIterator[list[Agent]]:
     running = []
+    persons = Custodians({name: tmp / f"agent-{name}" for name in keys}).start()
     for name, key in keys.items():
         agent = Agent(agent_config(pki, target, name, tmp / f"agent-{name}"), key)
         stop = asyncio.Event()
@@ -57,6 +67,7 @@ async def agents(
     try:
         yield [a for a, _, _ in running]
     finally:
+        persons.stop()
         for _, stop, _ in running:
             stop.set()
         await asyncio.gather(*(t for _, _, t in running), return_exceptions=True)
@@ -166,7 +177,9 @@ async def test_agent_killed_and_restarted_mid_ceremony(
 
     home = tmp_path / "olga"
     home.mkdir()
-    keygen("olga", home / "wrap.key", home / "wrap.pem", b"olga passphrase!", now, bits=2048)  # type: ignore[arg-type]
+    # Her wrapping certificate bears the name of her mTLS identity (custodian/erin): the node serves
+    # an agent only keys named for it (issue 13, class 4).
+    keygen("erin", home / "wrap.key", home / "wrap.pem", b"olga passphrase!", now, bits=2048)  # type: ignore[arg-type]
     olga = load_wrapping_key(home / "wrap.key", home / "wrap.pem", b"olga passphrase!")
     async with running_cluster(pki_dir, tmp_path / "a") as a:
         sd = await a.download(certs_of([*wrapping_keys[:4], olga]), quorum=3)
@@ -200,7 +213,7 @@ async def test_agent_killed_and_restarted_mid_ceremony(
                 ApprovalBox(home / "state").decide(pending.stem, approved=True)
                 last = await b.wait_session(timeout=30)
                 assert last.state == pb.COMPLETED, last.message
-                assert {c.name: c.status for c in last.custodians}["olga"] == pb.ACCEPTED
+                assert {c.name: c.status for c in last.custodians}["erin"] == pb.ACCEPTED
             finally:
                 again.kill()
                 again.wait()
@@ -405,7 +418,7 @@ async def test_a_public_key_swapped_on_disk_does_not_make_verify_accept_its_sign
 
     async with running_cluster(pki_dir, tmp_path / "a") as a:
         await a.download(certs_of(wrapping_keys[:3]), quorum=2)
-        await a.node.create_key("ed", KeyType.ED25519)
+        await a.node.create_key("ed", KeyType.ED25519, Role("app"))
         forger = ed25519.Ed25519PrivateKey.generate()
         spki = forger.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -415,8 +428,10 @@ async def test_a_public_key_swapped_on_disk_does_not_make_verify_accept_its_sign
         db.commit()
         db.close()
         message = b"pay mallory 1000000"
-        assert a.node.verify("ed", message, forger.sign(message)) is False
-        assert a.node.verify("ed", message, a.node.sign("ed", message)) is True  # the real key still works
+        assert a.node.verify("ed", message, forger.sign(message), Role("app")) is False
+        assert (
+            a.node.verify("ed", message, a.node.sign("ed", message, Role("app")), Role("app")) is True
+        )  # the real key still works
 
 
 async def test_a_rotation_may_not_keep_a_key_recorded_lost(

@@ -130,7 +130,7 @@ async def test_agent_heartbeat_reports_connected_and_disconnected(
         # The same agent's config file (every [agent] and [tls] setting 'run' reads) names the state dir.
         config = tmp_path / "agent.toml"
         config.write_text(
-            f'[agent]\nnode = "{a.target}"\nstate_dir = "{state}"\napproval = "auto"\n'
+            f'[agent]\nnode = "{a.target}"\nstate_dir = "{state}"\napproval = "manual"\n'
             f'[tls]\ncert = "{pki_dir}/custodian-alice.pem"\n'
         )
         assert await asyncio.to_thread(agent_main, ["health", "--config", str(config)]) == 0
@@ -140,3 +140,50 @@ async def test_agent_heartbeat_reports_connected_and_disconnected(
         await a.stop_agents()
     assert await asyncio.to_thread(agent_main, ["health", "--state-dir", str(state)]) == 3
     assert await asyncio.to_thread(agent_main, ["health", "--state-dir", str(tmp_path / "nowhere")]) == 3
+
+
+async def test_gauges_and_per_service_health_follow_the_node(
+    pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey]
+) -> None:
+    """Node state, session state and connected agents per custodian are gauges; the data plane's
+    health (sdquorum.v1.Keys) is SERVING only once the node is ACTIVATED."""
+    from prometheus_client import generate_latest
+
+    async def scrape() -> str:
+        await asyncio.sleep(0.7)  # one ticker refresh (0.5 s)
+        return generate_latest(metrics.registry).decode()
+
+    async def health(service: str) -> int:
+        async with grpc.aio.secure_channel(a.target, channel_credentials(tls(pki_dir, "admin"))) as ch:
+            reply = await health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=5
+            )
+            return int(reply.status)
+
+    metrics = NodeMetrics()
+    async with running_cluster(pki_dir, tmp_path / "a") as a:
+        metrics.observe(lambda: a.server.snapshot)
+        text = await scrape()
+        assert 'sdquorum_node_state{state="PROVISIONED"} 1.0' in text
+        assert 'sdquorum_node_state{state="ACTIVATED"} 0.0' in text
+        assert "sdquorum_node_compromised 0.0" in text
+        assert "sdquorum_session_state{" not in text
+        assert await health("sdquorum.v1.Keys") == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert await health("sdquorum.v1.NodeAdmin") == health_pb2.HealthCheckResponse.SERVING
+        await a.download(certs_of(wrapping_keys[:3]), quorum=2)
+        agent = a.start_agent("alice", wrapping_keys[0], tmp_path)
+        async with asyncio.timeout(10):
+            while not agent.connected:
+                await asyncio.sleep(0.05)
+        text = await scrape()
+        assert 'sdquorum_node_state{state="ACTIVATED"} 1.0' in text
+        assert 'sdquorum_agent_connected{custodian="alice"} 1.0' in text
+        assert await health("sdquorum.v1.Keys") == health_pb2.HealthCheckResponse.SERVING
+        async with a.client() as c, c.errors():
+            await c.admin.StartDrill(pb.StartDrillRequest(reason="gauges", ttl_seconds=60))
+        text = await scrape()
+        assert 'sdquorum_session_state{kind="drill",state="collecting"} 1.0' in text
+        assert 'sdquorum_agent_connected{custodian="bob"} 0.0' in text
+        await a.stop_agents()
+        text = await scrape()
+        assert 'sdquorum_agent_connected{custodian="alice"} 0.0' in text

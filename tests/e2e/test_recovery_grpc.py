@@ -8,7 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from harness import NAMES, Cluster, certs_of, node_b_and_sd_file, running_cluster, tls
+from harness import NAMES, Cluster, Custodians, certs_of, node_b_and_sd_file, running_cluster, tls
 
 from sdquorum import envelopes, pki, shamir
 from sdquorum.envelopes import CustodianPolicy
@@ -81,10 +81,13 @@ async def test_client_without_certificate_is_refused(cluster: Cluster) -> None:
 
 
 async def test_client_certificate_from_another_ca_is_refused(cluster: Cluster, foreign_pki_dir: Path) -> None:
-    from sdquorum_rpc.client import NodeClient
-    from sdquorum_rpc.tls import TlsFiles
+    from harness import UncheckedTlsFiles
 
-    files = TlsFiles(foreign_pki_dir / "admin.pem", foreign_pki_dir / "admin.key", cluster.pki / "ca.pem")
+    from sdquorum_rpc.client import NodeClient
+
+    files = UncheckedTlsFiles(
+        foreign_pki_dir / "admin.pem", foreign_pki_dir / "admin.key", cluster.pki / "ca.pem"
+    )
     async with NodeClient(cluster.target, files) as c:
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await c.node.GetStatus(pb.GetStatusRequest(), timeout=5)
@@ -197,7 +200,6 @@ async def test_agent_refuses_a_slot_that_is_not_its_own(
                 tls=tls(pki_dir, "custodian-alice"),
                 policy=CustodianPolicy((pki_dir / "attestation-root.pem").read_bytes()),
                 state_dir=tmp_path / "alice",
-                approval="auto",
             ),
             wrapping_keys[0],
         )
@@ -209,8 +211,9 @@ async def test_agent_refuses_a_slot_that_is_not_its_own(
             sd_header_signature=bobs.header_signature,
             x=bobs.x,
         )
-        async with b.client("custodian-alice") as c:
-            assert await alice.handle(c, req) == "refused"
+        with Custodians({"alice": tmp_path / "alice"}):  # she would approve: the check must refuse
+            async with b.client("custodian-alice") as c:
+                assert await alice.handle(c, req) == "refused"
         assert alice.released == []
 
 

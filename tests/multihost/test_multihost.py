@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from harness import Custodians
 from netns import Net, cleanup_run, probe
 
 pytestmark = pytest.mark.slow
@@ -146,6 +147,7 @@ class Site:
         self.net, self.pki, self.work = net, pki, work
         work.mkdir(parents=True, exist_ok=True)
         self.logs: list[Path] = []
+        self.persons = Custodians()  # each custodian approving what their agent asks
 
     def log(self, name: str) -> Path:
         path = self.work / f"{name}.log"
@@ -189,7 +191,8 @@ class Site:
         return self.log(node_id)
 
     def start_agents(self, node_ip: str) -> dict[str, str]:
-        """One ``custodian-agent run --approval auto`` per custodian, each on its own host."""
+        """One ``custodian-agent run --approval manual`` per custodian, each on its own host, and its
+        person approving each request it posts (:class:`harness.Custodians`, through its state dir)."""
         p = self.pki.dir
         addresses = {}
         for name in CUSTODIANS:
@@ -205,7 +208,7 @@ class Site:
                     "run",
                     *opts(
                         node=f"{node_ip}:{PORT}",
-                        approval="auto",
+                        approval="manual",
                         tls_cert=p / f"custodian-{name}.pem",
                         tls_key=p / f"custodian-{name}.key",
                         ca=p / "ca.pem",
@@ -218,6 +221,8 @@ class Site:
                 env={"SDQUORUM_PASSPHRASE": passphrase(name)},
                 log=self.log(host),
             )
+            self.persons.add(name, self.work / f"state-{name}")
+        self.persons.start()
         return addresses
 
     def wait_connected(self, node_log: Path, names: list[str], timeout: float = 30) -> None:
@@ -310,7 +315,11 @@ def domain(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Domai
 @pytest.fixture
 def site(pki: Pki, tmp_path: Path) -> Iterator[Site]:
     with Net() as net:
-        yield Site(net, pki, tmp_path)
+        s = Site(net, pki, tmp_path)
+        try:
+            yield s
+        finally:
+            s.persons.stop()
 
 
 def statuses(final: dict[str, object]) -> dict[str, str]:

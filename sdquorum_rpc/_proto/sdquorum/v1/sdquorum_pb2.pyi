@@ -47,6 +47,7 @@ class RequestKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DRILL: _ClassVar[RequestKind]
     ROTATION: _ClassVar[RequestKind]
     AZURE_RECOVERY: _ClassVar[RequestKind]
+    DOMAIN_NOTICE: _ClassVar[RequestKind]
 NODE_STATE_UNSPECIFIED: NodeState
 PROVISIONED: NodeState
 RECOVERY_PENDING: NodeState
@@ -73,6 +74,7 @@ RECOVERY: RequestKind
 DRILL: RequestKind
 ROTATION: RequestKind
 AZURE_RECOVERY: RequestKind
+DOMAIN_NOTICE: RequestKind
 
 class GetStatusRequest(_message.Message):
     __slots__ = ()
@@ -319,24 +321,32 @@ class RestoreResponse(_message.Message):
     def __init__(self, keys_restored: _Optional[int] = ...) -> None: ...
 
 class KeyInfo(_message.Message):
-    __slots__ = ("name", "type", "public_key_der", "created_at_unix")
+    __slots__ = ("name", "type", "public_key_der", "created_at_unix", "owner", "deleted_at_unix", "purge_at_unix")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_DER_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_UNIX_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    DELETED_AT_UNIX_FIELD_NUMBER: _ClassVar[int]
+    PURGE_AT_UNIX_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: KeyType
     public_key_der: bytes
     created_at_unix: int
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[KeyType, str]] = ..., public_key_der: _Optional[bytes] = ..., created_at_unix: _Optional[int] = ...) -> None: ...
+    owner: str
+    deleted_at_unix: int
+    purge_at_unix: int
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[KeyType, str]] = ..., public_key_der: _Optional[bytes] = ..., created_at_unix: _Optional[int] = ..., owner: _Optional[str] = ..., deleted_at_unix: _Optional[int] = ..., purge_at_unix: _Optional[int] = ...) -> None: ...
 
 class CreateKeyRequest(_message.Message):
-    __slots__ = ("name", "type")
+    __slots__ = ("name", "type", "owner")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: KeyType
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[KeyType, str]] = ...) -> None: ...
+    owner: str
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[KeyType, str]] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class ListKeysRequest(_message.Message):
     __slots__ = ()
@@ -355,6 +365,24 @@ class DeleteKeyRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class DeleteKeyResponse(_message.Message):
+    __slots__ = ("purge_at_unix",)
+    PURGE_AT_UNIX_FIELD_NUMBER: _ClassVar[int]
+    purge_at_unix: int
+    def __init__(self, purge_at_unix: _Optional[int] = ...) -> None: ...
+
+class RecoverKeyRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class PurgeKeyRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class PurgeKeyResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
@@ -463,12 +491,14 @@ class SignBatchResponse(_message.Message):
     def __init__(self, signatures: _Optional[bytes] = ..., signature_lengths: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class AgentHello(_message.Message):
-    __slots__ = ("wrapping_cert_sha256", "agent_version")
+    __slots__ = ("wrapping_cert_sha256", "agent_version", "wrapping_certificate")
     WRAPPING_CERT_SHA256_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    WRAPPING_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     wrapping_cert_sha256: bytes
     agent_version: str
-    def __init__(self, wrapping_cert_sha256: _Optional[bytes] = ..., agent_version: _Optional[str] = ...) -> None: ...
+    wrapping_certificate: bytes
+    def __init__(self, wrapping_cert_sha256: _Optional[bytes] = ..., agent_version: _Optional[str] = ..., wrapping_certificate: _Optional[bytes] = ...) -> None: ...
 
 class CustodianRequest(_message.Message):
     __slots__ = ("request_id", "session_id", "kind", "attestation", "sd_header", "sd_header_signature", "x", "proposal")

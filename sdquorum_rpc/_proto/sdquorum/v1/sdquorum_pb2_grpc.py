@@ -884,6 +884,21 @@ class KeysStub:
                 request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.DeleteKeyRequest.SerializeToString,
                 response_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.DeleteKeyResponse.FromString,
                 _registered_method=True)
+        self.ListDeletedKeys = channel.unary_unary(
+                '/sdquorum.v1.Keys/ListDeletedKeys',
+                request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.ListKeysRequest.SerializeToString,
+                response_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.ListKeysResponse.FromString,
+                _registered_method=True)
+        self.RecoverKey = channel.unary_unary(
+                '/sdquorum.v1.Keys/RecoverKey',
+                request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.RecoverKeyRequest.SerializeToString,
+                response_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.KeyInfo.FromString,
+                _registered_method=True)
+        self.PurgeKey = channel.unary_unary(
+                '/sdquorum.v1.Keys/PurgeKey',
+                request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.PurgeKeyRequest.SerializeToString,
+                response_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.PurgeKeyResponse.FromString,
+                _registered_method=True)
         self.Encrypt = channel.unary_unary(
                 '/sdquorum.v1.Keys/Encrypt',
                 request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.EncryptRequest.SerializeToString,
@@ -932,7 +947,29 @@ class KeysServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteKey(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """soft: see above
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeletedKeys(self, request, context):
+        """admin only
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecoverKey(self, request, context):
+        """the owner or an admin
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PurgeKey(self, request, context):
+        """admin only
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -990,6 +1027,21 @@ def add_KeysServicer_to_server(servicer, server):
                     servicer.DeleteKey,
                     request_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.DeleteKeyRequest.FromString,
                     response_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.DeleteKeyResponse.SerializeToString,
+            ),
+            'ListDeletedKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeletedKeys,
+                    request_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.ListKeysRequest.FromString,
+                    response_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.ListKeysResponse.SerializeToString,
+            ),
+            'RecoverKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecoverKey,
+                    request_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.RecoverKeyRequest.FromString,
+                    response_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.KeyInfo.SerializeToString,
+            ),
+            'PurgeKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeKey,
+                    request_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.PurgeKeyRequest.FromString,
+                    response_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.PurgeKeyResponse.SerializeToString,
             ),
             'Encrypt': grpc.unary_unary_rpc_method_handler(
                     servicer.Encrypt,
@@ -1103,6 +1155,87 @@ class Keys:
             '/sdquorum.v1.Keys/DeleteKey',
             sdquorum_dot_v1_dot_sdquorum__pb2.DeleteKeyRequest.SerializeToString,
             sdquorum_dot_v1_dot_sdquorum__pb2.DeleteKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeletedKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdquorum.v1.Keys/ListDeletedKeys',
+            sdquorum_dot_v1_dot_sdquorum__pb2.ListKeysRequest.SerializeToString,
+            sdquorum_dot_v1_dot_sdquorum__pb2.ListKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecoverKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdquorum.v1.Keys/RecoverKey',
+            sdquorum_dot_v1_dot_sdquorum__pb2.RecoverKeyRequest.SerializeToString,
+            sdquorum_dot_v1_dot_sdquorum__pb2.KeyInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdquorum.v1.Keys/PurgeKey',
+            sdquorum_dot_v1_dot_sdquorum__pb2.PurgeKeyRequest.SerializeToString,
+            sdquorum_dot_v1_dot_sdquorum__pb2.PurgeKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,
