@@ -7,20 +7,22 @@ Honest agents release after :func:`sdquorum.azure.ceremony.check_azure_request`;
 4's example), a share with wrong values, and a release signed by an outsider's key.
 
 Azure files carry no commitments, so a share is accepted on arrival and proved right only when m of
-them open the file; a share found wrong then moves from ACCEPTED to REJECTED (named). The invariants
-are therefore the shared ones, except that an ACCEPTED slot may still move to REJECTED while its
-answer was not its custodian's true share; in addition: an honest custodian's slot is never REJECTED,
+them open the file; a share found wrong then moves from ACCEPTED to REJECTED (named), and a late
+answer is still verified after completion (NOT_NEEDED to REJECTED when wrong). The invariants are
+therefore the shared ones, except that a settled slot may still move to REJECTED when it is the
+adversary's; in addition: an honest custodian's slot is never REJECTED,
 and a COMPLETED session's transfer file opens with the exchange key to exactly the file's items,
 with every slot still ACCEPTED then holding its custodian's true share.
 
-On main before issue 13's class 4 fix this test FAILS, as it should: the adversary's share carrying
-an honest custodian's x arrives first, and that custodian's own answer is then rejected as
-"repeats x" (rule ``adversary_front_runs_an_honest_custodian``). It passes once a share's x is fixed
-by its slot in the file (checked against a minimal such fix while writing it).
+On main before issue 13's class 4 fix (62fff88) this test FAILS, as it should: the adversary's
+share carrying an honest custodian's x arrives first, and that custodian's own answer is then
+rejected as "repeats x" (rule ``adversary_front_runs_an_honest_custodian``). It passes with the fix
+merged (c4-identity): a share's x is fixed by its slot, and a late answer is still verified.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from datetime import datetime
@@ -71,8 +73,9 @@ class AzureRestoreUnderAttack(CeremonyUnderAttack):
     def honest_answer(self, run: Run, x: int) -> bytes:
         agent = self.world.agents[x - 1]
         (request,) = run.session.requests_for(agent.thumbprint)
+        policy = dataclasses.replace(agent.policy, azure_restore=True)  # this custodian opted in
         checked = check_azure_request(
-            run.attestation, request.header_bytes, request.x, agent.thumbprint, agent.policy, self.world.now
+            run.attestation, request.header_bytes, request.x, agent.thumbprint, policy, self.world.now
         )
         return release_azure_share(checked, agent.key).to_bytes()
 
@@ -145,16 +148,18 @@ class AzureRestoreUnderAttack(CeremonyUnderAttack):
 
     @invariant()
     def settled_slots_and_finished_sessions_never_change(self) -> None:
+        """Relaxed as the module docstring says: only the adversary's slot moves, only to REJECTED."""
         for index, run in enumerate(self.runs):
             for progress in run.session.status().custodians:
                 key = (index, progress.x)
                 before = self.settled.get(key)
                 if before is not None and progress.status is not before:
-                    item = self.accepted_by.get(key)
-                    assert (
-                        before is CustodianStatus.ACCEPTED and progress.status is CustodianStatus.REJECTED
-                    ), f"slot {key} moved from {before} to {progress.status}"
-                    assert item is not None and not item.genuine, f"honest slot {key} rejected late"
+                    # only a liar's slot moves, and only to REJECTED: found wrong once the file opened
+                    # (ACCEPTED) or when its late answer is still verified after that (NOT_NEEDED)
+                    assert progress.status is CustodianStatus.REJECTED, (
+                        f"slot {key} moved from {before} to {progress.status}"
+                    )
+                    assert progress.x in self.adversary, f"honest slot {key} rejected late: {progress.detail}"
                 if progress.status is not CustodianStatus.REQUESTED and progress.status is not (
                     CustodianStatus.NOT_CONNECTED
                 ):
