@@ -12,7 +12,7 @@ settled or the deadline passes; a drill never fails as a session, its report is 
 from __future__ import annotations
 
 from coordinator.ceremony import AttestationSigner, Ceremony, CustodianRequest, CustodianStatus
-from sdquorum.envelopes import Attestation, Proof, verify_proof
+from sdquorum.envelopes import Attestation, CeremonyKind, Proof, verify_proof
 from sdquorum.errors import StateError
 from sdquorum.sdfile import SignedHeader
 
@@ -27,7 +27,7 @@ DRILL_OUTCOMES = {
 
 
 class DrillSession(Ceremony):
-    kind = "drill"
+    kind = CeremonyKind.DRILL
 
     def start(self, signed: SignedHeader, now: int, sign: AttestationSigner) -> Attestation:
         return self._open(signed, now, sign)

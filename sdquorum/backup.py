@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sdquorum import shamir
 from sdquorum.encoding import b64d, canonical_json, parse_json, parse_json_object
 from sdquorum.errors import MalformedError, VerificationError
+from sdquorum.fields import is_int
 from sdquorum.sdfile import DomainSecrets
 
 __all__ = [
@@ -243,7 +244,7 @@ def _keys_v1(body: bytes) -> Sequence[BackupKey]:
         raise MalformedError("backup body must be a list")
     keys = []
     for it in items:
-        if not isinstance(it, dict) or not isinstance(it.get("name"), str) or type(it.get("type")) is not int:
+        if not isinstance(it, dict) or not isinstance(it.get("name"), str) or not is_int(it.get("type")):
             raise MalformedError("backup entry is malformed")
         created = it.get("created_at")
         keys.append(
