@@ -42,8 +42,7 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import nacl.exceptions
 import nacl.public
@@ -52,7 +51,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sdquorum import fields as f
 from sdquorum import pki, shamir
-from sdquorum.encoding import b64d, b64e, canonical_json, parse_json_object
+from sdquorum.encoding import Word, b64d, b64e, canonical_json, parse_json_object
 from sdquorum.errors import MalformedError, UnauthenticatedError, VerificationError
 from sdquorum.keys import WrappingKey, verify_pss
 from sdquorum.sdfile import Header, SignedHeader, share_label
@@ -97,7 +96,7 @@ MAX_ENVELOPE_BYTES = 64 * 1024
 CLOCK_SKEW_SECONDS = 120
 
 
-class CeremonyKind(StrEnum):
+class CeremonyKind(Word):
     """What a ceremony is, and so what the request an agent receives asks of it.
 
     The value is the word on the wire and in every JSON form (attestation ``purpose``, request and
@@ -407,12 +406,7 @@ class ReleaseStatement:
         if obj.get("type") != RELEASE_TYPE:
             raise MalformedError("release statement: unknown type")
         return cls(
-            session_id=f.string(obj.get("session_id"), "session_id", max_len=1024),
-            domain_id=f.hex_bytes(obj.get("domain_id"), "domain_id", 16),
-            epoch=f.non_negative(obj.get("epoch"), "epoch"),
-            x=f.non_negative(obj.get("x"), "x"),
-            thumbprint=f.b64_bytes(obj.get("x5t_256"), "x5t_256", 32),
-            attestation_sha256=f.b64_bytes(obj.get("attestation_sha256"), "attestation_sha256", 32),
+            **_answer_fields(obj),
             sealed_share=f.b64_bytes(obj.get("sealed_share"), "sealed_share", None),
         )
 
@@ -604,12 +598,7 @@ class ProofStatement:
             raise MalformedError("proof statement: unknown type")
         return cls(
             purpose=f.string(obj.get("purpose"), "purpose", max_len=1024),
-            session_id=f.string(obj.get("session_id"), "session_id", max_len=1024),
-            domain_id=f.hex_bytes(obj.get("domain_id"), "domain_id", 16),
-            epoch=f.non_negative(obj.get("epoch"), "epoch"),
-            x=f.non_negative(obj.get("x"), "x"),
-            thumbprint=f.b64_bytes(obj.get("x5t_256"), "x5t_256", 32),
-            attestation_sha256=f.b64_bytes(obj.get("attestation_sha256"), "attestation_sha256", 32),
+            **_answer_fields(obj),
             proposal_sha256=f.b64_bytes(obj.get("proposal_sha256"), "proposal_sha256", None),
             proof=f.b64_bytes(obj.get("proof"), "proof", 64),
         )
@@ -796,6 +785,18 @@ def _check_binding(
         raise VerificationError(f"the {what} is for another domain or epoch")
     if not hmac.compare_digest(st.thumbprint, slot.thumbprint):
         raise VerificationError(f"the {what} names another wrapping certificate than the slot's")
+
+
+def _answer_fields(obj: dict[str, Any]) -> dict[str, Any]:
+    """The members a release and a proof statement share: which session, domain, epoch, slot and key."""
+    return {
+        "session_id": f.string(obj.get("session_id"), "session_id", max_len=1024),
+        "domain_id": f.hex_bytes(obj.get("domain_id"), "domain_id", 16),
+        "epoch": f.non_negative(obj.get("epoch"), "epoch"),
+        "x": f.non_negative(obj.get("x"), "x"),
+        "thumbprint": f.b64_bytes(obj.get("x5t_256"), "x5t_256", 32),
+        "attestation_sha256": f.b64_bytes(obj.get("attestation_sha256"), "attestation_sha256", 32),
+    }
 
 
 def _limit(data: bytes, what: str) -> None:

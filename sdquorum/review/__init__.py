@@ -9,49 +9,13 @@ reads a disk or a clock or imports grpc.
 * :mod:`~sdquorum.review.rules`: :func:`build_review` and every rule, each naming the passage of
   ``seed/managed-hsm-security-domain.txt`` it comes from.
 * :mod:`~sdquorum.review.renderers`: JSON, Markdown and HTML, every value escaped.
+
+The public surface is the union of the three modules' ``__all__``.
 """
 
-from sdquorum.review.model import (
-    DRILL_OUTCOMES,
-    LOSS_KINDS,
-    MAX_TEXT,
-    RECORD_KINDS,
-    SEVERITIES,
-    STATUSES,
-    CustodianReview,
-    CustodianStatus,
-    CustodyRecord,
-    DrillOutcome,
-    DrillResult,
-    Finding,
-    RecordKind,
-    RetiredEpoch,
-    Review,
-    Severity,
-)
-from sdquorum.review.renderers import REVIEW_TYPE, render_html, render_markdown, review_to_json
-from sdquorum.review.rules import build_review
+from sdquorum.review import model, renderers, rules
+from sdquorum.review.model import *  # noqa: F403  # model.__all__ is the public part
+from sdquorum.review.renderers import *  # noqa: F403  # renderers.__all__ is the public part
+from sdquorum.review.rules import *  # noqa: F403  # rules.__all__ is the public part
 
-__all__ = [
-    "DRILL_OUTCOMES",
-    "LOSS_KINDS",
-    "MAX_TEXT",
-    "RECORD_KINDS",
-    "REVIEW_TYPE",
-    "SEVERITIES",
-    "STATUSES",
-    "CustodianReview",
-    "CustodianStatus",
-    "CustodyRecord",
-    "DrillOutcome",
-    "DrillResult",
-    "Finding",
-    "RecordKind",
-    "RetiredEpoch",
-    "Review",
-    "Severity",
-    "build_review",
-    "render_html",
-    "render_markdown",
-    "review_to_json",
-]
+__all__ = [*model.__all__, *renderers.__all__, *rules.__all__]

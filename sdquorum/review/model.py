@@ -20,6 +20,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from sdquorum import fields as f
+from sdquorum.encoding import Word
 from sdquorum.errors import MalformedError, UsageError
 
 __all__ = [
@@ -44,7 +45,7 @@ __all__ = [
 MAX_TEXT = 500
 
 
-class RecordKind(StrEnum):
+class RecordKind(Word):
     """What a custody record says happened."""
 
     HANDOFF = "handoff"
@@ -54,7 +55,7 @@ class RecordKind(StrEnum):
     REVIEW = "review"
 
 
-class DrillOutcome(StrEnum):
+class DrillOutcome(Word):
     """How one custodian's possession drill ended."""
 
     PROVED = "proved"
@@ -63,7 +64,7 @@ class DrillOutcome(StrEnum):
     DENIED = "denied"
 
 
-class Severity(StrEnum):
+class Severity(Word):
     """How urgent a finding is; findings sort in this order."""
 
     CRITICAL = "critical"
@@ -71,7 +72,7 @@ class Severity(StrEnum):
     INFO = "info"
 
 
-class CustodianStatus(StrEnum):
+class CustodianStatus(Word):
     """Whether a custodian's key is still usable."""
 
     OK = "ok"

@@ -25,6 +25,7 @@ def test_the_words_on_the_wire_are_unchanged() -> None:
     ]
     assert canonical_json({"kind": CeremonyKind.AZURE_RECOVERY}) == b'{"kind":"azure-recovery"}'
     assert json.dumps(CeremonyKind.DRILL) == '"drill"'
+    assert f"a {CeremonyKind.ROTATION!r} request" == "a 'rotation' request"  # messages name the word
 
 
 def test_every_ceremony_names_its_kind_by_the_enum() -> None:
@@ -42,15 +43,6 @@ def test_the_wire_table_maps_every_purpose_both_ways() -> None:
 
 
 def test_a_request_read_from_its_words_holds_the_member() -> None:
-    req = CeremonyRequest(
-        request_id="0123456789abcdef",
-        session_id="s",
-        kind="drill",
-        x=1,
-        custodian="",
-        attestation=b"",
-        header=b"",
-        header_signature=b"",
-    )
+    req = CeremonyRequest("0123456789abcdef", "s", "drill", 1, "", b"", b"", b"")
     assert req.kind is CeremonyKind.DRILL
     assert CeremonyRequest.from_bytes(req.to_bytes()).kind is CeremonyKind.DRILL
