@@ -73,12 +73,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import rsa
-
-from sdquorum.errors import MalformedError
 from sdquorum.pki import spki_sha256
 from sdquorum.review import _words as w
+from sdquorum.review._roster import custodian_review
 from sdquorum.review.model import (
     LOSS_KINDS,
     SEVERITIES,
@@ -93,7 +90,7 @@ from sdquorum.review.model import (
     Review,
     Severity,
 )
-from sdquorum.sdfile import Header, Slot
+from sdquorum.sdfile import Header
 
 __all__ = ["RUNBOOK", "build_review"]
 
@@ -119,7 +116,7 @@ def build_review(
     """Apply every rule of the module docstring to one epoch's roster and custody history."""
     ordered = sorted(records, key=lambda r: r.time)  # stable: equal times keep their recorded order
     slots = sorted(header.slots, key=lambda s: s.x)
-    custodians = tuple(_custodian(slot, ordered, drills, header.created_at) for slot in slots)
+    custodians = tuple(custodian_review(slot, ordered, drills, header.created_at) for slot in slots)
     labels = _labels(custodians)
     reviews = [r.time for r in ordered if r.kind == RecordKind.REVIEW]
     last_review = reviews[-1] if reviews else None
@@ -166,52 +163,6 @@ def build_review(
         retired=tuple(sorted(retired, key=lambda r: r.epoch)),
         findings=tuple(findings),
     )
-
-
-def _custodian(
-    slot: Slot, ordered: Sequence[CustodyRecord], drills: Sequence[DrillResult], sealed_at: int
-) -> CustodianReview:
-    history = tuple(r for r in ordered if r.custodian == slot.name)
-    holder, location = slot.name, ""
-    for r in history:
-        if r.kind == RecordKind.HANDOFF:
-            holder = r.holder
-        if r.location:
-            location = r.location
-    mine = [d for d in drills if d.x == slot.x and d.custodian == slot.name and d.time >= sealed_at]
-    last_drill = max(reversed(mine), key=lambda d: d.time, default=None)  # the later-given one wins a tie
-    losses = {r.kind for r in history if r.kind in LOSS_KINDS and r.time >= sealed_at}
-    key = spki_sha256(slot.certificate_der)
-    losses |= {r.kind for r in ordered if r.kind in LOSS_KINDS and r.key_sha256 and r.key_sha256 == key}
-    status = (
-        CustodianStatus.COMPROMISED
-        if RecordKind.COMPROMISED in losses
-        else CustodianStatus.LOST
-        if RecordKind.LOST in losses
-        else CustodianStatus.OK
-    )
-    key_bits, not_after = _certificate_facts(slot)
-    return CustodianReview(
-        x=slot.x,
-        name=slot.name,
-        holder=holder,
-        location=location,
-        key_bits=key_bits,
-        cert_not_after=not_after,
-        last_drill=last_drill,
-        history=history,
-        status=status,
-    )
-
-
-def _certificate_facts(slot: Slot) -> tuple[int, int]:
-    try:
-        cert = x509.load_der_x509_certificate(slot.certificate_der)
-        key = cert.public_key()
-    except ValueError as e:
-        raise MalformedError(f"slot {slot.x} ({slot.name}) holds a certificate that does not parse") from e
-    bits = key.key_size if isinstance(key, rsa.RSAPublicKey) else 0
-    return bits, int(cert.not_valid_after_utc.timestamp())
 
 
 def _labels(custodians: Sequence[CustodianReview]) -> dict[int, str]:
