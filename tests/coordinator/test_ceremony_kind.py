@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 
-from coordinator import AzureRestoreSession, DrillSession, RecoverySession, RotationSession
+from coordinator import DRILL_OUTCOMES, AzureRestoreSession, DrillSession, RecoverySession, RotationSession
 from sdquorum.encoding import canonical_json
 from sdquorum.envelopes import PURPOSES, CeremonyKind
 from sdquorum.offline import CeremonyRequest
+from sdquorum.review import DrillOutcome
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc.convert import KIND_FROM_PROTO, KIND_TO_PROTO
 
@@ -46,3 +47,8 @@ def test_a_request_read_from_its_words_holds_the_member() -> None:
     req = CeremonyRequest("0123456789abcdef", "s", "drill", 1, "", b"", b"", b"")
     assert req.kind is CeremonyKind.DRILL
     assert CeremonyRequest.from_bytes(req.to_bytes()).kind is CeremonyKind.DRILL
+
+
+def test_a_drill_records_its_outcomes_as_the_reviews_words() -> None:
+    assert all(isinstance(o, DrillOutcome) for o in DRILL_OUTCOMES.values())
+    assert set(DRILL_OUTCOMES.values()) == set(DrillOutcome)
