@@ -5,6 +5,7 @@ node sends the request again finds the approval."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 
@@ -20,10 +21,8 @@ async def test_a_cancelled_wait_keeps_the_decision_and_the_next_wait_finds_it(tm
     await asyncio.sleep(0.05)
     box.decide(RID, approved=True)  # the person approves ...
     wait.cancel()  # ... as the connection drops, before the wait looked again
-    try:
+    with contextlib.suppress(asyncio.CancelledError):
         await wait
-    except asyncio.CancelledError:
-        pass
     assert [p["details_sha256"] for p in box.pending()] == [digest]  # before: both files deleted
     again = box.post(RID, {"kind": "recovery", "reason": "dc lost"})  # the node sends it again
     decision = await asyncio.wait_for(box.wait(RID, time.time() + 60, again), 5)
