@@ -485,7 +485,7 @@ def render_pending(items: list[dict[str, Any]], output: str, now: float, command
 def _check_local_files(tls: TlsFiles, policy: CustodianPolicy, state_dir: Path) -> None:
     """Every local file, checked once at start-up: a bad setting is one line and exit 2, not an
     agent that dials, fails its handshake and retries for ever."""
-    tls.read()  # PEM files, key matches certificate, validity, issued by the CA given
+    tls.check()  # PEM files, key matches certificate, validity, issued by the CA given
     try:
         pki.load_cert(policy.attestation_root_pem)
     except SdquorumError as e:

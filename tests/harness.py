@@ -76,8 +76,8 @@ class UncheckedTlsFiles(TlsFiles):
     """An attacker's client: its files go to grpc as they are, without the local checks our clients
     make before dialling (validity, issuer), so a test shows what the *server* refuses."""
 
-    def read(self) -> tuple[bytes, bytes, bytes]:
-        return self.cert.read_bytes(), self.key.read_bytes(), self.ca.read_bytes()
+    def check(self) -> tuple[bytes, bytes, bytes]:
+        return self.read()
 
 
 def tls(pki: Path, stem: str) -> TlsFiles:
