@@ -60,7 +60,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from bench._common import ROOT, BenchContext, Row, harness, median, run_async
 from hsm_node.keyops import KeyType
 from hsm_node.node import Node, NodeConfig
-from hsm_node.store import NodeStore
+from hsm_node.store import SqliteNodeStore
 from sdquorum.pki import Role
 from sdquorum_rpc import packed
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
@@ -120,7 +120,7 @@ async def node_inprocess_rates(ctx: BenchContext, seconds: float) -> dict[str, f
     h = harness()
     data_dir = ctx.tmp / "dataplane" / "inproc"
     att_key, att_der = h.load_attestation(ctx.pki_dir, "node-a")
-    store = NodeStore(data_dir, os.urandom(32), "node-a")
+    store = SqliteNodeStore(data_dir, os.urandom(32), "node-a")
     try:
         node = Node(NodeConfig("node-a", "127.0.0.1:0", data_dir, att_key, att_der), store)
         await node.download(ctx.certs(5), 3, Role("admin", None))

@@ -2,7 +2,7 @@
 
 Set-up: an in-process node-a (no server) activated 3-of-5, then the key store is bulk-loaded by
 this module (bench-only): rows written straight into the node's SQLite database with the SQL of
-``NodeStore.put_key`` (same sealing: AES-256-GCM under the domain's data encryption key, AAD
+``SqliteNodeStore.put_key`` (same sealing: AES-256-GCM under the domain's data encryption key, AAD
 ``"{type}|{name}"``) in one transaction. Material comes from ``hsm_node.keyops.generate``: AES-256
 and Ed25519 each generated per key; RSA-3072 generated once for a few keys and reused under many
 names (generation costs ~0.2 s per key; reuse changes no byte count).
@@ -48,7 +48,7 @@ from bench._common import ROOT, BenchContext, Row, harness, median, run_async
 from hsm_node import keyops
 from hsm_node.keyops import KeyType
 from hsm_node.node import Node, NodeConfig
-from hsm_node.store import NodeStore, load_or_create_sealing_key
+from hsm_node.store import SqliteNodeStore, load_or_create_sealing_key
 from sdquorum.backup import BackupKey
 from sdquorum.pki import Role
 
@@ -142,8 +142,8 @@ def _config(ctx_pki: Path, data_dir: Path) -> NodeConfig:
     )
 
 
-def open_node(pki_dir: Path, data_dir: Path, sealing_key_path: Path) -> tuple[Node, NodeStore]:
-    store = NodeStore(data_dir, load_or_create_sealing_key(sealing_key_path), NODE_ID)
+def open_node(pki_dir: Path, data_dir: Path, sealing_key_path: Path) -> tuple[Node, SqliteNodeStore]:
+    store = SqliteNodeStore(data_dir, load_or_create_sealing_key(sealing_key_path), NODE_ID)
     return Node(_config(pki_dir, data_dir), store), store
 
 
@@ -170,7 +170,9 @@ def build_store(ctx: BenchContext, total: int, rsa_names: int, rsa_distinct: int
     created = int(time.time())
 
     def row(name: str, kind: KeyType, public: bytes, private: bytes) -> tuple[str, int, bytes, bytes, int]:
-        nonce = os.urandom(12)  # as NodeStore._seal_key: nonce || AES-256-GCM(dek, private, "type|name")
+        nonce = os.urandom(
+            12
+        )  # as SqliteNodeStore._seal_key: nonce || AES-256-GCM(dek, private, "type|name")
         sealed = nonce + aead.encrypt(nonce, private, f"{int(kind)}|{name}".encode())
         return name, int(kind), public, sealed, created
 
@@ -195,7 +197,7 @@ def build_store(ctx: BenchContext, total: int, rsa_names: int, rsa_distinct: int
     )
 
 
-def _plain_keys(store: NodeStore, dek: bytes) -> list[BackupKey]:
+def _plain_keys(store: SqliteNodeStore, dek: bytes) -> list[BackupKey]:
     """Every key with its private material, for the baseline (which seals the keys themselves)."""
     aead = AESGCM(dek)
     return [

@@ -259,6 +259,11 @@ class Node:
         return self._session
 
     @property
+    def store(self) -> NodeStore:
+        """The store this node keeps its state in (read it; write through the node)."""
+        return self._store
+
+    @property
     def compromised(self) -> bool:
         return self._store.flag("compromised") is not None
 
@@ -874,7 +879,7 @@ class Node:
             DrillResult(now, p.name, p.x, DRILL_OUTCOMES.get(p.status, "unreachable"), p.detail[:200])
             for p in session.status().custodians
         ]
-        self._store.add_rows("drills", "result", [json.dumps(r.to_json(), sort_keys=True) for r in results])
+        self._store.add_drill_results(results)
         self.audit(
             "drill-results",
             "node",
@@ -902,7 +907,7 @@ class Node:
         data = sd.to_bytes()
         info = DomainInfo(old.domain_id, new_epoch, proposal.quorum, len(proposal.certificates_der))
         retired = RetiredEpoch(self._info.epoch, old_header_hash, self.now())
-        self._store.rotate(old, info, data, retired.epoch, json.dumps(retired.to_json(), sort_keys=True))
+        self._store.rotate(old, info, data, retired)
         self._store.note_epoch(old.domain_id, new_epoch)
         if old_sd:  # the custodians this rotation removed are told of the new epoch too
             kept = {slot.thumbprint.hex() for slot in sd.header.slots}
@@ -1020,7 +1025,7 @@ class Node:
         """A key recorded lost or compromised since this epoch was sealed must not hold a share of
         the next one: a lost key means compromise, and the quarterly review counts a loss from an
         earlier epoch as healed by the rotation that followed it."""
-        records = [CustodyRecord.from_json(json.loads(r)) for r in self._store.rows("custody", "record")]
+        records = self._store.custody_records()
         lost = {r.custodian: r.kind for r in records if r.kind in LOSS_KINDS and r.time >= header.created_at}
         lost_keys = {slot.thumbprint: slot.name for slot in header.slots if slot.name in lost}
         for der in certificates_der:
@@ -1139,7 +1144,7 @@ class Node:
             raise UsageError(
                 f"{stamped.custodian!r} is not a custodian of this epoch: use one of {', '.join(sorted(names))}"
             )
-        self._store.add_rows("custody", "record", [json.dumps(stamped.to_json(), sort_keys=True)])
+        self._store.add_custody_record(stamped)
         self.audit(f"custody-{stamped.kind}", caller, stamped.to_json())
         return stamped
 
@@ -1161,9 +1166,9 @@ class Node:
             "node_id": self.config.node_id,
             "header": signed.header_bytes,
             "signature": signed.signature,
-            "records": [json.loads(r) for r in self._store.rows("custody", "record")],
-            "drills": [json.loads(r) for r in self._store.rows("drills", "result")],
-            "retired": [json.loads(r) for r in self._store.rows("retired", "record")],
+            "records": [r.to_json() for r in self._store.custody_records()],
+            "drills": [r.to_json() for r in self._store.drill_results()],
+            "retired": [r.to_json() for r in self._store.retired_epochs()],
             "compromised": self.compromised,
         }
 

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from harness import Cluster, backup_v1, certs_of, keys_in_backup, running_cluster
 
 from hsm_node.keyops import KeyType
+from hsm_node.store.image import read_image
 from sdquorum import backup
 from sdquorum.encoding import b64e, canonical_json
 from sdquorum.errors import MalformedError, VerificationError
@@ -107,9 +108,10 @@ def _image(rows: list[tuple[object, ...]], schema: str = IMAGE_SCHEMA, extra: st
 
 
 def _rows_of(c: Cluster) -> list[tuple[object, ...]]:
-    return list(
-        c.node._store._db.execute("SELECT name, type, public_der, sealed, created_at FROM keys ORDER BY name")
-    )
+    """(name, type, public_der, sealed, created_at) of every key row, read through the store's seam
+    (the rows of a backup image of it)."""
+    rows = read_image(*c.node.store.export_key_rows(_domain(c).data_encryption_key))
+    return [(r.key.name, r.key.key_type, r.key.public_der, r.sealed, r.key.created_at) for r in rows]
 
 
 @pytest.mark.parametrize(
@@ -158,7 +160,7 @@ async def test_an_authentic_backup_with_a_wrong_key_table_is_refused_and_changes
 
 
 async def test_a_damaged_row_stops_the_backup_and_is_named(node: Cluster) -> None:
-    db = node.node._store._db
+    db = sqlite3.connect(node.data_dir / "node.db", isolation_level=None)  # tampering on disk
     (sealed,) = db.execute("SELECT sealed FROM keys WHERE name = 'ed'").fetchone()
     damaged = bytearray(sealed)
     damaged[-1] ^= 0x01
@@ -167,6 +169,7 @@ async def test_a_damaged_row_stops_the_backup_and_is_named(node: Cluster) -> Non
         node.node.backup()
     # No scratch database is left attached: the next backup (after the fix) works.
     db.execute("UPDATE keys SET sealed = ? WHERE name = 'ed'", (sealed,))
+    db.close()
     assert backup.open_backup(node.node.backup(), _domain(node)).header.key_count == len(KEYS)
 
 
@@ -187,7 +190,7 @@ async def test_a_backup_and_a_restore_are_each_audited_with_who_and_how_many(nod
 
     data = node.node.backup(Role("admin"))
     node.node.restore(data, Role("admin"))
-    entries = [json.loads(e) for e in node.node._store.audit_entries("domain")]
+    entries = [json.loads(e) for e in node.node.store.audit_entries("domain")]
     exported = [e for e in entries if e["event"] == "backup-exported"]
     restored = [e for e in entries if e["event"] == "key-store-restored"]
     assert [(e["actor"], e["details"]["keys"]) for e in exported] == [("admin", len(KEYS))]

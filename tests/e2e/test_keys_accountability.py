@@ -25,7 +25,7 @@ from harness import Clock, Cluster, certs_of, load_attestation, run_sdctl, runni
 
 from hsm_node.keyops import KeyType
 from hsm_node.node import Node, NodeConfig
-from hsm_node.store import NodeStore
+from hsm_node.store import SqliteNodeStore
 from sdctl import pkifiles
 from sdquorum import backup, pki
 from sdquorum.errors import (
@@ -65,7 +65,7 @@ async def cluster(
 
 
 def _entries(node: Node, event: str) -> list[dict[str, Any]]:
-    return [e for e in (json.loads(x) for x in node._store.audit_entries("domain")) if e["event"] == event]
+    return [e for e in (json.loads(x) for x in node.store.audit_entries("domain")) if e["event"] == event]
 
 
 async def _code(call: Any) -> grpc.StatusCode:
@@ -234,7 +234,7 @@ async def test_the_node_purges_a_deleted_key_when_its_retention_ends_by_its_cloc
     assert [k.name for k in cluster.node.list_deleted_keys(ADMIN)] == ["old"]
     cluster.clock.advance(1 + 600)  # the retention ends; the ticker looks at most 600 s later
     await cluster.node.tick()
-    assert cluster.node._store.find_key("old") is None
+    assert cluster.node.store.find_key("old") is None
     assert [k.name for k in cluster.node.list_keys(ADMIN)] == ["live"]
     (purged,) = _entries(cluster.node, "key-purged")
     assert purged["actor"] == "node" and purged["details"]["name"] == "old"
@@ -252,14 +252,14 @@ async def test_a_purge_that_cannot_be_written_leaves_the_key_deleted_and_the_tic
         raise StorageError("the node cannot write its database (disk full): nothing was changed")
 
     with monkeypatch.context() as m:
-        m.setattr(cluster.node._store, "purge_key", full_disk)
+        m.setattr(cluster.node.store, "purge_key", full_disk)
         await cluster.node.tick()  # logged, not raised: the ticker also applies ceremony deadlines
-    assert cluster.node._store.find_key("k") is not None
+    assert cluster.node.store.find_key("k") is not None
     with pytest.raises(NotFoundError):
         cluster.node.encrypt("k", b"p", b"", APP)
     cluster.clock.advance(600)
     await cluster.node.tick()
-    assert cluster.node._store.find_key("k") is None
+    assert cluster.node.store.find_key("k") is None
 
 
 async def test_a_name_of_a_retained_deleted_key_cannot_be_taken_and_the_error_says_what_to_do(
@@ -274,7 +274,7 @@ async def test_a_name_of_a_retained_deleted_key_cannot_be_taken_and_the_error_sa
     assert e.value.code() == grpc.StatusCode.ALREADY_EXISTS
     detail = e.value.details() or ""
     assert "\n" not in detail and "sdctl keys recover k" in detail and "sdctl keys purge k" in detail
-    assert cluster.node._store.find_key("k") is not None and len(_entries(cluster.node, "key-created")) == 1
+    assert cluster.node.store.find_key("k") is not None and len(_entries(cluster.node, "key-created")) == 1
 
 
 # ------------------------------------------------------------------ restarts, disk, backups
@@ -283,7 +283,7 @@ async def test_a_name_of_a_retained_deleted_key_cannot_be_taken_and_the_error_sa
 def _node(pki_dir: Path, data_dir: Path, sealing: bytes, clock: Clock, retention: int = 90) -> Node:
     key, cert = load_attestation(pki_dir, "node-a")
     config = NodeConfig("node-a", "127.0.0.1:0", data_dir, key, cert, key_retention_days=retention)
-    return Node(config, NodeStore(data_dir, sealing, "node-a"), clock=clock)
+    return Node(config, SqliteNodeStore(data_dir, sealing, "node-a"), clock=clock)
 
 
 async def test_keys_survive_a_restart_in_each_state_and_expire_at_start(
@@ -301,7 +301,7 @@ async def test_keys_survive_a_restart_in_each_state_and_expire_at_start(
         node.delete_key(name, APP)
     node.recover_key("recovered", APP)
     node.purge_key("purged", ADMIN)
-    node._store.close()
+    node.store.close()
 
     node = _node(pki_dir, data, sealing, clock, retention=7)
     assert [k.name for k in node.list_keys(APP)] == ["live", "recovered"]
@@ -309,13 +309,13 @@ async def test_keys_survive_a_restart_in_each_state_and_expire_at_start(
     assert node.decrypt("recovered", ct, b"", APP) == b"p"
     with pytest.raises(NotFoundError, match="deleted"):
         node.encrypt("deleted", b"p", b"", APP)
-    node._store.close()
+    node.store.close()
 
     clock.advance(5 * DAY)  # "expires" was deleted 7 days ago, "deleted" 5 days ago
     node = _node(pki_dir, data, sealing, clock, retention=7)  # purged at start, by the node
     assert [k.name for k in node.list_deleted_keys(ADMIN)] == ["deleted"]
     assert [e["details"]["name"] for e in _entries(node, "key-purged") if e["actor"] == "node"] == ["expires"]
-    node._store.close()
+    node.store.close()
 
 
 async def test_changing_a_keys_owner_on_disk_does_not_give_it_to_an_app(
@@ -345,7 +345,7 @@ async def test_a_database_of_the_previous_version_keeps_its_keys_for_the_app(
     await node.download(certs_of(wrapping_keys[:3]), 2, ADMIN)
     await node.create_key("k", KeyType.AES256_GCM, APP)
     ct = node.encrypt("k", b"p", b"", APP)
-    node._store.close()
+    node.store.close()
     db = sqlite3.connect(data / "node.db")
     db.executescript(
         "CREATE TABLE old AS SELECT name, type, public_der, sealed, created_at FROM keys; DROP TABLE keys; "
@@ -355,7 +355,7 @@ async def test_a_database_of_the_previous_version_keeps_its_keys_for_the_app(
     node = _node(pki_dir, data, sealing, clock)
     assert [(k.name, k.owner, k.deleted_at) for k in node.list_keys(APP)] == [("k", "app", None)]
     assert node.decrypt("k", ct, b"", APP) == b"p"
-    node._store.close()
+    node.store.close()
 
 
 async def test_a_backup_keeps_deleted_keys_deleted_and_a_restore_purges_those_past_retention(
@@ -384,7 +384,7 @@ async def test_a_backup_keeps_deleted_keys_deleted_and_a_restore_purges_those_pa
     node.restore(data_backup, ADMIN)  # "gone"'s retention has ended since the backup
     assert node.list_deleted_keys(ADMIN) == []
     assert _entries(node, "key-purged")[-1]["details"]["name"] == "gone"
-    node._store.close()
+    node.store.close()
 
 
 async def test_a_backup_taken_before_keys_had_owners_restores_its_keys_for_the_app(
@@ -420,7 +420,7 @@ async def test_a_backup_taken_before_keys_had_owners_restores_its_keys_for_the_a
     assert node.restore(earlier, ADMIN) == 1
     assert [(k.name, k.owner, k.deleted_at) for k in node.list_keys(ADMIN)] == [("k", "app", None)]
     assert node.decrypt("k", ct, b"", APP) == b"p"
-    node._store.close()
+    node.store.close()
 
 
 # ------------------------------------------------------------------ configuration and sdctl
@@ -456,4 +456,4 @@ async def test_sdctl_keys_delete_deleted_recover_purge(cluster: Cluster) -> None
     assert (await run_sdctl(cluster.pki, cluster.target, "keys", "delete", "k", "--yes"))[0] == 0
     assert (await run_sdctl(cluster.pki, cluster.target, "keys", "purge", "k"))[0] == 2
     assert (await run_sdctl(cluster.pki, cluster.target, "keys", "purge", "k", "--yes"))[0] == 0
-    assert cluster.node._store.find_key("k") is None
+    assert cluster.node.store.find_key("k") is None

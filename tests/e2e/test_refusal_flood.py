@@ -35,7 +35,7 @@ BYTES_PER_ENTRY = 2048  # an entry's stored JSON: reason <= 500 chars, subject <
 
 
 def entries(c: Cluster) -> list[str]:
-    return c.node._store.audit_entries(c.node.audit_chain())
+    return c.node.store.audit_entries(c.node.audit_chain())
 
 
 def spki_hex(pem: Path) -> str:
