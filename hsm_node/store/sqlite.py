@@ -150,6 +150,10 @@ class SqliteNodeStore:
             finally:
                 self._depth = 0
             self._db.execute("COMMIT")
+        except sqlite3.IntegrityError as e:  # a unique row written twice (an audit entry, a retired epoch)
+            raise AlreadyExistsError(
+                f"the node's database holds that row already ({e}): nothing was changed"
+            ) from e
         except sqlite3.OperationalError as e:
             raise StorageError(
                 f"the node cannot write its database ({e}): free space on its data volume or make it "
@@ -299,7 +303,7 @@ class SqliteNodeStore:
                     "INSERT INTO keys (name, type, public_der, sealed, created_at, owner) VALUES (?, ?, ?, ?, ?, ?)",
                     (name, key_type, public_der, sealed, created_at, owner),
                 )
-        except sqlite3.IntegrityError as e:
+        except AlreadyExistsError as e:
             raise AlreadyExistsError(f"a key named {name!r} exists already: pick another name") from e
 
     def find_key(self, name: str) -> StoredKey | None:

@@ -26,7 +26,7 @@ from custodian_agent import responder
 from hsm_node.store import SqliteNodeStore
 from sdquorum import envelopes, pki, shamir
 from sdquorum.envelopes import CustodianPolicy
-from sdquorum.errors import AlreadyExistsError, StateError, StorageError, VerificationError
+from sdquorum.errors import StateError, StorageError, VerificationError
 from sdquorum.keys import SoftwareWrappingKey
 from sdquorum.pki import Role
 from sdquorum_rpc.observability import REQUEST_ID
@@ -164,54 +164,6 @@ async def test_a_completion_that_does_not_commit_is_undone_in_memory_and_the_ses
         for answer in _answers(b, pki_dir, wrapping_keys[:3]):
             await b.node.submit_answer(*answer, kind="recovery")
         assert b.node.state == "ACTIVATED"
-
-
-def test_store_batch_is_one_commit_a_failed_write_undoes_itself_an_exception_undoes_all(
-    tmp_path: Path,
-) -> None:
-    store = SqliteNodeStore(tmp_path / "d", bytes(32), "node-x")
-    try:
-        commits: list[str] = []
-        store.on_commit = lambda: commits.append("COMMIT")
-        dek = bytes(range(32))
-        with store.batch():
-            store.put_key(dek, "k1", 1, b"pub", b"secret-1", 1)
-            store.append_audit("provisioning", 1, '{"n": 1}')
-            with pytest.raises(AlreadyExistsError):
-                store.put_key(dek, "k1", 1, b"pub", b"other", 2)  # refused: only this write is undone
-            store.put_key(dek, "k2", 1, b"pub", b"secret-2", 3)
-        assert commits == ["COMMIT"]
-        assert [k.name for k in store.list_keys()] == ["k1", "k2"]
-        assert store.get_key(dek, "k1")[1] == b"secret-1"
-        with pytest.raises(RuntimeError), store.batch():
-            store.put_key(dek, "k3", 1, b"pub", b"secret-3", 4)
-            store.append_audit("provisioning", 2, '{"n": 2}')
-            raise RuntimeError("the caller failed half-way")
-        assert [k.name for k in store.list_keys()] == ["k1", "k2"]
-        assert store.audit_entries("provisioning") == ['{"n": 1}']
-        assert commits == ["COMMIT"]
-    finally:
-        store.close()
-
-
-def test_a_batch_whose_transaction_sqlite_rolled_back_fails_instead_of_committing_the_rest(
-    tmp_path: Path,
-) -> None:
-    # On a full disk or an I/O error SQLite may roll the whole transaction back by itself; the node
-    # carries on with the batch's other answers after one answer's error, so the store must notice.
-    store = SqliteNodeStore(tmp_path / "d", bytes(32), "node-x")
-    try:
-        with pytest.raises(StorageError), store.batch():
-            store.append_audit("provisioning", 1, '{"n": 1}')
-            store._db.execute("ROLLBACK")  # what SQLite does by itself on SQLITE_FULL, say
-            with pytest.raises(StorageError, match="rolled back"):
-                store.append_audit("provisioning", 2, '{"n": 2}')
-            # the caller goes on, as the node does with the next answer of the batch
-        assert store.audit_entries("provisioning") == []  # nothing was half-committed
-        store.append_audit("provisioning", 1, '{"n": 1}')  # and the store works afterwards
-        assert store.audit_entries("provisioning") == ['{"n": 1}']
-    finally:
-        store.close()
 
 
 def _fail_writing(monkeypatch: pytest.MonkeyPatch, event: str, times: int) -> None:
