@@ -28,6 +28,8 @@ local log and the agent's output. The agent dials out (no inbound port) and reco
 exponential backoff. Its state directory is checked before it starts (0700, ours, writable by
 nobody else: :meth:`ApprovalBox.check`), and every file it writes there is 0600. A damaged memory
 file stops the agent at start-up.
+Its hello carries its wrapping certificate: the node serves it only slots whose key bears the name
+of its mTLS identity (``custodian/<name>``), and it warns at start when the two names differ.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from cryptography.x509.oid import NameOID
 
 from custodian_agent import responder
 from custodian_agent.approvals import ApprovalBox, asks_person, check_mode
@@ -127,6 +131,25 @@ class Agent:
         self.connected = False
         self.connections = 0  # streams opened (after a successful handshake) since start
         self.detail = "starting"
+        self._warn_if_misnamed()
+
+    def _warn_if_misnamed(self) -> None:
+        """The node serves an agent only slots whose key is named for its TLS identity
+        (``custodian/<name>``): say so at start if the wrapping certificate names someone else."""
+        try:
+            role = pki.role_from_cert(self.config.tls.cert.read_bytes())
+            cert = pki.load_cert(self.key.certificate_der())
+        except (OSError, SdquorumError):
+            return  # a TLS file that cannot be read is reported when the agent connects
+        names = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        if role.kind == "custodian" and names != [role.name]:
+            log.warning(
+                "the wrapping certificate is named %s but this agent is %s: the node will send it no "
+                "request; use a wrapping key made with 'custodian-agent keygen --name %s'",
+                ", ".join(repr(n[:64]) for n in names) or "nothing",
+                role,
+                role.name,
+            )
 
     def _beat(self) -> None:
         """Write the heartbeat that ``custodian-agent health`` reads (no secret in it)."""
@@ -181,7 +204,12 @@ class Agent:
     async def _connect_once(self, stop: asyncio.Event) -> None:
         async with NodeClient(self.config.node, self.config.tls) as client:
             call = client.custodian.WatchRequests(
-                pb.AgentHello(wrapping_cert_sha256=self.thumbprint, agent_version="1")
+                pb.AgentHello(
+                    wrapping_cert_sha256=self.thumbprint,
+                    agent_version="1",
+                    # its CN names the custodian: the node serves a slot only to that name's stream
+                    wrapping_certificate=self.key.certificate_der(),
+                )
             )
 
             seen: set[str] = set()  # per connection: the node resends only unsettled requests

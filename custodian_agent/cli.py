@@ -70,7 +70,12 @@ def _parser() -> argparse.ArgumentParser:
         "      --pkcs11-token alice --pkcs11-key-label alice-wrap      # the key is made inside the token",
         formatter_class=fmt,
     )
-    k.add_argument("--name", required=True, help="custodian name (the certificate's CN)")
+    k.add_argument(
+        "--name",
+        required=True,
+        help="custodian name (the certificate's CN): the <name> of your mTLS certificate's custodian/<name>; "
+        "the node serves an agent only keys bearing its name",
+    )
     k.add_argument("--key", type=Path, help="where to write the encrypted private key (not with --pkcs11-*)")
     k.add_argument(
         "--cert", type=Path, required=True, help="where to write the certificate to hand to the admin"

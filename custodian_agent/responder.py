@@ -123,7 +123,7 @@ def describe(req: CeremonyRequest, checked: Checked) -> dict[str, Any]:
     }
     out.update(destination(checked))
     if req.kind == "rotation" and isinstance(checked, envelopes.CheckedRequest):
-        now = [(slot.name, slot.thumbprint) for slot in checked.header.slots]
+        now = [(slot.name, slot.certificate_der) for slot in checked.header.slots]
         out["proposal"] = RotationProposal.from_bytes(req.proposal).summary(now)
     return out
 

@@ -48,6 +48,16 @@ purges earlier. A deleted key's name stays taken until it is purged. Create, del
 purge are audited in the same transaction as the change, with who did it (role, certificate subject
 and SPKI SHA-256 where the call came over mTLS).
 
+Custodians are tied to their keys by name (issue 13, class 4): a custodian's request stream is
+served only the requests addressed to a key named for the caller's TLS identity
+(``custodian/<name>``), and a custodian's answer or denial is taken only for such a request. A
+native slot's name comes from its certificate in the signed SD header; an Azure file names its
+slots only by certificate thumbprint, so an Azure slot is named for a caller only through that very
+certificate (its SHA-256 the slot's thumbprint) whose CN is the caller's name: the one the caller's
+stream sent in its hello, or the one its answer or denial carries and must verify under. The admin
+relays offline answers; those are tied to the slot by the slot key's signature alone, which every
+answer must carry in any case (docs/adr/0012).
+
 This class does no network I/O: the gRPC servicers in :mod:`hsm_node.server` call it. It owns the
 clock and randomness it was given.
 """
@@ -58,17 +68,19 @@ import asyncio
 import contextlib
 import contextvars
 import hashlib
+import hmac
 import json
 import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.x509.oid import NameOID
 
 from coordinator import (
     DRILL_OUTCOMES,
@@ -88,7 +100,7 @@ from hsm_node.cryptopool import CryptoPool, sign_batch_here
 from hsm_node.keyops import KeyType
 from hsm_node.store import DomainInfo, NodeStore, StoredKey
 from sdquorum import audit, backup, envelopes, pki, policy, sdfile
-from sdquorum.azure.ceremony import AZURE_PAYLOAD_TAG
+from sdquorum.azure.ceremony import AZURE_PAYLOAD_TAG, AzureAnswer
 from sdquorum.azure.sdfile import seal_azure_domain
 from sdquorum.errors import (
     AlreadyExistsError,
@@ -164,7 +176,7 @@ class _Answer:
     request_id: str
     answer: bytes
     caller: Role
-    kind: str | None
+    kind: str | tuple[str, ...] | None
     context: contextvars.Context  # the caller's (its request and session ids), for the log lines
     done: asyncio.Future[None]
 
@@ -189,6 +201,15 @@ class NodeConfig:
 class AnswerNotRecorded(StorageError):
     """An answer changed the session in memory but its record could not be written: the batch it
     came in does not commit, and the session ends."""
+
+
+def wrapping_key_name(thumbprint: bytes, certificate: bytes) -> str | None:
+    """The CN of ``certificate`` (DER or PEM) if it is the wrapping certificate ``thumbprint``
+    names, else None; "" when it has no single CN. MalformedError if it does not parse."""
+    if not hmac.compare_digest(pki.thumbprint_sha256(certificate), thumbprint):
+        return None
+    names = pki.load_cert(certificate).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if len(names) == 1 else ""
 
 
 class Node:
@@ -221,6 +242,9 @@ class Node:
         self._recovery_file: bytes | None = None
         self._agents: dict[str, bytes] = {}  # custodian name -> thumbprint of its connected agent
         self._refusals = RefusalWindows()
+        self._agent_keys: dict[str, bytes] = {}  # custodian name -> SPKI SHA-256 its agent's hello showed
+        # (custodian name, thumbprint, CN of the certificate it sent or "") -> its open streams
+        self._streams: dict[tuple[str, bytes, str], int] = {}
         self._domain: sdfile.DomainSecrets | None = None
         self._info: DomainInfo | None = None
         self._notice: tuple[str, sdfile.SignedHeader] | None = None  # (id, current signed header)
@@ -336,15 +360,19 @@ class Node:
         signed = sdfile.SecurityDomainFile.from_bytes(data).signed_header
         self._notice = (signed.sha256.hex(), signed)
 
-    def domain_notice(self, thumbprint: bytes) -> CustodianRequest | None:
+    def domain_notice(self, role: Role, thumbprint: bytes, key_name: str = "") -> CustodianRequest | None:
         """The domain's current signed header for the agent holding ``thumbprint``: a custodian of
         the current epoch (x = its slot), or of a retired one, removed by a rotation (x = 0): it must
-        learn the new epoch too, or it would still release for the retired one."""
-        if self._notice is None:
+        learn the new epoch too, or it would still release for the retired one. Like requests, a
+        notice goes only to a stream whose key is named for its caller (the slot's name in the header;
+        for a former custodian, the CN of the certificate its hello sent)."""
+        if self._notice is None or role.kind != "custodian" or not role.name:
             return None
         notice_id, signed = self._notice
         slot = signed.header.slot_by_thumbprint(thumbprint)
-        if slot is None and thumbprint.hex() not in self._former_custodians():
+        if slot is not None and slot.name != role.name:
+            return None
+        if slot is None and (thumbprint.hex() not in self._former_custodians() or key_name != role.name):
             return None
         return CustodianRequest(
             request_id=notice_id,
@@ -577,22 +605,94 @@ class Node:
             return []
         return s.requests_for(thumbprint)
 
-    def agent_connected(self, role: Role, thumbprint: bytes) -> None:
-        """Remember which key each custodian's agent holds; a drill fails a slot whose key changed."""
+    def agent_requests(self, role: Role, thumbprint: bytes, key_name: str = "") -> list[CustodianRequest]:
+        """The open requests a custodian's stream is served: addressed to ``thumbprint`` and to a
+        key named for ``role`` (module docstring). ``key_name``: the CN of the wrapping certificate
+        the stream sent, already checked to hash to ``thumbprint`` ("" when it sent none)."""
+        s = self._session
+        if s is None or self._ended(s):
+            return []
+        return [r for r in s.requests_for(thumbprint) if self._named_for(s, r, role, key_name)]
+
+    @staticmethod
+    def _named_for(s: Ceremony, req: CustodianRequest, role: Role, key_name: str) -> bool:
+        if role.kind != "custodian" or not role.name:
+            return False
+        if isinstance(s, AzureRestoreSession):  # the file names the slot by thumbprint only
+            return key_name == role.name
+        return any(p.x == req.x and p.name == role.name for p in s.status().custodians)
+
+    def _answer_named_for_caller(
+        self, s: Ceremony, request_id: str, caller: Role, message: bytes, *, denial: bool
+    ) -> None:
+        """A custodian answers or denies only a request addressed to a key named for it; the admin
+        relays offline answers (the slot key's signature ties those). An Azure slot's key is named
+        by the certificate the answer or denial itself carries (the one it must verify under).
+        VerificationError otherwise."""
+        if caller.kind != "custodian":
+            return
+        req = next((r for r in s.requests() if r.request_id == request_id), None)
+        if req is None:
+            return  # not open: the session says why, as before
+        key_name = ""
+        if isinstance(s, AzureRestoreSession):
+            offered = (
+                envelopes.Denial.from_bytes(message).statement.certificate
+                if denial
+                else AzureAnswer.from_bytes(message).certificate_der
+            )
+            key_name = wrapping_key_name(req.thumbprint, offered) or ""
+        if not self._named_for(s, req, caller, key_name):
+            raise VerificationError(
+                f"request {request_id} (slot {req.x}) is not addressed to a key named for {caller}"
+            )
+
+    def agent_connected(
+        self, role: Role, thumbprint: bytes, key_name: str = "", key_sha256: bytes = b""
+    ) -> None:
+        """Remember which key each custodian's agent holds; a drill fails a slot whose key changed.
+        ``key_name`` and ``key_sha256``: the CN and the SPKI SHA-256 of the wrapping certificate
+        the stream sent (checked against ``thumbprint`` by the caller), empty when it sent none."""
         if role.name:
             self._agents[role.name] = thumbprint
+            self._agent_keys[role.name] = key_sha256
+            entry = (role.name, thumbprint, key_name)
+            self._streams[entry] = self._streams.get(entry, 0) + 1
+            if key_name and key_name != role.name:
+                log.warning(
+                    "%s announced a wrapping certificate named %r: requests for it are not served to it",
+                    role,
+                    key_name[:64],
+                )
             self._check_agent_keys()
 
     def connected_custodians(self) -> frozenset[str]:
         """Custodians whose agent holds its request stream open now (for the metrics gauges)."""
         return frozenset(self._agents.copy())
 
-    def agent_disconnected(self, role: Role, thumbprint: bytes) -> None:
+    def agent_disconnected(self, role: Role, thumbprint: bytes, key_name: str = "") -> None:
+        if role.name:
+            entry = (role.name, thumbprint, key_name)
+            left = self._streams.get(entry, 0) - 1
+            if left > 0:
+                self._streams[entry] = left
+            else:
+                self._streams.pop(entry, None)
         if role.name and self._agents.get(role.name) == thumbprint:
             del self._agents[role.name]
-        if self._session is not None and thumbprint not in self._agents.values():
-            self._session.mark_disconnected(thumbprint)
-            self._notify()
+            self._agent_keys.pop(role.name, None)
+        # Only a stream that was served a request may mark it disconnected, and only when no other
+        # stream is served it: another custodian announcing this thumbprint neither receives nor
+        # withdraws it, nor keeps it shown as requested.
+        if self._session is not None and self.agent_requests(role, thumbprint, key_name):
+            still = any(
+                self.agent_requests(Role("custodian", who), thumb, name)
+                for (who, thumb, name) in self._streams
+                if thumb == thumbprint
+            )
+            if not still:
+                self._session.mark_disconnected(thumbprint)
+                self._notify()
 
     def _check_agent_keys(self) -> None:
         s = self._session
@@ -601,7 +701,14 @@ class Node:
         for slot in s.header.slots:
             held = self._agents.get(slot.name)
             if held is not None and held != slot.thumbprint:
-                reason = f"{slot.name}'s agent holds a wrapping key that no longer matches slot {slot.x}"
+                # Which key it holds is a question of public keys; which certificate, of thumbprints.
+                if self._agent_keys.get(slot.name) == pki.spki_sha256(slot.certificate_der):
+                    reason = (
+                        f"{slot.name}'s agent holds slot {slot.x}'s key under another certificate: "
+                        "run it with the wrapping certificate the security domain was sealed to"
+                    )
+                else:
+                    reason = f"{slot.name}'s agent holds a wrapping key that no longer matches slot {slot.x}"
                 before = s.progress().rejected
                 s.reject_slot(slot.x, reason, self.now())
                 if s.progress().rejected != before:  # newly rejected: its own audit entry
@@ -626,7 +733,7 @@ class Node:
             self._notify()
 
     async def submit_answer(
-        self, request_id: str, answer: bytes, caller: Role, *, kind: str | None = None
+        self, request_id: str, answer: bytes, caller: Role, *, kind: str | tuple[str, ...] | None = None
     ) -> None:
         """A custodian's release (recovery) or proof (drill, rotation), online or carried offline.
 
@@ -706,11 +813,15 @@ class Node:
                     errors.append(e)
         return errors
 
-    def _take_answer(self, request_id: str, answer: bytes, caller: Role, kind: str | None) -> None:
+    def _take_answer(
+        self, request_id: str, answer: bytes, caller: Role, kind: str | tuple[str, ...] | None
+    ) -> None:
         session = self._require_session()
-        if kind is not None and session.kind != kind:
-            raise VerificationError(f"a {kind} answer was sent to a {session.kind} session")
+        kinds = (kind,) if isinstance(kind, str) else kind
+        if kinds is not None and session.kind not in kinds:
+            raise VerificationError(f"a {' or '.join(kinds)} answer was sent to a {session.kind} session")
         try:
+            self._answer_named_for_caller(session, request_id, caller, answer, denial=False)
             outcome = session.submit(request_id, answer, self.now())
         except SdquorumError as e:
             self._audit_refused(session, "answer", caller, request_id, e)
@@ -785,6 +896,7 @@ class Node:
         async with self._lock:
             session = self._require_session()
             try:
+                self._answer_named_for_caller(session, request_id, caller, signed_denial, denial=True)
                 p = session.deny_signed(request_id, signed_denial, self.now())
             except SdquorumError as e:
                 self._audit_refused(session, "denial", caller, request_id, e)
@@ -1006,7 +1118,7 @@ class Node:
                 expires_at=session.expires_at,
             )
             session.start(signed, proposal, now, self._sign_attestation)
-            current = [(slot.name, slot.thumbprint) for slot in signed.header.slots]
+            current = [(slot.name, slot.certificate_der) for slot in signed.header.slots]
             for warning in plan.warnings:
                 log.warning("rotation %s: %s", session.session_id, warning)
             self.audit(
@@ -1026,14 +1138,23 @@ class Node:
         the next one: a lost key means compromise, and the quarterly review counts a loss from an
         earlier epoch as healed by the rotation that followed it."""
         records = self._store.custody_records()
+        # Keys are compared by SPKI SHA-256: a fresh certificate over a lost key is that lost key.
+        lost_keys: dict[bytes, tuple[str, str]] = {}
+        for r in records:
+            if r.kind in LOSS_KINDS and r.key_sha256 and r.custodian is not None:
+                lost_keys[r.key_sha256] = (r.custodian, r.kind)  # whenever, under whatever name
         lost = {r.custodian: r.kind for r in records if r.kind in LOSS_KINDS and r.time >= header.created_at}
-        lost_keys = {slot.thumbprint: slot.name for slot in header.slots if slot.name in lost}
+        for slot in header.slots:  # records made before they named their key: this epoch's, by name
+            if slot.name in lost:
+                lost_keys.setdefault(pki.spki_sha256(slot.certificate_der), (slot.name, lost[slot.name]))
         for der in certificates_der:
-            name = lost_keys.get(hashlib.sha256(der).digest())
-            if name is not None:
+            found = lost_keys.get(pki.spki_sha256(der))
+            if found is not None:
+                name, kind = found
                 raise UsageError(
-                    f"the new roster keeps {name}'s key, which is recorded {lost[name]}: "
-                    f"give {name} a new wrapping key (custodian-agent keygen), or leave {name} out"
+                    f"the new roster keeps {name}'s key, which is recorded {kind}, under "
+                    f"{pki.load_cert(der).subject.rfc4514_string() or 'a certificate'}: "
+                    f"give {name} a new wrapping key (custodian-agent keygen), or leave that key out"
                 )
 
     async def start_azure_restore(
@@ -1135,7 +1256,10 @@ class Node:
             note=record.note,
             actor=str(caller),
         )
-        names = {s.name for s in self._current_header().slots}
+        slots = {s.name: s for s in self._current_header().slots}
+        names = set(slots)
+        if stamped.kind in LOSS_KINDS and stamped.custodian in slots:  # the key, not only the name
+            stamped = replace(stamped, key_sha256=pki.spki_sha256(slots[stamped.custodian].certificate_der))
         if (
             stamped.custodian is not None
             and stamped.custodian not in names

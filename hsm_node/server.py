@@ -22,8 +22,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coordinator import CeremonyStatus, CustodianRequest, CustodianStatus, SessionState
 from hsm_node.keyops import KeyType
-from hsm_node.node import KeyCaller, Node
+from hsm_node.node import KeyCaller, Node, wrapping_key_name
 from hsm_node.store import StoredKey
+from sdquorum import pki
 from sdquorum.errors import MalformedError, SdquorumError, UsageError
 from sdquorum.pki import Role, load_cert, spki_sha256
 from sdquorum.review import CustodyRecord
@@ -456,6 +457,17 @@ def _aad(request: pb.EncryptBatchRequest, n: int) -> bytes | packed.Packed:
     return packed.checked(request.aads, request.aad_lengths, "aad")
 
 
+def _wrapping_key_name(thumbprint: bytes, certificate: bytes) -> str:
+    """The CN of the wrapping certificate a hello sent ("" if it sent none); MalformedError when
+    the certificate does not parse or is not the one the hello's thumbprint names."""
+    if not certificate:
+        return ""
+    name = wrapping_key_name(thumbprint, certificate)
+    if name is None:
+        raise MalformedError("the hello's wrapping certificate is not the one its thumbprint names")
+    return name
+
+
 class CustodianServicer:
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -469,19 +481,26 @@ class CustodianServicer:
             raise UsageError(
                 "the hello must carry the 32-byte SHA-256 thumbprint of the wrapping certificate"
             )
+        certificate = bytes(request.wrapping_certificate)
+        key_name = _wrapping_key_name(thumb, certificate)
+        key_sha256 = pki.spki_sha256(certificate) if certificate else b""
         log.info("agent %s connected (wrapping certificate %s)", role, thumb.hex()[:16])
         await context.send_initial_metadata(())  # lets the agent know it is connected before any request
-        self.node.agent_connected(role, thumb)
+        self.node.agent_connected(role, thumb, key_name, key_sha256)
         sent: set[str] = set()
         try:
             while True:
                 token = self.node.request_token()
-                notice = self.node.domain_notice(thumb)  # the domain's current header, if a slot is its
+                notice = self.node.domain_notice(
+                    role, thumb, key_name
+                )  # the domain's current header, if a slot is its
                 if notice is not None and notice.request_id not in sent:
                     sent.add(notice.request_id)
                     yield request_to_proto(notice)
                     log.info("told %s of domain epoch %s", role, notice.request_id[:16])
-                for req in self.node.pending_requests(thumb):
+                # Only requests for a key named for this caller: announcing another custodian's
+                # thumbprint receives nothing (issue 13, class 4; hsm_node.node's docstring).
+                for req in self.node.agent_requests(role, thumb, key_name):
                     if req.request_id in sent:
                         continue
                     sent.add(req.request_id)
@@ -492,17 +511,20 @@ class CustodianServicer:
                     )
                 await self.node.wait_change(token, timeout=5.0)
         finally:
-            self.node.agent_disconnected(role, thumb)
+            self.node.agent_disconnected(role, thumb, key_name)
             log.info("agent %s disconnected", role)
 
     @rpc("custodian")
     async def SubmitRelease(self, request: pb.ShareRelease, context: Ctx, role: Role) -> pb.Ack:
-        await self.node.submit_answer(request.request_id, bytes(request.release), role)
+        kinds = ("recovery", "azure-recovery")  # a release answers these; proofs come by SubmitProof
+        await self.node.submit_answer(request.request_id, bytes(request.release), role, kind=kinds)
         return pb.Ack()
 
     @rpc("custodian")
     async def SubmitProof(self, request: pb.ProofSubmission, context: Ctx, role: Role) -> pb.Ack:
-        await self.node.submit_answer(request.request_id, bytes(request.proof), role)
+        await self.node.submit_answer(
+            request.request_id, bytes(request.proof), role, kind=("drill", "rotation")
+        )
         return pb.Ack()
 
     @rpc("custodian")

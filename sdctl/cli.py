@@ -36,7 +36,7 @@ from sdquorum import __version__
 from sdquorum.audit import verify_export
 from sdquorum.azure.sdfile import AzureSecurityDomain
 from sdquorum.errors import MalformedError, StateError, UsageError, VerificationError
-from sdquorum.offline import OfflineAnswer
+from sdquorum.offline import OfflineAnswer, check_custodian_name
 from sdquorum.review import (
     CustodyRecord,
     DrillResult,
@@ -442,9 +442,11 @@ class Ctl:
         """Write offline request files if asked, then show live progress until the session ends."""
         if offline_dir is not None:
             exported = await c.admin.ExportRequests(pb.ExportRequestsRequest(session_id=session_id))
+            files = []  # every name is checked before any file is written
             for item in exported.requests:
                 req = request_from_proto(item.request, custodian=item.custodian)
-                path = offline_dir / f"{item.custodian}-x{req.x}.request.json"
+                files.append((item, req, _request_file(offline_dir, item.custodian, req.x)))
+            for item, req, path in files:
                 write_private_file(path, req.to_bytes(), mode=0o644)
                 if not self.json:
                     self.out(f"  wrote {path} (fingerprint {req.fingerprint}) for {item.custodian}")
@@ -865,6 +867,17 @@ def _require_sd_file(data: bytes, path: Path) -> None:
 
 def _when(t: int) -> str:
     return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%d %H:%M UTC") if t else "-"
+
+
+def _request_file(offline_dir: Path, custodian: str, x: int) -> Path:
+    """Where the request file for ``custodian`` goes: in ``offline_dir`` and nowhere else. The
+    name comes from the node: it is checked against the name pattern before any path is built,
+    and the result must still sit directly in ``offline_dir``."""
+    name = f"{check_custodian_name(custodian)}-x{int(x)}.request.json"
+    path = offline_dir / name
+    if path.parent != offline_dir or path.name != name:  # pragma: no cover - the pattern already holds
+        raise MalformedError(f"the node named a custodian {custodian[:64]!r} that is no file name")
+    return path
 
 
 def _check_offline_dir(path: Path | None) -> None:

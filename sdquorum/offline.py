@@ -7,6 +7,11 @@ signed by the custodian's wrapping key (and, for a recovery, sealed to the node'
 the person carrying it can neither read a share nor forge an answer.
 
 Both files are JSON with every binary field base64url. Nothing here is secret.
+
+Invariant: every field that can end up in a path is checked before it is used: the request id (8..64
+lowercase hex: the agent's approval spool) and the custodian name (a slot name: ``sdctl`` writes
+``<custodian>-x<x>.request.json`` in the folder it was given), so a node cannot make either name a
+file outside its folder (issue 13, class 5).
 """
 
 from __future__ import annotations
@@ -19,9 +24,29 @@ from sdquorum.encoding import b64d, b64e, canonical_json, parse_json_object
 from sdquorum.envelopes import PURPOSES
 from sdquorum.errors import MalformedError
 
-__all__ = ["MAX_OFFLINE_FILE_BYTES", "CeremonyRequest", "OfflineAnswer", "check_request_id"]
+__all__ = [
+    "MAX_OFFLINE_FILE_BYTES",
+    "CeremonyRequest",
+    "OfflineAnswer",
+    "check_custodian_name",
+    "check_request_id",
+]
 
 _REQUEST_ID = re.compile(r"[0-9a-f]{8,64}")
+# A slot name as the SD header allows it (sdquorum.sdfile), or the name an Azure slot is shown by
+# (coordinator.azure: "x5t:" and base64url digits of its thumbprint). Neither holds a slash, a
+# backslash, a NUL or a line break, nor starts with "." or "-": it names a file in a folder, no more.
+_CUSTODIAN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}|x5t:[A-Za-z0-9_-]{1,43}")
+
+
+def check_custodian_name(name: object) -> str:
+    """A custodian name from the node, used in file names (``sdctl ... --offline-request DIR``):
+    refused unless it is a slot name (see ``_CUSTODIAN_NAME``), before any path is built from it."""
+    if not isinstance(name, str) or not _CUSTODIAN_NAME.fullmatch(name):
+        raise MalformedError(
+            "a custodian name must be 1 to 64 of A-Z a-z 0-9 space . _ @ -, starting with a letter or digit"
+        )
+    return name
 
 
 def check_request_id(request_id: object) -> str:
@@ -54,6 +79,8 @@ class CeremonyRequest:
 
     def __post_init__(self) -> None:
         check_request_id(self.request_id)
+        if self.custodian:  # online requests name no one; a file's name is used in file names
+            check_custodian_name(self.custodian)
         if self.kind not in PURPOSES:
             raise MalformedError(f"unknown request kind {self.kind!r}")
 

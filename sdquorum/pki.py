@@ -37,7 +37,7 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -181,11 +181,12 @@ def spki_sha256(cert_pem_or_der: bytes) -> bytes:
     thumbprints but the same SPKI digest. Every check of *who* holds a key (lost or compromised
     keys, duplicates in a header or roster, NEW KEY marks) compares this, never certificate bytes.
     """
-    spki = (
-        load_cert(cert_pem_or_der)
-        .public_key()
-        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
+    cert = load_cert(cert_pem_or_der)
+    try:
+        key = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm) as e:  # a key that does not parse: no identity
+        raise MalformedError("the certificate's public key does not parse") from e
+    spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(spki).digest()
 
 

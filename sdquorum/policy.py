@@ -10,7 +10,6 @@ Rules (from the source document and DESIGN.md):
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sdquorum.errors import MalformedError, UsageError
-from sdquorum.pki import load_cert
+from sdquorum.pki import load_cert, spki_sha256
 
 __all__ = ["MAX_CUSTODIANS", "MIN_CUSTODIANS", "MIN_RSA_BITS", "DownloadPlan", "validate_download"]
 
@@ -88,9 +87,7 @@ def validate_download(certificates: Sequence[bytes], quorum: int, now: datetime)
             raise UsageError(
                 f"certificate #{i} ({_cn(cert)}) is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
             )
-        spki = hashlib.sha256(
-            key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        ).digest()
+        spki = spki_sha256(data)
         if spki in seen:
             raise UsageError(
                 f"certificates #{seen[spki]} and #{i} hold the same key: each custodian needs a key of their own"

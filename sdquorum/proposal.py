@@ -2,6 +2,10 @@
 
 Canonical JSON; its SHA-256 is carried in the node's attested statement, and each approving
 custodian's proof of possession is bound to it. Shown to each custodian's human before approval.
+
+Invariant: a key is identified by the SHA-256 of its SubjectPublicKeyInfo (:func:`pki.spki_sha256`),
+never by certificate bytes: a roster holding one key twice is refused, and the summary's NEW KEY
+mark compares keys, so a new certificate over a key the domain already uses is not a NEW KEY.
 """
 
 from __future__ import annotations
@@ -73,27 +77,39 @@ class RotationProposal:
             domain_id = bytes.fromhex(domain)
         except ValueError as e:
             raise MalformedError("rotation proposal: domain_id must be hex") from e
+        certificates = tuple(b64d(c.get("certificate"), "certificate") for c in custodians)
+        if len({pki.spki_sha256(der) for der in certificates}) != len(certificates):
+            raise MalformedError("rotation proposal: two slots hold the same key")
         return cls(
             domain_id=domain_id,
             from_epoch=_int(obj.get("from_epoch"), "from_epoch"),
             quorum=_int(obj.get("quorum"), "quorum"),
-            certificates_der=tuple(b64d(c.get("certificate"), "certificate") for c in custodians),
+            certificates_der=certificates,
             proposer=proposer,
             reason=reason,
             expires_at=_int(obj.get("expires_at"), "expires_at"),
         )
 
     def summary(self, current: Sequence[tuple[str, bytes]] = ()) -> str:
-        """What a custodian approves, in one line. Each new slot shows its key's SHA-256 (the first
-        32 hex digits), and, given ``current`` (the roster now: name and certificate thumbprint per
-        slot), whether it is a key the domain already uses or a NEW KEY: a certificate's subject
-        alone is no identity (anyone can issue one saying CN=alice)."""
-        known = {thumb: name for name, thumb in current}
+        """What a custodian approves, in one line. Each new slot shows its certificate's SHA-256
+        (the first 32 hex digits, what ``openssl x509 -fingerprint -sha256`` prints), and, given
+        ``current`` (the roster now: name and wrapping certificate per slot), whether it holds a key
+        the domain already uses or a NEW KEY. Keys are compared by :func:`sdquorum.pki.spki_sha256`,
+        never by certificate bytes: a fresh certificate over a key the domain uses is that key
+        (marked "same key as X now, new certificate"), and a certificate's subject alone is no
+        identity (anyone can issue one saying CN=alice)."""
+        known = {pki.spki_sha256(cert): (name, hashlib.sha256(cert).digest()) for name, cert in current}
         slots = []
         for subject, der in zip(self.names(), self.certificates_der, strict=True):
             thumb = hashlib.sha256(der).digest()
             if current:
-                mark = f"same key as {known[thumb]} now" if thumb in known else "NEW KEY"
+                held = known.get(pki.spki_sha256(der))
+                if held is None:
+                    mark = "NEW KEY"
+                elif held[1] == thumb:
+                    mark = f"same key as {held[0]} now"
+                else:
+                    mark = f"same key as {held[0]} now, new certificate"
                 slots.append(f"{subject} [{thumb.hex()[:32]}, {mark}]")
             else:
                 slots.append(f"{subject} [{thumb.hex()[:32]}]")

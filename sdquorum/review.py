@@ -36,7 +36,8 @@ Rules (each a :class:`Finding`, by rule id):
   domain"; a possession drill (DESIGN.md) is how that knowledge is kept current, each quarter with
   the review.
 * ``lost-key`` (critical): a custodian of this roster has a ``lost`` or ``compromised`` record made at
-  or after this epoch was sealed; rotate at once. Its status is ``lost`` or ``compromised``.
+  or after this epoch was sealed, or its slot holds a key recorded lost or compromised at any time
+  (by SPKI SHA-256); rotate at once. Its status is ``lost`` or ``compromised``.
   *Establishing a quorum*: review "when ... A USB drive or HSM belonging to a member of the security
   domain quorum is lost or compromised". Also critical when fewer than m keys remain usable (the
   domain can no longer be recovered: "prevent crypto lockout"). Info: a loss recorded before this
@@ -51,7 +52,10 @@ Rules (each a :class:`Finding`, by rule id):
 
 Ordering and matching:
 
-* Records apply to custodians by slot name only. They are taken in time order (stable for equal
+* Records apply to custodians by slot name; a ``lost`` or ``compromised`` record that names its
+  key (``key_sha256``, the SHA-256 of the key's SubjectPublicKeyInfo, which the node records) also
+  applies to every slot holding that key, whatever its name, certificate or epoch: a key recorded
+  lost stays lost under any new certificate. They are taken in time order (stable for equal
   times). Current holder = the last ``handoff``'s holder, else the slot name; current location = the
   last record carrying a non-empty location (a ``handoff`` may carry one too).
 * A drill counts for slot x only when it names that slot's x and custodian and happened at or after
@@ -68,6 +72,7 @@ detail) is at most 500 characters on one line; the renderers escape it (Markdown
 from __future__ import annotations
 
 import html
+import re
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -78,6 +83,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sdquorum.errors import MalformedError, UsageError
+from sdquorum.pki import spki_sha256
 from sdquorum.sdfile import Header, Slot
 
 __all__ = [
@@ -113,6 +119,7 @@ STATUSES = ("ok", "lost", "compromised")
 RUNBOOK = "docs/runbooks/compromise.md"
 _T = TypeVar("_T")
 REVIEW_TYPE = "sdquorum-review"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 # --- values ------------------------------------------------------------------------------------------
@@ -129,9 +136,14 @@ class CustodyRecord:
     location: str = ""  # new location (location; may also be given with handoff)
     note: str = ""
     actor: str = ""  # who recorded it (e.g. "admin")
+    # The key the record is about: SHA-256 of its SubjectPublicKeyInfo (pki.spki_sha256), 32 bytes,
+    # or empty when unknown (records made before keys were recorded, or a name in no roster).
+    key_sha256: bytes = b""
 
     def __post_init__(self) -> None:
         _check_time(self.time, "custody record time")
+        if not isinstance(self.key_sha256, bytes) or len(self.key_sha256) not in (0, 32):
+            raise UsageError("custody record key_sha256 must be the 32-byte SPKI SHA-256 of a key, or empty")
         if self.kind not in RECORD_KINDS:
             raise UsageError(
                 f"custody record kind {self.kind!r} is unknown: use one of {', '.join(RECORD_KINDS)}"
@@ -157,14 +169,20 @@ class CustodyRecord:
             "location": self.location,
             "note": self.note,
             "actor": self.actor,
-        }
+        } | ({"key_sha256": self.key_sha256.hex()} if self.key_sha256 else {})
 
     @classmethod
     def from_json(cls, obj: object) -> CustodyRecord:
         fields = _fields(
-            obj, "custody record", {"time", "kind", "custodian"}, {"holder", "location", "note", "actor"}
+            obj,
+            "custody record",
+            {"time", "kind", "custodian"},
+            {"holder", "location", "note", "actor", "key_sha256"},
         )
         custodian = fields["custodian"]
+        key = _str(fields.get("key_sha256", ""), "custody record key_sha256")
+        if not _HEX64.fullmatch(key) and key:
+            raise MalformedError("custody record key_sha256 must be 64 lowercase hex digits")
         return _construct(
             "custody record",
             lambda: cls(
@@ -175,6 +193,7 @@ class CustodyRecord:
                 location=_str(fields.get("location", ""), "custody record location"),
                 note=_str(fields.get("note", ""), "custody record note"),
                 actor=_str(fields.get("actor", ""), "custody record actor"),
+                key_sha256=bytes.fromhex(key),
             ),
         )
 
@@ -405,6 +424,8 @@ def _custodian(
     mine = [d for d in drills if d.x == slot.x and d.custodian == slot.name and d.time >= sealed_at]
     last_drill = max(reversed(mine), key=lambda d: d.time, default=None)  # the later-given one wins a tie
     losses = {r.kind for r in history if r.kind in LOSS_KINDS and r.time >= sealed_at}
+    key = spki_sha256(slot.certificate_der)
+    losses |= {r.kind for r in ordered if r.kind in LOSS_KINDS and r.key_sha256 and r.key_sha256 == key}
     status = "compromised" if "compromised" in losses else "lost" if "lost" in losses else "ok"
     key_bits, not_after = _certificate_facts(slot)
     return CustodianReview(
@@ -497,10 +518,21 @@ def _loss_rules(
             )
         )
     roster = {c.name for c in custodians}
+    held = {spki_sha256(slot.certificate_der) for slot in header.slots}
     for r in ordered:
         if r.kind not in LOSS_KINDS or r.custodian is None:
             continue
-        if r.custodian not in roster:
+        if r.key_sha256 and r.key_sha256 in held:
+            continue  # a slot of this roster holds that very key: its status says so (critical)
+        if r.key_sha256 and r.time < header.created_at:
+            out.append(
+                _info(
+                    "lost-key",
+                    f"{r.custodian}'s key (SPKI SHA-256 {r.key_sha256.hex()[:16]}…) was recorded {r.kind} on "
+                    f"{_date(r.time)}; no slot of epoch {header.epoch} holds it",
+                )
+            )
+        elif r.custodian not in roster:
             out.append(
                 _info(
                     "lost-key",

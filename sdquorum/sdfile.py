@@ -32,9 +32,11 @@ Invariants:
 
 Parsing is strict: unknown versions, unknown fields (at the top level, in the header, in a slot, in
 the payload object and in the decrypted payload), missing or mistyped fields, a header whose version
-differs from the file's, x outside 1..n, duplicate x or thumbprints, and wrong lengths are all
-:class:`~sdquorum.errors.MalformedError`; a signature or payload hash that does not verify is a
-:class:`~sdquorum.errors.VerificationError`.
+differs from the file's, x outside 1..n, duplicate x, two slots over one key (compared by
+:func:`sdquorum.pki.spki_sha256`, so a second certificate over the same key is a duplicate too), and
+wrong lengths are all :class:`~sdquorum.errors.MalformedError`; a signature or payload hash that does
+not verify is a :class:`~sdquorum.errors.VerificationError`. A slot is *addressed* by its
+certificate's thumbprint (the wire format); a key's *identity* is its SubjectPublicKeyInfo.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from sdquorum import shamir
 from sdquorum.encoding import b64d, b64e, canonical_json, parse_json_object
 from sdquorum.errors import MalformedError, UsageError, VerificationError
 from sdquorum.keys import encrypt_oaep
+from sdquorum.pki import spki_sha256
 
 _HEX = re.compile(r"[0-9a-f]*")
 
@@ -236,8 +239,8 @@ class Header:
         n = len(slots)
         if sorted(s.x for s in slots) != list(range(1, n + 1)):
             raise MalformedError("SD header: slot x values must be exactly 1..n")
-        if len({s.thumbprint for s in slots}) != n:
-            raise MalformedError("SD header: two slots share one wrapping certificate")
+        if len({spki_sha256(s.certificate_der) for s in slots}) != n:
+            raise MalformedError("SD header: two slots hold the same wrapping key")
         quorum = _int(obj.get("quorum"), "quorum", lo=2, hi=n)
         raw_comm = obj.get("commitments")
         if not isinstance(raw_comm, list) or len(raw_comm) != quorum:
@@ -444,6 +447,8 @@ def seal_domain(
     n = len(certificates_der)
     if not MIN_CUSTODIANS <= n <= MAX_CUSTODIANS:
         raise UsageError(f"a security domain needs {MIN_CUSTODIANS}..{MAX_CUSTODIANS} custodians, got {n}")
+    if len({spki_sha256(c) for c in certificates_der}) != n:
+        raise UsageError("two certificates hold the same key: each custodian needs a key of their own")
     secret = shamir.random_scalar(rng)
     shares, commitments = shamir.split(secret, quorum, n, rng)
     slots = []

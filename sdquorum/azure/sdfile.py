@@ -48,7 +48,7 @@ from sdquorum.azure.kdf import KDF_NAME, MASTER_KEY_BYTES, derive_item_key
 from sdquorum.encoding import b64d, b64e, canonical_json
 from sdquorum.errors import MalformedError, NotFoundError, UsageError, VerificationError
 from sdquorum.keys import WrappingKey
-from sdquorum.pki import load_cert
+from sdquorum.pki import load_cert, spki_sha256
 from sdquorum.shamir import Rng
 
 __all__ = [
@@ -381,7 +381,7 @@ def seal_azure_domain(
     if not isinstance(m, int) or isinstance(m, bool) or not 2 <= m <= n <= gf257.MAX_SHARES:
         raise UsageError(f"need 2 <= m <= n <= {gf257.MAX_SHARES} certificates, got m={m!r}, n={n}")
     thumbprints = [hashlib.sha256(d).digest() for d in ders]
-    if len(set(thumbprints)) != n:
+    if len({spki_sha256(d) for d in ders}) != n:  # a key is its SPKI, whatever certificate carries it
         raise UsageError("a certificate is given twice: each custodian needs their own")
     master_key = _master_key(rng)
     data = encrypt_items(items, master_key, rng)

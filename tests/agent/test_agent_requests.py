@@ -145,3 +145,36 @@ def test_the_node_shown_to_the_custodian_is_the_one_its_certificate_names(
         responder.check(request(claim), mine, custodian_policy, now)
     req = request(dataclasses.replace(claim, node_id="lab-node"))
     assert responder.describe(req, responder.check(req, mine, custodian_policy, now))["node_id"] == "lab-node"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"session_id": "another-session"}, {"kind": pb.DRILL}, {"x": 2}],
+    ids=["session id not the attestation's", "kind not the attestation's", "slot of another custodian's key"],
+)
+def test_identifiers_of_a_request_are_checked_against_what_the_node_attested(
+    sealed: Any,
+    start_session: Any,
+    wrapping_keys: list[SoftwareWrappingKey],
+    custodian_policy: CustodianPolicy,
+    t0: int,
+    tmp_path: Path,
+    change: dict[str, Any],
+) -> None:
+    """Issue 13, class 4 (the agent's side): the session id, kind and slot a request carries come
+    unsigned; each must be what the attestation and the signed header say, and the slot must hold
+    this agent's own key, or nothing is decrypted, shown or released."""
+    session = start_session(sealed.sd)
+    msg = _message(session, 1, "cd" * 8)
+    if "x" in change:
+        msg = _message(session, change["x"], "cd" * 8)
+    else:
+        for field, value in change.items():
+            setattr(msg, field, value)
+    client = _Client()
+    agent = _agent(tmp_path / "state", wrapping_keys[0], custodian_policy, t0)
+    assert asyncio.run(agent.handle(client, msg)) == "refused"
+    assert [kind for kind, _ in client.custodian.calls] == ["deny"]  # a signed "a check failed", no share
+    assert not (tmp_path / "state" / "pending").exists() or not any(
+        (tmp_path / "state" / "pending").iterdir()
+    )

@@ -11,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from recertify import fresh_certificate
 
 from sdquorum import pki
 from sdquorum.encoding import b64e
@@ -474,7 +475,8 @@ def test_the_summary_shows_each_key_and_whether_it_is_new(
     each key's SHA-256, and which keys the domain does not use now (a rogue admin's substitute
     shows as a NEW KEY under an old name)."""
     thumb = [hashlib.sha256(k.certificate_der()).digest() for k in wrapping_keys]
-    now = [(n, t) for n, t in zip(("alice", "bob", "carol", "dave", "erin"), thumb[:5], strict=True)]
+    certs = [k.certificate_der() for k in wrapping_keys]
+    now = [(n, c) for n, c in zip(("alice", "bob", "carol", "dave", "erin"), certs[:5], strict=True)]
     summary = proposal.summary(now)  # bob..frank: frank is new, the others keep their keys
     for name, t in zip(("bob", "carol", "dave", "erin"), thumb[1:5], strict=True):
         assert f"CN={name} [{t.hex()[:32]}, same key as {name} now]" in summary
@@ -487,3 +489,74 @@ def test_the_summary_shows_each_key_and_whether_it_is_new(
     assert substitute.names() == proposal.names()  # by name, the two rosters read the same
     first = substitute.summary(now).split(";")[0]
     assert f"CN=bob [{hashlib.sha256(forged).hexdigest()[:32]}, NEW KEY]" in first
+
+
+def test_a_new_certificate_over_a_key_the_domain_uses_is_not_a_new_key(
+    proposal: RotationProposal, wrapping_keys: list[SoftwareWrappingKey], now: datetime
+) -> None:
+    """Issue 13, class 3: bob's key under a freshly self-signed certificate was marked NEW KEY,
+    so approvers took a key recorded lost for a new one. Keys are compared by SPKI."""
+    certs = [k.certificate_der() for k in wrapping_keys]
+    current = [(n, c) for n, c in zip(("alice", "bob", "carol", "dave", "erin"), certs[:5], strict=True)]
+    again = fresh_certificate(wrapping_keys[1], "bob", now)  # bob's own key, a new certificate
+    assert hashlib.sha256(again).digest() != hashlib.sha256(certs[1]).digest()
+    recert = RotationProposal(
+        **{**proposal.__dict__, "certificates_der": (again, *proposal.certificates_der[1:])}
+    )
+    first = recert.summary(current).split(";")[0]
+    assert f"CN=bob [{hashlib.sha256(again).hexdigest()[:32]}, same key as bob now, new certificate]" in first
+    assert "NEW KEY" not in first
+    renamed = fresh_certificate(wrapping_keys[0], "zoe", now)  # alice's key under another name
+    other = RotationProposal(
+        **{**proposal.__dict__, "certificates_der": (renamed, *proposal.certificates_der[1:])}
+    )
+    assert "CN=zoe [" in other.summary(current) and "same key as alice now, new certificate" in other.summary(
+        current
+    )
+
+
+def test_a_proposal_holding_one_key_twice_is_refused(
+    proposal: RotationProposal, wrapping_keys: list[SoftwareWrappingKey], now: datetime
+) -> None:
+    """Two certificates over bob's key are one custodian holding two slots: refused by key."""
+    twice = RotationProposal(
+        **{
+            **proposal.__dict__,
+            "certificates_der": (
+                *proposal.certificates_der[:4],
+                fresh_certificate(wrapping_keys[1], "frank", now),
+            ),
+        }
+    )
+    with pytest.raises(MalformedError, match="same key"):
+        RotationProposal.from_bytes(twice.to_bytes())
+
+
+@pytest.mark.parametrize(
+    "custodian",
+    [
+        "../../etc/cron.d/x",
+        "../escaped",
+        "/abs/path",
+        "a/b",
+        "a\\b",
+        ".hidden",
+        "-flag",
+        "bob\n",
+        "bob\x00",
+        "x" * 65,
+    ],
+)
+def test_a_custodian_name_that_could_name_another_file_is_refused(custodian: str) -> None:
+    """Issue 13, class 5: the name comes from the node and sdctl writes <custodian>-x<x>.request.json."""
+    with pytest.raises(MalformedError, match="custodian name"):
+        CeremonyRequest(**{**REQUEST.__dict__, "custodian": custodian})
+    with pytest.raises(MalformedError, match="custodian name"):
+        CeremonyRequest.from_bytes(edited(REQUEST.to_bytes(), custodian=custodian))
+
+
+@pytest.mark.parametrize(
+    "custodian", ["bob", "Bob Smith", "alice@example.org", "custodian-3", "x5t:AbC-_0123456", ""]
+)
+def test_every_slot_name_is_a_custodian_name(custodian: str) -> None:
+    assert CeremonyRequest(**{**REQUEST.__dict__, "custodian": custodian}).custodian == custodian

@@ -20,10 +20,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from recertify import fresh_certificate
 
 from sdquorum import shamir
 from sdquorum.encoding import b64d, b64e, canonical_json, parse_json_object
-from sdquorum.errors import MalformedError, SdquorumError, VerificationError
+from sdquorum.errors import MalformedError, SdquorumError, UsageError, VerificationError
+from sdquorum.keys import SoftwareWrappingKey
 from sdquorum.sdfile import (
     FORMAT,
     HEADER_CONTEXT,
@@ -560,3 +562,29 @@ def test_a_version_1_file_with_an_unknown_field_is_refused() -> None:
     obj["payload"]["extra"] = "x"
     with pytest.raises(MalformedError, match="unknown field 'extra'"):
         SecurityDomainFile.from_bytes(canonical_json(obj))
+
+
+def test_a_header_with_one_key_in_two_slots_is_refused_even_under_two_certificates(
+    sealed: Sealed, wrapping_keys: list[SoftwareWrappingKey], now: datetime
+) -> None:
+    """Issue 13, class 3: duplicates are keys, not certificate bytes. Slot 2 given a fresh
+    certificate over alice's key (its own thumbprint, consistent) is alice holding two shares."""
+    obj = _file_json(sealed.data)
+    header = parse_json_object(b64d(obj["header"], "header"), "header")
+    again = fresh_certificate(wrapping_keys[0], "bob", now)
+    header["slots"][1]["certificate"] = b64e(again)
+    header["slots"][1]["x5t_256"] = b64e(hashlib.sha256(again).digest())
+    with pytest.raises(MalformedError, match="same wrapping key"):
+        SecurityDomainFile.from_bytes(_with_header(sealed.data, header))
+
+
+def test_sealing_one_key_twice_under_two_certificates_is_refused(
+    wrapping_keys: list[SoftwareWrappingKey], now: datetime
+) -> None:
+    certs = [k.certificate_der() for k in wrapping_keys[:3]] + [
+        fresh_certificate(wrapping_keys[2], "dave", now)
+    ]
+    with pytest.raises(UsageError, match="same key"):
+        seal_domain(
+            new_domain_secrets(os.urandom), certs, 2, epoch=1, created_by="n", created_at=0, rng=os.urandom
+        )

@@ -155,7 +155,20 @@ async def test_attack_custodian_b_claims_custodian_a_slot(
     _, bobs = checked_for(recovering, bob, pki_dir)
     bob_release = envelopes.make_release(bobs, envelopes.decrypt_share(bobs, bob), bob).to_bytes()
     err = await submit(recovering, "bob", alice_rid, bob_release)
-    refused_and_audited(recovering, err, "recovery-answer-refused", "not signed by slot 1")
+    # Issue 13, class 4: bob's connection may answer only requests for keys named bob, so this is
+    # refused before its signature is even looked at (it used to be refused as "not signed by slot 1").
+    refused_and_audited(
+        recovering, err, "recovery-answer-refused", "not addressed to a key named for custodian/bob"
+    )
+    # Relayed by the admin (offline answers), only the signature ties an answer to its slot: still refused.
+    async with recovering.client() as cl:
+        with pytest.raises(grpc.aio.AioRpcError) as relayed:
+            await cl.admin.SubmitOfflineResponse(pb.OfflineResponse(request_id=alice_rid, answer=bob_release))
+    assert relayed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert any(
+        e["event"] == "recovery-answer-refused" and "not signed by slot 1" in str(e["details"])
+        for e in audit_events(recovering)
+    )
     # alice's slot is still open: she answers, and the ceremony goes on.
     for i in (0, 1, 2):
         recovering.start_agent(NAMES[i], wrapping_keys[i], tmp_path)

@@ -177,7 +177,9 @@ async def test_agent_killed_and_restarted_mid_ceremony(
 
     home = tmp_path / "olga"
     home.mkdir()
-    keygen("olga", home / "wrap.key", home / "wrap.pem", b"olga passphrase!", now, bits=2048)  # type: ignore[arg-type]
+    # Her wrapping certificate bears the name of her mTLS identity (custodian/erin): the node serves
+    # an agent only keys named for it (issue 13, class 4).
+    keygen("erin", home / "wrap.key", home / "wrap.pem", b"olga passphrase!", now, bits=2048)  # type: ignore[arg-type]
     olga = load_wrapping_key(home / "wrap.key", home / "wrap.pem", b"olga passphrase!")
     async with running_cluster(pki_dir, tmp_path / "a") as a:
         sd = await a.download(certs_of([*wrapping_keys[:4], olga]), quorum=3)
@@ -211,7 +213,7 @@ async def test_agent_killed_and_restarted_mid_ceremony(
                 ApprovalBox(home / "state").decide(pending.stem, approved=True)
                 last = await b.wait_session(timeout=30)
                 assert last.state == pb.COMPLETED, last.message
-                assert {c.name: c.status for c in last.custodians}["olga"] == pb.ACCEPTED
+                assert {c.name: c.status for c in last.custodians}["erin"] == pb.ACCEPTED
             finally:
                 again.kill()
                 again.wait()

@@ -21,7 +21,7 @@ from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 
 @pytest.fixture(scope="module")
 def token_cert(softhsm: Token, now: datetime) -> bytes:
-    pem = token_keygen(softhsm.module, softhsm.label, softhsm.pin, "olga-wrap", "olga", now, bits=2048)
+    pem = token_keygen(softhsm.module, softhsm.label, softhsm.pin, "olga-wrap", "erin", now, bits=2048)
     return pki.load_cert(pem).public_bytes(serialization.Encoding.DER)
 
 
@@ -64,11 +64,11 @@ async def test_native_recovery_completes_with_one_custodian_key_in_the_token(
         async with running_cluster(pki_dir, tmp_path / "b", node_id="node-b") as b:
             b.start_agent(NAMES[0], wrapping_keys[0], tmp_path)
             b.start_agent(NAMES[1], wrapping_keys[1], tmp_path)
-            b.start_agent("erin", key, tmp_path)  # slot 5: olga's key, in the token
+            b.start_agent("erin", key, tmp_path)  # slot 5: erin's key (CN=erin), in the token
             await b.start_recovery(sd)
             last = await b.wait_session()
             assert last.state == pb.COMPLETED, last.message
-            assert {c.name: c.status for c in last.custodians}["olga"] == pb.ACCEPTED
+            assert {c.name: c.status for c in last.custodians}["erin"] == pb.ACCEPTED
     finally:
         key.close()
 
@@ -115,7 +115,7 @@ async def test_azure_restore_completes_with_one_custodian_key_in_the_token(
         async with running_cluster(pki_dir, tmp_path / "c") as c:
             azure = CustodianPolicy((pki_dir / "attestation-root.pem").read_bytes(), azure_restore=True)
             c.start_agent(NAMES[0], wrapping_keys[0], tmp_path, policy=azure)
-            c.start_agent("erin", key, tmp_path, policy=azure)  # the token-held key answers slot 3
+            c.start_agent("erin", key, tmp_path, policy=azure)  # the token-held key (CN=erin) answers slot 3
             async with c.client() as cl, cl.errors():
                 started = await cl.admin.StartAzureRestore(
                     pb.AzureRestoreRequest(

@@ -765,3 +765,58 @@ def test_drill_and_retired_from_json_refuse(
     with pytest.raises(MalformedError) as err:
         cls.from_json(obj)
     assert fragment in str(err.value)
+
+
+# ------------------------------------------------------------------------- keys are public keys (class 3)
+
+
+def _spki(key: rsa.RSAPrivateKey) -> bytes:
+    der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).digest()
+
+
+def test_a_slot_holding_a_key_recorded_lost_is_lost_under_any_name_certificate_or_epoch(kit: Kit) -> None:
+    """Issue 13, class 3: alice's key was recorded lost (under her name, before this epoch); this
+    epoch's slot 5, "erin", holds that same RSA key under a fresh certificate. The review compares
+    keys (SPKI SHA-256), so erin's slot is lost and the review is at risk; by name and certificate
+    bytes it looked healthy."""
+    header = kit.h35
+    der = _certificate(kit.keys[0], "erin", datetime.fromtimestamp(kit.t0 + 400 * DAY, UTC))
+    slots = tuple(
+        dataclasses.replace(s, certificate_der=der, thumbprint=hashlib.sha256(der).digest())
+        if s.x == 5
+        else s
+        for s in header.slots
+        if s.x != 1  # alice left the roster
+    )
+    header = dataclasses.replace(header, slots=tuple(dataclasses.replace(s, x=s.x - 1) for s in slots))
+    lost = CustodyRecord(kit.t0 - 30 * DAY, "lost", "alice", actor="admin", key_sha256=_spki(kit.keys[0]))
+    review = kit.healthy(header).add(lost).review()
+    erin = next(c for c in review.custodians if c.name == "erin")
+    assert erin.status == "lost"
+    assert review.at_risk
+    assert any(
+        f.rule == "lost-key" and f.severity == "critical" and "erin" in f.message for f in review.findings
+    )
+
+
+def test_a_lost_key_no_slot_holds_is_reported_as_gone(kit: Kit) -> None:
+    gone = CustodyRecord(kit.t0 - DAY, "lost", "frank", actor="admin", key_sha256=_spki(kit.keys[5]))
+    review = kit.healthy().add(gone).review()
+    assert not review.at_risk
+    (info,) = [f for f in review.findings if f.rule == "lost-key"]
+    assert info.severity == "info" and "no slot of epoch 1 holds it" in info.message
+
+
+def test_custody_record_key_round_trips_and_a_bad_one_is_refused() -> None:
+    record = CustodyRecord(5, "lost", "alice", key_sha256=bytes(range(32)))
+    assert record.to_json()["key_sha256"] == bytes(range(32)).hex()
+    assert CustodyRecord.from_json(json.loads(json.dumps(record.to_json()))) == record
+    assert "key_sha256" not in CustodyRecord(5, "lost", "alice").to_json()  # old records read the same
+    for bad in ("ab" * 31, "AB" * 32, "zz" * 32, 5):
+        with pytest.raises(MalformedError, match="key_sha256"):
+            CustodyRecord.from_json({"time": 5, "kind": "lost", "custodian": "alice", "key_sha256": bad})
+    with pytest.raises(UsageError, match="key_sha256"):
+        CustodyRecord(5, "lost", "alice", key_sha256=b"short")

@@ -491,12 +491,14 @@ class SignBatchResponse(_message.Message):
     def __init__(self, signatures: _Optional[bytes] = ..., signature_lengths: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class AgentHello(_message.Message):
-    __slots__ = ("wrapping_cert_sha256", "agent_version")
+    __slots__ = ("wrapping_cert_sha256", "agent_version", "wrapping_certificate")
     WRAPPING_CERT_SHA256_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    WRAPPING_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     wrapping_cert_sha256: bytes
     agent_version: str
-    def __init__(self, wrapping_cert_sha256: _Optional[bytes] = ..., agent_version: _Optional[str] = ...) -> None: ...
+    wrapping_certificate: bytes
+    def __init__(self, wrapping_cert_sha256: _Optional[bytes] = ..., agent_version: _Optional[str] = ..., wrapping_certificate: _Optional[bytes] = ...) -> None: ...
 
 class CustodianRequest(_message.Message):
     __slots__ = ("request_id", "session_id", "kind", "attestation", "sd_header", "sd_header_signature", "x", "proposal")
