@@ -276,10 +276,10 @@ def _memory_child(argv: Sequence[str]) -> None:
     Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark to the current RSS
     started = time.perf_counter()
     if a.what == "backup":
-        out = node.backup()
+        out = node.backups.backup()
         size = len(out)
     else:
-        size = node.restore(data)
+        size = node.backups.restore(data)
     elapsed = time.perf_counter() - started
     peak_kb = _status_kb("VmHWM")
     store.close()
@@ -369,8 +369,8 @@ def run_large(ctx: BenchContext) -> list[Row]:
     loaded = build_store(ctx, total, rsa_names, rsa_distinct)
     node, store = open_node(ctx.pki_dir, loaded.data_dir, loaded.sealing_key_path)
     try:
-        if node.key_count() != total:
-            raise RuntimeError(f"bulk load wrote {node.key_count()} keys, not {total}")
+        if node.store.count_keys() != total:
+            raise RuntimeError(f"bulk load wrote {node.store.count_keys()} keys, not {total}")
         domain = store.load_domain()
         if domain is None:
             raise RuntimeError("no domain")
@@ -380,11 +380,11 @@ def run_large(ctx: BenchContext) -> list[Row]:
         data = b""
         for _ in range(runs):
             t0 = time.perf_counter()
-            data = node.backup()
+            data = node.backups.backup()
             backup_t.append(time.perf_counter() - t0)
         for _ in range(runs):
             t0 = time.perf_counter()
-            restored = node.restore(data)
+            restored = node.backups.restore(data)
             restore_t.append(time.perf_counter() - t0)
             if restored != total:
                 raise RuntimeError(f"restore returned {restored} keys, not {total}")

@@ -108,7 +108,7 @@ async def test_native_domain_exported_as_an_azure_file_opens_with_azure_restore_
         out = tmp_path / "azure.json"
         code, lines = await run_sdctl(pki_dir, a.target, "sd-file", "--format", "azure", "--out", str(out))
         assert code == 0, lines
-        domain = a.node._domain
+        domain = a.node.lifecycle.domain
     assert domain is not None
     # The generator's open_sd_file reads it as Azure's restore-blob does (every wrapping private key on one
     # machine); test_azure_cli_restore.py runs Microsoft's own `az keyvault security-domain restore-blob`.

@@ -418,7 +418,7 @@ async def test_a_public_key_swapped_on_disk_does_not_make_verify_accept_its_sign
 
     async with running_cluster(pki_dir, tmp_path / "a") as a:
         await a.download(certs_of(wrapping_keys[:3]), quorum=2)
-        await a.node.create_key("ed", KeyType.ED25519, Role("app"))
+        await a.node.keys.create_key("ed", KeyType.ED25519, Role("app"))
         forger = ed25519.Ed25519PrivateKey.generate()
         spki = forger.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -428,9 +428,10 @@ async def test_a_public_key_swapped_on_disk_does_not_make_verify_accept_its_sign
         db.commit()
         db.close()
         message = b"pay mallory 1000000"
-        assert a.node.verify("ed", message, forger.sign(message), Role("app")) is False
+        assert a.node.key_ops.verify("ed", message, forger.sign(message), Role("app")) is False
         assert (
-            a.node.verify("ed", message, a.node.sign("ed", message, Role("app")), Role("app")) is True
+            a.node.key_ops.verify("ed", message, a.node.key_ops.sign("ed", message, Role("app")), Role("app"))
+            is True
         )  # the real key still works
 
 
