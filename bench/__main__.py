@@ -1,6 +1,6 @@
-"""``python -m bench [--quick] [--only recovery,flat,large,dataplane] [--out FILE]``
+"""``python -m bench [--quick] [--only recovery,flat,large,dataplane,startup] [--out FILE]``
 
-Runs the benchmarks of issue 6, prints one table (``| benchmark | measured | baseline | ratio |
+Runs the benchmarks of issue 6 (and the start-up of issue 14), prints one table (``| benchmark | measured | baseline | ratio |
 target | ok |``) and writes the rows with the machine's facts to ``bench/results.json``
 (``bench/results-quick.json`` with ``--quick``, so a smoke run never overwrites the full record).
 
@@ -25,7 +25,7 @@ from typing import Any
 
 from bench._common import BenchContext, Row, machine_facts, quiet_logs, render_table, run_async
 
-PARTS = ("recovery", "flat", "large", "dataplane")
+PARTS = ("recovery", "flat", "large", "dataplane", "startup")
 PART_LIMIT, PART_LIMIT_QUICK = 480.0, 120.0  # seconds a part may take before the watchdog ends the run
 
 
@@ -42,6 +42,10 @@ def _runner(part: str) -> Callable[[BenchContext], list[Row]]:
         from bench.large import run_large
 
         return run_large
+    if part == "startup":
+        from bench.startup import run_startup
+
+        return run_startup
     from bench.dataplane import run_dataplane
 
     return run_dataplane

@@ -52,15 +52,15 @@ from custodian_agent import responder
 from custodian_agent.approvals import ApprovalBox, asks_person, check_mode
 from custodian_agent.memory import DomainMemory
 from sdquorum import envelopes, pki
-from sdquorum.errors import SdquorumError, TransportError, VerificationError
+from sdquorum.errors import SdquorumError, TransportError
 from sdquorum.keys import WrappingKey
-from sdquorum.offline import CeremonyRequest
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc.client import NodeClient
+from sdquorum_rpc.convert import request_from_proto
 from sdquorum_rpc.files import replace_private_file
 from sdquorum_rpc.tls import TlsFiles
 
-__all__ = ["Agent", "AgentConfig", "read_heartbeat", "request_from_proto"]
+__all__ = ["Agent", "AgentConfig", "read_heartbeat"]
 
 HEARTBEAT_FILE = "heartbeat.json"
 HEARTBEAT_SECONDS = 5.0
@@ -72,31 +72,6 @@ def read_heartbeat(state_dir: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return obj if isinstance(obj, dict) and isinstance(obj.get("time"), (int, float)) else None
-
-
-KINDS = {
-    pb.RECOVERY: "recovery",
-    pb.DRILL: "drill",
-    pb.ROTATION: "rotation",
-    pb.AZURE_RECOVERY: "azure-recovery",
-}
-
-
-def request_from_proto(msg: pb.CustodianRequest, custodian: str = "") -> CeremonyRequest:
-    kind = KINDS.get(msg.kind)
-    if kind is None:
-        raise VerificationError("the request is of an unknown kind")
-    return CeremonyRequest(
-        request_id=msg.request_id,
-        session_id=msg.session_id,
-        kind=kind,
-        x=msg.x,
-        custodian=custodian,
-        attestation=bytes(msg.attestation),
-        header=bytes(msg.sd_header),
-        header_signature=bytes(msg.sd_header_signature),
-        proposal=bytes(msg.proposal),
-    )
 
 
 log = logging.getLogger("sdquorum.agent")
@@ -285,8 +260,8 @@ class Agent:
             print(
                 f"approval needed: {req.kind} request {req.request_id} from {details['initiator']} on node "
                 f"{details['node_id']}: {details['reason']!r}; destination: {details['destination']}. "
-                f"Run 'custodian-agent approve {req.request_id}' "
-                f"or 'custodian-agent deny {req.request_id}'.",
+                f"Run '{self.approvals.command('approve', req.request_id)}' "
+                f"or '{self.approvals.command('deny', req.request_id)}'.",
                 flush=True,
             )
             decision = await self.approvals.wait(

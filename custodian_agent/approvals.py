@@ -32,6 +32,9 @@ Invariants:
 * The state directory and its folders are 0700 and every file in them 0600, whatever the umask;
   a state directory writable by group or others, or another user's, is refused
   (:func:`sdquorum_rpc.files.private_dir`): anyone who can write there can forge a decision.
+* Only an open request can be decided or is listed: posted, not decided yet, and its deadline
+  (``expires_at``) not passed. Deciding a closed one (decided, expired, answered or never asked)
+  is refused with :class:`StateError`, so the custodian is never told "approved" for nothing.
 """
 
 from __future__ import annotations
@@ -41,19 +44,23 @@ import hashlib
 import hmac
 import json
 import os
+import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sdquorum.encoding import canonical_json
-from sdquorum.errors import MalformedError, NotFoundError, UsageError
+from sdquorum.errors import MalformedError, StateError, UsageError
 from sdquorum.offline import check_request_id
 from sdquorum_rpc.files import private_dir, replace_private_file, tighten_files
 
-__all__ = ["APPROVAL_MODES", "ApprovalBox", "Decision", "asks_person", "check_mode"]
+__all__ = ["APPROVAL_MODES", "DEFAULT_STATE_DIR", "ApprovalBox", "Decision", "asks_person", "check_mode"]
 
 DIGEST_KEY = "details_sha256"
+DEFAULT_STATE_DIR = Path.home() / ".sdquorum-agent"  # agent.state_dir's default
 
 APPROVAL_MODES = ("manual", "auto-drills")
 UNATTENDED_KINDS = {"auto-drills": frozenset({"drill"})}  # kinds a mode answers without a person
@@ -88,11 +95,26 @@ class Decision:
     counts: bool = True  # False: no decision of the human's on these details (unreadable, other details)
 
 
+def _deadline(details: dict[str, Any]) -> float | None:
+    """The request's deadline (``expires_at``, ISO 8601 with its zone) as a Unix time; None if unreadable."""
+    try:
+        return datetime.fromisoformat(str(details["expires_at"])).timestamp()
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
 class ApprovalBox:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.state_dir = state_dir
         self.pending_dir = state_dir / "pending"
         self.decisions_dir = state_dir / "decisions"
+        self._clock = clock
+
+    def command(self, verb: str, request_id: str = "REQUEST") -> str:
+        """The command that runs ``verb`` on this box, with ``--state-dir`` unless it is the default."""
+        where = self.state_dir.absolute()
+        flag = "" if where == DEFAULT_STATE_DIR else f" --state-dir {shlex.quote(str(where))}"
+        return f"custodian-agent {verb} {request_id}{flag}"
 
     def check(self) -> None:
         """Make (0700) and check the state directory and its folders; refuse one writable by others
@@ -128,28 +150,48 @@ class ApprovalBox:
         return digest
 
     def pending(self) -> list[dict[str, Any]]:
+        """The open requests, soonest deadline first: not decided, not past their deadline."""
         if not self.pending_dir.exists():
             return []
         out = []
-        for p in sorted(self.pending_dir.glob("*.json")):
+        for p in self.pending_dir.glob("*.json"):
             try:
-                out.append(json.loads(p.read_text()))
+                details = json.loads(p.read_text())
             except (OSError, ValueError):
                 continue
-        return out
+            if isinstance(details, dict) and self._closed(p.stem, details) is None:
+                out.append(details)
+        return sorted(out, key=lambda d: (_deadline(d) or 0.0, str(d.get("request_id"))))
+
+    def _closed(self, request_id: str, details: dict[str, Any]) -> str | None:
+        """Why the request is no longer open, or None while it is."""
+        if (self.decisions_dir / request_id).exists():
+            return "is already decided"
+        deadline = _deadline(details)  # none readable: the waiting agent's own deadline applies
+        if deadline is not None and self._clock() >= deadline:
+            return f"expired at {details['expires_at']}"
+        return None
 
     def decide(self, request_id: str, approved: bool, reason: str = "") -> None:
         pending = self._file(self.pending_dir, request_id, ".json")
         try:
-            digest = json.loads(pending.read_text())[DIGEST_KEY]
+            details = json.loads(pending.read_text())
+            digest = details[DIGEST_KEY]
         except FileNotFoundError:
-            raise NotFoundError(
-                f"no pending request {request_id}: list them with 'custodian-agent pending'"
+            raise StateError(
+                f"request {request_id} is not open (answered, expired or never asked): "
+                "list the open ones with 'custodian-agent pending'"
             ) from None
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UsageError(
                 f"the pending request file {pending} is unreadable or damaged: deny it, or let it expire"
             ) from e
+        closed = self._closed(request_id, details)
+        if closed is not None:
+            raise StateError(
+                f"request {request_id} {closed}: nothing was recorded; "
+                "list the open ones with 'custodian-agent pending'"
+            )
         self._ensure()
         final = self._file(self.decisions_dir, request_id)
         tmp = self.decisions_dir / f".{request_id}.{os.getpid()}.tmp"
@@ -163,7 +205,10 @@ class ApprovalBox:
                 os.close(fd)
             os.link(tmp, final)  # appears whole, and only once: the waiting agent never reads half
         except FileExistsError:
-            raise UsageError(f"request {request_id} is already decided") from None
+            raise StateError(
+                f"request {request_id} is already decided: nothing was recorded; "
+                "list the open ones with 'custodian-agent pending'"
+            ) from None
         finally:
             tmp.unlink(missing_ok=True)
 

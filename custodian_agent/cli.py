@@ -3,6 +3,7 @@
 Examples::
 
     custodian-agent keygen --name alice --key alice.wrap.key --cert alice.wrap.pem
+    custodian-agent import-key --key alice.plain.key --cert alice.cer --out alice.wrap.key --out-cert alice.wrap.pem
     custodian-agent run --node node-b.example:7443 --tls-cert alice.tls.pem --tls-key alice.tls.key \\
         --ca transport-ca.pem --attestation-root attestation-root.pem \\
         --wrapping-key alice.wrap.key --wrapping-cert alice.wrap.pem --state-dir ~/.sdquorum
@@ -13,6 +14,11 @@ Examples::
 Approval (--approval): manual (the default) asks you for every request; auto-drills answers
 possession drills alone and still asks you for every recovery and rotation. 'auto' is refused: no
 share is released without a person approving.
+
+The wrapping key's passphrase, without a prompt (first found): --passphrase-file FILE (0600),
+$SDQUORUM_PASSPHRASE, the file named by $SDQUORUM_PASSPHRASE_FILE, systemd's
+$CREDENTIALS_DIRECTORY/sdquorum-passphrase (LoadCredential=). With none and no terminal: exit 2.
+Exit codes: 0 ok, 2 bad usage or input, 3 the request is not open, 4 a check failed, 5 network.
 """
 
 from __future__ import annotations
@@ -26,14 +32,22 @@ import signal
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
 from custodian_agent import responder
 from custodian_agent.agent import Agent, AgentConfig, read_heartbeat
 from custodian_agent.approvals import ApprovalBox, asks_person
-from custodian_agent.config import SETTINGS, AgentSettings
-from custodian_agent.keyfile import keygen, load_wrapping_key, read_passphrase
+from custodian_agent.config import DEFAULT_STATE_DIR, SETTINGS, AgentSettings
+from custodian_agent.keyfile import (
+    has_terminal,
+    import_key,
+    keygen,
+    load_wrapping_key,
+    passphrase,
+    read_plain_key,
+)
 from custodian_agent.memory import DomainMemory
 from sdquorum import __version__, envelopes, pki
 from sdquorum.envelopes import CustodianPolicy
@@ -49,8 +63,6 @@ from sdquorum_rpc.tls import TlsFiles
 __all__ = ["main"]
 
 PIN_ENV = "SDQUORUM_PKCS11_PIN"  # the name of a variable, not a secret
-
-DEFAULT_STATE_DIR = Path.home() / ".sdquorum-agent"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,9 +94,29 @@ def _parser() -> argparse.ArgumentParser:
     )
     k.add_argument("--bits", type=int, default=3072, help="RSA key size (default 3072; at least 2048)")
     _token_flags(k)
+    _passphrase_flag(k)
+
+    im = sub.add_parser(
+        "import-key",
+        help="take a plain PEM RSA key made with openssl (and its certificate) into the agent's encrypted form",
+        epilog="example (an Azure custodian's key made with 'openssl genpkey' and 'openssl req'):\n"
+        "  custodian-agent import-key --key alice.plain.key --cert alice.cer \\\n"
+        "      --out alice.wrap.key --out-cert alice.wrap.pem\n"
+        "  shred -u alice.plain.key      # then destroy every other copy of the plain key\n"
+        "  custodian-agent import-key --key alice.plain.key --cert alice.cer --out-cert alice.wrap.pem \\\n"
+        "      --pkcs11-module /usr/lib/softhsm/libsofthsm2.so --pkcs11-token alice --pkcs11-key-label alice-wrap",
+        formatter_class=fmt,
+    )
+    im.add_argument("--key", type=Path, required=True, help="the plain (unencrypted) PEM RSA private key")
+    im.add_argument("--cert", type=Path, required=True, help="its certificate (PEM or DER)")
+    im.add_argument("--out", type=Path, help="where to write the encrypted key (0600); not with --pkcs11-*")
+    im.add_argument("--out-cert", type=Path, required=True, help="where to write the certificate (PEM)")
+    _passphrase_flag(im)
+    _token_flags(im)
 
     r = sub.add_parser("run", help="dial the node and serve requests", epilog=__doc__, formatter_class=fmt)
     add_flags(r, SETTINGS)
+    _passphrase_flag(r)
 
     o = sub.add_parser(
         "respond",
@@ -99,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--wrapping-key", type=Path, help="passphrase-encrypted key file (or --pkcs11-*)")
     o.add_argument("--wrapping-cert", type=Path, required=True)
     _token_flags(o)
+    _passphrase_flag(o)
     o.add_argument("--allow-domain", action="append", default=[], metavar="HEX")
     o.add_argument("--pin-domain-key", action="append", default=[], metavar="HEX")
     o.add_argument(
@@ -137,20 +170,25 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     _state_dir_flags(dm)
-    for name, help_ in (("pending", "list requests waiting for your approval"),):
-        q = sub.add_parser(
-            name,
-            help=help_,
-            epilog="example: custodian-agent pending --state-dir ~/.sdquorum",
-            formatter_class=fmt,
-        )
-        _state_dir_flags(q)
+    q = sub.add_parser(
+        "pending",
+        help="list the open requests waiting for your approval (not decided, not expired)",
+        epilog="examples:\n  custodian-agent pending --state-dir ~/.sdquorum\n"
+        '  custodian-agent pending --output json      # one JSON document: {"requests": [...]}',
+        formatter_class=fmt,
+    )
+    _state_dir_flags(q)
+    q.add_argument("--output", choices=["text", "json"], default="text", help="a table (default) or JSON")
     for name, help_ in (
         ("approve", "release your share for a pending request"),
         ("deny", "refuse a pending request"),
     ):
         q = sub.add_parser(
-            name, help=help_, epilog=f"example: custodian-agent {name} 3f2a9c1b0d4e5f60", formatter_class=fmt
+            name,
+            help=help_,
+            epilog=f"example: custodian-agent {name} 3f2a9c1b0d4e5f60\n"
+            "exit 3 when the request is not open (decided, expired, answered or never asked)",
+            formatter_class=fmt,
         )
         q.add_argument("request_id")
         _state_dir_flags(q)
@@ -170,18 +208,52 @@ def _state_dir(args: argparse.Namespace) -> Path:
     return value
 
 
+UNLOCK_HELP = (
+    "file holding the wrapping key's passphrase on its first line (mode 0600). Without it: "
+    "$SDQUORUM_PASSPHRASE, the file named by $SDQUORUM_PASSPHRASE_FILE, systemd's "
+    "$CREDENTIALS_DIRECTORY/sdquorum-passphrase, else a prompt on the terminal"
+)
+
+
+def _passphrase_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--passphrase-file", type=Path, metavar="FILE", help=UNLOCK_HELP)
+
+
 def _token_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pkcs11-module", type=Path, help="PKCS#11 module of the token holding the key")
     p.add_argument("--pkcs11-token", help="the token's label")
     p.add_argument("--pkcs11-key-label", help="the key pair's label in the token")
 
 
+def _import_into_token(args: argparse.Namespace) -> str:
+    """import-key into a token: the pair stored there (not extractable), the certificate beside it."""
+    if args.out is not None or not args.pkcs11_token or not args.pkcs11_key_label:
+        raise UsageError("for a token give --pkcs11-module, --pkcs11-token and --pkcs11-key-label, not --out")
+    from custodian_agent.pkcs11key import token_import  # python-pkcs11 only where a token is used
+
+    key, cert_pem = read_plain_key(args.key, args.cert)
+    with PendingFile(args.out_cert, mode=0o644) as out:  # reserved first: a taken path stores nothing
+        token_import(args.pkcs11_module, args.pkcs11_token, _pin(), args.pkcs11_key_label, key)
+        out.write(cert_pem)
+    return (
+        f"stored the key in token {args.pkcs11_token!r} as {args.pkcs11_key_label!r} (not extractable) "
+        f"and wrote {args.out_cert}"
+    )
+
+
 def _pin() -> str:
     pin = os.environ.get(PIN_ENV)
-    return pin if pin is not None else getpass.getpass("Token PIN: ")
+    if pin is not None:
+        return pin
+    if not has_terminal():
+        raise UsageError(f"no token PIN and no terminal to ask on: set ${PIN_ENV}")
+    try:
+        return getpass.getpass("Token PIN: ")
+    except EOFError:
+        raise UsageError(f"no token PIN given (the input ended): set ${PIN_ENV} or type it") from None
 
 
-def _load_key(args: argparse.Namespace | AgentSettings) -> WrappingKey:
+def _load_key(args: argparse.Namespace | AgentSettings, passphrase_file: Path | None) -> WrappingKey:
     """The custodian's key: a passphrase-protected file, or a token object that never leaves it."""
     if args.pkcs11_module is not None:
         if not args.pkcs11_token or not args.pkcs11_key_label:
@@ -198,7 +270,7 @@ def _load_key(args: argparse.Namespace | AgentSettings) -> WrappingKey:
         )
     if args.wrapping_key is None:
         raise UsageError("give --wrapping-key FILE, or --pkcs11-module/--pkcs11-token/--pkcs11-key-label")
-    return load_wrapping_key(args.wrapping_key, args.wrapping_cert, read_passphrase())
+    return load_wrapping_key(args.wrapping_key, args.wrapping_cert, passphrase(passphrase_file))
 
 
 def _hexes(values: list[str], what: str, length: int) -> frozenset[bytes]:
@@ -223,6 +295,22 @@ def _policy(args: argparse.Namespace | AgentSettings) -> CustodianPolicy:
     )
 
 
+def _ask_yes_no(question: str) -> bool:
+    """Exactly yes or no (any case, spaces around ignored); anything else asks again. The end of
+    the input is an error, not an answer, so nothing is written."""
+    while True:
+        try:
+            reply = input(question).strip().lower()
+        except EOFError:
+            raise UsageError(
+                "no answer given (the input ended): nothing was written; run again and type yes or no, "
+                "or use --yes / --deny"
+            ) from None
+        if reply in ("yes", "no"):
+            return reply == "yes"
+        print(f"please type yes or no (you typed {reply[:20]!r})", flush=True)
+
+
 def _respond(args: argparse.Namespace) -> int:
     """The offline agent: one request file in, one answer file out, nothing else touched."""
     req = CeremonyRequest.from_bytes(read_input_file(args.request, "request file"))
@@ -236,7 +324,7 @@ def _respond(args: argparse.Namespace) -> int:
     if args.out.exists():
         raise UsageError(f"{args.out} exists already: choose another --out")
     memory = DomainMemory(args.state_dir) if args.state_dir is not None else None  # damaged: raises
-    key = _load_key(args)
+    key = _load_key(args, args.passphrase_file)
     thumbprint = pki.thumbprint_sha256(key.certificate_der())
     remembered = memory.known() if memory is not None else None
     checked = responder.check(
@@ -261,16 +349,13 @@ def _respond(args: argparse.Namespace) -> int:
         "proposal",
     ):
         if k in details:
-            print(f"  {k:<13} {details[k]}")
+            print(f"  {k:<13} {_cell(details[k])}")
     if args.deny:
         approved = False
     elif args.yes:
         approved = True
     else:
-        approved = (
-            input(f"Release your answer for this {req.kind}? Type 'yes' to approve: ").strip().lower()
-            == "yes"
-        )
+        approved = _ask_yes_no(f"Release your answer for this {req.kind}? Type yes or no: ")
     if approved:
         answer = OfflineAnswer(
             req.request_id, req.session_id, req.kind, responder.answer(req, checked, key, os.urandom)
@@ -298,6 +383,105 @@ def _respond(args: argparse.Namespace) -> int:
     return 0
 
 
+PENDING_JSON_KEYS = (
+    "request_id",
+    "kind",
+    "initiator",
+    "node_id",
+    "node_address",
+    "reason",
+    "domain_id",
+    "epoch",
+    "slot",
+    "session_id",
+    "destination",  # the sentence the custodian reads; the digests below are its keys' fingerprints
+    "destination_sha256",  # the node's attested exchange key (recovery)
+    "destination_spki_sha256",  # an external key (Azure restore): its SubjectPublicKeyInfo
+    "destination_certificate_sha256",
+    "destination_subject",
+    "exchange_key_sha256",
+    "proposal",
+    "expires_at",
+    "details_sha256",
+)
+PENDING_COLUMNS = (  # (heading, key): the reason last, as it is the one that may be long
+    ("REQUEST", "request_id"),
+    ("KIND", "kind"),
+    ("ASKED BY", "initiator"),
+    ("NODE", "node_id"),
+    ("DOMAIN", "domain_id"),
+    ("EPOCH", "epoch"),
+    ("DESTINATION KEY", "destination"),
+    ("DEADLINE", "expires_at"),
+    ("REASON", "reason"),
+)
+
+
+def _printable(text: str) -> str:
+    """Text from the node as the custodian's terminal shows it: one line, no control characters
+    (an escape sequence in a reason could otherwise redraw what the custodian reads)."""
+    text = " ".join(text.split())
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return _printable(value) or "-"
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _destination_cell(it: dict[str, Any]) -> str:
+    """Where a release ends up, by the fingerprint of the key it is sealed to ('pending' shows the
+    full sentence below the table when the key is not an attested node's)."""
+    if it.get("destination_spki_sha256"):
+        return "EXTERNAL " + _cell(it["destination_spki_sha256"])
+    if it.get("destination_sha256"):
+        return "node " + _cell(it["destination_sha256"])
+    return "none" if "destination" in it else "-"
+
+
+def _deadline_cell(expires_at: Any, now: float) -> str:
+    try:
+        when = datetime.fromisoformat(str(expires_at))
+    except ValueError:
+        return _cell(expires_at)
+    left = max(0, int(when.timestamp() - now))
+    return f"{when.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z ({left // 60}m{left % 60:02d}s left)"
+
+
+def render_pending(items: list[dict[str, Any]], output: str, now: float, command: str) -> str:
+    """The open requests as a table for a person, or one JSON document with fixed keys for scripts
+    (a key the request does not carry, such as ``destination``, is null)."""
+    if output == "json":
+        rows = [{k: it.get(k) for k in PENDING_JSON_KEYS} for it in items]
+        return json.dumps({"requests": rows}, indent=2, sort_keys=True)
+    if not items:
+        return "no pending requests"
+
+    def row(it: dict[str, Any]) -> list[str]:
+        special = {
+            "expires_at": _deadline_cell(it.get("expires_at"), now),
+            "destination": _destination_cell(it),
+        }
+        return [special[k] if k in special else _cell(it.get(k)) for _, k in PENDING_COLUMNS]
+
+    table = [[h for h, _ in PENDING_COLUMNS], *(row(it) for it in items)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(PENDING_COLUMNS) - 1)]
+    lines = ["  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]) for row in table]
+    notes = [  # what a row cannot hold: a rotation's proposal, an external destination's warning
+        f"{it.get('request_id')}: {label} {_cell(it.get(key))}"
+        for it in items
+        for key, label, shown in (
+            ("proposal", "proposal:", "proposal" in it),
+            ("destination", "destination:", bool(it.get("destination_spki_sha256"))),
+        )
+        if shown
+    ]
+    return "\n".join([*lines, *notes, f"{len(items)} open; decide each with '{command}'"])
+
+
 def _check_local_files(tls: TlsFiles, policy: CustodianPolicy, state_dir: Path) -> None:
     """Every local file, checked once at start-up: a bad setting is one line and exit 2, not an
     agent that dials, fails its handshake and retries for ever."""
@@ -315,12 +499,12 @@ def _check_local_files(tls: TlsFiles, policy: CustodianPolicy, state_dir: Path) 
         raise UsageError(f"cannot write the state directory {state_dir} (--state-dir): {e.strerror}") from e
 
 
-async def _run(args: AgentSettings) -> int:
+async def _run(args: AgentSettings, passphrase_file: Path | None) -> int:
     ApprovalBox(args.state_dir).check()  # refused before the passphrase is asked for
     tls = TlsFiles(args.tls_cert, args.tls_key, args.ca, ("--tls-cert", "--tls-key", "--ca"))
     policy = _policy(args)
     _check_local_files(tls, policy, args.state_dir)
-    key = _load_key(args)
+    key = _load_key(args, passphrase_file)
     config = AgentConfig(
         node=args.node,
         tls=tls,
@@ -393,15 +577,37 @@ def _body(args: argparse.Namespace) -> int:
         if args.key is None:
             raise UsageError("give --key FILE for a key file, or --pkcs11-* for a key made inside a token")
         keygen(
-            args.name, args.key, args.cert, read_passphrase(confirm=True), datetime.now(UTC), bits=args.bits
+            args.name,
+            args.key,
+            args.cert,
+            passphrase(args.passphrase_file, confirm=True),
+            datetime.now(UTC),
+            bits=args.bits,
         )
         print(f"wrote {args.key} (encrypted, 0600) and {args.cert}: give {args.cert} to the HSM admin")
+        return 0
+    if args.command == "import-key":
+        read_input_file(args.key, "key (--key)")  # a wrong path is named before the passphrase prompt
+        read_input_file(args.cert, "certificate (--cert)")
+        if args.pkcs11_module is not None:
+            where = _import_into_token(args)
+        elif args.out is None:
+            raise UsageError("give --out FILE for the encrypted key, or --pkcs11-* to store it in a token")
+        else:
+            phrase = passphrase(args.passphrase_file, confirm=True)
+            identity = import_key(args.key, args.cert, args.out, args.out_cert, phrase)
+            where = f"wrote {args.out} (encrypted, 0600) and {args.out_cert} for key {identity.hex()[:16]}"
+        print(
+            f"{where}. "
+            f"Now destroy the plain key: 'shred -u {args.key}', and every copy of it (backups, other "
+            "machines; on SSDs and copy-on-write file systems shred cannot reach every block)"
+        )
         return 0
     if args.command == "run":
         with private_umask():  # the state it keeps: files 0600, directories 0700, whatever the umask
             cfg = AgentSettings.load(args)
             setup_logging(cfg.log_level, cfg.log_format)
-            return asyncio.run(_run(cfg))
+            return asyncio.run(_run(cfg, args.passphrase_file))
     if args.command == "health":
         return _health(_state_dir(args), args.max_age)
     if args.command == "respond":
@@ -417,11 +623,7 @@ def _body(args: argparse.Namespace) -> int:
         return 0
     box = ApprovalBox(_state_dir(args))
     if args.command == "pending":
-        items = box.pending()
-        for it in items:
-            print(json.dumps(it, sort_keys=True))
-        if not items:
-            print("no pending requests")
+        print(render_pending(box.pending(), args.output, time.time(), box.command("approve|deny")))
         return 0
     box.decide(args.request_id, approved=args.command == "approve", reason=args.reason)
     print(f"request {args.request_id}: {'approved' if args.command == 'approve' else 'denied'}")

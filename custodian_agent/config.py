@@ -1,7 +1,7 @@
 """``custodian-agent run`` settings: ``[agent]``, ``[tls]``, ``[attestation]``, ``[wrapping]``,
 ``[observability]`` in TOML; ``SDQUORUM_AGENT_*`` in the environment; flags. Sample:
-deploy/config/agent.toml. The passphrase is never a setting: it comes from a prompt or
-``$SDQUORUM_PASSPHRASE``."""
+deploy/config/agent.toml. The passphrase is never a setting: it comes from ``--passphrase-file``,
+the environment, a systemd credential or a prompt (:mod:`custodian_agent.keyfile`)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from custodian_agent.approvals import check_mode
+from custodian_agent.approvals import DEFAULT_STATE_DIR, check_mode
 from sdquorum.errors import UsageError
 from sdquorum_rpc.config import Setting, check_host_port, load_settings
 
-__all__ = ["SETTINGS", "AgentSettings"]
+__all__ = ["DEFAULT_STATE_DIR", "SETTINGS", "AgentSettings"]
 
 E = "SDQUORUM_AGENT_"
 SETTINGS = [
@@ -26,7 +26,7 @@ SETTINGS = [
         "--state-dir",
         E + "STATE_DIR",
         Path,
-        Path.home() / ".sdquorum-agent",
+        DEFAULT_STATE_DIR,
         help="pending requests, decisions, and the domain memory (pinned domain keys, highest epochs seen): back it up",
     ),
     Setting(

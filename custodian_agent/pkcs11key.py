@@ -6,6 +6,9 @@ PIV cards do, the token computes c^d mod n and the host removes the OAEP-SHA256 
 :mod:`sdquorum.oaep` (one error for every failure, no early exit). Signing (release and proof
 envelopes) is PSS-SHA256 with a 32-byte salt inside the token.
 
+``token_import`` stores a key pair made elsewhere (``custodian-agent import-key``: an Azure
+custodian's openssl key) in the token, the private half sensitive and not extractable from then on.
+
 ``token_keygen`` makes the RSA key pair inside the token (sensitive, not extractable) and a
 certificate for its public key. cryptography cannot have a token sign a certificate, so the
 certificate is signed by a one-time issuer key that is thrown away at once: only the public key and
@@ -24,14 +27,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
-from pkcs11 import MGF, Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11 import MGF, Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11 import exceptions as p11e
+from pkcs11.util.rsa import decode_rsa_private_key, decode_rsa_public_key
 
 from sdquorum.errors import UsageError, VerificationError
 from sdquorum.keys import rsa_public_key_of
 from sdquorum.oaep import RawRsaWrappingKey
 
-__all__ = ["PIN_ENV", "Pkcs11WrappingKey", "open_token_key", "token_keygen"]
+__all__ = ["PIN_ENV", "Pkcs11WrappingKey", "open_token_key", "token_import", "token_keygen"]
 
 PIN_ENV = "SDQUORUM_PKCS11_PIN"  # the name of a variable, not a secret
 
@@ -166,3 +170,44 @@ def token_keygen(
         .sign(issuer_key, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def token_import(module: Path, token_label: str, pin: str, key_label: str, key: rsa.RSAPrivateKey) -> None:
+    """Store ``key`` in the token as the pair ``key_label`` (private half sensitive, not
+    extractable), as ``token_keygen`` would have made it; refused if the label is taken."""
+    session = _open_session(module, token_label, pin)
+    try:
+        if list(session.get_objects({Attribute.LABEL: key_label})):
+            raise UsageError(
+                f"the token already holds objects labelled {key_label!r}: choose another --pkcs11-key-label"
+            )
+        private_der = key.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+        public_der = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.PKCS1
+        )
+        common = {Attribute.TOKEN: True, Attribute.LABEL: key_label, Attribute.ID: key_label.encode()}
+        try:
+            session.create_object(
+                {
+                    **decode_rsa_private_key(
+                        private_der, MechanismFlag.DECRYPT | MechanismFlag.SIGN
+                    ),  # no unwrap
+                    **common,
+                    Attribute.PRIVATE: True,
+                    Attribute.SENSITIVE: True,
+                    Attribute.EXTRACTABLE: False,
+                }
+            )
+            session.create_object(
+                {**decode_rsa_public_key(public_der, MechanismFlag.ENCRYPT | MechanismFlag.VERIFY), **common}
+            )
+        except p11e.PKCS11Error as e:
+            for obj in session.get_objects({Attribute.LABEL: key_label}):  # no half pair left behind
+                obj.destroy()
+            raise UsageError(f"the token refused the key ({type(e).__name__}): nothing was stored") from e
+    finally:
+        session.close()

@@ -33,6 +33,7 @@ from sdquorum.sdfile import MAX_SD_FILE_BYTES
 from sdquorum_rpc import packed
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2_grpc as pbg
+from sdquorum_rpc.convert import KIND_TO_PROTO
 from sdquorum_rpc.errors import RequestGuard, rpc
 from sdquorum_rpc.listen import bind_failure
 from sdquorum_rpc.observability import NodeSnapshot
@@ -61,13 +62,7 @@ _CUSTODIAN = {
     CustodianStatus.NOT_NEEDED: pb.NOT_NEEDED,
     CustodianStatus.UNREACHABLE: pb.UNREACHABLE,
 }
-_KIND = {
-    "recovery": pb.RECOVERY,
-    "drill": pb.DRILL,
-    "rotation": pb.ROTATION,
-    "azure-recovery": pb.AZURE_RECOVERY,
-    "domain-notice": pb.DOMAIN_NOTICE,
-}
+_KIND = {**KIND_TO_PROTO, "domain-notice": pb.DOMAIN_NOTICE}  # a notice is sent, never answered
 
 
 def request_to_proto(req: CustodianRequest) -> pb.CustodianRequest:

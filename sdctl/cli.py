@@ -14,60 +14,56 @@ Examples::
     sdctl backup --out keys.backup && sdctl restore keys.backup
     sdctl keys create payments --type aes256-gcm
     sdctl keys delete payments --yes && sdctl keys deleted && sdctl keys recover payments
+
+Start-up: importing this module loads argparse and small settings modules only. Each command
+imports what it needs when it runs (grpc and the wire messages for node commands, the review or
+the Azure format for theirs), and nothing imports the agent, the node or prometheus_client
+(tests/cli/test_cli_imports.py; ``python -m bench --only startup`` measures it).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from custodian_agent.agent import request_from_proto
-from sdctl import pkifiles
 from sdctl.config import SETTINGS
 from sdquorum import __version__
-from sdquorum.audit import verify_export
-from sdquorum.azure.sdfile import AzureSecurityDomain
 from sdquorum.errors import MalformedError, StateError, UsageError, VerificationError
-from sdquorum.offline import OfflineAnswer, check_custodian_name
-from sdquorum.review import (
-    CustodyRecord,
-    DrillResult,
-    RetiredEpoch,
-    build_review,
-    render_html,
-    render_markdown,
-    review_to_json,
-)
-from sdquorum.sdfile import FORMAT, SecurityDomainFile, SignedHeader
-from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc.cli import run_main
-from sdquorum_rpc.client import NodeClient
 from sdquorum_rpc.config import add_flags, load_settings
 from sdquorum_rpc.files import PendingFile, read_input_file, write_private_file
-from sdquorum_rpc.tls import TlsFiles
+from sdquorum_rpc.lazy import lazy_module
+
+if TYPE_CHECKING:
+    from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
+    from sdquorum_rpc.client import NodeClient
+else:  # loaded at first use: 'sdctl --help' and 'sdctl pki' never load the wire messages
+    pb = lazy_module("sdquorum_rpc._proto.sdquorum.v1.sdquorum_pb2")
 
 __all__ = ["main"]
 
 CHUNK = 1024 * 1024
-KEY_TYPES = {"aes256-gcm": pb.AES256_GCM, "ed25519": pb.ED25519, "rsa3072": pb.RSA3072}
-STATUS_WORD = {
-    pb.NOT_CONNECTED: "not connected",
-    pb.REQUESTED: "pending",
-    pb.ACCEPTED: "accepted",
-    pb.REJECTED: "REJECTED",
-    pb.DENIED: "denied",
-    pb.NOT_NEEDED: "not needed",
-    pb.UNREACHABLE: "unreachable",
+KEY_TYPES = {"aes256-gcm": "AES256_GCM", "ed25519": "ED25519", "rsa3072": "RSA3072"}  # pb.KeyType names
+STATUS_WORD = {  # pb.CustodianStatus names (by name: the parser is built without the wire messages)
+    "NOT_CONNECTED": "not connected",
+    "REQUESTED": "pending",
+    "ACCEPTED": "accepted",
+    "REJECTED": "REJECTED",
+    "DENIED": "denied",
+    "NOT_NEEDED": "not needed",
+    "UNREACHABLE": "unreachable",
 }
-DRILL_WORD = {**STATUS_WORD, pb.ACCEPTED: "proved", pb.REJECTED: "failed"}
+DRILL_WORD = {**STATUS_WORD, "ACCEPTED": "proved", "REJECTED": "failed"}
+
+
+def _word(words: dict[str, str], status: int) -> str:
+    return words.get(pb.CustodianStatus.Name(status), "?") if status in pb.CustodianStatus.values() else "?"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -359,6 +355,9 @@ class Ctl:
             raise UsageError(
                 f"give {', '.join(missing)} (or SDCTL_CERT/SDCTL_KEY/SDCTL_CA): your mTLS identity"
             )
+        from sdquorum_rpc.client import NodeClient  # grpc: only for the commands that dial
+        from sdquorum_rpc.tls import TlsFiles
+
         return NodeClient(a.node, TlsFiles(a.cert, a.key, a.ca))
 
     # ----------------------------------------------------------- node
@@ -440,6 +439,8 @@ class Ctl:
 
     async def _follow(self, c: NodeClient, session_id: str, offline_dir: Path | None) -> pb.RecoveryProgress:
         """Write offline request files if asked, then show live progress until the session ends."""
+        from sdquorum_rpc.convert import request_from_proto
+
         if offline_dir is not None:
             exported = await c.admin.ExportRequests(pb.ExportRequestsRequest(session_id=session_id))
             files = []  # every name is checked before any file is written
@@ -467,7 +468,7 @@ class Ctl:
         left = max(0, p.expires_at_unix - int(time.time()))
         words = DRILL_WORD if p.kind == "drill" else STATUS_WORD
         noun = {"recovery": "shares", "drill": "proofs", "rotation": "approvals"}.get(p.kind, "answers")
-        parts = [f"{c.name}: {words.get(c.status, '?')}" for c in p.custodians]
+        parts = [f"{c.name}: {_word(words, c.status)}" for c in p.custodians]
         self.out(f"  [{p.accepted}/{p.required} {noun}, {left}s left] " + " | ".join(parts))
 
     async def drill(self) -> int:
@@ -476,11 +477,11 @@ class Ctl:
         async with self.client() as c, c.errors():
             started = await c.admin.StartDrill(pb.StartDrillRequest(reason=a.reason, ttl_seconds=a.ttl))
             final = await self._follow(c, started.session_id, a.offline_request)
-        report = {c.name: DRILL_WORD.get(c.status, "?") for c in final.custodians}
+        report = {c.name: _word(DRILL_WORD, c.status) for c in final.custodians}
         if not self.json:
             for cp in final.custodians:
                 detail = f": {cp.detail}" if cp.status != pb.ACCEPTED and cp.detail else ""
-                self.out(f"  {cp.name} (x={cp.x}): {DRILL_WORD.get(cp.status, '?')}{detail}")
+                self.out(f"  {cp.name} (x={cp.x}): {_word(DRILL_WORD, cp.status)}{detail}")
         self.emit(final.message, {"drill": report, "message": final.message})
         if any(word != "proved" for word in report.values()):
             raise VerificationError(
@@ -489,6 +490,8 @@ class Ctl:
         return 0
 
     async def rotate(self) -> int:
+        from sdquorum.sdfile import SecurityDomainFile
+
         a = self.args
         certs = [read_input_file(p, "custodian certificate") for p in a.custodian_certs]
         _check_offline_dir(a.offline_request)
@@ -515,6 +518,8 @@ class Ctl:
         return 0
 
     async def upload_answer(self) -> int:
+        from sdquorum.offline import OfflineAnswer
+
         answers = [OfflineAnswer.from_bytes(read_input_file(p, "answer file")) for p in self.args.files]
         async with self.client() as c, c.errors():
             for path, ans in zip(self.args.files, answers, strict=True):
@@ -541,6 +546,8 @@ class Ctl:
         return 0
 
     async def azure(self) -> int:
+        from sdquorum.azure.sdfile import AzureSecurityDomain
+
         a = self.args
         sd = read_input_file(a.sd_file, "Azure SD file")
         try:
@@ -577,6 +584,8 @@ class Ctl:
         return 0
 
     async def custody(self) -> int:
+        from sdquorum.review import CustodyRecord
+
         a = self.args
         async with self.client() as c, c.errors():
             if a.custody_command == "record":
@@ -602,7 +611,7 @@ class Ctl:
                 if self.json:
                     self.out(json.dumps(records))
                 for r in [] if self.json else records:
-                    when = datetime.fromtimestamp(r["time"], tz=UTC).strftime("%Y-%m-%d %H:%M")
+                    when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(r["time"]))
                     extra = ", ".join(f"{k}={r[k]}" for k in ("holder", "location", "note") if r.get(k))
                     self.out(
                         f"{when}  {r['kind']:<11} {r.get('custodian') or '-':<12} {extra}  (by {r.get('actor')})"
@@ -620,6 +629,17 @@ class Ctl:
         return 0
 
     async def review(self) -> int:
+        from sdquorum.review import (
+            CustodyRecord,
+            DrillResult,
+            RetiredEpoch,
+            build_review,
+            render_html,
+            render_markdown,
+            review_to_json,
+        )
+        from sdquorum.sdfile import SignedHeader
+
         a = self.args
         async with self.client() as c, c.errors():
             st = await c.admin.GetCustodyState(pb.GetCustodyStateRequest())
@@ -651,6 +671,10 @@ class Ctl:
         return 0
 
     async def audit(self) -> int:
+        from datetime import UTC, datetime
+
+        from sdquorum.audit import verify_export
+
         a = self.args
         if a.audit_command == "verify":
             lines = read_input_file(a.file, "audit export").decode(errors="replace").splitlines()
@@ -810,6 +834,10 @@ class Ctl:
     # ----------------------------------------------------------- pki
 
     def pki(self) -> int:
+        from datetime import UTC, datetime
+
+        from sdctl import pkifiles  # cryptography's certificate builder: only for this command
+
         a = self.args
         now = datetime.now(UTC)
         if a.pki_command == "init":
@@ -849,6 +877,8 @@ class Ctl:
             "audit": self.audit,
             "azure": self.azure,
         }
+        import asyncio
+
         return asyncio.run(handlers[cmd]())
 
 
@@ -857,6 +887,8 @@ def _require_sd_file(data: bytes, path: Path) -> None:
     picked). An SD file that fails a check (altered anywhere but its format marker) goes to the node,
     which is the one to refuse it: it audits the refusal ("sd-file-refused", with the reason) and ends
     the session it opened, and sdctl exits 4 (a verification failed)."""
+    from sdquorum.sdfile import FORMAT, SecurityDomainFile
+
     if FORMAT.encode() in data[:4096] or FORMAT.encode() in data[-4096:]:
         return
     try:
@@ -866,13 +898,15 @@ def _require_sd_file(data: bytes, path: Path) -> None:
 
 
 def _when(t: int) -> str:
-    return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%d %H:%M UTC") if t else "-"
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t)) if t else "-"
 
 
 def _request_file(offline_dir: Path, custodian: str, x: int) -> Path:
     """Where the request file for ``custodian`` goes: in ``offline_dir`` and nowhere else. The
     name comes from the node: it is checked against the name pattern before any path is built,
     and the result must still sit directly in ``offline_dir``."""
+    from sdquorum.offline import check_custodian_name
+
     name = f"{check_custodian_name(custodian)}-x{int(x)}.request.json"
     path = offline_dir / name
     if path.parent != offline_dir or path.name != name:  # pragma: no cover - the pattern already holds

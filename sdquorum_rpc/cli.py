@@ -8,7 +8,6 @@ node is not activated); 4 a verification failed; 5 network or TLS failure; 6 per
 from __future__ import annotations
 
 import sys
-import traceback
 from collections.abc import Callable
 
 from sdquorum.errors import (
@@ -54,6 +53,8 @@ def run_main(prog: str, body: Callable[[], int], debug: bool) -> int:
         return body()
     except SdquorumError as e:
         if debug:
+            import traceback  # only with --debug: not a cost of every start
+
             traceback.print_exc()
         print(f"{prog}: error: {e}", file=sys.stderr)
         return exit_code_for(e)
@@ -62,6 +63,8 @@ def run_main(prog: str, body: Callable[[], int], debug: bool) -> int:
         return EXIT_CODES["interrupted"]
     except Exception as e:
         if debug:
+            import traceback  # only with --debug: not a cost of every start
+
             traceback.print_exc()
         print(
             f"{prog}: unexpected error: {type(e).__name__}: {e} (rerun with --debug for details)",

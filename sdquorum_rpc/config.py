@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sdquorum.errors import UsageError
 
 __all__ = ["Setting", "add_flags", "check_host_port", "load_settings"]
 
 
-@dataclass(frozen=True)
-class Setting:
+class Setting(NamedTuple):
+    """One setting, an immutable row. A NamedTuple rather than a frozen dataclass: every command
+    line imports this module before it parses its flags, and dataclasses imports inspect (about
+    12 ms of each start-up; bench/startup.py)."""
+
     key: str  # "section.name" in the TOML file
     flag: str  # "--name"
     env: str  # "SDQUORUM_..."
@@ -129,6 +130,8 @@ def _convert(s: Setting, raw: Any, source: str) -> Any:
 def _read_toml(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
+    import tomllib  # only when a file is given: every command line starts without it
+
     try:
         data = tomllib.loads(Path(path).read_text())
     except FileNotFoundError as e:

@@ -12,7 +12,6 @@ versions left it) is tightened to 0700, with a warning, and so are the files we 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import stat
 from collections.abc import Iterable, Iterator
@@ -29,7 +28,14 @@ __all__ = [
     "write_private_file",
 ]
 
-log = logging.getLogger("sdquorum.files")
+
+def _warn(msg: str, *args: object) -> None:
+    """Log a tightened mode; logging is imported here, not by every command line that reads a file."""
+    import logging
+
+    logging.getLogger("sdquorum.files").warning(msg, *args)
+
+
 PRIVATE_UMASK = 0o077
 
 
@@ -84,7 +90,7 @@ def private_dir(path: Path, what: str, flag: str, *, ours: bool = True) -> Path:
         )
     if ours and mode & 0o077 and st.st_uid == me:
         os.chmod(path, 0o700)
-        log.warning("%s %s was mode %04o: tightened to 0700", what, path, mode)
+        _warn("%s %s was mode %04o: tightened to 0700", what, path, mode)
     return path
 
 
@@ -98,7 +104,7 @@ def tighten_files(paths: Iterable[Path]) -> None:
         mode = stat.S_IMODE(st.st_mode)
         if stat.S_ISREG(st.st_mode) and mode & 0o077:
             os.chmod(p, 0o600)
-            log.warning("%s was mode %04o: tightened to 0600", p, mode)
+            _warn("%s was mode %04o: tightened to 0600", p, mode)
 
 
 def write_private_file(path: Path, data: bytes, mode: int = 0o600) -> None:

@@ -6,7 +6,8 @@
 * Metrics (node): Prometheus counters and histograms on their own registry, served over HTTPS with
   client certificates required (the same transport CA as gRPC): ceremonies by kind and outcome
   and their durations; every RPC by method and status code and its latency (the data-plane
-  methods ``Encrypt``, ``Sign`` and so on among them).
+  methods ``Encrypt``, ``Sign`` and so on among them). prometheus_client is imported only where
+  the node's metrics are made, so the clients that share this module do not pay for it.
 * Health: the standard ``grpc.health.v1`` service on the node's mTLS port; SERVING while up,
   NOT_SERVING once a drain has begun.
 """
@@ -24,13 +25,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily, Metric
+from typing import TYPE_CHECKING, Any
 
 from sdquorum_rpc.config import check_host_port
 from sdquorum_rpc.listen import bind_failure
+
+if TYPE_CHECKING:  # prometheus_client is imported where metrics are made (module docstring)
+    from prometheus_client.core import Metric
 
 __all__ = ["REQUEST_ID", "SESSION_ID", "JsonFormatter", "NodeMetrics", "NodeSnapshot", "setup_logging"]
 
@@ -114,6 +115,8 @@ class _NodeGauges:
         self._snapshot = snapshot
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
         snap = self._snapshot()
         state = GaugeMetricFamily("sdquorum_node_state", "1 for the node's current state", labels=["state"])
         for name in NODE_STATES:
@@ -150,6 +153,9 @@ class NodeMetrics:
         self.registry.register(_NodeGauges(snapshot))
 
     def __init__(self) -> None:
+        # imported here: the clients (sdctl, the agent) share this module and never serve metrics
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
         self.registry = CollectorRegistry()
         self.ceremonies = Counter(
             "sdquorum_ceremonies_total",
@@ -188,6 +194,8 @@ class NodeMetrics:
 
     def serve(self, listen: str, cert: Path, key: Path, ca: Path) -> int:
         """HTTPS /metrics with client certificates required; returns the bound port."""
+        from prometheus_client import start_http_server
+
         host, _, port = check_host_port(listen, "observability.metrics_listen").rpartition(":")
         try:
             server, _thread = start_http_server(

@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PARTS = ("recovery", "flat", "large", "dataplane")
+PARTS = ("recovery", "flat", "large", "dataplane", "startup")
 ROWS_PER_PART = {  # a row each part must print, by the start of its name
     "recovery": ("recovery 3-of-5", "recovery 6-of-10"),
     "flat": ("flat in n: 10-of-10 vs 3-of-3", "  least possible time here"),
     "large": ("backup (Node.backup) of 25,000 keys", "restore (Node.restore) of 25,000 keys"),
     "dataplane": ("Ed25519 SignBatch x1000", "AES-256-GCM EncryptBatch x1000"),
+    "startup": ("sdctl --help vs", "sdctl status vs"),
 }
 
 

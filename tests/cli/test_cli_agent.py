@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from coordinator.recovery import CustodianStatus
 from custodian_agent.approvals import ApprovalBox
 from custodian_agent.keyfile import PASSPHRASE_ENV, load_wrapping_key
-from sdquorum.errors import NotFoundError, UsageError, VerificationError
+from sdquorum.errors import StateError, UsageError, VerificationError
 from sdquorum.keys import SoftwareWrappingKey
 
 PASSPHRASE = "correct horse battery"
@@ -147,6 +147,7 @@ def test_keygen_at_a_prompt_refuses_two_different_passphrases(
     monkeypatch.delenv(PASSPHRASE_ENV, raising=False)
     answers = iter(["first passphrase!", "second passphrase"])
     monkeypatch.setattr("custodian_agent.keyfile.getpass.getpass", lambda prompt="": next(answers))
+    monkeypatch.setattr("custodian_agent.keyfile.has_terminal", lambda: True)  # a person at a terminal
     r = agent_cli("keygen", "--name", "dave", "--key", str(tmp_path / "k"), "--cert", str(tmp_path / "c"))
     line = assert_one_line_error(r, "custodian-agent")
     assert r.code == 2 and "differ" in line
@@ -196,14 +197,15 @@ def test_run_with_a_wrong_passphrase_exits_4_with_one_line(
 
 
 async def wait_pending(agent_cli: AgentCli, state_dir: Path, timeout: float = 15.0) -> dict[str, Any]:
-    """Poll ``custodian-agent pending`` until one request shows; returns its JSON line."""
+    """Poll ``custodian-agent pending --output json`` until one request shows; returns it."""
     async with asyncio.timeout(timeout):
         while True:
-            r = agent_cli("pending", "--state-dir", str(state_dir))
+            r = agent_cli("pending", "--state-dir", str(state_dir), "--output", "json")
             assert r.code == 0, r.err
-            if r.out != ["no pending requests"]:
-                (line,) = r.out
-                obj: dict[str, Any] = json.loads(line)
+            requests = json.loads("\n".join(r.out))["requests"]
+            if requests:
+                (obj,) = requests
+                assert isinstance(obj, dict)
                 return obj
             await asyncio.sleep(0.05)
 
@@ -291,27 +293,27 @@ async def test_manual_approval_flow_over_grpc(
             assert agent_cli("pending", "--state-dir", str(dirs[name])).out == ["no pending requests"]
         again = agent_cli("approve", requests["alice"]["request_id"], "--state-dir", str(dirs["alice"]))
         line = assert_one_line_error(again, "custodian-agent")
-        assert again.code == 2 and "custodian-agent pending" in line
+        assert again.code == 3 and "not open" in line and "custodian-agent pending" in line
 
 
-UNKNOWN_IDS = {
-    "well-formed id nobody asked for": "0123456789abcdef",
-    "not hex": "not-a-request",
-    "path traversal": "../pending/0123456789abcdef",
-    "uppercase hex": "0123456789ABCDEF",
+UNKNOWN_IDS = {  # (the id, the exit code: 3 a request that is not open, 2 not a request id at all)
+    "well-formed id nobody asked for": ("0123456789abcdef", 3),
+    "not hex": ("not-a-request", 2),
+    "path traversal": ("../pending/0123456789abcdef", 2),
+    "uppercase hex": ("0123456789ABCDEF", 2),
 }
 
 
 @pytest.mark.parametrize("verb", ["approve", "deny"])
-@pytest.mark.parametrize("request_id", UNKNOWN_IDS.values(), ids=UNKNOWN_IDS.keys())
-def test_deciding_an_unknown_request_exits_2_with_one_line(
-    agent_cli: AgentCli, tmp_path: Path, verb: str, request_id: str
+@pytest.mark.parametrize(("request_id", "code"), UNKNOWN_IDS.values(), ids=UNKNOWN_IDS.keys())
+def test_deciding_an_unknown_request_exits_with_one_line(
+    agent_cli: AgentCli, tmp_path: Path, verb: str, request_id: str, code: int
 ) -> None:
     box = ApprovalBox(tmp_path)
     box.post("fedcba9876543210", {"request_id": "fedcba9876543210", "reason": "drill"})
     r = agent_cli(verb, request_id, "--state-dir", str(tmp_path))
     line = assert_one_line_error(r, "custodian-agent")
-    assert r.code == 2, line
+    assert r.code == code, line
     assert "custodian-agent pending" in line
     assert not (tmp_path / "decisions").exists() or not any((tmp_path / "decisions").iterdir())
     assert [p["request_id"] for p in box.pending()] == ["fedcba9876543210"]
@@ -331,7 +333,7 @@ def test_a_decision_reaches_the_waiting_agent(tmp_path: Path) -> None:
     decision = asyncio.run(box.wait("00112233aabbccdd", deadline=float("inf"), details_sha256=digest))
     assert (decision.approved, decision.reason) == (False, "not today")
     assert box.pending() == []
-    with pytest.raises(NotFoundError):
+    with pytest.raises(StateError, match="not open"):  # answered: closed (exit 3)
         box.decide("00112233aabbccdd", approved=True)
 
 

@@ -139,3 +139,47 @@ async def test_azure_restore_completes_with_one_custodian_key_in_the_token(
         assert open_transfer_file(data, exchange_key, exchange_der) == items
     finally:
         key.close()
+
+
+def test_import_key_stores_an_openssl_key_in_the_token(
+    softhsm: Token, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An Azure custodian's plain openssl key goes into the token, where it decrypts and signs as a
+    key made there does, and cannot be read back; the label is then taken."""
+    import subprocess
+
+    import pkcs11
+    from pkcs11 import Attribute, KeyType, ObjectClass
+
+    from custodian_agent.cli import main
+
+    plain, cer = tmp_path / "quinn.plain.key", tmp_path / "quinn.cer"
+    for argv in (
+        ["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(plain)],
+        ["req", "-new", "-x509", "-key", str(plain), "-subj", "/CN=quinn", "-days", "365", "-out", str(cer)],
+    ):
+        subprocess.run(["openssl", *argv], check=True, capture_output=True, timeout=60)
+    monkeypatch.setenv("SDQUORUM_PKCS11_PIN", softhsm.pin)
+    out_cert = tmp_path / "quinn.wrap.pem"
+    argv = [
+        "import-key", "--key", str(plain), "--cert", str(cer), "--out-cert", str(out_cert),
+        "--pkcs11-module", str(softhsm.module), "--pkcs11-token", softhsm.label, "--pkcs11-key-label", "quinn-wrap",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    der = pki.load_cert(out_cert.read_bytes()).public_bytes(serialization.Encoding.DER)
+    key = open_token_key(softhsm.module, softhsm.label, softhsm.pin, "quinn-wrap", der)
+    try:
+        secret = os.urandom(32)
+        assert key.decrypt(encrypt_oaep(der, secret, b"label"), b"label") == secret
+        assert verify_pss(der, b"release", key.sign(b"release"))
+    finally:
+        key.close()
+    token = pkcs11.lib(str(softhsm.module)).get_token(token_label=softhsm.label)
+    with token.open(user_pin=softhsm.pin) as session:
+        private = session.get_key(
+            object_class=ObjectClass.PRIVATE_KEY, key_type=KeyType.RSA, label="quinn-wrap"
+        )
+        assert private[Attribute.SENSITIVE] and not private[Attribute.EXTRACTABLE]
+    again = tmp_path / "again.pem"
+    assert main([*argv[:6], str(again), *argv[7:]]) == 2  # the label is taken: refused
+    assert not again.exists()
