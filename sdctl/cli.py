@@ -325,15 +325,26 @@ def _parser() -> argparse.ArgumentParser:
     pi.add_argument("--custodians", required=True, help="comma-separated custodian names")
     pi.add_argument("--ip", action="append", default=[], help="extra IP address for the node certificate")
     pi.add_argument("--dns", action="append", default=[], help="extra DNS name for the node certificate")
+    pi.add_argument(
+        "--etcd-member",
+        action="append",
+        default=[],
+        metavar="NAME[=IP]",
+        help="an HSM pool's etcd member: adds the etcd CA, this member's certificate, an etcd client "
+        "certificate per --node-id and etcd's root client certificate",
+    )
     pis = pks.add_parser(
         "issue",
         help="issue one more certificate from DIR's CAs",
-        epilog="example: sdctl pki issue --dir pki --role custodian/frank\n         sdctl pki issue --dir pki --attestation node-c",
+        epilog="example: sdctl pki issue --dir pki --role custodian/frank\n         sdctl pki issue --dir pki --attestation node-c\n"
+        "         sdctl pki issue --dir pki --etcd-node node-c",
     )
     pis.add_argument("--dir", type=Path, required=True)
     g = pis.add_mutually_exclusive_group(required=True)
     g.add_argument("--role", help="admin, app, app/<name>, node or custodian/<name>")
     g.add_argument("--attestation", metavar="NODE_ID", help="an attestation certificate for a node")
+    g.add_argument("--etcd-node", metavar="NODE_ID", help="an HSM pool member's etcd client certificate")
+    g.add_argument("--etcd-member", metavar="NAME[=IP]", help="one more etcd member's certificate")
     pis.add_argument("--ip", action="append", default=[])
     pis.add_argument("--dns", action="append", default=[])
     return p
@@ -842,13 +853,18 @@ class Ctl:
         now = datetime.now(UTC)
         if a.pki_command == "init":
             names = [n.strip() for n in a.custodians.split(",") if n.strip()]
-            files = pkifiles.init_pki(a.out, a.node_id, names, now, ips=a.ip, dns=a.dns)
+            files = pkifiles.init_pki(
+                a.out, a.node_id, names, now, ips=a.ip, dns=a.dns, etcd_members=a.etcd_member
+            )
             self.emit(f"wrote {len(files)} files to {a.out}", {"files": [str(f) for f in files]})
         elif a.role:
             stem = pkifiles.issue_role(a.dir, a.role, now, ips=a.ip, dns=a.dns)
             self.emit(f"wrote {stem}.pem and {stem}.key in {a.dir}", {"stem": stem})
-        else:
+        elif a.attestation:
             stem = pkifiles.issue_attestation(a.dir, a.attestation, now)
+            self.emit(f"wrote {stem}.pem and {stem}.key in {a.dir}", {"stem": stem})
+        else:
+            stem = pkifiles.issue_etcd(a.dir, now, node_id=a.etcd_node, member=a.etcd_member)
             self.emit(f"wrote {stem}.pem and {stem}.key in {a.dir}", {"stem": stem})
         return 0
 
