@@ -133,7 +133,7 @@ class Activation:
                     session
                 )  # the session's end is applied and audited now: nothing runs
                 raise
-            self._store.note_epoch(sd.header.domain_id, sd.header.epoch)
+            self._store.domain.note_epoch(sd.header.domain_id, sd.header.epoch)
             self._audit(
                 "sd-file-accepted",
                 "admin",
@@ -159,7 +159,7 @@ class Activation:
             return session.status()
 
     def _refuse_retired_epoch(self, header: sdfile.Header) -> None:
-        highest = self._store.highest_epoch(header.domain_id)
+        highest = self._store.domain.highest_epoch(header.domain_id)
         if highest is not None and header.epoch < highest:
             raise VerificationError(
                 f"epoch {header.epoch} of domain {header.domain_id.hex()} was retired: this node has seen "

@@ -74,7 +74,7 @@ class Custody:
             raise StateError(
                 f"the domain is marked compromised: no {what}; provision a new domain (docs/runbooks/compromise.md)"
             )
-        data = self._store.sd_file()
+        data = self._store.domain.sd_file()
         if data is None or self._lifecycle.domain is None:
             raise StateError("this node holds no SD file: it was activated by an older version")
         return sdfile.SecurityDomainFile.from_bytes(data).signed_header, self._lifecycle.domain
@@ -138,7 +138,7 @@ class Custody:
     def _held_custodian_keys(self) -> tuple[frozenset[bytes], frozenset[bytes]]:
         """Thumbprints and SPKI digests of every custodian certificate of the domain this node holds
         (none on a node that holds no domain)."""
-        data = self._store.sd_file()
+        data = self._store.domain.sd_file()
         if data is None or self._lifecycle.domain is None:
             return frozenset(), frozenset()
         slots = sdfile.SecurityDomainFile.from_bytes(data).header.slots
@@ -159,7 +159,7 @@ class Custody:
         custodian handing over its private key). Its one item is tagged ``AZURE_PAYLOAD_TAG``, so no
         sdquorum node and no agent turns it into a transfer file (module docstring)."""
         self._lifecycle.require_active()
-        data = self._store.sd_file()
+        data = self._store.domain.sd_file()
         if data is None or self._lifecycle.domain is None:
             raise StateError("this node holds no SD file")
         if fmt in ("", "native"):
@@ -199,7 +199,7 @@ class Custody:
             raise UsageError(
                 f"{stamped.custodian!r} is not a custodian of this epoch: use one of {', '.join(sorted(names))}"
             )
-        self._store.add_custody_record(stamped)
+        self._store.records.add_custody_record(stamped)
         self._audit(f"custody-{stamped.kind}", caller, stamped.to_json())
         return stamped
 
@@ -210,7 +210,7 @@ class Custody:
         if self._host.session is not None and not self._host.session.finished:
             self._host.session.abort("the domain was marked compromised")
             self._host.apply_if_finished(self._host.session)
-        self._store.set_flag("compromised", reason.strip()[:500])
+        self._store.domain.set_flag("compromised", reason.strip()[:500])
         self._audit("domain-compromised", caller, {"reason": reason.strip()[:500]})
         self._notices.notify()
 
@@ -221,14 +221,14 @@ class Custody:
             "node_id": self._config.node_id,
             "header": signed.header_bytes,
             "signature": signed.signature,
-            "records": [r.to_json() for r in self._store.custody_records()],
-            "drills": [r.to_json() for r in self._store.drill_results()],
-            "retired": [r.to_json() for r in self._store.retired_epochs()],
+            "records": [r.to_json() for r in self._store.records.custody_records()],
+            "drills": [r.to_json() for r in self._store.records.drill_results()],
+            "retired": [r.to_json() for r in self._store.records.retired_epochs()],
             "compromised": self._lifecycle.compromised,
         }
 
     def _current_signed(self) -> sdfile.SignedHeader:
-        data = self._store.sd_file()
+        data = self._store.domain.sd_file()
         if data is None:
             raise StateError("this node holds no SD file")
         return sdfile.SecurityDomainFile.from_bytes(data).signed_header
@@ -242,7 +242,7 @@ class Custody:
             DrillResult(now, p.name, p.x, DRILL_OUTCOMES.get(p.status, "unreachable"), p.detail[:200])
             for p in session.status().custodians
         ]
-        self._store.add_drill_results(results)
+        self._store.records.add_drill_results(results)
         self._audit(
             "drill-results",
             "node",

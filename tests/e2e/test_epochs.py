@@ -31,7 +31,7 @@ ALICE, BOB, CAROL, DAVE, ERIN = range(5)
 
 
 def audit_events(c: Cluster) -> list[dict[str, Any]]:
-    return [json.loads(e) for e in c.node.store.audit_entries(c.node.audit_chain())]
+    return [json.loads(e) for e in c.node.store.records.audit_entries(c.node.audit_chain())]
 
 
 async def until(predicate: Callable[[], bool], what: str, timeout: float = 15.0) -> None:

@@ -386,8 +386,8 @@ async def test_a_session_ended_by_its_deadline_is_recorded_whoever_finds_it(
                 == []
             )
         assert s.finished
-        rows = a.node.store.drill_results()
-        events = [json.loads(e)["event"] for e in a.node.store.audit_entries("domain")]
+        rows = a.node.store.records.drill_results()
+        events = [json.loads(e)["event"] for e in a.node.store.records.audit_entries("domain")]
     assert sorted(r.custodian for r in rows) == sorted(NAMES[:5])  # one result each
     assert {r.outcome for r in rows} == {"unreachable"}
     assert "drill-completed" in events, events
@@ -402,7 +402,7 @@ async def test_a_drill_slot_rejected_for_a_changed_key_has_its_own_audit_entry(
         other = pki.thumbprint_sha256(wrapping_keys[5].certificate_der())
         for _ in range(2):  # carol's agent reconnects with another key, twice: one rejection, one entry
             a.node.agents.agent_connected(Role("custodian", "carol"), other)
-        entries = [json.loads(e) for e in a.node.store.audit_entries("domain")]
+        entries = [json.loads(e) for e in a.node.store.records.audit_entries("domain")]
     rejected = [e for e in entries if e["event"] == "drill-slot-rejected"]
     assert [(e["details"]["custodian"], e["details"]["x"]) for e in rejected] == [("carol", 3)]
     assert "no longer matches slot 3" in rejected[0]["details"]["reason"]

@@ -41,7 +41,7 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None
 
 
 def audit_entries(c: Cluster) -> list[dict[str, Any]]:
-    return [json.loads(e) for e in c.node.store.audit_entries(c.node.audit_chain())]
+    return [json.loads(e) for e in c.node.store.records.audit_entries(c.node.audit_chain())]
 
 
 async def approve_rotation(a: Cluster, keys: list[SoftwareWrappingKey], names: list[str]) -> None:
