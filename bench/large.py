@@ -2,7 +2,7 @@
 
 Set-up: an in-process node-a (no server) activated 3-of-5, then the key store is bulk-loaded by
 this module (bench-only): rows written straight into the node's SQLite database with the SQL of
-``SqliteNodeStore.put_key`` (same sealing: AES-256-GCM under the domain's data encryption key, AAD
+``SqliteNodeStore.keys.put_key`` (same sealing: AES-256-GCM under the domain's data encryption key, AAD
 ``"{type}|{name}"``) in one transaction. Material comes from ``hsm_node.keyops.generate``: AES-256
 and Ed25519 each generated per key; RSA-3072 generated once for a few keys and reused under many
 names (generation costs ~0.2 s per key; reuse changes no byte count).

@@ -165,10 +165,6 @@ class CustodianRequest:
         )
 
 
-# Kept for the recovery API's callers.
-RecoveryRequest = CustodianRequest
-
-
 @dataclass(frozen=True)
 class ReleaseOutcome:
     x: int

@@ -37,7 +37,6 @@ from coordinator.ceremony import (
     CustodianStatus,
     QuorumError,
     QuorumProgress,
-    RecoveryRequest,
     ReleaseOutcome,
     SessionState,
 )
@@ -52,7 +51,6 @@ __all__ = [
     "CustodianStatus",
     "QuorumError",
     "QuorumProgress",
-    "RecoveryRequest",
     "RecoverySession",
     "ReleaseOutcome",
     "SessionState",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -24,11 +23,7 @@ from coordinator import (
     DrillSession,
 )
 from hsm_node.agents import Agents
-from hsm_node.audit_log import AuditLog
-from hsm_node.ceremony_host import CeremonyHost
-from hsm_node.ceremony_host import HostConfig as NodeConfigLike
-from hsm_node.state import Lifecycle
-from hsm_node.store import NodeStore
+from hsm_node.ceremony_host import Parts
 from sdquorum import pki, sdfile
 from sdquorum.azure.ceremony import AZURE_PAYLOAD_TAG
 from sdquorum.azure.sdfile import seal_azure_domain
@@ -45,28 +40,12 @@ __all__ = ["Custody"]
 class Custody:
     """Drills, Azure restores, custody records, the compromise flag and SD-file exports."""
 
-    def __init__(
-        self,
-        config: NodeConfigLike,
-        store: NodeStore,
-        lifecycle: Lifecycle,
-        host: CeremonyHost,
-        audit: AuditLog,
-        *,
-        now: Callable[[], int],
-        rng: Callable[[int], bytes],
-        agents: Agents,
-    ) -> None:
-        self._config = config
-        self._store = store
-        self._lifecycle = lifecycle
-        self._host = host
-        self._notices = host.notices
-        self._audit = audit
-        self._now = now
-        self._rng = rng
+    def __init__(self, parts: Parts, agents: Agents) -> None:
+        p = parts
+        self._config, self._store, self._lifecycle, self._host = p.config, p.store, p.lifecycle, p.host
+        self._notices, self._audit, self._now, self._rng = p.host.notices, p.audit, p.now, p.rng
         self._agents = agents
-        host.on_completed(DrillSession, self._apply_drill)
+        self._host.on_completed(DrillSession, self._apply_drill)
 
     def require_healthy_domain(self, what: str) -> tuple[sdfile.SignedHeader, sdfile.DomainSecrets]:
         self._lifecycle.require_active()

@@ -147,7 +147,7 @@ class KeyManager:
         created = self._now()
         with self._store.batch():
             self._refuse_taken(name)  # made meanwhile, during the generation
-            self._store.keys.put_key(dek, name, int(kind), public, private, created, owner)
+            self._store.keys.put_key(dek, StoredKey(name, int(kind), public, created, owner), private)
             self._audit(
                 "key-created", who.role, {"name": name, "type": kind.name, "owner": owner, **who.who()}
             )

@@ -11,19 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from coordinator import (
     RotationProposal,
     RotationSession,
 )
-from hsm_node.audit_log import AuditLog
-from hsm_node.ceremony_host import CeremonyHost
-from hsm_node.ceremony_host import HostConfig as NodeConfigLike
+from hsm_node.ceremony_host import Parts
 from hsm_node.custody import Custody
-from hsm_node.state import Lifecycle
-from hsm_node.store import DomainInfo, NodeStore
+from hsm_node.store import DomainInfo
 from sdquorum import pki, policy, sdfile
 from sdquorum.errors import StateError, UsageError
 from sdquorum.pki import Role
@@ -38,28 +35,12 @@ __all__ = ["Rotation"]
 class Rotation:
     """Propose a rotation, and apply a completed one: the next epoch."""
 
-    def __init__(
-        self,
-        config: NodeConfigLike,
-        store: NodeStore,
-        lifecycle: Lifecycle,
-        host: CeremonyHost,
-        audit: AuditLog,
-        *,
-        now: Callable[[], int],
-        rng: Callable[[int], bytes],
-        custody: Custody,
-    ) -> None:
-        self._config = config
-        self._store = store
-        self._lifecycle = lifecycle
-        self._host = host
-        self._notices = host.notices
-        self._audit = audit
-        self._now = now
-        self._rng = rng
+    def __init__(self, parts: Parts, custody: Custody) -> None:
+        p = parts
+        self._config, self._store, self._lifecycle, self._host = p.config, p.store, p.lifecycle, p.host
+        self._notices, self._audit, self._now, self._rng = p.host.notices, p.audit, p.now, p.rng
         self._custody = custody
-        host.on_completed(RotationSession, self._apply_rotation)
+        self._host.on_completed(RotationSession, self._apply_rotation)
 
     async def propose_rotation(
         self, certificates: Sequence[bytes], quorum: int, reason: str, ttl_seconds: int, caller: Role

@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from coordinator.recovery import RecoveryRequest, RecoverySession
+from coordinator import CustodianRequest
+from coordinator.recovery import RecoverySession
 from sdquorum import pki, shamir
 from sdquorum.envelopes import (
     Attestation,
@@ -206,11 +207,11 @@ class HonestAgent:
     def thumbprint(self) -> bytes:
         return pki.thumbprint_sha256(self.key.certificate_der())
 
-    def request(self, session: RecoverySession) -> RecoveryRequest:
+    def request(self, session: RecoverySession) -> CustodianRequest:
         (req,) = session.requests_for(self.thumbprint)
         return req
 
-    def check(self, req: RecoveryRequest, now: datetime = NOW) -> CheckedRequest:
+    def check(self, req: CustodianRequest, now: datetime = NOW) -> CheckedRequest:
         return check_request(
             Attestation.from_bytes(req.attestation),
             SignedHeader(req.header_bytes, req.header_signature),
@@ -221,7 +222,7 @@ class HonestAgent:
         )
 
     def release(
-        self, req: RecoveryRequest, now: datetime = NOW, share: shamir.Share | None = None
+        self, req: CustodianRequest, now: datetime = NOW, share: shamir.Share | None = None
     ) -> Release:
         """The release an honest agent sends, or one carrying ``share`` instead, validly signed."""
         checked = self.check(req, now)

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 from hsm_node.store.image import read_image, write_image
-from hsm_node.store.protocol import LEGACY_OWNER, DomainInfo, KeyRow, StoredKey
+from hsm_node.store.protocol import DomainInfo, KeyRow, StoredKey
 from hsm_node.store.sealing import DomainSeal, KeySeal
 from sdquorum.backup import BackupKey
 from sdquorum.errors import AlreadyExistsError, NotFoundError
@@ -168,21 +168,12 @@ class _MemoryKeys:
         self._t = transactions
         self._key_seal = seal
 
-    def put_key(
-        self,
-        dek: bytes,
-        name: str,
-        key_type: int,
-        public_der: bytes,
-        private: bytes,
-        created_at: int,
-        owner: str = LEGACY_OWNER,
-    ) -> None:
-        sealed = self._key_seal.seal(dek, name, key_type, owner, private)
+    def put_key(self, dek: bytes, key: StoredKey, private: bytes) -> None:
+        sealed = self._key_seal.seal(dek, key.name, key.key_type, key.owner, private)
         with self._t.tx() as t:
-            if name in t.keys:
-                raise AlreadyExistsError(f"a key named {name!r} exists already: pick another name")
-            t.keys[name] = KeyRow(StoredKey(name, key_type, public_der, created_at, owner), sealed)
+            if key.name in t.keys:
+                raise AlreadyExistsError(f"a key named {key.name!r} exists already: pick another name")
+            t.keys[key.name] = KeyRow(replace(key, deleted_at=None), sealed)
 
     def find_key(self, name: str) -> StoredKey | None:
         row = self._t.tables.keys.get(name)

@@ -127,17 +127,9 @@ class RecordStore(Protocol):
 class KeyStore(Protocol):
     """The key rows, private material sealed under the data encryption key ``dek``."""
 
-    def put_key(
-        self,
-        dek: bytes,
-        name: str,
-        key_type: int,
-        public_der: bytes,
-        private: bytes,
-        created_at: int,
-        owner: str = LEGACY_OWNER,
-    ) -> None:
-        """Insert a live key; AlreadyExistsError if a row of that name exists, live or deleted."""
+    def put_key(self, dek: bytes, key: StoredKey, private: bytes) -> None:
+        """Insert ``key`` live, its ``private`` material sealed; AlreadyExistsError if a row of that
+        name exists, live or deleted."""
         ...
 
     def find_key(self, name: str) -> StoredKey | None: ...

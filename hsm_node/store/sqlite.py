@@ -294,27 +294,18 @@ class _SqliteKeys:
         self._c = connection
         self._key_seal = seal
 
-    def put_key(
-        self,
-        dek: bytes,
-        name: str,
-        key_type: int,
-        public_der: bytes,
-        private: bytes,
-        created_at: int,
-        owner: str = LEGACY_OWNER,
-    ) -> None:
+    def put_key(self, dek: bytes, key: StoredKey, private: bytes) -> None:
         """Insert a live key; AlreadyExistsError if a row of that name exists, live or deleted
         (:meth:`find_key` tells which)."""
-        sealed = self._key_seal.seal(dek, name, key_type, owner, private)
+        sealed = self._key_seal.seal(dek, key.name, key.key_type, key.owner, private)
         try:
             with self._c.tx() as db:
                 db.execute(
                     "INSERT INTO keys (name, type, public_der, sealed, created_at, owner) VALUES (?, ?, ?, ?, ?, ?)",
-                    (name, key_type, public_der, sealed, created_at, owner),
+                    (key.name, key.key_type, key.public_der, sealed, key.created_at, key.owner),
                 )
         except AlreadyExistsError as e:
-            raise AlreadyExistsError(f"a key named {name!r} exists already: pick another name") from e
+            raise AlreadyExistsError(f"a key named {key.name!r} exists already: pick another name") from e
 
     def find_key(self, name: str) -> StoredKey | None:
         """The row named ``name``, live or deleted, without its private material."""

@@ -65,7 +65,7 @@ def _secrets() -> sdfile.DomainSecrets:
 
 
 def _put(store: NodeStore, name: str, owner: str = "app", private: bytes = b"secret") -> None:
-    store.keys.put_key(DEK, name, AES, b"pub-" + name.encode(), private, 100, owner)
+    store.keys.put_key(DEK, StoredKey(name, AES, b"pub-" + name.encode(), 100, owner), private)
 
 
 # ------------------------------------------------------------------ transactions
