@@ -41,7 +41,7 @@ from coordinator.ceremony import (
     SessionState,
 )
 from sdquorum import shamir
-from sdquorum.envelopes import Attestation, Release, open_release
+from sdquorum.envelopes import Attestation, CeremonyKind, Release, open_release
 from sdquorum.errors import SdquorumError, StateError, VerificationError
 from sdquorum.sdfile import DomainSecrets, SecurityDomainFile, open_domain
 
@@ -58,7 +58,7 @@ __all__ = [
 
 
 class RecoverySession(Ceremony):
-    kind = "recovery"
+    kind = CeremonyKind.RECOVERY
     answer_word = "shares"
     checks_late_answers = True
 
