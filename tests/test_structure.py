@@ -30,7 +30,6 @@ PENDING: dict[str, int] = {
     "hsm_node/cryptopool.py": 659,
     "hsm_node/pool/etcd.py": 801,
     "hsm_node/pool/etcd.py:EtcdClient": 450,
-    "hsm_node/server.py": 633,
     "custodian_agent/cli.py": 639,
     "sdctl/cli.py": 970,
     "sdctl/cli.py:Ctl": 546,
