@@ -102,7 +102,15 @@ class Node:
         audit = self.audit_log
         self.notices = Notices(store, self.lifecycle, lambda: self.ceremonies.session)
         self.ceremonies = CeremonyHost(
-            config, audit, self.notices, now=now, rng=rng, tick=self.tick, metrics=metrics
+            config,
+            audit,
+            self.notices,
+            store=store,
+            lifecycle=self.lifecycle,
+            now=now,
+            rng=rng,
+            tick=self.tick,
+            metrics=metrics,
         )
         host, life = self.ceremonies, self.lifecycle
         self.agents = Agents(host, audit, now)
