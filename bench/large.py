@@ -2,7 +2,7 @@
 
 Set-up: an in-process node-a (no server) activated 3-of-5, then the key store is bulk-loaded by
 this module (bench-only): rows written straight into the node's SQLite database with the SQL of
-``NodeStore.put_key`` (same sealing: AES-256-GCM under the domain's data encryption key, AAD
+``SqliteNodeStore.keys.put_key`` (same sealing: AES-256-GCM under the domain's data encryption key, AAD
 ``"{type}|{name}"``) in one transaction. Material comes from ``hsm_node.keyops.generate``: AES-256
 and Ed25519 each generated per key; RSA-3072 generated once for a few keys and reused under many
 names (generation costs ~0.2 s per key; reuse changes no byte count).
@@ -48,7 +48,8 @@ from bench._common import ROOT, BenchContext, Row, harness, median, run_async
 from hsm_node import keyops
 from hsm_node.keyops import KeyType
 from hsm_node.node import Node, NodeConfig
-from hsm_node.store import NodeStore, load_or_create_sealing_key
+from hsm_node.store import SqliteNodeStore, load_or_create_sealing_key
+from hsm_node.store.image import read_image
 from sdquorum.backup import BackupKey
 from sdquorum.pki import Role
 
@@ -142,8 +143,8 @@ def _config(ctx_pki: Path, data_dir: Path) -> NodeConfig:
     )
 
 
-def open_node(pki_dir: Path, data_dir: Path, sealing_key_path: Path) -> tuple[Node, NodeStore]:
-    store = NodeStore(data_dir, load_or_create_sealing_key(sealing_key_path), NODE_ID)
+def open_node(pki_dir: Path, data_dir: Path, sealing_key_path: Path) -> tuple[Node, SqliteNodeStore]:
+    store = SqliteNodeStore(data_dir, load_or_create_sealing_key(sealing_key_path), NODE_ID)
     return Node(_config(pki_dir, data_dir), store), store
 
 
@@ -155,8 +156,8 @@ def build_store(ctx: BenchContext, total: int, rsa_names: int, rsa_distinct: int
     sealing_key_path = data_dir.with_name(data_dir.name + ".sealing-key")  # where hsm-node looks by default
     node, store = open_node(ctx.pki_dir, data_dir, sealing_key_path)
     try:
-        run_async(node.download(ctx.certs(5), 3, Role("admin", None)))
-        loaded = store.load_domain()
+        run_async(node.activation.download(ctx.certs(5), 3, Role("admin", None)))
+        loaded = store.domain.load_domain()
         if loaded is None:
             raise RuntimeError("the node did not activate")
         dek = loaded[0].data_encryption_key
@@ -170,7 +171,9 @@ def build_store(ctx: BenchContext, total: int, rsa_names: int, rsa_distinct: int
     created = int(time.time())
 
     def row(name: str, kind: KeyType, public: bytes, private: bytes) -> tuple[str, int, bytes, bytes, int]:
-        nonce = os.urandom(12)  # as NodeStore._seal_key: nonce || AES-256-GCM(dek, private, "type|name")
+        nonce = os.urandom(
+            12
+        )  # as hsm_node.store.sealing.KeySeal: nonce || AES-256-GCM(dek, private, "type|name")
         sealed = nonce + aead.encrypt(nonce, private, f"{int(kind)}|{name}".encode())
         return name, int(kind), public, sealed, created
 
@@ -195,7 +198,7 @@ def build_store(ctx: BenchContext, total: int, rsa_names: int, rsa_distinct: int
     )
 
 
-def _plain_keys(store: NodeStore, dek: bytes) -> list[BackupKey]:
+def _plain_keys(store: SqliteNodeStore, dek: bytes) -> list[BackupKey]:
     """Every key with its private material, for the baseline (which seals the keys themselves)."""
     aead = AESGCM(dek)
     return [
@@ -206,9 +209,15 @@ def _plain_keys(store: NodeStore, dek: bytes) -> list[BackupKey]:
             aead.decrypt(sealed[:12], sealed[12:], f"{kind}|{name}".encode()),
             created,
         )
-        for name, kind, public, sealed, created in store._db.execute(
-            "SELECT name, type, public_der, sealed, created_at FROM keys ORDER BY name"
-        )
+        for name, kind, public, sealed, created in _rows(store, dek)
+    ]
+
+
+def _rows(store: SqliteNodeStore, dek: bytes) -> list[tuple[str, int, bytes, bytes, int]]:
+    """(name, type, public_der, sealed, created_at) of every key row, through the store's seam."""
+    return [
+        (r.key.name, r.key.key_type, r.key.public_der, r.sealed, r.key.created_at)
+        for r in read_image(*store.keys.export_key_rows(dek))
     ]
 
 
@@ -274,10 +283,10 @@ def _memory_child(argv: Sequence[str]) -> None:
     Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark to the current RSS
     started = time.perf_counter()
     if a.what == "backup":
-        out = node.backup()
+        out = node.backups.backup()
         size = len(out)
     else:
-        size = node.restore(data)
+        size = node.backups.restore(data)
     elapsed = time.perf_counter() - started
     peak_kb = _status_kb("VmHWM")
     store.close()
@@ -367,9 +376,9 @@ def run_large(ctx: BenchContext) -> list[Row]:
     loaded = build_store(ctx, total, rsa_names, rsa_distinct)
     node, store = open_node(ctx.pki_dir, loaded.data_dir, loaded.sealing_key_path)
     try:
-        if node.key_count() != total:
-            raise RuntimeError(f"bulk load wrote {node.key_count()} keys, not {total}")
-        domain = store.load_domain()
+        if node.store.keys.count_keys() != total:
+            raise RuntimeError(f"bulk load wrote {node.store.keys.count_keys()} keys, not {total}")
+        domain = store.domain.load_domain()
         if domain is None:
             raise RuntimeError("no domain")
         secrets = domain[0]
@@ -378,11 +387,11 @@ def run_large(ctx: BenchContext) -> list[Row]:
         data = b""
         for _ in range(runs):
             t0 = time.perf_counter()
-            data = node.backup()
+            data = node.backups.backup()
             backup_t.append(time.perf_counter() - t0)
         for _ in range(runs):
             t0 = time.perf_counter()
-            restored = node.restore(data)
+            restored = node.backups.restore(data)
             restore_t.append(time.perf_counter() - t0)
             if restored != total:
                 raise RuntimeError(f"restore returned {restored} keys, not {total}")
@@ -390,7 +399,7 @@ def run_large(ctx: BenchContext) -> list[Row]:
         from sdquorum import backup as backup_mod
 
         t0 = time.perf_counter()
-        image, count = store.export_key_rows(dek)
+        image, count = store.keys.export_key_rows(dek)
         t1 = time.perf_counter()
         sealed = backup_mod.seal_backup(
             secrets, image, key_count=count, node_id=NODE_ID, created_at=0, rng=os.urandom
@@ -399,7 +408,7 @@ def run_large(ctx: BenchContext) -> list[Row]:
         opened = backup_mod.open_backup(sealed, secrets)
         t3 = time.perf_counter()
         assert opened.key_rows is not None
-        store.import_key_rows(opened.key_rows, opened.header.key_count)
+        store.keys.import_key_rows(opened.key_rows, opened.header.key_count)
         t4 = time.perf_counter()
         phases.append(
             {
@@ -410,9 +419,7 @@ def run_large(ctx: BenchContext) -> list[Row]:
             }
         )
         keys = _plain_keys(store, dek)
-        stored_rows = store._db.execute(
-            "SELECT name, type, public_der, sealed, created_at FROM keys ORDER BY name"
-        ).fetchall()
+        stored_rows = _rows(store, dek)
         seal_t, unseal_t = [], []
         payload = 0
         ct = b""

@@ -85,7 +85,7 @@ async def test_status_advice_in_each_state_is_what_the_node_accepts(
             "the data plane is open" in st.out[0].splitlines()[-1]
             and "sdctl drill" in st.out[0].splitlines()[-1]
         )
-        b.node.mark_compromised("two keys lost", Role("admin"))
+        b.node.custody.mark_compromised("two keys lost", Role("admin"))
         st = await sdctl("status", node=b.target)
         assert (
             "MARKED COMPROMISED" in st.out[0]
@@ -157,7 +157,7 @@ async def test_a_watch_reconnects_through_a_dropped_connection_and_exit_5_only_w
         await asyncio.sleep(1.0)
         await proxy.start()  # and the network comes back
         await asyncio.sleep(1.5)
-        await b.node.cancel_session(sid, "after the blip", Role("admin"))
+        await b.node.ceremonies.cancel_session(sid, "after the blip", Role("admin"))
         watched = await asyncio.wait_for(run, 30)
         assert watched.code == 3 and "recovery failed: cancelled by admin: after the blip" in watched.err
         assert f"lost the node while watching session {sid}" in watched.err

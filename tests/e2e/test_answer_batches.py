@@ -10,13 +10,11 @@ checks here at the moment each caller returns.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import re
 import sqlite3
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,10 +23,9 @@ from harness import NAMES, Cluster, node_b_and_sd_file
 
 from coordinator.ceremony import SessionState
 from custodian_agent import responder
-from hsm_node.store import NodeStore
 from sdquorum import envelopes, pki, shamir
 from sdquorum.envelopes import CustodianPolicy
-from sdquorum.errors import AlreadyExistsError, StateError, StorageError, VerificationError
+from sdquorum.errors import StateError, StorageError, VerificationError
 from sdquorum.keys import SoftwareWrappingKey
 from sdquorum.pki import Role
 from sdquorum_rpc.observability import REQUEST_ID
@@ -43,7 +40,7 @@ def _answers(
     out = []
     for name, key in zip(NAMES, keys, strict=False):
         thumb = pki.thumbprint_sha256(key.certificate_der())
-        (req,) = b.node.pending_requests(thumb)
+        (req,) = b.node.agents.pending_requests(thumb)
         creq = req.for_custodian(name)
         checked = responder.check(creq, thumb, policy, now)
         if name == corrupt:
@@ -79,14 +76,14 @@ async def test_answers_arriving_together_commit_once_and_each_returns_after_its_
         await b.start_recovery(sd)
         answers = _answers(b, pki_dir, wrapping_keys[:4], corrupt="bob")
         commits: list[str] = []
-        b.node._store._db.set_trace_callback(lambda q: commits.append(q) if q == "COMMIT" else None)
+        b.node.store.on_commit = lambda: commits.append("COMMIT")
         seen_at_return: dict[str, list[tuple[str, str]]] = {}
         errors: dict[str, BaseException] = {}
 
         async def submit(request_id: str, answer: bytes, role: Role) -> None:
             REQUEST_ID.set(f"call-of-{role.name}")  # as the RPC layer does for each call
             try:
-                await b.node.submit_answer(request_id, answer, role, kind="recovery")
+                await b.node.answers.submit_answer(request_id, answer, role, kind="recovery")
             except VerificationError as e:
                 errors[role.name] = e
             seen_at_return[role.name] = _durable_events(b.data_dir)
@@ -114,7 +111,7 @@ async def test_an_answer_alone_is_committed_before_it_returns(
         await b.start_recovery(sd)
         answers = _answers(b, pki_dir, wrapping_keys[:3])
         for i, (request_id, answer, role) in enumerate(answers):
-            await b.node.submit_answer(request_id, answer, role, kind="recovery")
+            await b.node.answers.submit_answer(request_id, answer, role, kind="recovery")
             events = _durable_events(b.data_dir)
             assert ("recovery-answer-accepted", role.name) in events
             assert (("recovered", "") in events) == (i == 2)
@@ -126,17 +123,13 @@ async def _submit_in_a_batch_that_does_not_commit(
 ) -> list[object]:
     """Submit ``answers`` together while every batch's commit fails (a full disk at COMMIT): each
     caller's result, an exception or None. ``monkeypatch.undo()`` gives the store back."""
-    real_batch = b.node._store.batch
 
-    @contextlib.contextmanager
-    def failing_batch() -> Iterator[None]:
-        with real_batch():
-            yield
-            raise StorageError("the node cannot write its database (disk full): nothing was changed")
+    def full_disk_at_commit() -> None:
+        raise StorageError("the node cannot write its database (disk full): nothing was changed")
 
-    monkeypatch.setattr(b.node._store, "batch", failing_batch)
+    monkeypatch.setattr(b.node.store, "on_commit", full_disk_at_commit)
     return await asyncio.gather(
-        *(b.node.submit_answer(*a, kind="recovery") for a in answers), return_exceptions=True
+        *(b.node.answers.submit_answer(*a, kind="recovery") for a in answers), return_exceptions=True
     )
 
 
@@ -168,72 +161,24 @@ async def test_a_completion_that_does_not_commit_is_undone_in_memory_and_the_ses
         monkeypatch.undo()  # the disk is fixed: a new session
         await b.start_recovery(sd)
         for answer in _answers(b, pki_dir, wrapping_keys[:3]):
-            await b.node.submit_answer(*answer, kind="recovery")
+            await b.node.answers.submit_answer(*answer, kind="recovery")
         assert b.node.state == "ACTIVATED"
 
 
-def test_store_batch_is_one_commit_a_failed_write_undoes_itself_an_exception_undoes_all(
-    tmp_path: Path,
-) -> None:
-    store = NodeStore(tmp_path / "d", bytes(32), "node-x")
-    try:
-        commits: list[str] = []
-        store._db.set_trace_callback(lambda q: commits.append(q) if q == "COMMIT" else None)
-        dek = bytes(range(32))
-        with store.batch():
-            store.put_key(dek, "k1", 1, b"pub", b"secret-1", 1)
-            store.append_audit("provisioning", 1, '{"n": 1}')
-            with pytest.raises(AlreadyExistsError):
-                store.put_key(dek, "k1", 1, b"pub", b"other", 2)  # refused: only this write is undone
-            store.put_key(dek, "k2", 1, b"pub", b"secret-2", 3)
-        assert commits == ["COMMIT"]
-        assert [k.name for k in store.list_keys()] == ["k1", "k2"]
-        assert store.get_key(dek, "k1")[1] == b"secret-1"
-        with pytest.raises(RuntimeError), store.batch():
-            store.put_key(dek, "k3", 1, b"pub", b"secret-3", 4)
-            store.append_audit("provisioning", 2, '{"n": 2}')
-            raise RuntimeError("the caller failed half-way")
-        assert [k.name for k in store.list_keys()] == ["k1", "k2"]
-        assert store.audit_entries("provisioning") == ['{"n": 1}']
-        assert commits == ["COMMIT"]
-    finally:
-        store.close()
-
-
-def test_a_batch_whose_transaction_sqlite_rolled_back_fails_instead_of_committing_the_rest(
-    tmp_path: Path,
-) -> None:
-    # On a full disk or an I/O error SQLite may roll the whole transaction back by itself; the node
-    # carries on with the batch's other answers after one answer's error, so the store must notice.
-    store = NodeStore(tmp_path / "d", bytes(32), "node-x")
-    try:
-        with pytest.raises(StorageError), store.batch():
-            store.append_audit("provisioning", 1, '{"n": 1}')
-            store._db.execute("ROLLBACK")  # what SQLite does by itself on SQLITE_FULL, say
-            with pytest.raises(StorageError, match="rolled back"):
-                store.append_audit("provisioning", 2, '{"n": 2}')
-            # the caller goes on, as the node does with the next answer of the batch
-        assert store.audit_entries("provisioning") == []  # nothing was half-committed
-        store.append_audit("provisioning", 1, '{"n": 1}')  # and the store works afterwards
-        assert store.audit_entries("provisioning") == ['{"n": 1}']
-    finally:
-        store.close()
-
-
-def _fail_writing(monkeypatch: pytest.MonkeyPatch, event: str, times: int) -> None:
+def _fail_writing(monkeypatch: pytest.MonkeyPatch, b: Cluster, event: str, times: int) -> None:
     """The audit entry ``event`` fails to write ``times`` times (one statement, as SQLITE_FULL
     fails it: the transaction itself survives); other entries are written."""
-    real = NodeStore.append_audit
+    records = b.node.store.records
+    real = records.append_audit
     left = {"n": times}
 
-    def flaky(store: NodeStore, chain: str, seq: int, entry_json: str) -> None:
+    def flaky(chain: str, seq: int, entry_json: str) -> None:
         if left["n"] and json.loads(entry_json)["event"] == event:
             left["n"] -= 1
-            with store._tx():
-                raise sqlite3.OperationalError("database or disk is full")
-        real(store, chain, seq, entry_json)
+            raise StorageError("the node cannot write its database (database or disk is full)")
+        real(chain, seq, entry_json)
 
-    monkeypatch.setattr(NodeStore, "append_audit", flaky)
+    monkeypatch.setattr(records, "append_audit", flaky)
 
 
 @pytest.mark.parametrize("which", ["the first share", "the m-th share"])
@@ -251,15 +196,15 @@ async def test_a_share_whose_acceptance_is_not_written_never_counts(
         answers = _answers(b, pki_dir, wrapping_keys[:3])
         first = 0 if which == "the first share" else 2
         for a in answers[:first]:
-            await b.node.submit_answer(*a, kind="recovery")
-        _fail_writing(monkeypatch, "recovery-answer-accepted", 1)
+            await b.node.answers.submit_answer(*a, kind="recovery")
+        _fail_writing(monkeypatch, b, "recovery-answer-accepted", 1)
         with pytest.raises(StorageError, match="could not record the answer"):
-            await b.node.submit_answer(*answers[first], kind="recovery")
+            await b.node.answers.submit_answer(*answers[first], kind="recovery")
         session = b.node.session
         assert session is not None and session.state is SessionState.FAILED
         for a in answers[first + 1 :]:  # the rest are refused: the session has ended
             with pytest.raises(StateError):
-                await b.node.submit_answer(*a, kind="recovery")
+                await b.node.answers.submit_answer(*a, kind="recovery")
         assert b.node.state == "RECOVERY_PENDING" and b.node.domain_info is None
         events = _durable_events(b.data_dir)
         assert ("recovery-answer-accepted", NAMES[first]) not in events
@@ -267,5 +212,5 @@ async def test_a_share_whose_acceptance_is_not_written_never_counts(
         monkeypatch.undo()  # the disk is fixed: a new session recovers
         await b.start_recovery(sd)
         for answer in _answers(b, pki_dir, wrapping_keys[:3]):
-            await b.node.submit_answer(*answer, kind="recovery")
+            await b.node.answers.submit_answer(*answer, kind="recovery")
         assert b.node.state == "ACTIVATED"

@@ -42,13 +42,13 @@ from sdquorum_rpc.client import NodeClient
 
 def audit_events(c: Cluster) -> list[dict[str, object]]:
     chain = c.node.audit_chain()
-    return [json.loads(e) for e in c.node._store.audit_entries(chain)]
+    return [json.loads(e) for e in c.node.store.records.audit_entries(chain)]
 
 
 def checked_for(c: Cluster, key: SoftwareWrappingKey, pki_dir: Path) -> tuple[str, envelopes.CheckedRequest]:
     """What an honest agent holding ``key`` would have checked for its open request on ``c``."""
     thumb = pki.thumbprint_sha256(key.certificate_der())
-    (req,) = c.node.pending_requests(thumb)
+    (req,) = c.node.agents.pending_requests(thumb)
     checked = envelopes.check_request(
         envelopes.Attestation.from_bytes(req.attestation),
         SignedHeader(req.header_bytes, req.header_signature),
@@ -311,7 +311,7 @@ async def test_attack_approval_after_the_deadline(
                 )
             )
         thumb = pki.thumbprint_sha256(wrapping_keys[0].certificate_der())
-        (req,) = a.node.pending_requests(thumb)
+        (req,) = a.node.agents.pending_requests(thumb)
         checked = envelopes.check_request(
             envelopes.Attestation.from_bytes(req.attestation),
             SignedHeader(req.header_bytes, req.header_signature),
@@ -332,7 +332,7 @@ async def test_attack_approval_after_the_deadline(
                     pb.ProofSubmission(request_id=req.request_id, proof=proof.to_bytes())
                 )
         assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert a.node.security_domain_file() == sd  # nothing changed
+        assert a.node.custody.security_domain_file() == sd  # nothing changed
         assert (await a.node_status()).epoch == 1
         assert any(e["event"] == "refused" and "SubmitProof" in str(e["details"]) for e in audit_events(a))
 
@@ -350,7 +350,7 @@ async def test_attack_sd_file_with_a_flipped_byte_is_refused_before_any_custodia
         await asyncio.sleep(0.3)
         assert all(not a.released for a in agents)
         assert all(
-            b.node.pending_requests(pki.thumbprint_sha256(k.certificate_der())) == []
+            b.node.agents.pending_requests(pki.thumbprint_sha256(k.certificate_der())) == []
             for k in wrapping_keys[:5]
         )
         assert any(e["event"] == "sd-file-refused" for e in audit_events(b))
@@ -459,7 +459,7 @@ async def test_attack_a_huge_key_name_does_not_grow_the_audit_log(
     bounded entry (the name is refused before any lookup, and no message is stored whole)."""
     async with running_cluster(pki_dir, tmp_path / "a") as a:
         await a.download(certs_of(wrapping_keys[:3]), quorum=2)
-        before = len("".join(a.node._store.audit_entries("domain")))
+        before = len("".join(a.node.store.records.audit_entries("domain")))
         async with a.client("app") as c:
             for _ in range(5):
                 with pytest.raises(grpc.aio.AioRpcError) as e:
@@ -468,5 +468,5 @@ async def test_attack_a_huge_key_name_does_not_grow_the_audit_log(
                     )
                 assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
                 assert "key names are 1..128 printable characters" in (e.value.details() or "")
-        grown = len("".join(a.node._store.audit_entries("domain"))) - before
+        grown = len("".join(a.node.store.records.audit_entries("domain"))) - before
     assert grown < 5 * 2000, grown  # five refusals, each a few hundred bytes

@@ -360,19 +360,22 @@ async def test_a_session_ended_by_its_deadline_is_recorded_whoever_finds_it(
     path notices the deadline first; before, only the node's own ticker applied it."""
     async with running_cluster(pki_dir, tmp_path / "a") as a:
         await a.download(certs_of(wrapping_keys[:5]), quorum=3)
-        s = await a.node.start_drill("quarterly", 30, Role("admin"))
+        s = await a.node.custody.start_drill("quarterly", 30, Role("admin"))
         assert a.server._ticker is not None
         a.server._ticker.cancel()  # the ticker must not be the one to notice
         a.clock.advance(31)
         if found_by == "the next session":
-            await a.node.start_drill("the next quarter", 30, Role("admin"))
+            await a.node.custody.start_drill("the next quarter", 30, Role("admin"))
         else:
-            assert a.node.pending_requests(pki.thumbprint_sha256(wrapping_keys[0].certificate_der())) == []
+            assert (
+                a.node.agents.pending_requests(pki.thumbprint_sha256(wrapping_keys[0].certificate_der()))
+                == []
+            )
         assert s.finished
-        rows = a.node._store.rows("drills", "result")
-        events = [json.loads(e)["event"] for e in a.node._store.audit_entries("domain")]
-    assert sorted(json.loads(r)["custodian"] for r in rows) == sorted(NAMES[:5])  # one result each
-    assert {json.loads(r)["outcome"] for r in rows} == {"unreachable"}
+        rows = a.node.store.records.drill_results()
+        events = [json.loads(e)["event"] for e in a.node.store.records.audit_entries("domain")]
+    assert sorted(r.custodian for r in rows) == sorted(NAMES[:5])  # one result each
+    assert {r.outcome for r in rows} == {"unreachable"}
     assert "drill-completed" in events, events
 
 
@@ -381,11 +384,11 @@ async def test_a_drill_slot_rejected_for_a_changed_key_has_its_own_audit_entry(
 ) -> None:
     async with running_cluster(pki_dir, tmp_path / "a") as a:
         await a.download(certs_of(wrapping_keys[:5]), quorum=3)
-        s = await a.node.start_drill("quarterly", 60, Role("admin"))
+        s = await a.node.custody.start_drill("quarterly", 60, Role("admin"))
         other = pki.thumbprint_sha256(wrapping_keys[5].certificate_der())
         for _ in range(2):  # carol's agent reconnects with another key, twice: one rejection, one entry
-            a.node.agent_connected(Role("custodian", "carol"), other)
-        entries = [json.loads(e) for e in a.node._store.audit_entries("domain")]
+            a.node.agents.agent_connected(Role("custodian", "carol"), other)
+        entries = [json.loads(e) for e in a.node.store.records.audit_entries("domain")]
     rejected = [e for e in entries if e["event"] == "drill-slot-rejected"]
     assert [(e["details"]["custodian"], e["details"]["x"]) for e in rejected] == [("carol", 3)]
     assert "no longer matches slot 3" in rejected[0]["details"]["reason"]
@@ -404,7 +407,7 @@ async def test_a_public_key_swapped_on_disk_does_not_make_verify_accept_its_sign
 
     async with running_cluster(pki_dir, tmp_path / "a") as a:
         await a.download(certs_of(wrapping_keys[:3]), quorum=2)
-        await a.node.create_key("ed", KeyType.ED25519, Role("app"))
+        await a.node.keys.create_key("ed", KeyType.ED25519, Role("app"))
         forger = ed25519.Ed25519PrivateKey.generate()
         spki = forger.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -414,9 +417,10 @@ async def test_a_public_key_swapped_on_disk_does_not_make_verify_accept_its_sign
         db.commit()
         db.close()
         message = b"pay mallory 1000000"
-        assert a.node.verify("ed", message, forger.sign(message), Role("app")) is False
+        assert a.node.key_ops.verify("ed", message, forger.sign(message), Role("app")) is False
         assert (
-            a.node.verify("ed", message, a.node.sign("ed", message, Role("app")), Role("app")) is True
+            a.node.key_ops.verify("ed", message, a.node.key_ops.sign("ed", message, Role("app")), Role("app"))
+            is True
         )  # the real key still works
 
 
@@ -429,11 +433,15 @@ async def test_a_rotation_may_not_keep_a_key_recorded_lost(
 
     async with running_cluster(pki_dir, tmp_path / "a") as a:
         await a.download(certs_of(wrapping_keys[:5]), quorum=3)
-        a.node.add_custody_record(CustodyRecord(0, "lost", "alice", note="USB token lost"), Role("admin"))
+        a.node.custody.add_custody_record(
+            CustodyRecord(0, "lost", "alice", note="USB token lost"), Role("admin")
+        )
         with pytest.raises(UsageError, match="keeps alice's key, which is recorded lost"):
-            await a.node.propose_rotation(certs_of(wrapping_keys[:5]), 4, "quorum 4", 60, Role("admin"))
+            await a.node.rotation.propose_rotation(
+                certs_of(wrapping_keys[:5]), 4, "quorum 4", 60, Role("admin")
+            )
         assert a.node.session is None  # nothing started
-        session = await a.node.propose_rotation(
+        session = await a.node.rotation.propose_rotation(
             certs_of([*wrapping_keys[1:5], wrapping_keys[5]]), 3, "alice's key is gone", 60, Role("admin")
         )
         assert session.kind == "rotation"

@@ -5,10 +5,8 @@ with its reason."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,25 +22,25 @@ from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 FULL = "the node cannot write its database (disk full): free space on its data volume; nothing was changed"
 
 
-def _fail_commits(b: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every batch fails at its commit, as on a full data volume (tests/e2e/test_faults.py)."""
-    real_batch = b.node._store.batch
+def _fail_commits(b: Cluster, monkeypatch: pytest.MonkeyPatch, times: int | None = None) -> None:
+    """Commits fail, as on a full data volume (all of them, or the next ``times``), through the
+    store's seam (``on_commit``, tests/hsm_node/test_node_services.py)."""
+    left = [times]
 
-    @contextlib.contextmanager
-    def failing_batch() -> Iterator[None]:
-        with real_batch():
-            yield
+    def full_disk() -> None:
+        if left[0] is None or left[0] > 0:
+            left[0] = None if left[0] is None else left[0] - 1
             raise StorageError(FULL)
 
-    monkeypatch.setattr(b.node._store, "batch", failing_batch)
+    monkeypatch.setattr(b.node.store, "on_commit", full_disk)
 
 
 def _events(b: Cluster) -> list[dict[str, object]]:
-    return [json.loads(e) for e in b.node._store.audit_entries(b.node.audit_chain())]
+    return [json.loads(e) for e in b.node.store.records.audit_entries(b.node.audit_chain())]
 
 
 def _asked(b: Cluster, keys: list[SoftwareWrappingKey]) -> list[int]:
-    return [len(b.node.pending_requests(pki.thumbprint_sha256(k.certificate_der()))) for k in keys]
+    return [len(b.node.agents.pending_requests(pki.thumbprint_sha256(k.certificate_der()))) for k in keys]
 
 
 async def test_an_init_recovery_that_cannot_be_written_leaves_no_session(
@@ -52,10 +50,10 @@ async def test_an_init_recovery_that_cannot_be_written_leaves_no_session(
     async with node_b_and_sd_file(pki_dir, tmp_path, wrapping_keys[:5]) as (b, _):
         _fail_commits(b, monkeypatch)
         with pytest.raises(StorageError, match="nothing was changed"):
-            await b.node.init_recovery("dc lost", 60, Role("admin"))
+            await b.node.activation.init_recovery("dc lost", 60, Role("admin"))
         assert b.node.session is None and b.node.state == "PROVISIONED"
         monkeypatch.undo()
-        s = await b.node.init_recovery("dc lost, disk freed", 60, Role("admin"))  # not blocked
+        s = await b.node.activation.init_recovery("dc lost, disk freed", 60, Role("admin"))  # not blocked
         assert b.node.state == "RECOVERY_PENDING" and b.node.session is s
 
 
@@ -66,7 +64,9 @@ async def test_a_rotation_whose_proposal_cannot_be_written_leaves_no_session(
         await a.download(certs_of(wrapping_keys[:5]), quorum=3)
         _fail_commits(a, monkeypatch)
         with pytest.raises(StorageError):
-            await a.node.propose_rotation(certs_of(wrapping_keys[:4]), 2, "carol left", 60, Role("admin"))
+            await a.node.rotation.propose_rotation(
+                certs_of(wrapping_keys[:4]), 2, "carol left", 60, Role("admin")
+            )
         assert a.node.session is None
         assert _asked(a, wrapping_keys[:5]) == [0] * 5
 
@@ -77,10 +77,10 @@ async def test_an_upload_that_cannot_be_recorded_asks_nobody_and_never_activates
     """Before: the upload failed for the operator, but its session went on COLLECTING, every
     custodian was asked, and three releases activated the node once space was freed."""
     async with node_b_and_sd_file(pki_dir, tmp_path, wrapping_keys[:5]) as (b, sd):
-        s = await b.node.init_recovery("dc lost", 60, Role("admin"))
-        _fail_commits(b, monkeypatch)
+        s = await b.node.activation.init_recovery("dc lost", 60, Role("admin"))
+        _fail_commits(b, monkeypatch, times=1)  # the SD file's record
         with pytest.raises(StorageError, match="nothing was changed"):
-            await b.node.upload_sd_file(s.session_id, sd)
+            await b.node.activation.upload_sd_file(s.session_id, sd)
         monkeypatch.undo()
         assert s.state is SessionState.FAILED and "could not record the SD file" in s.message
         assert _asked(b, wrapping_keys[:5]) == [0] * 5  # nobody is asked
@@ -94,7 +94,7 @@ async def test_an_expired_recovery_returns_a_never_activated_node_to_provisioned
 ) -> None:
     """Before: one InitRecovery left the node RECOVERY_PENDING for ever, and a download was refused."""
     async with node_b_and_sd_file(pki_dir, tmp_path, wrapping_keys[:5]) as (b, _):
-        await b.node.init_recovery("dc lost", 30, Role("admin"))
+        await b.node.activation.init_recovery("dc lost", 30, Role("admin"))
         assert (await b.node_status()).state == pb.RECOVERY_PENDING
         b.clock.advance(31)
         await b.node.tick()
@@ -108,7 +108,7 @@ async def test_a_restart_that_drops_a_recovery_returns_the_node_to_provisioned(
 ) -> None:
     seal = os.urandom(32)
     async with running_cluster(pki_dir, tmp_path / "b", node_id="node-b", sealing_key=seal) as b:
-        await b.node.init_recovery("dc lost", 600, Role("admin"))
+        await b.node.activation.init_recovery("dc lost", 600, Role("admin"))
         assert b.node.state == "RECOVERY_PENDING"
     async with running_cluster(pki_dir, tmp_path / "b", node_id="node-b", sealing_key=seal) as b:
         assert b.node.state == "PROVISIONED" and b.node.session is None
@@ -146,15 +146,15 @@ async def test_every_failed_session_is_audited_once_with_its_reason(
     """Before: a failed session's entry carried only a "message"; now every way a session fails is
     one ``<kind>-failed`` entry with its ``reason``, as the runbooks tell operators to look for."""
     async with node_b_and_sd_file(pki_dir, tmp_path, wrapping_keys[:5]) as (b, sd):
-        s = await b.node.init_recovery("dc lost", 30, Role("admin"))
+        s = await b.node.activation.init_recovery("dc lost", 30, Role("admin"))
         if how == "deadline":
             b.clock.advance(31)
             await b.node.tick()
         elif how == "bad file":
             with pytest.raises(Exception):  # noqa: B017 - the refusal's own type is tested elsewhere
-                await b.node.upload_sd_file(s.session_id, sd[:-40] + b"x" * 40)
+                await b.node.activation.upload_sd_file(s.session_id, sd[:-40] + b"x" * 40)
         else:
-            await b.node.cancel_session(s.session_id, "drill it", Role("admin"))
+            await b.node.ceremonies.cancel_session(s.session_id, "drill it", Role("admin"))
         await b.node.tick()
         failed = [e for e in _events(b) if e["event"] == "recovery-failed"]
     assert len(failed) == 1, failed
@@ -167,5 +167,5 @@ async def test_status_shows_the_compromised_flag(
     async with running_cluster(pki_dir, tmp_path / "a") as a:
         await a.download(certs_of(wrapping_keys[:3]), quorum=2)
         assert not (await a.node_status()).compromised
-        a.node.mark_compromised("two keys lost", Role("admin"))
+        a.node.custody.mark_compromised("two keys lost", Role("admin"))
         assert (await a.node_status()).compromised
