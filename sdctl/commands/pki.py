@@ -15,7 +15,9 @@ def init(ctl: Ctl) -> int:
 
     a = ctl.args
     names = [n.strip() for n in a.custodians.split(",") if n.strip()]
-    files = pkifiles.init_pki(a.out, a.node_id, names, datetime.now(UTC), ips=a.ip, dns=a.dns)
+    files = pkifiles.init_pki(
+        a.out, a.node_id, names, datetime.now(UTC), ips=a.ip, dns=a.dns, etcd_members=a.etcd_member
+    )
     ctl.emit(f"wrote {len(files)} files to {a.out}", {"files": [str(f) for f in files]})
     return 0
 
@@ -29,8 +31,10 @@ def issue(ctl: Ctl) -> int:
     now = datetime.now(UTC)
     if a.role:
         stem = pkifiles.issue_role(a.dir, a.role, now, ips=a.ip, dns=a.dns)
-    else:
+    elif a.attestation:
         stem = pkifiles.issue_attestation(a.dir, a.attestation, now)
+    else:
+        stem = pkifiles.issue_etcd(a.dir, now, node_id=a.etcd_node, member=a.etcd_member)
     ctl.emit(f"wrote {stem}.pem and {stem}.key in {a.dir}", {"stem": stem})
     return 0
 
@@ -58,6 +62,14 @@ COMMANDS = [
                     arg("--custodians", required=True, help="comma-separated custodian names"),
                     IP,
                     DNS,
+                    arg(
+                        "--etcd-member",
+                        action="append",
+                        default=[],
+                        metavar="NAME[=IP]",
+                        help="an HSM pool's etcd member: adds the etcd CA, this member's certificate, an etcd "
+                        "client certificate per --node-id and etcd's root client certificate",
+                    ),
                 ),
                 run=init,
             ),
@@ -73,6 +85,10 @@ COMMANDS = [
                 exclusive=(
                     arg("--role", help="admin, app, app/<name>, node or custodian/<name>"),
                     arg("--attestation", metavar="NODE_ID", help="an attestation certificate for a node"),
+                    arg(
+                        "--etcd-node", metavar="NODE_ID", help="an HSM pool member's etcd client certificate"
+                    ),
+                    arg("--etcd-member", metavar="NAME[=IP]", help="one more etcd member's certificate"),
                 ),
             ),
         ),
