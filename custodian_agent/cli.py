@@ -57,7 +57,7 @@ from sdquorum.offline import CeremonyRequest, OfflineAnswer
 from sdquorum_rpc.cli import run_main
 from sdquorum_rpc.config import add_flags, load_settings
 from sdquorum_rpc.files import PendingFile, private_umask, read_input_file, write_private_file
-from sdquorum_rpc.observability import setup_logging
+from sdquorum_rpc.observability import announce, setup_logging
 from sdquorum_rpc.tls import TlsFiles
 
 __all__ = ["main"]
@@ -517,13 +517,13 @@ async def _run(args: AgentSettings, passphrase_file: Path | None) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(
+    announce(
+        "sdquorum.agent",
         f"custodian-agent: serving wrapping certificate {agent.thumbprint.hex()[:16]} via {args.node} "
         f"({args.approval} approval; Azure restores {'served' if args.azure_restore else 'refused'})",
-        flush=True,
     )
     await agent.run(stop)
-    print("custodian-agent: stopped", flush=True)
+    announce("sdquorum.agent", "custodian-agent: stopped")
     return 0
 
 
