@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from cli_support import Cluster, SdctlRunner, assert_one_line_error, running_cluster
+from cli_support import Cluster, SdctlRunner, assert_one_line_error, certs_of, running_cluster
 
 from sdctl.cli import _parser, main
+from sdquorum.keys import SoftwareWrappingKey
 
 
 def _leaves(
@@ -172,3 +173,43 @@ def test_the_bash_completion_completes_subcommands_and_flags() -> None:
     zsh_lines = "\n".join(zsh).splitlines()
     assert "autoload -U +X bashcompinit && bashcompinit" in zsh_lines
     assert "complete -o default -F _sdctl_complete sdctl" in zsh_lines
+
+
+# ----------------------------------------------------------------------------- a tampered SD file
+
+
+def _flip(b64: str) -> str:
+    """One character of a base64url string changed (to another base64url character)."""
+    i = len(b64) // 2
+    return b64[:i] + ("A" if b64[i] != "A" else "B") + b64[i + 1 :]
+
+
+TAMPERS = {
+    "format marker": lambda o: o.update(format=o["format"] + "x"),
+    "format marker replaced": lambda o: o.update(format="another-format/9"),
+    "version": lambda o: o.update(version=o["version"] + 1),
+    "header": lambda o: o.update(header=_flip(o["header"])),
+    "header signature": lambda o: o.update(header_signature=_flip(o["header_signature"])),
+    "payload nonce": lambda o: o["payload"].update(nonce=_flip(o["payload"]["nonce"])),
+    "payload ciphertext": lambda o: o["payload"].update(ciphertext=_flip(o["payload"]["ciphertext"])),
+    "payload algorithm": lambda o: o["payload"].update(alg="A128GCM"),
+    "a field removed": lambda o: o.pop("header_signature"),
+}
+
+
+async def test_a_tampered_sd_file_exits_4_whichever_part_was_altered(
+    pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey], sdctl: SdctlRunner
+) -> None:
+    async with running_cluster(pki_dir, tmp_path / "node-a") as a:
+        sd = await a.download(certs_of(wrapping_keys[:5]), quorum=3)
+    codes: dict[str, int] = {}
+    async with running_cluster(pki_dir, tmp_path / "node-b", node_id="node-b") as b:
+        for part, edit in TAMPERS.items():
+            obj = json.loads(sd)
+            edit(obj)
+            path = tmp_path / f"sd-{part.replace(' ', '-')}.json"
+            path.write_text(json.dumps(obj))
+            r = await sdctl("recover", "--sd-file", str(path), "--reason", "t", node=b.target)
+            assert_one_line_error(r)
+            codes[part] = r.code
+    assert codes == dict.fromkeys(TAMPERS, 4)
