@@ -193,6 +193,14 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("request_id")
         _state_dir_flags(q)
         q.add_argument("--reason", default="")
+    c = sub.add_parser(
+        "completion",
+        help="print the shell completion script (bash or zsh)",
+        epilog="examples:\n  source <(custodian-agent completion bash)\n"
+        "  echo 'source <(custodian-agent completion zsh)' >> ~/.zshrc",
+        formatter_class=fmt,
+    )
+    c.add_argument("shell", choices=["bash", "zsh"])
     return p
 
 
@@ -548,6 +556,11 @@ def _health(state_dir: Path, max_age: int) -> int:
 def _body(args: argparse.Namespace) -> int:
     if args.command != "run":  # run sets up logging from its own settings
         setup_logging("WARNING")
+    if args.command == "completion":
+        from sdquorum_rpc.completion import completion_script
+
+        print(completion_script(_parser(), args.shell), end="")
+        return 0
     if args.command == "keygen":
         if args.bits < 2048:
             raise UsageError("--bits must be at least 2048 (3072 recommended)")

@@ -148,9 +148,10 @@ def test_every_help_lists_examples_one_per_line(
 
 def _complete(script: str, *words: str) -> list[str]:
     """What the bash completion offers for the command line ``words`` (the last one being typed)."""
+    fn = "_" + words[0].replace("-", "_") + "_complete"
     probe = (
         f"{script}\nCOMP_WORDS=({' '.join(repr(w) for w in words)}); COMP_CWORD={len(words) - 1}\n"
-        "_sdctl_complete\nprintf '%s\\n' \"${COMPREPLY[@]}\"\n"
+        f"{fn}\nprintf '%s\\n' \"${{COMPREPLY[@]}}\"\n"
     )
     out = subprocess.run(
         ["bash", "--norc", "-c", probe], capture_output=True, text=True, check=True, timeout=30
@@ -213,3 +214,13 @@ async def test_a_tampered_sd_file_exits_4_whichever_part_was_altered(
             assert_one_line_error(r)
             codes[part] = r.code
     assert codes == dict.fromkeys(TAMPERS, 4)
+
+
+def test_the_agent_has_the_same_completion(capsys: pytest.CaptureFixture[str]) -> None:
+    from custodian_agent.cli import main as agent_main
+
+    assert agent_main(["completion", "bash"]) == 0
+    script = capsys.readouterr().out
+    assert _complete(script, "custodian-agent", "pen") == ["pending"]
+    assert _complete(script, "custodian-agent", "run", "--appr") == ["--approval"]
+    assert _complete(script, "custodian-agent", "pending", "--output", "") == ["json", "text"]
