@@ -224,3 +224,26 @@ def test_the_agent_has_the_same_completion(capsys: pytest.CaptureFixture[str]) -
     assert _complete(script, "custodian-agent", "pen") == ["pending"]
     assert _complete(script, "custodian-agent", "run", "--appr") == ["--approval"]
     assert _complete(script, "custodian-agent", "pending", "--output", "") == ["json", "text"]
+
+
+@pytest.mark.parametrize(("typed", "code"), [("no", 2), ("yes", 5)])
+async def test_on_a_terminal_restore_asks_and_does_nothing_unless_confirmed(
+    typed: str, code: int, sdctl: SdctlRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Typed 'no': nothing is done (exit 2, the node never dialled); typed 'yes': it goes on to the
+    node (here an address with nothing listening: exit 5)."""
+    backup = tmp_path / "keys.backup"
+    backup.write_bytes(b"x")
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    asked: list[str] = []
+    monkeypatch.setattr("builtins.input", lambda prompt: asked.append(prompt) or typed)
+    r = await sdctl("restore", str(backup), node="127.0.0.1:1")
+    assert r.code == code and len(asked) == 1 and "replaced" in asked[0]
+    if typed == "no":
+        assert "not confirmed" in assert_one_line_error(r)
+
+
+def test_the_readme_command_reference_lists_every_command() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [" ".join(c) for c in LEAVES if f"| `sdctl {' '.join(c)}` |" not in readme]
+    assert missing == []
