@@ -34,11 +34,13 @@ async def _chunks(data: bytes, make: Callable[[bytes], _M]) -> AsyncIterator[_M]
         yield make(data[i : i + CHUNK])
 
 
-async def _join(stream: AsyncIterable[Any]) -> bytes:
-    """The ``data`` of every message of a download stream, in order."""
+async def _join(stream: AsyncIterable[Any], each: Callable[[Any], None] | None = None) -> bytes:
+    """The ``data`` of every message of a download stream, in order; ``each`` sees every message."""
     out = bytearray()
     async for chunk in stream:
         out += chunk.data
+        if each is not None:
+            each(chunk)
     return bytes(out)
 
 
@@ -53,13 +55,10 @@ class AdminClient(NodeClient):
 
     async def download(self, certificates: Sequence[bytes], quorum: int) -> tuple[bytes, list[str]]:
         """Activate the node: its new SD file and the node's warnings about the roster."""
-        data = bytearray()
         warnings: list[str] = []
         request = pb.DownloadRequest(custodian_certificates=list(certificates), quorum=quorum)
-        async for chunk in self.admin.DownloadSecurityDomain(request):
-            data += chunk.data
-            warnings.extend(chunk.warnings)
-        return bytes(data), warnings
+        data = await _join(self.admin.DownloadSecurityDomain(request), lambda c: warnings.extend(c.warnings))
+        return data, warnings
 
     async def init_recovery(self, reason: str, ttl_seconds: int = 0) -> str:
         """Open a recovery session; its id."""
