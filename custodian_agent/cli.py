@@ -201,6 +201,10 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     c.add_argument("shell", choices=["bash", "zsh"])
+    for command in sub.choices.values():  # the global flag after the command as well
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+        )
     return p
 
 

@@ -247,3 +247,12 @@ def test_the_readme_command_reference_lists_every_command() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     missing = [" ".join(c) for c in LEAVES if f"| `sdctl {' '.join(c)}` |" not in readme]
     assert missing == []
+
+
+def test_the_agent_takes_debug_after_its_command_too() -> None:
+    from custodian_agent.cli import _parser as agent_parser
+
+    p = agent_parser()
+    assert p.parse_args(["pending", "--debug"]).debug is True
+    assert p.parse_args(["--debug", "pending"]).debug is True
+    assert p.parse_args(["pending"]).debug is False
