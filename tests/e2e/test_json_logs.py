@@ -100,9 +100,10 @@ def test_announce_is_a_plain_line_in_text_mode_and_an_event_in_json_mode(
 def test_a_stray_print_in_json_mode_becomes_a_json_event() -> None:
     raw = io.StringIO()
     out = observability._JsonLines(raw)
-    print("hsm-node node-a: stopped", file=out)  # type: ignore[arg-type]
-    print('{"already": "json"}', file=out)  # type: ignore[arg-type]
-    print("{not json", file=out)  # type: ignore[arg-type]
+    out.write("hsm-node node-a: stopped\n")
+    out.write('{"already": "json"}\n')
+    out.write("{not j")
+    out.write("son\n")  # a line written in two parts is one event
     lines = raw.getvalue().splitlines()
     assert len(lines) == 3
     first, second, third = (json.loads(line) for line in lines)
