@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sdctl.commands import Command, arg
 from sdctl.ctl import OFFLINE_REQUEST_HELP, Ctl, check_offline_dir, pb, progress_json
-from sdquorum.errors import MalformedError, StateError, UsageError
+from sdquorum.errors import MalformedError, SdquorumError, StateError, UsageError
 from sdquorum_rpc.files import read_input_file
 
 
@@ -69,9 +69,13 @@ async def upload_answer(ctl: Ctl) -> int:
             answers.append(OfflineAnswer.from_bytes(read_input_file(path, "answer file")))
         except MalformedError as e:  # a person picked the wrong file: name it (exit 2)
             raise UsageError(f"{path} is not an answer file: {e}") from e
-    async with ctl.client() as c, c.errors():
+    async with ctl.client() as c:
         for path, ans in zip(ctl.args.files, answers, strict=True):
-            await c.submit_offline_response(ans.request_id, ans.answer, ans.denied)
+            try:
+                with c.errors():
+                    await c.submit_offline_response(ans.request_id, ans.answer, ans.denied)
+            except SdquorumError as e:  # which of several files the node refused, same exit code
+                raise type(e)(f"{path}: {e}") from e
             ctl.emit(
                 f"uploaded {path}: {'denial' if ans.denied else ans.kind + ' answer'} accepted by the node",
                 {"file": str(path), "request_id": ans.request_id, "denied": ans.denied},

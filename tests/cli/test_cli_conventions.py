@@ -256,3 +256,17 @@ def test_the_agent_takes_debug_after_its_command_too() -> None:
     assert p.parse_args(["pending", "--debug"]).debug is True
     assert p.parse_args(["--debug", "pending"]).debug is True
     assert p.parse_args(["pending"]).debug is False
+
+
+async def test_an_answer_file_the_node_refuses_is_named(
+    node: Cluster, sdctl: SdctlRunner, tmp_path: Path
+) -> None:
+    from sdquorum.offline import OfflineAnswer
+
+    ok = tmp_path / "alice-x1.answer.json"
+    ok.write_bytes(
+        OfflineAnswer("0123456789abcdef", "s", "recovery", b"", denied=True, reason="no").to_bytes()
+    )
+    r = await sdctl("upload-answer", str(ok), node=node.target)
+    line = assert_one_line_error(r)
+    assert r.code not in (0, 1) and str(ok) in line, line
