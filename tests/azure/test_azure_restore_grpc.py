@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from azure_sd_generator import make_sd_file, open_sd_file, open_transfer_file
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from harness import NAMES, Cluster, person_at_prompt, run_sdctl, running_cluster
+from support import wait_for
 
 from sdquorum import pki
 from sdquorum.envelopes import CustodianPolicy
@@ -32,12 +33,6 @@ def exchange(now: datetime) -> tuple[rsa.RSAPrivateKey, bytes]:
 def azure_policy(pki_dir: Path) -> CustodianPolicy:
     """An agent configured to serve Azure restores (agent.azure_restore = true)."""
     return CustodianPolicy((pki_dir / "attestation-root.pem").read_bytes(), azure_restore=True)
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.05)
 
 
 def restore_blob(
