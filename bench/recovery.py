@@ -276,7 +276,7 @@ async def _timed_recovery(
     """Time one recovery (see the module docstring); ``pids``: the processes whose CPU use to record."""
     events: list[tuple[float, pb.RecoveryProgress]] = []
     async with client() as c, c.errors():
-        session_id = await c.init_recovery("bench: floor", 120)
+        session_id = (await c.init_recovery("bench: floor", 120)).session_id
         call = c.watch(session_id)
         first = asyncio.Event()
 

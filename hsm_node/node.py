@@ -3,7 +3,17 @@
 States: PROVISIONED -> ACTIVATED (download), or PROVISIONED -> RECOVERY_PENDING -> ACTIVATED (a
 recovery ceremony completes). The data plane is open only in ACTIVATED. At most one ceremony
 (recovery, drill, rotation) runs at a time; a node restart drops a running session (its exchange
-key lived only in memory) and the node stays RECOVERY_PENDING until a new session completes.
+key lived only in memory). A node that was never activated is RECOVERY_PENDING only while a
+recovery session runs: when that session fails (deadline, refused file, cancel) or a restart drops
+it, the node is PROVISIONED again, so either a download or a new recovery may follow.
+
+Sessions under the operator's control. A step refused with "nothing was changed" (the data volume
+full or read-only) leaves nothing running: a session whose opening could not be written is
+forgotten (:meth:`Node._opening`), and a recovery upload whose acceptance could not be written ends
+its session before any custodian is asked. An admin may cancel the running session
+(:meth:`Node.cancel_session`): it ends FAILED with "cancelled by <admin>: <reason>". Every end
+of a session is logged and audited once, as ``<kind>-completed`` or ``<kind>-failed`` with its
+``reason`` (:meth:`Node._after_change`).
 COMPROMISED is a flag an admin sets on an ACTIVATED node: drills, rotation and Azure restores stop.
 
 An Azure restore re-encrypts a domain to an external key, so it is never a way out for this node's
@@ -73,7 +83,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -264,6 +274,8 @@ class Node:
         self._next_purge_check = 0
         if self._state == ACTIVATED:
             self._purge_expired_keys_now()
+        if self._state == RECOVERY_PENDING and self._domain is None:
+            self._back_to_provisioned("the node restarted: its recovery session was dropped")
 
     # ------------------------------------------------------------------ queries
 
@@ -470,11 +482,55 @@ class Node:
         async with self._lock:
             if self.state == ACTIVATED:
                 raise StateError("this node is already activated: recovery runs on a new, provisioned node")
-            session = self._new_session(RecoverySession, reason, ttl_seconds, caller)
-            self._store.set_state(RECOVERY_PENDING)
+            with self._opening():
+                session = self._new_session(RecoverySession, reason, ttl_seconds, caller)
+                self._store.set_state(RECOVERY_PENDING)
             self._state = RECOVERY_PENDING
             self._notify()
             return session
+
+    @contextlib.contextmanager
+    def _opening(self) -> Iterator[None]:
+        """Open a session inside this block, its writes in one transaction: if any of them fails (a
+        full or read-only data volume: "nothing was changed"), the new session is forgotten, so
+        nothing runs and the next session is not blocked until its deadline."""
+        previous = self._session
+        try:
+            with self._store.batch():
+                yield
+        except StorageError as e:
+            dropped = self._session
+            self._session = previous
+            if dropped is not None and dropped is not previous:
+                self._applied.add(dropped.session_id)
+                log.error("%s session %s not opened: %s", dropped.kind, dropped.session_id, e)
+            raise
+
+    def _back_to_provisioned(self, why: str) -> None:
+        """A node never activated whose recovery ended without completing is PROVISIONED again."""
+        if self._domain is not None or self._state != RECOVERY_PENDING:
+            return
+        try:
+            self._store.set_state(PROVISIONED)
+        except StorageError as e:  # memory mirrors the disk: tried again at the next start
+            log.error("could not return the node to PROVISIONED (%s): %s", why, e)
+            return
+        self._state = PROVISIONED
+        log.warning("node back to PROVISIONED: %s", why)
+
+    async def cancel_session(self, session_id: str, reason: str, caller: Role) -> CeremonyStatus:
+        """End the running session FAILED, "cancelled by <caller>: <reason>" (audited by the end)."""
+        async with self._lock:
+            session = self._session_by_id(session_id)
+            if self._ended(session):
+                raise StateError(
+                    f"session {session_id} has ended already ({session.state.name}): nothing to cancel"
+                )
+            if not reason.strip() or len(reason) > 500 or not reason.isprintable():
+                raise UsageError("give a reason of 1..500 printable characters: it goes into the audit log")
+            session.abort(f"cancelled by {caller}: {reason.strip()}")
+            self._after_change(session)
+            return session.status()
 
     def _new_session(self, cls: type[C], reason: str, ttl_seconds: int, caller: Role) -> C:
         """Make a session of ``cls`` (checks: no other running, reason, deadline) and audit it."""
@@ -501,14 +557,14 @@ class Node:
             expires_at=now + ttl,
             rng=self._rng,
         )
-        self._session = session
         SESSION_ID.set(session.session_id)
-        log.info("%s session %s started by %s: %s", session.kind, session.session_id, caller, reason)
         self.audit(
             f"{session.kind}-started",
             caller,
             {"session_id": session.session_id, "reason": session.reason, "expires_at": session.expires_at},
         )
+        self._session = session  # only once its start is audited
+        log.info("%s session %s started by %s: %s", session.kind, session.session_id, caller, reason)
         return session
 
     def _session_by_id(self, session_id: str) -> Ceremony:
@@ -534,17 +590,7 @@ class Node:
                 self.audit("sd-file-refused", "admin", {"session_id": session_id, "reason": str(e)[:500]})
                 self._after_change(session)  # the session's end is applied and audited now: nothing runs
                 raise
-            self._store.note_epoch(sd.header.domain_id, sd.header.epoch)
-            self.audit(
-                "sd-file-accepted",
-                "admin",
-                {
-                    "session_id": session_id,
-                    "domain_id": sd.header.domain_id.hex(),
-                    "epoch": sd.header.epoch,
-                    "sd_file_sha256": hashlib.sha256(data).hexdigest(),
-                },
-            )
+            self._record_upload(session, sd, data)
             self._recovery_file = data
             h = sd.header
             log.info(
@@ -558,6 +604,30 @@ class Node:
             self._notify()
             self._in_background(self._prepare(session), "computing the public shares")
             return session.status()
+
+    def _record_upload(self, session: RecoverySession, sd: sdfile.SecurityDomainFile, data: bytes) -> None:
+        """Record an accepted SD file; if that cannot be written, end the session before any
+        custodian is asked (a refused upload never asks, nor activates later) and raise."""
+        try:
+            with self._store.batch():
+                self._store.note_epoch(sd.header.domain_id, sd.header.epoch)
+                self.audit(
+                    "sd-file-accepted",
+                    "admin",
+                    {
+                        "session_id": session.session_id,
+                        "domain_id": sd.header.domain_id.hex(),
+                        "epoch": sd.header.epoch,
+                        "sd_file_sha256": hashlib.sha256(data).hexdigest(),
+                    },
+                )
+        except StorageError as e:
+            session.abort(f"the node could not record the SD file ({e}): start a new session")
+            with contextlib.suppress(StorageError):  # its end is logged even if it cannot be audited
+                self._after_change(session)
+            self._applied.add(session.session_id)
+            self._notify()
+            raise
 
     def _refuse_retired_epoch(self, header: sdfile.Header) -> None:
         highest = self._store.highest_epoch(header.domain_id)
@@ -934,12 +1004,21 @@ class Node:
                     self._apply_drill(session)
                 elif isinstance(session, RotationSession):
                     self._apply_rotation(session)
+            if session.state is SessionState.FAILED:
+                log.warning("%s session %s failed: %s", session.kind, session.session_id, session.message)
             if not (isinstance(session, RecoverySession) and session.state is SessionState.COMPLETED):
+                failed = session.state is SessionState.FAILED
                 self.audit(
                     f"{session.kind}-{session.state.name.lower()}",
                     "node",
-                    {"session_id": session.session_id, "message": session.message},
+                    {
+                        "session_id": session.session_id,
+                        "message": session.message,
+                        **({"reason": session.message} if failed else {}),
+                    },
                 )
+            if isinstance(session, RecoverySession) and session.state is SessionState.FAILED:
+                self._back_to_provisioned(f"recovery session {session.session_id} failed")
         self._notify()
 
     def _apply_recovery(self, session: RecoverySession) -> None:
@@ -1054,12 +1133,24 @@ class Node:
         if not s.tick(self.now()):
             return False
         if s.session_id not in self._applied:
-            log.warning("%s session %s ended: %s", s.kind, s.session_id, s.message)
             self._after_change(s)
         return True
 
+    def session_status(self, session_id: str = "") -> CeremonyStatus:
+        """The status of session ``session_id`` (empty: the current or last one), deadline applied."""
+        session = self._session_or_current(session_id)
+        self._ended(session)
+        return session.status()
+
+    def _session_or_current(self, session_id: str) -> Ceremony:
+        if session_id:
+            return self._session_by_id(session_id)
+        if self._session is None:
+            raise StateError("no session has run on this node since it started")
+        return self._session_by_id(self._session.session_id)
+
     async def watch(self, session_id: str) -> AsyncIterator[CeremonyStatus]:
-        session = self._session_by_id(session_id)
+        session = self._session_or_current(session_id)
         last: CeremonyStatus | None = None
         while True:
             token = self.change_token()
@@ -1102,29 +1193,30 @@ class Node:
             now = self.now()
             plan = policy.validate_download(certificates, quorum, datetime.fromtimestamp(now, tz=UTC))
             self._refuse_lost_keys(signed.header, plan.certificates_der)
-            session = self._new_session(RotationSession, reason, ttl_seconds, caller)
-            proposal = RotationProposal(
-                domain_id=secrets.domain_id,
-                from_epoch=signed.header.epoch,
-                quorum=plan.quorum,
-                certificates_der=plan.certificates_der,
-                proposer=str(caller),
-                reason=session.reason,
-                expires_at=session.expires_at,
-            )
-            session.start(signed, proposal, now, self._sign_attestation)
-            current = [(slot.name, slot.certificate_der) for slot in signed.header.slots]
-            for warning in plan.warnings:
-                log.warning("rotation %s: %s", session.session_id, warning)
-            self.audit(
-                "rotation-proposed",
-                caller,
-                {
-                    "session_id": session.session_id,
-                    "proposal": proposal.summary(current),
-                    "warnings": list(plan.warnings),
-                },
-            )
+            with self._opening():  # the proposal unaudited: no session
+                session = self._new_session(RotationSession, reason, ttl_seconds, caller)
+                proposal = RotationProposal(
+                    domain_id=secrets.domain_id,
+                    from_epoch=signed.header.epoch,
+                    quorum=plan.quorum,
+                    certificates_der=plan.certificates_der,
+                    proposer=str(caller),
+                    reason=session.reason,
+                    expires_at=session.expires_at,
+                )
+                session.start(signed, proposal, now, self._sign_attestation)
+                current = [(slot.name, slot.certificate_der) for slot in signed.header.slots]
+                for warning in plan.warnings:
+                    log.warning("rotation %s: %s", session.session_id, warning)
+                self.audit(
+                    "rotation-proposed",
+                    caller,
+                    {
+                        "session_id": session.session_id,
+                        "proposal": proposal.summary(current),
+                        "warnings": list(plan.warnings),
+                    },
+                )
             self._notify()
             return session
 

@@ -20,7 +20,7 @@ import grpc.aio
 from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from coordinator import CeremonyStatus, CustodianRequest, CustodianStatus, SessionState
+from coordinator import Ceremony, CeremonyStatus, CustodianRequest, CustodianStatus, SessionState
 from hsm_node.keyops import KeyType
 from hsm_node.node import KeyCaller, Node, wrapping_key_name
 from hsm_node.store import StoredKey
@@ -153,7 +153,20 @@ class NodeServicer:
             custodians=info.custodians if info else 0,
             active_session_id=s.session_id if s is not None and not s.finished else "",
             key_count=n.key_count(),
+            **_running_session(s),
+            compromised=n.compromised,
         )
+
+
+def _running_session(s: Ceremony | None) -> dict[str, Any]:
+    """The running session's kind, state and deadline for NodeStatus (none once it has ended)."""
+    if s is None or s.finished:
+        return {}
+    return {
+        "session_kind": s.kind,
+        "session_state": _SESSION[s.state],
+        "session_expires_at_unix": s.expires_at,
+    }
 
 
 class AdminServicer:
@@ -201,6 +214,18 @@ class AdminServicer:
     ) -> AsyncIterator[pb.RecoveryProgress]:
         async for st in self.node.watch(request.session_id):
             yield status_to_proto(st)
+
+    @rpc("admin")
+    async def GetSession(
+        self, request: pb.WatchSessionRequest, context: Ctx, role: Role
+    ) -> pb.RecoveryProgress:
+        return status_to_proto(self.node.session_status(request.session_id))
+
+    @rpc("admin")
+    async def CancelSession(
+        self, request: pb.CancelSessionRequest, context: Ctx, role: Role
+    ) -> pb.RecoveryProgress:
+        return status_to_proto(await self.node.cancel_session(request.session_id, request.reason, role))
 
     @rpc("admin")
     async def Backup(

@@ -3,8 +3,10 @@
 Connection settings: --config FILE (or SDCTL_CONFIG; sample deploy/config/sdctl.toml), then
 SDCTL_NODE, SDCTL_CERT, SDCTL_KEY, SDCTL_CA, SDCTL_OUTPUT, then the flags --node, --cert, --key,
 --ca, --output (before or after the command). Exit codes: 0 ok, 1 unexpected, 2 bad usage or input,
-3 wrong node state, 4 a verification failed (also: signature invalid), 5 network or TLS,
-6 permission denied, 130 interrupted.
+3 wrong node state (also: a ceremony failed), 4 a verification failed (also: signature invalid),
+5 network or TLS (while a ceremony is watched: the node stayed unreachable through every reconnect;
+the session may go on at the node: 'sdctl session status'), 6 permission denied, 130 interrupted
+(Ctrl-C: a ceremony goes on at the node; the line printed says how to attach to it or cancel it).
 
 Examples::
 
@@ -13,6 +15,9 @@ Examples::
     sdctl status --output json
     sdctl download --cert alice.wrap.pem --cert bob.wrap.pem --cert carol.wrap.pem --quorum 2 --out sd.json
     sdctl recover --sd-file sd.json --reason "datacentre A lost"
+    sdctl session status
+    sdctl session attach
+    sdctl session cancel --reason "wrong SD file"
     sdctl backup --out keys.backup && sdctl restore keys.backup --yes
     sdctl keys create payments --type aes256-gcm
     sdctl keys delete payments --yes && sdctl keys deleted && sdctl keys recover payments
@@ -32,15 +37,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sdctl.commands import all_commands, build_parser
 from sdctl.config import SETTINGS
 from sdquorum import __version__
 from sdquorum.errors import UsageError
-from sdquorum_rpc.cli import run_main
+from sdquorum_rpc.cli import EXIT_CODES, run_main
 from sdquorum_rpc.config import add_flags, load_settings
+
+if TYPE_CHECKING:
+    from sdctl.ctl import Running
 
 __all__ = ["main"]
 
@@ -72,14 +82,33 @@ def main(argv: list[str] | None = None, out: Callable[[str], None] | None = None
             setattr(args, dest, value)
         if args.output not in ("text", "json"):
             raise UsageError(f"sdctl.output = {args.output!r}: use text or json")
-        result = args.run(Ctl(args, out or (lambda s: print(s, flush=True))))
+        ctl = Ctl(args, out or (lambda s: print(s, flush=True)))
+        result = args.run(ctl)
         if isinstance(result, int):
             return result
         import asyncio
 
-        return int(asyncio.run(result))
+        try:
+            return int(asyncio.run(result))
+        except KeyboardInterrupt:
+            if ctl.running is None:
+                raise  # nothing runs at the node: run_main's plain "interrupted" (exit 130)
+            print(_interrupted_line(args.node, ctl.running), file=sys.stderr, flush=True)
+            return EXIT_CODES["interrupted"]
 
     return run_main("sdctl", body, args.debug)
+
+
+def _interrupted_line(node: str, running: Running) -> str:
+    """The one line Ctrl-C prints while a ceremony runs: it goes on, and how to attach or cancel."""
+    from sdctl.ctl import when
+
+    cmd = f"sdctl --node {node}"
+    return (
+        f"sdctl: interrupted: {running.kind} session {running.session_id} goes on at the node until "
+        f"{when(running.expires_at)}; watch it with '{cmd} session attach {running.session_id}' or cancel "
+        f"it with '{cmd} session cancel {running.session_id} --reason \"...\"'"
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ admin client, confirmation of destructive commands, and following a ceremony ses
 Invariants: with ``--output json`` a command writes only JSON to standard output (one document per
 line; progress lines included), never a line of text; warnings and errors go to standard error.
 A destructive command does nothing until it is confirmed (``--yes``, or typed back on a terminal).
+A ceremony runs at the node, not in sdctl: a command that starts or watches one sets
+``Ctl.running`` first (Ctrl-C then says the session goes on and how to attach or cancel), and
+:meth:`Ctl.follow` outlives a dropped connection (it reconnects with backoff, see WATCH_RETRIES).
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sdquorum.errors import MalformedError, StateError, UsageError
+from sdquorum.errors import MalformedError, StateError, TransportError, UsageError
 from sdquorum_rpc.files import write_private_file
 from sdquorum_rpc.lazy import lazy_module
 
@@ -26,7 +29,21 @@ if TYPE_CHECKING:
 else:  # loaded at first use: 'sdctl --help' and 'sdctl pki' never load the wire messages
     pb = lazy_module("sdquorum_rpc._proto.sdquorum.v1.sdquorum_pb2")
 
-__all__ = ["Ctl", "pb", "when"]
+__all__ = ["Ctl", "Running", "pb", "when"]
+
+# Watching a ceremony through a dropped connection (a keepalive drop, a network blip): reconnect up
+# to WATCH_RETRIES times, waiting WATCH_BACKOFF_FIRST s and doubling up to WATCH_BACKOFF_MAX s (about
+# 75 s in all); a progress message resets the count. Exit 5 only when the node stays unreachable.
+WATCH_RETRIES, WATCH_BACKOFF_FIRST, WATCH_BACKOFF_MAX = 8, 1.0, 15.0
+
+
+class Running(NamedTuple):
+    """The ceremony this command started or watches, for the line printed on Ctrl-C."""
+
+    session_id: str
+    kind: str
+    expires_at: int
+
 
 STATUS_WORD = {  # pb.CustodianStatus names (by name: the parser is built without the wire messages)
     "NOT_CONNECTED": "not connected",
@@ -53,6 +70,7 @@ class Ctl:
         self.args = args
         self.out = out
         self.json = args.output == "json"
+        self.running: Running | None = None  # the ceremony started or watched, for Ctrl-C
 
     def emit(self, text: str, obj: Any) -> None:
         """One result: ``text`` for a person, or ``obj`` as one JSON document."""
@@ -87,7 +105,11 @@ class Ctl:
             raise UsageError(f"not confirmed: nothing was done ({action})")
 
     async def follow(self, c: AdminClient, session_id: str, offline_dir: Path | None) -> pb.RecoveryProgress:
-        """Write offline request files if asked, then show live progress until the session ends."""
+        """Write offline request files if asked, then show live progress until the session ends.
+        A dropped connection does not end the session (it runs at the node): reconnect with backoff,
+        saying so on stderr; exit 5 only when the node stays away through WATCH_RETRIES reconnects."""
+        import asyncio
+
         from sdquorum_rpc.convert import request_from_proto
 
         if offline_dir is not None:
@@ -100,9 +122,30 @@ class Ctl:
                 self.say(f"  wrote {path} (fingerprint {req.fingerprint}) for {item.custodian}")
             self.say("  carry each file to its custodian; upload answers with 'sdctl upload-answer FILE'")
         final: pb.RecoveryProgress | None = None
-        async for prog in c.watch(session_id):
-            final = prog
-            self.progress(prog)
+        tries, delay = 0, WATCH_BACKOFF_FIRST
+        while True:
+            try:
+                with c.errors():
+                    async for prog in c.watch(session_id):
+                        final = prog
+                        tries, delay = 0, WATCH_BACKOFF_FIRST  # the node answered: a fresh budget
+                        self.progress(prog)
+                break
+            except TransportError as e:
+                if tries >= WATCH_RETRIES:
+                    raise TransportError(
+                        f"{e} (gave up watching session {session_id} after {tries} reconnects; the "
+                        f"session may go on at the node: 'sdctl session status {session_id}')"
+                    ) from e
+                tries += 1
+                print(
+                    f"sdctl: lost the node while watching session {session_id} ({e}); the session goes "
+                    f"on at the node: reconnecting in {delay:g} s (try {tries} of {WATCH_RETRIES})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, WATCH_BACKOFF_MAX)
         if final is None:  # pragma: no cover - the node always sends the current state first
             raise StateError("the node sent no progress for the session")
         return final

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc.client import NodeClient
 
-__all__ = ["CHUNK", "AdminClient"]
+__all__ = ["CHUNK", "AdminClient", "Started"]
 
 CHUNK = 1024 * 1024  # one message of a stream: well under the 4 MiB default gRPC limit
 
@@ -44,6 +44,13 @@ async def _join(stream: AsyncIterable[Any], each: Callable[[Any], None] | None =
     return bytes(out)
 
 
+class Started(NamedTuple):
+    """A ceremony session the node opened: its id and deadline (unix time)."""
+
+    session_id: str
+    expires_at: int
+
+
 class AdminClient(NodeClient):
     """``async with AdminClient(target, tls) as c, c.errors(): await c.status()``."""
 
@@ -60,10 +67,10 @@ class AdminClient(NodeClient):
         data = await _join(self.admin.DownloadSecurityDomain(request), lambda c: warnings.extend(c.warnings))
         return data, warnings
 
-    async def init_recovery(self, reason: str, ttl_seconds: int = 0) -> str:
-        """Open a recovery session; its id."""
+    async def init_recovery(self, reason: str, ttl_seconds: int = 0) -> Started:
+        """Open a recovery session; its id and deadline."""
         init = await self.admin.InitRecovery(pb.InitRecoveryRequest(reason=reason, ttl_seconds=ttl_seconds))
-        return str(init.session_id)
+        return Started(str(init.session_id), int(init.expires_at_unix))
 
     async def upload_sd_file(self, session_id: str, sd_file: bytes) -> pb.RecoveryProgress:
         def make(part: bytes) -> pb.SdFileChunk:
@@ -79,29 +86,43 @@ class AdminClient(NodeClient):
         )
         return stream
 
+    async def get_session(self, session_id: str = "") -> pb.RecoveryProgress:
+        """The session's progress now; ``""``: the node's current (or last) session."""
+        res: pb.RecoveryProgress = await self.admin.GetSession(pb.WatchSessionRequest(session_id=session_id))
+        return res
+
+    async def cancel_session(self, session_id: str, reason: str) -> pb.RecoveryProgress:
+        """End the running session FAILED ("cancelled by <you>: <reason>", audited); its last progress."""
+        res: pb.RecoveryProgress = await self.admin.CancelSession(
+            pb.CancelSessionRequest(session_id=session_id, reason=reason)
+        )
+        return res
+
     async def export_requests(self, session_id: str) -> list[pb.OfflineRequest]:
         res = await self.admin.ExportRequests(pb.ExportRequestsRequest(session_id=session_id))
         return list(res.requests)
 
-    async def start_drill(self, reason: str, ttl_seconds: int = 0) -> str:
+    async def start_drill(self, reason: str, ttl_seconds: int = 0) -> Started:
         res = await self.admin.StartDrill(pb.StartDrillRequest(reason=reason, ttl_seconds=ttl_seconds))
-        return str(res.session_id)
+        return Started(str(res.session_id), int(res.expires_at_unix))
 
     async def propose_rotation(
         self, certificates: Sequence[bytes], quorum: int, reason: str, ttl_seconds: int = 0
-    ) -> str:
+    ) -> Started:
         request = pb.RotationRequest(
             custodian_certificates=list(certificates), quorum=quorum, reason=reason, ttl_seconds=ttl_seconds
         )
-        return str((await self.admin.ProposeRotation(request)).session_id)
+        res = await self.admin.ProposeRotation(request)
+        return Started(str(res.session_id), int(res.expires_at_unix))
 
     async def start_azure_restore(
         self, sd_file: bytes, exchange_certificate: bytes, reason: str, ttl_seconds: int = 0
-    ) -> str:
+    ) -> Started:
         request = pb.AzureRestoreRequest(
             sd_file=sd_file, exchange_certificate=exchange_certificate, reason=reason, ttl_seconds=ttl_seconds
         )
-        return str((await self.admin.StartAzureRestore(request)).session_id)
+        res = await self.admin.StartAzureRestore(request)
+        return Started(str(res.session_id), int(res.expires_at_unix))
 
     async def azure_transfer_file(self, session_id: str) -> bytes:
         return await _join(self.admin.GetAzureTransferFile(pb.WatchSessionRequest(session_id=session_id)))

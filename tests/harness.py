@@ -257,7 +257,7 @@ class Cluster:
 
     async def start_recovery(self, sd: bytes, reason: str = "test", ttl: int = 60) -> str:
         async with self.client() as c, c.errors():
-            session_id = await c.init_recovery(reason, ttl)
+            session_id = (await c.init_recovery(reason, ttl)).session_id
             await c.upload_sd_file(session_id, sd)
         return session_id
 

@@ -31,6 +31,7 @@ GROUPS = (
     "status",
     "activation",
     "recovery",
+    "session",
     "ceremonies",
     "backup",
     "keys",

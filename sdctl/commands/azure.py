@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sdctl.commands import Command, arg
-from sdctl.ctl import OFFLINE_REQUEST_HELP, Ctl, check_offline_dir, pb
+from sdctl.ctl import OFFLINE_REQUEST_HELP, Ctl, Running, check_offline_dir, pb
 from sdquorum.errors import MalformedError, StateError, UsageError
 from sdquorum_rpc.files import PendingFile, read_input_file
 
@@ -25,7 +25,8 @@ async def restore_blob(ctl: Ctl) -> int:
     client = ctl.client()
     with PendingFile(a.out) as out:
         async with client as c, c.errors():
-            session_id = await c.start_azure_restore(sd, cert, a.reason, a.ttl)
+            session_id, expires_at = await c.start_azure_restore(sd, cert, a.reason, a.ttl)
+            ctl.running = Running(session_id, "azure-recovery", expires_at)
             final = await ctl.follow(c, session_id, a.offline_request)
             if final.state != pb.COMPLETED:
                 raise StateError(f"the Azure restore failed: {final.message}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sdctl.commands import Command, arg
-from sdctl.ctl import DRILL_WORD, OFFLINE_REQUEST_HELP, Ctl, check_offline_dir, pb, word
+from sdctl.ctl import DRILL_WORD, OFFLINE_REQUEST_HELP, Ctl, Running, check_offline_dir, pb, word
 from sdquorum.errors import StateError, VerificationError
 from sdquorum_rpc.files import PendingFile, read_input_file
 
@@ -15,7 +15,8 @@ async def drill(ctl: Ctl) -> int:
     a = ctl.args
     check_offline_dir(a.offline_request)
     async with ctl.client() as c, c.errors():
-        session_id = await c.start_drill(a.reason, a.ttl)
+        session_id, expires_at = await c.start_drill(a.reason, a.ttl)
+        ctl.running = Running(session_id, "drill", expires_at)
         final = await ctl.follow(c, session_id, a.offline_request)
     report = {c.name: word(DRILL_WORD, c.status) for c in final.custodians}
     for cp in final.custodians:
@@ -38,7 +39,8 @@ async def rotate(ctl: Ctl) -> int:
     client = ctl.client()
     with PendingFile(a.out) as out:
         async with client as c, c.errors():
-            session_id = await c.propose_rotation(certs, a.quorum, a.reason, a.ttl)
+            session_id, expires_at = await c.propose_rotation(certs, a.quorum, a.reason, a.ttl)
+            ctl.running = Running(session_id, "rotation", expires_at)
             final = await ctl.follow(c, session_id, a.offline_request)
             if final.state != pb.COMPLETED:
                 raise StateError(f"rotation not approved: {final.message}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sdctl.commands import Command, arg
-from sdctl.ctl import OFFLINE_REQUEST_HELP, Ctl, check_offline_dir, pb, progress_json
+from sdctl.ctl import OFFLINE_REQUEST_HELP, Ctl, Running, check_offline_dir, pb, progress_json
 from sdquorum.errors import MalformedError, SdquorumError, StateError, UsageError
 from sdquorum_rpc.files import read_input_file
 
@@ -19,7 +19,8 @@ async def recover(ctl: Ctl) -> int:
     require_sd_file(sd, a.sd_file)
     check_offline_dir(a.offline_request)
     async with ctl.client() as c, c.errors():
-        session_id = await c.init_recovery(a.reason, a.ttl)
+        session_id, expires_at = await c.init_recovery(a.reason, a.ttl)
+        ctl.running = Running(session_id, "recovery", expires_at)
         first = await c.upload_sd_file(session_id, sd)
         ctl.say(
             f"session {session_id}: domain {first.domain_id} epoch {first.epoch}, "
