@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from types import TracebackType
+from typing import Self
 
 import grpc
 import grpc.aio
@@ -91,7 +92,7 @@ class NodeClient:
     async def close(self) -> None:
         await self.channel.close(None)
 
-    async def __aenter__(self) -> NodeClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
