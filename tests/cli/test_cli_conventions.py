@@ -226,6 +226,15 @@ def test_the_agent_has_the_same_completion(capsys: pytest.CaptureFixture[str]) -
     assert _complete(script, "custodian-agent", "pending", "--output", "") == ["json", "text"]
 
 
+def test_the_node_has_the_same_completion(capsys: pytest.CaptureFixture[str]) -> None:
+    from hsm_node.cli import main as node_main
+
+    assert node_main(["completion", "bash"]) == 0
+    script = capsys.readouterr().out
+    assert _complete(script, "hsm-node", "r") == ["run"]
+    assert "--listen" in _complete(script, "hsm-node", "run", "--li")
+
+
 @pytest.mark.parametrize(("typed", "code"), [("no", 2), ("yes", 5)])
 async def test_on_a_terminal_restore_asks_and_does_nothing_unless_confirmed(
     typed: str, code: int, sdctl: SdctlRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
