@@ -47,11 +47,19 @@ class Activation:
         self._recovery_file: bytes | None = None
         self._host.on_completed(RecoverySession, self._apply_recovery)
         self._host.on_failed(RecoverySession, self._recovery_failed)
-        if self._lifecycle.state is NodeState.RECOVERY_PENDING:  # no session survives a restart
-            self._lifecycle.back_to_provisioned("the node restarted: its recovery session was dropped")
+        self.leave_recovery_if_none_runs("the node restarted: its recovery session was dropped")
 
     def _recovery_failed(self, session: RecoverySession) -> None:
         self._lifecycle.back_to_provisioned(f"recovery session {session.session_id} failed")
+
+    def leave_recovery_if_none_runs(self, why: str = "no recovery session runs") -> None:
+        """A never-activated node is RECOVERY_PENDING only while a recovery session runs. Called at
+        start (no session survives a restart) and at every tick: it also returns a node whose return
+        could not be written when its recovery failed (a full disk), or whose session ended in a
+        batch that did not commit (nothing of it was applied)."""
+        s = self._host.session
+        if self._lifecycle.state is NodeState.RECOVERY_PENDING and (s is None or s.finished):
+            self._lifecycle.back_to_provisioned(why)
 
     async def download(
         self, certificates: Sequence[bytes], quorum: int, caller: Role

@@ -168,10 +168,12 @@ class Node:
         return "domain" if self.lifecycle.domain is not None else "provisioning"
 
     async def tick(self) -> None:
-        """Close due refusal windows, apply the session's deadline, purge keys past their retention
-        (called periodically by the server, and by every watch)."""
+        """Close due refusal windows, apply the session's deadline, return a never-activated node
+        with no recovery running to PROVISIONED, purge keys past their retention (called
+        periodically by the server, and by every watch)."""
         self.audit_log.close_refusal_windows()
         if self.ceremonies.session is not None:
             self.ceremonies.settle(self.ceremonies.session)
+        self.activation.leave_recovery_if_none_runs()
         if self.state is NodeState.ACTIVATED and self.now() >= self.keys.next_purge_check:
             self.keys.purge_expired_keys_now()
