@@ -353,7 +353,7 @@ def sdctl_round_trip(ctx: BenchContext, loaded: LoadedStore) -> dict[str, Any]:
         out_file = ctx.tmp / "large" / f"sdctl-{os.urandom(4).hex()}.backup"
         backup_s, backup_msg = _sdctl(np, ctx, "backup", "--out", str(out_file))
         size = out_file.stat().st_size
-        restore_s, restore_msg = _sdctl(np, ctx, "restore", str(out_file))
+        restore_s, restore_msg = _sdctl(np, ctx, "restore", str(out_file), "--yes")
     finally:
         np.kill(15)  # SIGTERM: the node drains and closes its database
     return {

@@ -327,7 +327,7 @@ class Demo:
         self.sdctl("status", node_port=port_b)
 
         self.step("Restore node A's backup onto node B")
-        self.sdctl("restore", str(backup), node_port=port_b)
+        self.sdctl("restore", str(backup), "--yes", node_port=port_b)
         self.sdctl("keys", "list", node_port=port_b)
 
         self.step("Prove it: node B decrypts A's ciphertext and verifies A's signature")

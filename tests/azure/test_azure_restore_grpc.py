@@ -328,7 +328,9 @@ async def test_attack_admin_exports_the_domain_for_azure_and_restores_it_to_thei
             lines
         )  # the export itself stays possible: Azure's own tools need the custodians' keys
         assert "sdquorum security domain" in await attack(a, "same-node")
-        code, lines = await run_sdctl(pki_dir, a.target, "compromise", "--reason", "admin went rogue")
+        code, lines = await run_sdctl(
+            pki_dir, a.target, "compromise", "--reason", "admin went rogue", "--yes"
+        )
         assert code == 0, lines
         assert "compromised" in await attack(a, "compromised")
     async with running_cluster(pki_dir, tmp_path / "b", node_id="node-b") as b:

@@ -34,12 +34,12 @@ async def test_offline_request_files_stay_in_their_folder(
         name = str(tmp_path / "elsewhere")
     async with running_cluster(pki_dir, tmp_path / "a") as a:
         await a.download(certs_of(wrapping_keys[:5]), quorum=3)
-        honest = a.node.export_requests
+        honest = a.node.ceremonies.export_requests
 
         def rogue(session_id: str) -> list[tuple[str, CustodianRequest]]:
             return [(name if r.x == 1 else n, r) for n, r in honest(session_id)]
 
-        monkeypatch.setattr(a.node, "export_requests", rogue)
+        monkeypatch.setattr(a.node.ceremonies, "export_requests", rogue)
         drill = asyncio.create_task(
             sdctl("drill", "--reason", "Q4", "--ttl", "30", "--offline-request", str(requests), node=a.target)
         )
