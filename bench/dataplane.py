@@ -60,7 +60,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from bench._common import ROOT, BenchContext, Row, harness, median, run_async
 from hsm_node.keyops import KeyType
 from hsm_node.node import Node, NodeConfig
-from hsm_node.store import NodeStore
+from hsm_node.store import SqliteNodeStore
 from sdquorum.pki import Role
 from sdquorum_rpc import packed
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
@@ -120,29 +120,31 @@ async def node_inprocess_rates(ctx: BenchContext, seconds: float) -> dict[str, f
     h = harness()
     data_dir = ctx.tmp / "dataplane" / "inproc"
     att_key, att_der = h.load_attestation(ctx.pki_dir, "node-a")
-    store = NodeStore(data_dir, os.urandom(32), "node-a")
+    store = SqliteNodeStore(data_dir, os.urandom(32), "node-a")
     try:
         node = Node(NodeConfig("node-a", "127.0.0.1:0", data_dir, att_key, att_der), store)
         await node.download(ctx.certs(5), 3, Role("admin", None))
-        await node.create_key(AES, KeyType.AES256_GCM, APP)
-        await node.create_key(ED, KeyType.ED25519, APP)
+        await node.keys.create_key(AES, KeyType.AES256_GCM, APP)
+        await node.keys.create_key(ED, KeyType.ED25519, APP)
         messages = packed.sign_batch_request(ED, [PAYLOAD] * BATCH)
         plaintexts = packed.encrypt_batch_request(AES, [PAYLOAD] * BATCH, AAD)
 
         def sign_batch() -> object:
-            return node.sign_batch(
+            return node.key_ops.sign_batch(
                 ED, packed.checked(messages.messages, messages.message_lengths, "message"), APP
             )
 
         def encrypt_batch() -> object:
             items = packed.checked(plaintexts.plaintexts, plaintexts.plaintext_lengths, "plaintext")
-            return node.encrypt_batch(AES, items, AAD, APP)
+            return node.key_ops.encrypt_batch(AES, items, AAD, APP)
 
         return {
             "sign_batch": BATCH * in_process_rate(sign_batch, seconds / 2),
             "encrypt_batch": BATCH * in_process_rate(encrypt_batch, seconds / 2),
-            "sign_single": in_process_rate(lambda: node.sign(ED, PAYLOAD, APP), seconds / 2),
-            "encrypt_single": in_process_rate(lambda: node.encrypt(AES, PAYLOAD, AAD, APP), seconds / 2),
+            "sign_single": in_process_rate(lambda: node.key_ops.sign(ED, PAYLOAD, APP), seconds / 2),
+            "encrypt_single": in_process_rate(
+                lambda: node.key_ops.encrypt(AES, PAYLOAD, AAD, APP), seconds / 2
+            ),
         }
     finally:
         store.close()

@@ -2,7 +2,7 @@
 
 Set-up: an in-process node-a (no server) activated 3-of-5, then the key store is bulk-loaded by
 this module (bench-only): rows written straight into the node's SQLite database with the SQL of
-``NodeStore.put_key`` (same sealing: AES-256-GCM under the domain's data encryption key, AAD
+``SqliteNodeStore.put_key`` (same sealing: AES-256-GCM under the domain's data encryption key, AAD
 ``"{type}|{name}"``) in one transaction. Material comes from ``hsm_node.keyops.generate``: AES-256
 and Ed25519 each generated per key; RSA-3072 generated once for a few keys and reused under many
 names (generation costs ~0.2 s per key; reuse changes no byte count).
@@ -48,7 +48,7 @@ from bench._common import ROOT, BenchContext, Row, harness, median, run_async
 from hsm_node import keyops
 from hsm_node.keyops import KeyType
 from hsm_node.node import Node, NodeConfig
-from hsm_node.store import NodeStore, load_or_create_sealing_key
+from hsm_node.store import SqliteNodeStore, load_or_create_sealing_key
 from sdquorum.backup import BackupKey
 from sdquorum.pki import Role
 
@@ -142,8 +142,8 @@ def _config(ctx_pki: Path, data_dir: Path) -> NodeConfig:
     )
 
 
-def open_node(pki_dir: Path, data_dir: Path, sealing_key_path: Path) -> tuple[Node, NodeStore]:
-    store = NodeStore(data_dir, load_or_create_sealing_key(sealing_key_path), NODE_ID)
+def open_node(pki_dir: Path, data_dir: Path, sealing_key_path: Path) -> tuple[Node, SqliteNodeStore]:
+    store = SqliteNodeStore(data_dir, load_or_create_sealing_key(sealing_key_path), NODE_ID)
     return Node(_config(pki_dir, data_dir), store), store
 
 
@@ -170,7 +170,9 @@ def build_store(ctx: BenchContext, total: int, rsa_names: int, rsa_distinct: int
     created = int(time.time())
 
     def row(name: str, kind: KeyType, public: bytes, private: bytes) -> tuple[str, int, bytes, bytes, int]:
-        nonce = os.urandom(12)  # as NodeStore._seal_key: nonce || AES-256-GCM(dek, private, "type|name")
+        nonce = os.urandom(
+            12
+        )  # as SqliteNodeStore._seal_key: nonce || AES-256-GCM(dek, private, "type|name")
         sealed = nonce + aead.encrypt(nonce, private, f"{int(kind)}|{name}".encode())
         return name, int(kind), public, sealed, created
 
@@ -195,7 +197,7 @@ def build_store(ctx: BenchContext, total: int, rsa_names: int, rsa_distinct: int
     )
 
 
-def _plain_keys(store: NodeStore, dek: bytes) -> list[BackupKey]:
+def _plain_keys(store: SqliteNodeStore, dek: bytes) -> list[BackupKey]:
     """Every key with its private material, for the baseline (which seals the keys themselves)."""
     aead = AESGCM(dek)
     return [
@@ -274,10 +276,10 @@ def _memory_child(argv: Sequence[str]) -> None:
     Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark to the current RSS
     started = time.perf_counter()
     if a.what == "backup":
-        out = node.backup()
+        out = node.backups.backup()
         size = len(out)
     else:
-        size = node.restore(data)
+        size = node.backups.restore(data)
     elapsed = time.perf_counter() - started
     peak_kb = _status_kb("VmHWM")
     store.close()
@@ -367,8 +369,8 @@ def run_large(ctx: BenchContext) -> list[Row]:
     loaded = build_store(ctx, total, rsa_names, rsa_distinct)
     node, store = open_node(ctx.pki_dir, loaded.data_dir, loaded.sealing_key_path)
     try:
-        if node.key_count() != total:
-            raise RuntimeError(f"bulk load wrote {node.key_count()} keys, not {total}")
+        if node.store.count_keys() != total:
+            raise RuntimeError(f"bulk load wrote {node.store.count_keys()} keys, not {total}")
         domain = store.load_domain()
         if domain is None:
             raise RuntimeError("no domain")
@@ -378,11 +380,11 @@ def run_large(ctx: BenchContext) -> list[Row]:
         data = b""
         for _ in range(runs):
             t0 = time.perf_counter()
-            data = node.backup()
+            data = node.backups.backup()
             backup_t.append(time.perf_counter() - t0)
         for _ in range(runs):
             t0 = time.perf_counter()
-            restored = node.restore(data)
+            restored = node.backups.restore(data)
             restore_t.append(time.perf_counter() - t0)
             if restored != total:
                 raise RuntimeError(f"restore returned {restored} keys, not {total}")

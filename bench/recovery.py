@@ -63,7 +63,7 @@ from bench.latency_proxy import DelayProxy
 from coordinator.recovery import RecoverySession
 from custodian_agent import responder
 from hsm_node.node import Node, NodeConfig
-from hsm_node.store import NodeStore
+from hsm_node.store import SqliteNodeStore
 from sdquorum import envelopes
 from sdquorum.offline import CeremonyRequest
 from sdquorum.pki import Role
@@ -191,7 +191,7 @@ async def measure_node_host(ctx: BenchContext, sd_bytes: bytes, m: int, n: int, 
     times: list[float] = []
     for rep in range(reps):
         data_dir = ctx.tmp / f"host-{m}of{n}-{rep}-{os.urandom(4).hex()}"
-        store = NodeStore(data_dir, os.urandom(32), "node-b")
+        store = SqliteNodeStore(data_dir, os.urandom(32), "node-b")
         try:
             node = Node(NodeConfig("node-b", "127.0.0.1:0", data_dir, att_key, att_der), store)
             session = await node.init_recovery("bench: node host cost", 600, Role("admin"))

@@ -29,7 +29,7 @@ from hsm_node.config import SETTINGS, NodeSettings
 from hsm_node.cryptopool import CryptoPool, reuse_large_buffers
 from hsm_node.node import Node, NodeConfig
 from hsm_node.server import serve
-from hsm_node.store import NodeStore, check_data_dir, load_or_create_sealing_key
+from hsm_node.store import SqliteNodeStore, check_data_dir, load_or_create_sealing_key
 from sdquorum import __version__
 from sdquorum.errors import UsageError
 from sdquorum_rpc.cli import run_main
@@ -91,7 +91,7 @@ async def _run(cfg: NodeSettings) -> int:
     reuse_large_buffers()  # data-plane batches: large buffers without page faults on every call
     att_key, att_der = _load_attestation(cfg.attestation_cert, cfg.attestation_key, cfg.node_id)
     check_data_dir(cfg.data_dir)  # before the sealing key is made: a refused start leaves nothing
-    store = NodeStore(cfg.data_dir, load_or_create_sealing_key(cfg.sealing_key_path), cfg.node_id)
+    store = SqliteNodeStore(cfg.data_dir, load_or_create_sealing_key(cfg.sealing_key_path), cfg.node_id)
     config = NodeConfig(
         node_id=cfg.node_id,
         address=cfg.address or cfg.listen,

@@ -95,17 +95,16 @@ from coordinator import (
     RotationSession,
     SessionState,
 )
-from hsm_node import keyops
-from hsm_node.cryptopool import CryptoPool, sign_batch_here
-from hsm_node.keyops import KeyType
-from hsm_node.store import DomainInfo, NodeStore, StoredKey
-from sdquorum import audit, backup, envelopes, pki, policy, sdfile
+from hsm_node.audit_log import AuditLog, Auditor
+from hsm_node.backups import Backups
+from hsm_node.cryptopool import CryptoPool
+from hsm_node.dataplane import DEFAULT_KEY_RETENTION_DAYS, MAX_KEY_RETENTION_DAYS, KeyManager, KeyService
+from hsm_node.state import Lifecycle, NodeState
+from hsm_node.store import DomainInfo, NodeStore
+from sdquorum import envelopes, pki, policy, sdfile
 from sdquorum.azure.ceremony import AZURE_PAYLOAD_TAG, AzureAnswer
 from sdquorum.azure.sdfile import seal_azure_domain
 from sdquorum.errors import (
-    AlreadyExistsError,
-    NotFoundError,
-    PermissionDeniedError,
     SdquorumError,
     StateError,
     StorageError,
@@ -113,62 +112,17 @@ from sdquorum.errors import (
     VerificationError,
 )
 from sdquorum.pki import Role
-from sdquorum.refusals import Refusal, RefusalWindows
 from sdquorum.review import LOSS_KINDS, CustodyRecord, DrillResult, RetiredEpoch
 from sdquorum_rpc.observability import SESSION_ID, NodeMetrics
-from sdquorum_rpc.packed import Packed
 
-__all__ = ["KeyCaller", "Node", "NodeConfig", "NodeState"]
+__all__ = ["Node", "NodeConfig", "NodeState"]
 
 C = TypeVar("C", bound=Ceremony)
 
 log = logging.getLogger("sdquorum.node")
 
-PROVISIONED, RECOVERY_PENDING, ACTIVATED = "PROVISIONED", "RECOVERY_PENDING", "ACTIVATED"
-NodeState = str
-MAX_KEY_NAME = 128
-
-
-def _check_key_name(name: str) -> str:
-    """Key names are 1..MAX_KEY_NAME printable characters: checked before any lookup, so a name
-    never travels further (into an error message, a log or the audit log) than that."""
-    if not name or len(name) > MAX_KEY_NAME or not name.isprintable():
-        raise UsageError(f"key names are 1..{MAX_KEY_NAME} printable characters")
-    return name
-
-
 DEFAULT_SESSION_SECONDS = 600
 MAX_SESSION_SECONDS = 24 * 3600
-DEFAULT_KEY_RETENTION_DAYS = 90  # as the seed's managed HSM keeps a deleted key until purged
-MAX_KEY_RETENTION_DAYS = 3650
-PURGE_CHECK_SECONDS = 600  # how often the ticker looks for deleted keys past their retention
-DAY = 86400
-
-
-@dataclass(frozen=True)
-class KeyCaller:
-    """Who calls the data plane: the role from the certificate, and (over mTLS) the certificate's
-    subject and the SHA-256 of its SubjectPublicKeyInfo, recorded in the key audit entries."""
-
-    role: Role
-    subject: str = ""
-    spki_sha256: str = ""
-
-    def who(self) -> dict[str, str]:
-        out = {"by": str(self.role)}
-        if self.subject:
-            out["subject"] = self.subject
-        if self.spki_sha256:
-            out["spki_sha256"] = self.spki_sha256
-        return out
-
-
-def _caller(caller: KeyCaller | Role) -> KeyCaller:
-    return caller if isinstance(caller, KeyCaller) else KeyCaller(caller)
-
-
-def _day(t: int) -> str:
-    return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 @dataclass(frozen=True)
@@ -241,29 +195,30 @@ class Node:
         self._applied: set[str] = set()  # sessions whose end has been applied and audited
         self._recovery_file: bytes | None = None
         self._agents: dict[str, bytes] = {}  # custodian name -> thumbprint of its connected agent
-        self._refusals = RefusalWindows()
         self._agent_keys: dict[str, bytes] = {}  # custodian name -> SPKI SHA-256 its agent's hello showed
         # (custodian name, thumbprint, CN of the certificate it sent or "") -> its open streams
         self._streams: dict[tuple[str, bytes, str], int] = {}
-        self._domain: sdfile.DomainSecrets | None = None
-        self._info: DomainInfo | None = None
         self._notice: tuple[str, sdfile.SignedHeader] | None = None  # (id, current signed header)
-        loaded = store.load_domain()
-        state = store.state()
-        if loaded is not None:
-            self._domain, self._info = loaded
+        self.lifecycle = Lifecycle(store)
+        self.audit_log = AuditLog(
+            store,
+            node_id=config.node_id,
+            key=config.attestation_key,
+            certificate_der=config.attestation_cert_der,
+            now=self.now,
+            chain=self.audit_chain,
+        )
+        self._audit: Auditor = self.audit_log
+        self.keys = KeyManager(store, self.lifecycle, self._audit, self.now, config.key_retention_days)
+        self.key_ops = KeyService(store, self.lifecycle, config.key_retention_days, crypto_pool)
+        self.backups = Backups(
+            store, self.lifecycle, self._audit, self.keys, node_id=config.node_id, now=self.now, rng=rng
+        )
         self._refresh_notice()
-        self._state: NodeState = state or PROVISIONED  # mirrors the database; read on every data-plane call
-        if state is None:
-            store.set_state(PROVISIONED)
-            self.audit("node-provisioned", "node", {"node_id": config.node_id})
-        elif state == ACTIVATED and loaded is None:
-            raise StateError(
-                "the node database says ACTIVATED but holds no domain: restore the data directory"
-            )
-        self._next_purge_check = 0
-        if self._state == ACTIVATED:
-            self._purge_expired_keys_now()
+        if self.lifecycle.first_start:
+            self._audit("node-provisioned", "node", {"node_id": config.node_id})
+        if self.lifecycle.state is NodeState.ACTIVATED:
+            self.keys.purge_expired_keys_now()
 
     # ------------------------------------------------------------------ queries
 
@@ -272,15 +227,20 @@ class Node:
 
     @property
     def state(self) -> NodeState:
-        return self._state
+        return self.lifecycle.state
 
     @property
     def domain_info(self) -> DomainInfo | None:
-        return self._info
+        return self.lifecycle.info
 
     @property
     def session(self) -> Ceremony | None:
         return self._session
+
+    @property
+    def store(self) -> NodeStore:
+        """The store this node keeps its state in (read it; write through the node)."""
+        return self._store
 
     @property
     def compromised(self) -> bool:
@@ -289,66 +249,11 @@ class Node:
     # ------------------------------------------------------------------ audit
 
     def audit_chain(self) -> str:
-        return "domain" if self._domain is not None else "provisioning"
-
-    def audit(self, event: str, actor: str | Role, details: dict[str, Any], chain: str | None = None) -> None:
-        chain = chain or self.audit_chain()
-        last = self._store.last_audit(chain)
-        prev = audit.AuditEntry.from_json(json.loads(last)) if last else None
-        entry = audit.make_entry(
-            prev,
-            time=self.now(),
-            event=event,
-            actor=str(actor),
-            details=details,
-            key=self.config.attestation_key,
-        )
-        self._store.append_audit(chain, entry.seq, json.dumps(entry.to_json(), sort_keys=True))
-
-    def audit_refusal(self, refusal: Refusal) -> bool:
-        """A refused call (its reason comes bounded from sdquorum_rpc.errors, its caller named by
-        certificate subject and public-key SHA-256): the peer's first of its (method, code) in the
-        window is written now, later ones are counted into the window's closing entry. True if
-        this refusal was written in full."""
-        records = self._refusals.refused(refusal, self.now())
-        for rec in records:
-            self.audit(rec.event, rec.actor, rec.details)
-        return any(rec.event == "refused" for rec in records)
-
-    def close_refusal_windows(self, *, all_open: bool = False) -> None:
-        """Write the counts of the refusal windows that have ended (``all_open``: of every window,
-        on shutdown, so no count is lost)."""
-        now = self.now()
-        done = self._refusals.close_all(now) if all_open else self._refusals.close_due(now)
-        for rec in done:
-            try:
-                self.audit(rec.event, rec.actor, rec.details)
-            except Exception:  # the ticker and the shutdown go on; the counts at least reach the log
-                log.exception("could not audit %s by %s: %s", rec.event, rec.actor, json.dumps(rec.details))
-
-    def export_audit(self, chain: str) -> list[str]:
-        if chain not in ("domain", "provisioning"):
-            raise UsageError("the audit chain is 'domain' or 'provisioning'")
-        entries = [audit.AuditEntry.from_json(json.loads(e)) for e in self._store.audit_entries(chain)]
-        return audit.export_lines(
-            entries,
-            node_id=self.config.node_id,
-            certificate_der=self.config.attestation_cert_der,
-            key=self.config.attestation_key,
-            time=self.now(),
-        )
-
-    def _start_domain_chain(self, event: str, details: dict[str, Any]) -> None:
-        head = self._store.last_audit("provisioning")
-        details = {**details, "provisioning_head": json.loads(head)["hash"] if head else audit.GENESIS.hex()}
-        self.audit(event, "node", details, chain="domain")
-
-    def key_count(self) -> int:
-        return self._store.count_keys()
+        return "domain" if self.lifecycle.domain is not None else "provisioning"
 
     def _refresh_notice(self) -> None:
         """The notice agents are sent: the current SD file's signed header, while a domain is held."""
-        data = self._store.sd_file() if self._domain is not None else None
+        data = self._store.sd_file() if self.lifecycle.domain is not None else None
         if data is None:
             self._notice = None
             return
@@ -417,7 +322,7 @@ class Node:
         self, certificates: Sequence[bytes], quorum: int, caller: Role
     ) -> tuple[bytes, list[str]]:
         async with self._lock:
-            if self.state != PROVISIONED or self._domain is not None:
+            if self.state is not NodeState.PROVISIONED or self.lifecycle.domain is not None:
                 raise StateError(
                     "this node's security domain was already created or is being recovered: "
                     "a node is activated only once (recover with 'sdctl recover' instead)"
@@ -436,12 +341,9 @@ class Node:
             )
             info = DomainInfo(secrets.domain_id, 1, plan.quorum, len(plan.certificates_der))
             data = sd.to_bytes()
-            with self._store.batch():
-                self._store.activate(secrets, info, ACTIVATED, data)
-                self._store.note_epoch(secrets.domain_id, 1)
-            self._state, self._domain, self._info = ACTIVATED, secrets, info
+            self.lifecycle.activate(secrets, info, data)
             self._refresh_notice()
-            self._start_domain_chain(
+            self.audit_log.start_domain_chain(
                 "activated",
                 {
                     "domain_id": secrets.domain_id.hex(),
@@ -468,11 +370,10 @@ class Node:
 
     async def init_recovery(self, reason: str, ttl_seconds: int, caller: Role) -> RecoverySession:
         async with self._lock:
-            if self.state == ACTIVATED:
+            if self.state is NodeState.ACTIVATED:
                 raise StateError("this node is already activated: recovery runs on a new, provisioned node")
             session = self._new_session(RecoverySession, reason, ttl_seconds, caller)
-            self._store.set_state(RECOVERY_PENDING)
-            self._state = RECOVERY_PENDING
+            self.lifecycle.begin_recovery()
             self._notify()
             return session
 
@@ -504,7 +405,7 @@ class Node:
         self._session = session
         SESSION_ID.set(session.session_id)
         log.info("%s session %s started by %s: %s", session.kind, session.session_id, caller, reason)
-        self.audit(
+        self._audit(
             f"{session.kind}-started",
             caller,
             {"session_id": session.session_id, "reason": session.reason, "expires_at": session.expires_at},
@@ -531,11 +432,11 @@ class Node:
                 session.load_sd_file(sd, self.now(), self._sign_attestation)
             except SdquorumError as e:
                 session.abort(f"the SD file was refused: {e}")  # a retry with the right file need not wait
-                self.audit("sd-file-refused", "admin", {"session_id": session_id, "reason": str(e)[:500]})
+                self._audit("sd-file-refused", "admin", {"session_id": session_id, "reason": str(e)[:500]})
                 self._after_change(session)  # the session's end is applied and audited now: nothing runs
                 raise
             self._store.note_epoch(sd.header.domain_id, sd.header.epoch)
-            self.audit(
+            self._audit(
                 "sd-file-accepted",
                 "admin",
                 {
@@ -707,7 +608,7 @@ class Node:
                 before = s.progress().rejected
                 s.reject_slot(slot.x, reason, self.now())
                 if s.progress().rejected != before:  # newly rejected: its own audit entry
-                    self.audit(
+                    self._audit(
                         "drill-slot-rejected",
                         "node",
                         {"session_id": s.session_id, "custodian": slot.name, "x": slot.x, "reason": reason},
@@ -718,7 +619,7 @@ class Node:
         """Every open request with its custodian's name, for offline request files."""
         s = self._session_by_id(session_id)
         names = {p.x: p.name for p in s.status().custodians}
-        self.audit("offline-requests-exported", "admin", {"session_id": session_id})
+        self._audit("offline-requests-exported", "admin", {"session_id": session_id})
         return [(names[r.x], r) for r in s.requests()]
 
     def mark_delivered(self, request: CustodianRequest) -> None:
@@ -781,9 +682,7 @@ class Node:
         memory say what its database says (a completion's activation or rotation is undone), and end
         the session, so that no share whose acceptance is not in the audit log can count. Fail closed:
         the admin starts a new session once the node can write again."""
-        loaded = self._store.load_domain()
-        self._domain, self._info = loaded if loaded is not None else (None, None)
-        self._state = self._store.state() or PROVISIONED
+        self.lifecycle.reload()
         self._refresh_notice()
         session = self._session
         if session is not None:
@@ -855,7 +754,7 @@ class Node:
                 outcome.reason,
             )
             extra = {} if outcome.accepted else {"reason": outcome.reason}
-            self.audit(f"{session.kind}-late-answer-{verdict}", caller, {**details, **extra})
+            self._audit(f"{session.kind}-late-answer-{verdict}", caller, {**details, **extra})
         elif outcome.accepted:
             log.info(
                 "session %s: %s (x=%d) answered via %s: accepted",
@@ -864,7 +763,7 @@ class Node:
                 outcome.x,
                 caller,
             )
-            self.audit(f"{session.kind}-answer-accepted", caller, details)
+            self._audit(f"{session.kind}-answer-accepted", caller, details)
         else:
             log.warning(
                 "session %s: answer of %s (x=%d) REJECTED via %s: %s",
@@ -874,14 +773,14 @@ class Node:
                 caller,
                 outcome.reason,
             )
-            self.audit(f"{session.kind}-answer-rejected", caller, {**details, "reason": outcome.reason})
+            self._audit(f"{session.kind}-answer-rejected", caller, {**details, "reason": outcome.reason})
         self._after_change(session)
 
     def _audit_refused(
         self, session: Ceremony, what: str, caller: Role, request_id: str, error: SdquorumError
     ) -> None:
         """``<kind>-answer-refused`` or ``<kind>-denial-refused``: what a custodian sent failed a check."""
-        self.audit(
+        self._audit(
             f"{session.kind}-{what}-refused",
             caller,
             {"session_id": session.session_id, "request_id": request_id[:64], "reason": str(error)},
@@ -906,7 +805,7 @@ class Node:
                 caller,
                 reason,
             )
-            self.audit(
+            self._audit(
                 f"{session.kind}-denied",
                 caller,
                 {"session_id": session.session_id, "custodian": p.name, "x": p.x, "reason": p.detail},
@@ -935,7 +834,7 @@ class Node:
                 elif isinstance(session, RotationSession):
                     self._apply_rotation(session)
             if not (isinstance(session, RecoverySession) and session.state is SessionState.COMPLETED):
-                self.audit(
+                self._audit(
                     f"{session.kind}-{session.state.name.lower()}",
                     "node",
                     {"session_id": session.session_id, "message": session.message},
@@ -949,17 +848,15 @@ class Node:
         h = sd.header
         info = DomainInfo(h.domain_id, h.epoch, h.quorum, h.n)
         data = self._recovery_file or sd.to_bytes()
-        self.audit(
+        self._audit(
             "recovery-completed", "node", {"session_id": session.session_id, "message": session.message}
         )
-        self._store.activate(secrets, info, ACTIVATED, data)
-        self._store.note_epoch(h.domain_id, h.epoch)
-        self._state, self._domain, self._info = ACTIVATED, secrets, info
+        self.lifecycle.activate(secrets, info, data)
         self._refresh_notice()
         if self._notice is not None:  # its agents just checked (and remember) this very header: no
             self._announced |= {self._notice[0]}  # stream is woken for it; one that connects gets it
         released = [c.name for c in session.status().custodians if c.status.name == "ACCEPTED"]
-        self._start_domain_chain(
+        self.audit_log.start_domain_chain(
             "recovered",
             {
                 "domain_id": h.domain_id.hex(),
@@ -986,22 +883,22 @@ class Node:
             DrillResult(now, p.name, p.x, DRILL_OUTCOMES.get(p.status, "unreachable"), p.detail[:200])
             for p in session.status().custodians
         ]
-        self._store.add_rows("drills", "result", [json.dumps(r.to_json(), sort_keys=True) for r in results])
-        self.audit(
+        self._store.add_drill_results(results)
+        self._audit(
             "drill-results",
             "node",
             {"session_id": session.session_id, "results": {r.custodian: r.outcome for r in results}},
         )
 
     def _apply_rotation(self, session: RotationSession) -> None:
-        proposal, old = session.proposal, self._domain
-        if proposal is None or old is None or self._info is None:  # pragma: no cover - set when it started
+        proposal, old, old_info = session.proposal, self.lifecycle.domain, self.lifecycle.info
+        if proposal is None or old is None or old_info is None:  # pragma: no cover - set when it started
             raise StateError("the rotation has no proposal or the node no domain")
         old_sd = self._store.sd_file()
         old_header_hash = (
             sdfile.SecurityDomainFile.from_bytes(old_sd).signed_header.sha256 if old_sd else bytes(32)
         )
-        new_epoch = self._info.epoch + 1
+        new_epoch = old_info.epoch + 1
         sd = sdfile.seal_domain(
             old,  # the same payload: data encryption key, signing and backup keys are unchanged
             proposal.certificates_der,
@@ -1013,18 +910,18 @@ class Node:
         )
         data = sd.to_bytes()
         info = DomainInfo(old.domain_id, new_epoch, proposal.quorum, len(proposal.certificates_der))
-        retired = RetiredEpoch(self._info.epoch, old_header_hash, self.now())
-        self._store.rotate(old, info, data, retired.epoch, json.dumps(retired.to_json(), sort_keys=True))
+        retired = RetiredEpoch(old_info.epoch, old_header_hash, self.now())
+        self._store.rotate(old, info, data, retired)
         self._store.note_epoch(old.domain_id, new_epoch)
         if old_sd:  # the custodians this rotation removed are told of the new epoch too
             kept = {slot.thumbprint.hex() for slot in sd.header.slots}
             before = {s.thumbprint.hex() for s in sdfile.SecurityDomainFile.from_bytes(old_sd).header.slots}
             former = sorted((set(self._former_custodians()) | before) - kept)
             self._store.set_flag("former-custodians", json.dumps(former))
-        self._info = info
+        self.lifecycle.rotate_to(info)
         self._refresh_notice()  # the new header is announced to its custodians' agents
         session.new_sd_file = data
-        self.audit(
+        self._audit(
             "rotated",
             "node",
             {
@@ -1041,11 +938,11 @@ class Node:
 
     async def tick(self) -> None:
         """Apply session deadlines and close due refusal windows (called periodically by the server)."""
-        self.close_refusal_windows()
+        self.audit_log.close_refusal_windows()
         if self._session is not None:
             self._ended(self._session)
-        if self._state == ACTIVATED and self.now() >= self._next_purge_check:
-            self._purge_expired_keys_now()
+        if self.state is NodeState.ACTIVATED and self.now() >= self.keys.next_purge_check:
+            self.keys.purge_expired_keys_now()
 
     def _ended(self, s: Ceremony) -> bool:
         """Whether ``s`` has finished, its deadline applied first. Whichever path finds a session
@@ -1075,15 +972,15 @@ class Node:
     # ------------------------------------------------------------------ custody lifecycle
 
     def _require_healthy_domain(self, what: str) -> tuple[sdfile.SignedHeader, sdfile.DomainSecrets]:
-        self._dek()
+        self.lifecycle.require_active()
         if self.compromised:
             raise StateError(
                 f"the domain is marked compromised: no {what}; provision a new domain (docs/runbooks/compromise.md)"
             )
         data = self._store.sd_file()
-        if data is None or self._domain is None:
+        if data is None or self.lifecycle.domain is None:
             raise StateError("this node holds no SD file: it was activated by an older version")
-        return sdfile.SecurityDomainFile.from_bytes(data).signed_header, self._domain
+        return sdfile.SecurityDomainFile.from_bytes(data).signed_header, self.lifecycle.domain
 
     async def start_drill(self, reason: str, ttl_seconds: int, caller: Role) -> DrillSession:
         async with self._lock:
@@ -1116,7 +1013,7 @@ class Node:
             current = [(slot.name, slot.certificate_der) for slot in signed.header.slots]
             for warning in plan.warnings:
                 log.warning("rotation %s: %s", session.session_id, warning)
-            self.audit(
+            self._audit(
                 "rotation-proposed",
                 caller,
                 {
@@ -1132,7 +1029,7 @@ class Node:
         """A key recorded lost or compromised since this epoch was sealed must not hold a share of
         the next one: a lost key means compromise, and the quarterly review counts a loss from an
         earlier epoch as healed by the rotation that followed it."""
-        records = [CustodyRecord.from_json(json.loads(r)) for r in self._store.rows("custody", "record")]
+        records = self._store.custody_records()
         # Keys are compared by SPKI SHA-256: a fresh certificate over a lost key is that lost key.
         lost_keys: dict[bytes, tuple[str, str]] = {}
         for r in records:
@@ -1163,7 +1060,7 @@ class Node:
                     "the domain on this node is marked compromised: no Azure restore here; "
                     "use a new node (docs/runbooks/compromise.md)"
                 )
-                self.audit("azure-restore-refused", caller, {"reason": reason})
+                self._audit("azure-restore-refused", caller, {"reason": reason})
                 raise StateError(reason)
             thumbprints, keys = self._held_custodian_keys()
             session = self._new_session(AzureRestoreSession, reason, ttl_seconds, caller)
@@ -1178,7 +1075,7 @@ class Node:
                 )
             except SdquorumError as e:
                 session.abort(f"the Azure file or exchange certificate was refused: {e}")
-                self.audit(
+                self._audit(
                     "azure-restore-refused",
                     caller,
                     {"session_id": session.session_id, "reason": str(e)},
@@ -1186,7 +1083,7 @@ class Node:
                 self._after_change(session)
                 raise
             destination = session.destination_certificate
-            self.audit(
+            self._audit(
                 "azure-restore-file-accepted",
                 caller,
                 {
@@ -1203,7 +1100,7 @@ class Node:
         """Thumbprints and SPKI digests of every custodian certificate of the domain this node holds
         (none on a node that holds no domain)."""
         data = self._store.sd_file()
-        if data is None or self._domain is None:
+        if data is None or self.lifecycle.domain is None:
             return frozenset(), frozenset()
         slots = sdfile.SecurityDomainFile.from_bytes(data).header.slots
         return (
@@ -1222,9 +1119,9 @@ class Node:
         anew to the same custodians and quorum (their keys open it with Azure's own tools too, each
         custodian handing over its private key). Its one item is tagged ``AZURE_PAYLOAD_TAG``, so no
         sdquorum node and no agent turns it into a transfer file (module docstring)."""
-        self._dek()
+        self.lifecycle.require_active()
         data = self._store.sd_file()
-        if data is None or self._domain is None:
+        if data is None or self.lifecycle.domain is None:
             raise StateError("this node holds no SD file")
         if fmt in ("", "native"):
             return data
@@ -1232,16 +1129,16 @@ class Node:
             raise UsageError(f"SD file format {fmt!r}: use native or azure")
         header = sdfile.SecurityDomainFile.from_bytes(data).header
         azure = seal_azure_domain(
-            [(AZURE_PAYLOAD_TAG, self._domain.to_bytes())],
+            [(AZURE_PAYLOAD_TAG, self.lifecycle.domain.to_bytes())],
             [slot.certificate_der for slot in header.slots],
             header.quorum,
             self._rng,
         )
-        self.audit("sd-file-exported", "admin", {"format": "azure", "epoch": header.epoch})
+        self._audit("sd-file-exported", "admin", {"format": "azure", "epoch": header.epoch})
         return azure.to_bytes()
 
     def add_custody_record(self, record: CustodyRecord, caller: Role) -> CustodyRecord:
-        self._dek()
+        self.lifecycle.require_active()
         stamped = CustodyRecord(
             time=self.now(),
             kind=record.kind,
@@ -1263,31 +1160,31 @@ class Node:
             raise UsageError(
                 f"{stamped.custodian!r} is not a custodian of this epoch: use one of {', '.join(sorted(names))}"
             )
-        self._store.add_rows("custody", "record", [json.dumps(stamped.to_json(), sort_keys=True)])
-        self.audit(f"custody-{stamped.kind}", caller, stamped.to_json())
+        self._store.add_custody_record(stamped)
+        self._audit(f"custody-{stamped.kind}", caller, stamped.to_json())
         return stamped
 
     def mark_compromised(self, reason: str, caller: Role) -> None:
-        self._dek()
+        self.lifecycle.require_active()
         if not reason.strip():
             raise UsageError("say why the domain is compromised (--reason)")
         if self._session is not None and not self._session.finished:
             self._session.abort("the domain was marked compromised")
             self._after_change(self._session)
         self._store.set_flag("compromised", reason.strip()[:500])
-        self.audit("domain-compromised", caller, {"reason": reason.strip()[:500]})
+        self._audit("domain-compromised", caller, {"reason": reason.strip()[:500]})
         self._notify()
 
     def custody_state(self) -> dict[str, Any]:
-        self._dek()
+        self.lifecycle.require_active()
         signed = self._current_signed()
         return {
             "node_id": self.config.node_id,
             "header": signed.header_bytes,
             "signature": signed.signature,
-            "records": [json.loads(r) for r in self._store.rows("custody", "record")],
-            "drills": [json.loads(r) for r in self._store.rows("drills", "result")],
-            "retired": [json.loads(r) for r in self._store.rows("retired", "record")],
+            "records": [r.to_json() for r in self._store.custody_records()],
+            "drills": [r.to_json() for r in self._store.drill_results()],
+            "retired": [r.to_json() for r in self._store.retired_epochs()],
             "compromised": self.compromised,
         }
 
@@ -1299,312 +1196,3 @@ class Node:
 
     def _current_header(self) -> sdfile.Header:
         return self._current_signed().header
-
-    # ------------------------------------------------------------------ data plane
-
-    def _dek(self) -> bytes:
-        if self.state != ACTIVATED or self._domain is None:
-            raise StateError(
-                "the node is not activated: download the security domain first (sdctl download), "
-                "or recover it on a new node (sdctl recover)"
-            )
-        return self._domain.data_encryption_key
-
-    async def create_key(
-        self, name: str, kind: KeyType, caller: KeyCaller | Role, owner: str = ""
-    ) -> StoredKey:
-        """A new key owned by the caller, or (an admin only) by ``owner``: ``app`` or ``app/<name>``."""
-        who = _caller(caller)
-        self._dek()
-        _check_key_name(name)
-        owner = self._owner_for(who.role, owner)
-        self._refuse_taken(name)
-        # Generation (RSA-3072 takes ~0.1 s) runs off the event loop; the database is only ever
-        # touched from the loop's thread, so writes never interleave on the one connection.
-        public, private = await asyncio.to_thread(keyops.generate, kind)
-        dek = self._dek()
-        created = self.now()
-        with self._store.batch():
-            self._refuse_taken(name)  # made meanwhile, during the generation
-            self._store.put_key(dek, name, int(kind), public, private, created, owner)
-            self.audit(
-                "key-created", who.role, {"name": name, "type": kind.name, "owner": owner, **who.who()}
-            )
-        log.info("key %s (%s) created for %s by %s", name, kind.name, owner, who.role)
-        return StoredKey(name, int(kind), public, created, owner)
-
-    @staticmethod
-    def _owner_for(role: Role, owner: str) -> str:
-        if role.kind not in ("admin", "app"):
-            raise PermissionDeniedError(f"role {role} may not own keys")
-        if not owner or owner == str(role):
-            return str(role)
-        if role.kind != "admin":
-            raise PermissionDeniedError(f"{role} may create keys only for itself: leave the owner out")
-        try:
-            parsed = Role.parse(owner)
-        except UsageError as e:
-            raise UsageError(f"key owner {owner!r}: use admin, app or app/<name> ({e})") from e
-        if parsed.kind not in ("admin", "app"):
-            raise UsageError(f"key owner {owner!r}: use admin, app or app/<name>")
-        return str(parsed)
-
-    def _refuse_taken(self, name: str) -> None:
-        found = self._store.find_key(name)
-        if found is None:
-            return
-        if found.deleted_at is None:
-            raise AlreadyExistsError(f"a key named {name!r} exists already: pick another name")
-        raise AlreadyExistsError(
-            f"a deleted key named {name!r} is kept until {_day(self._purge_time(found.deleted_at))}: "
-            f"recover it (sdctl keys recover {name}) or purge it (sdctl keys purge {name} --yes) first"
-        )
-
-    def _purge_time(self, deleted_at: int) -> int:
-        return deleted_at + self.config.key_retention_days * DAY
-
-    def list_keys(self, caller: KeyCaller | Role) -> list[StoredKey]:
-        """The live keys the caller may use; for an admin, every live key."""
-        role = _caller(caller).role
-        self._dek()
-        return self._store.list_keys(owner=None if role.kind == "admin" else self._owner_for(role, ""))
-
-    def list_deleted_keys(self, caller: KeyCaller | Role) -> list[StoredKey]:
-        """The deleted keys still retained (admin only), each purged at :meth:`purge_time`."""
-        self._require_admin(_caller(caller).role, "list deleted keys")
-        self._dek()
-        self.purge_expired_keys()
-        return self._store.list_keys(deleted=True)
-
-    def purge_time(self, key: StoredKey) -> int:
-        return 0 if key.deleted_at is None else self._purge_time(key.deleted_at)
-
-    def delete_key(self, name: str, caller: KeyCaller | Role) -> int:
-        """Soft-delete a live key the caller manages; returns when it will be purged."""
-        who = _caller(caller)
-        self._dek()
-        key = self._managed(name, who.role)
-        if key.deleted_at is not None:
-            raise NotFoundError(
-                f"key {name!r} is deleted already: recover it (sdctl keys recover {name}) or purge it"
-            )
-        now = self.now()
-        purge_at = self._purge_time(now)
-        with self._store.batch():
-            self._store.mark_deleted(name, now)
-            self.audit(
-                "key-deleted",
-                who.role,
-                {"name": name, "owner": key.owner, "purge_at": purge_at, **who.who()},
-            )
-        log.info("key %s of %s deleted by %s (kept until %s)", name, key.owner, who.role, _day(purge_at))
-        return purge_at
-
-    def recover_key(self, name: str, caller: KeyCaller | Role) -> StoredKey:
-        """Undelete a retained key the caller manages."""
-        who = _caller(caller)
-        self._dek()
-        self.purge_expired_keys()
-        key = self._managed(name, who.role)
-        if key.deleted_at is None:
-            raise StateError(f"key {name!r} is not deleted: nothing to recover")
-        with self._store.batch():
-            self._store.mark_deleted(name, None)
-            self.audit(
-                "key-recovered",
-                who.role,
-                {"name": name, "owner": key.owner, "deleted_at": key.deleted_at, **who.who()},
-            )
-        log.info("key %s of %s recovered by %s", name, key.owner, who.role)
-        return StoredKey(key.name, key.key_type, key.public_der, key.created_at, key.owner)
-
-    def purge_key(self, name: str, caller: KeyCaller | Role) -> None:
-        """Remove a deleted key for good (admin only): it cannot be recovered afterwards."""
-        who = _caller(caller)
-        self._require_admin(who.role, "purge keys")
-        self._dek()
-        key = self._store.find_key(_check_key_name(name))
-        if key is None or key.deleted_at is None:
-            raise NotFoundError(
-                f"no deleted key named {name!r}: delete it first (sdctl keys delete {name}); "
-                "list deleted keys with 'sdctl keys deleted'"
-            )
-        self._purge(key, who.role, {"reason": "purged by an admin", **who.who()})
-
-    def purge_expired_keys(self) -> list[str]:
-        """Purge every deleted key whose retention has ended, by the node's clock (audited, by
-        the node). Called at start, by the ticker and before a deleted key is listed or recovered."""
-        if self._domain is None:
-            return []
-        now = self.now()
-        self._next_purge_check = now + PURGE_CHECK_SECONDS
-        expired = self._store.deleted_before(now - self.config.key_retention_days * DAY)
-        for key in expired:
-            self._purge(
-                key,
-                "node",
-                {"reason": f"retention of {self.config.key_retention_days} days ended", "by": "node"},
-            )
-        return [k.name for k in expired]
-
-    def _purge_expired_keys_now(self) -> None:
-        """:meth:`purge_expired_keys` from the start and the ticker: a failure (a full or read-only
-        disk) is logged and tried again later. It leaves the keys deleted, so unusable: safe."""
-        try:
-            self.purge_expired_keys()
-        except SdquorumError as e:
-            log.error(
-                "could not purge deleted keys past their retention (tried again in %d s): %s",
-                PURGE_CHECK_SECONDS,
-                e,
-            )
-
-    def _purge(self, key: StoredKey, actor: Role | str, who: dict[str, str]) -> None:
-        with self._store.batch():
-            self._store.purge_key(key.name)
-            self.audit(
-                "key-purged",
-                actor,
-                {"name": key.name, "owner": key.owner, "deleted_at": key.deleted_at, **who},
-            )
-        log.info("key %s of %s purged by %s", key.name, key.owner, actor)
-
-    @staticmethod
-    def _require_admin(role: Role, what: str) -> None:
-        if role.kind != "admin":
-            raise PermissionDeniedError(f"only an admin may {what}")
-
-    def _managed(self, name: str, role: Role) -> StoredKey:
-        """The key ``name``, live or deleted, if ``role`` may manage it (its owner, or an admin)."""
-        key = self._store.find_key(_check_key_name(name))
-        if key is None:
-            raise NotFoundError(f"no key named {name!r}: list keys with 'sdctl keys list'")
-        if role.kind != "admin" and key.owner != self._owner_for(role, ""):
-            raise PermissionDeniedError(f"key {name!r} is not {role}'s: an app manages only its own keys")
-        return key
-
-    def _key(self, name: str, caller: KeyCaller | Role) -> tuple[StoredKey, bytes, KeyType]:
-        """A live key its owner may use: anyone else is refused, an admin too (see the module)."""
-        role = _caller(caller).role
-        dek = self._dek()
-        user = self._owner_for(role, "")
-
-        def allow(key: StoredKey) -> None:
-            if key.owner != user:
-                raise PermissionDeniedError(
-                    f"key {name!r} is not {role}'s to use: an admin can create a key for {role} "
-                    f"(sdctl keys create NAME --owner {role})"
-                )
-            if key.deleted_at is not None:
-                raise NotFoundError(
-                    f"key {name!r} is deleted: an admin can recover it until "
-                    f"{_day(self._purge_time(key.deleted_at))}"
-                )
-
-        info, private = self._store.get_key(dek, _check_key_name(name), allow)
-        return info, private, KeyType(info.key_type)
-
-    def encrypt(self, name: str, plaintext: bytes, aad: bytes, caller: KeyCaller | Role) -> bytes:
-        _, private, kind = self._key(name, caller)
-        return keyops.encrypt(kind, private, plaintext, aad)
-
-    def decrypt(self, name: str, ciphertext: bytes, aad: bytes, caller: KeyCaller | Role) -> bytes:
-        _, private, kind = self._key(name, caller)
-        return keyops.decrypt(kind, private, ciphertext, aad)
-
-    def sign(self, name: str, message: bytes, caller: KeyCaller | Role) -> bytes:
-        _, private, kind = self._key(name, caller)
-        return keyops.sign(kind, private, message)
-
-    def encrypt_batch(
-        self, name: str, plaintexts: Packed, aad: bytes | Packed, caller: KeyCaller | Role
-    ) -> Packed:
-        """Many plaintexts under one key opened once; ``aad`` for every item, or one per item."""
-        _, private, kind = self._key(name, caller)
-        return keyops.encrypt_batch(kind, private, plaintexts, aad)
-
-    def sign_batch(self, name: str, messages: Packed, caller: KeyCaller | Role) -> Packed:
-        """Many messages signed by one key opened once."""
-        _, private, kind = self._key(name, caller)
-        return keyops.sign_batch(kind, private, messages)
-
-    async def encrypt_batch_async(
-        self, name: str, plaintexts: Packed, aad: bytes | Packed, caller: KeyCaller | Role
-    ) -> Packed:
-        """:meth:`encrypt_batch` for the server: a batch big enough to pay for the trip goes to a
-        worker process of :attr:`crypto_pool` (see :mod:`hsm_node.cryptopool`), so the server's
-        thread goes on serving meanwhile. The key is read from the database here, on the event
-        loop's thread, as every read is."""
-        _, private, kind = self._key(name, caller)
-        pool = self.crypto_pool
-        if pool is not None and pool.wants(kind, plaintexts, private, aad):
-            return await pool.encrypt_batch(kind, private, plaintexts, aad)
-        return keyops.encrypt_batch(kind, private, plaintexts, aad)
-
-    async def sign_batch_async(self, name: str, messages: Packed, caller: KeyCaller | Role) -> Packed:
-        """:meth:`sign_batch` for the server: in a worker process of :attr:`crypto_pool` as
-        :meth:`encrypt_batch_async`; otherwise :func:`~hsm_node.cryptopool.sign_batch_here` (an RSA
-        batch in a thread)."""
-        _, private, kind = self._key(name, caller)
-        pool = self.crypto_pool
-        if pool is not None and pool.wants(kind, messages, private):
-            return await pool.sign_batch(kind, private, messages)
-        return await sign_batch_here(kind, private, messages)
-
-    def verify(self, name: str, message: bytes, signature: bytes, caller: KeyCaller | Role) -> bool:
-        # Against the public key of the sealed private key, not the row's public column: the
-        # column is not under the row's seal, so whoever can write the data directory could put
-        # a key of theirs there and have their own signatures verify.
-        _, private, kind = self._key(name, caller)
-        return keyops.verify(kind, keyops.public_der(kind, private), message, signature)
-
-    # ------------------------------------------------------------------ backup and restore
-
-    def backup(self, caller: Role | str = "admin") -> bytes:
-        """The key store as a version 2 backup: its rows (keys still sealed under the data
-        encryption key; deleted keys still retained with their owner and deletion time, so a
-        restore neither loses nor revives them) in an SQLite image, sealed under the domain's
-        backup key and signed."""
-        dek = self._dek()
-        if self._domain is None:  # pragma: no cover - _dek checked it
-            raise StateError("no domain")
-        image, count = self._store.export_key_rows(dek)
-        created = self.now()
-        data = backup.seal_backup(
-            self._domain,
-            image,
-            key_count=count,
-            node_id=self.config.node_id,
-            created_at=created,
-            rng=self._rng,
-        )
-        self.audit("backup-exported", caller, {"keys": count, "created_at": created, "bytes": len(data)})
-        return data
-
-    def restore(self, data: bytes, caller: Role | str = "admin") -> int:
-        """Replace the key store with a backup of this node's domain (version 2 or 1), in one
-        transaction; a refused backup changes nothing. A restore rolls the key store back to the
-        backup's day (keys deleted or purged since come back as they were then), so it is audited
-        with the backup's origin. Keys deleted in the backup come back deleted, with their deletion
-        time: those whose retention has ended since are purged at once (audited)."""
-        dek = self._dek()
-        if self._domain is None:  # pragma: no cover - _dek checked it
-            raise StateError("no domain")
-        opened = backup.open_backup(data, self._domain)
-        if opened.key_rows is not None:
-            self._store.import_key_rows(opened.key_rows, opened.header.key_count)
-        else:
-            self._store.replace_keys(dek, opened.keys)
-        count = opened.header.key_count
-        log.info("restored %d keys from a backup of domain %s", count, self._domain.domain_id.hex())
-        self.audit(
-            "key-store-restored",
-            caller,
-            {
-                "keys": count,
-                "backup_created_at": opened.header.created_at,
-                "backup_node": opened.header.node_id,
-            },
-        )
-        self.purge_expired_keys()
-        return count

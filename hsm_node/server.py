@@ -21,8 +21,9 @@ from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coordinator import CeremonyStatus, CustodianRequest, CustodianStatus, SessionState
+from hsm_node.dataplane import KeyCaller
 from hsm_node.keyops import KeyType
-from hsm_node.node import KeyCaller, Node, wrapping_key_name
+from hsm_node.node import Node, wrapping_key_name
 from hsm_node.store import StoredKey
 from sdquorum import pki
 from sdquorum.errors import MalformedError, SdquorumError, UsageError
@@ -152,7 +153,7 @@ class NodeServicer:
             quorum=info.quorum if info else 0,
             custodians=info.custodians if info else 0,
             active_session_id=s.session_id if s is not None and not s.finished else "",
-            key_count=n.key_count(),
+            key_count=n.store.count_keys(),
         )
 
 
@@ -206,7 +207,7 @@ class AdminServicer:
     async def Backup(
         self, request: pb.BackupRequest, context: Ctx, role: Role
     ) -> AsyncIterator[pb.BackupChunk]:
-        data = self.node.backup(role)
+        data = self.node.backups.backup(role)
         log.info("backup of %d bytes taken by %s", len(data), role)
         for i in range(0, len(data), CHUNK_BYTES):
             yield pb.BackupChunk(data=data[i : i + CHUNK_BYTES])
@@ -220,7 +221,7 @@ class AdminServicer:
                 yield chunk.data
 
         blob = await _collect(data(), MAX_BACKUP_BYTES, "the backup")
-        return pb.RestoreResponse(keys_restored=self.node.restore(blob, role))
+        return pb.RestoreResponse(keys_restored=self.node.backups.restore(blob, role))
 
     @rpc("admin")
     async def StartDrill(self, request: pb.StartDrillRequest, context: Ctx, role: Role) -> pb.SessionStarted:
@@ -320,7 +321,7 @@ class AdminServicer:
     async def ExportAudit(
         self, request: pb.ExportAuditRequest, context: Ctx, role: Role
     ) -> AsyncIterator[pb.AuditChunk]:
-        lines = self.node.export_audit(request.chain or "domain")
+        lines = self.node.audit_log.export(request.chain or "domain")
         data = ("\n".join(lines) + "\n").encode()
         for i in range(0, len(data), CHUNK_BYTES):
             yield pb.AuditChunk(data=data[i : i + CHUNK_BYTES])
@@ -349,55 +350,57 @@ class KeysServicer:
         except ValueError as e:
             raise UsageError("choose a key type: AES256_GCM, ED25519 or RSA3072") from e
         return _key_info(
-            await self.node.create_key(request.name, kind, _caller(context, role), request.owner)
+            await self.node.keys.create_key(request.name, kind, _caller(context, role), request.owner)
         )
 
     @rpc("app", "admin")
     async def ListKeys(self, request: pb.ListKeysRequest, context: Ctx, role: Role) -> pb.ListKeysResponse:
-        return pb.ListKeysResponse(keys=[_key_info(k) for k in self.node.list_keys(role)])
+        return pb.ListKeysResponse(keys=[_key_info(k) for k in self.node.keys.list_keys(role)])
 
     @rpc("app", "admin")
     async def DeleteKey(self, request: pb.DeleteKeyRequest, context: Ctx, role: Role) -> pb.DeleteKeyResponse:
-        return pb.DeleteKeyResponse(purge_at_unix=self.node.delete_key(request.name, _caller(context, role)))
+        return pb.DeleteKeyResponse(
+            purge_at_unix=self.node.keys.delete_key(request.name, _caller(context, role))
+        )
 
     @rpc("admin")
     async def ListDeletedKeys(
         self, request: pb.ListKeysRequest, context: Ctx, role: Role
     ) -> pb.ListKeysResponse:
-        keys = self.node.list_deleted_keys(role)
-        return pb.ListKeysResponse(keys=[_key_info(k, self.node.purge_time(k)) for k in keys])
+        keys = self.node.keys.list_deleted_keys(role)
+        return pb.ListKeysResponse(keys=[_key_info(k, self.node.keys.purge_time(k)) for k in keys])
 
     @rpc("app", "admin")
     async def RecoverKey(self, request: pb.RecoverKeyRequest, context: Ctx, role: Role) -> pb.KeyInfo:
-        return _key_info(self.node.recover_key(request.name, _caller(context, role)))
+        return _key_info(self.node.keys.recover_key(request.name, _caller(context, role)))
 
     @rpc("admin")
     async def PurgeKey(self, request: pb.PurgeKeyRequest, context: Ctx, role: Role) -> pb.PurgeKeyResponse:
-        self.node.purge_key(request.name, _caller(context, role))
+        self.node.keys.purge_key(request.name, _caller(context, role))
         return pb.PurgeKeyResponse()
 
     @rpc("app", "admin")
     async def Encrypt(self, request: pb.EncryptRequest, context: Ctx, role: Role) -> pb.EncryptResponse:
         return pb.EncryptResponse(
-            ciphertext=self.node.encrypt(request.name, request.plaintext, request.aad, role)
+            ciphertext=self.node.key_ops.encrypt(request.name, request.plaintext, request.aad, role)
         )
 
     @rpc("app", "admin")
     async def Decrypt(self, request: pb.DecryptRequest, context: Ctx, role: Role) -> pb.DecryptResponse:
         return pb.DecryptResponse(
-            plaintext=self.node.decrypt(request.name, request.ciphertext, request.aad, role)
+            plaintext=self.node.key_ops.decrypt(request.name, request.ciphertext, request.aad, role)
         )
 
     @rpc("app", "admin")
     async def Sign(self, request: pb.SignRequest, context: Ctx, role: Role) -> pb.SignResponse:
-        return pb.SignResponse(signature=self.node.sign(request.name, request.message, role))
+        return pb.SignResponse(signature=self.node.key_ops.sign(request.name, request.message, role))
 
     @rpc("app", "admin")
     async def EncryptBatch(
         self, request: pb.EncryptBatchRequest, context: Ctx, role: Role
     ) -> pb.EncryptBatchResponse:
         plaintexts = self._batch(request.plaintexts, request.plaintext_lengths, "plaintext")
-        out = await self.node.encrypt_batch_async(
+        out = await self.node.key_ops.encrypt_batch_async(
             request.name, plaintexts, _aad(request, len(plaintexts)), role
         )
         self._fits(out)
@@ -405,7 +408,7 @@ class KeysServicer:
 
     @rpc("app", "admin")
     async def SignBatch(self, request: pb.SignBatchRequest, context: Ctx, role: Role) -> pb.SignBatchResponse:
-        out = await self.node.sign_batch_async(
+        out = await self.node.key_ops.sign_batch_async(
             request.name, self._batch(request.messages, request.message_lengths, "message"), role
         )
         self._fits(out)
@@ -414,7 +417,7 @@ class KeysServicer:
     @rpc("app", "admin")
     async def Verify(self, request: pb.VerifyRequest, context: Ctx, role: Role) -> pb.VerifyResponse:
         return pb.VerifyResponse(
-            valid=self.node.verify(request.name, request.message, request.signature, role)
+            valid=self.node.key_ops.verify(request.name, request.message, request.signature, role)
         )
 
     def _batch(self, data: bytes, lengths: Sequence[int], what: str) -> packed.Packed:
@@ -593,7 +596,7 @@ class NodeServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
         await self.server.stop(grace)
-        self.node.close_refusal_windows(all_open=True)  # the counts of open windows are not lost
+        self.node.audit_log.close_refusal_windows(all_open=True)  # the counts of open windows are not lost
 
 
 async def serve(
@@ -605,7 +608,7 @@ async def serve(
 ) -> NodeServer:
     """Bind ``listen`` (host:port, port 0 picks one) with mTLS and start serving."""
     server = grpc.aio.server(
-        options=server_options(max_message_bytes), interceptors=[RequestGuard(node.audit_refusal)]
+        options=server_options(max_message_bytes), interceptors=[RequestGuard(node.audit_log.refusal)]
     )
     pbg.add_NodeServicer_to_server(NodeServicer(node), server)  # type: ignore[no-untyped-call]  # generated, untyped
     pbg.add_NodeAdminServicer_to_server(AdminServicer(node), server)  # type: ignore[no-untyped-call]  # generated, untyped

@@ -106,7 +106,8 @@ def rpc(*roles: str) -> Callable[[F], F]:
             if isinstance(e, SdquorumError):
                 code = status_for(e)
                 text = _bounded(str(e))  # a message may quote the caller's input: never all of it
-                hook = getattr(getattr(servicer, "node", None), "audit_refusal", None)
+                audit_log = getattr(getattr(servicer, "node", None), "audit_log", None)
+                hook = getattr(audit_log, "refusal", None)
                 report_refusal(refusal_of(context, name, code.name, text), hook)
                 kind = (
                     "verification"
@@ -193,7 +194,7 @@ def _observe(servicer: Any, method: str, code: str, started: float) -> None:
 
 
 def report_refusal(refusal: Refusal, hook: RefusalHook | None) -> None:
-    """Audit a refusal through ``hook`` (the node's ``audit_refusal``, where there is one), then
+    """Audit a refusal through ``hook`` (the node's ``audit_log.refusal``, where there is one), then
     log it: WARNING when it was written in full, DEBUG when the hook only counted it (a flood of
     refused calls fills neither the audit log nor the node's log)."""
     written = True

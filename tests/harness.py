@@ -42,7 +42,7 @@ from custodian_agent.approvals import ApprovalBox
 from hsm_node.cryptopool import CryptoPool
 from hsm_node.node import Node, NodeConfig
 from hsm_node.server import MAX_BATCH_ITEMS, NodeServer, serve
-from hsm_node.store import NodeStore
+from hsm_node.store import SqliteNodeStore
 from sdctl.pkifiles import init_pki
 from sdquorum import backup
 from sdquorum.encoding import b64e, canonical_json
@@ -312,7 +312,7 @@ async def running_cluster(
     """A node served in this process; ``crypto_pool`` (closed on exit) runs its large batches."""
     clock = Clock()
     key, cert_der = load_attestation(attestation_pki or pki, node_id)
-    store = NodeStore(data_dir, sealing_key or os.urandom(32), node_id)
+    store = SqliteNodeStore(data_dir, sealing_key or os.urandom(32), node_id)
     config = NodeConfig(
         node_id=node_id,
         address="127.0.0.1:0",

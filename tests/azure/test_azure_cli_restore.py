@@ -215,7 +215,7 @@ def exported(
                 pki_dir, node.target, "sd-file", "--format", "azure", "--out", str(out)
             )
             assert code == 0, lines
-            domain = node.node._domain
+            domain = node.node.lifecycle.domain
             assert domain is not None
             return Exported(out, domain.to_bytes())
 

@@ -108,7 +108,7 @@ async def test_native_domain_exported_as_an_azure_file_opens_with_azure_restore_
         out = tmp_path / "azure.json"
         code, lines = await run_sdctl(pki_dir, a.target, "sd-file", "--format", "azure", "--out", str(out))
         assert code == 0, lines
-        domain = a.node._domain
+        domain = a.node.lifecycle.domain
     assert domain is not None
     # The generator's open_sd_file reads it as Azure's restore-blob does (every wrapping private key on one
     # machine); test_azure_cli_restore.py runs Microsoft's own `az keyvault security-domain restore-blob`.
@@ -318,7 +318,7 @@ async def test_attack_admin_exports_the_domain_for_azure_and_restores_it_to_thei
         assert not out.exists(), label
         assert all(a.released == [] for a in agents), label
         await c.stop_agents()
-        events = c.node._store.audit_entries(c.node.audit_chain())
+        events = c.node.store.audit_entries(c.node.audit_chain())
         assert any("azure-restore-refused" in e for e in events), label
         errors = capsys.readouterr().err.splitlines()
         assert len(errors) == 1 and errors[0].startswith("sdctl: error: "), errors  # one line, no traceback
@@ -371,7 +371,7 @@ async def test_a_late_wrong_azure_share_is_rejected_named_and_audited_by_the_nod
         assert status[3].status is CustodianStatus.NOT_NEEDED and "verified" in status[3].detail
         assert status[4].status is CustodianStatus.REJECTED and "late" in status[4].detail
         assert status[4].name in s.message and s.state is SessionState.COMPLETED
-        events = "\n".join(c.node._store.audit_entries(c.node.audit_chain()))
+        events = "\n".join(c.node.store.audit_entries(c.node.audit_chain()))
         assert "azure-recovery-late-answer-verified" in events
         assert "azure-recovery-late-answer-rejected" in events
         assert c.node.azure_transfer_file(s.session_id) == transfer

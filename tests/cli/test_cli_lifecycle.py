@@ -60,7 +60,7 @@ async def test_drill_reports_proved_failed_and_unreachable_and_is_audited(
             a.start_agent(NAMES[i], wrapping_keys[i], tmp_path)
         # erin's agent now holds another key (frank's): it no longer matches erin's slot.
         a.start_agent("erin", wrapping_keys[5], tmp_path)
-        await wait_for(lambda: len(a.node._agents) == 4)
+        await wait_for(lambda: len(a.node.connected_custodians()) == 4)
         # dave has no agent: unreachable at the deadline.
         drill = asyncio.create_task(sdctl("drill", "--reason", "Q4 drill", "--ttl", "30", node=a.target))
         await wait_for(lambda: a.node.session is not None and a.node.session.status().accepted == 3)

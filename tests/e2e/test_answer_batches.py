@@ -10,13 +10,11 @@ checks here at the moment each caller returns.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import re
 import sqlite3
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,10 +23,10 @@ from harness import NAMES, Cluster, node_b_and_sd_file
 
 from coordinator.ceremony import SessionState
 from custodian_agent import responder
-from hsm_node.store import NodeStore
+from hsm_node.store import SqliteNodeStore
 from sdquorum import envelopes, pki, shamir
 from sdquorum.envelopes import CustodianPolicy
-from sdquorum.errors import AlreadyExistsError, StateError, StorageError, VerificationError
+from sdquorum.errors import StateError, StorageError, VerificationError
 from sdquorum.keys import SoftwareWrappingKey
 from sdquorum.pki import Role
 from sdquorum_rpc.observability import REQUEST_ID
@@ -79,7 +77,7 @@ async def test_answers_arriving_together_commit_once_and_each_returns_after_its_
         await b.start_recovery(sd)
         answers = _answers(b, pki_dir, wrapping_keys[:4], corrupt="bob")
         commits: list[str] = []
-        b.node._store._db.set_trace_callback(lambda q: commits.append(q) if q == "COMMIT" else None)
+        b.node.store.on_commit = lambda: commits.append("COMMIT")
         seen_at_return: dict[str, list[tuple[str, str]]] = {}
         errors: dict[str, BaseException] = {}
 
@@ -126,15 +124,11 @@ async def _submit_in_a_batch_that_does_not_commit(
 ) -> list[object]:
     """Submit ``answers`` together while every batch's commit fails (a full disk at COMMIT): each
     caller's result, an exception or None. ``monkeypatch.undo()`` gives the store back."""
-    real_batch = b.node._store.batch
 
-    @contextlib.contextmanager
-    def failing_batch() -> Iterator[None]:
-        with real_batch():
-            yield
-            raise StorageError("the node cannot write its database (disk full): nothing was changed")
+    def full_disk_at_commit() -> None:
+        raise StorageError("the node cannot write its database (disk full): nothing was changed")
 
-    monkeypatch.setattr(b.node._store, "batch", failing_batch)
+    monkeypatch.setattr(b.node.store, "on_commit", full_disk_at_commit)
     return await asyncio.gather(
         *(b.node.submit_answer(*a, kind="recovery") for a in answers), return_exceptions=True
     )
@@ -172,68 +166,19 @@ async def test_a_completion_that_does_not_commit_is_undone_in_memory_and_the_ses
         assert b.node.state == "ACTIVATED"
 
 
-def test_store_batch_is_one_commit_a_failed_write_undoes_itself_an_exception_undoes_all(
-    tmp_path: Path,
-) -> None:
-    store = NodeStore(tmp_path / "d", bytes(32), "node-x")
-    try:
-        commits: list[str] = []
-        store._db.set_trace_callback(lambda q: commits.append(q) if q == "COMMIT" else None)
-        dek = bytes(range(32))
-        with store.batch():
-            store.put_key(dek, "k1", 1, b"pub", b"secret-1", 1)
-            store.append_audit("provisioning", 1, '{"n": 1}')
-            with pytest.raises(AlreadyExistsError):
-                store.put_key(dek, "k1", 1, b"pub", b"other", 2)  # refused: only this write is undone
-            store.put_key(dek, "k2", 1, b"pub", b"secret-2", 3)
-        assert commits == ["COMMIT"]
-        assert [k.name for k in store.list_keys()] == ["k1", "k2"]
-        assert store.get_key(dek, "k1")[1] == b"secret-1"
-        with pytest.raises(RuntimeError), store.batch():
-            store.put_key(dek, "k3", 1, b"pub", b"secret-3", 4)
-            store.append_audit("provisioning", 2, '{"n": 2}')
-            raise RuntimeError("the caller failed half-way")
-        assert [k.name for k in store.list_keys()] == ["k1", "k2"]
-        assert store.audit_entries("provisioning") == ['{"n": 1}']
-        assert commits == ["COMMIT"]
-    finally:
-        store.close()
-
-
-def test_a_batch_whose_transaction_sqlite_rolled_back_fails_instead_of_committing_the_rest(
-    tmp_path: Path,
-) -> None:
-    # On a full disk or an I/O error SQLite may roll the whole transaction back by itself; the node
-    # carries on with the batch's other answers after one answer's error, so the store must notice.
-    store = NodeStore(tmp_path / "d", bytes(32), "node-x")
-    try:
-        with pytest.raises(StorageError), store.batch():
-            store.append_audit("provisioning", 1, '{"n": 1}')
-            store._db.execute("ROLLBACK")  # what SQLite does by itself on SQLITE_FULL, say
-            with pytest.raises(StorageError, match="rolled back"):
-                store.append_audit("provisioning", 2, '{"n": 2}')
-            # the caller goes on, as the node does with the next answer of the batch
-        assert store.audit_entries("provisioning") == []  # nothing was half-committed
-        store.append_audit("provisioning", 1, '{"n": 1}')  # and the store works afterwards
-        assert store.audit_entries("provisioning") == ['{"n": 1}']
-    finally:
-        store.close()
-
-
 def _fail_writing(monkeypatch: pytest.MonkeyPatch, event: str, times: int) -> None:
     """The audit entry ``event`` fails to write ``times`` times (one statement, as SQLITE_FULL
     fails it: the transaction itself survives); other entries are written."""
-    real = NodeStore.append_audit
+    real = SqliteNodeStore.append_audit
     left = {"n": times}
 
-    def flaky(store: NodeStore, chain: str, seq: int, entry_json: str) -> None:
+    def flaky(store: SqliteNodeStore, chain: str, seq: int, entry_json: str) -> None:
         if left["n"] and json.loads(entry_json)["event"] == event:
             left["n"] -= 1
-            with store._tx():
-                raise sqlite3.OperationalError("database or disk is full")
+            raise StorageError("the node cannot write its database (database or disk is full)")
         real(store, chain, seq, entry_json)
 
-    monkeypatch.setattr(NodeStore, "append_audit", flaky)
+    monkeypatch.setattr(SqliteNodeStore, "append_audit", flaky)
 
 
 @pytest.mark.parametrize("which", ["the first share", "the m-th share"])

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from harness import Cluster, backup_v1, certs_of, keys_in_backup, running_cluster
 
 from hsm_node.keyops import KeyType
+from hsm_node.store.image import read_image
 from sdquorum import backup
 from sdquorum.encoding import b64e, canonical_json
 from sdquorum.errors import MalformedError, VerificationError
@@ -45,36 +46,39 @@ async def node(
     async with running_cluster(pki_dir, tmp_path / "a") as a:
         await a.download(certs_of(wrapping_keys[:3]), quorum=2)
         for name, kind in KEYS:
-            await a.node.create_key(name, kind, APP)
+            await a.node.keys.create_key(name, kind, APP)
         yield a
 
 
 def _domain(c: Cluster) -> DomainSecrets:
-    assert c.node._domain is not None
-    return c.node._domain
+    assert c.node.lifecycle.domain is not None
+    return c.node.lifecycle.domain
 
 
 def _names(c: Cluster) -> list[str]:
-    return [k.name for k in c.node.list_keys(ADMIN)]
+    return [k.name for k in c.node.keys.list_keys(ADMIN)]
 
 
 async def test_restore_brings_back_exactly_the_backed_up_keys_and_they_work(node: Cluster) -> None:
-    signature = node.node.sign("ed", b"message", APP)
-    ciphertext = node.node.encrypt("aes-1", b"plaintext", b"aad", APP)
-    rsa_signature = node.node.sign("rsa", b"message", APP)
-    data = node.node.backup()
-    node.node.delete_key("aes-2", ADMIN)
-    await node.node.create_key("made-later", KeyType.AES256_GCM, APP)
-    assert node.node.restore(data) == len(KEYS)
+    signature = node.node.key_ops.sign("ed", b"message", APP)
+    ciphertext = node.node.key_ops.encrypt("aes-1", b"plaintext", b"aad", APP)
+    rsa_signature = node.node.key_ops.sign("rsa", b"message", APP)
+    data = node.node.backups.backup()
+    node.node.keys.delete_key("aes-2", ADMIN)
+    await node.node.keys.create_key("made-later", KeyType.AES256_GCM, APP)
+    assert node.node.backups.restore(data) == len(KEYS)
     assert _names(node) == sorted(name for name, _ in KEYS)
-    assert node.node.verify("ed", b"message", signature, APP)
-    assert node.node.verify("rsa", b"message", rsa_signature, APP)
-    assert node.node.decrypt("aes-1", ciphertext, b"aad", APP) == b"plaintext"
-    assert node.node.decrypt("aes-2", node.node.encrypt("aes-2", b"x", b"", APP), b"", APP) == b"x"
+    assert node.node.key_ops.verify("ed", b"message", signature, APP)
+    assert node.node.key_ops.verify("rsa", b"message", rsa_signature, APP)
+    assert node.node.key_ops.decrypt("aes-1", ciphertext, b"aad", APP) == b"plaintext"
+    assert (
+        node.node.key_ops.decrypt("aes-2", node.node.key_ops.encrypt("aes-2", b"x", b"", APP), b"", APP)
+        == b"x"
+    )
 
 
 async def test_the_backup_body_holds_no_private_key_in_the_clear(node: Cluster) -> None:
-    data = node.node.backup()
+    data = node.node.backups.backup()
     opened = backup.open_backup(data, _domain(node))
     assert opened.key_rows is not None and opened.header.key_count == len(KEYS)
     privates = keys_in_backup(data, _domain(node))
@@ -89,9 +93,9 @@ async def test_a_version_1_backup_restores_and_its_keys_work(node: Cluster) -> N
     key = AESGCM.generate_key(bit_length=256)
     items = [{"name": "old-aes", "type": 1, "public": b64e(b""), "private": b64e(key), "created_at": 9}]
     v1 = backup_v1(domain, canonical_json(items), 1)
-    assert node.node.restore(v1) == 1
+    assert node.node.backups.restore(v1) == 1
     assert _names(node) == ["old-aes"]
-    sealed = node.node.encrypt("old-aes", b"p", b"", APP)
+    sealed = node.node.key_ops.encrypt("old-aes", b"p", b"", APP)
     assert AESGCM(key).decrypt(sealed[:12], sealed[12:], None) == b"p"
 
 
@@ -107,9 +111,10 @@ def _image(rows: list[tuple[object, ...]], schema: str = IMAGE_SCHEMA, extra: st
 
 
 def _rows_of(c: Cluster) -> list[tuple[object, ...]]:
-    return list(
-        c.node._store._db.execute("SELECT name, type, public_der, sealed, created_at FROM keys ORDER BY name")
-    )
+    """(name, type, public_der, sealed, created_at) of every key row, read through the store's seam
+    (the rows of a backup image of it)."""
+    rows = read_image(*c.node.store.export_key_rows(_domain(c).data_encryption_key))
+    return [(r.key.name, r.key.key_type, r.key.public_der, r.sealed, r.key.created_at) for r in rows]
 
 
 @pytest.mark.parametrize(
@@ -148,35 +153,36 @@ async def test_an_authentic_backup_with_a_wrong_key_table_is_refused_and_changes
         rng=os.urandom,
     )
     with pytest.raises(MalformedError):
-        node.node.restore(data)
+        node.node.backups.restore(data)
     assert _rows_of(node) == rows, f"{case}: the key table changed"
     # The control: the same rows in a well-formed image restore.
     good = backup.seal_backup(
         _domain(node), _image(rows), key_count=len(rows), node_id="n", created_at=1, rng=os.urandom
     )
-    assert node.node.restore(good) == len(rows)
+    assert node.node.backups.restore(good) == len(rows)
 
 
 async def test_a_damaged_row_stops_the_backup_and_is_named(node: Cluster) -> None:
-    db = node.node._store._db
+    db = sqlite3.connect(node.data_dir / "node.db", isolation_level=None)  # tampering on disk
     (sealed,) = db.execute("SELECT sealed FROM keys WHERE name = 'ed'").fetchone()
     damaged = bytearray(sealed)
     damaged[-1] ^= 0x01
     db.execute("UPDATE keys SET sealed = ? WHERE name = 'ed'", (bytes(damaged),))
     with pytest.raises(VerificationError, match="'ed' failed its integrity check"):
-        node.node.backup()
+        node.node.backups.backup()
     # No scratch database is left attached: the next backup (after the fix) works.
     db.execute("UPDATE keys SET sealed = ? WHERE name = 'ed'", (sealed,))
-    assert backup.open_backup(node.node.backup(), _domain(node)).header.key_count == len(KEYS)
+    db.close()
+    assert backup.open_backup(node.node.backups.backup(), _domain(node)).header.key_count == len(KEYS)
 
 
 async def test_a_backup_of_an_empty_store_restores_to_an_empty_store(node: Cluster) -> None:
     for name, _ in KEYS:  # deleted keys are retained (and backed up) until purged
-        node.node.delete_key(name, ADMIN)
-        node.node.purge_key(name, ADMIN)
-    empty = node.node.backup()
-    await node.node.create_key("k", KeyType.ED25519, APP)
-    assert node.node.restore(empty) == 0
+        node.node.keys.delete_key(name, ADMIN)
+        node.node.keys.purge_key(name, ADMIN)
+    empty = node.node.backups.backup()
+    await node.node.keys.create_key("k", KeyType.ED25519, APP)
+    assert node.node.backups.restore(empty) == 0
     assert _names(node) == []
 
 
@@ -185,9 +191,9 @@ async def test_a_backup_and_a_restore_are_each_audited_with_who_and_how_many(nod
     log records it, with the backup's origin, and records every backup taken."""
     import json
 
-    data = node.node.backup(Role("admin"))
-    node.node.restore(data, Role("admin"))
-    entries = [json.loads(e) for e in node.node._store.audit_entries("domain")]
+    data = node.node.backups.backup(Role("admin"))
+    node.node.backups.restore(data, Role("admin"))
+    entries = [json.loads(e) for e in node.node.store.audit_entries("domain")]
     exported = [e for e in entries if e["event"] == "backup-exported"]
     restored = [e for e in entries if e["event"] == "key-store-restored"]
     assert [(e["actor"], e["details"]["keys"]) for e in exported] == [("admin", len(KEYS))]

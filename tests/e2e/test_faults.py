@@ -383,10 +383,10 @@ async def test_a_session_ended_by_its_deadline_is_recorded_whoever_finds_it(
         else:
             assert a.node.pending_requests(pki.thumbprint_sha256(wrapping_keys[0].certificate_der())) == []
         assert s.finished
-        rows = a.node._store.rows("drills", "result")
-        events = [json.loads(e)["event"] for e in a.node._store.audit_entries("domain")]
-    assert sorted(json.loads(r)["custodian"] for r in rows) == sorted(NAMES[:5])  # one result each
-    assert {json.loads(r)["outcome"] for r in rows} == {"unreachable"}
+        rows = a.node.store.drill_results()
+        events = [json.loads(e)["event"] for e in a.node.store.audit_entries("domain")]
+    assert sorted(r.custodian for r in rows) == sorted(NAMES[:5])  # one result each
+    assert {r.outcome for r in rows} == {"unreachable"}
     assert "drill-completed" in events, events
 
 
@@ -399,7 +399,7 @@ async def test_a_drill_slot_rejected_for_a_changed_key_has_its_own_audit_entry(
         other = pki.thumbprint_sha256(wrapping_keys[5].certificate_der())
         for _ in range(2):  # carol's agent reconnects with another key, twice: one rejection, one entry
             a.node.agent_connected(Role("custodian", "carol"), other)
-        entries = [json.loads(e) for e in a.node._store.audit_entries("domain")]
+        entries = [json.loads(e) for e in a.node.store.audit_entries("domain")]
     rejected = [e for e in entries if e["event"] == "drill-slot-rejected"]
     assert [(e["details"]["custodian"], e["details"]["x"]) for e in rejected] == [("carol", 3)]
     assert "no longer matches slot 3" in rejected[0]["details"]["reason"]
@@ -418,7 +418,7 @@ async def test_a_public_key_swapped_on_disk_does_not_make_verify_accept_its_sign
 
     async with running_cluster(pki_dir, tmp_path / "a") as a:
         await a.download(certs_of(wrapping_keys[:3]), quorum=2)
-        await a.node.create_key("ed", KeyType.ED25519, Role("app"))
+        await a.node.keys.create_key("ed", KeyType.ED25519, Role("app"))
         forger = ed25519.Ed25519PrivateKey.generate()
         spki = forger.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -428,9 +428,10 @@ async def test_a_public_key_swapped_on_disk_does_not_make_verify_accept_its_sign
         db.commit()
         db.close()
         message = b"pay mallory 1000000"
-        assert a.node.verify("ed", message, forger.sign(message), Role("app")) is False
+        assert a.node.key_ops.verify("ed", message, forger.sign(message), Role("app")) is False
         assert (
-            a.node.verify("ed", message, a.node.sign("ed", message, Role("app")), Role("app")) is True
+            a.node.key_ops.verify("ed", message, a.node.key_ops.sign("ed", message, Role("app")), Role("app"))
+            is True
         )  # the real key still works
 
 

@@ -25,7 +25,7 @@ from harness import ROOT, NodeProcess, node_run_argv
 
 from custodian_agent.approvals import ApprovalBox
 from custodian_agent.keyfile import PASSPHRASE_ENV, keygen
-from hsm_node.store import NodeStore, load_or_create_sealing_key
+from hsm_node.store import SqliteNodeStore, load_or_create_sealing_key
 from sdquorum.errors import UsageError
 
 PASSPHRASE = "correct horse battery"
@@ -96,7 +96,7 @@ def test_a_data_directory_left_0755_with_0644_files_by_an_earlier_version_is_tig
         db.execute("CREATE TABLE meta (k TEXT PRIMARY KEY, v BLOB NOT NULL)")
         db.commit()  # node.db, -wal and -shm, all 0644, as earlier versions made them
         assert set(modes(data).values()) == {"0644"} and len(modes(data)) == 3
-        store = NodeStore(data, os.urandom(32), "node-a")
+        store = SqliteNodeStore(data, os.urandom(32), "node-a")
         db.close()
     store.close()
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
@@ -226,6 +226,6 @@ def test_a_data_directory_of_another_user_is_refused_naming_the_owner(
         os.chown(data, 1, -1)
         owner = 1
     with pytest.raises(UsageError, match=rf"belongs to uid {owner}, not to this user") as e:
-        NodeStore(data, os.urandom(32), "node-a")
+        SqliteNodeStore(data, os.urandom(32), "node-a")
     assert "chown" in str(e.value) and "\n" not in str(e.value)
     assert not (data / "node.db").exists()

@@ -41,7 +41,7 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None
 
 
 def audit_entries(c: Cluster) -> list[dict[str, Any]]:
-    return [json.loads(e) for e in c.node._store.audit_entries(c.node.audit_chain())]
+    return [json.loads(e) for e in c.node.store.audit_entries(c.node.audit_chain())]
 
 
 async def approve_rotation(a: Cluster, keys: list[SoftwareWrappingKey], names: list[str]) -> None:
@@ -264,7 +264,7 @@ async def test_a_drill_tells_a_new_certificate_over_the_slots_key_from_another_k
         await a.download(certs_of(wrapping_keys[:5]), quorum=3)
         a.start_agent("erin", reissued, tmp_path)
         a.start_agent("dave", wrapping_keys[5], tmp_path)
-        await wait_for(lambda: len(a.node._agents) == 2)
+        await wait_for(lambda: len(a.node.connected_custodians()) == 2)
         s = await a.node.start_drill("Q4 drill", 60, Role("admin"))
         detail = {p.name: (p.status.name, p.detail) for p in s.status().custodians}
         assert detail["erin"] == (

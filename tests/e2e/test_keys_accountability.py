@@ -25,7 +25,7 @@ from harness import Clock, Cluster, certs_of, load_attestation, run_sdctl, runni
 
 from hsm_node.keyops import KeyType
 from hsm_node.node import Node, NodeConfig
-from hsm_node.store import NodeStore
+from hsm_node.store import SqliteNodeStore
 from sdctl import pkifiles
 from sdquorum import backup, pki
 from sdquorum.errors import (
@@ -65,7 +65,7 @@ async def cluster(
 
 
 def _entries(node: Node, event: str) -> list[dict[str, Any]]:
-    return [e for e in (json.loads(x) for x in node._store.audit_entries("domain")) if e["event"] == event]
+    return [e for e in (json.loads(x) for x in node.store.audit_entries("domain")) if e["event"] == event]
 
 
 async def _code(call: Any) -> grpc.StatusCode:
@@ -135,7 +135,7 @@ async def test_named_apps_see_only_their_own_keys_and_the_admin_can_create_one_f
                 )
                 == grpc.StatusCode.PERMISSION_DENIED
             )
-    assert [k.name for k in cluster.node.list_keys(ADMIN)] == ["pay", "pay-2"]
+    assert [k.name for k in cluster.node.keys.list_keys(ADMIN)] == ["pay", "pay-2"]
 
 
 # ------------------------------------------------------------------ audit, soft deletion, purge
@@ -221,7 +221,7 @@ async def test_purge_and_the_deleted_list_are_admin_only_and_audited(cluster: Cl
     async with cluster.client("app") as app:
         assert await _code(app.keys.RecoverKey(pb.RecoverKeyRequest(name="k"))) == grpc.StatusCode.NOT_FOUND
     with pytest.raises(PermissionDeniedError):
-        cluster.node.purge_key("k", APP)  # the node refuses too, not only the rpc guard
+        cluster.node.keys.purge_key("k", APP)  # the node refuses too, not only the rpc guard
 
 
 async def test_the_node_purges_a_deleted_key_when_its_retention_ends_by_its_clock(cluster: Cluster) -> None:
@@ -231,11 +231,11 @@ async def test_the_node_purges_a_deleted_key_when_its_retention_ends_by_its_cloc
         await app.keys.DeleteKey(pb.DeleteKeyRequest(name="old"))
     cluster.clock.advance(90 * DAY - 1)
     await cluster.node.tick()
-    assert [k.name for k in cluster.node.list_deleted_keys(ADMIN)] == ["old"]
+    assert [k.name for k in cluster.node.keys.list_deleted_keys(ADMIN)] == ["old"]
     cluster.clock.advance(1 + 600)  # the retention ends; the ticker looks at most 600 s later
     await cluster.node.tick()
-    assert cluster.node._store.find_key("old") is None
-    assert [k.name for k in cluster.node.list_keys(ADMIN)] == ["live"]
+    assert cluster.node.store.find_key("old") is None
+    assert [k.name for k in cluster.node.keys.list_keys(ADMIN)] == ["live"]
     (purged,) = _entries(cluster.node, "key-purged")
     assert purged["actor"] == "node" and purged["details"]["name"] == "old"
     assert "retention of 90 days ended" in purged["details"]["reason"]
@@ -244,22 +244,22 @@ async def test_the_node_purges_a_deleted_key_when_its_retention_ends_by_its_cloc
 async def test_a_purge_that_cannot_be_written_leaves_the_key_deleted_and_the_ticker_running(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await cluster.node.create_key("k", KeyType.AES256_GCM, APP)
-    cluster.node.delete_key("k", APP)
+    await cluster.node.keys.create_key("k", KeyType.AES256_GCM, APP)
+    cluster.node.keys.delete_key("k", APP)
     cluster.clock.advance(91 * DAY)
 
     def full_disk(name: str) -> None:
         raise StorageError("the node cannot write its database (disk full): nothing was changed")
 
     with monkeypatch.context() as m:
-        m.setattr(cluster.node._store, "purge_key", full_disk)
+        m.setattr(cluster.node.store, "purge_key", full_disk)
         await cluster.node.tick()  # logged, not raised: the ticker also applies ceremony deadlines
-    assert cluster.node._store.find_key("k") is not None
+    assert cluster.node.store.find_key("k") is not None
     with pytest.raises(NotFoundError):
-        cluster.node.encrypt("k", b"p", b"", APP)
+        cluster.node.key_ops.encrypt("k", b"p", b"", APP)
     cluster.clock.advance(600)
     await cluster.node.tick()
-    assert cluster.node._store.find_key("k") is None
+    assert cluster.node.store.find_key("k") is None
 
 
 async def test_a_name_of_a_retained_deleted_key_cannot_be_taken_and_the_error_says_what_to_do(
@@ -274,7 +274,7 @@ async def test_a_name_of_a_retained_deleted_key_cannot_be_taken_and_the_error_sa
     assert e.value.code() == grpc.StatusCode.ALREADY_EXISTS
     detail = e.value.details() or ""
     assert "\n" not in detail and "sdctl keys recover k" in detail and "sdctl keys purge k" in detail
-    assert cluster.node._store.find_key("k") is not None and len(_entries(cluster.node, "key-created")) == 1
+    assert cluster.node.store.find_key("k") is not None and len(_entries(cluster.node, "key-created")) == 1
 
 
 # ------------------------------------------------------------------ restarts, disk, backups
@@ -283,7 +283,7 @@ async def test_a_name_of_a_retained_deleted_key_cannot_be_taken_and_the_error_sa
 def _node(pki_dir: Path, data_dir: Path, sealing: bytes, clock: Clock, retention: int = 90) -> Node:
     key, cert = load_attestation(pki_dir, "node-a")
     config = NodeConfig("node-a", "127.0.0.1:0", data_dir, key, cert, key_retention_days=retention)
-    return Node(config, NodeStore(data_dir, sealing, "node-a"), clock=clock)
+    return Node(config, SqliteNodeStore(data_dir, sealing, "node-a"), clock=clock)
 
 
 async def test_keys_survive_a_restart_in_each_state_and_expire_at_start(
@@ -293,29 +293,29 @@ async def test_keys_survive_a_restart_in_each_state_and_expire_at_start(
     node = _node(pki_dir, data, sealing, clock, retention=7)
     await node.download(certs_of(wrapping_keys[:3]), 2, ADMIN)
     for name in ("live", "deleted", "recovered", "purged", "expires"):
-        await node.create_key(name, KeyType.AES256_GCM, APP)
-    ct = node.encrypt("recovered", b"p", b"", APP)
-    node.delete_key("expires", APP)
+        await node.keys.create_key(name, KeyType.AES256_GCM, APP)
+    ct = node.key_ops.encrypt("recovered", b"p", b"", APP)
+    node.keys.delete_key("expires", APP)
     clock.advance(2 * DAY)
     for name in ("deleted", "recovered", "purged"):
-        node.delete_key(name, APP)
-    node.recover_key("recovered", APP)
-    node.purge_key("purged", ADMIN)
-    node._store.close()
+        node.keys.delete_key(name, APP)
+    node.keys.recover_key("recovered", APP)
+    node.keys.purge_key("purged", ADMIN)
+    node.store.close()
 
     node = _node(pki_dir, data, sealing, clock, retention=7)
-    assert [k.name for k in node.list_keys(APP)] == ["live", "recovered"]
-    assert [k.name for k in node.list_deleted_keys(ADMIN)] == ["deleted", "expires"]
-    assert node.decrypt("recovered", ct, b"", APP) == b"p"
+    assert [k.name for k in node.keys.list_keys(APP)] == ["live", "recovered"]
+    assert [k.name for k in node.keys.list_deleted_keys(ADMIN)] == ["deleted", "expires"]
+    assert node.key_ops.decrypt("recovered", ct, b"", APP) == b"p"
     with pytest.raises(NotFoundError, match="deleted"):
-        node.encrypt("deleted", b"p", b"", APP)
-    node._store.close()
+        node.key_ops.encrypt("deleted", b"p", b"", APP)
+    node.store.close()
 
     clock.advance(5 * DAY)  # "expires" was deleted 7 days ago, "deleted" 5 days ago
     node = _node(pki_dir, data, sealing, clock, retention=7)  # purged at start, by the node
-    assert [k.name for k in node.list_deleted_keys(ADMIN)] == ["deleted"]
+    assert [k.name for k in node.keys.list_deleted_keys(ADMIN)] == ["deleted"]
     assert [e["details"]["name"] for e in _entries(node, "key-purged") if e["actor"] == "node"] == ["expires"]
-    node._store.close()
+    node.store.close()
 
 
 async def test_changing_a_keys_owner_on_disk_does_not_give_it_to_an_app(
@@ -326,13 +326,13 @@ async def test_changing_a_keys_owner_on_disk_does_not_give_it_to_an_app(
     sealing, clock, data = os.urandom(32), Clock(), tmp_path / "n"
     node = _node(pki_dir, data, sealing, clock)
     await node.download(certs_of(wrapping_keys[:3]), 2, ADMIN)
-    await node.create_key("k", KeyType.ED25519, ADMIN)
+    await node.keys.create_key("k", KeyType.ED25519, ADMIN)
     db = sqlite3.connect(data / "node.db")
     db.execute("UPDATE keys SET owner = 'app' WHERE name = 'k'")
     db.commit()
     db.close()
     with pytest.raises(VerificationError, match="integrity"):
-        node.sign("k", b"m", APP)
+        node.key_ops.sign("k", b"m", APP)
 
 
 async def test_a_database_of_the_previous_version_keeps_its_keys_for_the_app(
@@ -343,9 +343,9 @@ async def test_a_database_of_the_previous_version_keeps_its_keys_for_the_app(
     sealing, clock, data = os.urandom(32), Clock(), tmp_path / "n"
     node = _node(pki_dir, data, sealing, clock)
     await node.download(certs_of(wrapping_keys[:3]), 2, ADMIN)
-    await node.create_key("k", KeyType.AES256_GCM, APP)
-    ct = node.encrypt("k", b"p", b"", APP)
-    node._store.close()
+    await node.keys.create_key("k", KeyType.AES256_GCM, APP)
+    ct = node.key_ops.encrypt("k", b"p", b"", APP)
+    node.store.close()
     db = sqlite3.connect(data / "node.db")
     db.executescript(
         "CREATE TABLE old AS SELECT name, type, public_der, sealed, created_at FROM keys; DROP TABLE keys; "
@@ -353,9 +353,9 @@ async def test_a_database_of_the_previous_version_keeps_its_keys_for_the_app(
     )
     db.close()
     node = _node(pki_dir, data, sealing, clock)
-    assert [(k.name, k.owner, k.deleted_at) for k in node.list_keys(APP)] == [("k", "app", None)]
-    assert node.decrypt("k", ct, b"", APP) == b"p"
-    node._store.close()
+    assert [(k.name, k.owner, k.deleted_at) for k in node.keys.list_keys(APP)] == [("k", "app", None)]
+    assert node.key_ops.decrypt("k", ct, b"", APP) == b"p"
+    node.store.close()
 
 
 async def test_a_backup_keeps_deleted_keys_deleted_and_a_restore_purges_those_past_retention(
@@ -364,27 +364,27 @@ async def test_a_backup_keeps_deleted_keys_deleted_and_a_restore_purges_those_pa
     sealing, clock, data = os.urandom(32), Clock(), tmp_path / "n"
     node = _node(pki_dir, data, sealing, clock, retention=10)
     await node.download(certs_of(wrapping_keys[:3]), 2, ADMIN)
-    await node.create_key("mine", KeyType.AES256_GCM, ADMIN)
-    await node.create_key("theirs", KeyType.AES256_GCM, PAYMENTS)
-    await node.create_key("gone", KeyType.AES256_GCM, APP)
-    node.delete_key("gone", ADMIN)
-    data_backup = node.backup(ADMIN)
-    node.recover_key("gone", ADMIN)
-    node.delete_key("theirs", ADMIN)
-    node.restore(data_backup, ADMIN)  # as it was: "theirs" live, "gone" deleted
-    assert [(k.name, k.owner) for k in node.list_keys(ADMIN)] == [
+    await node.keys.create_key("mine", KeyType.AES256_GCM, ADMIN)
+    await node.keys.create_key("theirs", KeyType.AES256_GCM, PAYMENTS)
+    await node.keys.create_key("gone", KeyType.AES256_GCM, APP)
+    node.keys.delete_key("gone", ADMIN)
+    data_backup = node.backups.backup(ADMIN)
+    node.keys.recover_key("gone", ADMIN)
+    node.keys.delete_key("theirs", ADMIN)
+    node.backups.restore(data_backup, ADMIN)  # as it was: "theirs" live, "gone" deleted
+    assert [(k.name, k.owner) for k in node.keys.list_keys(ADMIN)] == [
         ("mine", "admin"),
         ("theirs", "app/payments"),
     ]
-    assert [k.name for k in node.list_deleted_keys(ADMIN)] == ["gone"]
-    assert node.encrypt("theirs", b"p", b"", PAYMENTS)
+    assert [k.name for k in node.keys.list_deleted_keys(ADMIN)] == ["gone"]
+    assert node.key_ops.encrypt("theirs", b"p", b"", PAYMENTS)
     with pytest.raises(PermissionDeniedError):
-        node.encrypt("theirs", b"p", b"", APP)
+        node.key_ops.encrypt("theirs", b"p", b"", APP)
     clock.advance(11 * DAY)
-    node.restore(data_backup, ADMIN)  # "gone"'s retention has ended since the backup
-    assert node.list_deleted_keys(ADMIN) == []
+    node.backups.restore(data_backup, ADMIN)  # "gone"'s retention has ended since the backup
+    assert node.keys.list_deleted_keys(ADMIN) == []
     assert _entries(node, "key-purged")[-1]["details"]["name"] == "gone"
-    node._store.close()
+    node.store.close()
 
 
 async def test_a_backup_taken_before_keys_had_owners_restores_its_keys_for_the_app(
@@ -395,10 +395,10 @@ async def test_a_backup_taken_before_keys_had_owners_restores_its_keys_for_the_a
     sealing, clock, data = os.urandom(32), Clock(), tmp_path / "n"
     node = _node(pki_dir, data, sealing, clock)
     await node.download(certs_of(wrapping_keys[:3]), 2, ADMIN)
-    await node.create_key("k", KeyType.AES256_GCM, APP)
-    ct = node.encrypt("k", b"p", b"", APP)
-    assert node._domain is not None
-    opened = backup.open_backup(node.backup(ADMIN), node._domain)
+    await node.keys.create_key("k", KeyType.AES256_GCM, APP)
+    ct = node.key_ops.encrypt("k", b"p", b"", APP)
+    assert node.lifecycle.domain is not None
+    opened = backup.open_backup(node.backups.backup(ADMIN), node.lifecycle.domain)
     assert opened.key_rows is not None
     db = sqlite3.connect(":memory:")
     db.deserialize(opened.key_rows)
@@ -413,14 +413,14 @@ async def test_a_backup_taken_before_keys_had_owners_restores_its_keys_for_the_a
     )
     old.commit()
     earlier = backup.seal_backup(
-        node._domain, old.serialize(), key_count=1, node_id="node-old", created_at=1, rng=os.urandom
+        node.lifecycle.domain, old.serialize(), key_count=1, node_id="node-old", created_at=1, rng=os.urandom
     )
-    node.delete_key("k", ADMIN)
-    node.purge_key("k", ADMIN)
-    assert node.restore(earlier, ADMIN) == 1
-    assert [(k.name, k.owner, k.deleted_at) for k in node.list_keys(ADMIN)] == [("k", "app", None)]
-    assert node.decrypt("k", ct, b"", APP) == b"p"
-    node._store.close()
+    node.keys.delete_key("k", ADMIN)
+    node.keys.purge_key("k", ADMIN)
+    assert node.backups.restore(earlier, ADMIN) == 1
+    assert [(k.name, k.owner, k.deleted_at) for k in node.keys.list_keys(ADMIN)] == [("k", "app", None)]
+    assert node.key_ops.decrypt("k", ct, b"", APP) == b"p"
+    node.store.close()
 
 
 # ------------------------------------------------------------------ configuration and sdctl
@@ -433,10 +433,10 @@ def test_the_retention_is_validated(pki_dir: Path, tmp_path: Path, days: int) ->
 
 
 async def test_same_name_is_refused_at_the_node_too(cluster: Cluster) -> None:
-    await cluster.node.create_key("k", KeyType.AES256_GCM, APP)
-    cluster.node.delete_key("k", APP)
+    await cluster.node.keys.create_key("k", KeyType.AES256_GCM, APP)
+    cluster.node.keys.delete_key("k", APP)
     with pytest.raises(AlreadyExistsError, match=r"recover it .* or purge it"):
-        await cluster.node.create_key("k", KeyType.AES256_GCM, ADMIN)
+        await cluster.node.keys.create_key("k", KeyType.AES256_GCM, ADMIN)
 
 
 async def test_sdctl_keys_delete_deleted_recover_purge(cluster: Cluster) -> None:
@@ -444,16 +444,16 @@ async def test_sdctl_keys_delete_deleted_recover_purge(cluster: Cluster) -> None
         await admin.keys.CreateKey(pb.CreateKeyRequest(name="k", type=pb.AES256_GCM, owner="app"))
     code, _ = await run_sdctl(cluster.pki, cluster.target, "keys", "delete", "k")  # stdin is no terminal
     assert code == 2
-    assert [k.name for k in cluster.node.list_keys(ADMIN)] == ["k"]  # not deleted without --yes
+    assert [k.name for k in cluster.node.keys.list_keys(ADMIN)] == ["k"]  # not deleted without --yes
     code, lines = await run_sdctl(cluster.pki, cluster.target, "keys", "delete", "k", "--yes")
     assert code == 0 and "recoverable until" in lines[-1]
     code, lines = await run_sdctl(cluster.pki, cluster.target, "--output", "json", "keys", "deleted")
     assert code == 0 and [(k["name"], k["owner"]) for k in json.loads(lines[-1])] == [("k", "app")]
     code, lines = await run_sdctl(cluster.pki, cluster.target, "keys", "recover", "k")
-    assert code == 0 and cluster.node.list_keys(APP)[0].name == "k"
+    assert code == 0 and cluster.node.keys.list_keys(APP)[0].name == "k"
     code, lines = await run_sdctl(cluster.pki, cluster.target, "keys", "list")
     assert code == 0 and lines == ["k\tAES256_GCM\tapp"]
     assert (await run_sdctl(cluster.pki, cluster.target, "keys", "delete", "k", "--yes"))[0] == 0
     assert (await run_sdctl(cluster.pki, cluster.target, "keys", "purge", "k"))[0] == 2
     assert (await run_sdctl(cluster.pki, cluster.target, "keys", "purge", "k", "--yes"))[0] == 0
-    assert cluster.node._store.find_key("k") is None
+    assert cluster.node.store.find_key("k") is None

@@ -282,7 +282,7 @@ async def test_fewer_than_quorum_fails_at_the_deadline_naming_the_missing(
         assert last.state == pb.FAILED
         assert "missing custodians: carol, dave, erin" in last.message
         assert b.node.state == "RECOVERY_PENDING"
-        assert b.node.key_count() == 0
+        assert b.node.store.count_keys() == 0
         async with b.client("app") as c:
             with pytest.raises(grpc.aio.AioRpcError) as e:
                 await c.keys.ListKeys(pb.ListKeysRequest())
@@ -325,12 +325,12 @@ async def test_restore_refuses_another_domains_backup_and_an_altered_one(
         altered[-10] ^= 0x01  # inside the ciphertext
         with pytest.raises(VerificationError, match="altered"):
             await _restore(a, bytes(altered))
-        assert a.node.key_count() == 1
+        assert a.node.store.count_keys() == 1
     async with running_cluster(pki_dir, tmp_path / "c") as other:
         await other.download(certs_of(wrapping_keys[:3]), quorum=2)
         with pytest.raises(VerificationError, match="belongs to domain"):
             await _restore(other, backup)
-        assert other.node.key_count() == 0
+        assert other.node.store.count_keys() == 0
 
 
 def pb_grpc():  # type: ignore[no-untyped-def]

@@ -35,7 +35,7 @@ BYTES_PER_ENTRY = 2048  # an entry's stored JSON: reason <= 500 chars, subject <
 
 
 def entries(c: Cluster) -> list[str]:
-    return c.node._store.audit_entries(c.node.audit_chain())
+    return c.node.store.audit_entries(c.node.audit_chain())
 
 
 def spki_hex(pem: Path) -> str:
@@ -174,7 +174,7 @@ async def test_a_window_that_cannot_be_written_leaves_the_ticker_running_and_its
     def broken(*args: object, **kwargs: object) -> None:
         raise StorageError("disk full")
 
-    monkeypatch.setattr(cluster.node, "audit", broken)
+    monkeypatch.setattr(cluster.node.store, "append_audit", broken)  # the disk refuses the entry
     cluster.clock.advance(DEFAULT_WINDOW_SECONDS)
     await cluster.node.tick()  # does not raise: the server's ticker also applies session deadlines
     (line,) = [r.getMessage() for r in caplog.records if "could not audit refusals-counted" in r.getMessage()]
@@ -185,13 +185,13 @@ async def test_beyond_the_tracked_peers_refusals_share_one_window_and_are_still_
     cluster: Cluster,
 ) -> None:
     """max_peers bounds the node's memory; the peers beyond it share one overflow window."""
-    cluster.node._refusals = RefusalWindows(max_peers=2)
+    cluster.node.audit_log.refusals = RefusalWindows(max_peers=2)
     before = len(entries(cluster))
     names = ["alice", "bob", "carol", "dave", "erin", "frank"]
     for name in names:
         async with cluster.client(f"custodian-{name}") as c:
             assert await flood(c, 100) == 100
-    assert cluster.node._refusals.tracked == 3  # alice, bob and the overflow window
+    assert cluster.node.audit_log.refusals.tracked == 3  # alice, bob and the overflow window
     cluster.clock.advance(DEFAULT_WINDOW_SECONDS)
     await cluster.node.tick()
     added = [json.loads(e) for e in entries(cluster)[before:]]

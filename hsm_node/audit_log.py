@@ -1,0 +1,111 @@
+"""The node's audit log: hash-chained entries signed with the node's attestation key.
+
+There are two chains: ``provisioning`` until the node holds a domain, then ``domain``, whose first
+entry (:meth:`AuditLog.start_domain_chain`) names the domain, epoch and SD file the node was
+activated or recovered with, and links the provisioning chain's head. Refused calls are audited
+through per-peer windows (:mod:`sdquorum.refusals`): each peer's first refusals of a window in full,
+the rest counted into one entry when the window closes (the ticker) or the server stops, so a
+caller flooding refused calls adds a bounded number of entries per window.
+
+An entry is written in the caller's transaction (inside a batch, it commits with the batch): an
+action and its audit entry are durable together or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from hsm_node.store import NodeStore
+from sdquorum import audit
+from sdquorum.errors import UsageError
+from sdquorum.pki import Role
+from sdquorum.refusals import Refusal, RefusalWindows
+
+__all__ = ["AuditLog", "Auditor"]
+
+log = logging.getLogger("sdquorum.node")
+
+
+class Auditor(Protocol):
+    """What a service needs of the audit log: one call that writes an entry."""
+
+    def __call__(
+        self, event: str, actor: str | Role, details: dict[str, Any], chain: str | None = None
+    ) -> None: ...
+
+
+class AuditLog:
+    """Append, export, and the refusal windows. ``chain`` says which chain is current."""
+
+    def __init__(
+        self,
+        store: NodeStore,
+        *,
+        node_id: str,
+        key: Ed25519PrivateKey,
+        certificate_der: bytes,
+        now: Callable[[], int],
+        chain: Callable[[], str],
+    ) -> None:
+        self._store = store
+        self._node_id = node_id
+        self._key = key
+        self._certificate_der = certificate_der
+        self._now = now
+        self.chain = chain
+        self.refusals = RefusalWindows()  # public: a test may bound its peers
+
+    def __call__(
+        self, event: str, actor: str | Role, details: dict[str, Any], chain: str | None = None
+    ) -> None:
+        """Append an entry to ``chain`` (the current chain if None)."""
+        chain = chain or self.chain()
+        last = self._store.last_audit(chain)
+        prev = audit.AuditEntry.from_json(json.loads(last)) if last else None
+        entry = audit.make_entry(
+            prev, time=self._now(), event=event, actor=str(actor), details=details, key=self._key
+        )
+        self._store.append_audit(chain, entry.seq, json.dumps(entry.to_json(), sort_keys=True))
+
+    def start_domain_chain(self, event: str, details: dict[str, Any]) -> None:
+        head = self._store.last_audit("provisioning")
+        details = {**details, "provisioning_head": json.loads(head)["hash"] if head else audit.GENESIS.hex()}
+        self(event, "node", details, chain="domain")
+
+    def export(self, chain: str) -> list[str]:
+        if chain not in ("domain", "provisioning"):
+            raise UsageError("the audit chain is 'domain' or 'provisioning'")
+        entries = [audit.AuditEntry.from_json(json.loads(e)) for e in self._store.audit_entries(chain)]
+        return audit.export_lines(
+            entries,
+            node_id=self._node_id,
+            certificate_der=self._certificate_der,
+            key=self._key,
+            time=self._now(),
+        )
+
+    def refusal(self, refusal: Refusal) -> bool:
+        """A refused call (its reason comes bounded from sdquorum_rpc.errors, its caller named by
+        certificate subject and public-key SHA-256): the peer's first of its (method, code) in the
+        window is written now, later ones are counted into the window's closing entry. True if
+        this refusal was written in full."""
+        records = self.refusals.refused(refusal, self._now())
+        for rec in records:
+            self(rec.event, rec.actor, rec.details)
+        return any(rec.event == "refused" for rec in records)
+
+    def close_refusal_windows(self, *, all_open: bool = False) -> None:
+        """Write the counts of the refusal windows that have ended (``all_open``: of every window,
+        on shutdown, so no count is lost)."""
+        now = self._now()
+        done = self.refusals.close_all(now) if all_open else self.refusals.close_due(now)
+        for rec in done:
+            try:
+                self(rec.event, rec.actor, rec.details)
+            except Exception:  # the ticker and the shutdown go on; the counts at least reach the log
+                log.exception("could not audit %s by %s: %s", rec.event, rec.actor, json.dumps(rec.details))

@@ -1,0 +1,87 @@
+"""The node's state and the domain it holds, kept in step with its store.
+
+States: PROVISIONED -> ACTIVATED (download), or PROVISIONED -> RECOVERY_PENDING -> ACTIVATED (a
+recovery ceremony completes). The data plane and custody work only in ACTIVATED:
+:meth:`Lifecycle.require_active` is the one guard, and it hands back the domain secrets it guards.
+
+Invariant: what :class:`Lifecycle` holds in memory is what the store holds. Every change writes the
+store first and then memory; after a batch that did not commit, :meth:`Lifecycle.reload` reads
+memory back from the store (a completion's activation or rotation is undone).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from hsm_node.store import DomainInfo, NodeStore
+from sdquorum.errors import StateError
+from sdquorum.sdfile import DomainSecrets
+
+__all__ = ["Lifecycle", "NodeState"]
+
+
+class NodeState(StrEnum):
+    PROVISIONED = "PROVISIONED"
+    RECOVERY_PENDING = "RECOVERY_PENDING"
+    ACTIVATED = "ACTIVATED"
+
+
+class Lifecycle:
+    """The node's state, and the domain secrets and info while it holds a domain."""
+
+    def __init__(self, store: NodeStore) -> None:
+        self._store = store
+        self.first_start = store.state() is None
+        if self.first_start:
+            store.set_state(NodeState.PROVISIONED)
+        self.reload()
+        if self._state is NodeState.ACTIVATED and self._domain is None:
+            raise StateError(
+                "the node database says ACTIVATED but holds no domain: restore the data directory"
+            )
+
+    def reload(self) -> None:
+        """Memory from the store (at start, and after a batch that did not commit)."""
+        loaded = self._store.load_domain()
+        self._domain: DomainSecrets | None = loaded[0] if loaded is not None else None
+        self._info: DomainInfo | None = loaded[1] if loaded is not None else None
+        self._state = NodeState(self._store.state() or NodeState.PROVISIONED)
+
+    @property
+    def state(self) -> NodeState:
+        return self._state
+
+    @property
+    def domain(self) -> DomainSecrets | None:
+        """The domain secrets, held from activation on (the states that use them ask
+        :meth:`require_active`)."""
+        return self._domain
+
+    @property
+    def info(self) -> DomainInfo | None:
+        return self._info
+
+    def require_active(self) -> DomainSecrets:
+        """The domain secrets of an ACTIVATED node; StateError in any other state."""
+        if self._state is not NodeState.ACTIVATED or self._domain is None:
+            raise StateError(
+                "the node is not activated: download the security domain first (sdctl download), "
+                "or recover it on a new node (sdctl recover)"
+            )
+        return self._domain
+
+    def begin_recovery(self) -> None:
+        self._store.set_state(NodeState.RECOVERY_PENDING)
+        self._state = NodeState.RECOVERY_PENDING
+
+    def activate(self, secrets: DomainSecrets, info: DomainInfo, sd_file: bytes) -> None:
+        """Hold ``secrets`` (a download or a completed recovery): the domain, its SD file, the
+        epoch seen and the state, written together."""
+        with self._store.batch():
+            self._store.activate(secrets, info, NodeState.ACTIVATED, sd_file)
+            self._store.note_epoch(info.domain_id, info.epoch)
+        self._state, self._domain, self._info = NodeState.ACTIVATED, secrets, info
+
+    def rotate_to(self, info: DomainInfo) -> None:
+        """The epoch the store now holds (after :meth:`NodeStore.rotate`)."""
+        self._info = info

@@ -1,0 +1,107 @@
+"""The key rows of a version 2 backup: an SQLite image of one STRICT table (ADR 0007).
+
+This is a file format, not a store: every store writes and reads its backups through these two
+functions, so a backup taken from one store restores into any other.
+
+* :func:`write_image`: the rows as they rest (private material still sealed under the DEK).
+* :func:`read_image`: the rows of an image, checked before anything is returned: exactly the
+  backup schema (or the schema of backups taken before keys had owners, whose rows come back owned
+  by ``app`` and live), no other object beside it (a trigger, a view), ``key_count`` rows, each
+  well formed (a name, a known key type, a known owner, a sealed key of at least 28 bytes).
+  Anything else is MalformedError. The image is opened in a private in-memory database with
+  ``trusted_schema=OFF``: its schema runs no function.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+
+from hsm_node.keyops import KeyType
+from hsm_node.store.protocol import LEGACY_OWNER, KeyRow, StoredKey
+from sdquorum.errors import MalformedError, StorageError
+
+__all__ = ["image_schema", "read_image", "row_values", "write_image"]
+
+_COLUMNS = "name, type, public_der, sealed, created_at, owner, deleted_at"
+_LEGACY_COLUMNS = f"name, type, public_der, sealed, created_at, '{LEGACY_OWNER}', NULL"
+# Counts the rows and the rows unlike what a store writes (a sealed key is nonce(12) || ct || tag(16)).
+# The parameter is the JSON list of the key types.
+_CHECK = (
+    "SELECT COUNT(*), TOTAL(length(name) = 0 OR type NOT IN (SELECT value FROM json_each(?)) "
+    "OR length(sealed) < 28{owner}) FROM keys"
+)
+_CHECK_OWNER = " OR (owner NOT IN ('admin', 'app') AND substr(owner, 1, 4) <> 'app/')"
+
+
+def image_schema(legacy: bool = False) -> str:
+    """The key table of a backup image (STRICT: SQLite itself refuses a value of another type).
+    ``legacy``: the table of backups taken before keys had owners and soft deletion (still read)."""
+    extra = "" if legacy else ", owner TEXT NOT NULL, deleted_at INTEGER"
+    return (
+        "CREATE TABLE keys (name TEXT PRIMARY KEY NOT NULL, type INTEGER NOT NULL, "
+        f"public_der BLOB NOT NULL, sealed BLOB NOT NULL, created_at INTEGER NOT NULL{extra}) "
+        "WITHOUT ROWID, STRICT"
+    )
+
+
+def _scratch() -> sqlite3.Connection:
+    try:
+        db = sqlite3.connect(":memory:", isolation_level=None)
+    except sqlite3.Error as e:
+        raise StorageError(f"the node cannot open a scratch database ({e}): try again") from e
+    db.execute("PRAGMA trusted_schema=OFF")
+    return db
+
+
+def row_values(row: KeyRow) -> tuple[str, int, bytes, bytes, int, str, int | None]:
+    """A row's columns, in the order of the backup schema."""
+    k = row.key
+    return (k.name, k.key_type, k.public_der, row.sealed, k.created_at, k.owner, k.deleted_at)
+
+
+def write_image(rows: Iterable[KeyRow]) -> bytes:
+    """An image holding ``rows`` in name order."""
+    db = _scratch()
+    try:
+        db.execute(image_schema())
+        ordered = sorted(rows, key=lambda r: r.key.name)
+        db.executemany(
+            f"INSERT INTO keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608  # constant
+            [row_values(r) for r in ordered],
+        )
+        return db.serialize()
+    finally:
+        db.close()
+
+
+def read_image(image: bytes, key_count: int) -> list[KeyRow]:
+    """The rows of an authenticated backup image, checked (module docstring)."""
+    db = _scratch()
+    try:
+        try:
+            db.deserialize(image)
+            schema = db.execute("SELECT type, name, tbl_name, sql FROM sqlite_schema").fetchall()
+            if schema == [("table", "keys", "keys", image_schema())]:
+                legacy = False
+            elif schema == [("table", "keys", "keys", image_schema(legacy=True))]:
+                legacy = True
+            else:
+                raise MalformedError("the backup's key table has another schema")
+            check = _CHECK.format(owner="" if legacy else _CHECK_OWNER)
+            count, bad = db.execute(check, (json.dumps([int(t) for t in KeyType]),)).fetchone()
+            if bad or count != key_count:
+                raise MalformedError(
+                    f"the backup's key table holds {count} rows ({int(bad)} malformed), its header says {key_count}"
+                )
+            columns = _LEGACY_COLUMNS if legacy else _COLUMNS
+            rows = db.execute(f"SELECT {columns} FROM keys ORDER BY name").fetchall()  # noqa: S608  # constant
+        except sqlite3.DatabaseError as e:
+            raise MalformedError(f"the backup's key table is not readable: {e}") from e
+    finally:
+        db.close()
+    return [
+        KeyRow(StoredKey(name, kind, bytes(public), created, owner, deleted), bytes(sealed))
+        for name, kind, public, sealed, created, owner, deleted in rows
+    ]

@@ -1,0 +1,409 @@
+"""The production store: one SQLite database, ``node.db``, under the data directory.
+
+It implements :class:`~hsm_node.store.protocol.NodeStore` (the seam's invariants are stated
+there); how secrets are sealed is :mod:`hsm_node.store.sealing`, the backup image
+:mod:`hsm_node.store.image`. What is in the database:
+
+* ``meta.state``: the node state name (not secret). ``meta.domain``: the sealed domain secrets.
+  ``meta.domain_info``: domain id, epoch, quorum, n (not secret); ``meta.sd_file``: the current
+  epoch's SD file (encrypted to the custodians; not secret to the node's disk). ``meta.flag:*``:
+  the compromise flag and the former custodians.
+* ``audit``: the hash-chained audit log (:mod:`sdquorum.audit`), one chain for the node's
+  provisioning and one for its domain, begun at activation. ``custody``, ``drills``, ``retired``:
+  custody records, drill results and retired epochs (JSON; no secret). ``epochs``: per domain id,
+  the highest epoch whose signed header this node has seen (only ever raised).
+* ``keys``: one row per key, private material sealed; ``owner`` is the role that may use the key
+  (``admin``, ``app`` or ``app/<name>``); ``deleted_at`` is set while a deleted key is retained. A
+  database of an earlier version gains both columns on open: its rows are owned by ``app`` (whom
+  every key served before) and live.
+
+On disk: the data directory is 0700 and ours (a directory writable by group or others, or another
+user's, is refused, naming the chmod to run; one earlier versions left 0755 is tightened), and
+``node.db`` is made 0600 before SQLite opens it: SQLite makes ``node.db-wal`` and ``node.db-shm``
+with the database file's mode, so they are 0600 too, whatever the umask. The sealing key file is
+0600 in a directory writable only by its owner (this user or root).
+
+Writes are transactions with ``synchronous=FULL``: a key whose creation was acknowledged survives a
+crash. A batch is one ``BEGIN IMMEDIATE ... COMMIT``, each write inside it a savepoint. If SQLite
+rolls a batch's transaction back by itself (a full disk, an I/O error) the batch fails instead of
+carrying on in a new transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from hsm_node.store.image import read_image, row_values, write_image
+from hsm_node.store.protocol import LEGACY_OWNER, DomainInfo, KeyRow, StoredKey
+from hsm_node.store.sealing import DomainSeal, KeySeal
+from sdquorum.backup import BackupKey
+from sdquorum.errors import AlreadyExistsError, NotFoundError, StorageError, UsageError
+from sdquorum.review import CustodyRecord, DrillResult, RetiredEpoch
+from sdquorum.sdfile import DomainSecrets
+from sdquorum_rpc.files import private_dir, tighten_files
+
+__all__ = ["SqliteNodeStore", "check_data_dir"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (
+    chain TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    entry TEXT NOT NULL,
+    PRIMARY KEY (chain, seq)
+);
+CREATE TABLE IF NOT EXISTS custody (id INTEGER PRIMARY KEY AUTOINCREMENT, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS drills (id INTEGER PRIMARY KEY AUTOINCREMENT, result TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS retired (epoch INTEGER PRIMARY KEY, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS epochs (domain_id TEXT PRIMARY KEY, epoch INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS keys (
+    name TEXT PRIMARY KEY,
+    type INTEGER NOT NULL,
+    public_der BLOB NOT NULL,
+    sealed BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    owner TEXT NOT NULL DEFAULT 'app',
+    deleted_at INTEGER
+);
+"""
+_KEY_COLUMNS = "name, type, public_der, created_at, owner, deleted_at"
+_SET_META = "INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)"
+
+
+def check_data_dir(data_dir: Path) -> Path:
+    """The data directory, made 0700 if missing; UsageError if others can write to it (or it is
+    another user's); tightened to 0700 if others can read it."""
+    return private_dir(data_dir, "the data directory", "node.data_dir / --data-dir")
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value.to_json(), sort_keys=True)
+
+
+class SqliteNodeStore:
+    """:class:`~hsm_node.store.protocol.NodeStore` in ``<data_dir>/node.db``."""
+
+    def __init__(self, data_dir: Path, sealing_key: bytes, node_id: str) -> None:
+        check_data_dir(data_dir)
+        db = data_dir / "node.db"
+        try:
+            tighten_files(data_dir / f"node.db{suffix}" for suffix in ("", "-wal", "-shm", "-journal"))
+            os.close(
+                os.open(db, os.O_RDWR | os.O_CREAT, 0o600)
+            )  # before SQLite: its -wal/-shm copy this mode
+            self._db = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA trusted_schema=OFF")
+            self._db.executescript(_SCHEMA)
+            self._add_key_columns()
+        except (OSError, sqlite3.Error) as e:
+            raise UsageError(f"cannot open the node database in {data_dir}: {e}") from e
+        self._depth = 0  # transactions open: 0, or 1 + the savepoints inside a batch
+        self._domain_seal = DomainSeal(sealing_key, node_id)
+        self._key_seal = KeySeal()
+        self.on_commit: Callable[[], None] | None = None
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _add_key_columns(self) -> None:
+        """A database of an earlier version: its keys gain an owner (``app``) and are live."""
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(keys)")}
+        if "owner" not in columns:
+            self._db.execute(f"ALTER TABLE keys ADD COLUMN owner TEXT NOT NULL DEFAULT '{LEGACY_OWNER}'")
+        if "deleted_at" not in columns:
+            self._db.execute("ALTER TABLE keys ADD COLUMN deleted_at INTEGER")
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """One transaction, one commit (one fsync), for every write made inside: none of it is
+        durable before the block ends, all of it is after. A write inside that fails undoes only
+        itself (a savepoint); an exception out of the block undoes the whole batch."""
+        with self._tx():
+            yield
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        try:
+            if self._depth:  # inside a batch: a savepoint, committed with the batch
+                with self._savepoint():
+                    yield self._db
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield self._db
+                self._require_open_batch()
+                if self.on_commit is not None:
+                    self.on_commit()
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            finally:
+                self._depth = 0
+            self._db.execute("COMMIT")
+        except sqlite3.IntegrityError as e:  # a unique row written twice (an audit entry, a retired epoch)
+            raise AlreadyExistsError(
+                f"the node's database holds that row already ({e}): nothing was changed"
+            ) from e
+        except sqlite3.OperationalError as e:
+            raise StorageError(
+                f"the node cannot write its database ({e}): free space on its data volume or make it "
+                "writable; nothing was changed"
+            ) from e
+
+    @contextmanager
+    def _savepoint(self) -> Iterator[None]:
+        self._require_open_batch()
+        self._db.execute("SAVEPOINT w")
+        self._depth += 1
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK TO w")
+            self._db.execute("RELEASE w")
+            raise
+        finally:
+            self._depth -= 1
+        self._db.execute("RELEASE w")
+
+    def _require_open_batch(self) -> None:
+        """SQLite rolls a transaction back by itself on some errors (a full disk, an I/O error): the
+        writes of a batch made before are gone then, and the batch must fail, not carry on in a
+        new transaction (a savepoint outside a transaction starts one) and report success."""
+        if not self._db.in_transaction:
+            raise sqlite3.OperationalError("the transaction was rolled back by an earlier error")
+
+    def _get(self, k: str) -> bytes | None:
+        row = self._db.execute("SELECT v FROM meta WHERE k = ?", (k,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def _texts(self, query: str) -> list[str]:
+        return [str(r[0]) for r in self._db.execute(query)]
+
+    # ------------------------------------------------------------ state, domain and epochs
+
+    def state(self) -> str | None:
+        v = self._get("state")
+        return v.decode() if v else None
+
+    def set_state(self, state: str) -> None:
+        with self._tx() as db:
+            db.execute(_SET_META, ("state", state.encode()))
+
+    def activate(self, secrets: DomainSecrets, info: DomainInfo, state: str, sd_file: bytes) -> None:
+        sealed = self._domain_seal.seal(secrets)
+        with self._tx() as db:
+            db.execute(_SET_META, ("sd_file", sd_file))
+            db.execute(_SET_META, ("domain", sealed))
+            db.execute(_SET_META, ("domain_info", info.to_json().encode()))
+            db.execute(_SET_META, ("state", state.encode()))
+
+    def load_domain(self) -> tuple[DomainSecrets, DomainInfo] | None:
+        sealed, info = self._get("domain"), self._get("domain_info")
+        if sealed is None or info is None:
+            return None
+        return self._domain_seal.open(sealed), DomainInfo.from_json(info.decode())
+
+    def sd_file(self) -> bytes | None:
+        return self._get("sd_file")
+
+    def rotate(self, secrets: DomainSecrets, info: DomainInfo, sd_file: bytes, retired: RetiredEpoch) -> None:
+        sealed = self._domain_seal.seal(secrets)
+        with self._tx() as db:
+            db.execute(_SET_META, ("domain", sealed))
+            db.execute(_SET_META, ("domain_info", info.to_json().encode()))
+            db.execute(_SET_META, ("sd_file", sd_file))
+            db.execute("INSERT INTO retired (epoch, record) VALUES (?, ?)", (retired.epoch, _json(retired)))
+
+    def set_flag(self, name: str, value: str) -> None:
+        with self._tx() as db:
+            db.execute(_SET_META, (f"flag:{name}", value.encode()))
+
+    def flag(self, name: str) -> str | None:
+        v = self._get(f"flag:{name}")
+        return v.decode() if v is not None else None
+
+    def highest_epoch(self, domain_id: bytes) -> int | None:
+        row = self._db.execute("SELECT epoch FROM epochs WHERE domain_id = ?", (domain_id.hex(),)).fetchone()
+        return None if row is None else int(row[0])
+
+    def note_epoch(self, domain_id: bytes, epoch: int) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO epochs (domain_id, epoch) VALUES (?, ?) "
+                "ON CONFLICT(domain_id) DO UPDATE SET epoch = max(epoch, excluded.epoch)",
+                (domain_id.hex(), epoch),
+            )
+
+    # ------------------------------------------------------------ audit and custody
+
+    def append_audit(self, chain: str, seq: int, entry_json: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO audit (chain, seq, entry) VALUES (?, ?, ?)", (chain, seq, entry_json))
+
+    def audit_entries(self, chain: str) -> list[str]:
+        rows = self._db.execute("SELECT entry FROM audit WHERE chain = ? ORDER BY seq", (chain,)).fetchall()
+        return [r[0] for r in rows]
+
+    def last_audit(self, chain: str) -> str | None:
+        row = self._db.execute(
+            "SELECT entry FROM audit WHERE chain = ? ORDER BY seq DESC LIMIT 1", (chain,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def add_custody_record(self, record: CustodyRecord) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO custody (record) VALUES (?)", (_json(record),))
+
+    def custody_records(self) -> list[CustodyRecord]:
+        texts = self._texts("SELECT record FROM custody ORDER BY rowid")
+        return [CustodyRecord.from_json(json.loads(t)) for t in texts]
+
+    def add_drill_results(self, results: Sequence[DrillResult]) -> None:
+        with self._tx() as db:
+            db.executemany("INSERT INTO drills (result) VALUES (?)", [(_json(r),) for r in results])
+
+    def drill_results(self) -> list[DrillResult]:
+        return [
+            DrillResult.from_json(json.loads(t))
+            for t in self._texts("SELECT result FROM drills ORDER BY rowid")
+        ]
+
+    def retired_epochs(self) -> list[RetiredEpoch]:
+        texts = self._texts("SELECT record FROM retired ORDER BY rowid")
+        return [RetiredEpoch.from_json(json.loads(t)) for t in texts]
+
+    # ------------------------------------------------------------ keys
+
+    def put_key(
+        self,
+        dek: bytes,
+        name: str,
+        key_type: int,
+        public_der: bytes,
+        private: bytes,
+        created_at: int,
+        owner: str = LEGACY_OWNER,
+    ) -> None:
+        """Insert a live key; AlreadyExistsError if a row of that name exists, live or deleted
+        (:meth:`find_key` tells which)."""
+        sealed = self._key_seal.seal(dek, name, key_type, owner, private)
+        try:
+            with self._tx() as db:
+                db.execute(
+                    "INSERT INTO keys (name, type, public_der, sealed, created_at, owner) VALUES (?, ?, ?, ?, ?, ?)",
+                    (name, key_type, public_der, sealed, created_at, owner),
+                )
+        except AlreadyExistsError as e:
+            raise AlreadyExistsError(f"a key named {name!r} exists already: pick another name") from e
+
+    def find_key(self, name: str) -> StoredKey | None:
+        """The row named ``name``, live or deleted, without its private material."""
+        row = self._db.execute(f"SELECT {_KEY_COLUMNS} FROM keys WHERE name = ?", (name,)).fetchone()  # noqa: S608  # constant
+        return None if row is None else _stored(row)
+
+    def get_key(
+        self, dek: bytes, name: str, allow: Callable[[StoredKey], None] | None = None
+    ) -> tuple[StoredKey, bytes]:
+        """A key and its private material, live or deleted. ``allow`` sees the row first and raises
+        to refuse it: a refused key is never opened (one query either way)."""
+        row = self._db.execute(
+            f"SELECT {_KEY_COLUMNS}, sealed FROM keys WHERE name = ?",  # noqa: S608  # constant
+            (name,),
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"no key named {name!r}: list keys with 'sdctl keys list'")
+        info = _stored(row)
+        if allow is not None:
+            allow(info)
+        return info, self._key_seal.open(dek, info, bytes(row[6]))
+
+    def list_keys(self, owner: str | None = None, deleted: bool = False) -> list[StoredKey]:
+        """Live keys (``deleted``: the retained deleted keys instead), of ``owner`` or of everyone."""
+        where = "deleted_at IS NOT NULL" if deleted else "deleted_at IS NULL"
+        args: tuple[str, ...] = ()
+        if owner is not None:
+            where, args = where + " AND owner = ?", (owner,)
+        rows = self._db.execute(
+            f"SELECT {_KEY_COLUMNS} FROM keys WHERE {where} ORDER BY name",  # noqa: S608  # constant clauses
+            args,
+        ).fetchall()
+        return [_stored(r) for r in rows]
+
+    def count_keys(self) -> int:
+        """Live keys."""
+        return int(self._db.execute("SELECT COUNT(*) FROM keys WHERE deleted_at IS NULL").fetchone()[0])
+
+    def mark_deleted(self, name: str, deleted_at: int | None) -> None:
+        """Soft-delete a live key (``deleted_at``: now) or recover a deleted one (None)."""
+        was = "deleted_at IS NULL" if deleted_at is not None else "deleted_at IS NOT NULL"
+        with self._tx() as db:
+            cur = db.execute(f"UPDATE keys SET deleted_at = ? WHERE name = ? AND {was}", (deleted_at, name))  # noqa: S608  # constant clauses
+            if cur.rowcount == 0:
+                raise NotFoundError(
+                    f"no {'live' if deleted_at is not None else 'deleted'} key named {name!r}"
+                )
+
+    def purge_key(self, name: str) -> None:
+        """Remove a deleted key's row for good."""
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM keys WHERE name = ? AND deleted_at IS NOT NULL", (name,))
+            if cur.rowcount == 0:
+                raise NotFoundError(f"no deleted key named {name!r}")
+
+    def deleted_before(self, time: int) -> list[StoredKey]:
+        """The deleted keys whose deletion is at or before ``time`` (their retention has ended)."""
+        rows = self._db.execute(
+            f"SELECT {_KEY_COLUMNS} FROM keys "  # noqa: S608  # constant
+            "WHERE deleted_at IS NOT NULL AND deleted_at <= ? ORDER BY deleted_at, name",
+            (time,),
+        ).fetchall()
+        return [_stored(r) for r in rows]
+
+    def export_key_rows(self, dek: bytes) -> tuple[bytes, int]:
+        """(the backup image of every key row, its row count); every row is opened under ``dek``
+        first, so a backup never carries a key that could not be restored."""
+        rows = [
+            KeyRow(_stored(r), bytes(r[6]))
+            for r in self._db.execute(f"SELECT {_KEY_COLUMNS}, sealed FROM keys ORDER BY name")  # noqa: S608  # constant
+        ]
+        count = self._key_seal.check_all(dek, rows)
+        return write_image(rows), count
+
+    def import_key_rows(self, image: bytes, key_count: int) -> None:
+        """Replace the key rows with those of an authenticated backup image (checked by
+        :func:`~hsm_node.store.image.read_image`: a refused image leaves the table as it was), in
+        one transaction. Deleted keys come back deleted, with their deletion time."""
+        self._replace_rows(read_image(image, key_count))
+
+    def replace_keys(self, dek: bytes, keys: Sequence[BackupKey]) -> None:
+        """Replace the key rows with keys in the clear (a version 1 backup), sealing each (owned by
+        ``app``, live: version 1 knew neither)."""
+        self._replace_rows(self._key_seal.seal_all(dek, keys))
+
+    def _replace_rows(self, rows: Iterable[KeyRow]) -> None:
+        values = [row_values(r) for r in rows]
+        with self._tx() as db:
+            db.execute("DELETE FROM keys")
+            db.executemany(
+                "INSERT INTO keys (name, type, public_der, sealed, created_at, owner, deleted_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                values,
+            )
+
+
+def _stored(row: Any) -> StoredKey:
+    """A StoredKey from a row (name, type, public_der, created_at, owner, deleted_at, ...)."""
+    name, key_type, public_der, created_at, owner, deleted_at = row[:6]
+    return StoredKey(
+        name, key_type, bytes(public_der), created_at, owner, None if deleted_at is None else int(deleted_at)
+    )
