@@ -25,8 +25,10 @@ Invariants:
 * Reads come from this member's cache of the prefix, loaded once and kept current by an etcd watch
   (reloaded if etcd compacted the history it needed). A write returns only once the cache has
   reached the revision it made, so this member reads its own writes at once.
-* A member that has not heard from etcd (a watch event or progress notice, or a commit) for longer
-  than ``max_staleness`` seconds refuses every read with TransportError (UNAVAILABLE) saying so,
+* The cache is known current at time T when a linearizable read sent at T (it needs etcd's
+  quorum) answered revision R and the watch has brought the cache to R; a heartbeat makes that
+  read every ``min(1 s, max_staleness / 4)``. A member whose cache was last known current more
+  than ``max_staleness`` seconds ago refuses every read with TransportError (UNAVAILABLE) saying so,
   until etcd answers again: no member serves a deleted key, or a key of a compromised domain, for
   longer than that bound. A member whose etcd user was removed (``sdctl pool remove``) refuses
   everything from then on.
@@ -156,6 +158,7 @@ class PoolNodeStore:
             self.close()
             raise
         self._follower: Future[None] = asyncio.run_coroutine_threadsafe(self._follow(), self._loop)
+        self._beat: Future[None] = asyncio.run_coroutine_threadsafe(self._heartbeat(), self._loop)
 
     # ------------------------------------------------------------------ the loop thread
 
@@ -194,7 +197,6 @@ class PoolNodeStore:
                     version = old.version + 1 if old is not None else 1
                     self._cache[ev.key] = KeyValue(ev.key, ev.value, created, ev.mod_revision, version, 0)
             self._revision = max(self._revision, batch.revision)
-            self._contact = time.monotonic()
 
     async def _follow(self) -> None:
         """Keep the cache current for as long as the store is open."""
@@ -220,6 +222,29 @@ class PoolNodeStore:
                 log.warning("pool: the etcd watch failed (%s): following again", e)
                 await asyncio.sleep(0.2)
 
+    async def _heartbeat(self) -> None:
+        """Prove, often, that the cache is current: a linearizable read (it needs etcd's quorum)
+        tells the cluster's revision at the time it was sent; once the watch has brought the cache
+        to that revision, the cache was current then. Watch events and progress notices prove
+        nothing alone (a member cut off from its quorum still answers them for a while)."""
+        interval = min(1.0, self._max_staleness / 4)
+        while not self._closed:
+            sent = time.monotonic()
+            try:
+                _, revision = await self._client.get_prefix(self._layout.epoch())
+                if await self._wait_revision(revision, self._max_staleness):
+                    with self._lock:
+                        self._contact = max(self._contact, sent)
+            except PermissionDeniedError as e:
+                log.error("pool: etcd refuses this member (%s): it serves nothing more", e)
+                self._removed = True
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.debug("pool: etcd did not answer the freshness read: %s", e)
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - sent)))
+
     async def _wait_revision(self, revision: int, timeout: float) -> bool:
         assert self._caught_up is not None
         async with self._caught_up:
@@ -233,9 +258,9 @@ class PoolNodeStore:
         if self._closed:
             return
         self._closed = True
-        follower = getattr(self, "_follower", None)
-        if follower is not None:
-            follower.cancel()
+        for task in (getattr(self, "_follower", None), getattr(self, "_beat", None)):
+            if task is not None:
+                task.cancel()
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(self._client.close(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)

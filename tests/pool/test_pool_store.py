@@ -1,0 +1,280 @@
+"""Two pool members' stores (hsm_node.pool.store) on one real 3-member etcd cluster.
+
+The seam's contract itself runs in tests/hsm_node/test_store_contract.py; here is what only a pool
+has: rows written on one member seen on another within a measured bound, concurrent creates and
+audit appends of one name with exactly one winner, rotations that race, a member of another domain
+refused, nothing secret in etcd, and a member that loses etcd stopping to serve after
+``max_staleness`` and resuming when etcd is back. The test that stops etcd members comes last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from etcd_cluster import EtcdCluster
+
+from hsm_node.keyops import KeyType
+from hsm_node.pool.etcd import EtcdClient
+from hsm_node.pool.store import LOCAL_FILE, PoolNodeStore
+from hsm_node.store import DomainInfo
+from sdquorum import sdfile
+from sdquorum.errors import AlreadyExistsError, StateError, TransportError
+from sdquorum.review import RetiredEpoch
+
+pytestmark = pytest.mark.slow
+
+SEALING_A, SEALING_B = os.urandom(32), os.urandom(32)
+DEK = os.urandom(32)
+AES = int(KeyType.AES256_GCM)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    with EtcdCluster(tmp_path_factory.mktemp("etcd")) as c:
+        c.start()
+        asyncio.run(c.enable_auth())
+        yield c
+
+
+Members = Callable[..., tuple[PoolNodeStore, PoolNodeStore]]
+
+
+@pytest.fixture
+def members(cluster: EtcdCluster, tmp_path: Path) -> Iterator[Members]:
+    """Two members (node-a, node-b) of one new pool, each with its own disk and sealing key."""
+    opened: list[PoolNodeStore] = []
+
+    def open_(**kw: float) -> tuple[PoolNodeStore, PoolNodeStore]:
+        pool_id = secrets.token_bytes(8)
+        pair = tuple(
+            PoolNodeStore(
+                cluster.config(node, **{k: v for k, v in kw.items() if k != "max_staleness"}),
+                pool_id,
+                tmp_path / node,
+                sealing,
+                node,
+                max_staleness=kw.get("max_staleness", 5.0),
+            )
+            for node, sealing in (("node-a", SEALING_A), ("node-b", SEALING_B))
+        )
+        opened.extend(pair)
+        return pair[0], pair[1]
+
+    yield open_
+    for s in opened:
+        s.close()
+
+
+def _activate(a: PoolNodeStore, b: PoolNodeStore) -> sdfile.DomainSecrets:
+    """node-a makes the domain; node-b holds the same secrets (as a join leaves it)."""
+    domain = sdfile.new_domain_secrets(os.urandom, admins=["admin"])
+    info = DomainInfo(domain.domain_id, 1, 2, 3)
+    a.activate(domain, info, "ACTIVATED", b"signed-sd-file-epoch-1")
+    b.activate(domain, info, "ACTIVATED", b"signed-sd-file-epoch-1")
+    return domain
+
+
+def _wait(check: Callable[[], bool], timeout: float = 5.0) -> float:
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not seen within {timeout} s")
+        time.sleep(0.002)
+    return time.monotonic() - start
+
+
+def test_a_key_created_on_one_member_is_usable_on_the_other_within_a_bound(members: Members) -> None:
+    a, b = members()
+    _activate(a, b)
+    delays = []
+    for i in range(20):
+        a.put_key(DEK, f"k{i}", AES, b"pub", f"private-{i}".encode(), 100, "app")
+        delays.append(_wait(lambda i=i: b.find_key(f"k{i}") is not None))  # type: ignore[misc]
+    assert b.get_key(DEK, "k7")[1] == b"private-7"
+    delays.sort()
+    print(
+        f"\ncreate-to-visible on another member: median {delays[10] * 1000:.1f} ms, max {delays[-1] * 1000:.1f} ms"
+    )
+    assert delays[-1] < 1.0
+    b.mark_deleted("k3", 500)  # a deletion on b is seen on a just as fast
+    _wait(lambda: a.list_keys(deleted=True) != [])
+    assert [k.name for k in a.list_keys(deleted=True)] == ["k3"]
+
+
+def test_concurrent_creates_of_one_name_on_two_members_exactly_one_wins(members: Members) -> None:
+    a, b = members()
+    _activate(a, b)
+    names = [f"race-{i}" for i in range(15)]
+    won: dict[str, list[str]] = {n: [] for n in names}
+    lost: dict[str, list[str]] = {n: [] for n in names}
+    go = threading.Barrier(2)
+
+    def create_all(store: PoolNodeStore, who: str) -> None:
+        go.wait()
+        for n in names:
+            try:
+                store.put_key(DEK, n, AES, b"pub", who.encode(), 1, "app")
+                won[n].append(who)
+            except AlreadyExistsError:
+                lost[n].append(who)
+
+    threads = [threading.Thread(target=create_all, args=(s, w)) for s, w in ((a, "a"), (b, "b"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for n in names:
+        assert len(won[n]) == 1 and len(lost[n]) == 1, (n, won[n], lost[n])
+        _wait(lambda n=n: b.find_key(n) is not None and a.find_key(n) is not None)  # type: ignore[misc]
+        # the winner's private material is what both members open
+        assert a.get_key(DEK, n)[1] == b.get_key(DEK, n)[1] == won[n][0].encode()
+
+
+def test_two_members_cannot_fork_an_audit_chain(members: Members) -> None:
+    a, b = members()
+    outcomes: list[str] = []
+    go = threading.Barrier(2)
+
+    def append(store: PoolNodeStore, who: str) -> None:
+        go.wait()
+        for seq in range(1, 11):
+            try:
+                store.append_audit("domain", seq, f'{{"seq": {seq}, "by": "{who}"}}')
+                outcomes.append(f"{seq}:{who}")
+            except AlreadyExistsError:
+                pass
+
+    threads = [threading.Thread(target=append, args=(s, w)) for s, w in ((a, "a"), (b, "b"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(int(o.split(":")[0]) for o in outcomes) == list(range(1, 11))  # one entry per seq
+    _wait(lambda: len(a.audit_entries("domain")) == len(b.audit_entries("domain")) == 10)
+    assert a.audit_entries("domain") == b.audit_entries("domain")
+
+
+def test_a_rotation_is_seen_by_every_member_and_two_rotations_of_one_epoch_one_wins(members: Members) -> None:
+    a, b = members()
+    domain = _activate(a, b)
+    results: list[str] = []
+    go = threading.Barrier(2)
+
+    def rotate(store: PoolNodeStore, who: str) -> None:
+        go.wait()
+        try:
+            store.rotate(
+                domain,
+                DomainInfo(domain.domain_id, 2, 2, 3),
+                f"epoch-2-by-{who}".encode(),
+                RetiredEpoch(1, bytes(32), 9),
+            )
+            results.append(who)
+        except (AlreadyExistsError, StateError):
+            results.append("refused")
+
+    threads = [threading.Thread(target=rotate, args=(s, w)) for s, w in ((a, "a"), (b, "b"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 2 and results.count("refused") == 1
+    winner = next(r for r in results if r != "refused")
+    for s in (a, b):
+        _wait(lambda s=s: s.sd_file() == f"epoch-2-by-{winner}".encode())  # type: ignore[misc]
+        loaded = s.load_domain()
+        assert loaded is not None and loaded[1].epoch == 2 and loaded[0] == domain
+        assert [r.epoch for r in s.retired_epochs()] == [1]
+
+
+def test_a_node_of_another_domain_cannot_take_the_pool(members: Members) -> None:
+    a, b = members()
+    _activate(a, b)
+    other = sdfile.new_domain_secrets(os.urandom, admins=["admin"])
+    with pytest.raises(StateError, match="another security domain"):
+        b.activate(other, DomainInfo(other.domain_id, 1, 2, 3), "ACTIVATED", b"other-sd")
+    assert a.sd_file() == b"signed-sd-file-epoch-1"
+
+
+def test_a_joined_member_without_the_secrets_has_no_domain(members: Members, tmp_path: Path) -> None:
+    a, b = members()
+    domain = sdfile.new_domain_secrets(os.urandom, admins=["admin"])
+    a.activate(domain, DomainInfo(domain.domain_id, 1, 2, 3), "ACTIVATED", b"sd")
+    _wait(lambda: b.sd_file() == b"sd")
+    assert b.load_domain() is None and b.state() is None  # it sees the pool, holds nothing of it
+
+
+async def _dump(cluster: EtcdCluster) -> list[bytes]:
+    async with EtcdClient(cluster.config("root")) as c:
+        kvs, _ = await c.get_prefix(b"/sdquorum/")
+    return [kv.key + b"=" + kv.value for kv in kvs]
+
+
+def test_etcd_never_holds_a_secret_in_the_clear(
+    members: Members, cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    a, b = members()
+    domain = _activate(a, b)
+    private = secrets.token_bytes(32)
+    a.put_key(DEK, "secret-key", AES, b"pub", private, 1, "app")
+    everything = b"\n".join(asyncio.run(_dump(cluster)))
+    for secret in (
+        private,
+        DEK,
+        SEALING_A,
+        SEALING_B,
+        domain.data_encryption_key,
+        domain.signing_key,
+        domain.backup_key,
+    ):
+        assert secret not in everything and secret.hex().encode() not in everything
+    assert (
+        domain.data_encryption_key.hex() not in (tmp_path / "node-a" / LOCAL_FILE).read_text()
+    )  # sealed on disk too
+    assert (tmp_path / "node-a" / LOCAL_FILE).stat().st_mode & 0o077 == 0
+
+
+def test_losing_etcd_stops_serving_after_max_staleness_and_all_resume(
+    members: Members, cluster: EtcdCluster
+) -> None:
+    a, b = members(max_staleness=2.0, attempt_timeout=0.5, call_timeout=1.5, progress_interval=0.3)
+    _activate(a, b)
+    a.put_key(DEK, "before", AES, b"pub", b"p", 1, "app")
+    _wait(lambda: b.find_key("before") is not None)
+    names = [m.name for m in cluster.members]
+    cluster.stop(names[0])  # one etcd member lost: nothing is interrupted
+    a.put_key(DEK, "with-two", AES, b"pub", b"p", 1, "app")
+    _wait(lambda: b.find_key("with-two") is not None)
+    cluster.stop(names[1])  # two lost: no quorum
+    lost = time.monotonic()
+    with pytest.raises(TransportError):
+        a.put_key(DEK, "no-quorum", AES, b"pub", b"p", 1, "app")
+    _wait(lambda: _refuses(b), timeout=10.0)
+    stale = time.monotonic() - lost
+    print(f"\nno quorum: member refused reads {stale:.2f} s after the loss (max_staleness 2 s)")
+    assert 1.0 <= stale <= 2.0 + 1.0  # within max_staleness of the last proof, plus a heartbeat
+    with pytest.raises(TransportError, match=r"pool\.max_staleness"):
+        b.get_key(DEK, "before")
+    cluster.restart(names[0])
+    cluster.restart(names[1])
+    cluster.wait_healthy()
+    back = _wait(lambda: not _refuses(a) and not _refuses(b), timeout=15.0)
+    print(f"etcd back: members serving again after {back:.2f} s")
+    a.put_key(DEK, "after", AES, b"pub", b"p", 1, "app")
+    _wait(lambda: b.find_key("after") is not None)
+    assert b.get_key(DEK, "before")[1] == b"p"
+
+
+def _refuses(store: PoolNodeStore) -> bool:
+    try:
+        store.find_key("before")
+    except TransportError:
+        return True
+    return False
