@@ -123,7 +123,7 @@ async def node_inprocess_rates(ctx: BenchContext, seconds: float) -> dict[str, f
     store = SqliteNodeStore(data_dir, os.urandom(32), "node-a")
     try:
         node = Node(NodeConfig("node-a", "127.0.0.1:0", data_dir, att_key, att_der), store)
-        await node.download(ctx.certs(5), 3, Role("admin", None))
+        await node.activation.download(ctx.certs(5), 3, Role("admin", None))
         await node.keys.create_key(AES, KeyType.AES256_GCM, APP)
         await node.keys.create_key(ED, KeyType.ED25519, APP)
         messages = packed.sign_batch_request(ED, [PAYLOAD] * BATCH)

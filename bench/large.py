@@ -155,7 +155,7 @@ def build_store(ctx: BenchContext, total: int, rsa_names: int, rsa_distinct: int
     sealing_key_path = data_dir.with_name(data_dir.name + ".sealing-key")  # where hsm-node looks by default
     node, store = open_node(ctx.pki_dir, data_dir, sealing_key_path)
     try:
-        run_async(node.download(ctx.certs(5), 3, Role("admin", None)))
+        run_async(node.activation.download(ctx.certs(5), 3, Role("admin", None)))
         loaded = store.load_domain()
         if loaded is None:
             raise RuntimeError("the node did not activate")

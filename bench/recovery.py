@@ -194,8 +194,8 @@ async def measure_node_host(ctx: BenchContext, sd_bytes: bytes, m: int, n: int, 
         store = SqliteNodeStore(data_dir, os.urandom(32), "node-b")
         try:
             node = Node(NodeConfig("node-b", "127.0.0.1:0", data_dir, att_key, att_der), store)
-            session = await node.init_recovery("bench: node host cost", 600, Role("admin"))
-            await node.upload_sd_file(session.session_id, sd_bytes)
+            session = await node.activation.init_recovery("bench: node host cost", 600, Role("admin"))
+            await node.activation.upload_sd_file(session.session_id, sd_bytes)
             # Answers come one round trip after the requests at the earliest: the node prepares the
             # public shares meanwhile (in its event loop), so give it that time here too.
             await asyncio.sleep(0.05)
@@ -203,13 +203,13 @@ async def measure_node_host(ctx: BenchContext, sd_bytes: bytes, m: int, n: int, 
             answers: list[tuple[str, bytes, Role]] = []
             for name, key in zip(NAMES[:n], ctx.keys[:n], strict=True):
                 thumb = hashlib.sha256(key.certificate_der()).digest()
-                (req,) = node.pending_requests(thumb)
+                (req,) = node.agents.pending_requests(thumb)
                 creq = req.for_custodian(name)
                 answer = responder.answer(creq, responder.check(creq, thumb, policy, now), key, os.urandom)
                 answers.append((req.request_id, answer, Role("custodian", name)))
             started = time.perf_counter()
             for request_id, answer, role in answers[:m]:
-                await node.submit_answer(request_id, answer, role, kind="recovery")
+                await node.answers.submit_answer(request_id, answer, role, kind="recovery")
             times.append(time.perf_counter() - started)
             if node.state != "ACTIVATED":
                 raise RuntimeError(f"the in-process node did not activate: {session.message}")

@@ -21,9 +21,10 @@ from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coordinator import CeremonyStatus, CustodianRequest, CustodianStatus, SessionState
+from hsm_node.agents import wrapping_key_name
 from hsm_node.dataplane import KeyCaller
 from hsm_node.keyops import KeyType
-from hsm_node.node import Node, wrapping_key_name
+from hsm_node.node import Node
 from hsm_node.store import StoredKey
 from sdquorum import pki
 from sdquorum.errors import MalformedError, SdquorumError, UsageError
@@ -165,7 +166,9 @@ class AdminServicer:
     async def DownloadSecurityDomain(
         self, request: pb.DownloadRequest, context: Ctx, role: Role
     ) -> AsyncIterator[pb.DownloadChunk]:
-        data, warnings = await self.node.download(list(request.custodian_certificates), request.quorum, role)
+        data, warnings = await self.node.activation.download(
+            list(request.custodian_certificates), request.quorum, role
+        )
         for i in range(0, len(data), CHUNK_BYTES):
             yield pb.DownloadChunk(data=data[i : i + CHUNK_BYTES], warnings=warnings if i == 0 else [])
 
@@ -173,7 +176,7 @@ class AdminServicer:
     async def InitRecovery(
         self, request: pb.InitRecoveryRequest, context: Ctx, role: Role
     ) -> pb.InitRecoveryResponse:
-        s = await self.node.init_recovery(request.reason, request.ttl_seconds, role)
+        s = await self.node.activation.init_recovery(request.reason, request.ttl_seconds, role)
         return pb.InitRecoveryResponse(session_id=s.session_id, expires_at_unix=s.expires_at)
 
     @rpc("admin")
@@ -194,13 +197,13 @@ class AdminServicer:
         blob = await _collect(data(), MAX_SD_FILE_BYTES, "the SD file")
         if not session_id:
             raise UsageError("the upload named no session: start one with InitRecovery first")
-        return status_to_proto(await self.node.upload_sd_file(session_id, blob))
+        return status_to_proto(await self.node.activation.upload_sd_file(session_id, blob))
 
     @rpc("admin")
     async def WatchSession(
         self, request: pb.WatchSessionRequest, context: Ctx, role: Role
     ) -> AsyncIterator[pb.RecoveryProgress]:
-        async for st in self.node.watch(request.session_id):
+        async for st in self.node.ceremonies.watch(request.session_id):
             yield status_to_proto(st)
 
     @rpc("admin")
@@ -225,14 +228,16 @@ class AdminServicer:
 
     @rpc("admin")
     async def StartDrill(self, request: pb.StartDrillRequest, context: Ctx, role: Role) -> pb.SessionStarted:
-        s = await self.node.start_drill(request.reason or "possession drill", request.ttl_seconds, role)
+        s = await self.node.custody.start_drill(
+            request.reason or "possession drill", request.ttl_seconds, role
+        )
         return pb.SessionStarted(session_id=s.session_id, expires_at_unix=s.expires_at)
 
     @rpc("admin")
     async def ProposeRotation(
         self, request: pb.RotationRequest, context: Ctx, role: Role
     ) -> pb.SessionStarted:
-        s = await self.node.propose_rotation(
+        s = await self.node.rotation.propose_rotation(
             list(request.custodian_certificates), request.quorum, request.reason, request.ttl_seconds, role
         )
         return pb.SessionStarted(session_id=s.session_id, expires_at_unix=s.expires_at)
@@ -241,7 +246,7 @@ class AdminServicer:
     async def GetSecurityDomain(
         self, request: pb.GetSecurityDomainRequest, context: Ctx, role: Role
     ) -> AsyncIterator[pb.DownloadChunk]:
-        data = self.node.security_domain_file(request.format)
+        data = self.node.custody.security_domain_file(request.format)
         for i in range(0, len(data), CHUNK_BYTES):
             yield pb.DownloadChunk(data=data[i : i + CHUNK_BYTES])
 
@@ -252,23 +257,23 @@ class AdminServicer:
         return pb.ExportRequestsResponse(
             requests=[
                 pb.OfflineRequest(custodian=name, request=request_to_proto(req))
-                for name, req in self.node.export_requests(request.session_id)
+                for name, req in self.node.ceremonies.export_requests(request.session_id)
             ]
         )
 
     @rpc("admin")
     async def SubmitOfflineResponse(self, request: pb.OfflineResponse, context: Ctx, role: Role) -> pb.Ack:
         if request.denied:
-            await self.node.deny(request.request_id, bytes(request.answer), role)
+            await self.node.answers.deny(request.request_id, bytes(request.answer), role)
         else:
-            await self.node.submit_answer(request.request_id, bytes(request.answer), role)
+            await self.node.answers.submit_answer(request.request_id, bytes(request.answer), role)
         return pb.Ack()
 
     @rpc("admin")
     async def StartAzureRestore(
         self, request: pb.AzureRestoreRequest, context: Ctx, role: Role
     ) -> pb.SessionStarted:
-        s = await self.node.start_azure_restore(
+        s = await self.node.custody.start_azure_restore(
             bytes(request.sd_file),
             bytes(request.exchange_certificate),
             request.reason,
@@ -281,7 +286,7 @@ class AdminServicer:
     async def GetAzureTransferFile(
         self, request: pb.WatchSessionRequest, context: Ctx, role: Role
     ) -> AsyncIterator[pb.DownloadChunk]:
-        data = self.node.azure_transfer_file(request.session_id)
+        data = self.node.custody.azure_transfer_file(request.session_id)
         for i in range(0, len(data), CHUNK_BYTES):
             yield pb.DownloadChunk(data=data[i : i + CHUNK_BYTES])
 
@@ -294,19 +299,19 @@ class AdminServicer:
         if not isinstance(obj, dict):
             raise UsageError("the custody record must be a JSON object")
         obj.setdefault("time", self.node.now())
-        self.node.add_custody_record(CustodyRecord.from_json(obj), role)
+        self.node.custody.add_custody_record(CustodyRecord.from_json(obj), role)
         return pb.Ack()
 
     @rpc("admin")
     async def MarkCompromised(self, request: pb.CompromiseRequest, context: Ctx, role: Role) -> pb.Ack:
-        self.node.mark_compromised(request.reason, role)
+        self.node.custody.mark_compromised(request.reason, role)
         return pb.Ack()
 
     @rpc("admin")
     async def GetCustodyState(
         self, request: pb.GetCustodyStateRequest, context: Ctx, role: Role
     ) -> pb.CustodyState:
-        st = self.node.custody_state()
+        st = self.node.custody.custody_state()
         return pb.CustodyState(
             node_id=st["node_id"],
             sd_header=st["header"],
@@ -484,12 +489,12 @@ class CustodianServicer:
         key_sha256 = pki.spki_sha256(certificate) if certificate else b""
         log.info("agent %s connected (wrapping certificate %s)", role, thumb.hex()[:16])
         await context.send_initial_metadata(())  # lets the agent know it is connected before any request
-        self.node.agent_connected(role, thumb, key_name, key_sha256)
+        self.node.agents.agent_connected(role, thumb, key_name, key_sha256)
         sent: set[str] = set()
         try:
             while True:
-                token = self.node.request_token()
-                notice = self.node.domain_notice(
+                token = self.node.notices.request_token()
+                notice = self.node.notices.domain_notice(
                     role, thumb, key_name
                 )  # the domain's current header, if a slot is its
                 if notice is not None and notice.request_id not in sent:
@@ -498,36 +503,36 @@ class CustodianServicer:
                     log.info("told %s of domain epoch %s", role, notice.request_id[:16])
                 # Only requests for a key named for this caller: announcing another custodian's
                 # thumbprint receives nothing (issue 13, class 4; hsm_node.node's docstring).
-                for req in self.node.agent_requests(role, thumb, key_name):
+                for req in self.node.agents.agent_requests(role, thumb, key_name):
                     if req.request_id in sent:
                         continue
                     sent.add(req.request_id)
                     yield request_to_proto(req)
-                    self.node.mark_delivered(req)
+                    self.node.ceremonies.mark_delivered(req)
                     log.debug(
                         "delivered %s request %s (slot %d) to %s", req.kind, req.request_id, req.x, role
                     )
-                await self.node.wait_change(token, timeout=5.0)
+                await self.node.notices.wait_change(token, timeout=5.0)
         finally:
-            self.node.agent_disconnected(role, thumb, key_name)
+            self.node.agents.agent_disconnected(role, thumb, key_name)
             log.info("agent %s disconnected", role)
 
     @rpc("custodian")
     async def SubmitRelease(self, request: pb.ShareRelease, context: Ctx, role: Role) -> pb.Ack:
         kinds = ("recovery", "azure-recovery")  # a release answers these; proofs come by SubmitProof
-        await self.node.submit_answer(request.request_id, bytes(request.release), role, kind=kinds)
+        await self.node.answers.submit_answer(request.request_id, bytes(request.release), role, kind=kinds)
         return pb.Ack()
 
     @rpc("custodian")
     async def SubmitProof(self, request: pb.ProofSubmission, context: Ctx, role: Role) -> pb.Ack:
-        await self.node.submit_answer(
+        await self.node.answers.submit_answer(
             request.request_id, bytes(request.proof), role, kind=("drill", "rotation")
         )
         return pb.Ack()
 
     @rpc("custodian")
     async def Deny(self, request: pb.Denial, context: Ctx, role: Role) -> pb.Ack:
-        await self.node.deny(request.request_id, bytes(request.signed), role)
+        await self.node.answers.deny(request.request_id, bytes(request.signed), role)
         return pb.Ack()
 
 
@@ -544,7 +549,7 @@ def node_snapshot(node: Node) -> NodeSnapshot:
         session_kind=status.kind if status is not None else None,
         session_state=status.state.value if status is not None else None,
         custodians=tuple(c.name for c in status.custodians) if status is not None else (),
-        connected=node.connected_custodians(),
+        connected=node.agents.connected_custodians(),
     )
 
 

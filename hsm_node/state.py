@@ -61,6 +61,11 @@ class Lifecycle:
     def info(self) -> DomainInfo | None:
         return self._info
 
+    @property
+    def compromised(self) -> bool:
+        """Whether an admin marked the domain compromised (drills, rotation and Azure restores stop)."""
+        return self._store.flag("compromised") is not None
+
     def require_active(self) -> DomainSecrets:
         """The domain secrets of an ACTIVATED node; StateError in any other state."""
         if self._state is not NodeState.ACTIVATED or self._domain is None:

@@ -121,7 +121,7 @@ async def test_auto_drills_answers_a_drill_alone_but_no_rotation_or_recovery_wit
             a.start_agent(n, k, tmp_path / "a-agents", approval="auto-drills", approves=False)
             for n, k in zip(names, keys, strict=True)
         ]
-        drill = await a.node.start_drill("quarterly drill", 60, Role("admin"))
+        drill = await a.node.custody.start_drill("quarterly drill", 60, Role("admin"))
         await _until(lambda: drill.finished)
         assert [c.status.name for c in drill.status().custodians] == ["ACCEPTED"] * 3
         # each proved possession, alone (an agent records it once the node has answered its call)
@@ -129,7 +129,7 @@ async def test_auto_drills_answers_a_drill_alone_but_no_rotation_or_recovery_wit
         boxes = [ApprovalBox(tmp_path / "a-agents" / f"agent-{n}") for n in names]
         assert [box.pending() for box in boxes] == [[], [], []]  # nobody was asked
 
-        rotation = await a.node.propose_rotation(
+        rotation = await a.node.rotation.propose_rotation(
             certs_of(wrapping_keys[:4]), 3, "add dave", 60, Role("admin")
         )
         await _until(lambda: all(len(box.pending()) == 1 for box in boxes))

@@ -209,7 +209,7 @@ def exported(
 
     async def export(n: int, m: int, work: Path) -> Exported:
         async with running_cluster(pki_dir, work / "node") as node:
-            await node.download([c.cert_der for c in custodians[:n]], quorum=m)
+            await node.activation.download([c.cert_der for c in custodians[:n]], quorum=m)
             out = work / "sd-azure.json"
             code, lines = await run_sdctl(
                 pki_dir, node.target, "sd-file", "--format", "azure", "--out", str(out)

@@ -193,7 +193,7 @@ def _azure_answers(
     out = []
     for i, k in enumerate(keys):
         thumb = pki.thumbprint_sha256(k.certificate_der())
-        (req,) = c.node.pending_requests(thumb)
+        (req,) = c.node.agents.pending_requests(thumb)
         checked = check_azure_request(
             Attestation.from_bytes(req.attestation), req.header_bytes, req.x, thumb, policy, datetime.now(UTC)
         )
@@ -227,18 +227,18 @@ async def test_a_wrong_azure_share_blocks_nothing_and_is_named(
     keys = wrapping_keys[:5]
     data = make_sd_file([k.certificate_der() for k in keys], 3, ITEMS).data
     async with running_cluster(pki_dir, tmp_path / "c") as c:
-        s = await c.node.start_azure_restore(data, exchange[1], "dr test", 60, Role("admin"))
+        s = await c.node.custody.start_azure_restore(data, exchange[1], "dr test", 60, Role("admin"))
         answers = _azure_answers(c, pki_dir, keys, corrupt={1})
         for a in answers[:3]:
-            await c.node.submit_answer(*a)
+            await c.node.answers.submit_answer(*a)
         assert s.state is SessionState.COLLECTING, s.message
-        await c.node.submit_answer(*answers[3])
+        await c.node.answers.submit_answer(*answers[3])
         assert s.state is SessionState.COMPLETED, s.message
         status = {p.name: p for p in s.status().custodians}
         bob = next(p for p in status.values() if p.x == 2)
         assert bob.status is CustodianStatus.REJECTED and "slot 2" in bob.detail
         assert [p.status for p in status.values() if p.x in (1, 3, 4)] == [CustodianStatus.ACCEPTED] * 3
-        transfer = c.node.azure_transfer_file(s.session_id)
+        transfer = c.node.custody.azure_transfer_file(s.session_id)
     assert open_transfer_file(transfer, exchange[0], exchange[1]) == ITEMS
 
 
@@ -254,12 +254,12 @@ async def test_azure_shares_that_never_open_the_file_fail_only_when_no_one_is_le
     keys = wrapping_keys[:5]
     data = make_sd_file([k.certificate_der() for k in keys], 3, ITEMS).data
     async with running_cluster(pki_dir, tmp_path / "c") as c:
-        s = await c.node.start_azure_restore(data, exchange[1], "dr test", 60, Role("admin"))
+        s = await c.node.custody.start_azure_restore(data, exchange[1], "dr test", 60, Role("admin"))
         answers = _azure_answers(c, pki_dir, keys, corrupt={2, 3, 4})  # only two honest: no 3 open it
         for a in answers[:4]:
-            await c.node.submit_answer(*a)
+            await c.node.answers.submit_answer(*a)
             assert s.state is SessionState.COLLECTING, s.message
-        await c.node.submit_answer(*answers[4])
+        await c.node.answers.submit_answer(*answers[4])
         assert s.state is SessionState.FAILED
         assert "no 3 of the 5 shares received" in s.message and "at least one of them is wrong" in s.message
 
@@ -279,7 +279,7 @@ async def test_agents_refuse_an_azure_restore_unless_configured_and_the_node_hea
     data = make_sd_file([k.certificate_der() for k in keys], 2, ITEMS).data
     async with running_cluster(pki_dir, tmp_path / "c") as c:
         agents = [c.start_agent(NAMES[i], keys[i], tmp_path) for i in range(3)]
-        s = await c.node.start_azure_restore(data, exchange[1], "dr test", 60, Role("admin"))
+        s = await c.node.custody.start_azure_restore(data, exchange[1], "dr test", 60, Role("admin"))
         await wait_for(lambda: s.finished)
         assert s.state is SessionState.FAILED
         denied = [p for p in s.status().custodians if p.status is CustodianStatus.DENIED]
@@ -358,15 +358,15 @@ async def test_a_late_wrong_azure_share_is_rejected_named_and_audited_by_the_nod
     keys = wrapping_keys[:4]
     data = make_sd_file([k.certificate_der() for k in keys], 2, ITEMS).data
     async with running_cluster(pki_dir, tmp_path / "c") as c:
-        s = await c.node.start_azure_restore(data, exchange[1], "dr test", 60, Role("admin"))
+        s = await c.node.custody.start_azure_restore(data, exchange[1], "dr test", 60, Role("admin"))
         answers = _azure_answers(c, pki_dir, keys, corrupt={3})
         for a in answers[:2]:
-            await c.node.submit_answer(*a)
+            await c.node.answers.submit_answer(*a)
         assert s.state is SessionState.COMPLETED
-        transfer = c.node.azure_transfer_file(s.session_id)
-        await c.node.submit_answer(*answers[2])
+        transfer = c.node.custody.azure_transfer_file(s.session_id)
+        await c.node.answers.submit_answer(*answers[2])
         with pytest.raises(VerificationError, match="does not lie on the shares"):
-            await c.node.submit_answer(*answers[3])
+            await c.node.answers.submit_answer(*answers[3])
         status = {p.x: p for p in s.status().custodians}
         assert status[3].status is CustodianStatus.NOT_NEEDED and "verified" in status[3].detail
         assert status[4].status is CustodianStatus.REJECTED and "late" in status[4].detail
@@ -374,4 +374,4 @@ async def test_a_late_wrong_azure_share_is_rejected_named_and_audited_by_the_nod
         events = "\n".join(c.node.store.audit_entries(c.node.audit_chain()))
         assert "azure-recovery-late-answer-verified" in events
         assert "azure-recovery-late-answer-rejected" in events
-        assert c.node.azure_transfer_file(s.session_id) == transfer
+        assert c.node.custody.azure_transfer_file(s.session_id) == transfer

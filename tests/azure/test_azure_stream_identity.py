@@ -41,7 +41,7 @@ async def test_an_azure_slot_is_served_only_to_the_identity_its_certificate_name
     data = make_sd_file(certs, 2, [("blob", os.urandom(64))]).data
     alice_cert, alice_thumb = certs[0], pki.thumbprint_sha256(certs[0])
     async with running_cluster(pki_dir, tmp_path / "c") as c:
-        await c.node.start_azure_restore(data, exchange, "dr test", 60, Role("admin"))
+        await c.node.custody.start_azure_restore(data, exchange, "dr test", 60, Role("admin"))
         for who, hello in (
             ("erin", pb.AgentHello(wrapping_cert_sha256=alice_thumb, wrapping_certificate=alice_cert)),
             ("erin", pb.AgentHello(wrapping_cert_sha256=alice_thumb)),
@@ -75,10 +75,10 @@ async def test_an_azure_answer_counts_only_from_the_identity_its_certificate_nam
     keys = wrapping_keys[:3]
     data = make_sd_file([k.certificate_der() for k in keys], 2, [("blob", os.urandom(64))]).data
     async with running_cluster(pki_dir, tmp_path / "c") as c:
-        s = await c.node.start_azure_restore(data, exchange, "dr test", 60, Role("admin"))
+        s = await c.node.custody.start_azure_restore(data, exchange, "dr test", 60, Role("admin"))
         rid, answer, alice = _azure_answers(c, pki_dir, keys, corrupt=set())[0]
         with pytest.raises(VerificationError, match="not addressed to a key named for custodian/erin"):
-            await c.node.submit_answer(rid, answer, Role("custodian", "erin"))
+            await c.node.answers.submit_answer(rid, answer, Role("custodian", "erin"))
         assert s.status().accepted == 0
-        await c.node.submit_answer(rid, answer, alice)
+        await c.node.answers.submit_answer(rid, answer, alice)
         assert s.status().accepted == 1

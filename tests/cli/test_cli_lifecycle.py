@@ -60,7 +60,7 @@ async def test_drill_reports_proved_failed_and_unreachable_and_is_audited(
             a.start_agent(NAMES[i], wrapping_keys[i], tmp_path)
         # erin's agent now holds another key (frank's): it no longer matches erin's slot.
         a.start_agent("erin", wrapping_keys[5], tmp_path)
-        await wait_for(lambda: len(a.node.connected_custodians()) == 4)
+        await wait_for(lambda: len(a.node.agents.connected_custodians()) == 4)
         # dave has no agent: unreachable at the deadline.
         drill = asyncio.create_task(sdctl("drill", "--reason", "Q4 drill", "--ttl", "30", node=a.target))
         await wait_for(lambda: a.node.session is not None and a.node.session.status().accepted == 3)
@@ -180,7 +180,7 @@ async def test_rotation_without_m_approvals_by_the_deadline_changes_nothing(
         assert "nothing changed" in line and r.code == 3
         assert not out.exists()
         assert (await a.node_status()).epoch == 1
-        assert a.node.security_domain_file() == sd
+        assert a.node.custody.security_domain_file() == sd
 
 
 # ----------------------------------------------------------------------------------- offline custodians

@@ -41,7 +41,7 @@ def _answers(
     out = []
     for name, key in zip(NAMES, keys, strict=False):
         thumb = pki.thumbprint_sha256(key.certificate_der())
-        (req,) = b.node.pending_requests(thumb)
+        (req,) = b.node.agents.pending_requests(thumb)
         creq = req.for_custodian(name)
         checked = responder.check(creq, thumb, policy, now)
         if name == corrupt:
@@ -84,7 +84,7 @@ async def test_answers_arriving_together_commit_once_and_each_returns_after_its_
         async def submit(request_id: str, answer: bytes, role: Role) -> None:
             REQUEST_ID.set(f"call-of-{role.name}")  # as the RPC layer does for each call
             try:
-                await b.node.submit_answer(request_id, answer, role, kind="recovery")
+                await b.node.answers.submit_answer(request_id, answer, role, kind="recovery")
             except VerificationError as e:
                 errors[role.name] = e
             seen_at_return[role.name] = _durable_events(b.data_dir)
@@ -112,7 +112,7 @@ async def test_an_answer_alone_is_committed_before_it_returns(
         await b.start_recovery(sd)
         answers = _answers(b, pki_dir, wrapping_keys[:3])
         for i, (request_id, answer, role) in enumerate(answers):
-            await b.node.submit_answer(request_id, answer, role, kind="recovery")
+            await b.node.answers.submit_answer(request_id, answer, role, kind="recovery")
             events = _durable_events(b.data_dir)
             assert ("recovery-answer-accepted", role.name) in events
             assert (("recovered", "") in events) == (i == 2)
@@ -130,7 +130,7 @@ async def _submit_in_a_batch_that_does_not_commit(
 
     monkeypatch.setattr(b.node.store, "on_commit", full_disk_at_commit)
     return await asyncio.gather(
-        *(b.node.submit_answer(*a, kind="recovery") for a in answers), return_exceptions=True
+        *(b.node.answers.submit_answer(*a, kind="recovery") for a in answers), return_exceptions=True
     )
 
 
@@ -162,7 +162,7 @@ async def test_a_completion_that_does_not_commit_is_undone_in_memory_and_the_ses
         monkeypatch.undo()  # the disk is fixed: a new session
         await b.start_recovery(sd)
         for answer in _answers(b, pki_dir, wrapping_keys[:3]):
-            await b.node.submit_answer(*answer, kind="recovery")
+            await b.node.answers.submit_answer(*answer, kind="recovery")
         assert b.node.state == "ACTIVATED"
 
 
@@ -196,15 +196,15 @@ async def test_a_share_whose_acceptance_is_not_written_never_counts(
         answers = _answers(b, pki_dir, wrapping_keys[:3])
         first = 0 if which == "the first share" else 2
         for a in answers[:first]:
-            await b.node.submit_answer(*a, kind="recovery")
+            await b.node.answers.submit_answer(*a, kind="recovery")
         _fail_writing(monkeypatch, "recovery-answer-accepted", 1)
         with pytest.raises(StorageError, match="could not record the answer"):
-            await b.node.submit_answer(*answers[first], kind="recovery")
+            await b.node.answers.submit_answer(*answers[first], kind="recovery")
         session = b.node.session
         assert session is not None and session.state is SessionState.FAILED
         for a in answers[first + 1 :]:  # the rest are refused: the session has ended
             with pytest.raises(StateError):
-                await b.node.submit_answer(*a, kind="recovery")
+                await b.node.answers.submit_answer(*a, kind="recovery")
         assert b.node.state == "RECOVERY_PENDING" and b.node.domain_info is None
         events = _durable_events(b.data_dir)
         assert ("recovery-answer-accepted", NAMES[first]) not in events
@@ -212,5 +212,5 @@ async def test_a_share_whose_acceptance_is_not_written_never_counts(
         monkeypatch.undo()  # the disk is fixed: a new session recovers
         await b.start_recovery(sd)
         for answer in _answers(b, pki_dir, wrapping_keys[:3]):
-            await b.node.submit_answer(*answer, kind="recovery")
+            await b.node.answers.submit_answer(*answer, kind="recovery")
         assert b.node.state == "ACTIVATED"

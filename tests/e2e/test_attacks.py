@@ -54,7 +54,7 @@ def audit_events(c: Cluster) -> list[dict[str, object]]:
 def checked_for(c: Cluster, key: SoftwareWrappingKey, pki_dir: Path) -> tuple[str, envelopes.CheckedRequest]:
     """What an honest agent holding ``key`` would have checked for its open request on ``c``."""
     thumb = pki.thumbprint_sha256(key.certificate_der())
-    (req,) = c.node.pending_requests(thumb)
+    (req,) = c.node.agents.pending_requests(thumb)
     checked = envelopes.check_request(
         envelopes.Attestation.from_bytes(req.attestation),
         SignedHeader(req.header_bytes, req.header_signature),
@@ -317,7 +317,7 @@ async def test_attack_approval_after_the_deadline(
                 )
             )
         thumb = pki.thumbprint_sha256(wrapping_keys[0].certificate_der())
-        (req,) = a.node.pending_requests(thumb)
+        (req,) = a.node.agents.pending_requests(thumb)
         checked = envelopes.check_request(
             envelopes.Attestation.from_bytes(req.attestation),
             SignedHeader(req.header_bytes, req.header_signature),
@@ -338,7 +338,7 @@ async def test_attack_approval_after_the_deadline(
                     pb.ProofSubmission(request_id=req.request_id, proof=proof.to_bytes())
                 )
         assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert a.node.security_domain_file() == sd  # nothing changed
+        assert a.node.custody.security_domain_file() == sd  # nothing changed
         assert (await a.node_status()).epoch == 1
         assert any(e["event"] == "refused" and "SubmitProof" in str(e["details"]) for e in audit_events(a))
 
@@ -356,7 +356,7 @@ async def test_attack_sd_file_with_a_flipped_byte_is_refused_before_any_custodia
         await asyncio.sleep(0.3)
         assert all(not a.released for a in agents)
         assert all(
-            b.node.pending_requests(pki.thumbprint_sha256(k.certificate_der())) == []
+            b.node.agents.pending_requests(pki.thumbprint_sha256(k.certificate_der())) == []
             for k in wrapping_keys[:5]
         )
         assert any(e["event"] == "sd-file-refused" for e in audit_events(b))

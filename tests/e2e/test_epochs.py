@@ -82,7 +82,7 @@ async def test_an_altered_sd_file_is_refused_by_the_node_before_any_custodian_is
         sd = await a.download(certs_of(wrapping_keys[:3]), quorum=2)
     async with running_cluster(pki_dir, tmp_path / "b", node_id="node-b") as b:
         agents = [b.start_agent(n, k, tmp_path) for n, k in zip(NAMES[:3], wrapping_keys[:3], strict=True)]
-        await until(lambda: len(b.node.connected_custodians()) == 3, "the agents connected")
+        await until(lambda: len(b.node.agents.connected_custodians()) == 3, "the agents connected")
         for name, tamper, reason in TAMPERINGS:
             obj = parse_json_object(sd, "sd")
             tamper(obj)
@@ -97,7 +97,7 @@ async def test_an_altered_sd_file_is_refused_by_the_node_before_any_custodian_is
             session = b.node.session
             assert session is not None and session.finished, name  # nothing left running or blocking
             assert all(
-                b.node.pending_requests(pki.thumbprint_sha256(k.certificate_der())) == []
+                b.node.agents.pending_requests(pki.thumbprint_sha256(k.certificate_der())) == []
                 for k in wrapping_keys[:3]
             )
         await asyncio.sleep(0.2)
@@ -131,7 +131,7 @@ async def test_agents_pin_the_domain_key_at_activation_and_refuse_a_header_re_si
     keys = wrapping_keys[:3]
     async with running_cluster(pki_dir, tmp_path / "a") as a:
         agents = [a.start_agent(n, k, tmp_path) for n, k in zip(NAMES[:3], keys, strict=True)]
-        await until(lambda: len(a.node.connected_custodians()) == 3, "the agents connected")
+        await until(lambda: len(a.node.agents.connected_custodians()) == 3, "the agents connected")
         sd = await a.download(certs_of(keys), quorum=2)
         header = SecurityDomainFile.from_bytes(sd).header
         for agent in agents:  # told at activation: key pinned, epoch 1
@@ -165,11 +165,13 @@ async def test_after_a_rotation_the_retired_epoch_cannot_be_recovered_with_the_l
     alice, bob, carol, dave, erin = (wrapping_keys[i] for i in (ALICE, BOB, CAROL, DAVE, ERIN))
     async with running_cluster(pki_dir, tmp_path / "a") as a:
         agents = [a.start_agent(NAMES[i], wrapping_keys[i], tmp_path) for i in (ALICE, BOB, ERIN)]
-        await until(lambda: len(a.node.connected_custodians()) == 3, "alice, bob and erin connected")
+        await until(lambda: len(a.node.agents.connected_custodians()) == 3, "alice, bob and erin connected")
         epoch1 = await a.download(certs_of([alice, bob, carol, erin]), quorum=2)
         domain_id = SecurityDomainFile.from_bytes(epoch1).header.domain_id
-        a.node.add_custody_record(CustodyRecord(0, "lost", "carol", note="laptop stolen"), Role("admin"))
-        await a.node.propose_rotation(
+        a.node.custody.add_custody_record(
+            CustodyRecord(0, "lost", "carol", note="laptop stolen"), Role("admin")
+        )
+        await a.node.rotation.propose_rotation(
             certs_of([alice, bob, dave]), 2, "carol's key is lost", 30, Role("admin")
         )
         assert (await a.wait_session()).state == pb.COMPLETED
@@ -200,8 +202,8 @@ async def test_a_node_refuses_the_upload_of_an_epoch_below_the_highest_it_has_se
         for i in (ALICE, BOB, CAROL):
             a.start_agent(NAMES[i], keys[i], tmp_path)
         epoch1 = await a.download(certs_of(keys[:3]), quorum=2)
-        await until(lambda: len(a.node.connected_custodians()) == 3, "the agents connected")
-        s = await a.node.propose_rotation(
+        await until(lambda: len(a.node.agents.connected_custodians()) == 3, "the agents connected")
+        s = await a.node.rotation.propose_rotation(
             certs_of([keys[0], keys[1], keys[3]]), 2, "dave in", 30, Role("admin")
         )
         assert (await a.wait_session()).state == pb.COMPLETED

@@ -374,14 +374,17 @@ async def test_a_session_ended_by_its_deadline_is_recorded_whoever_finds_it(
     path notices the deadline first; before, only the node's own ticker applied it."""
     async with running_cluster(pki_dir, tmp_path / "a") as a:
         await a.download(certs_of(wrapping_keys[:5]), quorum=3)
-        s = await a.node.start_drill("quarterly", 30, Role("admin"))
+        s = await a.node.custody.start_drill("quarterly", 30, Role("admin"))
         assert a.server._ticker is not None
         a.server._ticker.cancel()  # the ticker must not be the one to notice
         a.clock.advance(31)
         if found_by == "the next session":
-            await a.node.start_drill("the next quarter", 30, Role("admin"))
+            await a.node.custody.start_drill("the next quarter", 30, Role("admin"))
         else:
-            assert a.node.pending_requests(pki.thumbprint_sha256(wrapping_keys[0].certificate_der())) == []
+            assert (
+                a.node.agents.pending_requests(pki.thumbprint_sha256(wrapping_keys[0].certificate_der()))
+                == []
+            )
         assert s.finished
         rows = a.node.store.drill_results()
         events = [json.loads(e)["event"] for e in a.node.store.audit_entries("domain")]
@@ -395,10 +398,10 @@ async def test_a_drill_slot_rejected_for_a_changed_key_has_its_own_audit_entry(
 ) -> None:
     async with running_cluster(pki_dir, tmp_path / "a") as a:
         await a.download(certs_of(wrapping_keys[:5]), quorum=3)
-        s = await a.node.start_drill("quarterly", 60, Role("admin"))
+        s = await a.node.custody.start_drill("quarterly", 60, Role("admin"))
         other = pki.thumbprint_sha256(wrapping_keys[5].certificate_der())
         for _ in range(2):  # carol's agent reconnects with another key, twice: one rejection, one entry
-            a.node.agent_connected(Role("custodian", "carol"), other)
+            a.node.agents.agent_connected(Role("custodian", "carol"), other)
         entries = [json.loads(e) for e in a.node.store.audit_entries("domain")]
     rejected = [e for e in entries if e["event"] == "drill-slot-rejected"]
     assert [(e["details"]["custodian"], e["details"]["x"]) for e in rejected] == [("carol", 3)]
@@ -444,11 +447,15 @@ async def test_a_rotation_may_not_keep_a_key_recorded_lost(
 
     async with running_cluster(pki_dir, tmp_path / "a") as a:
         await a.download(certs_of(wrapping_keys[:5]), quorum=3)
-        a.node.add_custody_record(CustodyRecord(0, "lost", "alice", note="USB token lost"), Role("admin"))
+        a.node.custody.add_custody_record(
+            CustodyRecord(0, "lost", "alice", note="USB token lost"), Role("admin")
+        )
         with pytest.raises(UsageError, match="keeps alice's key, which is recorded lost"):
-            await a.node.propose_rotation(certs_of(wrapping_keys[:5]), 4, "quorum 4", 60, Role("admin"))
+            await a.node.rotation.propose_rotation(
+                certs_of(wrapping_keys[:5]), 4, "quorum 4", 60, Role("admin")
+            )
         assert a.node.session is None  # nothing started
-        session = await a.node.propose_rotation(
+        session = await a.node.rotation.propose_rotation(
             certs_of([*wrapping_keys[1:5], wrapping_keys[5]]), 3, "alice's key is gone", 60, Role("admin")
         )
         assert session.kind == "rotation"

@@ -49,7 +49,7 @@ async def approve_rotation(a: Cluster, keys: list[SoftwareWrappingKey], names: l
     policy = CustodianPolicy((a.pki / "attestation-root.pem").read_bytes())
     for key, name in zip(keys, names, strict=True):
         thumb = pki.thumbprint_sha256(key.certificate_der())
-        (req,) = a.node.pending_requests(thumb)
+        (req,) = a.node.agents.pending_requests(thumb)
         checked = envelopes.check_request(
             envelopes.Attestation.from_bytes(req.attestation),
             SignedHeader(req.header_bytes, req.header_signature),
@@ -61,7 +61,7 @@ async def approve_rotation(a: Cluster, keys: list[SoftwareWrappingKey], names: l
             proposal=req.proposal,
         )
         proof = envelopes.make_proof(checked, envelopes.decrypt_share(checked, key), key, os.urandom)
-        await a.node.submit_answer(req.request_id, proof.to_bytes(), Role("custodian", name))
+        await a.node.answers.submit_answer(req.request_id, proof.to_bytes(), Role("custodian", name))
 
 
 # ------------------------------------------------------------------------------------------- class 3
@@ -75,15 +75,17 @@ async def test_a_key_recorded_lost_is_refused_under_a_fresh_certificate(
     on the code before, the thumbprint differed and the rotation started."""
     async with running_cluster(pki_dir, tmp_path / "a") as a:
         await a.download(certs_of(wrapping_keys[:5]), quorum=3)
-        a.node.add_custody_record(CustodyRecord(0, "lost", "alice", note="token lost"), Role("admin"))
+        a.node.custody.add_custody_record(CustodyRecord(0, "lost", "alice", note="token lost"), Role("admin"))
         again = fresh_certificate(wrapping_keys[0], "alice", now)
         assert pki.thumbprint_sha256(again) != pki.thumbprint_sha256(wrapping_keys[0].certificate_der())
         roster = [again, *certs_of(wrapping_keys[1:5])]
         with pytest.raises(UsageError, match="keeps alice's key, which is recorded lost, under CN=alice"):
-            await a.node.propose_rotation(roster, 3, "alice has a new certificate", 60, Role("admin"))
+            await a.node.rotation.propose_rotation(
+                roster, 3, "alice has a new certificate", 60, Role("admin")
+            )
         renamed = [fresh_certificate(wrapping_keys[0], "zoe", now), *certs_of(wrapping_keys[1:5])]
         with pytest.raises(UsageError, match="keeps alice's key, which is recorded lost, under CN=zoe"):
-            await a.node.propose_rotation(renamed, 3, "zoe joins", 60, Role("admin"))
+            await a.node.rotation.propose_rotation(renamed, 3, "zoe joins", 60, Role("admin"))
         assert a.node.session is None  # nothing started
 
 
@@ -96,17 +98,19 @@ async def test_a_lost_key_stays_lost_after_the_rotation_that_removed_it(
     epoch-2 check looked only at losses since epoch 2 and only by thumbprint, and accepted it."""
     async with running_cluster(pki_dir, tmp_path / "a") as a:
         await a.download(certs_of(wrapping_keys[:5]), quorum=3)
-        stamped = a.node.add_custody_record(CustodyRecord(0, "lost", "alice"), Role("admin"))
+        stamped = a.node.custody.add_custody_record(CustodyRecord(0, "lost", "alice"), Role("admin"))
         assert stamped.key_sha256 == pki.spki_sha256(wrapping_keys[0].certificate_der())
         a.clock.advance(10)
-        await a.node.propose_rotation(certs_of(wrapping_keys[1:6]), 3, "alice leaves", 60, Role("admin"))
+        await a.node.rotation.propose_rotation(
+            certs_of(wrapping_keys[1:6]), 3, "alice leaves", 60, Role("admin")
+        )
         await approve_rotation(a, wrapping_keys[1:4], ["bob", "carol", "dave"])
-        assert SecurityDomainFile.from_bytes(a.node.security_domain_file()).header.epoch == 2
+        assert SecurityDomainFile.from_bytes(a.node.custody.security_domain_file()).header.epoch == 2
         a.clock.advance(10)
         back = [fresh_certificate(wrapping_keys[0], "zoe", now), *certs_of(wrapping_keys[1:5])]
         with pytest.raises(UsageError, match="keeps alice's key, which is recorded lost, under CN=zoe"):
-            await a.node.propose_rotation(back, 3, "zoe joins", 60, Role("admin"))
-        review_header = SecurityDomainFile.from_bytes(a.node.security_domain_file()).header
+            await a.node.rotation.propose_rotation(back, 3, "zoe joins", 60, Role("admin"))
+        review_header = SecurityDomainFile.from_bytes(a.node.custody.security_domain_file()).header
         assert all(s.name != "alice" for s in review_header.slots)
 
 
@@ -136,7 +140,7 @@ async def test_a_stream_announcing_another_custodians_key_receives_nothing(
     bob_thumb = pki.thumbprint_sha256(bob_cert)
     async with running_cluster(pki_dir, tmp_path / "a") as a:
         await a.download(certs_of(wrapping_keys[:5]), quorum=3)
-        await a.node.start_drill("Q4 drill", 60, Role("admin"))
+        await a.node.custody.start_drill("Q4 drill", 60, Role("admin"))
         for hello in (
             pb.AgentHello(wrapping_cert_sha256=bob_thumb),
             pb.AgentHello(wrapping_cert_sha256=bob_thumb, wrapping_certificate=bob_cert),
@@ -178,10 +182,10 @@ async def test_a_custodian_answers_only_requests_for_keys_named_for_it(
     releases). On the code before, the request id alone decided, whoever sent it and how."""
     async with running_cluster(pki_dir, tmp_path / "a") as a:
         await a.download(certs_of(wrapping_keys[:5]), quorum=3)
-        await a.node.start_drill("Q4 drill", 60, Role("admin"))
+        await a.node.custody.start_drill("Q4 drill", 60, Role("admin"))
         bob = wrapping_keys[1]
         thumb = pki.thumbprint_sha256(bob.certificate_der())
-        (req,) = a.node.pending_requests(thumb)
+        (req,) = a.node.agents.pending_requests(thumb)
         checked = envelopes.check_request(
             envelopes.Attestation.from_bytes(req.attestation),
             SignedHeader(req.header_bytes, req.header_signature),
@@ -236,7 +240,7 @@ async def test_another_custodians_stream_does_not_keep_a_gone_custodian_shown_as
     bob_thumb = pki.thumbprint_sha256(bob_cert)
     async with running_cluster(pki_dir, tmp_path / "a") as a:
         await a.download(certs_of(wrapping_keys[:5]), quorum=3)
-        await a.node.start_drill("Q4 drill", 60, Role("admin"))
+        await a.node.custody.start_drill("Q4 drill", 60, Role("admin"))
         async with a.client("custodian-alice") as mallory:
             squat = mallory.custodian.WatchRequests(pb.AgentHello(wrapping_cert_sha256=bob_thumb))
             await squat.initial_metadata()
@@ -264,8 +268,8 @@ async def test_a_drill_tells_a_new_certificate_over_the_slots_key_from_another_k
         await a.download(certs_of(wrapping_keys[:5]), quorum=3)
         a.start_agent("erin", reissued, tmp_path)
         a.start_agent("dave", wrapping_keys[5], tmp_path)
-        await wait_for(lambda: len(a.node.connected_custodians()) == 2)
-        s = await a.node.start_drill("Q4 drill", 60, Role("admin"))
+        await wait_for(lambda: len(a.node.agents.connected_custodians()) == 2)
+        s = await a.node.custody.start_drill("Q4 drill", 60, Role("admin"))
         detail = {p.name: (p.status.name, p.detail) for p in s.status().custodians}
         assert detail["erin"] == (
             "REJECTED",

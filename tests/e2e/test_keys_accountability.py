@@ -291,7 +291,7 @@ async def test_keys_survive_a_restart_in_each_state_and_expire_at_start(
 ) -> None:
     sealing, clock, data = os.urandom(32), Clock(), tmp_path / "n"
     node = _node(pki_dir, data, sealing, clock, retention=7)
-    await node.download(certs_of(wrapping_keys[:3]), 2, ADMIN)
+    await node.activation.download(certs_of(wrapping_keys[:3]), 2, ADMIN)
     for name in ("live", "deleted", "recovered", "purged", "expires"):
         await node.keys.create_key(name, KeyType.AES256_GCM, APP)
     ct = node.key_ops.encrypt("recovered", b"p", b"", APP)
@@ -325,7 +325,7 @@ async def test_changing_a_keys_owner_on_disk_does_not_give_it_to_an_app(
     the admin's key to an app by editing its owner column."""
     sealing, clock, data = os.urandom(32), Clock(), tmp_path / "n"
     node = _node(pki_dir, data, sealing, clock)
-    await node.download(certs_of(wrapping_keys[:3]), 2, ADMIN)
+    await node.activation.download(certs_of(wrapping_keys[:3]), 2, ADMIN)
     await node.keys.create_key("k", KeyType.ED25519, ADMIN)
     db = sqlite3.connect(data / "node.db")
     db.execute("UPDATE keys SET owner = 'app' WHERE name = 'k'")
@@ -342,7 +342,7 @@ async def test_a_database_of_the_previous_version_keeps_its_keys_for_the_app(
     belong to ``app`` (whom every key served before), and still open."""
     sealing, clock, data = os.urandom(32), Clock(), tmp_path / "n"
     node = _node(pki_dir, data, sealing, clock)
-    await node.download(certs_of(wrapping_keys[:3]), 2, ADMIN)
+    await node.activation.download(certs_of(wrapping_keys[:3]), 2, ADMIN)
     await node.keys.create_key("k", KeyType.AES256_GCM, APP)
     ct = node.key_ops.encrypt("k", b"p", b"", APP)
     node.store.close()
@@ -363,7 +363,7 @@ async def test_a_backup_keeps_deleted_keys_deleted_and_a_restore_purges_those_pa
 ) -> None:
     sealing, clock, data = os.urandom(32), Clock(), tmp_path / "n"
     node = _node(pki_dir, data, sealing, clock, retention=10)
-    await node.download(certs_of(wrapping_keys[:3]), 2, ADMIN)
+    await node.activation.download(certs_of(wrapping_keys[:3]), 2, ADMIN)
     await node.keys.create_key("mine", KeyType.AES256_GCM, ADMIN)
     await node.keys.create_key("theirs", KeyType.AES256_GCM, PAYMENTS)
     await node.keys.create_key("gone", KeyType.AES256_GCM, APP)
@@ -394,7 +394,7 @@ async def test_a_backup_taken_before_keys_had_owners_restores_its_keys_for_the_a
     deletion time) restores, its keys live and owned by ``app``."""
     sealing, clock, data = os.urandom(32), Clock(), tmp_path / "n"
     node = _node(pki_dir, data, sealing, clock)
-    await node.download(certs_of(wrapping_keys[:3]), 2, ADMIN)
+    await node.activation.download(certs_of(wrapping_keys[:3]), 2, ADMIN)
     await node.keys.create_key("k", KeyType.AES256_GCM, APP)
     ct = node.key_ops.encrypt("k", b"p", b"", APP)
     assert node.lifecycle.domain is not None

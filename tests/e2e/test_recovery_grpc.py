@@ -191,7 +191,7 @@ async def test_agent_refuses_a_slot_that_is_not_its_own(
 ) -> None:
     async with node_b_and_sd_file(pki_dir, tmp_path, wrapping_keys[:5]) as (b, sd):
         await b.start_recovery(sd)
-        (bobs,) = b.node.pending_requests(pki.thumbprint_sha256(wrapping_keys[1].certificate_der()))
+        (bobs,) = b.node.agents.pending_requests(pki.thumbprint_sha256(wrapping_keys[1].certificate_der()))
         from custodian_agent.agent import Agent, AgentConfig
 
         alice = Agent(
@@ -221,10 +221,10 @@ async def test_request_streams_wake_when_requests_open_not_on_every_delivery_or_
     pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey]
 ) -> None:
     async with node_b_and_sd_file(pki_dir, tmp_path, wrapping_keys[:5]) as (b, sd):
-        before_upload = b.node.request_token()
+        before_upload = b.node.notices.request_token()
         await b.start_recovery(sd)
         assert before_upload.is_set()  # the five requests opened: every agent's stream wakes
-        after_upload, any_change = b.node.request_token(), b.node.change_token()
+        after_upload, any_change = b.node.notices.request_token(), b.node.notices.change_token()
         for name, key in zip(NAMES[:5], wrapping_keys[:5], strict=True):
             b.start_agent(name, key, tmp_path)
         last = await b.wait_session()
@@ -241,7 +241,7 @@ async def test_corrupted_share_is_named_and_the_honest_quorum_still_completes(
         # dave is dishonest: a correctly signed release whose sealed share is off by one.
         dave = wrapping_keys[3]
         thumb = pki.thumbprint_sha256(dave.certificate_der())
-        (req,) = b.node.pending_requests(thumb)
+        (req,) = b.node.agents.pending_requests(thumb)
         checked = envelopes.check_request(
             envelopes.Attestation.from_bytes(req.attestation),
             SignedHeader(req.header_bytes, req.header_signature),

@@ -1,0 +1,218 @@
+"""The ceremony host: the node's one session slot.
+
+At most one ceremony (recovery, drill, rotation, Azure restore) runs at a time; a node restart drops
+a running session (its exchange key lived only in memory). Whichever path finds a session ended
+(the ticker, an agent's request stream, a late answer, the next session) settles it
+(:meth:`CeremonyHost.settle`): the end is applied once, by the function the owning service
+registered for its kind (:meth:`CeremonyHost.on_completed`), and audited once, so a drill's results
+and every end's audit entry never depend on which path came first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, Protocol, TypeVar
+
+from coordinator import (
+    Ceremony,
+    CeremonyStatus,
+    CustodianRequest,
+    SessionState,
+)
+from hsm_node.audit_log import AuditLog
+from hsm_node.notices import Notices
+from sdquorum import envelopes
+from sdquorum.errors import StateError, UsageError
+from sdquorum.pki import Role
+from sdquorum_rpc.observability import SESSION_ID, NodeMetrics
+
+
+class HostConfig(Protocol):
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def address(self) -> str: ...
+    @property
+    def attestation_key(self) -> Any: ...
+    @property
+    def attestation_cert_der(self) -> bytes: ...
+    @property
+    def default_session_seconds(self) -> int: ...
+
+
+log = logging.getLogger("sdquorum.node")
+
+
+__all__ = ["CeremonyHost"]
+
+C = TypeVar("C", bound=Ceremony)
+DEFAULT_SESSION_SECONDS = 600
+MAX_SESSION_SECONDS = 24 * 3600
+Apply = Callable[[Any], bool]  # True: it audited the completion itself
+
+
+class CeremonyHost:
+    """The one session slot: start, find, settle and apply sessions; watch them."""
+
+    def __init__(
+        self,
+        config: HostConfig,
+        audit: AuditLog,
+        notices: Notices,
+        *,
+        now: Callable[[], int],
+        rng: Callable[[int], bytes],
+        tick: Callable[[], Awaitable[None]],
+        metrics: NodeMetrics | None,
+    ) -> None:
+        self._config = config
+        self._audit = audit
+        self._now = now
+        self._rng = rng
+        self._tick = tick
+        self.metrics = metrics
+        self.address = config.address  # where custodians reach the node (known once it listens)
+        self.lock = asyncio.Lock()
+        self.session: Ceremony | None = None
+        self.notices = notices
+        self._applied: set[str] = set()  # sessions whose end has been applied and audited
+        self._background: set[asyncio.Task[None]] = set()
+        self._appliers: dict[type[Ceremony], Apply] = {}
+
+    def on_completed(self, kind: type[C], apply: Callable[[C], bool]) -> None:
+        """Register what a completed session of ``kind`` changes (in its ending's transaction);
+        ``apply`` returns True if it wrote the completion's audit entry itself."""
+        self._appliers[kind] = apply
+
+    def _changed(self) -> None:
+        self.notices.notify()
+
+    def drop_unrecorded(self, session: Ceremony) -> None:
+        """``session`` ended in a batch that did not commit: nothing more is applied for it."""
+        self._applied.add(session.session_id)
+
+    def new_session(self, cls: type[C], reason: str, ttl_seconds: int, caller: Role) -> C:
+        """Make a session of ``cls`` (checks: no other running, reason, deadline) and audit it."""
+        if self.session is not None and not self.settle(self.session):
+            raise StateError(
+                f"{self.session.kind} session {self.session.session_id} is still running: "
+                "wait for it to end or for its deadline"
+            )
+        if not reason.strip() or len(reason) > 500 or not reason.isprintable():
+            raise UsageError(
+                "give a reason of 1..500 printable characters: custodians see it before approving"
+            )
+        ttl = ttl_seconds or self._config.default_session_seconds
+        if not 10 <= ttl <= MAX_SESSION_SECONDS:
+            raise UsageError(f"the session deadline must be 10..{MAX_SESSION_SECONDS} seconds")
+        now = self._now()
+        session = cls(
+            session_id=self._rng(16).hex(),
+            node_id=self._config.node_id,
+            node_address=self.address,
+            initiator=str(caller),
+            reason=reason.strip(),
+            created_at=now,
+            expires_at=now + ttl,
+            rng=self._rng,
+        )
+        self.session = session
+        SESSION_ID.set(session.session_id)
+        log.info("%s session %s started by %s: %s", session.kind, session.session_id, caller, reason)
+        self._audit(
+            f"{session.kind}-started",
+            caller,
+            {"session_id": session.session_id, "reason": session.reason, "expires_at": session.expires_at},
+        )
+        return session
+
+    def session_by_id(self, session_id: str) -> Ceremony:
+        s = self.session
+        SESSION_ID.set(session_id[:64])
+        if s is None or s.session_id != session_id:
+            raise StateError(
+                f"no session {session_id!r} on this node: start one with sdctl recover, drill or rotate"
+            )
+        return s
+
+    def require_session(self) -> Ceremony:
+        if self.session is None:
+            raise StateError("no ceremony is running")
+        SESSION_ID.set(self.session.session_id)
+        return self.session
+
+    def in_background(self, work: Coroutine[Any, Any, None], what: str) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._background.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("%s failed: %s", what, t.exception())
+
+        task.add_done_callback(done)
+
+    def sign_attestation(self, statement: envelopes.ExchangeStatement) -> envelopes.Attestation:
+        return envelopes.sign_attestation(
+            statement, self._config.attestation_key, self._config.attestation_cert_der
+        )
+
+    def apply_if_finished(self, session: Ceremony) -> None:
+        """Apply a session that has just finished (once), then wake every watcher."""
+        if session.finished and session.session_id not in self._applied:
+            self._applied.add(session.session_id)
+            if self.metrics is not None:
+                self.metrics.ceremony_ended(
+                    session.kind, session.state.name.lower(), self._now() - session.created_at
+                )
+            apply = self._appliers.get(type(session))
+            audited_by_apply = False
+            if session.state is SessionState.COMPLETED and apply is not None:
+                audited_by_apply = apply(session)
+            if not audited_by_apply:
+                self._audit(
+                    f"{session.kind}-{session.state.name.lower()}",
+                    "node",
+                    {"session_id": session.session_id, "message": session.message},
+                )
+        self._changed()
+
+    def settle(self, s: Ceremony) -> bool:
+        """Whether ``s`` has finished, its deadline applied first. Whichever path finds a session
+        ended (this ticker, an agent's request stream, a late answer, the next session) applies it,
+        once: a drill's results and every end's audit entry never depend on which came first."""
+        if not s.tick(self._now()):
+            return False
+        if s.session_id not in self._applied:
+            log.warning("%s session %s ended: %s", s.kind, s.session_id, s.message)
+            self.apply_if_finished(s)
+        return True
+
+    async def watch(self, session_id: str) -> AsyncIterator[CeremonyStatus]:
+        session = self.session_by_id(session_id)
+        last: CeremonyStatus | None = None
+        while True:
+            token = self.notices.change_token()
+            await self._tick()
+            st = session.status()
+            if st != last:
+                yield st
+                last = st
+            if st.state in (SessionState.COMPLETED, SessionState.FAILED):
+                return  # decided on the status just sent, so the final state is always sent
+            await self.notices.wait_change(token, timeout=1.0)
+
+    def export_requests(self, session_id: str) -> list[tuple[str, CustodianRequest]]:
+        """Every open request with its custodian's name, for offline request files."""
+        s = self.session_by_id(session_id)
+        names = {p.x: p.name for p in s.status().custodians}
+        self._audit("offline-requests-exported", "admin", {"session_id": session_id})
+        return [(names[r.x], r) for r in s.requests()]
+
+    def mark_delivered(self, request: CustodianRequest) -> None:
+        s = self.session
+        if s is not None and s.session_id == request.session_id:
+            s.mark_delivered(request.request_id)
+            self._changed()
