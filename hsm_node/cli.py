@@ -29,7 +29,7 @@ from hsm_node.config import SETTINGS, NodeSettings
 from hsm_node.cryptopool import CryptoPool, reuse_large_buffers
 from hsm_node.node import Node, NodeConfig
 from hsm_node.server import serve
-from hsm_node.store import SqliteNodeStore, check_data_dir, load_or_create_sealing_key
+from hsm_node.store import NodeStore, SqliteNodeStore, check_data_dir, load_or_create_sealing_key
 from sdquorum import __version__
 from sdquorum.errors import UsageError
 from sdquorum_rpc.cli import run_main
@@ -87,11 +87,38 @@ def _load_attestation(cert_path: Path, key_path: Path, node_id: str) -> tuple[Ed
     return key, cert.public_bytes(serialization.Encoding.DER)
 
 
+def _open_store(cfg: NodeSettings, sealing_key: bytes) -> NodeStore:
+    """The node's own SQLite database, or, with pool.etcd_endpoints, the pool's store."""
+    if not cfg.pool_etcd:
+        return SqliteNodeStore(cfg.data_dir, sealing_key, cfg.node_id)
+    from hsm_node.pool.etcd import EtcdConfig  # grpc stubs of etcd: only a pool member loads them
+    from hsm_node.pool.store import PoolNodeStore
+
+    assert cfg.pool_etcd_cert and cfg.pool_etcd_key and cfg.pool_etcd_ca  # checked by NodeSettings
+    try:
+        etcd = EtcdConfig(
+            endpoints=cfg.pool_endpoints,
+            ca_pem=cfg.pool_etcd_ca.read_bytes(),
+            cert_pem=cfg.pool_etcd_cert.read_bytes(),
+            key_pem=cfg.pool_etcd_key.read_bytes(),
+        )
+    except OSError as e:
+        raise UsageError(
+            f"cannot read the pool's etcd TLS files ({e.strerror}: {e.filename}): check "
+            "--pool-etcd-cert/--pool-etcd-key/--pool-etcd-ca"
+        ) from e
+    store = PoolNodeStore(
+        etcd, cfg.pool_name.encode(), cfg.data_dir, sealing_key, cfg.node_id, max_staleness=cfg.max_staleness
+    )
+    log.info("pool member of %s through etcd %s", cfg.pool_name, ",".join(cfg.pool_endpoints))
+    return store
+
+
 async def _run(cfg: NodeSettings) -> int:
     reuse_large_buffers()  # data-plane batches: large buffers without page faults on every call
     att_key, att_der = _load_attestation(cfg.attestation_cert, cfg.attestation_key, cfg.node_id)
     check_data_dir(cfg.data_dir)  # before the sealing key is made: a refused start leaves nothing
-    store = SqliteNodeStore(cfg.data_dir, load_or_create_sealing_key(cfg.sealing_key_path), cfg.node_id)
+    store = _open_store(cfg, load_or_create_sealing_key(cfg.sealing_key_path))
     config = NodeConfig(
         node_id=cfg.node_id,
         address=cfg.address or cfg.listen,

@@ -9,6 +9,7 @@ refused, nothing secret in etcd, and a member that loses etcd stopping to serve 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import secrets
@@ -20,12 +21,14 @@ from pathlib import Path
 import pytest
 from etcd_cluster import EtcdCluster
 
+from hsm_node.cli import _open_store
+from hsm_node.config import NodeSettings
 from hsm_node.keyops import KeyType
 from hsm_node.pool.etcd import EtcdClient
 from hsm_node.pool.store import LOCAL_FILE, PoolNodeStore
 from hsm_node.store import DomainInfo
 from sdquorum import sdfile
-from sdquorum.errors import AlreadyExistsError, StateError, TransportError
+from sdquorum.errors import AlreadyExistsError, StateError, TransportError, UsageError
 from sdquorum.review import RetiredEpoch
 
 pytestmark = pytest.mark.slow
@@ -239,6 +242,55 @@ def test_etcd_never_holds_a_secret_in_the_clear(
         domain.data_encryption_key.hex() not in (tmp_path / "node-a" / LOCAL_FILE).read_text()
     )  # sealed on disk too
     assert (tmp_path / "node-a" / LOCAL_FILE).stat().st_mode & 0o077 == 0
+
+
+def _settings(tmp_path: Path, **env: str) -> NodeSettings:
+    base = {
+        "SDQUORUM_NODE_ID": "node-a",
+        "SDQUORUM_NODE_DATA_DIR": str(tmp_path / "data"),
+        "SDQUORUM_NODE_TLS_CERT": "t.pem",
+        "SDQUORUM_NODE_TLS_KEY": "t.key",
+        "SDQUORUM_NODE_TLS_CA": "ca.pem",
+        "SDQUORUM_NODE_ATTESTATION_CERT": "a.pem",
+        "SDQUORUM_NODE_ATTESTATION_KEY": "a.key",
+    }
+    return NodeSettings.load(argparse.Namespace(config=None), environ={**base, **env})
+
+
+def test_pool_settings_are_checked_with_one_line_errors(tmp_path: Path) -> None:
+    assert _settings(tmp_path).pool_etcd is None  # no pool: a node standing alone
+    with pytest.raises(UsageError, match="--pool-etcd-key, --pool-etcd-ca is not"):
+        _settings(tmp_path, SDQUORUM_NODE_POOL_ETCD="127.0.0.1:2379", SDQUORUM_NODE_POOL_ETCD_CERT="c.pem")
+    with pytest.raises(UsageError, match=r"pool\.max_staleness"):
+        _settings(tmp_path, SDQUORUM_NODE_POOL_MAX_STALENESS="soon")
+    with pytest.raises(UsageError, match=r"pool\.etcd_endpoints"):
+        _settings(
+            tmp_path,
+            SDQUORUM_NODE_POOL_ETCD="etcd-0",
+            SDQUORUM_NODE_POOL_ETCD_CERT="c",
+            SDQUORUM_NODE_POOL_ETCD_KEY="k",
+            SDQUORUM_NODE_POOL_ETCD_CA="ca",
+        )
+
+
+def test_hsm_node_run_with_pool_settings_opens_a_pool_member(cluster: EtcdCluster, tmp_path: Path) -> None:
+    pair = cluster.client("node-a")
+    cfg = _settings(
+        tmp_path,
+        SDQUORUM_NODE_POOL_ETCD=",".join(cluster.endpoints),
+        SDQUORUM_NODE_POOL_ETCD_CERT=str(pair.cert),
+        SDQUORUM_NODE_POOL_ETCD_KEY=str(pair.key),
+        SDQUORUM_NODE_POOL_ETCD_CA=str(cluster.ca),
+        SDQUORUM_NODE_POOL_NAME=f"p-{secrets.token_hex(4)}",
+        SDQUORUM_NODE_POOL_MAX_STALENESS="3",
+    )
+    store = _open_store(cfg, SEALING_A)
+    try:
+        assert isinstance(store, PoolNodeStore)
+        store.put_key(DEK, "via-settings", AES, b"pub", b"p", 1, "app")
+        assert store.get_key(DEK, "via-settings")[1] == b"p"
+    finally:
+        store.close()
 
 
 def test_losing_etcd_stops_serving_after_max_staleness_and_all_resume(
