@@ -1,7 +1,8 @@
 """The HSM pool: several hsm-node members sharing one security domain through etcd (issue 16).
 
-Only the etcd client is here so far (:mod:`hsm_node.pool.etcd`); the pool's store implements the
-node's storage seam on top of it.
+:mod:`hsm_node.pool.etcd` is the typed etcd client; :mod:`hsm_node.pool.store` implements the
+node's storage seam on top of it (``hsm-node run --pool-etcd ...`` opens it). ``PoolNodeStore`` is
+imported from its module, not from here: a node standing alone never loads etcd's stubs.
 """
 
 from hsm_node.pool.etcd import (
