@@ -114,6 +114,30 @@ def _open_store(cfg: NodeSettings, sealing_key: bytes) -> NodeStore:
     return store
 
 
+def _start_pool(
+    cfg: NodeSettings, node: Node, store: NodeStore, att_key: Ed25519PrivateKey, att_der: bytes
+) -> asyncio.Future[None] | None:
+    """A pool member: the pool service on ``node.pool`` and its loop (join, serve joins, follow)."""
+    from hsm_node.pool.member import PoolMember
+    from hsm_node.pool.service import PoolService
+    from hsm_node.pool.store import PoolNodeStore
+
+    if not isinstance(store, PoolNodeStore):
+        return None
+    assert cfg.pool_attestation_root is not None  # checked by NodeSettings
+    try:
+        root = cfg.pool_attestation_root.read_bytes()
+    except OSError as e:
+        raise UsageError(
+            f"cannot read --pool-attestation-root {cfg.pool_attestation_root}: {e.strerror}"
+        ) from e
+    member = PoolMember(store, cfg.node_id, att_key, att_der, root)
+    member.check_standing()  # a removed member does not start
+    service = PoolService(cfg.pool_name, member, node.lifecycle, node.audit_log, node.now)
+    node.pool = service
+    return asyncio.ensure_future(service.run())
+
+
 async def _run(cfg: NodeSettings) -> int:
     reuse_large_buffers()  # data-plane batches: large buffers without page faults on every call
     att_key, att_der = _load_attestation(cfg.attestation_cert, cfg.attestation_key, cfg.node_id)
@@ -136,6 +160,7 @@ async def _run(cfg: NodeSettings) -> int:
         else None
     )
     node = Node(config, store, metrics=metrics, crypto_pool=pool)
+    pool_task = _start_pool(cfg, node, store, att_key, att_der)
     if cfg.metrics_listen:  # bound first: a refused port stops start-up before anything serves
         mport = metrics.serve(cfg.metrics_listen, cfg.tls_cert, cfg.tls_key, cfg.ca)
         log.info(
@@ -159,6 +184,8 @@ async def _run(cfg: NodeSettings) -> int:
     await stop.wait()
     log.info("draining: no new calls; %d s for calls in flight", cfg.drain_seconds)
     await server.stop(grace=cfg.drain_seconds)
+    if pool_task is not None:
+        pool_task.cancel()
     if pool is not None:
         await pool.close()
     metrics.close()

@@ -161,6 +161,13 @@ SETTINGS = [
     ),
     Setting("pool.etcd_ca", "--pool-etcd-ca", E + "POOL_ETCD_CA", Path, help="the etcd cluster's CA"),
     Setting(
+        "pool.attestation_root",
+        "--pool-attestation-root",
+        E + "POOL_ATTESTATION_ROOT",
+        Path,
+        help="the attestation root a joining node's and a granting member's certificates must chain to",
+    ),
+    Setting(
         "pool.name",
         "--pool-name",
         E + "POOL_NAME",
@@ -212,6 +219,7 @@ class NodeSettings:
     pool_etcd_cert: Path | None = None
     pool_etcd_key: Path | None = None
     pool_etcd_ca: Path | None = None
+    pool_attestation_root: Path | None = None
     pool_name: str = "sdquorum"
     pool_max_staleness: str = "5"
 
@@ -270,13 +278,15 @@ class NodeSettings:
                 ("--pool-etcd-cert", self.pool_etcd_cert),
                 ("--pool-etcd-key", self.pool_etcd_key),
                 ("--pool-etcd-ca", self.pool_etcd_ca),
+                ("--pool-attestation-root", self.pool_attestation_root),
             )
             if v is None
         ]
         if missing:
             raise UsageError(
                 f"pool.etcd_endpoints is set but {', '.join(missing)} is not: a pool member talks to etcd "
-                "over mutual TLS only (issue its pair with 'sdctl pki issue --etcd-node')"
+                "over mutual TLS only (issue its pair with 'sdctl pki issue --etcd-node') and checks joins "
+                "under the attestation root"
             )
 
     @property

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -91,6 +92,7 @@ class Node:
         self._clock = clock
         now = self.now
         self.lifecycle = Lifecycle(store)
+        self.pool: Any = None  # an HSM pool member: hsm_node.pool.service.PoolService (set by the CLI)
         self.audit_log = AuditLog(
             store,
             node_id=config.node_id,

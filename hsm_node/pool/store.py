@@ -7,7 +7,8 @@ below are relative to it); what belongs to this member stays on its own disk:
   (decimal) and ``info`` (:class:`DomainInfo` JSON), written together in one transaction;
   ``keys/<quoted name>`` one key row each (the private material sealed under the domain's DEK
   exactly as the other stores seal it: etcd never sees a key in the clear); ``audit/<chain>/<seq>``
-  one audit entry each; ``custody/<id>``, ``drills/<id>``, ``retired/<epoch>``: custody records,
+  one audit entry each (the domain chain is shared; ``provisioning@<node id>`` is each member's
+  own provisioning chain); ``custody/<id>``, ``drills/<id>``, ``retired/<epoch>``: custody records,
   drill results and retired epochs (JSON, no secret); ``flags/<name>`` the compromise flag and the
   former custodians; ``seen/<domain id hex>`` the highest epoch seen of a domain.
 * this member's disk, ``<data_dir>/pool-member.json`` (0600, in a 0700 directory): the node state
@@ -128,6 +129,7 @@ class PoolNodeStore:
         if max_staleness <= 0:
             raise StateError("pool.max_staleness must be more than 0 seconds")
         self._layout = Layout(pool_id)
+        self._node_id = node_id
         self._prefix = self._layout.prefix
         self._config = config
         self._max_staleness = max_staleness
@@ -269,6 +271,10 @@ class PoolNodeStore:
             self._loop.close()
 
     # ------------------------------------------------------------------ freshness and reads
+
+    def mark_removed(self) -> None:
+        """This member was removed from the pool: refuse everything from now on."""
+        self._removed = True
 
     def staleness(self) -> float:
         """Seconds since etcd last answered this member."""
@@ -525,17 +531,21 @@ class PoolNodeStore:
     def _sub(self, *parts: str) -> bytes:
         return self._prefix + "/".join(urllib.parse.quote(p, safe="") for p in parts).encode()
 
+    def _chain(self, chain: str) -> str:
+        """The domain's chain is the pool's; each member's provisioning chain is its own."""
+        return f"{chain}@{self._node_id}" if chain == "provisioning" else chain
+
     def append_audit(self, chain: str, seq: int, entry_json: str) -> None:
         with self._write() as tx:
             self._create(
                 tx,
-                self._sub("audit", chain, f"{seq:020d}"),
+                self._sub("audit", self._chain(chain), f"{seq:020d}"),
                 entry_json.encode(),
                 f"audit entry {seq} of chain {chain!r} exists already",
             )
 
     def audit_entries(self, chain: str) -> list[str]:
-        rows = self._scan(self._sub("audit", chain) + b"/")
+        rows = self._scan(self._sub("audit", self._chain(chain)) + b"/")
         return [v.decode() for _, v in sorted(rows)]
 
     def last_audit(self, chain: str) -> str | None:

@@ -259,7 +259,7 @@ def _settings(tmp_path: Path, **env: str) -> NodeSettings:
 
 def test_pool_settings_are_checked_with_one_line_errors(tmp_path: Path) -> None:
     assert _settings(tmp_path).pool_etcd is None  # no pool: a node standing alone
-    with pytest.raises(UsageError, match="--pool-etcd-key, --pool-etcd-ca is not"):
+    with pytest.raises(UsageError, match="--pool-etcd-key, --pool-etcd-ca, --pool-attestation-root is not"):
         _settings(tmp_path, SDQUORUM_NODE_POOL_ETCD="127.0.0.1:2379", SDQUORUM_NODE_POOL_ETCD_CERT="c.pem")
     with pytest.raises(UsageError, match=r"pool\.max_staleness"):
         _settings(tmp_path, SDQUORUM_NODE_POOL_MAX_STALENESS="soon")
@@ -270,6 +270,7 @@ def test_pool_settings_are_checked_with_one_line_errors(tmp_path: Path) -> None:
             SDQUORUM_NODE_POOL_ETCD_CERT="c",
             SDQUORUM_NODE_POOL_ETCD_KEY="k",
             SDQUORUM_NODE_POOL_ETCD_CA="ca",
+            SDQUORUM_NODE_POOL_ATTESTATION_ROOT="root",
         )
 
 
@@ -281,6 +282,7 @@ def test_hsm_node_run_with_pool_settings_opens_a_pool_member(cluster: EtcdCluste
         SDQUORUM_NODE_POOL_ETCD_CERT=str(pair.cert),
         SDQUORUM_NODE_POOL_ETCD_KEY=str(pair.key),
         SDQUORUM_NODE_POOL_ETCD_CA=str(cluster.ca),
+        SDQUORUM_NODE_POOL_ATTESTATION_ROOT=str(cluster.ca),
         SDQUORUM_NODE_POOL_NAME=f"p-{secrets.token_hex(4)}",
         SDQUORUM_NODE_POOL_MAX_STALENESS="3",
     )
