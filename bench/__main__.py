@@ -25,7 +25,7 @@ from typing import Any
 
 from bench._common import BenchContext, Row, machine_facts, quiet_logs, render_table, run_async
 
-PARTS = ("recovery", "flat", "large", "dataplane", "startup")
+PARTS = ("recovery", "flat", "large", "dataplane", "startup", "node")
 PART_LIMIT, PART_LIMIT_QUICK = 480.0, 120.0  # seconds a part may take before the watchdog ends the run
 
 
@@ -42,6 +42,10 @@ def _runner(part: str) -> Callable[[BenchContext], list[Row]]:
         from bench.large import run_large
 
         return run_large
+    if part == "node":
+        from bench.node import run_node
+
+        return lambda ctx: run_async(run_node(ctx))
     if part == "startup":
         from bench.startup import run_startup
 

@@ -2,7 +2,7 @@
 
 Set-up: an in-process node-a (no server) activated 3-of-5, then the key store is bulk-loaded by
 this module (bench-only): rows written straight into the node's SQLite database with the SQL of
-``SqliteNodeStore.put_key`` (same sealing: AES-256-GCM under the domain's data encryption key, AAD
+``SqliteNodeStore.keys.put_key`` (same sealing: AES-256-GCM under the domain's data encryption key, AAD
 ``"{type}|{name}"``) in one transaction. Material comes from ``hsm_node.keyops.generate``: AES-256
 and Ed25519 each generated per key; RSA-3072 generated once for a few keys and reused under many
 names (generation costs ~0.2 s per key; reuse changes no byte count).
@@ -156,7 +156,7 @@ def build_store(ctx: BenchContext, total: int, rsa_names: int, rsa_distinct: int
     node, store = open_node(ctx.pki_dir, data_dir, sealing_key_path)
     try:
         run_async(node.activation.download(ctx.certs(5), 3, Role("admin", None)))
-        loaded = store.load_domain()
+        loaded = store.domain.load_domain()
         if loaded is None:
             raise RuntimeError("the node did not activate")
         dek = loaded[0].data_encryption_key
@@ -369,9 +369,9 @@ def run_large(ctx: BenchContext) -> list[Row]:
     loaded = build_store(ctx, total, rsa_names, rsa_distinct)
     node, store = open_node(ctx.pki_dir, loaded.data_dir, loaded.sealing_key_path)
     try:
-        if node.store.count_keys() != total:
-            raise RuntimeError(f"bulk load wrote {node.store.count_keys()} keys, not {total}")
-        domain = store.load_domain()
+        if node.store.keys.count_keys() != total:
+            raise RuntimeError(f"bulk load wrote {node.store.keys.count_keys()} keys, not {total}")
+        domain = store.domain.load_domain()
         if domain is None:
             raise RuntimeError("no domain")
         secrets = domain[0]
@@ -392,7 +392,7 @@ def run_large(ctx: BenchContext) -> list[Row]:
         from sdquorum import backup as backup_mod
 
         t0 = time.perf_counter()
-        image, count = store.export_key_rows(dek)
+        image, count = store.keys.export_key_rows(dek)
         t1 = time.perf_counter()
         sealed = backup_mod.seal_backup(
             secrets, image, key_count=count, node_id=NODE_ID, created_at=0, rng=os.urandom
@@ -401,7 +401,7 @@ def run_large(ctx: BenchContext) -> list[Row]:
         opened = backup_mod.open_backup(sealed, secrets)
         t3 = time.perf_counter()
         assert opened.key_rows is not None
-        store.import_key_rows(opened.key_rows, opened.header.key_count)
+        store.keys.import_key_rows(opened.key_rows, opened.header.key_count)
         t4 = time.perf_counter()
         phases.append(
             {

@@ -16,7 +16,7 @@ from coordinator.ceremony import (
     SessionState,
 )
 from coordinator.drill import DRILL_OUTCOMES, DrillSession
-from coordinator.recovery import RecoveryRequest, RecoverySession
+from coordinator.recovery import RecoverySession
 from coordinator.rotation import RotationProposal, RotationSession
 
 __all__ = [
@@ -30,7 +30,6 @@ __all__ = [
     "DrillSession",
     "QuorumError",
     "QuorumProgress",
-    "RecoveryRequest",
     "RecoverySession",
     "ReleaseOutcome",
     "RotationProposal",

@@ -31,11 +31,12 @@ import enum
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import nacl.public
 
 from sdquorum import shamir
-from sdquorum.envelopes import Attestation, Denial, ExchangeStatement, verify_denial
+from sdquorum.envelopes import CHALLENGED, Attestation, CeremonyKind, Denial, ExchangeStatement, verify_denial
 from sdquorum.errors import (
     MalformedError,
     SdquorumError,
@@ -123,7 +124,7 @@ class CustodianProgress:
 @dataclass(frozen=True)
 class CeremonyStatus:
     session_id: str
-    kind: str
+    kind: CeremonyKind
     state: SessionState
     required: int
     custodians: tuple[CustodianProgress, ...]
@@ -141,7 +142,7 @@ class CeremonyStatus:
 class CustodianRequest:
     request_id: str
     session_id: str
-    kind: str
+    kind: str  # a CeremonyKind (the node still spells its domain notice as the word)
     x: int
     thumbprint: bytes
     attestation: bytes
@@ -165,10 +166,6 @@ class CustodianRequest:
         )
 
 
-# Kept for the recovery API's callers.
-RecoveryRequest = CustodianRequest
-
-
 @dataclass(frozen=True)
 class ReleaseOutcome:
     x: int
@@ -180,7 +177,7 @@ class ReleaseOutcome:
 
 
 class Ceremony:
-    kind = "ceremony"
+    kind: ClassVar[CeremonyKind]
     answer_word = "answers"
     checks_late_answers = False  # True: _verify_late checks answers after completion until the deadline
 
@@ -342,7 +339,7 @@ class Ceremony:
             expires_at=self.expires_at,
             initiator=self.initiator,
             reason=self.reason,
-            challenge=self._rng(32) if self.kind in ("drill", "rotation") else b"",
+            challenge=self._rng(32) if self.kind in CHALLENGED else b"",
             proposal_sha256=hashlib.sha256(proposal).digest() if proposal else b"",
             destination_certificate=destination_certificate,
         )

@@ -12,22 +12,25 @@ settled or the deadline passes; a drill never fails as a session, its report is 
 from __future__ import annotations
 
 from coordinator.ceremony import AttestationSigner, Ceremony, CustodianRequest, CustodianStatus
-from sdquorum.envelopes import Attestation, Proof, verify_proof
+from sdquorum.envelopes import Attestation, CeremonyKind, Proof, verify_proof
 from sdquorum.errors import StateError
+from sdquorum.review import DrillOutcome
 from sdquorum.sdfile import SignedHeader
 
 __all__ = ["DRILL_OUTCOMES", "DrillSession"]
 
+# How each settled slot is recorded in the review (sdquorum.review.DrillResult); a slot still open
+# at the end counts as unreachable.
 DRILL_OUTCOMES = {
-    CustodianStatus.ACCEPTED: "proved",
-    CustodianStatus.REJECTED: "failed",
-    CustodianStatus.DENIED: "denied",
-    CustodianStatus.UNREACHABLE: "unreachable",
+    CustodianStatus.ACCEPTED: DrillOutcome.PROVED,
+    CustodianStatus.REJECTED: DrillOutcome.FAILED,
+    CustodianStatus.DENIED: DrillOutcome.DENIED,
+    CustodianStatus.UNREACHABLE: DrillOutcome.UNREACHABLE,
 }
 
 
 class DrillSession(Ceremony):
-    kind = "drill"
+    kind = CeremonyKind.DRILL
 
     def start(self, signed: SignedHeader, now: int, sign: AttestationSigner) -> Attestation:
         return self._open(signed, now, sign)
@@ -57,5 +60,5 @@ class DrillSession(Ceremony):
     def _finish(self) -> None:
         counts = {word: 0 for word in DRILL_OUTCOMES.values()}
         for p in self.status().custodians:
-            counts[DRILL_OUTCOMES.get(p.status, "unreachable")] += 1
+            counts[DRILL_OUTCOMES.get(p.status, DrillOutcome.UNREACHABLE)] += 1
         self._complete("drill finished: " + ", ".join(f"{n} {w}" for w, n in counts.items() if n))

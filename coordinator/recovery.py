@@ -37,12 +37,11 @@ from coordinator.ceremony import (
     CustodianStatus,
     QuorumError,
     QuorumProgress,
-    RecoveryRequest,
     ReleaseOutcome,
     SessionState,
 )
 from sdquorum import shamir
-from sdquorum.envelopes import Attestation, Release, open_release
+from sdquorum.envelopes import Attestation, CeremonyKind, Release, open_release
 from sdquorum.errors import SdquorumError, StateError, VerificationError
 from sdquorum.sdfile import DomainSecrets, SecurityDomainFile, open_domain
 
@@ -52,7 +51,6 @@ __all__ = [
     "CustodianStatus",
     "QuorumError",
     "QuorumProgress",
-    "RecoveryRequest",
     "RecoverySession",
     "ReleaseOutcome",
     "SessionState",
@@ -60,7 +58,7 @@ __all__ = [
 
 
 class RecoverySession(Ceremony):
-    kind = "recovery"
+    kind = CeremonyKind.RECOVERY
     answer_word = "shares"
     checks_late_answers = True
 

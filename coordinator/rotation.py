@@ -12,7 +12,7 @@ deadline) is still verified: a wrong one is REJECTED and named, a good one stays
 from __future__ import annotations
 
 from coordinator.ceremony import AttestationSigner, Ceremony, CustodianRequest, CustodianStatus
-from sdquorum.envelopes import Attestation, Proof, verify_proof
+from sdquorum.envelopes import Attestation, CeremonyKind, Proof, verify_proof
 from sdquorum.errors import StateError
 from sdquorum.proposal import RotationProposal
 from sdquorum.sdfile import SignedHeader
@@ -21,7 +21,7 @@ __all__ = ["RotationProposal", "RotationSession"]
 
 
 class RotationSession(Ceremony):
-    kind = "rotation"
+    kind = CeremonyKind.ROTATION
     checks_late_answers = True
 
     def _setup(self) -> None:

@@ -52,6 +52,7 @@ from custodian_agent import responder
 from custodian_agent.approvals import ApprovalBox, asks_person, check_mode
 from custodian_agent.memory import DomainMemory
 from sdquorum import envelopes, pki
+from sdquorum.envelopes import CeremonyKind
 from sdquorum.errors import SdquorumError, TransportError
 from sdquorum.keys import WrappingKey
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
@@ -64,6 +65,10 @@ __all__ = ["Agent", "AgentConfig", "read_heartbeat"]
 
 HEARTBEAT_FILE = "heartbeat.json"
 HEARTBEAT_SECONDS = 5.0
+_SENT_WORD: dict[str, str] = {
+    CeremonyKind.DRILL: "proved",
+    CeremonyKind.ROTATION: "approved",
+}  # else "released"
 
 
 def read_heartbeat(state_dir: Path) -> dict[str, Any] | None:
@@ -285,7 +290,7 @@ class Agent:
             await self._deny(client, msg, CHECK_FAILED)
             return "refused"
         with client.errors():
-            if req.kind in ("recovery", "azure-recovery"):
+            if req.kind in (CeremonyKind.RECOVERY, CeremonyKind.AZURE_RECOVERY):
                 await client.custodian.SubmitRelease(
                     pb.ShareRelease(request_id=req.request_id, release=answer)
                 )
@@ -301,7 +306,7 @@ class Agent:
             req.x,
             details["node_id"],
         )
-        return {"drill": "proved", "rotation": "approved"}.get(req.kind, "released")
+        return _SENT_WORD.get(req.kind, "released")
 
     def _take_notice(self, msg: pb.CustodianRequest) -> str:
         """Remember the domain of a node's notice (its signed header); "noted" or "refused"."""

@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from sdquorum.encoding import canonical_json
+from sdquorum.envelopes import CeremonyKind
 from sdquorum.errors import MalformedError, StateError, UsageError
 from sdquorum.offline import check_request_id
 from sdquorum_rpc.files import private_dir, replace_private_file, tighten_files
@@ -63,7 +64,7 @@ DIGEST_KEY = "details_sha256"
 DEFAULT_STATE_DIR = Path.home() / ".sdquorum-agent"  # agent.state_dir's default
 
 APPROVAL_MODES = ("manual", "auto-drills")
-UNATTENDED_KINDS = {"auto-drills": frozenset({"drill"})}  # kinds a mode answers without a person
+UNATTENDED_KINDS = {"auto-drills": frozenset({CeremonyKind.DRILL})}  # kinds a mode answers without a person
 POLL_FIRST, POLL_MAX = 0.002, 0.2  # seconds between looks for a decision: doubling up to the cap
 
 

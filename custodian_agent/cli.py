@@ -50,7 +50,7 @@ from custodian_agent.keyfile import (
 )
 from custodian_agent.memory import DomainMemory
 from sdquorum import __version__, envelopes, pki
-from sdquorum.envelopes import CustodianPolicy
+from sdquorum.envelopes import CeremonyKind, CustodianPolicy
 from sdquorum.errors import SdquorumError, StateError, UsageError
 from sdquorum.keys import WrappingKey
 from sdquorum.offline import CeremonyRequest, OfflineAnswer
@@ -317,7 +317,7 @@ def _respond(args: argparse.Namespace) -> int:
     if args.yes and asks_person("auto-drills", req.kind):  # the rule 'run' keeps with auto-drills
         raise UsageError(
             f"--yes answers drills only: this {req.kind} request "
-            + ("approves a rotation" if req.kind == "rotation" else "releases your share")
+            + ("approves a rotation" if req.kind == CeremonyKind.ROTATION else "releases your share")
             + "; run again without --yes, read it and type 'yes' at the prompt"
         )
     policy = _policy(args)

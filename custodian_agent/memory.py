@@ -38,6 +38,7 @@ from types import MappingProxyType
 
 from sdquorum.envelopes import RememberedDomain
 from sdquorum.errors import StateError, VerificationError
+from sdquorum.fields import is_int
 from sdquorum_rpc.files import private_dir, replace_private_file
 
 __all__ = ["MEMORY_FILE", "DomainMemory"]
@@ -131,7 +132,7 @@ def _parse(text: bytes) -> dict[bytes, RememberedDomain]:
         epoch = entry["epoch"]
         if len(domain_id) != 16 or len(key) != 32:
             raise ValueError(f"domain {domain_hex[:32]!r} has a wrong-sized id or key")
-        if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch < 2**32:
+        if not is_int(epoch) or not 0 <= epoch < 2**32:
             raise ValueError(f"domain {domain_hex} has an invalid epoch")
         out[domain_id] = RememberedDomain(key, epoch)
     return out

@@ -28,6 +28,7 @@ from sdquorum.azure.ceremony import (
     exchange_certificate_summary,
     release_azure_share,
 )
+from sdquorum.envelopes import CeremonyKind
 from sdquorum.errors import VerificationError
 from sdquorum.keys import WrappingKey
 from sdquorum.offline import CeremonyRequest
@@ -67,7 +68,7 @@ def check(
     )
     if checked.statement.session_id != req.session_id:
         raise VerificationError("the request's session differs from its attestation's")
-    if req.kind == "rotation":
+    if req.kind == CeremonyKind.ROTATION:
         proposal = RotationProposal.from_bytes(req.proposal)
         if proposal.domain_id != checked.header.domain_id or proposal.from_epoch != checked.header.epoch:
             raise VerificationError("the rotation proposal names another domain or epoch")
@@ -122,7 +123,7 @@ def describe(req: CeremonyRequest, checked: Checked) -> dict[str, Any]:
         "expires_at": datetime.fromtimestamp(st.expires_at, tz=UTC).isoformat(),
     }
     out.update(destination(checked))
-    if req.kind == "rotation" and isinstance(checked, envelopes.CheckedRequest):
+    if req.kind == CeremonyKind.ROTATION and isinstance(checked, envelopes.CheckedRequest):
         now = [(slot.name, slot.certificate_der) for slot in checked.header.slots]
         out["proposal"] = RotationProposal.from_bytes(req.proposal).summary(now)
     return out
@@ -147,7 +148,7 @@ def destination(checked: Checked) -> dict[str, str]:
             "destination_subject": cert.subject,
             "exchange_key_sha256": exchange,
         }
-    if st.purpose == "recovery":
+    if st.purpose == CeremonyKind.RECOVERY:
         return {
             "destination": (
                 f"this node's attested exchange key (X25519 SHA-256 {exchange}, node {st.node_id}): the "
@@ -162,6 +163,6 @@ def answer(req: CeremonyRequest, checked: Checked, key: WrappingKey, rng: shamir
     if isinstance(checked, CheckedAzureRequest):
         return release_azure_share(checked, key).to_bytes()
     share = envelopes.decrypt_share(checked, key)
-    if req.kind == "recovery":
+    if req.kind == CeremonyKind.RECOVERY:
         return envelopes.make_release(checked, share, key).to_bytes()
     return envelopes.make_proof(checked, share, key, rng).to_bytes()

@@ -13,18 +13,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from coordinator import (
     CeremonyStatus,
     RecoverySession,
 )
-from hsm_node.audit_log import AuditLog
-from hsm_node.ceremony_host import CeremonyHost
-from hsm_node.ceremony_host import HostConfig as NodeConfigLike
-from hsm_node.state import Lifecycle, NodeState
-from hsm_node.store import DomainInfo, NodeStore
+from hsm_node.ceremony_host import Parts
+from hsm_node.state import NodeState
+from hsm_node.store import DomainInfo
 from sdquorum import policy, sdfile
 from sdquorum.errors import SdquorumError, StateError, VerificationError
 from sdquorum.pki import Role
@@ -38,27 +36,12 @@ __all__ = ["Activation"]
 class Activation:
     """Download, and recovery: init, SD-file upload, and the completed recovery applied."""
 
-    def __init__(
-        self,
-        config: NodeConfigLike,
-        store: NodeStore,
-        lifecycle: Lifecycle,
-        host: CeremonyHost,
-        audit: AuditLog,
-        *,
-        now: Callable[[], int],
-        rng: Callable[[int], bytes],
-    ) -> None:
-        self._config = config
-        self._store = store
-        self._lifecycle = lifecycle
-        self._host = host
-        self._notices = host.notices
-        self._audit = audit
-        self._now = now
-        self._rng = rng
+    def __init__(self, parts: Parts) -> None:
+        p = parts
+        self._config, self._store, self._lifecycle, self._host = p.config, p.store, p.lifecycle, p.host
+        self._notices, self._audit, self._now, self._rng = p.host.notices, p.audit, p.now, p.rng
         self._recovery_file: bytes | None = None
-        host.on_completed(RecoverySession, self._apply_recovery)
+        self._host.on_completed(RecoverySession, self._apply_recovery)
 
     async def download(
         self, certificates: Sequence[bytes], quorum: int, caller: Role
@@ -133,7 +116,7 @@ class Activation:
                     session
                 )  # the session's end is applied and audited now: nothing runs
                 raise
-            self._store.note_epoch(sd.header.domain_id, sd.header.epoch)
+            self._store.domain.note_epoch(sd.header.domain_id, sd.header.epoch)
             self._audit(
                 "sd-file-accepted",
                 "admin",
@@ -159,7 +142,7 @@ class Activation:
             return session.status()
 
     def _refuse_retired_epoch(self, header: sdfile.Header) -> None:
-        highest = self._store.highest_epoch(header.domain_id)
+        highest = self._store.domain.highest_epoch(header.domain_id)
         if highest is not None and header.epoch < highest:
             raise VerificationError(
                 f"epoch {header.epoch} of domain {header.domain_id.hex()} was retired: this node has seen "

@@ -65,22 +65,24 @@ class AuditLog:
     ) -> None:
         """Append an entry to ``chain`` (the current chain if None)."""
         chain = chain or self.chain()
-        last = self._store.last_audit(chain)
+        last = self._store.records.last_audit(chain)
         prev = audit.AuditEntry.from_json(json.loads(last)) if last else None
         entry = audit.make_entry(
             prev, time=self._now(), event=event, actor=str(actor), details=details, key=self._key
         )
-        self._store.append_audit(chain, entry.seq, json.dumps(entry.to_json(), sort_keys=True))
+        self._store.records.append_audit(chain, entry.seq, json.dumps(entry.to_json(), sort_keys=True))
 
     def start_domain_chain(self, event: str, details: dict[str, Any]) -> None:
-        head = self._store.last_audit("provisioning")
+        head = self._store.records.last_audit("provisioning")
         details = {**details, "provisioning_head": json.loads(head)["hash"] if head else audit.GENESIS.hex()}
         self(event, "node", details, chain="domain")
 
     def export(self, chain: str) -> list[str]:
         if chain not in ("domain", "provisioning"):
             raise UsageError("the audit chain is 'domain' or 'provisioning'")
-        entries = [audit.AuditEntry.from_json(json.loads(e)) for e in self._store.audit_entries(chain)]
+        entries = [
+            audit.AuditEntry.from_json(json.loads(e)) for e in self._store.records.audit_entries(chain)
+        ]
         return audit.export_lines(
             entries,
             node_id=self._node_id,

@@ -49,7 +49,7 @@ class Backups:
     def backup(self, caller: Role | str = "admin") -> bytes:
         """The key store as a version 2 backup (module docstring)."""
         domain = self._lifecycle.require_active()
-        image, count = self._store.export_key_rows(domain.data_encryption_key)
+        image, count = self._store.keys.export_key_rows(domain.data_encryption_key)
         created = self._now()
         data = backup.seal_backup(
             domain, image, key_count=count, node_id=self._node_id, created_at=created, rng=self._rng
@@ -66,9 +66,9 @@ class Backups:
         domain = self._lifecycle.require_active()
         opened = backup.open_backup(data, domain)
         if opened.key_rows is not None:
-            self._store.import_key_rows(opened.key_rows, opened.header.key_count)
+            self._store.keys.import_key_rows(opened.key_rows, opened.header.key_count)
         else:
-            self._store.replace_keys(domain.data_encryption_key, opened.keys)
+            self._store.keys.replace_keys(domain.data_encryption_key, opened.keys)
         count = opened.header.key_count
         log.info("restored %d keys from a backup of domain %s", count, domain.domain_id.hex())
         self._audit(

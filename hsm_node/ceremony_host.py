@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from coordinator import (
@@ -23,6 +24,8 @@ from coordinator import (
 )
 from hsm_node.audit_log import AuditLog
 from hsm_node.notices import Notices
+from hsm_node.state import Lifecycle
+from hsm_node.store import NodeStore
 from sdquorum import envelopes
 from sdquorum.errors import StateError, UsageError
 from sdquorum.pki import Role
@@ -45,7 +48,7 @@ class HostConfig(Protocol):
 log = logging.getLogger("sdquorum.node")
 
 
-__all__ = ["CeremonyHost"]
+__all__ = ["CeremonyHost", "HostConfig", "Parts"]
 
 C = TypeVar("C", bound=Ceremony)
 DEFAULT_SESSION_SECONDS = 600
@@ -216,3 +219,17 @@ class CeremonyHost:
         if s is not None and s.session_id == request.session_id:
             s.mark_delivered(request.request_id)
             self._changed()
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What each ceremony service is built over: the node's configuration, store, lifecycle,
+    session host and audit log, and the node's clock and randomness (the only ones it reads)."""
+
+    config: HostConfig
+    store: NodeStore
+    lifecycle: Lifecycle
+    host: CeremonyHost
+    audit: AuditLog
+    now: Callable[[], int]
+    rng: Callable[[int], bytes]

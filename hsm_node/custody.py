@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -24,11 +23,7 @@ from coordinator import (
     DrillSession,
 )
 from hsm_node.agents import Agents
-from hsm_node.audit_log import AuditLog
-from hsm_node.ceremony_host import CeremonyHost
-from hsm_node.ceremony_host import HostConfig as NodeConfigLike
-from hsm_node.state import Lifecycle
-from hsm_node.store import NodeStore
+from hsm_node.ceremony_host import Parts
 from sdquorum import pki, sdfile
 from sdquorum.azure.ceremony import AZURE_PAYLOAD_TAG
 from sdquorum.azure.sdfile import seal_azure_domain
@@ -45,28 +40,12 @@ __all__ = ["Custody"]
 class Custody:
     """Drills, Azure restores, custody records, the compromise flag and SD-file exports."""
 
-    def __init__(
-        self,
-        config: NodeConfigLike,
-        store: NodeStore,
-        lifecycle: Lifecycle,
-        host: CeremonyHost,
-        audit: AuditLog,
-        *,
-        now: Callable[[], int],
-        rng: Callable[[int], bytes],
-        agents: Agents,
-    ) -> None:
-        self._config = config
-        self._store = store
-        self._lifecycle = lifecycle
-        self._host = host
-        self._notices = host.notices
-        self._audit = audit
-        self._now = now
-        self._rng = rng
+    def __init__(self, parts: Parts, agents: Agents) -> None:
+        p = parts
+        self._config, self._store, self._lifecycle, self._host = p.config, p.store, p.lifecycle, p.host
+        self._notices, self._audit, self._now, self._rng = p.host.notices, p.audit, p.now, p.rng
         self._agents = agents
-        host.on_completed(DrillSession, self._apply_drill)
+        self._host.on_completed(DrillSession, self._apply_drill)
 
     def require_healthy_domain(self, what: str) -> tuple[sdfile.SignedHeader, sdfile.DomainSecrets]:
         self._lifecycle.require_active()
@@ -74,7 +53,7 @@ class Custody:
             raise StateError(
                 f"the domain is marked compromised: no {what}; provision a new domain (docs/runbooks/compromise.md)"
             )
-        data = self._store.sd_file()
+        data = self._store.domain.sd_file()
         if data is None or self._lifecycle.domain is None:
             raise StateError("this node holds no SD file: it was activated by an older version")
         return sdfile.SecurityDomainFile.from_bytes(data).signed_header, self._lifecycle.domain
@@ -138,7 +117,7 @@ class Custody:
     def _held_custodian_keys(self) -> tuple[frozenset[bytes], frozenset[bytes]]:
         """Thumbprints and SPKI digests of every custodian certificate of the domain this node holds
         (none on a node that holds no domain)."""
-        data = self._store.sd_file()
+        data = self._store.domain.sd_file()
         if data is None or self._lifecycle.domain is None:
             return frozenset(), frozenset()
         slots = sdfile.SecurityDomainFile.from_bytes(data).header.slots
@@ -159,7 +138,7 @@ class Custody:
         custodian handing over its private key). Its one item is tagged ``AZURE_PAYLOAD_TAG``, so no
         sdquorum node and no agent turns it into a transfer file (module docstring)."""
         self._lifecycle.require_active()
-        data = self._store.sd_file()
+        data = self._store.domain.sd_file()
         if data is None or self._lifecycle.domain is None:
             raise StateError("this node holds no SD file")
         if fmt in ("", "native"):
@@ -199,7 +178,7 @@ class Custody:
             raise UsageError(
                 f"{stamped.custodian!r} is not a custodian of this epoch: use one of {', '.join(sorted(names))}"
             )
-        self._store.add_custody_record(stamped)
+        self._store.records.add_custody_record(stamped)
         self._audit(f"custody-{stamped.kind}", caller, stamped.to_json())
         return stamped
 
@@ -210,7 +189,7 @@ class Custody:
         if self._host.session is not None and not self._host.session.finished:
             self._host.session.abort("the domain was marked compromised")
             self._host.apply_if_finished(self._host.session)
-        self._store.set_flag("compromised", reason.strip()[:500])
+        self._store.domain.set_flag("compromised", reason.strip()[:500])
         self._audit("domain-compromised", caller, {"reason": reason.strip()[:500]})
         self._notices.notify()
 
@@ -221,14 +200,14 @@ class Custody:
             "node_id": self._config.node_id,
             "header": signed.header_bytes,
             "signature": signed.signature,
-            "records": [r.to_json() for r in self._store.custody_records()],
-            "drills": [r.to_json() for r in self._store.drill_results()],
-            "retired": [r.to_json() for r in self._store.retired_epochs()],
+            "records": [r.to_json() for r in self._store.records.custody_records()],
+            "drills": [r.to_json() for r in self._store.records.drill_results()],
+            "retired": [r.to_json() for r in self._store.records.retired_epochs()],
             "compromised": self._lifecycle.compromised,
         }
 
     def _current_signed(self) -> sdfile.SignedHeader:
-        data = self._store.sd_file()
+        data = self._store.domain.sd_file()
         if data is None:
             raise StateError("this node holds no SD file")
         return sdfile.SecurityDomainFile.from_bytes(data).signed_header
@@ -242,7 +221,7 @@ class Custody:
             DrillResult(now, p.name, p.x, DRILL_OUTCOMES.get(p.status, "unreachable"), p.detail[:200])
             for p in session.status().custodians
         ]
-        self._store.add_drill_results(results)
+        self._store.records.add_drill_results(results)
         self._audit(
             "drill-results",
             "node",

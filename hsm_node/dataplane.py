@@ -147,7 +147,7 @@ class KeyManager:
         created = self._now()
         with self._store.batch():
             self._refuse_taken(name)  # made meanwhile, during the generation
-            self._store.put_key(dek, name, int(kind), public, private, created, owner)
+            self._store.keys.put_key(dek, StoredKey(name, int(kind), public, created, owner), private)
             self._audit(
                 "key-created", who.role, {"name": name, "type": kind.name, "owner": owner, **who.who()}
             )
@@ -155,7 +155,7 @@ class KeyManager:
         return StoredKey(name, int(kind), public, created, owner)
 
     def _refuse_taken(self, name: str) -> None:
-        found = self._store.find_key(name)
+        found = self._store.keys.find_key(name)
         if found is None:
             return
         if found.deleted_at is None:
@@ -172,14 +172,14 @@ class KeyManager:
         """The live keys the caller may use; for an admin, every live key."""
         role = _caller(caller).role
         self._lifecycle.require_active()
-        return self._store.list_keys(owner=None if role.kind == "admin" else owner_for(role, ""))
+        return self._store.keys.list_keys(owner=None if role.kind == "admin" else owner_for(role, ""))
 
     def list_deleted_keys(self, caller: KeyCaller | Role) -> list[StoredKey]:
         """The deleted keys still retained (admin only), each purged at :meth:`purge_time`."""
         require_admin(_caller(caller).role, "list deleted keys")
         self._lifecycle.require_active()
         self.purge_expired_keys()
-        return self._store.list_keys(deleted=True)
+        return self._store.keys.list_keys(deleted=True)
 
     def purge_time(self, key: StoredKey) -> int:
         return 0 if key.deleted_at is None else self._purge_at(key.deleted_at)
@@ -196,7 +196,7 @@ class KeyManager:
         now = self._now()
         purge_at = self._purge_at(now)
         with self._store.batch():
-            self._store.mark_deleted(name, now)
+            self._store.keys.mark_deleted(name, now)
             self._audit(
                 "key-deleted",
                 who.role,
@@ -214,7 +214,7 @@ class KeyManager:
         if key.deleted_at is None:
             raise StateError(f"key {name!r} is not deleted: nothing to recover")
         with self._store.batch():
-            self._store.mark_deleted(name, None)
+            self._store.keys.mark_deleted(name, None)
             self._audit(
                 "key-recovered",
                 who.role,
@@ -228,7 +228,7 @@ class KeyManager:
         who = _caller(caller)
         require_admin(who.role, "purge keys")
         self._lifecycle.require_active()
-        key = self._store.find_key(check_key_name(name))
+        key = self._store.keys.find_key(check_key_name(name))
         if key is None or key.deleted_at is None:
             raise NotFoundError(
                 f"no deleted key named {name!r}: delete it first (sdctl keys delete {name}); "
@@ -243,7 +243,7 @@ class KeyManager:
             return []
         now = self._now()
         self.next_purge_check = now + PURGE_CHECK_SECONDS
-        expired = self._store.deleted_before(now - self._retention_days * DAY)
+        expired = self._store.keys.deleted_before(now - self._retention_days * DAY)
         for key in expired:
             self._purge(
                 key,
@@ -266,7 +266,7 @@ class KeyManager:
 
     def _purge(self, key: StoredKey, actor: Role | str, who: dict[str, str]) -> None:
         with self._store.batch():
-            self._store.purge_key(key.name)
+            self._store.keys.purge_key(key.name)
             self._audit(
                 "key-purged",
                 actor,
@@ -276,7 +276,7 @@ class KeyManager:
 
     def _managed(self, name: str, role: Role) -> StoredKey:
         """The key ``name``, live or deleted, if ``role`` may manage it (its owner, or an admin)."""
-        key = self._store.find_key(check_key_name(name))
+        key = self._store.keys.find_key(check_key_name(name))
         if key is None:
             raise NotFoundError(f"no key named {name!r}: list keys with 'sdctl keys list'")
         if role.kind != "admin" and key.owner != owner_for(role, ""):
@@ -313,7 +313,7 @@ class KeyService:
                     f"{_day(key.deleted_at + self._retention_days * DAY)}"
                 )
 
-        info, private = self._store.get_key(dek, check_key_name(name), allow)
+        info, private = self._store.keys.get_key(dek, check_key_name(name), allow)
         return info, private, KeyType(info.key_type)
 
     def encrypt(self, name: str, plaintext: bytes, aad: bytes, caller: KeyCaller | Role) -> bytes:

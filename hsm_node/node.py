@@ -42,7 +42,7 @@ from hsm_node.agents import Agents
 from hsm_node.answers import Answers
 from hsm_node.audit_log import AuditLog
 from hsm_node.backups import Backups
-from hsm_node.ceremony_host import DEFAULT_SESSION_SECONDS, CeremonyHost
+from hsm_node.ceremony_host import DEFAULT_SESSION_SECONDS, CeremonyHost, Parts
 from hsm_node.cryptopool import CryptoPool
 from hsm_node.custody import Custody
 from hsm_node.dataplane import DEFAULT_KEY_RETENTION_DAYS, MAX_KEY_RETENTION_DAYS, KeyManager, KeyService
@@ -109,9 +109,10 @@ class Node:
         host, life = self.ceremonies, self.lifecycle
         self.agents = Agents(host, audit, now)
         self.answers = Answers(store, life, host, self.agents, audit, now)
-        self.activation = Activation(config, store, life, host, audit, now=now, rng=rng)
-        self.custody = Custody(config, store, life, host, audit, now=now, rng=rng, agents=self.agents)
-        self.rotation = Rotation(config, store, life, host, audit, now=now, rng=rng, custody=self.custody)
+        parts = Parts(config, store, life, host, audit, now, rng)
+        self.activation = Activation(parts)
+        self.custody = Custody(parts, self.agents)
+        self.rotation = Rotation(parts, self.custody)
         self.keys = KeyManager(store, life, audit, now, config.key_retention_days)
         self.key_ops = KeyService(store, life, config.key_retention_days, crypto_pool)
         self.backups = Backups(store, life, audit, self.keys, node_id=config.node_id, now=now, rng=rng)

@@ -54,7 +54,7 @@ class Notices:
 
     def refresh(self) -> None:
         """The notice agents are sent: the current SD file's signed header, while a domain is held."""
-        data = self._store.sd_file() if self._lifecycle.domain is not None else None
+        data = self._store.domain.sd_file() if self._lifecycle.domain is not None else None
         if data is None:
             self._notice = None
             return
@@ -88,7 +88,7 @@ class Notices:
 
     def former_custodians(self) -> list[str]:
         """Thumbprints (hex) of wrapping keys that held a slot of a retired epoch but not the current one."""
-        raw = self._store.flag("former-custodians")
+        raw = self._store.domain.flag("former-custodians")
         return list(json.loads(raw)) if raw else []
 
     def notify(self) -> None:

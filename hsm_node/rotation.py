@@ -11,19 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from coordinator import (
     RotationProposal,
     RotationSession,
 )
-from hsm_node.audit_log import AuditLog
-from hsm_node.ceremony_host import CeremonyHost
-from hsm_node.ceremony_host import HostConfig as NodeConfigLike
+from hsm_node.ceremony_host import Parts
 from hsm_node.custody import Custody
-from hsm_node.state import Lifecycle
-from hsm_node.store import DomainInfo, NodeStore
+from hsm_node.store import DomainInfo
 from sdquorum import pki, policy, sdfile
 from sdquorum.errors import StateError, UsageError
 from sdquorum.pki import Role
@@ -38,28 +35,12 @@ __all__ = ["Rotation"]
 class Rotation:
     """Propose a rotation, and apply a completed one: the next epoch."""
 
-    def __init__(
-        self,
-        config: NodeConfigLike,
-        store: NodeStore,
-        lifecycle: Lifecycle,
-        host: CeremonyHost,
-        audit: AuditLog,
-        *,
-        now: Callable[[], int],
-        rng: Callable[[int], bytes],
-        custody: Custody,
-    ) -> None:
-        self._config = config
-        self._store = store
-        self._lifecycle = lifecycle
-        self._host = host
-        self._notices = host.notices
-        self._audit = audit
-        self._now = now
-        self._rng = rng
+    def __init__(self, parts: Parts, custody: Custody) -> None:
+        p = parts
+        self._config, self._store, self._lifecycle, self._host = p.config, p.store, p.lifecycle, p.host
+        self._notices, self._audit, self._now, self._rng = p.host.notices, p.audit, p.now, p.rng
         self._custody = custody
-        host.on_completed(RotationSession, self._apply_rotation)
+        self._host.on_completed(RotationSession, self._apply_rotation)
 
     async def propose_rotation(
         self, certificates: Sequence[bytes], quorum: int, reason: str, ttl_seconds: int, caller: Role
@@ -99,7 +80,7 @@ class Rotation:
         """A key recorded lost or compromised since this epoch was sealed must not hold a share of
         the next one: a lost key means compromise, and the quarterly review counts a loss from an
         earlier epoch as healed by the rotation that followed it."""
-        records = self._store.custody_records()
+        records = self._store.records.custody_records()
         # Keys are compared by SPKI SHA-256: a fresh certificate over a lost key is that lost key.
         lost_keys: dict[bytes, tuple[str, str]] = {}
         for r in records:
@@ -123,7 +104,7 @@ class Rotation:
         proposal, old, old_info = session.proposal, self._lifecycle.domain, self._lifecycle.info
         if proposal is None or old is None or old_info is None:  # pragma: no cover - set when it started
             raise StateError("the rotation has no proposal or the node no domain")
-        old_sd = self._store.sd_file()
+        old_sd = self._store.domain.sd_file()
         old_header_hash = (
             sdfile.SecurityDomainFile.from_bytes(old_sd).signed_header.sha256 if old_sd else bytes(32)
         )
@@ -140,13 +121,13 @@ class Rotation:
         data = sd.to_bytes()
         info = DomainInfo(old.domain_id, new_epoch, proposal.quorum, len(proposal.certificates_der))
         retired = RetiredEpoch(old_info.epoch, old_header_hash, self._now())
-        self._store.rotate(old, info, data, retired)
-        self._store.note_epoch(old.domain_id, new_epoch)
+        self._store.domain.rotate(old, info, data, retired)
+        self._store.domain.note_epoch(old.domain_id, new_epoch)
         if old_sd:  # the custodians this rotation removed are told of the new epoch too
             kept = {slot.thumbprint.hex() for slot in sd.header.slots}
             before = {s.thumbprint.hex() for s in sdfile.SecurityDomainFile.from_bytes(old_sd).header.slots}
             former = sorted((set(self._notices.former_custodians()) | before) - kept)
-            self._store.set_flag("former-custodians", json.dumps(former))
+            self._store.domain.set_flag("former-custodians", json.dumps(former))
         self._lifecycle.rotate_to(info)
         self._notices.refresh()  # the new header is announced to its custodians' agents
         session.new_sd_file = data

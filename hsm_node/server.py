@@ -25,9 +25,10 @@ from hsm_node.agents import wrapping_key_name
 from hsm_node.dataplane import KeyCaller
 from hsm_node.keyops import KeyType
 from hsm_node.node import Node
+from hsm_node.pool.rpc import PoolAdminRpcs
 from hsm_node.store import StoredKey
 from sdquorum import pki
-from sdquorum.errors import MalformedError, SdquorumError, StateError, UsageError
+from sdquorum.errors import MalformedError, SdquorumError, UsageError
 from sdquorum.pki import Role, load_cert, spki_sha256
 from sdquorum.review import CustodyRecord
 from sdquorum.sdfile import MAX_SD_FILE_BYTES
@@ -154,12 +155,11 @@ class NodeServicer:
             quorum=info.quorum if info else 0,
             custodians=info.custodians if info else 0,
             active_session_id=s.session_id if s is not None and not s.finished else "",
-            key_count=n.store.count_keys(),
-            **_pool_status(n),
+            key_count=n.store.keys.count_keys(),
         )
 
 
-class AdminServicer:
+class AdminServicer(PoolAdminRpcs):
     def __init__(self, node: Node) -> None:
         self.node = node
 
@@ -301,16 +301,6 @@ class AdminServicer:
             raise UsageError("the custody record must be a JSON object")
         obj.setdefault("time", self.node.now())
         self.node.custody.add_custody_record(CustodyRecord.from_json(obj), role)
-        return pb.Ack()
-
-    @rpc("admin")
-    async def AllowPoolMember(self, request: pb.PoolMemberRequest, context: Ctx, role: Role) -> pb.Ack:
-        _pool(self.node).allow(request.node_id, role)
-        return pb.Ack()
-
-    @rpc("admin")
-    async def RemovePoolMember(self, request: pb.PoolMemberRequest, context: Ctx, role: Role) -> pb.Ack:
-        _pool(self.node).remove(request.node_id, role)
         return pb.Ack()
 
     @rpc("admin")
@@ -642,24 +632,3 @@ async def serve(
     ns = NodeServer(node, server, port, health)
     await ns.start()
     return ns
-
-
-def _pool(node: Node) -> Any:
-    """The node's pool service; StateError for a node standing alone."""
-    if node.pool is None:
-        raise StateError(
-            "this node is not a member of an HSM pool: start it with --pool-etcd (docs/runbooks/pool.md)"
-        )
-    return node.pool
-
-
-def _pool_status(node: Node) -> dict[str, Any]:
-    if node.pool is None:
-        return {}
-    st = node.pool.status()
-    return {
-        "pool_name": st.name,
-        "pool_members": st.members,
-        "pool_allowed": st.allowed,
-        "pool_staleness_seconds": st.staleness,
-    }

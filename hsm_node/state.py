@@ -31,9 +31,9 @@ class Lifecycle:
 
     def __init__(self, store: NodeStore) -> None:
         self._store = store
-        self.first_start = store.state() is None
+        self.first_start = store.domain.state() is None
         if self.first_start:
-            store.set_state(NodeState.PROVISIONED)
+            store.domain.set_state(NodeState.PROVISIONED)
         self.reload()
         if self._state is NodeState.ACTIVATED and self._domain is None:
             raise StateError(
@@ -42,10 +42,10 @@ class Lifecycle:
 
     def reload(self) -> None:
         """Memory from the store (at start, and after a batch that did not commit)."""
-        loaded = self._store.load_domain()
+        loaded = self._store.domain.load_domain()
         self._domain: DomainSecrets | None = loaded[0] if loaded is not None else None
         self._info: DomainInfo | None = loaded[1] if loaded is not None else None
-        self._state = NodeState(self._store.state() or NodeState.PROVISIONED)
+        self._state = NodeState(self._store.domain.state() or NodeState.PROVISIONED)
 
     @property
     def state(self) -> NodeState:
@@ -64,7 +64,7 @@ class Lifecycle:
     @property
     def compromised(self) -> bool:
         """Whether an admin marked the domain compromised (drills, rotation and Azure restores stop)."""
-        return self._store.flag("compromised") is not None
+        return self._store.domain.flag("compromised") is not None
 
     def require_active(self) -> DomainSecrets:
         """The domain secrets of an ACTIVATED node; StateError in any other state."""
@@ -76,15 +76,15 @@ class Lifecycle:
         return self._domain
 
     def begin_recovery(self) -> None:
-        self._store.set_state(NodeState.RECOVERY_PENDING)
+        self._store.domain.set_state(NodeState.RECOVERY_PENDING)
         self._state = NodeState.RECOVERY_PENDING
 
     def activate(self, secrets: DomainSecrets, info: DomainInfo, sd_file: bytes) -> None:
         """Hold ``secrets`` (a download or a completed recovery): the domain, its SD file, the
         epoch seen and the state, written together."""
         with self._store.batch():
-            self._store.activate(secrets, info, NodeState.ACTIVATED, sd_file)
-            self._store.note_epoch(info.domain_id, info.epoch)
+            self._store.domain.activate(secrets, info, NodeState.ACTIVATED, sd_file)
+            self._store.domain.note_epoch(info.domain_id, info.epoch)
         self._state, self._domain, self._info = NodeState.ACTIVATED, secrets, info
 
     def rotate_to(self, info: DomainInfo) -> None:

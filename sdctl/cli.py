@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sdctl.config import SETTINGS
+from sdctl.pool import add_pool_command, describe_pool, pool_status, run_pool
 from sdquorum import __version__
 from sdquorum.errors import MalformedError, StateError, UsageError, VerificationError
 from sdquorum_rpc.cli import run_main
@@ -273,18 +274,7 @@ def _parser() -> argparse.ArgumentParser:
     cr.add_argument("--location", default="", help="where the key is now kept")
     cr.add_argument("--note", default="")
     cus.add_parser("list", help="list custody records", epilog="example: sdctl custody list")
-    po = cmd(
-        "pool",
-        "an HSM pool: let a node join, or end a member",
-        "sdctl --node node-a:7443 pool allow node-c",
-    )
-    pos = po.add_subparsers(dest="pool_command", required=True)
-    for name, help_ in (
-        ("allow", "let NODE_ID join the pool (a member seals the domain to it: no custodian needed)"),
-        ("remove", "end a member: the others refuse it and it serves nothing"),
-    ):
-        pp = pos.add_parser(name, help=help_, epilog=f"example: sdctl pool {name} node-c")
-        pp.add_argument("node_id", metavar="NODE_ID")
+    add_pool_command(cmd)
     co = cmd(
         "compromise",
         "mark the domain compromised (stops drills and rotation)",
@@ -389,6 +379,7 @@ class Ctl:
         async with self.client() as c:
             with c.errors():
                 st = await c.node.GetStatus(pb.GetStatusRequest())
+                pool = await pool_status(c)
         obj = {
             "state": pb.NodeState.Name(st.state),
             "node_id": st.node_id,
@@ -404,38 +395,8 @@ class Ctl:
             text += f", domain {st.domain_id} epoch {st.epoch}, quorum {st.quorum} of {st.custodians}, {st.key_count} keys"
         if st.active_session_id:
             text += f", recovery session {st.active_session_id} running"
-        if st.pool_name:
-            obj["pool"] = {
-                "name": st.pool_name,
-                "members": list(st.pool_members),
-                "allowed": list(st.pool_allowed),
-                "staleness_seconds": round(st.pool_staleness_seconds, 3),
-            }
-            text += (
-                f"\npool {st.pool_name}: members {', '.join(st.pool_members) or '-'}; allowed to join "
-                f"{', '.join(st.pool_allowed) or '-'}; etcd view {st.pool_staleness_seconds:.1f} s old"
-            )
+        text += describe_pool(pool, obj)
         self.emit(text, obj)
-        return 0
-
-    async def pool(self) -> int:
-        a = self.args
-        async with self.client() as c, c.errors():
-            if a.pool_command == "allow":
-                await c.admin.AllowPoolMember(pb.PoolMemberRequest(node_id=a.node_id))
-                self.emit(
-                    f"{a.node_id} may join the pool: start it with the pool's --pool-etcd settings; a member "
-                    "seals the domain to it (no custodian needed)",
-                    {"allowed": a.node_id},
-                )
-                return 0
-            await c.admin.RemovePoolMember(pb.PoolMemberRequest(node_id=a.node_id))
-        self.emit(
-            f"{a.node_id} removed from the pool: the members refuse it and it serves nothing. Now delete its "
-            f"etcd user so it can no longer write: etcdctl --cert root.pem --key root.key --cacert ca.pem "
-            f"user delete node.{a.node_id} (docs/runbooks/pool.md)",
-            {"removed": a.node_id},
-        )
         return 0
 
     async def download(self) -> int:
@@ -932,7 +893,7 @@ class Ctl:
             "sd-file": self.sd_file,
             "custody": self.custody,
             "compromise": self.compromise,
-            "pool": self.pool,
+            "pool": lambda: run_pool(self),
             "review": self.review,
             "audit": self.audit,
             "azure": self.azure,

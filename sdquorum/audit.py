@@ -24,6 +24,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from sdquorum import fields as f
 from sdquorum import pki
 from sdquorum.encoding import b64d, b64e, canonical_json, parse_json
 from sdquorum.errors import MalformedError, VerificationError
@@ -80,12 +81,12 @@ class AuditEntry:
             raise MalformedError("audit entry is not an object")
         try:
             entry = cls(
-                seq=_int(obj["seq"]),
-                time=_int(obj["time"]),
-                event=_str(obj["event"]),
-                actor=_str(obj["actor"]),
+                seq=f.non_negative(obj["seq"], "audit field", hi=None),
+                time=f.non_negative(obj["time"], "audit field", hi=None),
+                event=f.string(obj["event"], "audit field"),
+                actor=f.string(obj["actor"], "audit field"),
                 details=obj["details"] if isinstance(obj["details"], dict) else _bad("details"),
-                prev=bytes.fromhex(_str(obj["prev"])),
+                prev=bytes.fromhex(f.string(obj["prev"], "audit field")),
                 signature=b64d(obj["sig"], "audit signature"),
             )
             entry.body()  # every field must encode back canonically
@@ -160,7 +161,7 @@ def verify_export(
         raise VerificationError("the first line is not an sdquorum audit export header")
     if not isinstance(head, dict) or head.get("type") != "head":
         raise VerificationError("the last line is not the signed head: the export is truncated")
-    node_id = _str(header.get("node_id"))
+    node_id = f.string(header.get("node_id"), "audit field")
     cert_der = b64d(header.get("certificate"), "audit certificate")
     if root_pem is not None:
         if now is None:
@@ -195,9 +196,17 @@ def verify_export(
             ) from err
         entries.append(entry)
         prev = entry
-    head_seq, head_hash = _int(head.get("seq"), allow_negative=True), _str(head.get("hash"))
+    head_seq, head_hash = (
+        f.integer(head.get("seq"), "audit field", -1, None, expected="a non-negative integer"),
+        f.string(head.get("hash"), "audit field"),
+    )
     head_body = canonical_json(
-        {"node_id": node_id, "seq": head_seq, "hash": head_hash, "time": _int(head.get("time"))}
+        {
+            "node_id": node_id,
+            "seq": head_seq,
+            "hash": head_hash,
+            "time": f.non_negative(head.get("time"), "audit field", hi=None),
+        }
     )
     try:
         public.verify(b64d(head.get("sig"), "head signature"), HEAD_CONTEXT + head_body)
@@ -209,18 +218,6 @@ def verify_export(
             f"the signed head is seq {head_seq} but the last entry is seq {last_seq}: entries were removed from the end"
         )
     return VerifiedLog(node_id, tuple(entries))
-
-
-def _int(v: object, allow_negative: bool = False) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or (v < 0 and not (allow_negative and v == -1)):
-        raise MalformedError("audit field must be a non-negative integer")
-    return v
-
-
-def _str(v: object) -> str:
-    if not isinstance(v, str):
-        raise MalformedError("audit field must be a string")
-    return v
 
 
 def _bad(what: str) -> dict[str, Any]:

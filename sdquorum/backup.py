@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sdquorum import shamir
 from sdquorum.encoding import b64d, canonical_json, parse_json, parse_json_object
 from sdquorum.errors import MalformedError, VerificationError
+from sdquorum.fields import is_int
 from sdquorum.sdfile import DomainSecrets
 
 __all__ = [
@@ -175,8 +176,8 @@ def _header(obj: dict[str, object], version: int) -> BackupHeader:
     if (
         not isinstance(domain_id, str)
         or not isinstance(node_id, str)
-        or type(created_at) is not int
-        or type(key_count) is not int
+        or not is_int(created_at)
+        or not is_int(key_count)
         or key_count < 0
     ):
         raise MalformedError("backup header fields have the wrong types")
@@ -198,7 +199,7 @@ def _parse_v1(data: bytes) -> _Parsed:
     fields = {
         "domain_id": h.get("domain_id"),
         "node_id": h.get("node_id", ""),
-        "created_at": created if type(created) is int else 0,
+        "created_at": created if is_int(created) else 0,
         "key_count": h.get("key_count"),
     }
     return _Parsed(_header(fields, VERSION_1), header, nonce, signature, ciphertext)
@@ -243,7 +244,7 @@ def _keys_v1(body: bytes) -> Sequence[BackupKey]:
         raise MalformedError("backup body must be a list")
     keys = []
     for it in items:
-        if not isinstance(it, dict) or not isinstance(it.get("name"), str) or type(it.get("type")) is not int:
+        if not isinstance(it, dict) or not isinstance(it.get("name"), str) or not is_int(it.get("type")):
             raise MalformedError("backup entry is malformed")
         created = it.get("created_at")
         keys.append(
@@ -252,7 +253,7 @@ def _keys_v1(body: bytes) -> Sequence[BackupKey]:
                 key_type=it["type"],
                 public_der=b64d(it.get("public"), "public key"),
                 private=b64d(it.get("private"), "private key"),
-                created_at=created if type(created) is int else 0,
+                created_at=created if is_int(created) else 0,
             )
         )
     return keys

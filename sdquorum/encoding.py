@@ -10,11 +10,25 @@ import base64
 import binascii
 import json
 import math
+from enum import StrEnum
 from typing import Any
 
 from sdquorum.errors import MalformedError
 
-__all__ = ["b64d", "b64e", "canonical_json", "parse_json", "parse_json_object"]
+__all__ = ["Word", "b64d", "b64e", "canonical_json", "parse_json", "parse_json_object"]
+
+
+class Word(StrEnum):
+    """An enum of words that appear on the wire and in files: a member is its word everywhere.
+
+    ``str()``, ``format()``, JSON and ``repr()`` all give the word (``repr`` as a quoted string), so
+    a message that names a value with ``{kind!r}`` reads the same whether it holds a member or the
+    word a peer sent.
+    """
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
 
 _B64URL_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _B64URL_VALUE = {c: i for i, c in enumerate(_B64URL_ALPHABET)}

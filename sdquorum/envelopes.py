@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -50,17 +49,18 @@ import nacl.public
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from sdquorum import fields as f
 from sdquorum import pki, shamir
-from sdquorum.encoding import b64d, b64e, canonical_json, parse_json_object
+from sdquorum.encoding import Word, b64d, b64e, canonical_json, parse_json_object
 from sdquorum.errors import MalformedError, UnauthenticatedError, VerificationError
 from sdquorum.keys import WrappingKey, verify_pss
 from sdquorum.sdfile import Header, SignedHeader, share_label
 
-_HEX = re.compile(r"[0-9a-f]*")
-
 __all__ = [
+    "CHALLENGED",
     "PURPOSES",
     "Attestation",
+    "CeremonyKind",
     "CheckedRequest",
     "CustodianPolicy",
     "Denial",
@@ -94,7 +94,28 @@ RELEASE_TYPE = "sdquorum-share-release-v1"
 SHARE_TYPE = "sdquorum-sealed-share-v1"
 MAX_ENVELOPE_BYTES = 64 * 1024
 CLOCK_SKEW_SECONDS = 120
-PURPOSES = ("recovery", "drill", "rotation", "azure-recovery")
+
+
+class CeremonyKind(Word):
+    """What a ceremony is, and so what the request an agent receives asks of it.
+
+    The value is the word on the wire and in every JSON form (attestation ``purpose``, request and
+    answer files, audit events), so a member compares equal to its word.
+    """
+
+    RECOVERY = "recovery"
+    DRILL = "drill"
+    ROTATION = "rotation"
+    AZURE_RECOVERY = "azure-recovery"
+    # A request kind only: the node tells an agent which domain it now serves. It is never the
+    # purpose of an attestation and never answered.
+    DOMAIN_NOTICE = "domain-notice"
+
+
+# The kinds an attestation may name (every ceremony; a domain notice is not one).
+PURPOSES = (CeremonyKind.RECOVERY, CeremonyKind.DRILL, CeremonyKind.ROTATION, CeremonyKind.AZURE_RECOVERY)
+# The ceremonies whose attestation carries a 32-byte challenge (possession is proved, not a share released).
+CHALLENGED = (CeremonyKind.DRILL, CeremonyKind.ROTATION)
 PROOF_TYPE = "sdquorum-possession-proof-v1"
 DENIAL_TYPE = "sdquorum-denial-v2"  # v2: bound to the attestation of the request it refuses
 MAX_DESTINATION_CERTIFICATE_BYTES = 16 * 1024
@@ -160,33 +181,35 @@ class ExchangeStatement:
                 f"attestation statement: unexpected members {sorted(set(obj) ^ _STATEMENT_MEMBERS)}"
             )
         st = cls(
-            session_id=_str(obj, "session_id"),
-            purpose=_str(obj, "purpose"),
-            node_id=_str(obj, "node_id"),
-            node_address=_str(obj, "node_address"),
-            domain_id=_bytes_hex(obj, "domain_id", 16),
-            epoch=_int(obj, "epoch"),
-            sd_header_sha256=_b64(obj, "sd_header_sha256", 32),
-            exchange_public_key=_b64(obj, "exchange_public_key", 32),
-            issued_at=_int(obj, "issued_at"),
-            expires_at=_int(obj, "expires_at"),
-            initiator=_str(obj, "initiator"),
-            reason=_str(obj, "reason"),
-            challenge=_b64(obj, "challenge", None),
-            proposal_sha256=_b64(obj, "proposal_sha256", None),
-            destination_certificate=_b64(obj, "destination_certificate", None),
+            session_id=f.string(obj.get("session_id"), "session_id", max_len=1024),
+            purpose=f.string(obj.get("purpose"), "purpose", max_len=1024),
+            node_id=f.string(obj.get("node_id"), "node_id", max_len=1024),
+            node_address=f.string(obj.get("node_address"), "node_address", max_len=1024),
+            domain_id=f.hex_bytes(obj.get("domain_id"), "domain_id", 16),
+            epoch=f.non_negative(obj.get("epoch"), "epoch"),
+            sd_header_sha256=f.b64_bytes(obj.get("sd_header_sha256"), "sd_header_sha256", 32),
+            exchange_public_key=f.b64_bytes(obj.get("exchange_public_key"), "exchange_public_key", 32),
+            issued_at=f.non_negative(obj.get("issued_at"), "issued_at"),
+            expires_at=f.non_negative(obj.get("expires_at"), "expires_at"),
+            initiator=f.string(obj.get("initiator"), "initiator", max_len=1024),
+            reason=f.string(obj.get("reason"), "reason", max_len=1024),
+            challenge=f.b64_bytes(obj.get("challenge"), "challenge", None),
+            proposal_sha256=f.b64_bytes(obj.get("proposal_sha256"), "proposal_sha256", None),
+            destination_certificate=f.b64_bytes(
+                obj.get("destination_certificate"), "destination_certificate", None
+            ),
         )
         if st.purpose not in PURPOSES:
             raise MalformedError(f"attestation statement: unknown purpose {st.purpose!r}")
         if len(st.challenge) not in (0, 32) or len(st.proposal_sha256) not in (0, 32):
             raise MalformedError("attestation statement: challenge and proposal hash must be 32 bytes")
-        if st.purpose in ("drill", "rotation") and len(st.challenge) != 32:
+        if st.purpose in CHALLENGED and len(st.challenge) != 32:
             raise MalformedError("attestation statement: a drill or rotation needs a 32-byte challenge")
-        if (st.purpose == "rotation") != (len(st.proposal_sha256) == 32):
+        if (st.purpose == CeremonyKind.ROTATION) != (len(st.proposal_sha256) == 32):
             raise MalformedError(
                 "attestation statement: a proposal hash goes with a rotation, and only there"
             )
-        if (st.purpose == "azure-recovery") != bool(st.destination_certificate):
+        if (st.purpose == CeremonyKind.AZURE_RECOVERY) != bool(st.destination_certificate):
             raise MalformedError(
                 "attestation statement: a destination certificate goes with an Azure restore, and only there"
             )
@@ -318,7 +341,7 @@ def check_request(
     policy: CustodianPolicy,
     now: datetime,
     *,
-    purpose: str = "recovery",
+    purpose: str = CeremonyKind.RECOVERY,
     proposal: bytes = b"",
     remembered: Mapping[bytes, RememberedDomain] | None = None,
 ) -> CheckedRequest:
@@ -331,7 +354,7 @@ def check_request(
     st = verify_attestation(attestation, policy.attestation_root_pem, now)
     if st.purpose != purpose:
         raise VerificationError(f"the request says {purpose!r} but its attestation says {st.purpose!r}")
-    if purpose == "rotation" and not hmac.compare_digest(
+    if purpose == CeremonyKind.ROTATION and not hmac.compare_digest(
         hashlib.sha256(proposal).digest(), st.proposal_sha256
     ):
         raise VerificationError("the rotation proposal shown differs from the one the node attested")
@@ -383,13 +406,8 @@ class ReleaseStatement:
         if obj.get("type") != RELEASE_TYPE:
             raise MalformedError("release statement: unknown type")
         return cls(
-            session_id=_str(obj, "session_id"),
-            domain_id=_bytes_hex(obj, "domain_id", 16),
-            epoch=_int(obj, "epoch"),
-            x=_int(obj, "x"),
-            thumbprint=_b64(obj, "x5t_256", 32),
-            attestation_sha256=_b64(obj, "attestation_sha256", 32),
-            sealed_share=_b64(obj, "sealed_share", None),
+            **_answer_fields(obj),
+            sealed_share=f.b64_bytes(obj.get("sealed_share"), "sealed_share", None),
         )
 
 
@@ -579,15 +597,10 @@ class ProofStatement:
         if obj.get("type") != PROOF_TYPE:
             raise MalformedError("proof statement: unknown type")
         return cls(
-            purpose=_str(obj, "purpose"),
-            session_id=_str(obj, "session_id"),
-            domain_id=_bytes_hex(obj, "domain_id", 16),
-            epoch=_int(obj, "epoch"),
-            x=_int(obj, "x"),
-            thumbprint=_b64(obj, "x5t_256", 32),
-            attestation_sha256=_b64(obj, "attestation_sha256", 32),
-            proposal_sha256=_b64(obj, "proposal_sha256", None),
-            proof=_b64(obj, "proof", 64),
+            purpose=f.string(obj.get("purpose"), "purpose", max_len=1024),
+            **_answer_fields(obj),
+            proposal_sha256=f.b64_bytes(obj.get("proposal_sha256"), "proposal_sha256", None),
+            proof=f.b64_bytes(obj.get("proof"), "proof", 64),
         )
 
 
@@ -630,13 +643,13 @@ class DenialStatement:
         if obj.get("type") != DENIAL_TYPE:
             raise MalformedError("denial statement: unknown type")
         return cls(
-            session_id=_str(obj, "session_id"),
-            request_id=_str(obj, "request_id"),
-            x=_int(obj, "x"),
-            thumbprint=_b64(obj, "x5t_256", 32),
-            reason=_str(obj, "reason"),
-            attestation_sha256=_b64(obj, "attestation_sha256", 32),
-            certificate=_b64(obj, "certificate", None),
+            session_id=f.string(obj.get("session_id"), "session_id", max_len=1024),
+            request_id=f.string(obj.get("request_id"), "request_id", max_len=1024),
+            x=f.non_negative(obj.get("x"), "x"),
+            thumbprint=f.b64_bytes(obj.get("x5t_256"), "x5t_256", 32),
+            reason=f.string(obj.get("reason"), "reason", max_len=1024),
+            attestation_sha256=f.b64_bytes(obj.get("attestation_sha256"), "attestation_sha256", 32),
+            certificate=f.b64_bytes(obj.get("certificate"), "certificate", None),
         )
 
 
@@ -774,36 +787,18 @@ def _check_binding(
         raise VerificationError(f"the {what} names another wrapping certificate than the slot's")
 
 
+def _answer_fields(obj: dict[str, Any]) -> dict[str, Any]:
+    """The members a release and a proof statement share: which session, domain, epoch, slot and key."""
+    return {
+        "session_id": f.string(obj.get("session_id"), "session_id", max_len=1024),
+        "domain_id": f.hex_bytes(obj.get("domain_id"), "domain_id", 16),
+        "epoch": f.non_negative(obj.get("epoch"), "epoch"),
+        "x": f.non_negative(obj.get("x"), "x"),
+        "thumbprint": f.b64_bytes(obj.get("x5t_256"), "x5t_256", 32),
+        "attestation_sha256": f.b64_bytes(obj.get("attestation_sha256"), "attestation_sha256", 32),
+    }
+
+
 def _limit(data: bytes, what: str) -> None:
     if len(data) > MAX_ENVELOPE_BYTES:
         raise MalformedError(f"{what} is larger than {MAX_ENVELOPE_BYTES} bytes")
-
-
-def _str(obj: dict[str, Any], key: str) -> str:
-    v = obj.get(key)
-    if not isinstance(v, str) or len(v) > 1024:
-        raise MalformedError(f"{key} must be a string of at most 1024 characters")
-    return v
-
-
-def _int(obj: dict[str, Any], key: str) -> int:
-    v = obj.get(key)
-    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 2**63:
-        raise MalformedError(f"{key} must be a non-negative integer")
-    return v
-
-
-def _b64(obj: dict[str, Any], key: str, length: int | None) -> bytes:
-    v = b64d(obj.get(key), key)
-    if length is not None and len(v) != length:
-        raise MalformedError(f"{key} must be {length} bytes")
-    return v
-
-
-def _bytes_hex(obj: dict[str, Any], key: str, length: int) -> bytes:
-    v = obj.get(key)
-    if not isinstance(v, str) or len(v) != 2 * length:
-        raise MalformedError(f"{key} must be {length} bytes of hex")
-    if not _HEX.fullmatch(v):
-        raise MalformedError(f"{key} must be lowercase hex")
-    return bytes.fromhex(v)

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sdquorum.errors import UsageError, VerificationError
+from sdquorum.fields import is_int
 from sdquorum.keys import rsa_public_key_of
 
 __all__ = ["DECRYPTION_FAILED", "HASH_BYTES", "RawRsaWrappingKey", "oaep_decode", "rsa_oaep_decrypt"]
@@ -64,7 +65,7 @@ def oaep_decode(em: bytes, k: int, label: bytes) -> bytes:
     """EME-OAEP decoding (RFC 8017 7.1.2 step 3) of the k-byte block ``em`` with SHA-256 and ``label``."""
     if not isinstance(em, bytes) or not isinstance(label, bytes):
         raise UsageError("oaep_decode takes the encoded block and the label as bytes")
-    if not isinstance(k, int) or isinstance(k, bool):
+    if not is_int(k):
         raise UsageError("oaep_decode takes the modulus length k in bytes as an integer")
     if k < 2 * HASH_BYTES + 2 or len(em) != k:
         raise VerificationError(DECRYPTION_FAILED)

@@ -21,8 +21,9 @@ import re
 from dataclasses import dataclass
 
 from sdquorum.encoding import b64d, b64e, canonical_json, parse_json_object
-from sdquorum.envelopes import PURPOSES
+from sdquorum.envelopes import PURPOSES, CeremonyKind
 from sdquorum.errors import MalformedError
+from sdquorum.fields import is_int
 
 __all__ = [
     "MAX_OFFLINE_FILE_BYTES",
@@ -69,7 +70,7 @@ class CeremonyRequest:
 
     request_id: str
     session_id: str
-    kind: str  # "recovery" | "drill" | "rotation"
+    kind: str  # a CeremonyKind, or its word: stored as the member
     x: int
     custodian: str
     attestation: bytes
@@ -83,6 +84,7 @@ class CeremonyRequest:
             check_custodian_name(self.custodian)
         if self.kind not in PURPOSES:
             raise MalformedError(f"unknown request kind {self.kind!r}")
+        object.__setattr__(self, "kind", CeremonyKind(self.kind))
 
     def to_bytes(self) -> bytes:
         return canonical_json(
@@ -109,7 +111,7 @@ class CeremonyRequest:
             raise MalformedError("not an sdquorum ceremony request file")
         x = obj.get("x")
         strings = [obj.get(k) for k in ("request_id", "session_id", "kind", "custodian")]
-        if not isinstance(x, int) or isinstance(x, bool) or not all(isinstance(v, str) for v in strings):
+        if not is_int(x) or not all(isinstance(v, str) for v in strings):
             raise MalformedError("the request file has a missing or mistyped field")
         return cls(
             request_id=str(obj["request_id"]),
@@ -142,6 +144,7 @@ class OfflineAnswer:
         check_request_id(self.request_id)
         if self.kind not in PURPOSES:
             raise MalformedError(f"unknown answer kind {self.kind!r}")
+        object.__setattr__(self, "kind", CeremonyKind(self.kind))
 
     def to_bytes(self) -> bytes:
         return canonical_json(

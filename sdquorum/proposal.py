@@ -14,6 +14,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from sdquorum import fields as f
 from sdquorum import pki
 from sdquorum.encoding import b64d, b64e, canonical_json, parse_json_object
 from sdquorum.errors import MalformedError
@@ -82,12 +83,12 @@ class RotationProposal:
             raise MalformedError("rotation proposal: two slots hold the same key")
         return cls(
             domain_id=domain_id,
-            from_epoch=_int(obj.get("from_epoch"), "from_epoch"),
-            quorum=_int(obj.get("quorum"), "quorum"),
+            from_epoch=f.non_negative(obj.get("from_epoch"), "rotation proposal: from_epoch"),
+            quorum=f.non_negative(obj.get("quorum"), "rotation proposal: quorum"),
             certificates_der=certificates,
             proposer=proposer,
             reason=reason,
-            expires_at=_int(obj.get("expires_at"), "expires_at"),
+            expires_at=f.non_negative(obj.get("expires_at"), "rotation proposal: expires_at"),
         )
 
     def summary(self, current: Sequence[tuple[str, bytes]] = ()) -> str:
@@ -117,9 +118,3 @@ class RotationProposal:
             f"rotate domain {self.domain_id.hex()} from epoch {self.from_epoch} to {self.to_epoch}: "
             f"quorum {self.quorum} of {len(self.certificates_der)} ({'; '.join(slots)})"
         )
-
-
-def _int(value: object, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
-        raise MalformedError(f"rotation proposal: {what} must be a non-negative integer")
-    return value

@@ -57,13 +57,12 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import NameOID
 from nacl.bindings import crypto_scalarmult_ed25519_base_noclamp
 
+from sdquorum import fields as f
 from sdquorum import shamir
 from sdquorum.encoding import b64d, b64e, canonical_json, parse_json_object
 from sdquorum.errors import MalformedError, UsageError, VerificationError
 from sdquorum.keys import encrypt_oaep
 from sdquorum.pki import spki_sha256
-
-_HEX = re.compile(r"[0-9a-f]*")
 
 __all__ = [
     "FORMAT",
@@ -154,7 +153,7 @@ class Slot:
         if not isinstance(obj, dict):
             raise MalformedError("SD header: a slot is not an object")
         _refuse_unknown(obj, _SLOT_KEYS, "SD header slot")
-        x = _int(obj.get("x"), "slot x")
+        x = f.integer(obj.get("x"), "SD file: slot x", 1, 255)
         name = obj.get("name")
         if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
             raise MalformedError(f"SD header: slot {x} has an invalid name")
@@ -230,8 +229,8 @@ class Header:
             raise MalformedError("SD header: unknown type or version (this build reads versions 1 and 2)")
         assert isinstance(version, int)  # for mypy: _is_version checked it
         _refuse_unknown(obj, _HEADER_KEYS[version], "SD header")
-        domain_id = _hex(obj.get("domain_id"), "domain_id", 16)
-        epoch = _int(obj.get("epoch"), "epoch", lo=0, hi=2**32 - 1)
+        domain_id = f.hex_bytes(obj.get("domain_id"), "SD file: domain_id", 16)
+        epoch = f.integer(obj.get("epoch"), "SD file: epoch", 0, 2**32 - 1)
         raw_slots = obj.get("slots")
         if not isinstance(raw_slots, list) or not MIN_CUSTODIANS <= len(raw_slots) <= MAX_CUSTODIANS:
             raise MalformedError(f"SD header: needs {MIN_CUSTODIANS}..{MAX_CUSTODIANS} slots")
@@ -241,7 +240,7 @@ class Header:
             raise MalformedError("SD header: slot x values must be exactly 1..n")
         if len({spki_sha256(s.certificate_der) for s in slots}) != n:
             raise MalformedError("SD header: two slots hold the same wrapping key")
-        quorum = _int(obj.get("quorum"), "quorum", lo=2, hi=n)
+        quorum = f.integer(obj.get("quorum"), "SD file: quorum", 2, n)
         raw_comm = obj.get("commitments")
         if not isinstance(raw_comm, list) or len(raw_comm) != quorum:
             raise MalformedError("SD header: the number of commitments must equal the quorum")
@@ -252,7 +251,7 @@ class Header:
         created_by = obj.get("created_by")
         if not isinstance(created_by, str) or len(created_by) > 256:
             raise MalformedError("SD header: created_by must be a short string")
-        created_at = _int(obj.get("created_at"), "created_at", lo=0, hi=2**63 - 1)
+        created_at = f.integer(obj.get("created_at"), "SD file: created_at", 0, 2**63 - 1)
         payload_sha256 = b""
         if version >= 2:
             payload_sha256 = b64d(obj.get("payload_sha256"), "payload_sha256")
@@ -406,7 +405,7 @@ class DomainSecrets:
         if not isinstance(admins, list) or not all(isinstance(a, str) for a in admins):
             raise MalformedError("SD payload: admins must be a list of strings")
         secrets = cls(
-            domain_id=_hex(obj.get("domain_id"), "domain_id", 16),
+            domain_id=f.hex_bytes(obj.get("domain_id"), "SD file: domain_id", 16),
             data_encryption_key=b64d(obj.get("data_encryption_key"), "data_encryption_key"),
             signing_key=b64d(obj.get("signing_key"), "signing_key"),
             backup_key=b64d(obj.get("backup_key"), "backup_key"),
@@ -524,24 +523,10 @@ def _slot_name(cert_der: bytes, x: int) -> str:
 
 
 def _is_version(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value in READ_VERSIONS
+    return f.is_int(value) and value in READ_VERSIONS
 
 
 def _refuse_unknown(obj: dict[str, Any], known: frozenset[str], what: str) -> None:
     unknown = sorted(set(obj) - known)
     if unknown:
         raise MalformedError(f"{what}: unknown field {unknown[0][:40]!r} (this build reads versions 1 and 2)")
-
-
-def _int(value: object, what: str, lo: int = 1, hi: int = 255) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise MalformedError(f"SD file: {what} must be an integer in {lo}..{hi}")
-    return value
-
-
-def _hex(value: object, what: str, length: int) -> bytes:
-    if not isinstance(value, str) or len(value) != 2 * length:
-        raise MalformedError(f"SD file: {what} must be {length} bytes of hex")
-    if not _HEX.fullmatch(value):
-        raise MalformedError(f"SD file: {what} must be lowercase hex")
-    return bytes.fromhex(value)

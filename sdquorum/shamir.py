@@ -53,6 +53,7 @@ from nacl.bindings import (
 )
 
 from sdquorum.errors import MalformedError, SdquorumError, UsageError, VerificationError
+from sdquorum.fields import is_int
 
 __all__ = [
     "MAX_SHARES",
@@ -90,10 +91,6 @@ _MAX_DRAWS = 16  # redraws of a zero value; an rng hitting 0 mod L this often is
 _IDENTITY = b"\x01" + bytes(31)  # compressed encoding of the neutral element (0, 1)
 _SCHNORR_TAG = b"sdquorum schnorr v1"
 _CryptoError = nacl.exceptions.CryptoError
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _is_point(p: object) -> bool:
@@ -163,14 +160,14 @@ class Share:
 
     def to_bytes(self) -> bytes:
         """y as 32 bytes little-endian (canonical)."""
-        if not _is_int(self.y) or not 0 <= self.y < L:
+        if not is_int(self.y) or not 0 <= self.y < L:
             raise UsageError(f"share x={self.x} has y outside [0, L); it cannot be encoded")
         return _scalar_to_bytes(self.y)
 
     @classmethod
     def from_bytes(cls, x: int, data: bytes) -> Share:
         """Parse a canonical 32-byte little-endian y for abscissa x >= 1."""
-        if not _is_int(x) or x < 1:
+        if not is_int(x) or x < 1:
             raise MalformedError(f"share x={x!r} is not a positive integer")
         if not isinstance(data, bytes) or len(data) != SCALAR_BYTES:
             size = len(data) if isinstance(data, bytes | bytearray | memoryview) else "non-bytes"
@@ -218,7 +215,7 @@ class Commitments:
         UsageError for x outside 1..L-1; VerificationError if the sum is the identity (no valid
         non-zero share can exist for that x).
         """
-        if not _is_int(x) or not 1 <= x < L:
+        if not is_int(x) or not 1 <= x < L:
             raise UsageError(f"public share asked for x={x!r}; x must be a positive share index")
         acc = self.points[-1]
         for a in reversed(self.points[:-1]):
@@ -267,9 +264,9 @@ def split(secret: int, m: int, n: int, rng: Rng) -> tuple[tuple[Share, ...], Com
 
     Draws a_1..a_{m-1} in that order with :func:`random_scalar`; shares are x = 1..n in order.
     """
-    if not (_is_int(m) and _is_int(n)) or not 2 <= m <= n <= MAX_SHARES:
+    if not (is_int(m) and is_int(n)) or not 2 <= m <= n <= MAX_SHARES:
         raise UsageError(f"need 2 <= m <= n <= {MAX_SHARES}, got m={m!r}, n={n!r}")
-    if not _is_int(secret) or not 1 <= secret < L:
+    if not is_int(secret) or not 1 <= secret < L:
         raise UsageError("secret must be an integer in 1..L-1")
     for _ in range(_MAX_DRAWS):
         coefficients = [secret] + [random_scalar(rng) for _ in range(m - 1)]
@@ -286,7 +283,7 @@ def split(secret: int, m: int, n: int, rng: Rng) -> tuple[tuple[Share, ...], Com
 def verify_share(share: Share, commitments: Commitments, n: int) -> bool:
     """True iff 1 <= x <= n, 0 < y < L and y*B == public_share(x). Never raises on a bad share."""
     x, y = share.x, share.y
-    if not (_is_int(x) and _is_int(y) and _is_int(n)):
+    if not (is_int(x) and is_int(y) and is_int(n)):
         return False
     if not 1 <= x <= n or not 0 < y < L:
         return False
@@ -302,7 +299,7 @@ def matches_public_share(share: Share, public_share: bytes) -> bool:
     """y*B == ``public_share`` (precomputed with :meth:`Commitments.public_share`): one base-point
     multiplication instead of m - 1 variable-base ones. Never raises on a bad share."""
     y = share.y
-    if not _is_int(y) or not 0 < y < L:
+    if not is_int(y) or not 0 < y < L:
         return False
     try:
         actual = _base_mul(y)
@@ -315,7 +312,7 @@ def check_xs(xs: Sequence[int], n: int) -> None:
     """VerificationError naming the first x that is <= 0, > n, or a duplicate."""
     seen: set[int] = set()
     for x in xs:
-        if not _is_int(x):
+        if not is_int(x):
             raise VerificationError(f"share index x={x!r} is not an integer")
         if x <= 0:
             raise VerificationError(f"share index x={x} is not allowed: x must be >= 1 (x=0 is the secret)")
@@ -331,14 +328,14 @@ def combine(shares: Sequence[Share], m: int, n: int) -> int:
 
     Runs :func:`check_xs` on all shares first. Does not verify shares against commitments: do that first.
     """
-    if not _is_int(m) or m < 1:
+    if not is_int(m) or m < 1:
         raise UsageError(f"threshold m must be a positive integer, got {m!r}")
     check_xs([s.x for s in shares], n)
     if len(shares) < m:
         raise VerificationError(f"{len(shares)} shares given, {m} needed")
     used = shares[:m]
     for s in used:
-        if not _is_int(s.y) or not 0 <= s.y < L:
+        if not is_int(s.y) or not 0 <= s.y < L:
             raise VerificationError(f"share x={s.x} has y outside [0, L)")
     secret = 0
     for i, si in enumerate(used):
@@ -368,7 +365,7 @@ class SchnorrProof:
         """64 bytes: R || z (32 bytes little-endian)."""
         if not isinstance(self.commitment, bytes) or len(self.commitment) != POINT_BYTES:
             raise UsageError("Schnorr commitment R must be 32 bytes")
-        if not _is_int(self.response) or not 0 <= self.response < L:
+        if not is_int(self.response) or not 0 <= self.response < L:
             raise UsageError("Schnorr response z must be in [0, L)")
         return self.commitment + _scalar_to_bytes(self.response)
 
@@ -397,7 +394,7 @@ def prove_share(share: Share, context: bytes, rng: Rng) -> SchnorrProof:
     """Prove knowledge of share.y for P = y*B, bound to ``context`` (which must bind challenge and x)."""
     if not isinstance(context, bytes):
         raise UsageError("Schnorr context must be bytes")
-    if not _is_int(share.y) or not 0 < share.y < L:
+    if not is_int(share.y) or not 0 < share.y < L:
         raise UsageError(f"share x={share.x} has y outside 1..L-1; it cannot be proven")
     k = random_scalar(rng)
     r = _base_mul(k)
@@ -411,7 +408,7 @@ def verify_share_proof(proof: SchnorrProof, public_point: bytes, context: bytes)
     if not isinstance(context, bytes) or not _is_point(public_point) or not _is_point(proof.commitment):
         return False
     z = proof.response
-    if not _is_int(z) or not 0 <= z < L:
+    if not is_int(z) or not 0 <= z < L:
         return False
     c = _challenge(context, public_point, proof.commitment)
     try:

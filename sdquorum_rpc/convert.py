@@ -7,6 +7,7 @@ Importing this module costs the generated messages only (no grpc channel code, n
 
 from __future__ import annotations
 
+from sdquorum.envelopes import CeremonyKind
 from sdquorum.errors import VerificationError
 from sdquorum.offline import CeremonyRequest
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
@@ -14,12 +15,12 @@ from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 __all__ = ["KIND_FROM_PROTO", "KIND_TO_PROTO", "request_from_proto"]
 
 KIND_TO_PROTO: dict[str, pb.RequestKind] = {
-    "recovery": pb.RECOVERY,
-    "drill": pb.DRILL,
-    "rotation": pb.ROTATION,
-    "azure-recovery": pb.AZURE_RECOVERY,
+    CeremonyKind.RECOVERY: pb.RECOVERY,
+    CeremonyKind.DRILL: pb.DRILL,
+    CeremonyKind.ROTATION: pb.ROTATION,
+    CeremonyKind.AZURE_RECOVERY: pb.AZURE_RECOVERY,
 }
-KIND_FROM_PROTO: dict[pb.RequestKind, str] = {v: k for k, v in KIND_TO_PROTO.items()}
+KIND_FROM_PROTO: dict[pb.RequestKind, CeremonyKind] = {v: CeremonyKind(k) for k, v in KIND_TO_PROTO.items()}
 
 
 def request_from_proto(msg: pb.CustodianRequest, custodian: str = "") -> CeremonyRequest:

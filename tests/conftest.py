@@ -10,7 +10,6 @@ seconds: ``t0`` is ``now`` in those.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,8 +19,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from support import Rng
 
-from coordinator.recovery import RecoveryRequest, RecoverySession
+from coordinator.ceremony import CustodianRequest
+from coordinator.recovery import RecoverySession
 from sdquorum import pki, shamir
 from sdquorum.envelopes import (
     Attestation,
@@ -48,24 +49,6 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 T0 = int(NOW.timestamp())
 CUSTODIAN_NAMES = ("alice", "bob", "carol", "dave", "erin", "frank")
 SESSION_SECONDS = 600
-
-Rng = Callable[[int], bytes]
-
-
-def drbg(seed: bytes) -> Rng:
-    """Deterministic rng: SHA-256 in counter mode over ``seed`` (same seed, same bytes)."""
-    buffer = b""
-    counter = 0
-
-    def rng(k: int) -> bytes:
-        nonlocal buffer, counter
-        while len(buffer) < k:
-            buffer += hashlib.sha256(seed + counter.to_bytes(8, "big")).digest()
-            counter += 1
-        out, buffer = buffer[:k], buffer[k:]
-        return out
-
-    return rng
 
 
 # ---------------------------------------------------------------------------------------- identities
@@ -206,11 +189,11 @@ class HonestAgent:
     def thumbprint(self) -> bytes:
         return pki.thumbprint_sha256(self.key.certificate_der())
 
-    def request(self, session: RecoverySession) -> RecoveryRequest:
+    def request(self, session: RecoverySession) -> CustodianRequest:
         (req,) = session.requests_for(self.thumbprint)
         return req
 
-    def check(self, req: RecoveryRequest, now: datetime = NOW) -> CheckedRequest:
+    def check(self, req: CustodianRequest, now: datetime = NOW) -> CheckedRequest:
         return check_request(
             Attestation.from_bytes(req.attestation),
             SignedHeader(req.header_bytes, req.header_signature),
@@ -221,7 +204,7 @@ class HonestAgent:
         )
 
     def release(
-        self, req: RecoveryRequest, now: datetime = NOW, share: shamir.Share | None = None
+        self, req: CustodianRequest, now: datetime = NOW, share: shamir.Share | None = None
     ) -> Release:
         """The release an honest agent sends, or one carrying ``share`` instead, validly signed."""
         checked = self.check(req, now)

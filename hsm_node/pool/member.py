@@ -55,15 +55,17 @@ ACTIVE, REMOVED = "active", "removed"
 
 def allow(store: PoolNodeStore, node_id: str, by: str, now: int) -> None:
     """An admin lets ``node_id`` join (the caller audits it)."""
-    store.put_pool_row("allowed", node_id, json.dumps({"by": by, "at": now}).encode())
+    store.pool.put_pool_row("allowed", node_id, json.dumps({"by": by, "at": now}).encode())
 
 
 def remove(store: PoolNodeStore, node_id: str, by: str, now: int) -> None:
     """End a member: its row says removed and its permission to join goes (the caller audits it,
     and deletes its etcd user with the etcd root certificate)."""
     with store.batch():
-        store.put_pool_row("members", node_id, json.dumps({"state": REMOVED, "by": by, "at": now}).encode())
-        store.delete_pool_row("allowed", node_id)
+        store.pool.put_pool_row(
+            "members", node_id, json.dumps({"state": REMOVED, "by": by, "at": now}).encode()
+        )
+        store.pool.delete_pool_row("allowed", node_id)
 
 
 class PoolMember:
@@ -89,8 +91,8 @@ class PoolMember:
         return datetime.fromtimestamp(int(self._clock()), UTC)
 
     def _pool(self) -> pooljoin.PoolHeader:
-        loaded_sd = self.store.sd_file()
-        raw = self.store.pool_info()
+        loaded_sd = self.store.domain.sd_file()
+        raw = self.store.pool.pool_info()
         if loaded_sd is None or raw is None:
             raise StateError(
                 "the pool has no security domain yet: activate its first member with a ceremony "
@@ -100,7 +102,7 @@ class PoolMember:
 
     def active_members(self) -> set[str]:
         out = set()
-        for node_id, raw in self.store.pool_rows("members").items():
+        for node_id, raw in self.store.pool.pool_rows("members").items():
             try:
                 if json.loads(raw).get("state") == ACTIVE:
                     out.add(node_id)
@@ -110,7 +112,7 @@ class PoolMember:
 
     def check_standing(self) -> None:
         """PermissionDeniedError if this member was removed from the pool."""
-        raw = self.store.pool_row("members", self.node_id)
+        raw = self.store.pool.pool_row("members", self.node_id)
         if raw is not None and json.loads(raw).get("state") == REMOVED:
             raise PermissionDeniedError(
                 f"node {self.node_id!r} was removed from the pool: it serves nothing; an admin allows it "
@@ -121,7 +123,7 @@ class PoolMember:
         """A member that holds the domain lists itself as active (refused if it was removed)."""
         self.check_standing()
         row = {"state": ACTIVE, "certificate": b64e(self._cert), "at": int(self._clock())}
-        self.store.put_pool_row("members", self.node_id, json.dumps(row).encode())
+        self.store.pool.put_pool_row("members", self.node_id, json.dumps(row).encode())
 
     # ------------------------------------------------------------------ the joiner
 
@@ -140,11 +142,11 @@ class PoolMember:
             self._cert,
             ttl=min(pooljoin.MAX_JOIN_SECONDS, max(1, int(timeout) + 1)),
         )
-        self.store.delete_pool_row("grants", self.node_id)
-        self.store.put_pool_row("joins", self.node_id, request.to_bytes())
+        self.store.pool.delete_pool_row("grants", self.node_id)
+        self.store.pool.put_pool_row("joins", self.node_id, request.to_bytes())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            raw = self.store.pool_row("grants", self.node_id)
+            raw = self.store.pool.pool_row("grants", self.node_id)
             if raw is not None:
                 try:
                     grant = pooljoin.JoinGrant.from_bytes(raw)
@@ -160,15 +162,15 @@ class PoolMember:
                 except (VerificationError, MalformedError) as e:
                     log.warning("pool join: refused a grant: %s", e)
                 else:
-                    self.store.hold_domain(secrets, "ACTIVATED")
-                    self.store.delete_pool_row("grants", self.node_id)
+                    self.store.pool.hold_domain(secrets, "ACTIVATED")
+                    self.store.pool.delete_pool_row("grants", self.node_id)
                     self.register()
                     log.info(
                         "pool join: node %s holds the domain, from %s", self.node_id, grant.statement.sender
                     )
                     return secrets
             await asyncio.sleep(poll)
-        self.store.delete_pool_row("joins", self.node_id)
+        self.store.pool.delete_pool_row("joins", self.node_id)
         raise StateError(
             f"no pool member granted this node's join within {timeout:g} s: check that an admin ran "
             f"'sdctl pool allow {self.node_id}', that a member is up, and the members' logs"
@@ -178,13 +180,13 @@ class PoolMember:
 
     def serve_joins_once(self, secrets: DomainSecrets) -> list[str]:
         """Answer every pending join request this member can check; the node ids granted."""
-        requests = self.store.pool_rows("joins")
+        requests = self.store.pool.pool_rows("joins")
         if not requests:
             return []
         self.check_standing()
         pool = self._pool()
-        allowed = set(self.store.pool_rows("allowed"))
-        used = self.store.served()
+        allowed = set(self.store.pool.pool_rows("allowed"))
+        used = self.store.pool.served()
         granted = []
         for node_id, raw in requests.items():
             try:
@@ -197,7 +199,7 @@ class PoolMember:
                     request, root_pem=self._root, now=self._now(), allowed=allowed, pool=pool, used=used
                 )
                 grant = pooljoin.make_join_grant(request, secrets, self.node_id, pool, self._key, self._cert)
-                self.store.grant_join(node_id, raw, request.sha256, grant.to_bytes())
+                self.store.pool.grant_join(node_id, raw, request.sha256, grant.to_bytes())
             except (VerificationError, MalformedError) as e:
                 log.warning("pool join of %r refused: %s", node_id, e)
                 continue

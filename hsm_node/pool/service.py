@@ -77,7 +77,10 @@ class PoolService:
 
     def remove(self, node_id: str, caller: Any) -> None:
         _check_node_id(node_id)
-        if node_id not in self.member.active_members() and self.store.pool_row("allowed", node_id) is None:
+        if (
+            node_id not in self.member.active_members()
+            and self.store.pool.pool_row("allowed", node_id) is None
+        ):
             raise UsageError(f"{node_id!r} is neither a member of this pool nor allowed to join it")
         remove(self.store, node_id, str(caller), self._now())
         self._audit("pool-remove", caller, {"node_id": node_id})
@@ -86,8 +89,8 @@ class PoolService:
         return PoolStatus(
             self.name,
             sorted(self.member.active_members()),
-            sorted(self.store.pool_rows("allowed")),
-            self.store.staleness(),
+            sorted(self.store.pool.pool_rows("allowed")),
+            self.store.pool.staleness(),
         )
 
     # ------------------------------------------------------------------ the loop
@@ -95,7 +98,7 @@ class PoolService:
     def step(self) -> None:
         """One pass of the member loop, for a node that holds the domain."""
         life = self._lifecycle
-        if life.info != self.store.pool_info():
+        if life.info != self.store.pool.pool_info():
             life.reload()  # another member rotated, or this node's view was behind
         held = life.domain
         if held is None:
@@ -115,14 +118,17 @@ class PoolService:
                     self.step()
             except PermissionDeniedError as e:
                 log.error("pool: %s", e)
-                self.store.mark_removed()
+                self.store.pool.mark_removed()
                 return
             except SdquorumError as e:
                 log.warning("pool: %s", e)
             await asyncio.sleep(interval)
 
     async def _maybe_join(self) -> None:
-        if self.store.pool_info() is None or self.store.pool_row("allowed", self.member.node_id) is None:
+        if (
+            self.store.pool.pool_info() is None
+            or self.store.pool.pool_row("allowed", self.member.node_id) is None
+        ):
             return
         await self.member.join(self._join_timeout)
         self._lifecycle.reload()

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 from hsm_node.store.image import read_image, write_image
-from hsm_node.store.protocol import LEGACY_OWNER, DomainInfo, KeyRow, StoredKey
+from hsm_node.store.protocol import DomainInfo, KeyRow, StoredKey
 from hsm_node.store.sealing import DomainSeal, KeySeal
 from sdquorum.backup import BackupKey
 from sdquorum.errors import AlreadyExistsError, NotFoundError
@@ -50,148 +50,139 @@ class _Tables:
         )
 
 
-class MemoryNodeStore:
-    """:class:`~hsm_node.store.protocol.NodeStore` in this process's memory."""
+class _Transactions:
+    """The tables and the transactions over them (module docstring)."""
 
-    def __init__(self, sealing_key: bytes, node_id: str) -> None:
-        self._tables = _Tables()
-        self._domain_seal = DomainSeal(sealing_key, node_id)
-        self._key_seal = KeySeal()
-        self._depth = 0  # transactions open: the batch and the write inside it
+    def __init__(self) -> None:
+        self.tables = _Tables()
+        self.depth = 0  # transactions open: the batch and the write inside it
         self.on_commit: Callable[[], None] | None = None
 
-    def close(self) -> None:
-        """Nothing to release."""
-
     @contextmanager
-    def batch(self) -> Iterator[None]:
-        """Every write inside commits together (module docstring)."""
-        with self._tx():
-            yield
-
-    @contextmanager
-    def _tx(self) -> Iterator[_Tables]:
+    def tx(self) -> Iterator[_Tables]:
         """A copy of the tables to write to; kept if the block ends, dropped if it raises."""
-        before = self._tables
-        self._tables = before.copy()
-        self._depth += 1
+        before = self.tables
+        self.tables = before.copy()
+        self.depth += 1
         try:
-            yield self._tables
-            if self._depth == 1 and self.on_commit is not None:
+            yield self.tables
+            if self.depth == 1 and self.on_commit is not None:
                 self.on_commit()
         except BaseException:
-            self._tables = before
+            self.tables = before
             raise
         finally:
-            self._depth -= 1
+            self.depth -= 1
 
-    # ------------------------------------------------------------ state, domain and epochs
+
+class _MemoryDomain:
+    def __init__(self, transactions: _Transactions, seal: DomainSeal) -> None:
+        self._t = transactions
+        self._domain_seal = seal
 
     def state(self) -> str | None:
-        v = self._tables.meta.get("state")
+        v = self._t.tables.meta.get("state")
         return v.decode() if v else None
 
     def set_state(self, state: str) -> None:
-        with self._tx() as t:
+        with self._t.tx() as t:
             t.meta["state"] = state.encode()
 
     def activate(self, secrets: DomainSecrets, info: DomainInfo, state: str, sd_file: bytes) -> None:
         sealed = self._domain_seal.seal(secrets)
-        with self._tx() as t:
+        with self._t.tx() as t:
             t.meta.update(sd_file=sd_file, domain=sealed, domain_info=info.to_json().encode())
             t.meta["state"] = state.encode()
 
     def load_domain(self) -> tuple[DomainSecrets, DomainInfo] | None:
-        sealed, info = self._tables.meta.get("domain"), self._tables.meta.get("domain_info")
+        sealed, info = self._t.tables.meta.get("domain"), self._t.tables.meta.get("domain_info")
         if sealed is None or info is None:
             return None
         return self._domain_seal.open(sealed), DomainInfo.from_json(info.decode())
 
     def sd_file(self) -> bytes | None:
-        return self._tables.meta.get("sd_file")
+        return self._t.tables.meta.get("sd_file")
 
     def rotate(self, secrets: DomainSecrets, info: DomainInfo, sd_file: bytes, retired: RetiredEpoch) -> None:
         sealed = self._domain_seal.seal(secrets)
-        with self._tx() as t:
+        with self._t.tx() as t:
             if retired.epoch in t.retired:
                 raise AlreadyExistsError(f"epoch {retired.epoch} was retired already")
             t.meta.update(sd_file=sd_file, domain=sealed, domain_info=info.to_json().encode())
             t.retired[retired.epoch] = retired
 
     def set_flag(self, name: str, value: str) -> None:
-        with self._tx() as t:
+        with self._t.tx() as t:
             t.meta[f"flag:{name}"] = value.encode()
 
     def flag(self, name: str) -> str | None:
-        v = self._tables.meta.get(f"flag:{name}")
+        v = self._t.tables.meta.get(f"flag:{name}")
         return v.decode() if v is not None else None
 
     def highest_epoch(self, domain_id: bytes) -> int | None:
-        return self._tables.epochs.get(domain_id)
+        return self._t.tables.epochs.get(domain_id)
 
     def note_epoch(self, domain_id: bytes, epoch: int) -> None:
-        with self._tx() as t:
+        with self._t.tx() as t:
             t.epochs[domain_id] = max(epoch, t.epochs.get(domain_id, epoch))
 
-    # ------------------------------------------------------------ audit and custody
+
+class _MemoryRecords:
+    def __init__(self, transactions: _Transactions) -> None:
+        self._t = transactions
 
     def append_audit(self, chain: str, seq: int, entry_json: str) -> None:
-        with self._tx() as t:
+        with self._t.tx() as t:
             entries = t.audit.setdefault(chain, [])
             if seq <= len(entries):
                 raise AlreadyExistsError(f"audit entry {seq} of chain {chain!r} exists already")
             entries.append(entry_json)
 
     def audit_entries(self, chain: str) -> list[str]:
-        return list(self._tables.audit.get(chain, []))
+        return list(self._t.tables.audit.get(chain, []))
 
     def last_audit(self, chain: str) -> str | None:
-        entries = self._tables.audit.get(chain)
+        entries = self._t.tables.audit.get(chain)
         return entries[-1] if entries else None
 
     def add_custody_record(self, record: CustodyRecord) -> None:
-        with self._tx() as t:
+        with self._t.tx() as t:
             t.custody.append(record)
 
     def custody_records(self) -> list[CustodyRecord]:
-        return list(self._tables.custody)
+        return list(self._t.tables.custody)
 
     def add_drill_results(self, results: Sequence[DrillResult]) -> None:
-        with self._tx() as t:
+        with self._t.tx() as t:
             t.drills.extend(results)
 
     def drill_results(self) -> list[DrillResult]:
-        return list(self._tables.drills)
+        return list(self._t.tables.drills)
 
     def retired_epochs(self) -> list[RetiredEpoch]:
-        return list(self._tables.retired.values())
+        return list(self._t.tables.retired.values())
 
-    # ------------------------------------------------------------ keys
 
-    def put_key(
-        self,
-        dek: bytes,
-        name: str,
-        key_type: int,
-        public_der: bytes,
-        private: bytes,
-        created_at: int,
-        owner: str = LEGACY_OWNER,
-    ) -> None:
-        sealed = self._key_seal.seal(dek, name, key_type, owner, private)
-        with self._tx() as t:
-            if name in t.keys:
-                raise AlreadyExistsError(f"a key named {name!r} exists already: pick another name")
-            t.keys[name] = KeyRow(StoredKey(name, key_type, public_der, created_at, owner), sealed)
+class _MemoryKeys:
+    def __init__(self, transactions: _Transactions, seal: KeySeal) -> None:
+        self._t = transactions
+        self._key_seal = seal
+
+    def put_key(self, dek: bytes, key: StoredKey, private: bytes) -> None:
+        sealed = self._key_seal.seal(dek, key.name, key.key_type, key.owner, private)
+        with self._t.tx() as t:
+            if key.name in t.keys:
+                raise AlreadyExistsError(f"a key named {key.name!r} exists already: pick another name")
+            t.keys[key.name] = KeyRow(replace(key, deleted_at=None), sealed)
 
     def find_key(self, name: str) -> StoredKey | None:
-        row = self._tables.keys.get(name)
+        row = self._t.tables.keys.get(name)
         return None if row is None else row.key
 
     def get_key(
         self, dek: bytes, name: str, allow: Callable[[StoredKey], None] | None = None
     ) -> tuple[StoredKey, bytes]:
-        row = self._tables.keys.get(name)
+        row = self._t.tables.keys.get(name)
         if row is None:
             raise NotFoundError(f"no key named {name!r}: list keys with 'sdctl keys list'")
         if allow is not None:
@@ -201,7 +192,7 @@ class MemoryNodeStore:
     def list_keys(self, owner: str | None = None, deleted: bool = False) -> list[StoredKey]:
         return [
             r.key
-            for _, r in sorted(self._tables.keys.items())
+            for _, r in sorted(self._t.tables.keys.items())
             if (r.key.deleted_at is not None) == deleted and owner in (None, r.key.owner)
         ]
 
@@ -209,7 +200,7 @@ class MemoryNodeStore:
         return len(self.list_keys())
 
     def mark_deleted(self, name: str, deleted_at: int | None) -> None:
-        with self._tx() as t:
+        with self._t.tx() as t:
             row = t.keys.get(name)
             if row is None or (row.key.deleted_at is None) != (deleted_at is not None):
                 raise NotFoundError(
@@ -218,7 +209,7 @@ class MemoryNodeStore:
             t.keys[name] = replace(row, key=replace(row.key, deleted_at=deleted_at))
 
     def purge_key(self, name: str) -> None:
-        with self._tx() as t:
+        with self._t.tx() as t:
             row = t.keys.get(name)
             if row is None or row.key.deleted_at is None:
                 raise NotFoundError(f"no deleted key named {name!r}")
@@ -227,13 +218,13 @@ class MemoryNodeStore:
     def deleted_before(self, time: int) -> list[StoredKey]:
         due = [
             r.key
-            for r in self._tables.keys.values()
+            for r in self._t.tables.keys.values()
             if r.key.deleted_at is not None and r.key.deleted_at <= time
         ]
         return sorted(due, key=lambda k: (k.deleted_at, k.name))
 
     def export_key_rows(self, dek: bytes) -> tuple[bytes, int]:
-        rows = [r for _, r in sorted(self._tables.keys.items())]
+        rows = [r for _, r in sorted(self._t.tables.keys.items())]
         count = self._key_seal.check_all(dek, rows)
         return write_image(rows), count
 
@@ -244,5 +235,32 @@ class MemoryNodeStore:
         self._replace_rows(self._key_seal.seal_all(dek, keys))
 
     def _replace_rows(self, rows: Iterable[KeyRow]) -> None:
-        with self._tx() as t:
+        with self._t.tx() as t:
             t.keys = {r.key.name: r for r in rows}
+
+
+class MemoryNodeStore:
+    """:class:`~hsm_node.store.protocol.NodeStore` in this process's memory."""
+
+    def __init__(self, sealing_key: bytes, node_id: str) -> None:
+        self._t = _Transactions()
+        self.domain = _MemoryDomain(self._t, DomainSeal(sealing_key, node_id))
+        self.records = _MemoryRecords(self._t)
+        self.keys = _MemoryKeys(self._t, KeySeal())
+
+    @property
+    def on_commit(self) -> Callable[[], None] | None:
+        return self._t.on_commit
+
+    @on_commit.setter
+    def on_commit(self, hook: Callable[[], None] | None) -> None:
+        self._t.on_commit = hook
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Every write inside commits together (module docstring)."""
+        with self._t.tx():
+            yield

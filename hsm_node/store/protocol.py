@@ -33,7 +33,16 @@ from sdquorum.backup import BackupKey
 from sdquorum.review import CustodyRecord, DrillResult, RetiredEpoch
 from sdquorum.sdfile import DomainSecrets
 
-__all__ = ["LEGACY_OWNER", "DomainInfo", "KeyRow", "NodeStore", "StoredKey"]
+__all__ = [
+    "LEGACY_OWNER",
+    "DomainInfo",
+    "DomainStore",
+    "KeyRow",
+    "KeyStore",
+    "NodeStore",
+    "RecordStore",
+    "StoredKey",
+]
 
 LEGACY_OWNER = "app"  # owner of rows written before keys had owners (and of version 1 backups' keys)
 
@@ -79,18 +88,9 @@ class KeyRow:
     sealed: bytes
 
 
-class NodeStore(Protocol):
-    """What the node keeps (module docstring for the invariants)."""
+class DomainStore(Protocol):
+    """The node state, the sealed domain with its SD file, flags and the epochs seen."""
 
-    on_commit: Callable[[], None] | None
-
-    def close(self) -> None: ...
-
-    def batch(self) -> AbstractContextManager[None]:
-        """One atomic transaction for every write made inside."""
-        ...
-
-    # node state, domain and epochs
     def state(self) -> str | None: ...
     def set_state(self, state: str) -> None: ...
     def activate(self, secrets: DomainSecrets, info: DomainInfo, state: str, sd_file: bytes) -> None: ...
@@ -107,8 +107,14 @@ class NodeStore(Protocol):
         """Remember ``epoch`` of ``domain_id`` if it is higher than what is remembered."""
         ...
 
-    # audit log and custody
-    def append_audit(self, chain: str, seq: int, entry_json: str) -> None: ...
+
+class RecordStore(Protocol):
+    """Append-only records: audit chains, custody records, drill results, retired epochs."""
+
+    def append_audit(self, chain: str, seq: int, entry_json: str) -> None:
+        """AlreadyExistsError if ``chain`` holds entry ``seq`` already."""
+        ...
+
     def audit_entries(self, chain: str) -> list[str]: ...
     def last_audit(self, chain: str) -> str | None: ...
     def add_custody_record(self, record: CustodyRecord) -> None: ...
@@ -117,18 +123,13 @@ class NodeStore(Protocol):
     def drill_results(self) -> list[DrillResult]: ...
     def retired_epochs(self) -> list[RetiredEpoch]: ...
 
-    # keys (private material sealed under ``dek``)
-    def put_key(
-        self,
-        dek: bytes,
-        name: str,
-        key_type: int,
-        public_der: bytes,
-        private: bytes,
-        created_at: int,
-        owner: str = LEGACY_OWNER,
-    ) -> None:
-        """Insert a live key; AlreadyExistsError if a row of that name exists, live or deleted."""
+
+class KeyStore(Protocol):
+    """The key rows, private material sealed under the data encryption key ``dek``."""
+
+    def put_key(self, dek: bytes, key: StoredKey, private: bytes) -> None:
+        """Insert ``key`` live, its ``private`` material sealed; AlreadyExistsError if a row of that
+        name exists, live or deleted."""
         ...
 
     def find_key(self, name: str) -> StoredKey | None: ...
@@ -154,4 +155,23 @@ class NodeStore(Protocol):
 
     def replace_keys(self, dek: bytes, keys: Sequence[BackupKey]) -> None:
         """Replace every key row with keys in the clear (a version 1 backup), sealing each."""
+        ...
+
+
+class NodeStore(Protocol):
+    """What the node keeps (module docstring for the invariants): three parts over one transaction
+    scope, so that a batch spans all three."""
+
+    @property
+    def domain(self) -> DomainStore: ...
+    @property
+    def records(self) -> RecordStore: ...
+    @property
+    def keys(self) -> KeyStore: ...
+
+    on_commit: Callable[[], None] | None
+
+    def close(self) -> None: ...
+    def batch(self) -> AbstractContextManager[None]:
+        """One atomic transaction for every write made inside, in any of the three parts."""
         ...

@@ -86,10 +86,10 @@ def _json(value: Any) -> str:
     return json.dumps(value.to_json(), sort_keys=True)
 
 
-class SqliteNodeStore:
-    """:class:`~hsm_node.store.protocol.NodeStore` in ``<data_dir>/node.db``."""
+class _Connection:
+    """The database connection and its transactions (a batch; a savepoint per write inside it)."""
 
-    def __init__(self, data_dir: Path, sealing_key: bytes, node_id: str) -> None:
+    def __init__(self, data_dir: Path) -> None:
         check_data_dir(data_dir)
         db = data_dir / "node.db"
         try:
@@ -97,59 +97,49 @@ class SqliteNodeStore:
             os.close(
                 os.open(db, os.O_RDWR | os.O_CREAT, 0o600)
             )  # before SQLite: its -wal/-shm copy this mode
-            self._db = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA trusted_schema=OFF")
-            self._db.executescript(_SCHEMA)
+            self.db = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA trusted_schema=OFF")
+            self.db.executescript(_SCHEMA)
             self._add_key_columns()
         except (OSError, sqlite3.Error) as e:
             raise UsageError(f"cannot open the node database in {data_dir}: {e}") from e
         self._depth = 0  # transactions open: 0, or 1 + the savepoints inside a batch
-        self._domain_seal = DomainSeal(sealing_key, node_id)
-        self._key_seal = KeySeal()
         self.on_commit: Callable[[], None] | None = None
 
     def close(self) -> None:
-        self._db.close()
+        self.db.close()
 
     def _add_key_columns(self) -> None:
         """A database of an earlier version: its keys gain an owner (``app``) and are live."""
-        columns = {r[1] for r in self._db.execute("PRAGMA table_info(keys)")}
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(keys)")}
         if "owner" not in columns:
-            self._db.execute(f"ALTER TABLE keys ADD COLUMN owner TEXT NOT NULL DEFAULT '{LEGACY_OWNER}'")
+            self.db.execute(f"ALTER TABLE keys ADD COLUMN owner TEXT NOT NULL DEFAULT '{LEGACY_OWNER}'")
         if "deleted_at" not in columns:
-            self._db.execute("ALTER TABLE keys ADD COLUMN deleted_at INTEGER")
+            self.db.execute("ALTER TABLE keys ADD COLUMN deleted_at INTEGER")
 
     @contextmanager
-    def batch(self) -> Iterator[None]:
-        """One transaction, one commit (one fsync), for every write made inside: none of it is
-        durable before the block ends, all of it is after. A write inside that fails undoes only
-        itself (a savepoint); an exception out of the block undoes the whole batch."""
-        with self._tx():
-            yield
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def tx(self) -> Iterator[sqlite3.Connection]:
         try:
             if self._depth:  # inside a batch: a savepoint, committed with the batch
                 with self._savepoint():
-                    yield self._db
+                    yield self.db
                 return
-            self._db.execute("BEGIN IMMEDIATE")
+            self.db.execute("BEGIN IMMEDIATE")
             self._depth = 1
             try:
-                yield self._db
+                yield self.db
                 self._require_open_batch()
                 if self.on_commit is not None:
                     self.on_commit()
             except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
                 raise
             finally:
                 self._depth = 0
-            self._db.execute("COMMIT")
+            self.db.execute("COMMIT")
         except sqlite3.IntegrityError as e:  # a unique row written twice (an audit entry, a retired epoch)
             raise AlreadyExistsError(
                 f"the node's database holds that row already ({e}): nothing was changed"
@@ -163,152 +153,163 @@ class SqliteNodeStore:
     @contextmanager
     def _savepoint(self) -> Iterator[None]:
         self._require_open_batch()
-        self._db.execute("SAVEPOINT w")
+        self.db.execute("SAVEPOINT w")
         self._depth += 1
         try:
             yield
         except BaseException:
-            self._db.execute("ROLLBACK TO w")
-            self._db.execute("RELEASE w")
+            self.db.execute("ROLLBACK TO w")
+            self.db.execute("RELEASE w")
             raise
         finally:
             self._depth -= 1
-        self._db.execute("RELEASE w")
+        self.db.execute("RELEASE w")
 
     def _require_open_batch(self) -> None:
         """SQLite rolls a transaction back by itself on some errors (a full disk, an I/O error): the
         writes of a batch made before are gone then, and the batch must fail, not carry on in a
         new transaction (a savepoint outside a transaction starts one) and report success."""
-        if not self._db.in_transaction:
+        if not self.db.in_transaction:
             raise sqlite3.OperationalError("the transaction was rolled back by an earlier error")
 
-    def _get(self, k: str) -> bytes | None:
-        row = self._db.execute("SELECT v FROM meta WHERE k = ?", (k,)).fetchone()
+    def get(self, k: str) -> bytes | None:
+        row = self.db.execute("SELECT v FROM meta WHERE k = ?", (k,)).fetchone()
         return None if row is None else bytes(row[0])
 
-    def _texts(self, query: str) -> list[str]:
-        return [str(r[0]) for r in self._db.execute(query)]
+    def texts(self, query: str) -> list[str]:
+        return [str(r[0]) for r in self.db.execute(query)]
 
-    # ------------------------------------------------------------ state, domain and epochs
+
+class _SqliteDomain:
+    """:class:`~hsm_node.store.protocol.DomainStore` in the ``meta`` and ``epochs`` tables."""
+
+    def __init__(self, connection: _Connection, seal: DomainSeal) -> None:
+        self._c = connection
+        self._domain_seal = seal
 
     def state(self) -> str | None:
-        v = self._get("state")
+        v = self._c.get("state")
         return v.decode() if v else None
 
     def set_state(self, state: str) -> None:
-        with self._tx() as db:
+        with self._c.tx() as db:
             db.execute(_SET_META, ("state", state.encode()))
 
     def activate(self, secrets: DomainSecrets, info: DomainInfo, state: str, sd_file: bytes) -> None:
         sealed = self._domain_seal.seal(secrets)
-        with self._tx() as db:
+        with self._c.tx() as db:
             db.execute(_SET_META, ("sd_file", sd_file))
             db.execute(_SET_META, ("domain", sealed))
             db.execute(_SET_META, ("domain_info", info.to_json().encode()))
             db.execute(_SET_META, ("state", state.encode()))
 
     def load_domain(self) -> tuple[DomainSecrets, DomainInfo] | None:
-        sealed, info = self._get("domain"), self._get("domain_info")
+        sealed, info = self._c.get("domain"), self._c.get("domain_info")
         if sealed is None or info is None:
             return None
         return self._domain_seal.open(sealed), DomainInfo.from_json(info.decode())
 
     def sd_file(self) -> bytes | None:
-        return self._get("sd_file")
+        return self._c.get("sd_file")
 
     def rotate(self, secrets: DomainSecrets, info: DomainInfo, sd_file: bytes, retired: RetiredEpoch) -> None:
         sealed = self._domain_seal.seal(secrets)
-        with self._tx() as db:
+        with self._c.tx() as db:
             db.execute(_SET_META, ("domain", sealed))
             db.execute(_SET_META, ("domain_info", info.to_json().encode()))
             db.execute(_SET_META, ("sd_file", sd_file))
             db.execute("INSERT INTO retired (epoch, record) VALUES (?, ?)", (retired.epoch, _json(retired)))
 
     def set_flag(self, name: str, value: str) -> None:
-        with self._tx() as db:
+        with self._c.tx() as db:
             db.execute(_SET_META, (f"flag:{name}", value.encode()))
 
     def flag(self, name: str) -> str | None:
-        v = self._get(f"flag:{name}")
+        v = self._c.get(f"flag:{name}")
         return v.decode() if v is not None else None
 
     def highest_epoch(self, domain_id: bytes) -> int | None:
-        row = self._db.execute("SELECT epoch FROM epochs WHERE domain_id = ?", (domain_id.hex(),)).fetchone()
+        row = self._c.db.execute(
+            "SELECT epoch FROM epochs WHERE domain_id = ?", (domain_id.hex(),)
+        ).fetchone()
         return None if row is None else int(row[0])
 
     def note_epoch(self, domain_id: bytes, epoch: int) -> None:
-        with self._tx() as db:
+        with self._c.tx() as db:
             db.execute(
                 "INSERT INTO epochs (domain_id, epoch) VALUES (?, ?) "
                 "ON CONFLICT(domain_id) DO UPDATE SET epoch = max(epoch, excluded.epoch)",
                 (domain_id.hex(), epoch),
             )
 
-    # ------------------------------------------------------------ audit and custody
+
+class _SqliteRecords:
+    """:class:`~hsm_node.store.protocol.RecordStore` in the ``audit``, ``custody``, ``drills`` and
+    ``retired`` tables."""
+
+    def __init__(self, connection: _Connection) -> None:
+        self._c = connection
 
     def append_audit(self, chain: str, seq: int, entry_json: str) -> None:
-        with self._tx() as db:
+        with self._c.tx() as db:
             db.execute("INSERT INTO audit (chain, seq, entry) VALUES (?, ?, ?)", (chain, seq, entry_json))
 
     def audit_entries(self, chain: str) -> list[str]:
-        rows = self._db.execute("SELECT entry FROM audit WHERE chain = ? ORDER BY seq", (chain,)).fetchall()
+        rows = self._c.db.execute("SELECT entry FROM audit WHERE chain = ? ORDER BY seq", (chain,)).fetchall()
         return [r[0] for r in rows]
 
     def last_audit(self, chain: str) -> str | None:
-        row = self._db.execute(
+        row = self._c.db.execute(
             "SELECT entry FROM audit WHERE chain = ? ORDER BY seq DESC LIMIT 1", (chain,)
         ).fetchone()
         return None if row is None else str(row[0])
 
     def add_custody_record(self, record: CustodyRecord) -> None:
-        with self._tx() as db:
+        with self._c.tx() as db:
             db.execute("INSERT INTO custody (record) VALUES (?)", (_json(record),))
 
     def custody_records(self) -> list[CustodyRecord]:
-        texts = self._texts("SELECT record FROM custody ORDER BY rowid")
+        texts = self._c.texts("SELECT record FROM custody ORDER BY rowid")
         return [CustodyRecord.from_json(json.loads(t)) for t in texts]
 
     def add_drill_results(self, results: Sequence[DrillResult]) -> None:
-        with self._tx() as db:
+        with self._c.tx() as db:
             db.executemany("INSERT INTO drills (result) VALUES (?)", [(_json(r),) for r in results])
 
     def drill_results(self) -> list[DrillResult]:
         return [
             DrillResult.from_json(json.loads(t))
-            for t in self._texts("SELECT result FROM drills ORDER BY rowid")
+            for t in self._c.texts("SELECT result FROM drills ORDER BY rowid")
         ]
 
     def retired_epochs(self) -> list[RetiredEpoch]:
-        texts = self._texts("SELECT record FROM retired ORDER BY rowid")
+        texts = self._c.texts("SELECT record FROM retired ORDER BY rowid")
         return [RetiredEpoch.from_json(json.loads(t)) for t in texts]
 
-    # ------------------------------------------------------------ keys
 
-    def put_key(
-        self,
-        dek: bytes,
-        name: str,
-        key_type: int,
-        public_der: bytes,
-        private: bytes,
-        created_at: int,
-        owner: str = LEGACY_OWNER,
-    ) -> None:
+class _SqliteKeys:
+    """:class:`~hsm_node.store.protocol.KeyStore` in the ``keys`` table."""
+
+    def __init__(self, connection: _Connection, seal: KeySeal) -> None:
+        self._c = connection
+        self._key_seal = seal
+
+    def put_key(self, dek: bytes, key: StoredKey, private: bytes) -> None:
         """Insert a live key; AlreadyExistsError if a row of that name exists, live or deleted
         (:meth:`find_key` tells which)."""
-        sealed = self._key_seal.seal(dek, name, key_type, owner, private)
+        sealed = self._key_seal.seal(dek, key.name, key.key_type, key.owner, private)
         try:
-            with self._tx() as db:
+            with self._c.tx() as db:
                 db.execute(
                     "INSERT INTO keys (name, type, public_der, sealed, created_at, owner) VALUES (?, ?, ?, ?, ?, ?)",
-                    (name, key_type, public_der, sealed, created_at, owner),
+                    (key.name, key.key_type, key.public_der, sealed, key.created_at, key.owner),
                 )
         except AlreadyExistsError as e:
-            raise AlreadyExistsError(f"a key named {name!r} exists already: pick another name") from e
+            raise AlreadyExistsError(f"a key named {key.name!r} exists already: pick another name") from e
 
     def find_key(self, name: str) -> StoredKey | None:
         """The row named ``name``, live or deleted, without its private material."""
-        row = self._db.execute(f"SELECT {_KEY_COLUMNS} FROM keys WHERE name = ?", (name,)).fetchone()  # noqa: S608  # constant
+        row = self._c.db.execute(f"SELECT {_KEY_COLUMNS} FROM keys WHERE name = ?", (name,)).fetchone()  # noqa: S608  # constant
         return None if row is None else _stored(row)
 
     def get_key(
@@ -316,7 +317,7 @@ class SqliteNodeStore:
     ) -> tuple[StoredKey, bytes]:
         """A key and its private material, live or deleted. ``allow`` sees the row first and raises
         to refuse it: a refused key is never opened (one query either way)."""
-        row = self._db.execute(
+        row = self._c.db.execute(
             f"SELECT {_KEY_COLUMNS}, sealed FROM keys WHERE name = ?",  # noqa: S608  # constant
             (name,),
         ).fetchone()
@@ -333,7 +334,7 @@ class SqliteNodeStore:
         args: tuple[str, ...] = ()
         if owner is not None:
             where, args = where + " AND owner = ?", (owner,)
-        rows = self._db.execute(
+        rows = self._c.db.execute(
             f"SELECT {_KEY_COLUMNS} FROM keys WHERE {where} ORDER BY name",  # noqa: S608  # constant clauses
             args,
         ).fetchall()
@@ -341,12 +342,12 @@ class SqliteNodeStore:
 
     def count_keys(self) -> int:
         """Live keys."""
-        return int(self._db.execute("SELECT COUNT(*) FROM keys WHERE deleted_at IS NULL").fetchone()[0])
+        return int(self._c.db.execute("SELECT COUNT(*) FROM keys WHERE deleted_at IS NULL").fetchone()[0])
 
     def mark_deleted(self, name: str, deleted_at: int | None) -> None:
         """Soft-delete a live key (``deleted_at``: now) or recover a deleted one (None)."""
         was = "deleted_at IS NULL" if deleted_at is not None else "deleted_at IS NOT NULL"
-        with self._tx() as db:
+        with self._c.tx() as db:
             cur = db.execute(f"UPDATE keys SET deleted_at = ? WHERE name = ? AND {was}", (deleted_at, name))  # noqa: S608  # constant clauses
             if cur.rowcount == 0:
                 raise NotFoundError(
@@ -355,14 +356,14 @@ class SqliteNodeStore:
 
     def purge_key(self, name: str) -> None:
         """Remove a deleted key's row for good."""
-        with self._tx() as db:
+        with self._c.tx() as db:
             cur = db.execute("DELETE FROM keys WHERE name = ? AND deleted_at IS NOT NULL", (name,))
             if cur.rowcount == 0:
                 raise NotFoundError(f"no deleted key named {name!r}")
 
     def deleted_before(self, time: int) -> list[StoredKey]:
         """The deleted keys whose deletion is at or before ``time`` (their retention has ended)."""
-        rows = self._db.execute(
+        rows = self._c.db.execute(
             f"SELECT {_KEY_COLUMNS} FROM keys "  # noqa: S608  # constant
             "WHERE deleted_at IS NOT NULL AND deleted_at <= ? ORDER BY deleted_at, name",
             (time,),
@@ -374,7 +375,7 @@ class SqliteNodeStore:
         first, so a backup never carries a key that could not be restored."""
         rows = [
             KeyRow(_stored(r), bytes(r[6]))
-            for r in self._db.execute(f"SELECT {_KEY_COLUMNS}, sealed FROM keys ORDER BY name")  # noqa: S608  # constant
+            for r in self._c.db.execute(f"SELECT {_KEY_COLUMNS}, sealed FROM keys ORDER BY name")  # noqa: S608  # constant
         ]
         count = self._key_seal.check_all(dek, rows)
         return write_image(rows), count
@@ -392,13 +393,42 @@ class SqliteNodeStore:
 
     def _replace_rows(self, rows: Iterable[KeyRow]) -> None:
         values = [row_values(r) for r in rows]
-        with self._tx() as db:
+        with self._c.tx() as db:
             db.execute("DELETE FROM keys")
             db.executemany(
                 "INSERT INTO keys (name, type, public_der, sealed, created_at, owner, deleted_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 values,
             )
+
+
+class SqliteNodeStore:
+    """:class:`~hsm_node.store.protocol.NodeStore` in ``<data_dir>/node.db``."""
+
+    def __init__(self, data_dir: Path, sealing_key: bytes, node_id: str) -> None:
+        self._c = _Connection(data_dir)
+        self.domain = _SqliteDomain(self._c, DomainSeal(sealing_key, node_id))
+        self.records = _SqliteRecords(self._c)
+        self.keys = _SqliteKeys(self._c, KeySeal())
+
+    @property
+    def on_commit(self) -> Callable[[], None] | None:
+        return self._c.on_commit
+
+    @on_commit.setter
+    def on_commit(self, hook: Callable[[], None] | None) -> None:
+        self._c.on_commit = hook
+
+    def close(self) -> None:
+        self._c.close()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """One transaction, one commit (one fsync), for every write made inside: none of it is
+        durable before the block ends, all of it is after. A write inside that fails undoes only
+        itself (a savepoint); an exception out of the block undoes the whole batch."""
+        with self._c.tx():
+            yield
 
 
 def _stored(row: Any) -> StoredKey:

@@ -40,6 +40,7 @@ from sdquorum.azure.sdfile import AzureSecurityDomain, Item, decrypt_share
 from sdquorum.encoding import b64d, b64e, canonical_json, parse_json_object
 from sdquorum.envelopes import (
     Attestation,
+    CeremonyKind,
     CustodianPolicy,
     ExchangeStatement,
     Release,
@@ -66,7 +67,7 @@ __all__ = [
     "release_azure_share",
 ]
 
-AZURE_PURPOSE = "azure-recovery"
+AZURE_PURPOSE = CeremonyKind.AZURE_RECOVERY
 ANSWER_TYPE = "sdquorum-azure-release-v1"
 AZURE_PAYLOAD_TAG = "sdquorum-payload-v1"
 """The one EncData item of a native domain exported for Azure (``sdctl sd-file --format azure``)."""

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sdquorum.errors import MalformedError, UsageError, VerificationError
+from sdquorum.fields import is_int
 from sdquorum.shamir import Rng
 
 __all__ = ["MAX_SHARES", "PRIME", "Share", "combine", "lies_on", "share_at", "split"]
@@ -66,14 +67,14 @@ class Share:
 
 def _check_share(share: Share, error: type[Exception]) -> None:
     x = share.x
-    if not isinstance(x, int) or isinstance(x, bool) or not 1 <= x <= MAX_SHARES:
+    if not is_int(x) or not 1 <= x <= MAX_SHARES:
         raise error(
             f"Azure share index x={x!r} is not allowed: x must be 1..{MAX_SHARES} (x=0 is the secret)"
         )
     if not isinstance(share.ys, tuple) or not share.ys:
         raise error(f"Azure share x={x} holds no values")
     for y in share.ys:
-        if not isinstance(y, int) or isinstance(y, bool) or not 0 <= y < PRIME:
+        if not is_int(y) or not 0 <= y < PRIME:
             raise error(f"Azure share x={x} holds a value outside GF(257) (y > 256)")
 
 
@@ -94,7 +95,7 @@ def split(secret: bytes, m: int, n: int, rng: Rng) -> tuple[Share, ...]:
     if not isinstance(secret, bytes) or not secret:
         raise UsageError("the secret to split must be non-empty bytes")
     for v in (m, n):
-        if not isinstance(v, int) or isinstance(v, bool):
+        if not is_int(v):
             raise UsageError(f"need integers 2 <= m <= n <= {MAX_SHARES}, got m={m!r}, n={n!r}")
     if not 2 <= m <= n <= MAX_SHARES:
         raise UsageError(f"need 2 <= m <= n <= {MAX_SHARES}, got m={m}, n={n}")
@@ -111,7 +112,7 @@ def split(secret: bytes, m: int, n: int, rng: Rng) -> tuple[Share, ...]:
 
 def combine(shares: Sequence[Share], m: int) -> bytes:
     """The secret, interpolated at 0 from the first m of ``shares`` (all of them checked first)."""
-    if not isinstance(m, int) or isinstance(m, bool) or not 2 <= m <= MAX_SHARES:
+    if not is_int(m) or not 2 <= m <= MAX_SHARES:
         raise UsageError(f"threshold m must be an integer 2..{MAX_SHARES}, got {m!r}")
     if len(shares) < m:
         raise VerificationError(f"{len(shares)} Azure shares given, {m} needed")
@@ -144,7 +145,7 @@ def lies_on(share: Share, shares: Sequence[Share]) -> bool:
 def share_at(shares: Sequence[Share], x: int) -> Share:
     """The share at ``x`` of the polynomials through ``shares`` (m shares of distinct x, already
     checked): what an honest holder of x has."""
-    if not isinstance(x, int) or isinstance(x, bool) or not 1 <= x <= MAX_SHARES:
+    if not is_int(x) or not 1 <= x <= MAX_SHARES:
         raise UsageError(f"x must be 1..{MAX_SHARES}")
     return Share(x, _interpolate(shares, x))
 

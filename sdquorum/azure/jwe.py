@@ -50,6 +50,7 @@ from typing import Any
 from sdquorum.azure import a256cbc
 from sdquorum.encoding import b64d, b64e, canonical_json
 from sdquorum.errors import MalformedError, UsageError, VerificationError
+from sdquorum.fields import json_object
 from sdquorum.keys import WrappingKey, encrypt_oaep, rsa_public_key_of
 from sdquorum.shamir import Rng
 
@@ -100,9 +101,7 @@ def parse_json_object_strict(data: bytes | str, what: str) -> dict[str, Any]:
         canonical_json(obj)  # refuses lone surrogates
     except (UnicodeError, ValueError, RecursionError) as e:
         raise MalformedError(f"{what} is not valid JSON (UTF-8, no duplicate members, integers only)") from e
-    if not isinstance(obj, dict):
-        raise MalformedError(f"{what} must be a JSON object")
-    return obj
+    return json_object(obj, what)
 
 
 def _b64d_part(part: str, what: str) -> bytes:

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.kbkdf import KBKDFHMAC, CounterLocation, Mode
 
 from sdquorum.errors import UsageError
+from sdquorum.fields import is_int
 
 __all__ = ["ITEM_KEY_BYTES", "KDF_NAME", "MASTER_KEY_BYTES", "derive_item_key", "sp800_108_hmac_sha512"]
 
@@ -28,7 +29,7 @@ ITEM_KEY_BYTES = 64
 
 def sp800_108_hmac_sha512(key: bytes, label: bytes, context: bytes, length: int) -> bytes:
     """``length`` bytes of SP 800-108 counter-mode HMAC-SHA512 (r = 32, L as 32-bit big-endian)."""
-    if not isinstance(length, int) or not 1 <= length <= 1024:
+    if not is_int(length) or not 1 <= length <= 1024:
         raise UsageError("SP 800-108 output length must be 1..1024 bytes")
     kdf = KBKDFHMAC(
         algorithm=hashes.SHA512(),

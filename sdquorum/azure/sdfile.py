@@ -47,6 +47,7 @@ from sdquorum.azure import gf257, jwe
 from sdquorum.azure.kdf import KDF_NAME, MASTER_KEY_BYTES, derive_item_key
 from sdquorum.encoding import b64d, b64e, canonical_json
 from sdquorum.errors import MalformedError, NotFoundError, UsageError, VerificationError
+from sdquorum.fields import is_int, json_array, json_object
 from sdquorum.keys import WrappingKey
 from sdquorum.pki import load_cert, spki_sha256
 from sdquorum.shamir import Rng
@@ -101,18 +102,6 @@ def _members(obj: dict[str, Any], names: set[str], what: str) -> None:
         raise MalformedError(f"{what} must have exactly the members {sorted(names)}, has {sorted(obj)}")
 
 
-def _object(obj: object, what: str) -> dict[str, Any]:
-    if not isinstance(obj, dict):
-        raise MalformedError(f"{what} must be a JSON object")
-    return obj
-
-
-def _list(obj: object, what: str) -> list[Any]:
-    if not isinstance(obj, list):
-        raise MalformedError(f"{what} must be a JSON array")
-    return obj
-
-
 def _check_tag(tag: object, error: type[Exception]) -> str:
     if not isinstance(tag, str) or not tag or len(tag) > MAX_TAG_CHARS or "\x00" in tag:
         raise error(f"an EncData tag must be a string of 1..{MAX_TAG_CHARS} characters without NUL")
@@ -131,7 +120,7 @@ class EncDatum:
 
     @classmethod
     def from_json(cls, obj: object, i: int) -> EncDatum:
-        item = _object(obj, f"EncData item {i}")
+        item = json_object(obj, f"EncData item {i}")
         _members(item, {"compact_jwe", "tag"}, f"EncData item {i}")
         tag = _check_tag(item["tag"], MalformedError)
         parsed = jwe.parse_compact(item["compact_jwe"])
@@ -154,7 +143,7 @@ class EncShare:
 
     @classmethod
     def from_json(cls, obj: object, i: int) -> EncShare:
-        item = _object(obj, f"enc_shares[{i}]")
+        item = json_object(obj, f"enc_shares[{i}]")
         _members(item, {"enc_key", "x5t_256"}, f"enc_shares[{i}]")
         thumbprint = b64d(item["x5t_256"], f"enc_shares[{i}] x5t_256")
         if len(thumbprint) != 32:
@@ -174,11 +163,11 @@ def _enc_data_json(data: Sequence[EncDatum]) -> dict[str, Any]:
 
 
 def _parse_enc_data(obj: object) -> tuple[EncDatum, ...]:
-    enc_data = _object(obj, "EncData")
+    enc_data = json_object(obj, "EncData")
     _members(enc_data, {"data", "kdf"}, "EncData")
     if enc_data["kdf"] != KDF_NAME:
         raise MalformedError(f"EncData kdf must be {KDF_NAME!r}")
-    items = _list(enc_data["data"], "EncData data")
+    items = json_array(enc_data["data"], "EncData data")
     if not items:
         raise MalformedError("EncData holds no items")
     return tuple(EncDatum.from_json(item, i) for i, item in enumerate(items))
@@ -226,18 +215,18 @@ class AzureSecurityDomain:
         obj = _load(data, max_bytes, "Azure security-domain file")
         _members(obj, {"EncData", "SharedKeys", "version"}, "Azure security-domain file")
         version = obj["version"]
-        if not isinstance(version, int) or isinstance(version, bool) or version != VERSION:
+        if not is_int(version) or version != VERSION:
             raise MalformedError(f"Azure security-domain file version must be {VERSION}, got {version!r}")
         items = _parse_enc_data(obj["EncData"])
-        key_block = _object(obj["SharedKeys"], "SharedKeys")
+        key_block = json_object(obj["SharedKeys"], "SharedKeys")
         _members(key_block, {"enc_shares", "key_algorithm", "required"}, "SharedKeys")
         if key_block["key_algorithm"] != KEY_ALGORITHM:
             raise MalformedError(f"SharedKeys key_algorithm must be {KEY_ALGORITHM!r}")
         shares = tuple(
-            EncShare.from_json(s, i) for i, s in enumerate(_list(key_block["enc_shares"], "enc_shares"))
+            EncShare.from_json(s, i) for i, s in enumerate(json_array(key_block["enc_shares"], "enc_shares"))
         )
         required = key_block["required"]
-        if not isinstance(required, int) or isinstance(required, bool):
+        if not is_int(required):
             raise MalformedError("SharedKeys required must be an integer")
         if not 2 <= required <= len(shares) <= gf257.MAX_SHARES:
             raise MalformedError(
@@ -279,7 +268,7 @@ class TransferFile:
         obj = _load(data, max_bytes, "Azure transfer file")
         _members(obj, {"EncData", "WrappedKey"}, "Azure transfer file")
         items = _parse_enc_data(obj["EncData"])
-        wrapped = _object(obj["WrappedKey"], "WrappedKey")
+        wrapped = json_object(obj["WrappedKey"], "WrappedKey")
         _members(wrapped, {"enc_key", "x5t_256"}, "WrappedKey")
         thumbprint = b64d(wrapped["x5t_256"], "WrappedKey x5t_256")
         if len(thumbprint) != 32:
@@ -310,7 +299,7 @@ def combine_master_key(sd: AzureSecurityDomain, shares: Sequence[gf257.Share]) -
     A wrong share is caught only afterwards, when :func:`decrypt_items` fails its MACs.
     """
     for s in shares:
-        if not isinstance(s.x, int) or not 1 <= s.x <= sd.n:
+        if not is_int(s.x) or not 1 <= s.x <= sd.n:
             raise VerificationError(f"Azure share index x={s.x!r} is outside 1..{sd.n}")
         if len(s.ys) != MASTER_KEY_BYTES:
             raise VerificationError(f"Azure share x={s.x} does not share a {MASTER_KEY_BYTES}-byte key")
@@ -378,7 +367,7 @@ def seal_azure_domain(
     """
     ders = [_der(c) for c in certificates]
     n = len(ders)
-    if not isinstance(m, int) or isinstance(m, bool) or not 2 <= m <= n <= gf257.MAX_SHARES:
+    if not is_int(m) or not 2 <= m <= n <= gf257.MAX_SHARES:
         raise UsageError(f"need 2 <= m <= n <= {gf257.MAX_SHARES} certificates, got m={m!r}, n={n}")
     thumbprints = [hashlib.sha256(d).digest() for d in ders]
     if len({spki_sha256(d) for d in ders}) != n:  # a key is its SPKI, whatever certificate carries it

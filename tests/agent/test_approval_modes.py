@@ -9,11 +9,11 @@ line before any key is loaded, and :class:`AgentConfig` raises.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from harness import NAMES, certs_of, pki_dir, running_cluster, tls
+from support import wait_for
 
 from custodian_agent.agent import AgentConfig
 from custodian_agent.approvals import ApprovalBox, asks_person
@@ -24,12 +24,6 @@ from sdquorum.pki import Role
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 
 __all__ = ["pki_dir"]  # the harness's fixture, used here
-
-
-async def _until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.02)
 
 
 # ------------------------------------------------------------------------------------- the rule
@@ -122,17 +116,17 @@ async def test_auto_drills_answers_a_drill_alone_but_no_rotation_or_recovery_wit
             for n, k in zip(names, keys, strict=True)
         ]
         drill = await a.node.custody.start_drill("quarterly drill", 60, Role("admin"))
-        await _until(lambda: drill.finished)
+        await wait_for(lambda: drill.finished, interval=0.02)
         assert [c.status.name for c in drill.status().custodians] == ["ACCEPTED"] * 3
         # each proved possession, alone (an agent records it once the node has answered its call)
-        await _until(lambda: all(len(agent.released) == 1 for agent in agents))
+        await wait_for(lambda: all(len(agent.released) == 1 for agent in agents), interval=0.02)
         boxes = [ApprovalBox(tmp_path / "a-agents" / f"agent-{n}") for n in names]
         assert [box.pending() for box in boxes] == [[], [], []]  # nobody was asked
 
         rotation = await a.node.rotation.propose_rotation(
             certs_of(wrapping_keys[:4]), 3, "add dave", 60, Role("admin")
         )
-        await _until(lambda: all(len(box.pending()) == 1 for box in boxes))
+        await wait_for(lambda: all(len(box.pending()) == 1 for box in boxes), interval=0.02)
         await asyncio.sleep(0.5)
         assert not rotation.finished and not rotation.progress().accepted
         assert all(len(agent.released) == 1 for agent in agents)  # no rotation approval sent
@@ -146,7 +140,7 @@ async def test_auto_drills_answers_a_drill_alone_but_no_rotation_or_recovery_wit
         ]
         await b.start_recovery(sd)
         boxes = [ApprovalBox(tmp_path / "b-agents" / f"agent-{n}") for n in names]
-        await _until(lambda: all(len(box.pending()) == 1 for box in boxes))
+        await wait_for(lambda: all(len(box.pending()) == 1 for box in boxes), interval=0.02)
         await asyncio.sleep(0.5)  # time enough for an agent that answered alone to be seen
         assert all(agent.released == [] for agent in agents)
         assert b.node.state != "ACTIVATED"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from azure_sd_generator import make_sd_file, open_sd_file, open_transfer_file
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from harness import NAMES, Cluster, person_at_prompt, run_sdctl, running_cluster
+from support import wait_for
 
 from sdquorum import pki
 from sdquorum.envelopes import CustodianPolicy
@@ -32,12 +33,6 @@ def exchange(now: datetime) -> tuple[rsa.RSAPrivateKey, bytes]:
 def azure_policy(pki_dir: Path) -> CustodianPolicy:
     """An agent configured to serve Azure restores (agent.azure_restore = true)."""
     return CustodianPolicy((pki_dir / "attestation-root.pem").read_bytes(), azure_restore=True)
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.05)
 
 
 def restore_blob(
@@ -318,7 +313,7 @@ async def test_attack_admin_exports_the_domain_for_azure_and_restores_it_to_thei
         assert not out.exists(), label
         assert all(a.released == [] for a in agents), label
         await c.stop_agents()
-        events = c.node.store.audit_entries(c.node.audit_chain())
+        events = c.node.store.records.audit_entries(c.node.audit_chain())
         assert any("azure-restore-refused" in e for e in events), label
         errors = capsys.readouterr().err.splitlines()
         assert len(errors) == 1 and errors[0].startswith("sdctl: error: "), errors  # one line, no traceback
@@ -371,7 +366,7 @@ async def test_a_late_wrong_azure_share_is_rejected_named_and_audited_by_the_nod
         assert status[3].status is CustodianStatus.NOT_NEEDED and "verified" in status[3].detail
         assert status[4].status is CustodianStatus.REJECTED and "late" in status[4].detail
         assert status[4].name in s.message and s.state is SessionState.COMPLETED
-        events = "\n".join(c.node.store.audit_entries(c.node.audit_chain()))
+        events = "\n".join(c.node.store.records.audit_entries(c.node.audit_chain()))
         assert "azure-recovery-late-answer-verified" in events
         assert "azure-recovery-late-answer-rejected" in events
         assert c.node.custody.azure_transfer_file(s.session_id) == transfer

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from cli_support import NAMES, Cluster, Result, SdctlRunner, assert_one_line_error, certs_of, running_cluster
 from harness import person_at_prompt
+from support import wait_for
 
 from custodian_agent.keyfile import keygen, load_wrapping_key
 from sdquorum import shamir
@@ -40,12 +41,6 @@ def pem_files(tmp_path: Path, keys: list[SoftwareWrappingKey], names: list[str])
         )
         out.append(p)
     return out
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.05)
 
 
 # ----------------------------------------------------------------------------------- drills

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 import pytest
+from support import drbg
 
 from coordinator.ceremony import Ceremony, CustodianRequest, CustodianStatus, SessionState
 from coordinator.drill import DrillSession
@@ -33,21 +33,6 @@ NOT_CONNECTED = CustodianStatus.NOT_CONNECTED
 NAMES = {1: "alice", 2: "bob", 3: "carol", 4: "dave", 5: "erin"}
 TTL = 600
 HOST_REASON = "carol's agent holds a wrapping key that no longer matches slot 3"
-
-
-def rng(seed: int) -> Callable[[int], bytes]:
-    """Deterministic rng (SHA-256 in counter mode over ``seed``): the same seed gives the same bytes."""
-    buffer, counter = b"", 0
-
-    def draw(k: int) -> bytes:
-        nonlocal buffer, counter
-        while len(buffer) < k:
-            buffer += hashlib.sha256(seed.to_bytes(8, "big") + counter.to_bytes(8, "big")).digest()
-            counter += 1
-        out, buffer = buffer[:k], buffer[k:]
-        return out
-
-    return draw
 
 
 @dataclass
@@ -82,13 +67,13 @@ class Run:
     def prove(self, x: int) -> bool:
         """Slot x's agent answers as the online and offline agents do."""
         req, checked = self.checked(x)
-        return self.submit(x, responder.answer(req, checked, self.keys[x - 1], rng(x)))
+        return self.submit(x, responder.answer(req, checked, self.keys[x - 1], drbg(x)))
 
     def bad_proof(self, x: int) -> bool:
         """Slot x's agent lost its share: it proves knowledge of another value, signed with its own key."""
         _, checked = self.checked(x)
         lost = shamir.Share(x, (self.sealed.share(x).y + 1) % shamir.L)
-        return self.submit(x, make_proof(checked, lost, self.keys[x - 1], rng(x)).to_bytes())
+        return self.submit(x, make_proof(checked, lost, self.keys[x - 1], drbg(x)).to_bytes())
 
     def deny(self, x: int) -> bool:
         self.session.deny(self.request(x).request_id, "not approved by the custodian", self.t0 + 10)
@@ -117,7 +102,7 @@ def _session(cls: type[Ceremony], t0: int, seed: int, session_id: str = "") -> C
         reason=f"quarterly {cls.kind}",
         created_at=t0,
         expires_at=t0 + TTL,
-        rng=rng(seed),
+        rng=drbg(seed),
     )
 
 
@@ -287,7 +272,7 @@ def test_drill_bad_proof_is_rejected_and_its_custodian_named(drill: Run) -> None
     req = drill.request(2)
     outcome = drill.session.submit(
         req.request_id,
-        make_proof(checked, lost, drill.keys[1], rng(0)).to_bytes(),
+        make_proof(checked, lost, drill.keys[1], drbg(0)).to_bytes(),
         drill.t0,
     )
     assert (outcome.x, outcome.name, outcome.accepted, outcome.completed) == (2, "bob", False, False)
@@ -318,7 +303,7 @@ def test_reject_slot_marks_the_slot_rejected_with_the_given_reason(drill: Run) -
 
 def test_drill_proof_signed_by_another_custodian_is_refused_and_the_slot_stays_open(drill: Run) -> None:
     bob_req, bob_checked = drill.checked(2)
-    bobs = responder.answer(bob_req, bob_checked, drill.keys[1], rng(2))
+    bobs = responder.answer(bob_req, bob_checked, drill.keys[1], drbg(2))
     with pytest.raises(UnauthenticatedError, match="not signed by slot 1's wrapping key"):
         drill.session.submit(drill.request(1).request_id, bobs, drill.t0 + 10)
     assert drill.statuses()[1] is NOT_CONNECTED
@@ -349,7 +334,7 @@ def test_drill_proof_replayed_from_an_earlier_drill_is_rejected(
     earlier.start(sealed.sd.signed_header, drill.t0, node_attestation.sign)
     old = Run(earlier, sealed, drill.keys, drill.policy, drill.now, drill.t0)
     req, checked = old.checked(5)
-    stale = responder.answer(req, checked, drill.keys[4], rng(5))
+    stale = responder.answer(req, checked, drill.keys[4], drbg(5))
     # A replay is whoever kept it, not erin: refused, and her slot stays open for her real answer.
     with pytest.raises(UnauthenticatedError, match=r"belongs to another session \(replay\)"):
         drill.submit(5, stale)
@@ -360,7 +345,7 @@ def test_drill_proof_replayed_from_an_earlier_drill_is_rejected(
 def test_drill_at_the_deadline_refuses_late_answers(drill: Run) -> None:
     drill.prove(1)
     req, checked = drill.checked(2)
-    late = responder.answer(req, checked, drill.keys[1], rng(2))
+    late = responder.answer(req, checked, drill.keys[1], drbg(2))
     assert not drill.session.tick(drill.session.expires_at - 1)
     with pytest.raises(StateError, match="completed"):
         drill.session.submit(req.request_id, late, drill.session.expires_at)
@@ -440,7 +425,7 @@ def test_rotation_approval_for_another_proposal_is_rejected(
     other.start(sealed.sd.signed_header, other_proposal, rotation.t0, node_attestation.sign)
     elsewhere = Run(other, sealed, rotation.keys, rotation.policy, rotation.now, rotation.t0)
     req, checked = elsewhere.checked(2)
-    approval = responder.answer(req, checked, rotation.keys[1], rng(2))
+    approval = responder.answer(req, checked, rotation.keys[1], drbg(2))
     with pytest.raises(UnauthenticatedError, match=r"answers another attestation|another session"):
         rotation.submit(2, approval)
     assert rotation.statuses()[2] is not REJECTED
@@ -448,7 +433,7 @@ def test_rotation_approval_for_another_proposal_is_rejected(
 
 def test_drill_proof_is_not_a_rotation_approval(rotation: Run, drill: Run) -> None:
     req, checked = drill.checked(3)
-    proof = responder.answer(req, checked, drill.keys[2], rng(3))
+    proof = responder.answer(req, checked, drill.keys[2], drbg(3))
     with pytest.raises(UnauthenticatedError, match=r"the proof belongs to another session \(replay\)"):
         rotation.submit(3, proof)
     assert rotation.statuses()[3] is not REJECTED
@@ -496,9 +481,9 @@ def test_a_late_rotation_approval_is_still_verified_and_a_wrong_one_named(rotati
     dave is REJECTED and named, erin stays NOT_NEEDED, and the rotation stays COMPLETED."""
     _, dave_checked = rotation.checked(4)
     lost = shamir.Share(4, (rotation.sealed.share(4).y + 1) % shamir.L)
-    dave = make_proof(dave_checked, lost, rotation.keys[3], rng(4)).to_bytes()
+    dave = make_proof(dave_checked, lost, rotation.keys[3], drbg(4)).to_bytes()
     erin_req, erin_checked = rotation.checked(5)
-    erin = responder.answer(erin_req, erin_checked, rotation.keys[4], rng(5))
+    erin = responder.answer(erin_req, erin_checked, rotation.keys[4], drbg(5))
     dave_id, erin_id = rotation.request(4).request_id, rotation.request(5).request_id
     for x in (1, 2, 3):
         assert rotation.prove(x)

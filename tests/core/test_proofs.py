@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 import pytest
+from support import drbg
 
 from custodian_agent import responder
 from sdquorum import pki, shamir
@@ -37,21 +38,6 @@ if TYPE_CHECKING:
     from conftest import NodeAttestation, Sealed, SealFactory
 
 SESSION = "session-1"
-
-
-def rng(seed: int) -> Callable[[int], bytes]:
-    """Deterministic rng (SHA-256 in counter mode over ``seed``): the same seed gives the same bytes."""
-    buffer, counter = b"", 0
-
-    def draw(k: int) -> bytes:
-        nonlocal buffer, counter
-        while len(buffer) < k:
-            buffer += hashlib.sha256(seed.to_bytes(8, "big") + counter.to_bytes(8, "big")).digest()
-            counter += 1
-        out, buffer = buffer[:k], buffer[k:]
-        return out
-
-    return draw
 
 
 @dataclass(frozen=True)
@@ -106,7 +92,7 @@ class World:
             expires_at=self.t0 + 600,
             initiator="admin",
             reason=f"quarterly {purpose}",
-            challenge=rng(seed)(32) if purpose != "recovery" else b"",
+            challenge=drbg(seed)(32) if purpose != "recovery" else b"",
             proposal_sha256=hashlib.sha256(proposal).digest() if proposal else b"",
         )
         return self.node.sign(statement)
@@ -150,7 +136,7 @@ class World:
         """Slot x's agent answers ``att`` the way the online and offline agents do (responder)."""
         req = self.request(att, x, sealed=sealed, proposal=proposal)
         checked = responder.check(req, self.thumbprint(x), self.policy, self.now)
-        return Proof.from_bytes(responder.answer(req, checked, self.key(x), rng(100 + x)))
+        return Proof.from_bytes(responder.answer(req, checked, self.key(x), drbg(100 + x)))
 
     def verify(self, proof: Proof, att: Attestation, x: int) -> None:
         verify_proof(proof, attestation=att, header=self.sealed.sd.header, expected_x=x)
@@ -179,7 +165,7 @@ def crafted(w: World, att: Attestation, x: int, **statement_changes: object) -> 
     """A proof by slot x's real key and share, made over ``att`` with the statement the agent saw edited."""
     st = dataclasses.replace(att.statement, **statement_changes)  # type: ignore[arg-type]  # values vary by case
     checked = CheckedRequest(st, att.sha256, w.sealed.sd.header, x)
-    return make_proof(checked, w.sealed.share(x), w.key(x), rng(7))
+    return make_proof(checked, w.sealed.share(x), w.key(x), drbg(7))
 
 
 # ---------------------------------------------------------------------------------------- proofs that verify
@@ -212,7 +198,7 @@ def test_rotation_approval_with_make_proof_verifies(w: World) -> None:
         purpose="rotation",
         proposal=proposal,
     )
-    proof = make_proof(checked, decrypt_share(checked, w.key(3)), w.key(3), rng(3))
+    proof = make_proof(checked, decrypt_share(checked, w.key(3)), w.key(3), drbg(3))
     w.verify(proof, w.rotation, 3)
     assert proof.statement.purpose == "rotation"
     assert proof.statement.proposal_sha256 == hashlib.sha256(proposal).digest()
@@ -273,7 +259,7 @@ def _tampered_response(w: World, key: bool) -> tuple[Proof, Attestation, int]:
 def _wrong_share(w: World) -> tuple[Proof, Attestation, int]:
     checked = CheckedRequest(w.drill.statement, w.drill.sha256, w.sealed.sd.header, 1)
     lost = shamir.Share(1, (w.sealed.share(1).y + 1) % shamir.L)
-    return make_proof(checked, lost, w.key(1), rng(1)), w.drill, 1
+    return make_proof(checked, lost, w.key(1), drbg(1)), w.drill, 1
 
 
 def _another_domain(w: World) -> tuple[Proof, Attestation, int]:

@@ -21,6 +21,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from recertify import fresh_certificate
+from support import drbg
 
 from sdquorum import shamir
 from sdquorum.encoding import b64d, b64e, canonical_json, parse_json_object
@@ -255,28 +256,13 @@ def test_standard_alphabet_base64_is_refused(sealed: Sealed) -> None:
 # ------------------------------------------------------------------------------------------- payload binding
 
 
-def _deterministic_rng(seed: bytes) -> Callable[[int], bytes]:
-    buffer = b""
-    counter = 0
-
-    def rng(k: int) -> bytes:
-        nonlocal buffer, counter
-        while len(buffer) < k:
-            buffer += hashlib.sha256(seed + counter.to_bytes(8, "big")).digest()
-            counter += 1
-        out, buffer = buffer[:k], buffer[k:]
-        return out
-
-    return rng
-
-
 def test_payload_moved_under_another_header_fails(make_sealed: SealFactory) -> None:
     # Same secrets, same rng: same s, same KEK, same nonce. Only the header (created_by) differs. Version 2
     # refuses the move twice: the signed header's payload hash when the file is read, and the AAD (the
     # header without that hash) when the payload is opened anyway.
-    secrets = new_domain_secrets(_deterministic_rng(b"domain"), admins=("admin",))
-    a = make_sealed(secrets=secrets, created_by="node-a", rng=_deterministic_rng(b"same"))
-    b = make_sealed(secrets=secrets, created_by="node-b", rng=_deterministic_rng(b"same"))
+    secrets = new_domain_secrets(drbg(b"domain"), admins=("admin",))
+    a = make_sealed(secrets=secrets, created_by="node-a", rng=drbg(b"same"))
+    b = make_sealed(secrets=secrets, created_by="node-b", rng=drbg(b"same"))
     assert a.secret == b.secret and a.sd.nonce == b.sd.nonce
     assert a.sd.signed_header.sha256 != b.sd.signed_header.sha256
     assert open_domain(b.sd, a.secret) == secrets  # the premise: a's secret opens b

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
-from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.bindings import crypto_scalarmult_ed25519_base_noclamp
+from support import drbg
 
 from sdquorum.errors import MalformedError, UsageError, VerificationError
 from sdquorum.shamir import (
@@ -28,24 +27,6 @@ from sdquorum.shamir import (
 )
 
 FAST = settings(max_examples=50, deadline=None)
-
-
-def drbg(seed: bytes) -> Callable[[int], bytes]:
-    """Deterministic rng: SHA-256 in counter mode over ``seed``."""
-    state = {"counter": 0, "buffer": b""}
-
-    def rng(k: int) -> bytes:
-        buf = state["buffer"]
-        assert isinstance(buf, bytes)
-        while len(buf) < k:
-            counter = state["counter"]
-            assert isinstance(counter, int)
-            buf += hashlib.sha256(seed + counter.to_bytes(8, "big")).digest()
-            state["counter"] = counter + 1
-        state["buffer"] = buf[k:]
-        return buf[:k]
-
-    return rng
 
 
 def base(k: int) -> bytes:

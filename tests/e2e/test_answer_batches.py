@@ -23,7 +23,6 @@ from harness import NAMES, Cluster, node_b_and_sd_file
 
 from coordinator.ceremony import SessionState
 from custodian_agent import responder
-from hsm_node.store import SqliteNodeStore
 from sdquorum import envelopes, pki, shamir
 from sdquorum.envelopes import CustodianPolicy
 from sdquorum.errors import StateError, StorageError, VerificationError
@@ -166,19 +165,20 @@ async def test_a_completion_that_does_not_commit_is_undone_in_memory_and_the_ses
         assert b.node.state == "ACTIVATED"
 
 
-def _fail_writing(monkeypatch: pytest.MonkeyPatch, event: str, times: int) -> None:
+def _fail_writing(monkeypatch: pytest.MonkeyPatch, b: Cluster, event: str, times: int) -> None:
     """The audit entry ``event`` fails to write ``times`` times (one statement, as SQLITE_FULL
     fails it: the transaction itself survives); other entries are written."""
-    real = SqliteNodeStore.append_audit
+    records = b.node.store.records
+    real = records.append_audit
     left = {"n": times}
 
-    def flaky(store: SqliteNodeStore, chain: str, seq: int, entry_json: str) -> None:
+    def flaky(chain: str, seq: int, entry_json: str) -> None:
         if left["n"] and json.loads(entry_json)["event"] == event:
             left["n"] -= 1
             raise StorageError("the node cannot write its database (database or disk is full)")
-        real(store, chain, seq, entry_json)
+        real(chain, seq, entry_json)
 
-    monkeypatch.setattr(SqliteNodeStore, "append_audit", flaky)
+    monkeypatch.setattr(records, "append_audit", flaky)
 
 
 @pytest.mark.parametrize("which", ["the first share", "the m-th share"])
@@ -197,7 +197,7 @@ async def test_a_share_whose_acceptance_is_not_written_never_counts(
         first = 0 if which == "the first share" else 2
         for a in answers[:first]:
             await b.node.answers.submit_answer(*a, kind="recovery")
-        _fail_writing(monkeypatch, "recovery-answer-accepted", 1)
+        _fail_writing(monkeypatch, b, "recovery-answer-accepted", 1)
         with pytest.raises(StorageError, match="could not record the answer"):
             await b.node.answers.submit_answer(*answers[first], kind="recovery")
         session = b.node.session

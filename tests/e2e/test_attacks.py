@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import json
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -40,15 +40,9 @@ from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc.client import NodeClient
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.05)
-
-
 def audit_events(c: Cluster) -> list[dict[str, object]]:
     chain = c.node.audit_chain()
-    return [json.loads(e) for e in c.node.store.audit_entries(chain)]
+    return [json.loads(e) for e in c.node.store.records.audit_entries(chain)]
 
 
 def checked_for(c: Cluster, key: SoftwareWrappingKey, pki_dir: Path) -> tuple[str, envelopes.CheckedRequest]:
@@ -465,7 +459,7 @@ async def test_attack_a_huge_key_name_does_not_grow_the_audit_log(
     bounded entry (the name is refused before any lookup, and no message is stored whole)."""
     async with running_cluster(pki_dir, tmp_path / "a") as a:
         await a.download(certs_of(wrapping_keys[:3]), quorum=2)
-        before = len("".join(a.node.store.audit_entries("domain")))
+        before = len("".join(a.node.store.records.audit_entries("domain")))
         async with a.client("app") as c:
             for _ in range(5):
                 with pytest.raises(grpc.aio.AioRpcError) as e:
@@ -474,5 +468,5 @@ async def test_attack_a_huge_key_name_does_not_grow_the_audit_log(
                     )
                 assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
                 assert "key names are 1..128 printable characters" in (e.value.details() or "")
-        grown = len("".join(a.node.store.audit_entries("domain"))) - before
+        grown = len("".join(a.node.store.records.audit_entries("domain"))) - before
     assert grown < 5 * 2000, grown  # five refusals, each a few hundred bytes

@@ -113,7 +113,7 @@ def _image(rows: list[tuple[object, ...]], schema: str = IMAGE_SCHEMA, extra: st
 def _rows_of(c: Cluster) -> list[tuple[object, ...]]:
     """(name, type, public_der, sealed, created_at) of every key row, read through the store's seam
     (the rows of a backup image of it)."""
-    rows = read_image(*c.node.store.export_key_rows(_domain(c).data_encryption_key))
+    rows = read_image(*c.node.store.keys.export_key_rows(_domain(c).data_encryption_key))
     return [(r.key.name, r.key.key_type, r.key.public_der, r.sealed, r.key.created_at) for r in rows]
 
 
@@ -193,7 +193,7 @@ async def test_a_backup_and_a_restore_are_each_audited_with_who_and_how_many(nod
 
     data = node.node.backups.backup(Role("admin"))
     node.node.backups.restore(data, Role("admin"))
-    entries = [json.loads(e) for e in node.node.store.audit_entries("domain")]
+    entries = [json.loads(e) for e in node.node.store.records.audit_entries("domain")]
     exported = [e for e in entries if e["event"] == "backup-exported"]
     restored = [e for e in entries if e["event"] == "key-store-restored"]
     assert [(e["actor"], e["details"]["keys"]) for e in exported] == [("admin", len(KEYS))]

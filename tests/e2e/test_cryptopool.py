@@ -237,6 +237,9 @@ async def test_a_job_past_its_time_is_stopped_and_its_worker_replaced() -> None:
             await job  # (no wall-clock bound here: on a loaded machine the start alone can take 1 s)
         assert "ran one batch for over 0.2 s" in str(e.value)
         assert _gone([hung])
+        # The fresh worker's own start is not what this test times: on a loaded machine it alone can
+        # take longer than the 0.2 s the hung job was given (seen in a full run beside other work).
+        pool.job_seconds = 30.0
         sealed = await pool.encrypt_batch(AES, aes, ITEMS, b"")  # a fresh worker takes the next job
         assert keyops.decrypt(AES, aes, sealed.items()[7], b"") == ITEMS.items()[7]
         assert pool.pids and hung not in pool.pids

@@ -16,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from harness import NAMES, Cluster, certs_of, run_sdctl, running_cluster
+from support import wait_for
 
 from custodian_agent.agent import Agent
 from sdquorum import pki
@@ -31,14 +32,7 @@ ALICE, BOB, CAROL, DAVE, ERIN = range(5)
 
 
 def audit_events(c: Cluster) -> list[dict[str, Any]]:
-    return [json.loads(e) for e in c.node.store.audit_entries(c.node.audit_chain())]
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.02)
-    assert predicate(), what
+    return [json.loads(e) for e in c.node.store.records.audit_entries(c.node.audit_chain())]
 
 
 def remembers(agent: Agent, domain_id: bytes, epoch: int) -> Callable[[], bool]:
@@ -82,7 +76,9 @@ async def test_an_altered_sd_file_is_refused_by_the_node_before_any_custodian_is
         sd = await a.download(certs_of(wrapping_keys[:3]), quorum=2)
     async with running_cluster(pki_dir, tmp_path / "b", node_id="node-b") as b:
         agents = [b.start_agent(n, k, tmp_path) for n, k in zip(NAMES[:3], wrapping_keys[:3], strict=True)]
-        await until(lambda: len(b.node.agents.connected_custodians()) == 3, "the agents connected")
+        await wait_for(
+            lambda: len(b.node.agents.connected_custodians()) == 3, interval=0.02, what="the agents connected"
+        )
         for name, tamper, reason in TAMPERINGS:
             obj = parse_json_object(sd, "sd")
             tamper(obj)
@@ -131,11 +127,15 @@ async def test_agents_pin_the_domain_key_at_activation_and_refuse_a_header_re_si
     keys = wrapping_keys[:3]
     async with running_cluster(pki_dir, tmp_path / "a") as a:
         agents = [a.start_agent(n, k, tmp_path) for n, k in zip(NAMES[:3], keys, strict=True)]
-        await until(lambda: len(a.node.agents.connected_custodians()) == 3, "the agents connected")
+        await wait_for(
+            lambda: len(a.node.agents.connected_custodians()) == 3, interval=0.02, what="the agents connected"
+        )
         sd = await a.download(certs_of(keys), quorum=2)
         header = SecurityDomainFile.from_bytes(sd).header
         for agent in agents:  # told at activation: key pinned, epoch 1
-            await until(remembers(agent, header.domain_id, 1), "the activation notice arrived")
+            await wait_for(
+                remembers(agent, header.domain_id, 1), interval=0.02, what="the activation notice arrived"
+            )
             assert agent.memory.known()[header.domain_id].signing_public_key == header.signing_public_key
     forged = _resigned_with_a_fresh_key(sd)
     SecurityDomainFile.from_bytes(forged)  # the premise: the forged file verifies on its own
@@ -165,7 +165,11 @@ async def test_after_a_rotation_the_retired_epoch_cannot_be_recovered_with_the_l
     alice, bob, carol, dave, erin = (wrapping_keys[i] for i in (ALICE, BOB, CAROL, DAVE, ERIN))
     async with running_cluster(pki_dir, tmp_path / "a") as a:
         agents = [a.start_agent(NAMES[i], wrapping_keys[i], tmp_path) for i in (ALICE, BOB, ERIN)]
-        await until(lambda: len(a.node.agents.connected_custodians()) == 3, "alice, bob and erin connected")
+        await wait_for(
+            lambda: len(a.node.agents.connected_custodians()) == 3,
+            interval=0.02,
+            what="alice, bob and erin connected",
+        )
         epoch1 = await a.download(certs_of([alice, bob, carol, erin]), quorum=2)
         domain_id = SecurityDomainFile.from_bytes(epoch1).header.domain_id
         a.node.custody.add_custody_record(
@@ -176,7 +180,7 @@ async def test_after_a_rotation_the_retired_epoch_cannot_be_recovered_with_the_l
         )
         assert (await a.wait_session()).state == pb.COMPLETED
         for agent in agents:  # the new header was announced to the agents of its and the old custodians
-            await until(remembers(agent, domain_id, 2), "the rotation notice arrived")
+            await wait_for(remembers(agent, domain_id, 2), interval=0.02, what="the rotation notice arrived")
     caplog.set_level(logging.WARNING, logger="sdquorum.agent")
     async with running_cluster(pki_dir, tmp_path / "b", node_id="node-b") as b:
         honest = [b.start_agent(NAMES[i], wrapping_keys[i], tmp_path) for i in (ALICE, BOB, ERIN)]
@@ -202,7 +206,9 @@ async def test_a_node_refuses_the_upload_of_an_epoch_below_the_highest_it_has_se
         for i in (ALICE, BOB, CAROL):
             a.start_agent(NAMES[i], keys[i], tmp_path)
         epoch1 = await a.download(certs_of(keys[:3]), quorum=2)
-        await until(lambda: len(a.node.agents.connected_custodians()) == 3, "the agents connected")
+        await wait_for(
+            lambda: len(a.node.agents.connected_custodians()) == 3, interval=0.02, what="the agents connected"
+        )
         s = await a.node.rotation.propose_rotation(
             certs_of([keys[0], keys[1], keys[3]]), 2, "dave in", 30, Role("admin")
         )

@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from harness import (
     node_run_argv,
     running_cluster,
 )
+from support import wait_for
 from test_demo import forms
 
 from custodian_agent.agent import Agent
@@ -40,18 +40,6 @@ from sdquorum.sdfile import SecurityDomainFile, open_domain, share_label
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 
 pytestmark = pytest.mark.asyncio
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.05)
 
 
 @contextlib.asynccontextmanager
@@ -131,15 +119,14 @@ async def test_node_killed_mid_ceremony_restarts_and_a_new_session_completes(
     async with running_cluster(pki_dir, tmp_path / "a") as a:
         sd = await a.download(certs_of(wrapping_keys[:5]), quorum=3)
     node = NodeProcess(pki_dir, tmp_path / "b" / "data", log_level="DEBUG")
-    port = free_port()
-    node.start(listen=f"127.0.0.1:{port}")
+    node.start()  # port 0: the node binds, then writes the port it got
     try:
         two = {NAMES[i]: wrapping_keys[i] for i in (0, 1)}
         async with agents(pki_dir, node.target, two, tmp_path):
             first = await start_recovery(node, sd)
             await wait_for_async(lambda: accepted(node, first), 2)
             node.kill()  # SIGKILL with two shares (and the exchange key) in the node's memory
-            node.start(listen=f"127.0.0.1:{port}")
+            node.start(listen=node.target)  # the address its agents and clients know
             assert (await status(node)).state == pb.RECOVERY_PENDING
             second = await start_recovery(node, sd)
             async with agents(pki_dir, node.target, {"carol": wrapping_keys[2]}, tmp_path):
@@ -226,8 +213,7 @@ async def test_node_killed_during_key_creation_keeps_every_acknowledged_key(
     pki_dir: Path, tmp_path: Path, wrapping_keys: list[SoftwareWrappingKey]
 ) -> None:
     node = NodeProcess(pki_dir, tmp_path / "n" / "data", node_id="node-a")
-    port = free_port()
-    node.start(listen=f"127.0.0.1:{port}")
+    node.start()  # port 0: the node binds, then writes the port it got
     acknowledged: list[str] = []
     try:
         async with node.client() as c, c.errors():
@@ -252,7 +238,7 @@ async def test_node_killed_during_key_creation_keeps_every_acknowledged_key(
         await wait_for(lambda: len(acknowledged) >= 40)
         node.kill()
         await writer
-        node.start(listen=f"127.0.0.1:{port}")
+        node.start(listen=node.target)  # the address its agents and clients know
         async with node.client("app") as c, c.errors():
             names = {k.name for k in (await c.keys.ListKeys(pb.ListKeysRequest())).keys}
             assert set(acknowledged) <= names
@@ -386,8 +372,8 @@ async def test_a_session_ended_by_its_deadline_is_recorded_whoever_finds_it(
                 == []
             )
         assert s.finished
-        rows = a.node.store.drill_results()
-        events = [json.loads(e)["event"] for e in a.node.store.audit_entries("domain")]
+        rows = a.node.store.records.drill_results()
+        events = [json.loads(e)["event"] for e in a.node.store.records.audit_entries("domain")]
     assert sorted(r.custodian for r in rows) == sorted(NAMES[:5])  # one result each
     assert {r.outcome for r in rows} == {"unreachable"}
     assert "drill-completed" in events, events
@@ -402,7 +388,7 @@ async def test_a_drill_slot_rejected_for_a_changed_key_has_its_own_audit_entry(
         other = pki.thumbprint_sha256(wrapping_keys[5].certificate_der())
         for _ in range(2):  # carol's agent reconnects with another key, twice: one rejection, one entry
             a.node.agents.agent_connected(Role("custodian", "carol"), other)
-        entries = [json.loads(e) for e in a.node.store.audit_entries("domain")]
+        entries = [json.loads(e) for e in a.node.store.records.audit_entries("domain")]
     rejected = [e for e in entries if e["event"] == "drill-slot-rejected"]
     assert [(e["details"]["custodian"], e["details"]["x"]) for e in rejected] == [("carol", 3)]
     assert "no longer matches slot 3" in rejected[0]["details"]["reason"]

@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import grpc
 import pytest
 from harness import Cluster, agent_config, certs_of, running_cluster
 from recertify import fresh_certificate, private_key_of
+from support import wait_for
 
 from custodian_agent.agent import Agent
 from sdquorum import envelopes, pki
@@ -34,14 +34,8 @@ from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 pytestmark = pytest.mark.asyncio
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.05)
-
-
 def audit_entries(c: Cluster) -> list[dict[str, Any]]:
-    return [json.loads(e) for e in c.node.store.audit_entries(c.node.audit_chain())]
+    return [json.loads(e) for e in c.node.store.records.audit_entries(c.node.audit_chain())]
 
 
 async def approve_rotation(a: Cluster, keys: list[SoftwareWrappingKey], names: list[str]) -> None:

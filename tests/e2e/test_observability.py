@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import signal
-import socket
 import ssl
 import urllib.request
 from pathlib import Path
@@ -23,12 +22,6 @@ from sdquorum_rpc.observability import JsonFormatter, NodeMetrics
 from sdquorum_rpc.tls import channel_credentials
 
 pytestmark = pytest.mark.asyncio
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_json_logs_carry_session_and_request_ids(
@@ -68,9 +61,7 @@ async def test_metrics_count_ceremonies_and_rpcs_and_need_a_client_certificate(
             b.start_agent(NAMES[i], wrapping_keys[i], tmp_path)
         await b.start_recovery(sd)
         await b.wait_session()
-    port = metrics.serve(
-        f"127.0.0.1:{free_port()}", pki_dir / "node.pem", pki_dir / "node.key", pki_dir / "ca.pem"
-    )
+    port = metrics.serve("127.0.0.1:0", pki_dir / "node.pem", pki_dir / "node.key", pki_dir / "ca.pem")
     try:
         ctx = ssl.create_default_context(cafile=str(pki_dir / "ca.pem"))
         ctx.load_cert_chain(str(pki_dir / "admin.pem"), str(pki_dir / "admin.key"))

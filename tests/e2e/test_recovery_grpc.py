@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
 from harness import NAMES, Cluster, Custodians, certs_of, node_b_and_sd_file, running_cluster, tls
+from support import wait_for
 
 from sdquorum import envelopes, pki, shamir
 from sdquorum.envelopes import CustodianPolicy
@@ -31,12 +31,6 @@ async def _restore(c: Cluster, data: bytes) -> int:
 
     async with c.client() as cl, cl.errors():
         return int((await cl.admin.Restore(chunks())).keys_restored)
-
-
-async def _wait_for(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.05)
 
 
 async def test_full_recovery_rebuilds_keys_on_a_new_node(
@@ -161,7 +155,7 @@ async def test_agent_refuses_an_expired_request(
         late = b.clock() + 3600  # the agent's clock says the attestation has expired
         agent = b.start_agent("alice", wrapping_keys[0], tmp_path, clock=lambda: late)
         await b.start_recovery(sd, ttl=60)
-        await _wait_for(
+        await wait_for(
             lambda: (
                 b.node.session is not None and b.node.session.status().custodians[0].status.name == "DENIED"
             )
@@ -178,7 +172,7 @@ async def test_agent_refuses_a_domain_it_does_not_serve(
         )
         agent = b.start_agent("alice", wrapping_keys[0], tmp_path, policy=policy)
         await b.start_recovery(sd)
-        await _wait_for(
+        await wait_for(
             lambda: (
                 b.node.session is not None and b.node.session.status().custodians[0].status.name == "DENIED"
             )
@@ -276,13 +270,13 @@ async def test_fewer_than_quorum_fails_at_the_deadline_naming_the_missing(
         for n, k in [(NAMES[i], wrapping_keys[i]) for i in (0, 1)]:
             b.start_agent(n, k, tmp_path)
         await b.start_recovery(sd, ttl=60)
-        await _wait_for(lambda: b.node.session is not None and b.node.session.status().accepted == 2)
+        await wait_for(lambda: b.node.session is not None and b.node.session.status().accepted == 2)
         b.clock.advance(61)
         last = await b.wait_session()
         assert last.state == pb.FAILED
         assert "missing custodians: carol, dave, erin" in last.message
         assert b.node.state == "RECOVERY_PENDING"
-        assert b.node.store.count_keys() == 0
+        assert b.node.store.keys.count_keys() == 0
         async with b.client("app") as c:
             with pytest.raises(grpc.aio.AioRpcError) as e:
                 await c.keys.ListKeys(pb.ListKeysRequest())
@@ -325,12 +319,12 @@ async def test_restore_refuses_another_domains_backup_and_an_altered_one(
         altered[-10] ^= 0x01  # inside the ciphertext
         with pytest.raises(VerificationError, match="altered"):
             await _restore(a, bytes(altered))
-        assert a.node.store.count_keys() == 1
+        assert a.node.store.keys.count_keys() == 1
     async with running_cluster(pki_dir, tmp_path / "c") as other:
         await other.download(certs_of(wrapping_keys[:3]), quorum=2)
         with pytest.raises(VerificationError, match="belongs to domain"):
             await _restore(other, backup)
-        assert other.node.store.count_keys() == 0
+        assert other.node.store.keys.count_keys() == 0
 
 
 def pb_grpc():  # type: ignore[no-untyped-def]

@@ -35,7 +35,7 @@ BYTES_PER_ENTRY = 2048  # an entry's stored JSON: reason <= 500 chars, subject <
 
 
 def entries(c: Cluster) -> list[str]:
-    return c.node.store.audit_entries(c.node.audit_chain())
+    return c.node.store.records.audit_entries(c.node.audit_chain())
 
 
 def spki_hex(pem: Path) -> str:
@@ -174,7 +174,7 @@ async def test_a_window_that_cannot_be_written_leaves_the_ticker_running_and_its
     def broken(*args: object, **kwargs: object) -> None:
         raise StorageError("disk full")
 
-    monkeypatch.setattr(cluster.node.store, "append_audit", broken)  # the disk refuses the entry
+    monkeypatch.setattr(cluster.node.store.records, "append_audit", broken)  # the disk refuses the entry
     cluster.clock.advance(DEFAULT_WINDOW_SECONDS)
     await cluster.node.tick()  # does not raise: the server's ticker also applies session deadlines
     (line,) = [r.getMessage() for r in caplog.records if "could not audit refusals-counted" in r.getMessage()]

@@ -718,7 +718,7 @@ def test_bug_role_from_cert_with_a_duplicate_extension(samples: Samples) -> None
     "review-lone-surrogate",
     UnicodeEncodeError,
     "CustodyRecord.from_json accepts text holding a lone surrogate ('\\ud800', as json.loads in "
-    "hsm_node/server.py:239 yields it): review._check_text (sdquorum/review.py:939) refuses Cc/Zl/Zp but not "
+    "hsm_node/server.py:239 yields it): review.model._check_text (sdquorum/review/model.py) refuses Cc/Zl/Zp but not "
     "Cs. Node.add_custody_record then stores the record and fails writing its audit entry "
     "(canonical_json raises UnicodeEncodeError): a custody record without an audit entry. Fix: refuse "
     "category Cs in _check_text (and parse the request with encoding.parse_json).",

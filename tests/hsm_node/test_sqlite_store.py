@@ -19,13 +19,13 @@ def test_a_batch_whose_transaction_sqlite_rolled_back_fails_instead_of_committin
     store = SqliteNodeStore(tmp_path / "d", bytes(32), "node-x")
     try:
         with pytest.raises(StorageError), store.batch():
-            store.append_audit("provisioning", 1, '{"n": 1}')
-            store._db.execute("ROLLBACK")  # what SQLite does by itself on SQLITE_FULL, say
+            store.records.append_audit("provisioning", 1, '{"n": 1}')
+            store._c.db.execute("ROLLBACK")  # what SQLite does by itself on SQLITE_FULL, say
             with pytest.raises(StorageError, match="rolled back"):
-                store.append_audit("provisioning", 2, '{"n": 2}')
+                store.records.append_audit("provisioning", 2, '{"n": 2}')
             # the caller goes on, as the node does with the next answer of the batch
-        assert store.audit_entries("provisioning") == []  # nothing was half-committed
-        store.append_audit("provisioning", 1, '{"n": 1}')  # and the store works afterwards
-        assert store.audit_entries("provisioning") == ['{"n": 1}']
+        assert store.records.audit_entries("provisioning") == []  # nothing was half-committed
+        store.records.append_audit("provisioning", 1, '{"n": 1}')  # and the store works afterwards
+        assert store.records.audit_entries("provisioning") == ['{"n": 1}']
     finally:
         store.close()

@@ -93,7 +93,7 @@ def _secrets() -> sdfile.DomainSecrets:
 
 
 def _put(store: NodeStore, name: str, owner: str = "app", private: bytes = b"secret") -> None:
-    store.put_key(DEK, name, AES, b"pub-" + name.encode(), private, 100, owner)
+    store.keys.put_key(DEK, StoredKey(name, AES, b"pub-" + name.encode(), 100, owner), private)
 
 
 # ------------------------------------------------------------------ transactions
@@ -104,26 +104,26 @@ def test_a_batch_commits_once_a_failed_write_undoes_itself_an_exception_undoes_a
     store.on_commit = lambda: commits.append("COMMIT")
     with store.batch():
         _put(store, "k1", private=b"secret-1")
-        store.append_audit("provisioning", 1, '{"n": 1}')
+        store.records.append_audit("provisioning", 1, '{"n": 1}')
         with pytest.raises(AlreadyExistsError):
             _put(store, "k1", private=b"other")  # refused: only this write is undone
         _put(store, "k2", private=b"secret-2")
     assert commits == ["COMMIT"]
-    assert [k.name for k in store.list_keys()] == ["k1", "k2"]
-    assert store.get_key(DEK, "k1")[1] == b"secret-1"
+    assert [k.name for k in store.keys.list_keys()] == ["k1", "k2"]
+    assert store.keys.get_key(DEK, "k1")[1] == b"secret-1"
     with pytest.raises(RuntimeError), store.batch():
         _put(store, "k3")
-        store.append_audit("provisioning", 2, '{"n": 2}')
+        store.records.append_audit("provisioning", 2, '{"n": 2}')
         raise RuntimeError("the caller failed half-way")
-    assert [k.name for k in store.list_keys()] == ["k1", "k2"]
-    assert store.audit_entries("provisioning") == ['{"n": 1}']
+    assert [k.name for k in store.keys.list_keys()] == ["k1", "k2"]
+    assert store.records.audit_entries("provisioning") == ['{"n": 1}']
     assert commits == ["COMMIT"]
 
 
 def test_a_write_outside_a_batch_is_its_own_commit(store: NodeStore) -> None:
     commits: list[str] = []
     store.on_commit = lambda: commits.append("COMMIT")
-    store.set_state("PROVISIONED")
+    store.domain.set_state("PROVISIONED")
     _put(store, "k")
     assert commits == ["COMMIT", "COMMIT"]
 
@@ -134,13 +134,17 @@ def test_a_commit_that_fails_leaves_nothing(store: NodeStore) -> None:
 
     store.on_commit = full_disk
     with pytest.raises(StorageError), store.batch():
-        store.set_state("ACTIVATED")
+        store.domain.set_state("ACTIVATED")
         _put(store, "k")
-        store.append_audit("domain", 1, "{}")
+        store.records.append_audit("domain", 1, "{}")
     store.on_commit = None
-    assert store.state() is None and store.list_keys() == [] and store.audit_entries("domain") == []
-    store.set_state("PROVISIONED")  # the store works afterwards
-    assert store.state() == "PROVISIONED"
+    assert (
+        store.domain.state() is None
+        and store.keys.list_keys() == []
+        and store.records.audit_entries("domain") == []
+    )
+    store.domain.set_state("PROVISIONED")  # the store works afterwards
+    assert store.domain.state() == "PROVISIONED"
 
 
 # ------------------------------------------------------------------ state, domain, epochs
@@ -148,39 +152,39 @@ def test_a_commit_that_fails_leaves_nothing(store: NodeStore) -> None:
 
 def test_the_domain_round_trips_sealed_to_the_sealing_key(open_store: StoreFactory) -> None:
     store = open_store(SEALING)
-    assert store.load_domain() is None and store.sd_file() is None
+    assert store.domain.load_domain() is None and store.domain.sd_file() is None
     secrets = _secrets()
     info = DomainInfo(secrets.domain_id, 1, 3, 5)
-    store.activate(secrets, info, "ACTIVATED", b"sd-file")
-    assert store.load_domain() == (secrets, info)
-    assert store.state() == "ACTIVATED" and store.sd_file() == b"sd-file"
+    store.domain.activate(secrets, info, "ACTIVATED", b"sd-file")
+    assert store.domain.load_domain() == (secrets, info)
+    assert store.domain.state() == "ACTIVATED" and store.domain.sd_file() == b"sd-file"
 
 
 def test_a_rotation_moves_the_epoch_and_retires_the_old_one_together(store: NodeStore) -> None:
     secrets = _secrets()
-    store.activate(secrets, DomainInfo(secrets.domain_id, 1, 3, 5), "ACTIVATED", b"epoch-1")
+    store.domain.activate(secrets, DomainInfo(secrets.domain_id, 1, 3, 5), "ACTIVATED", b"epoch-1")
     retired = RetiredEpoch(1, bytes(32), 200)
-    store.rotate(secrets, DomainInfo(secrets.domain_id, 2, 2, 4), b"epoch-2", retired)
-    assert store.sd_file() == b"epoch-2" and store.retired_epochs() == [retired]
-    loaded = store.load_domain()
+    store.domain.rotate(secrets, DomainInfo(secrets.domain_id, 2, 2, 4), b"epoch-2", retired)
+    assert store.domain.sd_file() == b"epoch-2" and store.records.retired_epochs() == [retired]
+    loaded = store.domain.load_domain()
     assert loaded is not None and loaded[1].epoch == 2
     with pytest.raises(AlreadyExistsError):  # an epoch is retired once
-        store.rotate(secrets, DomainInfo(secrets.domain_id, 3, 2, 4), b"epoch-3", retired)
-    assert store.sd_file() == b"epoch-2"
+        store.domain.rotate(secrets, DomainInfo(secrets.domain_id, 3, 2, 4), b"epoch-3", retired)
+    assert store.domain.sd_file() == b"epoch-2"
 
 
 def test_the_highest_epoch_only_rises(store: NodeStore) -> None:
-    assert store.highest_epoch(b"d" * 16) is None
-    store.note_epoch(b"d" * 16, 3)
-    store.note_epoch(b"d" * 16, 2)
-    store.note_epoch(b"e" * 16, 1)
-    assert store.highest_epoch(b"d" * 16) == 3 and store.highest_epoch(b"e" * 16) == 1
+    assert store.domain.highest_epoch(b"d" * 16) is None
+    store.domain.note_epoch(b"d" * 16, 3)
+    store.domain.note_epoch(b"d" * 16, 2)
+    store.domain.note_epoch(b"e" * 16, 1)
+    assert store.domain.highest_epoch(b"d" * 16) == 3 and store.domain.highest_epoch(b"e" * 16) == 1
 
 
 def test_flags_are_kept_by_name(store: NodeStore) -> None:
-    assert store.flag("compromised") is None
-    store.set_flag("compromised", "a laptop was stolen")
-    assert store.flag("compromised") == "a laptop was stolen" and store.flag("other") is None
+    assert store.domain.flag("compromised") is None
+    store.domain.set_flag("compromised", "a laptop was stolen")
+    assert store.domain.flag("compromised") == "a laptop was stolen" and store.domain.flag("other") is None
 
 
 # ------------------------------------------------------------------ audit and custody
@@ -188,13 +192,13 @@ def test_flags_are_kept_by_name(store: NodeStore) -> None:
 
 def test_audit_chains_are_kept_apart_in_order(store: NodeStore) -> None:
     for seq in (1, 2, 3):
-        store.append_audit("domain", seq, f'{{"seq": {seq}}}')
-    store.append_audit("provisioning", 1, '{"p": 1}')
-    assert store.audit_entries("domain") == ['{"seq": 1}', '{"seq": 2}', '{"seq": 3}']
-    assert store.last_audit("domain") == '{"seq": 3}' and store.last_audit("nothing") is None
+        store.records.append_audit("domain", seq, f'{{"seq": {seq}}}')
+    store.records.append_audit("provisioning", 1, '{"p": 1}')
+    assert store.records.audit_entries("domain") == ['{"seq": 1}', '{"seq": 2}', '{"seq": 3}']
+    assert store.records.last_audit("domain") == '{"seq": 3}' and store.records.last_audit("nothing") is None
     with pytest.raises(AlreadyExistsError):
-        store.append_audit("domain", 3, '{"again": 3}')  # an entry is never overwritten
-    assert store.last_audit("domain") == '{"seq": 3}'
+        store.records.append_audit("domain", 3, '{"again": 3}')  # an entry is never overwritten
+    assert store.records.last_audit("domain") == '{"seq": 3}'
 
 
 def test_custody_records_and_drill_results_come_back_typed_in_order(store: NodeStore) -> None:
@@ -203,10 +207,10 @@ def test_custody_records_and_drill_results_come_back_typed_in_order(store: NodeS
         CustodyRecord(11, "lost", "carol", note="left on a train"),
     ]
     for r in records:
-        store.add_custody_record(r)
+        store.records.add_custody_record(r)
     results = [DrillResult(12, "alice", 1, "proved"), DrillResult(12, "bob", 2, "unreachable")]
-    store.add_drill_results(results)
-    assert store.custody_records() == records and store.drill_results() == results
+    store.records.add_drill_results(results)
+    assert store.records.custody_records() == records and store.records.drill_results() == results
 
 
 # ------------------------------------------------------------------ keys
@@ -214,19 +218,19 @@ def test_custody_records_and_drill_results_come_back_typed_in_order(store: NodeS
 
 def test_a_key_is_sealed_to_the_dek_and_bound_to_its_name_type_and_owner(store: NodeStore) -> None:
     _put(store, "k", owner="app/billing", private=b"private")
-    key, private = store.get_key(DEK, "k")
+    key, private = store.keys.get_key(DEK, "k")
     assert private == b"private"
     assert key == StoredKey("k", AES, b"pub-k", 100, "app/billing", None)
     with pytest.raises(VerificationError, match="'k' failed its integrity check"):
-        store.get_key(bytes(32), "k")
+        store.keys.get_key(bytes(32), "k")
 
 
 def test_a_key_name_is_taken_by_a_live_or_deleted_key(store: NodeStore) -> None:
     _put(store, "k")
-    store.mark_deleted("k", 500)
+    store.keys.mark_deleted("k", 500)
     with pytest.raises(AlreadyExistsError):
         _put(store, "k")
-    found = store.find_key("k")
+    found = store.keys.find_key("k")
     assert found is not None and found.deleted_at == 500
 
 
@@ -239,66 +243,66 @@ def test_a_refused_key_is_never_opened(store: NodeStore) -> None:
         raise PermissionDeniedError("not yours")
 
     with pytest.raises(PermissionDeniedError):
-        store.get_key(bytes(32), "k", refuse)  # a wrong DEK: opening would fail differently
+        store.keys.get_key(bytes(32), "k", refuse)  # a wrong DEK: opening would fail differently
     assert [k.name for k in seen] == ["k"]
     with pytest.raises(NotFoundError):
-        store.get_key(DEK, "none")
+        store.keys.get_key(DEK, "none")
 
 
 def test_soft_deletion_recovery_and_purge(store: NodeStore) -> None:
     for name, owner in (("a", "app"), ("b", "admin"), ("c", "app"), ("d", "app")):
         _put(store, name, owner)
-    store.mark_deleted("c", 300)
-    store.mark_deleted("d", 200)
-    assert [k.name for k in store.list_keys()] == ["a", "b"]
-    assert [k.name for k in store.list_keys(owner="app")] == ["a"]
-    assert [k.name for k in store.list_keys(deleted=True)] == ["c", "d"]
-    assert store.count_keys() == 2
-    assert [k.name for k in store.deleted_before(300)] == ["d", "c"]  # by deletion time
-    assert [k.name for k in store.deleted_before(250)] == ["d"]
+    store.keys.mark_deleted("c", 300)
+    store.keys.mark_deleted("d", 200)
+    assert [k.name for k in store.keys.list_keys()] == ["a", "b"]
+    assert [k.name for k in store.keys.list_keys(owner="app")] == ["a"]
+    assert [k.name for k in store.keys.list_keys(deleted=True)] == ["c", "d"]
+    assert store.keys.count_keys() == 2
+    assert [k.name for k in store.keys.deleted_before(300)] == ["d", "c"]  # by deletion time
+    assert [k.name for k in store.keys.deleted_before(250)] == ["d"]
     with pytest.raises(NotFoundError):
-        store.mark_deleted("c", 400)  # deleted already
+        store.keys.mark_deleted("c", 400)  # deleted already
     with pytest.raises(NotFoundError):
-        store.purge_key("a")  # live: only a deleted key is purged
-    store.mark_deleted("c", None)
-    store.purge_key("d")
-    assert store.find_key("d") is None
-    assert [k.name for k in store.list_keys()] == ["a", "b", "c"]
+        store.keys.purge_key("a")  # live: only a deleted key is purged
+    store.keys.mark_deleted("c", None)
+    store.keys.purge_key("d")
+    assert store.keys.find_key("d") is None
+    assert [k.name for k in store.keys.list_keys()] == ["a", "b", "c"]
 
 
 def test_a_backup_image_round_trips_between_stores(store: NodeStore, tmp_path: Path) -> None:
     _put(store, "live", "app/x", b"one")
     _put(store, "gone", "admin", b"two")
-    store.mark_deleted("gone", 77)
-    image, count = store.export_key_rows(DEK)
+    store.keys.mark_deleted("gone", 77)
+    image, count = store.keys.export_key_rows(DEK)
     assert count == 2
     for other in (MemoryNodeStore(SEALING, "node-y"), SqliteNodeStore(tmp_path / "other", SEALING, "node-y")):
         _put(other, "replaced")
-        other.import_key_rows(image, count)
-        assert other.list_keys() == store.list_keys()
-        assert other.list_keys(deleted=True) == store.list_keys(deleted=True)
-        assert other.get_key(DEK, "gone")[1] == b"two"
+        other.keys.import_key_rows(image, count)
+        assert other.keys.list_keys() == store.keys.list_keys()
+        assert other.keys.list_keys(deleted=True) == store.keys.list_keys(deleted=True)
+        assert other.keys.get_key(DEK, "gone")[1] == b"two"
         other.close()
 
 
 def test_a_backup_never_carries_a_row_that_does_not_open(store: NodeStore) -> None:
     _put(store, "k")
     with pytest.raises(VerificationError, match="'k' failed its integrity check: no backup was written"):
-        store.export_key_rows(bytes(32))
+        store.keys.export_key_rows(bytes(32))
 
 
 def test_a_malformed_image_changes_nothing(store: NodeStore) -> None:
     _put(store, "k")
-    image, count = store.export_key_rows(DEK)
+    image, count = store.keys.export_key_rows(DEK)
     with pytest.raises(MalformedError):
-        store.import_key_rows(image, count + 1)
+        store.keys.import_key_rows(image, count + 1)
     with pytest.raises(MalformedError):
-        store.import_key_rows(b"not an image" * 50, 0)
-    assert [r.key.name for r in read_image(image, count)] == ["k"] == [k.name for k in store.list_keys()]
+        store.keys.import_key_rows(b"not an image" * 50, 0)
+    assert [r.key.name for r in read_image(image, count)] == ["k"] == [k.name for k in store.keys.list_keys()]
 
 
 def test_keys_in_the_clear_are_sealed_owned_by_app_and_live(store: NodeStore) -> None:
     _put(store, "old")
-    store.replace_keys(DEK, [BackupKey("v1", AES, b"pub", b"clear", 5)])
-    assert store.list_keys() == [StoredKey("v1", AES, b"pub", 5, "app", None)]
-    assert store.get_key(DEK, "v1")[1] == b"clear"
+    store.keys.replace_keys(DEK, [BackupKey("v1", AES, b"pub", b"clear", 5)])
+    assert store.keys.list_keys() == [StoredKey("v1", AES, b"pub", 5, "app", None)]
+    assert store.keys.get_key(DEK, "v1")[1] == b"clear"

@@ -22,7 +22,7 @@ from hsm_node.keyops import KeyType
 from hsm_node.pool.etcd import EtcdClient
 from hsm_node.pool.member import PoolMember, allow, remove
 from hsm_node.pool.store import PoolNodeStore
-from hsm_node.store import DomainInfo
+from hsm_node.store import DomainInfo, StoredKey
 from sdquorum import etcd_pki, pki, sdfile
 from sdquorum.errors import PermissionDeniedError, StateError
 from tests.conftest import load_node_attestation
@@ -58,9 +58,13 @@ async def test_an_allowed_node_joins_with_no_custodian_and_serves_the_pools_keys
     )
     try:
         domain = sdfile.new_domain_secrets(os.urandom, admins=["admin"])
-        a.store.activate(domain, DomainInfo(domain.domain_id, 1, 2, 3), "ACTIVATED", b"sd-file-epoch-1")
+        a.store.domain.activate(
+            domain, DomainInfo(domain.domain_id, 1, 2, 3), "ACTIVATED", b"sd-file-epoch-1"
+        )
         a.register()
-        a.store.put_key(domain.data_encryption_key, "shared", AES, b"pub", b"private", 1, "app")
+        a.store.keys.put_key(
+            domain.data_encryption_key, StoredKey("shared", AES, b"pub", 1, "app"), b"private"
+        )
         allow(a.store, "node-b", "admin", int(now.timestamp()))
         server = asyncio.ensure_future(a.serve_joins(lambda: domain, interval=0.02))
         loop = asyncio.get_running_loop()
@@ -68,14 +72,14 @@ async def test_an_allowed_node_joins_with_no_custodian_and_serves_the_pools_keys
         joined = await b.join(timeout=10)
         print(f"\njoin took {(loop.time() - start) * 1000:.0f} ms")
         assert joined == domain
-        loaded = b.store.load_domain()
-        assert loaded is not None and loaded[0] == domain and b.store.state() == "ACTIVATED"
-        assert b.store.get_key(loaded[0].data_encryption_key, "shared")[1] == b"private"
+        loaded = b.store.domain.load_domain()
+        assert loaded is not None and loaded[0] == domain and b.store.domain.state() == "ACTIVATED"
+        assert b.store.keys.get_key(loaded[0].data_encryption_key, "shared")[1] == b"private"
         assert a.active_members() == {"node-a", "node-b"}
         # node-c was never allowed: no member seals anything to it
         with pytest.raises(StateError, match="sdctl pool allow node-c"):
             await c.join(timeout=1.0)
-        assert c.store.load_domain() is None
+        assert c.store.domain.load_domain() is None
         # the removed member serves nothing, and its etcd user gone, it cannot write
         remove(a.store, "node-b", "admin", int(now.timestamp()))
         await asyncio.sleep(0.2)
@@ -84,8 +88,10 @@ async def test_an_allowed_node_joins_with_no_custodian_and_serves_the_pools_keys
         async with EtcdClient(cluster.config("root")) as root:
             await root.remove_member_user(etcd_pki.etcd_user("node-b"))
         with pytest.raises(PermissionDeniedError):
-            b.store.put_key(domain.data_encryption_key, "from-removed", AES, b"pub", b"x", 1, "app")
-        assert a.store.find_key("from-removed") is None
+            b.store.keys.put_key(
+                domain.data_encryption_key, StoredKey("from-removed", AES, b"pub", 1, "app"), b"x"
+            )
+        assert a.store.keys.find_key("from-removed") is None
         server.cancel()
     finally:
         for m in (a, b, c):

@@ -26,7 +26,7 @@ from hsm_node.config import NodeSettings
 from hsm_node.keyops import KeyType
 from hsm_node.pool.etcd import EtcdClient
 from hsm_node.pool.store import LOCAL_FILE, PoolNodeStore
-from hsm_node.store import DomainInfo
+from hsm_node.store import DomainInfo, StoredKey
 from sdquorum import sdfile
 from sdquorum.errors import AlreadyExistsError, StateError, TransportError, UsageError
 from sdquorum.review import RetiredEpoch
@@ -79,8 +79,8 @@ def _activate(a: PoolNodeStore, b: PoolNodeStore) -> sdfile.DomainSecrets:
     """node-a makes the domain; node-b holds the same secrets (as a join leaves it)."""
     domain = sdfile.new_domain_secrets(os.urandom, admins=["admin"])
     info = DomainInfo(domain.domain_id, 1, 2, 3)
-    a.activate(domain, info, "ACTIVATED", b"signed-sd-file-epoch-1")
-    b.activate(domain, info, "ACTIVATED", b"signed-sd-file-epoch-1")
+    a.domain.activate(domain, info, "ACTIVATED", b"signed-sd-file-epoch-1")
+    b.domain.activate(domain, info, "ACTIVATED", b"signed-sd-file-epoch-1")
     return domain
 
 
@@ -98,17 +98,17 @@ def test_a_key_created_on_one_member_is_usable_on_the_other_within_a_bound(membe
     _activate(a, b)
     delays = []
     for i in range(20):
-        a.put_key(DEK, f"k{i}", AES, b"pub", f"private-{i}".encode(), 100, "app")
-        delays.append(_wait(lambda i=i: b.find_key(f"k{i}") is not None))  # type: ignore[misc]
-    assert b.get_key(DEK, "k7")[1] == b"private-7"
+        a.keys.put_key(DEK, StoredKey(f"k{i}", AES, b"pub", 100, "app"), f"private-{i}".encode())
+        delays.append(_wait(lambda i=i: b.keys.find_key(f"k{i}") is not None))  # type: ignore[misc]
+    assert b.keys.get_key(DEK, "k7")[1] == b"private-7"
     delays.sort()
     print(
         f"\ncreate-to-visible on another member: median {delays[10] * 1000:.1f} ms, max {delays[-1] * 1000:.1f} ms"
     )
     assert delays[-1] < 1.0
-    b.mark_deleted("k3", 500)  # a deletion on b is seen on a just as fast
-    _wait(lambda: a.list_keys(deleted=True) != [])
-    assert [k.name for k in a.list_keys(deleted=True)] == ["k3"]
+    b.keys.mark_deleted("k3", 500)  # a deletion on b is seen on a just as fast
+    _wait(lambda: a.keys.list_keys(deleted=True) != [])
+    assert [k.name for k in a.keys.list_keys(deleted=True)] == ["k3"]
 
 
 def test_concurrent_creates_of_one_name_on_two_members_exactly_one_wins(members: Members) -> None:
@@ -123,7 +123,7 @@ def test_concurrent_creates_of_one_name_on_two_members_exactly_one_wins(members:
         go.wait()
         for n in names:
             try:
-                store.put_key(DEK, n, AES, b"pub", who.encode(), 1, "app")
+                store.keys.put_key(DEK, StoredKey(n, AES, b"pub", 1, "app"), who.encode())
                 won[n].append(who)
             except AlreadyExistsError:
                 lost[n].append(who)
@@ -135,9 +135,9 @@ def test_concurrent_creates_of_one_name_on_two_members_exactly_one_wins(members:
         t.join()
     for n in names:
         assert len(won[n]) == 1 and len(lost[n]) == 1, (n, won[n], lost[n])
-        _wait(lambda n=n: b.find_key(n) is not None and a.find_key(n) is not None)  # type: ignore[misc]
+        _wait(lambda n=n: b.keys.find_key(n) is not None and a.keys.find_key(n) is not None)  # type: ignore[misc]
         # the winner's private material is what both members open
-        assert a.get_key(DEK, n)[1] == b.get_key(DEK, n)[1] == won[n][0].encode()
+        assert a.keys.get_key(DEK, n)[1] == b.keys.get_key(DEK, n)[1] == won[n][0].encode()
 
 
 def test_two_members_cannot_fork_an_audit_chain(members: Members) -> None:
@@ -149,7 +149,7 @@ def test_two_members_cannot_fork_an_audit_chain(members: Members) -> None:
         go.wait()
         for seq in range(1, 11):
             try:
-                store.append_audit("domain", seq, f'{{"seq": {seq}, "by": "{who}"}}')
+                store.records.append_audit("domain", seq, f'{{"seq": {seq}, "by": "{who}"}}')
                 outcomes.append(f"{seq}:{who}")
             except AlreadyExistsError:
                 pass
@@ -160,8 +160,8 @@ def test_two_members_cannot_fork_an_audit_chain(members: Members) -> None:
     for t in threads:
         t.join()
     assert sorted(int(o.split(":")[0]) for o in outcomes) == list(range(1, 11))  # one entry per seq
-    _wait(lambda: len(a.audit_entries("domain")) == len(b.audit_entries("domain")) == 10)
-    assert a.audit_entries("domain") == b.audit_entries("domain")
+    _wait(lambda: len(a.records.audit_entries("domain")) == len(b.records.audit_entries("domain")) == 10)
+    assert a.records.audit_entries("domain") == b.records.audit_entries("domain")
 
 
 def test_a_rotation_is_seen_by_every_member_and_two_rotations_of_one_epoch_one_wins(members: Members) -> None:
@@ -173,7 +173,7 @@ def test_a_rotation_is_seen_by_every_member_and_two_rotations_of_one_epoch_one_w
     def rotate(store: PoolNodeStore, who: str) -> None:
         go.wait()
         try:
-            store.rotate(
+            store.domain.rotate(
                 domain,
                 DomainInfo(domain.domain_id, 2, 2, 3),
                 f"epoch-2-by-{who}".encode(),
@@ -191,10 +191,10 @@ def test_a_rotation_is_seen_by_every_member_and_two_rotations_of_one_epoch_one_w
     assert len(results) == 2 and results.count("refused") == 1
     winner = next(r for r in results if r != "refused")
     for s in (a, b):
-        _wait(lambda s=s: s.sd_file() == f"epoch-2-by-{winner}".encode())  # type: ignore[misc]
-        loaded = s.load_domain()
+        _wait(lambda s=s: s.domain.sd_file() == f"epoch-2-by-{winner}".encode())  # type: ignore[misc]
+        loaded = s.domain.load_domain()
         assert loaded is not None and loaded[1].epoch == 2 and loaded[0] == domain
-        assert [r.epoch for r in s.retired_epochs()] == [1]
+        assert [r.epoch for r in s.records.retired_epochs()] == [1]
 
 
 def test_a_node_of_another_domain_cannot_take_the_pool(members: Members) -> None:
@@ -202,16 +202,18 @@ def test_a_node_of_another_domain_cannot_take_the_pool(members: Members) -> None
     _activate(a, b)
     other = sdfile.new_domain_secrets(os.urandom, admins=["admin"])
     with pytest.raises(StateError, match="another security domain"):
-        b.activate(other, DomainInfo(other.domain_id, 1, 2, 3), "ACTIVATED", b"other-sd")
-    assert a.sd_file() == b"signed-sd-file-epoch-1"
+        b.domain.activate(other, DomainInfo(other.domain_id, 1, 2, 3), "ACTIVATED", b"other-sd")
+    assert a.domain.sd_file() == b"signed-sd-file-epoch-1"
 
 
 def test_a_joined_member_without_the_secrets_has_no_domain(members: Members, tmp_path: Path) -> None:
     a, b = members()
     domain = sdfile.new_domain_secrets(os.urandom, admins=["admin"])
-    a.activate(domain, DomainInfo(domain.domain_id, 1, 2, 3), "ACTIVATED", b"sd")
-    _wait(lambda: b.sd_file() == b"sd")
-    assert b.load_domain() is None and b.state() is None  # it sees the pool, holds nothing of it
+    a.domain.activate(domain, DomainInfo(domain.domain_id, 1, 2, 3), "ACTIVATED", b"sd")
+    _wait(lambda: b.domain.sd_file() == b"sd")
+    assert (
+        b.domain.load_domain() is None and b.domain.state() is None
+    )  # it sees the pool, holds nothing of it
 
 
 async def _dump(cluster: EtcdCluster) -> list[bytes]:
@@ -226,7 +228,7 @@ def test_etcd_never_holds_a_secret_in_the_clear(
     a, b = members()
     domain = _activate(a, b)
     private = secrets.token_bytes(32)
-    a.put_key(DEK, "secret-key", AES, b"pub", private, 1, "app")
+    a.keys.put_key(DEK, StoredKey("secret-key", AES, b"pub", 1, "app"), private)
     everything = b"\n".join(asyncio.run(_dump(cluster)))
     for secret in (
         private,
@@ -289,8 +291,8 @@ def test_hsm_node_run_with_pool_settings_opens_a_pool_member(cluster: EtcdCluste
     store = _open_store(cfg, SEALING_A)
     try:
         assert isinstance(store, PoolNodeStore)
-        store.put_key(DEK, "via-settings", AES, b"pub", b"p", 1, "app")
-        assert store.get_key(DEK, "via-settings")[1] == b"p"
+        store.keys.put_key(DEK, StoredKey("via-settings", AES, b"pub", 1, "app"), b"p")
+        assert store.keys.get_key(DEK, "via-settings")[1] == b"p"
     finally:
         store.close()
 
@@ -300,35 +302,35 @@ def test_losing_etcd_stops_serving_after_max_staleness_and_all_resume(
 ) -> None:
     a, b = members(max_staleness=2.0, attempt_timeout=0.5, call_timeout=1.5, progress_interval=0.3)
     _activate(a, b)
-    a.put_key(DEK, "before", AES, b"pub", b"p", 1, "app")
-    _wait(lambda: b.find_key("before") is not None)
+    a.keys.put_key(DEK, StoredKey("before", AES, b"pub", 1, "app"), b"p")
+    _wait(lambda: b.keys.find_key("before") is not None)
     names = [m.name for m in cluster.members]
     cluster.stop(names[0])  # one etcd member lost: nothing is interrupted
-    a.put_key(DEK, "with-two", AES, b"pub", b"p", 1, "app")
-    _wait(lambda: b.find_key("with-two") is not None)
+    a.keys.put_key(DEK, StoredKey("with-two", AES, b"pub", 1, "app"), b"p")
+    _wait(lambda: b.keys.find_key("with-two") is not None)
     cluster.stop(names[1])  # two lost: no quorum
     lost = time.monotonic()
     with pytest.raises(TransportError):
-        a.put_key(DEK, "no-quorum", AES, b"pub", b"p", 1, "app")
+        a.keys.put_key(DEK, StoredKey("no-quorum", AES, b"pub", 1, "app"), b"p")
     _wait(lambda: _refuses(b), timeout=10.0)
     stale = time.monotonic() - lost
     print(f"\nno quorum: member refused reads {stale:.2f} s after the loss (max_staleness 2 s)")
     assert 1.0 <= stale <= 2.0 + 1.0  # within max_staleness of the last proof, plus a heartbeat
     with pytest.raises(TransportError, match=r"pool\.max_staleness"):
-        b.get_key(DEK, "before")
+        b.keys.get_key(DEK, "before")
     cluster.restart(names[0])
     cluster.restart(names[1])
     cluster.wait_healthy()
     back = _wait(lambda: not _refuses(a) and not _refuses(b), timeout=15.0)
     print(f"etcd back: members serving again after {back:.2f} s")
-    a.put_key(DEK, "after", AES, b"pub", b"p", 1, "app")
-    _wait(lambda: b.find_key("after") is not None)
-    assert b.get_key(DEK, "before")[1] == b"p"
+    a.keys.put_key(DEK, StoredKey("after", AES, b"pub", 1, "app"), b"p")
+    _wait(lambda: b.keys.find_key("after") is not None)
+    assert b.keys.get_key(DEK, "before")[1] == b"p"
 
 
 def _refuses(store: PoolNodeStore) -> bool:
     try:
-        store.find_key("before")
+        store.keys.find_key("before")
     except TransportError:
         return True
     return False

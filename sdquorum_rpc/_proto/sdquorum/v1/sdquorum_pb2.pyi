@@ -81,7 +81,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("state", "node_id", "domain_id", "epoch", "quorum", "custodians", "active_session_id", "key_count", "pool_name", "pool_members", "pool_allowed", "pool_staleness_seconds")
+    __slots__ = ("state", "node_id", "domain_id", "epoch", "quorum", "custodians", "active_session_id", "key_count")
     STATE_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     DOMAIN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -90,10 +90,6 @@ class NodeStatus(_message.Message):
     CUSTODIANS_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_COUNT_FIELD_NUMBER: _ClassVar[int]
-    POOL_NAME_FIELD_NUMBER: _ClassVar[int]
-    POOL_MEMBERS_FIELD_NUMBER: _ClassVar[int]
-    POOL_ALLOWED_FIELD_NUMBER: _ClassVar[int]
-    POOL_STALENESS_SECONDS_FIELD_NUMBER: _ClassVar[int]
     state: NodeState
     node_id: str
     domain_id: str
@@ -102,11 +98,7 @@ class NodeStatus(_message.Message):
     custodians: int
     active_session_id: str
     key_count: int
-    pool_name: str
-    pool_members: _containers.RepeatedScalarFieldContainer[str]
-    pool_allowed: _containers.RepeatedScalarFieldContainer[str]
-    pool_staleness_seconds: float
-    def __init__(self, state: _Optional[_Union[NodeState, str]] = ..., node_id: _Optional[str] = ..., domain_id: _Optional[str] = ..., epoch: _Optional[int] = ..., quorum: _Optional[int] = ..., custodians: _Optional[int] = ..., active_session_id: _Optional[str] = ..., key_count: _Optional[int] = ..., pool_name: _Optional[str] = ..., pool_members: _Optional[_Iterable[str]] = ..., pool_allowed: _Optional[_Iterable[str]] = ..., pool_staleness_seconds: _Optional[float] = ...) -> None: ...
+    def __init__(self, state: _Optional[_Union[NodeState, str]] = ..., node_id: _Optional[str] = ..., domain_id: _Optional[str] = ..., epoch: _Optional[int] = ..., quorum: _Optional[int] = ..., custodians: _Optional[int] = ..., active_session_id: _Optional[str] = ..., key_count: _Optional[int] = ...) -> None: ...
 
 class DownloadRequest(_message.Message):
     __slots__ = ("custodian_certificates", "quorum")
@@ -283,6 +275,18 @@ class PoolMemberRequest(_message.Message):
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+
+class PoolStatus(_message.Message):
+    __slots__ = ("name", "members", "allowed", "staleness_seconds")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    STALENESS_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    members: _containers.RepeatedScalarFieldContainer[str]
+    allowed: _containers.RepeatedScalarFieldContainer[str]
+    staleness_seconds: float
+    def __init__(self, name: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ..., allowed: _Optional[_Iterable[str]] = ..., staleness_seconds: _Optional[float] = ...) -> None: ...
 
 class GetCustodyStateRequest(_message.Message):
     __slots__ = ()

@@ -1,0 +1,124 @@
+"""The ``node`` part: the node's critical path per answer against the crypto an answer needs.
+
+At real sites each custodian's agent has its own machine, so what the node does serially for each
+answer is what makes a recovery's time grow with n. Measured in one run:
+
+* **node work per answer**: ``node.answers.submit_answer`` for m prepared releases, one after
+  another, no network (session checks, the coordinator's checks, the audit entry signed and
+  committed, and at the m-th the completion: domain sealed and stored, node ACTIVATED), divided by
+  m (:func:`bench.recovery.measure_node_host`, the same measurement the ``flat`` part reports in
+  total).
+* **crypto floor per answer**: what an answer needs on the node and nothing else: one RSA-PSS-SHA256
+  verification (the release's signature, key already loaded), one sealed-box open (X25519, the
+  share sealed to the session's exchange key), one VSS check against the precomputed public share
+  (one base-point multiplication), one Ed25519 signature (the answer's audit entry), each the
+  median of many repetitions with the same key sizes as the run's custodians and node.
+
+Target: the node's work per answer at most 2x its crypto floor. Reported beside it, without a
+target: the same work against the floor plus one durable commit of the node's store (an audit
+entry appended alone: ``synchronous=FULL``, one fsync), measured in the same run. The node
+acknowledges no answer before its audit entry is durable (ADR 0005), so an answer that arrives
+alone pays one commit; answers that arrive together share one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+import nacl.public
+from cryptography.hazmat.primitives import hashes
+
+from bench._common import BenchContext, Row, harness, median
+from bench.recovery import make_sd_file, measure_node_host
+from hsm_node.store import SqliteNodeStore
+from sdquorum import shamir
+from sdquorum.keys import pss_sha256, rsa_public_key_of
+
+__all__ = ["measure_answer_floor", "run_node"]
+
+TARGET = 2.0
+_RELEASE_BYTES = 900  # about the size of a signed release statement
+_SEALED_BYTES = 200  # about the size of a sealed share's plaintext
+_AUDIT_BYTES = 450  # about the size of an answer's audit entry
+
+
+def _median_time(work: Callable[[], object], reps: int) -> float:
+    times: list[float] = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return median(times)
+
+
+def measure_answer_floor(ctx: BenchContext, reps: int) -> dict[str, float]:
+    """Seconds per answer of each primitive an answer needs on the node (module docstring)."""
+    key = ctx.keys[0]
+    message = os.urandom(_RELEASE_BYTES)
+    signature = key.sign(message)
+    public = rsa_public_key_of(key.certificate_der())
+    exchange = nacl.public.PrivateKey.generate()
+    sealed = nacl.public.SealedBox(exchange.public_key).encrypt(os.urandom(_SEALED_BYTES))
+    opener = nacl.public.SealedBox(exchange)
+    (share, *_), commitments = shamir.split(shamir.random_scalar(os.urandom), 2, 3, os.urandom)
+    public_share = commitments.public_share(share.x)
+    att_key, _ = harness().load_attestation(ctx.pki_dir, "node-b")
+    entry = os.urandom(_AUDIT_BYTES)
+    return {
+        "rsa_pss_verify": _median_time(
+            lambda: public.verify(signature, message, pss_sha256(), hashes.SHA256()), reps
+        ),
+        "sealed_box_open": _median_time(lambda: opener.decrypt(sealed), reps),
+        "vss_check": _median_time(lambda: shamir.matches_public_share(share, public_share), reps),
+        "audit_signature": _median_time(lambda: att_key.sign(entry), reps),
+    }
+
+
+def measure_commit(ctx: BenchContext, reps: int) -> float:
+    """Seconds of one durable commit of the SQLite store: one audit entry appended on its own."""
+    store = SqliteNodeStore(ctx.tmp / f"commit-{os.urandom(4).hex()}", os.urandom(32), "node-b")
+    try:
+        seq = iter(range(1, reps + 2))
+        entry = "x" * _AUDIT_BYTES
+        return _median_time(lambda: store.records.append_audit("bench", next(seq), entry), reps)
+    finally:
+        store.close()
+
+
+async def run_node(ctx: BenchContext) -> list[Row]:
+    m = n = 3 if ctx.quick else 10
+    sd = await make_sd_file(ctx, m, n)
+    per_answer = await measure_node_host(ctx, sd, m, n, reps=3 if ctx.quick else 7) / m
+    parts = measure_answer_floor(ctx, reps=50 if ctx.quick else 300)
+    floor = sum(parts.values())
+    commit = measure_commit(ctx, reps=50 if ctx.quick else 200)
+    return [
+        Row(
+            "node",
+            f"node's work per answer ({m}-of-{n}, submit_answer, no network) vs its crypto floor",
+            per_answer,
+            floor,
+            "s",
+            target=TARGET,
+            details={
+                "node_per_answer_ms": round(per_answer * 1000, 3),
+                "floor_per_answer_ms": {k: round(v * 1000, 4) for k, v in parts.items()},
+                "floor_total_ms": round(floor * 1000, 3),
+                "what": "answers one after another (one commit each); the m-th also completes the "
+                "recovery (domain sealed and stored), which is in the node's time and not in the floor",
+            },
+        ),
+        Row(
+            "node",
+            "  the same vs its crypto floor plus one durable commit (no target)",
+            per_answer,
+            floor + commit,
+            "s",
+            details={
+                "commit_ms": round(commit * 1000, 3),
+                "floor_plus_commit_ms": round((floor + commit) * 1000, 3),
+            },
+        ),
+    ]
