@@ -144,17 +144,7 @@ def keygen(
         if not p.parent.is_dir():
             raise UsageError(f"the folder {p.parent} does not exist: create it or choose another path")
     key, cert_pem = pki.make_wrapping_key(name, now, bits=bits)
-    encrypted = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(passphrase),
-    )
-    write_private_file(key_path, encrypted)
-    try:
-        write_private_file(cert_path, cert_pem, mode=0o644)
-    except UsageError:
-        key_path.unlink(missing_ok=True)  # both files or neither, so a rerun can succeed
-        raise
+    _write_encrypted_pair(key, cert_pem, key_path, cert_path, passphrase)
     return cert_pem
 
 
@@ -218,15 +208,23 @@ def import_key(plain_key: Path, cert_path: Path, out_key: Path, out_cert: Path, 
         if p.exists():
             raise UsageError(f"{p} exists already: move it away or choose another path")
     key, cert_pem = read_plain_key(plain_key, cert_path)
+    _write_encrypted_pair(key, cert_pem, out_key, out_cert, passphrase)
+    return pki.spki_sha256(cert_pem)
+
+
+def _write_encrypted_pair(
+    key: rsa.RSAPrivateKey, cert_pem: bytes, key_path: Path, cert_path: Path, passphrase: bytes
+) -> None:
+    """The key as passphrase-encrypted PKCS#8 (0600) and its certificate (0644): both files or
+    neither, so a rerun can succeed."""
     encrypted = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.BestAvailableEncryption(passphrase),
     )
-    write_private_file(out_key, encrypted)
+    write_private_file(key_path, encrypted)
     try:
-        write_private_file(out_cert, cert_pem, mode=0o644)
+        write_private_file(cert_path, cert_pem, mode=0o644)
     except UsageError:
-        out_key.unlink(missing_ok=True)  # both files or neither, so a rerun can succeed
+        key_path.unlink(missing_ok=True)
         raise
-    return pki.spki_sha256(cert_pem)

@@ -84,3 +84,24 @@ def test_passphrase_prompts_do_not_echo(monkeypatch: pytest.MonkeyPatch) -> None
     )
     assert keyfile.read_passphrase(confirm=True) == b"a long passphrase"
     assert len(asked) == 2  # asked, then asked again to confirm
+
+
+def test_every_test_named_in_the_security_page_exists() -> None:
+    """docs/SECURITY.md names the test of each defence (``path``, ``path::test``, then ``::test``
+    for more tests of the same file): each must exist, or the page promises what nothing checks."""
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "docs" / "SECURITY.md").read_text()
+    missing = []
+    current: Path | None = None
+    for path, name in re.findall(r"`(tests/[\w/.-]+\.(?:py|pml))?(?:::(\w+))?[^`]*`", text):
+        if path:
+            current = root / path
+            if not current.exists():
+                missing.append(path)
+                continue
+        if name and current is not None and current.suffix == ".py":
+            if not re.search(rf"^(async )?def {name}\(", current.read_text(), re.M):
+                missing.append(f"{current.relative_to(root)}::{name}")
+    assert missing == []
