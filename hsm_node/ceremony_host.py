@@ -83,6 +83,9 @@ class CeremonyHost:
         self._applied: set[str] = set()  # sessions whose end has been applied and audited
         self._background: set[asyncio.Task[None]] = set()
         self._appliers: dict[type[Ceremony], Apply] = {}
+        # an HSM pool: one session at a time pool-wide (hsm_node/pool/rows.py), set by the CLI
+        self.pool_lock: Callable[[str, int], None] | None = None
+        self.pool_unlock: Callable[[str], None] | None = None
 
     def on_completed(self, kind: type[C], apply: Callable[[C], bool]) -> None:
         """Register what a completed session of ``kind`` changes (in its ending's transaction);
@@ -121,6 +124,8 @@ class CeremonyHost:
             expires_at=now + ttl,
             rng=self._rng,
         )
+        if self.pool_lock is not None:
+            self.pool_lock(session.session_id, ttl)  # StateError if another member runs one
         self.session = session
         SESSION_ID.set(session.session_id)
         log.info("%s session %s started by %s: %s", session.kind, session.session_id, caller, reason)
@@ -166,6 +171,8 @@ class CeremonyHost:
         """Apply a session that has just finished (once), then wake every watcher."""
         if session.finished and session.session_id not in self._applied:
             self._applied.add(session.session_id)
+            if self.pool_unlock is not None:
+                self.pool_unlock(session.session_id)
             if self.metrics is not None:
                 self.metrics.ceremony_ended(
                     session.kind, session.state.name.lower(), self._now() - session.created_at

@@ -134,6 +134,8 @@ def _start_pool(
     member = PoolMember(store, cfg.node_id, att_key, att_der, root)
     member.check_standing()  # a removed member does not start
     service = PoolService(cfg.pool_name, member, node.lifecycle, node.audit_log, node.now)
+    node.ceremonies.pool_lock = store.pool.take_ceremony_lock  # one ceremony at a time pool-wide
+    node.ceremonies.pool_unlock = store.pool.release_ceremony_lock
     node.pool = service
     return asyncio.ensure_future(service.run())
 

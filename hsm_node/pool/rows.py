@@ -3,11 +3,15 @@
 ``allowed/<node_id>``: an admin's permission to join; ``members/<node_id>``: a member (its
 attestation certificate and state); ``joins/<node_id>``: a pending join request;
 ``grants/<node_id>``: its answer; ``served/<request sha256 hex>``: a request answered once (a replay
-finds it taken). The protocol over them: :mod:`hsm_node.pool.member`.
+finds it taken); ``lock/ceremony``: the pool-wide ceremony lock, under an etcd lease whose TTL is the
+session's deadline (one ceremony at a time in the whole pool). The protocol over them: :mod:`hsm_node.pool.member`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import urllib.parse
 from typing import TYPE_CHECKING
 
@@ -26,6 +30,33 @@ class PoolRows:
     def __init__(self, view: EtcdView, domain: _PoolDomain) -> None:
         self._v = view
         self._domain = domain
+        self._leases: dict[str, int] = {}  # session id -> the lease of the ceremony lock it holds
+
+    def take_ceremony_lock(self, session_id: str, ttl: int) -> None:
+        """Hold the pool-wide ceremony lock for ``session_id`` (at most ``ttl`` seconds: the
+        session's deadline, so a member that dies holding it frees it then); StateError naming the
+        holder if another session holds it."""
+        token = json.dumps({"node": self._v.node_id, "session": session_id, "nonce": os.urandom(8).hex()})
+        lease, holder = self._v.run(
+            self._v.client.acquire(self._v.layout.ceremony_lock(), token.encode(), ttl)
+        )
+        if lease is None:
+            who = "another member"
+            if holder is not None:
+                with contextlib.suppress(ValueError, AttributeError):
+                    o = json.loads(holder.token)
+                    who = f"node {o['node']} (session {o['session']})"
+            raise StateError(
+                f"a ceremony is running in this pool on {who}: one at a time pool-wide; wait for it to end "
+                "or for its deadline"
+            )
+        self._leases[session_id] = lease.id
+
+    def release_ceremony_lock(self, session_id: str) -> None:
+        """Free the lock ``session_id`` holds (nothing if it holds none)."""
+        lease = self._leases.pop(session_id, None)
+        if lease is not None:
+            self._v.run(self._v.client.revoke_lease(lease))
 
     def staleness(self) -> float:
         """Seconds since this member's view of etcd was last proven current."""

@@ -132,7 +132,7 @@ class EtcdView:
         self._caught_up: asyncio.Condition | None = None
         self._closed = False
         try:
-            self._run(self._load(), start_timeout)
+            self.run(self._load(), start_timeout)
         except BaseException:
             self.close()
             raise
@@ -141,7 +141,12 @@ class EtcdView:
 
     # ------------------------------------------------------------------ the loop thread
 
-    def _run(self, coro: Coroutine[Any, Any, _T], timeout: float | None = None) -> _T:
+    @property
+    def client(self) -> EtcdClient:
+        """The etcd client (its coroutines run on this view's loop: :meth:`run`)."""
+        return self._client
+
+    def run(self, coro: Coroutine[Any, Any, _T], timeout: float | None = None) -> _T:
         wait = timeout if timeout is not None else self._config.call_timeout * 2 + self._max_staleness
         fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
@@ -363,12 +368,12 @@ class EtcdView:
         if tx.writes:
             ops = [Put(k, v) if v is not None else Delete(k) for k, v in tx.writes.items()]
             conds = [Unchanged(k, r) for k, r in tx.read.items()]
-            revision = self._run(self._client.commit(ops, unless_changed=conds))
+            revision = self.run(self._client.commit(ops, unless_changed=conds))
             if revision is None:
                 self._refuse_conflict(tx)
             else:
                 self._contact = max(self._contact, time.monotonic())
-                if not self._run(self._wait_revision(revision, self._max_staleness)):
+                if not self.run(self._wait_revision(revision, self._max_staleness)):
                     log.warning("pool: the watch has not reached revision %d yet", revision)
         if tx.local:
             self._local = write_local(self._file, {**self._local, **tx.local})
@@ -376,7 +381,7 @@ class EtcdView:
     def _refuse_conflict(self, tx: _Tx) -> None:
         """Nothing was written: say which row another member took first, if one was."""
         for key, message in tx.taken.items():
-            now = self._run(self._client.get(key))
+            now = self.run(self._client.get(key))
             if now is not None:
                 raise AlreadyExistsError(message)
         raise StateError(_CONFLICT)

@@ -21,10 +21,12 @@ from etcd_cluster import EtcdCluster
 from hsm_node.keyops import KeyType
 from hsm_node.pool.etcd import EtcdClient
 from hsm_node.pool.member import PoolMember, allow, remove
+from hsm_node.pool.service import PoolService
 from hsm_node.pool.store import PoolNodeStore
 from hsm_node.store import DomainInfo, StoredKey
 from sdquorum import etcd_pki, pki, sdfile
 from sdquorum.errors import PermissionDeniedError, StateError
+from sdquorum.review import RetiredEpoch
 from tests.conftest import load_node_attestation
 
 pytestmark = pytest.mark.slow
@@ -95,4 +97,50 @@ async def test_an_allowed_node_joins_with_no_custodian_and_serves_the_pools_keys
         server.cancel()
     finally:
         for m in (a, b, c):
+            m.store.close()
+
+
+class _Life:
+    """The node's lifecycle as the pool service sees it: reload reads the store."""
+
+    def __init__(self, store: PoolNodeStore) -> None:
+        self.store, self.reloads = store, 0
+        self.reload()
+
+    def reload(self) -> None:
+        loaded = self.store.domain.load_domain()
+        self.domain, self.info = (loaded[0], loaded[1]) if loaded else (None, None)
+        self.reloads += 1
+
+
+async def test_a_rotation_on_one_member_is_taken_by_the_others_and_ceremonies_lock_pool_wide(
+    cluster: EtcdCluster, tmp_path: Path, attestation_root: pki.IssuedCert, now: datetime
+) -> None:
+    pool_id = secrets.token_bytes(8)
+    a, b = (
+        _member(cluster, pool_id, tmp_path, n, attestation_root, now) for n in ("node-a", "node-c")
+    )  # node-b's etcd user is gone
+    try:
+        domain = sdfile.new_domain_secrets(os.urandom, admins=["admin"])
+        for m in (a, b):  # both hold the domain (c as after a join)
+            m.store.domain.activate(domain, DomainInfo(domain.domain_id, 1, 2, 3), "ACTIVATED", b"sd-epoch-1")
+        life_b = _Life(b.store)
+        service_b = PoolService("p", b, life_b, lambda *args: None, lambda: int(now.timestamp()))
+        a.store.domain.rotate(
+            domain, DomainInfo(domain.domain_id, 2, 2, 3), b"sd-epoch-2", RetiredEpoch(1, bytes(32), 5)
+        )
+        await asyncio.sleep(0.1)
+        service_b.step()
+        assert (
+            life_b.info is not None and life_b.info.epoch == 2 and b.store.domain.sd_file() == b"sd-epoch-2"
+        )
+        # the ceremony lock: node-c's session holds it; node-a's is refused; freed when it ends
+        b.store.pool.take_ceremony_lock("session-c", 30)
+        with pytest.raises(StateError, match="running in this pool on node node-c"):
+            a.store.pool.take_ceremony_lock("session-a", 30)
+        b.store.pool.release_ceremony_lock("session-c")
+        a.store.pool.take_ceremony_lock("session-a", 30)
+        a.store.pool.release_ceremony_lock("session-a")
+    finally:
+        for m in (a, b):
             m.store.close()

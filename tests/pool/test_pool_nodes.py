@@ -1,7 +1,8 @@
 """Three hsm-node processes in one pool on a real 3-member etcd cluster (issue 16's "Must show").
 
 node-a is activated (the domain made by an admin's download); an admin allows node-b, which joins
-with no custodian and then serves node-a's keys; node-c, never allowed, stays PROVISIONED; a key
+with no custodian and then serves node-a's keys; a drill on node-b stops node-a starting a second
+ceremony; node-c, never allowed, stays PROVISIONED; a key
 deleted on one member is refused by the other; node-a is SIGKILLed and node-b goes on serving every
 acknowledged key; node-b is removed and then serves nothing. Members report the pool in GetStatus.
 """
@@ -113,6 +114,14 @@ async def test_a_pool_of_three_processes_join_share_keys_and_survive_a_sigkill(
         async with b.client() as cb, cb.errors():
             await cb.keys.CreateKey(pb.CreateKeyRequest(name="from-b", type=pb.AES256_GCM))
         assert await _decrypt(a, "from-b", await _encrypt(b, "from-b")) == b"hello from-b"
+        # one ceremony at a time pool-wide: a drill runs on node-b, so node-a refuses to start one
+        async with b.client() as cb, cb.errors():
+            await cb.admin.StartDrill(pb.StartDrillRequest(reason="quarterly drill", ttl_seconds=60))
+        async with a.client() as ca:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await ca.admin.StartDrill(pb.StartDrillRequest(reason="a second drill", ttl_seconds=60))
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "a ceremony is running in this pool on node node-b" in (refused.value.details() or "")
         # a key deleted on one member is refused by the other at once
         async with a.client() as ca, ca.errors():
             await ca.keys.DeleteKey(pb.DeleteKeyRequest(name="k4"))
