@@ -207,10 +207,7 @@ class EtcdView:
                 await asyncio.sleep(0.2)
 
     async def _heartbeat(self) -> None:
-        """Prove, often, that the cache is current: a linearizable read (it needs etcd's quorum)
-        tells the cluster's revision at the time it was sent; once the watch has brought the cache
-        to that revision, the cache was current then. Watch events and progress notices prove
-        nothing alone (a member cut off from its quorum still answers them for a while)."""
+        """Prove, often, that the cache is current (module docstring: a linearizable read's revision)."""
         interval = min(1.0, self._max_staleness / 4)
         while not self._closed:
             sent = time.monotonic()
