@@ -4,7 +4,7 @@ node-a is activated (the domain made by an admin's download); an admin allows no
 with no custodian and then serves node-a's keys; a drill on node-b stops node-a starting a second
 ceremony; node-c, never allowed, stays PROVISIONED; a key
 deleted on one member is refused by the other; node-a is SIGKILLed and node-b goes on serving every
-acknowledged key; node-b is removed and then serves nothing. Members report the pool in GetStatus.
+acknowledged key, a client given both fails over for idempotent calls only; node-b is removed and then serves nothing. Members report the pool in GetStatus.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from pathlib import Path
 import grpc
 import pytest
 from etcd_cluster import EtcdCluster
-from harness import NAMES, NodeProcess, certs_of
+from harness import NAMES, NodeProcess, certs_of, tls
 
 from sdctl.pkifiles import init_pki
 from sdquorum.keys import SoftwareWrappingKey
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
+from sdquorum_rpc.client import NodeClient
 
 pytestmark = pytest.mark.slow
 NODES = ("node-a", "node-b", "node-c")
@@ -133,6 +134,18 @@ async def test_a_pool_of_three_processes_join_share_keys_and_survive_a_sigkill(
         a.kill()
         for name in ("k0", "k1", "k2", "k3", "from-b"):
             assert await _decrypt(b, name, await _encrypt(b, name)) == b"hello " + name.encode()
+        # a client given both members fails over for what is idempotent, and only for that
+        both = NodeClient(f"{a.target},{b.target}", tls(pool_pki, "admin"))
+        async with both:
+            with pytest.raises(grpc.aio.AioRpcError) as down:  # CreateKey's turn is node-a: not retried
+                await both.keys.CreateKey(pb.CreateKeyRequest(name="maybe", type=pb.AES256_GCM))
+            assert down.value.code() == grpc.StatusCode.UNAVAILABLE
+            for _ in range(4):  # round-robin: every other call starts at the dead node-a
+                ct = (await both.keys.Encrypt(pb.EncryptRequest(name="k2", plaintext=b"x"))).ciphertext
+                assert (
+                    await both.keys.Decrypt(pb.DecryptRequest(name="k2", ciphertext=ct))
+                ).plaintext == b"x"
+        assert (await _status(b)).key_count == 5  # k0-k3 and from-b: "maybe" was not created
         # node-b removed (by an admin on node-c? it is not a member: node-b removes itself here)
         async with b.client() as cb, cb.errors():
             await cb.admin.RemovePoolMember(pb.PoolMemberRequest(node_id="node-b"))
