@@ -49,6 +49,7 @@ from hsm_node import keyops
 from hsm_node.keyops import KeyType
 from hsm_node.node import Node, NodeConfig
 from hsm_node.store import SqliteNodeStore, load_or_create_sealing_key
+from hsm_node.store.image import read_image
 from sdquorum.backup import BackupKey
 from sdquorum.pki import Role
 
@@ -172,7 +173,7 @@ def build_store(ctx: BenchContext, total: int, rsa_names: int, rsa_distinct: int
     def row(name: str, kind: KeyType, public: bytes, private: bytes) -> tuple[str, int, bytes, bytes, int]:
         nonce = os.urandom(
             12
-        )  # as SqliteNodeStore._seal_key: nonce || AES-256-GCM(dek, private, "type|name")
+        )  # as hsm_node.store.sealing.KeySeal: nonce || AES-256-GCM(dek, private, "type|name")
         sealed = nonce + aead.encrypt(nonce, private, f"{int(kind)}|{name}".encode())
         return name, int(kind), public, sealed, created
 
@@ -208,9 +209,15 @@ def _plain_keys(store: SqliteNodeStore, dek: bytes) -> list[BackupKey]:
             aead.decrypt(sealed[:12], sealed[12:], f"{kind}|{name}".encode()),
             created,
         )
-        for name, kind, public, sealed, created in store._db.execute(
-            "SELECT name, type, public_der, sealed, created_at FROM keys ORDER BY name"
-        )
+        for name, kind, public, sealed, created in _rows(store, dek)
+    ]
+
+
+def _rows(store: SqliteNodeStore, dek: bytes) -> list[tuple[str, int, bytes, bytes, int]]:
+    """(name, type, public_der, sealed, created_at) of every key row, through the store's seam."""
+    return [
+        (r.key.name, r.key.key_type, r.key.public_der, r.sealed, r.key.created_at)
+        for r in read_image(*store.keys.export_key_rows(dek))
     ]
 
 
@@ -412,9 +419,7 @@ def run_large(ctx: BenchContext) -> list[Row]:
             }
         )
         keys = _plain_keys(store, dek)
-        stored_rows = store._db.execute(
-            "SELECT name, type, public_der, sealed, created_at FROM keys ORDER BY name"
-        ).fetchall()
+        stored_rows = _rows(store, dek)
         seal_t, unseal_t = [], []
         payload = 0
         ct = b""

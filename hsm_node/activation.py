@@ -67,7 +67,7 @@ class Activation:
             info = DomainInfo(secrets.domain_id, 1, plan.quorum, len(plan.certificates_der))
             data = sd.to_bytes()
             self._lifecycle.activate(secrets, info, data)
-            self._notices.refresh()
+            self._notices.refresh(sd.signed_header)
             self._audit.start_domain_chain(
                 "activated",
                 {
@@ -171,7 +171,7 @@ class Activation:
             "recovery-completed", "node", {"session_id": session.session_id, "message": session.message}
         )
         self._lifecycle.activate(secrets, info, data)
-        self._notices.refresh()
+        self._notices.refresh(sd.signed_header)  # the very file stored: parsed at its upload
         self._notices.announced_already()  # its agents just checked (and remember) this very header
         released = [c.name for c in session.status().custodians if c.status.name == "ACCEPTED"]
         self._audit.start_domain_chain(

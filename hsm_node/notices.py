@@ -52,14 +52,21 @@ class Notices:
         if self._notice is not None:
             self._announced |= {self._notice[0]}
 
-    def refresh(self) -> None:
-        """The notice agents are sent: the current SD file's signed header, while a domain is held."""
-        data = self._store.domain.sd_file() if self._lifecycle.domain is not None else None
-        if data is None:
+    def refresh(self, stored: sdfile.SignedHeader | None = None) -> None:
+        """The notice agents are sent: the current SD file's signed header, while a domain is held.
+        ``stored``: the header of the SD file the caller has just stored, parsed and checked already
+        (an activation, a recovery or a rotation), so that it is not read and parsed again; None:
+        read it from the store."""
+        if self._lifecycle.domain is None:
             self._notice = None
             return
-        signed = sdfile.SecurityDomainFile.from_bytes(data).signed_header
-        self._notice = (signed.sha256.hex(), signed)
+        if stored is None:
+            data = self._store.domain.sd_file()
+            if data is None:
+                self._notice = None
+                return
+            stored = sdfile.SecurityDomainFile.from_bytes(data).signed_header
+        self._notice = (stored.sha256.hex(), stored)
 
     def domain_notice(self, role: Role, thumbprint: bytes, key_name: str = "") -> CustodianRequest | None:
         """The domain's current signed header for the agent holding ``thumbprint``: a custodian of

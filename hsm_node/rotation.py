@@ -129,7 +129,7 @@ class Rotation:
             former = sorted((set(self._notices.former_custodians()) | before) - kept)
             self._store.domain.set_flag("former-custodians", json.dumps(former))
         self._lifecycle.rotate_to(info)
-        self._notices.refresh()  # the new header is announced to its custodians' agents
+        self._notices.refresh(sd.signed_header)  # announced to its custodians' agents
         session.new_sd_file = data
         self._audit(
             "rotated",

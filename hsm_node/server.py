@@ -1,18 +1,20 @@
 """gRPC servicers of ``hsm-node``: thin adapters from the wire contract to :class:`hsm_node.node.Node`.
 
 Roles: ``Node`` any authenticated role; ``NodeAdmin`` admin; ``Keys`` app and admin (``PurgeKey``
-and ``ListDeletedKeys`` admin only; which keys each caller may touch: :mod:`hsm_node.node`);
+and ``ListDeletedKeys`` admin only; which keys each caller may touch: :mod:`hsm_node.dataplane`);
 ``Custodian`` custodian. Every method goes through :func:`sdquorum_rpc.errors.rpc` (role check, error mapping).
+The data plane's servicer is :mod:`hsm_node.keys_server`, the custodians' :mod:`hsm_node.custodian_server`,
+the conversions to and from the wire :mod:`hsm_node.wire`; this module holds the status and admin
+servicers and the server itself (binding, health, the ticker).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -20,22 +22,24 @@ import grpc.aio
 from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from coordinator import CeremonyStatus, CustodianRequest, CustodianStatus, SessionState
-from hsm_node.agents import wrapping_key_name
-from hsm_node.dataplane import KeyCaller
-from hsm_node.keyops import KeyType
+from hsm_node.custodian_server import CustodianServicer
+from hsm_node.keys_server import KeysServicer
 from hsm_node.node import Node
 from hsm_node.pool.rpc import PoolAdminRpcs
-from hsm_node.store import StoredKey
-from sdquorum import pki
-from sdquorum.errors import MalformedError, SdquorumError, UsageError
-from sdquorum.pki import Role, load_cert, spki_sha256
+from hsm_node.wire import (
+    CHUNK_BYTES,
+    MAX_BACKUP_BYTES,
+    MAX_BATCH_ITEMS,
+    STATE_TO_PROTO,
+    request_to_proto,
+    status_to_proto,
+)
+from sdquorum.errors import MalformedError, UsageError
+from sdquorum.pki import Role
 from sdquorum.review import CustodyRecord
 from sdquorum.sdfile import MAX_SD_FILE_BYTES
-from sdquorum_rpc import packed
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2_grpc as pbg
-from sdquorum_rpc.convert import KIND_TO_PROTO
 from sdquorum_rpc.errors import RequestGuard, rpc
 from sdquorum_rpc.listen import bind_failure
 from sdquorum_rpc.observability import NodeSnapshot
@@ -44,89 +48,6 @@ from sdquorum_rpc.tls import DEFAULT_MAX_MESSAGE_BYTES, Ctx, TlsFiles, server_cr
 __all__ = ["CHUNK_BYTES", "MAX_BATCH_ITEMS", "NodeServer", "serve", "status_to_proto"]
 
 log = logging.getLogger("sdquorum.node.server")
-CHUNK_BYTES = 1024 * 1024
-MAX_BACKUP_BYTES = 1024 * 1024 * 1024
-MAX_BATCH_ITEMS = 1000  # default of node.max_batch_items
-
-_STATE = {"PROVISIONED": pb.PROVISIONED, "RECOVERY_PENDING": pb.RECOVERY_PENDING, "ACTIVATED": pb.ACTIVATED}
-_SESSION = {
-    SessionState.AWAITING_SD_FILE: pb.AWAITING_SD_FILE,
-    SessionState.COLLECTING: pb.COLLECTING,
-    SessionState.COMPLETED: pb.COMPLETED,
-    SessionState.FAILED: pb.FAILED,
-}
-_CUSTODIAN = {
-    CustodianStatus.NOT_CONNECTED: pb.NOT_CONNECTED,
-    CustodianStatus.REQUESTED: pb.REQUESTED,
-    CustodianStatus.ACCEPTED: pb.ACCEPTED,
-    CustodianStatus.REJECTED: pb.REJECTED,
-    CustodianStatus.DENIED: pb.DENIED,
-    CustodianStatus.NOT_NEEDED: pb.NOT_NEEDED,
-    CustodianStatus.UNREACHABLE: pb.UNREACHABLE,
-}
-_KIND = {**KIND_TO_PROTO, "domain-notice": pb.DOMAIN_NOTICE}  # a notice is sent, never answered
-
-
-def request_to_proto(req: CustodianRequest) -> pb.CustodianRequest:
-    return pb.CustodianRequest(
-        request_id=req.request_id,
-        session_id=req.session_id,
-        kind=_KIND[req.kind],
-        attestation=req.attestation,
-        sd_header=req.header_bytes,
-        sd_header_signature=req.header_signature,
-        x=req.x,
-        proposal=req.proposal,
-    )
-
-
-def status_to_proto(st: CeremonyStatus) -> pb.RecoveryProgress:
-    return pb.RecoveryProgress(
-        session_id=st.session_id,
-        state=_SESSION[st.state],
-        required=st.required,
-        accepted=st.accepted,
-        custodians=[
-            pb.CustodianProgress(x=c.x, name=c.name, status=_CUSTODIAN[c.status], detail=c.detail)
-            for c in st.custodians
-        ],
-        expires_at_unix=st.expires_at,
-        message=st.message,
-        domain_id=st.domain_id.hex(),
-        epoch=st.epoch,
-        kind=st.kind,
-    )
-
-
-def _key_info(k: StoredKey, purge_at: int = 0) -> pb.KeyInfo:
-    return pb.KeyInfo(
-        name=k.name,
-        type=pb.KeyType.Name(k.key_type),
-        public_key_der=k.public_der,
-        created_at_unix=k.created_at,
-        owner=k.owner,
-        deleted_at_unix=k.deleted_at or 0,
-        purge_at_unix=purge_at,
-    )
-
-
-def _caller(context: Ctx, role: Role) -> KeyCaller:
-    """The caller of a key's create, delete, recover or purge, for its audit entry: the role the
-    rpc guard found, with the subject and SPKI SHA-256 of the peer's certificate."""
-    certs = list(context.auth_context().get("x509_pem_cert") or [])
-    if len(certs) != 1:  # the guard found a role, so there is one; keep the role alone otherwise
-        return KeyCaller(role)
-    subject, spki = _identity_of(bytes(certs[0]))
-    return KeyCaller(role, subject, spki)
-
-
-@functools.lru_cache(maxsize=1024)
-def _identity_of(cert_pem: bytes) -> tuple[str, str]:
-    """(subject, SPKI SHA-256 hex) of a peer certificate, parsed once per certificate."""
-    try:
-        return load_cert(cert_pem).subject.rfc4514_string(), spki_sha256(cert_pem).hex()
-    except SdquorumError:
-        return "", ""
 
 
 async def _collect(chunks: AsyncIterator[bytes], limit: int, what: str) -> bytes:
@@ -148,7 +69,7 @@ class NodeServicer:
         info = n.domain_info
         s = n.session
         return pb.NodeStatus(
-            state=_STATE[n.state],
+            state=STATE_TO_PROTO[n.state],
             node_id=n.config.node_id,
             domain_id=info.domain_id.hex() if info else "",
             epoch=info.epoch if info else 0,
@@ -331,210 +252,6 @@ class AdminServicer(PoolAdminRpcs):
         data = ("\n".join(lines) + "\n").encode()
         for i in range(0, len(data), CHUNK_BYTES):
             yield pb.AuditChunk(data=data[i : i + CHUNK_BYTES])
-
-
-class KeysServicer:
-    """The data plane. Batch calls carry their items packed (:mod:`sdquorum_rpc.packed`): the
-    request is checked whole (item count, lengths that add up, AADs) before any key is used, and a
-    response that would exceed the message limit is refused rather than sent to fail in transport.
-    """
-
-    def __init__(
-        self,
-        node: Node,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        max_batch_items: int = MAX_BATCH_ITEMS,
-    ) -> None:
-        self.node = node
-        self.max_message_bytes = max_message_bytes
-        self.max_batch_items = max_batch_items
-
-    @rpc("app", "admin")
-    async def CreateKey(self, request: pb.CreateKeyRequest, context: Ctx, role: Role) -> pb.KeyInfo:
-        try:
-            kind = KeyType(request.type)
-        except ValueError as e:
-            raise UsageError("choose a key type: AES256_GCM, ED25519 or RSA3072") from e
-        return _key_info(
-            await self.node.keys.create_key(request.name, kind, _caller(context, role), request.owner)
-        )
-
-    @rpc("app", "admin")
-    async def ListKeys(self, request: pb.ListKeysRequest, context: Ctx, role: Role) -> pb.ListKeysResponse:
-        return pb.ListKeysResponse(keys=[_key_info(k) for k in self.node.keys.list_keys(role)])
-
-    @rpc("app", "admin")
-    async def DeleteKey(self, request: pb.DeleteKeyRequest, context: Ctx, role: Role) -> pb.DeleteKeyResponse:
-        return pb.DeleteKeyResponse(
-            purge_at_unix=self.node.keys.delete_key(request.name, _caller(context, role))
-        )
-
-    @rpc("admin")
-    async def ListDeletedKeys(
-        self, request: pb.ListKeysRequest, context: Ctx, role: Role
-    ) -> pb.ListKeysResponse:
-        keys = self.node.keys.list_deleted_keys(role)
-        return pb.ListKeysResponse(keys=[_key_info(k, self.node.keys.purge_time(k)) for k in keys])
-
-    @rpc("app", "admin")
-    async def RecoverKey(self, request: pb.RecoverKeyRequest, context: Ctx, role: Role) -> pb.KeyInfo:
-        return _key_info(self.node.keys.recover_key(request.name, _caller(context, role)))
-
-    @rpc("admin")
-    async def PurgeKey(self, request: pb.PurgeKeyRequest, context: Ctx, role: Role) -> pb.PurgeKeyResponse:
-        self.node.keys.purge_key(request.name, _caller(context, role))
-        return pb.PurgeKeyResponse()
-
-    @rpc("app", "admin")
-    async def Encrypt(self, request: pb.EncryptRequest, context: Ctx, role: Role) -> pb.EncryptResponse:
-        return pb.EncryptResponse(
-            ciphertext=self.node.key_ops.encrypt(request.name, request.plaintext, request.aad, role)
-        )
-
-    @rpc("app", "admin")
-    async def Decrypt(self, request: pb.DecryptRequest, context: Ctx, role: Role) -> pb.DecryptResponse:
-        return pb.DecryptResponse(
-            plaintext=self.node.key_ops.decrypt(request.name, request.ciphertext, request.aad, role)
-        )
-
-    @rpc("app", "admin")
-    async def Sign(self, request: pb.SignRequest, context: Ctx, role: Role) -> pb.SignResponse:
-        return pb.SignResponse(signature=self.node.key_ops.sign(request.name, request.message, role))
-
-    @rpc("app", "admin")
-    async def EncryptBatch(
-        self, request: pb.EncryptBatchRequest, context: Ctx, role: Role
-    ) -> pb.EncryptBatchResponse:
-        plaintexts = self._batch(request.plaintexts, request.plaintext_lengths, "plaintext")
-        out = await self.node.key_ops.encrypt_batch_async(
-            request.name, plaintexts, _aad(request, len(plaintexts)), role
-        )
-        self._fits(out)
-        return pb.EncryptBatchResponse(ciphertexts=out.data, ciphertext_lengths=out.lengths)
-
-    @rpc("app", "admin")
-    async def SignBatch(self, request: pb.SignBatchRequest, context: Ctx, role: Role) -> pb.SignBatchResponse:
-        out = await self.node.key_ops.sign_batch_async(
-            request.name, self._batch(request.messages, request.message_lengths, "message"), role
-        )
-        self._fits(out)
-        return pb.SignBatchResponse(signatures=out.data, signature_lengths=out.lengths)
-
-    @rpc("app", "admin")
-    async def Verify(self, request: pb.VerifyRequest, context: Ctx, role: Role) -> pb.VerifyResponse:
-        return pb.VerifyResponse(
-            valid=self.node.key_ops.verify(request.name, request.message, request.signature, role)
-        )
-
-    def _batch(self, data: bytes, lengths: Sequence[int], what: str) -> packed.Packed:
-        if not 1 <= len(lengths) <= self.max_batch_items:
-            raise UsageError(
-                f"a batch holds 1..{self.max_batch_items} items ({what}_lengths), not {len(lengths)}: split it"
-            )
-        return packed.checked(data, lengths, what)
-
-    def _fits(self, results: packed.Packed) -> None:
-        """Refuse results that could not be sent. The bound is the encoded response's most: the data,
-        up to 5 bytes a length (uint32 varints), each field's tag and size (at most 6 bytes each)."""
-        size = len(results.data) + 5 * len(results) + 12
-        if size > self.max_message_bytes:
-            raise UsageError(
-                f"the results would take up to {size} bytes, more than the {self.max_message_bytes}-byte "
-                "message limit: split the batch"
-            )
-
-
-def _aad(request: pb.EncryptBatchRequest, n: int) -> bytes | packed.Packed:
-    """The AAD for every item (``aad``), or one per item (``aads`` cut by ``aad_lengths``)."""
-    if not request.aad_lengths:
-        if request.aads:
-            raise UsageError("aads needs aad_lengths, one per item (or give one aad for all items)")
-        return request.aad
-    if request.aad:
-        raise UsageError(
-            "give aad (the same for every item) or aads with aad_lengths (one per item), not both"
-        )
-    if len(request.aad_lengths) != n:
-        raise UsageError(
-            f"aad_lengths has {len(request.aad_lengths)} entries for {n} items: give one per item"
-        )
-    return packed.checked(request.aads, request.aad_lengths, "aad")
-
-
-def _wrapping_key_name(thumbprint: bytes, certificate: bytes) -> str:
-    """The CN of the wrapping certificate a hello sent ("" if it sent none); MalformedError when
-    the certificate does not parse or is not the one the hello's thumbprint names."""
-    if not certificate:
-        return ""
-    name = wrapping_key_name(thumbprint, certificate)
-    if name is None:
-        raise MalformedError("the hello's wrapping certificate is not the one its thumbprint names")
-    return name
-
-
-class CustodianServicer:
-    def __init__(self, node: Node) -> None:
-        self.node = node
-
-    @rpc("custodian")
-    async def WatchRequests(
-        self, request: pb.AgentHello, context: Ctx, role: Role
-    ) -> AsyncIterator[pb.CustodianRequest]:
-        thumb = bytes(request.wrapping_cert_sha256)
-        if len(thumb) != 32:
-            raise UsageError(
-                "the hello must carry the 32-byte SHA-256 thumbprint of the wrapping certificate"
-            )
-        certificate = bytes(request.wrapping_certificate)
-        key_name = _wrapping_key_name(thumb, certificate)
-        key_sha256 = pki.spki_sha256(certificate) if certificate else b""
-        log.info("agent %s connected (wrapping certificate %s)", role, thumb.hex()[:16])
-        await context.send_initial_metadata(())  # lets the agent know it is connected before any request
-        self.node.agents.agent_connected(role, thumb, key_name, key_sha256)
-        sent: set[str] = set()
-        try:
-            while True:
-                token = self.node.notices.request_token()
-                notice = self.node.notices.domain_notice(
-                    role, thumb, key_name
-                )  # the domain's current header, if a slot is its
-                if notice is not None and notice.request_id not in sent:
-                    sent.add(notice.request_id)
-                    yield request_to_proto(notice)
-                    log.info("told %s of domain epoch %s", role, notice.request_id[:16])
-                # Only requests for a key named for this caller: announcing another custodian's
-                # thumbprint receives nothing (issue 13, class 4; hsm_node.node's docstring).
-                for req in self.node.agents.agent_requests(role, thumb, key_name):
-                    if req.request_id in sent:
-                        continue
-                    sent.add(req.request_id)
-                    yield request_to_proto(req)
-                    self.node.ceremonies.mark_delivered(req)
-                    log.debug(
-                        "delivered %s request %s (slot %d) to %s", req.kind, req.request_id, req.x, role
-                    )
-                await self.node.notices.wait_change(token, timeout=5.0)
-        finally:
-            self.node.agents.agent_disconnected(role, thumb, key_name)
-            log.info("agent %s disconnected", role)
-
-    @rpc("custodian")
-    async def SubmitRelease(self, request: pb.ShareRelease, context: Ctx, role: Role) -> pb.Ack:
-        kinds = ("recovery", "azure-recovery")  # a release answers these; proofs come by SubmitProof
-        await self.node.answers.submit_answer(request.request_id, bytes(request.release), role, kind=kinds)
-        return pb.Ack()
-
-    @rpc("custodian")
-    async def SubmitProof(self, request: pb.ProofSubmission, context: Ctx, role: Role) -> pb.Ack:
-        await self.node.answers.submit_answer(
-            request.request_id, bytes(request.proof), role, kind=("drill", "rotation")
-        )
-        return pb.Ack()
-
-    @rpc("custodian")
-    async def Deny(self, request: pb.Denial, context: Ctx, role: Role) -> pb.Ack:
-        await self.node.answers.deny(request.request_id, bytes(request.signed), role)
-        return pb.Ack()
 
 
 ALWAYS_SERVING = ("sdquorum.v1.Node", "sdquorum.v1.NodeAdmin", "sdquorum.v1.Custodian")

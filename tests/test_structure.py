@@ -30,7 +30,6 @@ PENDING: dict[str, int] = {
     "hsm_node/cryptopool.py": 659,
     "hsm_node/pool/etcd.py": 801,
     "hsm_node/pool/etcd.py:EtcdClient": 450,
-    "hsm_node/server.py": 634,  # +1 (issue 16): the import of the pool's admin RPCs (hsm_node/pool/rpc.py)
     "custodian_agent/cli.py": 639,
     "sdctl/cli.py": 975,  # +5 (issue 16): wiring of sdctl/pool.py (pool command, pool in status)
     "sdctl/cli.py:Ctl": 549,  # +3 (issue 16): the same

@@ -30,7 +30,7 @@ __all__ = ["MemoryNodeStore"]
 @dataclass
 class _Tables:
     meta: dict[str, bytes] = field(default_factory=dict)
-    audit: dict[str, list[str]] = field(default_factory=dict)
+    audit: dict[str, dict[int, str]] = field(default_factory=dict)  # chain -> seq -> entry
     custody: list[CustodyRecord] = field(default_factory=list)
     drills: list[DrillResult] = field(default_factory=list)
     retired: dict[int, RetiredEpoch] = field(default_factory=dict)
@@ -41,7 +41,7 @@ class _Tables:
         """A copy whose containers are new (the values in them are immutable, so shared)."""
         return _Tables(
             dict(self.meta),
-            {chain: list(entries) for chain, entries in self.audit.items()},
+            {chain: dict(entries) for chain, entries in self.audit.items()},
             list(self.custody),
             list(self.drills),
             dict(self.retired),
@@ -133,17 +133,18 @@ class _MemoryRecords:
 
     def append_audit(self, chain: str, seq: int, entry_json: str) -> None:
         with self._t.tx() as t:
-            entries = t.audit.setdefault(chain, [])
-            if seq <= len(entries):
+            entries = t.audit.setdefault(chain, {})
+            if seq in entries:
                 raise AlreadyExistsError(f"audit entry {seq} of chain {chain!r} exists already")
-            entries.append(entry_json)
+            entries[seq] = entry_json
 
     def audit_entries(self, chain: str) -> list[str]:
-        return list(self._t.tables.audit.get(chain, []))
+        entries = self._t.tables.audit.get(chain, {})
+        return [entries[seq] for seq in sorted(entries)]
 
     def last_audit(self, chain: str) -> str | None:
         entries = self._t.tables.audit.get(chain)
-        return entries[-1] if entries else None
+        return entries[max(entries)] if entries else None
 
     def add_custody_record(self, record: CustodyRecord) -> None:
         with self._t.tx() as t:

@@ -18,13 +18,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PARTS = ("recovery", "flat", "large", "dataplane", "startup")
+PARTS = ("recovery", "flat", "large", "dataplane", "startup", "node")
 ROWS_PER_PART = {  # a row each part must print, by the start of its name
     "recovery": ("recovery 3-of-5", "recovery 6-of-10"),
     "flat": ("flat in n: 10-of-10 vs 3-of-3", "  least possible time here"),
     "large": ("backup (Node.backup) of 25,000 keys", "restore (Node.restore) of 25,000 keys"),
     "dataplane": ("Ed25519 SignBatch x1000", "AES-256-GCM EncryptBatch x1000"),
     "startup": ("sdctl --help vs", "sdctl status vs"),
+    "node": ("node's work per answer", "  the same vs its crypto floor plus one durable commit"),
 }
 
 

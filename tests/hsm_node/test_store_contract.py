@@ -30,7 +30,7 @@ from sdquorum.errors import (
     StorageError,
     VerificationError,
 )
-from sdquorum.review import CustodyRecord, DrillResult, RetiredEpoch
+from sdquorum.review import CustodyRecord, DrillResult, RecordKind, RetiredEpoch
 
 SEALING = bytes(range(32))
 DEK = bytes(range(32, 64))
@@ -191,20 +191,22 @@ def test_flags_are_kept_by_name(store: NodeStore) -> None:
 
 
 def test_audit_chains_are_kept_apart_in_order(store: NodeStore) -> None:
-    for seq in (1, 2, 3):
+    for seq in (0, 1, 2):  # a chain's first entry is 0 (sdquorum.audit)
         store.records.append_audit("domain", seq, f'{{"seq": {seq}}}')
-    store.records.append_audit("provisioning", 1, '{"p": 1}')
-    assert store.records.audit_entries("domain") == ['{"seq": 1}', '{"seq": 2}', '{"seq": 3}']
-    assert store.records.last_audit("domain") == '{"seq": 3}' and store.records.last_audit("nothing") is None
+    store.records.append_audit("provisioning", 0, '{"p": 0}')
+    assert store.records.audit_entries("domain") == ['{"seq": 0}', '{"seq": 1}', '{"seq": 2}']
+    assert store.records.last_audit("domain") == '{"seq": 2}' and store.records.last_audit("nothing") is None
     with pytest.raises(AlreadyExistsError):
-        store.records.append_audit("domain", 3, '{"again": 3}')  # an entry is never overwritten
-    assert store.records.last_audit("domain") == '{"seq": 3}'
+        store.records.append_audit("domain", 2, '{"again": 2}')  # an entry is never overwritten
+    with pytest.raises(AlreadyExistsError):
+        store.records.append_audit("domain", 0, '{"again": 0}')
+    assert store.records.last_audit("domain") == '{"seq": 2}'
 
 
 def test_custody_records_and_drill_results_come_back_typed_in_order(store: NodeStore) -> None:
     records = [
-        CustodyRecord(10, "handoff", "alice", holder="bob"),
-        CustodyRecord(11, "lost", "carol", note="left on a train"),
+        CustodyRecord(10, RecordKind.HANDOFF, "alice", holder="bob"),
+        CustodyRecord(11, RecordKind.LOST, "carol", note="left on a train"),
     ]
     for r in records:
         store.records.add_custody_record(r)

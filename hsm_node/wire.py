@@ -1,0 +1,73 @@
+"""Conversions between the node's values and the wire messages, and the wire's limits."""
+
+from __future__ import annotations
+
+from coordinator import CeremonyStatus, CustodianRequest, CustodianStatus, SessionState
+from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
+from sdquorum_rpc.convert import KIND_TO_PROTO
+
+__all__ = [
+    "CHUNK_BYTES",
+    "MAX_BACKUP_BYTES",
+    "MAX_BATCH_ITEMS",
+    "STATE_TO_PROTO",
+    "request_to_proto",
+    "status_to_proto",
+]
+
+CHUNK_BYTES = 1024 * 1024
+MAX_BACKUP_BYTES = 1024 * 1024 * 1024
+MAX_BATCH_ITEMS = 1000  # default of node.max_batch_items
+
+STATE_TO_PROTO = {
+    "PROVISIONED": pb.PROVISIONED,
+    "RECOVERY_PENDING": pb.RECOVERY_PENDING,
+    "ACTIVATED": pb.ACTIVATED,
+}
+_SESSION = {
+    SessionState.AWAITING_SD_FILE: pb.AWAITING_SD_FILE,
+    SessionState.COLLECTING: pb.COLLECTING,
+    SessionState.COMPLETED: pb.COMPLETED,
+    SessionState.FAILED: pb.FAILED,
+}
+_CUSTODIAN = {
+    CustodianStatus.NOT_CONNECTED: pb.NOT_CONNECTED,
+    CustodianStatus.REQUESTED: pb.REQUESTED,
+    CustodianStatus.ACCEPTED: pb.ACCEPTED,
+    CustodianStatus.REJECTED: pb.REJECTED,
+    CustodianStatus.DENIED: pb.DENIED,
+    CustodianStatus.NOT_NEEDED: pb.NOT_NEEDED,
+    CustodianStatus.UNREACHABLE: pb.UNREACHABLE,
+}
+_KIND = {**KIND_TO_PROTO, "domain-notice": pb.DOMAIN_NOTICE}  # a notice is sent, never answered
+
+
+def request_to_proto(req: CustodianRequest) -> pb.CustodianRequest:
+    return pb.CustodianRequest(
+        request_id=req.request_id,
+        session_id=req.session_id,
+        kind=_KIND[req.kind],
+        attestation=req.attestation,
+        sd_header=req.header_bytes,
+        sd_header_signature=req.header_signature,
+        x=req.x,
+        proposal=req.proposal,
+    )
+
+
+def status_to_proto(st: CeremonyStatus) -> pb.RecoveryProgress:
+    return pb.RecoveryProgress(
+        session_id=st.session_id,
+        state=_SESSION[st.state],
+        required=st.required,
+        accepted=st.accepted,
+        custodians=[
+            pb.CustodianProgress(x=c.x, name=c.name, status=_CUSTODIAN[c.status], detail=c.detail)
+            for c in st.custodians
+        ],
+        expires_at_unix=st.expires_at,
+        message=st.message,
+        domain_id=st.domain_id.hex(),
+        epoch=st.epoch,
+        kind=st.kind,
+    )

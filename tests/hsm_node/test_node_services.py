@@ -1,0 +1,108 @@
+"""The node's services in process, over the in-memory store (no gRPC, no disk).
+
+What each test fakes is the store's commit (``on_commit``) or one of its writes, through the seam:
+no private attribute of the node or of a store is touched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from harness import certs_of, load_attestation
+
+from hsm_node.keyops import KeyType
+from hsm_node.node import Node, NodeConfig
+from hsm_node.state import NodeState
+from hsm_node.store import MemoryNodeStore
+from sdquorum.errors import StateError, StorageError
+from sdquorum.keys import SoftwareWrappingKey
+from sdquorum.pki import Role
+
+ADMIN, APP = Role("admin"), Role("app")
+
+
+def _full_disk() -> None:
+    raise StorageError("the node cannot write its database (disk full): nothing was changed")
+
+
+def _node(pki_dir: Path) -> Node:
+    key, cert = load_attestation(pki_dir, "node-b")
+    config = NodeConfig("node-b", "127.0.0.1:0", pki_dir / "unused", key, cert)
+    return Node(config, MemoryNodeStore(bytes(32), "node-b"), clock=lambda: 1_800_000_000.0)
+
+
+def _events(node: Node, chain: str) -> list[str]:
+    import json
+
+    return [json.loads(e)["event"] for e in node.store.records.audit_entries(chain)]
+
+
+async def _activated(pki_dir: Path, keys: list[SoftwareWrappingKey]) -> Node:
+    node = _node(pki_dir)
+    await node.activation.download(certs_of(keys[:3]), 2, ADMIN)
+    return node
+
+
+def test_a_new_node_is_provisioned_audited_and_its_data_plane_closed(pki_dir: Path) -> None:
+    node = _node(pki_dir)
+    assert node.state is NodeState.PROVISIONED and node.store.domain.state() == "PROVISIONED"
+    assert _events(node, "provisioning") == ["node-provisioned"]
+    with pytest.raises(StateError, match="not activated"):
+        node.keys.list_keys(ADMIN)
+
+
+async def test_an_activation_whose_commit_fails_leaves_the_node_provisioned(
+    pki_dir: Path, wrapping_keys: list[SoftwareWrappingKey]
+) -> None:
+    node = _node(pki_dir)
+    node.store.on_commit = _full_disk
+    with pytest.raises(StorageError):
+        await node.activation.download(certs_of(wrapping_keys[:3]), 2, ADMIN)
+    node.store.on_commit = None
+    assert node.store.domain.state() == "PROVISIONED" and node.store.domain.load_domain() is None
+    assert node.state == node.store.domain.state()  # memory says what the store says
+    await node.activation.download(certs_of(wrapping_keys[:3]), 2, ADMIN)  # the disk is fixed
+    assert node.store.domain.state() == "ACTIVATED" and _events(node, "domain") == ["activated"]
+
+
+async def test_a_key_whose_commit_fails_is_neither_created_nor_audited(
+    pki_dir: Path, wrapping_keys: list[SoftwareWrappingKey]
+) -> None:
+    node = await _activated(pki_dir, wrapping_keys)
+    node.store.on_commit = _full_disk
+    with pytest.raises(StorageError):
+        await node.keys.create_key("k", KeyType.AES256_GCM, APP)
+    node.store.on_commit = None
+    assert node.store.keys.find_key("k") is None
+    assert "key-created" not in _events(node, "domain")
+    await node.keys.create_key("k", KeyType.AES256_GCM, APP)
+    assert node.key_ops.decrypt("k", node.key_ops.encrypt("k", b"p", b"", APP), b"", APP) == b"p"
+
+
+async def test_a_delete_whose_audit_entry_cannot_be_written_leaves_the_key_live(
+    pki_dir: Path, wrapping_keys: list[SoftwareWrappingKey], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = await _activated(pki_dir, wrapping_keys)
+    await node.keys.create_key("k", KeyType.ED25519, APP)
+
+    def refused(chain: str, seq: int, entry_json: str) -> None:
+        raise StorageError("the node cannot write its database (disk full): nothing was changed")
+
+    monkeypatch.setattr(node.store.records, "append_audit", refused)
+    with pytest.raises(StorageError):
+        node.keys.delete_key("k", APP)
+    monkeypatch.undo()
+    found = node.store.keys.find_key("k")
+    assert found is not None and found.deleted_at is None  # the change and its entry: both or neither
+
+
+async def test_a_backup_from_the_memory_store_restores_into_it(
+    pki_dir: Path, wrapping_keys: list[SoftwareWrappingKey]
+) -> None:
+    node = await _activated(pki_dir, wrapping_keys)
+    await node.keys.create_key("a", KeyType.AES256_GCM, APP)
+    data = node.backups.backup(ADMIN)
+    await node.keys.create_key("b", KeyType.AES256_GCM, APP)
+    assert node.backups.restore(data, ADMIN) == 1
+    assert [k.name for k in node.keys.list_keys(ADMIN)] == ["a"]
