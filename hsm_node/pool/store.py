@@ -7,8 +7,9 @@ below are relative to it); what belongs to this member stays on its own disk:
   (decimal) and ``info`` (:class:`DomainInfo` JSON), written together in one transaction;
   ``keys/<quoted name>`` one key row each (the private material sealed under the domain's DEK
   exactly as the other stores seal it: etcd never sees a key in the clear); ``audit/<chain>/<seq>``
-  one audit entry each (the domain chain is shared; ``provisioning@<node id>`` is each member's
-  own); ``custody/<id>``, ``drills/<id>``, ``retired/<epoch>``: custody records, drill results and
+  one audit entry each, in each member's own chains (``domain@<node id>``,
+  ``provisioning@<node id>``: members audit at once without racing for a sequence number; every
+  chain outlives its member); ``custody/<id>``, ``drills/<id>``, ``retired/<epoch>``: custody records, drill results and
   retired epochs (JSON, no secret); ``flags/<name>`` the compromise flag and the former
   custodians; ``seen/<domain id hex>`` the highest epoch seen of a domain; the pool's own rows
   (:mod:`hsm_node.pool.rows`).
@@ -174,8 +175,9 @@ class _PoolRecords:
         self._v = view
 
     def _chain(self, chain: str) -> str:
-        """The domain's chain is the pool's; each member's provisioning chain is its own."""
-        return f"{chain}@{self._v.node_id}" if chain == "provisioning" else chain
+        """Each member keeps its own chains (``<chain>@<node id>``), all in etcd: members append at
+        once without racing for a sequence number, and a member's chain outlives the member."""
+        return f"{chain}@{self._v.node_id}"
 
     def append_audit(self, chain: str, seq: int, entry_json: str) -> None:
         with self._v.write() as tx:

@@ -115,6 +115,14 @@ async def test_a_pool_of_three_processes_join_share_keys_and_survive_a_sigkill(
         async with b.client() as cb, cb.errors():
             await cb.keys.CreateKey(pb.CreateKeyRequest(name="from-b", type=pb.AES256_GCM))
         assert await _decrypt(a, "from-b", await _encrypt(b, "from-b")) == b"hello from-b"
+
+        # keys created at once on both members: every create succeeds (each audits to its own chain)
+        async def create_on(node: NodeProcess, name: str) -> None:
+            async with node.client() as cn, cn.errors():
+                await cn.keys.CreateKey(pb.CreateKeyRequest(name=name, type=pb.AES256_GCM))
+
+        await asyncio.gather(*(create_on(a if i % 2 else b, f"burst-{i}") for i in range(20)))
+        assert (await _status(a)).key_count == 26
         # one ceremony at a time pool-wide: a drill runs on node-b, so node-a refuses to start one
         async with b.client() as cb, cb.errors():
             await cb.admin.StartDrill(pb.StartDrillRequest(reason="quarterly drill", ttl_seconds=60))
@@ -145,7 +153,7 @@ async def test_a_pool_of_three_processes_join_share_keys_and_survive_a_sigkill(
                 assert (
                     await both.keys.Decrypt(pb.DecryptRequest(name="k2", ciphertext=ct))
                 ).plaintext == b"x"
-        assert (await _status(b)).key_count == 5  # k0-k3 and from-b: "maybe" was not created
+        assert (await _status(b)).key_count == 25  # k0-k3, from-b, 20 bursts: "maybe" was not created
         # node-b removed (by an admin on node-c? it is not a member: node-b removes itself here)
         async with b.client() as cb, cb.errors():
             await cb.admin.RemovePoolMember(pb.PoolMemberRequest(node_id="node-b"))
