@@ -76,6 +76,11 @@ log = logging.getLogger("hsm_node.pool.store")
 _T = TypeVar("_T")
 DEFAULT_MAX_STALENESS = 5.0  # seconds a member serves without proof its view is current (pool.max_staleness)
 LOCAL_FILE = "pool-member.json"
+_NO_QUORUM = (
+    "the pool's etcd cluster did not confirm the write (no quorum reachable): it was not acknowledged and "
+    "may still apply when etcd returns, so check before you retry (the member's log names the etcd "
+    "endpoints; docs/runbooks/pool.md)"
+)
 _CONFLICT = "another pool member changed the same rows at the same time: nothing was written; try again"
 
 
@@ -365,23 +370,19 @@ class EtcdView:
         if tx.writes:
             ops = [Put(k, v) if v is not None else Delete(k) for k, v in tx.writes.items()]
             conds = [Unchanged(k, r) for k, r in tx.read.items()]
-            revision = self.run(self._client.commit(ops, unless_changed=conds))
+            try:
+                revision = self.run(self._client.commit(ops, unless_changed=conds))
+            except TransportError as e:  # the etcd endpoints and detail stay in this member's log
+                log.warning("pool: a write was refused: %s", e)
+                raise TransportError(_NO_QUORUM) from e
             if revision is None:
-                self._refuse_conflict(tx)
+                _refuse_conflict(self, tx)
             else:
                 self._contact = max(self._contact, time.monotonic())
                 if not self.run(self._wait_revision(revision, self._max_staleness)):
                     log.warning("pool: the watch has not reached revision %d yet", revision)
         if tx.local:
             self._local = write_local(self._file, {**self._local, **tx.local})
-
-    def _refuse_conflict(self, tx: _Tx) -> None:
-        """Nothing was written: say which row another member took first, if one was."""
-        for key, message in tx.taken.items():
-            now = self.run(self._client.get(key))
-            if now is not None:
-                raise AlreadyExistsError(message)
-        raise StateError(_CONFLICT)
 
     # ------------------------------------------------------------------ this member's file
 
@@ -391,6 +392,15 @@ class EtcdView:
 
     def sub(self, *parts: str) -> bytes:
         return self.prefix + "/".join(urllib.parse.quote(p, safe="") for p in parts).encode()
+
+
+def _refuse_conflict(view: EtcdView, tx: _Tx) -> None:
+    """A transaction's condition failed, nothing was written: say which row another member took
+    first (AlreadyExistsError), if one was, else that the rows changed (StateError)."""
+    for key, message in tx.taken.items():
+        if view.run(view.client.get(key)) is not None:
+            raise AlreadyExistsError(message)
+    raise StateError(_CONFLICT)
 
 
 def read_local(path: Path) -> dict[str, Any]:
