@@ -6,7 +6,7 @@ Each responsibility lives in one module, and :class:`Node` builds them and hands
 ``node.lifecycle``     :mod:`hsm_node.state`: node state; ``require_active()`` returns the secrets
 ``node.audit_log``     :mod:`hsm_node.audit_log`: the hash-chained audit log and refusal windows
 ``node.notices``       :mod:`hsm_node.notices`: change tokens and the domain notice for agents
-``node.ceremonies``    :mod:`hsm_node.ceremony_host`: the one session slot, deadlines, watch
+``node.ceremonies``    :mod:`hsm_node.ceremony_host`: the one session slot: deadlines, status, cancel, watch
 ``node.agents``        :mod:`hsm_node.agents`: connected agents and what each stream is served
 ``node.answers``       :mod:`hsm_node.answers`: answers in batches of one transaction each
 ``node.activation``    :mod:`hsm_node.activation`: download and recovery
