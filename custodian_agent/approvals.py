@@ -27,6 +27,10 @@ Invariants:
   request with the same id but other details, or made after the details changed, is a denial;
   posting a request removes such a decision. One made on the same details (the agent restarted
   while its human decided) stands.
+* A wait that is cancelled (the agent's connection to the node dropped) leaves the pending file
+  and any decision where they are: the wait the agent starts when the node sends the request
+  again finds an approval given just before the drop. Only a wait that ends (a decision read, or
+  the deadline) removes them.
 * A decision is written once, whole (written aside, then linked into place; 0600); deciding again
   is refused.
 * The state directory and its folders are 0700 and every file in them 0600, whatever the umask;
@@ -223,16 +227,17 @@ class ApprovalBox:
         path = self._file(self.decisions_dir, request_id)
         pending = self._file(self.pending_dir, request_id, ".json")
         interval = min(POLL_FIRST, poll)
-        try:
-            while time.time() < deadline:
-                if path.exists():
-                    return self._read_decision(path, details_sha256)
-                await asyncio.sleep(interval)
-                interval = min(interval * 2, poll)
-            return Decision(False, "no decision before the deadline")
-        finally:
-            for p in (path, pending):
-                p.unlink(missing_ok=True)
+        while time.time() < deadline:  # cancelled (the connection dropped): both files stay
+            if path.exists():
+                decision = self._read_decision(path, details_sha256)
+                break
+            await asyncio.sleep(interval)
+            interval = min(interval * 2, poll)
+        else:
+            decision = Decision(False, "no decision before the deadline")
+        for p in (path, pending):  # decided or expired: the request is closed
+            p.unlink(missing_ok=True)
+        return decision
 
     @staticmethod
     def _read_decision(path: Path, details_sha256: str) -> Decision:

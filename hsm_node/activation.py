@@ -1,7 +1,10 @@
 """Activation: the download that creates a domain, and the recovery ceremony that restores one.
 
 PROVISIONED -> ACTIVATED (download), or PROVISIONED -> RECOVERY_PENDING -> ACTIVATED (a recovery
-ceremony completes; until then a restarted node stays RECOVERY_PENDING). The node remembers, per
+ceremony completes). A recovery that fails (deadline, refused file, cancel) or that a restart drops
+returns a never-activated node to PROVISIONED. A recovery whose opening or whose accepted SD file
+cannot be written (a full or read-only data volume) leaves nothing running: no session, or a session
+ended before any custodian is asked, so it can never activate later. The node remembers, per
 domain, the highest epoch whose signed header it has seen (activation, an accepted recovery upload,
 a rotation), and refuses a recovery upload of a lower one before any custodian is asked
 ("sd-file-refused", audited; the session ends). The domain chain of the audit log begins here,
@@ -11,6 +14,7 @@ naming the domain, epoch and SD file, and the ceremony that did it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -24,7 +28,7 @@ from hsm_node.ceremony_host import Parts
 from hsm_node.state import NodeState
 from hsm_node.store import DomainInfo
 from sdquorum import policy, sdfile
-from sdquorum.errors import SdquorumError, StateError, VerificationError
+from sdquorum.errors import SdquorumError, StateError, StorageError, VerificationError
 from sdquorum.pki import Role
 
 log = logging.getLogger("sdquorum.node")
@@ -42,6 +46,20 @@ class Activation:
         self._notices, self._audit, self._now, self._rng = p.host.notices, p.audit, p.now, p.rng
         self._recovery_file: bytes | None = None
         self._host.on_completed(RecoverySession, self._apply_recovery)
+        self._host.on_failed(RecoverySession, self._recovery_failed)
+        self.leave_recovery_if_none_runs("the node restarted: its recovery session was dropped")
+
+    def _recovery_failed(self, session: RecoverySession) -> None:
+        self._lifecycle.back_to_provisioned(f"recovery session {session.session_id} failed")
+
+    def leave_recovery_if_none_runs(self, why: str = "no recovery session runs") -> None:
+        """A never-activated node is RECOVERY_PENDING only while a recovery session runs. Called at
+        start (no session survives a restart) and at every tick: it also returns a node whose return
+        could not be written when its recovery failed (a full disk), or whose session ended in a
+        batch that did not commit (nothing of it was applied)."""
+        s = self._host.session
+        if self._lifecycle.state is NodeState.RECOVERY_PENDING and (s is None or s.finished):
+            self._lifecycle.back_to_provisioned(why)
 
     async def download(
         self, certificates: Sequence[bytes], quorum: int, caller: Role
@@ -95,8 +113,9 @@ class Activation:
         async with self._host.lock:
             if self._lifecycle.state is NodeState.ACTIVATED:
                 raise StateError("this node is already activated: recovery runs on a new, provisioned node")
-            session = self._host.new_session(RecoverySession, reason, ttl_seconds, caller)
-            self._lifecycle.begin_recovery()
+            with self._host.opening():
+                session = self._host.new_session(RecoverySession, reason, ttl_seconds, caller)
+                self._lifecycle.begin_recovery()
             self._notices.notify()
             return session
 
@@ -112,21 +131,9 @@ class Activation:
             except SdquorumError as e:
                 session.abort(f"the SD file was refused: {e}")  # a retry with the right file need not wait
                 self._audit("sd-file-refused", "admin", {"session_id": session_id, "reason": str(e)[:500]})
-                self._host.apply_if_finished(
-                    session
-                )  # the session's end is applied and audited now: nothing runs
+                self._host.apply_if_finished(session)  # its end applied and audited now: nothing runs
                 raise
-            self._store.domain.note_epoch(sd.header.domain_id, sd.header.epoch)
-            self._audit(
-                "sd-file-accepted",
-                "admin",
-                {
-                    "session_id": session_id,
-                    "domain_id": sd.header.domain_id.hex(),
-                    "epoch": sd.header.epoch,
-                    "sd_file_sha256": hashlib.sha256(data).hexdigest(),
-                },
-            )
+            self._record_upload(session, sd, data)
             self._recovery_file = data
             h = sd.header
             log.info(
@@ -140,6 +147,30 @@ class Activation:
             self._notices.notify()
             self._host.in_background(self._prepare(session), "computing the public shares")
             return session.status()
+
+    def _record_upload(self, session: RecoverySession, sd: sdfile.SecurityDomainFile, data: bytes) -> None:
+        """Record an accepted SD file; if that cannot be written, end the session before any
+        custodian is asked (a refused upload never asks, nor activates later) and raise."""
+        try:
+            with self._store.batch():
+                self._store.domain.note_epoch(sd.header.domain_id, sd.header.epoch)
+                self._audit(
+                    "sd-file-accepted",
+                    "admin",
+                    {
+                        "session_id": session.session_id,
+                        "domain_id": sd.header.domain_id.hex(),
+                        "epoch": sd.header.epoch,
+                        "sd_file_sha256": hashlib.sha256(data).hexdigest(),
+                    },
+                )
+        except StorageError as e:
+            session.abort(f"the node could not record the SD file ({e}): start a new session")
+            with contextlib.suppress(StorageError):  # its end is logged even if it cannot be audited
+                self._host.apply_if_finished(session)
+            self._host.drop_unrecorded(session)
+            self._notices.notify()
+            raise
 
     def _refuse_retired_epoch(self, header: sdfile.Header) -> None:
         highest = self._store.domain.highest_epoch(header.domain_id)

@@ -6,13 +6,22 @@ a running session (its exchange key lived only in memory). Whichever path finds 
 (:meth:`CeremonyHost.settle`): the end is applied once, by the function the owning service
 registered for its kind (:meth:`CeremonyHost.on_completed`), and audited once, so a drill's results
 and every end's audit entry never depend on which path came first.
+
+Sessions under the operator's control. A step refused with "nothing was changed" (the data volume
+full or read-only) leaves nothing running: a session whose opening could not be written is
+forgotten (:meth:`CeremonyHost.opening`), and the host holds a session only once its start is
+audited. An admin may cancel the running session (:meth:`CeremonyHost.cancel_session`): it ends
+FAILED with "cancelled by <admin>: <reason>". Every end of a session is logged once and audited
+once, as ``<kind>-completed`` or ``<kind>-failed`` with its ``reason``; what a failed session of a
+kind undoes is registered by its service (:meth:`CeremonyHost.on_failed`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -27,7 +36,7 @@ from hsm_node.notices import Notices
 from hsm_node.state import Lifecycle
 from hsm_node.store import NodeStore
 from sdquorum import envelopes
-from sdquorum.errors import StateError, UsageError
+from sdquorum.errors import StateError, StorageError, UsageError
 from sdquorum.pki import Role
 from sdquorum_rpc.observability import SESSION_ID, NodeMetrics
 
@@ -65,6 +74,8 @@ class CeremonyHost:
         audit: AuditLog,
         notices: Notices,
         *,
+        store: NodeStore,
+        lifecycle: Lifecycle,
         now: Callable[[], int],
         rng: Callable[[int], bytes],
         tick: Callable[[], Awaitable[None]],
@@ -72,6 +83,8 @@ class CeremonyHost:
     ) -> None:
         self._config = config
         self._audit = audit
+        self._store = store
+        self._lifecycle = lifecycle
         self._now = now
         self._rng = rng
         self._tick = tick
@@ -83,6 +96,7 @@ class CeremonyHost:
         self._applied: set[str] = set()  # sessions whose end has been applied and audited
         self._background: set[asyncio.Task[None]] = set()
         self._appliers: dict[type[Ceremony], Apply] = {}
+        self._on_failed: dict[type[Ceremony], Callable[[Any], None]] = {}
         # an HSM pool: one session at a time pool-wide (hsm_node/pool/rows.py), set by the CLI
         self.pool_lock: Callable[[str, int], None] | None = None
         self.pool_unlock: Callable[[str], None] | None = None
@@ -91,6 +105,10 @@ class CeremonyHost:
         """Register what a completed session of ``kind`` changes (in its ending's transaction);
         ``apply`` returns True if it wrote the completion's audit entry itself."""
         self._appliers[kind] = apply
+
+    def on_failed(self, kind: type[C], undo: Callable[[C], None]) -> None:
+        """Register what a failed session of ``kind`` undoes, once its failure is audited."""
+        self._on_failed[kind] = undo
 
     def _changed(self) -> None:
         self.notices.notify()
@@ -126,15 +144,63 @@ class CeremonyHost:
         )
         if self.pool_lock is not None:
             self.pool_lock(session.session_id, ttl)  # StateError if another member runs one
-        self.session = session
         SESSION_ID.set(session.session_id)
-        log.info("%s session %s started by %s: %s", session.kind, session.session_id, caller, reason)
         self._audit(
             f"{session.kind}-started",
             caller,
             {"session_id": session.session_id, "reason": session.reason, "expires_at": session.expires_at},
         )
+        self.session = session  # only once its start is audited
+        log.info("%s session %s started by %s: %s", session.kind, session.session_id, caller, reason)
         return session
+
+    @contextlib.contextmanager
+    def opening(self) -> Iterator[None]:
+        """Open a session inside this block, its writes in one transaction: if any of them fails (a
+        full or read-only data volume: "nothing was changed"), the new session is forgotten and the
+        node's memory read back from its store, so nothing runs and the next session is not blocked
+        until its deadline."""
+        previous = self.session
+        try:
+            with self._store.batch():
+                yield
+        except StorageError as e:
+            dropped = self.session
+            self.session = previous
+            self._lifecycle.reload()
+            if dropped is not None and dropped is not previous:
+                self._applied.add(dropped.session_id)
+                if self.pool_unlock is not None:
+                    self.pool_unlock(dropped.session_id)
+                log.error("%s session %s not opened: %s", dropped.kind, dropped.session_id, e)
+            raise
+
+    async def cancel_session(self, session_id: str, reason: str, caller: Role) -> CeremonyStatus:
+        """End the running session FAILED, "cancelled by <caller>: <reason>" (audited by its end)."""
+        async with self.lock:
+            session = self.session_by_id(session_id)
+            if self.settle(session):
+                raise StateError(
+                    f"session {session_id} has ended already ({session.state.name}): nothing to cancel"
+                )
+            if not reason.strip() or len(reason) > 500 or not reason.isprintable():
+                raise UsageError("give a reason of 1..500 printable characters: it goes into the audit log")
+            session.abort(f"cancelled by {caller}: {reason.strip()}")
+            self.apply_if_finished(session)
+            return session.status()
+
+    def session_status(self, session_id: str = "") -> CeremonyStatus:
+        """The status of session ``session_id`` (empty: the current or last one), deadline applied."""
+        session = self._session_or_current(session_id)
+        self.settle(session)
+        return session.status()
+
+    def _session_or_current(self, session_id: str) -> Ceremony:
+        if session_id:
+            return self.session_by_id(session_id)
+        if self.session is None:
+            raise StateError("no session has run on this node since it started")
+        return self.session_by_id(self.session.session_id)
 
     def session_by_id(self, session_id: str) -> Ceremony:
         s = self.session
@@ -181,12 +247,22 @@ class CeremonyHost:
             audited_by_apply = False
             if session.state is SessionState.COMPLETED and apply is not None:
                 audited_by_apply = apply(session)
+            failed = session.state is SessionState.FAILED
+            if failed:
+                log.warning("%s session %s failed: %s", session.kind, session.session_id, session.message)
             if not audited_by_apply:
                 self._audit(
                     f"{session.kind}-{session.state.name.lower()}",
                     "node",
-                    {"session_id": session.session_id, "message": session.message},
+                    {
+                        "session_id": session.session_id,
+                        "message": session.message,
+                        **({"reason": session.message} if failed else {}),
+                    },
                 )
+            undo = self._on_failed.get(type(session))
+            if failed and undo is not None:
+                undo(session)
         self._changed()
 
     def settle(self, s: Ceremony) -> bool:
@@ -196,12 +272,11 @@ class CeremonyHost:
         if not s.tick(self._now()):
             return False
         if s.session_id not in self._applied:
-            log.warning("%s session %s ended: %s", s.kind, s.session_id, s.message)
             self.apply_if_finished(s)
         return True
 
     async def watch(self, session_id: str) -> AsyncIterator[CeremonyStatus]:
-        session = self.session_by_id(session_id)
+        session = self._session_or_current(session_id)
         last: CeremonyStatus | None = None
         while True:
             token = self.notices.change_token()

@@ -6,7 +6,7 @@ Each responsibility lives in one module, and :class:`Node` builds them and hands
 ``node.lifecycle``     :mod:`hsm_node.state`: node state; ``require_active()`` returns the secrets
 ``node.audit_log``     :mod:`hsm_node.audit_log`: the hash-chained audit log and refusal windows
 ``node.notices``       :mod:`hsm_node.notices`: change tokens and the domain notice for agents
-``node.ceremonies``    :mod:`hsm_node.ceremony_host`: the one session slot, deadlines, watch
+``node.ceremonies``    :mod:`hsm_node.ceremony_host`: the one session slot: deadlines, status, cancel, watch
 ``node.agents``        :mod:`hsm_node.agents`: connected agents and what each stream is served
 ``node.answers``       :mod:`hsm_node.answers`: answers in batches of one transaction each
 ``node.activation``    :mod:`hsm_node.activation`: download and recovery
@@ -104,7 +104,15 @@ class Node:
         audit = self.audit_log
         self.notices = Notices(store, self.lifecycle, lambda: self.ceremonies.session)
         self.ceremonies = CeremonyHost(
-            config, audit, self.notices, now=now, rng=rng, tick=self.tick, metrics=metrics
+            config,
+            audit,
+            self.notices,
+            store=store,
+            lifecycle=self.lifecycle,
+            now=now,
+            rng=rng,
+            tick=self.tick,
+            metrics=metrics,
         )
         host, life = self.ceremonies, self.lifecycle
         self.agents = Agents(host, audit, now)
@@ -162,10 +170,12 @@ class Node:
         return "domain" if self.lifecycle.domain is not None else "provisioning"
 
     async def tick(self) -> None:
-        """Close due refusal windows, apply the session's deadline, purge keys past their retention
-        (called periodically by the server, and by every watch)."""
+        """Close due refusal windows, apply the session's deadline, return a never-activated node
+        with no recovery running to PROVISIONED, purge keys past their retention (called
+        periodically by the server, and by every watch)."""
         self.audit_log.close_refusal_windows()
         if self.ceremonies.session is not None:
             self.ceremonies.settle(self.ceremonies.session)
+        self.activation.leave_recovery_if_none_runs()
         if self.state is NodeState.ACTIVATED and self.now() >= self.keys.next_purge_check:
             self.keys.purge_expired_keys_now()

@@ -50,29 +50,30 @@ class Rotation:
             now = self._now()
             plan = policy.validate_download(certificates, quorum, datetime.fromtimestamp(now, tz=UTC))
             self._refuse_lost_keys(signed.header, plan.certificates_der)
-            session = self._host.new_session(RotationSession, reason, ttl_seconds, caller)
-            proposal = RotationProposal(
-                domain_id=secrets.domain_id,
-                from_epoch=signed.header.epoch,
-                quorum=plan.quorum,
-                certificates_der=plan.certificates_der,
-                proposer=str(caller),
-                reason=session.reason,
-                expires_at=session.expires_at,
-            )
-            session.start(signed, proposal, now, self._host.sign_attestation)
-            current = [(slot.name, slot.certificate_der) for slot in signed.header.slots]
-            for warning in plan.warnings:
-                log.warning("rotation %s: %s", session.session_id, warning)
-            self._audit(
-                "rotation-proposed",
-                caller,
-                {
-                    "session_id": session.session_id,
-                    "proposal": proposal.summary(current),
-                    "warnings": list(plan.warnings),
-                },
-            )
+            with self._host.opening():  # the proposal unaudited: no session
+                session = self._host.new_session(RotationSession, reason, ttl_seconds, caller)
+                proposal = RotationProposal(
+                    domain_id=secrets.domain_id,
+                    from_epoch=signed.header.epoch,
+                    quorum=plan.quorum,
+                    certificates_der=plan.certificates_der,
+                    proposer=str(caller),
+                    reason=session.reason,
+                    expires_at=session.expires_at,
+                )
+                session.start(signed, proposal, now, self._host.sign_attestation)
+                current = [(slot.name, slot.certificate_der) for slot in signed.header.slots]
+                for warning in plan.warnings:
+                    log.warning("rotation %s: %s", session.session_id, warning)
+                self._audit(
+                    "rotation-proposed",
+                    caller,
+                    {
+                        "session_id": session.session_id,
+                        "proposal": proposal.summary(current),
+                        "warnings": list(plan.warnings),
+                    },
+                )
             self._notices.notify()
             return session
 

@@ -32,6 +32,7 @@ from hsm_node.wire import (
     MAX_BATCH_ITEMS,
     STATE_TO_PROTO,
     request_to_proto,
+    running_session,
     status_to_proto,
 )
 from sdquorum.errors import MalformedError, UsageError
@@ -77,6 +78,8 @@ class NodeServicer:
             custodians=info.custodians if info else 0,
             active_session_id=s.session_id if s is not None and not s.finished else "",
             key_count=n.store.keys.count_keys(),
+            **running_session(s),
+            compromised=n.compromised,
         )
 
 
@@ -127,6 +130,20 @@ class AdminServicer(PoolAdminRpcs):
     ) -> AsyncIterator[pb.RecoveryProgress]:
         async for st in self.node.ceremonies.watch(request.session_id):
             yield status_to_proto(st)
+
+    @rpc("admin")
+    async def GetSession(
+        self, request: pb.WatchSessionRequest, context: Ctx, role: Role
+    ) -> pb.RecoveryProgress:
+        return status_to_proto(self.node.ceremonies.session_status(request.session_id))
+
+    @rpc("admin")
+    async def CancelSession(
+        self, request: pb.CancelSessionRequest, context: Ctx, role: Role
+    ) -> pb.RecoveryProgress:
+        return status_to_proto(
+            await self.node.ceremonies.cancel_session(request.session_id, request.reason, role)
+        )
 
     @rpc("admin")
     async def Backup(

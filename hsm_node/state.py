@@ -1,7 +1,8 @@
 """The node's state and the domain it holds, kept in step with its store.
 
 States: PROVISIONED -> ACTIVATED (download), or PROVISIONED -> RECOVERY_PENDING -> ACTIVATED (a
-recovery ceremony completes). The data plane and custody work only in ACTIVATED:
+recovery ceremony completes). A node never activated is RECOVERY_PENDING only while a recovery
+session runs: when it fails or a restart drops it, :meth:`Lifecycle.back_to_provisioned`. The data plane and custody work only in ACTIVATED:
 :meth:`Lifecycle.require_active` is the one guard, and it hands back the domain secrets it guards.
 
 Invariant: what :class:`Lifecycle` holds in memory is what the store holds. Every change writes the
@@ -11,13 +12,16 @@ memory back from the store (a completion's activation or rotation is undone).
 
 from __future__ import annotations
 
+import logging
 from enum import StrEnum
 
 from hsm_node.store import DomainInfo, NodeStore
-from sdquorum.errors import StateError
+from sdquorum.errors import StateError, StorageError
 from sdquorum.sdfile import DomainSecrets
 
 __all__ = ["Lifecycle", "NodeState"]
+
+log = logging.getLogger("sdquorum.node")
 
 
 class NodeState(StrEnum):
@@ -78,6 +82,20 @@ class Lifecycle:
     def begin_recovery(self) -> None:
         self._store.domain.set_state(NodeState.RECOVERY_PENDING)
         self._state = NodeState.RECOVERY_PENDING
+
+    def back_to_provisioned(self, why: str) -> None:
+        """A node never activated whose recovery ended without completing is PROVISIONED again, so
+        either a download or a new recovery may follow. If that cannot be written, memory keeps
+        what the store says, and the next start tries again."""
+        if self._domain is not None or self._state is not NodeState.RECOVERY_PENDING:
+            return
+        try:
+            self._store.domain.set_state(NodeState.PROVISIONED)
+        except StorageError as e:
+            log.error("could not return the node to PROVISIONED (%s): %s", why, e)
+            return
+        self._state = NodeState.PROVISIONED
+        log.warning("node back to PROVISIONED: %s", why)
 
     def activate(self, secrets: DomainSecrets, info: DomainInfo, sd_file: bytes) -> None:
         """Hold ``secrets`` (a download or a completed recovery): the domain, its SD file, the

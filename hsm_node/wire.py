@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from coordinator import CeremonyStatus, CustodianRequest, CustodianStatus, SessionState
+from typing import Any
+
+from coordinator import Ceremony, CeremonyStatus, CustodianRequest, CustodianStatus, SessionState
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc.convert import KIND_TO_PROTO
 
@@ -12,6 +14,7 @@ __all__ = [
     "MAX_BATCH_ITEMS",
     "STATE_TO_PROTO",
     "request_to_proto",
+    "running_session",
     "status_to_proto",
 ]
 
@@ -71,3 +74,14 @@ def status_to_proto(st: CeremonyStatus) -> pb.RecoveryProgress:
         epoch=st.epoch,
         kind=st.kind,
     )
+
+
+def running_session(s: Ceremony | None) -> dict[str, Any]:
+    """The running session's kind, state and deadline for NodeStatus (none once it has ended)."""
+    if s is None or s.finished:
+        return {}
+    return {
+        "session_kind": s.kind,
+        "session_state": _SESSION[s.state],
+        "session_expires_at_unix": s.expires_at,
+    }

@@ -2,8 +2,11 @@
 
 Connection settings: --config FILE (or SDCTL_CONFIG; sample deploy/config/sdctl.toml), then
 SDCTL_NODE, SDCTL_CERT, SDCTL_KEY, SDCTL_CA, SDCTL_OUTPUT, then the flags --node, --cert, --key,
---ca, --output. Exit codes: 0 ok, 1 unexpected, 2 bad usage or input, 3 wrong node state,
-4 a verification failed (also: signature invalid), 5 network or TLS, 6 permission denied.
+--ca, --output. Exit codes: 0 ok, 1 unexpected, 2 bad usage or input, 3 wrong node state
+(also: a ceremony failed), 4 a verification failed (also: signature invalid), 5 network or TLS
+(while a ceremony is watched: the node stayed unreachable through every reconnect; the session
+may go on at the node: 'sdctl session status'), 6 permission denied, 130 interrupted (Ctrl-C:
+a ceremony goes on at the node; the line printed says how to attach to it or cancel it).
 
 Examples::
 
@@ -11,6 +14,9 @@ Examples::
     sdctl --node 127.0.0.1:7443 status
     sdctl download --cert alice.wrap.pem --cert bob.wrap.pem --cert carol.wrap.pem --quorum 2 --out sd.json
     sdctl recover --sd-file sd.json --reason "datacentre A lost"
+    sdctl session status
+    sdctl session attach
+    sdctl session cancel --reason "wrong SD file"
     sdctl backup --out keys.backup && sdctl restore keys.backup
     sdctl keys create payments --type aes256-gcm
     sdctl keys delete payments --yes && sdctl keys deleted && sdctl keys recover payments
@@ -30,13 +36,13 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sdctl.config import SETTINGS
 from sdctl.pool import add_pool_command, describe_pool, pool_status, run_pool
 from sdquorum import __version__
-from sdquorum.errors import MalformedError, StateError, UsageError, VerificationError
-from sdquorum_rpc.cli import run_main
+from sdquorum.errors import MalformedError, StateError, TransportError, UsageError, VerificationError
+from sdquorum_rpc.cli import EXIT_CODES, run_main
 from sdquorum_rpc.config import add_flags, load_settings
 from sdquorum_rpc.files import PendingFile, read_input_file, write_private_file
 from sdquorum_rpc.lazy import lazy_module
@@ -65,6 +71,20 @@ DRILL_WORD = {**STATUS_WORD, "ACCEPTED": "proved", "REJECTED": "failed"}
 
 def _word(words: dict[str, str], status: int) -> str:
     return words.get(pb.CustodianStatus.Name(status), "?") if status in pb.CustodianStatus.values() else "?"
+
+
+# Watching a ceremony through a dropped connection (a keepalive drop, a network blip): reconnect up
+# to WATCH_RETRIES times, waiting WATCH_BACKOFF_FIRST s and doubling up to WATCH_BACKOFF_MAX s (about
+# 75 s in all); a progress message resets the count. Exit 5 only when the node stays unreachable.
+WATCH_RETRIES, WATCH_BACKOFF_FIRST, WATCH_BACKOFF_MAX = 8, 1.0, 15.0
+
+
+class _Running(NamedTuple):
+    """The ceremony this command started or watches, for the line printed on Ctrl-C."""
+
+    session_id: str
+    kind: str
+    expires_at: int
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -114,6 +134,27 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--offline-request", type=Path, metavar="DIR", help="also write a request file per custodian here"
     )
+    se = cmd(
+        "session",
+        "see, watch or cancel the node's ceremony session (recovery, drill, rotation, Azure restore)",
+        "sdctl session status\n  sdctl session attach\n  sdctl session cancel --reason 'wrong SD file'",
+    )
+    se.description = (
+        "A ceremony runs at the node, not in sdctl: Ctrl-C in 'sdctl recover', 'drill' or 'rotate'\n"
+        "stops only the watching. SESSION_ID defaults to the node's current (or last) session.\n"
+        "'attach' shows the live progress until the session ends (exit 0 completed, 3 failed);\n"
+        "'cancel' ends it FAILED with 'cancelled by <you>: <reason>' (audited)."
+    )
+    ses = se.add_subparsers(dest="session_command", required=True)
+    for name, help_ in (
+        ("status", "show the session: kind, state, deadline, each custodian"),
+        ("attach", "watch the session's live progress until it ends"),
+        ("cancel", "end the running session FAILED (audited, with your reason)"),
+    ):
+        sp = ses.add_parser(name, help=help_, epilog=f"example: sdctl session {name}", formatter_class=fmt)
+        sp.add_argument("session_id", nargs="?", default="", metavar="SESSION_ID")
+        if name == "cancel":
+            sp.add_argument("--reason", required=True, help="why (goes into the audit log)")
     b = cmd(
         "backup", "export the key store, sealed under the security domain", "sdctl backup --out keys.backup"
     )
@@ -357,6 +398,7 @@ class Ctl:
         self.args = args
         self.out = out
         self.json = args.output == "json"
+        self.running: _Running | None = None  # the ceremony started or watched, for Ctrl-C
 
     def emit(self, text: str, obj: dict[str, Any]) -> None:
         self.out(json.dumps(obj, sort_keys=True) if self.json else text)
@@ -389,15 +431,72 @@ class Ctl:
             "custodians": st.custodians,
             "active_session_id": st.active_session_id,
             "keys": st.key_count,
+            "compromised": st.compromised,
+            "session": (
+                {
+                    "session_id": st.active_session_id,
+                    "kind": st.session_kind,
+                    "state": pb.SessionState.Name(st.session_state),
+                    "expires_at": st.session_expires_at_unix,
+                }
+                if st.active_session_id
+                else None
+            ),
+            "advice": _advice(st),
         }
         text = f"node {st.node_id}: {obj['state']}"
         if st.domain_id:
             text += f", domain {st.domain_id} epoch {st.epoch}, quorum {st.quorum} of {st.custodians}, {st.key_count} keys"
+        if st.compromised:
+            text += ", MARKED COMPROMISED"
         if st.active_session_id:
-            text += f", recovery session {st.active_session_id} running"
+            text += (
+                f"\n  {st.session_kind} session {st.active_session_id} "
+                f"{pb.SessionState.Name(st.session_state)}, deadline {_when(st.session_expires_at_unix)}"
+            )
         text += describe_pool(pool, obj)
+        text += f"\n  next: {obj['advice']}"
         self.emit(text, obj)
         return 0
+
+    async def session(self) -> int:
+        a = self.args
+        async with self.client() as c, c.errors():
+            p = await c.admin.GetSession(pb.WatchSessionRequest(session_id=a.session_id))
+            if a.session_command == "status":
+                self._session_summary(p)
+                return 0
+            if a.session_command == "cancel":
+                if p.state in (pb.COMPLETED, pb.FAILED):
+                    raise StateError(
+                        f"{p.kind} session {p.session_id} has ended already "
+                        f"({pb.SessionState.Name(p.state)}): nothing to cancel"
+                    )
+                p = await c.admin.CancelSession(
+                    pb.CancelSessionRequest(session_id=p.session_id, reason=a.reason)
+                )
+                self.emit(f"{p.kind} session {p.session_id} cancelled: {p.message}", _progress_json(p))
+                return 0
+            self.running = _Running(p.session_id, p.kind, p.expires_at_unix)
+            final = await self._watch(c, p.session_id)
+        self._session_summary(final)
+        if final.state != pb.COMPLETED:
+            raise StateError(f"{final.kind} session {final.session_id} failed: {final.message}")
+        return 0
+
+    def _session_summary(self, p: pb.RecoveryProgress) -> None:
+        if self.json:
+            self.out(json.dumps(_progress_json(p), sort_keys=True))
+            return
+        ended = p.state in (pb.COMPLETED, pb.FAILED)
+        self.out(
+            f"{p.kind} session {p.session_id}: {pb.SessionState.Name(p.state)}"
+            + (f" ({p.message})" if ended and p.message else f", deadline {_when(p.expires_at_unix)}")
+        )
+        words = DRILL_WORD if p.kind == "drill" else STATUS_WORD
+        for cp in p.custodians:
+            detail = f": {cp.detail}" if cp.detail else ""
+            self.out(f"  {cp.name} (x={cp.x}): {_word(words, cp.status)}{detail}")
 
     async def download(self) -> int:
         a = self.args
@@ -433,6 +532,7 @@ class Ctl:
         async with self.client() as c:
             with c.errors():
                 init = await c.admin.InitRecovery(pb.InitRecoveryRequest(reason=a.reason, ttl_seconds=a.ttl))
+                self.running = _Running(init.session_id, "recovery", init.expires_at_unix)
 
                 async def chunks() -> AsyncIterator[pb.SdFileChunk]:
                     for i in range(0, max(len(sd), 1), CHUNK):
@@ -468,10 +568,38 @@ class Ctl:
                     self.out(f"  wrote {path} (fingerprint {req.fingerprint}) for {item.custodian}")
             if not self.json:
                 self.out("  carry each file to its custodian; upload answers with 'sdctl upload-answer FILE'")
+        return await self._watch(c, session_id)
+
+    async def _watch(self, c: NodeClient, session_id: str) -> pb.RecoveryProgress:
+        """Show live progress until the session ends. A dropped connection does not end the session
+        (it runs at the node): reconnect with backoff, saying so on stderr (see WATCH_RETRIES)."""
+        import asyncio
+
         final: pb.RecoveryProgress | None = None
-        async for prog in c.admin.WatchSession(pb.WatchSessionRequest(session_id=session_id)):
-            final = prog
-            self._progress(prog)
+        tries, delay = 0, WATCH_BACKOFF_FIRST
+        while True:
+            try:
+                with c.errors():
+                    async for prog in c.admin.WatchSession(pb.WatchSessionRequest(session_id=session_id)):
+                        final = prog
+                        tries, delay = 0, WATCH_BACKOFF_FIRST  # the node answered: a fresh budget
+                        self._progress(prog)
+                break
+            except TransportError as e:
+                if tries >= WATCH_RETRIES:
+                    raise TransportError(
+                        f"{e} (gave up watching session {session_id} after {tries} reconnects; the "
+                        f"session may go on at the node: 'sdctl session status {session_id}')"
+                    ) from e
+                tries += 1
+                print(
+                    f"sdctl: lost the node while watching session {session_id} ({e}); the session goes "
+                    f"on at the node: reconnecting in {delay:g} s (try {tries} of {WATCH_RETRIES})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, WATCH_BACKOFF_MAX)
         if final is None:  # pragma: no cover - the node always sends the current state first
             raise StateError("the node sent no progress for the session")
         return final
@@ -491,6 +619,7 @@ class Ctl:
         _check_offline_dir(a.offline_request)
         async with self.client() as c, c.errors():
             started = await c.admin.StartDrill(pb.StartDrillRequest(reason=a.reason, ttl_seconds=a.ttl))
+            self.running = _Running(started.session_id, "drill", started.expires_at_unix)
             final = await self._follow(c, started.session_id, a.offline_request)
         report = {c.name: _word(DRILL_WORD, c.status) for c in final.custodians}
         if not self.json:
@@ -518,6 +647,7 @@ class Ctl:
                         custodian_certificates=certs, quorum=a.quorum, reason=a.reason, ttl_seconds=a.ttl
                     )
                 )
+                self.running = _Running(started.session_id, "rotation", started.expires_at_unix)
                 final = await self._follow(c, started.session_id, a.offline_request)
                 if final.state != pb.COMPLETED:
                     raise StateError(f"rotation not approved: {final.message}")
@@ -579,6 +709,7 @@ class Ctl:
                         sd_file=sd, exchange_certificate=cert, reason=a.reason, ttl_seconds=a.ttl
                     )
                 )
+                self.running = _Running(started.session_id, "azure-recovery", started.expires_at_unix)
                 final = await self._follow(c, started.session_id, a.offline_request)
                 if final.state != pb.COMPLETED:
                     raise StateError(f"the Azure restore failed: {final.message}")
@@ -897,10 +1028,28 @@ class Ctl:
             "review": self.review,
             "audit": self.audit,
             "azure": self.azure,
+            "session": self.session,
         }
         import asyncio
 
-        return asyncio.run(handlers[cmd]())
+        try:
+            return asyncio.run(handlers[cmd]())
+        except KeyboardInterrupt:
+            if self.running is None:
+                raise
+            print(self.interrupted_line(), file=sys.stderr, flush=True)
+            return EXIT_CODES["interrupted"]
+
+    def interrupted_line(self) -> str:
+        """The one line Ctrl-C prints while a ceremony runs: it goes on, and how to attach or cancel."""
+        r = self.running
+        assert r is not None
+        node = f"sdctl --node {self.args.node}"
+        return (
+            f"sdctl: interrupted: {r.kind} session {r.session_id} goes on at the node until "
+            f"{_when(r.expires_at)}; watch it with '{node} session attach {r.session_id}' or cancel it "
+            f"with '{node} session cancel {r.session_id} --reason \"...\"'"
+        )
 
 
 def _require_sd_file(data: bytes, path: Path) -> None:
@@ -916,6 +1065,29 @@ def _require_sd_file(data: bytes, path: Path) -> None:
         SecurityDomainFile.from_bytes(data)
     except MalformedError as e:
         raise UsageError(f"{path} is not an SD file: {e}") from e
+
+
+def _advice(st: pb.NodeStatus) -> str:
+    """What the node will accept next, in its state (each advised command is one it accepts)."""
+    sid = st.active_session_id
+    if sid:
+        return (
+            f"the {st.session_kind} session runs until {_when(st.session_expires_at_unix)}: watch it "
+            f"(sdctl session attach {sid}) or cancel it (sdctl session cancel {sid} --reason ...)"
+        )
+    if st.state == pb.PROVISIONED:
+        return (
+            "activate it with a new domain (sdctl download --cert ... --quorum M --out sd.json) "
+            "or recover a domain onto it (sdctl recover --sd-file sd.json --reason ...)"
+        )
+    if st.state == pb.RECOVERY_PENDING:  # a node of an older version, or one that could not write
+        return "start the recovery again (sdctl recover --sd-file sd.json --reason ...)"
+    if st.compromised:
+        return (
+            "drills, rotation and Azure restores are refused: provision a new domain on a new node "
+            "(docs/runbooks/compromise.md)"
+        )
+    return "the data plane is open (sdctl keys list); drill with 'sdctl drill', rotate with 'sdctl rotate'"
 
 
 def _when(t: int) -> str:

@@ -101,7 +101,11 @@ def test_every_test_named_in_the_security_page_exists() -> None:
             if not current.exists():
                 missing.append(path)
                 continue
-        if name and current is not None and current.suffix == ".py":
-            if not re.search(rf"^(async )?def {name}\(", current.read_text(), re.M):
-                missing.append(f"{current.relative_to(root)}::{name}")
+        if (
+            name
+            and current is not None
+            and current.suffix == ".py"
+            and not re.search(rf"^(async )?def {name}\(", current.read_text(), re.M)
+        ):
+            missing.append(f"{current.relative_to(root)}::{name}")
     assert missing == []

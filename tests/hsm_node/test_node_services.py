@@ -66,6 +66,25 @@ async def test_an_activation_whose_commit_fails_leaves_the_node_provisioned(
     assert node.store.domain.state() == "ACTIVATED" and _events(node, "domain") == ["activated"]
 
 
+async def test_a_recovery_that_failed_on_a_full_disk_returns_the_node_once_it_can_write(
+    pki_dir: Path, wrapping_keys: list[SoftwareWrappingKey]
+) -> None:
+    """The upload's record, its end's audit entry and the return to PROVISIONED all fail while the
+    disk is full; once it can write, the next tick returns the node (before: RECOVERY_PENDING until
+    a restart, and a download was refused)."""
+    sd, _ = await _node(pki_dir).activation.download(certs_of(wrapping_keys[:3]), 2, ADMIN)
+    node = _node(pki_dir)  # a new node, to recover that domain on
+    s = await node.activation.init_recovery("dc lost", 60, ADMIN)
+    node.store.on_commit = _full_disk
+    with pytest.raises(StorageError):
+        await node.activation.upload_sd_file(s.session_id, sd)
+    assert node.state is NodeState.RECOVERY_PENDING and node.store.domain.state() == "RECOVERY_PENDING"
+    node.store.on_commit = None
+    await node.tick()
+    assert node.state is NodeState.PROVISIONED and node.store.domain.state() == "PROVISIONED"
+    await node.activation.download(certs_of(wrapping_keys[:3]), 2, ADMIN)  # accepted now
+
+
 async def test_a_key_whose_commit_fails_is_neither_created_nor_audited(
     pki_dir: Path, wrapping_keys: list[SoftwareWrappingKey]
 ) -> None:

@@ -81,7 +81,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("state", "node_id", "domain_id", "epoch", "quorum", "custodians", "active_session_id", "key_count")
+    __slots__ = ("state", "node_id", "domain_id", "epoch", "quorum", "custodians", "active_session_id", "key_count", "session_kind", "session_state", "session_expires_at_unix", "compromised")
     STATE_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     DOMAIN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +90,10 @@ class NodeStatus(_message.Message):
     CUSTODIANS_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SESSION_KIND_FIELD_NUMBER: _ClassVar[int]
+    SESSION_STATE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_EXPIRES_AT_UNIX_FIELD_NUMBER: _ClassVar[int]
+    COMPROMISED_FIELD_NUMBER: _ClassVar[int]
     state: NodeState
     node_id: str
     domain_id: str
@@ -98,7 +102,11 @@ class NodeStatus(_message.Message):
     custodians: int
     active_session_id: str
     key_count: int
-    def __init__(self, state: _Optional[_Union[NodeState, str]] = ..., node_id: _Optional[str] = ..., domain_id: _Optional[str] = ..., epoch: _Optional[int] = ..., quorum: _Optional[int] = ..., custodians: _Optional[int] = ..., active_session_id: _Optional[str] = ..., key_count: _Optional[int] = ...) -> None: ...
+    session_kind: str
+    session_state: SessionState
+    session_expires_at_unix: int
+    compromised: bool
+    def __init__(self, state: _Optional[_Union[NodeState, str]] = ..., node_id: _Optional[str] = ..., domain_id: _Optional[str] = ..., epoch: _Optional[int] = ..., quorum: _Optional[int] = ..., custodians: _Optional[int] = ..., active_session_id: _Optional[str] = ..., key_count: _Optional[int] = ..., session_kind: _Optional[str] = ..., session_state: _Optional[_Union[SessionState, str]] = ..., session_expires_at_unix: _Optional[int] = ..., compromised: _Optional[bool] = ...) -> None: ...
 
 class DownloadRequest(_message.Message):
     __slots__ = ("custodian_certificates", "quorum")
@@ -181,6 +189,14 @@ class WatchSessionRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class CancelSessionRequest(_message.Message):
+    __slots__ = ("session_id", "reason")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    reason: str
+    def __init__(self, session_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class SessionStarted(_message.Message):
     __slots__ = ("session_id", "expires_at_unix")

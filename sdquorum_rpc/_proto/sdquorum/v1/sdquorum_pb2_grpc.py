@@ -126,6 +126,16 @@ class NodeAdminStub:
                 request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.WatchSessionRequest.SerializeToString,
                 response_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.RecoveryProgress.FromString,
                 _registered_method=True)
+        self.GetSession = channel.unary_unary(
+                '/sdquorum.v1.NodeAdmin/GetSession',
+                request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.WatchSessionRequest.SerializeToString,
+                response_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.RecoveryProgress.FromString,
+                _registered_method=True)
+        self.CancelSession = channel.unary_unary(
+                '/sdquorum.v1.NodeAdmin/CancelSession',
+                request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.CancelSessionRequest.SerializeToString,
+                response_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.RecoveryProgress.FromString,
+                _registered_method=True)
         self.Backup = channel.unary_stream(
                 '/sdquorum.v1.NodeAdmin/Backup',
                 request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.BackupRequest.SerializeToString,
@@ -231,6 +241,18 @@ class NodeAdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchSession(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSession(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelSession(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -355,6 +377,16 @@ def add_NodeAdminServicer_to_server(servicer, server):
             'WatchSession': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchSession,
                     request_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.WatchSessionRequest.FromString,
+                    response_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.RecoveryProgress.SerializeToString,
+            ),
+            'GetSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSession,
+                    request_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.WatchSessionRequest.FromString,
+                    response_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.RecoveryProgress.SerializeToString,
+            ),
+            'CancelSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelSession,
+                    request_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.CancelSessionRequest.FromString,
                     response_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.RecoveryProgress.SerializeToString,
             ),
             'Backup': grpc.unary_stream_rpc_method_handler(
@@ -545,6 +577,60 @@ class NodeAdmin:
             target,
             '/sdquorum.v1.NodeAdmin/WatchSession',
             sdquorum_dot_v1_dot_sdquorum__pb2.WatchSessionRequest.SerializeToString,
+            sdquorum_dot_v1_dot_sdquorum__pb2.RecoveryProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdquorum.v1.NodeAdmin/GetSession',
+            sdquorum_dot_v1_dot_sdquorum__pb2.WatchSessionRequest.SerializeToString,
+            sdquorum_dot_v1_dot_sdquorum__pb2.RecoveryProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdquorum.v1.NodeAdmin/CancelSession',
+            sdquorum_dot_v1_dot_sdquorum__pb2.CancelSessionRequest.SerializeToString,
             sdquorum_dot_v1_dot_sdquorum__pb2.RecoveryProgress.FromString,
             options,
             channel_credentials,
