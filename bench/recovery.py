@@ -52,7 +52,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -69,6 +69,7 @@ from sdquorum.offline import CeremonyRequest
 from sdquorum.pki import Role
 from sdquorum.sdfile import SecurityDomainFile
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
+from sdquorum_rpc.admin import AdminClient
 
 __all__ = ["CryptoCost", "RunResult", "measure_crypto", "recover_once", "run_flat", "run_recovery"]
 
@@ -270,13 +271,13 @@ def _cpu_ns(pids: Sequence[int]) -> int:
 
 
 async def _timed_recovery(
-    client: Callable[[], Any], sd_bytes: bytes, pids: dict[str, list[int]]
+    client: Callable[[], AdminClient], sd_bytes: bytes, pids: dict[str, list[int]]
 ) -> RunResult:
     """Time one recovery (see the module docstring); ``pids``: the processes whose CPU use to record."""
     events: list[tuple[float, pb.RecoveryProgress]] = []
     async with client() as c, c.errors():
-        init = await c.admin.InitRecovery(pb.InitRecoveryRequest(reason="bench: floor", ttl_seconds=120))
-        call = c.admin.WatchSession(pb.WatchSessionRequest(session_id=init.session_id))
+        session_id = (await c.init_recovery("bench: floor", 120)).session_id
+        call = c.watch(session_id)
         first = asyncio.Event()
 
         async def watch() -> None:
@@ -290,12 +291,9 @@ async def _timed_recovery(
         async with asyncio.timeout(30):
             await first.wait()
 
-        async def chunks() -> AsyncIterator[pb.SdFileChunk]:
-            yield pb.SdFileChunk(session_id=init.session_id, data=sd_bytes)
-
         cpu0 = {k: _cpu_ns(v) for k, v in pids.items()}  # before the upload: not inside the window
         t_upload = time.perf_counter()
-        await c.admin.UploadSecurityDomain(chunks())
+        await c.upload_sd_file(session_id, sd_bytes)
         t0 = time.perf_counter()
         async with asyncio.timeout(60):
             await watcher

@@ -59,6 +59,7 @@ from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc.client import NodeClient
 from sdquorum_rpc.convert import request_from_proto
 from sdquorum_rpc.files import replace_private_file
+from sdquorum_rpc.observability import announce
 from sdquorum_rpc.tls import TlsFiles
 
 __all__ = ["Agent", "AgentConfig", "read_heartbeat"]
@@ -262,12 +263,12 @@ class Agent:
             log.info("request %s: a %s, answered without a person (auto-drills)", req.request_id, req.kind)
         else:
             digest = self.approvals.post(req.request_id, details)
-            print(
+            announce(
+                log.name,
                 f"approval needed: {req.kind} request {req.request_id} from {details['initiator']} on node "
                 f"{details['node_id']}: {details['reason']!r}; destination: {details['destination']}. "
                 f"Run '{self.approvals.command('approve', req.request_id)}' "
                 f"or '{self.approvals.command('deny', req.request_id)}'.",
-                flush=True,
             )
             decision = await self.approvals.wait(
                 req.request_id, deadline=checked.statement.expires_at, details_sha256=digest
@@ -321,7 +322,7 @@ class Agent:
             changed = self.memory.observe(header.domain_id, header.signing_public_key, header.epoch)
         except SdquorumError as e:
             log.warning("domain notice %r refused: %s", msg.request_id[:80], e)
-            print(f"refused a domain notice from the node: {e}", flush=True)
+            announce(log.name, f"refused a domain notice from the node: {e}", logged_already=True)
             return "refused"
         if changed:
             log.info(
@@ -341,7 +342,7 @@ class Agent:
     def _refused(self, kind: str, request_id: str, e: SdquorumError) -> None:
         """The specific check that failed, for the local log and the custodian's own output."""
         log.warning("request %s refused before decryption: %s", request_id, e)
-        print(f"refused: {kind} request {request_id}: {e}", flush=True)
+        announce(log.name, f"refused: {kind} request {request_id}: {e}", logged_already=True)
 
     async def _deny(self, client: NodeClient, msg: pb.CustodianRequest, reason: str) -> None:
         """A denial signed with the wrapping key, so nobody else can deny in this custodian's name."""

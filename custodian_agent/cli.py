@@ -57,7 +57,7 @@ from sdquorum.offline import CeremonyRequest, OfflineAnswer
 from sdquorum_rpc.cli import run_main
 from sdquorum_rpc.config import add_flags, load_settings
 from sdquorum_rpc.files import PendingFile, private_umask, read_input_file, write_private_file
-from sdquorum_rpc.observability import setup_logging
+from sdquorum_rpc.observability import announce, setup_logging
 from sdquorum_rpc.tls import TlsFiles
 
 __all__ = ["main"]
@@ -193,6 +193,18 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("request_id")
         _state_dir_flags(q)
         q.add_argument("--reason", default="")
+    c = sub.add_parser(
+        "completion",
+        help="print the shell completion script (bash or zsh)",
+        epilog="examples:\n  source <(custodian-agent completion bash)\n"
+        "  echo 'source <(custodian-agent completion zsh)' >> ~/.zshrc",
+        formatter_class=fmt,
+    )
+    c.add_argument("shell", choices=["bash", "zsh"])
+    for command in sub.choices.values():  # the global flag after the command as well
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+        )
     return p
 
 
@@ -485,7 +497,7 @@ def render_pending(items: list[dict[str, Any]], output: str, now: float, command
 def _check_local_files(tls: TlsFiles, policy: CustodianPolicy, state_dir: Path) -> None:
     """Every local file, checked once at start-up: a bad setting is one line and exit 2, not an
     agent that dials, fails its handshake and retries for ever."""
-    tls.read()  # PEM files, key matches certificate, validity, issued by the CA given
+    tls.check()  # PEM files, key matches certificate, validity, issued by the CA given
     try:
         pki.load_cert(policy.attestation_root_pem)
     except SdquorumError as e:
@@ -517,13 +529,13 @@ async def _run(args: AgentSettings, passphrase_file: Path | None) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(
+    announce(
+        "sdquorum.agent",
         f"custodian-agent: serving wrapping certificate {agent.thumbprint.hex()[:16]} via {args.node} "
         f"({args.approval} approval; Azure restores {'served' if args.azure_restore else 'refused'})",
-        flush=True,
     )
     await agent.run(stop)
-    print("custodian-agent: stopped", flush=True)
+    announce("sdquorum.agent", "custodian-agent: stopped")
     return 0
 
 
@@ -548,6 +560,11 @@ def _health(state_dir: Path, max_age: int) -> int:
 def _body(args: argparse.Namespace) -> int:
     if args.command != "run":  # run sets up logging from its own settings
         setup_logging("WARNING")
+    if args.command == "completion":
+        from sdquorum_rpc.completion import completion_script
+
+        print(completion_script(_parser(), args.shell), end="")
+        return 0
     if args.command == "keygen":
         if args.bits < 2048:
             raise UsageError("--bits must be at least 2048 (3072 recommended)")

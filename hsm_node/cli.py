@@ -35,7 +35,7 @@ from sdquorum.errors import UsageError
 from sdquorum_rpc.cli import run_main
 from sdquorum_rpc.config import add_flags
 from sdquorum_rpc.files import private_umask
-from sdquorum_rpc.observability import NodeMetrics, setup_logging
+from sdquorum_rpc.observability import NodeMetrics, announce, setup_logging
 from sdquorum_rpc.tls import TlsFiles
 
 __all__ = ["main"]
@@ -60,6 +60,14 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_flags(r, SETTINGS)
+    c = sub.add_parser(
+        "completion",
+        help="print the shell completion script (bash or zsh)",
+        epilog="examples:\n  source <(hsm-node completion bash)\n"
+        "  echo 'source <(hsm-node completion zsh)' >> ~/.zshrc",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    c.add_argument("shell", choices=["bash", "zsh"])
     return p
 
 
@@ -178,7 +186,7 @@ async def _run(cfg: NodeSettings) -> int:
         tmp = Path(str(cfg.port_file) + ".tmp")
         tmp.write_text(str(server.port))
         tmp.replace(cfg.port_file)
-    print(f"hsm-node {cfg.node_id}: serving on port {server.port}, state {node.state}", flush=True)
+    announce("sdquorum.node", f"hsm-node {cfg.node_id}: serving on port {server.port}, state {node.state}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -192,12 +200,17 @@ async def _run(cfg: NodeSettings) -> int:
         await pool.close()
     metrics.close()
     store.close()
-    print(f"hsm-node {cfg.node_id}: stopped", flush=True)
+    announce("sdquorum.node", f"hsm-node {cfg.node_id}: stopped")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "completion":
+        from sdquorum_rpc.completion import completion_script
+
+        print(completion_script(_parser(), args.shell), end="")
+        return 0
 
     def body() -> int:
         with private_umask():  # database, WAL, sealing key, port file: 0600; directories 0700

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, Self, cast
 
 import grpc
 import grpc.aio
 
+from sdquorum.errors import SdquorumError
 from sdquorum_rpc import packed
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2_grpc as pbg
 from sdquorum_rpc.errors import translate_rpc_error
@@ -40,8 +41,9 @@ _FAILOVER = (grpc.StatusCode.UNAVAILABLE,)
 
 
 class _Translate:
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, tls: TlsFiles | None = None) -> None:
         self.target = target
+        self.tls = tls
 
     def __enter__(self) -> None:
         return None
@@ -50,6 +52,15 @@ class _Translate:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         if isinstance(e, grpc.RpcError):
+            code = getattr(e, "code", None)
+            if self.tls is not None and callable(code) and code() is grpc.StatusCode.UNAVAILABLE:
+                # The peer only closes the connection on a certificate it refuses, which reads like
+                # a network fault: name our own file's problem (expired, another CA, wrong key) if
+                # there is one. Checked here, after a failed dial, so no call pays for it before.
+                try:
+                    self.tls.check()
+                except SdquorumError as problem:
+                    raise problem from e
             raise translate_rpc_error(e, self.target) from e
 
     async def __aenter__(self) -> None:
@@ -94,6 +105,7 @@ class NodeClient:
         self, target: str, tls: TlsFiles, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     ) -> None:
         self.target = target
+        self.tls = tls
         self.targets = [t.strip() for t in target.split(",") if t.strip()] or [target]
         creds, options = channel_credentials(tls), channel_options(max_message_bytes)
         self.channels = [grpc.aio.secure_channel(t, creds, options=options) for t in self.targets]
@@ -131,13 +143,13 @@ class NodeClient:
 
     def errors(self) -> _Translate:
         """Context manager (sync or async) that turns ``grpc.RpcError`` into project errors."""
-        return _Translate(self.target)
+        return _Translate(self.target, self.tls)
 
     async def close(self) -> None:
         for ch in self.channels:
             await ch.close(None)
 
-    async def __aenter__(self) -> NodeClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(

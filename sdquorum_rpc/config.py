@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -41,20 +41,36 @@ class Setting(NamedTuple):
         return f"{self.key} ({self.flag}, ${self.env} or [{self.key.split('.')[0]}] in the config file)"
 
 
-def add_flags(parser: argparse.ArgumentParser, settings: Sequence[Setting]) -> None:
-    """One flag per setting; flags default to None so an unset flag never hides the file or env."""
-    parser.add_argument(
-        "--config", type=Path, help="TOML configuration file (flags and environment override it)"
-    )
+def add_flags(
+    parser: argparse.ArgumentParser,
+    settings: Sequence[Setting],
+    *,
+    after_subcommand: bool = False,
+    skip: Collection[str] = (),
+) -> None:
+    """One flag per setting; flags default to None so an unset flag never hides the file or env.
+
+    ``after_subcommand``: the same flags on a subcommand's parser, defaults suppressed so that a flag
+    given before the subcommand is not reset; ``skip``: flags the subcommand declares itself."""
+    default = argparse.SUPPRESS if after_subcommand else None
+    if "--config" not in skip:
+        parser.add_argument(
+            "--config",
+            type=Path,
+            default=default,
+            help="TOML configuration file (flags and environment override it)",
+        )
     for s in settings:
+        if s.flag in skip:
+            continue
         if s.kind is bool:
             parser.add_argument(
-                s.flag, dest=s.dest, action="store_const", const=True, default=None, help=s.help
+                s.flag, dest=s.dest, action="store_const", const=True, default=default, help=s.help
             )
         elif s.kind is list:
-            parser.add_argument(s.flag, dest=s.dest, action="append", default=None, help=s.help)
+            parser.add_argument(s.flag, dest=s.dest, action="append", default=default, help=s.help)
         else:
-            parser.add_argument(s.flag, dest=s.dest, default=None, help=s.help + _default_note(s))
+            parser.add_argument(s.flag, dest=s.dest, default=default, help=s.help + _default_note(s))
 
 
 def _default_note(s: Setting) -> str:

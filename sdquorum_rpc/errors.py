@@ -22,12 +22,11 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Collection
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import grpc
 import grpc.aio
 
-from sdquorum import pki
 from sdquorum.errors import (
     AlreadyExistsError,
     MalformedError,
@@ -43,6 +42,9 @@ from sdquorum.errors import (
 from sdquorum.refusals import Refusal
 from sdquorum_rpc.observability import REQUEST_ID
 from sdquorum_rpc.tls import Ctx, caller_role
+
+if TYPE_CHECKING:
+    from sdquorum import pki
 
 __all__ = ["RequestGuard", "refusal_of", "report_refusal", "rpc", "status_for", "translate_rpc_error"]
 
@@ -229,6 +231,8 @@ def refusal_of(context: Ctx | None, method: str, code: str, reason: str) -> Refu
 @functools.lru_cache(maxsize=1024)
 def _identity(cert_pem: bytes) -> tuple[str, str, str]:
     """Role ("" if none), subject and SPKI SHA-256 (hex) of a peer certificate, parsed once."""
+    from sdquorum import pki  # servers only: a client never reads a refused peer's certificate
+
     try:
         cert = pki.load_cert(cert_pem)
         spki = pki.spki_sha256(cert_pem).hex()

@@ -2,7 +2,10 @@
 
 * Logs: ``text`` for people, ``json`` for machines: one event a line with ``ts``, ``level``,
   ``logger``, ``msg`` and, when known, ``session_id`` and ``request_id`` (context variables set
-  per RPC and per ceremony operation). No secret is ever passed to a log call.
+  per RPC and per ceremony operation). No secret is ever passed to a log call. In ``json`` mode
+  every line a process writes is JSON: what it tells a person (``announce``: "serving on port",
+  "stopped", the agent's "approval needed") is a log event, and any other line printed to standard
+  output is wrapped as one (logger ``stdout``), so a log shipper never meets a plain line.
 * Metrics (node): Prometheus counters and histograms on their own registry, served over HTTPS with
   client certificates required (the same transport CA as gRPC): ceremonies by kind and outcome
   and their durations; every RPC by method and status code and its latency (the data-plane
@@ -33,7 +36,15 @@ from sdquorum_rpc.listen import bind_failure
 if TYPE_CHECKING:  # prometheus_client is imported where metrics are made (module docstring)
     from prometheus_client.core import Metric
 
-__all__ = ["REQUEST_ID", "SESSION_ID", "JsonFormatter", "NodeMetrics", "NodeSnapshot", "setup_logging"]
+__all__ = [
+    "REQUEST_ID",
+    "SESSION_ID",
+    "JsonFormatter",
+    "NodeMetrics",
+    "NodeSnapshot",
+    "announce",
+    "setup_logging",
+]
 
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 SESSION_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("session_id", default=None)
@@ -78,8 +89,59 @@ class _ContextText(logging.Formatter):
         return f"{text} [{' '.join(ids)}]" if ids else text
 
 
+class _JsonLines:
+    """Standard output in ``json`` mode: each line written becomes one JSON event (logger ``stdout``);
+    a line that is a JSON object already passes unchanged."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._pending = ""
+        self._format = JsonFormatter()
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        while "\n" in self._pending:
+            line, self._pending = self._pending.split("\n", 1)
+            if line.strip():
+                self._stream.write(self._json(line) + "\n")
+        return len(text)
+
+    def _json(self, line: str) -> str:
+        if line.startswith("{"):
+            try:
+                if isinstance(json.loads(line), dict):
+                    return line
+            except ValueError:
+                pass
+        record = logging.LogRecord("stdout", logging.INFO, "", 0, line, None, None)
+        return self._format.format(record)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str) -> Any:  # fileno, encoding, ...: the real stream's
+        return getattr(self._stream, name)
+
+
+_announce_as_log = False
+
+
+def announce(logger: str, message: str, *, logged_already: bool = False) -> None:
+    """Tell the person running the process: a plain line on standard output, or, in ``json`` mode,
+    an INFO event of ``logger`` (none when ``logged_already``: the same news is a log event already)."""
+    if not _announce_as_log:
+        print(message, flush=True)
+    elif not logged_already:
+        logging.getLogger(logger).info("%s", message)
+
+
 def setup_logging(level: str, fmt: str = "text") -> None:
-    """Log to stderr; $SDQUORUM_LOG_LEVEL (e.g. DEBUG) overrides the level for every process at once."""
+    """Log to stderr; $SDQUORUM_LOG_LEVEL (e.g. DEBUG) overrides the level for every process at once.
+    ``fmt="json"``: every line is JSON, standard output included (module docstring)."""
+    global _announce_as_log
     level = os.environ.get(LOG_LEVEL_ENV) or level
     root = logging.getLogger()
     if root.handlers:  # like logging.basicConfig: a host (a test runner, an embedding app) has its own
@@ -90,6 +152,9 @@ def setup_logging(level: str, fmt: str = "text") -> None:
     )
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    if fmt == "json":
+        _announce_as_log = True
+        sys.stdout = _JsonLines(sys.stdout)  # a text stream in all that is used of it
 
 
 NODE_STATES = ("PROVISIONED", "RECOVERY_PENDING", "ACTIVATED")

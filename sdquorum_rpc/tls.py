@@ -10,15 +10,14 @@ import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 
-from sdquorum import pki
+if TYPE_CHECKING:
+    from sdquorum.pki import Role
+
 from sdquorum.errors import PermissionDeniedError, SdquorumError, UsageError
 
 __all__ = [
@@ -53,7 +52,9 @@ class TlsFiles:
         return datetime.now(UTC)
 
     def read(self) -> tuple[bytes, bytes, bytes]:
-        """The three PEM files, checked here so a wrong file is named instead of failing in grpc."""
+        """The three PEM files' bytes (an unreadable one named). Cheap: no certificate is parsed, so
+        a client's start does not pay for the cryptography library; :meth:`check` does that, at a
+        server's start, an agent's start, and when a client's dial fails (:mod:`sdquorum_rpc.client`)."""
         fc, fk, fa = self.flags
         out = []
         for what, path, flag in (
@@ -66,60 +67,21 @@ class TlsFiles:
             except OSError as e:
                 raise UsageError(f"cannot read the TLS {what} {path} ({flag}): {e.strerror}") from e
         cert, key, ca = out
-        try:
-            leaf = x509.load_pem_x509_certificate(cert)
-        except ValueError as e:
-            raise UsageError(f"the TLS certificate {self.cert} ({fc}) is not a PEM certificate") from e
-        try:
-            cas = x509.load_pem_x509_certificates(ca)
-        except ValueError as e:
-            raise UsageError(f"the CA certificate {self.ca} ({fa}) is not a PEM certificate") from e
-        _check_validity(leaf, f"the TLS certificate {self.cert} ({fc})", self.now())
-        chain = x509.load_pem_x509_certificates(cert)[1:]  # intermediates sent with the leaf, if any
-        if not any(_issued_by(leaf, issuer) for issuer in (*cas, *chain)):
-            raise UsageError(
-                f"the TLS certificate {self.cert} ({fc}) is not issued by the CA in {self.ca} ({fa}): "
-                "give the transport CA that signed it (the one the peer's certificate chains to)"
-            )
-        try:
-            private = serialization.load_pem_private_key(key, password=None)
-        except (ValueError, TypeError) as e:
-            raise UsageError(
-                f"the TLS private key {self.key} ({fk}) is not an unencrypted PEM private key"
-            ) from e
-        spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        if private.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
-            raise UsageError(
-                f"the TLS private key {self.key} ({fk}) does not belong to the certificate {self.cert} ({fc})"
-            )
+        return cert, key, ca
+
+    def check(self) -> tuple[bytes, bytes, bytes]:
+        """:meth:`read`, then every check a person can act on: PEM certificates and an unencrypted
+        key, the key belongs to the certificate, the certificate is valid now and issued by the CA
+        given. UsageError naming the file and the flag otherwise."""
+        from sdquorum_rpc._tls_check import check_files  # cryptography: only where it is needed
+
+        cert, key, ca = self.read()
+        check_files(cert, key, ca, self.cert, self.key, self.ca, self.flags, self.now())
         return cert, key, ca
 
 
-def _check_validity(cert: x509.Certificate, what: str, now: datetime) -> None:
-    """An expired or not-yet-valid certificate is named before any dial (the peer would only close
-    the connection, which reads like a network fault)."""
-    if now < cert.not_valid_before_utc:
-        raise UsageError(
-            f"{what} is not valid yet (from {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC): check this "
-            "machine's clock or use a current certificate"
-        )
-    if now > cert.not_valid_after_utc:
-        raise UsageError(
-            f"{what} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC: renew it (sdctl pki, or "
-            "your CA) and restart"
-        )
-
-
-def _issued_by(leaf: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        leaf.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
 def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
-    cert, key, ca = files.read()
+    cert, key, ca = files.check()  # a server's start: every file checked, each problem named
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
 
 
@@ -198,7 +160,7 @@ def server_options(
     ]
 
 
-def caller_role(context: Ctx) -> pki.Role:
+def caller_role(context: Ctx) -> Role:
     """The verified peer certificate's role; PermissionDeniedError if it has none."""
     auth = context.auth_context()
     certs = list(auth.get("x509_pem_cert") or [])
@@ -211,9 +173,11 @@ def caller_role(context: Ctx) -> pki.Role:
 
 
 @functools.lru_cache(maxsize=1024)
-def _role_of(cert_pem: bytes) -> pki.Role | None:
+def _role_of(cert_pem: bytes) -> Role | None:
     """Parsed once per certificate, not on every call (a full parse costs ~70 us)."""
     try:
+        from sdquorum import pki  # servers only: a client never parses a peer's certificate here
+
         return pki.role_from_cert(cert_pem)
     except SdquorumError:
         return None

@@ -51,7 +51,7 @@ from sdquorum.errors import NotFoundError, UsageError
 from sdquorum.keys import SoftwareWrappingKey
 from sdquorum.sdfile import DomainSecrets
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
-from sdquorum_rpc.client import NodeClient
+from sdquorum_rpc.admin import AdminClient
 from sdquorum_rpc.tls import DEFAULT_MAX_MESSAGE_BYTES, TlsFiles
 
 NAMES = ["alice", "bob", "carol", "dave", "erin", "frank"]
@@ -76,8 +76,8 @@ class UncheckedTlsFiles(TlsFiles):
     """An attacker's client: its files go to grpc as they are, without the local checks our clients
     make before dialling (validity, issuer), so a test shows what the *server* refuses."""
 
-    def read(self) -> tuple[bytes, bytes, bytes]:
-        return self.cert.read_bytes(), self.key.read_bytes(), self.ca.read_bytes()
+    def check(self) -> tuple[bytes, bytes, bytes]:
+        return self.read()
 
 
 def tls(pki: Path, stem: str) -> TlsFiles:
@@ -211,8 +211,8 @@ class Cluster:
     def target(self) -> str:
         return f"127.0.0.1:{self.server.port}"
 
-    def client(self, stem: str = "admin", pki: Path | None = None) -> NodeClient:
-        return NodeClient(self.target, tls(pki or self.pki, stem))
+    def client(self, stem: str = "admin", pki: Path | None = None) -> AdminClient:
+        return AdminClient(self.target, tls(pki or self.pki, stem))
 
     def start_agent(
         self,
@@ -253,37 +253,25 @@ class Cluster:
 
     async def download(self, certs: list[bytes], quorum: int = 3) -> bytes:
         async with self.client() as c, c.errors():
-            data = b""
-            async for chunk in c.admin.DownloadSecurityDomain(
-                pb.DownloadRequest(custodian_certificates=certs, quorum=quorum)
-            ):
-                data += chunk.data
-        return data
+            return (await c.download(certs, quorum))[0]
 
     async def start_recovery(self, sd: bytes, reason: str = "test", ttl: int = 60) -> str:
         async with self.client() as c, c.errors():
-            init = await c.admin.InitRecovery(pb.InitRecoveryRequest(reason=reason, ttl_seconds=ttl))
-
-            async def chunks() -> AsyncIterator[pb.SdFileChunk]:
-                yield pb.SdFileChunk(session_id=init.session_id, data=sd)
-
-            await c.admin.UploadSecurityDomain(chunks())
-        return str(init.session_id)
+            session_id = (await c.init_recovery(reason, ttl)).session_id
+            await c.upload_sd_file(session_id, sd)
+        return session_id
 
     async def node_status(self) -> pb.NodeStatus:
         async with self.client() as c, c.errors():
-            return await c.node.GetStatus(pb.GetStatusRequest())
+            return await c.status()
 
     async def backup(self) -> bytes:
         async with self.client() as c, c.errors():
-            return b"".join([ch.data async for ch in c.admin.Backup(pb.BackupRequest())])
+            return await c.backup()
 
     async def restore(self, data: bytes) -> int:
-        async def chunks() -> AsyncIterator[pb.BackupChunk]:
-            yield pb.BackupChunk(data=data)
-
         async with self.client() as c, c.errors():
-            return int((await c.admin.Restore(chunks())).keys_restored)
+            return await c.restore(data)
 
     async def wait_session(self, timeout: float = 20.0) -> pb.RecoveryProgress:
         """Watch the running session until it ends; returns its last progress."""
@@ -292,7 +280,7 @@ class Cluster:
         async with self.client() as c, c.errors():
             last = None
             async with asyncio.timeout(timeout):
-                async for p in c.admin.WatchSession(pb.WatchSessionRequest(session_id=session.session_id)):
+                async for p in c.watch(session.session_id):
                     last = p
         assert last is not None
         return last
@@ -428,8 +416,8 @@ class NodeProcess:
             self.proc.wait(timeout=20)
         self.proc = None
 
-    def client(self, stem: str = "admin") -> NodeClient:
-        return NodeClient(self.target, tls(self.pki, stem))
+    def client(self, stem: str = "admin") -> AdminClient:
+        return AdminClient(self.target, tls(self.pki, stem))
 
 
 def agent_config(pki: Path, target: str, name: str, state_dir: Path, approval: str = "manual") -> AgentConfig:

@@ -44,3 +44,17 @@ def test_the_client_side_rpc_modules_do_not_load_prometheus(module: str) -> None
     """Metrics are served by the node only; the modules every client shares do not import them."""
     loaded = _loaded_after(f"import {module}")
     assert sorted(loaded & set(NEVER_FOR_SDCTL)) == []
+
+
+def test_a_client_dials_without_loading_cryptography() -> None:
+    """``sdctl status`` and every node command open a client: its TLS files are parsed (expiry, CA,
+    key) only when a dial fails, so a call that works does not pay ~60 ms for the cryptography
+    library (issue 14, section 5: ``sdctl status`` <= 1.3x a bare grpc script)."""
+    loaded = _loaded_after(
+        "from pathlib import Path\n"
+        "from sdquorum_rpc.client import NodeClient\n"
+        "from sdquorum_rpc.tls import TlsFiles\n"
+        "import sdctl.cli\n"
+    )
+    assert "grpc" in loaded
+    assert "cryptography" not in loaded

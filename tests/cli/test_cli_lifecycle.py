@@ -418,7 +418,7 @@ async def test_lost_key_puts_the_domain_at_risk_and_compromise_stops_drills_and_
         html = tmp_path / "review.html"
         assert (await sdctl("review", "--format", "html", "--out", str(html), node=a.target)).code == 0
         assert "AT RISK" in html.read_text()
-        assert (await sdctl("compromise", "--reason", "carol's token lost", node=a.target)).code == 0
+        assert (await sdctl("compromise", "--reason", "carol's token lost", "--yes", node=a.target)).code == 0
         drill = await sdctl("drill", node=a.target)
         assert drill.code == 3 and "compromised" in assert_one_line_error(drill)
         certs = pem_files(tmp_path, wrapping_keys[:3], ["alice", "bob", "frank"])

@@ -357,7 +357,7 @@ async def test_full_operator_flow_through_the_cli_only(
     assert (await app("keys", "delete", "pay", "--yes")).code == 0
     gone = await app("decrypt", "pay", "--in", p("pay.ct"), "--out", p("gone.pt"), "--aad", "invoice-7")
     assert gone.code == 2 and "pay" in assert_one_line_error(gone)
-    r = await sdctl("restore", str(backup), node=t)
+    r = await sdctl("restore", str(backup), "--yes", node=t)
     assert (r.code, r.out) == (0, ["restored 3 keys"])
     r = await app("decrypt", "pay", "--in", p("pay.ct"), "--out", p("again.pt"), "--aad", "invoice-7")
     assert r.code == 0 and (tmp_path / "again.pt").read_bytes() == msg.read_bytes()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from cli_support import SdctlRunner, certs_of, e2e, running_cluster
 
-from sdctl import cli as sdctl_cli
+from sdctl import ctl as sdctl_ctl
 from sdquorum.keys import SoftwareWrappingKey
 from sdquorum.pki import Role
 
@@ -140,9 +140,9 @@ async def test_a_watch_reconnects_through_a_dropped_connection_and_exit_5_only_w
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     """Before: the first transport drop while waiting for approvals ended 'sdctl recover' with exit 5."""
-    monkeypatch.setattr(sdctl_cli, "WATCH_BACKOFF_FIRST", 0.2, raising=False)
-    monkeypatch.setattr(sdctl_cli, "WATCH_BACKOFF_MAX", 0.5, raising=False)
-    monkeypatch.setattr(sdctl_cli, "WATCH_RETRIES", 40, raising=False)
+    monkeypatch.setattr(sdctl_ctl, "WATCH_BACKOFF_FIRST", 0.2)
+    monkeypatch.setattr(sdctl_ctl, "WATCH_BACKOFF_MAX", 0.5)
+    monkeypatch.setattr(sdctl_ctl, "WATCH_RETRIES", 40)
     sd = await _recovering_node_b(pki_dir, tmp_path, wrapping_keys[:5])
     async with running_cluster(pki_dir, tmp_path / "b", node_id="node-b") as b:
         (tmp_path / "sd.json").write_bytes(sd)
@@ -163,7 +163,7 @@ async def test_a_watch_reconnects_through_a_dropped_connection_and_exit_5_only_w
         assert f"lost the node while watching session {sid}" in watched.err
         assert "the session goes on at the node: reconnecting in 0.2 s (try 1 of 40)" in watched.err
 
-        monkeypatch.setattr(sdctl_cli, "WATCH_RETRIES", 2, raising=False)
+        monkeypatch.setattr(sdctl_ctl, "WATCH_RETRIES", 2)
         sid = await b.start_recovery(sd, ttl=300)
         attach = asyncio.create_task(sdctl("session", "attach", sid, node=proxy.target))
         await asyncio.sleep(0.5)

@@ -141,9 +141,9 @@ def test_tls_files_name_an_expired_certificate_and_a_wrong_ca(
     (tmp_path / "a.pem").write_bytes(cert)
     (tmp_path / "a.key").write_bytes(key)
     with pytest.raises(UsageError, match="expired on"):
-        TlsFiles(tmp_path / "a.pem", tmp_path / "a.key", pki_dir / "ca.pem").read()
+        TlsFiles(tmp_path / "a.pem", tmp_path / "a.key", pki_dir / "ca.pem").check()
     with pytest.raises(UsageError, match="not issued by the CA"):
-        TlsFiles(pki_dir / "admin.pem", pki_dir / "admin.key", foreign_pki_dir / "ca.pem").read()
+        TlsFiles(pki_dir / "admin.pem", pki_dir / "admin.key", foreign_pki_dir / "ca.pem").check()
 
 
 async def test_an_agent_whose_handshake_fails_never_says_connected(

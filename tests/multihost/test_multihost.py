@@ -358,7 +358,7 @@ def test_full_recovery_across_namespaces(site: Site, domain: Domain) -> None:
         assert f'"node_address": "{NODE_B_IP}:{PORT}"' in site.log(f"agent-{name}").read_text()
 
     # Node A's key comes back through its backup and decrypts what A encrypted.
-    site.ok(NODE_B_IP, "restore", str(domain.backup))
+    site.ok(NODE_B_IP, "restore", str(domain.backup), "--yes")
     out = site.work / "message.dec"
     site.ok(NODE_B_IP, "decrypt", "payments", "--in", str(domain.ciphertext), "--out", str(out))
     assert out.read_bytes() == domain.message
