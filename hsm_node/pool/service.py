@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -109,6 +110,7 @@ class PoolService:
 
     async def run(self, interval: float = 0.1) -> None:
         """Keep the node in step with the pool until cancelled."""
+        last = ""
         while True:
             try:
                 self.member.check_standing()
@@ -120,8 +122,13 @@ class PoolService:
                 log.error("pool: %s", e)
                 self.store.pool.mark_removed()
                 return
-            except SdquorumError as e:
-                log.warning("pool: %s", e)
+            except SdquorumError as e:  # once per kind of problem, not every pass of the loop
+                kind = re.sub(r"[0-9.]+", "#", str(e))  # "not heard from etcd for 6.1 s" is one kind
+                if kind != last:
+                    log.warning("pool: %s", e)
+                last = kind
+            else:
+                last = ""
             await asyncio.sleep(interval)
 
     async def _maybe_join(self) -> None:
