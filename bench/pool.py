@@ -8,7 +8,8 @@ Rows, each a ratio of two numbers measured in this run:
 * data-plane throughput (Encrypt, 16 concurrent callers) through 3 member processes (the client
   round-robins) vs 1, on the same cores (target >= 0.9x);
 * the longest gap in service a client (given every member) sees when a member is SIGKILLed, vs one
-  call's median latency: the client tries the next member at once (no retry interval).
+  call's median latency: the client tries the next member at once (no retry interval);
+* a new member by a join (no custodian) vs by a recovery ceremony (3 of 5 agents approving at once).
 """
 
 from __future__ import annotations
@@ -196,6 +197,60 @@ async def _process_rows(etcd: Any, ctx: BenchContext) -> list[Row]:
     ]
 
 
+async def _join_vs_recovery(etcd: Any, ctx: BenchContext) -> Row:
+    """A join (no custodian; in this process) vs a recovery ceremony (3 of 5 agents in this process
+    approving as soon as asked, no network delay), each onto a new node."""
+    from hsm_node.pool.member import PoolMember, allow
+    from hsm_node.pool.store import PoolNodeStore
+    from hsm_node.store import DomainInfo
+    from sdquorum import sdfile
+    from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
+
+    h = harness()
+    root = (ctx.pki_dir / "attestation-root.pem").read_bytes()
+    members = []
+    for node_id in ("node-a", "node-b"):
+        key, der = h.load_attestation(ctx.pki_dir, node_id)
+        store = PoolNodeStore(
+            etcd.config(node_id), b"bench-join", ctx.tmp / f"join-{node_id}", os.urandom(32), node_id
+        )
+        members.append(PoolMember(store, node_id, key, der, root))
+    a, b = members
+    try:
+        domain = sdfile.new_domain_secrets(os.urandom, admins=["admin"])
+        a.store.domain.activate(domain, DomainInfo(domain.domain_id, 1, 3, 5), "ACTIVATED", b"sd-file")
+        a.register()
+        allow(a.store, "node-b", "admin", int(time.time()))
+        server = asyncio.ensure_future(a.serve_joins(lambda: domain, interval=0.01))
+        t0 = time.perf_counter()
+        await b.join(timeout=30, poll=0.005)
+        join_s = time.perf_counter() - t0
+        server.cancel()
+    finally:
+        for m in members:
+            m.store.close()
+    async with h.running_cluster(ctx.pki_dir, ctx.tmp / "rec-a") as ca:
+        sd = await ca.download(ctx.certs(5), quorum=3)
+    async with h.running_cluster(ctx.pki_dir, ctx.tmp / "rec-b", node_id="node-b") as cb:
+        for name, key in zip(h.NAMES[:5], ctx.keys[:5], strict=True):
+            cb.start_agent(name, key, ctx.tmp / "rec-agents")
+        await asyncio.sleep(0.5)  # the agents connect
+        t0 = time.perf_counter()
+        await cb.start_recovery(sd, reason="bench: join vs recovery")
+        last = await cb.wait_session()
+        recovery_s = time.perf_counter() - t0
+        if last.state != pb.COMPLETED:
+            raise RuntimeError(f"the recovery did not complete: {last.message}")
+    return Row(
+        "pool",
+        "a new member: join (no custodian) vs recovery ceremony (3 of 5 agents, in process)",
+        join_s,
+        recovery_s,
+        "s",
+        details={"join_ms": round(join_s * 1000, 1), "recovery_ms": round(recovery_s * 1000, 1)},
+    )
+
+
 async def run_pool(ctx: BenchContext) -> list[Row]:
     ec = _etcd_cluster()
     with ec.EtcdCluster(ctx.tmp / "pool-etcd", node_ids=NODES) as etcd:
@@ -203,4 +258,5 @@ async def run_pool(ctx: BenchContext) -> list[Row]:
         await etcd.enable_auth()
         rows = await asyncio.to_thread(_store_rows, etcd, ctx)
         rows += await _process_rows(etcd, ctx)
+        rows.append(await _join_vs_recovery(etcd, ctx))
     return rows
