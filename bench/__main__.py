@@ -1,4 +1,4 @@
-"""``python -m bench [--quick] [--only recovery,flat,large,dataplane,startup] [--out FILE]``
+"""``python -m bench [--quick] [--only recovery,flat,large,dataplane,startup,node,pool] [--out FILE]``
 
 Runs the benchmarks of issue 6 (and the start-up of issue 14), prints one table (``| benchmark | measured | baseline | ratio |
 target | ok |``) and writes the rows with the machine's facts to ``bench/results.json``
@@ -25,7 +25,7 @@ from typing import Any
 
 from bench._common import BenchContext, Row, machine_facts, quiet_logs, render_table, run_async
 
-PARTS = ("recovery", "flat", "large", "dataplane", "startup", "node")
+PARTS = ("recovery", "flat", "large", "dataplane", "startup", "node", "pool")
 PART_LIMIT, PART_LIMIT_QUICK = 480.0, 120.0  # seconds a part may take before the watchdog ends the run
 
 
@@ -42,6 +42,10 @@ def _runner(part: str) -> Callable[[BenchContext], list[Row]]:
         from bench.large import run_large
 
         return run_large
+    if part == "pool":
+        from bench.pool import run_pool
+
+        return lambda ctx: run_async(run_pool(ctx))
     if part == "node":
         from bench.node import run_node
 

@@ -371,12 +371,21 @@ def main() -> int:
     parser.add_argument(
         "--workdir", type=Path, help="work here (a new directory; kept) instead of a temporary one"
     )
+    parser.add_argument(
+        "--pool",
+        action="store_true",
+        help="the HSM pool instead: etcd, members killed and joined (demo_pool.py)",
+    )
     args = parser.parse_args()
     if args.workdir:
         args.workdir.mkdir(parents=True)
         root, args.keep = args.workdir, True
     else:
         root = Path(tempfile.mkdtemp(prefix="sdquorum-demo-"))
+    if args.pool:
+        from demo_pool import run_pool_demo  # deploy/ is this script's directory
+
+        return run_pool_demo(root, args.keep)
     demo = Demo(root)
     print(f"sdquorum demo; working directory {root}")
     try:

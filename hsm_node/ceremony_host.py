@@ -97,6 +97,9 @@ class CeremonyHost:
         self._background: set[asyncio.Task[None]] = set()
         self._appliers: dict[type[Ceremony], Apply] = {}
         self._on_failed: dict[type[Ceremony], Callable[[Any], None]] = {}
+        # an HSM pool: one session at a time pool-wide (hsm_node/pool/rows.py), set by the CLI
+        self.pool_lock: Callable[[str, int], None] | None = None
+        self.pool_unlock: Callable[[str], None] | None = None
 
     def on_completed(self, kind: type[C], apply: Callable[[C], bool]) -> None:
         """Register what a completed session of ``kind`` changes (in its ending's transaction);
@@ -139,6 +142,8 @@ class CeremonyHost:
             expires_at=now + ttl,
             rng=self._rng,
         )
+        if self.pool_lock is not None:
+            self.pool_lock(session.session_id, ttl)  # StateError if another member runs one
         SESSION_ID.set(session.session_id)
         self._audit(
             f"{session.kind}-started",
@@ -165,6 +170,8 @@ class CeremonyHost:
             self._lifecycle.reload()
             if dropped is not None and dropped is not previous:
                 self._applied.add(dropped.session_id)
+                if self.pool_unlock is not None:
+                    self.pool_unlock(dropped.session_id)
                 log.error("%s session %s not opened: %s", dropped.kind, dropped.session_id, e)
             raise
 
@@ -230,6 +237,8 @@ class CeremonyHost:
         """Apply a session that has just finished (once), then wake every watcher."""
         if session.finished and session.session_id not in self._applied:
             self._applied.add(session.session_id)
+            if self.pool_unlock is not None:
+                self.pool_unlock(session.session_id)
             if self.metrics is not None:
                 self.metrics.ceremony_ended(
                     session.kind, session.state.name.lower(), self._now() - session.created_at

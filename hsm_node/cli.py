@@ -29,7 +29,7 @@ from hsm_node.config import SETTINGS, NodeSettings
 from hsm_node.cryptopool import CryptoPool, reuse_large_buffers
 from hsm_node.node import Node, NodeConfig
 from hsm_node.server import serve
-from hsm_node.store import SqliteNodeStore, check_data_dir, load_or_create_sealing_key
+from hsm_node.store import NodeStore, SqliteNodeStore, check_data_dir, load_or_create_sealing_key
 from sdquorum import __version__
 from sdquorum.errors import UsageError
 from sdquorum_rpc.cli import run_main
@@ -95,11 +95,64 @@ def _load_attestation(cert_path: Path, key_path: Path, node_id: str) -> tuple[Ed
     return key, cert.public_bytes(serialization.Encoding.DER)
 
 
+def _open_store(cfg: NodeSettings, sealing_key: bytes) -> NodeStore:
+    """The node's own SQLite database, or, with pool.etcd_endpoints, the pool's store."""
+    if not cfg.pool_etcd:
+        return SqliteNodeStore(cfg.data_dir, sealing_key, cfg.node_id)
+    from hsm_node.pool.etcd import EtcdConfig  # grpc stubs of etcd: only a pool member loads them
+    from hsm_node.pool.store import PoolNodeStore
+
+    assert cfg.pool_etcd_cert and cfg.pool_etcd_key and cfg.pool_etcd_ca  # checked by NodeSettings
+    try:
+        etcd = EtcdConfig(
+            endpoints=cfg.pool_endpoints,
+            ca_pem=cfg.pool_etcd_ca.read_bytes(),
+            cert_pem=cfg.pool_etcd_cert.read_bytes(),
+            key_pem=cfg.pool_etcd_key.read_bytes(),
+        )
+    except OSError as e:
+        raise UsageError(
+            f"cannot read the pool's etcd TLS files ({e.strerror}: {e.filename}): check "
+            "--pool-etcd-cert/--pool-etcd-key/--pool-etcd-ca"
+        ) from e
+    store = PoolNodeStore(
+        etcd, cfg.pool_name.encode(), cfg.data_dir, sealing_key, cfg.node_id, max_staleness=cfg.max_staleness
+    )
+    log.info("pool member of %s through etcd %s", cfg.pool_name, ",".join(cfg.pool_endpoints))
+    return store
+
+
+def _start_pool(
+    cfg: NodeSettings, node: Node, store: NodeStore, att_key: Ed25519PrivateKey, att_der: bytes
+) -> asyncio.Future[None] | None:
+    """A pool member: the pool service on ``node.pool`` and its loop (join, serve joins, follow)."""
+    from hsm_node.pool.member import PoolMember
+    from hsm_node.pool.service import PoolService
+    from hsm_node.pool.store import PoolNodeStore
+
+    if not isinstance(store, PoolNodeStore):
+        return None
+    assert cfg.pool_attestation_root is not None  # checked by NodeSettings
+    try:
+        root = cfg.pool_attestation_root.read_bytes()
+    except OSError as e:
+        raise UsageError(
+            f"cannot read --pool-attestation-root {cfg.pool_attestation_root}: {e.strerror}"
+        ) from e
+    member = PoolMember(store, cfg.node_id, att_key, att_der, root)
+    member.check_standing()  # a removed member does not start
+    service = PoolService(cfg.pool_name, member, node.lifecycle, node.audit_log, node.now)
+    node.ceremonies.pool_lock = store.pool.take_ceremony_lock  # one ceremony at a time pool-wide
+    node.ceremonies.pool_unlock = store.pool.release_ceremony_lock
+    node.pool = service
+    return asyncio.ensure_future(service.run())
+
+
 async def _run(cfg: NodeSettings) -> int:
     reuse_large_buffers()  # data-plane batches: large buffers without page faults on every call
     att_key, att_der = _load_attestation(cfg.attestation_cert, cfg.attestation_key, cfg.node_id)
     check_data_dir(cfg.data_dir)  # before the sealing key is made: a refused start leaves nothing
-    store = SqliteNodeStore(cfg.data_dir, load_or_create_sealing_key(cfg.sealing_key_path), cfg.node_id)
+    store = _open_store(cfg, load_or_create_sealing_key(cfg.sealing_key_path))
     config = NodeConfig(
         node_id=cfg.node_id,
         address=cfg.address or cfg.listen,
@@ -117,6 +170,7 @@ async def _run(cfg: NodeSettings) -> int:
         else None
     )
     node = Node(config, store, metrics=metrics, crypto_pool=pool)
+    pool_task = _start_pool(cfg, node, store, att_key, att_der)
     if cfg.metrics_listen:  # bound first: a refused port stops start-up before anything serves
         mport = metrics.serve(cfg.metrics_listen, cfg.tls_cert, cfg.tls_key, cfg.ca)
         log.info(
@@ -140,6 +194,8 @@ async def _run(cfg: NodeSettings) -> int:
     await stop.wait()
     log.info("draining: no new calls; %d s for calls in flight", cfg.drain_seconds)
     await server.stop(grace=cfg.drain_seconds)
+    if pool_task is not None:
+        pool_task.cancel()
     if pool is not None:
         await pool.close()
     metrics.close()

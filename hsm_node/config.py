@@ -1,5 +1,7 @@
-"""``hsm-node`` settings: ``[node]``, ``[keys]``, ``[tls]``, ``[attestation]``, ``[observability]`` in TOML;
-``SDQUORUM_NODE_*`` in the environment; flags of ``hsm-node run``. Sample: deploy/config/node.toml."""
+"""``hsm-node`` settings: ``[node]``, ``[keys]``, ``[tls]``, ``[attestation]``, ``[observability]``,
+``[pool]`` in TOML; ``SDQUORUM_NODE_*`` in the environment; flags of ``hsm-node run``. Sample:
+deploy/config/node.toml. With ``pool.etcd_endpoints`` set the node is a member of an HSM pool
+(docs/adr/0013-pool-on-etcd.md) and then needs the three etcd TLS files too."""
 
 from __future__ import annotations
 
@@ -142,6 +144,44 @@ SETTINGS = [
         help="host:port for Prometheus /metrics (off if unset)",
     ),
     Setting(
+        "pool.etcd_endpoints",
+        "--pool-etcd",
+        E + "POOL_ETCD",
+        help="etcd endpoints host:port,host:port,... of the HSM pool (unset: a node standing alone)",
+    ),
+    Setting(
+        "pool.etcd_cert",
+        "--pool-etcd-cert",
+        E + "POOL_ETCD_CERT",
+        Path,
+        help="this member's etcd client certificate (sdctl pki issue --etcd-node)",
+    ),
+    Setting(
+        "pool.etcd_key", "--pool-etcd-key", E + "POOL_ETCD_KEY", Path, help="its private key (PEM, 0600)"
+    ),
+    Setting("pool.etcd_ca", "--pool-etcd-ca", E + "POOL_ETCD_CA", Path, help="the etcd cluster's CA"),
+    Setting(
+        "pool.attestation_root",
+        "--pool-attestation-root",
+        E + "POOL_ATTESTATION_ROOT",
+        Path,
+        help="the attestation root a joining node's and a granting member's certificates must chain to",
+    ),
+    Setting(
+        "pool.name",
+        "--pool-name",
+        E + "POOL_NAME",
+        default="sdquorum",
+        help="the pool's name: its rows in etcd are under /sdquorum/<hex of it>/",
+    ),
+    Setting(
+        "pool.max_staleness",
+        "--pool-max-staleness",
+        E + "POOL_MAX_STALENESS",
+        default="5",
+        help="seconds a member serves without proof its etcd view is current, then UNAVAILABLE",
+    ),
+    Setting(
         "observability.drain_seconds",
         "--drain-seconds",
         E + "DRAIN_SECONDS",
@@ -175,6 +215,13 @@ class NodeSettings:
     log_format: str
     metrics_listen: str | None
     drain_seconds: int
+    pool_etcd: str | None = None
+    pool_etcd_cert: Path | None = None
+    pool_etcd_key: Path | None = None
+    pool_etcd_ca: Path | None = None
+    pool_attestation_root: Path | None = None
+    pool_name: str = "sdquorum"
+    pool_max_staleness: str = "5"
 
     def __post_init__(self) -> None:
         if (
@@ -206,6 +253,49 @@ class NodeSettings:
             raise UsageError(f"observability.log_format = {self.log_format!r}: use text or json")
         if not 0 <= self.drain_seconds <= 300:
             raise UsageError(f"observability.drain_seconds = {self.drain_seconds}: use 0..300")
+        self._check_pool()
+
+    def _check_pool(self) -> None:
+        try:
+            staleness = float(self.pool_max_staleness)
+        except ValueError:
+            staleness = -1.0
+        if not 0.5 <= staleness <= 300:
+            raise UsageError(f"pool.max_staleness = {self.pool_max_staleness!r}: use 0.5..300 (seconds)")
+        if (
+            not self.pool_name
+            or len(self.pool_name) > 64
+            or not self.pool_name.replace("-", "").replace("_", "").isalnum()
+        ):
+            raise UsageError(f"pool.name = {self.pool_name!r}: use 1..64 letters, digits, - or _")
+        if self.pool_etcd is None:
+            return
+        for e in self.pool_endpoints:
+            check_host_port(e, "pool.etcd_endpoints")
+        missing = [
+            flag
+            for flag, v in (
+                ("--pool-etcd-cert", self.pool_etcd_cert),
+                ("--pool-etcd-key", self.pool_etcd_key),
+                ("--pool-etcd-ca", self.pool_etcd_ca),
+                ("--pool-attestation-root", self.pool_attestation_root),
+            )
+            if v is None
+        ]
+        if missing:
+            raise UsageError(
+                f"pool.etcd_endpoints is set but {', '.join(missing)} is not: a pool member talks to etcd "
+                "over mutual TLS only (issue its pair with 'sdctl pki issue --etcd-node') and checks joins "
+                "under the attestation root"
+            )
+
+    @property
+    def pool_endpoints(self) -> tuple[str, ...]:
+        return tuple(e.strip() for e in (self.pool_etcd or "").split(",") if e.strip())
+
+    @property
+    def max_staleness(self) -> float:
+        return float(self.pool_max_staleness)
 
     @property
     def sealing_key_path(self) -> Path:

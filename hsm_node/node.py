@@ -6,7 +6,7 @@ Each responsibility lives in one module, and :class:`Node` builds them and hands
 ``node.lifecycle``     :mod:`hsm_node.state`: node state; ``require_active()`` returns the secrets
 ``node.audit_log``     :mod:`hsm_node.audit_log`: the hash-chained audit log and refusal windows
 ``node.notices``       :mod:`hsm_node.notices`: change tokens and the domain notice for agents
-``node.ceremonies``    :mod:`hsm_node.ceremony_host`: the one session slot, deadlines, watch
+``node.ceremonies``    :mod:`hsm_node.ceremony_host`: the one session slot: deadlines, status, cancel, watch
 ``node.agents``        :mod:`hsm_node.agents`: connected agents and what each stream is served
 ``node.answers``       :mod:`hsm_node.answers`: answers in batches of one transaction each
 ``node.activation``    :mod:`hsm_node.activation`: download and recovery
@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -91,6 +92,7 @@ class Node:
         self._clock = clock
         now = self.now
         self.lifecycle = Lifecycle(store)
+        self.pool: Any = None  # an HSM pool member: hsm_node.pool.service.PoolService (set by the CLI)
         self.audit_log = AuditLog(
             store,
             node_id=config.node_id,

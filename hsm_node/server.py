@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hsm_node.custodian_server import CustodianServicer
 from hsm_node.keys_server import KeysServicer
 from hsm_node.node import Node
+from hsm_node.pool.rpc import PoolAdminRpcs
 from hsm_node.wire import (
     CHUNK_BYTES,
     MAX_BACKUP_BYTES,
@@ -82,7 +83,7 @@ class NodeServicer:
         )
 
 
-class AdminServicer:
+class AdminServicer(PoolAdminRpcs):
     def __init__(self, node: Node) -> None:
         self.node = node
 

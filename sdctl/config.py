@@ -10,7 +10,13 @@ from sdquorum_rpc.config import Setting
 __all__ = ["SETTINGS"]
 
 SETTINGS = [
-    Setting("sdctl.node", "--node", "SDCTL_NODE", default="127.0.0.1:7443", help="node host:port"),
+    Setting(
+        "sdctl.node",
+        "--node",
+        "SDCTL_NODE",
+        default="127.0.0.1:7443",
+        help="node host:port; a pool: several, comma-separated (round-robin, failover)",
+    ),
     Setting("sdctl.output", "--output", "SDCTL_OUTPUT", default="text", help="text or json"),
     Setting("tls.cert", "--cert", "SDCTL_CERT", Path, help="your mTLS client certificate"),
     Setting("tls.key", "--key", "SDCTL_KEY", Path, help="its private key"),

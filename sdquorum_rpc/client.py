@@ -1,16 +1,24 @@
-"""Client side: one mTLS channel to a node, its stubs, and the error translation boundary.
+"""Client side: mTLS channels to a node (or the members of an HSM pool), its stubs, and the error
+translation boundary.
 
 Use ``async with NodeClient(target, tls) as c:`` and make calls inside ``with c.errors():`` so any
 ``grpc.RpcError`` leaves as a project error with one actionable line. The batch calls, whose items
 travel packed (:mod:`sdquorum_rpc.packed`), have methods that pack and unpack: ``encrypt_batch``
 and ``sign_batch``.
+
+``target`` may name several members of a pool, ``host:port,host:port,...``. Then the ``node`` and
+``keys`` calls go round-robin over them, and a call that fails with UNAVAILABLE (a member down or
+cut off) is tried on the next member only if it is idempotent (:data:`IDEMPOTENT`: reads and the
+cryptographic operations, which change nothing); a create, delete, recover or purge that fails so
+is reported, never repeated, since it may have been applied. The ``admin`` and ``custodian`` calls
+stay on the first member listed (a ceremony's session lives in one member's memory).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Self
+from typing import Any, Self, cast
 
 import grpc
 import grpc.aio
@@ -21,7 +29,15 @@ from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2_grpc as pbg
 from sdquorum_rpc.errors import translate_rpc_error
 from sdquorum_rpc.tls import DEFAULT_MAX_MESSAGE_BYTES, TlsFiles, channel_credentials, channel_options
 
-__all__ = ["NodeClient"]
+__all__ = ["IDEMPOTENT", "NodeClient"]
+
+IDEMPOTENT = frozenset(
+    {
+        "GetStatus", "ListKeys", "ListDeletedKeys", "Encrypt", "Decrypt", "Sign", "Verify", "EncryptBatch",
+        "SignBatch", "GetPoolStatus", "GetCustodyState",
+    }
+)  # fmt: skip
+_FAILOVER = (grpc.StatusCode.UNAVAILABLE,)
 
 
 class _Translate:
@@ -56,19 +72,59 @@ class _Translate:
         self.__exit__(t, e, tb)
 
 
+class _RoundRobin:
+    """A service's stub over several members: unary calls round-robin, idempotent ones fail over."""
+
+    def __init__(self, stubs: list[Any], next_index: Callable[[], int]) -> None:
+        self._stubs = stubs
+        self._next = next_index
+
+    def __getattr__(self, method: str) -> Any:
+        first = self._next()
+        calls = [getattr(stub, method) for stub in self._stubs]
+        if not isinstance(calls[0], grpc.aio.UnaryUnaryMultiCallable):
+            return calls[first]  # a stream stays on one member
+        order = [calls[(first + i) % len(calls)] for i in range(len(calls))]
+        if method not in IDEMPOTENT:
+            return order[0]
+
+        async def call(request: Any, **kwargs: Any) -> Any:
+            for i, c in enumerate(order):
+                try:
+                    return await c(request, **kwargs)
+                except grpc.aio.AioRpcError as e:
+                    if e.code() not in _FAILOVER or i == len(order) - 1:
+                        raise
+            raise AssertionError("unreachable")  # pragma: no cover
+
+        return call
+
+
 class NodeClient:
     def __init__(
         self, target: str, tls: TlsFiles, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     ) -> None:
         self.target = target
         self.tls = tls
-        self.channel = grpc.aio.secure_channel(
-            target, channel_credentials(tls), options=channel_options(max_message_bytes)
-        )
-        self.node = pbg.NodeStub(self.channel)  # type: ignore[no-untyped-call]  # generated, untyped
+        self.targets = [t.strip() for t in target.split(",") if t.strip()] or [target]
+        creds, options = channel_credentials(tls), channel_options(max_message_bytes)
+        self.channels = [grpc.aio.secure_channel(t, creds, options=options) for t in self.targets]
+        self.channel = self.channels[0]
+        self._turn = -1
+        if len(self.channels) == 1:
+            self.node = pbg.NodeStub(self.channel)  # type: ignore[no-untyped-call]  # generated, untyped
+            self.keys = pbg.KeysStub(self.channel)  # type: ignore[no-untyped-call]  # generated, untyped
+        else:
+            nodes = [pbg.NodeStub(ch) for ch in self.channels]  # type: ignore[no-untyped-call]
+            keys = [pbg.KeysStub(ch) for ch in self.channels]  # type: ignore[no-untyped-call]
+            self.node = cast(pbg.NodeStub, _RoundRobin(nodes, self._next))  # the stub's methods, over all
+            self.keys = cast(pbg.KeysStub, _RoundRobin(keys, self._next))
         self.admin = pbg.NodeAdminStub(self.channel)  # type: ignore[no-untyped-call]  # generated, untyped
-        self.keys = pbg.KeysStub(self.channel)  # type: ignore[no-untyped-call]  # generated, untyped
         self.custodian = pbg.CustodianStub(self.channel)  # type: ignore[no-untyped-call]  # generated, untyped
+
+    def _next(self) -> int:
+        self._turn = (self._turn + 1) % len(self.channels)
+        return self._turn
 
     async def encrypt_batch(
         self, name: str, plaintexts: Sequence[bytes], aad: bytes | Sequence[bytes] = b""
@@ -90,7 +146,8 @@ class NodeClient:
         return _Translate(self.target, self.tls)
 
     async def close(self) -> None:
-        await self.channel.close(None)
+        for ch in self.channels:
+            await ch.close(None)
 
     async def __aenter__(self) -> Self:
         return self

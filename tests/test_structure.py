@@ -31,8 +31,6 @@ PENDING: dict[str, int] = {
     "hsm_node/pool/etcd.py": 801,
     "hsm_node/pool/etcd.py:EtcdClient": 450,
     "custodian_agent/cli.py": 639,
-    "sdctl/cli.py": 1142,  # as main's issue 14 section 2 (sdctl session) left it
-    "sdctl/cli.py:Ctl": 654,
 }
 
 

@@ -1,43 +1,9 @@
 """The HSM pool: several hsm-node members sharing one security domain through etcd (issue 16).
 
-Only the etcd client is here so far (:mod:`hsm_node.pool.etcd`); the pool's store implements the
-node's storage seam on top of it.
+:mod:`.etcd` the typed etcd client; :mod:`.view` a member's cache, watch, freshness proof and
+transactions; :mod:`.store` the node's storage seam over it (``hsm-node run --pool-etcd ...`` opens
+it); :mod:`.rows` the pool's own rows; :mod:`.member` joining and membership
+(:mod:`sdquorum.pooljoin` is the protocol); :mod:`.service` the pool inside a running node;
+:mod:`.rpc` its admin RPCs. Nothing is imported here, so a node standing alone (which imports
+:mod:`.rpc` for its admin servicer) never loads etcd's stubs.
 """
-
-from hsm_node.pool.etcd import (
-    MAX_TXN_OPS,
-    CompactedError,
-    Delete,
-    EtcdClient,
-    EtcdConfig,
-    EventKind,
-    KeyValue,
-    Layout,
-    Lease,
-    LockHolder,
-    MemberStatus,
-    Put,
-    Unchanged,
-    WatchBatch,
-    WatchEvent,
-    prefix_end,
-)
-
-__all__ = [
-    "MAX_TXN_OPS",
-    "CompactedError",
-    "Delete",
-    "EtcdClient",
-    "EtcdConfig",
-    "EventKind",
-    "KeyValue",
-    "Layout",
-    "Lease",
-    "LockHolder",
-    "MemberStatus",
-    "Put",
-    "Unchanged",
-    "WatchBatch",
-    "WatchEvent",
-    "prefix_end",
-]

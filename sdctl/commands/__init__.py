@@ -36,6 +36,7 @@ GROUPS = (
     "backup",
     "keys",
     "custody",
+    "pool",
     "review",
     "audit",
     "azure",

@@ -8,8 +8,11 @@ from sdctl.ctl import Ctl, pb, when
 
 
 async def status(ctl: Ctl) -> int:
+    from sdctl.commands.pool import describe_pool, pool_status
+
     async with ctl.client() as c, c.errors():
         st = await c.status()
+        pool = await pool_status(c)
     obj = {
         "state": pb.NodeState.Name(st.state),
         "node_id": st.node_id,
@@ -42,6 +45,7 @@ async def status(ctl: Ctl) -> int:
             f"\n  {st.session_kind} session {st.active_session_id} "
             f"{pb.SessionState.Name(st.session_state)}, deadline {when(st.session_expires_at_unix)}"
         )
+    text += describe_pool(pool, obj)
     text += f"\n  next: {obj['advice']}"
     ctl.emit(text, obj)
     return 0

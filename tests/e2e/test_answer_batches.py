@@ -158,7 +158,9 @@ async def test_a_completion_that_does_not_commit_is_undone_in_memory_and_the_ses
         session = b.node.session
         assert session is not None and session.state is SessionState.FAILED
         assert "could not write its audit log" in session.message
-        monkeypatch.undo()  # the disk is fixed: a new session
+        monkeypatch.undo()  # the disk is fixed: no recovery runs, so the node is PROVISIONED again
+        await b.node.tick()
+        assert b.node.state == "PROVISIONED" and b.node.store.domain.state() == "PROVISIONED"
         await b.start_recovery(sd)
         for answer in _answers(b, pki_dir, wrapping_keys[:3]):
             await b.node.answers.submit_answer(*answer, kind="recovery")

@@ -1,13 +1,17 @@
 """The storage seam's contract (hsm_node/store/protocol.py), run over every store.
 
 Each test states one invariant of :class:`~hsm_node.store.protocol.NodeStore` and runs over the
-SQLite store and the in-memory store: a third store (the HSM pool's) joins ``STORES`` and must
-pass the same suite.
+SQLite store, the in-memory store and the HSM pool's store (:mod:`hsm_node.pool.store`) against a
+real 3-member etcd cluster (tests/pool/etcd_cluster.py; one per module, each store under a pool id
+of its own).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import secrets
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -39,14 +43,38 @@ STORES: dict[str, Callable[[Path, bytes], NodeStore]] = {
     "sqlite": lambda tmp_path, sealing: SqliteNodeStore(tmp_path / "data", sealing, "node-x"),
     "memory": lambda _, sealing: MemoryNodeStore(sealing, "node-x"),
 }
+POOL = "etcd-pool"  # needs the etcd cluster: opened by the fixture below
 
 
-@pytest.fixture(params=sorted(STORES))
+@pytest.fixture(scope="module")
+def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    sys.path.insert(0, str(Path(__file__).parents[1] / "pool"))
+    from etcd_cluster import EtcdCluster
+
+    with EtcdCluster(tmp_path_factory.mktemp("etcd"), node_ids=("node-x",)) as c:
+        c.start()
+        asyncio.run(c.enable_auth())
+        yield c
+
+
+def _pool_store(cluster: object, tmp_path: Path, sealing: bytes) -> NodeStore:
+    from hsm_node.pool.store import PoolNodeStore
+
+    config = cluster.config("node-x")  # type: ignore[attr-defined]
+    pool_id = secrets.token_bytes(8)  # every store a pool of its own on the shared cluster
+    return PoolNodeStore(config, pool_id, tmp_path / f"pool-{pool_id.hex()}", sealing, "node-x")
+
+
+@pytest.fixture(params=[*sorted(STORES), POOL])
 def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     opened: list[NodeStore] = []
+    cluster = request.getfixturevalue("etcd_cluster") if request.param == POOL else None
 
     def open_(sealing: bytes = SEALING) -> NodeStore:
-        store = STORES[request.param](tmp_path, sealing)
+        if cluster is not None:
+            store = _pool_store(cluster, tmp_path, sealing)
+        else:
+            store = STORES[request.param](tmp_path, sealing)
         opened.append(store)
         return store
 

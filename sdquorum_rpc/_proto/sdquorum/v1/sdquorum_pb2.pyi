@@ -286,6 +286,24 @@ class CompromiseRequest(_message.Message):
     reason: str
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
+class PoolMemberRequest(_message.Message):
+    __slots__ = ("node_id",)
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+
+class PoolStatus(_message.Message):
+    __slots__ = ("name", "members", "allowed", "staleness_seconds")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    STALENESS_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    members: _containers.RepeatedScalarFieldContainer[str]
+    allowed: _containers.RepeatedScalarFieldContainer[str]
+    staleness_seconds: float
+    def __init__(self, name: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ..., allowed: _Optional[_Iterable[str]] = ..., staleness_seconds: _Optional[float] = ...) -> None: ...
+
 class GetCustodyStateRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -181,6 +181,21 @@ class NodeAdminStub:
                 request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.CompromiseRequest.SerializeToString,
                 response_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.Ack.FromString,
                 _registered_method=True)
+        self.AllowPoolMember = channel.unary_unary(
+                '/sdquorum.v1.NodeAdmin/AllowPoolMember',
+                request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.PoolMemberRequest.SerializeToString,
+                response_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.Ack.FromString,
+                _registered_method=True)
+        self.RemovePoolMember = channel.unary_unary(
+                '/sdquorum.v1.NodeAdmin/RemovePoolMember',
+                request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.PoolMemberRequest.SerializeToString,
+                response_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.Ack.FromString,
+                _registered_method=True)
+        self.GetPoolStatus = channel.unary_unary(
+                '/sdquorum.v1.NodeAdmin/GetPoolStatus',
+                request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.GetStatusRequest.SerializeToString,
+                response_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.PoolStatus.FromString,
+                _registered_method=True)
         self.GetCustodyState = channel.unary_unary(
                 '/sdquorum.v1.NodeAdmin/GetCustodyState',
                 request_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.GetCustodyStateRequest.SerializeToString,
@@ -299,6 +314,24 @@ class NodeAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AllowPoolMember(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemovePoolMember(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPoolStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetCustodyState(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -400,6 +433,21 @@ def add_NodeAdminServicer_to_server(servicer, server):
                     servicer.MarkCompromised,
                     request_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.CompromiseRequest.FromString,
                     response_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.Ack.SerializeToString,
+            ),
+            'AllowPoolMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.AllowPoolMember,
+                    request_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.PoolMemberRequest.FromString,
+                    response_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.Ack.SerializeToString,
+            ),
+            'RemovePoolMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemovePoolMember,
+                    request_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.PoolMemberRequest.FromString,
+                    response_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.Ack.SerializeToString,
+            ),
+            'GetPoolStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPoolStatus,
+                    request_deserializer=sdquorum_dot_v1_dot_sdquorum__pb2.GetStatusRequest.FromString,
+                    response_serializer=sdquorum_dot_v1_dot_sdquorum__pb2.PoolStatus.SerializeToString,
             ),
             'GetCustodyState': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCustodyState,
@@ -827,6 +875,87 @@ class NodeAdmin:
             '/sdquorum.v1.NodeAdmin/MarkCompromised',
             sdquorum_dot_v1_dot_sdquorum__pb2.CompromiseRequest.SerializeToString,
             sdquorum_dot_v1_dot_sdquorum__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AllowPoolMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdquorum.v1.NodeAdmin/AllowPoolMember',
+            sdquorum_dot_v1_dot_sdquorum__pb2.PoolMemberRequest.SerializeToString,
+            sdquorum_dot_v1_dot_sdquorum__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemovePoolMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdquorum.v1.NodeAdmin/RemovePoolMember',
+            sdquorum_dot_v1_dot_sdquorum__pb2.PoolMemberRequest.SerializeToString,
+            sdquorum_dot_v1_dot_sdquorum__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPoolStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdquorum.v1.NodeAdmin/GetPoolStatus',
+            sdquorum_dot_v1_dot_sdquorum__pb2.GetStatusRequest.SerializeToString,
+            sdquorum_dot_v1_dot_sdquorum__pb2.PoolStatus.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,262 @@
+"""The HSM pool (issue 16): a real 3-member etcd cluster on loopback, pool stores and hsm-node members.
+
+Rows, each a ratio of two numbers measured in this run:
+
+* key creation through a pool member's store (one etcd transaction, 3 etcd members fsyncing) vs a
+  single node's SQLite store (one fsync);
+* how long a key created on one member takes to be visible on another, vs the create itself;
+* data-plane throughput (Encrypt, 16 concurrent callers) through 3 member processes (the client
+  round-robins) vs 1, on the same cores (target >= 0.9x);
+* the longest gap in service a client (given every member) sees when a member is SIGKILLed, vs one
+  call's median latency: the client tries the next member at once (no retry interval);
+* a new member by a join (no custodian) vs by a recovery ceremony (3 of 5 agents approving at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench._common import ROOT, BenchContext, Row, harness, median
+
+NODES = ("node-a", "node-b", "node-c")
+WORKERS = 16
+
+
+def _etcd_cluster() -> Any:
+    pool_tests = str(ROOT / "tests" / "pool")
+    if pool_tests not in sys.path:
+        sys.path.insert(0, pool_tests)
+    import etcd_cluster
+
+    return etcd_cluster
+
+
+def _store_rows(etcd: Any, ctx: BenchContext) -> list[Row]:
+    from hsm_node.keyops import KeyType
+    from hsm_node.pool.store import PoolNodeStore
+    from hsm_node.store import SqliteNodeStore, StoredKey
+
+    n = 40 if ctx.quick else 200
+    dek, aes = os.urandom(32), int(KeyType.AES256_GCM)
+    a = PoolNodeStore(etcd.config("node-a"), b"bench", ctx.tmp / "pool-a", os.urandom(32), "node-a")
+    b = PoolNodeStore(etcd.config("node-b"), b"bench", ctx.tmp / "pool-b", os.urandom(32), "node-b")
+    single = SqliteNodeStore(ctx.tmp / "single", os.urandom(32), "node-s")
+    try:
+
+        def per_key(store: Any, prefix: str) -> float:
+            t0 = time.perf_counter()
+            for i in range(n):
+                store.keys.put_key(dek, StoredKey(f"{prefix}{i}", aes, b"pub", 1, "app"), os.urandom(32))
+            return (time.perf_counter() - t0) / n
+
+        pool_s, single_s = per_key(a, "p"), per_key(single, "s")
+        creates, visible = [], []
+        for i in range(n // 4):
+            t0 = time.perf_counter()
+            a.keys.put_key(dek, StoredKey(f"v{i}", aes, b"pub", 1, "app"), b"x")
+            t1 = time.perf_counter()
+            while b.keys.find_key(f"v{i}") is None:
+                time.sleep(0.0002)
+            creates.append(t1 - t0)
+            visible.append(time.perf_counter() - t1)
+    finally:
+        for s in (a, b, single):
+            s.close()
+    return [
+        Row(
+            "pool",
+            "key creation: pool member (one etcd transaction) vs single node (SQLite)",
+            pool_s,
+            single_s,
+            "s",
+            details={"keys": n, "pool_ms": round(pool_s * 1000, 2), "single_ms": round(single_s * 1000, 2)},
+        ),
+        Row(
+            "pool",
+            "create on one member to visible on another (watch) vs the create itself",
+            median(visible),
+            median(creates),
+            "s",
+            details={
+                "visible_median_ms": round(median(visible) * 1000, 3),
+                "visible_max_ms": round(max(visible) * 1000, 3),
+                "create_median_ms": round(median(creates) * 1000, 3),
+            },
+        ),
+    ]
+
+
+async def _throughput(client_targets: str, pki: Path, seconds: float) -> float:
+    from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
+    from sdquorum_rpc.client import NodeClient
+
+    h = harness()
+    done = 0
+    stop = time.monotonic() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        async with NodeClient(client_targets, h.tls(pki, "admin")) as c:
+            while time.monotonic() < stop:
+                await c.keys.Encrypt(pb.EncryptRequest(name="k", plaintext=b"x" * 64))
+                done += 1
+
+    await asyncio.gather(*(worker() for _ in range(WORKERS)))
+    return done / seconds
+
+
+async def _process_rows(etcd: Any, ctx: BenchContext) -> list[Row]:
+    from sdctl.pkifiles import init_pki
+    from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
+    from sdquorum_rpc.client import NodeClient
+
+    h = harness()
+    pki = ctx.tmp / "pool-pki"
+    init_pki(pki, list(NODES), ["alice", "bob", "carol"], ctx.now)
+    procs = []
+    try:
+        for node_id in NODES:
+            pair = etcd.client(node_id)
+            args = [
+                "--pool-etcd", ",".join(etcd.endpoints), "--pool-etcd-cert", str(pair.cert),
+                "--pool-etcd-key", str(pair.key), "--pool-etcd-ca", str(etcd.ca), "--pool-name", "bench-nodes",
+                "--pool-attestation-root", str(pki / "attestation-root.pem"), "--crypto-workers", "0",
+                "--log-level", "ERROR",
+            ]  # fmt: skip
+            p = h.NodeProcess(
+                pki, ctx.tmp / "pool-nodes" / node_id / "data", node_id=node_id, extra_args=args
+            )
+            p.start()
+            procs.append(p)
+            if node_id == "node-a":
+                async with p.client() as c, c.errors():
+                    async for _ in c.admin.DownloadSecurityDomain(
+                        pb.DownloadRequest(custodian_certificates=ctx.certs(3), quorum=2)
+                    ):
+                        pass
+                    await c.keys.CreateKey(pb.CreateKeyRequest(name="k", type=pb.AES256_GCM))
+                    for other in NODES[1:]:
+                        await c.admin.AllowPoolMember(pb.PoolMemberRequest(node_id=other))
+        join_started = time.monotonic()
+        for p in procs[1:]:
+            while True:
+                async with p.client() as c, c.errors():
+                    if (await c.node.GetStatus(pb.GetStatusRequest())).state == pb.ACTIVATED:
+                        break
+                await asyncio.sleep(0.02)
+        join_s = time.monotonic() - join_started
+        seconds = 1.5 if ctx.quick else 4.0
+        one = await _throughput(procs[0].target, pki, seconds)
+        three = await _throughput(",".join(p.target for p in procs), pki, seconds)
+        # a SIGKILL under load: the longest gap between two answers a client (given all) sees
+        latencies: list[float] = []
+        answers: list[float] = []
+        async with NodeClient(",".join(p.target for p in procs), h.tls(pki, "admin")) as c:
+            for _ in range(50):
+                t0 = time.perf_counter()
+                await c.keys.Encrypt(pb.EncryptRequest(name="k", plaintext=b"x"))
+                latencies.append(time.perf_counter() - t0)
+            killed = time.perf_counter()
+            procs[1].kill()
+            end = killed + 1.0
+            while time.perf_counter() < end:
+                await c.keys.Encrypt(pb.EncryptRequest(name="k", plaintext=b"x"))
+                answers.append(time.perf_counter())
+        gaps = [b - a for a, b in zip([killed, *answers], answers, strict=False)]
+    finally:
+        for p in procs:
+            p.kill()
+    return [
+        Row(
+            "pool",
+            f"data-plane throughput, Encrypt x{WORKERS} callers: 3 members vs 1 (same cores)",
+            three,
+            one,
+            "ops/s",
+            target=0.9,
+            lower_is_better=False,
+            details={"three_members_ops": round(three), "one_member_ops": round(one), "seconds": seconds},
+        ),
+        Row(
+            "pool",
+            "SIGKILL of a member: longest gap a failover client sees vs one call (no retry interval)",
+            max(gaps),
+            median(latencies),
+            "s",
+            details={
+                "longest_gap_ms": round(max(gaps) * 1000, 2),
+                "median_call_ms": round(median(latencies) * 1000, 3),
+                "join_two_members_s": round(join_s, 3),
+            },
+        ),
+    ]
+
+
+async def _join_vs_recovery(etcd: Any, ctx: BenchContext) -> Row:
+    """A join (no custodian; in this process) vs a recovery ceremony (3 of 5 agents in this process
+    approving as soon as asked, no network delay), each onto a new node."""
+    from hsm_node.pool.member import PoolMember, allow
+    from hsm_node.pool.store import PoolNodeStore
+    from hsm_node.store import DomainInfo
+    from sdquorum import sdfile
+    from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
+
+    h = harness()
+    root = (ctx.pki_dir / "attestation-root.pem").read_bytes()
+    members = []
+    for node_id in ("node-a", "node-b"):
+        key, der = h.load_attestation(ctx.pki_dir, node_id)
+        store = PoolNodeStore(
+            etcd.config(node_id), b"bench-join", ctx.tmp / f"join-{node_id}", os.urandom(32), node_id
+        )
+        members.append(PoolMember(store, node_id, key, der, root))
+    a, b = members
+    try:
+        domain = sdfile.new_domain_secrets(os.urandom, admins=["admin"])
+        a.store.domain.activate(domain, DomainInfo(domain.domain_id, 1, 3, 5), "ACTIVATED", b"sd-file")
+        a.register()
+        allow(a.store, "node-b", "admin", int(time.time()))
+        server = asyncio.ensure_future(a.serve_joins(lambda: domain, interval=0.01))
+        t0 = time.perf_counter()
+        await b.join(timeout=30, poll=0.005)
+        join_s = time.perf_counter() - t0
+        server.cancel()
+    finally:
+        for m in members:
+            m.store.close()
+    async with h.running_cluster(ctx.pki_dir, ctx.tmp / "rec-a") as ca:
+        sd = await ca.download(ctx.certs(5), quorum=3)
+    async with h.running_cluster(ctx.pki_dir, ctx.tmp / "rec-b", node_id="node-b") as cb:
+        for name, key in zip(h.NAMES[:5], ctx.keys[:5], strict=True):
+            cb.start_agent(name, key, ctx.tmp / "rec-agents")
+        await asyncio.sleep(0.5)  # the agents connect
+        t0 = time.perf_counter()
+        await cb.start_recovery(sd, reason="bench: join vs recovery")
+        last = await cb.wait_session()
+        recovery_s = time.perf_counter() - t0
+        if last.state != pb.COMPLETED:
+            raise RuntimeError(f"the recovery did not complete: {last.message}")
+    return Row(
+        "pool",
+        "a new member: join (no custodian) vs recovery ceremony (3 of 5 agents, in process)",
+        join_s,
+        recovery_s,
+        "s",
+        details={"join_ms": round(join_s * 1000, 1), "recovery_ms": round(recovery_s * 1000, 1)},
+    )
+
+
+async def run_pool(ctx: BenchContext) -> list[Row]:
+    ec = _etcd_cluster()
+    with ec.EtcdCluster(ctx.tmp / "pool-etcd", node_ids=NODES) as etcd:
+        await asyncio.to_thread(etcd.start)  # it runs a loop of its own
+        await etcd.enable_auth()
+        rows = await asyncio.to_thread(_store_rows, etcd, ctx)
+        rows += await _process_rows(etcd, ctx)
+        rows.append(await _join_vs_recovery(etcd, ctx))
+    return rows

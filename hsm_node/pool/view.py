@@ -1,0 +1,443 @@
+"""A pool member's view of etcd: the cache, the watch that keeps it, and the transactions.
+
+:class:`EtcdView` is what :mod:`hsm_node.pool.store` builds the storage seam on. It owns a thread
+running an asyncio loop that speaks to etcd (:class:`~hsm_node.pool.etcd.EtcdClient`); the node
+calls it synchronously.
+
+Invariants:
+
+* Every write, and every batch, is one etcd transaction (:meth:`EtcdClient.commit`): it applies only
+  if every row it read to decide is still at the revision it read, so two members creating one
+  row (a key name, an audit sequence number, a retired epoch): exactly one wins, the other gets
+  AlreadyExistsError (a row another member changed meanwhile: StateError, nothing written). A
+  write inside a batch that raises undoes only itself; an exception out of the batch, or a raise
+  from ``on_commit`` (run before the transaction is sent), sends nothing. A transaction is its
+  thread's: other threads read committed rows only.
+* Reads come from the cache of the pool's prefix, loaded once and kept current by an etcd watch
+  (reloaded if etcd compacted the history it needed). A write returns once the cache has reached
+  the revision it made, so a member reads its own writes at once.
+* The cache is known current at time T when a linearizable read sent at T (it needs etcd's
+  quorum) answered revision R and the watch has brought the cache to R; a heartbeat makes that
+  read every ``min(1 s, max_staleness / 4)``. Watch events and progress notices prove nothing
+  alone: a member cut off from its quorum still answers them for a while. A member whose cache was
+  last known current more than ``max_staleness`` seconds ago refuses every read and write with
+  TransportError (UNAVAILABLE) saying so, until etcd answers again. A removed member refuses
+  everything with PermissionDeniedError.
+* A batch holds at most :data:`~hsm_node.pool.etcd.MAX_TXN_OPS` rows and conditions (etcd's
+  ``--max-txn-ops``): larger ones are refused with UsageError before anything is sent.
+* This member's own file (``<data_dir>/pool-member.json``, 0600) is written after the etcd
+  transaction committed; if that fails, StorageError says the pool holds the change and this
+  member does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hsm_node.pool.etcd import (
+    CompactedError,
+    Delete,
+    EtcdClient,
+    EtcdConfig,
+    EventKind,
+    KeyValue,
+    Layout,
+    Put,
+    Unchanged,
+    WatchBatch,
+)
+from sdquorum.errors import (
+    AlreadyExistsError,
+    PermissionDeniedError,
+    SdquorumError,
+    StateError,
+    StorageError,
+    TransportError,
+)
+from sdquorum_rpc.files import private_dir
+
+__all__ = ["DEFAULT_MAX_STALENESS", "LOCAL_FILE", "EtcdView", "read_local", "write_local"]
+
+log = logging.getLogger("hsm_node.pool.store")
+_T = TypeVar("_T")
+DEFAULT_MAX_STALENESS = 5.0  # seconds a member serves without proof its view is current (pool.max_staleness)
+LOCAL_FILE = "pool-member.json"
+_NO_QUORUM = (
+    "the pool's etcd cluster did not confirm the write (no quorum reachable): it was not acknowledged and "
+    "may still apply when etcd returns, so check before you retry (the member's log names the etcd "
+    "endpoints; docs/runbooks/pool.md)"
+)
+_CONFLICT = "another pool member changed the same rows at the same time: nothing was written; try again"
+
+
+@dataclass
+class _Tx:
+    """The writes of one transaction, and what they were decided on."""
+
+    writes: dict[bytes, bytes | None] = field(default_factory=dict)  # None: delete
+    read: dict[bytes, int] = field(default_factory=dict)  # key -> mod revision read (0: absent)
+    taken: dict[bytes, str] = field(default_factory=dict)  # a row this write creates -> "exists" message
+    local: dict[str, Any] = field(default_factory=dict)  # this member's file: fields to set
+
+    def copy(self) -> _Tx:
+        return _Tx(dict(self.writes), dict(self.read), dict(self.taken), dict(self.local))
+
+
+class EtcdView:
+    """The cache, the watch, the freshness proof and the transactions (module docstring)."""
+
+    def __init__(
+        self,
+        config: EtcdConfig,
+        pool_id: bytes,
+        data_dir: Path,
+        node_id: str,
+        *,
+        max_staleness: float = DEFAULT_MAX_STALENESS,
+        start_timeout: float = 15.0,
+    ) -> None:
+        if max_staleness <= 0:
+            raise StateError("pool.max_staleness must be more than 0 seconds")
+        self.layout = Layout(pool_id)
+        self.node_id = node_id
+        self.prefix = self.layout.prefix
+        self._config = config
+        self._max_staleness = max_staleness
+        self._file = private_dir(data_dir, "the data directory", "node.data_dir / --data-dir") / LOCAL_FILE
+        self._local: dict[str, Any] = read_local(self._file)
+        self.on_commit: Callable[[], None] | None = None
+        # the cache (guarded by _lock; written by the loop thread only)
+        self._lock = threading.Lock()
+        self._cache: dict[bytes, KeyValue] = {}
+        self._revision = 0
+        self._contact = 0.0  # time.monotonic() of the last answer from etcd
+        self._removed = False
+        self._tx: _Tx | None = None
+        self._tx_thread = 0  # the thread whose transaction _tx is (others read committed rows only)
+        self._writer = threading.RLock()  # one transaction at a time in this process
+        # the loop that speaks to etcd
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="pool-etcd", daemon=True)
+        self._thread.start()
+        self._client = EtcdClient(config)
+        self._caught_up: asyncio.Condition | None = None
+        self._closed = False
+        try:
+            self.run(self._load(), start_timeout)
+        except BaseException:
+            self.close()
+            raise
+        self._follower: Future[None] = asyncio.run_coroutine_threadsafe(self._follow(), self._loop)
+        self._beat: Future[None] = asyncio.run_coroutine_threadsafe(self._heartbeat(), self._loop)
+
+    # ------------------------------------------------------------------ the loop thread
+
+    @property
+    def client(self) -> EtcdClient:
+        """The etcd client (its coroutines run on this view's loop: :meth:`run`)."""
+        return self._client
+
+    def run(self, coro: Coroutine[Any, Any, _T], timeout: float | None = None) -> _T:
+        wait = timeout if timeout is not None else self._config.call_timeout * 2 + self._max_staleness
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return fut.result(wait)
+        except FutureTimeout:
+            fut.cancel()
+            raise TransportError(
+                f"the pool's etcd did not answer within {wait:g} s: check the etcd cluster "
+                "(docs/runbooks/pool.md)"
+            ) from None
+
+    async def _load(self) -> None:
+        """The whole prefix as one snapshot, replacing the cache."""
+        if self._caught_up is None:
+            self._caught_up = asyncio.Condition()
+        kvs, revision = await self._client.get_prefix(self.prefix)
+        with self._lock:
+            self._cache = {kv.key: kv for kv in kvs}
+            self._revision = revision
+            self._contact = time.monotonic()
+        async with self._caught_up:
+            self._caught_up.notify_all()
+
+    def _apply(self, batch: WatchBatch) -> None:
+        with self._lock:
+            for ev in batch.events:
+                if ev.kind is EventKind.DELETE:
+                    self._cache.pop(ev.key, None)
+                else:
+                    old = self._cache.get(ev.key)
+                    created = old.create_revision if old is not None else ev.mod_revision
+                    version = old.version + 1 if old is not None else 1
+                    self._cache[ev.key] = KeyValue(ev.key, ev.value, created, ev.mod_revision, version, 0)
+            self._revision = max(self._revision, batch.revision)
+
+    async def _follow(self) -> None:
+        """Keep the cache current for as long as the store is open."""
+        assert self._caught_up is not None
+        while not self._closed:
+            try:
+                async for batch in self._client.watch_prefix(self.prefix, self._revision + 1):
+                    self._apply(batch)
+                    async with self._caught_up:
+                        self._caught_up.notify_all()
+            except CompactedError:
+                log.warning("pool: etcd compacted the history this member's watch needed: reloading")
+                with contextlib.suppress(SdquorumError):
+                    await self._load()
+                await asyncio.sleep(0.2)
+            except PermissionDeniedError as e:
+                log.error("pool: etcd refuses this member (%s): it serves nothing more", e)
+                self._removed = True
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the watch never ends by itself; anything else: start again
+                log.warning("pool: the etcd watch failed (%s): following again", e)
+                await asyncio.sleep(0.2)
+
+    async def _heartbeat(self) -> None:
+        """Prove, often, that the cache is current (module docstring: a linearizable read's revision)."""
+        interval = min(1.0, self._max_staleness / 4)
+        while not self._closed:
+            sent = time.monotonic()
+            try:
+                _, revision = await self._client.get_prefix(self.layout.epoch())
+                if await self._wait_revision(revision, self._max_staleness):
+                    with self._lock:
+                        self._contact = max(self._contact, sent)
+            except PermissionDeniedError as e:
+                log.error("pool: etcd refuses this member (%s): it serves nothing more", e)
+                self._removed = True
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.debug("pool: etcd did not answer the freshness read: %s", e)
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - sent)))
+
+    async def _wait_revision(self, revision: int, timeout: float) -> bool:
+        assert self._caught_up is not None
+        async with self._caught_up:
+            try:
+                await asyncio.wait_for(self._caught_up.wait_for(lambda: self._revision >= revision), timeout)
+            except TimeoutError:
+                return False
+        return True
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for task in (getattr(self, "_follower", None), getattr(self, "_beat", None)):
+            if task is not None:
+                task.cancel()
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._client.close(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    # ------------------------------------------------------------------ freshness and reads
+
+    def mark_removed(self) -> None:
+        """This member was removed from the pool: refuse everything from now on."""
+        self._removed = True
+
+    def staleness(self) -> float:
+        """Seconds since etcd last answered this member."""
+        return time.monotonic() - self._contact
+
+    def _fresh(self) -> None:
+        if self._removed:
+            raise PermissionDeniedError(
+                "this node was removed from the pool (etcd refuses its certificate): it serves nothing; "
+                "ask an admin to allow it again and rejoin"
+            )
+        if self._closed:
+            raise StateError("the pool store is closed")
+        age = self.staleness()
+        if age > self._max_staleness:
+            raise TransportError(
+                f"this pool member has not heard from etcd for {age:.1f} s (pool.max_staleness is "
+                f"{self._max_staleness:g} s), so it serves nothing until etcd answers again: check the "
+                "etcd cluster and this member's network (docs/runbooks/pool.md)"
+            )
+
+    def _mine(self) -> _Tx | None:
+        """This thread's open transaction, if any."""
+        return self._tx if self._tx_thread == threading.get_ident() else None
+
+    def get(self, key: bytes) -> bytes | None:
+        """A value as this transaction sees it (its own writes first, then the cache)."""
+        tx = self._mine()
+        if tx is not None and key in tx.writes:
+            return tx.writes[key]
+        self._fresh()
+        with self._lock:
+            kv = self._cache.get(key)
+        return None if kv is None else kv.value
+
+    def scan(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        """Every (key, value) under ``prefix`` as this transaction sees it, in creation order."""
+        self._fresh()
+        with self._lock:
+            kvs = [kv for k, kv in self._cache.items() if k.startswith(prefix)]
+        kvs.sort(key=lambda kv: (kv.create_revision, kv.key))
+        rows = [(kv.key, kv.value) for kv in kvs]
+        tx = self._mine()
+        if tx is None:
+            return rows
+        present = {k for k, _ in rows}
+        out: list[tuple[bytes, bytes]] = []
+        for k, v in rows:
+            w = tx.writes.get(k, v)
+            if w is not None:
+                out.append((k, w))
+        out += [
+            (k, v)
+            for k, v in tx.writes.items()
+            if v is not None and k.startswith(prefix) and k not in present
+        ]
+        return out
+
+    # ------------------------------------------------------------------ transactions
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Every write inside is one etcd transaction (module docstring)."""
+        with self.write():
+            yield
+
+    @contextmanager
+    def write(self) -> Iterator[_Tx]:
+        """A transaction (or, inside one, a savepoint): sent when the outermost block ends."""
+        with self._writer:
+            outer = self._tx
+            if outer is not None:  # a write inside a batch: undone alone if it raises
+                saved = outer.copy()
+                try:
+                    yield outer
+                except BaseException:
+                    self._tx = saved
+                    raise
+                return
+            self._fresh()
+            tx = _Tx()
+            self._tx, self._tx_thread = tx, threading.get_ident()
+            try:
+                yield tx
+                done = self._tx or tx  # a savepoint that failed inside put its copy back
+                if self.on_commit is not None:
+                    self.on_commit()
+                self._commit(done)
+            finally:
+                self._tx, self._tx_thread = None, 0
+
+    def read_for_write(self, tx: _Tx, key: bytes) -> bytes | None:
+        """The value the write decides on; the transaction applies only if it is still so."""
+        if key in tx.writes:
+            return tx.writes[key]
+        self._fresh()
+        with self._lock:
+            kv = self._cache.get(key)
+        tx.read.setdefault(key, 0 if kv is None else kv.mod_revision)
+        return None if kv is None else kv.value
+
+    def create(self, tx: _Tx, key: bytes, value: bytes, exists: str) -> None:
+        if self.read_for_write(tx, key) is not None:
+            raise AlreadyExistsError(exists)
+        tx.writes[key] = value
+        tx.taken[key] = exists
+
+    def _commit(self, tx: _Tx) -> None:
+        if tx.writes:
+            ops = [Put(k, v) if v is not None else Delete(k) for k, v in tx.writes.items()]
+            conds = [Unchanged(k, r) for k, r in tx.read.items()]
+            try:
+                revision = self.run(self._client.commit(ops, unless_changed=conds))
+            except TransportError as e:  # the etcd endpoints and detail stay in this member's log
+                log.warning("pool: a write was refused: %s", e)
+                raise TransportError(_NO_QUORUM) from e
+            if revision is None:
+                _refuse_conflict(self, tx)
+            else:
+                self._contact = max(self._contact, time.monotonic())
+                if not self.run(self._wait_revision(revision, self._max_staleness)):
+                    log.warning("pool: the watch has not reached revision %d yet", revision)
+        if tx.local:
+            self._local = write_local(self._file, {**self._local, **tx.local})
+
+    # ------------------------------------------------------------------ this member's file
+
+    def local_view(self) -> dict[str, Any]:
+        tx = self._mine()
+        return {**self._local, **tx.local} if tx is not None else self._local
+
+    def sub(self, *parts: str) -> bytes:
+        return self.prefix + "/".join(urllib.parse.quote(p, safe="") for p in parts).encode()
+
+
+def _refuse_conflict(view: EtcdView, tx: _Tx) -> None:
+    """A transaction's condition failed, nothing was written: say which row another member took
+    first (AlreadyExistsError), if one was, else that the rows changed (StateError)."""
+    for key, message in tx.taken.items():
+        if view.run(view.client.get(key)) is not None:
+            raise AlreadyExistsError(message)
+    raise StateError(_CONFLICT)
+
+
+def read_local(path: Path) -> dict[str, Any]:
+    """This member's own file: its state and its sealed domain secrets."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {"state": None, "domains": {}}
+    except OSError as e:
+        raise StorageError(f"cannot read {path}: {e.strerror}") from e
+    try:
+        o = json.loads(text)
+        if not isinstance(o, dict) or not isinstance(o.get("domains"), dict):
+            raise ValueError("not a pool member file")
+    except ValueError as e:
+        raise StorageError(f"{path} is damaged ({e}): restore it from this node's backup") from e
+    return o
+
+
+def write_local(path: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """Replace the file durably (temporary file, fsync, rename, fsync of the directory)."""
+    tmp = path.with_suffix(".tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as e:
+        raise StorageError(
+            f"the pool holds the change but this member could not write {path} ({e.strerror}): "
+            "free space on its data volume, then restart it"
+        ) from e
+    return data

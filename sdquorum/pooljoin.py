@@ -1,0 +1,419 @@
+"""Joining an HSM pool without a custodian: the join request and the join grant.
+
+A node that an admin has allowed (``sdctl pool allow NODE_ID``) and that is still PROVISIONED joins a
+pool whose members already hold the domain:
+
+1. The joiner makes a fresh X25519 exchange key and signs a :class:`JoinRequestStatement` with its
+   attestation key (Ed25519, certificate under the attestation root): its node id, the domain id,
+   epoch and SHA-256 of the SD file the pool publishes, the exchange public key, a fresh 32-byte
+   nonce, issue and expiry times (:func:`make_join_request`).
+2. A live member checks, before it seals anything (:func:`check_join_request`): the certificate
+   chains to the root and is an attestation certificate; the signature; the statement's node id is
+   the certificate's CN (no node joins under another's id); the id is allowed; the time window;
+   domain id, epoch and SD file hash are the pool's (a node of another domain, or one that read an
+   older header, is refused); the request was not served before (its SHA-256 is not among the used
+   ones: a replayed request is refused).
+3. The member seals ``{request sha256, domain id, epoch, domain secrets}`` to the exchange key
+   (libsodium sealed box) and signs a :class:`JoinGrantStatement` (joiner, sender, domain id,
+   epoch, SD file hash, request sha256, sealed secrets) with its own attestation key
+   (:func:`make_join_grant`).
+4. The joiner (:func:`open_join_grant`) checks the sender's certificate under the root, the
+   signature, that the sender's id is the certificate's CN and a member of the pool, that the grant
+   answers its own request (request sha256) and names the pool's current domain id, epoch and SD
+   file; opens the box, checks the inner fields equal the outer ones and that the secrets are of
+   that domain. A grant made for another request (an old one replayed) never opens.
+
+Every check raises VerificationError naming what failed (for the local log); a peer is told only
+that a check failed. Nothing here does I/O or reads a clock: ``now`` is passed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import nacl.exceptions
+import nacl.public
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from sdquorum import pki
+from sdquorum.encoding import b64d, b64e, canonical_json, parse_json_object
+from sdquorum.errors import MalformedError, VerificationError
+from sdquorum.sdfile import DomainSecrets
+
+__all__ = [
+    "CLOCK_SKEW_SECONDS",
+    "MAX_JOIN_SECONDS",
+    "JoinGrant",
+    "JoinGrantStatement",
+    "JoinRequest",
+    "JoinRequestStatement",
+    "PoolHeader",
+    "check_join_request",
+    "make_join_grant",
+    "make_join_request",
+    "open_join_grant",
+]
+
+REQUEST_TYPE = "sdquorum-pool-join-request-v1"
+GRANT_TYPE = "sdquorum-pool-join-grant-v1"
+SECRETS_TYPE = "sdquorum-pool-join-secrets-v1"
+REQUEST_CONTEXT = b"sdquorum pool join request v1\x00"
+GRANT_CONTEXT = b"sdquorum pool join grant v1\x00"
+MAX_JOIN_SECONDS = 600  # a join request lives at most this long
+CLOCK_SKEW_SECONDS = 120
+MAX_ENVELOPE_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class PoolHeader:
+    """What the pool publishes in etcd and both sides compare: domain id, epoch, SD file hash."""
+
+    domain_id: bytes
+    epoch: int
+    sd_file_sha256: bytes
+
+    @classmethod
+    def of(cls, domain_id: bytes, epoch: int, sd_file: bytes) -> PoolHeader:
+        return cls(domain_id, epoch, hashlib.sha256(sd_file).digest())
+
+
+@dataclass(frozen=True)
+class JoinRequestStatement:
+    node_id: str
+    domain_id: bytes
+    epoch: int
+    sd_file_sha256: bytes
+    exchange_public_key: bytes
+    nonce: bytes
+    issued_at: int
+    expires_at: int
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(
+            {
+                "type": REQUEST_TYPE,
+                "node_id": self.node_id,
+                "domain_id": self.domain_id.hex(),
+                "epoch": self.epoch,
+                "sd_file_sha256": b64e(self.sd_file_sha256),
+                "exchange_public_key": b64e(self.exchange_public_key),
+                "nonce": b64e(self.nonce),
+                "issued_at": self.issued_at,
+                "expires_at": self.expires_at,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> JoinRequestStatement:
+        o = parse_json_object(data, "join request")
+        _members(o, REQUEST_TYPE, "join request", {"node_id", "domain_id", "epoch", "sd_file_sha256",
+                 "exchange_public_key", "nonce", "issued_at", "expires_at"})  # fmt: skip
+        return cls(
+            node_id=_str(o, "node_id"),
+            domain_id=_hex(o, "domain_id"),
+            epoch=_int(o, "epoch"),
+            sd_file_sha256=_b64(o, "sd_file_sha256", 32),
+            exchange_public_key=_b64(o, "exchange_public_key", 32),
+            nonce=_b64(o, "nonce", 32),
+            issued_at=_int(o, "issued_at"),
+            expires_at=_int(o, "expires_at"),
+        )
+
+
+@dataclass(frozen=True)
+class JoinGrantStatement:
+    joiner: str
+    sender: str
+    domain_id: bytes
+    epoch: int
+    sd_file_sha256: bytes
+    request_sha256: bytes
+    sealed_secrets: bytes
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(
+            {
+                "type": GRANT_TYPE,
+                "joiner": self.joiner,
+                "sender": self.sender,
+                "domain_id": self.domain_id.hex(),
+                "epoch": self.epoch,
+                "sd_file_sha256": b64e(self.sd_file_sha256),
+                "request_sha256": b64e(self.request_sha256),
+                "sealed_secrets": b64e(self.sealed_secrets),
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> JoinGrantStatement:
+        o = parse_json_object(data, "join grant")
+        _members(o, GRANT_TYPE, "join grant", {"joiner", "sender", "domain_id", "epoch", "sd_file_sha256",
+                 "request_sha256", "sealed_secrets"})  # fmt: skip
+        return cls(
+            joiner=_str(o, "joiner"),
+            sender=_str(o, "sender"),
+            domain_id=_hex(o, "domain_id"),
+            epoch=_int(o, "epoch"),
+            sd_file_sha256=_b64(o, "sd_file_sha256", 32),
+            request_sha256=_b64(o, "request_sha256", 32),
+            sealed_secrets=_b64(o, "sealed_secrets", None),
+        )
+
+
+@dataclass(frozen=True)
+class _Signed:
+    statement_bytes: bytes
+    signature: bytes
+    certificate_der: bytes
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(
+            {
+                "statement": b64e(self.statement_bytes),
+                "signature": b64e(self.signature),
+                "certificate": b64e(self.certificate_der),
+            }
+        )
+
+    @property
+    def sha256(self) -> bytes:
+        return hashlib.sha256(self.to_bytes()).digest()
+
+    @staticmethod
+    def _fields(data: bytes, what: str) -> tuple[bytes, bytes, bytes]:
+        if len(data) > MAX_ENVELOPE_BYTES:
+            raise MalformedError(f"{what}: larger than {MAX_ENVELOPE_BYTES} bytes")
+        o = parse_json_object(data, what)
+        if set(o) != {"statement", "signature", "certificate"}:
+            raise MalformedError(f"{what}: expected exactly statement, signature and certificate")
+        return (
+            b64d(o.get("statement"), f"{what} statement"),
+            b64d(o.get("signature"), f"{what} signature"),
+            b64d(o.get("certificate"), f"{what} certificate"),
+        )
+
+
+@dataclass(frozen=True)
+class JoinRequest(_Signed):
+    statement: JoinRequestStatement = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "statement", JoinRequestStatement.from_bytes(self.statement_bytes))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> JoinRequest:
+        return cls(*cls._fields(data, "join request"))
+
+
+@dataclass(frozen=True)
+class JoinGrant(_Signed):
+    statement: JoinGrantStatement = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "statement", JoinGrantStatement.from_bytes(self.statement_bytes))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> JoinGrant:
+        return cls(*cls._fields(data, "join grant"))
+
+
+# ------------------------------------------------------------------ the joiner's request
+
+
+def make_join_request(
+    node_id: str,
+    pool: PoolHeader,
+    exchange_public_key: bytes,
+    nonce: bytes,
+    now: int,
+    key: Ed25519PrivateKey,
+    certificate_der: bytes,
+    ttl: int = 300,
+) -> JoinRequest:
+    if not 1 <= ttl <= MAX_JOIN_SECONDS:
+        raise VerificationError(f"a join request lives 1..{MAX_JOIN_SECONDS} s")
+    st = JoinRequestStatement(
+        node_id, pool.domain_id, pool.epoch, pool.sd_file_sha256, exchange_public_key, nonce, now, now + ttl
+    )
+    data = st.to_bytes()
+    return JoinRequest(data, key.sign(REQUEST_CONTEXT + data), certificate_der)
+
+
+def _verify(signed: _Signed, context: bytes, root_pem: bytes, now: datetime, what: str) -> str:
+    """Chain, signature; returns the node id the certificate certifies."""
+    public, node_id = pki.verify_attestation_cert(signed.certificate_der, root_pem, now)
+    try:
+        public.verify(signed.signature, context + signed.statement_bytes)
+    except InvalidSignature as e:
+        raise VerificationError(
+            f"the {what} signature does not verify under its attestation certificate"
+        ) from e
+    return node_id
+
+
+def _same_pool(domain_id: bytes, epoch: int, sd_sha: bytes, pool: PoolHeader, what: str) -> None:
+    if not hmac.compare_digest(domain_id, pool.domain_id):
+        raise VerificationError(
+            f"the {what} is for domain {domain_id.hex()}, not this pool's {pool.domain_id.hex()}"
+        )
+    if epoch != pool.epoch or not hmac.compare_digest(sd_sha, pool.sd_file_sha256):
+        raise VerificationError(
+            f"the {what} names epoch {epoch} and an SD file that are not the pool's current ones "
+            f"(epoch {pool.epoch}): join again"
+        )
+
+
+def check_join_request(
+    request: JoinRequest,
+    *,
+    root_pem: bytes,
+    now: datetime,
+    allowed: Collection[str],
+    pool: PoolHeader,
+    used: Collection[bytes],
+) -> JoinRequestStatement:
+    """Every check a member makes before it seals the domain to a joiner (module docstring, 2)."""
+    node_id = _verify(request, REQUEST_CONTEXT, root_pem, now, "join request")
+    st = request.statement
+    if st.node_id != node_id:
+        raise VerificationError(
+            f"the join request claims node id {st.node_id!r} but its attestation certificate is {node_id!r}'s"
+        )
+    if st.node_id not in allowed:
+        raise VerificationError(
+            f"node {st.node_id!r} is not allowed to join this pool: an admin runs 'sdctl pool allow {st.node_id}'"
+        )
+    t = int(now.timestamp())
+    if t >= st.expires_at or st.expires_at - st.issued_at > MAX_JOIN_SECONDS:
+        raise VerificationError("the join request has expired: the joining node makes a new one")
+    if st.issued_at > t + CLOCK_SKEW_SECONDS:
+        raise VerificationError("the join request is issued in the future: check the clocks")
+    _same_pool(st.domain_id, st.epoch, st.sd_file_sha256, pool, "join request")
+    digest = request.sha256
+    if any(hmac.compare_digest(digest, u) for u in used):
+        raise VerificationError(
+            "this join request was served already (a replay): the joining node makes a new one"
+        )
+    return st
+
+
+# ------------------------------------------------------------------ the member's grant
+
+
+def make_join_grant(
+    request: JoinRequest,
+    secrets: DomainSecrets,
+    sender: str,
+    pool: PoolHeader,
+    key: Ed25519PrivateKey,
+    certificate_der: bytes,
+) -> JoinGrant:
+    """Seal ``secrets`` to a checked request's exchange key; sign the grant as ``sender``."""
+    st = request.statement
+    if not hmac.compare_digest(secrets.domain_id, pool.domain_id):
+        raise VerificationError("these domain secrets are not the pool's domain")
+    inner = canonical_json(
+        {
+            "type": SECRETS_TYPE,
+            "request_sha256": b64e(request.sha256),
+            "domain_id": pool.domain_id.hex(),
+            "epoch": pool.epoch,
+            "secrets": b64e(secrets.to_bytes()),
+        }
+    )
+    sealed = nacl.public.SealedBox(nacl.public.PublicKey(st.exchange_public_key)).encrypt(inner)
+    gst = JoinGrantStatement(
+        st.node_id, sender, pool.domain_id, pool.epoch, pool.sd_file_sha256, request.sha256, bytes(sealed)
+    )
+    data = gst.to_bytes()
+    return JoinGrant(data, key.sign(GRANT_CONTEXT + data), certificate_der)
+
+
+def open_join_grant(
+    grant: JoinGrant,
+    *,
+    request: JoinRequest,
+    exchange_key: nacl.public.PrivateKey,
+    root_pem: bytes,
+    now: datetime,
+    pool: PoolHeader,
+    members: Collection[str],
+) -> DomainSecrets:
+    """The joiner's checks (module docstring, 4); the domain secrets the grant carries."""
+    sender = _verify(grant, GRANT_CONTEXT, root_pem, now, "join grant")
+    g = grant.statement
+    if g.sender != sender:
+        raise VerificationError(
+            f"the join grant claims sender {g.sender!r} but its certificate is {sender!r}'s"
+        )
+    if sender not in members:
+        raise VerificationError(f"the join grant comes from {sender!r}, which is not a member of this pool")
+    if g.joiner != request.statement.node_id or not hmac.compare_digest(g.request_sha256, request.sha256):
+        raise VerificationError("the join grant answers another join request (a replay?)")
+    _same_pool(g.domain_id, g.epoch, g.sd_file_sha256, pool, "join grant")
+    try:
+        inner = nacl.public.SealedBox(exchange_key).decrypt(g.sealed_secrets)
+    except nacl.exceptions.CryptoError as e:
+        raise VerificationError(
+            "the join grant's sealed secrets do not open with this join's exchange key"
+        ) from e
+    o = parse_json_object(inner, "join secrets")
+    if (
+        o.get("type") != SECRETS_TYPE
+        or set(o) != {"type", "request_sha256", "domain_id", "epoch", "secrets"}
+        or o.get("domain_id") != g.domain_id.hex()
+        or o.get("epoch") != g.epoch
+        or not hmac.compare_digest(_b64(o, "request_sha256", 32), request.sha256)
+    ):
+        raise VerificationError("the join grant's sealed secrets are bound to another join")
+    secrets = DomainSecrets.from_bytes(_b64(o, "secrets", None))
+    if not hmac.compare_digest(secrets.domain_id, pool.domain_id):
+        raise VerificationError("the join grant seals the secrets of another domain")
+    return secrets
+
+
+# ------------------------------------------------------------------ parsing
+
+
+def _members(o: dict[str, object], type_: str, what: str, names: set[str]) -> None:
+    if o.get("type") != type_:
+        raise MalformedError(f"{what}: unknown type (members of different versions? upgrade them together)")
+    if set(o) != names | {"type"}:
+        raise MalformedError(f"{what}: unexpected members {sorted(set(o) ^ (names | {'type'}))}")
+
+
+def _str(o: dict[str, object], k: str) -> str:
+    v = o.get(k)
+    if not isinstance(v, str) or not v or len(v) > 128:
+        raise MalformedError(f"{k}: expected a non-empty string")
+    return v
+
+
+def _int(o: dict[str, object], k: str) -> int:
+    v = o.get(k)
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise MalformedError(f"{k}: expected a non-negative integer")
+    return v
+
+
+def _hex(o: dict[str, object], k: str) -> bytes:
+    v = o.get(k)
+    try:
+        b = bytes.fromhex(v) if isinstance(v, str) else b""
+    except ValueError:
+        b = b""
+    if not 1 <= len(b) <= 64:
+        raise MalformedError(f"{k}: expected 1..64 bytes in hex")
+    return b
+
+
+def _b64(o: dict[str, object], k: str, length: int | None) -> bytes:
+    b = b64d(o.get(k), k)
+    if length is not None and len(b) != length:
+        raise MalformedError(f"{k}: expected {length} bytes")
+    return b
