@@ -7,7 +7,7 @@ strictly on construction.
 Invariants:
 
 * A release and a proof bind their session, domain, epoch, slot, signer thumbprint and the SHA-256
-  of the attestation they answer (:func:`_answer_fields`); :func:`_check_binding` checks the
+  of the attestation they answer (:func:`_answer_fields`); :func:`check_binding` checks the
   signature against the slot's certificate first (an answer not signed by the slot's key is
   nobody's and never counts against its custodian), then each binding, in constant time for
   digests and ids.
@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from sdquorum import fields as f
 from sdquorum.encoding import b64d, b64e, canonical_json, parse_json_object
-from sdquorum.envelopes._attestation import _limit
+from sdquorum.envelopes._attestation import check_size
 from sdquorum.errors import MalformedError, UnauthenticatedError, VerificationError
 from sdquorum.keys import verify_pss
 
@@ -92,7 +92,7 @@ class _SignedEnvelope:
 
     @classmethod
     def from_bytes(cls: type[E], data: bytes) -> E:
-        _limit(data, cls.what)
+        check_size(data, cls.what)
         obj = parse_json_object(data, cls.what)
         return cls(
             b64d(obj.get("statement"), f"{cls.what} statement"),
@@ -223,7 +223,7 @@ class Denial(_SignedEnvelope):
         self.statement = DenialStatement.from_bytes(self.statement_bytes)
 
 
-def _check_binding(
+def check_binding(
     env: Release | Proof,
     st: ReleaseStatement | ProofStatement,
     *,

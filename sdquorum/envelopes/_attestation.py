@@ -13,7 +13,7 @@ Invariants:
 * :func:`verify_attestation` returns a statement only after the chain to the attestation root, the
   signature, the node id (the certificate's CN) and the time window (``now`` passed in, skew
   :data:`CLOCK_SKEW_SECONDS`) all passed.
-* No envelope over :data:`MAX_ENVELOPE_BYTES` is parsed (:func:`_limit`).
+* No envelope over :data:`MAX_ENVELOPE_BYTES` is parsed (:func:`check_size`).
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ class Attestation:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Attestation:
-        _limit(data, "attestation")
+        check_size(data, "attestation")
         obj = parse_json_object(data, "attestation")
         if set(obj) != {"statement", "signature", "certificate"}:
             raise MalformedError("attestation: expected exactly statement, signature and certificate")
@@ -236,6 +236,6 @@ def verify_attestation(att: Attestation, root_pem: bytes, now: datetime) -> Exch
     return st
 
 
-def _limit(data: bytes, what: str) -> None:
+def check_size(data: bytes, what: str) -> None:
     if len(data) > MAX_ENVELOPE_BYTES:
         raise MalformedError(f"{what} is larger than {MAX_ENVELOPE_BYTES} bytes")

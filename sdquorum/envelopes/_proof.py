@@ -24,7 +24,7 @@ from sdquorum.envelopes._answers import (
     Proof,
     ProofStatement,
     SlotKey,
-    _check_binding,
+    check_binding,
 )
 from sdquorum.envelopes._attestation import Attestation, ExchangeStatement
 from sdquorum.envelopes._request import CheckedRequest
@@ -116,7 +116,7 @@ def verify_proof(proof: Proof, *, attestation: Attestation, header: Header, expe
     """Check a proof for slot ``expected_x`` answers this attestation; VerificationError names the check."""
     st, att = proof.statement, attestation.statement
     slot_info = header.slot(expected_x)
-    _check_binding(
+    check_binding(
         proof,
         st,
         slot=SlotKey(expected_x, slot_info.certificate_der, header.domain_id, header.epoch),

@@ -6,7 +6,7 @@ Invariants:
   anywhere (:func:`decrypt_share`).
 * A share leaves the agent only sealed (libsodium sealed box) to the attested exchange key, inside
   ``{session, domain, epoch, x, share}`` (:data:`SHARE_TYPE`), under a release the agent signs.
-* The coordinator opens a release only after every binding check (:func:`_check_binding`), and
+* The coordinator opens a release only after every binding check (:func:`check_binding`), and
   returns its bytes only when the sealed inner fields equal the signed outer ones; past the
   signature check, what fails is the slot custodian's (VerificationError), not an anonymous one.
 """
@@ -20,7 +20,7 @@ import nacl.public
 
 from sdquorum import shamir
 from sdquorum.encoding import b64d, b64e, canonical_json, parse_json_object
-from sdquorum.envelopes._answers import Release, ReleaseStatement, SlotKey, _check_binding
+from sdquorum.envelopes._answers import Release, ReleaseStatement, SlotKey, check_binding
 from sdquorum.envelopes._attestation import ExchangeStatement
 from sdquorum.envelopes._request import CheckedRequest
 from sdquorum.errors import MalformedError, VerificationError
@@ -108,7 +108,7 @@ def open_sealed_share(
 ) -> bytes:
     """Every check of a release, then the share bytes it sealed to this session's exchange key."""
     st = release.statement
-    _check_binding(release, st, slot=slot, session_id=session_id, attestation_sha256=attestation_sha256)
+    check_binding(release, st, slot=slot, session_id=session_id, attestation_sha256=attestation_sha256)
     try:
         inner = nacl.public.SealedBox(exchange_key).decrypt(st.sealed_share)
     except nacl.exceptions.CryptoError as e:
