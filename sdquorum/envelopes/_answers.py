@@ -26,7 +26,7 @@ from sdquorum import fields as f
 from sdquorum.encoding import b64d, b64e, canonical_json, parse_json_object
 from sdquorum.envelopes._attestation import check_size
 from sdquorum.errors import MalformedError, UnauthenticatedError, VerificationError
-from sdquorum.keys import verify_pss
+from sdquorum.keys import WrappingKey, verify_pss
 
 RELEASE_TYPE = "sdquorum-share-release-v1"
 
@@ -51,12 +51,7 @@ class ReleaseStatement:
         return canonical_json(
             {
                 "type": RELEASE_TYPE,
-                "session_id": self.session_id,
-                "domain_id": self.domain_id.hex(),
-                "epoch": self.epoch,
-                "x": self.x,
-                "x5t_256": b64e(self.thumbprint),
-                "attestation_sha256": b64e(self.attestation_sha256),
+                **_answer_members(self),
                 "sealed_share": b64e(self.sealed_share),
             }
         )
@@ -89,6 +84,14 @@ class _SignedEnvelope:
 
     def to_bytes(self) -> bytes:
         return canonical_json({"statement": b64e(self.statement_bytes), "signature": b64e(self.signature)})
+
+    @classmethod
+    def signed(
+        cls: type[E], statement: ReleaseStatement | ProofStatement | DenialStatement, key: WrappingKey
+    ) -> E:
+        """The envelope of ``statement``'s canonical bytes, signed by the custodian's wrapping key."""
+        data = statement.to_bytes()
+        return cls(data, key.sign(data))
 
     @classmethod
     def from_bytes(cls: type[E], data: bytes) -> E:
@@ -143,12 +146,7 @@ class ProofStatement:
             {
                 "type": PROOF_TYPE,
                 "purpose": self.purpose,
-                "session_id": self.session_id,
-                "domain_id": self.domain_id.hex(),
-                "epoch": self.epoch,
-                "x": self.x,
-                "x5t_256": b64e(self.thumbprint),
-                "attestation_sha256": b64e(self.attestation_sha256),
+                **_answer_members(self),
                 "proposal_sha256": b64e(self.proposal_sha256),
                 "proof": b64e(self.proof),
             }
@@ -248,6 +246,18 @@ def check_binding(
         raise VerificationError(f"the {what} is for another domain or epoch")
     if not hmac.compare_digest(st.thumbprint, slot.thumbprint):
         raise VerificationError(f"the {what} names another wrapping certificate than the slot's")
+
+
+def _answer_members(st: ReleaseStatement | ProofStatement) -> dict[str, Any]:
+    """The JSON members a release and a proof statement share (read back by :func:`_answer_fields`)."""
+    return {
+        "session_id": st.session_id,
+        "domain_id": st.domain_id.hex(),
+        "epoch": st.epoch,
+        "x": st.x,
+        "x5t_256": b64e(st.thumbprint),
+        "attestation_sha256": b64e(st.attestation_sha256),
+    }
 
 
 def _answer_fields(obj: dict[str, Any]) -> dict[str, Any]:

@@ -47,8 +47,7 @@ def make_denial(
         attestation_sha256=hashlib.sha256(attestation).digest(),
         certificate=key.certificate_der(),
     )
-    data = statement.to_bytes()
-    return Denial(data, key.sign(data))
+    return Denial.signed(statement, key)
 
 
 def verify_denial(
@@ -108,8 +107,7 @@ def make_proof(checked: CheckedRequest, share: shamir.Share, key: WrappingKey, r
         proposal_sha256=st.proposal_sha256,
         proof=proof.to_bytes(),
     )
-    data = statement.to_bytes()
-    return Proof(data, key.sign(data))
+    return Proof.signed(statement, key)
 
 
 def verify_proof(proof: Proof, *, attestation: Attestation, header: Header, expected_x: int) -> None:

@@ -70,8 +70,7 @@ def seal_release(
         attestation_sha256=attestation_sha256,
         sealed_share=bytes(sealed),
     )
-    data = statement.to_bytes()
-    return Release(data, key.sign(data))
+    return Release.signed(statement, key)
 
 
 def open_release(
