@@ -138,21 +138,13 @@ def make_wrapping_key(
     _require_days(days)
     name = _name(common_name)
     key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
-    public_key = key.public_key()
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - CLOCK_SKEW)
-        .not_valid_after(now + timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            _key_usage(digital_signature=True, key_encipherment=True),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    builder = _self_signed_builder(
+        name,
+        key.public_key(),
+        now,
+        days,
+        x509.BasicConstraints(ca=False, path_length=None),
+        _key_usage(digital_signature=True, key_encipherment=True),
     )
     cert = builder.sign(key, hashes.SHA256())
     return key, cert.public_bytes(serialization.Encoding.PEM)
@@ -202,8 +194,30 @@ def _self_signed_ca(key: _CaKey, common_name: str, now: datetime, days: int) -> 
     require_aware(now, "now")
     _require_days(days)
     name = _name(common_name)
-    public_key = key.public_key()
-    builder = (
+    builder = _self_signed_builder(
+        name,
+        key.public_key(),
+        now,
+        days,
+        x509.BasicConstraints(ca=True, path_length=0),
+        _key_usage(key_cert_sign=True, crl_sign=True),
+    )
+    algorithm = hashes.SHA256() if isinstance(key, ec.EllipticCurvePrivateKey) else None
+    cert = builder.sign(key, algorithm)
+    return IssuedCert(cert.public_bytes(serialization.Encoding.PEM), pkcs8_pem(key))
+
+
+def _self_signed_builder(
+    name: x509.Name,
+    public_key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey,
+    now: datetime,
+    days: int,
+    constraints: x509.BasicConstraints,
+    usage: x509.KeyUsage,
+) -> x509.CertificateBuilder:
+    """A self-signed certificate (subject = issuer = ``name``) valid from ``now`` backdated by
+    :data:`CLOCK_SKEW` for ``days``, with its BasicConstraints, KeyUsage (both critical) and SKI."""
+    return (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -211,13 +225,10 @@ def _self_signed_ca(key: _CaKey, common_name: str, now: datetime, days: int) -> 
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - CLOCK_SKEW)
         .not_valid_after(now + timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
+        .add_extension(constraints, critical=True)
+        .add_extension(usage, critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )
-    algorithm = hashes.SHA256() if isinstance(key, ec.EllipticCurvePrivateKey) else None
-    cert = builder.sign(key, algorithm)
-    return IssuedCert(cert.public_bytes(serialization.Encoding.PEM), pkcs8_pem(key))
 
 
 def load_issuer(issuer: IssuedCert, what: str) -> tuple[x509.Certificate, _CaKey]:
