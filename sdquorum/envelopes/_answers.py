@@ -29,11 +29,7 @@ from sdquorum.errors import MalformedError, UnauthenticatedError, VerificationEr
 from sdquorum.keys import WrappingKey, verify_pss
 
 RELEASE_TYPE = "sdquorum-share-release-v1"
-
-
 PROOF_TYPE = "sdquorum-possession-proof-v1"
-
-
 DENIAL_TYPE = "sdquorum-denial-v2"  # v2: bound to the attestation of the request it refuses
 
 

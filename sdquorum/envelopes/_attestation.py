@@ -31,14 +31,8 @@ from sdquorum.encoding import Word, b64d, b64e, canonical_json, parse_json_objec
 from sdquorum.errors import MalformedError, VerificationError
 
 ATTESTATION_TYPE = "sdquorum-exchange-attestation-v2"  # v2: destination_certificate, strict members
-
-
 ATTESTATION_CONTEXT = b"sdquorum exchange attestation v1\x00"
-
-
 MAX_ENVELOPE_BYTES = 64 * 1024
-
-
 CLOCK_SKEW_SECONDS = 120
 
 
@@ -61,14 +55,9 @@ class CeremonyKind(Word):
 # The kinds an attestation may name (every ceremony; a domain notice is not one).
 PURPOSES = (CeremonyKind.RECOVERY, CeremonyKind.DRILL, CeremonyKind.ROTATION, CeremonyKind.AZURE_RECOVERY)
 
-
 # The ceremonies whose attestation carries a 32-byte challenge (possession is proved, not a share released).
 CHALLENGED = (CeremonyKind.DRILL, CeremonyKind.ROTATION)
-
-
 MAX_DESTINATION_CERTIFICATE_BYTES = 16 * 1024
-
-
 _STATEMENT_MEMBERS = frozenset(
     {
         "type", "challenge", "proposal_sha256", "session_id", "purpose", "node_id", "node_address",

@@ -28,22 +28,13 @@ from cryptography.hazmat.primitives import serialization
 from sdquorum.errors import MalformedError, UsageError, VerificationError
 
 ROLE_URI_PREFIX = "sdquorum://role/"
-
-
 ROLE_KINDS = frozenset({"admin", "app", "custodian", "node"})
-
 
 # Placeholder OID under an unassigned private-enterprise arc (99999); replace with a registered
 # arc before any deployment outside the demo.
 ATTESTATION_EKU = x509.ObjectIdentifier("1.3.6.1.4.1.99999.1.1")
-
-
 CLOCK_SKEW = timedelta(minutes=5)
-
-
 _CUSTODIAN_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-
-
 _E = TypeVar("_E", bound=x509.ExtensionType)
 
 

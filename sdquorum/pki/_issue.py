@@ -30,8 +30,6 @@ from sdquorum.errors import MalformedError, UsageError
 from sdquorum.pki._certs import ATTESTATION_EKU, CLOCK_SKEW, Role, extension, load_cert, require_aware
 
 _CN_MAX = 64  # ub-common-name (RFC 5280)
-
-
 _MIN_RSA_BITS = 2048
 
 

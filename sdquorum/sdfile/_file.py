@@ -20,14 +20,8 @@ from sdquorum.errors import MalformedError, VerificationError
 from sdquorum.sdfile._header import Header, SignedHeader, is_version, refuse_unknown
 
 FORMAT = "sdquorum-security-domain"
-
-
 _FILE_KEYS = frozenset({"format", "version", "header", "header_signature", "payload"})
-
-
 _PAYLOAD_OBJECT_KEYS = frozenset({"alg", "nonce", "ciphertext"})
-
-
 MAX_SD_FILE_BYTES = 256 * 1024 * 1024
 
 

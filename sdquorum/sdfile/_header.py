@@ -33,23 +33,11 @@ from sdquorum.errors import MalformedError, VerificationError
 from sdquorum.pki import spki_sha256
 
 VERSION = 2  # what this build writes
-
-
 READ_VERSIONS = (1, 2)  # what it reads
-
-
 HEADER_TYPE = "sdquorum-sd-header"
-
-
 HEADER_CONTEXT = b"sdquorum sd header v1\x00"
-
-
 HEADER_CONTEXT_V2 = b"sdquorum sd header v2\x00"
-
-
 _SLOT_KEYS = frozenset({"x", "name", "certificate", "x5t_256", "encrypted_share"})
-
-
 _HEADER_KEYS_V1 = frozenset(
     {
         "type",
@@ -64,14 +52,8 @@ _HEADER_KEYS_V1 = frozenset(
         "created_at",
     }
 )
-
-
 _HEADER_KEYS = {1: _HEADER_KEYS_V1, 2: _HEADER_KEYS_V1 | {"payload_sha256"}}
-
-
 MIN_CUSTODIANS, MAX_CUSTODIANS = 3, 10
-
-
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}$")
 
 

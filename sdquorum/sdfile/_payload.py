@@ -50,16 +50,10 @@ from sdquorum.sdfile._header import (
 )
 
 PAYLOAD_TYPE = "sdquorum-sd-payload"
-
-
 PAYLOAD_VERSION = 1  # the decrypted payload's own format, unchanged by file version 2
-
-
 _SECRETS_KEYS = frozenset(
     {"type", "version", "domain_id", "data_encryption_key", "signing_key", "backup_key", "admins", "keystore"}
 )
-
-
 KEK_INFO = b"sdquorum kek v1"
 
 
