@@ -38,7 +38,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from sdquorum import pki
 from sdquorum.errors import UsageError
-from sdquorum.pki import _leaf_builder, _load_issuer, _pkcs8, _require_aware  # one PKI code path
+from sdquorum.pki._certs import require_aware
+from sdquorum.pki._issue import leaf_builder, load_issuer, pkcs8_pem  # one PKI code path
 
 __all__ = [
     "ETCD_CLUSTER_NAME",
@@ -123,14 +124,14 @@ def _issue(
     sans: list[x509.GeneralName],
     ekus: list[x509.ObjectIdentifier],
 ) -> pki.IssuedCert:
-    _require_aware(now, "now")
-    ca_cert, ca_key = _load_issuer(ca, "etcd CA")
+    require_aware(now, "now")
+    ca_cert, ca_key = load_issuer(ca, "etcd CA")
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
         raise UsageError("the etcd CA key is not an ECDSA key: make it with make_etcd_ca")
     key = ec.generate_private_key(ec.SECP256R1())
-    builder = _leaf_builder(ca_cert, key.public_key(), common_name, now, now - pki.CLOCK_SKEW, days)
+    builder = leaf_builder(ca_cert, key.public_key(), common_name, now, now - pki.CLOCK_SKEW, days)
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     builder = builder.add_extension(x509.ExtendedKeyUsage(ekus), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
-    return pki.IssuedCert(cert.public_bytes(serialization.Encoding.PEM), _pkcs8(key))
+    return pki.IssuedCert(cert.public_bytes(serialization.Encoding.PEM), pkcs8_pem(key))

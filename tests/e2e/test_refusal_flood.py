@@ -24,6 +24,7 @@ from harness import Cluster, tls
 
 from sdquorum import pki
 from sdquorum.errors import StorageError
+from sdquorum.pki._issue import leaf_builder
 from sdquorum.refusals import DEFAULT_DETAILED_PER_WINDOW, DEFAULT_WINDOW_SECONDS, OVERFLOW, RefusalWindows
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc.client import NodeClient
@@ -117,7 +118,7 @@ def no_role_certificate(pki_dir: Path, out: Path, common_name: str = "mallory") 
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(UTC)
-    builder = pki._leaf_builder(ca_cert, key.public_key(), common_name, now, now, 30).add_extension(
+    builder = leaf_builder(ca_cert, key.public_key(), common_name, now, now, 30).add_extension(
         x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
     )
     cert = builder.sign(ca_key, hashes.SHA256())
