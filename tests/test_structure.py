@@ -25,8 +25,6 @@ PENDING: dict[str, int] = {
     "sdquorum/envelopes.py": 804,
     "sdquorum/pki.py": 538,
     "sdquorum/sdfile.py": 532,
-    "coordinator/ceremony.py": 583,
-    "coordinator/ceremony.py:Ceremony": 405,
     "hsm_node/pool/etcd.py": 801,
     "hsm_node/pool/etcd.py:EtcdClient": 450,
     "custodian_agent/cli.py": 639,
