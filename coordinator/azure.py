@@ -42,10 +42,8 @@ import itertools
 from cryptography.hazmat.primitives import serialization
 
 from coordinator.ceremony import (
-    OPEN,
     AttestationSigner,
     Ceremony,
-    CustodianProgress,
     CustodianRequest,
     CustodianStatus,
 )
@@ -219,22 +217,20 @@ class AzureRestoreSession(Ceremony):
                     self._reject(x, f"the share of slot {x} does not lie on the shares that opened the file")
             self._expected = {
                 x: hashlib.sha256(gf257.share_at(shares, x).to_bytes()).digest()
-                for x, p in self._status.items()
-                if p.status in OPEN
+                for x in self._slots.open_slots()
             }
             self._settle_open(CustodianStatus.NOT_NEEDED)
             self._complete(f"Azure security domain opened with {len(shares)} shares; transfer file ready")
             return
-        if not any(p.status in OPEN for p in self._status.values()):  # no slot left to answer
-            names = ", ".join(self._status[x].name for x in sorted(self._shares))
+        if not self._slots.open_slots():  # no slot left to answer
+            names = ", ".join(self._slots[x].name for x in sorted(self._shares))
             self._fail(
                 f"no {sd.required} of the {len(self._shares)} shares received ({names}) open the Azure "
                 "file: at least one of them is wrong"
             )
 
     def _reject(self, x: int, reason: str) -> None:
-        p = self._status[x]
-        self._status[x] = CustodianProgress(p.x, p.name, CustodianStatus.REJECTED, reason)
+        self._slots.set(x, CustodianStatus.REJECTED, reason)
 
     def _end(self) -> None:
         super()._end()

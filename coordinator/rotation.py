@@ -59,7 +59,7 @@ class RotationSession(Ceremony):
             self._fail_if_quorum_unreachable()
 
     def _at_deadline(self) -> None:
-        missing = [self._status[x].name for x in self.progress().missing]
+        missing = [self._slots[x].name for x in self.progress().missing]
         self._fail(
             f"deadline passed with {self.progress_count()} of {self.required()} approvals "
             f"(missing: {', '.join(missing) or 'none'}); nothing changed"

@@ -24,15 +24,13 @@ from harness import NodeProcess, certs_of, running_cluster, tls
 
 from hsm_node import cryptopool, keyops
 from hsm_node.cryptopool import (
-    _RESULT,
-    _RESULT_AT,
     MIN_POOLED_ITEMS,
-    OK,
     CryptoPool,
     WorkerFault,
     WorkerTimeout,
     reuse_large_buffers,
 )
+from hsm_node.cryptopool._layout import _RESULT, _RESULT_AT, OK, _u32
 from hsm_node.keyops import KeyType
 from sdquorum.errors import StateError, TransportError, UsageError
 from sdquorum.keys import SoftwareWrappingKey
@@ -186,7 +184,7 @@ async def test_results_that_do_not_match_the_job_are_refused(pool: CryptoPool) -
     for status in ((OK, size, len(ITEMS) - 1), (OK, size - 1, len(ITEMS)), (OK, size, 10**9), (99, 0, 0)):
         worker.region[worker.layout.result_at : worker.layout.result_at + size] = sealed.data
         at = worker.layout.result_lengths_at
-        worker.region[at : at + 4 * len(ITEMS)] = cryptopool._u32(sealed.lengths)
+        worker.region[at : at + 4 * len(ITEMS)] = _u32(sealed.lengths)
         _RESULT.pack_into(worker.region, _RESULT_AT, *status)
         with pytest.raises(WorkerFault):
             worker.result(len(aes), len(ITEMS), 0)
@@ -342,7 +340,7 @@ async def test_a_worker_that_exits_at_start_turns_the_pool_off(
 ) -> None:
     """A worker that cannot run here (an import error, a sandbox) would fail every batch: the first
     failure turns the pool off and that batch, and all later ones, run on the server's thread."""
-    monkeypatch.setattr(cryptopool, "WORKER_COMMAND", (sys.executable, "-c", "raise SystemExit(3)"))
+    monkeypatch.setattr(cryptopool._process, "WORKER_COMMAND", (sys.executable, "-c", "raise SystemExit(3)"))
     pool = CryptoPool(2, DEFAULT_MAX_MESSAGE_BYTES, 1000)
     _, aes = keyops.generate(AES)
     sealed = await pool.encrypt_batch(AES, aes, ITEMS, b"")
@@ -503,7 +501,7 @@ def test_large_buffers_are_reused_where_glibc_allows_it(monkeypatch: pytest.Monk
     def no_libc(*_: object) -> object:
         raise OSError("no C library")
 
-    monkeypatch.setattr(cryptopool.ctypes, "CDLL", no_libc)
+    monkeypatch.setattr(cryptopool._memory.ctypes, "CDLL", no_libc)
     assert reuse_large_buffers() is False
 
 
