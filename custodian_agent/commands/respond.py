@@ -3,8 +3,9 @@ out, with the same checks and cryptography as ``run``.
 
 Invariants:
 
-* Every check runs before the key is unlocked, except the one needing the key's own fingerprint;
-  a failed check raises naming it and writes nothing.
+* What the person got wrong (``--yes`` on a release, an ``--out`` that exists, an unreadable request or
+  attestation root, a damaged state directory) is refused before the key is unlocked; a request that
+  fails a check is refused naming the check, and nothing is written.
 * The answer file must not exist: it is never overwritten. With ``--state-dir`` the domain's
   signing key and highest epoch are remembered and enforced as ``run`` does; without it nothing
   is written but the answer.
