@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
-from sdquorum_rpc.admin import CHUNK, _chunks, _join
+from sdquorum_rpc.admin._streams import CHUNK, _chunks, _join
 
 
 async def _collect(data: bytes) -> list[pb.BackupChunk]:
