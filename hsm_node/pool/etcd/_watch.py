@@ -1,0 +1,123 @@
+"""Watching a prefix across broken streams and member losses.
+
+Invariants: a watch resumes after a broken stream from the revision after the last one it
+delivered, on any endpoint, so no event is lost or delivered twice; if etcd compacted that revision
+away it raises :class:`CompactedError` and the caller reloads. A quiet stream asks for a progress
+notice every ``progress_interval`` and leaves a member that does not answer one within
+``attempt_timeout`` (a silent partition is noticed that fast). One task reads each stream: a
+pending read is never cancelled (that would end the stream), timeouts wait on its queue instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import grpc.aio
+from aetcd import rpc  # etcd's v3 API (generated, kept current by aetcd's maintainers)
+
+from hsm_node.pool.etcd._connection import HASLEADER, Connection
+from hsm_node.pool.etcd._errors import EOF, CompactedError, raise_if_final
+from hsm_node.pool.etcd._layout import prefix_end
+from hsm_node.pool.etcd._values import EventKind, WatchBatch, WatchEvent
+from sdquorum.errors import PermissionDeniedError
+
+__all__ = ["Watches"]
+
+
+class Watches(Connection):
+    """Watches of a key prefix that survive broken streams."""
+
+    async def watch_prefix(self, prefix: bytes, start_revision: int) -> AsyncIterator[WatchBatch]:
+        """Every change under ``prefix`` from ``start_revision`` on (typically the revision of a
+        :meth:`get_prefix` plus one), in order, across broken streams and member losses.
+
+        A quiet stream asks for a progress notice every ``progress_interval``; a member that does
+        not answer one within ``attempt_timeout`` is left for the next (a silent partition is
+        noticed that fast). Each batch, events or not, proves the cluster answered: the caller
+        bounds how long it serves without one. While no member with a quorum answers it keeps
+        trying; it never ends by itself (cancel the iteration to stop)."""
+        cfg = self.config
+        next_rev = start_revision
+        n = len(cfg.endpoints)
+        while True:
+            endpoint = cfg.endpoints[self._current % n]
+            call = rpc.WatchStub(self._channel(endpoint)).Watch(metadata=HASLEADER)
+            # one reader per stream: cancelling a pending read would end the whole stream, so the
+            # timeouts below wait on this queue instead
+            inbox: asyncio.Queue[Any] = asyncio.Queue()
+            pump = asyncio.ensure_future(_pump(call, inbox))
+            try:
+                create = rpc.WatchCreateRequest(
+                    key=prefix, range_end=prefix_end(prefix), start_revision=next_rev, progress_notify=True
+                )
+                await asyncio.wait_for(
+                    call.write(rpc.WatchRequest(create_request=create)), cfg.attempt_timeout
+                )
+                asked = False
+                while True:
+                    try:
+                        r = await asyncio.wait_for(
+                            inbox.get(), cfg.attempt_timeout if asked else cfg.progress_interval
+                        )
+                    except TimeoutError:
+                        if asked:
+                            break  # no answer to a progress request: this member is cut off
+                        await asyncio.wait_for(
+                            call.write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())),
+                            cfg.attempt_timeout,
+                        )
+                        asked = True
+                        continue
+                    asked = False
+                    if isinstance(r, grpc.aio.AioRpcError):
+                        raise_if_final(r, "watch")
+                        break
+                    if r is EOF:
+                        break
+                    if r.compact_revision:
+                        raise CompactedError(int(r.compact_revision))
+                    if r.canceled:
+                        if "permission denied" in r.cancel_reason:
+                            raise PermissionDeniedError(
+                                "etcd refused the watch: this member's etcd certificate may not read the pool"
+                            )
+                        break  # e.g. this member lost its leader: go to the next one
+                    if r.created and not r.events:
+                        continue
+                    events = tuple(_event(ev) for ev in r.events)
+                    if events:
+                        next_rev = max(ev.mod_revision for ev in events) + 1
+                    else:
+                        next_rev = max(next_rev, int(r.header.revision) + 1)
+                    yield WatchBatch(int(r.header.revision), events)
+            except grpc.aio.AioRpcError as e:
+                raise_if_final(e, "watch")
+            except (TimeoutError, asyncio.InvalidStateError):
+                pass  # a request did not go out, or the stream ended under us: next member
+            finally:
+                pump.cancel()
+                call.cancel()
+            self._current = (self._current + 1) % n
+            await asyncio.sleep(min(cfg.attempt_timeout, 0.2))
+
+
+async def _pump(call: Any, inbox: asyncio.Queue[Any]) -> None:
+    """Move a stream's responses (then EOF, or the error that ended it) into ``inbox``."""
+    try:
+        while True:
+            r = await call.read()
+            inbox.put_nowait(r)
+            if r is EOF:
+                return
+    except grpc.aio.AioRpcError as e:
+        inbox.put_nowait(e)
+    except asyncio.InvalidStateError:
+        inbox.put_nowait(EOF)
+
+
+def _event(ev: Any) -> WatchEvent:
+    kind = EventKind.DELETE if ev.type == rpc.Event.DELETE else EventKind.PUT
+    return WatchEvent(kind, bytes(ev.kv.key), bytes(ev.kv.value), int(ev.kv.mod_revision))
