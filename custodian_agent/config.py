@@ -12,7 +12,7 @@ from pathlib import Path
 
 from custodian_agent.approvals import DEFAULT_STATE_DIR, check_mode
 from sdquorum.errors import UsageError
-from sdquorum_rpc.config import Setting, check_host_port, load_settings
+from sdquorum_rpc.config import Setting, check_host_port, load_settings, log_settings
 
 __all__ = ["DEFAULT_STATE_DIR", "SETTINGS", "AgentSettings"]
 
@@ -106,20 +106,7 @@ SETTINGS = [
     Setting(
         "wrapping.cert", "--wrapping-cert", E + "WRAPPING_CERT", Path, required=True, help="its certificate"
     ),
-    Setting(
-        "observability.log_level",
-        "--log-level",
-        E + "LOG_LEVEL",
-        default="INFO",
-        help="DEBUG, INFO, WARNING or ERROR",
-    ),
-    Setting(
-        "observability.log_format",
-        "--log-format",
-        E + "LOG_FORMAT",
-        default="text",
-        help="text or json (one event a line)",
-    ),
+    *log_settings(E),
 ]
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdquorum.errors import UsageError
-from sdquorum_rpc.config import Setting, check_host_port, load_settings
+from sdquorum_rpc.config import Setting, check_host_port, load_settings, log_settings
 
 __all__ = ["SETTINGS", "NodeSettings"]
 
@@ -123,20 +123,7 @@ SETTINGS = [
         required=True,
         help="its Ed25519 private key",
     ),
-    Setting(
-        "observability.log_level",
-        "--log-level",
-        E + "LOG_LEVEL",
-        default="INFO",
-        help="DEBUG, INFO, WARNING or ERROR",
-    ),
-    Setting(
-        "observability.log_format",
-        "--log-format",
-        E + "LOG_FORMAT",
-        default="text",
-        help="text or json (one event a line)",
-    ),
+    *log_settings(E),
     Setting(
         "observability.metrics_listen",
         "--metrics-listen",

@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sdquorum import pki
 from sdquorum.encoding import b64d, b64e, canonical_json, parse_json_object
+from sdquorum.envelopes import CertifiedStatement
 from sdquorum.errors import MalformedError, VerificationError
 from sdquorum.sdfile import DomainSecrets
 
@@ -66,7 +67,6 @@ REQUEST_CONTEXT = b"sdquorum pool join request v1\x00"
 GRANT_CONTEXT = b"sdquorum pool join grant v1\x00"
 MAX_JOIN_SECONDS = 600  # a join request lives at most this long
 CLOCK_SKEW_SECONDS = 120
-MAX_ENVELOPE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -166,40 +166,7 @@ class JoinGrantStatement:
 
 
 @dataclass(frozen=True)
-class _Signed:
-    statement_bytes: bytes
-    signature: bytes
-    certificate_der: bytes
-
-    def to_bytes(self) -> bytes:
-        return canonical_json(
-            {
-                "statement": b64e(self.statement_bytes),
-                "signature": b64e(self.signature),
-                "certificate": b64e(self.certificate_der),
-            }
-        )
-
-    @property
-    def sha256(self) -> bytes:
-        return hashlib.sha256(self.to_bytes()).digest()
-
-    @staticmethod
-    def _fields(data: bytes, what: str) -> tuple[bytes, bytes, bytes]:
-        if len(data) > MAX_ENVELOPE_BYTES:
-            raise MalformedError(f"{what}: larger than {MAX_ENVELOPE_BYTES} bytes")
-        o = parse_json_object(data, what)
-        if set(o) != {"statement", "signature", "certificate"}:
-            raise MalformedError(f"{what}: expected exactly statement, signature and certificate")
-        return (
-            b64d(o.get("statement"), f"{what} statement"),
-            b64d(o.get("signature"), f"{what} signature"),
-            b64d(o.get("certificate"), f"{what} certificate"),
-        )
-
-
-@dataclass(frozen=True)
-class JoinRequest(_Signed):
+class JoinRequest(CertifiedStatement):
     statement: JoinRequestStatement = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -207,11 +174,11 @@ class JoinRequest(_Signed):
 
     @classmethod
     def from_bytes(cls, data: bytes) -> JoinRequest:
-        return cls(*cls._fields(data, "join request"))
+        return cls(*cls.parts(data, "join request"))
 
 
 @dataclass(frozen=True)
-class JoinGrant(_Signed):
+class JoinGrant(CertifiedStatement):
     statement: JoinGrantStatement = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -219,7 +186,7 @@ class JoinGrant(_Signed):
 
     @classmethod
     def from_bytes(cls, data: bytes) -> JoinGrant:
-        return cls(*cls._fields(data, "join grant"))
+        return cls(*cls.parts(data, "join grant"))
 
 
 # ------------------------------------------------------------------ the joiner's request
@@ -244,7 +211,7 @@ def make_join_request(
     return JoinRequest(data, key.sign(REQUEST_CONTEXT + data), certificate_der)
 
 
-def _verify(signed: _Signed, context: bytes, root_pem: bytes, now: datetime, what: str) -> str:
+def _verify(signed: CertifiedStatement, context: bytes, root_pem: bytes, now: datetime, what: str) -> str:
     """Chain, signature; returns the node id the certificate certifies."""
     public, node_id = pki.verify_attestation_cert(signed.certificate_der, root_pem, now)
     try:

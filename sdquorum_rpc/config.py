@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from sdquorum.errors import UsageError
 
-__all__ = ["Setting", "add_flags", "check_host_port", "load_settings"]
+__all__ = ["Setting", "add_flags", "check_host_port", "load_settings", "log_settings"]
 
 
 class Setting(NamedTuple):
@@ -163,6 +163,26 @@ def _read_toml(path: Path | None) -> dict[str, Any]:
         for name, value in values.items():
             flat[f"{section}.{name}"] = value
     return flat
+
+
+def log_settings(env_prefix: str) -> list[Setting]:
+    """``[observability]`` log_level and log_format, as every long-running process reads them."""
+    return [
+        Setting(
+            "observability.log_level",
+            "--log-level",
+            env_prefix + "LOG_LEVEL",
+            default="INFO",
+            help="DEBUG, INFO, WARNING or ERROR",
+        ),
+        Setting(
+            "observability.log_format",
+            "--log-format",
+            env_prefix + "LOG_FORMAT",
+            default="text",
+            help="text or json (one event a line)",
+        ),
+    ]
 
 
 def check_host_port(value: str, what: str) -> str:

@@ -35,10 +35,9 @@ from typing import Any
 from hsm_node.pool.etcd import EtcdConfig
 from hsm_node.pool.rows import PoolRows
 from hsm_node.pool.view import DEFAULT_MAX_STALENESS, LOCAL_FILE, EtcdView
-from hsm_node.store.image import read_image, write_image
+from hsm_node.store.image import KeyRowImages
 from hsm_node.store.protocol import DomainInfo, KeyRow, StoredKey
 from hsm_node.store.sealing import DomainSeal, KeySeal
-from sdquorum.backup import BackupKey
 from sdquorum.errors import NotFoundError, StateError
 from sdquorum.review import CustodyRecord, DrillResult, RetiredEpoch
 from sdquorum.sdfile import DomainSecrets
@@ -221,7 +220,7 @@ class _PoolRecords:
         return [RetiredEpoch.from_json(json.loads(v)) for _, v in self._v.scan(self._v.sub("retired") + b"/")]
 
 
-class _PoolKeys:
+class _PoolKeys(KeyRowImages):
     def __init__(self, view: EtcdView, seal: KeySeal) -> None:
         self._v = view
         self._key_seal = seal
@@ -301,16 +300,8 @@ class _PoolKeys:
         due = [r.key for r in self._rows() if r.key.deleted_at is not None and r.key.deleted_at <= time]
         return sorted(due, key=lambda k: (k.deleted_at, k.name))
 
-    def export_key_rows(self, dek: bytes) -> tuple[bytes, int]:
-        rows = self._rows()
-        count = self._key_seal.check_all(dek, rows)
-        return write_image(rows), count
-
-    def import_key_rows(self, image: bytes, key_count: int) -> None:
-        self._replace_rows(read_image(image, key_count))
-
-    def replace_keys(self, dek: bytes, keys: Sequence[BackupKey]) -> None:
-        self._replace_rows(self._key_seal.seal_all(dek, keys))
+    def _key_rows(self) -> list[KeyRow]:
+        return self._rows()
 
     def _replace_rows(self, rows: Iterable[KeyRow]) -> None:
         with self._v.write() as tx:

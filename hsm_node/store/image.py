@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from hsm_node.keyops import KeyType
 from hsm_node.store.protocol import LEGACY_OWNER, KeyRow, StoredKey
+from hsm_node.store.sealing import KeySeal
+from sdquorum.backup import BackupKey
 from sdquorum.errors import MalformedError, StorageError
 
-__all__ = ["image_schema", "read_image", "row_values", "write_image"]
+__all__ = ["KeyRowImages", "image_schema", "read_image", "row_values", "write_image"]
 
 _COLUMNS = "name, type, public_der, sealed, created_at, owner, deleted_at"
 _LEGACY_COLUMNS = f"name, type, public_der, sealed, created_at, '{LEGACY_OWNER}', NULL"
@@ -105,3 +107,29 @@ def read_image(image: bytes, key_count: int) -> list[KeyRow]:
         KeyRow(StoredKey(name, kind, bytes(public), created, owner, deleted), bytes(sealed))
         for name, kind, public, sealed, created, owner, deleted in rows
     ]
+
+
+class KeyRowImages:
+    """Backups for a store that keeps its key rows as values (the in-memory and the pool's stores):
+    the rows go out and come back through one image format, and a restore replaces every row at
+    once. A subclass gives its seal, ``_key_rows()`` (every row, in name order) and
+    ``_replace_rows()`` (all of them, in one transaction)."""
+
+    _key_seal: KeySeal
+
+    def _key_rows(self) -> list[KeyRow]:
+        raise NotImplementedError
+
+    def _replace_rows(self, rows: Iterable[KeyRow]) -> None:
+        raise NotImplementedError
+
+    def export_key_rows(self, dek: bytes) -> tuple[bytes, int]:
+        rows = self._key_rows()
+        count = self._key_seal.check_all(dek, rows)  # every row opens under the DEK, or nothing is out
+        return write_image(rows), count
+
+    def import_key_rows(self, image: bytes, key_count: int) -> None:
+        self._replace_rows(read_image(image, key_count))
+
+    def replace_keys(self, dek: bytes, keys: Sequence[BackupKey]) -> None:
+        self._replace_rows(self._key_seal.seal_all(dek, keys))

@@ -16,10 +16,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
-from hsm_node.store.image import read_image, write_image
+from hsm_node.store.image import KeyRowImages
 from hsm_node.store.protocol import DomainInfo, KeyRow, StoredKey
 from hsm_node.store.sealing import DomainSeal, KeySeal
-from sdquorum.backup import BackupKey
 from sdquorum.errors import AlreadyExistsError, NotFoundError
 from sdquorum.review import CustodyRecord, DrillResult, RetiredEpoch
 from sdquorum.sdfile import DomainSecrets
@@ -164,7 +163,7 @@ class _MemoryRecords:
         return list(self._t.tables.retired.values())
 
 
-class _MemoryKeys:
+class _MemoryKeys(KeyRowImages):
     def __init__(self, transactions: _Transactions, seal: KeySeal) -> None:
         self._t = transactions
         self._key_seal = seal
@@ -224,16 +223,8 @@ class _MemoryKeys:
         ]
         return sorted(due, key=lambda k: (k.deleted_at, k.name))
 
-    def export_key_rows(self, dek: bytes) -> tuple[bytes, int]:
-        rows = [r for _, r in sorted(self._t.tables.keys.items())]
-        count = self._key_seal.check_all(dek, rows)
-        return write_image(rows), count
-
-    def import_key_rows(self, image: bytes, key_count: int) -> None:
-        self._replace_rows(read_image(image, key_count))
-
-    def replace_keys(self, dek: bytes, keys: Sequence[BackupKey]) -> None:
-        self._replace_rows(self._key_seal.seal_all(dek, keys))
+    def _key_rows(self) -> list[KeyRow]:
+        return [r for _, r in sorted(self._t.tables.keys.items())]
 
     def _replace_rows(self, rows: Iterable[KeyRow]) -> None:
         with self._t.tx() as t:

@@ -160,16 +160,14 @@ class ExchangeStatement:
 
 
 @dataclass(frozen=True)
-class Attestation:
-    """A signed :class:`ExchangeStatement` with the node's attestation certificate."""
+class CertifiedStatement:
+    """A statement carried as the exact bytes its signer signed (Ed25519), with the signature and the
+    signer's certificate: the exchange-key attestation, and the pool's join request and grant. The
+    JSON carries exactly these three members."""
 
     statement_bytes: bytes
     signature: bytes
     certificate_der: bytes
-    statement: ExchangeStatement = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "statement", ExchangeStatement.from_bytes(self.statement_bytes))
 
     def to_bytes(self) -> bytes:
         return canonical_json(
@@ -184,17 +182,32 @@ class Attestation:
     def sha256(self) -> bytes:
         return hashlib.sha256(self.to_bytes()).digest()
 
+    @staticmethod
+    def parts(data: bytes, what: str) -> tuple[bytes, bytes, bytes]:
+        """(statement, signature, certificate) of ``data``, size and members checked first."""
+        check_size(data, what)
+        obj = parse_json_object(data, what)
+        if set(obj) != {"statement", "signature", "certificate"}:
+            raise MalformedError(f"{what}: expected exactly statement, signature and certificate")
+        return (
+            b64d(obj.get("statement"), f"{what} statement"),
+            b64d(obj.get("signature"), f"{what} signature"),
+            b64d(obj.get("certificate"), f"{what} certificate"),
+        )
+
+
+@dataclass(frozen=True)
+class Attestation(CertifiedStatement):
+    """A signed :class:`ExchangeStatement` with the node's attestation certificate."""
+
+    statement: ExchangeStatement = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "statement", ExchangeStatement.from_bytes(self.statement_bytes))
+
     @classmethod
     def from_bytes(cls, data: bytes) -> Attestation:
-        check_size(data, "attestation")
-        obj = parse_json_object(data, "attestation")
-        if set(obj) != {"statement", "signature", "certificate"}:
-            raise MalformedError("attestation: expected exactly statement, signature and certificate")
-        return cls(
-            b64d(obj.get("statement"), "attestation statement"),
-            b64d(obj.get("signature"), "attestation signature"),
-            b64d(obj.get("certificate"), "attestation certificate"),
-        )
+        return cls(*cls.parts(data, "attestation"))
 
 
 def sign_attestation(
