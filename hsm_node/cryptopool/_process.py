@@ -24,6 +24,7 @@ from hsm_node.cryptopool._layout import (
     _ZEROS,
     AAD_ONE,
     AAD_PER_ITEM,
+    FAILED,
     OK,
     Layout,
     _clear,
@@ -186,6 +187,8 @@ class _Worker:
             return Packed(data, lengths)
         error = _ERRORS.get(status)
         if error is None:
+            cause = data.decode("ascii", "replace") if status == FAILED else f"status {status}"
+            log.error("a crypto worker could not run a batch (%s)", cause[:200])
             raise WorkerFault("a crypto worker could not run the batch: see the node log")
         raise error(data.decode("utf-8", "replace"))
 

@@ -13,7 +13,6 @@ import contextlib
 import mmap
 import os
 import signal
-import sys
 
 from hsm_node import keyops
 from hsm_node.cryptopool._layout import (
@@ -73,9 +72,11 @@ def _answer_job(region: mmap.mmap, layout: Layout) -> None:
         region[layout.result_at : layout.result_at + len(message)] = message
         status = USAGE if isinstance(e, UsageError) else VERIFICATION
         _RESULT.pack_into(region, _RESULT_AT, status, len(message), 0)
-    except Exception as e:  # the node logs that the call failed; the type names the cause
-        print(f"sdquorum crypto worker: a job failed ({type(e).__name__})", file=sys.stderr, flush=True)
-        _RESULT.pack_into(region, _RESULT_AT, FAILED, 0, 0)
+    except Exception as e:  # the node logs that the call failed, naming the cause's type (its log,
+        # in the node's format: the worker writes no line of its own)
+        name = type(e).__name__.encode()[:200]
+        region[layout.result_at : layout.result_at + len(name)] = name
+        _RESULT.pack_into(region, _RESULT_AT, FAILED, len(name), 0)
 
 
 def main(argv: list[str]) -> int:

@@ -544,3 +544,19 @@ async def test_a_stopped_job_reaches_the_client_as_internal_with_nothing_of_the_
                 await client.sign_batch("rsa", [b"m"] * 300)  # ~0.4 s of work, 0.05 s allowed
     assert e.value.code() == grpc.StatusCode.INTERNAL
     assert e.value.details() == "internal error; see the node log"
+
+
+async def test_a_job_that_fails_in_a_worker_is_logged_by_the_node_not_printed_by_the_worker(
+    capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker's failure reaches the node's log (in the node's format: JSON with --log-format json)
+    with the cause's type; the worker writes no line of its own (before: a plain-text stderr line
+    among the JSON events)."""
+    pool = CryptoPool(1, DEFAULT_MAX_MESSAGE_BYTES, 1000)
+    try:
+        with pytest.raises(WorkerFault):
+            await pool.sign_batch(KeyType.ED25519, b"not an ed25519 key", Packed.of([b"m"] * 100))
+    finally:
+        await pool.close()
+    assert "could not run a batch (ValueError)" in caplog.text
+    assert "crypto worker" not in capfd.readouterr().err
