@@ -16,11 +16,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 import pytest
-from attack import FIND_ONLY, SETTINGS, CeremonyUnderAttack, M, N, Run, World, ceremony
+from attack import FIND_ONLY, SETTINGS, CeremonyUnderAttack, N, Run, World, ceremony
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import run_state_machine_as_test
@@ -36,7 +35,7 @@ from sdquorum.keys import SoftwareWrappingKey, verify_pss
 from sdquorum.proposal import RotationProposal
 
 if TYPE_CHECKING:
-    from conftest import HonestAgent, NodeAttestation, Sealed, SealFactory
+    from conftest import Sealed
 
 NAMES = ("alice", "bob", "carol", "dave", "erin")
 
@@ -121,28 +120,6 @@ class DrillRotationUnderAttack(CeremonyUnderAttack):
             assert session.proposal is not None and session.attestation is not None
             attested = session.attestation.statement.proposal_sha256
             assert attested == hashlib.sha256(session.proposal.to_bytes()).digest()
-
-
-@pytest.fixture
-def world(
-    sealed: Sealed,
-    make_sealed: SealFactory,
-    agents: list[HonestAgent],
-    wrapping_keys: list[SoftwareWrappingKey],
-    node_attestation: NodeAttestation,
-    foreign_node_attestation: NodeAttestation,
-    t0: int,
-    now: datetime,
-) -> World:
-    return World(
-        files=(sealed, make_sealed(M, N, secrets=sealed.secrets, epoch=2), make_sealed(M, N)),
-        agents=tuple(agents[:N]),
-        outsider=wrapping_keys[N],
-        node=node_attestation,
-        foreign=foreign_node_attestation,
-        t0=t0,
-        now=now,
-    )
 
 
 def test_drill_and_rotation_under_an_adversary_with_fewer_than_m_keys(world: World) -> None:

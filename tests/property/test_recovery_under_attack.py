@@ -13,11 +13,10 @@ which shows the properties can fail.
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 import pytest
-from attack import FIND_ONLY, SETTINGS, CeremonyUnderAttack, M, N, Run, World, ceremony
+from attack import FIND_ONLY, SETTINGS, CeremonyUnderAttack, N, Run, World, ceremony
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import run_state_machine_as_test
@@ -27,10 +26,9 @@ from coordinator.recovery import RecoverySession
 from sdquorum import shamir
 from sdquorum.envelopes import Release, SlotKey, open_release, open_sealed_share, seal_release
 from sdquorum.errors import StateError, VerificationError
-from sdquorum.keys import SoftwareWrappingKey
 
 if TYPE_CHECKING:
-    from conftest import HonestAgent, NodeAttestation, Sealed, SealFactory
+    from conftest import Sealed
 
 
 class RecoveryUnderAttack(CeremonyUnderAttack):
@@ -74,28 +72,6 @@ class RecoveryUnderAttack(CeremonyUnderAttack):
             assert session.result == run.sealed.secrets, f"{session.session_id} opened other secrets"
         else:
             assert session.result is None, f"{session.session_id} holds secrets while {session.state}"
-
-
-@pytest.fixture
-def world(
-    sealed: Sealed,
-    make_sealed: SealFactory,
-    agents: list[HonestAgent],
-    wrapping_keys: list[SoftwareWrappingKey],
-    node_attestation: NodeAttestation,
-    foreign_node_attestation: NodeAttestation,
-    t0: int,
-    now: datetime,
-) -> World:
-    return World(
-        files=(sealed, make_sealed(M, N, secrets=sealed.secrets, epoch=2), make_sealed(M, N)),
-        agents=tuple(agents[:N]),
-        outsider=wrapping_keys[N],
-        node=node_attestation,
-        foreign=foreign_node_attestation,
-        t0=t0,
-        now=now,
-    )
 
 
 def test_recovery_coordinator_under_an_adversary_with_fewer_than_m_keys(world: World) -> None:
