@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from etcd_cluster import EtcdCluster
+from support import wait_for
 
 from hsm_node.keyops import KeyType
 from hsm_node.pool.etcd import EtcdClient
@@ -77,7 +78,8 @@ async def test_an_allowed_node_joins_with_no_custodian_and_serves_the_pools_keys
         loaded = b.store.domain.load_domain()
         assert loaded is not None and loaded[0] == domain and b.store.domain.state() == "ACTIVATED"
         assert b.store.keys.get_key(loaded[0].data_encryption_key, "shared")[1] == b"private"
-        assert a.active_members() == {"node-a", "node-b"}
+        # node-b's membership reaches node-a's view through its etcd watch: wait for it, not a race
+        await wait_for(lambda: a.active_members() == {"node-a", "node-b"}, 10, what="node-a sees node-b")
         # node-c was never allowed: no member seals anything to it
         with pytest.raises(StateError, match="sdctl pool allow node-c"):
             await c.join(timeout=1.0)
