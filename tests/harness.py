@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -44,12 +44,12 @@ from hsm_node.node import Node, NodeConfig
 from hsm_node.server import MAX_BATCH_ITEMS, NodeServer, serve
 from hsm_node.store import SqliteNodeStore
 from sdctl.pkifiles import init_pki
-from sdquorum import backup
+from sdquorum import backup, envelopes, pki
 from sdquorum.encoding import b64e, canonical_json
 from sdquorum.envelopes import CustodianPolicy
 from sdquorum.errors import NotFoundError, UsageError
 from sdquorum.keys import SoftwareWrappingKey
-from sdquorum.sdfile import DomainSecrets
+from sdquorum.sdfile import DomainSecrets, SignedHeader
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 from sdquorum_rpc.admin import AdminClient
 from sdquorum_rpc.tls import DEFAULT_MAX_MESSAGE_BYTES, TlsFiles
@@ -502,3 +502,27 @@ def admin_cert_valid_between(pki_dir: Path, start: datetime, end: datetime) -> t
     return cert.public_bytes(serialization.Encoding.PEM), key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
+
+
+def checked_for(
+    c: Cluster,
+    key: SoftwareWrappingKey,
+    pki_dir: Path,
+    *,
+    purpose: str = "recovery",
+    now: datetime | None = None,
+) -> tuple[str, envelopes.CheckedRequest]:
+    """What an honest agent holding ``key`` would have checked for its one open request on ``c``:
+    the request id and the checked request (an attacker's test builds its forgery from it)."""
+    thumb = pki.thumbprint_sha256(key.certificate_der())
+    (req,) = c.node.agents.pending_requests(thumb)
+    checked = envelopes.check_request(
+        envelopes.Attestation.from_bytes(req.attestation),
+        SignedHeader(req.header_bytes, req.header_signature),
+        req.x,
+        thumb,
+        CustodianPolicy((pki_dir / "attestation-root.pem").read_bytes()),
+        now or datetime.now(UTC),
+        purpose=purpose,
+    )
+    return req.request_id, checked

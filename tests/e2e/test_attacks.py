@@ -27,6 +27,7 @@ from harness import (
     UncheckedTlsFiles,
     admin_cert_valid_between,
     certs_of,
+    checked_for,
     running_cluster,
     tls,
 )
@@ -43,21 +44,6 @@ from sdquorum_rpc.client import NodeClient
 def audit_events(c: Cluster) -> list[dict[str, object]]:
     chain = c.node.audit_chain()
     return [json.loads(e) for e in c.node.store.records.audit_entries(chain)]
-
-
-def checked_for(c: Cluster, key: SoftwareWrappingKey, pki_dir: Path) -> tuple[str, envelopes.CheckedRequest]:
-    """What an honest agent holding ``key`` would have checked for its open request on ``c``."""
-    thumb = pki.thumbprint_sha256(key.certificate_der())
-    (req,) = c.node.agents.pending_requests(thumb)
-    checked = envelopes.check_request(
-        envelopes.Attestation.from_bytes(req.attestation),
-        SignedHeader(req.header_bytes, req.header_signature),
-        req.x,
-        thumb,
-        CustodianPolicy((pki_dir / "attestation-root.pem").read_bytes()),
-        datetime.now(UTC),
-    )
-    return req.request_id, checked
 
 
 def signed_release(key: SoftwareWrappingKey, statement: ReleaseStatement) -> bytes:

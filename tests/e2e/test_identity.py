@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
-from harness import Cluster, agent_config, certs_of, running_cluster
+from harness import Cluster, agent_config, certs_of, checked_for, running_cluster
 from recertify import fresh_certificate, private_key_of
 from support import wait_for
 
@@ -178,23 +178,15 @@ async def test_a_custodian_answers_only_requests_for_keys_named_for_it(
         await a.download(certs_of(wrapping_keys[:5]), quorum=3)
         await a.node.custody.start_drill("Q4 drill", 60, Role("admin"))
         bob = wrapping_keys[1]
-        thumb = pki.thumbprint_sha256(bob.certificate_der())
-        (req,) = a.node.agents.pending_requests(thumb)
-        checked = envelopes.check_request(
-            envelopes.Attestation.from_bytes(req.attestation),
-            SignedHeader(req.header_bytes, req.header_signature),
-            req.x,
-            thumb,
-            CustodianPolicy((pki_dir / "attestation-root.pem").read_bytes()),
-            datetime.fromtimestamp(a.clock(), tz=UTC),
-            purpose="drill",
+        rid, checked = checked_for(
+            a, bob, pki_dir, purpose="drill", now=datetime.fromtimestamp(a.clock(), tz=UTC)
         )
         proof = envelopes.make_proof(
             checked, envelopes.decrypt_share(checked, bob), bob, os.urandom
         ).to_bytes()
         async with a.client("custodian-alice") as c:
             with pytest.raises(grpc.aio.AioRpcError) as e:
-                await c.custodian.SubmitProof(pb.ProofSubmission(request_id=req.request_id, proof=proof))
+                await c.custodian.SubmitProof(pb.ProofSubmission(request_id=rid, proof=proof))
         assert e.value.details() == "a check failed"  # the peer learns only that
         assert custodian_status(a, "bob") != "ACCEPTED"
         refused = [x for x in audit_entries(a) if x["event"] == "drill-answer-refused"]
@@ -203,11 +195,11 @@ async def test_a_custodian_answers_only_requests_for_keys_named_for_it(
         )
         async with a.client("custodian-bob") as c:  # the kind is the RPC's too: a proof is no release
             with pytest.raises(grpc.aio.AioRpcError) as wrong_kind:
-                await c.custodian.SubmitRelease(pb.ShareRelease(request_id=req.request_id, release=proof))
+                await c.custodian.SubmitRelease(pb.ShareRelease(request_id=rid, release=proof))
         assert wrong_kind.value.details() == "a check failed"
         assert custodian_status(a, "bob") != "ACCEPTED"
         async with a.client("custodian-bob") as c, c.errors():
-            await c.custodian.SubmitProof(pb.ProofSubmission(request_id=req.request_id, proof=proof))
+            await c.custodian.SubmitProof(pb.ProofSubmission(request_id=rid, proof=proof))
         assert custodian_status(a, "bob") == "ACCEPTED"
 
 

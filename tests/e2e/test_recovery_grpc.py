@@ -7,14 +7,22 @@ from pathlib import Path
 
 import grpc
 import pytest
-from harness import NAMES, Cluster, Custodians, certs_of, node_b_and_sd_file, running_cluster, tls
+from harness import (
+    NAMES,
+    Cluster,
+    Custodians,
+    certs_of,
+    checked_for,
+    node_b_and_sd_file,
+    running_cluster,
+    tls,
+)
 from support import wait_for
 
 from sdquorum import envelopes, pki, shamir
 from sdquorum.envelopes import CustodianPolicy
 from sdquorum.errors import StateError, UsageError, VerificationError
 from sdquorum.keys import SoftwareWrappingKey
-from sdquorum.sdfile import SignedHeader
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
 
 pytestmark = pytest.mark.asyncio
@@ -234,24 +242,13 @@ async def test_corrupted_share_is_named_and_the_honest_quorum_still_completes(
         await b.start_recovery(sd)
         # dave is dishonest: a correctly signed release whose sealed share is off by one.
         dave = wrapping_keys[3]
-        thumb = pki.thumbprint_sha256(dave.certificate_der())
-        (req,) = b.node.agents.pending_requests(thumb)
-        checked = envelopes.check_request(
-            envelopes.Attestation.from_bytes(req.attestation),
-            SignedHeader(req.header_bytes, req.header_signature),
-            req.x,
-            thumb,
-            CustodianPolicy((pki_dir / "attestation-root.pem").read_bytes()),
-            pki_now(),
-        )
+        rid, checked = checked_for(b, dave, pki_dir, now=pki_now())
         good = envelopes.decrypt_share(checked, dave)
         bad = shamir.Share(good.x, (good.y + 1) % shamir.L)
         release = envelopes.make_release(checked, bad, dave)
         async with b.client("custodian-dave") as c:
             with pytest.raises(grpc.aio.AioRpcError) as e:
-                await c.custodian.SubmitRelease(
-                    pb.ShareRelease(request_id=req.request_id, release=release.to_bytes())
-                )
+                await c.custodian.SubmitRelease(pb.ShareRelease(request_id=rid, release=release.to_bytes()))
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert e.value.details() == "a check failed"  # the peer learns nothing more
         for n, k in [(NAMES[i], wrapping_keys[i]) for i in (0, 1, 2)]:

@@ -108,7 +108,7 @@ def test_keepalive_refuses_nonsense() -> None:
 
 
 @pytest.mark.parametrize(("start", "end", "said"), [(-30, -1, "expired on"), (1, 30, "not valid yet")])
-def test_sdctl_names_a_client_certificate_outside_its_validity_before_dialling(
+def test_sdctl_names_a_client_certificate_outside_its_validity(
     pki_dir: Path,
     tmp_path: Path,
     now: datetime,
