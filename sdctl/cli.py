@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sdctl.commands import all_commands, build_parser
-from sdctl.config import SETTINGS
+from sdctl.config import ETCD_ROOT_SETTINGS, SETTINGS
 from sdquorum import __version__
 from sdquorum.errors import UsageError
 from sdquorum_rpc.cli import EXIT_CODES, run_main
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None, out: Callable[[str], None] | None = None
 
         if args.config is None and os.environ.get("SDCTL_CONFIG"):
             args.config = Path(os.environ["SDCTL_CONFIG"])
-        for dest, value in load_settings(SETTINGS, args).items():
+        for dest, value in load_settings(SETTINGS, args, file_may_hold=ETCD_ROOT_SETTINGS).items():
             setattr(args, dest, value)
         if args.output not in ("text", "json"):
             raise UsageError(f"sdctl.output = {args.output!r}: use text or json")

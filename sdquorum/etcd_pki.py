@@ -34,10 +34,10 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from sdquorum import pki
-from sdquorum.errors import UsageError
+from sdquorum.errors import MalformedError, UsageError
 from sdquorum.pki._certs import require_aware
 from sdquorum.pki._issue import leaf_builder, load_issuer, pkcs8_pem  # one PKI code path
 
@@ -47,6 +47,7 @@ __all__ = [
     "ETCD_ROOT_USER",
     "check_member_name",
     "etcd_user",
+    "etcd_user_of",
     "issue_etcd_client_cert",
     "issue_etcd_member_cert",
     "make_etcd_ca",
@@ -72,6 +73,15 @@ def etcd_user(node_id: str) -> str:
             "starting with a letter or digit"
         )
     return f"node.{node_id}"
+
+
+def etcd_user_of(cert_pem_or_der: bytes) -> str:
+    """The etcd user a client certificate logs in as: its one subject CN (etcd reads nothing else).
+    MalformedError for a certificate without exactly one CN."""
+    names = pki.load_cert(cert_pem_or_der).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(names) != 1 or not isinstance(names[0].value, str):
+        raise MalformedError("an etcd client certificate names its etcd user in exactly one subject CN")
+    return names[0].value
 
 
 def check_member_name(member: str) -> str:

@@ -14,8 +14,9 @@ Invariants:
 * A joiner accepts only a grant :func:`~sdquorum.pooljoin.open_join_grant` passed, from a sender
   that ``members/`` lists as active; it then keeps the secrets on its own disk only.
 * A member whose row says ``removed`` serves nothing (:meth:`PoolMember.check_standing`); the
-  others no longer accept its grants; its etcd user is deleted by the admin's removal, so it can
-  no longer write.
+  others no longer accept its grants; ``sdctl pool remove`` then deletes its etcd user with etcd's
+  root certificate (:mod:`hsm_node.pool.access`: no node holds that certificate), so it can no
+  longer write.
 * A refused request is logged here with the reason and left in place; the joiner learns only that
   no grant came before its deadline.
 """
@@ -59,8 +60,8 @@ def allow(store: PoolNodeStore, node_id: str, by: str, now: int) -> None:
 
 
 def remove(store: PoolNodeStore, node_id: str, by: str, now: int) -> None:
-    """End a member: its row says removed and its permission to join goes (the caller audits it,
-    and deletes its etcd user with the etcd root certificate)."""
+    """End a member: its row says removed and its permission to join goes (the caller audits it;
+    ``sdctl pool remove`` deletes its etcd user with the etcd root certificate)."""
     with store.batch():
         store.pool.put_pool_row(
             "members", node_id, json.dumps({"state": REMOVED, "by": by, "at": now}).encode()
@@ -110,10 +111,14 @@ class PoolMember:
                 continue
         return out
 
+    def removed(self, node_id: str) -> bool:
+        """Whether the pool lists ``node_id`` as removed."""
+        raw = self.store.pool.pool_row("members", node_id)
+        return raw is not None and json.loads(raw).get("state") == REMOVED
+
     def check_standing(self) -> None:
         """PermissionDeniedError if this member was removed from the pool."""
-        raw = self.store.pool.pool_row("members", self.node_id)
-        if raw is not None and json.loads(raw).get("state") == REMOVED:
+        if self.removed(self.node_id):
             raise PermissionDeniedError(
                 f"node {self.node_id!r} was removed from the pool: it serves nothing; an admin allows it "
                 "again ('sdctl pool allow') and it joins anew"

@@ -23,7 +23,16 @@ from sdquorum.sdfile import DomainSecrets
 if TYPE_CHECKING:
     from hsm_node.pool.store import _PoolDomain
 
-__all__ = ["PoolRows"]
+__all__ = ["PoolRows", "lock_holder"]
+
+
+def lock_holder(token: bytes) -> tuple[str, str] | None:
+    """The node id and session id a ceremony lock's token names, or None for a token that is not
+    one (the lock's value: ``{"node": ..., "session": ..., "nonce": ...}``)."""
+    with contextlib.suppress(ValueError, AttributeError, KeyError, TypeError):
+        o = json.loads(token)
+        return str(o["node"]), str(o["session"])
+    return None
 
 
 class PoolRows:
@@ -41,11 +50,8 @@ class PoolRows:
             self._v.client.acquire(self._v.layout.ceremony_lock(), token.encode(), ttl)
         )
         if lease is None:
-            who = "another member"
-            if holder is not None:
-                with contextlib.suppress(ValueError, AttributeError):
-                    o = json.loads(holder.token)
-                    who = f"node {o['node']} (session {o['session']})"
+            held_by = lock_holder(holder.token) if holder is not None else None
+            who = f"node {held_by[0]} (session {held_by[1]})" if held_by else "another member"
             raise StateError(
                 f"a ceremony is running in this pool on {who}: one at a time pool-wide; wait for it to end "
                 "or for its deadline"

@@ -76,15 +76,18 @@ class PoolService:
         allow(self.store, node_id, str(caller), self._now())
         self._audit("pool-allow", caller, {"node_id": node_id})
 
-    def remove(self, node_id: str, caller: Any) -> None:
+    def remove(self, node_id: str, caller: Any) -> bool:
+        """End ``node_id``'s membership (audited). True if this changed anything; False if it was
+        removed already and not allowed since: a repeated removal is no error and no new entry."""
         _check_node_id(node_id)
-        if (
-            node_id not in self.member.active_members()
-            and self.store.pool.pool_row("allowed", node_id) is None
-        ):
+        allowed = self.store.pool.pool_row("allowed", node_id) is not None
+        if node_id not in self.member.active_members() and not allowed:
+            if self.member.removed(node_id):
+                return False
             raise UsageError(f"{node_id!r} is neither a member of this pool nor allowed to join it")
         remove(self.store, node_id, str(caller), self._now())
         self._audit("pool-remove", caller, {"node_id": node_id})
+        return True
 
     def status(self) -> PoolStatus:
         return PoolStatus(

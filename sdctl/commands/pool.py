@@ -1,39 +1,176 @@
 """``sdctl pool allow|remove NODE_ID`` (an HSM pool: let a node join with no custodian, or end a
-member; both audited by the node) and the pool part of ``sdctl status``."""
+member; both audited by the node) and the pool part of ``sdctl status``.
+
+Each command has two halves, in this order: the custody decision at the node (audited, an admin's
+certificate), then the member's etcd user, with etcd's ``root`` certificate (``--etcd``,
+``--etcd-cert``, ``--etcd-key``, ``--etcd-ca``, or ``[etcd]`` / ``SDCTL_ETCD*``;
+:mod:`hsm_node.pool.access`). Invariants:
+
+* ``pool remove`` exits 0 only when the member is marked removed **and** its etcd user is gone, so
+  its certificate can no longer write. Without the etcd root settings it refuses before anything is
+  done, unless ``--etcd-user-later`` says the operator deletes the user; it then marks the member
+  removed and exits 3 with a line saying the member can still write and the step that ends it.
+* A failure of the etcd half leaves the node's half done (the member is refused and serves
+  nothing; for ``allow``: allowed, but it cannot reach etcd yet); the one line says so, why, and
+  that running the same command again finishes it. Both halves can be repeated and say what they
+  found (removed already, user gone already, user existed already).
+* Only a certificate whose CN is etcd's ``root`` user is used for the etcd half: another (a
+  member's) is refused with one line, and etcd would refuse it too.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sdctl.commands import Command, arg
+from sdctl.config import ETCD_ROOT_SETTINGS
 from sdctl.ctl import Ctl
+
+if TYPE_CHECKING:
+    from hsm_node.pool.etcd import EtcdConfig
+    from sdquorum.errors import SdquorumError
+
+_ETCD_FLAGS = "--etcd ENDPOINTS --etcd-cert ROOT.pem --etcd-key ROOT.key --etcd-ca CA.pem"
+_ETCDCTL = "etcdctl --endpoints ENDPOINTS --cacert etcd-ca.pem --cert etcd-root.pem --key etcd-root.key"
+
+
+def _etcd_root(ctl: Ctl) -> EtcdConfig | None:
+    """etcd's root settings from flags, environment or the config file; None if none is set,
+    UsageError naming what is missing if only some are."""
+    from sdquorum.errors import UsageError
+    from sdquorum_rpc.config import load_settings
+
+    values = load_settings(ETCD_ROOT_SETTINGS, ctl.args)
+    if all(v is None for v in values.values()):
+        return None
+    missing = [s.flag for s in ETCD_ROOT_SETTINGS if values[s.dest] is None]
+    if missing:
+        raise UsageError(
+            f"give {', '.join(missing)} too (or SDCTL_ETCD*, [etcd] in the config file): etcd's root "
+            "settings are the endpoints, certificate, key and CA together"
+        )
+    from hsm_node.pool.etcd import EtcdConfig  # etcd's stubs: only for the commands that use etcd
+
+    files = {}
+    for s in ETCD_ROOT_SETTINGS[1:]:
+        try:
+            files[s.dest] = values[s.dest].read_bytes()
+        except OSError as e:
+            raise UsageError(f"cannot read {s.flag} {values[s.dest]} ({e.strerror}): check the path") from e
+    endpoints = tuple(e.strip() for e in values["etcd"].split(",") if e.strip())
+    return EtcdConfig(
+        endpoints=endpoints, ca_pem=files["etcd_ca"], cert_pem=files["etcd_cert"], key_pem=files["etcd_key"]
+    )
+
+
+def _unfinished(e: SdquorumError, done: str) -> SdquorumError:
+    """The error for an etcd half that failed after the node's half: what is done, why the rest
+    failed, and to run the same command again; the cause's kind (and exit code) is kept."""
+    from sdquorum.errors import PermissionDeniedError, StateError, TransportError, UsageError
+
+    text = f"{done}: {e}; fix that and run the same command again"
+    for kind in (PermissionDeniedError, TransportError, UsageError):
+        if isinstance(e, kind):
+            return kind(text)
+    return StateError(text)
 
 
 async def allow(ctl: Ctl) -> int:
+    from sdquorum import etcd_pki
+    from sdquorum.errors import SdquorumError
     from sdquorum_rpc.pool_admin import allow_pool_member
 
     node_id = ctl.args.node_id
+    user = etcd_pki.etcd_user(node_id)  # an id that cannot be an etcd user is refused before anything
+    etcd = _etcd_root(ctl)
     async with ctl.client() as c, c.errors():
         await allow_pool_member(c, node_id)
-    ctl.emit(
+    joins = (
         f"{node_id} may join the pool: start it with the pool's --pool-etcd settings; a member seals the "
-        "domain to it (no custodian needed)",
-        {"allowed": node_id},
+        "domain to it (no custodian needed)"
+    )
+    if etcd is None:
+        ctl.emit(
+            f"{joins}. Its etcd user must exist: {_ETCDCTL} user add {user} --no-password && "
+            f"{_ETCDCTL} user grant-role {user} sdquorum-member (or run this command with {_ETCD_FLAGS})",
+            {"allowed": node_id, "etcd_user": user, "etcd_user_created": None},
+        )
+        return 0
+    from hsm_node.pool.access import MEMBER_ROLE, grant_member_access, require_root
+    from hsm_node.pool.etcd import EtcdClient
+
+    try:
+        require_root(etcd.cert_pem, str(ctl.args.etcd_cert))
+        async with EtcdClient(etcd) as client:
+            created = await grant_member_access(client, node_id)
+    except SdquorumError as e:
+        raise _unfinished(
+            e,
+            f"{node_id} is allowed to join, but its etcd user {user} was not made, so it cannot reach the pool",
+        ) from e
+    made = "created" if created else "existed already"
+    ctl.emit(
+        f"{joins}; its etcd user {user} {made}, with role {MEMBER_ROLE}",
+        {"allowed": node_id, "etcd_user": user, "etcd_user_created": created},
     )
     return 0
 
 
 async def remove(ctl: Ctl) -> int:
-    from sdquorum_rpc.pool_admin import remove_pool_member
+    from sdquorum import etcd_pki
+    from sdquorum.errors import SdquorumError, StateError, UsageError
+    from sdquorum_rpc import pool_admin
 
     node_id = ctl.args.node_id
+    user = etcd_pki.etcd_user(node_id)
+    etcd = _etcd_root(ctl)
+    later = bool(ctl.args.etcd_user_later)
+    if etcd is None and not later:
+        raise UsageError(
+            f"pool remove also deletes the etcd user {user}, or its certificate can still write the pool: "
+            f"give {_ETCD_FLAGS} (etcd's root; or SDCTL_ETCD*, [etcd] in the config file), or "
+            "--etcd-user-later to delete it yourself; nothing was done"
+        )
+    if etcd is not None and later:
+        raise UsageError("--etcd-user-later and etcd's root settings contradict each other: give one of them")
     async with ctl.client() as c, c.errors():
-        await remove_pool_member(c, node_id)
+        st = await pool_admin.pool_status(c)
+        listed = node_id in st.members or node_id in st.allowed
+        await pool_admin.remove_pool_member(c, node_id)
+    marked = f"{node_id} {'is now' if listed else 'was already'} removed from pool {st.name}"
+    if etcd is None:
+        ctl.emit(
+            f"{marked}: the members refuse it and it serves nothing",
+            {"removed": node_id, "etcd_user": user, "etcd_user_deleted": False},
+        )
+        raise StateError(
+            f"{node_id} can still write every row of the pool until its etcd user goes: run '{_ETCDCTL} user "
+            f"delete {user}', or this command again with {_ETCD_FLAGS} instead of --etcd-user-later"
+        )
+    from hsm_node.pool.access import end_member_access, require_root
+    from hsm_node.pool.etcd import EtcdClient
+
+    try:
+        require_root(etcd.cert_pem, str(ctl.args.etcd_cert))
+        async with EtcdClient(etcd) as client:
+            ended = await end_member_access(client, node_id)
+    except SdquorumError as e:
+        raise _unfinished(
+            e,
+            f"{marked} (the members refuse it, it serves nothing), but its etcd user {user} was not "
+            "deleted, so its certificate can still write the pool",
+        ) from e
+    gone = "deleted" if ended.user_deleted else "was deleted already"
+    locks = f"; {ended.leases_revoked} ceremony lock(s) it held freed" if ended.leases_revoked else ""
     ctl.emit(
-        f"{node_id} removed from the pool: the members refuse it and it serves nothing. Now delete its etcd "
-        f"user so it can no longer write: etcdctl --cert root.pem --key root.key --cacert ca.pem user delete "
-        f"node.{node_id} (docs/runbooks/pool.md)",
-        {"removed": node_id},
+        f"{marked}: the members refuse it, it serves nothing, and its etcd user {user} {gone}, so its "
+        f"certificate can no longer read or write the pool{locks}. Wipe its data directory and sealing key",
+        {
+            "removed": node_id,
+            "etcd_user": user,
+            "etcd_user_deleted": ended.user_deleted,
+            "locks_freed": ended.leases_revoked,
+        },
     )
     return 0
 
@@ -68,6 +205,20 @@ def describe_pool(st: Any, obj: dict[str, Any]) -> str:
 
 
 _NODE_ID = arg("node_id", metavar="NODE_ID")
+_ETCD_ROOT = tuple(
+    arg(s.flag, dest=s.dest, metavar=metavar, help=f"{s.help} (${s.env}, {s.key} in the config file)")
+    for s, metavar in zip(ETCD_ROOT_SETTINGS, ("ENDPOINTS", "ROOT.pem", "ROOT.key", "CA.pem"), strict=True)
+)
+_ROOT = tuple(
+    arg(
+        s.flag,
+        dest=s.dest,
+        metavar=s.flag[2:].upper().replace("-", "_"),
+        help=s.help + f" (${s.env}, [etcd])",
+    )
+    for s in ETCD_ROOT_SETTINGS
+)
+_ROOT = "--etcd 10.0.0.11:2379,10.0.0.12:2379 --etcd-cert etcd-root.pem --etcd-key etcd-root.key --etcd-ca etcd-ca.pem"
 
 COMMANDS = [
     Command(
@@ -77,16 +228,35 @@ COMMANDS = [
         sub=(
             Command(
                 "allow",
-                "let NODE_ID join the pool: a member seals the domain to it (audited)",
-                ("sdctl pool allow node-c",),
-                (_NODE_ID,),
+                "let NODE_ID join the pool: a member seals the domain to it (audited); with etcd's root "
+                "certificate, also create its etcd user",
+                (
+                    f"sdctl pool allow node-c {_ROOT}",
+                    "sdctl --config sdctl.toml pool allow node-c",
+                    "sdctl pool allow node-c",
+                ),
+                (_NODE_ID, *_ETCD_ROOT),
                 run=allow,
             ),
             Command(
                 "remove",
-                "end a member: the others refuse it and it serves nothing (audited)",
-                ("sdctl pool remove node-c",),
-                (_NODE_ID,),
+                "end a member: the others refuse it, it serves nothing (audited), and its etcd user is "
+                "deleted with etcd's root certificate, so it can no longer write",
+                (
+                    f"sdctl pool remove node-c {_ROOT}",
+                    "sdctl --config sdctl.toml pool remove node-c",
+                    "sdctl pool remove node-c --etcd-user-later",
+                ),
+                (
+                    _NODE_ID,
+                    *_ETCD_ROOT,
+                    arg(
+                        "--etcd-user-later",
+                        action="store_true",
+                        help="only mark it removed; you delete its etcd user yourself (it can still "
+                        "write until then: exits 3 and prints the step)",
+                    ),
+                ),
                 run=remove,
             ),
         ),

@@ -20,6 +20,7 @@ from custodian_agent.config import SETTINGS as AGENT_SETTINGS
 from custodian_agent.config import AgentSettings
 from hsm_node.config import SETTINGS as NODE_SETTINGS
 from hsm_node.config import NodeSettings
+from sdctl.config import ETCD_ROOT_SETTINGS
 from sdctl.config import SETTINGS as SDCTL_SETTINGS
 from sdquorum.errors import UsageError
 from sdquorum_rpc.config import Setting, load_settings
@@ -27,7 +28,11 @@ from sdquorum_rpc.config import Setting, load_settings
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "deploy" / "config"
 NODE, AGENT, SDCTL = CONFIG / "node.toml", CONFIG / "agent.toml", CONFIG / "sdctl.toml"
-SAMPLES = {"node.toml": NODE_SETTINGS, "agent.toml": AGENT_SETTINGS, "sdctl.toml": SDCTL_SETTINGS}
+SAMPLES = {
+    "node.toml": NODE_SETTINGS,
+    "agent.toml": AGENT_SETTINGS,
+    "sdctl.toml": [*SDCTL_SETTINGS, *ETCD_ROOT_SETTINGS],  # [etcd]: pool allow|remove only
+}
 
 
 def args_for(settings: Sequence[Setting], config: Path | None, **flags: Any) -> argparse.Namespace:

@@ -2,7 +2,10 @@
 
 Invariants: a status request goes to one named member, without failover (a health check asks that
 member); users are created without a password, so only a certificate with their CN logs in; the
-members' role may read and write only the pool's prefix.
+members' role may read and write only the pool's prefix. Adding a member's user and deleting it
+can be repeated: a user that exists already (add) or is gone already (delete) is reported, not an
+error, so a call retried after its first attempt committed, or a command run again, ends in the
+same state.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from hsm_node.pool.etcd._values import MemberStatus
 from sdquorum.errors import TransportError
 
 __all__ = ["ClusterAdmin"]
+
+_NO_USER = "user name not found"  # etcd's details (etcdserver/api/v3rpc/rpctypes)
+_USER_EXISTS = "user name already exists"
 
 
 class ClusterAdmin(Connection):
@@ -73,19 +79,36 @@ class ClusterAdmin(Connection):
             await self._auth("UserGrantRole", rpc.AuthUserGrantRoleRequest(user=user, role=member_role))
         await self._auth("AuthEnable", rpc.AuthEnableRequest())
 
-    async def add_member_user(self, user: str, member_role: str) -> None:
-        """As etcd ``root``: let one more member certificate (CN ``user``) write the pool."""
-        await self._auth(
-            "UserAdd", rpc.AuthUserAddRequest(name=user, options=rpc.UserAddOptions(no_password=True))
+    async def add_member_user(self, user: str, member_role: str) -> bool:
+        """As etcd ``root``: let one more member certificate (CN ``user``) write the pool. True if
+        the user was created, False if it existed already (it holds ``member_role`` either way)."""
+        created = await self._auth(
+            "UserAdd",
+            rpc.AuthUserAddRequest(name=user, options=rpc.UserAddOptions(no_password=True)),
+            unless=_USER_EXISTS,
         )
         await self._auth("UserGrantRole", rpc.AuthUserGrantRoleRequest(user=user, role=member_role))
+        return created
 
-    async def remove_member_user(self, user: str) -> None:
-        """As etcd ``root``: the member certificate with CN ``user`` can no longer read or write."""
-        await self._auth("UserDelete", rpc.AuthUserDeleteRequest(name=user))
+    async def remove_member_user(self, user: str) -> bool:
+        """As etcd ``root``: the member certificate with CN ``user`` can no longer read or write.
+        True if the user was deleted, False if there was none (deleted before, or never added)."""
+        return await self._auth("UserDelete", rpc.AuthUserDeleteRequest(name=user), unless=_NO_USER)
 
-    async def _auth(self, method: str, request: Any) -> None:
+    async def _auth(self, method: str, request: Any, unless: str = "") -> bool:
+        """Run one auth request; False (not an error) when etcd refuses it with ``unless`` in its
+        detail: the state the request asks for holds already."""
+
         async def attempt(ch: grpc.aio.Channel, t: float) -> Any:
-            return await getattr(rpc.AuthStub(ch), method)(request, timeout=t, metadata=HASLEADER)
+            try:
+                return await getattr(rpc.AuthStub(ch), method)(request, timeout=t, metadata=HASLEADER)
+            except grpc.aio.AioRpcError as e:
+                if (
+                    unless
+                    and e.code() == grpc.StatusCode.FAILED_PRECONDITION
+                    and unless in (e.details() or "")
+                ):
+                    return None
+                raise
 
-        await self._call(f"auth {method}", attempt)
+        return await self._call(f"auth {method}", attempt) is not None

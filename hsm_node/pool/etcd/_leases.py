@@ -72,6 +72,30 @@ class Leases(KeyValues):
         except LeaseNotFound:
             return
 
+    async def leases(self) -> list[int]:
+        """Every lease the cluster holds now (any holder's: an operator's question, as ``root``)."""
+
+        async def attempt(ch: grpc.aio.Channel, t: float) -> Any:
+            return await rpc.LeaseStub(ch).LeaseLeases(
+                rpc.LeaseLeasesRequest(), timeout=t, metadata=HASLEADER
+            )
+
+        r = await self._call("lease list", attempt)
+        return [int(lease.ID) for lease in r.leases]
+
+    async def lease_keys(self, lease: int) -> list[bytes]:
+        """The keys that live under ``lease`` (none if it is gone)."""
+
+        async def attempt(ch: grpc.aio.Channel, t: float) -> Any:
+            req = rpc.LeaseTimeToLiveRequest(ID=lease, keys=True)
+            return await rpc.LeaseStub(ch).LeaseTimeToLive(req, timeout=t, metadata=HASLEADER)
+
+        try:
+            r = await self._call("lease time-to-live", attempt)
+        except LeaseNotFound:
+            return []
+        return [] if int(r.TTL) < 0 else [bytes(k) for k in r.keys]
+
     async def acquire(self, key: bytes, token: bytes, ttl: int) -> tuple[Lease | None, LockHolder | None]:
         """Take the lock at ``key`` for ``ttl`` seconds under a new lease, writing ``token`` (random
         bytes that name this holder). Returns ``(lease, None)`` when taken, ``(None, holder)`` when
