@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from hsm_node.pool import access
 from hsm_node.pool.etcd import EtcdClient, EtcdConfig
 from sdquorum import etcd_pki
 from sdquorum.errors import TransportError
@@ -48,7 +49,7 @@ if TYPE_CHECKING:  # tests/multihost is put on sys.path only when namespaces are
     from netns import Net
 
 ETCD = "etcd"
-MEMBER_ROLE = "sdquorum-member"
+MEMBER_ROLE = access.MEMBER_ROLE  # what sdctl pool allow grants
 HEARTBEAT_MS = 100
 ELECTION_MS = 1000
 _CIPHERS = ",".join(  # TLS 1.2 only with forward-secret AEAD suites (TLS 1.3 is always allowed)
@@ -391,16 +392,37 @@ class EtcdCluster:
             raise RuntimeError(f"no single leader: {statuses}")
         return next(name for name, s in statuses.items() if s.member_id == s.leader)
 
-    async def enable_auth(self) -> None:
-        """As ``root``: the member role on /sdquorum/, one etcd user per node id, auth on."""
+    async def enable_auth(self, users_for: tuple[str, ...] | None = None) -> None:
+        """As ``root``: the member role on /sdquorum/, one etcd user per node id (``users_for``, by
+        default every node id: a node id left out has a certificate but no etcd user, as a new
+        member before ``sdctl pool allow``), auth on."""
+        node_ids = self.node_ids if users_for is None else users_for
         if self.net is not None:
-            r = await asyncio.to_thread(self.probe, "root", "auth", ",".join(self.node_ids))
+            r = await asyncio.to_thread(self.probe, "root", "auth", ",".join(node_ids))
             if not r["ok"]:
                 raise RuntimeError(f"etcd auth bootstrap failed: {r}")
             return
-        users = [etcd_pki.etcd_user(n) for n in self.node_ids]
+        users = [etcd_pki.etcd_user(n) for n in node_ids]
         async with EtcdClient(self.config("root")) as c:
             await c.bootstrap_auth(MEMBER_ROLE, users)
+
+    def member_args(self, node_id: str, attestation_root: Path, pool: str) -> list[str]:
+        """The ``hsm-node run`` flags of pool member ``node_id`` (its etcd client pair)."""
+        pair = self.client(node_id)
+        return [
+            "--pool-etcd", ",".join(self.endpoints), "--pool-etcd-cert", str(pair.cert),
+            "--pool-etcd-key", str(pair.key), "--pool-etcd-ca", str(self.ca), "--pool-name", pool,
+            "--pool-attestation-root", str(attestation_root),
+        ]  # fmt: skip
+
+    def root_args(self, user: str = "root") -> list[str]:
+        """``sdctl pool allow|remove``'s etcd root flags, made of ``user``'s pair (``root``, or a
+        node id to present a member's certificate instead)."""
+        pair = self.client(user)
+        return [
+            "--etcd", ",".join(self.endpoints), "--etcd-cert", str(pair.cert),
+            "--etcd-key", str(pair.key), "--etcd-ca", str(self.ca),
+        ]  # fmt: skip
 
     def tail(self, lines: int = 15) -> str:
         out = []
