@@ -209,15 +209,6 @@ _ETCD_ROOT = tuple(
     arg(s.flag, dest=s.dest, metavar=metavar, help=f"{s.help} (${s.env}, {s.key} in the config file)")
     for s, metavar in zip(ETCD_ROOT_SETTINGS, ("ENDPOINTS", "ROOT.pem", "ROOT.key", "CA.pem"), strict=True)
 )
-_ROOT = tuple(
-    arg(
-        s.flag,
-        dest=s.dest,
-        metavar=s.flag[2:].upper().replace("-", "_"),
-        help=s.help + f" (${s.env}, [etcd])",
-    )
-    for s in ETCD_ROOT_SETTINGS
-)
 _ROOT = "--etcd 10.0.0.11:2379,10.0.0.12:2379 --etcd-cert etcd-root.pem --etcd-key etcd-root.key --etcd-ca etcd-ca.pem"
 
 COMMANDS = [
