@@ -16,7 +16,7 @@ Invariants:
 * A member whose row says ``removed`` serves nothing (:meth:`PoolMember.check_standing`); the
   others no longer accept its grants; ``sdctl pool remove`` then deletes its etcd user with etcd's
   root certificate (:mod:`hsm_node.pool.access`: no node holds that certificate), so it can no
-  longer write.
+  longer write. Only an admin's new permission (:func:`allow`) drops that row: it then joins anew.
 * A refused request is logged here with the reason and left in place; the joiner learns only that
   no grant came before its deadline.
 """
@@ -55,8 +55,14 @@ ACTIVE, REMOVED = "active", "removed"
 
 
 def allow(store: PoolNodeStore, node_id: str, by: str, now: int) -> None:
-    """An admin lets ``node_id`` join (the caller audits it)."""
-    store.pool.put_pool_row("allowed", node_id, json.dumps({"by": by, "at": now}).encode())
+    """An admin lets ``node_id`` join (the caller audits it). A node removed before may join anew:
+    its ``removed`` row goes in the same transaction (it would refuse to start, and the members its
+    join, while the row says removed)."""
+    with store.batch():
+        store.pool.put_pool_row("allowed", node_id, json.dumps({"by": by, "at": now}).encode())
+        raw = store.pool.pool_row("members", node_id)
+        if raw is not None and json.loads(raw).get("state") == REMOVED:
+            store.pool.delete_pool_row("members", node_id)
 
 
 def remove(store: PoolNodeStore, node_id: str, by: str, now: int) -> None:

@@ -227,6 +227,17 @@ async def test_allow_with_etcd_root_lets_a_new_node_join_and_remove_ends_its_etc
         again = await run(node_a, "--config", str(config), "pool", "remove", "node-c")
         assert again.code == 0, again
         assert "node-c was already removed" in again.out[0] and "was deleted already" in again.out[0]
+        c.kill()
+
+        # an admin takes node-c back: allowed again, its etcd user made again, an empty data
+        # directory: it joins anew (the runbook's way back)
+        back = await run(node_a, "pool", "allow", "node-c", *etcd.root_args())
+        assert back.code == 0 and "etcd user node.node-c created" in back.out[0], back
+        twice = await run(node_a, "pool", "allow", "node-c", *etcd.root_args())
+        assert twice.code == 0 and "etcd user node.node-c existed already" in twice.out[0], twice
+        c = _start(etcd, pool_pki, tmp_path / "again", "node-c")
+        await wait_for(c_active, 20, what="node-c joins again")
+        assert "node-c" in (await _pool(node_a)).members
     finally:
         c.kill()
 
