@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -166,7 +167,12 @@ async def test_neither_a_member_nor_an_admin_certificate_can_add_or_delete_etcd_
 
 
 async def test_allow_with_etcd_root_lets_a_new_node_join_and_remove_ends_its_etcd_access(
-    etcd: EtcdCluster, node_a: NodeProcess, pool_pki: Path, tmp_path: Path, sdctl: object
+    etcd: EtcdCluster,
+    node_a: NodeProcess,
+    pool_pki: Path,
+    tmp_path: Path,
+    sdctl: object,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     run = sdctl  # type: ignore[assignment]
     allowed = await run(node_a, "pool", "allow", "node-c", *etcd.root_args())
@@ -199,7 +205,10 @@ async def test_allow_with_etcd_root_lets_a_new_node_join_and_remove_ends_its_etc
         assert "node-c" not in (await _pool(node_a)).members  # the state is visible
         assert await _can_write(etcd, "node-c")  # what the line said: not ended yet
 
+        start = time.monotonic()
         done = await run(node_a, "pool", "remove", "node-c", *etcd.root_args())
+        with capsys.disabled():
+            print(f"\nsdctl pool remove with the etcd half took {(time.monotonic() - start) * 1000:.0f} ms")
         assert done.code == 0, done
         assert "node-c was already removed" in done.out[0]
         assert "etcd user node.node-c deleted" in done.out[0] and "1 ceremony lock(s)" in done.out[0]
