@@ -2,8 +2,9 @@
 
 Connection settings: --config FILE (or SDCTL_CONFIG; sample deploy/config/sdctl.toml), then
 SDCTL_NODE, SDCTL_CERT, SDCTL_KEY, SDCTL_CA, SDCTL_OUTPUT, then the flags --node, --cert, --key,
---ca, --output (before or after the command). Exit codes: 0 ok, 1 unexpected, 2 bad usage or input,
-3 wrong node state (also: a ceremony failed), 4 a verification failed (also: signature invalid),
+--ca, --output (before or after the command); 'pool allow|remove' also take etcd's root pair
+(--etcd, --etcd-cert, --etcd-key, --etcd-ca; SDCTL_ETCD*; [etcd]). Exit codes: 0 ok, 1 unexpected,
+2 bad usage or input, 3 wrong node state (also: a ceremony failed), 4 a verification failed (also: signature invalid),
 5 network or TLS (while a ceremony is watched: the node stayed unreachable through every reconnect;
 the session may go on at the node: 'sdctl session status'), 6 permission denied, 130 interrupted
 (Ctrl-C: a ceremony goes on at the node; the line printed says how to attach to it or cancel it).
