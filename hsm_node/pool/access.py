@@ -23,16 +23,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hsm_node.pool.etcd import EtcdClient
-from hsm_node.pool.etcd._layout import ROOT
+from hsm_node.pool.etcd import EtcdClient, Layout
 from hsm_node.pool.rows import lock_holder
 from sdquorum import etcd_pki
-from sdquorum.errors import PermissionDeniedError
+from sdquorum.errors import PermissionDeniedError, UsageError
 
 __all__ = ["MEMBER_ROLE", "EndedAccess", "end_member_access", "grant_member_access", "require_root"]
 
 MEMBER_ROLE = "sdquorum-member"  # the etcd role that reads and writes /sdquorum/ (docs/runbooks/pool-etcd.md)
-_LOCK = b"/lock/ceremony"
 
 
 @dataclass(frozen=True)
@@ -68,7 +66,7 @@ async def end_member_access(client: EtcdClient, node_id: str) -> EndedAccess:
     revoked = 0
     for lease in await client.leases():
         for key in await client.lease_keys(lease):
-            if not (key.startswith(ROOT) and key.endswith(_LOCK)):
+            if not _is_ceremony_lock(key):
                 continue
             kv = await client.get(key)
             held = lock_holder(kv.value) if kv is not None and kv.lease == lease else None
@@ -76,3 +74,14 @@ async def end_member_access(client: EtcdClient, node_id: str) -> EndedAccess:
                 await client.revoke_lease(lease)
                 revoked += 1
     return EndedAccess(user, deleted, revoked)
+
+
+def _is_ceremony_lock(key: bytes) -> bool:
+    """Whether ``key`` is some pool's ``lock/ceremony`` (:meth:`Layout.ceremony_lock`)."""
+    parts = key.split(b"/")
+    if len(parts) != 5:
+        return False
+    try:
+        return Layout(bytes.fromhex(parts[2].decode("ascii"))).ceremony_lock() == key
+    except (ValueError, UsageError):
+        return False

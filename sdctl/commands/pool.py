@@ -58,6 +58,10 @@ def _etcd_root(ctl: Ctl) -> EtcdConfig | None:
         except OSError as e:
             raise UsageError(f"cannot read {s.flag} {values[s.dest]} ({e.strerror}): check the path") from e
     endpoints = tuple(e.strip() for e in values["etcd"].split(",") if e.strip())
+    if not endpoints:
+        raise UsageError(
+            "--etcd (etcd.endpoints, $SDCTL_ETCD) is empty: give host:port,host:port of the etcd cluster"
+        )
     return EtcdConfig(
         endpoints=endpoints, ca_pem=files["etcd_ca"], cert_pem=files["etcd_cert"], key_pem=files["etcd_key"]
     )
