@@ -213,6 +213,19 @@ async def test_a_removed_members_etcd_user_can_no_longer_write(cluster: EtcdClus
         await b.put(k, b"re-added")
 
 
+async def test_adding_and_deleting_a_members_etcd_user_can_be_repeated_and_says_what_it_found(
+    cluster: EtcdCluster,
+) -> None:
+    async with client(cluster, "root") as root, client(cluster, "node-b") as b:
+        assert await root.remove_member_user("node.node-b") is True
+        assert await root.remove_member_user("node.node-b") is False  # gone already: no error
+        with pytest.raises(PermissionDeniedError):
+            await b.put(key("repeat"), b"x")
+        assert await root.add_member_user("node.node-b", "sdquorum-member") is True
+        assert await root.add_member_user("node.node-b", "sdquorum-member") is False  # exists: no error
+        await b.put(key("repeat"), b"back")
+
+
 def _peer_port_get(cluster: EtcdCluster, stem: str) -> int | str:
     """GET /members on a member's peer (Raft) port with the certificate ``stem``."""
     ctx = ssl.create_default_context(cafile=str(cluster.ca))

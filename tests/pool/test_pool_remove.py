@@ -259,6 +259,13 @@ async def test_remove_with_etcd_user_later_exits_3_with_the_step_and_the_root_se
     assert allowed.code == 0, allowed
     assert "user add node.node-b" in allowed.out[0] and "--etcd-cert" in allowed.out[0]
 
+    # half of etcd's root settings, or root settings and the opt-out together: refused, nothing done
+    half = await run(node_a, "pool", "remove", "node-b", "--etcd", ",".join(etcd.endpoints))
+    assert half.code == 2 and "give --etcd-cert, --etcd-key, --etcd-ca too" in half.error
+    both = await run(node_a, "pool", "remove", "node-b", "--etcd-user-later", *etcd.root_args())
+    assert both.code == 2 and "contradict" in both.error
+    assert "node-b" in (await _pool(node_a)).allowed
+
     later = await run(node_a, "pool", "remove", "node-b", "--etcd-user-later")
     assert later.code == 3
     assert later.out == ["node-b is now removed from pool rm: the members refuse it and it serves nothing"]
