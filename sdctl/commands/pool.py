@@ -41,6 +41,8 @@ def _etcd_root(ctl: Ctl) -> EtcdConfig | None:
     from sdquorum_rpc.config import load_settings
 
     values = load_settings(ETCD_ROOT_SETTINGS, ctl.args)
+    for dest, value in values.items():
+        setattr(ctl.args, dest, value)  # whichever source set it, the lines below name the file used
     if all(v is None for v in values.values()):
         return None
     missing = [s.flag for s in ETCD_ROOT_SETTINGS if values[s.dest] is None]
@@ -168,7 +170,7 @@ async def remove(ctl: Ctl) -> int:
     locks = f"; {ended.leases_revoked} ceremony lock(s) it held freed" if ended.leases_revoked else ""
     ctl.emit(
         f"{marked}: the members refuse it, it serves nothing, and its etcd user {user} {gone}, so its "
-        f"certificate can no longer read or write the pool{locks}. Wipe its data directory and sealing key",
+        f"certificate can no longer write the pool{locks}. Wipe its data directory and sealing key",
         {
             "removed": node_id,
             "etcd_user": user,

@@ -201,6 +201,7 @@ async def test_allow_with_etcd_root_lets_a_new_node_join_and_remove_ends_its_etc
         wrong = await run(node_a, "pool", "remove", "node-c", *etcd.root_args("node-b"))
         assert wrong.code == 6
         assert "node-c is now removed" in wrong.error and "'node.node-b', not root" in wrong.error
+        assert str(etcd.client("node-b").cert) in wrong.error
         assert "can still write" in wrong.error and "run the same command again" in wrong.error
         assert "node-c" not in (await _pool(node_a)).members  # the state is visible
         assert await _can_write(etcd, "node-c")  # what the line said: not ended yet
