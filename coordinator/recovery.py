@@ -28,33 +28,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from coordinator.ceremony import (
-    AttestationSigner,
-    Ceremony,
-    CeremonyStatus,
-    CustodianProgress,
-    CustodianRequest,
-    CustodianStatus,
-    QuorumError,
-    QuorumProgress,
-    ReleaseOutcome,
-    SessionState,
-)
+from coordinator.ceremony import AttestationSigner, Ceremony, CustodianRequest, CustodianStatus
 from sdquorum import shamir
 from sdquorum.envelopes import Attestation, CeremonyKind, Release, open_release
 from sdquorum.errors import SdquorumError, StateError, VerificationError
 from sdquorum.sdfile import DomainSecrets, SecurityDomainFile, open_domain
 
-__all__ = [
-    "CeremonyStatus",
-    "CustodianProgress",
-    "CustodianStatus",
-    "QuorumError",
-    "QuorumProgress",
-    "RecoverySession",
-    "ReleaseOutcome",
-    "SessionState",
-]
+__all__ = ["RecoverySession"]
 
 
 class RecoverySession(Ceremony):

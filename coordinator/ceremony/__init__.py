@@ -27,10 +27,11 @@ delivers messages.
 Where it lives: :mod:`._records` (the states, progress, requests and outcomes handed out),
 :mod:`._slots` (:class:`SlotBook`: each slot's request and progress), :mod:`._session` (the
 session's lifecycle: attestation, deadline, end, the exchange key) and :mod:`._ceremony`
-(:class:`Ceremony`: what happens to an answer; subclasses say what it must prove).
+(:class:`Ceremony`: what happens to an answer; subclasses say what it must prove;
+:class:`ProofCeremony`: answered by proofs of possession, for the drill and rotation).
 """
 
-from coordinator.ceremony._ceremony import Ceremony
+from coordinator.ceremony._ceremony import Ceremony, ProofCeremony
 from coordinator.ceremony._records import (
     OPEN,
     SETTLED,
@@ -56,6 +57,7 @@ __all__ = [
     "CustodianProgress",
     "CustodianRequest",
     "CustodianStatus",
+    "ProofCeremony",
     "QuorumError",
     "QuorumProgress",
     "ReleaseOutcome",

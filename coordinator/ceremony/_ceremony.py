@@ -20,7 +20,7 @@ from coordinator.ceremony._records import (
     SessionState,
 )
 from coordinator.ceremony._session import Session
-from sdquorum.envelopes import Denial, verify_denial
+from sdquorum.envelopes import Denial, Proof, verify_denial, verify_proof
 from sdquorum.errors import MalformedError, SdquorumError, StateError, UnauthenticatedError, VerificationError
 
 
@@ -204,3 +204,18 @@ class Ceremony(Session):
             return
         if self.progress_count() + len(self._slots.open_slots()) < self.required():
             self._fail("quorum can no longer be reached: " + self._slots.refusals())
+
+
+class ProofCeremony(Ceremony):
+    """A ceremony answered by proofs of possession (drill, rotation approval): no share leaves an
+    agent; an answer counts when its Schnorr proof of s_x verifies, bound to this attestation."""
+
+    proved = "proved possession of its share"  # the detail an accepted slot shows
+
+    def _accept(self, req: CustodianRequest, answer: bytes) -> str:
+        if self._attestation is None:  # pragma: no cover - set when open
+            raise StateError("the session has ended")
+        verify_proof(
+            Proof.from_bytes(answer), attestation=self._attestation, header=self.header, expected_x=req.x
+        )
+        return self.proved
