@@ -32,8 +32,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import nacl.exceptions
 import nacl.public
@@ -165,28 +166,12 @@ class JoinGrantStatement:
         )
 
 
-@dataclass(frozen=True)
-class JoinRequest(CertifiedStatement):
-    statement: JoinRequestStatement = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "statement", JoinRequestStatement.from_bytes(self.statement_bytes))
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> JoinRequest:
-        return cls(*cls.parts(data, "join request"))
+class JoinRequest(CertifiedStatement[JoinRequestStatement]):
+    what, statement_type = "join request", JoinRequestStatement
 
 
-@dataclass(frozen=True)
-class JoinGrant(CertifiedStatement):
-    statement: JoinGrantStatement = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "statement", JoinGrantStatement.from_bytes(self.statement_bytes))
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> JoinGrant:
-        return cls(*cls.parts(data, "join grant"))
+class JoinGrant(CertifiedStatement[JoinGrantStatement]):
+    what, statement_type = "join grant", JoinGrantStatement
 
 
 # ------------------------------------------------------------------ the joiner's request
@@ -211,7 +196,9 @@ def make_join_request(
     return JoinRequest(data, key.sign(REQUEST_CONTEXT + data), certificate_der)
 
 
-def _verify(signed: CertifiedStatement, context: bytes, root_pem: bytes, now: datetime, what: str) -> str:
+def _verify(
+    signed: CertifiedStatement[Any], context: bytes, root_pem: bytes, now: datetime, what: str
+) -> str:
     """Chain, signature; returns the node id the certificate certifies."""
     public, node_id = pki.verify_attestation_cert(signed.certificate_der, root_pem, now)
     try:
