@@ -80,15 +80,31 @@ class PoolHeader:
 
     @classmethod
     def of(cls, domain_id: bytes, epoch: int, sd_file: bytes) -> PoolHeader:
-        return cls(domain_id, epoch, hashlib.sha256(sd_file).digest())
+        return PoolHeader(domain_id, epoch, hashlib.sha256(sd_file).digest())
+
+    def pool_members(self) -> dict[str, object]:
+        """These fields as the JSON members of a join request or grant (the pool it is for)."""
+        return {
+            "domain_id": self.domain_id.hex(),
+            "epoch": self.epoch,
+            "sd_file_sha256": b64e(self.sd_file_sha256),
+        }
+
+    @staticmethod
+    def pool_fields(o: dict[str, object]) -> dict[str, Any]:
+        """The same members read back strictly (:meth:`pool_members`)."""
+        return {
+            "domain_id": _hex(o, "domain_id"),
+            "epoch": _int(o, "epoch"),
+            "sd_file_sha256": _b64(o, "sd_file_sha256", 32),
+        }
 
 
 @dataclass(frozen=True)
-class JoinRequestStatement:
+class JoinRequestStatement(PoolHeader):
+    """A joiner's request: the pool it is for (the :class:`PoolHeader` fields), its id, exchange key."""
+
     node_id: str
-    domain_id: bytes
-    epoch: int
-    sd_file_sha256: bytes
     exchange_public_key: bytes
     nonce: bytes
     issued_at: int
@@ -99,9 +115,7 @@ class JoinRequestStatement:
             {
                 "type": REQUEST_TYPE,
                 "node_id": self.node_id,
-                "domain_id": self.domain_id.hex(),
-                "epoch": self.epoch,
-                "sd_file_sha256": b64e(self.sd_file_sha256),
+                **self.pool_members(),
                 "exchange_public_key": b64e(self.exchange_public_key),
                 "nonce": b64e(self.nonce),
                 "issued_at": self.issued_at,
@@ -116,9 +130,7 @@ class JoinRequestStatement:
                  "exchange_public_key", "nonce", "issued_at", "expires_at"})  # fmt: skip
         return cls(
             node_id=_str(o, "node_id"),
-            domain_id=_hex(o, "domain_id"),
-            epoch=_int(o, "epoch"),
-            sd_file_sha256=_b64(o, "sd_file_sha256", 32),
+            **cls.pool_fields(o),
             exchange_public_key=_b64(o, "exchange_public_key", 32),
             nonce=_b64(o, "nonce", 32),
             issued_at=_int(o, "issued_at"),
@@ -127,12 +139,11 @@ class JoinRequestStatement:
 
 
 @dataclass(frozen=True)
-class JoinGrantStatement:
+class JoinGrantStatement(PoolHeader):
+    """A member's grant: the pool (the :class:`PoolHeader` fields), joiner, sender, sealed secrets."""
+
     joiner: str
     sender: str
-    domain_id: bytes
-    epoch: int
-    sd_file_sha256: bytes
     request_sha256: bytes
     sealed_secrets: bytes
 
@@ -142,9 +153,7 @@ class JoinGrantStatement:
                 "type": GRANT_TYPE,
                 "joiner": self.joiner,
                 "sender": self.sender,
-                "domain_id": self.domain_id.hex(),
-                "epoch": self.epoch,
-                "sd_file_sha256": b64e(self.sd_file_sha256),
+                **self.pool_members(),
                 "request_sha256": b64e(self.request_sha256),
                 "sealed_secrets": b64e(self.sealed_secrets),
             }
@@ -158,9 +167,7 @@ class JoinGrantStatement:
         return cls(
             joiner=_str(o, "joiner"),
             sender=_str(o, "sender"),
-            domain_id=_hex(o, "domain_id"),
-            epoch=_int(o, "epoch"),
-            sd_file_sha256=_b64(o, "sd_file_sha256", 32),
+            **cls.pool_fields(o),
             request_sha256=_b64(o, "request_sha256", 32),
             sealed_secrets=_b64(o, "sealed_secrets", None),
         )
@@ -190,7 +197,7 @@ def make_join_request(
     if not 1 <= ttl <= MAX_JOIN_SECONDS:
         raise VerificationError(f"a join request lives 1..{MAX_JOIN_SECONDS} s")
     st = JoinRequestStatement(
-        node_id, pool.domain_id, pool.epoch, pool.sd_file_sha256, exchange_public_key, nonce, now, now + ttl
+        pool.domain_id, pool.epoch, pool.sd_file_sha256, node_id, exchange_public_key, nonce, now, now + ttl
     )
     data = st.to_bytes()
     return JoinRequest(data, key.sign(REQUEST_CONTEXT + data), certificate_der)
@@ -210,14 +217,14 @@ def _verify(
     return node_id
 
 
-def _same_pool(domain_id: bytes, epoch: int, sd_sha: bytes, pool: PoolHeader, what: str) -> None:
-    if not hmac.compare_digest(domain_id, pool.domain_id):
+def _same_pool(named: PoolHeader, pool: PoolHeader, what: str) -> None:
+    if not hmac.compare_digest(named.domain_id, pool.domain_id):
         raise VerificationError(
-            f"the {what} is for domain {domain_id.hex()}, not this pool's {pool.domain_id.hex()}"
+            f"the {what} is for domain {named.domain_id.hex()}, not this pool's {pool.domain_id.hex()}"
         )
-    if epoch != pool.epoch or not hmac.compare_digest(sd_sha, pool.sd_file_sha256):
+    if named.epoch != pool.epoch or not hmac.compare_digest(named.sd_file_sha256, pool.sd_file_sha256):
         raise VerificationError(
-            f"the {what} names epoch {epoch} and an SD file that are not the pool's current ones "
+            f"the {what} names epoch {named.epoch} and an SD file that are not the pool's current ones "
             f"(epoch {pool.epoch}): join again"
         )
 
@@ -247,7 +254,7 @@ def check_join_request(
         raise VerificationError("the join request has expired: the joining node makes a new one")
     if st.issued_at > t + CLOCK_SKEW_SECONDS:
         raise VerificationError("the join request is issued in the future: check the clocks")
-    _same_pool(st.domain_id, st.epoch, st.sd_file_sha256, pool, "join request")
+    _same_pool(st, pool, "join request")
     digest = request.sha256
     if any(hmac.compare_digest(digest, u) for u in used):
         raise VerificationError(
@@ -282,7 +289,7 @@ def make_join_grant(
     )
     sealed = nacl.public.SealedBox(nacl.public.PublicKey(st.exchange_public_key)).encrypt(inner)
     gst = JoinGrantStatement(
-        st.node_id, sender, pool.domain_id, pool.epoch, pool.sd_file_sha256, request.sha256, bytes(sealed)
+        pool.domain_id, pool.epoch, pool.sd_file_sha256, st.node_id, sender, request.sha256, bytes(sealed)
     )
     data = gst.to_bytes()
     return JoinGrant(data, key.sign(GRANT_CONTEXT + data), certificate_der)
@@ -309,7 +316,7 @@ def open_join_grant(
         raise VerificationError(f"the join grant comes from {sender!r}, which is not a member of this pool")
     if g.joiner != request.statement.node_id or not hmac.compare_digest(g.request_sha256, request.sha256):
         raise VerificationError("the join grant answers another join request (a replay?)")
-    _same_pool(g.domain_id, g.epoch, g.sd_file_sha256, pool, "join grant")
+    _same_pool(g, pool, "join grant")
     try:
         inner = nacl.public.SealedBox(exchange_key).decrypt(g.sealed_secrets)
     except nacl.exceptions.CryptoError as e:
