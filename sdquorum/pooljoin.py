@@ -41,8 +41,9 @@ import nacl.public
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from sdquorum import fields as f
 from sdquorum import pki
-from sdquorum.encoding import b64d, b64e, canonical_json, parse_json_object
+from sdquorum.encoding import b64e, canonical_json, parse_json_object
 from sdquorum.envelopes import CertifiedStatement
 from sdquorum.errors import MalformedError, VerificationError
 from sdquorum.sdfile import DomainSecrets
@@ -94,9 +95,9 @@ class PoolHeader:
     def pool_fields(o: dict[str, object]) -> dict[str, Any]:
         """The same members read back strictly (:meth:`pool_members`)."""
         return {
-            "domain_id": _hex(o, "domain_id"),
-            "epoch": _int(o, "epoch"),
-            "sd_file_sha256": _b64(o, "sd_file_sha256", 32),
+            "domain_id": f.hex_bytes(o.get("domain_id"), "domain_id", 16),
+            "epoch": f.non_negative(o.get("epoch"), "epoch"),
+            "sd_file_sha256": f.b64_bytes(o.get("sd_file_sha256"), "sd_file_sha256", 32),
         }
 
 
@@ -129,12 +130,12 @@ class JoinRequestStatement(PoolHeader):
         _members(o, REQUEST_TYPE, "join request", {"node_id", "domain_id", "epoch", "sd_file_sha256",
                  "exchange_public_key", "nonce", "issued_at", "expires_at"})  # fmt: skip
         return cls(
-            node_id=_str(o, "node_id"),
+            node_id=_name(o, "node_id"),
             **cls.pool_fields(o),
-            exchange_public_key=_b64(o, "exchange_public_key", 32),
-            nonce=_b64(o, "nonce", 32),
-            issued_at=_int(o, "issued_at"),
-            expires_at=_int(o, "expires_at"),
+            exchange_public_key=f.b64_bytes(o.get("exchange_public_key"), "exchange_public_key", 32),
+            nonce=f.b64_bytes(o.get("nonce"), "nonce", 32),
+            issued_at=f.non_negative(o.get("issued_at"), "issued_at"),
+            expires_at=f.non_negative(o.get("expires_at"), "expires_at"),
         )
 
 
@@ -165,11 +166,11 @@ class JoinGrantStatement(PoolHeader):
         _members(o, GRANT_TYPE, "join grant", {"joiner", "sender", "domain_id", "epoch", "sd_file_sha256",
                  "request_sha256", "sealed_secrets"})  # fmt: skip
         return cls(
-            joiner=_str(o, "joiner"),
-            sender=_str(o, "sender"),
+            joiner=_name(o, "joiner"),
+            sender=_name(o, "sender"),
             **cls.pool_fields(o),
-            request_sha256=_b64(o, "request_sha256", 32),
-            sealed_secrets=_b64(o, "sealed_secrets", None),
+            request_sha256=f.b64_bytes(o.get("request_sha256"), "request_sha256", 32),
+            sealed_secrets=f.b64_bytes(o.get("sealed_secrets"), "sealed_secrets", None),
         )
 
 
@@ -329,10 +330,10 @@ def open_join_grant(
         or set(o) != {"type", "request_sha256", "domain_id", "epoch", "secrets"}
         or o.get("domain_id") != g.domain_id.hex()
         or o.get("epoch") != g.epoch
-        or not hmac.compare_digest(_b64(o, "request_sha256", 32), request.sha256)
+        or not hmac.compare_digest(f.b64_bytes(o.get("request_sha256"), "request_sha256", 32), request.sha256)
     ):
         raise VerificationError("the join grant's sealed secrets are bound to another join")
-    secrets = DomainSecrets.from_bytes(_b64(o, "secrets", None))
+    secrets = DomainSecrets.from_bytes(f.b64_bytes(o.get("secrets"), "secrets", None))
     if not hmac.compare_digest(secrets.domain_id, pool.domain_id):
         raise VerificationError("the join grant seals the secrets of another domain")
     return secrets
@@ -348,33 +349,9 @@ def _members(o: dict[str, object], type_: str, what: str, names: set[str]) -> No
         raise MalformedError(f"{what}: unexpected members {sorted(set(o) ^ (names | {'type'}))}")
 
 
-def _str(o: dict[str, object], k: str) -> str:
-    v = o.get(k)
-    if not isinstance(v, str) or not v or len(v) > 128:
-        raise MalformedError(f"{k}: expected a non-empty string")
+def _name(o: dict[str, object], k: str) -> str:
+    """A node id: a non-empty string of at most 128 characters."""
+    v = f.string(o.get(k), k, max_len=128)
+    if not v:
+        raise MalformedError(f"{k} must not be empty")
     return v
-
-
-def _int(o: dict[str, object], k: str) -> int:
-    v = o.get(k)
-    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-        raise MalformedError(f"{k}: expected a non-negative integer")
-    return v
-
-
-def _hex(o: dict[str, object], k: str) -> bytes:
-    v = o.get(k)
-    try:
-        b = bytes.fromhex(v) if isinstance(v, str) else b""
-    except ValueError:
-        b = b""
-    if not 1 <= len(b) <= 64:
-        raise MalformedError(f"{k}: expected 1..64 bytes in hex")
-    return b
-
-
-def _b64(o: dict[str, object], k: str, length: int | None) -> bytes:
-    b = b64d(o.get(k), k)
-    if length is not None and len(b) != length:
-        raise MalformedError(f"{k}: expected {length} bytes")
-    return b
