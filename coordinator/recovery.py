@@ -115,13 +115,8 @@ class RecoverySession(Ceremony):
             raise VerificationError(f"the share of slot {req.x} does not match the SD commitments (VSS)")
         return share
 
-    def _after_answer(self) -> None:
-        if len(self._shares) >= self.required() and not self.finished:
-            self._reconstruct()
-        else:
-            self._fail_if_quorum_unreachable()
-
-    def _reconstruct(self) -> None:
+    def _at_quorum(self) -> None:
+        """m verified shares: reconstruct s and open the domain."""
         sd = self._sd
         if sd is None:  # pragma: no cover - set with the header
             raise StateError("no SD file")

@@ -43,13 +43,10 @@ class RotationSession(ProofCeremony):
     def _verify_late(self, req: CustodianRequest, answer: bytes) -> None:
         self._accept(req, answer)  # a proof changes nothing by itself: the same check, not counted
 
-    def _after_answer(self) -> None:
-        if not self.finished and self.progress_count() >= self.required():
-            self._settle_open(CustodianStatus.NOT_NEEDED)
-            summary = self.proposal.summary() if self.proposal else ""
-            self._complete(f"approved by {self.progress_count()} custodians: {summary}")
-        else:
-            self._fail_if_quorum_unreachable()
+    def _at_quorum(self) -> None:
+        self._settle_open(CustodianStatus.NOT_NEEDED)
+        summary = self.proposal.summary() if self.proposal else ""
+        self._complete(f"approved by {self.progress_count()} custodians: {summary}")
 
     def _at_deadline(self) -> None:
         missing = [self._slots[x].name for x in self.progress().missing]
