@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import importlib
+import inspect
 import json
 import os
 import sys
@@ -25,38 +27,29 @@ from typing import Any
 
 from bench._common import BenchContext, Row, machine_facts, quiet_logs, render_table, run_async
 
-PARTS = ("recovery", "flat", "large", "dataplane", "startup", "node", "pool")
 PART_LIMIT, PART_LIMIT_QUICK = 480.0, 120.0  # seconds a part may take before the watchdog ends the run
 
 
+# Each part's module and entry point, imported only when the part runs (a part imports only what
+# it needs); a coroutine entry point runs in its own event loop.
+_ENTRY = {
+    "recovery": ("bench.recovery", "run_recovery"),
+    "flat": ("bench.recovery", "run_flat"),
+    "large": ("bench.large", "run_large"),
+    "dataplane": ("bench.dataplane", "run_dataplane"),
+    "startup": ("bench.startup", "run_startup"),
+    "node": ("bench.node", "run_node"),
+    "pool": ("bench.pool", "run_pool"),
+}
+PARTS = tuple(_ENTRY)
+
+
 def _runner(part: str) -> Callable[[BenchContext], list[Row]]:
-    if part == "recovery":
-        from bench.recovery import run_recovery  # each part imports only what it needs
-
-        return lambda ctx: run_async(run_recovery(ctx))
-    if part == "flat":
-        from bench.recovery import run_flat
-
-        return lambda ctx: run_async(run_flat(ctx))
-    if part == "large":
-        from bench.large import run_large
-
-        return run_large
-    if part == "pool":
-        from bench.pool import run_pool
-
-        return lambda ctx: run_async(run_pool(ctx))
-    if part == "node":
-        from bench.node import run_node
-
-        return lambda ctx: run_async(run_node(ctx))
-    if part == "startup":
-        from bench.startup import run_startup
-
-        return run_startup
-    from bench.dataplane import run_dataplane
-
-    return run_dataplane
+    module, name = _ENTRY[part]
+    run: Callable[[BenchContext], Any] = getattr(importlib.import_module(module), name)
+    if inspect.iscoroutinefunction(run):
+        return lambda ctx: run_async(run(ctx))
+    return run
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

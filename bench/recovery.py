@@ -520,6 +520,13 @@ async def run_flat(ctx: BenchContext, rtt: float = 0.050) -> list[Row]:
     }
     least = {n: d["least_here_ms"] / 1000 for n, d in per_n.items()}
     allowed = 0.2 * per_n[lo]["elapsed"]
+
+    def hi_vs_lo(name: str, ms_key: str, what: str) -> Row:
+        """A row of one per-n measurement in ms: the largest n's against the smallest's, in seconds."""
+        return Row(
+            "flat", name, per_n[hi][ms_key] / 1000, per_n[lo][ms_key] / 1000, "s", details={"what": what}
+        )
+
     rows = [
         Row(
             "flat",
@@ -530,16 +537,11 @@ async def run_flat(ctx: BenchContext, rtt: float = 0.050) -> list[Row]:
             target=1.2,
             details=details,
         ),
-        Row(
-            "flat",
+        hi_vs_lo(
             f"  floor {hi}-of-{hi} vs floor {lo}-of-{lo} (same crypto, agents in parallel)",
-            per_n[hi]["floor_ms"] / 1000,
-            per_n[lo]["floor_ms"] / 1000,
-            "s",
-            details={
-                "what": "the physical floor's own growth with n: one agent's checks (header, m "
-                "commitments, its share against them) and the node's m answers"
-            },
+            "floor_ms",
+            what="the physical floor's own growth with n: one agent's checks (header, m "
+            "commitments, its share against them) and the node's m answers",
         ),
         Row(
             "flat",
@@ -563,16 +565,11 @@ async def run_flat(ctx: BenchContext, rtt: float = 0.050) -> list[Row]:
                 ),
             },
         ),
-        Row(
-            "flat",
+        hi_vs_lo(
             f"  node's own work for m answers (Node.submit_answer, no network): {hi} vs {lo}",
-            per_n[hi]["node_host_m_answers_ms"] / 1000,
-            per_n[lo]["node_host_m_answers_ms"] / 1000,
-            "s",
-            details={
-                "what": "coordinator checks + audit entries; answers submitted one after another, so "
-                "one commit per answer (answers arriving together share one)"
-            },
+            "node_host_m_answers_ms",
+            what="coordinator checks + audit entries; answers submitted one after another, so "
+            "one commit per answer (answers arriving together share one)",
         ),
         Row(
             "flat",
@@ -588,16 +585,11 @@ async def run_flat(ctx: BenchContext, rtt: float = 0.050) -> list[Row]:
                 "CPU on this machine's cores, so it stays about the same in ms",
             },
         ),
-        Row(
-            "flat",
+        hi_vs_lo(
             f"  CPU used, upload to COMPLETED, all processes (node, {hi} vs {lo} agents, proxies)",
-            per_n[hi]["cpu_ms_upload_to_completed"] / 1000,
-            per_n[lo]["cpu_ms_upload_to_completed"] / 1000,
-            "s",
-            details={
-                "what": f"measured (/proc schedstat); on this machine's {cores} cores the window lasts at "
-                "least CPU / cores, however parallel the agents are",
-            },
+            "cpu_ms_upload_to_completed",
+            what=f"measured (/proc schedstat); on this machine's {cores} cores the window lasts at "
+            "least CPU / cores, however parallel the agents are",
         ),
     ]
     return rows

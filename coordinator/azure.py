@@ -184,13 +184,8 @@ class AzureRestoreSession(Ceremony):
                 f"the share of slot {req.x} does not lie on the shares that opened the file"
             )
 
-    def _after_answer(self) -> None:
-        if len(self._shares) >= self.required() and not self.finished:
-            self._restore()
-        else:
-            self._fail_if_quorum_unreachable()
-
-    def _restore(self) -> None:
+    def _at_quorum(self) -> None:
+        """At least m shares: open the Azure file with a set of them, then make the transfer file."""
         sd = self._sd
         if sd is None:  # pragma: no cover - set by start
             raise StateError("no Azure file")

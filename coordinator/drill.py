@@ -11,9 +11,8 @@ settled or the deadline passes; a drill never fails as a session, its report is 
 
 from __future__ import annotations
 
-from coordinator.ceremony import AttestationSigner, Ceremony, CustodianRequest, CustodianStatus
-from sdquorum.envelopes import Attestation, CeremonyKind, Proof, verify_proof
-from sdquorum.errors import StateError
+from coordinator.ceremony import AttestationSigner, CustodianStatus, ProofCeremony
+from sdquorum.envelopes import Attestation, CeremonyKind
 from sdquorum.review import DrillOutcome
 from sdquorum.sdfile import SignedHeader
 
@@ -29,7 +28,7 @@ DRILL_OUTCOMES = {
 }
 
 
-class DrillSession(Ceremony):
+class DrillSession(ProofCeremony):
     kind = CeremonyKind.DRILL
 
     def start(self, signed: SignedHeader, now: int, sign: AttestationSigner) -> Attestation:
@@ -40,14 +39,6 @@ class DrillSession(Ceremony):
 
     def _collecting_message(self) -> str:
         return f"drill: waiting for all {self._n} custodians to prove possession"
-
-    def _accept(self, req: CustodianRequest, answer: bytes) -> str:
-        if self._attestation is None:  # pragma: no cover - set when open
-            raise StateError("the session has ended")
-        verify_proof(
-            Proof.from_bytes(answer), attestation=self._attestation, header=self.header, expected_x=req.x
-        )
-        return "proved possession of its share"
 
     def _after_answer(self) -> None:
         if not self.finished and not self.progress().missing:

@@ -28,33 +28,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from coordinator.ceremony import (
-    AttestationSigner,
-    Ceremony,
-    CeremonyStatus,
-    CustodianProgress,
-    CustodianRequest,
-    CustodianStatus,
-    QuorumError,
-    QuorumProgress,
-    ReleaseOutcome,
-    SessionState,
-)
+from coordinator.ceremony import AttestationSigner, Ceremony, CustodianRequest, CustodianStatus
 from sdquorum import shamir
 from sdquorum.envelopes import Attestation, CeremonyKind, Release, open_release
 from sdquorum.errors import SdquorumError, StateError, VerificationError
 from sdquorum.sdfile import DomainSecrets, SecurityDomainFile, open_domain
 
-__all__ = [
-    "CeremonyStatus",
-    "CustodianProgress",
-    "CustodianStatus",
-    "QuorumError",
-    "QuorumProgress",
-    "RecoverySession",
-    "ReleaseOutcome",
-    "SessionState",
-]
+__all__ = ["RecoverySession"]
 
 
 class RecoverySession(Ceremony):
@@ -135,13 +115,8 @@ class RecoverySession(Ceremony):
             raise VerificationError(f"the share of slot {req.x} does not match the SD commitments (VSS)")
         return share
 
-    def _after_answer(self) -> None:
-        if len(self._shares) >= self.required() and not self.finished:
-            self._reconstruct()
-        else:
-            self._fail_if_quorum_unreachable()
-
-    def _reconstruct(self) -> None:
+    def _at_quorum(self) -> None:
+        """m verified shares: reconstruct s and open the domain."""
         sd = self._sd
         if sd is None:  # pragma: no cover - set with the header
             raise StateError("no SD file")

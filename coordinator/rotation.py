@@ -11,8 +11,8 @@ deadline) is still verified: a wrong one is REJECTED and named, a good one stays
 
 from __future__ import annotations
 
-from coordinator.ceremony import AttestationSigner, Ceremony, CustodianRequest, CustodianStatus
-from sdquorum.envelopes import Attestation, CeremonyKind, Proof, verify_proof
+from coordinator.ceremony import AttestationSigner, CustodianRequest, CustodianStatus, ProofCeremony
+from sdquorum.envelopes import Attestation, CeremonyKind
 from sdquorum.errors import StateError
 from sdquorum.proposal import RotationProposal
 from sdquorum.sdfile import SignedHeader
@@ -20,8 +20,9 @@ from sdquorum.sdfile import SignedHeader
 __all__ = ["RotationProposal", "RotationSession"]
 
 
-class RotationSession(Ceremony):
+class RotationSession(ProofCeremony):
     kind = CeremonyKind.ROTATION
+    proved = "approved, with proof of possession"
     checks_late_answers = True
 
     def _setup(self) -> None:
@@ -39,24 +40,13 @@ class RotationSession(Ceremony):
     def _collecting_message(self) -> str:
         return f"rotation: waiting for {self.required()} of {self._n} custodians to approve"
 
-    def _accept(self, req: CustodianRequest, answer: bytes) -> str:
-        if self._attestation is None:  # pragma: no cover - set when open
-            raise StateError("the session has ended")
-        verify_proof(
-            Proof.from_bytes(answer), attestation=self._attestation, header=self.header, expected_x=req.x
-        )
-        return "approved, with proof of possession"
-
     def _verify_late(self, req: CustodianRequest, answer: bytes) -> None:
         self._accept(req, answer)  # a proof changes nothing by itself: the same check, not counted
 
-    def _after_answer(self) -> None:
-        if not self.finished and self.progress_count() >= self.required():
-            self._settle_open(CustodianStatus.NOT_NEEDED)
-            summary = self.proposal.summary() if self.proposal else ""
-            self._complete(f"approved by {self.progress_count()} custodians: {summary}")
-        else:
-            self._fail_if_quorum_unreachable()
+    def _at_quorum(self) -> None:
+        self._settle_open(CustodianStatus.NOT_NEEDED)
+        summary = self.proposal.summary() if self.proposal else ""
+        self._complete(f"approved by {self.progress_count()} custodians: {summary}")
 
     def _at_deadline(self) -> None:
         missing = [self._slots[x].name for x in self.progress().missing]

@@ -24,7 +24,7 @@ from coordinator import (
     CeremonyStatus,
     RecoverySession,
 )
-from hsm_node.ceremony_host import Parts
+from hsm_node.ceremony_host import Parts, PartsService
 from hsm_node.state import NodeState
 from hsm_node.store import DomainInfo
 from sdquorum import policy, sdfile
@@ -37,13 +37,11 @@ log = logging.getLogger("sdquorum.node")
 __all__ = ["Activation"]
 
 
-class Activation:
+class Activation(PartsService):
     """Download, and recovery: init, SD-file upload, and the completed recovery applied."""
 
     def __init__(self, parts: Parts) -> None:
-        p = parts
-        self._config, self._store, self._lifecycle, self._host = p.config, p.store, p.lifecycle, p.host
-        self._notices, self._audit, self._now, self._rng = p.host.notices, p.audit, p.now, p.rng
+        super().__init__(parts)
         self._recovery_file: bytes | None = None
         self._host.on_completed(RecoverySession, self._apply_recovery)
         self._host.on_failed(RecoverySession, self._recovery_failed)

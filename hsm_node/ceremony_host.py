@@ -57,7 +57,7 @@ class HostConfig(Protocol):
 log = logging.getLogger("sdquorum.node")
 
 
-__all__ = ["CeremonyHost", "HostConfig", "Parts"]
+__all__ = ["CeremonyHost", "HostConfig", "Parts", "PartsService"]
 
 C = TypeVar("C", bound=Ceremony)
 DEFAULT_SESSION_SECONDS = 600
@@ -315,3 +315,13 @@ class Parts:
     audit: AuditLog
     now: Callable[[], int]
     rng: Callable[[int], bytes]
+
+
+class PartsService:
+    """A service built over :class:`Parts` (activation, custody, rotation): it keeps each part as
+    the same private attribute, and the host's notices as ``_notices``."""
+
+    def __init__(self, parts: Parts) -> None:
+        p = parts
+        self._config, self._store, self._lifecycle, self._host = p.config, p.store, p.lifecycle, p.host
+        self._notices, self._audit, self._now, self._rng = p.host.notices, p.audit, p.now, p.rng

@@ -23,7 +23,7 @@ from coordinator import (
     DrillSession,
 )
 from hsm_node.agents import Agents
-from hsm_node.ceremony_host import Parts
+from hsm_node.ceremony_host import Parts, PartsService
 from sdquorum import pki, sdfile
 from sdquorum.azure.ceremony import AZURE_PAYLOAD_TAG
 from sdquorum.azure.sdfile import seal_azure_domain
@@ -37,13 +37,11 @@ log = logging.getLogger("sdquorum.node")
 __all__ = ["Custody"]
 
 
-class Custody:
+class Custody(PartsService):
     """Drills, Azure restores, custody records, the compromise flag and SD-file exports."""
 
     def __init__(self, parts: Parts, agents: Agents) -> None:
-        p = parts
-        self._config, self._store, self._lifecycle, self._host = p.config, p.store, p.lifecycle, p.host
-        self._notices, self._audit, self._now, self._rng = p.host.notices, p.audit, p.now, p.rng
+        super().__init__(parts)
         self._agents = agents
         self._host.on_completed(DrillSession, self._apply_drill)
 

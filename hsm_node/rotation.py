@@ -18,7 +18,7 @@ from coordinator import (
     RotationProposal,
     RotationSession,
 )
-from hsm_node.ceremony_host import Parts
+from hsm_node.ceremony_host import Parts, PartsService
 from hsm_node.custody import Custody
 from hsm_node.store import DomainInfo
 from sdquorum import pki, policy, sdfile
@@ -32,13 +32,11 @@ log = logging.getLogger("sdquorum.node")
 __all__ = ["Rotation"]
 
 
-class Rotation:
+class Rotation(PartsService):
     """Propose a rotation, and apply a completed one: the next epoch."""
 
     def __init__(self, parts: Parts, custody: Custody) -> None:
-        p = parts
-        self._config, self._store, self._lifecycle, self._host = p.config, p.store, p.lifecycle, p.host
-        self._notices, self._audit, self._now, self._rng = p.host.notices, p.audit, p.now, p.rng
+        super().__init__(parts)
         self._custody = custody
         self._host.on_completed(RotationSession, self._apply_rotation)
 

@@ -31,6 +31,8 @@ from hsm_node.wire import (
     MAX_BACKUP_BYTES,
     MAX_BATCH_ITEMS,
     STATE_TO_PROTO,
+    chunked,
+    chunks,
     request_to_proto,
     running_session,
     status_to_proto,
@@ -94,8 +96,8 @@ class AdminServicer(PoolAdminRpcs):
         data, warnings = await self.node.activation.download(
             list(request.custodian_certificates), request.quorum, role
         )
-        for i in range(0, len(data), CHUNK_BYTES):
-            yield pb.DownloadChunk(data=data[i : i + CHUNK_BYTES], warnings=warnings if i == 0 else [])
+        for i, chunk in enumerate(chunks(data)):
+            yield pb.DownloadChunk(data=chunk, warnings=warnings if i == 0 else [])
 
     @rpc("admin")
     async def InitRecovery(
@@ -146,13 +148,11 @@ class AdminServicer(PoolAdminRpcs):
         )
 
     @rpc("admin")
-    async def Backup(
-        self, request: pb.BackupRequest, context: Ctx, role: Role
-    ) -> AsyncIterator[pb.BackupChunk]:
+    @chunked(pb.BackupChunk)
+    async def Backup(self, request: pb.BackupRequest, context: Ctx, role: Role) -> bytes:
         data = self.node.backups.backup(role)
         log.info("backup of %d bytes taken by %s", len(data), role)
-        for i in range(0, len(data), CHUNK_BYTES):
-            yield pb.BackupChunk(data=data[i : i + CHUNK_BYTES])
+        return data
 
     @rpc("admin")
     async def Restore(
@@ -182,12 +182,11 @@ class AdminServicer(PoolAdminRpcs):
         return pb.SessionStarted(session_id=s.session_id, expires_at_unix=s.expires_at)
 
     @rpc("admin")
+    @chunked(pb.DownloadChunk)
     async def GetSecurityDomain(
         self, request: pb.GetSecurityDomainRequest, context: Ctx, role: Role
-    ) -> AsyncIterator[pb.DownloadChunk]:
-        data = self.node.custody.security_domain_file(request.format)
-        for i in range(0, len(data), CHUNK_BYTES):
-            yield pb.DownloadChunk(data=data[i : i + CHUNK_BYTES])
+    ) -> bytes:
+        return self.node.custody.security_domain_file(request.format)
 
     @rpc("admin")
     async def ExportRequests(
@@ -222,12 +221,9 @@ class AdminServicer(PoolAdminRpcs):
         return pb.SessionStarted(session_id=s.session_id, expires_at_unix=s.expires_at)
 
     @rpc("admin")
-    async def GetAzureTransferFile(
-        self, request: pb.WatchSessionRequest, context: Ctx, role: Role
-    ) -> AsyncIterator[pb.DownloadChunk]:
-        data = self.node.custody.azure_transfer_file(request.session_id)
-        for i in range(0, len(data), CHUNK_BYTES):
-            yield pb.DownloadChunk(data=data[i : i + CHUNK_BYTES])
+    @chunked(pb.DownloadChunk)
+    async def GetAzureTransferFile(self, request: pb.WatchSessionRequest, context: Ctx, role: Role) -> bytes:
+        return self.node.custody.azure_transfer_file(request.session_id)
 
     @rpc("admin")
     async def AddCustodyRecord(self, request: pb.CustodyRecordRequest, context: Ctx, role: Role) -> pb.Ack:
@@ -262,13 +258,10 @@ class AdminServicer(PoolAdminRpcs):
         )
 
     @rpc("admin")
-    async def ExportAudit(
-        self, request: pb.ExportAuditRequest, context: Ctx, role: Role
-    ) -> AsyncIterator[pb.AuditChunk]:
+    @chunked(pb.AuditChunk)
+    async def ExportAudit(self, request: pb.ExportAuditRequest, context: Ctx, role: Role) -> bytes:
         lines = self.node.audit_log.export(request.chain or "domain")
-        data = ("\n".join(lines) + "\n").encode()
-        for i in range(0, len(data), CHUNK_BYTES):
-            yield pb.AuditChunk(data=data[i : i + CHUNK_BYTES])
+        return ("\n".join(lines) + "\n").encode()
 
 
 ALWAYS_SERVING = ("sdquorum.v1.Node", "sdquorum.v1.NodeAdmin", "sdquorum.v1.Custodian")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 from coordinator import Ceremony, CeremonyStatus, CustodianRequest, CustodianStatus, SessionState
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2 as pb
@@ -13,6 +15,8 @@ __all__ = [
     "MAX_BACKUP_BYTES",
     "MAX_BATCH_ITEMS",
     "STATE_TO_PROTO",
+    "chunked",
+    "chunks",
     "request_to_proto",
     "running_session",
     "status_to_proto",
@@ -21,6 +25,7 @@ __all__ = [
 CHUNK_BYTES = 1024 * 1024
 MAX_BACKUP_BYTES = 1024 * 1024 * 1024
 MAX_BATCH_ITEMS = 1000  # default of node.max_batch_items
+M = TypeVar("M")
 
 STATE_TO_PROTO = {
     "PROVISIONED": pb.PROVISIONED,
@@ -85,3 +90,28 @@ def running_session(s: Ceremony | None) -> dict[str, Any]:
         "session_state": _SESSION[s.state],
         "session_expires_at_unix": s.expires_at,
     }
+
+
+def chunks(data: bytes) -> Iterator[bytes]:
+    """``data`` in order, in pieces of at most CHUNK_BYTES (none for empty data)."""
+    return (data[i : i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES))
+
+
+def chunked(
+    message: Callable[..., M],
+) -> Callable[[Callable[..., Awaitable[bytes]]], Callable[..., AsyncIterator[M]]]:
+    """A servicer method that returns bytes, streamed as ``message(data=...)`` chunks of CHUNK_BYTES.
+
+    Goes under :func:`sdquorum_rpc.errors.rpc`, which sees a streaming method: the bytes are made
+    when the stream is first read, and a failure there is translated like any other.
+    """
+
+    def decorate(fn: Callable[..., Awaitable[bytes]]) -> Callable[..., AsyncIterator[M]]:
+        @functools.wraps(fn)
+        async def stream(*args: Any) -> AsyncIterator[M]:
+            for chunk in chunks(await fn(*args)):
+                yield message(data=chunk)
+
+        return stream
+
+    return decorate

@@ -47,23 +47,8 @@ class AuditEntry:
     prev: bytes
     signature: bytes = field(default=b"", compare=False)
 
-    def body(self) -> bytes:
-        return canonical_json(
-            {
-                "seq": self.seq,
-                "time": self.time,
-                "event": self.event,
-                "actor": self.actor,
-                "details": self.details,
-                "prev": self.prev.hex(),
-            }
-        )
-
-    @property
-    def hash(self) -> bytes:
-        return hashlib.sha256(ENTRY_CONTEXT + self.body()).digest()
-
-    def to_json(self) -> dict[str, Any]:
+    def _signed_members(self) -> dict[str, Any]:
+        """What the entry's hash (and so its signature) covers; :meth:`to_json` adds both."""
         return {
             "seq": self.seq,
             "time": self.time,
@@ -71,9 +56,17 @@ class AuditEntry:
             "actor": self.actor,
             "details": self.details,
             "prev": self.prev.hex(),
-            "hash": self.hash.hex(),
-            "sig": b64e(self.signature),
         }
+
+    def body(self) -> bytes:
+        return canonical_json(self._signed_members())
+
+    @property
+    def hash(self) -> bytes:
+        return hashlib.sha256(ENTRY_CONTEXT + self.body()).digest()
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self._signed_members(), "hash": self.hash.hex(), "sig": b64e(self.signature)}
 
     @classmethod
     def from_json(cls, obj: object) -> AuditEntry:

@@ -82,9 +82,7 @@ class CeremonyRequest:
         check_request_id(self.request_id)
         if self.custodian:  # online requests name no one; a file's name is used in file names
             check_custodian_name(self.custodian)
-        if self.kind not in PURPOSES:
-            raise MalformedError(f"unknown request kind {self.kind!r}")
-        object.__setattr__(self, "kind", CeremonyKind(self.kind))
+        object.__setattr__(self, "kind", _purpose(self.kind, "request"))
 
     def to_bytes(self) -> bytes:
         return canonical_json(
@@ -142,9 +140,7 @@ class OfflineAnswer:
 
     def __post_init__(self) -> None:
         check_request_id(self.request_id)
-        if self.kind not in PURPOSES:
-            raise MalformedError(f"unknown answer kind {self.kind!r}")
-        object.__setattr__(self, "kind", CeremonyKind(self.kind))
+        object.__setattr__(self, "kind", _purpose(self.kind, "answer"))
 
     def to_bytes(self) -> bytes:
         return canonical_json(
@@ -177,3 +173,10 @@ class OfflineAnswer:
             denied=bool(obj["denied"]),
             reason=str(obj["reason"]),
         )
+
+
+def _purpose(kind: str, what: str) -> CeremonyKind:
+    """``kind`` as the ceremony a request or answer file is for (a domain notice is never one)."""
+    if kind not in PURPOSES:
+        raise MalformedError(f"unknown {what} kind {kind!r}")
+    return CeremonyKind(kind)

@@ -32,16 +32,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import nacl.exceptions
 import nacl.public
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from sdquorum import fields as f
 from sdquorum import pki
-from sdquorum.encoding import b64d, b64e, canonical_json, parse_json_object
+from sdquorum.encoding import b64e, canonical_json, parse_json_object
 from sdquorum.envelopes import CertifiedStatement
 from sdquorum.errors import MalformedError, VerificationError
 from sdquorum.sdfile import DomainSecrets
@@ -79,15 +81,31 @@ class PoolHeader:
 
     @classmethod
     def of(cls, domain_id: bytes, epoch: int, sd_file: bytes) -> PoolHeader:
-        return cls(domain_id, epoch, hashlib.sha256(sd_file).digest())
+        return PoolHeader(domain_id, epoch, hashlib.sha256(sd_file).digest())
+
+    def pool_members(self) -> dict[str, object]:
+        """These fields as the JSON members of a join request or grant (the pool it is for)."""
+        return {
+            "domain_id": self.domain_id.hex(),
+            "epoch": self.epoch,
+            "sd_file_sha256": b64e(self.sd_file_sha256),
+        }
+
+    @staticmethod
+    def pool_fields(o: dict[str, object]) -> dict[str, Any]:
+        """The same members read back strictly (:meth:`pool_members`)."""
+        return {
+            "domain_id": f.hex_bytes(o.get("domain_id"), "domain_id", 16),
+            "epoch": f.non_negative(o.get("epoch"), "epoch"),
+            "sd_file_sha256": f.b64_bytes(o.get("sd_file_sha256"), "sd_file_sha256", 32),
+        }
 
 
 @dataclass(frozen=True)
-class JoinRequestStatement:
+class JoinRequestStatement(PoolHeader):
+    """A joiner's request: the pool it is for (the :class:`PoolHeader` fields), its id, exchange key."""
+
     node_id: str
-    domain_id: bytes
-    epoch: int
-    sd_file_sha256: bytes
     exchange_public_key: bytes
     nonce: bytes
     issued_at: int
@@ -98,9 +116,7 @@ class JoinRequestStatement:
             {
                 "type": REQUEST_TYPE,
                 "node_id": self.node_id,
-                "domain_id": self.domain_id.hex(),
-                "epoch": self.epoch,
-                "sd_file_sha256": b64e(self.sd_file_sha256),
+                **self.pool_members(),
                 "exchange_public_key": b64e(self.exchange_public_key),
                 "nonce": b64e(self.nonce),
                 "issued_at": self.issued_at,
@@ -114,24 +130,21 @@ class JoinRequestStatement:
         _members(o, REQUEST_TYPE, "join request", {"node_id", "domain_id", "epoch", "sd_file_sha256",
                  "exchange_public_key", "nonce", "issued_at", "expires_at"})  # fmt: skip
         return cls(
-            node_id=_str(o, "node_id"),
-            domain_id=_hex(o, "domain_id"),
-            epoch=_int(o, "epoch"),
-            sd_file_sha256=_b64(o, "sd_file_sha256", 32),
-            exchange_public_key=_b64(o, "exchange_public_key", 32),
-            nonce=_b64(o, "nonce", 32),
-            issued_at=_int(o, "issued_at"),
-            expires_at=_int(o, "expires_at"),
+            node_id=_name(o, "node_id"),
+            **cls.pool_fields(o),
+            exchange_public_key=f.b64_bytes(o.get("exchange_public_key"), "exchange_public_key", 32),
+            nonce=f.b64_bytes(o.get("nonce"), "nonce", 32),
+            issued_at=f.non_negative(o.get("issued_at"), "issued_at"),
+            expires_at=f.non_negative(o.get("expires_at"), "expires_at"),
         )
 
 
 @dataclass(frozen=True)
-class JoinGrantStatement:
+class JoinGrantStatement(PoolHeader):
+    """A member's grant: the pool (the :class:`PoolHeader` fields), joiner, sender, sealed secrets."""
+
     joiner: str
     sender: str
-    domain_id: bytes
-    epoch: int
-    sd_file_sha256: bytes
     request_sha256: bytes
     sealed_secrets: bytes
 
@@ -141,9 +154,7 @@ class JoinGrantStatement:
                 "type": GRANT_TYPE,
                 "joiner": self.joiner,
                 "sender": self.sender,
-                "domain_id": self.domain_id.hex(),
-                "epoch": self.epoch,
-                "sd_file_sha256": b64e(self.sd_file_sha256),
+                **self.pool_members(),
                 "request_sha256": b64e(self.request_sha256),
                 "sealed_secrets": b64e(self.sealed_secrets),
             }
@@ -155,38 +166,20 @@ class JoinGrantStatement:
         _members(o, GRANT_TYPE, "join grant", {"joiner", "sender", "domain_id", "epoch", "sd_file_sha256",
                  "request_sha256", "sealed_secrets"})  # fmt: skip
         return cls(
-            joiner=_str(o, "joiner"),
-            sender=_str(o, "sender"),
-            domain_id=_hex(o, "domain_id"),
-            epoch=_int(o, "epoch"),
-            sd_file_sha256=_b64(o, "sd_file_sha256", 32),
-            request_sha256=_b64(o, "request_sha256", 32),
-            sealed_secrets=_b64(o, "sealed_secrets", None),
+            joiner=_name(o, "joiner"),
+            sender=_name(o, "sender"),
+            **cls.pool_fields(o),
+            request_sha256=f.b64_bytes(o.get("request_sha256"), "request_sha256", 32),
+            sealed_secrets=f.b64_bytes(o.get("sealed_secrets"), "sealed_secrets", None),
         )
 
 
-@dataclass(frozen=True)
-class JoinRequest(CertifiedStatement):
-    statement: JoinRequestStatement = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "statement", JoinRequestStatement.from_bytes(self.statement_bytes))
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> JoinRequest:
-        return cls(*cls.parts(data, "join request"))
+class JoinRequest(CertifiedStatement[JoinRequestStatement]):
+    what, statement_type = "join request", JoinRequestStatement
 
 
-@dataclass(frozen=True)
-class JoinGrant(CertifiedStatement):
-    statement: JoinGrantStatement = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "statement", JoinGrantStatement.from_bytes(self.statement_bytes))
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> JoinGrant:
-        return cls(*cls.parts(data, "join grant"))
+class JoinGrant(CertifiedStatement[JoinGrantStatement]):
+    what, statement_type = "join grant", JoinGrantStatement
 
 
 # ------------------------------------------------------------------ the joiner's request
@@ -205,13 +198,15 @@ def make_join_request(
     if not 1 <= ttl <= MAX_JOIN_SECONDS:
         raise VerificationError(f"a join request lives 1..{MAX_JOIN_SECONDS} s")
     st = JoinRequestStatement(
-        node_id, pool.domain_id, pool.epoch, pool.sd_file_sha256, exchange_public_key, nonce, now, now + ttl
+        pool.domain_id, pool.epoch, pool.sd_file_sha256, node_id, exchange_public_key, nonce, now, now + ttl
     )
     data = st.to_bytes()
     return JoinRequest(data, key.sign(REQUEST_CONTEXT + data), certificate_der)
 
 
-def _verify(signed: CertifiedStatement, context: bytes, root_pem: bytes, now: datetime, what: str) -> str:
+def _verify(
+    signed: CertifiedStatement[Any], context: bytes, root_pem: bytes, now: datetime, what: str
+) -> str:
     """Chain, signature; returns the node id the certificate certifies."""
     public, node_id = pki.verify_attestation_cert(signed.certificate_der, root_pem, now)
     try:
@@ -223,14 +218,14 @@ def _verify(signed: CertifiedStatement, context: bytes, root_pem: bytes, now: da
     return node_id
 
 
-def _same_pool(domain_id: bytes, epoch: int, sd_sha: bytes, pool: PoolHeader, what: str) -> None:
-    if not hmac.compare_digest(domain_id, pool.domain_id):
+def _same_pool(named: PoolHeader, pool: PoolHeader, what: str) -> None:
+    if not hmac.compare_digest(named.domain_id, pool.domain_id):
         raise VerificationError(
-            f"the {what} is for domain {domain_id.hex()}, not this pool's {pool.domain_id.hex()}"
+            f"the {what} is for domain {named.domain_id.hex()}, not this pool's {pool.domain_id.hex()}"
         )
-    if epoch != pool.epoch or not hmac.compare_digest(sd_sha, pool.sd_file_sha256):
+    if named.epoch != pool.epoch or not hmac.compare_digest(named.sd_file_sha256, pool.sd_file_sha256):
         raise VerificationError(
-            f"the {what} names epoch {epoch} and an SD file that are not the pool's current ones "
+            f"the {what} names epoch {named.epoch} and an SD file that are not the pool's current ones "
             f"(epoch {pool.epoch}): join again"
         )
 
@@ -260,7 +255,7 @@ def check_join_request(
         raise VerificationError("the join request has expired: the joining node makes a new one")
     if st.issued_at > t + CLOCK_SKEW_SECONDS:
         raise VerificationError("the join request is issued in the future: check the clocks")
-    _same_pool(st.domain_id, st.epoch, st.sd_file_sha256, pool, "join request")
+    _same_pool(st, pool, "join request")
     digest = request.sha256
     if any(hmac.compare_digest(digest, u) for u in used):
         raise VerificationError(
@@ -295,7 +290,7 @@ def make_join_grant(
     )
     sealed = nacl.public.SealedBox(nacl.public.PublicKey(st.exchange_public_key)).encrypt(inner)
     gst = JoinGrantStatement(
-        st.node_id, sender, pool.domain_id, pool.epoch, pool.sd_file_sha256, request.sha256, bytes(sealed)
+        pool.domain_id, pool.epoch, pool.sd_file_sha256, st.node_id, sender, request.sha256, bytes(sealed)
     )
     data = gst.to_bytes()
     return JoinGrant(data, key.sign(GRANT_CONTEXT + data), certificate_der)
@@ -322,7 +317,7 @@ def open_join_grant(
         raise VerificationError(f"the join grant comes from {sender!r}, which is not a member of this pool")
     if g.joiner != request.statement.node_id or not hmac.compare_digest(g.request_sha256, request.sha256):
         raise VerificationError("the join grant answers another join request (a replay?)")
-    _same_pool(g.domain_id, g.epoch, g.sd_file_sha256, pool, "join grant")
+    _same_pool(g, pool, "join grant")
     try:
         inner = nacl.public.SealedBox(exchange_key).decrypt(g.sealed_secrets)
     except nacl.exceptions.CryptoError as e:
@@ -335,10 +330,10 @@ def open_join_grant(
         or set(o) != {"type", "request_sha256", "domain_id", "epoch", "secrets"}
         or o.get("domain_id") != g.domain_id.hex()
         or o.get("epoch") != g.epoch
-        or not hmac.compare_digest(_b64(o, "request_sha256", 32), request.sha256)
+        or not hmac.compare_digest(f.b64_bytes(o.get("request_sha256"), "request_sha256", 32), request.sha256)
     ):
         raise VerificationError("the join grant's sealed secrets are bound to another join")
-    secrets = DomainSecrets.from_bytes(_b64(o, "secrets", None))
+    secrets = DomainSecrets.from_bytes(f.b64_bytes(o.get("secrets"), "secrets", None))
     if not hmac.compare_digest(secrets.domain_id, pool.domain_id):
         raise VerificationError("the join grant seals the secrets of another domain")
     return secrets
@@ -354,33 +349,9 @@ def _members(o: dict[str, object], type_: str, what: str, names: set[str]) -> No
         raise MalformedError(f"{what}: unexpected members {sorted(set(o) ^ (names | {'type'}))}")
 
 
-def _str(o: dict[str, object], k: str) -> str:
-    v = o.get(k)
-    if not isinstance(v, str) or not v or len(v) > 128:
-        raise MalformedError(f"{k}: expected a non-empty string")
+def _name(o: dict[str, object], k: str) -> str:
+    """A node id: a non-empty string of at most 128 characters."""
+    v = f.string(o.get(k), k, max_len=128)
+    if not v:
+        raise MalformedError(f"{k} must not be empty")
     return v
-
-
-def _int(o: dict[str, object], k: str) -> int:
-    v = o.get(k)
-    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-        raise MalformedError(f"{k}: expected a non-negative integer")
-    return v
-
-
-def _hex(o: dict[str, object], k: str) -> bytes:
-    v = o.get(k)
-    try:
-        b = bytes.fromhex(v) if isinstance(v, str) else b""
-    except ValueError:
-        b = b""
-    if not 1 <= len(b) <= 64:
-        raise MalformedError(f"{k}: expected 1..64 bytes in hex")
-    return b
-
-
-def _b64(o: dict[str, object], k: str, length: int | None) -> bytes:
-    b = b64d(o.get(k), k)
-    if length is not None and len(b) != length:
-        raise MalformedError(f"{k}: expected {length} bytes")
-    return b

@@ -16,6 +16,7 @@ Clients: :func:`translate_rpc_error` maps a ``grpc.RpcError`` to a project error
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -126,46 +127,47 @@ def rpc(*roles: str) -> Callable[[F], F]:
             log.exception("%s by %s failed unexpectedly", name, role or "unknown peer")
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the node log")
 
-        if inspect.isasyncgenfunction(fn):
-
-            @functools.wraps(fn)
-            async def stream_wrapper(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
-                role: pki.Role | None = None
-                started, code = _begin(context), "OK"
-                try:
-                    role = await authorise(context)
-                    async for item in fn(self, request, context, role):
-                        yield item
-                except grpc.aio.AbortError:
-                    code = _code_of(context)
-                    raise
-                except Exception as e:
-                    code = _code_for(e)
-                    await fail(self, context, e, role)
-                finally:
-                    _observe(self, name, code, started)
-
-            return cast(F, stream_wrapper)
-
-        @functools.wraps(fn)
-        async def unary_wrapper(self: Any, request: Any, context: Any) -> Any:
-            role: pki.Role | None = None
+        @contextlib.asynccontextmanager
+        async def translated(servicer: Any, context: Ctx) -> AsyncIterator[_Call]:
+            """The one translation: authorise, then map any failure to a status, audited and timed."""
+            call = _Call()
             started, code = _begin(context), "OK"
             try:
-                role = await authorise(context)
-                return await fn(self, request, context, role)
+                call.role = await authorise(context)
+                yield call
             except grpc.aio.AbortError:
                 code = _code_of(context)
                 raise
             except Exception as e:
                 code = _code_for(e)
-                await fail(self, context, e, role)
+                await fail(servicer, context, e, call.role)
             finally:
-                _observe(self, name, code, started)
+                _observe(servicer, name, code, started)
+
+        if inspect.isasyncgenfunction(fn):
+
+            @functools.wraps(fn)
+            async def stream_wrapper(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
+                async with translated(self, context) as call:
+                    async for item in fn(self, request, context, call.role):
+                        yield item
+
+            return cast(F, stream_wrapper)
+
+        @functools.wraps(fn)
+        async def unary_wrapper(self: Any, request: Any, context: Any) -> Any:
+            async with translated(self, context) as call:
+                return await fn(self, request, context, call.role)
 
         return cast(F, unary_wrapper)
 
     return decorate
+
+
+class _Call:
+    """One guarded call: the caller's role once it is authorised (None before, or if it is not)."""
+
+    role: pki.Role | None = None
 
 
 def _begin(context: Ctx) -> float:

@@ -21,16 +21,17 @@ anything, such as the public shares or digests of the expected shares).
 
 Subclasses say what an answer must prove (:meth:`_accept`), how a late one is checked
 (:meth:`_verify_late`; by default it is refused as before) and when the ceremony ends
-(:meth:`_after_answer`, :meth:`_at_deadline`). No I/O: the host passes ``now`` (unix seconds) and
-delivers messages.
+(:meth:`_at_quorum`, called once m answers are accepted, or :meth:`_after_answer` itself, and
+:meth:`_at_deadline`). No I/O: the host passes ``now`` (unix seconds) and delivers messages.
 
 Where it lives: :mod:`._records` (the states, progress, requests and outcomes handed out),
 :mod:`._slots` (:class:`SlotBook`: each slot's request and progress), :mod:`._session` (the
 session's lifecycle: attestation, deadline, end, the exchange key) and :mod:`._ceremony`
-(:class:`Ceremony`: what happens to an answer; subclasses say what it must prove).
+(:class:`Ceremony`: what happens to an answer; subclasses say what it must prove;
+:class:`ProofCeremony`: answered by proofs of possession, for the drill and rotation).
 """
 
-from coordinator.ceremony._ceremony import Ceremony
+from coordinator.ceremony._ceremony import Ceremony, ProofCeremony
 from coordinator.ceremony._records import (
     OPEN,
     SETTLED,
@@ -56,6 +57,7 @@ __all__ = [
     "CustodianProgress",
     "CustodianRequest",
     "CustodianStatus",
+    "ProofCeremony",
     "QuorumError",
     "QuorumProgress",
     "ReleaseOutcome",

@@ -4,7 +4,8 @@ Invariants: an answer is taken only for an open request of a COLLECTING session 
 (:meth:`Ceremony._open_request`), except a late answer (see :mod:`coordinator.ceremony`); one that
 does not parse or is not signed by the slot's own key changes nothing (the slot stays open); one
 that is signed but fails a check settles its slot REJECTED with the check named; after every
-settled slot the subclass decides whether the session has ended (:meth:`Ceremony._after_answer`).
+settled slot the subclass decides whether the session has ended (:meth:`Ceremony._after_answer`;
+by default the session ends through :meth:`Ceremony._at_quorum` once m answers are accepted).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from coordinator.ceremony._records import (
     SessionState,
 )
 from coordinator.ceremony._session import Session
-from sdquorum.envelopes import Denial, verify_denial
+from sdquorum.envelopes import Denial, Proof, verify_denial, verify_proof
 from sdquorum.errors import MalformedError, SdquorumError, StateError, UnauthenticatedError, VerificationError
 
 
@@ -175,8 +176,15 @@ class Ceremony(Session):
         raise StateError(f"session {self.session_id} is {self.state.value}: {self.message}")
 
     def _after_answer(self) -> None:
-        """Called after every settled answer; default: fail when quorum can no longer be reached."""
-        self._fail_if_quorum_unreachable()
+        """Called after every settled answer: with quorum accepted, :meth:`_at_quorum`; before, the
+        session fails once quorum can no longer be reached."""
+        if not self.finished and self.progress_count() >= self.required():
+            self._at_quorum()
+        else:
+            self._fail_if_quorum_unreachable()
+
+    def _at_quorum(self) -> None:
+        """What m accepted answers do (open the domain, approve the rotation); default: nothing."""
 
     def _at_deadline(self) -> None:
         missing = [self._slots[x].name for x in self.progress().missing]
@@ -204,3 +212,18 @@ class Ceremony(Session):
             return
         if self.progress_count() + len(self._slots.open_slots()) < self.required():
             self._fail("quorum can no longer be reached: " + self._slots.refusals())
+
+
+class ProofCeremony(Ceremony):
+    """A ceremony answered by proofs of possession (drill, rotation approval): no share leaves an
+    agent; an answer counts when its Schnorr proof of s_x verifies, bound to this attestation."""
+
+    proved = "proved possession of its share"  # the detail an accepted slot shows
+
+    def _accept(self, req: CustodianRequest, answer: bytes) -> str:
+        if self._attestation is None:  # pragma: no cover - set when open
+            raise StateError("the session has ended")
+        verify_proof(
+            Proof.from_bytes(answer), attestation=self._attestation, header=self.header, expected_x=req.x
+        )
+        return self.proved

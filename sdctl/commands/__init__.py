@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from sdctl.ctl import Ctl
 
-__all__ = ["GROUPS", "Arg", "Command", "Handler", "all_commands", "build_parser"]
+__all__ = ["GROUPS", "Arg", "Command", "Handler", "all_commands", "build_parser", "roster_certs"]
 
 # One module per command group, in the order 'sdctl --help' lists them.
 GROUPS = (
@@ -82,6 +83,11 @@ def all_commands() -> list[Command]:
 
 
 YES = arg("--yes", "-y", action="store_true", help="do not ask (required when not on a terminal)")
+
+
+def roster_certs(help: str) -> Arg:
+    """``--cert`` given once per custodian of a roster (download, rotate): ``args.custodian_certs``."""
+    return arg("--cert", dest="custodian_certs", action="append", type=Path, required=True, help=help)
 
 
 def build_parser(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from sdctl.commands import Command, arg
+from sdctl.commands import Command, arg, roster_certs
 from sdctl.ctl import Ctl
 from sdquorum.errors import UsageError
 from sdquorum_rpc.files import PendingFile, read_input_file
@@ -52,14 +52,7 @@ COMMANDS = [
         "activate the node: create its security domain (once per node)",
         ("sdctl download --cert a.pem --cert b.pem --cert c.pem --quorum 2 --out sd.json",),
         (
-            arg(
-                "--cert",
-                dest="custodian_certs",
-                action="append",
-                type=Path,
-                required=True,
-                help="a custodian's wrapping certificate (3..10 of them)",
-            ),
+            roster_certs("a custodian's wrapping certificate (3..10 of them)"),
             arg("--quorum", type=int, required=True, help="shares needed to recover (2..n, 3+ recommended)"),
             arg("--out", type=Path, required=True, help="where to write the SD file (must not exist)"),
         ),

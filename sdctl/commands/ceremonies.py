@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sdctl.commands import Command, arg
+from sdctl.commands import Command, arg, roster_certs
 from sdctl.ctl import DRILL_WORD, OFFLINE_REQUEST_HELP, Ctl, Running, check_offline_dir, pb, word
 from sdquorum.errors import StateError, VerificationError
 from sdquorum_rpc.files import PendingFile, read_input_file
@@ -73,14 +73,7 @@ COMMANDS = [
             "sdctl rotate --cert a.pem --cert b.pem --cert f.pem --quorum 2 --reason 'carol left' --out sd-epoch2.json",
         ),
         (
-            arg(
-                "--cert",
-                dest="custodian_certs",
-                action="append",
-                type=Path,
-                required=True,
-                help="a new roster's wrapping certificate (3..10)",
-            ),
+            roster_certs("a new roster's wrapping certificate (3..10)"),
             arg("--quorum", type=int, required=True, help="the new quorum (2..n, 3+ recommended)"),
             arg("--reason", required=True, help="shown to every approving custodian"),
             arg("--ttl", type=int, default=0, help="approval deadline in seconds (default: node's, 600)"),

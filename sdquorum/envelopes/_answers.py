@@ -7,7 +7,7 @@ strictly on construction.
 Invariants:
 
 * A release and a proof bind their session, domain, epoch, slot, signer thumbprint and the SHA-256
-  of the attestation they answer (:func:`_answer_fields`); :func:`check_binding` checks the
+  of the attestation they answer (:class:`AnswerBinding`); :func:`check_binding` checks the
   signature against the slot's certificate first (an answer not signed by the slot's key is
   nobody's and never counts against its custodian), then each binding, in constant time for
   digests and ids.
@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
 
 from sdquorum import fields as f
 from sdquorum.encoding import b64d, b64e, canonical_json, parse_json_object
@@ -34,106 +34,71 @@ DENIAL_TYPE = "sdquorum-denial-v2"  # v2: bound to the attestation of the reques
 
 
 @dataclass(frozen=True)
-class ReleaseStatement:
+class AnswerBinding:
+    """What a release and a proof both bind: session, domain, epoch, slot, signer and attestation.
+
+    Checked by :func:`check_binding`; written by :meth:`binding_members` and read back by
+    :meth:`binding_fields`, so the two statements spell these members once.
+    """
+
     session_id: str
     domain_id: bytes
     epoch: int
     x: int
     thumbprint: bytes
     attestation_sha256: bytes
+
+    def binding_members(self) -> dict[str, Any]:
+        """The JSON members of the binding."""
+        return {
+            "session_id": self.session_id,
+            "domain_id": self.domain_id.hex(),
+            "epoch": self.epoch,
+            "x": self.x,
+            "x5t_256": b64e(self.thumbprint),
+            "attestation_sha256": b64e(self.attestation_sha256),
+        }
+
+    @staticmethod
+    def binding_fields(obj: dict[str, Any]) -> dict[str, Any]:
+        """The binding's constructor arguments, read strictly from a statement's JSON members."""
+        return {
+            "session_id": f.string(obj.get("session_id"), "session_id", max_len=1024),
+            "domain_id": f.hex_bytes(obj.get("domain_id"), "domain_id", 16),
+            "epoch": f.non_negative(obj.get("epoch"), "epoch"),
+            "x": f.non_negative(obj.get("x"), "x"),
+            "thumbprint": f.b64_bytes(obj.get("x5t_256"), "x5t_256", 32),
+            "attestation_sha256": f.b64_bytes(obj.get("attestation_sha256"), "attestation_sha256", 32),
+        }
+
+
+@dataclass(frozen=True)
+class ReleaseStatement(AnswerBinding):
     sealed_share: bytes
 
     def to_bytes(self) -> bytes:
         return canonical_json(
             {
                 "type": RELEASE_TYPE,
-                **_answer_members(self),
+                **self.binding_members(),
                 "sealed_share": b64e(self.sealed_share),
             }
         )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ReleaseStatement:
-        obj = parse_json_object(data, "release statement")
-        if obj.get("type") != RELEASE_TYPE:
-            raise MalformedError("release statement: unknown type")
+        obj = _statement_object(data, RELEASE_TYPE, "release statement")
         return cls(
-            **_answer_fields(obj),
+            **cls.binding_fields(obj),
             sealed_share=f.b64_bytes(obj.get("sealed_share"), "sealed_share", None),
         )
 
 
-class _SignedEnvelope:
-    """A statement carried as the exact bytes a custodian signed (RSA-PSS), with the signature."""
-
-    what = "envelope"
-    statement_bytes: bytes
-    signature: bytes
-
-    def __init__(self, statement_bytes: bytes, signature: bytes) -> None:
-        self.statement_bytes = statement_bytes
-        self.signature = signature
-        self._parse()  # a malformed statement is refused on construction
-
-    def _parse(self) -> None:
-        raise NotImplementedError
-
-    def to_bytes(self) -> bytes:
-        return canonical_json({"statement": b64e(self.statement_bytes), "signature": b64e(self.signature)})
-
-    @classmethod
-    def signed(
-        cls: type[E], statement: ReleaseStatement | ProofStatement | DenialStatement, key: WrappingKey
-    ) -> E:
-        """The envelope of ``statement``'s canonical bytes, signed by the custodian's wrapping key."""
-        data = statement.to_bytes()
-        return cls(data, key.sign(data))
-
-    @classmethod
-    def from_bytes(cls: type[E], data: bytes) -> E:
-        check_size(data, cls.what)
-        obj = parse_json_object(data, cls.what)
-        return cls(
-            b64d(obj.get("statement"), f"{cls.what} statement"),
-            b64d(obj.get("signature"), f"{cls.what} signature"),
-        )
-
-
-E = TypeVar("E", bound=_SignedEnvelope)
-
-
-class Release(_SignedEnvelope):
-    what = "release"
-
-    def _parse(self) -> None:
-        self.statement = ReleaseStatement.from_bytes(self.statement_bytes)
-
-
 @dataclass(frozen=True)
-class SlotKey:
-    """What an answer for a slot is checked against: the slot, its certificate, domain and epoch."""
-
-    x: int
-    certificate_der: bytes
-    domain_id: bytes
-    epoch: int
-
-    @property
-    def thumbprint(self) -> bytes:
-        return hashlib.sha256(self.certificate_der).digest()
-
-
-@dataclass(frozen=True)
-class ProofStatement:
+class ProofStatement(AnswerBinding):
     """A custodian's signed proof that it can open its share (drill) or approval of a proposal (rotation)."""
 
     purpose: str
-    session_id: str
-    domain_id: bytes
-    epoch: int
-    x: int
-    thumbprint: bytes
-    attestation_sha256: bytes
     proposal_sha256: bytes
     proof: bytes  # Schnorr proof of knowledge of s_x (64 bytes)
 
@@ -142,7 +107,7 @@ class ProofStatement:
             {
                 "type": PROOF_TYPE,
                 "purpose": self.purpose,
-                **_answer_members(self),
+                **self.binding_members(),
                 "proposal_sha256": b64e(self.proposal_sha256),
                 "proof": b64e(self.proof),
             }
@@ -150,22 +115,13 @@ class ProofStatement:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ProofStatement:
-        obj = parse_json_object(data, "proof statement")
-        if obj.get("type") != PROOF_TYPE:
-            raise MalformedError("proof statement: unknown type")
+        obj = _statement_object(data, PROOF_TYPE, "proof statement")
         return cls(
             purpose=f.string(obj.get("purpose"), "purpose", max_len=1024),
-            **_answer_fields(obj),
+            **cls.binding_fields(obj),
             proposal_sha256=f.b64_bytes(obj.get("proposal_sha256"), "proposal_sha256", None),
             proof=f.b64_bytes(obj.get("proof"), "proof", 64),
         )
-
-
-class Proof(_SignedEnvelope):
-    what = "proof"
-
-    def _parse(self) -> None:
-        self.statement = ProofStatement.from_bytes(self.statement_bytes)
 
 
 @dataclass(frozen=True)
@@ -196,9 +152,7 @@ class DenialStatement:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> DenialStatement:
-        obj = parse_json_object(data, "denial statement")
-        if obj.get("type") != DENIAL_TYPE:
-            raise MalformedError("denial statement: unknown type")
+        obj = _statement_object(data, DENIAL_TYPE, "denial statement")
         return cls(
             session_id=f.string(obj.get("session_id"), "session_id", max_len=1024),
             request_id=f.string(obj.get("request_id"), "request_id", max_len=1024),
@@ -210,16 +164,82 @@ class DenialStatement:
         )
 
 
-class Denial(_SignedEnvelope):
-    what = "denial"
+class _Statement(Protocol):
+    """What an answer envelope carries: a statement with canonical bytes, parsed strictly."""
 
-    def _parse(self) -> None:
-        self.statement = DenialStatement.from_bytes(self.statement_bytes)
+    def to_bytes(self) -> bytes: ...
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Self: ...
+
+
+S = TypeVar("S", bound=_Statement)
+
+
+class _SignedEnvelope(Generic[S]):
+    """A statement carried as the exact bytes a custodian signed (RSA-PSS), with the signature.
+
+    A subclass names what it carries (``what``, for messages) and its statement type; the statement
+    is parsed on construction, so a malformed one is refused before anything reads it.
+    """
+
+    what: ClassVar[str]
+    statement_type: type[S]
+    statement: S
+
+    def __init__(self, statement_bytes: bytes, signature: bytes) -> None:
+        self.statement_bytes = statement_bytes
+        self.signature = signature
+        self.statement = self.statement_type.from_bytes(statement_bytes)
+
+    def to_bytes(self) -> bytes:
+        return canonical_json({"statement": b64e(self.statement_bytes), "signature": b64e(self.signature)})
+
+    @classmethod
+    def signed(cls, statement: S, key: WrappingKey) -> Self:
+        """The envelope of ``statement``'s canonical bytes, signed by the custodian's wrapping key."""
+        data = statement.to_bytes()
+        return cls(data, key.sign(data))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Self:
+        check_size(data, cls.what)
+        obj = parse_json_object(data, cls.what)
+        return cls(
+            b64d(obj.get("statement"), f"{cls.what} statement"),
+            b64d(obj.get("signature"), f"{cls.what} signature"),
+        )
+
+
+class Release(_SignedEnvelope[ReleaseStatement]):
+    what, statement_type = "release", ReleaseStatement
+
+
+class Proof(_SignedEnvelope[ProofStatement]):
+    what, statement_type = "proof", ProofStatement
+
+
+class Denial(_SignedEnvelope[DenialStatement]):
+    what, statement_type = "denial", DenialStatement
+
+
+@dataclass(frozen=True)
+class SlotKey:
+    """What an answer for a slot is checked against: the slot, its certificate, domain and epoch."""
+
+    x: int
+    certificate_der: bytes
+    domain_id: bytes
+    epoch: int
+
+    @property
+    def thumbprint(self) -> bytes:
+        return hashlib.sha256(self.certificate_der).digest()
 
 
 def check_binding(
     env: Release | Proof,
-    st: ReleaseStatement | ProofStatement,
+    st: AnswerBinding,
     *,
     slot: SlotKey,
     session_id: str,
@@ -244,25 +264,9 @@ def check_binding(
         raise VerificationError(f"the {what} names another wrapping certificate than the slot's")
 
 
-def _answer_members(st: ReleaseStatement | ProofStatement) -> dict[str, Any]:
-    """The JSON members a release and a proof statement share (read back by :func:`_answer_fields`)."""
-    return {
-        "session_id": st.session_id,
-        "domain_id": st.domain_id.hex(),
-        "epoch": st.epoch,
-        "x": st.x,
-        "x5t_256": b64e(st.thumbprint),
-        "attestation_sha256": b64e(st.attestation_sha256),
-    }
-
-
-def _answer_fields(obj: dict[str, Any]) -> dict[str, Any]:
-    """The members a release and a proof statement share: which session, domain, epoch, slot and key."""
-    return {
-        "session_id": f.string(obj.get("session_id"), "session_id", max_len=1024),
-        "domain_id": f.hex_bytes(obj.get("domain_id"), "domain_id", 16),
-        "epoch": f.non_negative(obj.get("epoch"), "epoch"),
-        "x": f.non_negative(obj.get("x"), "x"),
-        "thumbprint": f.b64_bytes(obj.get("x5t_256"), "x5t_256", 32),
-        "attestation_sha256": f.b64_bytes(obj.get("attestation_sha256"), "attestation_sha256", 32),
-    }
+def _statement_object(data: bytes, statement_type: str, what: str) -> dict[str, Any]:
+    """The JSON object of a statement, refused unless it is one and of ``statement_type``."""
+    obj = parse_json_object(data, what)
+    if obj.get("type") != statement_type:
+        raise MalformedError(f"{what}: unknown type")
+    return obj

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -159,15 +160,33 @@ class ExchangeStatement:
         return st
 
 
+S = TypeVar("S")
+
+
 @dataclass(frozen=True)
-class CertifiedStatement:
+class CertifiedStatement(Generic[S]):
     """A statement carried as the exact bytes its signer signed (Ed25519), with the signature and the
     signer's certificate: the exchange-key attestation, and the pool's join request and grant. The
-    JSON carries exactly these three members."""
+    JSON carries exactly these three members.
+
+    A subclass names what it carries (``what``, for messages) and its statement type, whose
+    ``from_bytes`` parses ``statement`` on construction: a malformed statement is refused there.
+    """
+
+    what: ClassVar[str]
+    statement_type: ClassVar[type[Any]]  # a class with from_bytes(bytes) -> S (ClassVar cannot say S)
 
     statement_bytes: bytes
     signature: bytes
     certificate_der: bytes
+    statement: S = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "statement", self.statement_type.from_bytes(self.statement_bytes))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Self:
+        return cls(*cls.parts(data, cls.what))
 
     def to_bytes(self) -> bytes:
         return canonical_json(
@@ -196,18 +215,10 @@ class CertifiedStatement:
         )
 
 
-@dataclass(frozen=True)
-class Attestation(CertifiedStatement):
+class Attestation(CertifiedStatement[ExchangeStatement]):
     """A signed :class:`ExchangeStatement` with the node's attestation certificate."""
 
-    statement: ExchangeStatement = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "statement", ExchangeStatement.from_bytes(self.statement_bytes))
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Attestation:
-        return cls(*cls.parts(data, "attestation"))
+    what, statement_type = "attestation", ExchangeStatement
 
 
 def sign_attestation(

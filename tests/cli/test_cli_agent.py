@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from coordinator.recovery import CustodianStatus
+from coordinator import CustodianStatus
 from custodian_agent.approvals import ApprovalBox
 from custodian_agent.keyfile import PASSPHRASE_ENV, load_wrapping_key
 from sdquorum.errors import StateError, UsageError, VerificationError

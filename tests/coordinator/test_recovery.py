@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from coordinator.recovery import CustodianStatus, RecoverySession, SessionState
+from coordinator import CustodianStatus, RecoverySession, SessionState
 from sdquorum import shamir
 from sdquorum.errors import MalformedError, StateError, UnauthenticatedError, VerificationError
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -11,12 +12,15 @@ import nacl.public
 import pytest
 
 from sdquorum import pki
-from sdquorum.errors import VerificationError
+from sdquorum.encoding import canonical_json
+from sdquorum.errors import MalformedError, VerificationError
 from sdquorum.pooljoin import (
     GRANT_CONTEXT,
     REQUEST_CONTEXT,
     JoinGrant,
+    JoinGrantStatement,
     JoinRequest,
+    JoinRequestStatement,
     PoolHeader,
     check_join_request,
     make_join_grant,
@@ -175,3 +179,41 @@ def test_the_joiner_refuses_a_grant_from_a_non_member_or_a_forged_one(
     with pytest.raises(VerificationError, match="signature does not verify"):
         open_join_grant(forged, members={"node-a"}, **kw)  # type: ignore[arg-type]
     assert REQUEST_CONTEXT != GRANT_CONTEXT  # a request signature is never a grant's
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("domain_id", "00" * 8),  # a domain id is 16 bytes, as in the SD file and every answer
+        ("domain_id", "ab" * 17),
+        ("domain_id", "AB" * 16),  # lowercase hex: the one spelling .hex() writes
+        ("node_id", ""),
+        ("node_id", "n" * 129),
+        ("epoch", -1),
+        ("epoch", True),
+        ("sd_file_sha256", "AAAA"),
+    ],
+)
+def test_a_join_request_with_a_malformed_member_is_refused_when_parsed(
+    node_attestation: NodeAttestation, now: datetime, pool: PoolHeader, name: str, value: object
+) -> None:
+    req, _ = _request(node_attestation, pool, now)
+    obj = json.loads(req.statement_bytes)
+    JoinRequestStatement.from_bytes(canonical_json(obj))  # the honest one parses
+    obj[name] = value
+    with pytest.raises(MalformedError, match=name):
+        JoinRequestStatement.from_bytes(canonical_json(obj))
+
+
+@pytest.mark.parametrize(("name", "value"), [("domain_id", "00" * 8), ("joiner", ""), ("sender", 7)])
+def test_a_join_grant_with_a_malformed_member_is_refused_when_parsed(
+    node_attestation: NodeAttestation, member: NodeAttestation, now: datetime, pool: PoolHeader,
+    domain: DomainSecrets, name: str, value: object,
+) -> None:  # fmt: skip
+    req, _ = _request(node_attestation, pool, now)
+    grant = make_join_grant(req, domain, "node-a", pool, member.key, member.certificate_der)
+    obj = json.loads(grant.statement_bytes)
+    JoinGrantStatement.from_bytes(canonical_json(obj))
+    obj[name] = value
+    with pytest.raises(MalformedError, match=name):
+        JoinGrantStatement.from_bytes(canonical_json(obj))
