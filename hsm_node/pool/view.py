@@ -23,8 +23,13 @@ Invariants:
   last known current more than ``max_staleness`` seconds ago refuses every read and write with
   TransportError (UNAVAILABLE) saying so, until etcd answers again. A removed member refuses
   everything with PermissionDeniedError.
-* A batch holds at most :data:`~hsm_node.pool.etcd.MAX_TXN_OPS` rows and conditions (etcd's
-  ``--max-txn-ops``): larger ones are refused with UsageError before anything is sent.
+* A batch holds at most ``EtcdConfig.max_txn_ops`` rows and conditions and ``max_request_bytes``
+  bytes (etcd's ``--max-txn-ops`` and ``--max-request-bytes``): larger ones are refused with
+  UsageError before anything is sent. Every batch the node makes is bounded far below that (ADR
+  0013, "Every write path and etcd's limits"); the one write of unbounded size, a backup restore,
+  is not a batch: :mod:`hsm_node.pool.keyset` stages it in chunks.
+* The watch applies each etcd revision whole, under the cache's lock; reads inside
+  :meth:`EtcdView.snapshot` all see one revision (a key-set pointer and the rows it names).
 * This member's own file (``<data_dir>/pool-member.json``, 0600) is written after the etcd
   transaction committed; if that fails, StorageError says the pool holds the change and this
   member does not.
@@ -109,6 +114,7 @@ class EtcdView:
         *,
         max_staleness: float = DEFAULT_MAX_STALENESS,
         start_timeout: float = 15.0,
+        client_factory: Callable[[EtcdConfig], EtcdClient] = EtcdClient,
     ) -> None:
         if max_staleness <= 0:
             raise StateError("pool.max_staleness must be more than 0 seconds")
@@ -121,7 +127,7 @@ class EtcdView:
         self._local: dict[str, Any] = read_local(self._file)
         self.on_commit: Callable[[], None] | None = None
         # the cache (guarded by _lock; written by the loop thread only)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered by reads inside snapshot()
         self._cache: dict[bytes, KeyValue] = {}
         self._revision = 0
         self._contact = 0.0  # time.monotonic() of the last answer from etcd
@@ -133,7 +139,7 @@ class EtcdView:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="pool-etcd", daemon=True)
         self._thread.start()
-        self._client = EtcdClient(config)
+        self._client = client_factory(config)
         self._caught_up: asyncio.Condition | None = None
         self._closed = False
         try:
@@ -145,6 +151,10 @@ class EtcdView:
         self._beat: Future[None] = asyncio.run_coroutine_threadsafe(self._heartbeat(), self._loop)
 
     # ------------------------------------------------------------------ the loop thread
+
+    @property
+    def config(self) -> EtcdConfig:
+        return self._config
 
     @property
     def client(self) -> EtcdClient:
@@ -240,6 +250,10 @@ class EtcdView:
                 return False
         return True
 
+    def wait_for(self, revision: int) -> bool:
+        """Wait (at most ``max_staleness``) until the watch has brought the cache to ``revision``."""
+        return self.run(self._wait_revision(revision, self._max_staleness))
+
     def close(self) -> None:
         if self._closed:
             return
@@ -280,6 +294,17 @@ class EtcdView:
                 "etcd cluster and this member's network (docs/runbooks/pool.md)"
             )
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Every read inside sees the cache at one revision: the watch applies nothing meanwhile.
+        Keep it short and call nothing that waits on etcd inside."""
+        with self._lock:
+            yield
+
+    def in_transaction(self) -> bool:
+        """Whether this thread has a transaction open."""
+        return self._mine() is not None
+
     def _mine(self) -> _Tx | None:
         """This thread's open transaction, if any."""
         return self._tx if self._tx_thread == threading.get_ident() else None
@@ -293,6 +318,18 @@ class EtcdView:
         with self._lock:
             kv = self._cache.get(key)
         return None if kv is None else kv.value
+
+    def committed(self, key: bytes) -> KeyValue | None:
+        """A committed row as the cache holds it (with its revisions); no transaction's writes."""
+        self._fresh()
+        with self._lock:
+            return self._cache.get(key)
+
+    def committed_keys(self, prefix: bytes) -> list[bytes]:
+        """Every committed key under ``prefix`` in the cache, sorted."""
+        self._fresh()
+        with self._lock:
+            return sorted(k for k in self._cache if k.startswith(prefix))
 
     def scan(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
         """Every (key, value) under ``prefix`` as this transaction sees it, in creation order."""
