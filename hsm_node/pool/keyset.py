@@ -101,12 +101,14 @@ class KeySet:
     def _generations(self) -> tuple[str, int, dict[str, list[bytes]], set[str]]:
         """The current generation, the pointer's revision, every generation's keys, the markers."""
         with self._v.snapshot():
-            ptr = self._v.committed(self.pointer)
-            keys = self._v.committed_keys(self._base)
-            marked = {k[len(self._marks) :].decode() for k in self._v.committed_keys(self._marks)}
+            ptr = next((kv for kv in self._v.committed(self.pointer) if kv.key == self.pointer), None)
+            keys = [kv.key for kv in self._v.committed(self._base)]
+            marked = {kv.key[len(self._marks) :].decode() for kv in self._v.committed(self._marks)}
         gens: dict[str, list[bytes]] = {}
         for k in keys:
-            gens.setdefault(k[len(self._base) :].split(b"/", 1)[0].decode(), []).append(k)
+            gen, slash, _ = k[len(self._base) :].partition(b"/")
+            if slash:  # a generation's row (anything else under keys/ is no generation's: left alone)
+                gens.setdefault(gen.decode(), []).append(k)
         current = INITIAL if ptr is None else ptr.value.decode()
         return current, (0 if ptr is None else ptr.mod_revision), gens, marked
 
@@ -136,7 +138,7 @@ class KeySet:
 
     def chunks(self, gen: str, rows: Sequence[tuple[str, bytes]]) -> list[list[Put]]:
         """``rows`` (name, encoded row) as puts under ``gen``, in transactions within etcd's limits."""
-        config = self._v.config
+        config = self._v.client.config
         budget = config.max_request_bytes - REQUEST_ENVELOPE
         out: list[list[Put]] = []
         chunk: list[Put] = []
@@ -161,7 +163,7 @@ class KeySet:
     def replace(self, rows: Sequence[tuple[str, bytes]], on_commit: Callable[[], None] | None) -> None:
         """Replace the whole key set with ``rows`` (name, encoded row), atomically (module
         docstring); a restore that fails changes nothing the members serve."""
-        if self._v.in_transaction():
+        if self._v.transaction() is not None:
             raise UsageError("a restore into a pool cannot be part of a batch: run it on its own")
         self.collect_garbage()
         old, revision, _, _ = self._generations()
@@ -171,7 +173,7 @@ class KeySet:
             on_commit()  # may refuse (a full disk): nothing is sent
         client = self._v.client
         lease = self._v.run(client.grant_lease(self._ttl))
-        budget = self._v.config.call_timeout * (len(chunks) + 4) + self._ttl
+        budget = self._v.client.config.call_timeout * (len(chunks) + 4) + self._ttl
         try:
             flipped = self._v.run(self._stage_and_flip(gen, lease, chunks, revision), budget)
         except Exception:
@@ -244,7 +246,7 @@ class KeySet:
         if pointer is not None and pointer.value == gen.encode():
             return True
         with _logged("a failed restore's staged rows (they go at the next start or restore)"):
-            self._delete_generation(gen, self._v.committed_keys(self.prefix(gen)))
+            self._delete_generation(gen, [kv.key for kv in self._v.committed(self.prefix(gen))])
         return False
 
     def _refuse(self, revision: int) -> None:

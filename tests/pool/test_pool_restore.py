@@ -199,7 +199,7 @@ def test_the_test_cluster_refuses_a_transaction_over_its_byte_limit(pool: Any) -
     a = open_("node-a")
     row = b"r" * 3_124
     ops = [Put(a.view.sub("probe", str(i)), row) for i in range(120)]
-    big = EtcdClient(replace(a.view.config, max_request_bytes=1_572_864))
+    big = EtcdClient(replace(a.view.client.config, max_request_bytes=1_572_864))
     try:
         with pytest.raises(UsageError, match=r"too large|max-request-bytes"):
             a.view.run(big.commit(ops))
@@ -373,7 +373,7 @@ def test_writes_racing_a_restore_before_its_flip_are_rolled_back_and_after_it_re
 
 def _rows_of(store: PoolNodeStore) -> list[bytes]:
     """Every key row this member's cache holds, of any generation."""
-    return store.view.committed_keys(store.view.sub("keys") + b"/")
+    return [kv.key for kv in store.view.committed(store.view.sub("keys") + b"/")]
 
 
 def test_a_restore_cannot_be_part_of_a_batch(pool: Any) -> None:
