@@ -30,9 +30,9 @@ Invariants:
   is not a batch: :mod:`hsm_node.pool.keyset` stages it in chunks.
 * The watch applies each etcd revision whole, under the cache's lock; reads inside
   :meth:`EtcdView.snapshot` all see one revision (a key-set pointer and the rows it names).
-* This member's own file (``<data_dir>/pool-member.json``, 0600, :mod:`hsm_node.pool._member_file`) is written after the etcd
-  transaction committed; if that fails, StorageError says the pool holds the change and this
-  member does not.
+* This member's own file (``<data_dir>/pool-member.json``, 0600, :mod:`hsm_node.pool._member_file`)
+  is written after the etcd transaction committed; if that fails, StorageError says the pool holds
+  the change and this member does not.
 """
 
 from __future__ import annotations
