@@ -9,13 +9,19 @@ Rows, each a ratio of two numbers measured in this run:
   round-robins) vs 1, on the same cores (target >= 0.9x);
 * the longest gap in service a client (given every member) sees when a member is SIGKILLed, vs one
   call's median latency: the client tries the next member at once (no retry interval);
-* a new member by a join (no custodian) vs by a recovery ceremony (3 of 5 agents approving at once).
+* a new member by a join (no custodian) vs by a recovery ceremony (3 of 5 agents approving at once);
+* a backup restore of 10,000 and 100,000 AES-256 keys (2,000 in quick mode) into a pool member
+  (staged in transactions within etcd's limits, then flipped: hsm_node.pool.keyset) vs into a
+  single node's SQLite store, the same backup, each restore in a process of its own so its peak
+  RSS is its own (bench/_restore_worker.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -251,6 +257,85 @@ async def _join_vs_recovery(etcd: Any, ctx: BenchContext) -> Row:
     )
 
 
+def _restore_image(n: int) -> tuple[bytes, int]:
+    """A backup image of ``n`` AES-256 keys (names of 32 characters, as ADR 0013 measured)."""
+    from hsm_node.keyops import KeyType
+    from hsm_node.store import KeyRow, StoredKey
+    from hsm_node.store.image import write_image
+    from hsm_node.store.sealing import KeySeal
+
+    seal, dek, aes = KeySeal(), os.urandom(32), int(KeyType.AES256_GCM)
+    rows = []
+    for i in range(n):
+        name = f"k{i:07d}-" + "x" * 23
+        rows.append(
+            KeyRow(StoredKey(name, aes, b"", 1, "app"), seal.seal(dek, name, aes, "app", os.urandom(32)))
+        )
+    return write_image(rows), n
+
+
+def _restore_in_process(args: dict[str, Any]) -> dict[str, Any]:
+    out = subprocess.run(  # our own interpreter and module
+        [sys.executable, "-m", "bench._restore_worker", json.dumps(args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1800,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"the restore worker failed: {out.stderr.strip()[-2000:]}")
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    if result["served"] != args["count"]:
+        raise RuntimeError(f"the restore served {result['served']} keys, not {args['count']}")
+    return result
+
+
+def _restore_rows(etcd: Any, ctx: BenchContext) -> list[Row]:
+    rows = []
+    pair = etcd.client("node-a")
+    for n in (2_000,) if ctx.quick else (10_000, 100_000):
+        image, count = _restore_image(n)
+        path = ctx.tmp / f"restore-{n}.img"
+        path.write_bytes(image)
+        common = {"image": str(path), "count": count}
+        pool = _restore_in_process(
+            {
+                **common,
+                "store": "pool",
+                "data_dir": str(ctx.tmp / f"restore-pool-{n}"),
+                "pool_id": os.urandom(8).hex(),
+                "endpoints": etcd.endpoints,
+                "ca": str(etcd.ca),
+                "cert": str(pair.cert),
+                "key": str(pair.key),
+            }
+        )
+        single = _restore_in_process(
+            {**common, "store": "sqlite", "data_dir": str(ctx.tmp / f"restore-sqlite-{n}")}
+        )
+        rows.append(
+            Row(
+                "pool",
+                f"backup restore of {n:,} AES-256 keys: pool member (staged, 3 etcd members) vs single node (SQLite)",
+                pool["seconds"],
+                single["seconds"],
+                "s",
+                details={
+                    "keys": n,
+                    "image_mb": round(len(image) / 2**20, 1),
+                    "pool_s": round(pool["seconds"], 2),
+                    "single_s": round(single["seconds"], 2),
+                    "pool_peak_rss_mb": round(pool["peak_rss_mb"]),
+                    "pool_open_rss_mb": round(pool["open_rss_mb"]),
+                    "single_peak_rss_mb": round(single["peak_rss_mb"]),
+                    "single_open_rss_mb": round(single["open_rss_mb"]),
+                },
+            )
+        )
+    return rows
+
+
 async def run_pool(ctx: BenchContext) -> list[Row]:
     ec = _etcd_cluster()
     with ec.EtcdCluster(ctx.tmp / "pool-etcd", node_ids=NODES) as etcd:
@@ -259,4 +344,5 @@ async def run_pool(ctx: BenchContext) -> list[Row]:
         rows = await asyncio.to_thread(_store_rows, etcd, ctx)
         rows += await _process_rows(etcd, ctx)
         rows.append(await _join_vs_recovery(etcd, ctx))
+        rows += await asyncio.to_thread(_restore_rows, etcd, ctx)
     return rows

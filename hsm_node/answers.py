@@ -1,7 +1,8 @@
 """Answers and denials: taken in batches, each batch one store transaction, failing closed.
 
-Answers that arrive together are taken as one batch whose audit entries (and the completion the
-batch may cause) are committed in one transaction; no answer is acknowledged, and no watcher sees
+Answers that arrive together are taken as one batch of at most :data:`MAX_ANSWERS_PER_COMMIT`
+(the rest wait for the next) whose audit entries (and the completion the batch may cause) are
+committed in one transaction; no answer is acknowledged, and no watcher sees
 its effect, before that commit. A batch that does not commit fails every answer in it, the node's
 memory is read back from its store (a completion is undone) and the session ends: no share counts
 whose acceptance is not in the audit log.
@@ -29,9 +30,14 @@ from sdquorum.pki import Role
 from sdquorum_rpc.observability import SESSION_ID
 
 log = logging.getLogger("sdquorum.node")
+# Answers in one transaction at most. A pool's etcd takes 128 operations per transaction: an answer
+# writes one audit entry (a create: a put and a condition), a completion about 30 more (a rotation
+# or activation, up to 10 drill results, their audit entries), so 32 answers stay under it; a burst
+# of refused answers is taken in several transactions instead of ending the session.
+MAX_ANSWERS_PER_COMMIT = 32
 
 
-__all__ = ["AnswerNotRecorded", "Answers"]
+__all__ = ["MAX_ANSWERS_PER_COMMIT", "AnswerNotRecorded", "Answers"]
 
 
 @dataclass(frozen=True)
@@ -95,8 +101,8 @@ class Answers:
         try:
             while self._inbox:
                 async with self._host.lock:
-                    batch = [a for a in self._inbox if not a.done.done()]
-                    self._inbox.clear()
+                    waiting = [a for a in self._inbox if not a.done.done()]
+                    batch, self._inbox[:] = waiting[:MAX_ANSWERS_PER_COMMIT], waiting[MAX_ANSWERS_PER_COMMIT:]
                     errors = self._take_batch(batch)
                 for a, e in zip(batch, errors, strict=True):
                     if a.done.done():

@@ -3,7 +3,9 @@
 A backup is the key store's rows (keys still sealed under the data encryption key; deleted keys
 still retained with their owner and deletion time, so a restore neither loses nor revives them) in
 a backup image (:mod:`hsm_node.store.image`), sealed under the domain's backup key and signed. A
-restore replaces the whole key store in one transaction; a refused backup changes nothing. Both
+restore replaces the whole key store atomically (one transaction; in a pool, rows staged under a new
+key-set generation and one flip, :mod:`hsm_node.pool.keyset`); a refused or failed restore changes
+nothing. Both
 are audited; only an ACTIVATED node does either.
 """
 
@@ -58,8 +60,8 @@ class Backups:
         return data
 
     def restore(self, data: bytes, caller: Role | str = "admin") -> int:
-        """Replace the key store with a backup of this node's domain (version 2 or 1), in one
-        transaction; a refused backup changes nothing. A restore rolls the key store back to the
+        """Replace the key store with a backup of this node's domain (version 2 or 1), atomically;
+        a refused or failed restore changes nothing. A restore rolls the key store back to the
         backup's day (keys deleted or purged since come back as they were then), so it is audited
         with the backup's origin. Keys deleted in the backup come back deleted, with their deletion
         time: those whose retention has ended since are purged at once (audited)."""

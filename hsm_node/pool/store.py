@@ -5,8 +5,10 @@ below are relative to it); what belongs to this member stays on its own disk:
 
 * etcd: ``header`` (the current SD file: signed header, encrypted to the custodians), ``epoch``
   (decimal) and ``info`` (:class:`DomainInfo` JSON), written together in one transaction;
-  ``keys/<quoted name>`` one key row each (the private material sealed under the domain's DEK
-  exactly as the other stores seal it: etcd never sees a key in the clear); ``audit/<chain>/<seq>``
+  ``keys/<generation>/<quoted name>`` one key row each (the private material sealed under the
+  domain's DEK exactly as the other stores seal it: etcd never sees a key in the clear), under the
+  generation the ``keyset`` row names; ``restoring/<generation>`` a restore being staged (the key
+  set and its staged restore of any size: :mod:`hsm_node.pool.keyset`); ``audit/<chain>/<seq>``
   one audit entry each, in each member's own chains (``domain@<node id>``,
   ``provisioning@<node id>``: members audit at once without racing for a sequence number; every
   chain outlives its member); ``custody/<id>``, ``drills/<id>``, ``retired/<epoch>``: custody records, drill results and
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import secrets as pysecrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -32,17 +35,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from hsm_node.pool.etcd import EtcdConfig
+from hsm_node.pool.etcd import EtcdClient, EtcdConfig
+from hsm_node.pool.keyset import DEFAULT_RESTORE_TTL, KeySet
 from hsm_node.pool.rows import PoolRows
 from hsm_node.pool.view import DEFAULT_MAX_STALENESS, LOCAL_FILE, EtcdView
 from hsm_node.store.image import KeyRowImages
 from hsm_node.store.protocol import DomainInfo, KeyRow, StoredKey
 from hsm_node.store.sealing import DomainSeal, KeySeal
-from sdquorum.errors import NotFoundError, StateError
+from sdquorum.errors import NotFoundError, SdquorumError, StateError
 from sdquorum.review import CustodyRecord, DrillResult, RetiredEpoch
 from sdquorum.sdfile import DomainSecrets
 
 __all__ = ["DEFAULT_MAX_STALENESS", "LOCAL_FILE", "PoolNodeStore"]
+
+log = logging.getLogger("hsm_node.pool.store")
 
 
 class PoolNodeStore:
@@ -58,14 +64,26 @@ class PoolNodeStore:
         *,
         max_staleness: float = DEFAULT_MAX_STALENESS,
         start_timeout: float = 15.0,
+        restore_ttl: int = DEFAULT_RESTORE_TTL,
+        client_factory: Callable[[EtcdConfig], EtcdClient] = EtcdClient,
     ) -> None:
         self.view = EtcdView(
-            config, pool_id, data_dir, node_id, max_staleness=max_staleness, start_timeout=start_timeout
+            config,
+            pool_id,
+            data_dir,
+            node_id,
+            max_staleness=max_staleness,
+            start_timeout=start_timeout,
+            client_factory=client_factory,
         )
         self.domain = _PoolDomain(self.view, DomainSeal(sealing_key, node_id))
         self.records = _PoolRecords(self.view)
-        self.keys = _PoolKeys(self.view, KeySeal())
+        self.keys = _PoolKeys(self.view, KeySeal(), KeySet(self.view, ttl=restore_ttl))
         self.pool = PoolRows(self.view, self.domain)
+        try:  # what a crashed restore left (hsm_node.pool.keyset): best effort, the next restore retries
+            self.keys.keyset.collect_garbage()
+        except SdquorumError as e:
+            log.warning("pool: could not remove the rows of dead key-set generations at start: %s", e)
 
     @property
     def on_commit(self) -> Callable[[], None] | None:
@@ -80,7 +98,8 @@ class PoolNodeStore:
 
     @contextmanager
     def batch(self) -> Iterator[None]:
-        """Every write inside, in any part, is one etcd transaction."""
+        """Every write inside, in any part, is one etcd transaction (a restore is not a write of a
+        batch: it is staged, :mod:`hsm_node.pool.keyset`)."""
         with self.view.write():
             yield
 
@@ -221,26 +240,28 @@ class _PoolRecords:
 
 
 class _PoolKeys(KeyRowImages):
-    def __init__(self, view: EtcdView, seal: KeySeal) -> None:
+    """Key rows under the key set's current generation (:mod:`hsm_node.pool.keyset`)."""
+
+    def __init__(self, view: EtcdView, seal: KeySeal, keyset: KeySet) -> None:
         self._v = view
         self._key_seal = seal
-
-    def _key(self, name: str) -> bytes:
-        return self._v.sub("keys", name)
+        self.keyset = keyset
 
     def put_key(self, dek: bytes, key: StoredKey, private: bytes) -> None:
         sealed = self._key_seal.seal(dek, key.name, key.key_type, key.owner, private)
         row = KeyRow(replace(key, deleted_at=None), sealed)
         with self._v.write() as tx:
+            gen = self.keyset.current_for_write(tx)
             self._v.create(
                 tx,
-                self._key(key.name),
+                self.keyset.key(gen, key.name),
                 _row_bytes(row),
                 f"a key named {key.name!r} exists already: pick another name",
             )
 
     def _row(self, name: str) -> KeyRow | None:
-        v = self._v.get(self._key(name))
+        with self._v.snapshot():
+            v = self._v.get(self.keyset.key(self.keyset.current(), name))
         return None if v is None else _row_from(v)
 
     def find_key(self, name: str) -> StoredKey | None:
@@ -258,8 +279,9 @@ class _PoolKeys(KeyRowImages):
         return row.key, self._key_seal.open(dek, row.key, row.sealed)
 
     def _rows(self) -> list[KeyRow]:
-        rows = [_row_from(v) for _, v in self._v.scan(self._v.sub("keys") + b"/")]
-        return sorted(rows, key=lambda r: r.key.name)
+        with self._v.snapshot():
+            found = self._v.scan(self.keyset.prefix(self.keyset.current()))
+        return sorted((_row_from(v) for _, v in found), key=lambda r: r.key.name)
 
     def list_keys(self, owner: str | None = None, deleted: bool = False) -> list[StoredKey]:
         return [
@@ -273,7 +295,8 @@ class _PoolKeys(KeyRowImages):
 
     def mark_deleted(self, name: str, deleted_at: int | None) -> None:
         with self._v.write() as tx:
-            v = self._v.read_for_write(tx, self._key(name))
+            where = self.keyset.key(self.keyset.current_for_write(tx), name)
+            v = self._v.read_for_write(tx, where)
             row = None if v is None else _row_from(v)
             if row is None or (row.key.deleted_at is None) != (deleted_at is not None):
                 raise NotFoundError(
@@ -287,14 +310,15 @@ class _PoolKeys(KeyRowImages):
                 row.key.owner,
                 deleted_at,
             )
-            tx.writes[self._key(name)] = _row_bytes(KeyRow(key, row.sealed))
+            tx.writes[where] = _row_bytes(KeyRow(key, row.sealed))
 
     def purge_key(self, name: str) -> None:
         with self._v.write() as tx:
-            v = self._v.read_for_write(tx, self._key(name))
+            where = self.keyset.key(self.keyset.current_for_write(tx), name)
+            v = self._v.read_for_write(tx, where)
             if v is None or _row_from(v).key.deleted_at is None:
                 raise NotFoundError(f"no deleted key named {name!r}")
-            tx.writes[self._key(name)] = None
+            tx.writes[where] = None
 
     def deleted_before(self, time: int) -> list[StoredKey]:
         due = [r.key for r in self._rows() if r.key.deleted_at is not None and r.key.deleted_at <= time]
@@ -304,12 +328,8 @@ class _PoolKeys(KeyRowImages):
         return self._rows()
 
     def _replace_rows(self, rows: Iterable[KeyRow]) -> None:
-        with self._v.write() as tx:
-            for key, _ in self._v.scan(self._v.sub("keys") + b"/"):
-                self._v.read_for_write(tx, key)
-                tx.writes[key] = None
-            for r in rows:
-                tx.writes[self._key(r.key.name)] = _row_bytes(r)
+        """A staged restore of any size, atomic at its flip (:meth:`KeySet.replace`)."""
+        self.keyset.replace([(r.key.name, _row_bytes(r)) for r in rows], self._v.on_commit)
 
 
 # ------------------------------------------------------------------ row encoding

@@ -23,20 +23,23 @@ Invariants:
   last known current more than ``max_staleness`` seconds ago refuses every read and write with
   TransportError (UNAVAILABLE) saying so, until etcd answers again. A removed member refuses
   everything with PermissionDeniedError.
-* A batch holds at most :data:`~hsm_node.pool.etcd.MAX_TXN_OPS` rows and conditions (etcd's
-  ``--max-txn-ops``): larger ones are refused with UsageError before anything is sent.
-* This member's own file (``<data_dir>/pool-member.json``, 0600) is written after the etcd
-  transaction committed; if that fails, StorageError says the pool holds the change and this
-  member does not.
+* A batch holds at most ``EtcdConfig.max_txn_ops`` rows and conditions and ``max_request_bytes``
+  bytes (etcd's ``--max-txn-ops`` and ``--max-request-bytes``): larger ones are refused with
+  UsageError before anything is sent. Every batch the node makes is bounded far below that (ADR
+  0013, "Every write path and etcd's limits"); the one write of unbounded size, a backup restore,
+  is not a batch: :mod:`hsm_node.pool.keyset` stages it in chunks.
+* The watch applies each etcd revision whole, under the cache's lock; reads inside
+  :meth:`EtcdView.snapshot` all see one revision (a key-set pointer and the rows it names).
+* This member's own file (``<data_dir>/pool-member.json``, 0600, :mod:`hsm_node.pool._member_file`)
+  is written after the etcd transaction committed; if that fails, StorageError says the pool holds
+  the change and this member does not.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import threading
 import time
 import urllib.parse
@@ -48,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hsm_node.pool._member_file import read_local, write_local
 from hsm_node.pool.etcd import (
     CompactedError,
     Delete,
@@ -65,7 +69,6 @@ from sdquorum.errors import (
     PermissionDeniedError,
     SdquorumError,
     StateError,
-    StorageError,
     TransportError,
 )
 from sdquorum_rpc.files import private_dir
@@ -109,6 +112,7 @@ class EtcdView:
         *,
         max_staleness: float = DEFAULT_MAX_STALENESS,
         start_timeout: float = 15.0,
+        client_factory: Callable[[EtcdConfig], EtcdClient] = EtcdClient,
     ) -> None:
         if max_staleness <= 0:
             raise StateError("pool.max_staleness must be more than 0 seconds")
@@ -121,7 +125,7 @@ class EtcdView:
         self._local: dict[str, Any] = read_local(self._file)
         self.on_commit: Callable[[], None] | None = None
         # the cache (guarded by _lock; written by the loop thread only)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered by reads inside snapshot()
         self._cache: dict[bytes, KeyValue] = {}
         self._revision = 0
         self._contact = 0.0  # time.monotonic() of the last answer from etcd
@@ -133,7 +137,7 @@ class EtcdView:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="pool-etcd", daemon=True)
         self._thread.start()
-        self._client = EtcdClient(config)
+        self._client = client_factory(config)
         self._caught_up: asyncio.Condition | None = None
         self._closed = False
         try:
@@ -176,15 +180,8 @@ class EtcdView:
             self._caught_up.notify_all()
 
     def _apply(self, batch: WatchBatch) -> None:
-        with self._lock:
-            for ev in batch.events:
-                if ev.kind is EventKind.DELETE:
-                    self._cache.pop(ev.key, None)
-                else:
-                    old = self._cache.get(ev.key)
-                    created = old.create_revision if old is not None else ev.mod_revision
-                    version = old.version + 1 if old is not None else 1
-                    self._cache[ev.key] = KeyValue(ev.key, ev.value, created, ev.mod_revision, version, 0)
+        with self._lock:  # one batch whole: a revision is never seen half applied
+            _apply_events(self._cache, batch)
             self._revision = max(self._revision, batch.revision)
 
     async def _follow(self) -> None:
@@ -240,6 +237,10 @@ class EtcdView:
                 return False
         return True
 
+    def wait_for(self, revision: int) -> bool:
+        """Wait (at most ``max_staleness``) until the watch has brought the cache to ``revision``."""
+        return self.run(self._wait_revision(revision, self._max_staleness))
+
     def close(self) -> None:
         if self._closed:
             return
@@ -280,19 +281,31 @@ class EtcdView:
                 "etcd cluster and this member's network (docs/runbooks/pool.md)"
             )
 
-    def _mine(self) -> _Tx | None:
+    def snapshot(self) -> threading.RLock:
+        """``with view.snapshot():`` every read inside sees one revision (keep it short; no waits)."""
+        return self._lock
+
+    def transaction(self) -> _Tx | None:
         """This thread's open transaction, if any."""
         return self._tx if self._tx_thread == threading.get_ident() else None
 
     def get(self, key: bytes) -> bytes | None:
         """A value as this transaction sees it (its own writes first, then the cache)."""
-        tx = self._mine()
+        tx = self.transaction()
         if tx is not None and key in tx.writes:
             return tx.writes[key]
         self._fresh()
         with self._lock:
             kv = self._cache.get(key)
         return None if kv is None else kv.value
+
+    def committed(self, prefix: bytes) -> list[KeyValue]:
+        """Every committed row under ``prefix`` as the cache holds it (revisions too), by key."""
+        self._fresh()
+        with self._lock:
+            return sorted(
+                (kv for k, kv in self._cache.items() if k.startswith(prefix)), key=lambda kv: kv.key
+            )
 
     def scan(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
         """Every (key, value) under ``prefix`` as this transaction sees it, in creation order."""
@@ -301,7 +314,7 @@ class EtcdView:
             kvs = [kv for k, kv in self._cache.items() if k.startswith(prefix)]
         kvs.sort(key=lambda kv: (kv.create_revision, kv.key))
         rows = [(kv.key, kv.value) for kv in kvs]
-        tx = self._mine()
+        tx = self.transaction()
         if tx is None:
             return rows
         present = {k for k, _ in rows}
@@ -318,12 +331,6 @@ class EtcdView:
         return out
 
     # ------------------------------------------------------------------ transactions
-
-    @contextmanager
-    def batch(self) -> Iterator[None]:
-        """Every write inside is one etcd transaction (module docstring)."""
-        with self.write():
-            yield
 
     @contextmanager
     def write(self) -> Iterator[_Tx]:
@@ -387,11 +394,22 @@ class EtcdView:
     # ------------------------------------------------------------------ this member's file
 
     def local_view(self) -> dict[str, Any]:
-        tx = self._mine()
+        tx = self.transaction()
         return {**self._local, **tx.local} if tx is not None else self._local
 
     def sub(self, *parts: str) -> bytes:
         return self.prefix + "/".join(urllib.parse.quote(p, safe="") for p in parts).encode()
+
+
+def _apply_events(cache: dict[bytes, KeyValue], batch: WatchBatch) -> None:
+    for ev in batch.events:
+        if ev.kind is EventKind.DELETE:
+            cache.pop(ev.key, None)
+        else:
+            old = cache.get(ev.key)
+            created = old.create_revision if old is not None else ev.mod_revision
+            version = old.version + 1 if old is not None else 1
+            cache[ev.key] = KeyValue(ev.key, ev.value, created, ev.mod_revision, version, 0)
 
 
 def _refuse_conflict(view: EtcdView, tx: _Tx) -> None:
@@ -401,43 +419,3 @@ def _refuse_conflict(view: EtcdView, tx: _Tx) -> None:
         if view.run(view.client.get(key)) is not None:
             raise AlreadyExistsError(message)
     raise StateError(_CONFLICT)
-
-
-def read_local(path: Path) -> dict[str, Any]:
-    """This member's own file: its state and its sealed domain secrets."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {"state": None, "domains": {}}
-    except OSError as e:
-        raise StorageError(f"cannot read {path}: {e.strerror}") from e
-    try:
-        o = json.loads(text)
-        if not isinstance(o, dict) or not isinstance(o.get("domains"), dict):
-            raise ValueError("not a pool member file")
-    except ValueError as e:
-        raise StorageError(f"{path} is damaged ({e}): restore it from this node's backup") from e
-    return o
-
-
-def write_local(path: Path, data: dict[str, Any]) -> dict[str, Any]:
-    """Replace the file durably (temporary file, fsync, rename, fsync of the directory)."""
-    tmp = path.with_suffix(".tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError as e:
-        raise StorageError(
-            f"the pool holds the change but this member could not write {path} ({e.strerror}): "
-            "free space on its data volume, then restart it"
-        ) from e
-    return data

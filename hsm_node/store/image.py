@@ -113,7 +113,7 @@ class KeyRowImages:
     """Backups for a store that keeps its key rows as values (the in-memory and the pool's stores):
     the rows go out and come back through one image format, and a restore replaces every row at
     once. A subclass gives its seal, ``_key_rows()`` (every row, in name order) and
-    ``_replace_rows()`` (all of them, in one transaction)."""
+    ``_replace_rows()`` (all of them, atomically: one transaction, or the pool's staged restore)."""
 
     _key_seal: KeySeal
 

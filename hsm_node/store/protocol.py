@@ -150,7 +150,9 @@ class KeyStore(Protocol):
         ...
 
     def import_key_rows(self, image: bytes, key_count: int) -> None:
-        """Replace every key row with those of a backup image (checked first), in one transaction."""
+        """Replace every key row with those of a backup image (checked first), atomically: one
+        transaction (a pool: staged rows and one flip, :mod:`hsm_node.pool.keyset`); a refused or
+        failed restore changes nothing. Not inside a batch."""
         ...
 
     def replace_keys(self, dek: bytes, keys: Sequence[BackupKey]) -> None:

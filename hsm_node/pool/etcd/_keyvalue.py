@@ -9,6 +9,9 @@ Invariants:
   rows and lock tokens carry random bytes, so nobody else writes the same bytes): a create whose
   first attempt committed before the connection broke is reported won, not lost. Those bytes are
   compared in constant time.
+* A transaction over etcd's limits (``EtcdConfig.max_txn_ops`` operations and conditions,
+  ``max_request_bytes`` bytes) is refused with UsageError before it is sent: nothing is half-sent,
+  and the caller learns it must split its write.
 * A write that ends in TransportError may still be applied later (it can sit in a leader's log when
   the quorum goes): callers re-read before they decide.
 """
@@ -25,10 +28,14 @@ from aetcd import rpc  # etcd's v3 API (generated, kept current by aetcd's maint
 
 from hsm_node.pool.etcd._connection import HASLEADER, Connection
 from hsm_node.pool.etcd._layout import prefix_end
-from hsm_node.pool.etcd._values import MAX_TXN_OPS, Delete, KeyValue, Put, Unchanged
+from hsm_node.pool.etcd._values import Delete, KeyValue, Put, Unchanged
 from sdquorum.errors import UsageError
 
-__all__ = ["KeyValues"]
+__all__ = ["REQUEST_ENVELOPE", "KeyValues"]
+
+# etcd wraps a transaction in its own raft request (a header of a few dozen bytes) before it checks
+# --max-request-bytes; a commit leaves this much room for it
+REQUEST_ENVELOPE = 1024
 
 
 class KeyValues(Connection):
@@ -111,14 +118,17 @@ class KeyValues(Connection):
         revision; the revision the transaction made, or None when a key had changed (then nothing
         was applied). All or nothing: a rotation publishes its header and epoch this way.
 
+        A transaction of more than ``config.max_txn_ops`` operations and conditions, or longer than
+        ``config.max_request_bytes`` (etcd's limits), is refused with UsageError before it is sent.
+
         On a retried attempt whose first try committed, the conditions fail on our own change: if
-        every put key then holds exactly our bytes, all at one revision, and every deleted key is
-        gone, it is reported applied. That is sound when at least one put carries bytes only this
-        writer makes (a signed header, a sealed row with its random nonce): callers make sure."""
-        if not ops or len(ops) + len(unless_changed) > MAX_TXN_OPS:
-            raise UsageError(
-                f"a commit takes 1 to {MAX_TXN_OPS} operations and conditions (etcd's --max-txn-ops)"
-            )
+        every put key then holds exactly our bytes, all at one revision, and every deleted key or
+        range is gone, it is reported applied. That is sound when at least one put carries bytes
+        only this writer makes (a signed header, a sealed row with its random nonce, a random
+        generation id): callers make sure."""
+        limit = self.config.max_txn_ops
+        if not ops or len(ops) + len(unless_changed) > limit:
+            raise UsageError(f"a commit takes 1 to {limit} operations and conditions (etcd's --max-txn-ops)")
         keys = [op.key for op in ops]
         if len(set(keys)) != len(keys):
             raise UsageError("a commit names a key twice: etcd refuses that in one transaction")
@@ -131,14 +141,26 @@ class KeyValues(Connection):
         success = [
             rpc.RequestOp(request_put=rpc.PutRequest(key=op.key, value=op.value, lease=op.lease))
             if isinstance(op, Put)
-            else rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=op.key))
+            else rpc.RequestOp(
+                request_delete_range=rpc.DeleteRangeRequest(key=op.key, range_end=op.range_end)
+            )
             for op in ops
         ]
-        failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=k)) for k in keys]
+        failure = [  # read back only when there is a condition to fail
+            rpc.RequestOp(request_range=rpc.RangeRequest(key=op.key, range_end=op.range_end, limit=1))
+            if isinstance(op, Delete)
+            else rpc.RequestOp(request_range=rpc.RangeRequest(key=op.key))
+            for op in (ops if unless_changed else ())
+        ]
+        txn = rpc.TxnRequest(compare=compare, success=success, failure=failure)
+        if txn.ByteSize() > self.config.max_request_bytes - REQUEST_ENVELOPE:
+            raise UsageError(
+                f"a commit of {txn.ByteSize()} bytes is over etcd's --max-request-bytes "
+                f"({self.config.max_request_bytes}): write it in smaller transactions"
+            )
 
         async def attempt(ch: grpc.aio.Channel, t: float) -> Any:
-            req = rpc.TxnRequest(compare=compare, success=success, failure=failure)
-            return await rpc.KVStub(ch).Txn(req, timeout=t, metadata=HASLEADER)
+            return await rpc.KVStub(ch).Txn(txn, timeout=t, metadata=HASLEADER)
 
         r = await self._call("commit", attempt)
         if r.succeeded:

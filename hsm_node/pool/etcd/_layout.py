@@ -5,7 +5,10 @@ Key layout (every key of one domain under one prefix)::
 
     /sdquorum/<domain_id hex>/header              the signed SD header (bytes of the SD file header)
     /sdquorum/<domain_id hex>/epoch               the current epoch (decimal)
-    /sdquorum/<domain_id hex>/keys/<name>         one key row, sealed under the domain DEK
+    /sdquorum/<domain_id hex>/keys/<name>         one key row, sealed under the domain DEK (the
+                                                  pool's store nests rows under a key-set
+                                                  generation, keys/<gen>/<name>, and adds
+                                                  keyset and restoring/<gen>: hsm_node.pool.keyset)
     /sdquorum/<domain_id hex>/custody/<id>        custody records and the compromise flag
     /sdquorum/<domain_id hex>/members/<node_id>   a member: attestation certificate and state
     /sdquorum/<domain_id hex>/allowed/<node_id>   an admin's permission for a node to join

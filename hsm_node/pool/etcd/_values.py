@@ -3,8 +3,9 @@ operations of a transaction. Plain frozen data, no I/O.
 
 Invariants: an :class:`EtcdConfig` that exists is usable (at least one ``host:port`` endpoint and
 ``0 < attempt_timeout <= call_timeout``), checked on construction with a message naming the fix;
-the client key is never in its ``repr``. A transaction holds at most :data:`MAX_TXN_OPS` operations
-and conditions together.
+the client key is never in its ``repr``. A transaction holds at most ``max_txn_ops`` operations
+and conditions together and is at most ``max_request_bytes`` long (etcd's ``--max-txn-ops`` and
+``--max-request-bytes``, defaults :data:`MAX_TXN_OPS` and :data:`MAX_REQUEST_BYTES`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from sdquorum.errors import UsageError
 from sdquorum.etcd_pki import ETCD_CLUSTER_NAME
 
 MAX_TXN_OPS = 128  # etcd's --max-txn-ops default: operations plus conditions in one transaction
+MAX_REQUEST_BYTES = 1_572_864  # etcd's --max-request-bytes default (1.5 MiB): one request's size
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ class EtcdConfig:
     attempt_timeout: float = 1.0  # seconds for one request to one member
     call_timeout: float = 4.0  # seconds for a call across every member before TransportError
     progress_interval: float = 1.0  # a quiet watch asks for a progress notice this often (seconds)
+    max_txn_ops: int = MAX_TXN_OPS  # the cluster's --max-txn-ops (the same on every etcd member)
+    max_request_bytes: int = MAX_REQUEST_BYTES  # the cluster's --max-request-bytes
 
     def __post_init__(self) -> None:
         if not self.endpoints:
@@ -41,6 +45,11 @@ class EtcdConfig:
         if not 0 < self.attempt_timeout <= self.call_timeout or self.progress_interval <= 0:
             raise UsageError(
                 "pool etcd timeouts: need 0 < attempt_timeout <= call_timeout and progress_interval > 0"
+            )
+        if self.max_txn_ops < 2 or self.max_request_bytes < 64 * 1024:
+            raise UsageError(
+                "pool etcd limits: max_txn_ops is at least 2 and max_request_bytes at least 65536 "
+                "(set them to the cluster's --max-txn-ops and --max-request-bytes)"
             )
 
 
@@ -87,9 +96,11 @@ class Put:
 
 @dataclass(frozen=True)
 class Delete:
-    """In :meth:`EtcdClient.commit`: remove ``key``."""
+    """In :meth:`EtcdClient.commit`: remove ``key``, or with ``range_end`` every key in
+    ``[key, range_end)`` (one operation however many keys it removes)."""
 
     key: bytes
+    range_end: bytes = b""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,279 @@
+"""A pool's key set: key rows under a generation, a pointer naming the current one, and the staged
+restore that replaces the whole set at once whatever its size (ADR 0013, "A restore of any size").
+
+Rows (relative to the pool's prefix):
+
+* ``keyset``: the id of the current generation (absent: generation ``0``, a pool never restored);
+* ``keys/<generation>/<quoted name>``: the key rows of one generation;
+* ``restoring/<generation>``: a restore staging that generation, under an etcd lease.
+
+Invariants:
+
+* A read of keys takes the generation the pointer names and its rows in one cache snapshot
+  (:meth:`EtcdView.snapshot`; the watch applies each revision whole): a member never mixes
+  generations and never serves a generation being staged.
+* Every key write (create, delete, recover, purge) reads the pointer in its transaction, so it
+  applies only if the pointer has not moved since: a write racing a restore either commits in the
+  old set before the flip (and the restore rolls it back, as it rolls back everything since the
+  backup) or is refused after it (StateError, nothing written).
+* A restore (:meth:`KeySet.replace`): (1) removes garbage (below); (2) creates
+  ``restoring/<gen>`` (a fresh random id) under a lease of ``ttl`` seconds, kept alive while it
+  stages; (3) writes the rows under ``keys/<gen>/`` in transactions that respect both of etcd's
+  limits (``max_txn_ops`` operations, ``max_request_bytes`` bytes, measured row by row), a few in
+  flight; (4) flips: one transaction puts ``keyset = <gen>`` and deletes the marker, conditioned on
+  the pointer's revision read in (1) and on the marker's. **The flip is the restore's linearization
+  point**: before it every member serves the old set, complete; after it the new one, complete
+  (the watch delivers the staged rows before the flip's revision). Two restores at once: one flip
+  applies, the other's condition fails (StateError) and its staged rows are removed. (5) It
+  removes the old generation with ranged deletes of at most :data:`DELETE_CHUNK` keys each (one
+  watch message each).
+* A restore that fails before its flip first revokes its lease: the marker goes with it, so its
+  flip can never apply later (one still in an etcd leader's log fails its marker condition); it
+  then re-reads the pointer (its flip may have applied before the error) and removes its rows.
+* Garbage: a generation that is neither current nor marked can never become current (a marker is
+  created once, before any row of its generation, and a flip needs it), so any member removes such
+  generations when it starts and before each restore. A restore that crashed leaves at most its own
+  rows, until its lease ends (``ttl`` seconds) and a member starts or restores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from hsm_node.pool.etcd import Delete, Lease, Put, Unchanged, prefix_end
+from hsm_node.pool.etcd._keyvalue import REQUEST_ENVELOPE
+from hsm_node.pool.view import EtcdView
+from sdquorum.errors import SdquorumError, StateError, UsageError
+
+if TYPE_CHECKING:
+    from hsm_node.pool.view import _Tx
+
+__all__ = ["DEFAULT_RESTORE_TTL", "DELETE_CHUNK", "INITIAL", "KeySet"]
+
+log = logging.getLogger("hsm_node.pool.store")
+
+INITIAL = "0"  # the generation of a pool never restored (no pointer row)
+DELETE_CHUNK = 1000  # keys one ranged delete removes at most: one watch message of ~100 KB
+DEFAULT_RESTORE_TTL = 30  # seconds a restore's lease lives without a keep-alive
+IN_FLIGHT = 4  # staging transactions in flight at once
+PUT_OVERHEAD = 16  # protobuf framing of one put in a transaction (tags and lengths), at most
+
+
+class KeySet:
+    """The generations of a pool's key rows (module docstring)."""
+
+    def __init__(self, view: EtcdView, *, ttl: int = DEFAULT_RESTORE_TTL) -> None:
+        if ttl < 2:
+            raise UsageError("a restore's lease needs at least 2 seconds")
+        self._v = view
+        self._ttl = ttl
+        self.pointer = view.sub("keyset")
+        self._base = view.sub("keys") + b"/"
+        self._marks = view.sub("restoring") + b"/"
+
+    # ------------------------------------------------------------------ reading and writing keys
+
+    def prefix(self, gen: str) -> bytes:
+        return self._v.sub("keys", gen) + b"/"
+
+    def key(self, gen: str, name: str) -> bytes:
+        return self._v.sub("keys", gen, name)
+
+    def current(self) -> str:
+        """The generation served now (inside :meth:`EtcdView.snapshot` with the reads it guides)."""
+        v = self._v.get(self.pointer)
+        return INITIAL if v is None else v.decode()
+
+    def current_for_write(self, tx: _Tx) -> str:
+        """The generation a write goes to; the write applies only if it is still the current one."""
+        v = self._v.read_for_write(tx, self.pointer)
+        return INITIAL if v is None else v.decode()
+
+    # ------------------------------------------------------------------ garbage
+
+    def _generations(self) -> tuple[str, int, dict[str, list[bytes]], set[str]]:
+        """The current generation, the pointer's revision, every generation's keys, the markers."""
+        with self._v.snapshot():
+            ptr = next((kv for kv in self._v.committed(self.pointer) if kv.key == self.pointer), None)
+            keys = [kv.key for kv in self._v.committed(self._base)]
+            marked = {kv.key[len(self._marks) :].decode() for kv in self._v.committed(self._marks)}
+        gens: dict[str, list[bytes]] = {}
+        for k in keys:
+            gen, slash, _ = k[len(self._base) :].partition(b"/")
+            if slash:  # a generation's row (anything else under keys/ is no generation's: left alone)
+                gens.setdefault(gen.decode(), []).append(k)
+        current = INITIAL if ptr is None else ptr.value.decode()
+        return current, (0 if ptr is None else ptr.mod_revision), gens, marked
+
+    def collect_garbage(self) -> int:
+        """Remove every generation neither current nor being staged; the number of rows removed."""
+        current, _, gens, marked = self._generations()
+        removed = 0
+        for gen, keys in gens.items():
+            if gen != current and gen not in marked:
+                self._delete_generation(gen, keys)
+                removed += len(keys)
+        if removed:
+            log.info("pool: removed %d key rows of dead key-set generations", removed)
+        return removed
+
+    def _delete_generation(self, gen: str, keys: Sequence[bytes]) -> None:
+        """Ranged deletes of at most DELETE_CHUNK known keys each; the first starts at the
+        generation's prefix and the last ends at its end, so rows not yet in this member's cache go
+        too."""
+        prefix = self.prefix(gen)
+        bounds = [prefix, *keys[DELETE_CHUNK::DELETE_CHUNK], prefix_end(prefix)]
+        client = self._v.client
+        for start, end in itertools.pairwise(bounds):
+            self._v.run(client.commit([Delete(start, end)]))
+
+    # ------------------------------------------------------------------ the staged restore
+
+    def chunks(self, gen: str, rows: Sequence[tuple[str, bytes]]) -> list[list[Put]]:
+        """``rows`` (name, encoded row) as puts under ``gen``, in transactions within etcd's limits."""
+        config = self._v.client.config
+        budget = config.max_request_bytes - REQUEST_ENVELOPE
+        out: list[list[Put]] = []
+        chunk: list[Put] = []
+        size = 0
+        for name, value in rows:
+            put = Put(self.key(gen, name), value)
+            cost = len(put.key) + len(value) + PUT_OVERHEAD
+            if cost > budget:
+                raise UsageError(
+                    f"key {name!r} is {cost} bytes as a pool row: over etcd's --max-request-bytes "
+                    f"({config.max_request_bytes}); raise it on every etcd member and in the pool's settings"
+                )
+            if chunk and (len(chunk) >= config.max_txn_ops or size + cost > budget):
+                out.append(chunk)
+                chunk, size = [], 0
+            chunk.append(put)
+            size += cost
+        if chunk:
+            out.append(chunk)
+        return out
+
+    def replace(self, rows: Sequence[tuple[str, bytes]], on_commit: Callable[[], None] | None) -> None:
+        """Replace the whole key set with ``rows`` (name, encoded row), atomically (module
+        docstring); a restore that fails changes nothing the members serve."""
+        if self._v.transaction() is not None:
+            raise UsageError("a restore into a pool cannot be part of a batch: run it on its own")
+        self.collect_garbage()
+        old, revision, _, _ = self._generations()
+        gen = secrets.token_hex(8)
+        chunks = self.chunks(gen, rows)
+        if on_commit is not None:
+            on_commit()  # may refuse (a full disk): nothing is sent
+        client = self._v.client
+        lease = self._v.run(client.grant_lease(self._ttl))
+        budget = self._v.client.config.call_timeout * (len(chunks) + 4) + self._ttl
+        try:
+            flipped = self._v.run(self._stage_and_flip(gen, lease, chunks, revision), budget)
+        except Exception:
+            if not self._settle(gen, lease):
+                raise
+            flipped = None  # the flip applied before the error reached us
+        else:
+            if flipped is None:
+                self._settle(gen, lease)
+                self._refuse(revision)
+        with _logged("the restore's lease"):
+            self._v.run(client.revoke_lease(lease.id))
+        if flipped is None:
+            _, flipped = self._v.run(client.get_prefix(self.pointer))
+        if not self._v.wait_for(flipped):
+            log.warning("pool: the watch has not reached the restore's revision %d yet", flipped)
+        log.info(
+            "pool: key set %s replaced %s (%d rows in %d transactions)", gen, old, len(rows), len(chunks)
+        )
+        _, _, gens, _ = self._generations()
+        with _logged("the previous key set (it goes at the next start or restore)"):
+            self._delete_generation(old, gens.get(old, []))
+
+    async def _stage_and_flip(
+        self, gen: str, lease: Lease, chunks: list[list[Put]], revision: int
+    ) -> int | None:
+        client = self._v.client
+        marker = self._v.sub("restoring", gen)
+        token = json.dumps({"node": self._v.node_id, "nonce": secrets.token_hex(8)}).encode()
+        marked = await client.commit([Put(marker, token, lease.id)], unless_changed=[Unchanged(marker, 0)])
+        if marked is None:
+            raise StateError("a restore's generation id was taken: nothing was restored; run it again")
+        slots = asyncio.Semaphore(IN_FLIGHT)
+        refreshed = time.monotonic()
+
+        async def stage(chunk: list[Put]) -> None:
+            nonlocal refreshed
+            async with slots:
+                await client.commit(chunk)
+                if time.monotonic() - refreshed > self._ttl / 3:
+                    refreshed = time.monotonic()
+                    await client.keep_alive(lease.id)
+
+        try:
+            async with asyncio.TaskGroup() as group:  # one failure cancels the rest
+                for chunk in chunks:
+                    group.create_task(stage(chunk))
+        except BaseExceptionGroup as e:  # the first failure, as the callers know it
+            raise e.exceptions[0] from None
+        return await client.commit(
+            [Put(self.pointer, gen.encode()), Delete(marker)],
+            unless_changed=[Unchanged(self.pointer, revision), Unchanged(marker, marked)],
+        )
+
+    def _settle(self, gen: str, lease: Lease) -> bool:
+        """After a restore failed or lost: fence its flip (revoke the lease), then True if the flip
+        applied all the same, else remove the staged rows and return False."""
+        client = self._v.client
+        try:
+            self._v.run(client.revoke_lease(lease.id))
+            pointer = self._v.run(client.get(self.pointer))
+        except SdquorumError as e:
+            log.warning(
+                "pool: a failed restore could not remove its staged rows (%s): they go once its lease "
+                "ends (%d s) when a member starts or restores",
+                e,
+                self._ttl,
+            )
+            return False
+        if pointer is not None and pointer.value == gen.encode():
+            return True
+        with _logged("a failed restore's staged rows (they go at the next start or restore)"):
+            self._delete_generation(gen, [kv.key for kv in self._v.committed(self.prefix(gen))])
+        return False
+
+    def _refuse(self, revision: int) -> None:
+        now = self._v.run(self._v.client.get(self.pointer))
+        if (0 if now is None else now.mod_revision) != revision:
+            raise StateError(
+                "another restore into this pool finished first: this backup was not restored (the pool "
+                "serves the other backup's keys); check them with 'sdctl keys list' and restore again "
+                "if this backup is the one to keep"
+            )
+        raise StateError(
+            f"the restore outlived its etcd lease ({self._ttl} s without a keep-alive): nothing was "
+            "restored; check the etcd cluster and run it again"
+        )
+
+
+class _logged:
+    """A best-effort step: an SdquorumError is logged (what is left over is named), not raised."""
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, error: BaseException | None, tb: object) -> bool:
+        if isinstance(error, SdquorumError):
+            log.warning("pool: could not remove %s: %s", self._what, error)
+            return True
+        return False

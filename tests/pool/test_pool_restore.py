@@ -1,0 +1,385 @@
+"""A backup restore into a pool of any size (hsm_node.pool.keyset), on one real 3-member etcd cluster.
+
+The cluster runs with ``--max-request-bytes`` of 256 KiB, so both of etcd's limits bind on a
+restore of mixed AES and RSA-3072 keys: 128 operations per transaction (``--max-txn-ops``) and the
+request size (128 RSA rows are about 400 KB). Before the staged restore, a restore of more than
+about 120 keys into a pool was refused with UsageError.
+
+Failures are injected through a real seam: the store's etcd client (``client_factory``) is a
+subclass of :class:`EtcdClient` that fails the k-th transaction, or "dies" there (every later call
+fails too, as if the process had lost etcd and then crashed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from etcd_cluster import EtcdCluster
+
+from hsm_node.keyops import KeyType
+from hsm_node.pool.etcd import Delete, EtcdClient, EtcdConfig, Put, Unchanged
+from hsm_node.pool.store import PoolNodeStore
+from hsm_node.store import DomainInfo, MemoryNodeStore, StoredKey
+from sdquorum import sdfile
+from sdquorum.errors import StateError, TransportError, UsageError
+
+pytestmark = pytest.mark.slow
+
+MAX_REQUEST_BYTES = 256 * 1024
+SEALING_A, SEALING_B = os.urandom(32), os.urandom(32)
+DEK = os.urandom(32)
+AES, RSA = int(KeyType.AES256_GCM), int(KeyType.RSA3072)
+_RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+RSA_PRIVATE = _RSA_KEY.private_bytes(
+    serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+)
+RSA_PUBLIC = _RSA_KEY.public_key().public_bytes(
+    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    with EtcdCluster(tmp_path_factory.mktemp("etcd")) as c:
+        for m in c.members:
+            m.extra = ["--max-request-bytes", str(MAX_REQUEST_BYTES)]
+        c.start()
+        asyncio.run(c.enable_auth())
+        yield c
+
+
+class FlakyClient(EtcdClient):
+    """An etcd client that fails the k-th transaction once armed (``die``: that one and every later
+    call, as a member that lost etcd and crashed), and can hold a key-set flip until released."""
+
+    def __init__(self, config: EtcdConfig) -> None:
+        super().__init__(config)
+        self.fail_at: int | None = None
+        self.die = False
+        self.dead = False
+        self.commits = 0
+        self.before_flip: Callable[[], None] | None = None
+
+    def arm(self, k: int, *, die: bool = False) -> None:
+        self.fail_at, self.die, self.commits = k, die, 0
+
+    def _check(self) -> None:
+        if self.dead:
+            raise TransportError("injected: this member lost etcd")
+
+    async def commit(
+        self, ops: Sequence[Put | Delete], *, unless_changed: Sequence[Unchanged] = ()
+    ) -> int | None:
+        self._check()
+        if self.before_flip is not None and any(
+            isinstance(op, Put) and op.key.endswith(b"/keyset") for op in ops
+        ):
+            await asyncio.to_thread(self.before_flip)
+        self.commits += 1
+        if self.fail_at is not None and self.commits == self.fail_at:
+            self.fail_at = None
+            self.dead = self.die
+            raise TransportError(f"injected: transaction {self.commits} failed")
+        return await super().commit(ops, unless_changed=unless_changed)
+
+    async def revoke_lease(self, lease: int) -> None:
+        self._check()
+        await super().revoke_lease(lease)
+
+    async def get(self, key: bytes) -> Any:
+        self._check()
+        return await super().get(key)
+
+    async def keep_alive(self, lease: int) -> int:
+        self._check()
+        return await super().keep_alive(lease)
+
+
+@pytest.fixture
+def pool(cluster: EtcdCluster, tmp_path: Path) -> Iterator[tuple[bytes, Callable[..., PoolNodeStore]]]:
+    """A new pool id and a function opening a member of it (node-a or node-b) with a FlakyClient."""
+    pool_id = secrets.token_bytes(8)
+    opened: list[PoolNodeStore] = []
+
+    def open_(node: str, **kw: Any) -> PoolNodeStore:
+        config = replace(cluster.config(node), max_request_bytes=MAX_REQUEST_BYTES)
+        store = PoolNodeStore(
+            config,
+            pool_id,
+            tmp_path / node,
+            SEALING_A if node == "node-a" else SEALING_B,
+            node,
+            client_factory=FlakyClient,
+            **kw,
+        )
+        opened.append(store)
+        return store
+
+    yield pool_id, open_
+    for s in opened:
+        s.close()
+
+
+def _members(open_: Callable[..., PoolNodeStore], **kw: Any) -> tuple[PoolNodeStore, PoolNodeStore]:
+    a, b = open_("node-a", **kw), open_("node-b", **kw)
+    domain = sdfile.new_domain_secrets(os.urandom, admins=["admin"])
+    info = DomainInfo(domain.domain_id, 1, 2, 3)
+    for s in (a, b):
+        s.domain.activate(domain, info, "ACTIVATED", b"signed-sd-file-epoch-1")
+    return a, b
+
+
+def _backup(prefix: str, n_aes: int, n_rsa: int, deleted: int = 0) -> tuple[bytes, int, dict[str, bytes]]:
+    """A backup image of ``n_aes`` AES-256 and ``n_rsa`` RSA-3072 keys (the first ``deleted`` of
+    them deleted), and every key's private material by name."""
+    source = MemoryNodeStore(os.urandom(32), "node-s")
+    private: dict[str, bytes] = {}
+    for i in range(n_aes + n_rsa):
+        name = f"{prefix}-{i:05d}-" + "x" * 20  # names of 32 characters, as ADR 0013 measured
+        kind, material, public = (AES, os.urandom(32), b"") if i < n_aes else (RSA, RSA_PRIVATE, RSA_PUBLIC)
+        source.keys.put_key(DEK, StoredKey(name, kind, public, 100 + i, "app"), material)
+        private[name] = material
+    for name in sorted(private)[:deleted]:
+        source.keys.mark_deleted(name, 500)
+    image, count = source.keys.export_key_rows(DEK)
+    source.close()
+    return image, count, private
+
+
+def _names(store: PoolNodeStore) -> set[str]:
+    return {k.name for k in store.keys.list_keys()} | {k.name for k in store.keys.list_keys(deleted=True)}
+
+
+def _wait(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not seen within {timeout} s")
+        time.sleep(0.01)
+
+
+async def _rows(cluster: EtcdCluster, pool_id: bytes) -> list[bytes]:
+    async with EtcdClient(cluster.config("root")) as c:
+        kvs, _ = await c.get_prefix(b"/sdquorum/" + pool_id.hex().encode() + b"/")
+    return [kv.key for kv in kvs]
+
+
+def _no_garbage(cluster: EtcdCluster, pool_id: bytes, served: PoolNodeStore) -> None:
+    """etcd holds exactly the served generation's key rows: no staged rows, no old set, no marker."""
+    keys = asyncio.run(_rows(cluster, pool_id))
+    gen = served.keys.keyset.current()
+    prefix = served.keys.keyset.prefix(gen)
+    key_rows = [k for k in keys if b"/keys/" in k]
+    assert key_rows == [k for k in key_rows if k.startswith(prefix)], "rows of another generation are left"
+    assert len(key_rows) == len(_names(served))
+    assert not [k for k in keys if b"/restoring/" in k]
+
+
+def _served_whole(store: PoolNodeStore, private: dict[str, bytes]) -> None:
+    assert _names(store) == set(private)
+    for name, material in private.items():
+        assert store.keys.get_key(DEK, name)[1] == material
+
+
+def test_the_test_cluster_refuses_a_transaction_over_its_byte_limit(pool: Any) -> None:
+    """The limit binds: 128 RSA rows in one transaction (about 400 KB) are refused by etcd itself
+    (the client told the default 1.5 MiB, so it sends it), and by the client's own check."""
+    _, open_ = pool
+    a = open_("node-a")
+    row = b"r" * 3_124
+    ops = [Put(a.view.sub("probe", str(i)), row) for i in range(120)]
+    big = EtcdClient(replace(a.view.client.config, max_request_bytes=1_572_864))
+    try:
+        with pytest.raises(UsageError, match=r"too large|max-request-bytes"):
+            a.view.run(big.commit(ops))
+    finally:
+        a.view.run(big.close())
+    with pytest.raises(UsageError, match="over etcd's --max-request-bytes"):
+        a.view.run(a.view.client.commit(ops))
+
+
+def test_a_restore_of_1500_mixed_keys_is_served_whole_by_another_member_never_half(
+    pool: Any, cluster: EtcdCluster
+) -> None:
+    pool_id, open_ = pool
+    a, b = _members(open_)
+    for i in range(5):
+        b.keys.put_key(DEK, StoredKey(f"old-{i}", AES, b"", 1, "app"), b"old")
+    old = _names(b)
+    image, count, private = _backup("new", 1_200, 300, deleted=40)
+    samples: list[frozenset[str]] = []
+    done = threading.Event()
+
+    def watch_b() -> None:  # what another member serves while the restore runs
+        while not done.is_set():
+            samples.append(frozenset(k.name for k in b.keys.list_keys()))  # one read: one snapshot
+
+    watcher = threading.Thread(target=watch_b)
+    watcher.start()
+    try:
+        t0 = time.monotonic()
+        a.keys.import_key_rows(image, count)
+        took = time.monotonic() - t0
+        _wait(lambda: _names(b) == set(private))
+    finally:
+        done.set()
+        watcher.join()
+    print(f"\nrestore of {count} keys (1,200 AES, 300 RSA-3072) into a pool member: {took:.2f} s")
+    live = frozenset(sorted(private)[40:])
+    assert set(samples) <= {frozenset(old), live}, "b served a mixed or half set"
+    assert len(samples) > 10
+    _served_whole(b, private)
+    assert len(b.keys.list_keys(deleted=True)) == 40
+    assert a.keys.list_keys() == b.keys.list_keys()
+    _, key = b.keys.get_key(DEK, "new-01234-" + "x" * 20)  # an RSA key, usable on b
+    loaded = serialization.load_der_private_key(key, None)
+    assert isinstance(loaded, rsa.RSAPrivateKey)
+    loaded.public_key().verify(
+        loaded.sign(b"m", padding.PKCS1v15(), hashes.SHA256()), b"m", padding.PKCS1v15(), hashes.SHA256()
+    )
+    _no_garbage(cluster, pool_id, b)
+    b.keys.put_key(DEK, StoredKey("after", AES, b"", 1, "app"), b"after")  # writes go to the new set
+    _wait(lambda: a.keys.find_key("after") is not None)
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_a_restore_failing_mid_way_changes_nothing_and_a_rerun_succeeds(
+    pool: Any, cluster: EtcdCluster, k: int
+) -> None:
+    """Transaction 1 is the marker, 2.. the staged chunks: the k-th fails (an etcd error)."""
+    pool_id, open_ = pool
+    a, b = _members(open_)
+    first, n1, private1 = _backup("one", 200, 50)
+    a.keys.import_key_rows(first, n1)
+    image, count, private = _backup("two", 600, 200)
+    a.view.client.arm(k)  # type: ignore[attr-defined]
+    with pytest.raises(TransportError, match="injected"):
+        a.keys.import_key_rows(image, count)
+    for s in (a, b):
+        _served_whole(s, private1)  # the old set, complete, on both members
+    _wait(lambda: len(asyncio.run(_rows(cluster, pool_id))) < 800)  # the staged rows go
+    _no_garbage(cluster, pool_id, b)
+    a.keys.import_key_rows(image, count)
+    _wait(lambda: _names(b) == set(private))
+    _served_whole(b, private)
+    _no_garbage(cluster, pool_id, a)
+
+
+def test_a_member_that_dies_mid_restore_leaves_the_old_set_and_its_rows_go_at_the_next_start(
+    pool: Any, cluster: EtcdCluster
+) -> None:
+    pool_id, open_ = pool
+    a, b = _members(open_, restore_ttl=2)
+    first, n1, private1 = _backup("one", 100, 20)
+    a.keys.import_key_rows(first, n1)
+    image, count, private = _backup("two", 600, 200)
+    a.view.client.arm(4, die=True)  # type: ignore[attr-defined]
+    with pytest.raises(TransportError, match="injected"):
+        a.keys.import_key_rows(image, count)
+    a.close()  # the member is gone: it removed nothing
+    _served_whole(b, private1)
+    left = asyncio.run(_rows(cluster, pool_id))
+    assert [k for k in left if b"/restoring/" in k], "the crashed restore's marker is still there"
+    _wait(lambda: not [k for k in asyncio.run(_rows(cluster, pool_id)) if b"/restoring/" in k])
+    # its lease (2 s) has ended: nothing can flip to its rows any more
+    _served_whole(b, private1)
+    again = open_("node-a", restore_ttl=2)  # a member starts: it removes the dead generation
+    _no_garbage(cluster, pool_id, again)
+    _served_whole(again, private1)
+    again.keys.import_key_rows(image, count)
+    _wait(lambda: _names(b) == set(private))
+    _served_whole(b, private)
+    _no_garbage(cluster, pool_id, b)
+
+
+def test_two_concurrent_restores_one_wins_and_the_pool_serves_exactly_its_backup(
+    pool: Any, cluster: EtcdCluster
+) -> None:
+    pool_id, open_ = pool
+    a, b = _members(open_)
+    x, nx, private_x = _backup("x", 300, 60)
+    y, ny, private_y = _backup("y", 300, 60)
+    both_staged = threading.Barrier(2, timeout=60)
+    for s in (a, b):  # both have staged every row before either flips
+        s.view.client.before_flip = both_staged.wait  # type: ignore[attr-defined]
+    outcome: dict[str, BaseException | None] = {}
+
+    def restore(store: PoolNodeStore, who: str, image: bytes, n: int) -> None:
+        try:
+            store.keys.import_key_rows(image, n)
+            outcome[who] = None
+        except BaseException as e:
+            outcome[who] = e
+
+    threads = [
+        threading.Thread(target=restore, args=(a, "x", x, nx)),
+        threading.Thread(target=restore, args=(b, "y", y, ny)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lost = [w for w, e in outcome.items() if e is not None]
+    assert len(lost) == 1, outcome
+    error = outcome[lost[0]]
+    assert isinstance(error, StateError) and "another restore into this pool finished first" in str(error)
+    won = private_y if lost == ["x"] else private_x
+    for s in (a, b):
+        _wait(lambda s=s: _names(s) == set(won))  # type: ignore[misc]
+        _served_whole(s, won)
+    _no_garbage(cluster, pool_id, a)
+
+
+def test_writes_racing_a_restore_before_its_flip_are_rolled_back_and_after_it_refused(pool: Any) -> None:
+    """The flip is the linearization point: a create committed before it is rolled back with the
+    rest of the old set; a create that read the key set before the flip and commits after is
+    refused, nothing written; a create after it lands in the new set."""
+    _, open_ = pool
+    a, b = _members(open_)
+    image, count, private = _backup("new", 300, 10)
+    flip = threading.Event()
+    a.view.client.before_flip = lambda: flip.wait(30)  # type: ignore[attr-defined]
+    restorer = threading.Thread(target=a.keys.import_key_rows, args=(image, count))
+    restorer.start()
+    try:
+        _wait(lambda: len(_rows_of(b)) > 300)  # staging is under way
+        b.keys.put_key(DEK, StoredKey("during", AES, b"", 1, "app"), b"during")
+        assert b.keys.find_key("during") is not None  # served from the old set until the flip
+        assert not set(private) & _names(b)  # never a staged row
+    finally:
+        flip.set()
+        restorer.join()
+    _wait(lambda: _names(b) == set(private))
+    assert a.keys.find_key("during") is None and b.keys.find_key("during") is None
+    with pytest.raises(StateError, match="nothing was written"), b.batch():
+        b.keys.put_key(DEK, StoredKey("late", AES, b"", 1, "app"), b"late")
+        a.keys.import_key_rows(image, count)  # a restore flips between b's read and its commit
+    _wait(lambda: a.keys.keyset.current() == b.keys.keyset.current())
+    assert b.keys.find_key("late") is None and a.keys.find_key("late") is None
+    b.keys.put_key(DEK, StoredKey("after", AES, b"", 1, "app"), b"after")
+    assert "after" in _names(b)
+
+
+def _rows_of(store: PoolNodeStore) -> list[bytes]:
+    """Every key row this member's cache holds, of any generation."""
+    return [kv.key for kv in store.view.committed(store.view.sub("keys") + b"/")]
+
+
+def test_a_restore_cannot_be_part_of_a_batch(pool: Any) -> None:
+    _, open_ = pool
+    a, _b = _members(open_)
+    image, count, _ = _backup("new", 3, 0)
+    with pytest.raises(UsageError, match="cannot be part of a batch"), a.batch():
+        a.keys.import_key_rows(image, count)
+    assert _names(a) == set()
