@@ -199,8 +199,7 @@ class EtcdView:
                     await self._load()
                 await asyncio.sleep(0.2)
             except PermissionDeniedError as e:
-                log.error("pool: etcd refuses this member (%s): it serves nothing more", e)
-                self._removed = True
+                self._refused(e)
                 return
             except asyncio.CancelledError:
                 raise
@@ -219,14 +218,18 @@ class EtcdView:
                     with self._lock:
                         self._contact = max(self._contact, sent)
             except PermissionDeniedError as e:
-                log.error("pool: etcd refuses this member (%s): it serves nothing more", e)
-                self._removed = True
+                self._refused(e)
                 return
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 log.debug("pool: etcd did not answer the freshness read: %s", e)
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - sent)))
+
+    def _refused(self, e: PermissionDeniedError) -> None:
+        """etcd refuses this member's certificate (its user was deleted): it serves nothing more."""
+        log.error("pool: etcd refuses this member (%s): it serves nothing more", e)
+        self._removed = True
 
     async def _wait_revision(self, revision: int, timeout: float) -> bool:
         assert self._caught_up is not None

@@ -20,16 +20,18 @@ certificate), then the member's etcd user, with etcd's ``root`` certificate (``-
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sdctl.commands import Command, arg
 from sdctl.config import ETCD_ROOT_SETTINGS
 from sdctl.ctl import Ctl
 
 if TYPE_CHECKING:
-    from hsm_node.pool.etcd import EtcdConfig
+    from hsm_node.pool.etcd import EtcdClient, EtcdConfig
     from sdquorum.errors import SdquorumError
 
+_T = TypeVar("_T")
 _ETCD_FLAGS = "--etcd ENDPOINTS --etcd-cert ROOT.pem --etcd-key ROOT.key --etcd-ca CA.pem"
 _ETCDCTL = "etcdctl --endpoints ENDPOINTS --cacert etcd-ca.pem --cert etcd-root.pem --key etcd-root.key"
 
@@ -81,9 +83,25 @@ def _unfinished(e: SdquorumError, done: str) -> SdquorumError:
     return StateError(text)
 
 
+async def _as_etcd_root(
+    ctl: Ctl, etcd: EtcdConfig, work: Callable[[EtcdClient], Awaitable[_T]], done: str
+) -> _T:
+    """``work`` on a client of etcd's ``root`` user (any other certificate is refused first); a
+    failure says that ``done`` is done and the rest is not (:func:`_unfinished`)."""
+    from hsm_node.pool.access import require_root
+    from hsm_node.pool.etcd import EtcdClient
+    from sdquorum.errors import SdquorumError
+
+    try:
+        require_root(etcd.cert_pem, str(ctl.args.etcd_cert))
+        async with EtcdClient(etcd) as client:
+            return await work(client)
+    except SdquorumError as e:
+        raise _unfinished(e, done) from e
+
+
 async def allow(ctl: Ctl) -> int:
     from sdquorum import etcd_pki
-    from sdquorum.errors import SdquorumError
     from sdquorum_rpc.pool_admin import allow_pool_member
 
     node_id = ctl.args.node_id
@@ -102,18 +120,14 @@ async def allow(ctl: Ctl) -> int:
             {"allowed": node_id, "etcd_user": user, "etcd_user_created": None},
         )
         return 0
-    from hsm_node.pool.access import MEMBER_ROLE, grant_member_access, require_root
-    from hsm_node.pool.etcd import EtcdClient
+    from hsm_node.pool.access import MEMBER_ROLE, grant_member_access
 
-    try:
-        require_root(etcd.cert_pem, str(ctl.args.etcd_cert))
-        async with EtcdClient(etcd) as client:
-            created = await grant_member_access(client, node_id)
-    except SdquorumError as e:
-        raise _unfinished(
-            e,
-            f"{node_id} is allowed to join, but its etcd user {user} was not made, so it cannot reach the pool",
-        ) from e
+    created = await _as_etcd_root(
+        ctl,
+        etcd,
+        lambda client: grant_member_access(client, node_id),
+        f"{node_id} is allowed to join, but its etcd user {user} was not made, so it cannot reach the pool",
+    )
     made = "created" if created else "existed already"
     ctl.emit(
         f"{joins}; its etcd user {user} {made}, with role {MEMBER_ROLE}",
@@ -124,7 +138,7 @@ async def allow(ctl: Ctl) -> int:
 
 async def remove(ctl: Ctl) -> int:
     from sdquorum import etcd_pki
-    from sdquorum.errors import SdquorumError, StateError, UsageError
+    from sdquorum.errors import StateError, UsageError
     from sdquorum_rpc import pool_admin
 
     node_id = ctl.args.node_id
@@ -153,19 +167,15 @@ async def remove(ctl: Ctl) -> int:
             f"{node_id} can still write every row of the pool until its etcd user goes: run '{_ETCDCTL} user "
             f"delete {user}', or this command again with {_ETCD_FLAGS} instead of --etcd-user-later"
         )
-    from hsm_node.pool.access import end_member_access, require_root
-    from hsm_node.pool.etcd import EtcdClient
+    from hsm_node.pool.access import end_member_access
 
-    try:
-        require_root(etcd.cert_pem, str(ctl.args.etcd_cert))
-        async with EtcdClient(etcd) as client:
-            ended = await end_member_access(client, node_id)
-    except SdquorumError as e:
-        raise _unfinished(
-            e,
-            f"{marked} (the members refuse it, it serves nothing), but its etcd user {user} was not "
-            "deleted, so its certificate can still write the pool",
-        ) from e
+    ended = await _as_etcd_root(
+        ctl,
+        etcd,
+        lambda client: end_member_access(client, node_id),
+        f"{marked} (the members refuse it, it serves nothing), but its etcd user {user} was not "
+        "deleted, so its certificate can still write the pool",
+    )
     gone = "deleted" if ended.user_deleted else "was deleted already"
     locks = f"; {ended.leases_revoked} ceremony lock(s) it held freed" if ended.leases_revoked else ""
     ctl.emit(

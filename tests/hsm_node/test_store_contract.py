@@ -8,7 +8,6 @@ of its own).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 import sys
@@ -49,11 +48,9 @@ POOL = "etcd-pool"  # needs the etcd cluster: opened by the fixture below
 @pytest.fixture(scope="module")
 def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     sys.path.insert(0, str(Path(__file__).parents[1] / "pool"))
-    from etcd_cluster import EtcdCluster
+    from etcd_cluster import running_cluster
 
-    with EtcdCluster(tmp_path_factory.mktemp("etcd"), node_ids=("node-x",)) as c:
-        c.start()
-        asyncio.run(c.enable_auth())
+    with running_cluster(tmp_path_factory.mktemp("etcd"), node_ids=("node-x",)) as c:
         yield c
 
 

@@ -32,6 +32,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -112,6 +113,24 @@ class Member:
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+@contextlib.contextmanager
+def running_cluster(
+    workdir: Path,
+    *,
+    node_ids: tuple[str, ...] = ("node-a", "node-b"),
+    users_for: tuple[str, ...] | None = None,
+    extra: tuple[str, ...] = (),
+) -> Iterator[EtcdCluster]:
+    """A started 3-member cluster with client-certificate auth on (:meth:`EtcdCluster.enable_auth`),
+    each member run with ``extra`` flags; every member killed on exit."""
+    with EtcdCluster(workdir, node_ids=node_ids) as c:
+        for m in c.members:
+            m.extra = list(extra)
+        c.start()
+        asyncio.run(c.enable_auth(users_for=users_for))
+        yield c
 
 
 class EtcdCluster:

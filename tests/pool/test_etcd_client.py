@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from etcd_cluster import EtcdCluster
+from etcd_cluster import EtcdCluster, running_cluster
 
 from hsm_node.pool.etcd import (
     CompactedError,
@@ -40,9 +40,7 @@ LAYOUT = Layout(bytes.fromhex("5d0c" * 8))
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
-    with EtcdCluster(tmp_path_factory.mktemp("etcd")) as c:
-        c.start()
-        asyncio.run(c.enable_auth())
+    with running_cluster(tmp_path_factory.mktemp("etcd")) as c:
         yield c
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from etcd_cluster import EtcdCluster
+from etcd_cluster import EtcdCluster, running_cluster
 from harness import NAMES, Clock, Cluster, certs_of, load_attestation, pki_dir, tls
 
 from hsm_node.node import Node, NodeConfig
@@ -32,9 +32,7 @@ __all__ = ["pki_dir"]  # the harness fixture, used below
 
 @pytest.fixture(scope="module")
 def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
-    with EtcdCluster(tmp_path_factory.mktemp("etcd")) as c:
-        c.start()
-        asyncio.run(c.enable_auth())
+    with running_cluster(tmp_path_factory.mktemp("etcd")) as c:
         yield c
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from etcd_cluster import EtcdCluster
+from etcd_cluster import EtcdCluster, running_cluster
 from harness import NAMES, NodeProcess, certs_of
 
 from sdctl.pkifiles import init_pki
@@ -27,9 +27,7 @@ STALENESS = 2.0
 
 @pytest.fixture
 def etcd(tmp_path: Path) -> Iterator[EtcdCluster]:
-    with EtcdCluster(tmp_path / "etcd", node_ids=NODES) as c:
-        c.start()
-        asyncio.run(c.enable_auth())
+    with running_cluster(tmp_path / "etcd", node_ids=NODES) as c:
         yield c
 
 

@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from etcd_cluster import EtcdCluster
+from etcd_cluster import EtcdCluster, running_cluster
 from support import wait_for
 
 from hsm_node.keyops import KeyType
@@ -36,9 +36,7 @@ AES = int(KeyType.AES256_GCM)
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
-    with EtcdCluster(tmp_path_factory.mktemp("etcd"), node_ids=("node-a", "node-b", "node-c")) as c:
-        c.start()
-        asyncio.run(c.enable_auth())
+    with running_cluster(tmp_path_factory.mktemp("etcd"), node_ids=("node-a", "node-b", "node-c")) as c:
         yield c
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from etcd_cluster import EtcdCluster
+from etcd_cluster import EtcdCluster, running_cluster
 from harness import NAMES, NodeProcess, certs_of, tls
 
 from sdctl.pkifiles import init_pki
@@ -31,9 +31,7 @@ NODES = ("node-a", "node-b", "node-c")
 
 @pytest.fixture(scope="module")
 def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
-    with EtcdCluster(tmp_path_factory.mktemp("etcd"), node_ids=NODES) as c:
-        c.start()
-        asyncio.run(c.enable_auth())
+    with running_cluster(tmp_path_factory.mktemp("etcd"), node_ids=NODES) as c:
         yield c
 
 

@@ -27,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from etcd_cluster import EtcdCluster
+from etcd_cluster import EtcdCluster, running_cluster
 from harness import NAMES, NodeProcess, certs_of
 from support import wait_for
 
@@ -45,9 +45,9 @@ ROW = b"/sdquorum/" + POOL.encode().hex().encode() + b"/keys/written-by-a-remove
 
 @pytest.fixture(scope="module")
 def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
-    with EtcdCluster(tmp_path_factory.mktemp("etcd"), node_ids=NODES) as c:
-        c.start()
-        asyncio.run(c.enable_auth(users_for=("node-a", "node-b")))  # node-c: no etcd user yet
+    with running_cluster(
+        tmp_path_factory.mktemp("etcd"), node_ids=NODES, users_for=("node-a", "node-b")
+    ) as c:  # node-c: no etcd user yet
         yield c
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from etcd_cluster import EtcdCluster
+from etcd_cluster import EtcdCluster, running_cluster
 
 from hsm_node.keyops import KeyType
 from hsm_node.pool.etcd import Delete, EtcdClient, EtcdConfig, Put, Unchanged
@@ -51,11 +51,13 @@ RSA_PUBLIC = _RSA_KEY.public_key().public_bytes(
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
-    with EtcdCluster(tmp_path_factory.mktemp("etcd")) as c:
-        for m in c.members:
-            m.extra = ["--max-request-bytes", str(MAX_REQUEST_BYTES)]
-        c.start()
-        asyncio.run(c.enable_auth())
+    with running_cluster(
+        tmp_path_factory.mktemp("etcd"),
+        extra=(
+            "--max-request-bytes",
+            str(MAX_REQUEST_BYTES),
+        ),
+    ) as c:
         yield c
 
 
