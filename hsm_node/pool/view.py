@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hsm_node.pool.cache import RowCache
 from hsm_node.pool.etcd import (
     CompactedError,
     Delete,
@@ -122,7 +123,7 @@ class EtcdView:
         self.on_commit: Callable[[], None] | None = None
         # the cache (guarded by _lock; written by the loop thread only)
         self._lock = threading.Lock()
-        self._cache: dict[bytes, KeyValue] = {}
+        self._cache = RowCache(self.prefix)
         self._revision = 0
         self._contact = 0.0  # time.monotonic() of the last answer from etcd
         self._removed = False
@@ -169,7 +170,7 @@ class EtcdView:
             self._caught_up = asyncio.Condition()
         kvs, revision = await self._client.get_prefix(self.prefix)
         with self._lock:
-            self._cache = {kv.key: kv for kv in kvs}
+            self._cache = RowCache(self.prefix, kvs)
             self._revision = revision
             self._contact = time.monotonic()
         async with self._caught_up:
@@ -179,12 +180,12 @@ class EtcdView:
         with self._lock:
             for ev in batch.events:
                 if ev.kind is EventKind.DELETE:
-                    self._cache.pop(ev.key, None)
+                    self._cache.pop(ev.key)
                 else:
                     old = self._cache.get(ev.key)
                     created = old.create_revision if old is not None else ev.mod_revision
                     version = old.version + 1 if old is not None else 1
-                    self._cache[ev.key] = KeyValue(ev.key, ev.value, created, ev.mod_revision, version, 0)
+                    self._cache.put(KeyValue(ev.key, ev.value, created, ev.mod_revision, version, 0))
             self._revision = max(self._revision, batch.revision)
 
     async def _follow(self) -> None:
@@ -298,7 +299,7 @@ class EtcdView:
         """Every (key, value) under ``prefix`` as this transaction sees it, in creation order."""
         self._fresh()
         with self._lock:
-            kvs = [kv for k, kv in self._cache.items() if k.startswith(prefix)]
+            kvs = self._cache.under(prefix)
         kvs.sort(key=lambda kv: (kv.create_revision, kv.key))
         rows = [(kv.key, kv.value) for kv in kvs]
         tx = self._mine()
