@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
-import grpc.aio
 from aetcd import rpc  # etcd's v3 API (generated, kept current by aetcd's maintainers)
 
 from hsm_node.pool.etcd._connection import HASLEADER, Connection
@@ -29,10 +28,12 @@ class ClusterAdmin(Connection):
     async def status(self, endpoint: str) -> MemberStatus:
         """What ``endpoint`` says of itself (one member, no failover: for health checks)."""
         try:
-            r = await rpc.MaintenanceStub(self._channel(endpoint)).Status(
-                rpc.StatusRequest(), timeout=self.config.attempt_timeout
+            r = await self.blocking(
+                rpc.MaintenanceStub(self._channel(endpoint)).Status,
+                rpc.StatusRequest(),
+                self.config.attempt_timeout,
             )
-        except grpc.aio.AioRpcError as e:
+        except grpc.RpcError as e:
             raise TransportError(
                 f"etcd member {endpoint} did not answer a status request ({rpc_detail(e)})"
             ) from e
@@ -50,9 +51,9 @@ class ClusterAdmin(Connection):
         """As etcd ``root``: drop the history before ``revision`` (watches from before it then end
         with :class:`CompactedError`)."""
 
-        async def attempt(ch: grpc.aio.Channel, t: float) -> Any:
+        def attempt(ch: grpc.Channel, t: float) -> Any:
             req = rpc.CompactionRequest(revision=revision, physical=True)
-            return await rpc.KVStub(ch).Compact(req, timeout=t, metadata=HASLEADER)
+            return rpc.KVStub(ch).Compact(req, timeout=t, metadata=HASLEADER)
 
         await self._call("compaction", attempt)
 
@@ -85,7 +86,7 @@ class ClusterAdmin(Connection):
         await self._auth("UserDelete", rpc.AuthUserDeleteRequest(name=user))
 
     async def _auth(self, method: str, request: Any) -> None:
-        async def attempt(ch: grpc.aio.Channel, t: float) -> Any:
-            return await getattr(rpc.AuthStub(ch), method)(request, timeout=t, metadata=HASLEADER)
+        def attempt(ch: grpc.Channel, t: float) -> Any:
+            return getattr(rpc.AuthStub(ch), method)(request, timeout=t, metadata=HASLEADER)
 
         await self._call(f"auth {method}", attempt)
