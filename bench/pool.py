@@ -305,6 +305,9 @@ async def _join_vs_recovery(etcd: Any, ctx: BenchContext) -> Row:
         a.store.domain.activate(domain, DomainInfo(domain.domain_id, 1, 3, 5), "ACTIVATED", b"sd-file")
         a.register()
         allow(a.store, "node-b", "admin", int(time.time()))
+        seen_by = time.monotonic() + 10  # node-b learns of the pool through its watch: wait for it
+        while b.store.pool.pool_row("allowed", "node-b") is None and time.monotonic() < seen_by:
+            await asyncio.sleep(0.002)
         server = asyncio.ensure_future(a.serve_joins(lambda: domain, interval=0.01))
         t0 = time.perf_counter()
         await b.join(timeout=30, poll=0.005)
