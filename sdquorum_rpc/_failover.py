@@ -18,7 +18,8 @@ Invariants:
   what remains of it), else ``retry_timeout``. A call that cannot be tried before its deadline
   fails then with one UNAVAILABLE line naming the members, the interval and the last failure.
 * Any other status ends the call as it came: the member answered, so it is not resting.
-* A stream stays on one member: the next not resting when it starts (streams are not retried).
+* Only unary calls fail over (every call of ``Node`` and ``Keys`` is one); a streaming method
+  would go to the first member listed, as the ``admin`` and ``custodian`` calls do.
 * The state is per client object and touched only from its event loop (grpc.aio objects belong to
   one loop), so it needs no lock.
 """
@@ -100,10 +101,6 @@ class Members:
         i = min(range(len(self._rest_until)), key=self._rest_until.__getitem__)
         return i, self._rest_until[i]
 
-    def resting(self) -> list[str]:
-        now = self.clock()
-        return [t for t, until in zip(self.targets, self._rest_until, strict=True) if until > now]
-
 
 class _Unary:
     """One unary method over every member (module docstring)."""
@@ -156,20 +153,6 @@ class _Unary:
         )
 
 
-class _Stream:
-    """A streaming method: the whole stream on the next member not resting."""
-
-    def __init__(self, calls: list[Any], members: Members) -> None:
-        self._calls = calls
-        self._members = members
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        i = self._members.pick()
-        if i is None:
-            i, _ = self._members.first_back()
-        return self._calls[i](*args, **kwargs)
-
-
 class FailoverStub:
     """A service's stub over several members: each method is built once, at its first use, and kept
     (a call makes no lists or closures of its own)."""
@@ -182,10 +165,8 @@ class FailoverStub:
         if method.startswith("_"):
             raise AttributeError(method)
         calls = [getattr(stub, method) for stub in self._stubs]
-        built: Any
+        built: Any = calls[0]  # a stream: on the first member (module docstring)
         if isinstance(calls[0], grpc.aio.UnaryUnaryMultiCallable):
             built = _Unary(method, calls, self._members)
-        else:
-            built = _Stream(calls, self._members)
         setattr(self, method, built)  # found in __dict__ from now on: __getattr__ is not called again
         return built
