@@ -5,8 +5,9 @@ the calls it was sent, and can be stopped, restarted on its port, or made to ref
 
 Cases: a member that failed is passed over for the retry interval and idempotent calls go on at
 once; a call that is not idempotent is never sent twice, and the next one goes to a member not
-resting; every member down: the call retries each at the interval and fails after its deadline with
-one line; a member restarted after a long outage is used again within the interval.
+resting; a create while every member rests waits for the first rest to end, then is sent once;
+every member down: the call retries each at the interval and fails after its deadline with one
+line; a member restarted after a long outage is used again within the interval.
 """
 
 from __future__ import annotations
@@ -127,6 +128,23 @@ async def test_a_call_that_is_not_idempotent_is_sent_once_and_the_next_skips_the
         for i in range(2, 6):  # a rests: b and c take every create, none is refused
             await client.keys.CreateKey(pb.CreateKeyRequest(name=f"k{i}", type=pb.AES256_GCM))
         assert (a.calls["CreateKey"], b.calls["CreateKey"], c.calls["CreateKey"]) == (1, 2, 2)
+
+
+async def test_a_create_while_every_member_rests_waits_for_the_first_rest_to_end_and_is_sent_once(
+    pki_dir: Path, members: list[Member]
+) -> None:
+    for m in members:
+        m.refuse = True
+    async with _client(pki_dir, members, retry_interval=0.5) as client:
+        for i in range(3):  # one create per member: each refuses once and rests
+            with pytest.raises(grpc.aio.AioRpcError):
+                await client.keys.CreateKey(pb.CreateKeyRequest(name=f"k{i}", type=pb.AES256_GCM))
+        rested = time.monotonic()
+        for m in members:
+            m.refuse = False
+        await client.keys.CreateKey(pb.CreateKeyRequest(name="k3", type=pb.AES256_GCM))
+        assert time.monotonic() - rested >= 0.35  # nothing sent before the first rest ended
+        assert [m.calls["CreateKey"] for m in members] == [2, 1, 1]  # then sent once, to that member
 
 
 async def test_every_member_down_retries_at_the_interval_and_fails_after_the_deadline_with_one_line(
