@@ -91,7 +91,12 @@ class Ctl:
         from sdquorum_rpc.admin import AdminClient  # grpc: only for the commands that dial
         from sdquorum_rpc.tls import TlsFiles
 
-        return AdminClient(a.node, TlsFiles(a.cert, a.key, a.ca))
+        return AdminClient(
+            a.node,
+            TlsFiles(a.cert, a.key, a.ca),
+            retry_interval=a.retry_interval,
+            retry_timeout=a.retry_timeout,
+        )
 
     def confirm(self, action: str, consequence: str, answer: str = "yes") -> None:
         """Destructive commands: ``--yes``, or ``answer`` typed back on a terminal. Without a terminal

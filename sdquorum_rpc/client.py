@@ -7,37 +7,42 @@ travel packed (:mod:`sdquorum_rpc.packed`), have methods that pack and unpack: `
 and ``sign_batch``.
 
 ``target`` may name several members of a pool, ``host:port,host:port,...``. Then the ``node`` and
-``keys`` calls go round-robin over them, and a call that fails with UNAVAILABLE (a member down or
-cut off) is tried on the next member only if it is idempotent (:data:`IDEMPOTENT`: reads and the
-cryptographic operations, which change nothing); a create, delete, recover or purge that fails so
-is reported, never repeated, since it may have been applied. The ``admin`` and ``custodian`` calls
-stay on the first member listed (a ceremony's session lives in one member's memory).
+``keys`` calls go round-robin over the members, passing over for ``retry_interval`` seconds (default
+1 s) a member whose call failed with UNAVAILABLE (a member down or cut off); an idempotent call
+(:data:`IDEMPOTENT`: reads and the cryptographic operations, which change nothing) that fails so is
+sent to the next member at once; a create, delete, recover or purge that fails so is reported, never
+repeated, since it may have been applied. When every member rests, a call waits for one to end its
+rest, up to its ``timeout`` or else ``retry_timeout`` (default 10 s), then fails with one line
+(:mod:`sdquorum_rpc._failover`). The channels reconnect at least every ``retry_interval``, so a member
+that came back is used at its first turn after its rest. The ``admin`` and ``custodian`` calls stay
+on the first member listed (a ceremony's session lives in one member's memory). With one target
+there is nothing to fail over to: calls go straight to its stubs and an UNAVAILABLE is reported at
+once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import Self, cast
 
 import grpc
 import grpc.aio
 
 from sdquorum.errors import SdquorumError
 from sdquorum_rpc import packed
+from sdquorum_rpc._failover import (
+    DEFAULT_RETRY_INTERVAL,
+    DEFAULT_RETRY_TIMEOUT,
+    IDEMPOTENT,
+    FailoverStub,
+    Members,
+)
 from sdquorum_rpc._proto.sdquorum.v1 import sdquorum_pb2_grpc as pbg
 from sdquorum_rpc.errors import translate_rpc_error
 from sdquorum_rpc.tls import DEFAULT_MAX_MESSAGE_BYTES, TlsFiles, channel_credentials, channel_options
 
-__all__ = ["IDEMPOTENT", "NodeClient"]
-
-IDEMPOTENT = frozenset(
-    {
-        "GetStatus", "ListKeys", "ListDeletedKeys", "Encrypt", "Decrypt", "Sign", "Verify", "EncryptBatch",
-        "SignBatch", "GetPoolStatus", "GetCustodyState",
-    }
-)  # fmt: skip
-_FAILOVER = (grpc.StatusCode.UNAVAILABLE,)
+__all__ = ["DEFAULT_RETRY_INTERVAL", "DEFAULT_RETRY_TIMEOUT", "IDEMPOTENT", "NodeClient"]
 
 
 class _Translate:
@@ -72,59 +77,40 @@ class _Translate:
         self.__exit__(t, e, tb)
 
 
-class _RoundRobin:
-    """A service's stub over several members: unary calls round-robin, idempotent ones fail over."""
-
-    def __init__(self, stubs: list[Any], next_index: Callable[[], int]) -> None:
-        self._stubs = stubs
-        self._next = next_index
-
-    def __getattr__(self, method: str) -> Any:
-        first = self._next()
-        calls = [getattr(stub, method) for stub in self._stubs]
-        if not isinstance(calls[0], grpc.aio.UnaryUnaryMultiCallable):
-            return calls[first]  # a stream stays on one member
-        order = [calls[(first + i) % len(calls)] for i in range(len(calls))]
-        if method not in IDEMPOTENT:
-            return order[0]
-
-        async def call(request: Any, **kwargs: Any) -> Any:
-            for i, c in enumerate(order):
-                try:
-                    return await c(request, **kwargs)
-                except grpc.aio.AioRpcError as e:
-                    if e.code() not in _FAILOVER or i == len(order) - 1:
-                        raise
-            raise AssertionError("unreachable")  # pragma: no cover
-
-        return call
-
-
 class NodeClient:
     def __init__(
-        self, target: str, tls: TlsFiles, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+        self,
+        target: str,
+        tls: TlsFiles,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        *,
+        retry_interval: float = DEFAULT_RETRY_INTERVAL,
+        retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
     ) -> None:
+        """``retry_interval``, ``retry_timeout``: seconds (module docstring); used with several targets."""
         self.target = target
         self.tls = tls
         self.targets = [t.strip() for t in target.split(",") if t.strip()] or [target]
+        self.members = Members(self.targets, retry_interval, retry_timeout)
         creds, options = channel_credentials(tls), channel_options(max_message_bytes)
+        if len(self.targets) > 1:  # grpc's reconnect backoff grows to 120 s: a member that came back
+            backoff_ms = max(1, round(retry_interval * 1000))  # must be connectable after its rest
+            options += [
+                ("grpc.initial_reconnect_backoff_ms", backoff_ms),
+                ("grpc.max_reconnect_backoff_ms", backoff_ms),
+            ]
         self.channels = [grpc.aio.secure_channel(t, creds, options=options) for t in self.targets]
         self.channel = self.channels[0]
-        self._turn = -1
         if len(self.channels) == 1:
             self.node = pbg.NodeStub(self.channel)  # type: ignore[no-untyped-call]  # generated, untyped
             self.keys = pbg.KeysStub(self.channel)  # type: ignore[no-untyped-call]  # generated, untyped
         else:
             nodes = [pbg.NodeStub(ch) for ch in self.channels]  # type: ignore[no-untyped-call]
             keys = [pbg.KeysStub(ch) for ch in self.channels]  # type: ignore[no-untyped-call]
-            self.node = cast(pbg.NodeStub, _RoundRobin(nodes, self._next))  # the stub's methods, over all
-            self.keys = cast(pbg.KeysStub, _RoundRobin(keys, self._next))
+            self.node = cast(pbg.NodeStub, FailoverStub(nodes, self.members))  # the stub's methods, over all
+            self.keys = cast(pbg.KeysStub, FailoverStub(keys, self.members))
         self.admin = pbg.NodeAdminStub(self.channel)  # type: ignore[no-untyped-call]  # generated, untyped
         self.custodian = pbg.CustodianStub(self.channel)  # type: ignore[no-untyped-call]  # generated, untyped
-
-    def _next(self) -> int:
-        self._turn = (self._turn + 1) % len(self.channels)
-        return self._turn
 
     async def encrypt_batch(
         self, name: str, plaintexts: Sequence[bytes], aad: bytes | Sequence[bytes] = b""

@@ -28,7 +28,7 @@ class Setting(NamedTuple):
     key: str  # "section.name" in the TOML file
     flag: str  # "--name"
     env: str  # "SDQUORUM_..."
-    kind: type = str  # str, int, Path, bool, list (list of str)
+    kind: type = str  # str, int, float, Path, bool, list (list of str)
     default: Any = None
     required: bool = False
     help: str = ""
@@ -130,6 +130,10 @@ def _convert(s: Setting, raw: Any, source: str) -> Any:
             if isinstance(raw, bool):
                 raise ValueError("use a whole number")
             return int(raw)
+        if s.kind is float:
+            if isinstance(raw, bool):
+                raise ValueError("use a number")
+            return float(raw)
         if s.kind is Path:
             return Path(str(raw)).expanduser()
         if s.kind is list:

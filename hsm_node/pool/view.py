@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from hsm_node.pool._member_file import read_local, write_local
+from hsm_node.pool.cache import RowCache
 from hsm_node.pool.etcd import (
     CompactedError,
     Delete,
@@ -126,7 +127,7 @@ class EtcdView:
         self.on_commit: Callable[[], None] | None = None
         # the cache (guarded by _lock; written by the loop thread only)
         self._lock = threading.RLock()  # re-entered by reads inside snapshot()
-        self._cache: dict[bytes, KeyValue] = {}
+        self._cache = RowCache(self.prefix)
         self._revision = 0
         self._contact = 0.0  # time.monotonic() of the last answer from etcd
         self._removed = False
@@ -173,7 +174,7 @@ class EtcdView:
             self._caught_up = asyncio.Condition()
         kvs, revision = await self._client.get_prefix(self.prefix)
         with self._lock:
-            self._cache = {kv.key: kv for kv in kvs}
+            self._cache = RowCache(self.prefix, kvs)
             self._revision = revision
             self._contact = time.monotonic()
         async with self._caught_up:
@@ -306,15 +307,13 @@ class EtcdView:
         """Every committed row under ``prefix`` as the cache holds it (revisions too), by key."""
         self._fresh()
         with self._lock:
-            return sorted(
-                (kv for k, kv in self._cache.items() if k.startswith(prefix)), key=lambda kv: kv.key
-            )
+            return sorted(self._cache.under(prefix), key=lambda kv: kv.key)
 
     def scan(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
         """Every (key, value) under ``prefix`` as this transaction sees it, in creation order."""
         self._fresh()
         with self._lock:
-            kvs = [kv for k, kv in self._cache.items() if k.startswith(prefix)]
+            kvs = self._cache.under(prefix)
         kvs.sort(key=lambda kv: (kv.create_revision, kv.key))
         rows = [(kv.key, kv.value) for kv in kvs]
         tx = self.transaction()
@@ -404,15 +403,15 @@ class EtcdView:
         return self.prefix + "/".join(urllib.parse.quote(p, safe="") for p in parts).encode()
 
 
-def _apply_events(cache: dict[bytes, KeyValue], batch: WatchBatch) -> None:
+def _apply_events(cache: RowCache, batch: WatchBatch) -> None:
     for ev in batch.events:
         if ev.kind is EventKind.DELETE:
-            cache.pop(ev.key, None)
+            cache.pop(ev.key)
         else:
             old = cache.get(ev.key)
             created = old.create_revision if old is not None else ev.mod_revision
             version = old.version + 1 if old is not None else 1
-            cache[ev.key] = KeyValue(ev.key, ev.value, created, ev.mod_revision, version, 0)
+            cache.put(KeyValue(ev.key, ev.value, created, ev.mod_revision, version, 0))
 
 
 def _refuse_conflict(view: EtcdView, tx: _Tx) -> None:

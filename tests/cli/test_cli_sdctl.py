@@ -216,6 +216,18 @@ def test_debug_shows_the_traceback(
     assert "Traceback" in err and err.splitlines()[-1].startswith("sdctl: error: give --cert")
 
 
+def test_a_pool_retry_interval_out_of_range_is_one_line_naming_the_setting(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    tls_flags = ["--cert", "admin.pem", "--key", "admin.key", "--ca", "ca.pem"]  # never read: refused first
+    for value in ("0", "-1", "301", "nan"):
+        argv = ["--node", "127.0.0.1:1,127.0.0.1:2", "--retry-interval", value, *tls_flags, "status"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "more than 0 and at most 300 seconds" in err[0], err
+        assert "--retry-interval" in err[0] and "sdctl.retry_interval" in err[0]
+
+
 # ------------------------------------------------------------------------------- download
 
 

@@ -188,6 +188,8 @@ def test_environment_overrides_the_file_and_a_flag_overrides_the_environment() -
     assert load_sdctl(SDCTL, env)["node"] == "node-b.example:7443"
     assert load_sdctl(SDCTL, env, node="node-c.example:7443")["node"] == "node-c.example:7443"
     assert load_sdctl(SDCTL, env)["output"] == "json"
+    assert load_sdctl(SDCTL, {"SDCTL_RETRY_INTERVAL": "0.25"})["retry_interval"] == 0.25
+    assert load_sdctl(SDCTL, {"SDCTL_RETRY_INTERVAL": "0.25"}, retry_interval="2")["retry_interval"] == 2.0
 
 
 # ------------------------------------------------------------------------------------- errors
@@ -230,6 +232,8 @@ def test_an_unknown_section_is_refused_naming_it(tmp_path: Path) -> None:
         (NODE, "crypto_workers", "crypto_workers = 65", "node.crypto_workers", load_node),
         (NODE, "crypto_workers", "crypto_workers = -1", "node.crypto_workers", load_node),
         (NODE, "id", 'id = "node a!"', "node.id", load_node),
+        (SDCTL, "retry_interval", 'retry_interval = "soon"', "sdctl.retry_interval", load_sdctl),
+        (SDCTL, "retry_timeout", "retry_timeout = true", "sdctl.retry_timeout", load_sdctl),
         (AGENT, "approval", 'approval = "sometimes"', "agent.approval", load_agent),
         (AGENT, "node", 'node = "nohostport"', "agent.node", load_agent),
         (AGENT, "log_format", 'log_format = "xml"', "observability.log_format", load_agent),

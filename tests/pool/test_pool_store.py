@@ -109,6 +109,78 @@ def test_a_key_created_on_one_member_is_usable_on_the_other_within_a_bound(membe
     assert [k.name for k in a.keys.list_keys(deleted=True)] == ["k3"]
 
 
+def test_reading_the_members_and_joins_costs_the_same_with_thousands_of_keys(members: Members) -> None:
+    """Each member's loop reads the members and the join requests ten times a second, on the loop
+    that serves the data plane: those reads must not walk every key row (they did: 17 ms a read at
+    100,000 keys, a third of a core per member)."""
+    a, b = members()
+    _activate(a, b)
+
+    def cost() -> float:  # the least time of 30 tries of 20 loop passes' reads: the noise floor
+        best = float("inf")
+        for _ in range(30):
+            t0 = time.perf_counter()
+            for _ in range(20):
+                b.pool.pool_rows("members"), b.pool.pool_rows("joins")
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+    few = cost()
+    for start in range(0, 3000, 60):  # 60 creates and their 60 conditions: under etcd's 128 a txn
+        with a.batch():
+            for i in range(start, start + 60):
+                a.keys.put_key(DEK, StoredKey(f"bulk-{i}", AES, b"pub", 100, "app"), b"private")
+    _wait(lambda: b.keys.find_key("bulk-2999") is not None)
+    many = cost()
+    print(
+        f"\nmembers + joins read, 20 passes: {few * 1000:.2f} ms with 0 keys, {many * 1000:.2f} ms with 3,000"
+    )
+    assert many < 3 * few + 0.0005
+
+
+def _wakeups(thread_name: str) -> int:
+    """How many times the threads called ``thread_name`` of this process were woken so far."""
+    total = 0
+    for t in threading.enumerate():
+        if t.name == thread_name and t.native_id is not None:
+            status = Path(f"/proc/self/task/{t.native_id}/status").read_text()
+            total += sum(int(line.split()[1]) for line in status.splitlines() if "ctxt_switches" in line)
+    return total
+
+
+async def test_a_members_etcd_thread_sleeps_while_the_node_serves_calls(members: Members) -> None:
+    """A member serves gRPC on its main loop and keeps etcd on a thread of its own: that thread must
+    not wake for the calls served. With a grpc.aio etcd client both loops shared grpc.aio's one
+    poller and the etcd thread woke for every event and forwarded it: a quarter more CPU per
+    Encrypt on a member than on a node without a pool (ADR 0013)."""
+    import grpc
+    import grpc.aio
+
+    members()  # two members, each with its etcd thread
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("t.T", {"Echo": grpc.unary_unary_rpc_method_handler(_echo)}),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            echo = ch.unary_unary("/t.T/Echo")
+            await echo(b"warm")
+            before, t0 = _wakeups("pool-etcd"), time.monotonic()
+            for _ in range(50):
+                await asyncio.gather(*(echo(b"x") for _ in range(10)))
+            woken, took = _wakeups("pool-etcd") - before, time.monotonic() - t0
+    finally:
+        await server.stop(0)
+    print(f"\n500 calls served in {took:.2f} s: the member's etcd thread woke {woken} times")
+    assert woken <= 20 + 10 * took  # its own work only: a freshness read a second, watch batches
+
+
+async def _echo(request: bytes, context: object) -> bytes:
+    return request
+
+
 def test_concurrent_creates_of_one_name_on_two_members_exactly_one_wins(members: Members) -> None:
     a, b = members()
     _activate(a, b)

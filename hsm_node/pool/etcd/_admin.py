@@ -14,11 +14,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
-import grpc.aio
 from aetcd import rpc  # etcd's v3 API (generated, kept current by aetcd's maintainers)
 
 from hsm_node.pool.etcd._connection import HASLEADER, Connection
-from hsm_node.pool.etcd._errors import rpc_detail
+from hsm_node.pool.etcd._errors import code_of, details_of, rpc_detail
 from hsm_node.pool.etcd._layout import ROOT, prefix_end
 from hsm_node.pool.etcd._values import MemberStatus
 from sdquorum.errors import TransportError
@@ -35,10 +34,12 @@ class ClusterAdmin(Connection):
     async def status(self, endpoint: str) -> MemberStatus:
         """What ``endpoint`` says of itself (one member, no failover: for health checks)."""
         try:
-            r = await rpc.MaintenanceStub(self._channel(endpoint)).Status(
-                rpc.StatusRequest(), timeout=self.config.attempt_timeout
+            r = await self.blocking(
+                rpc.MaintenanceStub(self._channel(endpoint)).Status,
+                rpc.StatusRequest(),
+                self.config.attempt_timeout,
             )
-        except grpc.aio.AioRpcError as e:
+        except grpc.RpcError as e:
             raise TransportError(
                 f"etcd member {endpoint} did not answer a status request ({rpc_detail(e)})"
             ) from e
@@ -56,9 +57,9 @@ class ClusterAdmin(Connection):
         """As etcd ``root``: drop the history before ``revision`` (watches from before it then end
         with :class:`CompactedError`)."""
 
-        async def attempt(ch: grpc.aio.Channel, t: float) -> Any:
+        def attempt(ch: grpc.Channel, t: float) -> Any:
             req = rpc.CompactionRequest(revision=revision, physical=True)
-            return await rpc.KVStub(ch).Compact(req, timeout=t, metadata=HASLEADER)
+            return rpc.KVStub(ch).Compact(req, timeout=t, metadata=HASLEADER)
 
         await self._call("compaction", attempt)
 
@@ -99,15 +100,11 @@ class ClusterAdmin(Connection):
         """Run one auth request; False (not an error) when etcd refuses it with ``unless`` in its
         detail: the state the request asks for holds already."""
 
-        async def attempt(ch: grpc.aio.Channel, t: float) -> Any:
+        def attempt(ch: grpc.Channel, t: float) -> Any:
             try:
-                return await getattr(rpc.AuthStub(ch), method)(request, timeout=t, metadata=HASLEADER)
-            except grpc.aio.AioRpcError as e:
-                if (
-                    unless
-                    and e.code() == grpc.StatusCode.FAILED_PRECONDITION
-                    and unless in (e.details() or "")
-                ):
+                return getattr(rpc.AuthStub(ch), method)(request, timeout=t, metadata=HASLEADER)
+            except grpc.RpcError as e:
+                if unless and code_of(e) == grpc.StatusCode.FAILED_PRECONDITION and unless in details_of(e):
                     return None
                 raise
 

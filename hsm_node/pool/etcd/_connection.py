@@ -14,6 +14,11 @@ Invariants:
   first next time.
 * Channels use mutual TLS with this member's etcd client pair and the cluster's TLS name; they are
   opened on first use and closed by :meth:`Connection.close`.
+* The channels are grpc's blocking ones, each call made on this connection's own threads and
+  awaited from the caller's loop: no grpc.aio object lives here. grpc.aio binds every event loop
+  that uses it to one poller per process and wakes all of them for every event; a pool member
+  runs this client on a loop of its own, so with grpc.aio its etcd thread woke for every call the
+  node served and forwarded it to the serving loop (ADR 0013, "Data-plane cost of a member").
 """
 
 from __future__ import annotations
@@ -21,14 +26,14 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Self, TypeVar
 
 import grpc
-import grpc.aio
 
 import sdquorum_rpc  # noqa: F401  # its import pins grpc's TLS 1.2 suites: etcd is offered what every channel offers
-from hsm_node.pool.etcd._errors import raise_if_final, rpc_detail
+from hsm_node.pool.etcd._errors import details_of, raise_if_final, rpc_detail
 from hsm_node.pool.etcd._values import EtcdConfig
 from sdquorum.errors import TransportError
 
@@ -47,8 +52,10 @@ class Connection:
         self._creds = grpc.ssl_channel_credentials(
             root_certificates=config.ca_pem, private_key=config.key_pem, certificate_chain=config.cert_pem
         )
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._channels: dict[str, grpc.Channel] = {}
         self._current = 0  # index of the endpoint that answered last
+        # the blocking calls (made at first use; a watch reads on a thread of its own)
+        self._threads: ThreadPoolExecutor | None = None
 
     async def __aenter__(self) -> Self:
         return self
@@ -59,12 +66,21 @@ class Connection:
     async def close(self) -> None:
         channels, self._channels = list(self._channels.values()), {}
         for ch in channels:
-            await ch.close(None)
+            ch.close()
+        threads, self._threads = self._threads, None
+        if threads is not None:
+            threads.shutdown(wait=False, cancel_futures=True)
 
-    def _channel(self, endpoint: str) -> grpc.aio.Channel:
+    async def blocking(self, fn: Callable[..., _T], *args: object) -> _T:
+        """``fn(*args)`` (a blocking grpc call) on this connection's threads, awaited here."""
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="etcd-call")
+        return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
+
+    def _channel(self, endpoint: str) -> grpc.Channel:
         ch = self._channels.get(endpoint)
         if ch is None:
-            ch = grpc.aio.secure_channel(
+            ch = grpc.secure_channel(
                 endpoint,
                 self._creds,
                 options=[
@@ -85,19 +101,22 @@ class Connection:
 
     # ------------------------------------------------------------------ the retry loop
 
-    async def _call(self, what: str, attempt: Callable[[grpc.aio.Channel, float], Awaitable[_T]]) -> _T:
-        """Run ``attempt`` on the current endpoint, then on the next ones, until one answers or
-        ``call_timeout`` is spent; translate the final failure."""
+    async def _call(self, what: str, attempt: Callable[[grpc.Channel, float], _T]) -> _T:
+        """Run ``attempt`` (blocking, on this connection's threads) on the current endpoint, then
+        on the next ones, until one answers or ``call_timeout`` is spent; translate the final
+        failure."""
         cfg = self.config
         deadline = time.monotonic() + cfg.call_timeout
         n = len(cfg.endpoints)
-        last: grpc.aio.AioRpcError | None = None
+        last: grpc.RpcError | None = None
         tried = 0
         while (remaining := deadline - time.monotonic()) > 0:
             endpoint = cfg.endpoints[self._current % n]
             try:
-                result = await attempt(self._channel(endpoint), min(cfg.attempt_timeout, remaining))
-            except grpc.aio.AioRpcError as e:
+                result = await self.blocking(
+                    attempt, self._channel(endpoint), min(cfg.attempt_timeout, remaining)
+                )
+            except grpc.RpcError as e:
                 raise_if_final(e, what)
                 last = e
                 tried += 1
@@ -107,7 +126,7 @@ class Connection:
                 continue
             return result
         detail = rpc_detail(last) if last is not None else "no attempt finished in time"
-        if last is not None and _TLS_FAILURE.search(last.details() or ""):
+        if last is not None and _TLS_FAILURE.search(details_of(last)):
             raise TransportError(
                 f"etcd {what} failed: TLS with {', '.join(cfg.endpoints)} failed ({detail}); check that "
                 "this member's etcd certificate, key and CA come from the cluster's etcd CA"

@@ -14,7 +14,15 @@ import grpc.aio
 
 from sdquorum.errors import PermissionDeniedError, StateError, StorageError, TransportError, UsageError
 
-__all__ = ["EOF", "CompactedError", "LeaseNotFound", "raise_if_final", "rpc_detail", "stream_closed"]
+__all__ = [
+    "EOF",
+    "CompactedError",
+    "LeaseNotFound",
+    "details_of",
+    "raise_if_final",
+    "rpc_detail",
+    "stream_closed",
+]
 
 _RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]  # grpc-stubs lacks the end-of-stream marker
@@ -33,10 +41,22 @@ class LeaseNotFound(StateError):
     """etcd no longer knows the lease (it expired or was revoked): kept inside the package."""
 
 
-def rpc_detail(e: grpc.aio.AioRpcError) -> str:
+def code_of(e: grpc.RpcError) -> grpc.StatusCode:
+    """A failed call's status (grpc's blocking calls raise errors that are also a ``grpc.Call``)."""
+    code = getattr(e, "code", None)
+    return code() if callable(code) else grpc.StatusCode.UNKNOWN
+
+
+def details_of(e: grpc.RpcError) -> str:
+    details = getattr(e, "details", None)
+    return (details() if callable(details) else None) or ""
+
+
+def rpc_detail(e: grpc.RpcError) -> str:
     """The status code and the first line of etcd's detail (at most 200 characters), for a log."""
-    text = (e.details() or "").splitlines()[0][:200] if e.details() else ""
-    return f"{e.code().name}: {text}" if text else e.code().name
+    details = details_of(e)
+    text = details.splitlines()[0][:200] if details else ""
+    return f"{code_of(e).name}: {text}" if text else code_of(e).name
 
 
 def stream_closed() -> grpc.aio.AioRpcError:
@@ -46,10 +66,10 @@ def stream_closed() -> grpc.aio.AioRpcError:
     )
 
 
-def raise_if_final(e: grpc.aio.AioRpcError, what: str) -> None:
+def raise_if_final(e: grpc.RpcError, what: str) -> None:
     """Raise the project error for an answer that another member would give too; return for one
     worth retrying elsewhere (unreachable, no leader, timed out)."""
-    code, details = e.code(), e.details() or ""
+    code, details = code_of(e), details_of(e)
     if code in _RETRYABLE:
         return
     if code == grpc.StatusCode.PERMISSION_DENIED or "permission denied" in details:

@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
-import grpc.aio
 from aetcd import rpc  # etcd's v3 API (generated, kept current by aetcd's maintainers)
 
 from hsm_node.pool.etcd._connection import HASLEADER, Connection
@@ -42,8 +41,8 @@ class KeyValues(Connection):
     """Key-value reads, plain writes, compare-and-set and all-or-nothing transactions."""
 
     async def get(self, key: bytes) -> KeyValue | None:
-        async def attempt(ch: grpc.aio.Channel, t: float) -> Any:
-            return await rpc.KVStub(ch).Range(rpc.RangeRequest(key=key), timeout=t, metadata=HASLEADER)
+        def attempt(ch: grpc.Channel, t: float) -> Any:
+            return rpc.KVStub(ch).Range(rpc.RangeRequest(key=key), timeout=t, metadata=HASLEADER)
 
         r = await self._call("read", attempt)
         return _kv(r.kvs[0]) if r.kvs else None
@@ -60,11 +59,9 @@ class KeyValues(Connection):
         start, end, revision = prefix, prefix_end(prefix), 0
         while True:
 
-            async def attempt(
-                ch: grpc.aio.Channel, t: float, start: bytes = start, revision: int = revision
-            ) -> Any:
+            def attempt(ch: grpc.Channel, t: float, start: bytes = start, revision: int = revision) -> Any:
                 req = rpc.RangeRequest(key=start, range_end=end, limit=page, revision=revision)
-                return await rpc.KVStub(ch).Range(req, timeout=t, metadata=HASLEADER)
+                return rpc.KVStub(ch).Range(req, timeout=t, metadata=HASLEADER)
 
             r = await self._call("read", attempt)
             if revision == 0:
@@ -77,9 +74,9 @@ class KeyValues(Connection):
     async def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
         """Write ``value`` at ``key`` unconditionally; returns the revision it was written at."""
 
-        async def attempt(ch: grpc.aio.Channel, t: float) -> Any:
+        def attempt(ch: grpc.Channel, t: float) -> Any:
             req = rpc.PutRequest(key=key, value=value, lease=lease)
-            return await rpc.KVStub(ch).Put(req, timeout=t, metadata=HASLEADER)
+            return rpc.KVStub(ch).Put(req, timeout=t, metadata=HASLEADER)
 
         r = await self._call("write", attempt)
         return int(r.header.revision)
@@ -87,9 +84,9 @@ class KeyValues(Connection):
     async def delete(self, key: bytes) -> bool:
         """Delete ``key``; True if it existed (on a retried call: if it is gone now)."""
 
-        async def attempt(ch: grpc.aio.Channel, t: float) -> Any:
+        def attempt(ch: grpc.Channel, t: float) -> Any:
             req = rpc.DeleteRangeRequest(key=key)
-            return await rpc.KVStub(ch).DeleteRange(req, timeout=t, metadata=HASLEADER)
+            return rpc.KVStub(ch).DeleteRange(req, timeout=t, metadata=HASLEADER)
 
         r = await self._call("delete", attempt)
         return int(r.deleted) > 0
@@ -159,8 +156,8 @@ class KeyValues(Connection):
                 f"({self.config.max_request_bytes}): write it in smaller transactions"
             )
 
-        async def attempt(ch: grpc.aio.Channel, t: float) -> Any:
-            return await rpc.KVStub(ch).Txn(txn, timeout=t, metadata=HASLEADER)
+        def attempt(ch: grpc.Channel, t: float) -> Any:
+            return rpc.KVStub(ch).Txn(txn, timeout=t, metadata=HASLEADER)
 
         r = await self._call("commit", attempt)
         if r.succeeded:
@@ -190,13 +187,13 @@ class KeyValues(Connection):
             key=key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=mod_revision
         )
 
-        async def attempt(ch: grpc.aio.Channel, t: float) -> Any:
+        def attempt(ch: grpc.Channel, t: float) -> Any:
             req = rpc.TxnRequest(
                 compare=[cmp],
                 success=[rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))],
                 failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key))],
             )
-            return await rpc.KVStub(ch).Txn(req, timeout=t, metadata=HASLEADER)
+            return rpc.KVStub(ch).Txn(req, timeout=t, metadata=HASLEADER)
 
         r = await self._call("delete", attempt)
         if r.succeeded:
@@ -206,13 +203,13 @@ class KeyValues(Connection):
     async def _txn_put(
         self, what: str, key: bytes, value: bytes, lease: int, cmp: Any
     ) -> tuple[bool, KeyValue | None]:
-        async def attempt(ch: grpc.aio.Channel, t: float) -> Any:
+        def attempt(ch: grpc.Channel, t: float) -> Any:
             req = rpc.TxnRequest(
                 compare=[cmp],
                 success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease))],
                 failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key))],
             )
-            return await rpc.KVStub(ch).Txn(req, timeout=t, metadata=HASLEADER)
+            return rpc.KVStub(ch).Txn(req, timeout=t, metadata=HASLEADER)
 
         r = await self._call(what, attempt)
         if r.succeeded:

@@ -13,7 +13,6 @@ import contextlib
 from typing import Any
 
 import grpc
-import grpc.aio
 from aetcd import rpc  # etcd's v3 API (generated, kept current by aetcd's maintainers)
 
 from hsm_node.pool.etcd._connection import HASLEADER
@@ -32,9 +31,9 @@ class Leases(KeyValues):
         if ttl < 1:
             raise UsageError("a lease needs a TTL of at least 1 second")
 
-        async def attempt(ch: grpc.aio.Channel, t: float) -> Any:
+        def attempt(ch: grpc.Channel, t: float) -> Any:
             req = rpc.LeaseGrantRequest(TTL=ttl)
-            return await rpc.LeaseStub(ch).LeaseGrant(req, timeout=t, metadata=HASLEADER)
+            return rpc.LeaseStub(ch).LeaseGrant(req, timeout=t, metadata=HASLEADER)
 
         r = await self._call("lease grant", attempt)
         if r.error:
@@ -44,11 +43,12 @@ class Leases(KeyValues):
     async def keep_alive(self, lease: int) -> int:
         """Refresh ``lease`` once; returns its new TTL. StateError if it has expired already."""
 
-        async def attempt(ch: grpc.aio.Channel, t: float) -> Any:
-            call = rpc.LeaseStub(ch).LeaseKeepAlive(timeout=t, metadata=HASLEADER)
+        def attempt(ch: grpc.Channel, t: float) -> Any:
+            call = rpc.LeaseStub(ch).LeaseKeepAlive(
+                iter([rpc.LeaseKeepAliveRequest(ID=lease)]), timeout=t, metadata=HASLEADER
+            )
             try:
-                await call.write(rpc.LeaseKeepAliveRequest(ID=lease))
-                reply = await call.read()
+                reply = next(call, EOF)
             finally:
                 call.cancel()
             if reply is EOF:
@@ -63,9 +63,9 @@ class Leases(KeyValues):
     async def revoke_lease(self, lease: int) -> None:
         """Revoke ``lease`` (its keys go with it). A lease that is gone already is not an error."""
 
-        async def attempt(ch: grpc.aio.Channel, t: float) -> Any:
+        def attempt(ch: grpc.Channel, t: float) -> Any:
             req = rpc.LeaseRevokeRequest(ID=lease)
-            return await rpc.LeaseStub(ch).LeaseRevoke(req, timeout=t, metadata=HASLEADER)
+            return rpc.LeaseStub(ch).LeaseRevoke(req, timeout=t, metadata=HASLEADER)
 
         try:
             await self._call("lease revoke", attempt)
@@ -75,10 +75,8 @@ class Leases(KeyValues):
     async def leases(self) -> list[int]:
         """Every lease the cluster holds now (any holder's: an operator's question, as ``root``)."""
 
-        async def attempt(ch: grpc.aio.Channel, t: float) -> Any:
-            return await rpc.LeaseStub(ch).LeaseLeases(
-                rpc.LeaseLeasesRequest(), timeout=t, metadata=HASLEADER
-            )
+        def attempt(ch: grpc.Channel, t: float) -> Any:
+            return rpc.LeaseStub(ch).LeaseLeases(rpc.LeaseLeasesRequest(), timeout=t, metadata=HASLEADER)
 
         r = await self._call("lease list", attempt)
         return [int(lease.ID) for lease in r.leases]
@@ -86,9 +84,9 @@ class Leases(KeyValues):
     async def lease_keys(self, lease: int) -> list[bytes]:
         """The keys that live under ``lease`` (none if it is gone)."""
 
-        async def attempt(ch: grpc.aio.Channel, t: float) -> Any:
+        def attempt(ch: grpc.Channel, t: float) -> Any:
             req = rpc.LeaseTimeToLiveRequest(ID=lease, keys=True)
-            return await rpc.LeaseStub(ch).LeaseTimeToLive(req, timeout=t, metadata=HASLEADER)
+            return rpc.LeaseStub(ch).LeaseTimeToLive(req, timeout=t, metadata=HASLEADER)
 
         try:
             r = await self._call("lease time-to-live", attempt)

@@ -4,18 +4,21 @@ Invariants: a watch resumes after a broken stream from the revision after the la
 delivered, on any endpoint, so no event is lost or delivered twice; if etcd compacted that revision
 away it raises :class:`CompactedError` and the caller reloads. A quiet stream asks for a progress
 notice every ``progress_interval`` and leaves a member that does not answer one within
-``attempt_timeout`` (a silent partition is noticed that fast). One task reads each stream: a
-pending read is never cancelled (that would end the stream), timeouts wait on its queue instead.
+``attempt_timeout`` (a silent partition is noticed that fast). One thread reads each stream (grpc's
+blocking API, see :mod:`._connection`) into a queue of the caller's loop; timeouts wait on that
+queue, and leaving a stream cancels its call, which ends the thread's read.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+import queue
+import threading
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
-import grpc.aio
 from aetcd import rpc  # etcd's v3 API (generated, kept current by aetcd's maintainers)
 
 from hsm_node.pool.etcd._connection import HASLEADER, Connection
@@ -44,18 +47,17 @@ class Watches(Connection):
         n = len(cfg.endpoints)
         while True:
             endpoint = cfg.endpoints[self._current % n]
-            call = rpc.WatchStub(self._channel(endpoint)).Watch(metadata=HASLEADER)
-            # one reader per stream: cancelling a pending read would end the whole stream, so the
-            # timeouts below wait on this queue instead
+            requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+            call = rpc.WatchStub(self._channel(endpoint)).Watch(_until_none(requests), metadata=HASLEADER)
             inbox: asyncio.Queue[Any] = asyncio.Queue()
-            pump = asyncio.ensure_future(_pump(call, inbox))
+            threading.Thread(
+                target=_pump, args=(call, inbox, asyncio.get_running_loop()), name="etcd-watch", daemon=True
+            ).start()
             try:
                 create = rpc.WatchCreateRequest(
                     key=prefix, range_end=prefix_end(prefix), start_revision=next_rev, progress_notify=True
                 )
-                await asyncio.wait_for(
-                    call.write(rpc.WatchRequest(create_request=create)), cfg.attempt_timeout
-                )
+                requests.put(rpc.WatchRequest(create_request=create))
                 asked = False
                 while True:
                     try:
@@ -65,14 +67,11 @@ class Watches(Connection):
                     except TimeoutError:
                         if asked:
                             break  # no answer to a progress request: this member is cut off
-                        await asyncio.wait_for(
-                            call.write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())),
-                            cfg.attempt_timeout,
-                        )
+                        requests.put(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
                         asked = True
                         continue
                     asked = False
-                    if isinstance(r, grpc.aio.AioRpcError):
+                    if isinstance(r, grpc.RpcError):
                         raise_if_final(r, "watch")
                         break
                     if r is EOF:
@@ -93,29 +92,33 @@ class Watches(Connection):
                     else:
                         next_rev = max(next_rev, int(r.header.revision) + 1)
                     yield WatchBatch(int(r.header.revision), events)
-            except grpc.aio.AioRpcError as e:
-                raise_if_final(e, "watch")
-            except (TimeoutError, asyncio.InvalidStateError):
-                pass  # a request did not go out, or the stream ended under us: next member
             finally:
-                pump.cancel()
-                call.cancel()
+                requests.put(None)  # the request stream ends
+                call.cancel()  # and the pump's read with it
             self._current = (self._current + 1) % n
             await asyncio.sleep(min(cfg.attempt_timeout, 0.2))
 
 
-async def _pump(call: Any, inbox: asyncio.Queue[Any]) -> None:
-    """Move a stream's responses (then EOF, or the error that ended it) into ``inbox``."""
+def _until_none(requests: queue.SimpleQueue[Any]) -> Iterator[Any]:
+    """A stream's requests, as the caller queues them, until it queues None."""
+    while (r := requests.get()) is not None:
+        yield r
+
+
+def _pump(call: Any, inbox: asyncio.Queue[Any], loop: asyncio.AbstractEventLoop) -> None:
+    """Move a stream's responses (then EOF, or the error that ended it) into ``inbox`` on
+    ``loop`` (this runs on a thread of its own)."""
+
+    def put(item: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody reads any more
+            loop.call_soon_threadsafe(inbox.put_nowait, item)
+
     try:
-        while True:
-            r = await call.read()
-            inbox.put_nowait(r)
-            if r is EOF:
-                return
-    except grpc.aio.AioRpcError as e:
-        inbox.put_nowait(e)
-    except asyncio.InvalidStateError:
-        inbox.put_nowait(EOF)
+        for r in call:
+            put(r)
+        put(EOF)
+    except grpc.RpcError as e:
+        put(e)
 
 
 def _event(ev: Any) -> WatchEvent:
