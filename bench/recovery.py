@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import os
 import random
@@ -182,10 +183,24 @@ def measure_crypto(ctx: BenchContext, sd_bytes: bytes, m: int, n: int, reps: int
     )
 
 
-async def measure_node_host(ctx: BenchContext, sd_bytes: bytes, m: int, n: int, reps: int) -> float:
+async def measure_node_host(
+    ctx: BenchContext,
+    sd_bytes: bytes,
+    m: int,
+    n: int,
+    reps: int,
+    *,
+    together: bool = False,
+    commits: list[int] | None = None,
+) -> float:
     """The node's own cost of taking m answers, no network: ``Node.submit_answer`` m times (session
     check, coordinator crypto, audit entry signed and written, completion: domain stored, node
-    ACTIVATED). Compare with the coordinator-only ``node`` term of :func:`measure_crypto`."""
+    ACTIVATED). Compare with the coordinator-only ``node`` term of :func:`measure_crypto`.
+
+    One after another (each answer awaited before the next is sent: one commit each), or
+    ``together``: the m calls made at once, as m agents answering in the same moment reach the
+    node (the node takes them as one batch: one commit for all). ``commits``, if given, gets each
+    run's number of store commits while the answers were taken."""
     h = harness()
     att_key, att_der = h.load_attestation(ctx.pki_dir, "node-b")
     policy = envelopes.CustodianPolicy((ctx.pki_dir / "attestation-root.pem").read_bytes())
@@ -208,10 +223,20 @@ async def measure_node_host(ctx: BenchContext, sd_bytes: bytes, m: int, n: int, 
                 creq = req.for_custodian(name)
                 answer = responder.answer(creq, responder.check(creq, thumb, policy, now), key, os.urandom)
                 answers.append((req.request_id, answer, Role("custodian", name)))
+            committed: list[None] = []
+            store.on_commit = functools.partial(committed.append, None)
             started = time.perf_counter()
-            for request_id, answer, role in answers[:m]:
-                await node.answers.submit_answer(request_id, answer, role, kind="recovery")
+            if together:
+                await asyncio.gather(
+                    *(node.answers.submit_answer(r, a, role, kind="recovery") for r, a, role in answers[:m])
+                )
+            else:
+                for request_id, answer, role in answers[:m]:
+                    await node.answers.submit_answer(request_id, answer, role, kind="recovery")
             times.append(time.perf_counter() - started)
+            store.on_commit = None
+            if commits is not None:
+                commits.append(len(committed))
             if node.state != "ACTIVATED":
                 raise RuntimeError(f"the in-process node did not activate: {session.message}")
         finally:
