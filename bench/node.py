@@ -14,6 +14,9 @@ answer is what makes a recovery's time grow with n. Measured in one run:
   (one base-point multiplication), one Ed25519 signature (the answer's audit entry), each the
   median of many repetitions with the same key sizes as the run's custodians and node.
 
+The node logs while it is measured as ``hsm-node run`` does by default (each answer a line at INFO,
+text format), into /dev/null (:func:`logging_as_the_node_does`).
+
 Both ways answers reach a node are measured, taking turns: **one after another** (each answer
 awaited before the next is sent: one commit each) and **together** (the m calls made at once, as
 m agents answering in the same moment reach the node: one batch, one commit; the commits each run
@@ -26,9 +29,12 @@ measured in the same run. The node acknowledges no answer before its audit entry
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import nacl.public
 from cryptography.hazmat.primitives import hashes
@@ -38,6 +44,7 @@ from bench.recovery import make_sd_file, measure_node_host
 from hsm_node.store import SqliteNodeStore
 from sdquorum import shamir
 from sdquorum.keys import pss_sha256, rsa_public_key_of
+from sdquorum_rpc.observability import setup_logging
 
 __all__ = ["measure_answer_floor", "run_node"]
 
@@ -90,6 +97,30 @@ def measure_commit(ctx: BenchContext, reps: int) -> float:
         store.close()
 
 
+@contextlib.contextmanager
+def logging_as_the_node_does() -> Iterator[None]:
+    """The node's own logging while it is measured: ``hsm-node run`` logs each answer at INFO, its
+    default level, in its text format on stderr (``setup_logging``, as its CLI calls it); here the
+    same lines go to /dev/null, so making and writing them is in the measured time while the
+    table stays quiet."""
+    root, node_logger = logging.getLogger(), logging.getLogger("sdquorum")
+    handlers, level, node_level = root.handlers[:], root.level, node_logger.level
+    with open(os.devnull, "w") as sink:
+        root.handlers.clear()
+        stderr, sys.stderr = sys.stderr, sink
+        try:
+            setup_logging("INFO")  # its handler writes to the sys.stderr of this moment: the sink
+        finally:
+            sys.stderr = stderr
+        node_logger.setLevel(logging.NOTSET)
+        try:
+            yield
+        finally:
+            root.handlers[:] = handlers
+            root.setLevel(level)
+            node_logger.setLevel(node_level)
+
+
 async def run_node(ctx: BenchContext) -> list[Row]:
     m = n = 3 if ctx.quick else 10
     sd = await make_sd_file(ctx, m, n)
@@ -99,11 +130,12 @@ async def run_node(ctx: BenchContext) -> list[Row]:
     together: list[float] = []
     commits_alone: list[int] = []
     commits_together: list[int] = []
-    for _ in range(reps):
-        alone.append(await measure_node_host(ctx, sd, m, n, reps=1, commits=commits_alone) / m)
-        together.append(
-            await measure_node_host(ctx, sd, m, n, reps=1, together=True, commits=commits_together) / m
-        )
+    with logging_as_the_node_does():
+        for _ in range(reps):
+            alone.append(await measure_node_host(ctx, sd, m, n, reps=1, commits=commits_alone) / m)
+            together.append(
+                await measure_node_host(ctx, sd, m, n, reps=1, together=True, commits=commits_together) / m
+            )
     per_answer, per_answer_together = median(alone), median(together)
     parts = measure_answer_floor(ctx, reps=50 if ctx.quick else 300)
     floor = sum(parts.values())
