@@ -14,6 +14,10 @@ answer is what makes a recovery's time grow with n. Measured in one run:
   (one base-point multiplication), one Ed25519 signature (the answer's audit entry), each the
   median of many repetitions with the same key sizes as the run's custodians and node.
 
+The details also give the node's CPU time per answer (this thread's, over the same span): it
+leaves out the fsync waits and the turns other processes take on a shared machine, which the
+measured time, like a real node's, includes.
+
 The node logs while it is measured as ``hsm-node run`` does by default (each answer a line at INFO,
 text format), into /dev/null (:func:`logging_as_the_node_does`).
 
@@ -130,11 +134,18 @@ async def run_node(ctx: BenchContext) -> list[Row]:
     together: list[float] = []
     commits_alone: list[int] = []
     commits_together: list[int] = []
+    cpu_alone: list[float] = []
+    cpu_together: list[float] = []
     with logging_as_the_node_does():
         for _ in range(reps):
-            alone.append(await measure_node_host(ctx, sd, m, n, reps=1, commits=commits_alone) / m)
+            alone.append(
+                await measure_node_host(ctx, sd, m, n, reps=1, commits=commits_alone, cpu=cpu_alone) / m
+            )
             together.append(
-                await measure_node_host(ctx, sd, m, n, reps=1, together=True, commits=commits_together) / m
+                await measure_node_host(
+                    ctx, sd, m, n, reps=1, together=True, commits=commits_together, cpu=cpu_together
+                )
+                / m
             )
     per_answer, per_answer_together = median(alone), median(together)
     parts = measure_answer_floor(ctx, reps=50 if ctx.quick else 300)
@@ -151,6 +162,7 @@ async def run_node(ctx: BenchContext) -> list[Row]:
             details={
                 "node_per_answer_ms": round(per_answer * 1000, 3),
                 "runs_ms": [round(t * 1000, 3) for t in alone],
+                "cpu_per_answer_ms": round(median(cpu_alone) / m * 1000, 3),
                 "commits_per_run": commits_alone,
                 "floor_per_answer_ms": {k: round(v * 1000, 4) for k, v in parts.items()},
                 "floor_total_ms": round(floor * 1000, 3),
@@ -179,6 +191,7 @@ async def run_node(ctx: BenchContext) -> list[Row]:
             details={
                 "node_per_answer_ms": round(per_answer_together * 1000, 3),
                 "runs_ms": [round(t * 1000, 3) for t in together],
+                "cpu_per_answer_ms": round(median(cpu_together) / m * 1000, 3),
                 "commits_per_run": commits_together,
                 "what": f"the {m} submit_answer calls made at once (asyncio.gather), as {m} agents "
                 "answering in the same moment reach the node: one batch, one commit; the completion "

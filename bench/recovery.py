@@ -192,6 +192,7 @@ async def measure_node_host(
     *,
     together: bool = False,
     commits: list[int] | None = None,
+    cpu: list[float] | None = None,
 ) -> float:
     """The node's own cost of taking m answers, no network: ``Node.submit_answer`` m times (session
     check, coordinator crypto, audit entry signed and written, completion: domain stored, node
@@ -200,7 +201,8 @@ async def measure_node_host(
     One after another (each answer awaited before the next is sent: one commit each), or
     ``together``: the m calls made at once, as m agents answering in the same moment reach the
     node (the node takes them as one batch: one commit for all). ``commits``, if given, gets each
-    run's number of store commits while the answers were taken."""
+    run's number of store commits while the answers were taken; ``cpu``, each run's CPU time of
+    this thread (the node's event loop) over the same span: no fsync wait, no other process's turn."""
     h = harness()
     att_key, att_der = h.load_attestation(ctx.pki_dir, "node-b")
     policy = envelopes.CustodianPolicy((ctx.pki_dir / "attestation-root.pem").read_bytes())
@@ -225,7 +227,7 @@ async def measure_node_host(
                 answers.append((req.request_id, answer, Role("custodian", name)))
             committed: list[None] = []
             store.on_commit = functools.partial(committed.append, None)
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.thread_time()
             if together:
                 await asyncio.gather(
                     *(node.answers.submit_answer(r, a, role, kind="recovery") for r, a, role in answers[:m])
@@ -234,6 +236,8 @@ async def measure_node_host(
                 for request_id, answer, role in answers[:m]:
                     await node.answers.submit_answer(request_id, answer, role, kind="recovery")
             times.append(time.perf_counter() - started)
+            if cpu is not None:
+                cpu.append(time.thread_time() - started_cpu)
             store.on_commit = None
             if commits is not None:
                 commits.append(len(committed))
