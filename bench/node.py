@@ -14,21 +14,22 @@ answer is what makes a recovery's time grow with n. Measured in one run:
   (one base-point multiplication), one Ed25519 signature (the answer's audit entry), each the
   median of many repetitions with the same key sizes as the run's custodians and node.
 
-The details also give the node's CPU time per answer (this thread's, over the same span): it
-leaves out the fsync waits and the turns other processes take on a shared machine, which the
-measured time, like a real node's, includes.
-
-The node logs while it is measured as ``hsm-node run`` does by default (each answer a line at INFO,
-text format), into /dev/null (:func:`logging_as_the_node_does`).
-
 Both ways answers reach a node are measured, taking turns: **one after another** (each answer
 awaited before the next is sent: one commit each) and **together** (the m calls made at once, as
 m agents answering in the same moment reach the node: one batch, one commit; the commits each run
 made are in the details). Target for both: the node's work per answer at most 2x its crypto floor.
 Reported beside the first, without a target: the same work against the floor plus one durable
 commit of the node's store (an audit entry appended alone: ``synchronous=FULL``, one fsync),
-measured in the same run. The node acknowledges no answer before its audit entry is durable (ADR
-0005), so an answer that arrives alone pays one commit; answers that arrive together share one.
+measured in the same run. The node acknowledges no answer before its audit entry is durable
+(``hsm_node/answers.py``), so an answer that arrives alone pays one commit; answers that arrive
+together share one.
+
+The details also give the node's CPU time per answer (this thread's, over the same span): it
+leaves out the fsync waits and the turns other processes take on a shared machine, which the
+measured time, like a real node's, includes.
+
+The node logs while it is measured as ``hsm-node run`` does by default (each answer a line at INFO,
+text format), into /dev/null (:func:`logging_as_the_node_does`).
 """
 
 from __future__ import annotations
