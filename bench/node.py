@@ -24,6 +24,12 @@ measured in the same run. The node acknowledges no answer before its audit entry
 (``hsm_node/answers.py``), so an answer that arrives alone pays one commit; answers that arrive
 together share one.
 
+A diagnostic row sends the m releases at once over gRPC instead, each on its custodian's own mTLS
+connection from a process of its own (``bench/_release_sender.py``), to an in-process node-b:
+the time from the send to the last acknowledgement per answer, against the arriving-together
+time, and the commits the node made (answers share one only when they reach ``submit_answer`` in
+the same turn of the node's event loop).
+
 The details also give the node's CPU time per answer (this thread's, over the same span): it
 leaves out the fsync waits and the turns other processes take on a shared machine, which the
 measured time, like a real node's, includes.
@@ -34,7 +40,11 @@ text format), into /dev/null (:func:`logging_as_the_node_does`).
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
+import functools
+import json
 import logging
 import os
 import sys
@@ -44,10 +54,10 @@ from collections.abc import Callable, Iterator
 import nacl.public
 from cryptography.hazmat.primitives import hashes
 
-from bench._common import BenchContext, Row, harness, median
+from bench._common import NAMES, ROOT, BenchContext, Row, harness, median
 from bench.recovery import make_sd_file, measure_node_host
 from hsm_node.store import SqliteNodeStore
-from sdquorum import shamir
+from sdquorum import envelopes, shamir
 from sdquorum.keys import pss_sha256, rsa_public_key_of
 from sdquorum_rpc.observability import setup_logging
 
@@ -102,6 +112,55 @@ def measure_commit(ctx: BenchContext, reps: int) -> float:
         store.close()
 
 
+async def measure_over_grpc(ctx: BenchContext, sd_bytes: bytes, m: int, n: int) -> tuple[float, int]:
+    """m releases sent at once over mTLS from a process of its own (``bench/_release_sender.py``)
+    to an in-process node-b: (seconds from the send to the last acknowledgement, commits the node
+    made meanwhile)."""
+    h = harness()
+    data_dir = ctx.tmp / f"grpc-{m}of{n}-{os.urandom(4).hex()}"
+    async with h.running_cluster(ctx.pki_dir, data_dir, node_id="node-b") as b:
+        await b.start_recovery(sd_bytes, reason="bench: releases over gRPC", ttl=600)
+        await asyncio.sleep(0.05)  # the node prepares the public shares while requests travel
+        releases = []
+        for name, key in list(zip(NAMES, ctx.keys, strict=False))[:m]:
+            request_id, checked = h.checked_for(b, key, ctx.pki_dir)
+            release = envelopes.make_release(checked, envelopes.decrypt_share(checked, key), key)
+            releases.append([name, request_id, base64.b64encode(release.to_bytes()).decode()])
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench._release_sender",
+            cwd=ROOT,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        stdin, stdout = child.stdin, child.stdout
+        if stdin is None or stdout is None:  # pragma: no cover - both are pipes
+            raise RuntimeError("the release sender has no pipes")
+
+        async def ask(line: dict[str, object]) -> None:
+            stdin.write(json.dumps(line).encode() + b"\n")
+            await stdin.drain()
+            reply = json.loads(await stdout.readline() or b'{"ok": false, "error": "it ended"}')
+            if not reply.get("ok"):
+                raise RuntimeError(f"the release sender failed: {reply.get('error')}")
+
+        try:
+            await ask({"target": b.target, "pki": str(ctx.pki_dir), "releases": releases})
+            committed: list[None] = []
+            b.node.store.on_commit = functools.partial(committed.append, None)
+            started = time.perf_counter()
+            await ask({"op": "send"})
+            elapsed = time.perf_counter() - started
+            b.node.store.on_commit = None
+        finally:
+            stdin.close()
+            await child.wait()
+        if b.node.state != "ACTIVATED":
+            raise RuntimeError("the node did not activate from the releases sent over gRPC")
+        return elapsed, len(committed)
+
+
 @contextlib.contextmanager
 def logging_as_the_node_does() -> Iterator[None]:
     """The node's own logging while it is measured: ``hsm-node run`` logs each answer at INFO, its
@@ -148,7 +207,9 @@ async def run_node(ctx: BenchContext) -> list[Row]:
                 )
                 / m
             )
+        over_grpc = [await measure_over_grpc(ctx, sd, m, n) for _ in range(reps)]
     per_answer, per_answer_together = median(alone), median(together)
+    per_answer_grpc = median([t for t, _ in over_grpc]) / m
     parts = measure_answer_floor(ctx, reps=50 if ctx.quick else 300)
     floor = sum(parts.values())
     commit = measure_commit(ctx, reps=50 if ctx.quick else 200)
@@ -197,6 +258,20 @@ async def run_node(ctx: BenchContext) -> list[Row]:
                 "what": f"the {m} submit_answer calls made at once (asyncio.gather), as {m} agents "
                 "answering in the same moment reach the node: one batch, one commit; the completion "
                 "is in the node's time and not in the floor",
+            },
+        ),
+        Row(
+            "node",
+            f"  {m} releases sent at once over gRPC (another process) vs arriving together in process",
+            per_answer_grpc,
+            per_answer_together,
+            "s",
+            details={
+                "runs_ms": [round(t * 1000, 3) for t, _ in over_grpc],
+                "commits_per_run": [c for _, c in over_grpc],
+                "what": f"{m} SubmitRelease calls, each on its custodian's own mTLS connection, sent "
+                "together; from the send to the last acknowledgement, divided by m. They share a "
+                "commit only when they reach submit_answer in the same turn of the node's loop",
             },
         ),
     ]
