@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import os
 import random
@@ -182,10 +183,26 @@ def measure_crypto(ctx: BenchContext, sd_bytes: bytes, m: int, n: int, reps: int
     )
 
 
-async def measure_node_host(ctx: BenchContext, sd_bytes: bytes, m: int, n: int, reps: int) -> float:
+async def measure_node_host(
+    ctx: BenchContext,
+    sd_bytes: bytes,
+    m: int,
+    n: int,
+    reps: int,
+    *,
+    together: bool = False,
+    commits: list[int] | None = None,
+    cpu: list[float] | None = None,
+) -> float:
     """The node's own cost of taking m answers, no network: ``Node.submit_answer`` m times (session
     check, coordinator crypto, audit entry signed and written, completion: domain stored, node
-    ACTIVATED). Compare with the coordinator-only ``node`` term of :func:`measure_crypto`."""
+    ACTIVATED). Compare with the coordinator-only ``node`` term of :func:`measure_crypto`.
+
+    One after another (each answer awaited before the next is sent: one commit each), or
+    ``together``: the m calls made at once, as m agents answering in the same moment reach the
+    node (the node takes them as one batch: one commit for all). ``commits``, if given, gets each
+    run's number of store commits while the answers were taken; ``cpu``, each run's CPU time of
+    this thread (the node's event loop) over the same span: no fsync wait, no other process's turn."""
     h = harness()
     att_key, att_der = h.load_attestation(ctx.pki_dir, "node-b")
     policy = envelopes.CustodianPolicy((ctx.pki_dir / "attestation-root.pem").read_bytes())
@@ -208,10 +225,22 @@ async def measure_node_host(ctx: BenchContext, sd_bytes: bytes, m: int, n: int, 
                 creq = req.for_custodian(name)
                 answer = responder.answer(creq, responder.check(creq, thumb, policy, now), key, os.urandom)
                 answers.append((req.request_id, answer, Role("custodian", name)))
-            started = time.perf_counter()
-            for request_id, answer, role in answers[:m]:
-                await node.answers.submit_answer(request_id, answer, role, kind="recovery")
+            committed: list[None] = []
+            store.on_commit = functools.partial(committed.append, None)
+            started, started_cpu = time.perf_counter(), time.thread_time()
+            if together:
+                await asyncio.gather(
+                    *(node.answers.submit_answer(r, a, role, kind="recovery") for r, a, role in answers[:m])
+                )
+            else:
+                for request_id, answer, role in answers[:m]:
+                    await node.answers.submit_answer(request_id, answer, role, kind="recovery")
             times.append(time.perf_counter() - started)
+            if cpu is not None:
+                cpu.append(time.thread_time() - started_cpu)
+            store.on_commit = None
+            if commits is not None:
+                commits.append(len(committed))
             if node.state != "ACTIVATED":
                 raise RuntimeError(f"the in-process node did not activate: {session.message}")
         finally:

@@ -82,7 +82,7 @@ class Agents:
             return False
         if isinstance(s, AzureRestoreSession):  # the file names the slot by thumbprint only
             return key_name == role.name
-        return any(p.x == req.x and p.name == role.name for p in s.status().custodians)
+        return s.holder(req.x) == role.name
 
     def answer_named_for_caller(
         self, s: Ceremony, request_id: str, caller: Role, message: bytes, *, denial: bool
@@ -93,7 +93,7 @@ class Agents:
         VerificationError otherwise."""
         if caller.kind != "custodian":
             return
-        req = next((r for r in s.requests() if r.request_id == request_id), None)
+        req = s.open_request(request_id)
         if req is None:
             return  # not open: the session says why, as before
         key_name = ""

@@ -8,7 +8,9 @@ the rest counted into one entry when the window closes (the ticker) or the serve
 caller flooding refused calls adds a bounded number of entries per window.
 
 An entry is written in the caller's transaction (inside a batch, it commits with the batch): an
-action and its audit entry are durable together or not at all.
+action and its audit entry are durable together or not at all. Each entry links to the last one
+the store holds, read back before every append; the log parses that one again only when it is not
+the entry the log itself wrote last (a batch that did not commit leaves the store's older head).
 """
 
 from __future__ import annotations
@@ -59,18 +61,30 @@ class AuditLog:
         self._now = now
         self.chain = chain
         self.refusals = RefusalWindows()  # public: a test may bound its peers
+        self._written: dict[str, tuple[str, audit.ChainHead]] = {}  # chain -> last entry written, its head
 
     def __call__(
         self, event: str, actor: str | Role, details: dict[str, Any], chain: str | None = None
     ) -> None:
         """Append an entry to ``chain`` (the current chain if None)."""
         chain = chain or self.chain()
-        last = self._store.records.last_audit(chain)
-        prev = audit.AuditEntry.from_json(json.loads(last)) if last else None
         entry = audit.make_entry(
-            prev, time=self._now(), event=event, actor=str(actor), details=details, key=self._key
+            self._head(chain), time=self._now(), event=event, actor=str(actor), details=details, key=self._key
         )
-        self._store.records.append_audit(chain, entry.seq, json.dumps(entry.to_json(), sort_keys=True))
+        text = json.dumps(entry.to_json(), sort_keys=True)
+        self._store.records.append_audit(chain, entry.seq, text)
+        self._written[chain] = (text, audit.ChainHead(entry.seq, entry.hash))
+
+    def _head(self, chain: str) -> audit.ChainHead | None:
+        """Where ``chain`` ends in the store (None: it is empty)."""
+        last = self._store.records.last_audit(chain)
+        if last is None:
+            return None
+        written = self._written.get(chain)
+        if written is not None and written[0] == last:  # the entry this log wrote: its head is known
+            return written[1]
+        entry = audit.AuditEntry.from_json(json.loads(last))
+        return audit.ChainHead(entry.seq, entry.hash)
 
     def start_domain_chain(self, event: str, details: dict[str, Any]) -> None:
         head = self._store.records.last_audit("provisioning")

@@ -9,17 +9,21 @@ An export is JSON lines: a header line naming the node and its attestation certi
 and a signed head line (last seq and hash, signed at export time), so a truncated tail is detected
 too. :func:`verify_export` checks all of it and, given the attestation root, the certificate chain.
 
-Entries hold no secret: events, actors, custodian names, ids and hashes only.
+Entries hold no secret: events, actors, custodian names, ids and hashes only. An entry is a value:
+its fields (``details`` included) are never changed once it is made, so its body and hash are
+encoded once and kept.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -29,7 +33,7 @@ from sdquorum import pki
 from sdquorum.encoding import b64d, b64e, canonical_json, parse_json
 from sdquorum.errors import MalformedError, VerificationError
 
-__all__ = ["GENESIS", "AuditEntry", "VerifiedLog", "export_lines", "make_entry", "verify_export"]
+__all__ = ["GENESIS", "AuditEntry", "ChainHead", "VerifiedLog", "export_lines", "make_entry", "verify_export"]
 
 ENTRY_CONTEXT = b"sdquorum audit entry v1\x00"
 HEAD_CONTEXT = b"sdquorum audit head v1\x00"
@@ -59,11 +63,16 @@ class AuditEntry:
         }
 
     def body(self) -> bytes:
+        """The signed and hashed bytes: canonical JSON of every field but the signature."""
+        return self._body
+
+    @functools.cached_property
+    def _body(self) -> bytes:
         return canonical_json(self._signed_members())
 
-    @property
+    @functools.cached_property
     def hash(self) -> bytes:
-        return hashlib.sha256(ENTRY_CONTEXT + self.body()).digest()
+        return hashlib.sha256(ENTRY_CONTEXT + self._body).digest()
 
     def to_json(self) -> dict[str, Any]:
         return {**self._signed_members(), "hash": self.hash.hex(), "sig": b64e(self.signature)}
@@ -88,8 +97,15 @@ class AuditEntry:
         return entry
 
 
+class ChainHead(NamedTuple):
+    """Where a chain ends: its last entry's seq and hash, all the next entry links to."""
+
+    seq: int
+    hash: bytes
+
+
 def make_entry(
-    prev: AuditEntry | None,
+    prev: AuditEntry | ChainHead | None,
     *,
     time: int,
     event: str,
@@ -97,6 +113,7 @@ def make_entry(
     details: dict[str, Any],
     key: Ed25519PrivateKey,
 ) -> AuditEntry:
+    """The entry after ``prev`` (None: the first of its chain), signed with ``key``."""
     unsigned = AuditEntry(
         seq=0 if prev is None else prev.seq + 1,
         time=time,
@@ -105,7 +122,10 @@ def make_entry(
         details=details,
         prev=GENESIS if prev is None else prev.hash,
     )
-    return AuditEntry(**{**unsigned.__dict__, "signature": key.sign(ENTRY_CONTEXT + unsigned.body())})
+    body = unsigned.body()
+    entry = dataclasses.replace(unsigned, signature=key.sign(ENTRY_CONTEXT + body))
+    entry.__dict__["_body"] = body  # the same fields, so the same body: kept, not encoded again
+    return entry
 
 
 def export_lines(

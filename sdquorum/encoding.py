@@ -74,12 +74,21 @@ def canonical_json(obj: Any) -> bytes:
 
 def parse_json(text: str | bytes, what: str) -> Any:
     """Strict JSON: UTF-8, no NaN/Infinity, no number that overflows to infinity, no lone
-    surrogate (everything parsed can be written back as canonical JSON). MalformedError otherwise."""
+    surrogate (everything parsed can be written back as canonical JSON). MalformedError otherwise.
+
+    A lone surrogate reaches the parsed value only through a ``\\u`` escape or, in a text given as
+    ``str``, as a character outside ASCII (UTF-8 decoding refuses encoded surrogates): only such a
+    text is encoded back to check, so the envelopes, audit entries and headers parsed on every
+    answer (base64, hex and ASCII words only) are parsed once, not encoded again."""
     try:
         if isinstance(text, bytes):
             text = text.decode("utf-8")
-        obj = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
-        canonical_json(obj)  # refuses lone surrogates, which would break every later encode
+            may_hold_surrogates = "\\u" in text
+        else:
+            may_hold_surrogates = "\\u" in text or not text.isascii()
+        obj = _STRICT.decode(text)
+        if may_hold_surrogates:
+            canonical_json(obj)  # refuses lone surrogates, which would break every later encode
     except (UnicodeError, ValueError, RecursionError) as e:
         raise MalformedError(f"{what} is not valid JSON") from e
     return obj
@@ -102,3 +111,7 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"number {text[:20]} is out of range")
     return value
+
+
+# one decoder for every parse (json.loads with these hooks would build one per call)
+_STRICT = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)

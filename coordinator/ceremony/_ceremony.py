@@ -47,7 +47,7 @@ class Ceremony(Session):
         return self._slots.progress(self.required(), self.answer_word)
 
     def progress_count(self) -> int:
-        return len(self.progress().accepted)
+        return self._slots.count(CustodianStatus.ACCEPTED)
 
     def requests(self) -> list[CustodianRequest]:
         """Every open request (for offline request files)."""
@@ -61,6 +61,17 @@ class Ceremony(Session):
 
     def slot_named(self, name: str) -> int | None:
         return self._slots.named(name)
+
+    def open_request(self, request_id: str) -> CustodianRequest | None:
+        """The request ``request_id`` if it is open (one of :meth:`requests`), else None."""
+        req = self._slots.request(request_id)
+        if req is None or self.state is not SessionState.COLLECTING or self._slots[req.x].status in SETTLED:
+            return None
+        return req
+
+    def holder(self, x: int) -> str:
+        """The name of slot ``x``'s custodian."""
+        return self._slots[x].name
 
     # ------------------------------------------------------------------ transitions
 

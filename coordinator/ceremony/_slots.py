@@ -64,6 +64,10 @@ class SlotBook:
             if p.status in OPEN:
                 self._progress[x] = CustodianProgress(p.x, p.name, status, detail)
 
+    def count(self, status: CustodianStatus) -> int:
+        """How many slots are at ``status``."""
+        return sum(1 for p in self._progress.values() if p.status is status)
+
     def open_slots(self) -> list[int]:
         """The slots still open (NOT_CONNECTED or REQUESTED)."""
         return [x for x, p in self._progress.items() if p.status in OPEN]

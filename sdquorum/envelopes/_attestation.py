@@ -18,6 +18,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -197,8 +198,9 @@ class CertifiedStatement(Generic[S]):
             }
         )
 
-    @property
+    @functools.cached_property
     def sha256(self) -> bytes:
+        """SHA-256 of :meth:`to_bytes` (computed once: every answer of a session binds it)."""
         return hashlib.sha256(self.to_bytes()).digest()
 
     @staticmethod

@@ -25,7 +25,11 @@ ROWS_PER_PART = {  # a row each part must print, by the start of its name
     "large": ("backup (Node.backup) of 25,000 keys", "restore (Node.restore) of 25,000 keys"),
     "dataplane": ("Ed25519 SignBatch x1000", "AES-256-GCM EncryptBatch x1000"),
     "startup": ("sdctl --help vs", "sdctl status vs"),
-    "node": ("node's work per answer", "  the same vs its crypto floor plus one durable commit"),
+    "node": (
+        "node's work per answer (",  # answers one after another
+        "  the same vs its crypto floor plus one durable commit",
+        "node's work per answer, ",  # answers arriving together
+    ),
 }
 
 

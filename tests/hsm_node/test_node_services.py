@@ -15,6 +15,7 @@ from hsm_node.keyops import KeyType
 from hsm_node.node import Node, NodeConfig
 from hsm_node.state import NodeState
 from hsm_node.store import MemoryNodeStore
+from sdquorum import audit
 from sdquorum.errors import StateError, StorageError
 from sdquorum.keys import SoftwareWrappingKey
 from sdquorum.pki import Role
@@ -97,6 +98,25 @@ async def test_a_key_whose_commit_fails_is_neither_created_nor_audited(
     assert "key-created" not in _events(node, "domain")
     await node.keys.create_key("k", KeyType.AES256_GCM, APP)
     assert node.key_ops.decrypt("k", node.key_ops.encrypt("k", b"p", b"", APP), b"", APP) == b"p"
+
+
+async def test_after_an_entry_whose_batch_did_not_commit_the_next_links_to_the_store_s_head(
+    pki_dir: Path, wrapping_keys: list[SoftwareWrappingKey]
+) -> None:
+    """The audit log knows the head of the entry it wrote last and parses the store's head only
+    when it differs: an entry written in a batch that then did not commit must not be linked to."""
+    node = await _activated(pki_dir, wrapping_keys)
+    await node.keys.create_key("a", KeyType.AES256_GCM, APP)
+    node.store.on_commit = _full_disk
+    with pytest.raises(StorageError):
+        await node.keys.create_key("b", KeyType.AES256_GCM, APP)  # its entry is made, then undone
+    node.store.on_commit = None
+    await node.keys.create_key("c", KeyType.AES256_GCM, APP)
+    log = audit.verify_export(node.audit_log.export("domain"))
+    assert [(e.event, e.details.get("name")) for e in log.entries][-2:] == [
+        ("key-created", "a"),
+        ("key-created", "c"),
+    ]
 
 
 async def test_a_delete_whose_audit_entry_cannot_be_written_leaves_the_key_live(
