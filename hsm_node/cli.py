@@ -115,6 +115,9 @@ def _open_store(cfg: NodeSettings, sealing_key: bytes) -> NodeStore:
             f"cannot read the pool's etcd TLS files ({e.strerror}: {e.filename}): check "
             "--pool-etcd-cert/--pool-etcd-key/--pool-etcd-ca"
         ) from e
+    from hsm_node.pool.access import require_member
+
+    require_member(etcd.cert_pem, cfg.node_id, str(cfg.pool_etcd_cert))
     store = PoolNodeStore(
         etcd, cfg.pool_name.encode(), cfg.data_dir, sealing_key, cfg.node_id, max_staleness=cfg.max_staleness
     )

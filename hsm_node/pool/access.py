@@ -52,6 +52,18 @@ def require_root(cert_pem: bytes, where: str) -> None:
         )
 
 
+def require_member(cert_pem: bytes, node_id: str, where: str) -> None:
+    """UsageError unless ``cert_pem`` is the etcd client certificate of member ``node_id``
+    (``node.<node_id>``): a node run with another member's, a shared or root's certificate would
+    keep writing the pool after ``sdctl pool remove NODE_ID`` deletes its own user."""
+    user = etcd_pki.etcd_user_of(cert_pem)
+    if user != etcd_pki.etcd_user(node_id):
+        raise UsageError(
+            f"the pool's etcd certificate {where} is etcd user {user!r}, not {etcd_pki.etcd_user(node_id)!r} "
+            f"of this node ({node_id}): give this node's own pair ('sdctl pki issue --dir pki --etcd-node {node_id}')"
+        )
+
+
 async def grant_member_access(client: EtcdClient, node_id: str) -> bool:
     """As ``root``: create ``node.<node_id>`` holding the members' role. True if it was created,
     False if it existed already (it holds the role either way)."""

@@ -15,7 +15,8 @@ certificate), then the member's etcd user, with etcd's ``root`` certificate (``-
   that running the same command again finishes it. Both halves can be repeated and say what they
   found (removed already, user gone already, user existed already).
 * Only a certificate whose CN is etcd's ``root`` user is used for the etcd half: another (a
-  member's) is refused with one line, and etcd would refuse it too.
+  member's) is refused with one line before the node's half, so nothing is done (etcd would refuse
+  it too, but only after the node's half).
 """
 
 from __future__ import annotations
@@ -66,6 +67,13 @@ def _etcd_root(ctl: Ctl) -> EtcdConfig | None:
         raise UsageError(
             "--etcd (etcd.endpoints, $SDCTL_ETCD) is empty: give host:port,host:port of the etcd cluster"
         )
+    from hsm_node.pool.access import require_root
+    from sdquorum.errors import PermissionDeniedError
+
+    try:  # before the node's half: a member's certificate in root's place changes nothing
+        require_root(files["etcd_cert"], str(values["etcd_cert"]))
+    except PermissionDeniedError as e:
+        raise PermissionDeniedError(f"{e}; nothing was done") from e
     return EtcdConfig(
         endpoints=endpoints, ca_pem=files["etcd_ca"], cert_pem=files["etcd_cert"], key_pem=files["etcd_key"]
     )
@@ -86,14 +94,12 @@ def _unfinished(e: SdquorumError, done: str) -> SdquorumError:
 async def _as_etcd_root(
     ctl: Ctl, etcd: EtcdConfig, work: Callable[[EtcdClient], Awaitable[_T]], done: str
 ) -> _T:
-    """``work`` on a client of etcd's ``root`` user (any other certificate is refused first); a
+    """``work`` on a client of etcd's ``root`` user (:func:`_etcd_root` checked the certificate); a
     failure says that ``done`` is done and the rest is not (:func:`_unfinished`)."""
-    from hsm_node.pool.access import require_root
     from hsm_node.pool.etcd import EtcdClient
     from sdquorum.errors import SdquorumError
 
     try:
-        require_root(etcd.cert_pem, str(ctl.args.etcd_cert))
         async with EtcdClient(etcd) as client:
             return await work(client)
     except SdquorumError as e:

@@ -8,8 +8,9 @@ brand-new node as an operator meets one.
 - What one role alone can do: a member's etcd certificate cannot delete or add another member's
   etcd user; an admin's transport certificate does not even reach etcd.
 - ``pool allow`` with etcd's root settings creates node-c's etcd user: node-c joins with no etcdctl
-  step. ``pool remove`` without them refuses and changes nothing; with a member's certificate in
-  place of root it fails in one line, and node-c is marked removed (visible in the pool's status);
+  step. ``pool remove`` without them, or with a member's certificate in place of root's, refuses in
+  one line and changes nothing; with etcd out of reach it marks node-c removed (visible in the
+  pool's status) and says its etcd user is left and to run the command again;
   with root it deletes node-c's user (its own etcd client can no longer put or commit anything) and
   frees the ceremony lock node-c held; run again, it says it found everything done.
 - ``--etcd-user-later`` marks node-b removed and exits 3 saying node-b can still write and the step
@@ -27,7 +28,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from etcd_cluster import EtcdCluster, running_cluster
+from etcd_cluster import EtcdCluster, free_ports, running_cluster
 from harness import NAMES, NodeProcess, certs_of
 from support import wait_for
 
@@ -197,12 +198,20 @@ async def test_allow_with_etcd_root_lets_a_new_node_join_and_remove_ends_its_etc
         assert "nothing was done" in bare.error
         assert "node-c" in (await _pool(node_a)).members
 
-        # a member's certificate where root's belongs: one line; node-c is removed at the node
+        # a member's certificate where root's belongs: one line, before anything is done
         wrong = await run(node_a, "pool", "remove", "node-c", *etcd.root_args("node-b"))
         assert wrong.code == 6
-        assert "node-c is now removed" in wrong.error and "'node.node-b', not root" in wrong.error
+        assert "'node.node-b', not root" in wrong.error and "nothing was done" in wrong.error
         assert str(etcd.client("node-b").cert) in wrong.error
-        assert "can still write" in wrong.error and "run the same command again" in wrong.error
+        assert "node-c" in (await _pool(node_a)).members
+
+        # etcd out of reach: the node's half is done, the line says what is not and to run it again
+        unreachable = etcd.root_args()
+        unreachable[1] = f"127.0.0.1:{free_ports(1)[0]}"
+        half = await run(node_a, "pool", "remove", "node-c", *unreachable)
+        assert half.code == 5, half
+        assert "node-c is now removed" in half.error and "can still write" in half.error
+        assert "run the same command again" in half.error
         assert "node-c" not in (await _pool(node_a)).members  # the state is visible
         assert await _can_write(etcd, "node-c")  # what the line said: not ended yet
 

@@ -383,6 +383,26 @@ def test_hsm_node_run_with_pool_settings_opens_a_pool_member(cluster: EtcdCluste
         store.close()
 
 
+@pytest.mark.parametrize("user", ["node-b", "root"])
+def test_a_node_run_with_another_users_etcd_certificate_is_refused(
+    cluster: EtcdCluster, tmp_path: Path, user: str
+) -> None:
+    """A node id's etcd user is the one `sdctl pool remove` deletes: a node run with another
+    member's (or root's) pair would keep writing after its removal, so it does not start."""
+    pair = cluster.client(user)
+    cfg = _settings(
+        tmp_path,
+        SDQUORUM_NODE_POOL_ETCD=",".join(cluster.endpoints),
+        SDQUORUM_NODE_POOL_ETCD_CERT=str(pair.cert),
+        SDQUORUM_NODE_POOL_ETCD_KEY=str(pair.key),
+        SDQUORUM_NODE_POOL_ETCD_CA=str(cluster.ca),
+        SDQUORUM_NODE_POOL_ATTESTATION_ROOT=str(cluster.ca),
+    )
+    expected = "node.node-b" if user == "node-b" else "root"
+    with pytest.raises(UsageError, match=rf"is etcd user '{expected}', not 'node.node-a' of this node"):
+        _open_store(cfg, SEALING_A)
+
+
 def test_losing_etcd_stops_serving_after_max_staleness_and_all_resume(
     members: Members, cluster: EtcdCluster
 ) -> None:
