@@ -11,11 +11,13 @@ too. :func:`verify_export` checks all of it and, given the attestation root, the
 
 Entries hold no secret: events, actors, custodian names, ids and hashes only. An entry is a value:
 its fields (``details`` included) are never changed once it is made, so its body and hash are
-encoded once and kept.
+encoded once and kept. :func:`make_entry` takes its own copy of ``details``: a caller that changes
+its dict afterwards changes nothing in the entry.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -113,13 +115,14 @@ def make_entry(
     details: dict[str, Any],
     key: Ed25519PrivateKey,
 ) -> AuditEntry:
-    """The entry after ``prev`` (None: the first of its chain), signed with ``key``."""
+    """The entry after ``prev`` (None: the first of its chain), signed with ``key``. The entry holds
+    a deep copy of ``details``, so what it signed and what it shows stay the same."""
     unsigned = AuditEntry(
         seq=0 if prev is None else prev.seq + 1,
         time=time,
         event=event,
         actor=actor,
-        details=details,
+        details=copy.deepcopy(details),
         prev=GENESIS if prev is None else prev.hash,
     )
     body = unsigned.body()

@@ -15,7 +15,7 @@ from typing import Any
 
 from sdquorum.errors import MalformedError
 
-__all__ = ["Word", "b64d", "b64e", "canonical_json", "parse_json", "parse_json_object"]
+__all__ = ["MAX_JSON_DEPTH", "Word", "b64d", "b64e", "canonical_json", "parse_json", "parse_json_object"]
 
 
 class Word(StrEnum):
@@ -74,7 +74,8 @@ def canonical_json(obj: Any) -> bytes:
 
 def parse_json(text: str | bytes, what: str) -> Any:
     """Strict JSON: UTF-8, no NaN/Infinity, no number that overflows to infinity, no lone
-    surrogate (everything parsed can be written back as canonical JSON). MalformedError otherwise.
+    surrogate, at most :data:`MAX_JSON_DEPTH` levels of nesting (everything parsed can be written
+    back as canonical JSON, at any stack depth). MalformedError otherwise.
 
     A lone surrogate reaches the parsed value only through a ``\\u`` escape or, in a text given as
     ``str``, as a character outside ASCII (UTF-8 decoding refuses encoded surrogates): only such a
@@ -91,7 +92,22 @@ def parse_json(text: str | bytes, what: str) -> Any:
             canonical_json(obj)  # refuses lone surrogates, which would break every later encode
     except (UnicodeError, ValueError, RecursionError) as e:
         raise MalformedError(f"{what} is not valid JSON") from e
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _depth(obj) > MAX_JSON_DEPTH:
+        raise MalformedError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
     return obj
+
+
+def _depth(obj: Any) -> int:
+    """How deep arrays and objects nest in ``obj`` (a scalar: 0), without recursion."""
+    deepest, todo = 0, [(obj, 1)]
+    while todo:
+        value, level = todo.pop()
+        items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+        if items is None:
+            continue
+        deepest = max(deepest, level)
+        todo.extend((v, level + 1) for v in items if isinstance(v, dict | list))
+    return deepest
 
 
 def parse_json_object(data: bytes, what: str) -> dict[str, Any]:
@@ -114,4 +130,9 @@ def _finite_float(text: str) -> float:
 
 
 # one decoder for every parse (json.loads with these hooks would build one per call)
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of arrays and objects that :func:`parse_json` accepts. Nothing sdquorum writes
+nests deeper than a handful of levels; a deeper text is refused before any recursive walk (the
+canonical encoder, a validator) could run out of stack on it."""
+
 _STRICT = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)

@@ -97,6 +97,21 @@ def test_blank_lines_and_surrounding_whitespace_are_ignored(log: Log) -> None:
     assert verify_export(["", *(f"  {line}\n" for line in log.lines), "\n"]).entries == log.entries
 
 
+def test_an_entry_keeps_what_it_signed_when_the_callers_details_change_later(
+    node_attestation: NodeAttestation,
+) -> None:
+    details: dict[str, Any] = {"session_id": "d-1", "proved": ["alice"]}
+    entry = make_entry(
+        None, time=T, event="drill-started", actor="admin", details=details, key=node_attestation.key
+    )
+    first_hash = entry.hash
+    details["session_id"] = "d-2"
+    details["proved"].append("mallory")
+    assert entry.details == {"session_id": "d-1", "proved": ["alice"]}
+    assert entry.hash == first_hash
+    assert verify_export(export([entry], node_attestation)).entries == (entry,)
+
+
 def test_empty_log_verifies(node_attestation: NodeAttestation) -> None:
     assert verify_export(export([], node_attestation)) == VerifiedLog("node-b", ())
 

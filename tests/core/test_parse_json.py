@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sdquorum.encoding import canonical_json, parse_json
+from sdquorum.encoding import MAX_JSON_DEPTH, canonical_json, parse_json
 from sdquorum.errors import MalformedError
 
 
@@ -86,3 +86,28 @@ def test_same_verdict_as_the_definition(inner: str, as_bytes: bool) -> None:
         else:
             data = text
         assert verdict(data) == reference(data), repr(data)
+
+
+@pytest.mark.parametrize("opening", ["[", '{"a":'])
+def test_nesting_deeper_than_the_limit_is_refused_however_deep(opening: str) -> None:
+    """Deep nesting that Python's decoder still accepts (it stops near 1,000 levels) would reach a
+    recursive walk later, deeper in a stack, and fail there with RecursionError: an internal error
+    instead of a refusal. Refused here, at the limit and at any depth beyond it."""
+    closing = "]" if opening == "[" else "}"
+
+    def nested(levels: int) -> str:
+        return opening * levels + "1" + closing * levels
+
+    assert parse_json(nested(MAX_JSON_DEPTH), "test") is not None
+    for levels in (MAX_JSON_DEPTH + 1, 500, 900):
+        with pytest.raises(MalformedError, match="nests deeper"):
+            parse_json(nested(levels), "test")
+        with pytest.raises(MalformedError, match="nests deeper"):
+            parse_json(nested(levels).encode(), "test")
+    with pytest.raises(MalformedError):  # beyond the decoder's own limit: not valid JSON at all
+        parse_json(nested(100_000), "test")
+
+
+def test_many_shallow_brackets_are_not_depth() -> None:
+    wide = "[" + ",".join(["[[1]]"] * 1000) + "]"
+    assert len(parse_json(wide, "test")) == 1000
