@@ -80,6 +80,10 @@ class PoolNodeStore:
         self.records = _PoolRecords(self.view)
         self.keys = _PoolKeys(self.view, KeySeal(), KeySet(self.view, ttl=restore_ttl))
         self.pool = PoolRows(self.view, self.domain)
+        try:  # the row key, if this member holds the pool's domain (hsm_node.pool.integrity)
+            self.domain.load_domain()
+        except SdquorumError as e:  # reads of what failed are refused; the node says so when it loads
+            log.error("pool: this member's domain could not be loaded at start: %s", e)
         try:  # what a crashed restore left (hsm_node.pool.keyset): best effort, the next restore retries
             self.keys.keyset.collect_garbage()
         except SdquorumError as e:
@@ -139,6 +143,7 @@ class _PoolDomain:
     def activate(self, secrets: DomainSecrets, info: DomainInfo, state: str, sd_file: bytes) -> None:
         with self._v.write() as tx:
             self._check_domain(tx, secrets.domain_id)
+            self._v.use_domain(secrets)
             self._put_domain(tx, info, sd_file)
             tx.local["domains"] = self.domains_with(secrets)
             tx.local["state"] = state
@@ -151,7 +156,12 @@ class _PoolDomain:
         sealed = self._v.local_view().get("domains", {}).get(info.domain_id.hex())
         if sealed is None:
             return None  # the pool has a domain; this member does not hold it (yet): it joins first
-        return self._domain_seal.open(bytes.fromhex(sealed)), info
+        secrets = self._domain_seal.open(bytes.fromhex(sealed))
+        self._v.use_domain(secrets)
+        raw = self._v.get(self._v.layout.prefix + b"info")  # now checked: the row key is known
+        if raw is None or DomainInfo.from_json(raw.decode()) != info:
+            raise StateError("the pool's domain info changed while it was read: try again")
+        return secrets, info
 
     def sd_file(self) -> bytes | None:
         return self._v.get(self._v.layout.header())
@@ -159,6 +169,7 @@ class _PoolDomain:
     def rotate(self, secrets: DomainSecrets, info: DomainInfo, sd_file: bytes, retired: RetiredEpoch) -> None:
         with self._v.write() as tx:
             self._check_domain(tx, secrets.domain_id)
+            self._v.use_domain(secrets)
             self._v.create(
                 tx,
                 self._v.sub("retired", str(retired.epoch)),
