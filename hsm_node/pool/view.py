@@ -476,7 +476,7 @@ class EtcdView:
 
     def _headed_rows(self) -> tuple[dict[bytes, bytes], KeyValue | None]:
         with self._lock:
-            kvs = [kv for t in HEADED for kv in self._cache.table(t)]
+            kvs = sorted((kv for t in HEADED for kv in self._cache.table(t)), key=lambda kv: kv.key)
             head = self._cache.get(self.head_key)
         return {kv.key: self._opened(kv) for kv in kvs}, head
 
