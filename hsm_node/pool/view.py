@@ -140,7 +140,7 @@ class EtcdView:
         self._head_checked = -1  # the value of _headed_changes the head was last verified at
         self._checked_head: Head | None = None
         self._reported: set[tuple[bytes, int]] = set()  # rows already logged as tampered
-        self.on_tamper: Callable[[str], None] | None = None  # the node audits it (once per row)
+        self._alterations: list[str] = []  # rows found altered, not yet audited (PoolService)
         self.on_commit: Callable[[], None] | None = None
         # the cache (guarded by _lock; written by the loop thread only)
         self._lock = threading.RLock()  # re-entered by reads inside snapshot()
@@ -464,9 +464,14 @@ class EtcdView:
             return
         self._reported.add((key, revision))
         log.error("pool: %s", e)
-        if self.on_tamper is not None:
-            with contextlib.suppress(Exception):  # the audit is best effort; the refusal is not
-                self.on_tamper(str(e))
+        self._alterations.append(e.row)
+
+    def next_alteration(self) -> str | None:
+        """The oldest row found altered and not yet audited (:meth:`alteration_audited` after)."""
+        return self._alterations[0] if self._alterations else None
+
+    def alteration_audited(self) -> None:
+        self._alterations.pop(0)
 
     def sealed(self, key: bytes, value: bytes) -> bytes:
         """``value`` as a write stores it at ``key`` (tagged for the version the write makes)."""

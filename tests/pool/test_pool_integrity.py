@@ -264,3 +264,25 @@ def test_a_tampered_row_is_logged_once_and_no_row_key_reaches_etcd_or_the_log(
         everything += (pool.tmp_path / local / LOCAL_FILE).read_bytes()
     for secret in (row_key, pool.domain.data_encryption_key):
         assert secret not in everything and secret.hex().encode() not in everything
+
+
+def test_a_row_found_altered_is_audited_once_by_the_members_loop(pool: Pool) -> None:
+    from types import SimpleNamespace
+
+    from hsm_node.pool.service import PoolService
+
+    audited: list[tuple[str, object, dict[str, object]]] = []
+    service = PoolService(
+        "p",
+        SimpleNamespace(store=pool.b),
+        Lifecycle(pool.b),
+        lambda *e: audited.append(e),
+        lambda: 0,  # type: ignore[arg-type]
+    )
+    pool.a.domain.note_epoch(pool.domain.domain_id, 4)
+    pool.attack((f"seen/{pool.domain.domain_id.hex()}", b"1"))
+    for _ in range(3):
+        with pytest.raises(TamperedError):
+            pool.b.domain.highest_epoch(pool.domain.domain_id)
+        service.audit_alterations()
+    assert audited == [("pool-state-altered", "node", {"row": f"seen/{pool.domain.domain_id.hex()}"})]
