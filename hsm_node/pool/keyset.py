@@ -147,7 +147,9 @@ class KeySet:
         size = 0
         for name, value in rows:
             where = self.key(gen, name)
-            put = Put(where, self._v.mac.seal(where, 1, value))  # a new generation: every row at version 1
+            put = Put(
+                where, self._v.guard.mac.seal(where, 1, value)
+            )  # a new generation: every row at version 1
             cost = len(put.key) + len(put.value) + PUT_OVERHEAD
             if cost > budget:
                 raise UsageError(
@@ -228,18 +230,20 @@ class KeySet:
             raise e.exceptions[0] from None
         # the pointer is a custody row: the flip publishes the next custody head with it
         ops: list[Put | Delete] = [
-            Put(self.pointer, self._v.sealed(self.pointer, gen.encode())),
+            Put(self.pointer, self._v.guard.sealed(self.pointer, gen.encode())),
             Delete(marker),
         ]
         conds = [Unchanged(self.pointer, revision), Unchanged(marker, marked)]
         head = None
-        if self._v.mac.keyed:
-            head, head_revision = self._v.next_head({self.pointer: gen.encode()})
-            ops.append(Put(self._v.head_key, self._v.sealed(self._v.head_key, head.to_bytes())))
-            conds.append(Unchanged(self._v.head_key, head_revision))
+        if self._v.guard.mac.keyed:
+            head, head_revision = self._v.guard.next_head({self.pointer: gen.encode()})
+            ops.append(
+                Put(self._v.guard.head_key, self._v.guard.sealed(self._v.guard.head_key, head.to_bytes()))
+            )
+            conds.append(Unchanged(self._v.guard.head_key, head_revision))
         flipped = await client.commit(ops, unless_changed=conds)
         if flipped is not None and head is not None:
-            self._v.keep_head(head)
+            self._v.guard.keep_head(head)
         return flipped
 
     def _settle(self, gen: str, lease: Lease) -> bool:

@@ -175,7 +175,7 @@ class PoolMember:
                     log.warning("pool join: refused a grant: %s", e)
                 else:
                     if head is not None:  # the custody state the granting member verified: never less
-                        self.store.view.keep_head(Head(head.counter, head.digest))
+                        self.store.view.guard.keep_head(Head(head.counter, head.digest))
                     self.store.pool.hold_domain(secrets, "ACTIVATED")
                     self.store.pool.delete_pool_row("grants", self.node_id)
                     self.register()
@@ -201,7 +201,7 @@ class PoolMember:
         pool = self._pool()
         allowed = set(self.store.pool.pool_rows("allowed"))
         used = self.store.pool.served()
-        checked = self.store.view.check_head()  # a member never grants over an altered custody state
+        checked = self.store.view.guard.check_head()  # a member never grants over an altered custody state
         head = None if checked is None else pooljoin.CustodyHead(checked.counter, checked.digest)
         granted = []
         for node_id, raw in requests.items():

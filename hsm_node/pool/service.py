@@ -102,10 +102,10 @@ class PoolService:
     def audit_alterations(self) -> None:
         """Audit each pool row this member found altered outside sdquorum, once (the reads that found
         it were refused and logged; hsm_node.pool.integrity)."""
-        view = self.store.view
-        while (row := view.next_alteration()) is not None:
+        guard = self.store.view.guard
+        while (row := guard.next_alteration()) is not None:
             self._audit("pool-state-altered", "node", {"row": row})
-            view.alteration_audited()
+            guard.alteration_audited()
 
     def step(self) -> None:
         """One pass of the member loop, for a node that holds the domain."""

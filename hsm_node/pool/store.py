@@ -143,7 +143,7 @@ class _PoolDomain:
     def activate(self, secrets: DomainSecrets, info: DomainInfo, state: str, sd_file: bytes) -> None:
         with self._v.write() as tx:
             self._check_domain(tx, secrets.domain_id)
-            self._v.use_domain(secrets)
+            self._v.guard.use_domain(secrets)
             self._put_domain(tx, info, sd_file)
             tx.local["domains"] = self.domains_with(secrets)
             tx.local["state"] = state
@@ -157,7 +157,7 @@ class _PoolDomain:
         if sealed is None:
             return None  # the pool has a domain; this member does not hold it (yet): it joins first
         secrets = self._domain_seal.open(bytes.fromhex(sealed))
-        self._v.use_domain(secrets)
+        self._v.guard.use_domain(secrets)
         raw = self._v.get(self._v.layout.prefix + b"info")  # now checked: the row key is known
         if raw is None or DomainInfo.from_json(raw.decode()) != info:
             raise StateError("the pool's domain info changed while it was read: try again")
@@ -169,7 +169,7 @@ class _PoolDomain:
     def rotate(self, secrets: DomainSecrets, info: DomainInfo, sd_file: bytes, retired: RetiredEpoch) -> None:
         with self._v.write() as tx:
             self._check_domain(tx, secrets.domain_id)
-            self._v.use_domain(secrets)
+            self._v.guard.use_domain(secrets)
             self._v.create(
                 tx,
                 self._v.sub("retired", str(retired.epoch)),

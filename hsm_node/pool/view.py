@@ -30,12 +30,9 @@ Invariants:
   is not a batch: :mod:`hsm_node.pool.keyset` stages it in chunks.
 * The watch applies each etcd revision whole, under the cache's lock; reads inside
   :meth:`EtcdView.snapshot` all see one revision (a key-set pointer and the rows it names).
-* Integrity (:mod:`hsm_node.pool.integrity`): every row of a MAC'd table is sealed with its tag when
-  a transaction is sent and opened (tag checked, then stripped) on every read from the cache; a
-  write that changes a custody or domain row carries the next custody head in the same
-  transaction, conditioned on the head's revision; a read of such a row first checks the head
-  against the rows and against the highest head this member verified (kept in its own file). A
-  row that fails is never returned: TamperedError, logged once per row and revision.
+* Integrity (:mod:`hsm_node.pool.integrity`, :mod:`hsm_node.pool.guard`): every write tags the rows
+  of MAC'd tables and carries the next custody head if it changes a custody row; every read from
+  the cache checks them first. A row that fails is never returned (TamperedError, logged once).
 * This member's own file (``<data_dir>/pool-member.json``, 0600, :mod:`hsm_node.pool._member_file`)
   is written after the etcd transaction committed; if that fails, StorageError says the pool holds
   the change and this member does not.
@@ -45,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import threading
 import time
@@ -56,23 +52,21 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
-from hsm_node.pool._member_file import read_local, write_local
+from hsm_node.pool._member_file import MemberFile, read_local, write_local
 from hsm_node.pool.cache import RowCache
 from hsm_node.pool.etcd import (
     CompactedError,
-    Delete,
     EtcdClient,
     EtcdConfig,
     EventKind,
     KeyValue,
     Layout,
-    Put,
-    Unchanged,
     WatchBatch,
 )
-from hsm_node.pool.integrity import HEAD, HEADED, Head, RowMac, TamperedError, digest
+from hsm_node.pool.guard import RowGuard
+from hsm_node.pool.integrity import Head
 from sdquorum.errors import (
     AlreadyExistsError,
     PermissionDeniedError,
@@ -80,7 +74,6 @@ from sdquorum.errors import (
     StateError,
     TransportError,
 )
-from sdquorum.sdfile import DomainSecrets
 from sdquorum_rpc.files import private_dir
 
 __all__ = ["DEFAULT_MAX_STALENESS", "LOCAL_FILE", "EtcdView", "read_local", "write_local"]
@@ -132,20 +125,15 @@ class EtcdView:
         self._config = config
         self._max_staleness = max_staleness
         self._file = private_dir(data_dir, "the data directory", "node.data_dir / --data-dir") / LOCAL_FILE
-        self._local: dict[str, Any] = read_local(self._file)
-        self._local_lock = threading.Lock()  # this member's file: one read-modify-write at a time
-        self.mac = RowMac(self.prefix)
-        self.head_key = self.prefix + HEAD
-        self._headed_changes = 0  # bumped by every change to a custody row or the head (cache lock)
-        self._head_checked = -1  # the value of _headed_changes the head was last verified at
-        self._checked_head: Head | None = None
-        self._reported: set[tuple[bytes, int]] = set()  # rows already logged as tampered
-        self._alterations: list[str] = []  # rows found altered, not yet audited (PoolService)
+        self._member = MemberFile(self._file)
         self.on_commit: Callable[[], None] | None = None
         # the cache (guarded by _lock; written by the loop thread only)
         self._lock = threading.RLock()  # re-entered by reads inside snapshot()
         self._cache = RowCache(self.prefix)
         self._revision = 0
+        self.guard = RowGuard(
+            self.prefix, self._lock, lambda: self._cache, lambda: self._member.data, self._member.update
+        )
         self._contact = 0.0  # time.monotonic() of the last answer from etcd
         self._removed = False
         self._tx: _Tx | None = None
@@ -194,15 +182,15 @@ class EtcdView:
             self._cache = RowCache(self.prefix, kvs)
             self._revision = revision
             self._contact = time.monotonic()
-            self._headed_changes += 1
+            self.guard.changed()
         async with self._caught_up:
             self._caught_up.notify_all()
 
     def _apply(self, batch: WatchBatch) -> None:
         with self._lock:  # one batch whole: a revision is never seen half applied
             _apply_events(self._cache, batch)
-            if any(ev.key == self.head_key or self.mac.headed(ev.key) for ev in batch.events):
-                self._headed_changes += 1
+            if any(self.guard.watched(ev.key) for ev in batch.events):
+                self.guard.changed()
             self._revision = max(self._revision, batch.revision)
 
     async def _follow(self) -> None:
@@ -314,52 +302,32 @@ class EtcdView:
         return self._tx if self._tx_thread == threading.get_ident() else None
 
     def get(self, key: bytes) -> bytes | None:
-        """A value as this transaction sees it (its own writes first, then the cache), its
-        integrity checked (module docstring)."""
+        """A value as this transaction sees it (its own writes, else the cache's, checked)."""
         tx = self.transaction()
         if tx is not None and key in tx.writes:
             return tx.writes[key]
-        self._fresh()
-        if self.mac.headed(key):
-            self.check_head()
-        with self._lock:
-            kv = self._cache.get(key)
-        return None if kv is None else self._opened(kv)
+        kv = _cached(self, key)
+        return None if kv is None else self.guard.open(kv)
 
     def committed(self, prefix: bytes, *, verify: bool = True) -> list[KeyValue]:
         """Every committed row under ``prefix`` as the cache holds it (revisions too), by key; its
         values checked and opened, unless ``verify`` is False (their keys and revisions only)."""
         self._fresh()
-        if verify and self.mac.headed(prefix):
-            self.check_head()
+        self.guard.check_head_for(prefix)
         with self._lock:
             kvs = sorted(self._cache.under(prefix), key=lambda kv: kv.key)
-        return [replace(kv, value=self._opened(kv)) for kv in kvs] if verify else kvs
+        return [replace(kv, value=self.guard.open(kv)) for kv in kvs] if verify else kvs
 
     def scan(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
         """Every (key, value) under ``prefix`` as this transaction sees it, in creation order."""
         self._fresh()
-        if self.mac.headed(prefix):
-            self.check_head()
+        self.guard.check_head_for(prefix)
         with self._lock:
             kvs = self._cache.under(prefix)
         kvs.sort(key=lambda kv: (kv.create_revision, kv.key))
-        rows = [(kv.key, self._opened(kv)) for kv in kvs]
+        rows = [(kv.key, self.guard.open(kv)) for kv in kvs]
         tx = self.transaction()
-        if tx is None:
-            return rows
-        present = {k for k, _ in rows}
-        out: list[tuple[bytes, bytes]] = []
-        for k, v in rows:
-            w = tx.writes.get(k, v)
-            if w is not None:
-                out.append((k, w))
-        out += [
-            (k, v)
-            for k, v in tx.writes.items()
-            if v is not None and k.startswith(prefix) and k not in present
-        ]
-        return out
+        return rows if tx is None else _overlay(rows, tx, prefix)
 
     # ------------------------------------------------------------------ transactions
 
@@ -392,13 +360,9 @@ class EtcdView:
         """The value the write decides on; the transaction applies only if it is still so."""
         if key in tx.writes:
             return tx.writes[key]
-        self._fresh()
-        if self.mac.headed(key):
-            self.check_head()
-        with self._lock:
-            kv = self._cache.get(key)
+        kv = _cached(self, key)
         tx.read.setdefault(key, 0 if kv is None else kv.mod_revision)
-        return None if kv is None else self._opened(kv)
+        return None if kv is None else self.guard.open(kv)
 
     def create(self, tx: _Tx, key: bytes, value: bytes, exists: str) -> None:
         if self.read_for_write(tx, key) is not None:
@@ -409,13 +373,7 @@ class EtcdView:
     def _commit(self, tx: _Tx) -> None:
         head: Head | None = None
         if tx.writes:
-            writes, read = dict(tx.writes), dict(tx.read)
-            if self.mac.keyed and any(self.mac.headed(k) for k in writes):
-                head, head_revision = self.next_head(writes)
-                writes[self.head_key] = head.to_bytes()
-                read[self.head_key] = head_revision
-            ops = [Put(k, self.sealed(k, v)) if v is not None else Delete(k) for k, v in writes.items()]
-            conds = [Unchanged(k, r) for k, r in read.items()]
+            ops, conds, head = self.guard.prepare(tx.writes, tx.read)
             try:
                 revision = self.run(self._client.commit(ops, unless_changed=conds))
             except TransportError as e:  # the etcd endpoints and detail stay in this member's log
@@ -428,142 +386,13 @@ class EtcdView:
                 if not self.run(self._wait_revision(revision, self._max_staleness)):
                     log.warning("pool: the watch has not reached revision %d yet", revision)
         if tx.local or head is not None:
-            with self._local_lock:
-                local = {**self._local, **tx.local}
-                if head is not None:
-                    local["heads"] = self._heads_with(local, head)
-                self._local = write_local(self._file, local)
-
-    def keep_head(self, head: Head) -> None:
-        """Remember ``head`` (this member published or verified it) in this member's file."""
-        with self._local_lock:
-            kept = self._kept_head()
-            if kept is None or head.counter > kept.counter:
-                self._local = write_local(
-                    self._file, {**self._local, "heads": self._heads_with(self._local, head)}
-                )
-
-    # ------------------------------------------------------------------ integrity
-
-    def use_domain(self, secrets: DomainSecrets) -> None:
-        """Check and write MAC'd rows with this domain's row key from now on."""
-        self.mac.use(secrets)
-        with self._lock:
-            self._head_checked = -1
-
-    def _opened(self, kv: KeyValue) -> bytes:
-        """A cached row's value, its tag checked and stripped (TamperedError, logged once)."""
-        try:
-            return self.mac.open(kv.key, kv.version, kv.value)
-        except TamperedError as e:
-            self._report(e, kv.key, kv.mod_revision)
-            raise
-
-    def _report(self, e: TamperedError, key: bytes, revision: int) -> None:
-        if (key, revision) in self._reported:
-            return
-        self._reported.add((key, revision))
-        log.error("pool: %s", e)
-        self._alterations.append(e.row)
-
-    def next_alteration(self) -> str | None:
-        """The oldest row found altered and not yet audited (:meth:`alteration_audited` after)."""
-        return self._alterations[0] if self._alterations else None
-
-    def alteration_audited(self) -> None:
-        self._alterations.pop(0)
-
-    def sealed(self, key: bytes, value: bytes) -> bytes:
-        """``value`` as a write stores it at ``key`` (tagged for the version the write makes)."""
-        with self._lock:
-            kv = self._cache.get(key)
-        return self.mac.seal(key, 1 if kv is None else kv.version + 1, value)
-
-    def _headed_rows(self) -> tuple[dict[bytes, bytes], KeyValue | None]:
-        with self._lock:
-            kvs = sorted((kv for t in HEADED for kv in self._cache.table(t)), key=lambda kv: kv.key)
-            head = self._cache.get(self.head_key)
-        return {kv.key: self._opened(kv) for kv in kvs}, head
-
-    def _kept_head(self) -> Head | None:
-        o = self._local.get("heads", {}).get(self.prefix.decode())
-        return None if o is None else Head(int(o["counter"]), bytes.fromhex(o["digest"]))
-
-    def _heads_with(self, local: dict[str, Any], head: Head) -> dict[str, Any]:
-        return {
-            **local.get("heads", {}),
-            self.prefix.decode(): {"counter": head.counter, "digest": head.digest.hex()},
-        }
-
-    def check_head(self) -> Head | None:
-        """The custody head, checked against the custody rows and against the highest head this
-        member verified (TamperedError if either fails); None in a pool without custody rows yet or
-        on a member without the domain (it cannot check)."""
-        if not self.mac.keyed:
-            return None
-        with self._lock:
-            stamp = self._headed_changes
-            if self._head_checked == stamp:
-                return self._checked_head
-            rows, head_kv = self._headed_rows()
-        kept = self._kept_head()
-        if head_kv is None:
-            if rows or kept is not None:
-                self._tampered("head", "is missing", 0)
-            with self._lock:
-                if self._headed_changes == stamp:
-                    self._head_checked, self._checked_head = stamp, None
-            return None
-        try:
-            head = Head.from_bytes(self._opened(head_kv))
-        except ValueError:
-            self._tampered("head", "is not a custody head", head_kv.mod_revision)
-        if not hmac.compare_digest(head.digest, digest(rows.items())):
-            self._tampered(
-                "head",
-                "does not match the custody rows (one was deleted, added or put back)",
-                head_kv.mod_revision,
-            )
-        if kept is not None and (
-            head.counter < kept.counter or (head.counter == kept.counter and head.digest != kept.digest)
-        ):
-            self._tampered(
-                "head",
-                f"is at counter {head.counter}, behind the {kept.counter} this member verified (a rollback)",
-                head_kv.mod_revision,
-            )
-        self.keep_head(head)
-        with self._lock:
-            if self._headed_changes == stamp:
-                self._head_checked, self._checked_head = stamp, head
-        return head
-
-    def _tampered(self, row: str, why: str, revision: int) -> NoReturn:
-        e = TamperedError(row, why)
-        self._report(e, self.prefix + row.encode(), revision)
-        raise e
-
-    def next_head(self, writes: dict[bytes, bytes | None]) -> tuple[Head, int]:
-        """The head a write of ``writes`` (custody rows among them) publishes, and the head's
-        revision it is conditioned on. The current state is checked first: a write never builds
-        on rows altered outside sdquorum. Only on a member that holds the domain."""
-        current = self.check_head()
-        with self._lock:
-            rows, head_kv = self._headed_rows()
-        for k, v in writes.items():
-            if self.mac.headed(k):
-                if v is None:
-                    rows.pop(k, None)
-                else:
-                    rows[k] = v
-        counter = (current.counter if current is not None else 0) + 1
-        return Head(counter, digest(rows.items())), (0 if head_kv is None else head_kv.mod_revision)
+            self._member.update(lambda now: self.guard.with_head({**now, **tx.local}, head))
 
     # ------------------------------------------------------------------ this member's file
 
     def local_view(self) -> dict[str, Any]:
         tx = self.transaction()
-        return {**self._local, **tx.local} if tx is not None else self._local
+        return {**self._member.data, **tx.local} if tx is not None else self._member.data
 
     def sub(self, *parts: str) -> bytes:
         return self.prefix + "/".join(urllib.parse.quote(p, safe="") for p in parts).encode()
@@ -578,6 +407,24 @@ def _apply_events(cache: RowCache, batch: WatchBatch) -> None:
             created = old.create_revision if old is not None else ev.mod_revision
             version = old.version + 1 if old is not None else 1
             cache.put(KeyValue(ev.key, ev.value, created, ev.mod_revision, version, 0))
+
+
+def _cached(view: EtcdView, key: bytes) -> KeyValue | None:
+    """A committed row as the cache holds it, once the view is fresh and the head checked."""
+    view._fresh()
+    view.guard.check_head_for(key)
+    with view._lock:
+        return view._cache.get(key)
+
+
+def _overlay(rows: list[tuple[bytes, bytes]], tx: _Tx, prefix: bytes) -> list[tuple[bytes, bytes]]:
+    """``rows`` (committed, under ``prefix``) as transaction ``tx`` sees them: its writes over them."""
+    present = {k for k, _ in rows}
+    out = [(k, w) for k, v in rows if (w := tx.writes.get(k, v)) is not None]
+    out += [
+        (k, v) for k, v in tx.writes.items() if v is not None and k.startswith(prefix) and k not in present
+    ]
+    return out
 
 
 def _refuse_conflict(view: EtcdView, tx: _Tx) -> None:
