@@ -1,6 +1,6 @@
 """Integrity of the pool's shared state in etcd: row MACs and the custody head (ADR 0013, "Integrity
-of the shared state"). I/O-free: the view (:mod:`hsm_node.pool.view`) calls it on every write it
-sends and every row it reads from its cache.
+of the shared state"). I/O-free: the view's guard (:mod:`hsm_node.pool.guard`) calls it on every
+write the view sends and every row it reads from its cache.
 
 Any pool member's etcd certificate may write any row under the pool's prefix, so etcd's own access
 control cannot tell a member's store from ``etcdctl`` run with a stolen member certificate. What the

@@ -13,8 +13,10 @@ below are relative to it); what belongs to this member stays on its own disk:
   ``provisioning@<node id>``: members audit at once without racing for a sequence number; every
   chain outlives its member); ``custody/<id>``, ``drills/<id>``, ``retired/<epoch>``: custody records, drill results and
   retired epochs (JSON, no secret); ``flags/<name>`` the compromise flag and the former
-  custodians; ``seen/<domain id hex>`` the highest epoch seen of a domain; the pool's own rows
-  (:mod:`hsm_node.pool.rows`).
+  custodians; ``seen/<domain id hex>`` the highest epoch seen of a domain; ``head`` the custody
+  head; the pool's own rows (:mod:`hsm_node.pool.rows`). Every key, custody and domain row carries
+  a MAC under a key derived from the DEK, and the custody rows are covered by the head
+  (:mod:`hsm_node.pool.integrity`): a row altered outside sdquorum is never used.
 * this member's disk, ``<data_dir>/pool-member.json`` (0600, in a 0700 directory): the node state
   and the domain secrets sealed under the **node sealing key** (AAD: the node id). The domain
   secrets never go to etcd, sealed or not; a member that sees the pool's header but holds no
