@@ -50,7 +50,8 @@ def _etcd_cluster() -> Any:
 def _store_rows(etcd: Any, ctx: BenchContext) -> list[Row]:
     from hsm_node.keyops import KeyType
     from hsm_node.pool.store import PoolNodeStore
-    from hsm_node.store import SqliteNodeStore, StoredKey
+    from hsm_node.store import DomainInfo, SqliteNodeStore, StoredKey
+    from sdquorum.sdfile import new_domain_secrets
 
     n = 40 if ctx.quick else 200
     dek, aes = os.urandom(32), int(KeyType.AES256_GCM)
@@ -58,6 +59,9 @@ def _store_rows(etcd: Any, ctx: BenchContext) -> list[Row]:
     b = PoolNodeStore(etcd.config("node-b"), b"bench", ctx.tmp / "pool-b", os.urandom(32), "node-b")
     single = SqliteNodeStore(ctx.tmp / "single", os.urandom(32), "node-s")
     try:
+        domain = new_domain_secrets(os.urandom, admins=["admin"])
+        for member in (a, b):  # members hold the domain, as in production: every key row MAC'd, checked
+            member.domain.activate(domain, DomainInfo(domain.domain_id, 1, 2, 3), "ACTIVATED", b"sd-file")
 
         def per_key(store: Any, prefix: str) -> float:
             t0 = time.perf_counter()

@@ -13,8 +13,10 @@ pool whose members already hold the domain:
    domain id, epoch and SD file hash are the pool's (a node of another domain, or one that read an
    older header, is refused); the request was not served before (its SHA-256 is not among the used
    ones: a replayed request is refused).
-3. The member seals ``{request sha256, domain id, epoch, domain secrets}`` to the exchange key
-   (libsodium sealed box) and signs a :class:`JoinGrantStatement` (joiner, sender, domain id,
+3. The member seals ``{request sha256, domain id, epoch, domain secrets, custody head}`` to the
+   exchange key (libsodium sealed box; the custody head, the counter and digest of the pool's custody
+   rows the member verified, makes the joiner refuse an older custody state from its first read on:
+   inner type ``-v2``; a grant of ``-v1``, from a member of the previous version, has none) and signs a :class:`JoinGrantStatement` (joiner, sender, domain id,
    epoch, SD file hash, request sha256, sealed secrets) with its own attestation key
    (:func:`make_join_grant`).
 4. The joiner (:func:`open_join_grant`) checks the sender's certificate under the root, the
@@ -51,6 +53,7 @@ from sdquorum.sdfile import DomainSecrets
 __all__ = [
     "CLOCK_SKEW_SECONDS",
     "MAX_JOIN_SECONDS",
+    "CustodyHead",
     "JoinGrant",
     "JoinGrantStatement",
     "JoinRequest",
@@ -60,15 +63,26 @@ __all__ = [
     "make_join_grant",
     "make_join_request",
     "open_join_grant",
+    "open_join_grant_with_head",
 ]
 
 REQUEST_TYPE = "sdquorum-pool-join-request-v1"
 GRANT_TYPE = "sdquorum-pool-join-grant-v1"
-SECRETS_TYPE = "sdquorum-pool-join-secrets-v1"
+SECRETS_TYPE = "sdquorum-pool-join-secrets-v1"  # accepted, no custody head (a member of the previous version)
+SECRETS_TYPE_V2 = "sdquorum-pool-join-secrets-v2"  # with the custody head
 REQUEST_CONTEXT = b"sdquorum pool join request v1\x00"
 GRANT_CONTEXT = b"sdquorum pool join grant v1\x00"
 MAX_JOIN_SECONDS = 600  # a join request lives at most this long
 CLOCK_SKEW_SECONDS = 120
+
+
+@dataclass(frozen=True)
+class CustodyHead:
+    """The pool's custody head a granting member verified (hsm_node.pool.integrity): a counter that
+    only grows and the SHA-256 over the custody rows."""
+
+    counter: int
+    digest: bytes
 
 
 @dataclass(frozen=True)
@@ -274,20 +288,24 @@ def make_join_grant(
     pool: PoolHeader,
     key: Ed25519PrivateKey,
     certificate_der: bytes,
+    custody_head: CustodyHead | None = None,
 ) -> JoinGrant:
-    """Seal ``secrets`` to a checked request's exchange key; sign the grant as ``sender``."""
+    """Seal ``secrets`` (and the custody head the member verified, if any) to a checked request's
+    exchange key; sign the grant as ``sender``."""
     st = request.statement
     if not hmac.compare_digest(secrets.domain_id, pool.domain_id):
         raise VerificationError("these domain secrets are not the pool's domain")
-    inner = canonical_json(
-        {
-            "type": SECRETS_TYPE,
-            "request_sha256": b64e(request.sha256),
-            "domain_id": pool.domain_id.hex(),
-            "epoch": pool.epoch,
-            "secrets": b64e(secrets.to_bytes()),
-        }
-    )
+    fields: dict[str, object] = {
+        "type": SECRETS_TYPE,
+        "request_sha256": b64e(request.sha256),
+        "domain_id": pool.domain_id.hex(),
+        "epoch": pool.epoch,
+        "secrets": b64e(secrets.to_bytes()),
+    }
+    if custody_head is not None:
+        fields["type"] = SECRETS_TYPE_V2
+        fields["custody_head"] = {"counter": custody_head.counter, "digest": b64e(custody_head.digest)}
+    inner = canonical_json(fields)
     sealed = nacl.public.SealedBox(nacl.public.PublicKey(st.exchange_public_key)).encrypt(inner)
     gst = JoinGrantStatement(
         pool.domain_id, pool.epoch, pool.sd_file_sha256, st.node_id, sender, request.sha256, bytes(sealed)
@@ -307,6 +325,28 @@ def open_join_grant(
     members: Collection[str],
 ) -> DomainSecrets:
     """The joiner's checks (module docstring, 4); the domain secrets the grant carries."""
+    return open_join_grant_with_head(
+        grant,
+        request=request,
+        exchange_key=exchange_key,
+        root_pem=root_pem,
+        now=now,
+        pool=pool,
+        members=members,
+    )[0]
+
+
+def open_join_grant_with_head(
+    grant: JoinGrant,
+    *,
+    request: JoinRequest,
+    exchange_key: nacl.public.PrivateKey,
+    root_pem: bytes,
+    now: datetime,
+    pool: PoolHeader,
+    members: Collection[str],
+) -> tuple[DomainSecrets, CustodyHead | None]:
+    """:func:`open_join_grant`, and the custody head the grant carries (None in a ``-v1`` grant)."""
     sender = _verify(grant, GRANT_CONTEXT, root_pem, now, "join grant")
     g = grant.statement
     if g.sender != sender:
@@ -325,9 +365,12 @@ def open_join_grant(
             "the join grant's sealed secrets do not open with this join's exchange key"
         ) from e
     o = parse_json_object(inner, "join secrets")
+    names = {"type", "request_sha256", "domain_id", "epoch", "secrets"}
+    if o.get("type") == SECRETS_TYPE_V2:
+        names.add("custody_head")
     if (
-        o.get("type") != SECRETS_TYPE
-        or set(o) != {"type", "request_sha256", "domain_id", "epoch", "secrets"}
+        o.get("type") not in (SECRETS_TYPE, SECRETS_TYPE_V2)
+        or set(o) != names
         or o.get("domain_id") != g.domain_id.hex()
         or o.get("epoch") != g.epoch
         or not hmac.compare_digest(f.b64_bytes(o.get("request_sha256"), "request_sha256", 32), request.sha256)
@@ -336,7 +379,16 @@ def open_join_grant(
     secrets = DomainSecrets.from_bytes(f.b64_bytes(o.get("secrets"), "secrets", None))
     if not hmac.compare_digest(secrets.domain_id, pool.domain_id):
         raise VerificationError("the join grant seals the secrets of another domain")
-    return secrets
+    return secrets, _custody_head(o.get("custody_head"))
+
+
+def _custody_head(v: object) -> CustodyHead | None:
+    if v is None:
+        return None
+    if not isinstance(v, dict) or set(v) != {"counter", "digest"}:
+        raise MalformedError("join secrets: custody_head is {counter, digest}")
+    counter = f.non_negative(v.get("counter"), "custody_head.counter")
+    return CustodyHead(counter, f.b64_bytes(v.get("digest"), "custody_head.digest", 32))
 
 
 # ------------------------------------------------------------------ parsing

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sdquorum.errors import StorageError
 
-__all__ = ["read_local", "write_local"]
+__all__ = ["MemberFile", "read_local", "write_local"]
 
 
 def read_local(path: Path) -> dict[str, Any]:
@@ -53,3 +55,17 @@ def write_local(path: Path, data: dict[str, Any]) -> dict[str, Any]:
             "free space on its data volume, then restart it"
         ) from e
     return data
+
+
+class MemberFile:
+    """This member's file, read once and rewritten whole by one writer at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict[str, Any] = read_local(path)
+        self._lock = threading.Lock()
+
+    def update(self, change: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        """Rewrite the file with ``change(current contents)``."""
+        with self._lock:
+            self.data = write_local(self.path, change(self.data))

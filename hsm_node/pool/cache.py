@@ -45,6 +45,10 @@ class RowCache:
         if table is not None:
             table.pop(key, None)
 
+    def table(self, name: bytes) -> list[KeyValue]:
+        """Every row of one table."""
+        return list(self._tables.get(name, {}).values())
+
     def under(self, prefix: bytes) -> list[KeyValue]:
         """Every row whose key starts with ``prefix`` (which starts with the pool's prefix)."""
         rest = prefix[self._skip :]

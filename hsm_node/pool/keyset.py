@@ -102,8 +102,10 @@ class KeySet:
         """The current generation, the pointer's revision, every generation's keys, the markers."""
         with self._v.snapshot():
             ptr = next((kv for kv in self._v.committed(self.pointer) if kv.key == self.pointer), None)
-            keys = [kv.key for kv in self._v.committed(self._base)]
-            marked = {kv.key[len(self._marks) :].decode() for kv in self._v.committed(self._marks)}
+            keys = [kv.key for kv in self._v.committed(self._base, verify=False)]
+            marked = {
+                kv.key[len(self._marks) :].decode() for kv in self._v.committed(self._marks, verify=False)
+            }
         gens: dict[str, list[bytes]] = {}
         for k in keys:
             gen, slash, _ = k[len(self._base) :].partition(b"/")
@@ -144,8 +146,11 @@ class KeySet:
         chunk: list[Put] = []
         size = 0
         for name, value in rows:
-            put = Put(self.key(gen, name), value)
-            cost = len(put.key) + len(value) + PUT_OVERHEAD
+            where = self.key(gen, name)
+            put = Put(
+                where, self._v.guard.mac.seal(where, 1, value)
+            )  # a new generation: every row at version 1
+            cost = len(put.key) + len(put.value) + PUT_OVERHEAD
             if cost > budget:
                 raise UsageError(
                     f"key {name!r} is {cost} bytes as a pool row: over etcd's --max-request-bytes "
@@ -223,10 +228,23 @@ class KeySet:
                     group.create_task(stage(chunk))
         except BaseExceptionGroup as e:  # the first failure, as the callers know it
             raise e.exceptions[0] from None
-        return await client.commit(
-            [Put(self.pointer, gen.encode()), Delete(marker)],
-            unless_changed=[Unchanged(self.pointer, revision), Unchanged(marker, marked)],
-        )
+        # the pointer is a custody row: the flip publishes the next custody head with it
+        ops: list[Put | Delete] = [
+            Put(self.pointer, self._v.guard.sealed(self.pointer, gen.encode())),
+            Delete(marker),
+        ]
+        conds = [Unchanged(self.pointer, revision), Unchanged(marker, marked)]
+        head = None
+        if self._v.guard.mac.keyed:
+            head, head_revision = self._v.guard.next_head({self.pointer: gen.encode()})
+            ops.append(
+                Put(self._v.guard.head_key, self._v.guard.sealed(self._v.guard.head_key, head.to_bytes()))
+            )
+            conds.append(Unchanged(self._v.guard.head_key, head_revision))
+        flipped = await client.commit(ops, unless_changed=conds)
+        if flipped is not None and head is not None:
+            self._v.guard.keep_head(head)
+        return flipped
 
     def _settle(self, gen: str, lease: Lease) -> bool:
         """After a restore failed or lost: fence its flip (revoke the lease), then True if the flip
@@ -246,7 +264,7 @@ class KeySet:
         if pointer is not None and pointer.value == gen.encode():
             return True
         with _logged("a failed restore's staged rows (they go at the next start or restore)"):
-            self._delete_generation(gen, [kv.key for kv in self._v.committed(self.prefix(gen))])
+            self._delete_generation(gen, [kv.key for kv in self._v.committed(self.prefix(gen), verify=False)])
         return False
 
     def _refuse(self, revision: int) -> None:

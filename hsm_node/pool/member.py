@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 import nacl.public
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from hsm_node.pool.integrity import Head
 from hsm_node.pool.store import PoolNodeStore
 from sdquorum import pooljoin
 from sdquorum.encoding import b64d, b64e
@@ -161,7 +162,7 @@ class PoolMember:
             if raw is not None:
                 try:
                     grant = pooljoin.JoinGrant.from_bytes(raw)
-                    secrets = pooljoin.open_join_grant(
+                    secrets, head = pooljoin.open_join_grant_with_head(
                         grant,
                         request=request,
                         exchange_key=exchange,
@@ -173,6 +174,8 @@ class PoolMember:
                 except (VerificationError, MalformedError) as e:
                     log.warning("pool join: refused a grant: %s", e)
                 else:
+                    if head is not None:  # the custody state the granting member verified: never less
+                        self.store.view.guard.keep_head(Head(head.counter, head.digest))
                     self.store.pool.hold_domain(secrets, "ACTIVATED")
                     self.store.pool.delete_pool_row("grants", self.node_id)
                     self.register()
@@ -198,6 +201,8 @@ class PoolMember:
         pool = self._pool()
         allowed = set(self.store.pool.pool_rows("allowed"))
         used = self.store.pool.served()
+        checked = self.store.view.guard.check_head()  # a member never grants over an altered custody state
+        head = None if checked is None else pooljoin.CustodyHead(checked.counter, checked.digest)
         granted = []
         for node_id, raw in requests.items():
             try:
@@ -209,7 +214,9 @@ class PoolMember:
                 pooljoin.check_join_request(
                     request, root_pem=self._root, now=self._now(), allowed=allowed, pool=pool, used=used
                 )
-                grant = pooljoin.make_join_grant(request, secrets, self.node_id, pool, self._key, self._cert)
+                grant = pooljoin.make_join_grant(
+                    request, secrets, self.node_id, pool, self._key, self._cert, custody_head=head
+                )
                 self.store.pool.grant_join(node_id, raw, request.sha256, grant.to_bytes())
             except (VerificationError, MalformedError) as e:
                 log.warning("pool join of %r refused: %s", node_id, e)

@@ -116,6 +116,7 @@ class PoolRows:
         raw = self._v.get(self._v.layout.prefix + b"info")
         if raw is None or DomainInfo.from_json(raw.decode()).domain_id != secrets.domain_id:
             raise StateError("these domain secrets are not the pool's domain: nothing was kept")
+        self._v.guard.use_domain(secrets)
         with self._v.write() as tx:
             tx.local["domains"] = self._domain.domains_with(secrets)
             tx.local["state"] = state

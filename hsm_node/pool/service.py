@@ -99,6 +99,14 @@ class PoolService:
 
     # ------------------------------------------------------------------ the loop
 
+    def audit_alterations(self) -> None:
+        """Audit each pool row this member found altered outside sdquorum, once (the reads that found
+        it were refused and logged; hsm_node.pool.integrity)."""
+        guard = self.store.view.guard
+        while (row := guard.next_alteration()) is not None:
+            self._audit("pool-state-altered", "node", {"row": row})
+            guard.alteration_audited()
+
     def step(self) -> None:
         """One pass of the member loop, for a node that holds the domain."""
         life = self._lifecycle
@@ -116,6 +124,7 @@ class PoolService:
         last = ""
         while True:
             try:
+                self.audit_alterations()
                 self.member.check_standing()
                 if self._lifecycle.domain is None:
                     await self._maybe_join()

@@ -13,8 +13,10 @@ below are relative to it); what belongs to this member stays on its own disk:
   ``provisioning@<node id>``: members audit at once without racing for a sequence number; every
   chain outlives its member); ``custody/<id>``, ``drills/<id>``, ``retired/<epoch>``: custody records, drill results and
   retired epochs (JSON, no secret); ``flags/<name>`` the compromise flag and the former
-  custodians; ``seen/<domain id hex>`` the highest epoch seen of a domain; the pool's own rows
-  (:mod:`hsm_node.pool.rows`).
+  custodians; ``seen/<domain id hex>`` the highest epoch seen of a domain; ``head`` the custody
+  head; the pool's own rows (:mod:`hsm_node.pool.rows`). Every key, custody and domain row carries
+  a MAC under a key derived from the DEK, and the custody rows are covered by the head
+  (:mod:`hsm_node.pool.integrity`): a row altered outside sdquorum is never used.
 * this member's disk, ``<data_dir>/pool-member.json`` (0600, in a 0700 directory): the node state
   and the domain secrets sealed under the **node sealing key** (AAD: the node id). The domain
   secrets never go to etcd, sealed or not; a member that sees the pool's header but holds no
@@ -80,6 +82,10 @@ class PoolNodeStore:
         self.records = _PoolRecords(self.view)
         self.keys = _PoolKeys(self.view, KeySeal(), KeySet(self.view, ttl=restore_ttl))
         self.pool = PoolRows(self.view, self.domain)
+        try:  # the row key, if this member holds the pool's domain (hsm_node.pool.integrity)
+            self.domain.load_domain()
+        except SdquorumError as e:  # reads of what failed are refused; the node says so when it loads
+            log.error("pool: this member's domain could not be loaded at start: %s", e)
         try:  # what a crashed restore left (hsm_node.pool.keyset): best effort, the next restore retries
             self.keys.keyset.collect_garbage()
         except SdquorumError as e:
@@ -139,6 +145,7 @@ class _PoolDomain:
     def activate(self, secrets: DomainSecrets, info: DomainInfo, state: str, sd_file: bytes) -> None:
         with self._v.write() as tx:
             self._check_domain(tx, secrets.domain_id)
+            self._v.guard.use_domain(secrets)
             self._put_domain(tx, info, sd_file)
             tx.local["domains"] = self.domains_with(secrets)
             tx.local["state"] = state
@@ -151,7 +158,12 @@ class _PoolDomain:
         sealed = self._v.local_view().get("domains", {}).get(info.domain_id.hex())
         if sealed is None:
             return None  # the pool has a domain; this member does not hold it (yet): it joins first
-        return self._domain_seal.open(bytes.fromhex(sealed)), info
+        secrets = self._domain_seal.open(bytes.fromhex(sealed))
+        self._v.guard.use_domain(secrets)
+        raw = self._v.get(self._v.layout.prefix + b"info")  # now checked: the row key is known
+        if raw is None or DomainInfo.from_json(raw.decode()) != info:
+            raise StateError("the pool's domain info changed while it was read: try again")
+        return secrets, info
 
     def sd_file(self) -> bytes | None:
         return self._v.get(self._v.layout.header())
@@ -159,6 +171,7 @@ class _PoolDomain:
     def rotate(self, secrets: DomainSecrets, info: DomainInfo, sd_file: bytes, retired: RetiredEpoch) -> None:
         with self._v.write() as tx:
             self._check_domain(tx, secrets.domain_id)
+            self._v.guard.use_domain(secrets)
             self._v.create(
                 tx,
                 self._v.sub("retired", str(retired.epoch)),

@@ -30,6 +30,9 @@ Invariants:
   is not a batch: :mod:`hsm_node.pool.keyset` stages it in chunks.
 * The watch applies each etcd revision whole, under the cache's lock; reads inside
   :meth:`EtcdView.snapshot` all see one revision (a key-set pointer and the rows it names).
+* Integrity (:mod:`hsm_node.pool.integrity`, :mod:`hsm_node.pool.guard`): every write tags the rows
+  of MAC'd tables and carries the next custody head if it changes a custody row; every read from
+  the cache checks them first. A row that fails is never returned (TamperedError, logged once).
 * This member's own file (``<data_dir>/pool-member.json``, 0600, :mod:`hsm_node.pool._member_file`)
   is written after the etcd transaction committed; if that fails, StorageError says the pool holds
   the change and this member does not.
@@ -47,24 +50,23 @@ from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hsm_node.pool._member_file import read_local, write_local
+from hsm_node.pool._member_file import MemberFile, read_local, write_local
 from hsm_node.pool.cache import RowCache
 from hsm_node.pool.etcd import (
     CompactedError,
-    Delete,
     EtcdClient,
     EtcdConfig,
     EventKind,
     KeyValue,
     Layout,
-    Put,
-    Unchanged,
     WatchBatch,
 )
+from hsm_node.pool.guard import RowGuard
+from hsm_node.pool.integrity import Head
 from sdquorum.errors import (
     AlreadyExistsError,
     PermissionDeniedError,
@@ -123,12 +125,15 @@ class EtcdView:
         self._config = config
         self._max_staleness = max_staleness
         self._file = private_dir(data_dir, "the data directory", "node.data_dir / --data-dir") / LOCAL_FILE
-        self._local: dict[str, Any] = read_local(self._file)
+        self._member = MemberFile(self._file)
         self.on_commit: Callable[[], None] | None = None
         # the cache (guarded by _lock; written by the loop thread only)
         self._lock = threading.RLock()  # re-entered by reads inside snapshot()
         self._cache = RowCache(self.prefix)
         self._revision = 0
+        self.guard = RowGuard(
+            self.prefix, self._lock, lambda: self._cache, lambda: self._member.data, self._member.update
+        )
         self._contact = 0.0  # time.monotonic() of the last answer from etcd
         self._removed = False
         self._tx: _Tx | None = None
@@ -177,12 +182,15 @@ class EtcdView:
             self._cache = RowCache(self.prefix, kvs)
             self._revision = revision
             self._contact = time.monotonic()
+            self.guard.changed()
         async with self._caught_up:
             self._caught_up.notify_all()
 
     def _apply(self, batch: WatchBatch) -> None:
         with self._lock:  # one batch whole: a revision is never seen half applied
             _apply_events(self._cache, batch)
+            if any(self.guard.watched(ev.key) for ev in batch.events):
+                self.guard.changed()
             self._revision = max(self._revision, batch.revision)
 
     async def _follow(self) -> None:
@@ -294,43 +302,32 @@ class EtcdView:
         return self._tx if self._tx_thread == threading.get_ident() else None
 
     def get(self, key: bytes) -> bytes | None:
-        """A value as this transaction sees it (its own writes first, then the cache)."""
+        """A value as this transaction sees it (its own writes, else the cache's, checked)."""
         tx = self.transaction()
         if tx is not None and key in tx.writes:
             return tx.writes[key]
-        self._fresh()
-        with self._lock:
-            kv = self._cache.get(key)
-        return None if kv is None else kv.value
+        kv = _cached(self, key)
+        return None if kv is None else self.guard.open(kv)
 
-    def committed(self, prefix: bytes) -> list[KeyValue]:
-        """Every committed row under ``prefix`` as the cache holds it (revisions too), by key."""
+    def committed(self, prefix: bytes, *, verify: bool = True) -> list[KeyValue]:
+        """Every committed row under ``prefix`` as the cache holds it (revisions too), by key; its
+        values checked and opened, unless ``verify`` is False (their keys and revisions only)."""
         self._fresh()
+        self.guard.check_head_for(prefix)
         with self._lock:
-            return sorted(self._cache.under(prefix), key=lambda kv: kv.key)
+            kvs = sorted(self._cache.under(prefix), key=lambda kv: kv.key)
+        return [replace(kv, value=self.guard.open(kv)) for kv in kvs] if verify else kvs
 
     def scan(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
         """Every (key, value) under ``prefix`` as this transaction sees it, in creation order."""
         self._fresh()
+        self.guard.check_head_for(prefix)
         with self._lock:
             kvs = self._cache.under(prefix)
         kvs.sort(key=lambda kv: (kv.create_revision, kv.key))
-        rows = [(kv.key, kv.value) for kv in kvs]
+        rows = [(kv.key, self.guard.open(kv)) for kv in kvs]
         tx = self.transaction()
-        if tx is None:
-            return rows
-        present = {k for k, _ in rows}
-        out: list[tuple[bytes, bytes]] = []
-        for k, v in rows:
-            w = tx.writes.get(k, v)
-            if w is not None:
-                out.append((k, w))
-        out += [
-            (k, v)
-            for k, v in tx.writes.items()
-            if v is not None and k.startswith(prefix) and k not in present
-        ]
-        return out
+        return rows if tx is None else _overlay(rows, tx, prefix)
 
     # ------------------------------------------------------------------ transactions
 
@@ -363,11 +360,9 @@ class EtcdView:
         """The value the write decides on; the transaction applies only if it is still so."""
         if key in tx.writes:
             return tx.writes[key]
-        self._fresh()
-        with self._lock:
-            kv = self._cache.get(key)
+        kv = _cached(self, key)
         tx.read.setdefault(key, 0 if kv is None else kv.mod_revision)
-        return None if kv is None else kv.value
+        return None if kv is None else self.guard.open(kv)
 
     def create(self, tx: _Tx, key: bytes, value: bytes, exists: str) -> None:
         if self.read_for_write(tx, key) is not None:
@@ -376,9 +371,9 @@ class EtcdView:
         tx.taken[key] = exists
 
     def _commit(self, tx: _Tx) -> None:
+        head: Head | None = None
         if tx.writes:
-            ops = [Put(k, v) if v is not None else Delete(k) for k, v in tx.writes.items()]
-            conds = [Unchanged(k, r) for k, r in tx.read.items()]
+            ops, conds, head = self.guard.prepare(tx.writes, tx.read)
             try:
                 revision = self.run(self._client.commit(ops, unless_changed=conds))
             except TransportError as e:  # the etcd endpoints and detail stay in this member's log
@@ -390,14 +385,14 @@ class EtcdView:
                 self._contact = max(self._contact, time.monotonic())
                 if not self.run(self._wait_revision(revision, self._max_staleness)):
                     log.warning("pool: the watch has not reached revision %d yet", revision)
-        if tx.local:
-            self._local = write_local(self._file, {**self._local, **tx.local})
+        if tx.local or head is not None:
+            self._member.update(lambda now: self.guard.with_head({**now, **tx.local}, head))
 
     # ------------------------------------------------------------------ this member's file
 
     def local_view(self) -> dict[str, Any]:
         tx = self.transaction()
-        return {**self._local, **tx.local} if tx is not None else self._local
+        return {**self._member.data, **tx.local} if tx is not None else self._member.data
 
     def sub(self, *parts: str) -> bytes:
         return self.prefix + "/".join(urllib.parse.quote(p, safe="") for p in parts).encode()
@@ -412,6 +407,24 @@ def _apply_events(cache: RowCache, batch: WatchBatch) -> None:
             created = old.create_revision if old is not None else ev.mod_revision
             version = old.version + 1 if old is not None else 1
             cache.put(KeyValue(ev.key, ev.value, created, ev.mod_revision, version, 0))
+
+
+def _cached(view: EtcdView, key: bytes) -> KeyValue | None:
+    """A committed row as the cache holds it, once the view is fresh and the head checked."""
+    view._fresh()
+    view.guard.check_head_for(key)
+    with view._lock:
+        return view._cache.get(key)
+
+
+def _overlay(rows: list[tuple[bytes, bytes]], tx: _Tx, prefix: bytes) -> list[tuple[bytes, bytes]]:
+    """``rows`` (committed, under ``prefix``) as transaction ``tx`` sees them: its writes over them."""
+    present = {k for k, _ in rows}
+    out = [(k, w) for k, v in rows if (w := tx.writes.get(k, v)) is not None]
+    out += [
+        (k, v) for k, v in tx.writes.items() if v is not None and k.startswith(prefix) and k not in present
+    ]
+    return out
 
 
 def _refuse_conflict(view: EtcdView, tx: _Tx) -> None:

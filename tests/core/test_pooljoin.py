@@ -217,3 +217,26 @@ def test_a_join_grant_with_a_malformed_member_is_refused_when_parsed(
     obj[name] = value
     with pytest.raises(MalformedError, match=name):
         JoinGrantStatement.from_bytes(canonical_json(obj))
+
+
+def test_a_grant_carries_the_custody_head_the_member_verified_and_a_v1_grant_still_opens(
+    node_attestation: NodeAttestation, member: NodeAttestation, attestation_root: pki.IssuedCert,
+    now: datetime, pool: PoolHeader, domain: DomainSecrets,
+) -> None:  # fmt: skip
+    """The joiner learns, under the member's signature, the custody state it must never go below
+    (hsm_node.pool.integrity); a grant of a member of the previous version (no head) still opens."""
+    from sdquorum.pooljoin import CustodyHead, open_join_grant_with_head
+
+    head = CustodyHead(7, hashlib.sha256(b"the custody rows").digest())
+    kw = {"root_pem": attestation_root.cert_pem, "now": now, "pool": pool, "members": {"node-a"}}
+    req, exchange = _request(node_attestation, pool, now)
+    grant = make_join_grant(
+        req, domain, "node-a", pool, member.key, member.certificate_der, custody_head=head
+    )
+    got = open_join_grant_with_head(
+        JoinGrant.from_bytes(grant.to_bytes()), request=req, exchange_key=exchange, **kw
+    )  # type: ignore[arg-type]
+    assert got == (domain, head)
+    req, exchange = _request(node_attestation, pool, now)
+    old = make_join_grant(req, domain, "node-a", pool, member.key, member.certificate_der)
+    assert open_join_grant_with_head(old, request=req, exchange_key=exchange, **kw) == (domain, None)  # type: ignore[arg-type]

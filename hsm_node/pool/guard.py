@@ -1,0 +1,208 @@
+"""The view's integrity guard: row MACs and the custody head checked on the view's cache
+(:mod:`hsm_node.pool.integrity` states the scheme; :mod:`hsm_node.pool.view` calls this on every
+write it sends and every row it reads).
+
+Invariants: a row of a MAC'd table is returned only after its tag verified (keyless: the member
+holds no domain and cannot check); custody rows are returned only after the head was checked against
+them and against the highest head this member kept, once per change of those rows (memoised on a
+stamp the view bumps under its cache lock); a failure is logged once per row and revision and queued
+once for the audit (:class:`~hsm_node.pool.service.PoolService`); a new head is only ever built on a
+checked state.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from hsm_node.pool.cache import RowCache
+from hsm_node.pool.etcd import Delete, KeyValue, Put, Unchanged
+from hsm_node.pool.integrity import HEAD, HEADED, Head, RowMac, TamperedError, digest
+from sdquorum.sdfile import DomainSecrets
+
+__all__ = ["RowGuard"]
+
+log = logging.getLogger("hsm_node.pool.store")
+
+
+class RowGuard:
+    """Row MACs and the custody head over one view's cache (module docstring)."""
+
+    def __init__(
+        self,
+        prefix: bytes,
+        lock: threading.RLock,
+        cache: Callable[[], RowCache],
+        local: Callable[[], dict[str, Any]],
+        update_local: Callable[[Callable[[dict[str, Any]], dict[str, Any]]], None],
+    ) -> None:
+        self.prefix = prefix
+        self.mac = RowMac(prefix)
+        self.head_key = prefix + HEAD
+        self._lock = lock  # the view's cache lock
+        self._cache = cache
+        self._local = local
+        self._update_local = update_local
+        self._headed_changes = 0  # bumped by every change to a custody row or the head (cache lock)
+        self._head_checked = -1  # the value of _headed_changes the head was last verified at
+        self._checked_head: Head | None = None
+        self._reported: set[tuple[bytes, int]] = set()  # rows already logged as altered
+        self._alterations: list[str] = []  # rows found altered, not yet audited (PoolService)
+
+    def prepare(
+        self, writes: dict[bytes, bytes | None], read: dict[bytes, int]
+    ) -> tuple[list[Put | Delete], list[Unchanged], Head | None]:
+        """A transaction's operations and conditions: rows tagged, and the next custody head (put,
+        conditioned on the head's revision) if it changes a custody row; and that head."""
+        writes, read = dict(writes), dict(read)
+        head = None
+        if self.mac.keyed and any(self.mac.headed(k) for k in writes):
+            head, read[self.head_key] = self.next_head(writes)
+            writes[self.head_key] = head.to_bytes()
+        ops: list[Put | Delete] = [
+            Put(k, self.sealed(k, v)) if v is not None else Delete(k) for k, v in writes.items()
+        ]
+        return ops, [Unchanged(k, r) for k, r in read.items()], head
+
+    def check_head_for(self, key: bytes) -> None:
+        """Before a read of ``key`` (or of rows under it): the head, if it covers them."""
+        if self.mac.headed(key):
+            self.check_head()
+
+    def watched(self, key: bytes) -> bool:
+        """Whether a change of ``key`` invalidates the checked head."""
+        return key == self.head_key or self.mac.headed(key)
+
+    def changed(self) -> None:
+        """A custody row or the head changed in the cache (called under the cache lock)."""
+        self._headed_changes += 1
+
+    def keep_head(self, head: Head) -> None:
+        """Remember ``head`` (this member published or verified it) in this member's file."""
+        kept = self._kept_head()
+        if kept is None or head.counter > kept.counter:
+            self._update_local(lambda now: self.with_head(now, head))
+
+    def with_head(self, local: dict[str, Any], head: Head | None) -> dict[str, Any]:
+        """This member's file contents with ``head`` kept (unless it keeps a higher one)."""
+        if head is None:
+            return local
+        o = local.get("heads", {}).get(self.prefix.decode())
+        if o is not None and int(o["counter"]) >= head.counter:
+            return local
+        heads = {
+            **local.get("heads", {}),
+            self.prefix.decode(): {"counter": head.counter, "digest": head.digest.hex()},
+        }
+        return {**local, "heads": heads}
+
+    def use_domain(self, secrets: DomainSecrets) -> None:
+        """Check and write MAC'd rows with this domain's row key from now on."""
+        self.mac.use(secrets)
+        with self._lock:
+            self._head_checked = -1
+
+    def open(self, kv: KeyValue) -> bytes:
+        """A cached row's value, its tag checked and stripped (TamperedError, logged once)."""
+        try:
+            return self.mac.open(kv.key, kv.version, kv.value)
+        except TamperedError as e:
+            self._report(e, kv.key, kv.mod_revision)
+            raise
+
+    def _report(self, e: TamperedError, key: bytes, revision: int) -> None:
+        if (key, revision) in self._reported:
+            return
+        self._reported.add((key, revision))
+        log.error("pool: %s", e)
+        self._alterations.append(e.row)
+
+    def next_alteration(self) -> str | None:
+        """The oldest row found altered and not yet audited (:meth:`alteration_audited` after)."""
+        return self._alterations[0] if self._alterations else None
+
+    def alteration_audited(self) -> None:
+        self._alterations.pop(0)
+
+    def sealed(self, key: bytes, value: bytes) -> bytes:
+        """``value`` as a write stores it at ``key`` (tagged for the version the write makes)."""
+        with self._lock:
+            kv = self._cache().get(key)
+        return self.mac.seal(key, 1 if kv is None else kv.version + 1, value)
+
+    def _headed_rows(self) -> tuple[dict[bytes, bytes], KeyValue | None]:
+        with self._lock:
+            kvs = sorted((kv for t in HEADED for kv in self._cache().table(t)), key=lambda kv: kv.key)
+            head = self._cache().get(self.head_key)
+        return {kv.key: self.open(kv) for kv in kvs}, head
+
+    def _kept_head(self) -> Head | None:
+        o = self._local().get("heads", {}).get(self.prefix.decode())
+        return None if o is None else Head(int(o["counter"]), bytes.fromhex(o["digest"]))
+
+    def check_head(self) -> Head | None:
+        """The custody head, checked against the custody rows and against the highest head this
+        member verified (TamperedError if either fails); None in a pool without custody rows yet or
+        on a member without the domain (it cannot check)."""
+        if not self.mac.keyed:
+            return None
+        with self._lock:
+            stamp = self._headed_changes
+            if self._head_checked == stamp:
+                return self._checked_head
+            rows, head_kv = self._headed_rows()
+        kept = self._kept_head()
+        if head_kv is None:
+            if rows or kept is not None:
+                self._tampered("head", "is missing", 0)
+            with self._lock:
+                if self._headed_changes == stamp:
+                    self._head_checked, self._checked_head = stamp, None
+            return None
+        try:
+            head = Head.from_bytes(self.open(head_kv))
+        except ValueError:
+            self._tampered("head", "is not a custody head", head_kv.mod_revision)
+        if not hmac.compare_digest(head.digest, digest(rows.items())):
+            self._tampered(
+                "head",
+                "does not match the custody rows (one was deleted, added or put back)",
+                head_kv.mod_revision,
+            )
+        if kept is not None and (
+            head.counter < kept.counter or (head.counter == kept.counter and head.digest != kept.digest)
+        ):
+            self._tampered(
+                "head",
+                f"is at counter {head.counter}, behind the {kept.counter} this member verified (a rollback)",
+                head_kv.mod_revision,
+            )
+        self.keep_head(head)
+        with self._lock:
+            if self._headed_changes == stamp:
+                self._head_checked, self._checked_head = stamp, head
+        return head
+
+    def _tampered(self, row: str, why: str, revision: int) -> NoReturn:
+        e = TamperedError(row, why)
+        self._report(e, self.prefix + row.encode(), revision)
+        raise e
+
+    def next_head(self, writes: dict[bytes, bytes | None]) -> tuple[Head, int]:
+        """The head a write of ``writes`` (custody rows among them) publishes, and the head's
+        revision it is conditioned on. The current state is checked first: a write never builds
+        on rows altered outside sdquorum. Only on a member that holds the domain."""
+        current = self.check_head()
+        with self._lock:
+            rows, head_kv = self._headed_rows()
+        for k, v in writes.items():
+            if self.mac.headed(k):
+                if v is None:
+                    rows.pop(k, None)
+                else:
+                    rows[k] = v
+        counter = (current.counter if current is not None else 0) + 1
+        return Head(counter, digest(rows.items())), (0 if head_kv is None else head_kv.mod_revision)
