@@ -19,6 +19,7 @@ from hsm_node.dataplane import KeyManager
 from hsm_node.state import Lifecycle
 from hsm_node.store import NodeStore
 from sdquorum import backup
+from sdquorum.errors import OutcomeUnknownError
 from sdquorum.pki import Role
 
 __all__ = ["Backups"]
@@ -67,20 +68,22 @@ class Backups:
         time: those whose retention has ended since are purged at once (audited)."""
         domain = self._lifecycle.require_active()
         opened = backup.open_backup(data, domain)
-        if opened.key_rows is not None:
-            self._store.keys.import_key_rows(opened.key_rows, opened.header.key_count)
-        else:
-            self._store.keys.replace_keys(domain.data_encryption_key, opened.keys)
         count = opened.header.key_count
+        details: dict[str, object] = {
+            "keys": count,
+            "backup_created_at": opened.header.created_at,
+            "backup_node": opened.header.node_id,
+        }
+        try:
+            if opened.key_rows is not None:
+                self._store.keys.import_key_rows(opened.key_rows, opened.header.key_count)
+            else:
+                self._store.keys.replace_keys(domain.data_encryption_key, opened.keys)
+        except OutcomeUnknownError:  # it may have taken effect: its audit cannot be lost
+            log.warning("a restore of %d keys may or may not have taken effect", count)
+            self._audit("key-store-restored", caller, {**details, "outcome": "unknown"})
+            raise
         log.info("restored %d keys from a backup of domain %s", count, domain.domain_id.hex())
-        self._audit(
-            "key-store-restored",
-            caller,
-            {
-                "keys": count,
-                "backup_created_at": opened.header.created_at,
-                "backup_node": opened.header.node_id,
-            },
-        )
+        self._audit("key-store-restored", caller, details)
         self._keys.purge_expired_keys()
         return count

@@ -58,6 +58,11 @@ class StateError(UsageError):
     """The request is valid but not in the current state (for example: node not activated)."""
 
 
+class OutcomeUnknownError(StateError):
+    """A change was sent but whether it took effect cannot be known now (the remote store was lost
+    at the moment it would apply): the caller audits it as such and the person checks."""
+
+
 class StorageError(StateError):
     """The node cannot write its own storage (disk full, read-only): nothing was changed."""
 

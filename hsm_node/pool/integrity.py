@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sdquorum.errors import StateError
 from sdquorum.sdfile import DomainSecrets
 
-__all__ = ["HEADED", "MACED", "Head", "RowMac", "TamperedError", "table_of"]
+__all__ = ["HEADED", "MACED", "Head", "RowMac", "TamperedError", "table_of", "untagged"]
 
 MAC_INFO = b"sdquorum pool row mac v1"
 MAGIC = b"\x00sdqmac1"  # 8 bytes before the 32-byte tag
@@ -63,6 +63,13 @@ class TamperedError(StateError):
             f"pool row {row!r} {why}: {ALTERED}; nothing that depends on it is done. Stop the pool's "
             "custody work, find who holds a member's etcd certificate, and restore the rows (docs/runbooks/pool.md)"
         )
+
+
+def untagged(stored: bytes) -> bytes:
+    """A stored row's value without its tag, unchecked (``stored`` itself if it has none)."""
+    if len(stored) >= TAG_LEN + len(MAGIC) and stored[-TAG_LEN - len(MAGIC) : -TAG_LEN] == MAGIC:
+        return stored[: -TAG_LEN - len(MAGIC)]
+    return stored
 
 
 def table_of(prefix: bytes, key: bytes) -> bytes:
@@ -126,8 +133,8 @@ class RowMac:
         """The value of a stored row; TamperedError if its tag is missing or wrong (keyless: unchecked)."""
         if not self.maced(key):
             return stored
-        tagged = len(stored) >= TAG_LEN + len(MAGIC) and stored[-TAG_LEN - len(MAGIC) : -TAG_LEN] == MAGIC
-        value = stored[: -TAG_LEN - len(MAGIC)] if tagged else stored
+        value = untagged(stored)
+        tagged = value is not stored
         if self._key is None:
             return value
         if not tagged:

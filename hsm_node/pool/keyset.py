@@ -5,9 +5,20 @@ Rows (relative to the pool's prefix):
 
 * ``keyset``: the id of the current generation (absent: generation ``0``, a pool never restored);
 * ``keys/<generation>/<quoted name>``: the key rows of one generation;
-* ``restoring/<generation>``: a restore staging that generation, under an etcd lease.
+* ``restoring/<generation>``: a restore staging that generation, under an etcd lease;
+* ``keys-layout``: the pool's layout (:data:`LAYOUT`: key-set generations, rows under integrity
+  tags), written by the first member that starts on a new pool.
 
 Invariants:
+
+* Layout (:meth:`KeySet.open`, at every member's start, before it serves): a ``keys-layout`` row
+  other than :data:`LAYOUT` refuses the start. No layout row on a pool that already holds a header
+  or key rows at ``keys/<quoted name>`` (no generation) means a pool written by an earlier
+  development version (rows without generations or integrity tags): refused too, nothing changed.
+  This version never converts such rows: an untagged row is exactly what an attacker holding a
+  member's etcd certificate could write, so trusting them once would let them in (ADR 0013,
+  "Upgrading a pool"). A new pool gets its layout row from its first member (conditioned on its
+  absence, so members starting at once agree).
 
 * A read of keys takes the generation the pointer names and its rows in one cache snapshot
   (:meth:`EtcdView.snapshot`; the watch applies each revision whole): a member never mixes
@@ -34,6 +45,12 @@ Invariants:
   created once, before any row of its generation, and a flip needs it), so any member removes such
   generations when it starts and before each restore. A restore that crashed leaves at most its own
   rows, until its lease ends (``ttl`` seconds) and a member starts or restores.
+* Once a restore's flip has applied, what follows (lease, watch, removing the old generation) is
+  best effort and never turns the done restore into a failure. A restore whose flip's outcome
+  cannot be known (etcd lost at that moment: the lease could not be revoked, the pointer not read)
+  raises :class:`OutcomeUnknownError`, never a plain failure, so the caller audits it. Staging
+  commits already handed to a thread are awaited before a failed restore removes its rows (no orphan
+  row lands after the removal).
 """
 
 from __future__ import annotations
@@ -49,16 +66,18 @@ from typing import TYPE_CHECKING
 
 from hsm_node.pool.etcd import Delete, Lease, Put, Unchanged, prefix_end
 from hsm_node.pool.etcd._keyvalue import REQUEST_ENVELOPE
+from hsm_node.pool.integrity import untagged
 from hsm_node.pool.view import EtcdView
-from sdquorum.errors import SdquorumError, StateError, UsageError
+from sdquorum.errors import OutcomeUnknownError, SdquorumError, StateError, UsageError
 
 if TYPE_CHECKING:
     from hsm_node.pool.view import _Tx
 
-__all__ = ["DEFAULT_RESTORE_TTL", "DELETE_CHUNK", "INITIAL", "KeySet"]
+__all__ = ["DEFAULT_RESTORE_TTL", "DELETE_CHUNK", "INITIAL", "LAYOUT", "KeySet"]
 
 log = logging.getLogger("hsm_node.pool.store")
 
+LAYOUT = b"2"  # the pool layout this code reads and writes: key-set generations, tagged rows
 INITIAL = "0"  # the generation of a pool never restored (no pointer row)
 DELETE_CHUNK = 1000  # keys one ranged delete removes at most: one watch message of ~100 KB
 DEFAULT_RESTORE_TTL = 30  # seconds a restore's lease lives without a keep-alive
@@ -77,6 +96,36 @@ class KeySet:
         self.pointer = view.sub("keyset")
         self._base = view.sub("keys") + b"/"
         self._marks = view.sub("restoring") + b"/"
+        self.layout = view.sub("keys-layout")
+
+    # ------------------------------------------------------------------ layout and migration
+
+    def open(self) -> None:
+        """At a member's start, before it serves: check the pool's layout (module docstring);
+        StateError (the member must not start) if this version cannot serve the pool as it is."""
+        with self._v.snapshot():
+            layout = self._v.get(self.layout)
+            earlier = self._v.committed(self._v.layout.header(), verify=False) or [
+                kv
+                for kv in self._v.committed(self._base, verify=False)
+                if b"/" not in kv.key[len(self._base) :]
+            ]
+        if layout is not None and layout != LAYOUT:
+            raise StateError(
+                f"this pool is in layout {layout.decode(errors='replace')!r}, this member reads "
+                f"{LAYOUT.decode()!r}: run every member of the pool at the pool's sdquorum version"
+            )
+        if layout is None and earlier:
+            raise StateError(
+                "this pool was written by an earlier sdquorum version (no keys-layout row: rows without "
+                "key-set generations or integrity tags), which this member neither reads nor converts; "
+                "nothing was changed. Keep the pool on its version, or move its keys to a new pool "
+                "through a backup (docs/runbooks/pool.md, 'Upgrade the pool's members')"
+            )
+        if layout is None:  # a new pool: the first member to start writes it (the others find it)
+            self._v.run(
+                self._v.client.commit([Put(self.layout, LAYOUT)], unless_changed=[Unchanged(self.layout, 0)])
+            )
 
     # ------------------------------------------------------------------ reading and writing keys
 
@@ -167,7 +216,8 @@ class KeySet:
 
     def replace(self, rows: Sequence[tuple[str, bytes]], on_commit: Callable[[], None] | None) -> None:
         """Replace the whole key set with ``rows`` (name, encoded row), atomically (module
-        docstring); a restore that fails changes nothing the members serve."""
+        docstring); a restore that fails changes nothing the members serve.
+        OutcomeUnknownError: etcd was lost when the flip would apply (module docstring)."""
         if self._v.transaction() is not None:
             raise UsageError("a restore into a pool cannot be part of a batch: run it on its own")
         self.collect_garbage()
@@ -179,31 +229,50 @@ class KeySet:
         client = self._v.client
         lease = self._v.run(client.grant_lease(self._ttl))
         budget = self._v.client.config.call_timeout * (len(chunks) + 4) + self._ttl
+        sent: list[bool] = []  # the flip was sent (it may apply whatever the answer)
         try:
-            flipped = self._v.run(self._stage_and_flip(gen, lease, chunks, revision), budget)
-        except Exception:
-            if not self._settle(gen, lease):
-                raise
+            flipped = self._v.run(self._stage_and_flip(gen, lease, chunks, revision, sent), budget)
+        except Exception as e:
+            settled = self._settle(gen, lease)
+            if settled is None and sent:
+                raise OutcomeUnknownError(
+                    f"etcd was lost while the restore was finishing ({e}): it may or may not have "
+                    "taken effect; check with 'sdctl keys list' once etcd is back"
+                ) from e
+            if not settled:
+                raise  # no flip was sent, or it cannot apply: nothing was restored
             flipped = None  # the flip applied before the error reached us
         else:
-            if flipped is None:
+            if flipped is None:  # the flip was refused: it never applies
                 self._settle(gen, lease)
                 self._refuse(revision)
-        with _logged("the restore's lease"):
-            self._v.run(client.revoke_lease(lease.id))
-        if flipped is None:
-            _, flipped = self._v.run(client.get_prefix(self.pointer))
-        if not self._v.wait_for(flipped):
-            log.warning("pool: the watch has not reached the restore's revision %d yet", flipped)
+        # the flip applied: the restore is done; nothing below may turn it into a failure
+        self._after_flip(gen, old, lease, flipped)
         log.info(
             "pool: key set %s replaced %s (%d rows in %d transactions)", gen, old, len(rows), len(chunks)
         )
-        _, _, gens, _ = self._generations()
-        with _logged("the previous key set (it goes at the next start or restore)"):
+
+    def _after_flip(self, gen: str, old: str, lease: Lease, flipped: int | None) -> None:
+        """Best effort once the flip applied: free the lease, wait for the watch, remove the old
+        generation; an error is logged (what is left over is named), never raised."""
+        client = self._v.client
+        with _logged("the restore's lease (it ends by itself)"):
+            self._v.run(client.revoke_lease(lease.id))
+        with _logged(f"the previous key set {old} (it goes at the next start or restore)"):
+            if flipped is None:
+                _, flipped = self._v.run(client.get_prefix(self.pointer))
+            if not self._v.wait_for(flipped):
+                log.warning("pool: the watch has not reached the restore's revision %d yet", flipped)
+            _, _, gens, _ = self._generations()
             self._delete_generation(old, gens.get(old, []))
 
     async def _stage_and_flip(
-        self, gen: str, lease: Lease, chunks: list[list[Put]], revision: int
+        self,
+        gen: str,
+        lease: Lease,
+        chunks: list[list[Put]],
+        revision: int,
+        flip_sent: list[bool],
     ) -> int | None:
         client = self._v.client
         marker = self._v.sub("restoring", gen)
@@ -213,11 +282,13 @@ class KeySet:
             raise StateError("a restore's generation id was taken: nothing was restored; run it again")
         slots = asyncio.Semaphore(IN_FLIGHT)
         refreshed = time.monotonic()
+        sent: list[asyncio.Task[int | None]] = []  # commits handed over: each runs to its end
 
         async def stage(chunk: list[Put]) -> None:
             nonlocal refreshed
             async with slots:
-                await client.commit(chunk)
+                sent.append(asyncio.ensure_future(client.commit(chunk)))
+                await asyncio.shield(sent[-1])  # a cancel stops the wait, not the commit
                 if time.monotonic() - refreshed > self._ttl / 3:
                     refreshed = time.monotonic()
                     await client.keep_alive(lease.id)
@@ -227,6 +298,9 @@ class KeySet:
                 for chunk in chunks:
                     group.create_task(stage(chunk))
         except BaseExceptionGroup as e:  # the first failure, as the callers know it
+            await asyncio.gather(
+                *sent, return_exceptions=True
+            )  # no staged row lands after the failed restore removes them
             raise e.exceptions[0] from None
         # the pointer is a custody row: the flip publishes the next custody head with it
         ops: list[Put | Delete] = [
@@ -241,28 +315,39 @@ class KeySet:
                 Put(self._v.guard.head_key, self._v.guard.sealed(self._v.guard.head_key, head.to_bytes()))
             )
             conds.append(Unchanged(self._v.guard.head_key, head_revision))
+        flip_sent.append(True)
         flipped = await client.commit(ops, unless_changed=conds)
         if flipped is not None and head is not None:
             self._v.guard.keep_head(head)
         return flipped
 
-    def _settle(self, gen: str, lease: Lease) -> bool:
+    def _settle(self, gen: str, lease: Lease) -> bool | None:
         """After a restore failed or lost: fence its flip (revoke the lease), then True if the flip
-        applied all the same, else remove the staged rows and return False."""
+        applied all the same, else remove the staged rows and return False; None if that cannot be
+        known (the lease could not be revoked, so the flip may still apply, or etcd is out of reach)."""
         client = self._v.client
+        fenced = True
         try:
             self._v.run(client.revoke_lease(lease.id))
+        except SdquorumError as e:
+            log.warning("pool: a failed restore could not revoke its lease: %s", e)
+            fenced = False
+        try:
             pointer = self._v.run(client.get(self.pointer))
         except SdquorumError as e:
             log.warning(
-                "pool: a failed restore could not remove its staged rows (%s): they go once its lease "
-                "ends (%d s) when a member starts or restores",
+                "pool: a failed restore could not read the pool's key set (%s): its staged rows go once "
+                "its lease ends (%d s) when a member starts or restores",
                 e,
                 self._ttl,
             )
-            return False
-        if pointer is not None and pointer.value == gen.encode():
+            return None
+        if (
+            pointer is not None and untagged(pointer.value) == gen.encode()
+        ):  # our flip, unchecked: gen is ours
             return True
+        if not fenced:
+            return None  # its flip may still be in an etcd leader's log
         with _logged("a failed restore's staged rows (they go at the next start or restore)"):
             self._delete_generation(gen, [kv.key for kv in self._v.committed(self.prefix(gen), verify=False)])
         return False

@@ -82,6 +82,11 @@ class PoolNodeStore:
         self.records = _PoolRecords(self.view)
         self.keys = _PoolKeys(self.view, KeySeal(), KeySet(self.view, ttl=restore_ttl))
         self.pool = PoolRows(self.view, self.domain)
+        try:  # the pool's layout: a member never serves a pool written by another version
+            self.keys.keyset.open()
+        except BaseException:
+            self.view.close()
+            raise
         try:  # the row key, if this member holds the pool's domain (hsm_node.pool.integrity)
             self.domain.load_domain()
         except SdquorumError as e:  # reads of what failed are refused; the node says so when it loads

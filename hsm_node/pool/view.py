@@ -257,11 +257,8 @@ class EtcdView:
         if self._closed:
             return
         self._closed = True
-        for task in (getattr(self, "_follower", None), getattr(self, "_beat", None)):
-            if task is not None:
-                task.cancel()
         with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(self._client.close(), self._loop).result(5)
+            asyncio.run_coroutine_threadsafe(_stop(self._client), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         if not self._thread.is_alive():
@@ -396,6 +393,17 @@ class EtcdView:
 
     def sub(self, *parts: str) -> bytes:
         return self.prefix + "/".join(urllib.parse.quote(p, safe="") for p in parts).encode()
+
+
+async def _stop(client: EtcdClient) -> None:
+    """On a view's loop: cancel every other task of the loop (the watch, the heartbeat) and await
+    them (their ``finally`` runs: the watch's request stream ends), then close the client (it ends
+    any stream still open)."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await client.close()
 
 
 def _apply_events(cache: RowCache, batch: WatchBatch) -> None:

@@ -16,7 +16,7 @@ from hsm_node.node import Node, NodeConfig
 from hsm_node.state import NodeState
 from hsm_node.store import MemoryNodeStore
 from sdquorum import audit
-from sdquorum.errors import StateError, StorageError
+from sdquorum.errors import OutcomeUnknownError, StateError, StorageError
 from sdquorum.keys import SoftwareWrappingKey
 from sdquorum.pki import Role
 
@@ -145,3 +145,26 @@ async def test_a_backup_from_the_memory_store_restores_into_it(
     await node.keys.create_key("b", KeyType.AES256_GCM, APP)
     assert node.backups.restore(data, ADMIN) == 1
     assert [k.name for k in node.keys.list_keys(ADMIN)] == ["a"]
+
+
+async def test_a_restore_whose_outcome_is_unknown_is_audited_as_such_and_reported(
+    pki_dir: Path, wrapping_keys: list[SoftwareWrappingKey], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pool restore that lost etcd at its flip may have taken effect: its audit entry cannot be
+    lost (the previous code wrote none and reported a plain failure)."""
+    node = await _activated(pki_dir, wrapping_keys)
+    await node.keys.create_key("a", KeyType.AES256_GCM, APP)
+    data = node.backups.backup(ADMIN)
+
+    def lost(image: bytes, count: int) -> None:
+        raise OutcomeUnknownError(
+            "etcd was lost while the restore was finishing: check with 'sdctl keys list'"
+        )
+
+    monkeypatch.setattr(node.store.keys, "import_key_rows", lost)
+    with pytest.raises(OutcomeUnknownError, match="sdctl keys list"):
+        node.backups.restore(data, ADMIN)
+    import json
+
+    last = json.loads(node.store.records.audit_entries("domain")[-1])
+    assert last["event"] == "key-store-restored" and last["details"]["outcome"] == "unknown"

@@ -24,11 +24,12 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import queue
 import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import grpc
 
@@ -56,6 +57,7 @@ class Connection:
         self._current = 0  # index of the endpoint that answered last
         # the blocking calls (made at first use; a watch reads on a thread of its own)
         self._threads: ThreadPoolExecutor | None = None
+        self._streams: set[queue.SimpleQueue[Any]] = set()  # request streams open (watches)
 
     async def __aenter__(self) -> Self:
         return self
@@ -64,6 +66,9 @@ class Connection:
         await self.close()
 
     async def close(self) -> None:
+        for requests in self._streams:  # every open request stream ends: no grpc thread waits on one
+            requests.put(None)
+        self._streams.clear()
         channels, self._channels = list(self._channels.values()), {}
         for ch in channels:
             ch.close()

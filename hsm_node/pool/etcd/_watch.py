@@ -48,6 +48,7 @@ class Watches(Connection):
         while True:
             endpoint = cfg.endpoints[self._current % n]
             requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+            self._streams.add(requests)
             call = rpc.WatchStub(self._channel(endpoint)).Watch(_until_none(requests), metadata=HASLEADER)
             inbox: asyncio.Queue[Any] = asyncio.Queue()
             threading.Thread(
@@ -93,6 +94,7 @@ class Watches(Connection):
                         next_rev = max(next_rev, int(r.header.revision) + 1)
                     yield WatchBatch(int(r.header.revision), events)
             finally:
+                self._streams.discard(requests)
                 requests.put(None)  # the request stream ends
                 call.cancel()  # and the pump's read with it
             self._current = (self._current + 1) % n
