@@ -5,7 +5,8 @@ image (:mod:`.image`), and two stores: SQLite (:mod:`.sqlite`, production) and m
 from hsm_node.store.memory import MemoryNodeStore
 from hsm_node.store.protocol import LEGACY_OWNER, DomainInfo, KeyRow, NodeStore, StoredKey
 from hsm_node.store.sealing import SEALING_KEY_ENV, key_aad, load_or_create_sealing_key
-from hsm_node.store.sqlite import SqliteNodeStore, check_data_dir
+from hsm_node.store.sqlite import SqliteNodeStore
+from hsm_node.store.sqlite_db import check_data_dir
 
 __all__ = [
     "LEGACY_OWNER",

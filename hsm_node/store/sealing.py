@@ -137,16 +137,16 @@ class KeySeal:
             for k in keys
         ]
 
-    def check_all(self, dek: bytes, rows: Iterable[KeyRow]) -> int:
-        """How many ``rows`` there are, each opened under ``dek`` first: a backup never carries a
-        key that could not be restored."""
-        count = 0
-        for row in rows:
+    def check_all(self, dek: bytes, rows: Iterable[tuple[str, int, str, bytes]]) -> int:
+        """How many ``rows`` (name, type, owner, sealed) there are, each opened under ``dek``
+        first: a backup never carries a key that could not be restored."""
+        aead, count = self._for(dek), 0
+        for name, key_type, owner, sealed in rows:
             try:
-                self.open(dek, row.key, row.sealed)
-            except VerificationError as e:
+                aead.decrypt(sealed[:_NONCE], sealed[_NONCE:], key_aad(name, key_type, owner))
+            except InvalidTag as e:
                 raise VerificationError(
-                    f"stored key {row.key.name!r} failed its integrity check: no backup was written; "
+                    f"stored key {name!r} failed its integrity check: no backup was written; "
                     "delete that key or restore the data directory, then back up again"
                 ) from e
             count += 1

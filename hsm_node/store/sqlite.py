@@ -17,173 +17,54 @@ there); how secrets are sealed is :mod:`hsm_node.store.sealing`, the backup imag
   database of an earlier version gains both columns on open: its rows are owned by ``app`` (whom
   every key served before) and live.
 
-On disk: the data directory is 0700 and ours (a directory writable by group or others, or another
-user's, is refused, naming the chmod to run; one earlier versions left 0755 is tightened), and
-``node.db`` is made 0600 before SQLite opens it: SQLite makes ``node.db-wal`` and ``node.db-shm``
-with the database file's mode, so they are 0600 too, whatever the umask. The sealing key file is
-0600 in a directory writable only by its owner (this user or root).
-
-Writes are transactions with ``synchronous=FULL``: a key whose creation was acknowledged survives a
-crash. A batch is one ``BEGIN IMMEDIATE ... COMMIT``, each write inside it a savepoint. If SQLite
-rolls a batch's transaction back by itself (a full disk, an I/O error) the batch fails instead of
-carrying on in a new transaction.
+How the database is opened (modes on disk, ``synchronous=FULL``, batches as one transaction with
+a savepoint per write, a transaction SQLite rolled back by itself failing its batch) is
+:mod:`hsm_node.store.sqlite_db`. A backup image moves through a scratch schema attached to the
+same connection, never one Python object per row (:mod:`hsm_node.store.image`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from hsm_node.store.image import read_image, row_values, write_image
-from hsm_node.store.protocol import LEGACY_OWNER, DomainInfo, KeyRow, StoredKey
+from hsm_node.store.image import (
+    COLUMNS,
+    check_image,
+    copy_columns,
+    image_schema,
+    row_values,
+)
+from hsm_node.store.protocol import DomainInfo, KeyRow, StoredKey
 from hsm_node.store.sealing import DomainSeal, KeySeal
+from hsm_node.store.sqlite_db import Connection
 from sdquorum.backup import BackupKey
-from sdquorum.errors import AlreadyExistsError, NotFoundError, StorageError, UsageError
+from sdquorum.errors import AlreadyExistsError, MalformedError, NotFoundError
 from sdquorum.review import CustodyRecord, DrillResult, RetiredEpoch
 from sdquorum.sdfile import DomainSecrets
-from sdquorum_rpc.files import private_dir, tighten_files
 
-__all__ = ["SqliteNodeStore", "check_data_dir"]
+__all__ = ["SqliteNodeStore"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS audit (
-    chain TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    entry TEXT NOT NULL,
-    PRIMARY KEY (chain, seq)
-);
-CREATE TABLE IF NOT EXISTS custody (id INTEGER PRIMARY KEY AUTOINCREMENT, record TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS drills (id INTEGER PRIMARY KEY AUTOINCREMENT, result TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS retired (epoch INTEGER PRIMARY KEY, record TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS epochs (domain_id TEXT PRIMARY KEY, epoch INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS keys (
-    name TEXT PRIMARY KEY,
-    type INTEGER NOT NULL,
-    public_der BLOB NOT NULL,
-    sealed BLOB NOT NULL,
-    created_at INTEGER NOT NULL,
-    owner TEXT NOT NULL DEFAULT 'app',
-    deleted_at INTEGER
-);
-"""
 _KEY_COLUMNS = "name, type, public_der, created_at, owner, deleted_at"
 _SET_META = "INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)"
-
-
-def check_data_dir(data_dir: Path) -> Path:
-    """The data directory, made 0700 if missing; UsageError if others can write to it (or it is
-    another user's); tightened to 0700 if others can read it."""
-    return private_dir(data_dir, "the data directory", "node.data_dir / --data-dir")
+_EXPORT, _IMPORT = "backup_out", "backup_in"  # the scratch schemas of a backup and a restore
+_COPY_OUT = f"INSERT INTO {_EXPORT}.keys ({COLUMNS}) SELECT {COLUMNS} FROM main.keys ORDER BY name"  # noqa: S608  # constant
+_CHECK_OUT = f"SELECT name, type, owner, sealed FROM {_EXPORT}.keys"  # noqa: S608  # constant
+_COPY_IN = f"INSERT INTO main.keys ({COLUMNS}) SELECT {{columns}} FROM {_IMPORT}.keys"  # noqa: S608  # constant
 
 
 def _json(value: Any) -> str:
     return json.dumps(value.to_json(), sort_keys=True)
 
 
-class _Connection:
-    """The database connection and its transactions (a batch; a savepoint per write inside it)."""
-
-    def __init__(self, data_dir: Path) -> None:
-        check_data_dir(data_dir)
-        db = data_dir / "node.db"
-        try:
-            tighten_files(data_dir / f"node.db{suffix}" for suffix in ("", "-wal", "-shm", "-journal"))
-            os.close(
-                os.open(db, os.O_RDWR | os.O_CREAT, 0o600)
-            )  # before SQLite: its -wal/-shm copy this mode
-            self.db = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.execute("PRAGMA trusted_schema=OFF")
-            self.db.executescript(_SCHEMA)
-            self._add_key_columns()
-        except (OSError, sqlite3.Error) as e:
-            raise UsageError(f"cannot open the node database in {data_dir}: {e}") from e
-        self._depth = 0  # transactions open: 0, or 1 + the savepoints inside a batch
-        self.on_commit: Callable[[], None] | None = None
-
-    def close(self) -> None:
-        self.db.close()
-
-    def _add_key_columns(self) -> None:
-        """A database of an earlier version: its keys gain an owner (``app``) and are live."""
-        columns = {r[1] for r in self.db.execute("PRAGMA table_info(keys)")}
-        if "owner" not in columns:
-            self.db.execute(f"ALTER TABLE keys ADD COLUMN owner TEXT NOT NULL DEFAULT '{LEGACY_OWNER}'")
-        if "deleted_at" not in columns:
-            self.db.execute("ALTER TABLE keys ADD COLUMN deleted_at INTEGER")
-
-    @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
-        try:
-            if self._depth:  # inside a batch: a savepoint, committed with the batch
-                with self._savepoint():
-                    yield self.db
-                return
-            self.db.execute("BEGIN IMMEDIATE")
-            self._depth = 1
-            try:
-                yield self.db
-                self._require_open_batch()
-                if self.on_commit is not None:
-                    self.on_commit()
-            except BaseException:
-                if self.db.in_transaction:
-                    self.db.execute("ROLLBACK")
-                raise
-            finally:
-                self._depth = 0
-            self.db.execute("COMMIT")
-        except sqlite3.IntegrityError as e:  # a unique row written twice (an audit entry, a retired epoch)
-            raise AlreadyExistsError(
-                f"the node's database holds that row already ({e}): nothing was changed"
-            ) from e
-        except sqlite3.OperationalError as e:
-            raise StorageError(
-                f"the node cannot write its database ({e}): free space on its data volume or make it "
-                "writable; nothing was changed"
-            ) from e
-
-    @contextmanager
-    def _savepoint(self) -> Iterator[None]:
-        self._require_open_batch()
-        self.db.execute("SAVEPOINT w")
-        self._depth += 1
-        try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK TO w")
-            self.db.execute("RELEASE w")
-            raise
-        finally:
-            self._depth -= 1
-        self.db.execute("RELEASE w")
-
-    def _require_open_batch(self) -> None:
-        """SQLite rolls a transaction back by itself on some errors (a full disk, an I/O error): the
-        writes of a batch made before are gone then, and the batch must fail, not carry on in a
-        new transaction (a savepoint outside a transaction starts one) and report success."""
-        if not self.db.in_transaction:
-            raise sqlite3.OperationalError("the transaction was rolled back by an earlier error")
-
-    def get(self, k: str) -> bytes | None:
-        row = self.db.execute("SELECT v FROM meta WHERE k = ?", (k,)).fetchone()
-        return None if row is None else bytes(row[0])
-
-    def texts(self, query: str) -> list[str]:
-        return [str(r[0]) for r in self.db.execute(query)]
-
-
 class _SqliteDomain:
     """:class:`~hsm_node.store.protocol.DomainStore` in the ``meta`` and ``epochs`` tables."""
 
-    def __init__(self, connection: _Connection, seal: DomainSeal) -> None:
+    def __init__(self, connection: Connection, seal: DomainSeal) -> None:
         self._c = connection
         self._domain_seal = seal
 
@@ -247,7 +128,7 @@ class _SqliteRecords:
     """:class:`~hsm_node.store.protocol.RecordStore` in the ``audit``, ``custody``, ``drills`` and
     ``retired`` tables."""
 
-    def __init__(self, connection: _Connection) -> None:
+    def __init__(self, connection: Connection) -> None:
         self._c = connection
 
     def append_audit(self, chain: str, seq: int, entry_json: str) -> None:
@@ -290,7 +171,7 @@ class _SqliteRecords:
 class _SqliteKeys:
     """:class:`~hsm_node.store.protocol.KeyStore` in the ``keys`` table."""
 
-    def __init__(self, connection: _Connection, seal: KeySeal) -> None:
+    def __init__(self, connection: Connection, seal: KeySeal) -> None:
         self._c = connection
         self._key_seal = seal
 
@@ -372,19 +253,32 @@ class _SqliteKeys:
 
     def export_key_rows(self, dek: bytes) -> tuple[bytes, int]:
         """(the backup image of every key row, its row count); every row is opened under ``dek``
-        first, so a backup never carries a key that could not be restored."""
-        rows = [
-            KeyRow(_stored(r), bytes(r[6]))
-            for r in self._c.db.execute(f"SELECT {_KEY_COLUMNS}, sealed FROM keys ORDER BY name")  # noqa: S608  # constant
-        ]
-        count = self._key_seal.check_all(dek, rows)
-        return write_image(rows), count
+        first, so a backup never carries a key that could not be restored. The rows are copied into
+        the image inside SQLite (:mod:`hsm_node.store.image`), never one Python object each."""
+        with self._c.scratch(_EXPORT) as db:
+            db.execute(image_schema(schema=_EXPORT))
+            db.execute(_COPY_OUT)
+            rows = db.execute(_CHECK_OUT)
+            try:
+                count = self._key_seal.check_all(dek, rows)
+            finally:
+                rows.close()  # an open read keeps the scratch schema from being detached
+            return db.serialize(name=_EXPORT), count
 
     def import_key_rows(self, image: bytes, key_count: int) -> None:
         """Replace the key rows with those of an authenticated backup image (checked by
-        :func:`~hsm_node.store.image.read_image`: a refused image leaves the table as it was), in
-        one transaction. Deleted keys come back deleted, with their deletion time."""
-        self._replace_rows(read_image(image, key_count))
+        :func:`~hsm_node.store.image.check_image`: a refused image leaves the table as it was), in
+        one transaction, copied inside SQLite. Deleted keys come back deleted, with their deletion
+        time."""
+        with self._c.scratch(_IMPORT) as db:
+            try:
+                db.deserialize(image, name=_IMPORT)
+            except sqlite3.DatabaseError as e:
+                raise MalformedError(f"the backup's key table is not readable: {e}") from e
+            legacy = check_image(db, key_count, _IMPORT)
+            with self._c.tx():
+                db.execute("DELETE FROM main.keys")
+                db.execute(_COPY_IN.format(columns=copy_columns(legacy)))
 
     def replace_keys(self, dek: bytes, keys: Sequence[BackupKey]) -> None:
         """Replace the key rows with keys in the clear (a version 1 backup), sealing each (owned by
@@ -406,7 +300,7 @@ class SqliteNodeStore:
     """:class:`~hsm_node.store.protocol.NodeStore` in ``<data_dir>/node.db``."""
 
     def __init__(self, data_dir: Path, sealing_key: bytes, node_id: str) -> None:
-        self._c = _Connection(data_dir)
+        self._c = Connection(data_dir)
         self.domain = _SqliteDomain(self._c, DomainSeal(sealing_key, node_id))
         self.records = _SqliteRecords(self._c)
         self.keys = _SqliteKeys(self._c, KeySeal())

@@ -173,6 +173,9 @@ async def test_a_damaged_row_stops_the_backup_and_is_named(node: Cluster) -> Non
     # No scratch database is left attached: the next backup (after the fix) works.
     db.execute("UPDATE keys SET sealed = ? WHERE name = 'ed'", (sealed,))
     db.close()
+    assert backup.open_backup(node.node.backups.backup(), _domain(node)).header.key_count == len(
+        _rows_of(node)
+    )
     assert backup.open_backup(node.node.backups.backup(), _domain(node)).header.key_count == len(KEYS)
 
 

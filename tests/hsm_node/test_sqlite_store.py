@@ -1,5 +1,7 @@
 """What only the SQLite store does (the rest of its behaviour is the contract's:
-test_store_contract.py): a transaction SQLite rolled back by itself fails the batch."""
+test_store_contract.py): a transaction SQLite rolled back by itself fails the batch; a backup image
+moves through a scratch schema of the store's own connection, never inside a batch, and leaves
+none attached whatever happens."""
 
 from __future__ import annotations
 
@@ -8,7 +10,10 @@ from pathlib import Path
 import pytest
 
 from hsm_node.store import SqliteNodeStore
-from sdquorum.errors import StorageError
+from hsm_node.store.protocol import StoredKey
+from sdquorum.errors import MalformedError, StorageError, UsageError, VerificationError
+
+DEK = bytes(range(32))
 
 
 def test_a_batch_whose_transaction_sqlite_rolled_back_fails_instead_of_committing_the_rest(
@@ -27,5 +32,49 @@ def test_a_batch_whose_transaction_sqlite_rolled_back_fails_instead_of_committin
         assert store.records.audit_entries("provisioning") == []  # nothing was half-committed
         store.records.append_audit("provisioning", 1, '{"n": 1}')  # and the store works afterwards
         assert store.records.audit_entries("provisioning") == ['{"n": 1}']
+    finally:
+        store.close()
+
+
+def _attached(store: SqliteNodeStore) -> list[str]:
+    return [row[1] for row in store._c.db.execute("PRAGMA database_list")]
+
+
+def test_a_backup_or_restore_inside_a_batch_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    # SQLite attaches no database inside a transaction: refused in words, not as a storage error.
+    store = SqliteNodeStore(tmp_path / "d", bytes(32), "node-x")
+    try:
+        store.keys.put_key(DEK, StoredKey("k", 1, b"", 1, "app"), b"k" * 32)
+        image, count = store.keys.export_key_rows(DEK)
+        with pytest.raises(UsageError, match="cannot be part of a batch"), store.batch():
+            store.keys.put_key(DEK, StoredKey("in-batch", 1, b"", 1, "app"), b"b" * 32)
+            store.keys.export_key_rows(DEK)
+        with pytest.raises(UsageError, match="cannot be part of a batch"), store.batch():
+            store.keys.import_key_rows(image, count)
+        assert [k.name for k in store.keys.list_keys()] == ["k"]
+        assert _attached(store) == ["main"]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("how", ["a row that does not open", "an image refused", "bytes that are no image"])
+def test_no_scratch_schema_is_left_attached_after_a_failed_backup_or_restore(
+    tmp_path: Path, how: str
+) -> None:
+    store = SqliteNodeStore(tmp_path / "d", bytes(32), "node-x")
+    try:
+        for i in range(3):
+            store.keys.put_key(DEK, StoredKey(f"k{i}", 1, b"", 1, "app"), b"k" * 32)
+        image, count = store.keys.export_key_rows(DEK)
+        if how == "a row that does not open":
+            with pytest.raises(VerificationError, match="'k0' failed its integrity check"):
+                store.keys.export_key_rows(bytes(32))
+        else:
+            data, n = (image, count + 1) if how == "an image refused" else (b"no image" * 100, count)
+            with pytest.raises(MalformedError):
+                store.keys.import_key_rows(data, n)
+        assert _attached(store) == ["main"]
+        store.keys.import_key_rows(*store.keys.export_key_rows(DEK))  # both work afterwards
+        assert [k.name for k in store.keys.list_keys()] == ["k0", "k1", "k2"]
     finally:
         store.close()
