@@ -66,13 +66,15 @@ def _globals(p: argparse.ArgumentParser, after: set[str] | None) -> None:
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or (``argv``) one whole only where these words can lead (build_parser)."""
     assert __doc__ is not None
-    return build_parser("sdctl", __doc__.split("\n")[0], __doc__, _globals, all_commands())
+    return build_parser("sdctl", __doc__.split("\n")[0], __doc__, _globals, all_commands(), argv)
 
 
 def main(argv: list[str] | None = None, out: Callable[[str], None] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    args = _parser(words).parse_args(words)
 
     def body() -> int:
         from sdctl.ctl import Ctl

@@ -18,7 +18,7 @@ Invariants:
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -96,15 +96,22 @@ def build_parser(
     epilog: str,
     add_globals: Callable[[argparse.ArgumentParser, set[str] | None], None],
     commands: list[Command],
+    argv: Sequence[str] | None = None,
 ) -> argparse.ArgumentParser:
     """The parser for ``commands``. ``add_globals(parser, after)`` adds the global flags: once to the
     top parser (``after=None``: real defaults) and to every leaf (``after``: the leaf's own option
     strings, which the globals skip; defaults suppressed, so a flag given before the subcommand is
-    not reset by the leaf)."""
+    not reset by the leaf).
+
+    ``argv``: the parser for parsing these words only. A command whose name is not one of them
+    is added with its name and help alone (argparse can select a command only by a word of
+    ``argv``, so every command it can select is whole, and ``--help`` lists them all): ``sdctl
+    --help`` and ``sdctl status`` do not build the ~450 arguments of every other command. None:
+    every command whole (shell completion, the tests that walk the commands)."""
     fmt = argparse.RawDescriptionHelpFormatter
     top = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog, formatter_class=fmt)
     add_globals(top, None)
-    _add_commands(top, commands, prog, add_globals)
+    _add_commands(top, commands, prog, add_globals, None if argv is None else frozenset(argv))
     return top
 
 
@@ -113,11 +120,15 @@ def _add_commands(
     commands: tuple[Command, ...] | list[Command],
     path: str,
     add_globals: Callable[[argparse.ArgumentParser, set[str] | None], None],
+    words: frozenset[str] | None,
 ) -> None:
     depth = path.count(" ")
     dest = "command" if depth == 0 else f"{path.split(' ', 1)[1].replace(' ', '_').replace('-', '_')}_command"
     sub = parent.add_subparsers(dest=dest, required=True, metavar="COMMAND")
     for c in commands:
+        if words is not None and c.name not in words:  # never selected by these words: listed only
+            sub.add_parser(c.name, help=c.help, add_help=False)
+            continue
         examples = c.examples or tuple(e for leaf in c.sub for e in leaf.examples[:1])
         epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples) if examples else None
         p = sub.add_parser(
@@ -128,7 +139,7 @@ def _add_commands(
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         if c.sub:
-            _add_commands(p, c.sub, f"{path} {c.name}", add_globals)
+            _add_commands(p, c.sub, f"{path} {c.name}", add_globals, words)
             continue
         own = {n for a in c.args for n in a.names}
         for a in (*c.args, *((YES,) if c.destructive else ())):

@@ -5,6 +5,8 @@ one exit code per meaning, shell completion, and help examples one per line."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -36,6 +38,30 @@ ALL = sorted({p[:i] for p in LEAVES for i in range(1, len(p) + 1)})
 async def node(pki_dir: Path, tmp_path: Path) -> AsyncIterator[Cluster]:
     async with running_cluster(pki_dir, tmp_path / "node-a") as c:
         yield c
+
+
+# ----------------------------------------------------------------------------- the parser for argv
+
+
+def _help(parser: argparse.ArgumentParser, words: list[str]) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        parser.parse_args([*words, "--help"])
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("command", [(), *ALL], ids=lambda c: " ".join(c) or "sdctl")
+def test_the_parser_built_for_argv_is_the_whole_parser_along_its_path(command: tuple[str, ...]) -> None:
+    """main() builds whole only the commands argv names (sdctl --help stays fast): along any path
+    the help, and so every argument, is the whole parser's."""
+    words = list(command)
+    assert _help(_parser(words), words) == _help(_parser(), words)
+
+
+def test_the_parser_built_for_argv_parses_as_the_whole_parser() -> None:
+    words = ["--output", "json", "keys", "create", "k1", "--type", "aes256-gcm", "--node", "n:1"]
+    lazy, whole = vars(_parser(words).parse_args(words)), vars(_parser().parse_args(words))
+    assert lazy == whole and whole["node"] == "n:1"
 
 
 # ----------------------------------------------------------------------------- global flags after
