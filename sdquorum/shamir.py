@@ -38,6 +38,7 @@ Invariants (native format, version 1; see DESIGN.md "Cryptography"):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from collections.abc import Callable, Sequence
@@ -95,7 +96,14 @@ _CryptoError = nacl.exceptions.CryptoError
 
 def _is_point(p: object) -> bool:
     """True for a valid point in the prime-order subgroup (never the identity)."""
-    return isinstance(p, bytes) and len(p) == POINT_BYTES and bool(crypto_core_ed25519_is_valid_point(p))
+    return isinstance(p, bytes) and len(p) == POINT_BYTES and _valid_point(p)
+
+
+@functools.lru_cache(maxsize=1024)
+def _valid_point(p: bytes) -> bool:
+    """libsodium's check (a subgroup check: about a scalar multiplication), remembered per point:
+    an agent checks the same m commitments of a header for every request it answers."""
+    return bool(crypto_core_ed25519_is_valid_point(p))
 
 
 def _scalar_to_bytes(k: int) -> bytes:

@@ -15,6 +15,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -123,8 +124,23 @@ def spki_sha256(cert_pem_or_der: bytes) -> bytes:
     Two certificates over one key (a re-issued or freshly self-signed one) have different
     thumbprints but the same SPKI digest. Every check of *who* holds a key (lost or compromised
     keys, duplicates in a header or roster, NEW KEY marks) compares this, never certificate bytes.
+
+    A pure function of the bytes, remembered for the last :data:`_SPKI_CACHE` certificates: a
+    header's duplicate-key check digests every slot's certificate each time a header is parsed
+    (each request an agent answers), and parsing them was a tenth of an agent's answer. Bytes that
+    are no certificate are refused every time (an exception is never remembered).
     """
-    cert = load_cert(cert_pem_or_der)
+    if not isinstance(cert_pem_or_der, bytes | bytearray):
+        raise MalformedError("certificate must be bytes (PEM or DER)")
+    return _spki_sha256(bytes(cert_pem_or_der))
+
+
+_SPKI_CACHE = 256  # certificates: more than the slots of a few headers (n <= 64 each)
+
+
+@functools.lru_cache(maxsize=_SPKI_CACHE)
+def _spki_sha256(data: bytes) -> bytes:
+    cert = load_cert(data)
     try:
         key = cert.public_key()
     except (ValueError, UnsupportedAlgorithm) as e:  # a key that does not parse: no identity

@@ -515,27 +515,28 @@ def test_pki_keeps_the_core_grpc_free() -> None:
     assert result.returncode == 0, result.stderr or "importing sdquorum.pki loaded grpc"
 
 
+def _self_signed(key: rsa.RSAPrivateKey, cn: str) -> bytes:
+    """DER of a fresh self-signed certificate over ``key``."""
+    now = datetime.now(UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    built = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
+    return built.public_bytes(serialization.Encoding.DER)
+
+
 def test_a_key_keeps_its_identity_under_a_new_certificate() -> None:
     """Two certificates over one RSA key: different thumbprints, one SPKI digest (DESIGN.md: a key's
     identity is its public key, never a certificate's bytes)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    now = datetime.now(UTC)
-
-    def cert(cn: str) -> bytes:
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-        built = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(days=1))
-            .not_valid_after(now + timedelta(days=30))
-            .sign(key, hashes.SHA256())
-        )
-        return built.public_bytes(serialization.Encoding.DER)
-
-    a, b = cert("bob"), cert("bob")
+    a, b = _self_signed(key, "bob"), _self_signed(key, "bob")
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     assert thumbprint_sha256(a) != thumbprint_sha256(b)
     assert spki_sha256(a) == spki_sha256(b)
@@ -544,3 +545,27 @@ def test_a_key_keeps_its_identity_under_a_new_certificate() -> None:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     assert spki_sha256(a) != hashlib.sha256(spki).digest()
+
+
+def test_spki_sha256_is_remembered_per_bytes_and_never_remembers_a_refusal() -> None:
+    """A header's duplicate-key check digests every slot on each parse: the digest of the same
+    bytes is remembered (one parse), PEM and DER of one certificate agree, a bytearray is taken,
+    and bytes that are no certificate are refused every time."""
+    from sdquorum.pki import _certs
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    der = _self_signed(key, "carol")
+    pem = x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
+    expected = hashlib.sha256(
+        key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    ).digest()
+    _certs._spki_sha256.cache_clear()
+    assert spki_sha256(der) == spki_sha256(bytearray(der)) == spki_sha256(pem) == expected
+    assert _certs._spki_sha256.cache_info().misses == 2  # DER once, PEM once
+    for _ in range(2):
+        with pytest.raises(MalformedError):
+            spki_sha256(b"\x30\x03\x02\x01\x00")
+    with pytest.raises(MalformedError, match="must be bytes"):
+        spki_sha256("not bytes")  # type: ignore[arg-type]
