@@ -16,7 +16,7 @@ from cryptography.x509.oid import NameOID
 
 from sdquorum.keys import SoftwareWrappingKey
 
-__all__ = ["fresh_certificate", "private_key_of"]
+__all__ = ["fresh_certificate", "private_key_of", "self_signed"]
 
 
 def private_key_of(key: SoftwareWrappingKey) -> rsa.RSAPrivateKey:
@@ -27,7 +27,11 @@ def private_key_of(key: SoftwareWrappingKey) -> rsa.RSAPrivateKey:
 
 def fresh_certificate(key: SoftwareWrappingKey, common_name: str, now: datetime) -> bytes:
     """DER of a new self-signed certificate, CN=``common_name``, over ``key``'s public key."""
-    private = private_key_of(key)
+    return self_signed(private_key_of(key), common_name, now)
+
+
+def self_signed(private: rsa.RSAPrivateKey, common_name: str, now: datetime) -> bytes:
+    """DER of a new self-signed certificate, CN=``common_name`` (taken as given), over ``private``."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     cert = (
         x509.CertificateBuilder()

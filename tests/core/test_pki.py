@@ -18,6 +18,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from recertify import self_signed
 
 from sdquorum.errors import MalformedError, UsageError, VerificationError
 from sdquorum.pki import (
@@ -515,28 +516,11 @@ def test_pki_keeps_the_core_grpc_free() -> None:
     assert result.returncode == 0, result.stderr or "importing sdquorum.pki loaded grpc"
 
 
-def _self_signed(key: rsa.RSAPrivateKey, cn: str) -> bytes:
-    """DER of a fresh self-signed certificate over ``key``."""
-    now = datetime.now(UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    built = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
-    return built.public_bytes(serialization.Encoding.DER)
-
-
 def test_a_key_keeps_its_identity_under_a_new_certificate() -> None:
     """Two certificates over one RSA key: different thumbprints, one SPKI digest (DESIGN.md: a key's
     identity is its public key, never a certificate's bytes)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    a, b = _self_signed(key, "bob"), _self_signed(key, "bob")
+    a, b = self_signed(key, "bob", datetime.now(UTC)), self_signed(key, "bob", datetime.now(UTC))
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     assert thumbprint_sha256(a) != thumbprint_sha256(b)
     assert spki_sha256(a) == spki_sha256(b)
@@ -554,7 +538,7 @@ def test_spki_sha256_is_remembered_per_bytes_and_never_remembers_a_refusal() -> 
     from sdquorum.pki import _certs
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    der = _self_signed(key, "carol")
+    der = self_signed(key, "carol", datetime.now(UTC))
     pem = x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
     expected = hashlib.sha256(
         key.public_key().public_bytes(

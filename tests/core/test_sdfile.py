@@ -8,19 +8,17 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from recertify import fresh_certificate
+from recertify import fresh_certificate, self_signed
 from support import drbg
 
 from sdquorum import shamir
@@ -390,18 +388,7 @@ def test_slot_name_from_a_cn_with_a_trailing_newline_is_not_used(
     wrapping_private_keys: list[tuple[rsa.RSAPrivateKey, bytes]], now: datetime
 ) -> None:
     key, _ = wrapping_private_keys[5]
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "frank\n")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=365))
-        .sign(key, hashes.SHA256())
-        .public_bytes(serialization.Encoding.DER)
-    )
+    cert = self_signed(key, "frank\n", now)
     certs = [der for _, der in wrapping_private_keys[:2]] + [cert]
     sd = seal_domain(
         new_domain_secrets(os.urandom), certs, 2, epoch=1, created_by="node-a", created_at=0, rng=os.urandom
