@@ -105,6 +105,10 @@ def check_image(db: sqlite3.Connection, key_count: int, schema: str = "main") ->
             legacy = True
         else:
             raise MalformedError("the backup's key table has another schema")
+        # STRICT and NOT NULL hold only for rows SQLite wrote: a crafted image's records are
+        # checked against its own schema first (a TEXT in a BLOB column, a NULL key, a bad page)
+        if db.execute(f"PRAGMA {schema}.quick_check").fetchall() != [("ok",)]:
+            raise MalformedError("the backup's key table holds records its schema does not allow")
         check = _CHECK.format(owner="" if legacy else _CHECK_OWNER, schema=schema)
         count, bad = db.execute(check, (json.dumps([int(t) for t in KeyType]),)).fetchone()
     except sqlite3.DatabaseError as e:

@@ -132,7 +132,13 @@ def spki_sha256(cert_pem_or_der: bytes) -> bytes:
     """
     if not isinstance(cert_pem_or_der, bytes | bytearray):
         raise MalformedError("certificate must be bytes (PEM or DER)")
-    return _spki_sha256(bytes(cert_pem_or_der))
+    data = bytes(cert_pem_or_der)
+    if len(data) > _SPKI_CACHED_BYTES:  # never remembered: a padded PEM must not pin memory
+        return _spki_sha256.__wrapped__(data)
+    return _spki_sha256(data)
+
+
+_SPKI_CACHED_BYTES = 16 * 1024  # larger than any certificate sdquorum issues or reads
 
 
 _SPKI_CACHE = 256  # certificates: more than the slots of a few headers (n <= 64 each)

@@ -553,3 +553,15 @@ def test_spki_sha256_is_remembered_per_bytes_and_never_remembers_a_refusal() -> 
             spki_sha256(b"\x30\x03\x02\x01\x00")
     with pytest.raises(MalformedError, match="must be bytes"):
         spki_sha256("not bytes")  # type: ignore[arg-type]
+
+
+def test_a_padded_certificate_is_digested_but_never_remembered() -> None:
+    """A PEM parses with trailing bytes: a peer padding its certificate must not pin memory."""
+    from sdquorum.pki import _certs
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    der = self_signed(key, "dave", datetime.now(UTC))
+    pem = x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
+    _certs._spki_sha256.cache_clear()
+    assert spki_sha256(pem + b"\n" * 20_000) == spki_sha256(der)
+    assert _certs._spki_sha256.cache_info().currsize == 1  # the DER only

@@ -78,3 +78,40 @@ def test_no_scratch_schema_is_left_attached_after_a_failed_backup_or_restore(
         assert [k.name for k in store.keys.list_keys()] == ["k0", "k1", "k2"]
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("column", ["public_der", "sealed", "name"])
+def test_an_image_whose_records_break_its_own_strict_schema_is_refused_and_changes_nothing(
+    tmp_path: Path, column: str
+) -> None:
+    # STRICT holds only for rows SQLite writes: an image made with another table and its schema
+    # text swapped for the backup's carries TEXT (or a BLOB) where the schema says otherwise.
+    import sqlite3
+
+    from hsm_node.store.image import image_schema
+
+    store = SqliteNodeStore(tmp_path / "d", bytes(32), "node-x")
+    try:
+        store.keys.put_key(DEK, StoredKey("k", 1, b"", 1, "app"), b"k" * 32)
+        loose = sqlite3.connect(":memory:")
+        loose.execute(image_schema().replace(", STRICT", "").replace("NOT NULL", ""))
+        row = {
+            "name": "x",
+            "type": 1,
+            "public_der": b"",
+            "sealed": b"s" * 40,
+            "created_at": 1,
+            "owner": "app",
+        }
+        row[column] = b"bytes, not text" if column == "name" else "text, not bytes"
+        loose.execute("INSERT INTO keys VALUES (?, ?, ?, ?, ?, ?, NULL)", tuple(row.values()))
+        loose.execute("PRAGMA writable_schema=ON")
+        loose.execute("UPDATE sqlite_schema SET sql = ? WHERE name = 'keys'", (image_schema(),))
+        image = loose.serialize()
+        loose.close()
+        with pytest.raises(MalformedError):
+            store.keys.import_key_rows(image, 1)
+        assert [k.name for k in store.keys.list_keys()] == ["k"]
+        assert _attached(store) == ["main"]
+    finally:
+        store.close()
