@@ -81,7 +81,14 @@ class Backups:
                 self._store.keys.replace_keys(domain.data_encryption_key, opened.keys)
         except OutcomeUnknownError:  # it may have taken effect: its audit cannot be lost
             log.warning("a restore of %d keys may or may not have taken effect", count)
-            self._audit("key-store-restored", caller, {**details, "outcome": "unknown"})
+            try:
+                self._audit("key-store-restored", caller, {**details, "outcome": "unknown"})
+            except Exception as e:  # the store that was lost holds the audit log too (a pool)
+                log.error(
+                    "a restore whose outcome is unknown could not be audited (%s): %s",
+                    e,
+                    {**details, "by": str(caller)},
+                )
             raise
         log.info("restored %d keys from a backup of domain %s", count, domain.domain_id.hex())
         self._audit("key-store-restored", caller, details)

@@ -123,9 +123,16 @@ class KeySet:
                 "through a backup (docs/runbooks/pool.md, 'Upgrade the pool's members')"
             )
         if layout is None:  # a new pool: the first member to start writes it (the others find it)
-            self._v.run(
+            written = self._v.run(
                 self._v.client.commit([Put(self.layout, LAYOUT)], unless_changed=[Unchanged(self.layout, 0)])
             )
+            if written is None:  # another member wrote it first: it must be this layout too
+                found = self._v.run(self._v.client.get(self.layout))
+                if found is None or found.value != LAYOUT:
+                    raise StateError(
+                        "this pool's layout was written by a member of another sdquorum version while this "
+                        "one started: run every member of the pool at the pool's sdquorum version"
+                    )
 
     # ------------------------------------------------------------------ reading and writing keys
 

@@ -168,3 +168,26 @@ async def test_a_restore_whose_outcome_is_unknown_is_audited_as_such_and_reporte
 
     last = json.loads(node.store.records.audit_entries("domain")[-1])
     assert last["event"] == "key-store-restored" and last["details"]["outcome"] == "unknown"
+
+
+async def test_a_restore_whose_outcome_is_unknown_and_whose_audit_fails_still_says_so(
+    pki_dir: Path,
+    wrapping_keys: list[SoftwareWrappingKey],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """In a pool the audit log is in the etcd that was just lost: the person still learns the
+    outcome is unknown (not a transport error), and the details go to the log at ERROR."""
+    node = await _activated(pki_dir, wrapping_keys)
+    data = node.backups.backup(ADMIN)
+
+    def lost(image: bytes, count: int) -> None:
+        raise OutcomeUnknownError(
+            "etcd was lost while the restore was finishing: check with 'sdctl keys list'"
+        )
+
+    monkeypatch.setattr(node.store.keys, "import_key_rows", lost)
+    monkeypatch.setattr(node.store.records, "append_audit", lambda *a, **k: _full_disk())
+    with pytest.raises(OutcomeUnknownError, match="sdctl keys list"):
+        node.backups.restore(data, ADMIN)
+    assert any(r.levelname == "ERROR" and "could not be audited" in r.getMessage() for r in caplog.records)
