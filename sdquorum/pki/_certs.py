@@ -134,18 +134,15 @@ def spki_sha256(cert_pem_or_der: bytes) -> bytes:
         raise MalformedError("certificate must be bytes (PEM or DER)")
     data = bytes(cert_pem_or_der)
     if len(data) > _SPKI_CACHED_BYTES:  # never remembered: a padded PEM must not pin memory
-        return _spki_sha256.__wrapped__(data)
+        return _spki_of(data)
     return _spki_sha256(data)
 
 
+_SPKI_CACHE = 256  # certificates: more than the slots of a few headers (n <= 64 each)
 _SPKI_CACHED_BYTES = 16 * 1024  # larger than any certificate sdquorum issues or reads
 
 
-_SPKI_CACHE = 256  # certificates: more than the slots of a few headers (n <= 64 each)
-
-
-@functools.lru_cache(maxsize=_SPKI_CACHE)
-def _spki_sha256(data: bytes) -> bytes:
+def _spki_of(data: bytes) -> bytes:
     cert = load_cert(data)
     try:
         key = cert.public_key()
@@ -153,6 +150,9 @@ def _spki_sha256(data: bytes) -> bytes:
         raise MalformedError("the certificate's public key does not parse") from e
     spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(spki).digest()
+
+
+_spki_sha256 = functools.lru_cache(maxsize=_SPKI_CACHE)(_spki_of)
 
 
 def role_from_cert(cert_pem_or_der: bytes) -> Role:
