@@ -18,7 +18,6 @@ its dict afterwards changes nothing in the entry.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 import hashlib
 import json
@@ -55,14 +54,7 @@ class AuditEntry:
 
     def _signed_members(self) -> dict[str, Any]:
         """What the entry's hash (and so its signature) covers; :meth:`to_json` adds both."""
-        return {
-            "seq": self.seq,
-            "time": self.time,
-            "event": self.event,
-            "actor": self.actor,
-            "details": self.details,
-            "prev": self.prev.hex(),
-        }
+        return _members(self.seq, self.time, self.event, self.actor, self.details, self.prev)
 
     def body(self) -> bytes:
         """The signed and hashed bytes: canonical JSON of every field but the signature."""
@@ -99,6 +91,12 @@ class AuditEntry:
         return entry
 
 
+def _members(
+    seq: int, time: int, event: str, actor: str, details: dict[str, Any], prev: bytes
+) -> dict[str, Any]:
+    return {"seq": seq, "time": time, "event": event, "actor": actor, "details": details, "prev": prev.hex()}
+
+
 class ChainHead(NamedTuple):
     """Where a chain ends: its last entry's seq and hash, all the next entry links to."""
 
@@ -117,16 +115,10 @@ def make_entry(
 ) -> AuditEntry:
     """The entry after ``prev`` (None: the first of its chain), signed with ``key``. The entry holds
     a deep copy of ``details``, so what it signed and what it shows stay the same."""
-    unsigned = AuditEntry(
-        seq=0 if prev is None else prev.seq + 1,
-        time=time,
-        event=event,
-        actor=actor,
-        details=copy.deepcopy(details),
-        prev=GENESIS if prev is None else prev.hash,
-    )
-    body = unsigned.body()
-    entry = dataclasses.replace(unsigned, signature=key.sign(ENTRY_CONTEXT + body))
+    seq, prev_hash = (0, GENESIS) if prev is None else (prev.seq + 1, prev.hash)
+    details = copy.deepcopy(details)
+    body = canonical_json(_members(seq, time, event, actor, details, prev_hash))
+    entry = AuditEntry(seq, time, event, actor, details, prev_hash, key.sign(ENTRY_CONTEXT + body))
     entry.__dict__["_body"] = body  # the same fields, so the same body: kept, not encoded again
     return entry
 

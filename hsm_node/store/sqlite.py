@@ -73,8 +73,7 @@ class _SqliteDomain:
         return v.decode() if v else None
 
     def set_state(self, state: str) -> None:
-        with self._c.tx() as db:
-            db.execute(_SET_META, ("state", state.encode()))
+        self._c.write(_SET_META, ("state", state.encode()))
 
     def activate(self, secrets: DomainSecrets, info: DomainInfo, state: str, sd_file: bytes) -> None:
         sealed = self._domain_seal.seal(secrets)
@@ -102,8 +101,7 @@ class _SqliteDomain:
             db.execute("INSERT INTO retired (epoch, record) VALUES (?, ?)", (retired.epoch, _json(retired)))
 
     def set_flag(self, name: str, value: str) -> None:
-        with self._c.tx() as db:
-            db.execute(_SET_META, (f"flag:{name}", value.encode()))
+        self._c.write(_SET_META, (f"flag:{name}", value.encode()))
 
     def flag(self, name: str) -> str | None:
         v = self._c.get(f"flag:{name}")
@@ -116,12 +114,11 @@ class _SqliteDomain:
         return None if row is None else int(row[0])
 
     def note_epoch(self, domain_id: bytes, epoch: int) -> None:
-        with self._c.tx() as db:
-            db.execute(
-                "INSERT INTO epochs (domain_id, epoch) VALUES (?, ?) "
-                "ON CONFLICT(domain_id) DO UPDATE SET epoch = max(epoch, excluded.epoch)",
-                (domain_id.hex(), epoch),
-            )
+        self._c.write(
+            "INSERT INTO epochs (domain_id, epoch) VALUES (?, ?) "
+            "ON CONFLICT(domain_id) DO UPDATE SET epoch = max(epoch, excluded.epoch)",
+            (domain_id.hex(), epoch),
+        )
 
 
 class _SqliteRecords:
@@ -132,8 +129,7 @@ class _SqliteRecords:
         self._c = connection
 
     def append_audit(self, chain: str, seq: int, entry_json: str) -> None:
-        with self._c.tx() as db:
-            db.execute("INSERT INTO audit (chain, seq, entry) VALUES (?, ?, ?)", (chain, seq, entry_json))
+        self._c.write("INSERT INTO audit (chain, seq, entry) VALUES (?, ?, ?)", (chain, seq, entry_json))
 
     def audit_entries(self, chain: str) -> list[str]:
         rows = self._c.db.execute("SELECT entry FROM audit WHERE chain = ? ORDER BY seq", (chain,)).fetchall()
@@ -146,8 +142,7 @@ class _SqliteRecords:
         return None if row is None else str(row[0])
 
     def add_custody_record(self, record: CustodyRecord) -> None:
-        with self._c.tx() as db:
-            db.execute("INSERT INTO custody (record) VALUES (?)", (_json(record),))
+        self._c.write("INSERT INTO custody (record) VALUES (?)", (_json(record),))
 
     def custody_records(self) -> list[CustodyRecord]:
         texts = self._c.texts("SELECT record FROM custody ORDER BY rowid")
@@ -180,11 +175,10 @@ class _SqliteKeys:
         (:meth:`find_key` tells which)."""
         sealed = self._key_seal.seal(dek, key.name, key.key_type, key.owner, private)
         try:
-            with self._c.tx() as db:
-                db.execute(
-                    "INSERT INTO keys (name, type, public_der, sealed, created_at, owner) VALUES (?, ?, ?, ?, ?, ?)",
-                    (key.name, key.key_type, key.public_der, sealed, key.created_at, key.owner),
-                )
+            self._c.write(
+                "INSERT INTO keys (name, type, public_der, sealed, created_at, owner) VALUES (?, ?, ?, ?, ?, ?)",
+                (key.name, key.key_type, key.public_der, sealed, key.created_at, key.owner),
+            )
         except AlreadyExistsError as e:
             raise AlreadyExistsError(f"a key named {key.name!r} exists already: pick another name") from e
 
@@ -228,19 +222,15 @@ class _SqliteKeys:
     def mark_deleted(self, name: str, deleted_at: int | None) -> None:
         """Soft-delete a live key (``deleted_at``: now) or recover a deleted one (None)."""
         was = "deleted_at IS NULL" if deleted_at is not None else "deleted_at IS NOT NULL"
-        with self._c.tx() as db:
-            cur = db.execute(f"UPDATE keys SET deleted_at = ? WHERE name = ? AND {was}", (deleted_at, name))  # noqa: S608  # constant clauses
-            if cur.rowcount == 0:
-                raise NotFoundError(
-                    f"no {'live' if deleted_at is not None else 'deleted'} key named {name!r}"
-                )
+        cur = self._c.write(f"UPDATE keys SET deleted_at = ? WHERE name = ? AND {was}", (deleted_at, name))  # noqa: S608  # constant clauses
+        if cur.rowcount == 0:
+            raise NotFoundError(f"no {'live' if deleted_at is not None else 'deleted'} key named {name!r}")
 
     def purge_key(self, name: str) -> None:
         """Remove a deleted key's row for good."""
-        with self._c.tx() as db:
-            cur = db.execute("DELETE FROM keys WHERE name = ? AND deleted_at IS NOT NULL", (name,))
-            if cur.rowcount == 0:
-                raise NotFoundError(f"no deleted key named {name!r}")
+        cur = self._c.write("DELETE FROM keys WHERE name = ? AND deleted_at IS NOT NULL", (name,))
+        if cur.rowcount == 0:
+            raise NotFoundError(f"no deleted key named {name!r}")
 
     def deleted_before(self, time: int) -> list[StoredKey]:
         """The deleted keys whose deletion is at or before ``time`` (their retention has ended)."""

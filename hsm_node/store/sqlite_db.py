@@ -6,7 +6,8 @@ Invariants (:class:`Connection`):
   SQLite opens it, so its ``-wal`` and ``-shm`` files are 0600 too. ``trusted_schema=OFF``: no
   schema (an attached backup image's included) runs a function.
 * Writes are transactions with ``synchronous=FULL``. A batch is one ``BEGIN IMMEDIATE ... COMMIT``,
-  each write inside it a savepoint; a transaction SQLite rolled back by itself fails the batch.
+  each write inside it a savepoint, or a single statement, which SQLite backs out alone when it
+  fails (:meth:`Connection.write`); a transaction SQLite rolled back by itself fails the batch.
 * A scratch schema (:meth:`Connection.scratch`) is attached only outside a batch and always
   detached after its block.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -55,6 +56,22 @@ def check_data_dir(data_dir: Path) -> Path:
     return private_dir(data_dir, "the data directory", "node.data_dir / --data-dir")
 
 
+@contextmanager
+def _translated() -> Iterator[None]:
+    """SQLite's errors as the store's: a row written twice, or a database that cannot be written."""
+    try:
+        yield
+    except sqlite3.IntegrityError as e:  # a unique row written twice (an audit entry, a retired epoch)
+        raise AlreadyExistsError(
+            f"the node's database holds that row already ({e}): nothing was changed"
+        ) from e
+    except sqlite3.OperationalError as e:
+        raise StorageError(
+            f"the node cannot write its database ({e}): free space on its data volume or make it "
+            "writable; nothing was changed"
+        ) from e
+
+
 class Connection:
     """The database connection and its transactions (a batch; a savepoint per write inside it)."""
 
@@ -90,7 +107,7 @@ class Connection:
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        try:
+        with _translated():
             if self._depth:  # inside a batch: a savepoint, committed with the batch
                 with self._savepoint():
                     yield self.db
@@ -109,15 +126,17 @@ class Connection:
             finally:
                 self._depth = 0
             self.db.execute("COMMIT")
-        except sqlite3.IntegrityError as e:  # a unique row written twice (an audit entry, a retired epoch)
-            raise AlreadyExistsError(
-                f"the node's database holds that row already ({e}): nothing was changed"
-            ) from e
-        except sqlite3.OperationalError as e:
-            raise StorageError(
-                f"the node cannot write its database ({e}): free space on its data volume or make it "
-                "writable; nothing was changed"
-            ) from e
+
+    def write(self, sql: str, params: Sequence[object]) -> sqlite3.Cursor:
+        """One statement as a write of its own: its own transaction, or inside a batch the
+        statement alone, with no savepoint: a statement that fails changes nothing (SQLite backs
+        out what it did before failing, and keeps the batch's earlier writes)."""
+        if not self._depth:
+            with self.tx() as db:
+                return db.execute(sql, params)
+        with _translated():
+            self._require_open_batch()
+            return self.db.execute(sql, params)
 
     @contextmanager
     def _savepoint(self) -> Iterator[None]:

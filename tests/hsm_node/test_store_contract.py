@@ -104,16 +104,22 @@ def test_a_batch_commits_once_a_failed_write_undoes_itself_an_exception_undoes_a
         store.records.append_audit("provisioning", 1, '{"n": 1}')
         with pytest.raises(AlreadyExistsError):
             _put(store, "k1", private=b"other")  # refused: only this write is undone
+        with pytest.raises(AlreadyExistsError):
+            store.records.append_audit("provisioning", 1, '{"n": "again"}')  # the same: one statement
+        with pytest.raises(NotFoundError):
+            store.keys.mark_deleted("k-missing", 5)
         _put(store, "k2", private=b"secret-2")
+        store.records.append_audit("provisioning", 2, '{"n": 2}')
     assert commits == ["COMMIT"]
     assert [k.name for k in store.keys.list_keys()] == ["k1", "k2"]
+    assert store.records.audit_entries("provisioning") == ['{"n": 1}', '{"n": 2}']
     assert store.keys.get_key(DEK, "k1")[1] == b"secret-1"
     with pytest.raises(RuntimeError), store.batch():
         _put(store, "k3")
-        store.records.append_audit("provisioning", 2, '{"n": 2}')
+        store.records.append_audit("provisioning", 3, '{"n": 3}')
         raise RuntimeError("the caller failed half-way")
     assert [k.name for k in store.keys.list_keys()] == ["k1", "k2"]
-    assert store.records.audit_entries("provisioning") == ['{"n": 1}']
+    assert store.records.audit_entries("provisioning") == ['{"n": 1}', '{"n": 2}']
     assert commits == ["COMMIT"]
 
 
