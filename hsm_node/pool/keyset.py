@@ -49,13 +49,14 @@ Invariants:
   best effort and never turns the done restore into a failure. A restore whose flip's outcome
   cannot be known (etcd lost at that moment: the lease could not be revoked, the pointer not read)
   raises :class:`OutcomeUnknownError`, never a plain failure, so the caller audits it. Staging
-  commits already handed to a thread are awaited before a failed restore removes its rows (no orphan
-  row lands after the removal).
+  commits already handed to a thread are awaited before a failed restore removes its rows, whatever
+  ended it (a failed commit, its time budget, a cancel): no orphan row lands after the removal.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -68,7 +69,7 @@ from hsm_node.pool.etcd import Delete, Lease, Put, Unchanged, prefix_end
 from hsm_node.pool.etcd._keyvalue import REQUEST_ENVELOPE
 from hsm_node.pool.integrity import untagged
 from hsm_node.pool.view import EtcdView
-from sdquorum.errors import OutcomeUnknownError, SdquorumError, StateError, UsageError
+from sdquorum.errors import OutcomeUnknownError, SdquorumError, StateError, TransportError, UsageError
 
 if TYPE_CHECKING:
     from hsm_node.pool.view import _Tx
@@ -235,10 +236,16 @@ class KeySet:
             on_commit()  # may refuse (a full disk): nothing is sent
         client = self._v.client
         lease = self._v.run(client.grant_lease(self._ttl))
-        budget = self._v.client.config.call_timeout * (len(chunks) + 4) + self._ttl
+        call_timeout = self._v.client.config.call_timeout
+        budget = call_timeout * (len(chunks) + 4) + self._ttl
         sent: list[bool] = []  # the flip was sent (it may apply whatever the answer)
         try:
-            flipped = self._v.run(self._stage_and_flip(gen, lease, chunks, revision, sent), budget)
+            # the budget runs out inside, then the commits in flight end (each within its call
+            # timeout once it runs) before this returns: wait for that too
+            flipped = self._v.run(
+                self._stage_and_flip(gen, lease, chunks, revision, sent, budget),
+                budget + call_timeout * (len(chunks) + 2),
+            )
         except Exception as e:
             settled = self._settle(gen, lease)
             if settled is None and sent:
@@ -280,6 +287,27 @@ class KeySet:
         chunks: list[list[Put]],
         revision: int,
         flip_sent: list[bool],
+        budget: float,
+    ) -> int | None:
+        """Stage every chunk, then flip, within ``budget`` seconds. Whatever ends it early (a failed
+        commit, the budget, a cancel) it returns only once every staging commit it sent has ended,
+        so that none lands after the caller removed the staged rows."""
+        try:
+            async with asyncio.timeout(budget):
+                return await self._stage_then_flip(gen, lease, chunks, revision, flip_sent)
+        except TimeoutError:
+            raise TransportError(
+                f"the restore did not finish within {budget:g} s: check the etcd cluster "
+                "(docs/runbooks/pool.md); nothing was restored unless its flip was sent"
+            ) from None
+
+    async def _stage_then_flip(
+        self,
+        gen: str,
+        lease: Lease,
+        chunks: list[list[Put]],
+        revision: int,
+        flip_sent: list[bool],
     ) -> int | None:
         client = self._v.client
         marker = self._v.sub("restoring", gen)
@@ -305,10 +333,11 @@ class KeySet:
                 for chunk in chunks:
                     group.create_task(stage(chunk))
         except BaseExceptionGroup as e:  # the first failure, as the callers know it
-            await asyncio.gather(
-                *sent, return_exceptions=True
-            )  # no staged row lands after the failed restore removes them
+            await _ended(sent)
             raise e.exceptions[0] from None
+        except asyncio.CancelledError:  # the budget ran out, or the caller went: the same wait
+            await _ended(sent)
+            raise
         # the pointer is a custody row: the flip publishes the next custody head with it
         ops: list[Put | Delete] = [
             Put(self.pointer, self._v.guard.sealed(self.pointer, gen.encode())),
@@ -371,6 +400,15 @@ class KeySet:
             f"the restore outlived its etcd lease ({self._ttl} s without a keep-alive): nothing was "
             "restored; check the etcd cluster and run it again"
         )
+
+
+async def _ended(commits: list[asyncio.Task[int | None]]) -> None:
+    """Wait until every commit handed over has ended (each within its call timeout), however this
+    wait is cancelled: no staged row lands after a failed restore removes them."""
+    waiting = asyncio.ensure_future(asyncio.gather(*commits, return_exceptions=True))
+    while not waiting.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(waiting)
 
 
 class _logged:

@@ -447,7 +447,9 @@ def test_a_restore_losing_etcd_right_after_its_flip_is_reported_with_an_unknown_
 
 class _SlowCommits(EtcdClient):
     """The first staging commit fails at once; the others are in their threads, still running
-    (a blocking commit handed over cannot be called back), and land 0.3 s later."""
+    (a blocking commit handed over cannot be called back), and land ``delay`` s later."""
+
+    delay, first_fails = 0.3, True
 
     def __init__(self, config: EtcdConfig) -> None:
         super().__init__(config)
@@ -459,13 +461,14 @@ class _SlowCommits(EtcdClient):
         if not any(isinstance(op, Put) and b"/keys/" in op.key for op in ops):
             return await super().commit(ops, unless_changed=unless_changed)
         self.staged += 1
-        if self.staged == 1:
+        if self.staged == 1 and self.first_fails:
             await asyncio.sleep(0.05)  # the others are in their threads by now
             raise TransportError("injected: a staging commit failed")
         loop = asyncio.get_running_loop()
+        delay = self.delay
 
         def blocking() -> int | None:
-            time.sleep(0.3)
+            time.sleep(delay)
             call = EtcdClient.commit(self, ops, unless_changed=unless_changed)
             return asyncio.run_coroutine_threadsafe(call, loop).result()
 
@@ -489,6 +492,53 @@ def test_a_failed_restore_leaves_no_staged_row_from_commits_still_in_flight(
         time.sleep(1.0)  # any commit still in a thread would have landed by now
         staged = [k for k in asyncio.run(_rows(cluster, pool_id)) if b"/keys/" in k]
         assert staged == []
+    finally:
+        a.close()
+
+
+class _OverBudget(_SlowCommits):
+    """The first four staging commits run at once; the others wait 8.5 s for a thread (a saturated
+    executor) before they run, so they land after the restore's time budget (7.5 s here)."""
+
+    delay, first_fails = 8.5, False
+
+    async def commit(
+        self, ops: Sequence[Put | Delete], *, unless_changed: Sequence[Unchanged] = ()
+    ) -> int | None:
+        if self.staged < 4 and any(isinstance(op, Put) and b"/keys/" in op.key for op in ops):
+            self.staged += 1
+            return await EtcdClient.commit(self, ops, unless_changed=unless_changed)
+        return await super().commit(ops, unless_changed=unless_changed)
+
+
+def test_a_restore_out_of_time_leaves_no_staged_row_from_commits_still_in_flight(
+    cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    """The restore's time budget runs out while its staging commits are in flight: it waits for
+    them before removing its rows (the previous code removed them at once and left the rows that
+    landed after)."""
+    pool_id = secrets.token_bytes(8)
+    config = replace(
+        cluster.config("node-a"), max_request_bytes=MAX_REQUEST_BYTES, attempt_timeout=0.5, call_timeout=0.5
+    )
+    a = PoolNodeStore(
+        config, pool_id, tmp_path / "a", SEALING_A, "node-a", client_factory=_OverBudget, restore_ttl=2
+    )
+    try:
+        domain = sdfile.new_domain_secrets(os.urandom, admins=["admin"])
+        a.domain.activate(domain, DomainInfo(domain.domain_id, 1, 2, 3), "ACTIVATED", b"sd-file")
+        image, count, _ = _backup("two", 600, 200)
+        started = time.monotonic()
+        with pytest.raises(TransportError, match="did not finish within"):
+            a.keys.import_key_rows(image, count)
+        chunks = a.view.client.staged  # type: ignore[attr-defined]
+        assert 0.5 * (chunks + 4) + 2 < _OverBudget.delay * -(-chunks // 4), (
+            chunks
+        )  # the budget ran out first
+        time.sleep(max(0.0, started + _OverBudget.delay + 2.0 - time.monotonic()))  # all landed by now
+        staged = [k for k in asyncio.run(_rows(cluster, pool_id)) if b"/keys/" in k]
+        assert staged == []
+        assert a.keys.list_keys() == []  # and nothing was restored
     finally:
         a.close()
 
