@@ -62,8 +62,8 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
 
 from hsm_node.pool.etcd import Delete, Lease, Put, Unchanged, prefix_end
 from hsm_node.pool.etcd._keyvalue import REQUEST_ENVELOPE
@@ -243,7 +243,7 @@ class KeySet:
             # the budget runs out inside, then the commits in flight end (each within its call
             # timeout once it runs) before this returns: wait for that too
             flipped = self._v.run(
-                self._stage_and_flip(gen, lease, chunks, revision, sent, budget),
+                _within(budget, self._stage_and_flip(gen, lease, chunks, revision, sent)),
                 budget + call_timeout * (len(chunks) + 2),
             )
         except Exception as e:
@@ -281,27 +281,6 @@ class KeySet:
             self._delete_generation(old, gens.get(old, []))
 
     async def _stage_and_flip(
-        self,
-        gen: str,
-        lease: Lease,
-        chunks: list[list[Put]],
-        revision: int,
-        flip_sent: list[bool],
-        budget: float,
-    ) -> int | None:
-        """Stage every chunk, then flip, within ``budget`` seconds. Whatever ends it early (a failed
-        commit, the budget, a cancel) it returns only once every staging commit it sent has ended,
-        so that none lands after the caller removed the staged rows."""
-        try:
-            async with asyncio.timeout(budget):
-                return await self._stage_then_flip(gen, lease, chunks, revision, flip_sent)
-        except TimeoutError:
-            raise TransportError(
-                f"the restore did not finish within {budget:g} s: check the etcd cluster "
-                "(docs/runbooks/pool.md); nothing was restored unless its flip was sent"
-            ) from None
-
-    async def _stage_then_flip(
         self,
         gen: str,
         lease: Lease,
@@ -400,6 +379,20 @@ class KeySet:
             f"the restore outlived its etcd lease ({self._ttl} s without a keep-alive): nothing was "
             "restored; check the etcd cluster and run it again"
         )
+
+
+async def _within(budget: float, restore: Coroutine[Any, Any, int | None]) -> int | None:
+    """The staging and flip of a restore within ``budget`` seconds. Whatever ends it early (a
+    failed commit, the budget, a cancel), it ends only once every staging commit it sent has
+    ended (:func:`_ended`), so that none lands after the caller removed the staged rows."""
+    try:
+        async with asyncio.timeout(budget):
+            return await restore
+    except TimeoutError:
+        raise TransportError(
+            f"the restore did not finish within {budget:g} s: check the etcd cluster "
+            "(docs/runbooks/pool.md); nothing was restored unless its flip was sent"
+        ) from None
 
 
 async def _ended(commits: list[asyncio.Task[int | None]]) -> None:
