@@ -6,7 +6,8 @@ Any pool member's etcd certificate may write any row under the pool's prefix, so
 control cannot tell a member's store from ``etcdctl`` run with a stolen member certificate. What the
 latter lacks is the domain secrets. So:
 
-* **Row MAC.** Every row of a :data:`MACED` table (custody and domain decisions, and every key row)
+* **Row MAC.** Every row of a :data:`MACED` table (custody and domain decisions, an admin's
+  permissions to join, and every key row)
   is stored as ``value || MAGIC || tag``, tag = HMAC-SHA256 under ``K = HKDF-SHA256(DEK, salt =
   domain id, info = MAC_INFO)`` (never the DEK itself; K never leaves the member's memory) over the
   row's full etcd key (so a row cannot be moved to another name, generation or pool), the row's
@@ -45,9 +46,20 @@ MAC_INFO = b"sdquorum pool row mac v1"
 MAGIC = b"\x00sdqmac1"  # 8 bytes before the 32-byte tag
 TAG_LEN = 32
 HEAD = b"head"
-# custody and domain decisions: MAC'd and in the head's digest
+# custody and domain decisions, and an admin's permissions to join: MAC'd and in the head's digest
 HEADED = frozenset(
-    {b"header", b"epoch", b"info", b"keyset", b"custody", b"drills", b"retired", b"flags", b"seen"}
+    {
+        b"header",
+        b"epoch",
+        b"info",
+        b"keyset",
+        b"custody",
+        b"drills",
+        b"retired",
+        b"flags",
+        b"seen",
+        b"allowed",
+    }
 )
 # MAC'd: the above, the head itself and every key row (too many for the head; bound by version)
 MACED = HEADED | {HEAD, b"keys"}

@@ -78,7 +78,9 @@ __all__ = ["DEFAULT_RESTORE_TTL", "DELETE_CHUNK", "INITIAL", "LAYOUT", "KeySet"]
 
 log = logging.getLogger("hsm_node.pool.store")
 
-LAYOUT = b"2"  # the pool layout this code reads and writes: key-set generations, tagged rows
+# the pool layout this code reads and writes: key-set generations, tagged rows ("2"), and the
+# permissions to join (allowed/) tagged and in the custody head ("3")
+LAYOUT = b"3"
 INITIAL = "0"  # the generation of a pool never restored (no pointer row)
 DELETE_CHUNK = 1000  # keys one ranged delete removes at most: one watch message of ~100 KB
 DEFAULT_RESTORE_TTL = 30  # seconds a restore's lease lives without a keep-alive

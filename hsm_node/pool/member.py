@@ -1,7 +1,9 @@
 """A pool member's part in joining and membership (the protocol is :mod:`sdquorum.pooljoin`).
 
 Everything goes through the pool's etcd rows (:class:`~hsm_node.pool.store.PoolNodeStore`), so no
-member needs to reach another: an admin's ``allowed/<node_id>``; the joiner's request at
+member needs to reach another: an admin's ``allowed/<node_id>`` (a custody decision: tagged and in
+the custody head, :mod:`hsm_node.pool.integrity`, so only a member holding the domain writes it and
+a permission put or put back with etcd alone is refused); the joiner's request at
 ``joins/<node_id>``; a live member's grant at ``grants/<node_id>``; ``members/<node_id>`` for each
 member (its attestation certificate and state, ``active`` or ``removed``).
 
@@ -55,10 +57,22 @@ log = logging.getLogger(__name__)
 ACTIVE, REMOVED = "active", "removed"
 
 
+def _require_domain(store: PoolNodeStore, command: str) -> None:
+    """A permission to join is a custody decision: tagged under the domain's row key and in the
+    custody head, so only a member that holds the domain writes it (a node without it would write
+    a row every member refuses)."""
+    if not store.view.guard.mac.keyed:
+        raise StateError(
+            f"this node does not hold the pool's domain yet: run 'sdctl pool {command}' against a member "
+            "that does ('sdctl pool status' there lists them); nothing was changed"
+        )
+
+
 def allow(store: PoolNodeStore, node_id: str, by: str, now: int) -> None:
     """An admin lets ``node_id`` join (the caller audits it). A node removed before may join anew:
     its ``removed`` row goes in the same transaction (it would refuse to start, and the members its
     join, while the row says removed)."""
+    _require_domain(store, f"allow {node_id}")
     with store.batch():
         store.pool.put_pool_row("allowed", node_id, json.dumps({"by": by, "at": now}).encode())
         raw = store.pool.pool_row("members", node_id)
@@ -69,6 +83,7 @@ def allow(store: PoolNodeStore, node_id: str, by: str, now: int) -> None:
 def remove(store: PoolNodeStore, node_id: str, by: str, now: int) -> None:
     """End a member: its row says removed and its permission to join goes (the caller audits it;
     ``sdctl pool remove`` deletes its etcd user with the etcd root certificate)."""
+    _require_domain(store, f"remove {node_id}")
     with store.batch():
         store.pool.put_pool_row(
             "members", node_id, json.dumps({"state": REMOVED, "by": by, "at": now}).encode()

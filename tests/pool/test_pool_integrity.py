@@ -23,10 +23,12 @@ from etcd_cluster import EtcdCluster, running_cluster
 from hsm_node.keyops import KeyType
 from hsm_node.pool.etcd import Delete, EtcdClient, KeyValue
 from hsm_node.pool.integrity import MAC_INFO, TamperedError
+from hsm_node.pool.member import allow, remove
 from hsm_node.pool.store import LOCAL_FILE, PoolNodeStore
 from hsm_node.state import Lifecycle
 from hsm_node.store import DomainInfo, StoredKey
 from sdquorum import sdfile
+from sdquorum.errors import StateError
 from sdquorum.review import CustodyRecord, RecordKind, RetiredEpoch
 
 pytestmark = pytest.mark.slow
@@ -237,6 +239,44 @@ def test_undeleting_a_soft_deleted_key_is_detected(pool: Pool) -> None:
     pool.attack(("keys/0/old", live.value))  # the row as sdquorum wrote it before the delete
     _refused(lambda: pool.b.keys.get_key(DEK, "old"), "keys/0/old")
     _refused(lambda: pool.b.keys.list_keys(), "keys/0/old")
+
+
+def test_a_permission_to_join_put_with_etcd_alone_is_refused(pool: Pool) -> None:
+    """A join needs an admin's permission: with a member's etcd certificate alone, an attacker who
+    also holds some node's attestation key must not give it one (the members would seal the domain
+    to it). The granting member reads the permissions checked (serve_joins_once)."""
+    allow(pool.a, "node-c", "admin", 1_700_000_000)
+    pool.settle()
+    assert set(pool.b.pool.pool_rows("allowed")) == {"node-c"}
+    pool.attack(("allowed/node-x", b'{"by": "admin", "at": 1700000000}'))
+    for s in (pool.a, pool.b):
+        _refused(lambda s=s: s.pool.pool_rows("allowed"), "allowed/node-x", "head")  # type: ignore[misc]
+
+
+def test_putting_back_a_removed_nodes_permission_is_refused(pool: Pool) -> None:
+    allow(pool.a, "node-x", "admin", 1_700_000_000)
+    granted = pool.raw("allowed/node-x")
+    remove(pool.a, "node-x", "admin", 1_700_000_100)
+    pool.settle()
+    assert granted is not None and pool.b.pool.pool_rows("allowed") == {}
+    pool.attack(("allowed/node-x", granted.value))  # the bytes sdquorum wrote, its MAC valid at version 1
+    _refused(lambda: pool.b.pool.pool_rows("allowed"), "head")
+
+
+def test_a_node_without_the_domain_can_neither_allow_nor_remove(pool: Pool) -> None:
+    """Its rows would carry no tag and no head, which every member refuses: refused first, in words."""
+    # a new member (its etcd certificate node-b's: this cluster issued none for node-c) before it joined
+    c = PoolNodeStore(
+        pool.cluster.config("node-b"), pool.pool_id, pool.tmp_path / "node-c", os.urandom(32), "node-c"
+    )
+    try:
+        before = pool.rows()
+        for change in (allow, remove):
+            with pytest.raises(StateError, match="does not hold the pool's domain yet"):
+                change(c, "node-x", "admin", 1_700_000_000)
+        assert pool.rows() == before
+    finally:
+        c.close()
 
 
 def test_a_tampered_row_is_logged_once_and_no_row_key_reaches_etcd_or_the_log(

@@ -20,7 +20,7 @@ from etcd_cluster import EtcdCluster, running_cluster
 from support import wait_for
 
 from hsm_node.keyops import KeyType
-from hsm_node.pool.etcd import EtcdClient
+from hsm_node.pool.etcd import Delete, EtcdClient
 from hsm_node.pool.member import PoolMember, allow, remove
 from hsm_node.pool.service import PoolService
 from hsm_node.pool.store import PoolNodeStore
@@ -82,6 +82,16 @@ async def test_an_allowed_node_joins_with_no_custodian_and_serves_the_pools_keys
         with pytest.raises(StateError, match="sdctl pool allow node-c"):
             await c.join(timeout=1.0)
         assert c.store.domain.load_domain() is None
+        # nor when node-c, with an etcd certificate and its attestation key, writes its own
+        # permission with etcd alone: the members refuse a permission no admin gave
+        async with EtcdClient(cluster.config("node-c")) as own:
+            await own.put(a.store.view.sub("allowed", "node-c"), b'{"by": "admin", "at": 1}')
+        with pytest.raises(StateError, match="sdctl pool allow node-c"):
+            await c.join(timeout=1.0)
+        assert c.store.domain.load_domain() is None
+        async with EtcdClient(cluster.config("root")) as root_client:  # put right for what follows
+            put_right = await root_client.commit([Delete(a.store.view.sub("allowed", "node-c"))])
+        assert put_right is not None and await asyncio.to_thread(a.store.view.wait_for, put_right)
         # the removed member serves nothing, and its etcd user gone, it cannot write
         remove(a.store, "node-b", "admin", int(now.timestamp()))
         await asyncio.sleep(0.2)

@@ -594,28 +594,28 @@ def test_a_pool_in_another_layout_refuses_the_start(cluster: EtcdCluster, tmp_pa
         async with EtcdClient(cluster.config("root")) as c:
             await c.commit([Put(key, value)])
 
-    asyncio.run(put(prefix + b"keys-layout", b"3"))
-    with pytest.raises(StateError, match="layout '3'"):
+    asyncio.run(put(prefix + b"keys-layout", b"2"))  # the previous layout: permissions to join untagged
+    with pytest.raises(StateError, match="layout '2'"):
         _open(cluster, pool_id, tmp_path, "node-a")
 
 
 class _OutrunByAnotherVersion(EtcdClient):
-    """A member of another version writes the layout row (``3``) just before this member's own
+    """A member of another version writes the layout row (``2``) just before this member's own
     conditional write of it: the race the conditional write loses."""
 
     async def commit(
         self, ops: Sequence[Put | Delete], *, unless_changed: Sequence[Unchanged] = ()
     ) -> int | None:
         if any(isinstance(op, Put) and op.key.endswith(b"/keys-layout") for op in ops):
-            await super().commit([Put(ops[0].key, b"3")])
+            await super().commit([Put(ops[0].key, b"2")])
         return await super().commit(ops, unless_changed=unless_changed)
 
 
 def test_a_member_that_loses_the_layout_race_to_another_version_refuses_the_start(
     cluster: EtcdCluster, tmp_path: Path
 ) -> None:
-    """The previous code ignored the outcome of its conditional write and started on a pool of
-    layout '3'."""
+    """The code before 6bef79e ignored the outcome of its conditional write and started on a pool
+    of another layout."""
     pool_id = secrets.token_bytes(8)
     prefix = b"/sdquorum/" + pool_id.hex().encode() + b"/"
     config = replace(cluster.config("node-a"), max_request_bytes=MAX_REQUEST_BYTES)
@@ -623,7 +623,7 @@ def test_a_member_that_loses_the_layout_race_to_another_version_refuses_the_star
         PoolNodeStore(
             config, pool_id, tmp_path / "a", SEALING_A, "node-a", client_factory=_OutrunByAnotherVersion
         )
-    assert asyncio.run(_values(cluster, pool_id))[prefix + b"keys-layout"] == b"3"
+    assert asyncio.run(_values(cluster, pool_id))[prefix + b"keys-layout"] == b"2"
 
 
 def test_two_members_starting_at_once_on_a_new_pool_both_start_and_it_has_one_layout_row(
