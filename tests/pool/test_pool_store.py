@@ -139,12 +139,15 @@ def test_reading_the_members_and_joins_costs_the_same_with_thousands_of_keys(mem
 
 
 def _wakeups(thread_name: str) -> int:
-    """How many times the threads called ``thread_name`` of this process were woken so far."""
+    """How many times the threads called ``thread_name`` of this process went to sleep and were
+    woken so far (voluntary switches: a preemption by a busy neighbour is not a wake-up)."""
     total = 0
     for t in threading.enumerate():
         if t.name == thread_name and t.native_id is not None:
             status = Path(f"/proc/self/task/{t.native_id}/status").read_text()
-            total += sum(int(line.split()[1]) for line in status.splitlines() if "ctxt_switches" in line)
+            total += sum(
+                int(line.split()[1]) for line in status.splitlines() if line.startswith("voluntary_ctxt")
+            )
     return total
 
 
@@ -152,7 +155,9 @@ async def test_a_members_etcd_thread_sleeps_while_the_node_serves_calls(members:
     """A member serves gRPC on its main loop and keeps etcd on a thread of its own: that thread must
     not wake for the calls served. With a grpc.aio etcd client both loops shared grpc.aio's one
     poller and the etcd thread woke for every event and forwarded it: a quarter more CPU per
-    Encrypt on a member than on a node without a pool (ADR 0013)."""
+    Encrypt on a member than on a node without a pool (ADR 0013). The thread's own work (a freshness
+    read a second, watch batches) is measured in an idle window of the same length in the same run,
+    so a slow or busy machine moves both counts alike."""
     import grpc
     import grpc.aio
 
@@ -163,18 +168,25 @@ async def test_a_members_etcd_thread_sleeps_while_the_node_serves_calls(members:
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
+    calls = 1000
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
             echo = ch.unary_unary("/t.T/Echo")
             await echo(b"warm")
+            await asyncio.sleep(0.5)  # the members' start-up reads and watches settle
             before, t0 = _wakeups("pool-etcd"), time.monotonic()
-            for _ in range(50):
+            for _ in range(calls // 10):
                 await asyncio.gather(*(echo(b"x") for _ in range(10)))
             woken, took = _wakeups("pool-etcd") - before, time.monotonic() - t0
+            before = _wakeups("pool-etcd")
+            await asyncio.sleep(took)
+            idle = _wakeups("pool-etcd") - before
     finally:
         await server.stop(0)
-    print(f"\n500 calls served in {took:.2f} s: the member's etcd thread woke {woken} times")
-    assert woken <= 20 + 10 * took  # its own work only: a freshness read a second, watch batches
+    print(f"\n{calls} calls served in {took:.2f} s: the etcd thread woke {woken} times ({idle} idle)")
+    # Woken for every call's events, it wakes more than once a call; its own work, contending for
+    # the GIL with a busy main loop on a loaded machine, was seen at up to 54 wake-ups here.
+    assert woken - idle < calls // 5
 
 
 async def _echo(request: bytes, context: object) -> bytes:
