@@ -29,6 +29,7 @@ from sdctl.config import ETCD_ROOT_SETTINGS
 from sdctl.ctl import Ctl
 
 if TYPE_CHECKING:
+    from hsm_node.pool.access import EndedAccess
     from hsm_node.pool.etcd import EtcdClient, EtcdConfig
     from sdquorum.errors import SdquorumError
 
@@ -144,7 +145,7 @@ async def allow(ctl: Ctl) -> int:
 
 async def remove(ctl: Ctl) -> int:
     from sdquorum import etcd_pki
-    from sdquorum.errors import StateError, UsageError
+    from sdquorum.errors import SdquorumError, StateError, UsageError
     from sdquorum_rpc import pool_admin
 
     node_id = ctl.args.node_id
@@ -159,10 +160,21 @@ async def remove(ctl: Ctl) -> int:
         )
     if etcd is not None and later:
         raise UsageError("--etcd-user-later and etcd's root settings contradict each other: give one of them")
-    async with ctl.client() as c, c.errors():
-        st = await pool_admin.pool_status(c)
-        listed = node_id in st.members or node_id in st.allowed
-        await pool_admin.remove_pool_member(c, node_id)
+    try:
+        async with ctl.client() as c, c.errors():
+            st = await pool_admin.pool_status(c)
+            listed = node_id in st.members or node_id in st.allowed
+            await pool_admin.remove_pool_member(c, node_id)
+    except SdquorumError as e:
+        if etcd is None or (isinstance(e, UsageError) and not isinstance(e, StateError)):
+            raise  # not the pool's state but the request (no such member): nothing to end
+        # the node could not mark it removed (its pool's state altered with an etcd certificate, say,
+        # perhaps by the very member being removed): its etcd access ends all the same
+        await _end_etcd_access(ctl, etcd, node_id, f"the node did not mark {node_id} removed ({e})")
+        raise StateError(
+            f"the node did not mark {node_id} removed ({e}); its etcd user {user} is gone, so its "
+            "certificate can no longer write the pool: run this command again once the node can"
+        ) from e
     marked = f"{node_id} {'is now' if listed else 'was already'} removed from pool {st.name}"
     if etcd is None:
         ctl.emit(
@@ -173,15 +185,7 @@ async def remove(ctl: Ctl) -> int:
             f"{node_id} can still write every row of the pool until its etcd user goes: run '{_ETCDCTL} user "
             f"delete {user}', or this command again with {_ETCD_FLAGS} instead of --etcd-user-later"
         )
-    from hsm_node.pool.access import end_member_access
-
-    ended = await _as_etcd_root(
-        ctl,
-        etcd,
-        lambda client: end_member_access(client, node_id),
-        f"{marked} (the members refuse it, it serves nothing), but its etcd user {user} was not "
-        "deleted, so its certificate can still write the pool",
-    )
+    ended = await _end_etcd_access(ctl, etcd, node_id, f"{marked} (the members refuse it, it serves nothing)")
     gone = "deleted" if ended.user_deleted else "was deleted already"
     locks = f"; {ended.leases_revoked} ceremony lock(s) it held freed" if ended.leases_revoked else ""
     ctl.emit(
@@ -195,6 +199,21 @@ async def remove(ctl: Ctl) -> int:
         },
     )
     return 0
+
+
+async def _end_etcd_access(ctl: Ctl, etcd: EtcdConfig, node_id: str, done: str) -> EndedAccess:
+    """Delete ``node_id``'s etcd user and free its locks as etcd's root; a failure says that ``done``
+    is done and its etcd user is not."""
+    from hsm_node.pool.access import end_member_access
+    from sdquorum import etcd_pki
+
+    return await _as_etcd_root(
+        ctl,
+        etcd,
+        lambda client: end_member_access(client, node_id),
+        f"{done}, but its etcd user {etcd_pki.etcd_user(node_id)} was not deleted, so its certificate can "
+        "still write the pool",
+    )
 
 
 async def pool_status(c: Any) -> Any:

@@ -295,3 +295,25 @@ async def test_remove_with_etcd_user_later_exits_3_with_the_step_and_the_root_se
     assert finished.code == 0, finished
     assert "node-b was already removed" in finished.out[0] and "node.node-b deleted" in finished.out[0]
     assert not await _can_write(etcd, "node-b")
+
+
+async def test_a_member_that_alters_the_pools_state_cannot_stop_its_own_removal(
+    etcd: EtcdCluster, node_a: NodeProcess, sdctl: object
+) -> None:
+    """node-c (allowed and joined again by the test above, its etcd user made) puts a permission
+    row with its own certificate: every member refuses the pool's custody head, so the node cannot
+    mark it removed. Its etcd access ends all the same (the previous code stopped at the node's
+    refusal and left node-c able to write); once the row is gone, the command finishes."""
+    run = sdctl  # type: ignore[assignment]
+    junk = ROW.replace(b"/keys/written-by-a-removed-member", b"/allowed/zz")
+    async with EtcdClient(etcd.config("node-c", call_timeout=2.0)) as own:
+        await own.put(junk, b'{"by": "admin", "at": 1}')
+    refused = await run(node_a, "pool", "remove", "node-c", *etcd.root_args())
+    assert "did not mark node-c removed" in refused.error and "altered outside sdquorum" in refused.error
+    assert "node.node-c is gone" in refused.error
+    assert not await _can_write(etcd, "node-c")
+    async with EtcdClient(etcd.config("root")) as root:  # the operator removes the row
+        await root.delete(junk)
+    finished = await run(node_a, "pool", "remove", "node-c", *etcd.root_args())
+    assert finished.code == 0, finished
+    assert "node-c is now removed" in finished.out[0] and "was deleted already" in finished.out[0]

@@ -1,23 +1,24 @@
 """Where each row of a domain lives in etcd: :class:`Layout` builds the keys, :func:`prefix_end`
 the end of a prefix range.
 
-Key layout (every key of one domain under one prefix)::
+Key layout (every key of one pool, and so of its one domain, under one prefix: the hex of the
+pool's name, ``pool.name`` in the members' settings)::
 
-    /sdquorum/<domain_id hex>/header              the signed SD header (bytes of the SD file header)
-    /sdquorum/<domain_id hex>/epoch               the current epoch (decimal)
-    /sdquorum/<domain_id hex>/keys/<name>         one key row, sealed under the domain DEK (the
+    /sdquorum/<pool name hex>/header              the signed SD header (bytes of the SD file header)
+    /sdquorum/<pool name hex>/epoch               the current epoch (decimal)
+    /sdquorum/<pool name hex>/keys/<name>         one key row, sealed under the domain DEK (the
                                                   pool's store nests rows under a key-set
                                                   generation, keys/<gen>/<name>, and adds
                                                   keyset and restoring/<gen>: hsm_node.pool.keyset)
-    /sdquorum/<domain_id hex>/custody/<id>        custody records and the compromise flag
-    /sdquorum/<domain_id hex>/members/<node_id>   a member: attestation certificate and state
-    /sdquorum/<domain_id hex>/allowed/<node_id>   an admin's permission for a node to join
-    /sdquorum/<domain_id hex>/audit/<chain>/<seq> audit entries, <seq> zero-padded to 20 digits
-    /sdquorum/<domain_id hex>/lock/ceremony       the pool-wide ceremony lock (held under a lease)
+    /sdquorum/<pool name hex>/custody/<id>        custody records and the compromise flag
+    /sdquorum/<pool name hex>/members/<node_id>   a member: attestation certificate and state
+    /sdquorum/<pool name hex>/allowed/<node_id>   an admin's permission for a node to join
+    /sdquorum/<pool name hex>/audit/<chain>/<seq> audit entries, <seq> zero-padded to 20 digits
+    /sdquorum/<pool name hex>/lock/ceremony       the pool-wide ceremony lock (held under a lease)
 
 Invariant: every name is one path segment of 1-128 characters of ``A-Z a-z 0-9 . _ @ -`` starting
 with a letter or digit; :class:`Layout` refuses anything else, so no name steps out of its place
-(no ``/``, no ``..``, no empty segment) and no domain's keys fall under another's prefix.
+(no ``/``, no ``..``, no empty segment) and no pool's keys fall under another's prefix.
 """
 
 from __future__ import annotations
@@ -44,12 +45,12 @@ def prefix_end(prefix: bytes) -> bytes:
 
 
 class Layout:
-    """The keys of one domain (see the module docstring). Each name is one path segment."""
+    """The keys of one pool (see the module docstring). Each name is one path segment."""
 
-    def __init__(self, domain_id: bytes) -> None:
-        if not 1 <= len(domain_id) <= 64:
-            raise UsageError("a domain id is 1 to 64 bytes")
-        self.prefix = ROOT + domain_id.hex().encode() + b"/"
+    def __init__(self, pool_id: bytes) -> None:
+        if not 1 <= len(pool_id) <= 64:
+            raise UsageError("a pool id (the pool's name, encoded) is 1 to 64 bytes")
+        self.prefix = ROOT + pool_id.hex().encode() + b"/"
 
     def _under(self, *parts: str) -> bytes:
         for p in parts:
