@@ -5,7 +5,7 @@ write it sends and every row it reads).
 Invariants: a row of a MAC'd table is returned only after its tag verified (keyless: the member
 holds no domain and cannot check); custody rows are returned only after the head was checked against
 them and against the highest head this member kept, once per change of those rows (memoised on a
-stamp the view bumps under its cache lock); a failure is logged once per row and revision and queued
+stamp the view bumps under its cache lock), and read from the very cache state that check saw; a failure is logged once per row and revision and queued
 once for the audit (:class:`~hsm_node.pool.service.PoolService`); a new head is only ever built on a
 checked state.
 """
@@ -16,7 +16,7 @@ import hmac
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from hsm_node.pool.cache import RowCache
 from hsm_node.pool.etcd import Delete, KeyValue, Put, Unchanged
@@ -24,6 +24,8 @@ from hsm_node.pool.integrity import HEAD, HEADED, Head, RowMac, TamperedError, d
 from sdquorum.sdfile import DomainSecrets
 
 __all__ = ["RowGuard"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("hsm_node.pool.store")
 
@@ -67,10 +69,19 @@ class RowGuard:
         ]
         return ops, [Unchanged(k, r) for k, r in read.items()], head
 
-    def check_head_for(self, key: bytes) -> None:
-        """Before a read of ``key`` (or of rows under it): the head, if it covers them."""
-        if self.mac.headed(key):
-            self.check_head()
+    def read_checked(self, key: bytes, read: Callable[[], T]) -> T:
+        """``read()`` of the cache (``key`` or rows under it), under the cache lock, once the head
+        that covers them, if one does, was verified against exactly the cache ``read`` sees. The
+        check and the read are not one hold of the lock (the check may write this member's file),
+        so a change the watch brings between them sends it round again: a row put and deleted again
+        and again is never read unverified between two checks."""
+        covered = self.mac.headed(key)
+        while True:
+            if covered:
+                self.check_head()
+            with self._lock:
+                if not (covered and self.mac.keyed) or self._head_checked == self._headed_changes:
+                    return read()
 
     def watched(self, key: bytes) -> bool:
         """Whether a change of ``key`` invalidates the checked head."""

@@ -214,9 +214,9 @@ class PoolMember:
             return []
         self.check_standing()
         pool = self._pool()
-        allowed = set(self.store.pool.pool_rows("allowed"))
-        used = self.store.pool.served()
         checked = self.store.view.guard.check_head()  # a member never grants over an altered custody state
+        allowed = set(self.store.pool.pool_rows("allowed"))  # read against a verified head, and
+        used = self.store.pool.served()  # each grant applies only while the permission stays as read
         head = None if checked is None else pooljoin.CustodyHead(checked.counter, checked.digest)
         granted = []
         for node_id, raw in requests.items():
@@ -236,8 +236,11 @@ class PoolMember:
             except (VerificationError, MalformedError) as e:
                 log.warning("pool join of %r refused: %s", node_id, e)
                 continue
-            except (AlreadyExistsError, StateError):
+            except AlreadyExistsError:
                 continue  # another member answered it first
+            except StateError as e:  # answered or withdrawn meanwhile, its permission gone, ...
+                log.info("pool join of %r not granted: %s", node_id, e)
+                continue
             granted.append(node_id)
             log.info("pool join: sealed the domain to %s", node_id)
         return granted

@@ -96,10 +96,14 @@ class PoolRows:
 
     def grant_join(self, node_id: str, request: bytes, request_sha256: bytes, grant: bytes) -> None:
         """Answer ``node_id``'s pending ``request`` with ``grant``, once: one transaction marks the
-        request served (AlreadyExistsError if it was), puts the grant, removes the request."""
+        request served (AlreadyExistsError if it was), puts the grant, removes the request, and
+        applies only while ``node_id``'s permission to join is there as it was read (an admin's
+        removal meanwhile, or a permission put back and deleted again, voids it)."""
         with self._v.write() as tx:
             if self._v.read_for_write(tx, self._v.sub("joins", node_id)) != request:
                 raise StateError(f"the join request of {node_id!r} changed or is gone: nothing was granted")
+            if self._v.read_for_write(tx, self._v.sub("allowed", node_id)) is None:
+                raise StateError(f"{node_id!r} is not allowed to join (any more): nothing was granted")
             self._v.create(
                 tx, self._v.sub("served", request_sha256.hex()), b"1", "this join request was served already"
             )

@@ -310,17 +310,15 @@ class EtcdView:
         """Every committed row under ``prefix`` as the cache holds it (revisions too), by key; its
         values checked and opened, unless ``verify`` is False (their keys and revisions only)."""
         self._fresh()
-        self.guard.check_head_for(prefix)
-        with self._lock:
-            kvs = sorted(self._cache.under(prefix), key=lambda kv: kv.key)
+        kvs = self.guard.read_checked(
+            prefix, lambda: sorted(self._cache.under(prefix), key=lambda kv: kv.key)
+        )
         return [replace(kv, value=self.guard.open(kv)) for kv in kvs] if verify else kvs
 
     def scan(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
         """Every (key, value) under ``prefix`` as this transaction sees it, in creation order."""
         self._fresh()
-        self.guard.check_head_for(prefix)
-        with self._lock:
-            kvs = self._cache.under(prefix)
+        kvs = self.guard.read_checked(prefix, lambda: self._cache.under(prefix))
         kvs.sort(key=lambda kv: (kv.create_revision, kv.key))
         rows = [(kv.key, self.guard.open(kv)) for kv in kvs]
         tx = self.transaction()
@@ -420,9 +418,7 @@ def _apply_events(cache: RowCache, batch: WatchBatch) -> None:
 def _cached(view: EtcdView, key: bytes) -> KeyValue | None:
     """A committed row as the cache holds it, once the view is fresh and the head checked."""
     view._fresh()
-    view.guard.check_head_for(key)
-    with view._lock:
-        return view._cache.get(key)
+    return view.guard.read_checked(key, lambda: view._cache.get(key))
 
 
 def _overlay(rows: list[tuple[bytes, bytes]], tx: _Tx, prefix: bytes) -> list[tuple[bytes, bytes]]:

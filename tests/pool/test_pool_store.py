@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import os
 import secrets
 import threading
@@ -293,6 +294,28 @@ def test_a_rotation_is_seen_by_every_member_and_two_rotations_of_one_epoch_one_w
         loaded = s.domain.load_domain()
         assert loaded is not None and loaded[1].epoch == 2 and loaded[0] == domain
         assert [r.epoch for r in s.records.retired_epochs()] == [1]
+
+
+def test_a_grant_applies_only_while_the_nodes_permission_stands(members: Members) -> None:
+    """A member seals the domain to a joiner only in a transaction that finds the joiner's
+    permission as the member read it: with none, or one an admin withdrew on another member just
+    before (seen by this member's cache yet or not), nothing is granted and the request stays."""
+    a, b = members()
+    _activate(a, b)
+    request, sha = b"node-c's signed request", hashlib.sha256(b"node-c's signed request").digest()
+    a.pool.put_pool_row("joins", "node-c", request)
+    with pytest.raises(StateError, match="not allowed to join"):
+        a.pool.grant_join("node-c", request, sha, b"grant")
+    a.pool.put_pool_row("allowed", "node-c", b'{"by": "admin"}')
+    _wait(lambda: b.pool.pool_row("allowed", "node-c") is not None)
+    b.pool.delete_pool_row("allowed", "node-c")  # the admin's removal, on the other member
+    with pytest.raises(StateError):
+        a.pool.grant_join("node-c", request, sha, b"grant")
+    assert a.pool.pool_row("grants", "node-c") is None and a.pool.served() == []
+    assert a.pool.pool_row("joins", "node-c") == request
+    a.pool.put_pool_row("allowed", "node-c", b'{"by": "admin"}')  # allowed again: now it is granted
+    a.pool.grant_join("node-c", request, sha, b"grant")
+    assert a.pool.pool_row("grants", "node-c") == b"grant" and a.pool.served() == [sha]
 
 
 def test_a_node_of_another_domain_cannot_take_the_pool(members: Members) -> None:
