@@ -50,7 +50,10 @@ Invariants:
   cannot be known (etcd lost at that moment: the lease could not be revoked, the pointer not read)
   raises :class:`OutcomeUnknownError`, never a plain failure, so the caller audits it. Staging
   commits already handed to a thread are awaited before a failed restore removes its rows, whatever
-  ended it (a failed commit, its time budget, a cancel): no orphan row lands after the removal.
+  ended it (a failed commit, its time budget, a cancel); and each staging transaction applies only
+  while the marker stands as created, so one the client gave up on that etcd applies later (after
+  the lease was revoked and the rows removed) fails its condition: no orphan row lands after the
+  removal.
 """
 
 from __future__ import annotations
@@ -86,6 +89,8 @@ DELETE_CHUNK = 1000  # keys one ranged delete removes at most: one watch message
 DEFAULT_RESTORE_TTL = 30  # seconds a restore's lease lives without a keep-alive
 IN_FLIGHT = 4  # staging transactions in flight at once
 PUT_OVERHEAD = 16  # protobuf framing of one put in a transaction (tags and lengths), at most
+COMPARE_OVERHEAD = 24  # the same for the one condition (the marker) each staging transaction carries
+READ_BACK_OVERHEAD = 12  # the same for the read of each put's key a conditional commit carries
 
 
 class KeySet:
@@ -200,7 +205,12 @@ class KeySet:
     def chunks(self, gen: str, rows: Sequence[tuple[str, bytes]]) -> list[list[Put]]:
         """``rows`` (name, encoded row) as puts under ``gen``, in transactions within etcd's limits."""
         config = self._v.client.config
-        budget = config.max_request_bytes - REQUEST_ENVELOPE
+        budget = (
+            config.max_request_bytes
+            - REQUEST_ENVELOPE
+            - len(self._v.sub("restoring", gen))
+            - COMPARE_OVERHEAD
+        )
         out: list[list[Put]] = []
         chunk: list[Put] = []
         size = 0
@@ -209,13 +219,13 @@ class KeySet:
             put = Put(
                 where, self._v.guard.mac.seal(where, 1, value)
             )  # a new generation: every row at version 1
-            cost = len(put.key) + len(put.value) + PUT_OVERHEAD
+            cost = 2 * len(put.key) + len(put.value) + PUT_OVERHEAD + READ_BACK_OVERHEAD  # put, read back
             if cost > budget:
                 raise UsageError(
                     f"key {name!r} is {cost} bytes as a pool row: over etcd's --max-request-bytes "
                     f"({config.max_request_bytes}); raise it on every etcd member and in the pool's settings"
                 )
-            if chunk and (len(chunk) >= config.max_txn_ops or size + cost > budget):
+            if chunk and (len(chunk) >= config.max_txn_ops - 1 or size + cost > budget):
                 out.append(chunk)
                 chunk, size = [], 0
             chunk.append(put)
@@ -303,8 +313,13 @@ class KeySet:
         async def stage(chunk: list[Put]) -> None:
             nonlocal refreshed
             async with slots:
-                sent.append(asyncio.ensure_future(client.commit(chunk)))
-                await asyncio.shield(sent[-1])  # a cancel stops the wait, not the commit
+                sent.append(
+                    asyncio.ensure_future(client.commit(chunk, unless_changed=[Unchanged(marker, marked)]))
+                )
+                if await asyncio.shield(sent[-1]) is None:  # a cancel stops the wait, not the commit
+                    raise StateError(
+                        "the restore's lease ended while it staged its rows: nothing was restored; run it again"
+                    )
                 if time.monotonic() - refreshed > self._ttl / 3:
                     refreshed = time.monotonic()
                     await client.keep_alive(lease.id)

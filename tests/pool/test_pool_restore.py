@@ -543,6 +543,58 @@ def test_a_restore_out_of_time_leaves_no_staged_row_from_commits_still_in_flight
         a.close()
 
 
+class _AppliedLate(EtcdClient):
+    """The first staging commit times out at the client at once, while etcd applies it a second
+    later (a request the client gave up on, still in the leader's log): after the failed restore
+    revoked its lease and removed its rows. What that late commit returned is kept."""
+
+    def __init__(self, config: EtcdConfig) -> None:
+        super().__init__(config)
+        self.late: list[int | None] = []
+
+    async def commit(
+        self, ops: Sequence[Put | Delete], *, unless_changed: Sequence[Unchanged] = ()
+    ) -> int | None:
+        if self.late or not any(isinstance(op, Put) and b"/keys/" in op.key for op in ops):
+            return await super().commit(ops, unless_changed=unless_changed)
+        self.late.append(-1)  # the one commit that lands late
+        loop = asyncio.get_running_loop()
+
+        def later() -> None:
+            time.sleep(1.0)
+            call = EtcdClient.commit(self, ops, unless_changed=unless_changed)
+            self.late[0] = asyncio.run_coroutine_threadsafe(call, loop).result()
+
+        threading.Thread(target=later, daemon=True).start()
+        raise TransportError("injected: a staging commit timed out at the client")
+
+
+def test_a_staging_commit_that_etcd_applies_after_the_failed_restore_writes_nothing(
+    cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    """Each staging transaction is conditioned on the restore's marker: applied after the lease
+    was revoked (the marker gone) and the rows removed, it changes nothing. The previous code's
+    unconditional commit left its rows until the next start or restore."""
+    pool_id = secrets.token_bytes(8)
+    config = replace(cluster.config("node-a"), max_request_bytes=MAX_REQUEST_BYTES)
+    a = PoolNodeStore(config, pool_id, tmp_path / "a", SEALING_A, "node-a", client_factory=_AppliedLate)
+    try:
+        domain = sdfile.new_domain_secrets(os.urandom, admins=["admin"])
+        a.domain.activate(domain, DomainInfo(domain.domain_id, 1, 2, 3), "ACTIVATED", b"sd-file")
+        image, count, _ = _backup("two", 100, 200)
+        with pytest.raises(TransportError, match="injected"):
+            a.keys.import_key_rows(image, count)
+        client = a.view.client
+        deadline = time.monotonic() + 10
+        while client.late == [-1] and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.05)
+        assert client.late == [None]  # type: ignore[attr-defined]  # it ran, and its condition failed
+        assert [k for k in asyncio.run(_rows(cluster, pool_id)) if b"/keys/" in k] == []
+        assert a.keys.list_keys() == []
+    finally:
+        a.close()
+
+
 def _earlier_pool(cluster: EtcdCluster, kind: str) -> tuple[bytes, bytes]:
     """A pool id whose rows an earlier development build wrote (no ``keys-layout`` row): key rows
     at ``keys/<quoted name>`` (before key-set generations), or an untagged header (before integrity
