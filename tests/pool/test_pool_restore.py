@@ -445,6 +445,18 @@ def test_a_restore_losing_etcd_right_after_its_flip_is_reported_with_an_unknown_
     _served_whole(b, private)
 
 
+def _activated_with(
+    cluster: EtcdCluster, tmp_path: Path, client: type[EtcdClient]
+) -> tuple[PoolNodeStore, bytes]:
+    """node-a of a new pool, its domain activated, speaking to etcd through ``client``; the pool id."""
+    pool_id = secrets.token_bytes(8)
+    config = replace(cluster.config("node-a"), max_request_bytes=MAX_REQUEST_BYTES)
+    a = PoolNodeStore(config, pool_id, tmp_path / "a", SEALING_A, "node-a", client_factory=client)
+    domain = sdfile.new_domain_secrets(os.urandom, admins=["admin"])
+    a.domain.activate(domain, DomainInfo(domain.domain_id, 1, 2, 3), "ACTIVATED", b"sd-file")
+    return a, pool_id
+
+
 class _SlowCommits(EtcdClient):
     """The first staging commit fails at once; the others are in their threads, still running
     (a blocking commit handed over cannot be called back), and land ``delay`` s later."""
@@ -480,12 +492,8 @@ def test_a_failed_restore_leaves_no_staged_row_from_commits_still_in_flight(
 ) -> None:
     """A staging commit fails while others are in their threads: the restore waits for them before
     removing its rows, so none lands after the removal (the previous code left orphan rows)."""
-    pool_id = secrets.token_bytes(8)
-    config = replace(cluster.config("node-a"), max_request_bytes=MAX_REQUEST_BYTES)
-    a = PoolNodeStore(config, pool_id, tmp_path / "a", SEALING_A, "node-a", client_factory=_SlowCommits)
+    a, pool_id = _activated_with(cluster, tmp_path, _SlowCommits)
     try:
-        domain = sdfile.new_domain_secrets(os.urandom, admins=["admin"])
-        a.domain.activate(domain, DomainInfo(domain.domain_id, 1, 2, 3), "ACTIVATED", b"sd-file")
         image, count, _ = _backup("two", 600, 200)
         with pytest.raises(TransportError, match="injected"):
             a.keys.import_key_rows(image, count)
@@ -575,12 +583,8 @@ def test_a_staging_commit_that_etcd_applies_after_the_failed_restore_writes_noth
     """Each staging transaction is conditioned on the restore's marker: applied after the lease
     was revoked (the marker gone) and the rows removed, it changes nothing. The previous code's
     unconditional commit left its rows until the next start or restore."""
-    pool_id = secrets.token_bytes(8)
-    config = replace(cluster.config("node-a"), max_request_bytes=MAX_REQUEST_BYTES)
-    a = PoolNodeStore(config, pool_id, tmp_path / "a", SEALING_A, "node-a", client_factory=_AppliedLate)
+    a, pool_id = _activated_with(cluster, tmp_path, _AppliedLate)
     try:
-        domain = sdfile.new_domain_secrets(os.urandom, admins=["admin"])
-        a.domain.activate(domain, DomainInfo(domain.domain_id, 1, 2, 3), "ACTIVATED", b"sd-file")
         image, count, _ = _backup("two", 100, 200)
         with pytest.raises(TransportError, match="injected"):
             a.keys.import_key_rows(image, count)
