@@ -37,6 +37,7 @@ from hsm_node.state import Lifecycle
 from hsm_node.store import NodeStore, StoredKey
 from sdquorum.errors import (
     AlreadyExistsError,
+    ConflictError,
     NotFoundError,
     PermissionDeniedError,
     SdquorumError,
@@ -195,13 +196,17 @@ class KeyManager:
             )
         now = self._now()
         purge_at = self._purge_at(now)
-        with self._store.batch():
-            self._store.keys.mark_deleted(name, now)
-            self._audit(
-                "key-deleted",
-                who.role,
-                {"name": name, "owner": key.owner, "purge_at": purge_at, **who.who()},
-            )
+
+        def delete() -> None:
+            with self._store.batch():
+                self._store.keys.mark_deleted(name, now)
+                self._audit(
+                    "key-deleted",
+                    who.role,
+                    {"name": name, "owner": key.owner, "purge_at": purge_at, **who.who()},
+                )
+
+        _again_on_conflict(delete)
         log.info("key %s of %s deleted by %s (kept until %s)", name, key.owner, who.role, _day(purge_at))
         return purge_at
 
@@ -213,13 +218,17 @@ class KeyManager:
         key = self._managed(name, who.role)
         if key.deleted_at is None:
             raise StateError(f"key {name!r} is not deleted: nothing to recover")
-        with self._store.batch():
-            self._store.keys.mark_deleted(name, None)
-            self._audit(
-                "key-recovered",
-                who.role,
-                {"name": name, "owner": key.owner, "deleted_at": key.deleted_at, **who.who()},
-            )
+
+        def recover() -> None:
+            with self._store.batch():
+                self._store.keys.mark_deleted(name, None)
+                self._audit(
+                    "key-recovered",
+                    who.role,
+                    {"name": name, "owner": key.owner, "deleted_at": key.deleted_at, **who.who()},
+                )
+
+        _again_on_conflict(recover)
         log.info("key %s of %s recovered by %s", name, key.owner, who.role)
         return StoredKey(key.name, key.key_type, key.public_der, key.created_at, key.owner)
 
@@ -228,7 +237,7 @@ class KeyManager:
         who = _caller(caller)
         require_admin(who.role, "purge keys")
         self._lifecycle.require_active()
-        key = self._store.keys.find_key(check_key_name(name))
+        key = self._store.keys.find_key(check_key_name(name), settled=True)
         if key is None or key.deleted_at is None:
             raise NotFoundError(
                 f"no deleted key named {name!r}: delete it first (sdctl keys delete {name}); "
@@ -265,23 +274,38 @@ class KeyManager:
             )
 
     def _purge(self, key: StoredKey, actor: Role | str, who: dict[str, str]) -> None:
-        with self._store.batch():
-            self._store.keys.purge_key(key.name)
-            self._audit(
-                "key-purged",
-                actor,
-                {"name": key.name, "owner": key.owner, "deleted_at": key.deleted_at, **who},
-            )
+        def purge() -> None:
+            with self._store.batch():
+                self._store.keys.purge_key(key.name)
+                self._audit(
+                    "key-purged",
+                    actor,
+                    {"name": key.name, "owner": key.owner, "deleted_at": key.deleted_at, **who},
+                )
+
+        _again_on_conflict(purge)
         log.info("key %s of %s purged by %s", key.name, key.owner, actor)
 
     def _managed(self, name: str, role: Role) -> StoredKey:
         """The key ``name``, live or deleted, if ``role`` may manage it (its owner, or an admin)."""
-        key = self._store.keys.find_key(check_key_name(name))
+        key = self._store.keys.find_key(check_key_name(name), settled=True)
         if key is None:
             raise NotFoundError(f"no key named {name!r}: list keys with 'sdctl keys list'")
         if role.kind != "admin" and key.owner != owner_for(role, ""):
             raise PermissionDeniedError(f"key {name!r} is not {role}'s: an app manages only its own keys")
         return key
+
+
+def _again_on_conflict(change: Callable[[], None], tries: int = 3) -> None:
+    """``change()``, made again when another pool member changed the same rows at the same moment
+    (in a pool, a key's deletion, recovery and purge publish the custody head, as custody writes
+    do): each try reads anew, and nothing of a refused try was written."""
+    for left in range(tries - 1, -1, -1):
+        try:
+            return change()
+        except ConflictError:
+            if not left:
+                raise
 
 
 class KeyService:

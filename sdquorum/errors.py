@@ -63,6 +63,11 @@ class OutcomeUnknownError(StateError):
     at the moment it would apply): the caller audits it as such and the person checks."""
 
 
+class ConflictError(StateError):
+    """Another writer changed the rows this change decided on, at the same time: nothing was
+    written, and the same change may simply be made again."""
+
+
 class StorageError(StateError):
     """The node cannot write its own storage (disk full, read-only): nothing was changed."""
 

@@ -20,7 +20,17 @@ from typing import Any, NoReturn, TypeVar
 
 from hsm_node.pool.cache import RowCache
 from hsm_node.pool.etcd import Delete, KeyValue, Put, Unchanged
-from hsm_node.pool.integrity import HEAD, HEADED, Head, RowMac, TamperedError, digest
+from hsm_node.pool.integrity import (
+    HEAD,
+    HEADED,
+    Head,
+    RowMac,
+    TamperedError,
+    dead_entries,
+    dead_entry,
+    digest,
+    with_dead,
+)
 from sdquorum.sdfile import DomainSecrets
 
 __all__ = ["RowGuard"]
@@ -53,6 +63,7 @@ class RowGuard:
         self._checked_head: Head | None = None
         self._reported: set[tuple[bytes, int]] = set()  # rows already logged as altered
         self._alterations: list[str] = []  # rows found altered, not yet audited (PoolService)
+        self._dead: dict[bytes, tuple[int, frozenset[bytes]]] = {}  # a shard's entries at a revision
 
     def prepare(
         self, writes: dict[bytes, bytes | None], read: dict[bytes, int]
@@ -61,6 +72,8 @@ class RowGuard:
         conditioned on the head's revision) if it changes a custody row; and that head."""
         writes, read = dict(writes), dict(read)
         head = None
+        if self.mac.keyed:
+            self._bury(writes, read)
         if self.mac.keyed and any(self.mac.headed(k) for k in writes):
             head, read[self.head_key] = self.next_head(writes)
             writes[self.head_key] = head.to_bytes()
@@ -68,6 +81,24 @@ class RowGuard:
             Put(k, self.sealed(k, v)) if v is not None else Delete(k) for k, v in writes.items()
         ]
         return ops, [Unchanged(k, r) for k, r in read.items()], head
+
+    def _bury(self, writes: dict[bytes, bytes | None], read: dict[bytes, int]) -> None:
+        """Add to ``writes`` the dead-set shards that take the tags of the key rows ``writes``
+        moves off version 1 (updated or deleted), each shard conditioned on its revision."""
+        buried: dict[bytes, list[bytes]] = {}
+        with self._lock:
+            rows = [kv for k in writes if (kv := self._cache().get(k)) is not None and kv.version == 1]
+        for kv in rows:
+            found = dead_entry(self.prefix, kv.key, kv.value)
+            if found is not None:
+                buried.setdefault(found[0], []).append(found[1])
+        for shard, entries in buried.items():
+            current = self.read_checked(shard, self._row(shard))
+            writes[shard] = with_dead(None if current is None else self.open(current), entries)
+            read.setdefault(shard, 0 if current is None else current.mod_revision)
+
+    def _row(self, key: bytes) -> Callable[[], KeyValue | None]:
+        return lambda: self._cache().get(key)
 
     def read_checked(self, key: bytes, read: Callable[[], T]) -> T:
         """``read()`` of the cache (``key`` or rows under it), under the cache lock, once the head
@@ -117,12 +148,42 @@ class RowGuard:
             self._head_checked = -1
 
     def open(self, kv: KeyValue) -> bytes:
-        """A cached row's value, its tag checked and stripped (TamperedError, logged once)."""
+        """A cached row's value, its tag checked and stripped (TamperedError, logged once); a key
+        row's first value also checked against its generation's dead set."""
         try:
-            return self.mac.open(kv.key, kv.version, kv.value)
+            value = self.mac.open(kv.key, kv.version, kv.value, kv.create_revision)
+            if kv.version == 1 and self.mac.keyed:
+                self._alive(kv)
+            return value
         except TamperedError as e:
             self._report(e, kv.key, kv.mod_revision)
             raise
+
+    def _alive(self, kv: KeyValue) -> None:
+        """TamperedError if ``kv`` (a key row's first value) was superseded and put back. Its tag
+        found dead while the cache has moved on from ``kv`` is a read from before the write that
+        buried it, not an alteration."""
+        found = dead_entry(self.prefix, kv.key, kv.value)
+        if found is None:
+            return
+        shard, entry = found
+        raw = self.read_checked(shard, self._row(shard))
+        if raw is None:
+            return
+        memo = self._dead.get(shard)
+        if memo is None or memo[0] != raw.mod_revision:
+            try:
+                memo = raw.mod_revision, dead_entries(self.open(raw))
+            except ValueError:
+                self._tampered(self.mac.row_name(shard), "is not a dead set", raw.mod_revision)
+            self._dead[shard] = memo
+        if entry in memo[1]:
+            with self._lock:
+                now = self._cache().get(kv.key)
+            if now is not None and now.mod_revision == kv.mod_revision:
+                raise TamperedError(
+                    self.mac.row_name(kv.key), "is a deleted or changed key's earlier row, put back"
+                )
 
     def _report(self, e: TamperedError, key: bytes, revision: int) -> None:
         if (key, revision) in self._reported:
@@ -142,7 +203,9 @@ class RowGuard:
         """``value`` as a write stores it at ``key`` (tagged for the version the write makes)."""
         with self._lock:
             kv = self._cache().get(key)
-        return self.mac.seal(key, 1 if kv is None else kv.version + 1, value)
+        if kv is None:
+            return self.mac.seal(key, 1, value)
+        return self.mac.seal(key, kv.version + 1, value, kv.create_revision)
 
     def _headed_rows(self) -> tuple[dict[bytes, bytes], KeyValue | None]:
         with self._lock:

@@ -39,6 +39,7 @@ from typing import Any
 
 from hsm_node.pool.etcd import EtcdClient, EtcdConfig
 from hsm_node.pool.keyset import DEFAULT_RESTORE_TTL, KeySet
+from hsm_node.pool.restore import StagedRestore
 from hsm_node.pool.rows import PoolRows
 from hsm_node.pool.view import DEFAULT_MAX_STALENESS, LOCAL_FILE, EtcdView
 from hsm_node.store.image import KeyRowImages
@@ -277,19 +278,27 @@ class _PoolKeys(KeyRowImages):
                 f"a key named {key.name!r} exists already: pick another name",
             )
 
-    def _row(self, name: str) -> KeyRow | None:
-        with self._v.snapshot():
-            v = self._v.get(self.keyset.key(self.keyset.current(), name))
-        return None if v is None else _row_from(v)
+    def _row(self, name: str, settled: bool) -> KeyRow | None:
+        """The key's row; ``settled``: on a miss, looked up again once the cache has caught up with
+        etcd, so a key another member acknowledged a moment ago is found here too (a client that
+        failed over between its create and its use)."""
+        for attempt in range(2):
+            with self._v.snapshot():
+                v = self._v.get(self.keyset.key(self.keyset.current(), name))
+            if v is not None:
+                return _row_from(v)
+            if attempt or not settled or not _caught_up(self._v):
+                break
+        return None
 
-    def find_key(self, name: str) -> StoredKey | None:
-        row = self._row(name)
+    def find_key(self, name: str, *, settled: bool = False) -> StoredKey | None:
+        row = self._row(name, settled)
         return None if row is None else row.key
 
     def get_key(
         self, dek: bytes, name: str, allow: Callable[[StoredKey], None] | None = None
     ) -> tuple[StoredKey, bytes]:
-        row = self._row(name)
+        row = self._row(name, settled=True)
         if row is None:
             raise NotFoundError(f"no key named {name!r}: list keys with 'sdctl keys list'")
         if allow is not None:
@@ -346,8 +355,19 @@ class _PoolKeys(KeyRowImages):
         return self._rows()
 
     def _replace_rows(self, rows: Iterable[KeyRow]) -> None:
-        """A staged restore of any size, atomic at its flip (:meth:`KeySet.replace`)."""
-        self.keyset.replace([(r.key.name, _row_bytes(r)) for r in rows], self._v.on_commit)
+        """A staged restore of any size, atomic at its flip (:mod:`hsm_node.pool.restore`)."""
+        StagedRestore(self.keyset).run([(r.key.name, _row_bytes(r)) for r in rows], self._v.on_commit)
+
+
+def _caught_up(view: EtcdView) -> bool:
+    """Bring the view's cache to etcd's revision now (a linearizable read, then the watch): whether
+    it got there (an error leaves the cache as it is). For answers that must not be stale."""
+    try:
+        _, revision = view.run(view.client.get_prefix(view.layout.epoch()))
+    except SdquorumError as e:
+        log.debug("pool: could not catch up with etcd: %s", e)
+        return False
+    return view.wait_for(revision)
 
 
 # ------------------------------------------------------------------ row encoding

@@ -56,19 +56,12 @@ from typing import Any, TypeVar
 
 from hsm_node.pool._member_file import MemberFile, read_local, write_local
 from hsm_node.pool.cache import RowCache
-from hsm_node.pool.etcd import (
-    CompactedError,
-    EtcdClient,
-    EtcdConfig,
-    EventKind,
-    KeyValue,
-    Layout,
-    WatchBatch,
-)
+from hsm_node.pool.etcd import CompactedError, EtcdClient, EtcdConfig, EventKind, KeyValue, Layout, WatchBatch
 from hsm_node.pool.guard import RowGuard
 from hsm_node.pool.integrity import Head
 from sdquorum.errors import (
     AlreadyExistsError,
+    ConflictError,
     PermissionDeniedError,
     SdquorumError,
     StateError,
@@ -437,4 +430,4 @@ def _refuse_conflict(view: EtcdView, tx: _Tx) -> None:
     for key, message in tx.taken.items():
         if view.run(view.client.get(key)) is not None:
             raise AlreadyExistsError(message)
-    raise StateError(_CONFLICT)
+    raise ConflictError(_CONFLICT)

@@ -175,7 +175,7 @@ class _MemoryKeys(KeyRowImages):
                 raise AlreadyExistsError(f"a key named {key.name!r} exists already: pick another name")
             t.keys[key.name] = KeyRow(replace(key, deleted_at=None), sealed)
 
-    def find_key(self, name: str) -> StoredKey | None:
+    def find_key(self, name: str, *, settled: bool = False) -> StoredKey | None:
         row = self._t.tables.keys.get(name)
         return None if row is None else row.key
 

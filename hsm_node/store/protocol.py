@@ -132,7 +132,12 @@ class KeyStore(Protocol):
         name exists, live or deleted."""
         ...
 
-    def find_key(self, name: str) -> StoredKey | None: ...
+    def find_key(self, name: str, *, settled: bool = False) -> StoredKey | None:
+        """The row named ``name``, live or deleted, without its private material. ``settled``: a
+        miss is confirmed with the authoritative copy first (a pool member catches up with etcd, so
+        a key another member acknowledged a moment ago is found); a create's own check needs not."""
+        ...
+
     def get_key(
         self, dek: bytes, name: str, allow: Callable[[StoredKey], None] | None = None
     ) -> tuple[StoredKey, bytes]:

@@ -182,8 +182,9 @@ class _SqliteKeys:
         except AlreadyExistsError as e:
             raise AlreadyExistsError(f"a key named {key.name!r} exists already: pick another name") from e
 
-    def find_key(self, name: str) -> StoredKey | None:
-        """The row named ``name``, live or deleted, without its private material."""
+    def find_key(self, name: str, *, settled: bool = False) -> StoredKey | None:
+        """The row named ``name``, live or deleted, without its private material (one copy: every
+        read is settled)."""
         row = self._c.db.execute(f"SELECT {_KEY_COLUMNS} FROM keys WHERE name = ?", (name,)).fetchone()  # noqa: S608  # constant
         return None if row is None else _stored(row)
 

@@ -16,7 +16,7 @@ from hsm_node.node import Node, NodeConfig
 from hsm_node.state import NodeState
 from hsm_node.store import MemoryNodeStore
 from sdquorum import audit
-from sdquorum.errors import OutcomeUnknownError, StateError, StorageError
+from sdquorum.errors import ConflictError, OutcomeUnknownError, StateError, StorageError
 from sdquorum.keys import SoftwareWrappingKey
 from sdquorum.pki import Role
 
@@ -98,6 +98,46 @@ async def test_a_key_whose_commit_fails_is_neither_created_nor_audited(
     assert "key-created" not in _events(node, "domain")
     await node.keys.create_key("k", KeyType.AES256_GCM, APP)
     assert node.key_ops.decrypt("k", node.key_ops.encrypt("k", b"p", b"", APP), b"", APP) == b"p"
+
+
+async def test_a_key_lifecycle_change_that_met_a_concurrent_writer_is_made_again_once(
+    pki_dir: Path, wrapping_keys: list[SoftwareWrappingKey]
+) -> None:
+    """In a pool a key's deletion, recovery and purge publish the custody head, so another member's
+    write at the same moment refuses one (ConflictError, nothing written): the change is made again
+    and succeeds, audited once; a store that keeps refusing fails after three tries."""
+    node = await _activated(pki_dir, wrapping_keys)
+    await node.keys.create_key("k", KeyType.AES256_GCM, APP)
+    refusals: list[int] = []
+
+    def conflict_first(times: int) -> None:
+        node.store.on_commit = lambda: _conflict(refusals, times)
+
+    for change in (
+        lambda: node.keys.delete_key("k", APP),
+        lambda: node.keys.recover_key("k", APP),
+        lambda: node.keys.delete_key("k", APP),
+        lambda: node.keys.purge_key("k", ADMIN),
+    ):
+        refusals.clear()
+        conflict_first(1)
+        change()
+        assert len(refusals) == 2  # refused once, then made
+    node.store.on_commit = None
+    assert _events(node, "domain")[-4:] == ["key-deleted", "key-recovered", "key-deleted", "key-purged"]
+    await node.keys.create_key("j", KeyType.AES256_GCM, APP)
+    refusals.clear()
+    conflict_first(99)
+    with pytest.raises(ConflictError):
+        node.keys.delete_key("j", APP)
+    node.store.on_commit = None
+    assert len(refusals) == 3 and node.store.keys.find_key("j").deleted_at is None  # type: ignore[union-attr]
+
+
+def _conflict(refusals: list[int], times: int) -> None:
+    refusals.append(1)
+    if len(refusals) <= times:
+        raise ConflictError("another pool member changed the same rows at the same time: nothing was written")
 
 
 async def test_after_an_entry_whose_batch_did_not_commit_the_next_links_to_the_store_s_head(

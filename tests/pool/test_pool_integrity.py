@@ -326,3 +326,104 @@ def test_a_row_found_altered_is_audited_once_by_the_members_loop(pool: Pool) -> 
             pool.b.domain.highest_epoch(pool.domain.domain_id)
         service.audit_alterations()
     assert audited == [("pool-state-altered", "node", {"row": f"seen/{pool.domain.domain_id.hex()}"})]
+
+
+# ------------------------------------------------------------------ a deleted key's row put back
+
+
+def _key_history(pool: Pool, name: str) -> list[bytes]:
+    """A key created, soft-deleted, recovered and soft-deleted again on node-a: each value stored."""
+    pool.a.keys.put_key(DEK, StoredKey(name, AES, b"pub", 100, "app"), name.encode())
+    history = []
+    for step in (lambda: None, lambda: pool.a.keys.mark_deleted(name, 500)):
+        step()
+        kv = pool.raw(f"keys/0/{name}")
+        assert kv is not None
+        history.append(kv.value)
+    pool.a.keys.mark_deleted(name, None)
+    pool.a.keys.mark_deleted(name, 600)
+    pool.settle()
+    return history  # version 1 (live), version 2 (deleted at 500)
+
+
+def _not_served(pool: Pool, name: str) -> None:
+    for member in (pool.a, pool.b):
+        _refused(lambda m=member: m.keys.get_key(DEK, name), f"keys/0/{name}")  # type: ignore[misc]
+        _refused(lambda m=member: m.keys.list_keys(), f"keys/0/{name}")  # type: ignore[misc]
+
+
+def test_a_soft_deleted_keys_first_row_put_back_after_a_delete_is_refused(pool: Pool) -> None:
+    """Deleting the row and putting its first (live) value back makes a valid version 1 again: the
+    previous code served the key as never deleted. Its tag is in the generation's dead set now."""
+    live, _ = _key_history(pool, "old")
+    pool.attack(("keys/0/old", None), ("keys/0/old", live))
+    _not_served(pool, "old")
+
+
+def test_a_purged_keys_row_put_back_is_refused(pool: Pool) -> None:
+    live, deleted = _key_history(pool, "gone")
+    pool.a.keys.purge_key("gone")
+    pool.settle()
+    assert pool.raw("keys/0/gone") is None
+    for value in (live, deleted):
+        pool.attack(("keys/0/gone", None), ("keys/0/gone", value))
+        _not_served(pool, "gone")
+
+
+def test_a_later_row_put_back_at_its_version_by_puts_after_a_delete_is_refused(pool: Pool) -> None:
+    """Delete the row, put anything, then the value sdquorum stored at version 2: the version
+    matches again, the row's create_revision does not (a tag bound to version alone accepted it)."""
+    _, deleted = _key_history(pool, "pumped")
+    pool.attack(("keys/0/pumped", None), ("keys/0/pumped", b"x"), ("keys/0/pumped", deleted))
+    assert pool.raw("keys/0/pumped").version == 2  # type: ignore[union-attr]
+    _not_served(pool, "pumped")
+
+
+def test_removing_a_dead_set_entry_to_put_a_row_back_is_refused(pool: Pool) -> None:
+    live, _ = _key_history(pool, "twice")
+    shards = [name for name in pool.rows() if name.startswith("dead/0/")]
+    assert len(shards) == 1
+    pool.attack((shards[0], None), ("keys/0/twice", None), ("keys/0/twice", live))
+    _refused(lambda: pool.b.keys.get_key(DEK, "twice"), shards[0], "head")
+
+
+def test_a_deleted_name_is_used_again_and_readers_never_see_a_false_alarm(pool: Pool) -> None:
+    """The dead set refuses only a superseded row put back: a new key under a purged name serves,
+    and a reader on the other member while keys are deleted, recovered and purged sees each key
+    either live or deleted, never an alteration."""
+    import threading
+
+    names = [f"k{i}" for i in range(20)]
+    for name in names:
+        pool.a.keys.put_key(DEK, StoredKey(name, AES, b"pub", 100, "app"), name.encode())
+    pool.settle()
+    seen: list[BaseException] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                for name in names:
+                    pool.b.keys.find_key(name)
+                pool.b.keys.list_keys(deleted=True)
+            except BaseException as e:  # every failure is the test's finding
+                seen.append(e)
+                return
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for name in names:
+            pool.a.keys.mark_deleted(name, 500)
+            pool.a.keys.mark_deleted(name, None)
+            pool.a.keys.mark_deleted(name, 600)
+            pool.a.keys.purge_key(name)
+            pool.a.keys.put_key(DEK, StoredKey(name, AES, b"pub", 200, "app"), b"again")
+    finally:
+        stop.set()
+        reader.join()
+    assert seen == []
+    pool.settle()
+    for member in (pool.a, pool.b):
+        assert [k.name for k in member.keys.list_keys()] == sorted(names)
+        assert member.keys.get_key(DEK, "k7")[1] == b"again"

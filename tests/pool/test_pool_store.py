@@ -16,7 +16,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +25,7 @@ from etcd_cluster import EtcdCluster, running_cluster
 from hsm_node.cli import _open_store
 from hsm_node.config import NodeSettings
 from hsm_node.keyops import KeyType
-from hsm_node.pool.etcd import EtcdClient
+from hsm_node.pool.etcd import EtcdClient, WatchBatch
 from hsm_node.pool.store import LOCAL_FILE, PoolNodeStore
 from hsm_node.store import DomainInfo, StoredKey
 from sdquorum import sdfile
@@ -108,6 +108,37 @@ def test_a_key_created_on_one_member_is_usable_on_the_other_within_a_bound(membe
     b.keys.mark_deleted("k3", 500)  # a deletion on b is seen on a just as fast
     _wait(lambda: a.keys.list_keys(deleted=True) != [])
     assert [k.name for k in a.keys.list_keys(deleted=True)] == ["k3"]
+
+
+class _LateWatch(EtcdClient):
+    """A member whose watch delivers each batch 0.3 s late (a slow link, a busy member)."""
+
+    async def watch_prefix(self, prefix: bytes, start_revision: int) -> AsyncIterator[WatchBatch]:
+        async for batch in super().watch_prefix(prefix, start_revision):
+            await asyncio.sleep(0.3)
+            yield batch
+
+
+def test_a_key_acknowledged_on_one_member_is_found_at_once_on_another_whose_watch_lags(
+    cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    """A client that fails over between its create (node-a) and its use (node-b) finds the key:
+    node-b catches up with etcd before it answers "no such key" (the previous code answered from
+    its lagging cache: NOT_FOUND for an acknowledged key, seen in the pool demo under load)."""
+    pool_id = secrets.token_bytes(8)
+    a = PoolNodeStore(cluster.config("node-a"), pool_id, tmp_path / "a", SEALING_A, "node-a")
+    b = PoolNodeStore(
+        cluster.config("node-b"), pool_id, tmp_path / "b", SEALING_B, "node-b", client_factory=_LateWatch
+    )
+    try:
+        _activate(a, b)
+        for i in range(5):
+            a.keys.put_key(DEK, StoredKey(f"k{i}", AES, b"pub", 100, "app"), f"private-{i}".encode())
+            assert b.keys.get_key(DEK, f"k{i}")[1] == f"private-{i}".encode()
+        assert b.keys.find_key("never-made") is None  # a real miss is still a miss
+    finally:
+        a.close()
+        b.close()
 
 
 def test_reading_the_members_and_joins_costs_the_same_with_thousands_of_keys(members: Members) -> None:
