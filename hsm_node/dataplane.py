@@ -28,6 +28,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from hsm_node import keyops
 from hsm_node.audit_log import Auditor
@@ -49,6 +50,7 @@ from sdquorum_rpc.packed import Packed
 
 __all__ = ["KeyCaller", "KeyManager", "KeyService", "check_key_name", "owner_for"]
 
+T = TypeVar("T")
 log = logging.getLogger("sdquorum.node")
 
 MAX_KEY_NAME = 128
@@ -189,24 +191,25 @@ class KeyManager:
         """Soft-delete a live key the caller manages; returns when it will be purged."""
         who = _caller(caller)
         self._lifecycle.require_active()
-        key = self._managed(name, who.role)
-        if key.deleted_at is not None:
-            raise NotFoundError(
-                f"key {name!r} is deleted already: recover it (sdctl keys recover {name}) or purge it"
-            )
         now = self._now()
         purge_at = self._purge_at(now)
 
-        def delete() -> None:
+        def delete() -> StoredKey:  # decided and written in one transaction, made again on a conflict
             with self._store.batch():
+                key = self._managed(name, who.role)
+                if key.deleted_at is not None:
+                    raise NotFoundError(
+                        f"key {name!r} is deleted already: recover it (sdctl keys recover {name}) or purge it"
+                    )
                 self._store.keys.mark_deleted(name, now)
                 self._audit(
                     "key-deleted",
                     who.role,
                     {"name": name, "owner": key.owner, "purge_at": purge_at, **who.who()},
                 )
+            return key
 
-        _again_on_conflict(delete)
+        key = _again_on_conflict(delete)
         log.info("key %s of %s deleted by %s (kept until %s)", name, key.owner, who.role, _day(purge_at))
         return purge_at
 
@@ -215,20 +218,21 @@ class KeyManager:
         who = _caller(caller)
         self._lifecycle.require_active()
         self.purge_expired_keys()
-        key = self._managed(name, who.role)
-        if key.deleted_at is None:
-            raise StateError(f"key {name!r} is not deleted: nothing to recover")
 
-        def recover() -> None:
+        def recover() -> StoredKey:
             with self._store.batch():
+                key = self._managed(name, who.role)
+                if key.deleted_at is None:
+                    raise StateError(f"key {name!r} is not deleted: nothing to recover")
                 self._store.keys.mark_deleted(name, None)
                 self._audit(
                     "key-recovered",
                     who.role,
                     {"name": name, "owner": key.owner, "deleted_at": key.deleted_at, **who.who()},
                 )
+            return key
 
-        _again_on_conflict(recover)
+        key = _again_on_conflict(recover)
         log.info("key %s of %s recovered by %s", name, key.owner, who.role)
         return StoredKey(key.name, key.key_type, key.public_der, key.created_at, key.owner)
 
@@ -238,12 +242,15 @@ class KeyManager:
         require_admin(who.role, "purge keys")
         self._lifecycle.require_active()
         key = self._store.keys.find_key(check_key_name(name), settled=True)
-        if key is None or key.deleted_at is None:
+        if (
+            key is None
+            or key.deleted_at is None
+            or not self._purge(key, who.role, {"reason": "purged by an admin", **who.who()})
+        ):
             raise NotFoundError(
                 f"no deleted key named {name!r}: delete it first (sdctl keys delete {name}); "
                 "list deleted keys with 'sdctl keys deleted'"
             )
-        self._purge(key, who.role, {"reason": "purged by an admin", **who.who()})
 
     def purge_expired_keys(self) -> list[str]:
         """Purge every deleted key whose retention has ended, by the node's clock (audited, by
@@ -253,13 +260,8 @@ class KeyManager:
         now = self._now()
         self.next_purge_check = now + PURGE_CHECK_SECONDS
         expired = self._store.keys.deleted_before(now - self._retention_days * DAY)
-        for key in expired:
-            self._purge(
-                key,
-                "node",
-                {"reason": f"retention of {self._retention_days} days ended", "by": "node"},
-            )
-        return [k.name for k in expired]
+        why = {"reason": f"retention of {self._retention_days} days ended", "by": "node"}
+        return [k.name for k in expired if self._purge(k, "node", why)]
 
     def purge_expired_keys_now(self) -> None:
         """:meth:`purge_expired_keys` from the start and the ticker: a failure (a full or read-only
@@ -273,18 +275,27 @@ class KeyManager:
                 e,
             )
 
-    def _purge(self, key: StoredKey, actor: Role | str, who: dict[str, str]) -> None:
-        def purge() -> None:
+    def _purge(self, key: StoredKey, actor: Role | str, who: dict[str, str]) -> bool:
+        """Purge ``key`` if it is still the same deletion (not recovered, purged or deleted again
+        meanwhile, which another pool member may have done): whether it was purged."""
+
+        def purge() -> bool:
             with self._store.batch():
+                now = self._store.keys.find_key(key.name)
+                if now is None or now.deleted_at != key.deleted_at or now.created_at != key.created_at:
+                    return False
                 self._store.keys.purge_key(key.name)
                 self._audit(
                     "key-purged",
                     actor,
                     {"name": key.name, "owner": key.owner, "deleted_at": key.deleted_at, **who},
                 )
+            return True
 
-        _again_on_conflict(purge)
+        if not _again_on_conflict(purge):
+            return False
         log.info("key %s of %s purged by %s", key.name, key.owner, actor)
+        return True
 
     def _managed(self, name: str, role: Role) -> StoredKey:
         """The key ``name``, live or deleted, if ``role`` may manage it (its owner, or an admin)."""
@@ -296,16 +307,16 @@ class KeyManager:
         return key
 
 
-def _again_on_conflict(change: Callable[[], None], tries: int = 3) -> None:
+def _again_on_conflict(change: Callable[[], T], tries: int = 3) -> T:
     """``change()``, made again when another pool member changed the same rows at the same moment
-    (in a pool, a key's deletion, recovery and purge publish the custody head, as custody writes
-    do): each try reads anew, and nothing of a refused try was written."""
-    for left in range(tries - 1, -1, -1):
+    (in a pool, a key's first deletion publishes the custody head, as custody writes do): each try
+    decides anew on what the store holds then, and nothing of a refused try was written."""
+    for left in range(tries - 1, 0, -1):
         try:
             return change()
         except ConflictError:
-            if not left:
-                raise
+            log.debug("a key change met a concurrent pool write: made again (%d tries left)", left)
+    return change()
 
 
 class KeyService:

@@ -58,6 +58,7 @@ log = logging.getLogger("hsm_node.pool.store")
 LAYOUT = b"4"
 INITIAL = "0"  # the generation of a pool never restored (no pointer row)
 DELETE_CHUNK = 1000  # keys one ranged delete removes at most: one watch message of ~100 KB
+DELETE_SHARDS = 100  # dead-set shards one transaction removes (with the head: under etcd's 128 ops)
 DEFAULT_RESTORE_TTL = 30  # seconds a restore's lease lives without a keep-alive
 
 
@@ -72,6 +73,7 @@ class KeySet:
         self.pointer = view.sub("keyset")
         self._base = view.sub("keys") + b"/"
         self._marks = view.sub("restoring") + b"/"
+        self._dead = view.sub("dead") + b"/"
         self.layout = view.sub("keys-layout")
 
     # ------------------------------------------------------------------ layout and migration
@@ -135,10 +137,13 @@ class KeySet:
         with self._v.snapshot():
             ptr = next((kv for kv in self._v.committed(self.pointer) if kv.key == self.pointer), None)
             keys = [kv.key for kv in self._v.committed(self._base, verify=False)]
+            dead = [kv.key for kv in self._v.committed(self._dead, verify=False)]
             marked = {
                 kv.key[len(self._marks) :].decode() for kv in self._v.committed(self._marks, verify=False)
             }
         gens: dict[str, list[bytes]] = {}
+        for k in dead:  # a generation whose dead set outlived its rows (its removal was refused)
+            gens.setdefault(k[len(self._dead) :].partition(b"/")[0].decode(), [])
         for k in keys:
             gen, slash, _ = k[len(self._base) :].partition(b"/")
             if slash:  # a generation's row (anything else under keys/ is no generation's: left alone)
@@ -168,7 +173,7 @@ class KeySet:
         for start, end in itertools.pairwise(bounds):
             self._v.run(client.commit([Delete(start, end)]))
         if self._v.guard.mac.keyed:  # its dead set: custody rows, so removed with the next head
-            shards = self._v.committed(self._v.sub("dead", gen) + b"/", verify=False)
-            if shards:
-                with self._v.write() as tx:
-                    tx.writes.update(dict.fromkeys((kv.key for kv in shards), None))
+            shards = [kv.key for kv in self._v.committed(self._v.sub("dead", gen) + b"/", verify=False)]
+            for i in range(0, len(shards), DELETE_SHARDS):  # a refusal (a conflict) leaves the rest
+                with self._v.write() as tx:  # for the next start or restore
+                    tx.writes.update(dict.fromkeys(shards[i : i + DELETE_SHARDS], None))

@@ -7,7 +7,9 @@ Invariants:
   (2) creates ``restoring/<gen>`` (a fresh random id) under a lease of ``ttl`` seconds, kept alive
   while it stages; (3) writes the rows under ``keys/<gen>/`` in transactions that respect both of
   etcd's limits (``max_txn_ops`` operations, ``max_request_bytes`` bytes, measured row by row), a
-  few in flight, each conditioned on the marker; (4) flips: one transaction puts ``keyset = <gen>``
+  few in flight, each conditioned on the marker and creating a fence row of its own under the
+  lease (a transaction sent again after its first attempt applied changes nothing: its rows stay
+  at the version 1 their tags are for); (4) flips: one transaction puts ``keyset = <gen>``
   and deletes the marker, conditioned on the pointer's revision read in (1) and on the marker's.
   **The flip is the restore's linearization point**: before it every member serves the old set,
   complete; after it the new one, complete (the watch delivers the staged rows before the flip's
@@ -65,11 +67,13 @@ class StagedRestore:
     def chunks(self, gen: str, rows: Sequence[tuple[str, bytes]]) -> list[list[Put]]:
         """``rows`` (name, encoded row) as puts under ``gen``, in transactions within etcd's limits."""
         config = self._v.client.config
+        fence = len(self._fence(gen, 1 << 20))  # its put, its condition and its read back
         budget = (
             config.max_request_bytes
             - REQUEST_ENVELOPE
             - len(self._v.sub("restoring", gen))
             - COMPARE_OVERHEAD
+            - (3 * fence + PUT_OVERHEAD + COMPARE_OVERHEAD + READ_BACK_OVERHEAD + 1)
         )
         out: list[list[Put]] = []
         chunk: list[Put] = []
@@ -85,7 +89,7 @@ class StagedRestore:
                     f"key {name!r} is {cost} bytes as a pool row: over etcd's --max-request-bytes "
                     f"({config.max_request_bytes}); raise it on every etcd member and in the pool's settings"
                 )
-            if chunk and (len(chunk) >= config.max_txn_ops - 1 or size + cost > budget):
+            if chunk and (len(chunk) >= config.max_txn_ops - 3 or size + cost > budget):
                 out.append(chunk)
                 chunk, size = [], 0
             chunk.append(put)
@@ -93,6 +97,11 @@ class StagedRestore:
         if chunk:
             out.append(chunk)
         return out
+
+    def _fence(self, gen: str, i: int) -> bytes:
+        """The row a staging transaction creates with its rows (under the restore's lease): sent
+        again after its first attempt applied, the transaction finds it and changes nothing."""
+        return self._v.sub("staging", gen, str(i))
 
     def run(self, rows: Sequence[tuple[str, bytes]], on_commit: Callable[[], None] | None) -> None:
         """Replace the whole key set with ``rows`` (name, encoded row), atomically (module
@@ -170,12 +179,12 @@ class StagedRestore:
         refreshed = time.monotonic()
         sent: list[asyncio.Task[int | None]] = []  # commits handed over: each runs to its end
 
-        async def stage(chunk: list[Put]) -> None:
+        async def stage(i: int, chunk: list[Put]) -> None:
             nonlocal refreshed
+            fence = self._fence(gen, i)
+            ops, conds = [*chunk, Put(fence, b"", lease.id)], [Unchanged(marker, marked), Unchanged(fence, 0)]
             async with slots:
-                sent.append(
-                    asyncio.ensure_future(client.commit(chunk, unless_changed=[Unchanged(marker, marked)]))
-                )
+                sent.append(asyncio.ensure_future(client.commit(ops, unless_changed=conds)))
                 if await asyncio.shield(sent[-1]) is None:  # a cancel stops the wait, not the commit
                     raise StateError(
                         "the restore's lease ended while it staged its rows: nothing was restored; run it again"
@@ -186,8 +195,8 @@ class StagedRestore:
 
         try:
             async with asyncio.TaskGroup() as group:  # one failure cancels the rest
-                for chunk in chunks:
-                    group.create_task(stage(chunk))
+                for i, chunk in enumerate(chunks):
+                    group.create_task(stage(i, chunk))
         except BaseExceptionGroup as e:  # the first failure, as the callers know it
             await _ended(sent)
             raise e.exceptions[0] from None

@@ -41,7 +41,7 @@ from hsm_node.pool.etcd import EtcdClient, EtcdConfig
 from hsm_node.pool.keyset import DEFAULT_RESTORE_TTL, KeySet
 from hsm_node.pool.restore import StagedRestore
 from hsm_node.pool.rows import PoolRows
-from hsm_node.pool.view import DEFAULT_MAX_STALENESS, LOCAL_FILE, EtcdView
+from hsm_node.pool.view import DEFAULT_MAX_STALENESS, LOCAL_FILE, EtcdView, caught_up
 from hsm_node.store.image import KeyRowImages
 from hsm_node.store.protocol import DomainInfo, KeyRow, StoredKey
 from hsm_node.store.sealing import DomainSeal, KeySeal
@@ -287,7 +287,7 @@ class _PoolKeys(KeyRowImages):
                 v = self._v.get(self.keyset.key(self.keyset.current(), name))
             if v is not None:
                 return _row_from(v)
-            if attempt or not settled or not _caught_up(self._v):
+            if attempt or not settled or not caught_up(self._v):
                 break
         return None
 
@@ -357,17 +357,6 @@ class _PoolKeys(KeyRowImages):
     def _replace_rows(self, rows: Iterable[KeyRow]) -> None:
         """A staged restore of any size, atomic at its flip (:mod:`hsm_node.pool.restore`)."""
         StagedRestore(self.keyset).run([(r.key.name, _row_bytes(r)) for r in rows], self._v.on_commit)
-
-
-def _caught_up(view: EtcdView) -> bool:
-    """Bring the view's cache to etcd's revision now (a linearizable read, then the watch): whether
-    it got there (an error leaves the cache as it is). For answers that must not be stale."""
-    try:
-        _, revision = view.run(view.client.get_prefix(view.layout.epoch()))
-    except SdquorumError as e:
-        log.debug("pool: could not catch up with etcd: %s", e)
-        return False
-    return view.wait_for(revision)
 
 
 # ------------------------------------------------------------------ row encoding

@@ -58,7 +58,7 @@ from hsm_node.pool._member_file import MemberFile, read_local, write_local
 from hsm_node.pool.cache import RowCache
 from hsm_node.pool.etcd import CompactedError, EtcdClient, EtcdConfig, EventKind, KeyValue, Layout, WatchBatch
 from hsm_node.pool.guard import RowGuard
-from hsm_node.pool.integrity import Head
+from hsm_node.pool.integrity import Head, TamperedError
 from sdquorum.errors import (
     AlreadyExistsError,
     ConflictError,
@@ -69,7 +69,7 @@ from sdquorum.errors import (
 )
 from sdquorum_rpc.files import private_dir
 
-__all__ = ["DEFAULT_MAX_STALENESS", "LOCAL_FILE", "EtcdView", "read_local", "write_local"]
+__all__ = ["DEFAULT_MAX_STALENESS", "LOCAL_FILE", "EtcdView", "caught_up", "read_local", "write_local"]
 
 log = logging.getLogger("hsm_node.pool.store")
 _T = TypeVar("_T")
@@ -283,9 +283,15 @@ class EtcdView:
                 "etcd cluster and this member's network (docs/runbooks/pool.md)"
             )
 
-    def snapshot(self) -> threading.RLock:
-        """``with view.snapshot():`` every read inside sees one revision (keep it short; no waits)."""
-        return self._lock
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """``with view.snapshot():`` every read inside sees one revision (keep it short; no waits).
+        The custody head is checked first, outside the cache lock: a check after a change writes
+        this member's file, which must not hold up the watch (one inside is rare: a change between)."""
+        with contextlib.suppress(TamperedError):  # reads of what it covers raise it, not this
+            self.guard.check_head()
+        with self._lock:
+            yield
 
     def transaction(self) -> _Tx | None:
         """This thread's open transaction, if any."""
@@ -401,11 +407,8 @@ def _apply_events(cache: RowCache, batch: WatchBatch) -> None:
     for ev in batch.events:
         if ev.kind is EventKind.DELETE:
             cache.pop(ev.key)
-        else:
-            old = cache.get(ev.key)
-            created = old.create_revision if old is not None else ev.mod_revision
-            version = old.version + 1 if old is not None else 1
-            cache.put(KeyValue(ev.key, ev.value, created, ev.mod_revision, version, 0))
+        else:  # etcd's own create_revision and version (row tags bind both): none counted here
+            cache.put(KeyValue(ev.key, ev.value, ev.create_revision, ev.mod_revision, ev.version, 0))
 
 
 def _cached(view: EtcdView, key: bytes) -> KeyValue | None:
@@ -426,8 +429,20 @@ def _overlay(rows: list[tuple[bytes, bytes]], tx: _Tx, prefix: bytes) -> list[tu
 
 def _refuse_conflict(view: EtcdView, tx: _Tx) -> None:
     """A transaction's condition failed, nothing was written: say which row another member took
-    first (AlreadyExistsError), if one was, else that the rows changed (StateError)."""
+    first (AlreadyExistsError), if one was, else that the rows changed (ConflictError)."""
     for key, message in tx.taken.items():
         if view.run(view.client.get(key)) is not None:
             raise AlreadyExistsError(message)
+    caught_up(view)  # the cache as new as the write that won: a try again decides anew
     raise ConflictError(_CONFLICT)
+
+
+def caught_up(view: EtcdView) -> bool:
+    """Bring the view's cache to etcd's revision now (a linearizable read, then the watch): whether
+    it got there (an error leaves the cache as it is). For answers that must not be stale."""
+    try:
+        _, revision = view.run(view.client.get_prefix(view.layout.epoch()))
+    except SdquorumError as e:
+        log.debug("pool: could not catch up with etcd: %s", e)
+        return False
+    return view.wait_for(revision)

@@ -599,6 +599,77 @@ def test_a_staging_commit_that_etcd_applies_after_the_failed_restore_writes_noth
         a.close()
 
 
+class _SentTwice(EtcdClient):
+    """Every staging transaction is sent twice, as a retry after a first attempt that applied but
+    whose answer was lost (an attempt timeout, an endpoint switch)."""
+
+    async def commit(
+        self, ops: Sequence[Put | Delete], *, unless_changed: Sequence[Unchanged] = ()
+    ) -> int | None:
+        if any(isinstance(op, Put) and b"/keys/" in op.key for op in ops):
+            await super().commit(ops, unless_changed=unless_changed)
+        return await super().commit(ops, unless_changed=unless_changed)
+
+
+def test_a_staging_transaction_sent_again_after_it_applied_leaves_every_row_valid(
+    cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    """The second sending finds the transaction's fence row and changes nothing, and the commit
+    reports the first one's result. The previous code applied it again: every restored row at
+    version 2 under a tag for version 1, refused after the flip (the whole key list with it)."""
+    a, _ = _activated_with(cluster, tmp_path, _SentTwice)
+    try:
+        image, count, private = _backup("twice", 300, 100, deleted=5)
+        a.keys.import_key_rows(image, count)
+        assert len(a.keys.list_keys()) == count - 5 and len(a.keys.list_keys(deleted=True)) == 5
+        for name in sorted(private)[::37]:
+            assert a.keys.get_key(DEK, name)[1] == private[name]
+    finally:
+        a.close()
+
+
+class _ShardRemovalRefusedOnce(EtcdClient):
+    """The first transaction that removes dead-set rows meets a concurrent writer (refused)."""
+
+    refused = False
+
+    async def commit(
+        self, ops: Sequence[Put | Delete], *, unless_changed: Sequence[Unchanged] = ()
+    ) -> int | None:
+        if not _ShardRemovalRefusedOnce.refused and any(
+            isinstance(op, Delete) and b"/dead/" in op.key for op in ops
+        ):
+            _ShardRemovalRefusedOnce.refused = True
+            return None
+        return await super().commit(ops, unless_changed=unless_changed)
+
+
+def test_an_old_generations_dead_set_left_by_a_refused_removal_goes_at_the_next_start(
+    cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    """After a restore's flip the old generation's dead set is removed in transactions of their
+    own (custody rows: with the next head); one that meets a conflict leaves it, and garbage
+    collection finds the generation by its dead set too (the previous code looked for key rows
+    only, and the shards stayed for good, hashed at every head check)."""
+    a, pool_id = _activated_with(cluster, tmp_path, _ShardRemovalRefusedOnce)
+    try:
+        a.keys.put_key(DEK, StoredKey("old", AES, b"pub", 100, "app"), b"p")
+        a.keys.mark_deleted("old", 500)  # its first row's tag: dead/0/<xx>
+        image, count, _ = _backup("new", 20, 0)
+        a.keys.import_key_rows(image, count)
+        assert _ShardRemovalRefusedOnce.refused
+        assert [k for k in asyncio.run(_rows(cluster, pool_id)) if b"/dead/0/" in k] != []  # left
+    finally:
+        a.close()
+    config = replace(cluster.config("node-a"), max_request_bytes=MAX_REQUEST_BYTES)
+    again = PoolNodeStore(config, pool_id, tmp_path / "a", SEALING_A, "node-a")  # its start collects
+    try:
+        assert [k for k in asyncio.run(_rows(cluster, pool_id)) if b"/dead/" in k] == []
+        assert len(again.keys.list_keys()) == count
+    finally:
+        again.close()
+
+
 def _earlier_pool(cluster: EtcdCluster, kind: str) -> tuple[bytes, bytes]:
     """A pool id whose rows an earlier development build wrote (no ``keys-layout`` row): key rows
     at ``keys/<quoted name>`` (before key-set generations), or an untagged header (before integrity

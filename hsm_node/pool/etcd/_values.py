@@ -74,6 +74,8 @@ class WatchEvent:
     key: bytes
     value: bytes  # empty for DELETE
     mod_revision: int
+    create_revision: int = 0  # as etcd reports them (0 for DELETE)
+    version: int = 0
 
 
 @dataclass(frozen=True)

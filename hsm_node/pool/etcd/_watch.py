@@ -125,4 +125,7 @@ def _pump(call: Any, inbox: asyncio.Queue[Any], loop: asyncio.AbstractEventLoop)
 
 def _event(ev: Any) -> WatchEvent:
     kind = EventKind.DELETE if ev.type == rpc.Event.DELETE else EventKind.PUT
-    return WatchEvent(kind, bytes(ev.kv.key), bytes(ev.kv.value), int(ev.kv.mod_revision))
+    kv = ev.kv
+    return WatchEvent(
+        kind, bytes(kv.key), bytes(kv.value), int(kv.mod_revision), int(kv.create_revision), int(kv.version)
+    )
