@@ -64,6 +64,7 @@ class RowGuard:
         self._reported: set[tuple[bytes, int]] = set()  # rows already logged as altered
         self._alterations: list[str] = []  # rows found altered, not yet audited (PoolService)
         self._dead: dict[bytes, tuple[int, frozenset[bytes]]] = {}  # a shard's entries at a revision
+        self._opened: dict[bytes, tuple[KeyValue, bytes]] = {}  # custody rows whose tag was checked
 
     def prepare(
         self, writes: dict[bytes, bytes | None], read: dict[bytes, int]
@@ -208,10 +209,17 @@ class RowGuard:
         return self.mac.seal(key, kv.version + 1, value, kv.create_revision)
 
     def _headed_rows(self) -> tuple[dict[bytes, bytes], KeyValue | None]:
+        """Every custody row opened, and the head row. A row's tag is checked once per cached row
+        (the cache makes a new KeyValue for every change): a head check after one change opens one
+        row, not every custody row again (each first delete of a key changes the head)."""
         with self._lock:
             kvs = sorted((kv for t in HEADED for kv in self._cache().table(t)), key=lambda kv: kv.key)
             head = self._cache().get(self.head_key)
-        return {kv.key: self.open(kv) for kv in kvs}, head
+            opened, self._opened = self._opened, {}
+            for kv in kvs:
+                known = opened.get(kv.key)
+                self._opened[kv.key] = known if known is not None and known[0] is kv else (kv, self.open(kv))
+        return {kv.key: self._opened[kv.key][1] for kv in kvs}, head
 
     def _kept_head(self) -> Head | None:
         o = self._local().get("heads", {}).get(self.prefix.decode())
