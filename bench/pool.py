@@ -14,7 +14,7 @@ Rows, each a ratio of two numbers measured in this run:
   retry interval (target <= 2x, and no call may fail: Encrypt is idempotent);
 * a new member by a join (no custodian) vs by a recovery ceremony (3 of 5 agents approving at once);
 * a backup restore of 10,000 and 100,000 AES-256 keys (2,000 in quick mode) into a pool member
-  (staged in transactions within etcd's limits, then flipped: hsm_node.pool.keyset) vs into a
+  (staged in transactions within etcd's limits, then flipped: hsm_node.pool.restore) vs into a
   single node's SQLite store, the same backup, each restore in a process of its own so its peak
   RSS is its own (bench/_restore_worker.py).
 """
