@@ -147,6 +147,7 @@ class RowGuard:
         self.mac.use(secrets)
         with self._lock:
             self._head_checked = -1
+            self._opened, self._dead = {}, {}  # checked under another key, if any: never trusted
 
     def open(self, kv: KeyValue) -> bytes:
         """A cached row's value, its tag checked and stripped (TamperedError, logged once); a key

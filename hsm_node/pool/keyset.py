@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 
 from hsm_node.pool.etcd import Delete, Put, Unchanged, prefix_end
 from hsm_node.pool.view import EtcdView
-from sdquorum.errors import StateError, UsageError
+from sdquorum.errors import SdquorumError, StateError, UsageError
 
 if TYPE_CHECKING:
     from hsm_node.pool.view import _Tx
@@ -174,6 +174,10 @@ class KeySet:
             self._v.run(client.commit([Delete(start, end)]))
         if self._v.guard.mac.keyed:  # its dead set: custody rows, so removed with the next head
             shards = [kv.key for kv in self._v.committed(self._v.sub("dead", gen) + b"/", verify=False)]
-            for i in range(0, len(shards), DELETE_SHARDS):  # a refusal (a conflict) leaves the rest
-                with self._v.write() as tx:  # for the next start or restore
-                    tx.writes.update(dict.fromkeys(shards[i : i + DELETE_SHARDS], None))
+            step = min(DELETE_SHARDS, self._v.client.config.max_txn_ops - 2)  # and the head's put, condition
+            try:
+                for i in range(0, len(shards), step):
+                    with self._v.write() as tx:
+                        tx.writes.update(dict.fromkeys(shards[i : i + step], None))
+            except SdquorumError as e:  # a conflict, say: best effort, the next start or restore tries again
+                log.warning("pool: could not remove the dead set of key-set generation %s: %s", gen, e)

@@ -283,8 +283,12 @@ class _PoolKeys(KeyRowImages):
         etcd, so a key another member acknowledged a moment ago is found here too (a client that
         failed over between its create and its use)."""
         for attempt in range(2):
-            with self._v.snapshot():
-                v = self._v.get(self.keyset.key(self.keyset.current(), name))
+            tx = self._v.transaction()
+            if tx is not None:  # a decision inside a transaction: what it read is its condition
+                v = self._v.read_for_write(tx, self.keyset.key(self.keyset.current_for_write(tx), name))
+            else:
+                with self._v.snapshot():
+                    v = self._v.get(self.keyset.key(self.keyset.current(), name))
             if v is not None:
                 return _row_from(v)
             if attempt or not settled or not caught_up(self._v):

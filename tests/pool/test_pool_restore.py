@@ -446,11 +446,11 @@ def test_a_restore_losing_etcd_right_after_its_flip_is_reported_with_an_unknown_
 
 
 def _activated_with(
-    cluster: EtcdCluster, tmp_path: Path, client: type[EtcdClient]
+    cluster: EtcdCluster, tmp_path: Path, client: type[EtcdClient] = EtcdClient, max_txn_ops: int = 128
 ) -> tuple[PoolNodeStore, bytes]:
     """node-a of a new pool, its domain activated, speaking to etcd through ``client``; the pool id."""
     pool_id = secrets.token_bytes(8)
-    config = replace(cluster.config("node-a"), max_request_bytes=MAX_REQUEST_BYTES)
+    config = replace(cluster.config("node-a"), max_request_bytes=MAX_REQUEST_BYTES, max_txn_ops=max_txn_ops)
     a = PoolNodeStore(config, pool_id, tmp_path / "a", SEALING_A, "node-a", client_factory=client)
     domain = sdfile.new_domain_secrets(os.urandom, admins=["admin"])
     a.domain.activate(domain, DomainInfo(domain.domain_id, 1, 2, 3), "ACTIVATED", b"sd-file")
@@ -668,6 +668,28 @@ def test_an_old_generations_dead_set_left_by_a_refused_removal_goes_at_the_next_
         assert len(again.keys.list_keys()) == count
     finally:
         again.close()
+
+
+def test_restores_under_the_smallest_transaction_limit_remove_a_large_dead_set(
+    cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    """With etcd's --max-txn-ops at the least the pool accepts (16), a dead set of more shards than
+    that goes in transactions within it, and restore after restore succeeds (a fixed step of 100
+    shards had refused every later restore before it sent anything)."""
+    a, pool_id = _activated_with(cluster, tmp_path, max_txn_ops=16)
+    try:
+        for i in range(60):  # 60 first deletes: dozens of shards of generation 0
+            a.keys.put_key(DEK, StoredKey(f"d{i}", AES, b"pub", 100, "app"), b"p")
+            a.keys.mark_deleted(f"d{i}", 500)
+        shards = [k for k in asyncio.run(_rows(cluster, pool_id)) if b"/dead/0/" in k]
+        assert len(shards) > 16
+        for round_ in ("one", "two"):
+            image, count, _ = _backup(round_, 30, 0)
+            a.keys.import_key_rows(image, count)
+            assert len(a.keys.list_keys()) == count
+        assert [k for k in asyncio.run(_rows(cluster, pool_id)) if b"/dead/0/" in k] == []
+    finally:
+        a.close()
 
 
 def _earlier_pool(cluster: EtcdCluster, kind: str) -> tuple[bytes, bytes]:

@@ -29,7 +29,7 @@ from hsm_node.pool.etcd import EtcdClient, WatchBatch
 from hsm_node.pool.store import LOCAL_FILE, PoolNodeStore
 from hsm_node.store import DomainInfo, StoredKey
 from sdquorum import sdfile
-from sdquorum.errors import AlreadyExistsError, StateError, TransportError, UsageError
+from sdquorum.errors import AlreadyExistsError, ConflictError, StateError, TransportError, UsageError
 from sdquorum.review import RetiredEpoch
 
 pytestmark = pytest.mark.slow
@@ -347,6 +347,26 @@ def test_a_grant_applies_only_while_the_nodes_permission_stands(members: Members
     a.pool.put_pool_row("allowed", "node-c", b'{"by": "admin"}')  # allowed again: now it is granted
     a.pool.grant_join("node-c", request, sha, b"grant")
     assert a.pool.pool_row("grants", "node-c") == b"grant" and a.pool.served() == [sha]
+
+
+def test_a_decision_read_inside_a_batch_holds_at_its_commit(members: Members) -> None:
+    """A key change decides on the row it reads inside its batch (the owner, deleted or not): that
+    read is a condition of the transaction. Another member purging the key and making one of the
+    same name for another owner in between voids it (ConflictError, nothing written; the data plane
+    decides again). The previous code sent the write with the later row as its condition: an app
+    could delete another app's key."""
+    a, b = members()
+    _activate(a, b)
+    a.keys.put_key(DEK, StoredKey("k", AES, b"pub", 100, "app/alice"), b"alice")
+    _wait(lambda: b.keys.find_key("k") is not None)
+    with pytest.raises(ConflictError), a.batch():
+        assert a.keys.find_key("k", settled=True).owner == "app/alice"  # type: ignore[union-attr]
+        b.keys.mark_deleted("k", 500)  # meanwhile, on the other member
+        b.keys.purge_key("k")
+        b.keys.put_key(DEK, StoredKey("k", AES, b"pub", 900, "app/bob"), b"bob")
+        _wait(lambda: (a.keys.find_key("k") or StoredKey("", 0, b"", 0, "")).owner == "app/bob")
+        a.keys.mark_deleted("k", 600)
+    assert b.keys.find_key("k") == StoredKey("k", AES, b"pub", 900, "app/bob")  # bob's key untouched
 
 
 def test_a_node_of_another_domain_cannot_take_the_pool(members: Members) -> None:

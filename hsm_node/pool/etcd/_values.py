@@ -46,9 +46,9 @@ class EtcdConfig:
             raise UsageError(
                 "pool etcd timeouts: need 0 < attempt_timeout <= call_timeout and progress_interval > 0"
             )
-        if self.max_txn_ops < 2 or self.max_request_bytes < 64 * 1024:
+        if self.max_txn_ops < 16 or self.max_request_bytes < 64 * 1024:  # a key's first delete: 9
             raise UsageError(
-                "pool etcd limits: max_txn_ops is at least 2 and max_request_bytes at least 65536 "
+                "pool etcd limits: max_txn_ops is at least 16 and max_request_bytes at least 65536 "
                 "(set them to the cluster's --max-txn-ops and --max-request-bytes)"
             )
 
