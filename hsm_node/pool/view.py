@@ -155,6 +155,9 @@ class EtcdView:
         return self._client
 
     def run(self, coro: Coroutine[Any, Any, _T], timeout: float | None = None) -> _T:
+        if self._closed:  # no task may start on a loop being stopped: it would outlive the loop
+            coro.close()
+            raise StateError("the pool store is closed")
         wait = timeout if timeout is not None else self._config.call_timeout * 2 + self._max_staleness
         fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
@@ -286,8 +289,7 @@ class EtcdView:
     @contextmanager
     def snapshot(self) -> Iterator[None]:
         """``with view.snapshot():`` every read inside sees one revision (keep it short; no waits).
-        The custody head is checked first, outside the cache lock: a check after a change writes
-        this member's file, which must not hold up the watch (one inside is rare: a change between)."""
+        The head is checked first, outside the lock: a check after a change writes the member file."""
         with contextlib.suppress(TamperedError):  # reads of what it covers raise it, not this
             self.guard.check_head()
         with self._lock:
@@ -396,11 +398,12 @@ async def _stop(client: EtcdClient) -> None:
     """On a view's loop: cancel every other task of the loop (the watch, the heartbeat) and await
     them (their ``finally`` runs: the watch's request stream ends), then close the client (it ends
     any stream still open)."""
-    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    while tasks := [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:  # new ones too
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     await client.close()
+    await asyncio.get_running_loop().shutdown_asyncgens()  # none left for the closed loop's GC
 
 
 def _apply_events(cache: RowCache, batch: WatchBatch) -> None:
@@ -438,8 +441,7 @@ def _refuse_conflict(view: EtcdView, tx: _Tx) -> None:
 
 
 def caught_up(view: EtcdView) -> bool:
-    """Bring the view's cache to etcd's revision now (a linearizable read, then the watch): whether
-    it got there (an error leaves the cache as it is). For answers that must not be stale."""
+    """Bring the cache to etcd's revision now (a linearizable read, then the watch): whether it did."""
     try:
         _, revision = view.run(view.client.get_prefix(view.layout.epoch()))
     except SdquorumError as e:

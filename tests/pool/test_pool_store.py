@@ -526,3 +526,14 @@ def _refuses(store: PoolNodeStore) -> bool:
     except TransportError:
         return True
     return False
+
+
+def test_a_closed_member_starts_no_task_on_its_stopped_loop(members: Members) -> None:
+    """A call made while or after a member closes is refused at once: a task started on the loop
+    being stopped would outlive it (its pending reads surfaced later as "Event loop is closed")."""
+    a, _ = members()
+    a.close()
+    with pytest.raises(StateError, match="closed"):
+        a.view.run(asyncio.sleep(0))
+    with pytest.raises(StateError, match="closed"):
+        a.keys.find_key("k")
