@@ -142,14 +142,14 @@ class KeyManager:
         self._lifecycle.require_active()
         check_key_name(name)
         owner = owner_for(who.role, owner)
-        self._refuse_taken(name)
+        self._refuse_taken(name, who.role)
         # Generation (RSA-3072 takes ~0.1 s) runs off the event loop; the database is only ever
         # touched from the loop's thread, so writes never interleave on the one connection.
         public, private = await asyncio.to_thread(keyops.generate, kind)
         dek = self._lifecycle.require_active().data_encryption_key
         created = self._now()
         with self._store.batch():
-            self._refuse_taken(name)  # made meanwhile, during the generation
+            self._refuse_taken(name, who.role)  # made meanwhile, during the generation
             self._store.keys.put_key(dek, StoredKey(name, int(kind), public, created, owner), private)
             self._audit(
                 "key-created", who.role, {"name": name, "type": kind.name, "owner": owner, **who.who()}
@@ -157,11 +157,11 @@ class KeyManager:
         log.info("key %s (%s) created for %s by %s", name, kind.name, owner, who.role)
         return StoredKey(name, int(kind), public, created, owner)
 
-    def _refuse_taken(self, name: str) -> None:
+    def _refuse_taken(self, name: str, role: Role) -> None:
         found = self._store.keys.find_key(name)
         if found is None:
             return
-        if found.deleted_at is None:
+        if found.deleted_at is None or (role.kind != "admin" and found.owner != owner_for(role, "")):
             raise AlreadyExistsError(f"a key named {name!r} exists already: pick another name")
         raise AlreadyExistsError(
             f"a deleted key named {name!r} is kept until {_day(self._purge_at(found.deleted_at))}: "

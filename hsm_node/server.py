@@ -79,7 +79,7 @@ class NodeServicer:
             quorum=info.quorum if info else 0,
             custodians=info.custodians if info else 0,
             active_session_id=s.session_id if s is not None and not s.finished else "",
-            key_count=n.store.keys.count_keys(),
+            key_count=n.store.keys.count_keys() if role.kind == "admin" else 0,  # the key set is not theirs
             **running_session(s),
             compromised=n.compromised,
         )

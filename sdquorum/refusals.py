@@ -56,10 +56,14 @@ NO_CERTIFICATE = "no client certificate"
 
 @dataclass(frozen=True)
 class Refusal:
-    """One refused call: who (from the verified TLS peer certificate) and what.
+    """One refused call, or one refused message inside an accepted call: who (from the verified TLS
+    peer certificate) and what.
 
     ``role`` is the certificate's sdquorum role, or "" when it has none; ``subject`` its subject
-    (RFC 4514) and ``spki_sha256`` the SHA-256 of its public key (hex), or "" without a certificate.
+    (RFC 4514) and ``spki_sha256`` the SHA-256 of its public key (hex), or "" without a certificate
+    (or where only the authenticated role is known: a custodian's refused answer, windowed by its
+    role). ``event`` names the entry written in full (``refused`` for a call); ``extra`` adds
+    details to it (a refused answer's session and request ids).
     """
 
     method: str
@@ -68,11 +72,14 @@ class Refusal:
     role: str
     subject: str
     spki_sha256: str
+    event: str = "refused"
+    extra: tuple[tuple[str, str], ...] = ()
 
     @property
     def peer(self) -> str:
-        """What the window is kept by: the key, or one shared window for callers without one."""
-        return self.spki_sha256 or NO_CERTIFICATE
+        """What the window is kept by: the key, else the role, or one shared window for callers
+        with neither."""
+        return self.spki_sha256 or self.role or NO_CERTIFICATE
 
     @property
     def actor(self) -> str:
@@ -85,6 +92,7 @@ class Refusal:
             "reason": self.reason,
             "subject": self.subject,
             "spki_sha256": self.spki_sha256,
+            **dict(self.extra),
         }
 
 
@@ -170,7 +178,7 @@ class RefusalWindows:
         first = (r.peer, *kind)  # the peer too: in the overflow window, another peer is news
         if first not in w.detailed and len(w.detailed) < self.detailed_per_window:
             w.detailed.add(first)
-            out.append(AuditRecord("refused", r.actor, r.details()))
+            out.append(AuditRecord(r.event, r.actor, r.details()))
         else:
             if kind not in w.counts and len(w.counts) >= MAX_COUNTED_KINDS:
                 kind = OTHER_KIND

@@ -287,6 +287,19 @@ async def test_a_name_of_a_retained_deleted_key_cannot_be_taken_and_the_error_sa
     assert (
         cluster.node.store.keys.find_key("k") is not None and len(_entries(cluster.node, "key-created")) == 1
     )
+    # another app learns only that the name is taken: neither that the key is deleted nor when, nor
+    # how many keys the node holds (its status shows the admin the count, others 0)
+    async with cluster.client("app-billing") as other:
+        with pytest.raises(grpc.aio.AioRpcError) as taken:
+            await other.keys.CreateKey(pb.CreateKeyRequest(name="k", type=pb.ED25519))
+        assert taken.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert "deleted" not in (taken.value.details() or "") and "kept until" not in (
+            taken.value.details() or ""
+        )
+        assert (await other.node.GetStatus(pb.GetStatusRequest())).key_count == 0
+    async with cluster.client("admin") as admin:
+        await admin.keys.CreateKey(pb.CreateKeyRequest(name="live", type=pb.AES256_GCM))
+        assert (await admin.node.GetStatus(pb.GetStatusRequest())).key_count == 1  # live keys
 
 
 # ------------------------------------------------------------------ restarts, disk, backups

@@ -218,3 +218,32 @@ async def test_a_subject_with_a_line_break_is_recorded_on_one_line(
     (entry,) = [json.loads(x) for x in entries(cluster)[before:]]
     assert entry["details"]["subject"] == "CN=x\\x0aWARNING forged line"
     assert not any("\n" in r.getMessage() for r in caplog.records if r.name == "sdquorum.rpc")
+
+
+async def test_one_custodian_sending_junk_answers_adds_a_bounded_number_of_entries(
+    pki_dir: Path, tmp_path: Path, wrapping_keys: list[object]
+) -> None:
+    """Answers and denials that fail their checks inside an open session go through the same
+    windows, kept by the custodian's role: 300 junk releases and 300 junk denials from one
+    custodian added at most a window's entries for the answers, the denials and the calls (the
+    previous code wrote one full entry each: 602 entries, 309 KB), and the session goes on."""
+    from harness import certs_of, running_cluster
+
+    async with running_cluster(pki_dir, tmp_path / "origin") as a:
+        domain = await a.download(certs_of(wrapping_keys[:5]), quorum=3)  # type: ignore[arg-type]
+    async with running_cluster(pki_dir, tmp_path / "b", node_id="node-b") as b:
+        await b.start_recovery(domain, ttl=600)
+        before = len(entries(b))
+        async with b.client("custodian-dave") as cl:
+            for i in range(300):
+                for call in (
+                    cl.custodian.SubmitRelease(pb.ShareRelease(request_id=f"{i:016x}" * 4, release=b"{}")),
+                    cl.custodian.Deny(pb.Denial(request_id=f"{i:016x}", signed=b"{}")),
+                ):
+                    with pytest.raises(grpc.aio.AioRpcError):
+                        await call
+        new = [json.loads(e) for e in entries(b)[before:]]
+        events = {e["event"] for e in new}
+        assert {"recovery-answer-refused", "recovery-denial-refused", "refused"} <= events
+        assert len(new) <= 4 * ENTRIES_PER_PEER_WINDOW, [e["event"] for e in new]
+        assert b.node.session is not None and b.node.session.state.name == "COLLECTING"
