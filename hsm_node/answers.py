@@ -28,6 +28,7 @@ from hsm_node.store import NodeStore
 from sdquorum.errors import SdquorumError, StorageError, VerificationError
 from sdquorum.pki import Role
 from sdquorum.refusals import Refusal
+from sdquorum_rpc.errors import bounded
 from sdquorum_rpc.observability import SESSION_ID
 
 log = logging.getLogger("sdquorum.node")
@@ -35,7 +36,6 @@ log = logging.getLogger("sdquorum.node")
 # writes one audit entry (a create: a put and a condition), a completion about 30 more (a rotation
 # or activation, up to 10 drill results, their audit entries), so 32 answers stay under it; a burst
 # of refused answers is taken in several transactions instead of ending the session.
-MAX_REASON = 500  # characters of a refusal's reason in its audit entry (it may quote the sender's input)
 MAX_ANSWERS_PER_COMMIT = 32
 
 
@@ -234,12 +234,11 @@ class Answers:
         Through the refusal windows (ADR 0010), kept by the caller's role: its first refusals of each
         kind in a window are written in full, the rest counted, so one custodian sending junk or the
         same answer again and again grows the log by a few entries a minute, not one a message."""
-        reason = str(error)
         self._audit.refusal(
             Refusal(
                 f"{session.kind}-{what}",
                 type(error).__name__,
-                reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 1] + "…",
+                bounded(str(error)),
                 str(caller),
                 "",
                 "",

@@ -308,9 +308,10 @@ class KeyManager:
 
 
 def _again_on_conflict(change: Callable[[], T], tries: int = 3) -> T:
-    """``change()``, made again when another pool member changed the same rows at the same moment
-    (in a pool, a key's first deletion publishes the custody head, as custody writes do): each try
-    decides anew on what the store holds then, and nothing of a refused try was written."""
+    """``change()``, made again when another pool member changed a row it decided on at the same
+    moment (the same key; a refusal on the custody head alone the pool's view sends again itself):
+    each try decides anew on what the store holds then (the key deleted already, say), and nothing
+    of a refused try was written."""
     for left in range(tries - 1, 0, -1):
         try:
             return change()

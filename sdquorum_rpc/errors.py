@@ -47,7 +47,15 @@ from sdquorum_rpc.tls import Ctx, caller_role
 if TYPE_CHECKING:
     from sdquorum import pki
 
-__all__ = ["RequestGuard", "refusal_of", "report_refusal", "rpc", "status_for", "translate_rpc_error"]
+__all__ = [
+    "RequestGuard",
+    "bounded",
+    "refusal_of",
+    "report_refusal",
+    "rpc",
+    "status_for",
+    "translate_rpc_error",
+]
 
 log = logging.getLogger("sdquorum.rpc")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -82,13 +90,14 @@ def _public_message(e: SdquorumError, role: pki.Role | None) -> str:
             return CHECK_FAILED
         if isinstance(e, StateError):
             return NOT_OPEN
-    return _bounded(str(e))
+    return bounded(str(e))
 
 
 MAX_MESSAGE_CHARS = 500  # of an error's text in a log line, an audit entry or a status detail
 
 
-def _bounded(text: str) -> str:
+def bounded(text: str) -> str:
+    """``text`` cut to MAX_MESSAGE_CHARS (it may quote a caller's input)."""
     return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
@@ -108,7 +117,7 @@ def rpc(*roles: str) -> Callable[[F], F]:
         async def fail(servicer: Any, context: Ctx, e: BaseException, role: pki.Role | None) -> None:
             if isinstance(e, SdquorumError):
                 code = status_for(e)
-                text = _bounded(str(e))  # a message may quote the caller's input: never all of it
+                text = bounded(str(e))  # a message may quote the caller's input: never all of it
                 audit_log = getattr(getattr(servicer, "node", None), "audit_log", None)
                 hook = getattr(audit_log, "refusal", None)
                 report_refusal(refusal_of(context, name, code.name, text), hook)

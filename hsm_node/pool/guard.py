@@ -12,6 +12,7 @@ checked state.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import threading
@@ -63,7 +64,7 @@ class RowGuard:
         self._checked_head: Head | None = None
         self._reported: set[tuple[bytes, int]] = set()  # rows already logged as altered
         self._alterations: list[str] = []  # rows found altered, not yet audited (PoolService)
-        self._dead: dict[bytes, tuple[int, frozenset[bytes]]] = {}  # a shard's entries at a revision
+        self._dead: dict[bytes, tuple[KeyValue, frozenset[bytes]]] = {}  # a shard's entries, by cached row
         self._opened: dict[bytes, tuple[KeyValue, bytes]] = {}  # custody rows whose tag was checked
 
     def prepare(
@@ -97,6 +98,13 @@ class RowGuard:
             current = self.read_checked(shard, self._row(shard))
             writes[shard] = with_dead(None if current is None else self.open(current), entries)
             read.setdefault(shard, 0 if current is None else current.mod_revision)
+
+    def reads_hold(self, read: dict[bytes, int]) -> bool:
+        """Whether every row a refused transaction decided on is still as it read it (revision; 0:
+        absent): the refusal then came from a row this guard derives (the head, a dead set), which
+        :meth:`prepare` builds anew from the cache (a key's first delete elsewhere moved the head)."""
+        with self._lock:
+            return all((kv.mod_revision if (kv := self._cache().get(k)) else 0) == r for k, r in read.items())
 
     def _row(self, key: bytes) -> Callable[[], KeyValue | None]:
         return lambda: self._cache().get(key)
@@ -173,9 +181,9 @@ class RowGuard:
         if raw is None:
             return
         memo = self._dead.get(shard)
-        if memo is None or memo[0] != raw.mod_revision:
+        if memo is None or memo[0] is not raw:  # parsed once per cached row, as _headed_rows opens
             try:
-                memo = raw.mod_revision, dead_entries(self.open(raw))
+                memo = raw, dead_entries(self.open(raw))
             except ValueError:
                 self._tampered(self.mac.row_name(shard), "is not a dead set", raw.mod_revision)
             self._dead[shard] = memo
@@ -225,6 +233,14 @@ class RowGuard:
     def _kept_head(self) -> Head | None:
         o = self._local().get("heads", {}).get(self.prefix.decode())
         return None if o is None else Head(int(o["counter"]), bytes.fromhex(o["digest"]))
+
+    def warm(self) -> None:
+        """Check the head now if a change came since it was last checked (TamperedError is left to
+        the reads that depend on it): before a reader takes the cache lock, since a check after a
+        change writes this member's file. Unlocked: a stale answer only means the reader checks."""
+        if self.mac.keyed and self._head_checked != self._headed_changes:
+            with contextlib.suppress(TamperedError):
+                self.check_head()
 
     def check_head(self) -> Head | None:
         """The custody head, checked against the custody rows and against the highest head this

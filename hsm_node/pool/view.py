@@ -52,13 +52,13 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from hsm_node.pool._member_file import MemberFile, read_local, write_local
 from hsm_node.pool.cache import RowCache
 from hsm_node.pool.etcd import CompactedError, EtcdClient, EtcdConfig, EventKind, KeyValue, Layout, WatchBatch
 from hsm_node.pool.guard import RowGuard
-from hsm_node.pool.integrity import Head, TamperedError
+from hsm_node.pool.integrity import Head
 from sdquorum.errors import (
     AlreadyExistsError,
     ConflictError,
@@ -290,8 +290,7 @@ class EtcdView:
     def snapshot(self) -> Iterator[None]:
         """``with view.snapshot():`` every read inside sees one revision (keep it short; no waits).
         The head is checked first, outside the lock: a check after a change writes the member file."""
-        with contextlib.suppress(TamperedError):  # reads of what it covers raise it, not this
-            self.guard.check_head()
+        self.guard.warm()
         with self._lock:
             yield
 
@@ -369,18 +368,21 @@ class EtcdView:
     def _commit(self, tx: _Tx) -> None:
         head: Head | None = None
         if tx.writes:
-            ops, conds, head = self.guard.prepare(tx.writes, tx.read)
-            try:
-                revision = self.run(self._client.commit(ops, unless_changed=conds))
-            except TransportError as e:  # the etcd endpoints and detail stay in this member's log
-                log.warning("pool: a write was refused: %s", e)
-                raise TransportError(_NO_QUORUM) from e
-            if revision is None:
-                _refuse_conflict(self, tx)
-            else:
-                self._contact = max(self._contact, time.monotonic())
-                if not self.run(self._wait_revision(revision, self._max_staleness)):
-                    log.warning("pool: the watch has not reached revision %d yet", revision)
+            for tries_left in reversed(range(3)):  # refused on a derived row only (head, dead set): again
+                ops, conds, head = self.guard.prepare(tx.writes, tx.read)
+                try:
+                    revision = self.run(self._client.commit(ops, unless_changed=conds))
+                except TransportError as e:  # the etcd endpoints and detail stay in this member's log
+                    log.warning("pool: a write was refused: %s", e)
+                    raise TransportError(_NO_QUORUM) from e
+                if revision is not None:
+                    self._contact = max(self._contact, time.monotonic())
+                    if not self.run(self._wait_revision(revision, self._max_staleness)):
+                        log.warning("pool: the watch has not reached revision %d yet", revision)
+                    break
+                caught_up(self)  # a try again, here or by the caller, decides on the write that won
+                if not tries_left or not self.guard.reads_hold(tx.read):
+                    _refuse_conflict(self, tx)
         if tx.local or head is not None:
             self._member.update(lambda now: self.guard.with_head({**now, **tx.local}, head))
 
@@ -430,13 +432,11 @@ def _overlay(rows: list[tuple[bytes, bytes]], tx: _Tx, prefix: bytes) -> list[tu
     return out
 
 
-def _refuse_conflict(view: EtcdView, tx: _Tx) -> None:
-    """A transaction's condition failed, nothing was written: say which row another member took
-    first (AlreadyExistsError), if one was, else that the rows changed (ConflictError)."""
+def _refuse_conflict(view: EtcdView, tx: _Tx) -> NoReturn:
+    """Nothing was written: the row another member took first (AlreadyExistsError), or a change."""
     for key, message in tx.taken.items():
         if view.run(view.client.get(key)) is not None:
             raise AlreadyExistsError(message)
-    caught_up(view)  # the cache as new as the write that won: a try again decides anew
     raise ConflictError(_CONFLICT)
 
 

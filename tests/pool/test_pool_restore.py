@@ -628,18 +628,17 @@ def test_a_staging_transaction_sent_again_after_it_applied_leaves_every_row_vali
         a.close()
 
 
-class _ShardRemovalRefusedOnce(EtcdClient):
-    """The first transaction that removes dead-set rows meets a concurrent writer (refused)."""
+class _ShardRemovalRefused(EtcdClient):
+    """Every transaction that removes dead-set rows meets a concurrent writer (refused: sent again
+    by the view, refused again, until it gives up)."""
 
-    refused = False
+    refused = 0
 
     async def commit(
         self, ops: Sequence[Put | Delete], *, unless_changed: Sequence[Unchanged] = ()
     ) -> int | None:
-        if not _ShardRemovalRefusedOnce.refused and any(
-            isinstance(op, Delete) and b"/dead/" in op.key for op in ops
-        ):
-            _ShardRemovalRefusedOnce.refused = True
+        if any(isinstance(op, Delete) and b"/dead/" in op.key for op in ops):
+            _ShardRemovalRefused.refused += 1
             return None
         return await super().commit(ops, unless_changed=unless_changed)
 
@@ -651,13 +650,13 @@ def test_an_old_generations_dead_set_left_by_a_refused_removal_goes_at_the_next_
     own (custody rows: with the next head); one that meets a conflict leaves it, and garbage
     collection finds the generation by its dead set too (the previous code looked for key rows
     only, and the shards stayed for good, hashed at every head check)."""
-    a, pool_id = _activated_with(cluster, tmp_path, _ShardRemovalRefusedOnce)
+    a, pool_id = _activated_with(cluster, tmp_path, _ShardRemovalRefused)
     try:
         a.keys.put_key(DEK, StoredKey("old", AES, b"pub", 100, "app"), b"p")
         a.keys.mark_deleted("old", 500)  # its first row's tag: dead/0/<xx>
         image, count, _ = _backup("new", 20, 0)
         a.keys.import_key_rows(image, count)
-        assert _ShardRemovalRefusedOnce.refused
+        assert _ShardRemovalRefused.refused
         assert [k for k in asyncio.run(_rows(cluster, pool_id)) if b"/dead/0/" in k] != []  # left
     finally:
         a.close()

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from etcd_cluster import EtcdCluster, running_cluster
@@ -367,6 +368,49 @@ def test_a_decision_read_inside_a_batch_holds_at_its_commit(members: Members) ->
         _wait(lambda: (a.keys.find_key("k") or StoredKey("", 0, b"", 0, "")).owner == "app/bob")
         a.keys.mark_deleted("k", 600)
     assert b.keys.find_key("k") == StoredKey("k", AES, b"pub", 900, "app/bob")  # bob's key untouched
+
+
+class _OtherMemberFirst(EtcdClient):
+    """Before this member's first custody write is sent, ``first`` runs (another member's write
+    lands in between, while this member's watch is held up: its cache is behind at the commit)."""
+
+    first: Callable[[], None] | None = None
+
+    async def commit(self, ops: Any, *, unless_changed: Any = ()) -> int | None:
+        step, _OtherMemberFirst.first = _OtherMemberFirst.first, None
+        if step is not None and any(b"/seen/" in op.key for op in ops):
+            step()
+        return await super().commit(ops, unless_changed=unless_changed)
+
+
+def test_a_custody_write_is_not_refused_for_a_key_deleted_elsewhere_meanwhile(
+    cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    """A key's first delete on node-b moves the custody head (its dead set) between node-a's
+    reading and its commit of a custody row: node-a's transaction is refused on the head alone, the
+    rows it decided on unchanged, so it is sent again on the new head and applies (the previous
+    code refused it: "changed the same rows at the same time", a ceremony ended on it)."""
+    pool_id = secrets.token_bytes(8)
+    a = PoolNodeStore(
+        cluster.config("node-a"),
+        pool_id,
+        tmp_path / "a",
+        SEALING_A,
+        "node-a",
+        client_factory=_OtherMemberFirst,
+    )
+    b = PoolNodeStore(cluster.config("node-b"), pool_id, tmp_path / "b", SEALING_B, "node-b")
+    try:
+        domain = _activate(a, b)
+        b.keys.put_key(DEK, StoredKey("k", AES, b"pub", 100, "app"), b"p")
+        _OtherMemberFirst.first = lambda: b.keys.mark_deleted("k", 500)
+        a.domain.note_epoch(domain.domain_id, 2)
+        assert _OtherMemberFirst.first is None  # it ran: the head moved under node-a's write
+        assert b.keys.find_key("k").deleted_at == 500  # type: ignore[union-attr]
+        _wait(lambda: b.domain.highest_epoch(domain.domain_id) == 2)
+    finally:
+        a.close()
+        b.close()
 
 
 def test_a_node_of_another_domain_cannot_take_the_pool(members: Members) -> None:
