@@ -194,8 +194,10 @@ def logging_as_the_node_does() -> Iterator[None]:
 
 
 async def run_node(ctx: BenchContext) -> list[Row]:
-    m = n = 3 if ctx.quick else 10
-    few = 2 if ctx.quick else 3  # the smaller quorum of the marginal rows, same n
+    m = n = 4 if ctx.quick else 10
+    few = (
+        2 if ctx.quick else 3
+    )  # the smaller quorum of the marginal rows, same n (two answers apart at least)
     sd, sd_few = await make_sd_file(ctx, m, n), await make_sd_file(ctx, few, n)
     reps = 3 if ctx.quick else 7
     # the two arrivals, and the two quorums, take turns, so that all see the same drift of this
@@ -227,8 +229,9 @@ async def run_node(ctx: BenchContext) -> list[Row]:
     per_answer, per_answer_together = median(alone), median(together)
     # each answer beyond the first few: what grows with the quorum, the completion (once per
     # recovery) left out, as the issue derived its "about 1.4 ms per answer"
-    marginal = (median(alone) * m - median(alone_few)) / (m - few)
-    marginal_together = (median(together) * m - median(together_few)) / (m - few)
+    # paired by turn (measured one after the other, so under the same drift), then the median
+    marginal = median([a * m - b for a, b in zip(alone, alone_few, strict=True)]) / (m - few)
+    marginal_together = median([a * m - b for a, b in zip(together, together_few, strict=True)]) / (m - few)
     per_answer_grpc = median([t for t, _ in over_grpc]) / m
     parts = {k: median([f[k] for f in floors]) for k in floors[0]}
     floor = median([sum(f.values()) for f in floors])
