@@ -253,12 +253,13 @@ class EtcdView:
         if self._closed:
             return
         self._closed = True
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(_stop(self._client), self._loop).result(5)
+        stopping = asyncio.run_coroutine_threadsafe(_stop(self._client), self._loop)
+        with contextlib.suppress(Exception):  # its tasks end before the client closes (_stop)
+            stopping.result(self._config.call_timeout + 5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
-        if not self._thread.is_alive():
-            self._loop.close()
+        if stopping.done() and not self._thread.is_alive():  # never with a task pending: its
+            self._loop.close()  # coroutine, collected later, would call a closed loop
 
     # ------------------------------------------------------------------ freshness and reads
 
@@ -397,9 +398,8 @@ class EtcdView:
 
 
 async def _stop(client: EtcdClient) -> None:
-    """On a view's loop: cancel every other task of the loop (the watch, the heartbeat) and await
-    them (their ``finally`` runs: the watch's request stream ends), then close the client (it ends
-    any stream still open)."""
+    """On a view's loop: cancel every other task (the watch, the heartbeat) and await them (the
+    watch's request stream ends), then close the client (it ends any stream still open)."""
     while tasks := [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:  # new ones too
         for task in tasks:
             task.cancel()
